@@ -1,0 +1,199 @@
+"""Versioned message models: the payload of every topic in protocol/topics.py.
+
+Every payload is a JSON object with `v` (protocol version) and, where a reply or an
+effect can be traced back, a correlation id: commands carry `id`, events echo it as
+`ref`. Unknown keys are refused (a typo on the wire is a bug, not a default).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from protocol.topics import ID_PATTERN
+
+VERSION: Literal[1] = 1
+
+Level = Literal["normal", "priority", "emergency"]
+LEVELS: tuple[Level, ...] = ("normal", "priority", "emergency")
+LEVEL_RANK: dict[str, int] = {level: rank for rank, level in enumerate(LEVELS)}
+
+ClusterId = Annotated[str, Field(pattern=f"^{ID_PATTERN}$")]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class MessageError(ValueError):
+    """A payload that is not a valid message; the text says what and where."""
+
+
+# --- commands (controller -> agents), always signed -------------------------------------
+
+
+class ContentRef(WireModel):
+    """One piece of audio, addressed by its SHA-256; the manifest of its chunks."""
+
+    sha256: Sha256Hex
+    size: int = Field(gt=0)
+    duration_s: float = Field(gt=0)
+    chunk_size: int = Field(gt=0)
+    chunks: int = Field(gt=0)
+    codec: Literal["opus"] = "opus"
+
+
+class PlayBody(WireModel):
+    """Play these items in order, starting at start_at, unless later than latest_start."""
+
+    kind: Literal["play"] = "play"
+    play_id: Annotated[str, Field(min_length=1, max_length=128)]
+    bulletin: Annotated[str, Field(min_length=1, max_length=200)]
+    programme: str | None = None
+    level: Level = "normal"
+    start_at: AwareDatetime
+    latest_start: AwareDatetime
+    items: Annotated[list[ContentRef], Field(min_length=1, max_length=64)]
+    volume: Annotated[int, Field(ge=0, le=100)] | None = None
+    urgent: bool = False
+
+
+class StopBody(WireModel):
+    """Stop a play now (play_id), or everything that is playing (no play_id)."""
+
+    kind: Literal["stop"] = "stop"
+    play_id: str | None = None
+
+
+class MembershipBody(WireModel):
+    """The groups (tree nodes) a cluster belongs to, so it subscribes to their topics."""
+
+    kind: Literal["membership"] = "membership"
+    cluster: ClusterId
+    commune: str | None = None
+    groups: Annotated[list[ClusterId], Field(max_length=32)]
+
+
+class AckBody(WireModel):
+    """The controller has stored these events of one outbox; the agent may forget them."""
+
+    kind: Literal["ack"] = "ack"
+    outbox: Annotated[str, Field(min_length=1, max_length=64)]
+    seqs: Annotated[list[int], Field(min_length=1, max_length=10_000)]
+
+
+CommandBody = Annotated[
+    PlayBody | StopBody | MembershipBody | AckBody, Field(discriminator="kind")
+]
+
+
+class Address(WireModel):
+    """Who a command is for: listed clusters and/or every cluster of listed groups."""
+
+    clusters: list[ClusterId] = []
+    groups: list[ClusterId] = []
+
+
+class Command(WireModel):
+    v: Literal[1] = VERSION
+    id: Annotated[str, Field(min_length=8, max_length=64)]
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    to: Address
+    body: CommandBody
+    sig: str | None = None
+
+
+# --- agent -> controller ------------------------------------------------------------------
+
+EventKind = Literal[
+    "received",  # a play command was accepted and scheduled
+    "delivered",  # all audio of a play is held and verified
+    "playing",
+    "finished",
+    "interrupted",  # preempted by a higher level, or stopped
+    "missed",  # could not start before latest_start
+    "failed",  # could not play (reason says why)
+    "rejected",  # a command was refused (bad signature, expired, replayed, misaddressed)
+]
+EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
+
+
+class Event(WireModel):
+    """One state change on one cluster. (outbox, seq) is unique; duplicates are dropped."""
+
+    v: Literal[1] = VERSION
+    cluster: ClusterId
+    outbox: Annotated[str, Field(min_length=1, max_length=64)]
+    seq: int = Field(ge=1)
+    at: AwareDatetime
+    kind: EventKind
+    ref: str | None = None  # the id of the command this event answers
+    play_id: str | None = None
+    bulletin: str | None = None
+    level: Level | None = None
+    reason: Annotated[str, Field(max_length=500)] | None = None
+
+
+class State(WireModel):
+    """Retained availability; the offline form is the agent's Last Will."""
+
+    v: Literal[1] = VERSION
+    cluster: ClusterId
+    state: Literal["online", "offline"]
+    at: AwareDatetime | None = None
+    version: str | None = None
+
+
+class ChunkRequest(WireModel):
+    """An agent holds a manifest but lacks these chunks; the controller resends them."""
+
+    v: Literal[1] = VERSION
+    cluster: ClusterId
+    sha256: Sha256Hex
+    missing: Annotated[list[int], Field(min_length=1, max_length=100_000)]
+
+
+M = TypeVar("M", bound=WireModel)
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        where = ".".join(str(p) for p in e["loc"]) or "(payload)"
+        parts.append(f"{where}: {e['msg']}")
+    more = len(err.errors()) - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def decode_json(payload: bytes) -> dict[str, Any]:
+    """Parse a payload as a JSON object, or raise MessageError saying why not."""
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError("not JSON: nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise MessageError(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def parse(model: type[M], payload: bytes | dict[str, Any]) -> M:
+    """Validate a payload as model, or raise MessageError naming the bad fields."""
+    obj = decode_json(payload) if isinstance(payload, bytes) else payload
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise MessageError(f"invalid {model.__name__}: {_describe(exc)}") from None
+
+
+def utc_iso(when: datetime) -> str:
+    return when.isoformat()

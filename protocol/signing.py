@@ -1,0 +1,153 @@
+"""Ed25519 signatures over canonical JSON: only the controller's commands make a speaker speak.
+
+A command is signed over its canonical form: the JSON object without its `sig` key,
+keys sorted, no insignificant white space, UTF-8. The signature travels in `sig` as
+base64. Agents verify against the controller's public key pinned in their config, so a
+client that can publish on the broker but lacks the private key cannot forge a command.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from protocol.messages import Address, Command, CommandBody, MessageError, decode_json, parse
+
+
+class SignatureError(ValueError):
+    """A command whose signature is missing or does not verify."""
+
+
+def canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def new_command_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Signer:
+    """Signs commands with the controller's private key."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    def command(
+        self,
+        body: CommandBody,
+        to: Address,
+        now: datetime,
+        ttl: timedelta,
+        command_id: str | None = None,
+    ) -> Command:
+        """Build and sign a command; its payload is `command.to_json()`."""
+        unsigned = Command(
+            id=command_id or new_command_id(),
+            issued_at=now,
+            expires_at=now + ttl,
+            to=to,
+            body=body,
+        )
+        obj = unsigned.model_dump(mode="json", exclude_none=True)
+        sig = base64.b64encode(self._key.sign(canonical(obj))).decode()
+        return unsigned.model_copy(update={"sig": sig})
+
+
+class Verifier:
+    """Checks commands against the pinned controller public key."""
+
+    def __init__(self, key: Ed25519PublicKey) -> None:
+        self._key = key
+
+    def verify(self, payload: bytes) -> Command:
+        """Return the command if its signature verifies; raise SignatureError or MessageError."""
+        obj = decode_json(payload)
+        sig = obj.pop("sig", None)
+        if sig is None:
+            raise SignatureError("unsigned command (no 'sig')")
+        if not isinstance(sig, str):
+            raise SignatureError("'sig' is not a base64 string")
+        try:
+            raw = base64.b64decode(sig, validate=True)
+        except (binascii.Error, ValueError):
+            raise SignatureError("'sig' is not valid base64") from None
+        try:
+            self._key.verify(raw, canonical(obj))
+        except InvalidSignature:
+            raise SignatureError(
+                "bad signature: not signed by the controller key this cluster trusts"
+            ) from None
+        except (ValueError, TypeError) as exc:  # canonical() on exotic values
+            raise MessageError(f"cannot check signature: {exc}") from None
+        obj["sig"] = sig
+        return parse(Command, obj)
+
+
+# --- key files ----------------------------------------------------------------------------
+
+
+def generate_keypair(private_path: Path, public_path: Path, overwrite: bool = False) -> None:
+    """Write a new Ed25519 key pair: private key PEM (mode 0600), public key PEM."""
+    for path in (private_path, public_path):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; refusing to overwrite a key (use --force)")
+    key = Ed25519PrivateKey.generate()
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    public_path.write_bytes(public_pem(key.public_key()))
+
+
+def public_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise ValueError(
+            f"{path}: controller private key not found; create it with `loa-controller keygen`"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path}: not an Ed25519 key; create one with `loa-controller keygen`")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except FileNotFoundError:
+        raise ValueError(
+            f"{path}: controller public key not found; copy controller.pub from the controller"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a PEM public key ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path}: not an Ed25519 public key")
+    return key

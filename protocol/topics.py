@@ -1,0 +1,80 @@
+"""Every MQTT topic of the Loa protocol, built and parsed here and nowhere else.
+
+Layout (version in the prefix, so v2 can run beside v1 during an upgrade):
+
+    loa/v1/cluster/<cluster>/command     controller -> one agent   (signed commands)
+    loa/v1/cluster/<cluster>/content     controller -> one agent   (audio chunks)
+    loa/v1/cluster/<cluster>/membership  controller -> one agent   (signed, retained)
+    loa/v1/cluster/<cluster>/event       agent -> controller       (status events)
+    loa/v1/cluster/<cluster>/state       agent -> controller       (retained, Last Will)
+    loa/v1/cluster/<cluster>/request     agent -> controller       (missing chunks)
+    loa/v1/group/<group>/command         controller -> agents of a group
+    loa/v1/group/<group>/content         controller -> agents of a group
+
+A broker ACL can therefore confine an agent logged in as <cluster> to reading
+loa/v1/cluster/<cluster>/{command,content,membership} and its groups'
+loa/v1/group/<group>/{command,content}, and to writing only
+loa/v1/cluster/<cluster>/{event,state,request} (mosquitto: `pattern read
+loa/v1/cluster/%u/command` and so on; see docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+PREFIX = "loa/v1"
+
+# Cluster and group ids are single topic levels: no '/', '+', '#', spaces or NUL.
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+_ID_RE = re.compile(rf"^{ID_PATTERN}$")
+
+ClusterChannel = Literal["command", "content", "membership", "event", "state", "request"]
+GroupChannel = Literal["command", "content"]
+
+TO_AGENT: tuple[ClusterChannel, ...] = ("command", "content", "membership")
+FROM_AGENT: tuple[ClusterChannel, ...] = ("event", "state", "request")
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return value if it is a valid single-level id, else raise ValueError naming it."""
+    if not _ID_RE.match(value):
+        raise ValueError(
+            f"{what} {value!r} cannot be used in an MQTT topic: use 1-64 letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def cluster_topic(cluster: str, channel: ClusterChannel) -> str:
+    return f"{PREFIX}/cluster/{check_id(cluster, 'cluster id')}/{channel}"
+
+
+def group_topic(group: str, channel: GroupChannel) -> str:
+    return f"{PREFIX}/group/{check_id(group, 'group id')}/{channel}"
+
+
+def all_clusters(channel: ClusterChannel) -> str:
+    """Subscription filter for one channel of every cluster (the controller's side)."""
+    return f"{PREFIX}/cluster/+/{channel}"
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    scope: Literal["cluster", "group"]
+    name: str
+    channel: str
+
+
+def parse(topic: str) -> ParsedTopic | None:
+    """Split a Loa topic into scope, name and channel; None if it is not one of ours."""
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX:
+        return None
+    scope, name, channel = parts[2], parts[3], parts[4]
+    if scope == "cluster" and channel in TO_AGENT + FROM_AGENT and _ID_RE.match(name):
+        return ParsedTopic("cluster", name, channel)
+    if scope == "group" and channel in ("command", "content") and _ID_RE.match(name):
+        return ParsedTopic("group", name, channel)
+    return None
