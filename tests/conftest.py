@@ -1,4 +1,10 @@
-"""Shared fixtures: a real MQTT broker process per test, on a free port."""
+"""Shared fixtures: a real MQTT broker per test, on a free port.
+
+`broker` is a private mosquitto process. Where mosquitto is not installed (and we are
+not under CI, which must install it), it falls back to the embedded amqtt broker with
+the same interface, so the suite still runs on a machine with only Python.
+`mosquitto_broker` and `embedded_broker` pin one or the other.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,11 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
+from controller.broker import EmbeddedBroker
 from protocol.mqtt import BrokerAddress
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -43,6 +51,21 @@ def wait_until(
             return
         time.sleep(0.01)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class BrokerUnderTest(Protocol):
+    """What a test may do to its broker."""
+
+    @property
+    def port(self) -> int: ...
+    @property
+    def address(self) -> BrokerAddress: ...
+    @property
+    def url(self) -> str: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def kill(self) -> None: ...
+    def restart(self) -> None: ...
 
 
 class MosquittoBroker:
@@ -105,9 +128,47 @@ class MosquittoBroker:
         self.start()
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    require("mosquitto", shutil.which("mosquitto") is not None, "apt-get install mosquitto")
+class EmbeddedTestBroker:
+    """The embedded amqtt broker behind the test-broker interface; it keeps its port.
+
+    amqtt runs in this process, so there is no process to kill: kill is stop. Unlike the
+    mosquitto fixture it has no persistence: retained messages do not survive a restart.
+    """
+
+    def __init__(self) -> None:
+        self._broker = EmbeddedBroker("127.0.0.1", 0)
+
+    @property
+    def address(self) -> BrokerAddress:
+        return self._broker.address
+
+    @property
+    def url(self) -> str:
+        return self._broker.url
+
+    @property
+    def port(self) -> int:
+        return self._broker.port
+
+    def start(self) -> None:
+        self._broker.start()
+
+    def stop(self) -> None:
+        self._broker.stop()
+
+    def kill(self) -> None:
+        self._broker.stop()
+
+    def restart(self) -> None:
+        self._broker.stop()
+        self._broker.start()
+
+
+def have_mosquitto() -> bool:
+    return shutil.which("mosquitto") is not None
+
+
+def _mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
     b = MosquittoBroker(tmp_path / "broker")
     b.workdir.mkdir()
     b.start()
@@ -115,3 +176,33 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
         yield b
     finally:
         b.kill()
+
+
+def _embedded() -> Iterator[EmbeddedTestBroker]:
+    b = EmbeddedTestBroker()
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[BrokerUnderTest]:
+    """mosquitto; the embedded broker where mosquitto is missing (never under CI)."""
+    if have_mosquitto() or IN_CI:
+        require("mosquitto", have_mosquitto(), "apt-get install mosquitto")
+        yield from _mosquitto(tmp_path)
+    else:
+        yield from _embedded()
+
+
+@pytest.fixture
+def mosquitto_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    require("mosquitto", have_mosquitto(), "apt-get install mosquitto")
+    yield from _mosquitto(tmp_path)
+
+
+@pytest.fixture
+def embedded_broker() -> Iterator[EmbeddedTestBroker]:
+    yield from _embedded()
