@@ -28,7 +28,8 @@ PREFIX = "loa/v1"
 
 # Cluster and group ids are single topic levels: no '/', '+', '#', spaces or NUL.
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
-_ID_RE = re.compile(rf"^{ID_PATTERN}$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline.
+_ID_RE = re.compile(ID_PATTERN)
 
 ClusterChannel = Literal["command", "content", "membership", "event", "state", "request"]
 GroupChannel = Literal["command", "content"]
@@ -39,7 +40,7 @@ FROM_AGENT: tuple[ClusterChannel, ...] = ("event", "state", "request")
 
 def check_id(value: str, what: str = "id") -> str:
     """Return value if it is a valid single-level id, else raise ValueError naming it."""
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} cannot be used in an MQTT topic: use 1-64 letters, digits, "
             "'.', '_' or '-', starting with a letter or digit"
@@ -73,8 +74,8 @@ def parse(topic: str) -> ParsedTopic | None:
     if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX:
         return None
     scope, name, channel = parts[2], parts[3], parts[4]
-    if scope == "cluster" and channel in TO_AGENT + FROM_AGENT and _ID_RE.match(name):
+    if scope == "cluster" and channel in TO_AGENT + FROM_AGENT and _ID_RE.fullmatch(name):
         return ParsedTopic("cluster", name, channel)
-    if scope == "group" and channel in ("command", "content") and _ID_RE.match(name):
+    if scope == "group" and channel in ("command", "content") and _ID_RE.fullmatch(name):
         return ParsedTopic("group", name, channel)
     return None
