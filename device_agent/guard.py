@@ -1,0 +1,336 @@
+"""Command admission: only the controller's fresh, signed commands for this cluster pass.
+
+A speaker network is a public megaphone, so every payload on a command topic goes
+through `Guard.admit` before it can have any effect. In order:
+
+1. signature: the payload must be a JSON command signed with the controller key pinned
+   in the agent config (`protocol.signing.Verifier`); unsigned, badly signed, non-JSON
+   and malformed payloads are rejected;
+2. membership bookkeeping: membership commands are retained, so the broker hands the
+   current one over again on every reconnect. The same membership command again, or one
+   older than the current one, is ignored silently (`Ignored`), not reported;
+3. time: a command past its `expires_at` is rejected as expired; one issued more than
+   five minutes in this cluster's future is rejected (a clock problem or a forgery);
+4. addressing: the cluster id must be in `to.clusters`, or one of its groups in
+   `to.groups`, and the topic the command came on must be the cluster's own topic or one
+   of its groups' topics; membership commands only on the cluster's own topics;
+5. replay: a command id seen before (remembered on disk across restarts, until that
+   command expires) is rejected as replayed.
+
+A command that passes is remembered as seen before `admit` returns it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from device_agent.statefile import JsonStateFile
+from protocol import topics
+from protocol.clock import Clock
+from protocol.messages import Command, MembershipBody, MessageError, decode_json
+from protocol.signing import SignatureError, Verifier
+
+log = logging.getLogger(__name__)
+
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+RejectCode = Literal[
+    "unsigned",  # no signature at all
+    "bad-signature",  # signed, but not by the controller key this cluster trusts
+    "invalid",  # not JSON, or not a valid command
+    "expired",  # expires_at is not after now
+    "future",  # issued more than MAX_CLOCK_SKEW after now
+    "misaddressed",  # not for this cluster, or arrived on a topic not its own
+    "replayed",  # this command id was already admitted
+    "ignored",  # a membership already applied or superseded (see Ignored)
+]
+
+
+class Rejected(Exception):
+    """A command refused by the guard; `reason` is written for a technician."""
+
+    def __init__(
+        self, reason: str, command_id: str | None = None, code: RejectCode = "invalid"
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.command_id = command_id
+        self.code: RejectCode = code
+
+
+class Ignored(Rejected):
+    """Not admitted, but not an attack either: nothing to report, nothing to do."""
+
+    def __init__(self, reason: str, command_id: str | None = None) -> None:
+        super().__init__(reason, command_id, "ignored")
+
+
+@dataclass(frozen=True)
+class Membership:
+    """The groups this cluster belongs to, and the membership command that said so."""
+
+    groups: tuple[str, ...]
+    command_id: str | None = None
+    issued_at: datetime | None = None
+    commune: str | None = None
+
+
+class MembershipFile:
+    """The current membership, kept on disk so a restart knows its groups before connecting."""
+
+    def __init__(self, path: Path | None, initial_groups: Iterable[str] = ()) -> None:
+        self._file = JsonStateFile(path) if path else None
+        self._current = Membership(groups=tuple(dict.fromkeys(initial_groups)))
+        saved = self._file.load() if self._file else None
+        if isinstance(saved, dict):
+            try:
+                issued = saved.get("issued_at")
+                self._current = Membership(
+                    groups=tuple(str(g) for g in saved["groups"]),
+                    command_id=saved.get("command_id"),
+                    issued_at=datetime.fromisoformat(issued) if issued else None,
+                    commune=saved.get("commune"),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error(
+                    "%s is damaged (%s); using the groups from the config until the "
+                    "controller's membership arrives",
+                    path, exc,
+                )
+
+    def current(self) -> Membership:
+        return self._current
+
+    def apply(self, command: Command) -> Membership:
+        """Make an admitted membership command the current membership, on disk first."""
+        body = command.body
+        if not isinstance(body, MembershipBody):
+            raise TypeError(f"command {command.id} is a {body.kind} command, not a membership")
+        new = Membership(
+            groups=tuple(dict.fromkeys(body.groups)),
+            command_id=command.id,
+            issued_at=command.issued_at,
+            commune=body.commune,
+        )
+        if self._file:
+            self._file.save(
+                {
+                    "groups": list(new.groups),
+                    "command_id": new.command_id,
+                    "issued_at": command.issued_at.isoformat(),
+                    "commune": new.commune,
+                }
+            )
+        self._current = new
+        return new
+
+
+class SeenStore:
+    """Ids of admitted commands, each remembered until its command expires.
+
+    With a path the ids survive restarts (a replay after a reboot is still a replay);
+    without one they live in memory only (unit tests).
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._file = JsonStateFile(path) if path else None
+        self._seen: dict[str, datetime] = {}
+        saved = self._file.load() if self._file else None
+        if isinstance(saved, dict):
+            for command_id, expires in saved.get("seen", {}).items():
+                try:
+                    self._seen[str(command_id)] = datetime.fromisoformat(expires)
+                except (TypeError, ValueError):
+                    log.warning("%s: skipped a damaged entry for command %s", path, command_id)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def seen(self, command_id: str) -> bool:
+        return command_id in self._seen
+
+    def remember(self, command_id: str, expires_at: datetime, now: datetime) -> None:
+        """Remember command_id (forgetting what has expired by now) and save."""
+        self._seen = {cid: exp for cid, exp in self._seen.items() if exp > now}
+        self._seen[command_id] = expires_at
+        if self._file:
+            self._file.save({"seen": {cid: exp.isoformat() for cid, exp in self._seen.items()}})
+
+
+def _claimed_id(payload: bytes) -> str | None:
+    """The id a refused payload claims to have, if it looks like one (for the event's ref)."""
+    try:
+        obj = decode_json(payload)
+    except MessageError:
+        return None
+    value = obj.get("id")
+    if isinstance(value, str) and 8 <= len(value) <= 64 and value.isprintable():
+        return value
+    return None
+
+
+def _short(when: datetime) -> str:
+    return when.isoformat(timespec="seconds")
+
+
+class Guard:
+    """Decides whether a payload that arrived on a command topic is obeyed."""
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        cluster_id: str,
+        membership: Callable[[], Membership],
+        clock: Clock,
+        seen_store: SeenStore,
+        *,
+        max_skew: timedelta = MAX_CLOCK_SKEW,
+    ) -> None:
+        self._verifier = verifier
+        self._cluster_id = topics.check_id(cluster_id, "cluster id")
+        self._membership = membership
+        self._clock = clock
+        self._seen = seen_store
+        self._max_skew = max_skew
+
+    def admit(self, topic: str, payload: bytes) -> Command:
+        """The command, if it is to be obeyed; else raise Rejected (or Ignored) saying why."""
+        try:
+            command = self._verifier.verify(payload)
+        except SignatureError as exc:
+            code: RejectCode = "unsigned" if "unsigned" in str(exc) else "bad-signature"
+            raise Rejected(str(exc), _claimed_id(payload), code) from None
+        except MessageError as exc:
+            raise Rejected(str(exc), _claimed_id(payload), "invalid") from None
+
+        current = self._membership()
+        is_membership = isinstance(command.body, MembershipBody)
+        if is_membership:
+            if command.id == current.command_id:
+                raise Ignored("membership unchanged (retained copy of the current one)", command.id)
+            if current.issued_at is not None and command.issued_at < current.issued_at:
+                raise Ignored(
+                    f"membership issued {_short(command.issued_at)} is older than the current "
+                    f"one ({_short(current.issued_at)})",
+                    command.id,
+                )
+
+        now = self._clock.now()
+        if command.expires_at <= now:
+            raise Rejected(
+                f"expired at {_short(command.expires_at)} (this cluster's clock says "
+                f"{_short(now)})",
+                command.id,
+                "expired",
+            )
+        if command.issued_at > now + self._max_skew:
+            raise Rejected(
+                f"issued at {_short(command.issued_at)}, more than "
+                f"{int(self._max_skew.total_seconds() // 60)} min ahead of this cluster's clock "
+                f"({_short(now)}): check the time on the controller and on this cluster (NTP)",
+                command.id,
+                "future",
+            )
+
+        self._check_address(topic, command, current, is_membership)
+
+        if self._seen.seen(command.id):
+            raise Rejected(
+                "replayed: this command was already received once", command.id, "replayed"
+            )
+        self._seen.remember(command.id, command.expires_at, now)
+        return command
+
+    def _check_address(
+        self, topic: str, command: Command, current: Membership, is_membership: bool
+    ) -> None:
+        me = self._cluster_id
+        groups = set(current.groups)
+        where = topics.parse(topic)
+        for_me = me in command.to.clusters
+        for_my_group = bool(groups.intersection(command.to.groups))
+        if where is None or where.channel not in ("command", "membership"):
+            raise Rejected(f"a command cannot arrive on {topic}", command.id, "misaddressed")
+        own_topic = where.scope == "cluster" and where.name == me
+        if is_membership:
+            assert isinstance(command.body, MembershipBody)
+            if not (own_topic and for_me and command.body.cluster == me):
+                raise Rejected(
+                    f"addressed to another cluster: membership of {command.body.cluster!r} on "
+                    f"{topic}",
+                    command.id,
+                    "misaddressed",
+                )
+            return
+        if where.channel == "membership":
+            raise Rejected(
+                f"a {command.body.kind} command on the membership topic {topic}",
+                command.id,
+                "misaddressed",
+            )
+        group_topic = where.scope == "group" and where.name in groups
+        if not (for_me or for_my_group) or not (own_topic or group_topic):
+            targets = ", ".join(
+                [f"cluster {c}" for c in command.to.clusters]
+                + [f"group {g}" for g in command.to.groups]
+            )
+            raise Rejected(
+                f"addressed to another cluster (to: {targets or 'nobody'}; came on {topic}; "
+                f"this is {me} in groups {', '.join(sorted(groups)) or '(none)'})",
+                command.id,
+                "misaddressed",
+            )
+
+
+class RejectionLimiter:
+    """At most `per_minute` rejection reports a minute; counts the ones held back.
+
+    A flood of forged commands must not fill the outbox (or the SD card with log lines):
+    past the limit, rejections are only counted, and the count is reported once the
+    minute is over.
+    """
+
+    WINDOW = timedelta(minutes=1)
+
+    def __init__(self, clock: Clock, per_minute: int = 10) -> None:
+        self._clock = clock
+        self._per_minute = per_minute
+        self._window_start: datetime | None = None
+        self._reported = 0
+        self._suppressed = 0  # held back in the current window
+        self._unreported = 0  # held back in windows that are over, not yet summarised
+
+    def _roll(self, now: datetime) -> None:
+        if self._window_start is None or now - self._window_start >= self.WINDOW:
+            self._unreported += self._suppressed
+            self._suppressed = 0
+            self._reported = 0
+            self._window_start = now
+
+    def allow(self) -> bool:
+        """True if this rejection may be logged and reported; False if only counted."""
+        self._roll(self._clock.now())
+        if self._reported < self._per_minute:
+            self._reported += 1
+            return True
+        self._suppressed += 1
+        return False
+
+    def summary_due_at(self) -> datetime | None:
+        """When the held-back count should be reported, if any were held back."""
+        if self._unreported:
+            return self._clock.now()
+        if self._suppressed and self._window_start is not None:
+            return self._window_start + self.WINDOW
+        return None
+
+    def take_summary(self) -> int:
+        """How many were held back in windows that are over (0 if none); counts them once."""
+        self._roll(self._clock.now())
+        count, self._unreported = self._unreported, 0
+        return count
