@@ -1,0 +1,247 @@
+"""Content distribution: a play becomes one signed command and its audio chunks.
+
+The targeted clusters are covered by the fewest whole groups of the fleet tree (a
+commune, a district, the province) plus any leftover clusters. One command, signed once
+and addressed to those groups and clusters, is published on each of their command
+topics, then the audio chunks on their content topics: the broker fans out, so each
+chunk leaves the controller once per group, not once per cluster. Agents that already
+hold a content hash ignore its chunks; an agent that missed chunks asks for exactly
+those on its request topic and gets them on its own content topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from protocol import chunks, topics
+from protocol.clock import Clock
+from protocol.messages import (
+    Address,
+    ChunkRequest,
+    ContentRef,
+    Level,
+    MembershipBody,
+    MessageError,
+    PlayBody,
+    StopBody,
+    parse,
+)
+from protocol.mqtt import Link
+from protocol.signing import Signer
+
+log = logging.getLogger(__name__)
+
+MEMBERSHIP_TTL = timedelta(days=400)
+STOP_TTL = timedelta(minutes=10)
+# A play command stays valid a little past its latest start, for agents that reconnect.
+PLAY_TTL_MARGIN = timedelta(minutes=5)
+
+
+class Audio(Protocol):
+    """Prepared audio as the content store hands it out."""
+
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def duration_s(self) -> float: ...
+    def content_ref(self) -> ContentRef: ...
+
+
+class FleetView(Protocol):
+    def cover(self, cluster_ids: Sequence[str]) -> tuple[list[str], list[str]]: ...
+    def groups_of(self, cluster_id: str) -> list[str]: ...
+
+
+class PlayRecorder(Protocol):
+    def record_play(
+        self,
+        *,
+        play_id: str,
+        programme: str | None,
+        bulletin: str,
+        level: str,
+        start_at: datetime,
+        latest_start: datetime,
+        duration_s: float,
+        items: list[str],
+        cluster_ids: list[str],
+        urgent: bool,
+        sent_at: datetime,
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class PlaySpec:
+    play_id: str
+    bulletin: str
+    level: Level
+    start_at: datetime
+    latest_start: datetime
+    items: Sequence[Audio]
+    clusters: Sequence[str]
+    programme: str | None = None
+    volume: int | None = None
+    urgent: bool = False
+
+    @property
+    def duration_s(self) -> float:
+        return sum(item.duration_s for item in self.items)
+
+
+def new_play_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class DistributionStats:
+    commands: int = 0
+    chunks: int = 0
+    chunk_bytes: int = 0
+    resent_chunks: int = 0
+
+
+class Distributor:
+    def __init__(
+        self,
+        link: Link,
+        signer: Signer,
+        recorder: PlayRecorder,
+        fleet: Callable[[], FleetView],
+        clock: Clock,
+        content_path: Callable[[str], Path | None],
+    ) -> None:
+        self._link = link
+        self._signer = signer
+        self._recorder = recorder
+        self._fleet = fleet
+        self._clock = clock
+        self._content_path = content_path
+        self._resend_lock = threading.Lock()
+        self._last_resend: dict[tuple[str, str], float] = {}
+        self.stats = DistributionStats()
+
+    def start(self) -> None:
+        self._link.subscribe(topics.all_clusters("request"), self._on_request)
+
+    # --- plays ------------------------------------------------------------------------------
+
+    def send_play(self, spec: PlaySpec) -> Address:
+        """Publish the signed play command, then its audio, to every targeted cluster."""
+        if not spec.clusters:
+            raise ValueError(f"play {spec.play_id} targets no cluster")
+        now = self._clock.now()
+        groups, leftovers = self._fleet().cover(list(spec.clusters))
+        to = Address(groups=groups, clusters=leftovers)
+        body = PlayBody(
+            play_id=spec.play_id,
+            bulletin=spec.bulletin,
+            programme=spec.programme,
+            level=spec.level,
+            start_at=spec.start_at,
+            latest_start=spec.latest_start,
+            items=[item.content_ref() for item in spec.items],
+            volume=spec.volume,
+            urgent=spec.urgent,
+        )
+        ttl = max(spec.latest_start - now, timedelta(0)) + PLAY_TTL_MARGIN
+        cmd = self._signer.command(body, to, now, ttl)
+        payload = cmd.to_json()
+        destinations = [("group", g) for g in groups] + [("cluster", c) for c in leftovers]
+        self._recorder.record_play(
+            play_id=spec.play_id, programme=spec.programme, bulletin=spec.bulletin,
+            level=spec.level, start_at=spec.start_at, latest_start=spec.latest_start,
+            duration_s=spec.duration_s, items=[i.sha256 for i in spec.items],
+            cluster_ids=sorted(spec.clusters), urgent=spec.urgent, sent_at=now,
+        )
+        for scope, name in destinations:
+            self._link.publish(self._topic(scope, name, "command"), payload)
+            self.stats.commands += 1
+        for item in spec.items:
+            data = item.path.read_bytes()
+            for scope, name in destinations:
+                self._publish_chunks(self._topic(scope, name, "content"), data)
+        log.info(
+            "sent %s %r (%s) to %d clusters via %d groups and %d single clusters, start %s",
+            spec.play_id, spec.bulletin, spec.level, len(spec.clusters), len(groups),
+            len(leftovers), spec.start_at.isoformat(timespec="seconds"),
+        )
+        return to
+
+    def send_stop(self, play_id: str | None, cluster_ids: Sequence[str]) -> None:
+        """Tell these clusters to stop a play now (or everything, with play_id None)."""
+        if not cluster_ids:
+            return
+        groups, leftovers = self._fleet().cover(list(cluster_ids))
+        to = Address(groups=groups, clusters=leftovers)
+        cmd = self._signer.command(StopBody(play_id=play_id), to, self._clock.now(), STOP_TTL)
+        payload = cmd.to_json()
+        for g in groups:
+            self._link.publish(topics.group_topic(g, "command"), payload)
+        for c in leftovers:
+            self._link.publish(topics.cluster_topic(c, "command"), payload)
+        self.stats.commands += len(groups) + len(leftovers)
+        log.info("sent stop for %s to %d clusters", play_id or "everything", len(cluster_ids))
+
+    def publish_memberships(self, memberships: Sequence[tuple[str, str | None, list[str]]]) -> None:
+        """Retained, signed: (cluster, commune, groups) so agents subscribe to their groups."""
+        now = self._clock.now()
+        for cluster, commune, groups in memberships:
+            body = MembershipBody(cluster=cluster, commune=commune, groups=groups)
+            cmd = self._signer.command(body, Address(clusters=[cluster]), now, MEMBERSHIP_TTL)
+            self._link.publish(
+                topics.cluster_topic(cluster, "membership"), cmd.to_json(), retain=True
+            )
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _topic(scope: str, name: str, channel: topics.GroupChannel) -> str:
+        if scope == "group":
+            return topics.group_topic(name, channel)
+        return topics.cluster_topic(name, channel)
+
+    def _publish_chunks(self, topic: str, data: bytes, only: set[int] | None = None) -> None:
+        for index, frame in enumerate(chunks.split(data)):
+            if only is not None and index not in only:
+                continue
+            self._link.publish(topic, frame)
+            self.stats.chunks += 1
+            self.stats.chunk_bytes += len(frame)
+
+    def _on_request(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        try:
+            req = parse(ChunkRequest, payload)
+        except MessageError as exc:
+            log.warning("dropped an invalid chunk request on %s: %s", topic, exc)
+            return
+        if parsed is None or parsed.name != req.cluster:
+            log.warning("dropped a chunk request for %s on %s", req.cluster, topic)
+            return
+        key = (req.cluster, req.sha256)
+        with self._resend_lock:
+            last = self._last_resend.get(key, 0.0)
+            if time.monotonic() - last < 2.0:
+                return  # asked again before the last resend could arrive
+            self._last_resend[key] = time.monotonic()
+        path = self._content_path(req.sha256)
+        if path is None:
+            log.warning("cluster %s asked for content %s that this controller does not hold",
+                        req.cluster, req.sha256[:12])
+            return
+        self._publish_chunks(
+            topics.cluster_topic(req.cluster, "content"), path.read_bytes(), set(req.missing)
+        )
+        self.stats.resent_chunks += len(req.missing)
+        log.info("resent %d chunks of %s to cluster %s", len(req.missing), req.sha256[:12],
+                 req.cluster)

@@ -1,0 +1,203 @@
+"""Status intake: every event and availability change the agents publish, stored once.
+
+The MQTT network thread only parses and queues. One writer thread drains the queue in
+batches, stores the new events (duplicates from resends are dropped by the store),
+acknowledges every event it holds, new or duplicate, with a signed ack command on the
+cluster's command topic, and tells listeners about what is new.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from controller.store import Store
+from protocol import topics
+from protocol.clock import Clock
+from protocol.messages import AckBody, Address, Event, MessageError, State, parse
+from protocol.mqtt import Link
+from protocol.signing import Signer
+
+log = logging.getLogger(__name__)
+
+EventListener = Callable[[Event], None]
+StateListener = Callable[[str, str], None]
+
+ACK_TTL = timedelta(hours=6)
+
+
+@dataclass
+class IntakeStats:
+    events: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    states: int = 0
+    acks: int = 0
+    batches: int = 0
+    last_error: str | None = None
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class Intake:
+    def __init__(
+        self,
+        link: Link,
+        store: Store,
+        signer: Signer,
+        clock: Clock,
+        *,
+        batch_max: int = 2000,
+    ) -> None:
+        self._link = link
+        self._store = store
+        self._signer = signer
+        self._clock = clock
+        self._batch_max = batch_max
+        self._queue: queue.Queue[Event | tuple[str, str] | None] = queue.Queue()
+        self._event_listeners: list[EventListener] = []
+        self._state_listeners: list[StateListener] = []
+        self._thread: threading.Thread | None = None
+        self.stats = IntakeStats()
+        self._idle = threading.Event()
+
+    def add_listener(self, listener: EventListener) -> None:
+        self._event_listeners.append(listener)
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        self._state_listeners.append(listener)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
+        self._thread.start()
+        self._link.subscribe(topics.all_clusters("event"), self._on_event)
+        self._link.subscribe(topics.all_clusters("state"), self._on_state)
+
+    def stop(self) -> None:
+        self._link.unsubscribe(topics.all_clusters("event"))
+        self._link.unsubscribe(topics.all_clusters("state"))
+        self._queue.put(None)
+        if self._thread:
+            self._thread.join(10)
+
+    def drained(self) -> bool:
+        """True when everything received so far has been stored (for tests and tools)."""
+        return self._queue.empty() and self._idle.is_set()
+
+    # --- network thread -------------------------------------------------------------------
+
+    def _cluster_of(self, topic: str) -> str | None:
+        parsed = topics.parse(topic)
+        return parsed.name if parsed and parsed.scope == "cluster" else None
+
+    def _on_event(self, topic: str, payload: bytes) -> None:
+        cluster = self._cluster_of(topic)
+        try:
+            ev = parse(Event, payload)
+        except MessageError as exc:
+            self.stats.invalid += 1
+            self.stats.last_error = f"{topic}: {exc}"
+            log.warning("dropped an invalid event on %s: %s", topic, exc)
+            return
+        if ev.cluster != cluster:
+            self.stats.invalid += 1
+            log.warning(
+                "dropped an event claiming cluster %s that arrived on %s's topic %s",
+                ev.cluster, cluster, topic,
+            )
+            return
+        self._idle.clear()
+        self._queue.put(ev)
+
+    def _on_state(self, topic: str, payload: bytes) -> None:
+        cluster = self._cluster_of(topic)
+        if not payload:  # a cleared retained message
+            return
+        try:
+            st = parse(State, payload)
+        except MessageError as exc:
+            self.stats.invalid += 1
+            log.warning("dropped an invalid state message on %s: %s", topic, exc)
+            return
+        if cluster is None or st.cluster != cluster:
+            self.stats.invalid += 1
+            log.warning("dropped a state message for %s on %s", st.cluster, topic)
+            return
+        self._idle.clear()
+        self._queue.put((cluster, st.state))
+
+    # --- writer thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                self._idle.set()
+                continue
+            if first is None:
+                return
+            batch: list[Event | tuple[str, str]] = [first]
+            while len(batch) < self._batch_max:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            try:
+                self._process(batch)
+            except Exception as exc:  # the store is down: keep going, agents will resend
+                self.stats.last_error = str(exc)
+                log.exception("could not store %d status messages; agents will resend", len(batch))
+            if self._queue.empty():
+                self._idle.set()
+
+    def _process(self, batch: list[Event | tuple[str, str]]) -> None:
+        now = self._clock.now()
+        evs = [item for item in batch if isinstance(item, Event)]
+        for item in batch:
+            if isinstance(item, tuple):
+                cluster, state = item
+                self._store.set_state(cluster, state, now)
+                self.stats.states += 1
+                log.info("cluster %s is %s", cluster, state)
+                for slistener in self._state_listeners:
+                    slistener(cluster, state)
+        if not evs:
+            return
+        fresh = self._store.add_events(evs, now)
+        self.stats.batches += 1
+        self.stats.events += len(fresh)
+        self.stats.duplicates += len(evs) - len(fresh)
+        for ev in fresh:
+            self.stats.by_kind[ev.kind] = self.stats.by_kind.get(ev.kind, 0) + 1
+            if ev.kind == "rejected":
+                log.warning("cluster %s rejected a command: %s", ev.cluster, ev.reason)
+        self._acknowledge(evs)
+        for ev in fresh:
+            for listener in self._event_listeners:
+                try:
+                    listener(ev)
+                except Exception:
+                    log.exception("event listener failed")
+
+    def _acknowledge(self, evs: list[Event]) -> None:
+        by_outbox: dict[tuple[str, str], list[int]] = {}
+        for ev in evs:
+            by_outbox.setdefault((ev.cluster, ev.outbox), []).append(ev.seq)
+        now = self._clock.now()
+        for (cluster, outbox), seqs in by_outbox.items():
+            cmd = self._signer.command(
+                AckBody(outbox=outbox, seqs=sorted(set(seqs))),
+                Address(clusters=[cluster]),
+                now,
+                ACK_TTL,
+            )
+            self._link.publish(topics.cluster_topic(cluster, "command"), cmd.to_json())
+            self.stats.acks += 1

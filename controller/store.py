@@ -1,0 +1,401 @@
+"""The controller's store: clusters, status events, plays and dispatches.
+
+SQLAlchemy Core over SQLite by default (one file, no server) or PostgreSQL by URL.
+Events are unique per (cluster, outbox, seq): an agent resends until acknowledged, so
+duplicates are expected and dropped here. The cluster summary (online, last seen, what
+it plays, last result) is derived from the events as they arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.engine import Connection
+
+from protocol.messages import Event
+
+metadata = MetaData()
+
+clusters = Table(
+    "clusters",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("commune", String(64), nullable=False),
+    Column("commune_name", String(200), nullable=False),
+    Column("state", String(16), nullable=False, default="unknown"),
+    Column("state_at", DateTime(timezone=True)),
+    Column("last_seen", DateTime(timezone=True)),
+    Column("playing_play_id", String(128)),
+    Column("playing_bulletin", String(200)),
+    Column("last_result", String(32)),
+    Column("last_result_bulletin", String(200)),
+    Column("last_result_reason", Text),
+    Column("last_result_at", DateTime(timezone=True)),
+    Column("last_rejection", Text),
+    Column("last_rejection_at", DateTime(timezone=True)),
+    Column("in_fleet", Boolean, nullable=False, default=True),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("cluster", String(64), nullable=False, index=True),
+    Column("outbox", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("ref", String(64)),
+    Column("play_id", String(128), index=True),
+    Column("bulletin", String(200)),
+    Column("level", String(16)),
+    Column("reason", Text),
+    UniqueConstraint("cluster", "outbox", "seq", name="uq_event_origin"),
+)
+
+plays = Table(
+    "plays",
+    metadata,
+    Column("play_id", String(128), primary_key=True),
+    Column("programme", String(128)),
+    Column("bulletin", String(200), nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("start_at", DateTime(timezone=True), nullable=False),
+    Column("latest_start", DateTime(timezone=True), nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("items", Text, nullable=False),  # JSON list of sha256
+    Column("clusters", Text, nullable=False),  # JSON list of cluster ids
+    Column("urgent", Boolean, nullable=False, default=False),
+    Column("sent_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per scheduled occurrence the controller has dealt with: sent, or recorded
+# as missed (and why). This is what stops a restart from sending a play twice.
+dispatches = Table(
+    "dispatches",
+    metadata,
+    Column("programme", String(128), primary_key=True),
+    Column("occurrence", DateTime(timezone=True), primary_key=True),
+    Column("outcome", String(16), nullable=False),  # sent | missed
+    Column("reason", Text),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+FINAL_KINDS = frozenset({"finished", "interrupted", "missed", "failed"})
+
+
+@dataclass(frozen=True)
+class ClusterRow:
+    id: str
+    name: str
+    commune: str
+    commune_name: str
+    state: str
+    last_seen: datetime | None
+    playing: str | None
+    last_result: str | None
+    last_result_bulletin: str | None
+    last_result_reason: str | None
+    last_rejection: str | None
+    last_rejection_at: datetime | None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def utc(value: datetime) -> datetime:
+    """Stored datetimes are UTC (SQLite keeps no offset)."""
+    return value.astimezone(UTC)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+class Store:
+    """All controller persistence. Thread-safe; writes are serialised by one lock."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        self.engine: Engine = create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+        self._write = threading.Lock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- clusters -----------------------------------------------------------------------
+
+    def sync_fleet(self, rows: Iterable[tuple[str, str, str, str]]) -> None:
+        """Make the clusters table match the fleet: (id, name, commune id, commune name)."""
+        wanted = {r[0]: r for r in rows}
+        with self._write, self.engine.begin() as conn:
+            known = {r[0] for r in conn.execute(select(clusters.c.id))}
+            for cid, (_, name, commune, commune_name) in wanted.items():
+                values = {
+                    "name": name, "commune": commune, "commune_name": commune_name,
+                    "in_fleet": True,
+                }
+                if cid in known:
+                    conn.execute(update(clusters).where(clusters.c.id == cid).values(**values))
+                else:
+                    conn.execute(insert(clusters).values(id=cid, state="unknown", **values))
+            gone = known - wanted.keys()
+            if gone:
+                conn.execute(
+                    update(clusters).where(clusters.c.id.in_(gone)).values(in_fleet=False)
+                )
+
+    def set_state(self, cluster: str, state: str, at: datetime) -> None:
+        with self._write, self.engine.begin() as conn:
+            self._ensure_cluster(conn, cluster)
+            values: dict[str, Any] = {"state": state, "state_at": utc(at)}
+            if state == "online":
+                values["last_seen"] = utc(at)
+            else:
+                values["playing_play_id"] = None
+                values["playing_bulletin"] = None
+            conn.execute(update(clusters).where(clusters.c.id == cluster).values(**values))
+
+    def fleet_rows(self) -> list[ClusterRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(clusters).where(clusters.c.in_fleet.is_(True)).order_by(
+                    clusters.c.commune_name, clusters.c.id
+                )
+            ).mappings()
+            return [
+                ClusterRow(
+                    id=r["id"], name=r["name"], commune=r["commune"],
+                    commune_name=r["commune_name"], state=r["state"],
+                    last_seen=_aware(r["last_seen"]),
+                    playing=r["playing_bulletin"], last_result=r["last_result"],
+                    last_result_bulletin=r["last_result_bulletin"],
+                    last_result_reason=r["last_result_reason"],
+                    last_rejection=r["last_rejection"],
+                    last_rejection_at=_aware(r["last_rejection_at"]),
+                )
+                for r in rows
+            ]
+
+    # --- events -------------------------------------------------------------------------
+
+    def add_events(self, batch: Sequence[Event], received_at: datetime) -> list[Event]:
+        """Store a batch of events; return those that were new (duplicates are dropped)."""
+        if not batch:
+            return []
+        unique: dict[tuple[str, str, int], Event] = {}
+        for ev in batch:
+            unique.setdefault((ev.cluster, ev.outbox, ev.seq), ev)
+        with self._write, self.engine.begin() as conn:
+            seen: set[tuple[str, str, int]] = set()
+            keys = list(unique)
+            for start in range(0, len(keys), 300):
+                part = keys[start : start + 300]
+                seen.update(
+                    (r[0], r[1], r[2])
+                    for r in conn.execute(
+                        select(events.c.cluster, events.c.outbox, events.c.seq).where(
+                            tuple_(events.c.cluster, events.c.outbox, events.c.seq).in_(part)
+                        )
+                    )
+                )
+            fresh = [ev for key, ev in unique.items() if key not in seen]
+            if fresh:
+                conn.execute(
+                    insert(events),
+                    [
+                        {
+                            "cluster": ev.cluster, "outbox": ev.outbox, "seq": ev.seq,
+                            "at": utc(ev.at), "received_at": utc(received_at), "kind": ev.kind,
+                            "ref": ev.ref, "play_id": ev.play_id, "bulletin": ev.bulletin,
+                            "level": ev.level, "reason": ev.reason,
+                        }
+                        for ev in fresh
+                    ],
+                )
+                self._summarise(conn, fresh, received_at)
+        return fresh
+
+    def _ensure_cluster(self, conn: Connection, cluster: str) -> None:
+        exists = conn.execute(select(clusters.c.id).where(clusters.c.id == cluster)).first()
+        if not exists:
+            conn.execute(
+                insert(clusters).values(
+                    id=cluster, name=cluster, commune="?", commune_name="(not in fleet)",
+                    state="unknown", in_fleet=False,
+                )
+            )
+
+    def _summarise(self, conn: Connection, fresh: list[Event], received_at: datetime) -> None:
+        by_cluster: dict[str, list[Event]] = {}
+        for ev in fresh:
+            by_cluster.setdefault(ev.cluster, []).append(ev)
+        for cluster, evs in by_cluster.items():
+            self._ensure_cluster(conn, cluster)
+            current = conn.execute(
+                select(clusters.c.playing_play_id).where(clusters.c.id == cluster)
+            ).scalar()
+            values: dict[str, Any] = {"last_seen": utc(received_at)}
+            for ev in sorted(evs, key=lambda e: (e.at, e.seq)):
+                if ev.kind == "playing":
+                    current = ev.play_id
+                    values["playing_play_id"] = ev.play_id
+                    values["playing_bulletin"] = ev.bulletin
+                elif ev.kind in FINAL_KINDS:
+                    if ev.play_id == current:
+                        current = None
+                        values["playing_play_id"] = None
+                        values["playing_bulletin"] = None
+                    values["last_result"] = ev.kind
+                    values["last_result_bulletin"] = ev.bulletin
+                    values["last_result_reason"] = ev.reason
+                    values["last_result_at"] = utc(ev.at)
+                elif ev.kind == "rejected":
+                    values["last_rejection"] = ev.reason
+                    values["last_rejection_at"] = utc(ev.at)
+            conn.execute(update(clusters).where(clusters.c.id == cluster).values(**values))
+
+    def events_for_play(self, play_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(events).where(events.c.play_id == play_id).order_by(events.c.id)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def play_states(self, play_id: str) -> dict[str, str]:
+        """The latest state of a play on each cluster that reported on it."""
+        state: dict[str, str] = {}
+        order = {"received": 0, "delivered": 1, "playing": 2}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(events.c.cluster, events.c.kind)
+                .where(events.c.play_id == play_id)
+                .order_by(events.c.at, events.c.seq)
+            )
+            for cluster, kind in rows:
+                prev = state.get(cluster)
+                if prev in FINAL_KINDS and kind not in FINAL_KINDS:
+                    continue
+                if prev in order and kind in order and order[kind] < order[prev]:
+                    continue
+                state[cluster] = kind
+        return state
+
+    def count_events(self, kind: str | None = None) -> int:
+        with self.engine.connect() as conn:
+            q = select(func.count()).select_from(events)
+            if kind:
+                q = q.where(events.c.kind == kind)
+            return int(conn.execute(q).scalar() or 0)
+
+    # --- plays and dispatches -----------------------------------------------------------
+
+    def record_play(
+        self,
+        *,
+        play_id: str,
+        programme: str | None,
+        bulletin: str,
+        level: str,
+        start_at: datetime,
+        latest_start: datetime,
+        duration_s: float,
+        items: list[str],
+        cluster_ids: list[str],
+        urgent: bool,
+        sent_at: datetime,
+    ) -> None:
+        with self._write, self.engine.begin() as conn:
+            exists = conn.execute(select(plays.c.play_id).where(plays.c.play_id == play_id))
+            if exists.first():
+                return
+            conn.execute(
+                insert(plays).values(
+                    play_id=play_id, programme=programme, bulletin=bulletin, level=level,
+                    start_at=utc(start_at), latest_start=utc(latest_start), duration_s=duration_s,
+                    items=json.dumps(items), clusters=json.dumps(cluster_ids), urgent=urgent,
+                    sent_at=utc(sent_at),
+                )
+            )
+
+    def play_clusters(self, play_id: str) -> list[str]:
+        with self.engine.connect() as conn:
+            raw = conn.execute(select(plays.c.clusters).where(plays.c.play_id == play_id)).scalar()
+        return list(json.loads(raw)) if raw else []
+
+    def claim_dispatch(
+        self, programme: str, occurrence: datetime, outcome: str, reason: str | None,
+        at: datetime,
+    ) -> bool:
+        """Record what became of an occurrence; False if it was already dealt with."""
+        with self._write, self.engine.begin() as conn:
+            found = conn.execute(
+                select(dispatches.c.outcome).where(
+                    dispatches.c.programme == programme,
+                    dispatches.c.occurrence == utc(occurrence),
+                )
+            ).first()
+            if found:
+                return False
+            conn.execute(
+                insert(dispatches).values(
+                    programme=programme, occurrence=utc(occurrence), outcome=outcome,
+                    reason=reason, at=utc(at),
+                )
+            )
+            return True
+
+    def dispatched(self, programme: str, occurrence: datetime) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(dispatches.c.outcome).where(
+                    dispatches.c.programme == programme,
+                    dispatches.c.occurrence == utc(occurrence),
+                )
+            ).scalar()
+
+    def dispatch_log(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(dispatches).order_by(dispatches.c.occurrence)).mappings()
+            return [dict(r) for r in rows]
