@@ -74,6 +74,7 @@ class MosquittoBroker:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
@@ -170,7 +171,6 @@ def have_mosquitto() -> bool:
 
 def _mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
     b = MosquittoBroker(tmp_path / "broker")
-    b.workdir.mkdir()
     b.start()
     try:
         yield b

@@ -1,0 +1,306 @@
+"""MqttLink against real brokers: mosquitto and the embedded amqtt broker, same tests.
+
+Publishing from one connection races with another connection's SUBSCRIBE reaching the
+broker, and MqttLink does not expose SUBACKs; so cross-client tests publish again every
+quarter second until the message is in or the deadline passes (`publish_until`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Protocol
+
+import paho.mqtt.client as paho
+import pytest
+from conftest import BrokerUnderTest, wait_until
+from paho.mqtt.enums import CallbackAPIVersion
+
+from controller.broker import BrokerStartError, EmbeddedBroker
+from protocol.mqtt import BrokerAddress, MqttLink, Will
+
+REPO = Path(__file__).resolve().parent.parent
+CONNECT_TIMEOUT = 10.0
+
+
+class Inbox:
+    """Collects what a link's handlers receive, from paho's network thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.messages: list[tuple[str, bytes]] = []
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            self.messages.append((topic, payload))
+
+    def payloads(self, topic: str) -> list[bytes]:
+        with self._lock:
+            return [p for t, p in self.messages if t == topic]
+
+    def topics(self) -> set[str]:
+        with self._lock:
+            return {t for t, _p in self.messages}
+
+
+@pytest.fixture(params=["mosquitto", "embedded"])
+def any_broker(request: pytest.FixtureRequest) -> BrokerUnderTest:
+    """Each test runs against mosquitto and against the embedded broker."""
+    fixture = "mosquitto_broker" if request.param == "mosquitto" else "embedded_broker"
+    broker: BrokerUnderTest = request.getfixturevalue(fixture)
+    return broker
+
+
+@pytest.fixture
+def links(any_broker: BrokerUnderTest) -> Iterator[Callable[..., MqttLink]]:
+    """A factory of started, connected links to the broker; all stopped at the end."""
+    with ExitStack() as stack:
+
+        def connect(client_id: str, *, will: Will | None = None) -> MqttLink:
+            link = MqttLink(any_broker.address, client_id, will=will)
+            stack.callback(link.stop)
+            link.start()
+            assert link.wait_connected(CONNECT_TIMEOUT), f"{client_id} did not connect"
+            return link
+
+        yield connect
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, payload: bytes, qos: int = ...) -> object: ...
+
+
+def publish_until(
+    link: Publisher,
+    topic: str,
+    payload: bytes,
+    arrived: Callable[[], object],
+    *,
+    timeout: float = 10.0,
+) -> None:
+    """Publish (QoS 1) every 0.25 s until arrived() is true; fail after timeout."""
+    last = -1.0
+
+    def check() -> object:
+        nonlocal last
+        if arrived():
+            return True
+        if time.monotonic() - last >= 0.25:
+            link.publish(topic, payload, qos=1)
+            last = time.monotonic()
+        return False
+
+    wait_until(check, timeout, f"{topic} to arrive")
+
+
+def test_binary_payload_round_trip(links: Callable[..., MqttLink]) -> None:
+    payload = bytes(range(256)) * 256  # 64 KiB, every byte value
+    assert len(payload) == 64 * 1024
+    inbox = Inbox()
+    subscriber = links("sub")
+    subscriber.subscribe("loa/test/+/content", inbox)
+    publisher = links("pub")
+    publish_until(
+        publisher, "loa/test/c1/content", payload, lambda: inbox.payloads("loa/test/c1/content")
+    )
+    assert set(inbox.payloads("loa/test/c1/content")) == {payload}
+    assert inbox.topics() == {"loa/test/c1/content"}
+
+
+def test_acknowledged_publish(links: Callable[..., MqttLink]) -> None:
+    publisher = links("pub")
+    assert publisher.wait_published("loa/test/ack", b"x" * 70_000, qos=1, timeout=10)
+
+
+def test_retained_message_reaches_a_later_subscriber(links: Callable[..., MqttLink]) -> None:
+    topic = "loa/v1/cluster/ph-001/state"
+    publisher = links("pub")
+    publisher.publish(topic, b"old", qos=1, retain=True)
+    publisher.publish(topic, b"online", qos=1, retain=True)
+    assert publisher.wait_published("loa/test/fence", b"", qos=1, timeout=10)
+    inbox = Inbox()
+    late = links("late")
+    late.subscribe("loa/v1/cluster/+/state", inbox)
+    # Nobody publishes after `late` subscribed: whatever arrives was retained, and the
+    # last retained value replaced the first.
+    wait_until(lambda: inbox.payloads(topic)[-1:] == [b"online"], 10, "the retained state")
+    assert inbox.topics() == {topic}
+
+
+def test_clearing_a_retained_message(links: Callable[..., MqttLink]) -> None:
+    topic = "loa/v1/cluster/ph-002/state"
+    publisher = links("pub")
+    publisher.publish(topic, b"online", qos=1, retain=True)
+    publisher.publish(topic, b"", qos=1, retain=True)  # an empty retained payload clears it
+    probe = Inbox()
+    publisher.subscribe("loa/test/probe", probe)
+    publish_until(publisher, "loa/test/probe", b"p", lambda: probe.payloads("loa/test/probe"))
+    inbox = Inbox()
+    late = links("late")
+    late.subscribe(topic, inbox)
+    late.subscribe("loa/test/probe", inbox)
+    publish_until(late, "loa/test/probe", b"p", lambda: inbox.payloads("loa/test/probe"))
+    assert inbox.payloads(topic) == []
+
+
+def test_a_client_gets_only_the_retained_messages_it_subscribed_to(
+    any_broker: BrokerUnderTest, links: Callable[..., MqttLink]
+) -> None:
+    controller = links("controller")
+    controller.subscribe("loa/v1/cluster/+/state", Inbox())
+    controller.publish("loa/v1/cluster/ph-001/state", b"online", qos=1, retain=True)
+    assert controller.wait_published("loa/test/fence", b"", timeout=10)
+    # A bare client that sees every message its connection receives, matched or not.
+    seen = Inbox()
+    raw = paho.Client(CallbackAPIVersion.VERSION2, client_id="agent-ph-002")
+    raw.on_message = lambda _c, _u, msg: seen(msg.topic, bytes(msg.payload))
+    raw.connect(any_broker.address.host, any_broker.address.port)
+    raw.loop_start()
+    try:
+        raw.subscribe("loa/v1/cluster/ph-002/command", qos=1)
+        # Packets on one connection arrive in order: once this client's own message is
+        # back, anything the broker sent it on connect would be in too.
+        publish_until(
+            raw,
+            "loa/v1/cluster/ph-002/command",
+            b"cmd",
+            lambda: seen.payloads("loa/v1/cluster/ph-002/command"),
+        )
+        assert seen.topics() == {"loa/v1/cluster/ph-002/command"}
+    finally:
+        raw.disconnect()
+        raw.loop_stop()
+
+
+def test_subscriptions_are_renewed_after_a_broker_restart(
+    any_broker: BrokerUnderTest, links: Callable[..., MqttLink]
+) -> None:
+    inbox = Inbox()
+    subscriber = links("sub")
+    subscriber.subscribe("loa/test/after", inbox)
+    publisher = links("pub")
+    ups: list[bool] = []
+    subscriber.add_connection_listener(ups.append)
+    publisher.add_connection_listener(ups.append)
+
+    any_broker.restart()
+
+    wait_until(lambda: ups.count(False) == 2, 10, "both links to see the broker go")
+    wait_until(lambda: ups.count(True) == 2, 15, "both links to reconnect by themselves")
+    # The broker lost every (clean) session: only a renewed subscription gets this.
+    publish_until(publisher, "loa/test/after", b"back", lambda: inbox.payloads("loa/test/after"))
+
+
+AGENT = """
+import sys, threading
+from protocol.mqtt import BrokerAddress, MqttLink, Will
+host, port, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+link = MqttLink(BrokerAddress(host, port), "agent-ph-007", will=Will(topic, b"offline"))
+link.start()
+if not link.wait_connected(10):
+    sys.exit("could not connect")
+link.publish(topic, b"online", qos=1, retain=True)
+threading.Event().wait()
+"""
+
+
+def test_last_will_is_published_and_retained_when_an_agent_dies(
+    any_broker: BrokerUnderTest, links: Callable[..., MqttLink]
+) -> None:
+    topic = "loa/v1/cluster/ph-007/state"
+    watcher_inbox = Inbox()
+    watcher = links("watcher")
+    watcher.subscribe(topic, watcher_inbox)
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT, any_broker.address.host, str(any_broker.address.port), topic],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        wait_until(lambda: b"online" in watcher_inbox.payloads(topic), 15, "the agent online")
+        agent.kill()  # kill -9: no DISCONNECT packet, the kernel just closes the socket
+        agent.wait(10)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(10)
+    wait_until(lambda: b"offline" in watcher_inbox.payloads(topic), 10, "the Last Will")
+    assert watcher_inbox.payloads(topic) == [b"online", b"offline"]
+
+    late_inbox = Inbox()
+    late = links("late")
+    late.subscribe(topic, late_inbox)
+    wait_until(lambda: late_inbox.payloads(topic), 10, "the retained Last Will")
+    assert late_inbox.payloads(topic) == [b"offline"]
+
+
+def test_a_hundred_concurrent_clients(links: Callable[..., MqttLink]) -> None:
+    count = 100
+    collector_inbox = Inbox()
+    collector = links("collector")
+    collector.subscribe("loa/test/up/+", collector_inbox)
+    agents: list[tuple[MqttLink, Inbox]] = []
+    for i in range(count):
+        inbox = Inbox()
+        agent = links(f"agent-{i:03d}")
+        agent.subscribe("loa/test/all", inbox)
+        agents.append((agent, inbox))
+
+    # Fan-out: one message to every agent.
+    publish_until(
+        collector,
+        "loa/test/all",
+        b"to everyone",
+        lambda: all(inbox.payloads("loa/test/all") for _a, inbox in agents),
+        timeout=20,
+    )
+    # Fan-in: every agent reports once.
+    first, _ = agents[0]
+    publish_until(first, "loa/test/up/000", b"0", collector_inbox.topics, timeout=10)
+    for i, (agent, _inbox) in enumerate(agents[1:], start=1):
+        agent.publish(f"loa/test/up/{i:03d}", str(i).encode(), qos=1)
+    wait_until(lambda: len(collector_inbox.topics()) == count, 20, "a report from every agent")
+    assert all(agent.connected for agent, _ in agents)
+
+
+# --- the embedded broker's own life cycle ---------------------------------------------------
+
+
+def test_embedded_broker_picks_a_port_and_keeps_it_across_restarts() -> None:
+    broker = EmbeddedBroker()
+    with pytest.raises(RuntimeError, match="start it first"):
+        _ = broker.url
+    with broker:
+        port = broker.port
+        assert port > 0
+        assert broker.url == f"mqtt://127.0.0.1:{port}"
+        assert broker.address == BrokerAddress("127.0.0.1", port)
+        broker.start()  # already running: no second listener
+        broker.stop()
+        assert not broker.running
+        broker.stop()  # stopping a stopped broker is harmless
+        broker.start()
+        assert broker.running
+        assert broker.port == port
+        link = MqttLink(broker.address, "probe")
+        link.start()
+        try:
+            assert link.wait_connected(CONNECT_TIMEOUT)
+        finally:
+            link.stop()
+    assert not broker.running
+
+
+def test_embedded_broker_reports_a_port_in_use() -> None:
+    with EmbeddedBroker() as first:
+        second = EmbeddedBroker(port=first.port)
+        with pytest.raises(BrokerStartError, match=f"could not listen on 127.0.0.1:{first.port}"):
+            second.start()
+        assert not second.running
+        assert first.running
