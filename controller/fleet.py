@@ -1,0 +1,499 @@
+"""The fleet: the administrative tree and the speaker clusters on it (config/fleet.yaml).
+
+The tree is data, because it changes under a running fleet (on 1 July 2025 the
+district level was abolished and communes were merged): a province, optional
+districts, communes (xã, phường, thị trấn), optional villages (ấp, khu vực, thôn), and
+the clusters, each in a commune or in one of its villages.
+
+Every node id and cluster id is one MQTT topic level (protocol.topics.check_id) and
+they share one name space, so a target in a playlist is simply "a name": a node id
+(every cluster under that node), a cluster id (that cluster), ``tag:<tag>`` (every
+cluster carrying the tag), or ``all`` (every cluster of the fleet). A node's tags are
+inherited by every cluster under it.
+
+The file, nested the way a manager thinks about it::
+
+    province:
+      id: tinh-hau-giang
+      name: Tỉnh Hậu Giang
+      code: "93"
+      districts:
+        - id: huyen-phung-hiep
+          name: Huyện Phụng Hiệp
+          tags: [phung-hiep]
+          communes:
+            - id: xa-tan-binh
+              name: Xã Tân Bình
+              code: "31399"
+              clusters:
+                - {id: tan-binh-01, name: Trụ sở UBND xã, lat: 9.79, lon: 105.77}
+              villages:
+                - id: ap-tan-loi
+                  name: Ấp Tân Lợi
+                  clusters:
+                    - {id: tan-binh-02, name: Ngã ba Tân Lợi}
+      communes: []   # communes directly under the province (no district)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from protocol.topics import check_id
+from protocol.yamlload import (
+    ConfigError,
+    LocationMap,
+    NodePath,
+    Problem,
+    load_yaml,
+    suggest,
+    validate,
+)
+
+Kind = Literal["province", "district", "commune", "village"]
+
+ALL = "all"  # the target naming every cluster of the fleet; no node may use it as id
+TAG_PREFIX = "tag:"
+
+
+# --- the file's models ------------------------------------------------------------------
+
+
+def _topic_id(value: str) -> str:
+    check_id(value)
+    if value == ALL:
+        raise ValueError(f"{ALL!r} is reserved: in targets it means every cluster")
+    return value
+
+
+def _tag(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", value):
+        raise ValueError(
+            f"tag {value!r}: use 1-64 lower-case letters, digits, '-' or '_' "
+            "(no accents or spaces), e.g. ven-song"
+        )
+    return value
+
+
+def _code_text(value: Any) -> Any:
+    # A statistics code written without quotes arrives as a number; keep it as text.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _code(value: str) -> str:
+    if not re.fullmatch(r"[0-9]{2,5}", value):
+        raise ValueError(
+            f"{value!r} is not a national statistics code: 2 digits for a province, 3 for "
+            'a district, 5 for a commune, in quotes, e.g. code: "31399"'
+        )
+    return value
+
+
+Id = Annotated[str, AfterValidator(_topic_id)]
+Tag = Annotated[str, AfterValidator(_tag)]
+Code = Annotated[str, BeforeValidator(_code_text), AfterValidator(_code)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterSpec(_Strict):
+    """One speaker cluster (cụm loa): one pole, one receiver box."""
+
+    id: Id
+    name: Name
+    lat: Annotated[float, Field(ge=-90, le=90)] | None = None
+    lon: Annotated[float, Field(ge=-180, le=180)] | None = None
+    tags: list[Tag] = []
+
+
+class VillageSpec(_Strict):
+    """A village (ấp, khu vực, thôn, tổ) inside a commune."""
+
+    id: Id
+    name: Name
+    code: Code | None = None
+    tags: list[Tag] = []
+    clusters: list[ClusterSpec] = []
+
+
+class CommuneSpec(_Strict):
+    """A commune, ward or town (xã, phường, thị trấn): one commune radio station."""
+
+    id: Id
+    name: Name
+    code: Code | None = None
+    tags: list[Tag] = []
+    clusters: list[ClusterSpec] = []
+    villages: list[VillageSpec] = []
+
+
+class DistrictSpec(_Strict):
+    """A district (huyện, thị xã, thành phố thuộc tỉnh); optional since 1 July 2025."""
+
+    id: Id
+    name: Name
+    code: Code | None = None
+    tags: list[Tag] = []
+    communes: list[CommuneSpec] = []
+
+
+class ProvinceSpec(_Strict):
+    """The province (tỉnh, or thành phố trực thuộc trung ương) this controller serves."""
+
+    id: Id
+    name: Name
+    code: Code | None = None
+    tags: list[Tag] = []
+    districts: list[DistrictSpec] = []
+    communes: list[CommuneSpec] = []
+
+
+class FleetFile(_Strict):
+    """config/fleet.yaml."""
+
+    province: ProvinceSpec
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the fleet file, for editors (see controller.playlist.write_schemas)."""
+    schema = FleetFile.model_json_schema()
+    schema["title"] = "Loa fleet (administrative tree and speaker clusters)"
+    return schema
+
+
+# --- the fleet --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node of the administrative tree. parent is None for the province only."""
+
+    id: str
+    name: str
+    kind: Kind
+    code: str | None
+    parent: str | None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A speaker cluster. node: the commune or village it sits in; commune: its commune.
+
+    tags: its own tags and those of every node above it, sorted.
+    """
+
+    id: str
+    name: str
+    node: str
+    commune: str
+    lat: float | None
+    lon: float | None
+    tags: tuple[str, ...]
+
+
+class UnknownTargetError(KeyError):
+    """A target names no node, cluster or tag of the fleet."""
+
+    def __init__(self, target: str, message: str) -> None:
+        super().__init__(target)
+        self.target = target
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Fleet:
+    """The tree and its clusters, with target resolution. Immutable once built."""
+
+    def __init__(self, nodes: dict[str, Node], clusters: dict[str, Cluster]) -> None:
+        self.nodes = nodes
+        self.clusters = clusters
+        provinces = [n for n in nodes.values() if n.parent is None]
+        if len(provinces) != 1:
+            raise ValueError(f"a fleet has exactly one province, not {len(provinces)}")
+        self.province = provinces[0]
+        self._children: dict[str, list[str]] = {n: [] for n in nodes}
+        for n in nodes.values():
+            if n.parent is not None:
+                self._children[n.parent].append(n.id)
+        self._direct: dict[str, list[str]] = {n: [] for n in nodes}
+        for c in clusters.values():
+            self._direct[c.node].append(c.id)
+        self._under: dict[str, frozenset[str]] = {}
+        self._collect(self.province.id)
+        self._tags: dict[str, frozenset[str]] = {}
+        for c in clusters.values():
+            for tag in c.tags:
+                self._tags[tag] = self._tags.get(tag, frozenset()) | {c.id}
+
+    def _collect(self, node_id: str) -> frozenset[str]:
+        found = set(self._direct[node_id])
+        for child in self._children[node_id]:
+            found |= self._collect(child)
+        self._under[node_id] = frozenset(found)
+        return self._under[node_id]
+
+    # --- lookups ------------------------------------------------------------------------
+
+    def node(self, id: str) -> Node:
+        try:
+            return self.nodes[id]
+        except KeyError:
+            raise UnknownTargetError(id, self._unknown(id, "node")) from None
+
+    @property
+    def tags(self) -> list[str]:
+        """Every tag carried by at least one cluster."""
+        return sorted(self._tags)
+
+    def children(self, node_id: str) -> list[str]:
+        """The node ids directly under a node, sorted."""
+        self.node(node_id)
+        return sorted(self._children[node_id])
+
+    def clusters_in(self, node_id: str) -> list[str]:
+        """Sorted ids of the clusters under a node; a cluster id names just itself."""
+        if node_id in self.clusters:
+            return [node_id]
+        self.node(node_id)
+        return sorted(self._under[node_id])
+
+    def groups_of(self, cluster_id: str) -> list[str]:
+        """The node ids above a cluster, nearest first: village?, commune, district?, province."""
+        cluster = self._cluster(cluster_id)
+        out: list[str] = []
+        at: str | None = cluster.node
+        while at is not None:
+            out.append(at)
+            at = self.nodes[at].parent
+        return out
+
+    def commune_of(self, cluster_id: str) -> Node:
+        return self.nodes[self._cluster(cluster_id).commune]
+
+    def communes(self) -> list[Node]:
+        return sorted((n for n in self.nodes.values() if n.kind == "commune"), key=lambda n: n.id)
+
+    def _cluster(self, cluster_id: str) -> Cluster:
+        try:
+            return self.clusters[cluster_id]
+        except KeyError:
+            raise UnknownTargetError(cluster_id, self._unknown(cluster_id, "cluster")) from None
+
+    # --- targets ------------------------------------------------------------------------
+
+    def target_problem(self, target: str) -> str | None:
+        """None if target names something in this fleet, else what is wrong with it."""
+        if target == ALL or target in self.nodes or target in self.clusters:
+            return None
+        if target.startswith(TAG_PREFIX):
+            tag = target.removeprefix(TAG_PREFIX)
+            if tag in self._tags:
+                return None
+            close = suggest(tag, self._tags)
+            hint = f"; did you mean '{TAG_PREFIX}{close}'?" if close else ""
+            return f"no cluster carries the tag {tag!r}{hint}"
+        return self._unknown(target, "target")
+
+    def _unknown(self, name: str, what: str) -> str:
+        pool = list(self.nodes) + list(self.clusters)
+        close = suggest(name, pool)
+        if close is None:
+            by_name = {n.name.lower(): n.id for n in self.nodes.values()}
+            by_name.update({c.name.lower(): c.id for c in self.clusters.values()})
+            spoken = suggest(name.lower(), by_name)
+            close = by_name[spoken] if spoken else None
+        if close is not None:
+            return f"unknown {what} {name!r}; did you mean {close!r}?"
+        return (
+            f"unknown {what} {name!r}: write a node or cluster id from the fleet file, "
+            f"'{TAG_PREFIX}<tag>', or '{ALL}'"
+        )
+
+    def _expand(self, target: str) -> frozenset[str]:
+        problem = self.target_problem(target)
+        if problem is not None:
+            raise UnknownTargetError(target, problem)
+        if target == ALL:
+            return frozenset(self.clusters)
+        if target.startswith(TAG_PREFIX):
+            return self._tags[target.removeprefix(TAG_PREFIX)]
+        if target in self.clusters:
+            return frozenset([target])
+        return self._under[target]
+
+    def resolve(self, targets: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:
+        """Sorted ids of the clusters the targets name, less those exclude names.
+
+        Raises UnknownTargetError (a KeyError) for a name the fleet does not know; its
+        message suggests the closest known name.
+        """
+        chosen: set[str] = set()
+        for target in targets:
+            chosen |= self._expand(target)
+        for target in exclude:
+            chosen -= self._expand(target)
+        return sorted(chosen)
+
+    def cover(self, cluster_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Split a set of clusters into whole groups plus leftover clusters.
+
+        Groups are the largest nodes all of whose clusters are in the set (so one
+        publish per group replaces one per cluster); clusters under no such node are
+        left over. Since the nodes form a tree, taking the largest such nodes gives the
+        fewest publishes. A node holding a single cluster is not worth a group: that
+        cluster is returned as a leftover instead. Both lists are sorted.
+        """
+        wanted = set(cluster_ids)
+        for cid in wanted:
+            self._cluster(cid)
+        groups: list[str] = []
+        leftovers: list[str] = []
+        pending = [self.province.id]
+        while pending:
+            node_id = pending.pop()
+            under = self._under[node_id]
+            if not under or under.isdisjoint(wanted):
+                continue
+            if under <= wanted:
+                if len(under) > 1:
+                    groups.append(node_id)
+                else:
+                    leftovers.extend(under)
+                continue
+            leftovers.extend(c for c in self._direct[node_id] if c in wanted)
+            pending.extend(self._children[node_id])
+        return sorted(groups), sorted(leftovers)
+
+    def walk(self) -> Iterator[Node]:
+        """Every node, parents before children, siblings by id."""
+        pending = [self.province.id]
+        while pending:
+            node = self.nodes[pending.pop(0)]
+            yield node
+            pending[:0] = sorted(self._children[node.id])
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+class _Builder:
+    """Turns a validated FleetFile into nodes and clusters, collecting duplicate ids."""
+
+    def __init__(self, locations: LocationMap) -> None:
+        self.locations = locations
+        self.nodes: dict[str, Node] = {}
+        self.clusters: dict[str, Cluster] = {}
+        self.seen: dict[str, NodePath] = {}
+        self.problems: list[Problem] = []
+
+    def _claim(self, ident: str, path: NodePath) -> bool:
+        first = self.seen.get(ident)
+        if first is not None:
+            line = self.locations.value((*first, "id")).line
+            self.problems.append(
+                self.locations.problem(
+                    (*path, "id"),
+                    f"id {ident!r} is already used at line {line}; every node and cluster "
+                    "needs its own id",
+                )
+            )
+            return False
+        self.seen[ident] = path
+        return True
+
+    def node(
+        self,
+        spec: ProvinceSpec | DistrictSpec | CommuneSpec | VillageSpec,
+        kind: Kind,
+        parent: Node | None,
+        path: NodePath,
+    ) -> Node | None:
+        if not self._claim(spec.id, path):
+            return None
+        inherited = parent.tags if parent else ()
+        node = Node(
+            id=spec.id,
+            name=spec.name,
+            kind=kind,
+            code=spec.code,
+            parent=parent.id if parent else None,
+            tags=tuple(sorted({*inherited, *spec.tags})),
+        )
+        self.nodes[node.id] = node
+        return node
+
+    def cluster(self, spec: ClusterSpec, at: Node, commune: Node, path: NodePath) -> None:
+        if (spec.lat is None) != (spec.lon is None):
+            self.problems.append(
+                self.locations.problem(path, "write both lat and lon, or neither")
+            )
+        if not self._claim(spec.id, path):
+            return
+        self.clusters[spec.id] = Cluster(
+            id=spec.id,
+            name=spec.name,
+            node=at.id,
+            commune=commune.id,
+            lat=spec.lat,
+            lon=spec.lon,
+            tags=tuple(sorted({*at.tags, *spec.tags})),
+        )
+
+    def commune(self, spec: CommuneSpec, parent: Node, path: NodePath) -> None:
+        commune = self.node(spec, "commune", parent, path)
+        if commune is None:
+            return
+        for i, c in enumerate(spec.clusters):
+            self.cluster(c, commune, commune, (*path, "clusters", i))
+        for i, v in enumerate(spec.villages):
+            vpath = (*path, "villages", i)
+            village = self.node(v, "village", commune, vpath)
+            if village is None:
+                continue
+            for j, c in enumerate(v.clusters):
+                self.cluster(c, village, commune, (*vpath, "clusters", j))
+
+    def province(self, spec: ProvinceSpec) -> None:
+        root = ("province",)
+        province = self.node(spec, "province", None, root)
+        assert province is not None  # the first id is never a duplicate
+        for i, d in enumerate(spec.districts):
+            dpath = (*root, "districts", i)
+            district = self.node(d, "district", province, dpath)
+            if district is None:
+                continue
+            for j, c in enumerate(d.communes):
+                self.commune(c, district, (*dpath, "communes", j))
+        for i, c in enumerate(spec.communes):
+            self.commune(c, province, (*root, "communes", i))
+        if not spec.districts and not spec.communes:
+            self.problems.append(
+                self.locations.problem(
+                    root, "the province has no communes: add `communes:` or `districts:`"
+                )
+            )
+
+
+def load_fleet(path: Path) -> Fleet:
+    """Load and check a fleet file; raise ConfigError listing every problem."""
+    data, locations = load_yaml(path)
+    spec = validate(FleetFile, data, locations)
+    if isinstance(spec, list):
+        raise ConfigError(spec)
+    builder = _Builder(locations)
+    builder.province(spec.province)
+    if builder.problems:
+        raise ConfigError(builder.problems)
+    return Fleet(builder.nodes, builder.clusters)
