@@ -1,0 +1,171 @@
+"""The persistent outbox: every status event is kept until the controller acknowledges it.
+
+Proof of play is a legal record, so an event is committed to SQLite (WAL) *before* it is
+published, and stays there until an ack command names its sequence number. Unacknowledged
+events are published again after every (re)connection and whenever `resend_after_s` has
+passed since they were last sent. The controller drops duplicates by (outbox, seq).
+
+`outbox_id` is random, made once per database: if the SD card is replaced or the data
+directory wiped, the new outbox numbers its events from 1 again under a new id, and the
+controller does not mistake them for duplicates of the old ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from protocol.clock import Clock
+from protocol.messages import Event, EventKind, Level, parse
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload BLOB NOT NULL,
+    last_sent REAL
+);
+CREATE INDEX IF NOT EXISTS events_last_sent ON events (last_sent);
+"""
+
+
+class Outbox:
+    """Status events of one cluster, numbered, stored, resent until acknowledged."""
+
+    def __init__(
+        self,
+        path: Path,
+        cluster_id: str,
+        clock: Clock,
+        *,
+        resend_after_s: float = 10.0,
+        durable: bool = True,
+    ) -> None:
+        """durable: fsync every event (survives power loss); False only survives kill -9."""
+        self.path = path
+        self.cluster_id = cluster_id
+        self.resend_after_s = resend_after_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.executescript(SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
+        if row is None:
+            self.outbox_id = uuid.uuid4().hex
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('outbox_id', ?)", (self.outbox_id,)
+            )
+        else:
+            self.outbox_id = str(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(
+        self,
+        kind: EventKind,
+        *,
+        ref: str | None = None,
+        play_id: str | None = None,
+        bulletin: str | None = None,
+        level: Level | None = None,
+        reason: str | None = None,
+    ) -> Event:
+        """Number and store an event (committed when this returns); publish it afterwards."""
+        if reason is not None and len(reason) > 500:
+            reason = reason[:497] + "..."
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute("INSERT INTO events (payload) VALUES (x'')")
+                assert cur.lastrowid is not None
+                event = Event(
+                    cluster=self.cluster_id,
+                    outbox=self.outbox_id,
+                    seq=cur.lastrowid,
+                    at=self._clock.now(),
+                    kind=kind,
+                    ref=ref,
+                    play_id=play_id,
+                    bulletin=bulletin,
+                    level=level,
+                    reason=reason,
+                )
+                self._db.execute(
+                    "UPDATE events SET payload = ? WHERE seq = ?", (event.to_json(), event.seq)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return event
+
+    def unacked(self) -> list[Event]:
+        """Every event not acknowledged yet, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT payload FROM events ORDER BY seq").fetchall()
+        return [parse(Event, bytes(row[0])) for row in rows]
+
+    def due(self) -> list[Event]:
+        """Events never sent, or last sent at least resend_after_s ago, oldest first."""
+        cutoff = self._clock.now().timestamp() - self.resend_after_s
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT payload FROM events WHERE last_sent IS NULL OR last_sent <= ? "
+                "ORDER BY seq",
+                (cutoff,),
+            ).fetchall()
+        return [parse(Event, bytes(row[0])) for row in rows]
+
+    def next_due_at(self) -> datetime | None:
+        """When the oldest sent-but-unacknowledged event should go out again (None: none)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(COALESCE(last_sent, 0)), COUNT(*) FROM events"
+            ).fetchone()
+        if not row or not row[1]:
+            return None
+        return datetime.fromtimestamp(float(row[0]) + self.resend_after_s, UTC)
+
+    def mark_sent(self, seqs: Iterable[int]) -> None:
+        now = self._clock.now().timestamp()
+        with self._lock:
+            self._db.executemany(
+                "UPDATE events SET last_sent = ? WHERE seq = ?", [(now, s) for s in seqs]
+            )
+
+    def ack(self, outbox_id: str, seqs: Iterable[int]) -> int:
+        """Forget the acknowledged events of this outbox; returns how many were forgotten."""
+        if outbox_id != self.outbox_id:
+            log.info(
+                "ack for outbox %s ignored: this cluster's outbox is %s (data directory reset?)",
+                outbox_id, self.outbox_id,
+            )
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.executemany(
+                    "DELETE FROM events WHERE seq = ?", [(s,) for s in seqs]
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return max(cur.rowcount, 0)
+
+    def pending(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
+        return int(row[0])

@@ -1,0 +1,524 @@
+"""The local schedule and the player: each play starts at its commanded time, one at a time.
+
+The schedule is kept on disk (`plays.json`, replaced atomically on every change), so an
+agent that restarts still plays what comes next and never plays a finished play again.
+
+Rules, in the words of Circular 39/2020's three levels:
+
+- a play is due at `start_at` (this cluster's clock) and may start until `latest_start`;
+  past that it is *missed*, with the reason (audio incomplete, output busy, agent not
+  running);
+- if its audio is incomplete when it is due, the missing chunks are requested, and again
+  every `request_interval_s`, until it can start or its latest start has passed;
+- one output: a due play of a higher level (emergency > priority > normal) interrupts a
+  lower one at once; equal or lower levels wait their turn in start time order;
+- a stop command stops one play (or everything playing and everything due and waiting);
+- a play id already received is never scheduled twice.
+
+Every state change is reported through `report` (the agent turns it into an outbox
+event): received, delivered, playing, finished, interrupted, missed, failed.
+The player decides in `tick()`, which the agent's worker calls after every message and
+at the time `tick()` returned; the output itself runs on one short-lived thread per play.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import ValidationError
+
+from device_agent.output import OutputBackend, PlayOutcome
+from device_agent.statefile import JsonStateFile
+from protocol.clock import Clock
+from protocol.messages import LEVEL_RANK, Command, ContentRef, EventKind, PlayBody
+
+module_log = logging.getLogger(__name__)
+
+EndState = Literal["finished", "interrupted", "missed", "failed"]
+PlayState = Literal["scheduled", "playing", EndState]
+TERMINAL: frozenset[str] = frozenset({"finished", "interrupted", "missed", "failed"})
+
+# A finished play is remembered this long past its command's expiry, so that a late
+# re-delivery of the same play (under a new command id) cannot make it play twice.
+DEFAULT_RETENTION = timedelta(days=1)
+DEFAULT_REQUEST_INTERVAL_S = 10.0
+JUST_AFTER = timedelta(milliseconds=1)
+
+
+class ContentStore(Protocol):
+    """What the player needs from the content cache."""
+
+    def has(self, sha256: str) -> bool: ...
+    def path(self, sha256: str) -> Path: ...
+    def missing(self, ref: ContentRef) -> list[int]: ...
+
+
+@dataclass
+class PlayRecord:
+    """One play on this cluster and where it stands."""
+
+    command_id: str
+    body: PlayBody
+    received_at: datetime
+    keep_until: datetime
+    order: int
+    state: PlayState = "scheduled"
+    delivered: bool = False
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    last_request_at: datetime | None = None
+
+    @property
+    def play_id(self) -> str:
+        return self.body.play_id
+
+    @property
+    def rank(self) -> int:
+        return LEVEL_RANK[self.body.level]
+
+    @property
+    def duration_s(self) -> float:
+        return sum(item.duration_s for item in self.body.items)
+
+    def describe(self) -> str:
+        return f"{self.body.bulletin} ({self.body.level})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command_id": self.command_id,
+            "body": self.body.model_dump(mode="json", exclude_none=True),
+            "received_at": self.received_at.isoformat(),
+            "keep_until": self.keep_until.isoformat(),
+            "order": self.order,
+            "state": self.state,
+            "delivered": self.delivered,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> PlayRecord:
+        def when(key: str) -> datetime | None:
+            value = obj.get(key)
+            return datetime.fromisoformat(value) if value else None
+
+        received, keep = when("received_at"), when("keep_until")
+        if received is None or keep is None:
+            raise ValueError("received_at and keep_until are required")
+        state = obj["state"]
+        if state not in ("scheduled", "playing", *TERMINAL):
+            raise ValueError(f"unknown state {state!r}")
+        return cls(
+            command_id=str(obj["command_id"]),
+            body=PlayBody.model_validate(obj["body"]),
+            received_at=received,
+            keep_until=keep,
+            order=int(obj["order"]),
+            state=state,
+            delivered=bool(obj.get("delivered")),
+            started_at=when("started_at"),
+            ended_at=when("ended_at"),
+        )
+
+
+@dataclass(frozen=True)
+class PlayView:
+    """A play as `Player.status()` shows it (for heartbeats and diagnostics)."""
+
+    play_id: str
+    bulletin: str
+    level: str
+    state: PlayState
+    start_at: datetime
+    latest_start: datetime
+    delivered: bool
+    started_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PlayerStatus:
+    current: PlayView | None
+    queue: list[PlayView]  # scheduled plays, by start time
+
+
+ReportFn = Callable[[EventKind, PlayRecord, str | None], None]
+RequestFn = Callable[[ContentRef, list[int]], None]
+
+
+def clock_time(when: datetime) -> str:
+    """A time as a technician reads it on this box: local HH:MM with the UTC offset."""
+    local = when.astimezone()
+    offset = local.isoformat()[-6:] if local.utcoffset() else "UTC"
+    return f"{local:%H:%M} {offset}" if offset == "UTC" else f"{local:%H:%M} (UTC{offset})"
+
+
+class Player:
+    """The schedule of one cluster and its single output."""
+
+    def __init__(
+        self,
+        output: OutputBackend,
+        content: ContentStore,
+        clock: Clock,
+        state_path: Path | None,
+        *,
+        report: ReportFn,
+        request_chunks: RequestFn,
+        wake: Callable[[], None] = lambda: None,
+        request_interval_s: float = DEFAULT_REQUEST_INTERVAL_S,
+        retention: timedelta = DEFAULT_RETENTION,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> None:
+        """Load the saved schedule; a play the previous run left playing is reported
+        interrupted (it was cut off by a crash or power loss and is not played again)."""
+        self._log = log or module_log
+        self._output = output
+        self._content = content
+        self._clock = clock
+        self._file = JsonStateFile(state_path) if state_path else None
+        self._report = report
+        self._request_chunks = request_chunks
+        self._wake = wake
+        self._request_interval = timedelta(seconds=request_interval_s)
+        self._retention = retention
+        self._lock = threading.Lock()
+        self._plays: dict[str, PlayRecord] = {}
+        self._current: PlayRecord | None = None
+        self._stop_event: threading.Event | None = None
+        self._stop_reason: str | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._order = 0
+        self.up_since = clock.now()
+        self._load()
+
+    # --- commands ---------------------------------------------------------------------------
+
+    def accept(self, command: Command) -> bool:
+        """Schedule an admitted play command; False if this play id was already received."""
+        body = command.body
+        if not isinstance(body, PlayBody):
+            raise TypeError(f"command {command.id} is a {body.kind} command, not a play")
+        with self._lock:
+            known = self._plays.get(body.play_id)
+            if known is not None:
+                self._log.info(
+                    "play %s (%s) received again (command %s); it is %s, not scheduling it twice",
+                    body.play_id, body.bulletin, command.id, known.state,
+                )
+                return False
+            now = self._clock.now()
+            self._order += 1
+            record = PlayRecord(
+                command_id=command.id,
+                body=body,
+                received_at=now,
+                keep_until=max(command.expires_at, body.latest_start) + self._retention,
+                order=self._order,
+            )
+            self._plays[body.play_id] = record
+            self._report("received", record, None)
+            self._log.info(
+                "play %s: %s scheduled for %s (latest %s)",
+                body.play_id, record.describe(), clock_time(body.start_at),
+                clock_time(body.latest_start),
+            )
+            if self._all_held(record):
+                record.delivered = True
+                self._report("delivered", record, None)
+            if now > body.latest_start:
+                self._end(
+                    record, "missed",
+                    f"arrived at {clock_time(now)}, after its latest start "
+                    f"{clock_time(body.latest_start)} (agent offline or the command delayed)",
+                )
+            self._save()
+            return True
+
+    def stop(self, play_id: str | None) -> int:
+        """Stop one play, or (None) what is playing and every due play waiting; how many."""
+        with self._lock:
+            now = self._clock.now()
+            if play_id is not None:
+                targets = [self._plays[play_id]] if play_id in self._plays else []
+                if not targets or targets[0].state in TERMINAL:
+                    self._log.info(
+                        "stop for play %s: %s; nothing to stop", play_id,
+                        f"it is already {targets[0].state}" if targets else "no such play here",
+                    )
+                    return 0
+            else:
+                targets = [
+                    r for r in self._plays.values()
+                    if r.state == "playing" or (r.state == "scheduled" and r.body.start_at <= now)
+                ]
+            for record in targets:
+                if record is self._current and self._stop_event is not None:
+                    self._stop_reason = "stopped by the controller"
+                    self._stop_event.set()
+                else:
+                    self._end(record, "interrupted", "stopped before it started")
+            self._save()
+            return len(targets)
+
+    def content_ready(self, sha256: str) -> None:
+        """Content arrived complete: report the plays that now hold all their audio."""
+        with self._lock:
+            changed = False
+            for record in self._plays.values():
+                if (
+                    record.state == "scheduled"
+                    and not record.delivered
+                    and any(item.sha256 == sha256 for item in record.body.items)
+                    and self._all_held(record)
+                ):
+                    record.delivered = True
+                    changed = True
+                    self._report("delivered", record, None)
+            if changed:
+                self._save()
+
+    def wanted_content(self) -> list[ContentRef]:
+        """Manifests of audio that plays still to come lack (for the cache after a restart)."""
+        with self._lock:
+            return [
+                item
+                for record in self._plays.values()
+                if record.state == "scheduled"
+                for item in record.body.items
+                if not self._content.has(item.sha256)
+            ]
+
+    # --- time -------------------------------------------------------------------------------
+
+    def tick(self) -> datetime | None:
+        """Do what is due now (miss, request, start, preempt); return when to tick next."""
+        with self._lock:
+            return self._tick()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the output (the play is reported interrupted) and start nothing more."""
+        with self._lock:
+            self._closing = True
+            if self._current is not None and self._stop_event is not None:
+                self._stop_reason = "the agent was shut down during the play"
+                self._stop_event.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def status(self) -> PlayerStatus:
+        with self._lock:
+            current = self._view(self._current) if self._current else None
+            queue = sorted(
+                (r for r in self._plays.values() if r.state == "scheduled"),
+                key=lambda r: (r.body.start_at, -r.rank, r.order),
+            )
+            return PlayerStatus(current=current, queue=[self._view(r) for r in queue])
+
+    def record(self, play_id: str) -> PlayRecord | None:
+        with self._lock:
+            return self._plays.get(play_id)
+
+    # --- internals (lock held) --------------------------------------------------------------
+
+    def _tick(self) -> datetime | None:
+        now = self._clock.now()
+        changed = self._forget(now)
+        waiting: list[PlayRecord] = []
+        for record in sorted(self._plays.values(), key=lambda r: r.order):
+            if record.state != "scheduled":
+                continue
+            if now > record.body.latest_start:
+                self._end(record, "missed", self._missed_reason(record))
+                changed = True
+                continue
+            if record.body.start_at > now:
+                continue
+            if self._all_held(record):
+                waiting.append(record)
+            elif self._request_due(record, now):
+                self._request_missing(record, now)
+        if waiting and not self._closing:
+            best = min(waiting, key=lambda r: (-r.rank, r.body.start_at, r.order))
+            current = self._current
+            if current is None:
+                self._start(best, now)
+                changed = True
+            elif best.rank > current.rank and self._stop_event and not self._stop_event.is_set():
+                self._stop_reason = f"preempted by {best.describe()}"
+                self._log.info(
+                    "play %s: %s interrupts %s", best.play_id, best.describe(),
+                    current.describe(),
+                )
+                self._stop_event.set()
+        if changed:
+            self._save()
+        return self._next_tick(now)
+
+    def _next_tick(self, now: datetime) -> datetime | None:
+        times: list[datetime] = []
+        for record in self._plays.values():
+            if record.state in TERMINAL:
+                times.append(record.keep_until + JUST_AFTER)
+                continue
+            if record.state != "scheduled":
+                continue
+            times.append(record.body.latest_start + JUST_AFTER)
+            if record.body.start_at > now:
+                times.append(record.body.start_at)
+            elif record.last_request_at is not None and not self._all_held(record):
+                times.append(record.last_request_at + self._request_interval)
+        return min(times, default=None)
+
+    def _start(self, record: PlayRecord, now: datetime) -> None:
+        record.state = "playing"
+        record.started_at = now
+        self._current = record
+        self._stop_event = threading.Event()
+        self._stop_reason = None
+        late = (now - record.body.start_at).total_seconds()
+        self._log.info(
+            "play %s: playing %s (%.1f s of audio, %.3f s after its start time)",
+            record.play_id, record.describe(), record.duration_s, late,
+        )
+        self._report("playing", record, None)
+        items = [self._content.path(item.sha256) for item in record.body.items]
+        self._thread = threading.Thread(
+            target=self._run_output,
+            args=(record, items, self._stop_event),
+            name=f"play-{record.play_id}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run_output(self, record: PlayRecord, items: list[Path], stop: threading.Event) -> None:
+        label = f"{record.body.bulletin} ({record.body.level}) {record.play_id}"
+        try:
+            outcome = self._output.play(items, record.duration_s, label, stop)
+        except Exception as exc:
+            self._log.exception("output %s failed on play %s", self._output.name, record.play_id)
+            outcome = PlayOutcome(completed=False, played_s=0.0, error=f"{exc}")
+        with self._lock:
+            self._output_done(record, outcome, stop)
+            self._tick()
+        self._wake()
+
+    def _output_done(self, record: PlayRecord, outcome: PlayOutcome, stop: threading.Event) -> None:
+        self._current = None
+        self._stop_event = None
+        if outcome.error:
+            self._end(
+                record, "failed",
+                f"output {self._output.name} failed after {outcome.played_s:.1f} s: "
+                f"{outcome.error}",
+            )
+        elif outcome.completed:
+            self._end(record, "finished", None)
+        elif stop.is_set():
+            self._end(record, "interrupted", self._stop_reason or "stopped")
+        else:
+            self._end(
+                record, "failed",
+                f"output {self._output.name} ended after {outcome.played_s:.1f} s of "
+                f"{record.duration_s:.1f} s without being stopped",
+            )
+        self._save()
+
+    def _end(self, record: PlayRecord, state: EndState, reason: str | None) -> None:
+        record.state = state
+        record.ended_at = self._clock.now()
+        level = logging.WARNING if state in ("missed", "failed") else logging.INFO
+        self._log.log(
+            level, "play %s: %s %s%s", record.play_id, record.describe(), state,
+            f": {reason}" if reason else "",
+        )
+        self._report(state, record, reason)
+
+    def _missed_reason(self, record: PlayRecord) -> str:
+        if self.up_since > record.body.latest_start:
+            return (
+                f"agent was not running (powered off or restarting) until "
+                f"{clock_time(self.up_since)}, after its latest start "
+                f"{clock_time(record.body.latest_start)}"
+            )
+        total = sum(item.chunks for item in record.body.items)
+        missing = sum(len(self._content.missing(item)) for item in record.body.items)
+        if missing:
+            return f"audio incomplete: {missing} of {total} chunks missing"
+        if self._current is not None:
+            return (
+                f"output busy with {self._current.describe()} past its latest start "
+                f"{clock_time(record.body.latest_start)}"
+            )
+        return f"could not start by its latest start {clock_time(record.body.latest_start)}"
+
+    def _all_held(self, record: PlayRecord) -> bool:
+        return all(self._content.has(item.sha256) for item in record.body.items)
+
+    def _request_due(self, record: PlayRecord, now: datetime) -> bool:
+        last = record.last_request_at
+        return last is None or now - last >= self._request_interval
+
+    def _request_missing(self, record: PlayRecord, now: datetime) -> None:
+        record.last_request_at = now
+        for item in record.body.items:
+            missing = self._content.missing(item)
+            if missing:
+                self._log.info(
+                    "play %s is due but content %s lacks %d of %d chunks; asking the controller",
+                    record.play_id, item.sha256[:12], len(missing), item.chunks,
+                )
+                self._request_chunks(item, missing)
+
+    def _forget(self, now: datetime) -> bool:
+        old = [pid for pid, r in self._plays.items() if r.state in TERMINAL and r.keep_until < now]
+        for pid in old:
+            del self._plays[pid]
+        return bool(old)
+
+    def _view(self, record: PlayRecord) -> PlayView:
+        return PlayView(
+            play_id=record.play_id,
+            bulletin=record.body.bulletin,
+            level=record.body.level,
+            state=record.state,
+            start_at=record.body.start_at,
+            latest_start=record.body.latest_start,
+            delivered=record.delivered,
+            started_at=record.started_at,
+        )
+
+    def _save(self) -> None:
+        if self._file is not None:
+            self._file.save({"plays": [r.to_json() for r in self._plays.values()]})
+
+    def _load(self) -> None:
+        saved = self._file.load() if self._file else None
+        if not isinstance(saved, dict):
+            return
+        for obj in saved.get("plays", []):
+            try:
+                record = PlayRecord.from_json(obj)
+            except (KeyError, TypeError, ValueError, ValidationError) as exc:
+                where = self._file.path if self._file else "the saved schedule"
+                self._log.error("skipped a damaged play in %s: %s", where, exc)
+                continue
+            self._plays[record.play_id] = record
+            self._order = max(self._order, record.order)
+        with self._lock:
+            cut = [r for r in self._plays.values() if r.state == "playing"]
+            for record in cut:
+                self._end(
+                    record, "interrupted",
+                    "the agent stopped (power loss, crash or restart) during the play; "
+                    "not played again",
+                )
+            if cut:
+                self._save()
