@@ -6,12 +6,24 @@ One small interface, three implementations chosen by the agent config:
 - `null`: plays nothing, takes the bulletin's duration (fleet simulation).
 
 `play` blocks until the audio has finished or `stop` is set, whichever comes first.
+
+The ffmpeg and file backends are the agent's edge to ffmpeg. The agent does not depend on
+pydub or imageio-ffmpeg: ffmpeg is found on PATH, or its path comes from the config.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
+import wave
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -55,3 +67,357 @@ class NullBackend:
 
     def check(self) -> str | None:
         return None
+
+
+# --- the ffmpeg edge -----------------------------------------------------------------------
+
+#: How often a playing backend looks at its stop event (seconds).
+STOP_POLL_S = 0.02
+#: How long ffmpeg may take to exit on SIGTERM before it is killed (seconds).
+TERMINATE_GRACE_S = 0.05
+#: What every backend decodes to.
+OUTPUT_RATE = 48000
+#: Lines of ffmpeg's stderr kept for an error.
+TAIL_LINES = 6
+#: How long `check` waits for ffmpeg to open the sound card (seconds).
+CHECK_TIMEOUT_S = 10.0
+
+DeviceKind = Literal["alsa", "pulse", "null"]
+DEVICE_HELP = (
+    "write alsa:<device> (alsa:default, alsa:plughw:1,0), pulse:<sink> (pulse:default) or null"
+)
+
+
+def parse_device(device: str) -> tuple[DeviceKind, str]:
+    """Split an output device setting ("alsa:default", "pulse:default", "null")."""
+    if device == "null":
+        return "null", "-"
+    kind, sep, target = device.partition(":")
+    if sep and target:
+        if kind == "alsa":
+            return "alsa", target
+        if kind == "pulse":
+            return "pulse", target
+    raise ValueError(f"output device {device!r} is not understood: {DEVICE_HELP}")
+
+
+def _ffmpeg_missing(ffmpeg: str) -> str:
+    where = "" if os.sep in ffmpeg else " on PATH"
+    return (
+        f"ffmpeg not found ({ffmpeg!r} is not an executable{where}): install it "
+        "(apt-get install ffmpeg) or set output.ffmpeg in the agent config to its full path"
+    )
+
+
+def _items_problem(items: list[Path]) -> str | None:
+    if not items:
+        return "nothing to play: the play has no audio items"
+    for item in items:
+        if not item.is_file():
+            return f"{item}: audio file missing; the content cache must fetch it again"
+    return None
+
+
+def _concat(items: list[Path]) -> tuple[list[str], str]:
+    """ffmpeg inputs for the items and a filter graph joining them into one audio stream."""
+    inputs: list[str] = []
+    for item in items:
+        inputs += ["-i", str(item)]
+    pads = "".join(f"[{n}:a:0]" for n in range(len(items)))
+    return inputs, f"{pads}concat=n={len(items)}:v=0:a=1"
+
+
+def _safe_label(label: str) -> str:
+    """A file name for a play's label (play ids may hold any character)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", label).lstrip(".")[:120] or "play"
+
+
+class _FfmpegProcess:
+    """One running ffmpeg. Its stderr is drained as it comes, keeping only the last lines,
+    so a chatty ffmpeg never blocks on a full pipe and nothing grows with the bulletin."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self._reader = threading.Thread(target=self._drain, name="ffmpeg-stderr", daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        stream = self.proc.stderr
+        assert stream is not None
+        with stream:
+            for raw in stream:
+                line = raw.decode(errors="replace").strip()
+                if line:
+                    self._tail.append(line)
+
+    def wait(self, stop: threading.Event) -> bool:
+        """Wait until ffmpeg exits; if stop is set first, end ffmpeg and return True."""
+        while self.proc.poll() is None:
+            if stop.wait(STOP_POLL_S):
+                self.end()
+                return True
+        return False
+
+    def end(self) -> None:
+        """Stop ffmpeg now: SIGTERM, then SIGKILL if it has not exited within the grace."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(TERMINATE_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(1.0)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def failure(self) -> str | None:
+        """None if ffmpeg exited with 0, else its status and the tail of its stderr."""
+        if self.proc.returncode == 0:
+            return None
+        self._reader.join(1.0)
+        tail = " | ".join(self._tail) or "(ffmpeg printed nothing)"
+        return f"ffmpeg exited with status {self.proc.returncode}: {tail}"
+
+
+def _start(argv: list[str]) -> _FfmpegProcess | str:
+    """Start ffmpeg, or say why it could not start."""
+    try:
+        return _FfmpegProcess(argv)
+    except OSError as exc:
+        return f"cannot start ffmpeg at {argv[0]} ({exc.strerror}): reinstall it"
+
+
+def _capped(seconds: float, duration_s: float) -> float:
+    return min(seconds, duration_s) if duration_s > 0 else seconds
+
+
+class FfmpegBackend:
+    """Streams the items through one ffmpeg process to the sound card.
+
+    ffmpeg reads the files itself, so the bulletin is never held in the agent's memory.
+    Device "null" decodes at real-time pace to nowhere: the whole path without a card.
+    """
+
+    name: str = "ffmpeg"
+
+    def __init__(self, device: str = "alsa:default", ffmpeg: str = "ffmpeg") -> None:
+        self.device = device
+        self.kind, self.target = parse_device(device)
+        self.ffmpeg = ffmpeg
+
+    def _output_args(self) -> list[str]:
+        if self.kind == "null":
+            return ["-ac", "1", "-ar", str(OUTPUT_RATE), "-f", "null", "-"]
+        # Both channels carry the bulletin: horns are often wired to left and right.
+        common = ["-ac", "2", "-ar", str(OUTPUT_RATE)]
+        if self.kind == "alsa":
+            return [*common, "-f", "alsa", self.target]
+        sink = [] if self.target == "default" else ["-device", self.target]
+        return [*common, "-f", "pulse", *sink, "loa"]
+
+    def play(
+        self, items: list[Path], duration_s: float, label: str, stop: threading.Event
+    ) -> PlayOutcome:
+        if stop.is_set():
+            return PlayOutcome(completed=False, played_s=0.0)
+        problem = _items_problem(items)
+        exe = shutil.which(self.ffmpeg)
+        if problem is None and exe is None:
+            problem = _ffmpeg_missing(self.ffmpeg)
+        if problem is not None or exe is None:
+            return PlayOutcome(completed=False, played_s=0.0, error=problem)
+        inputs, graph = _concat(items)
+        if self.kind == "null":
+            # Paced in the graph, after the join: `-re` paces each input from ffmpeg's start,
+            # so a second item would be read at full speed while the first one plays.
+            graph += ",arealtime"
+        argv = [
+            exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
+            *inputs, "-filter_complex", f"{graph}[out]", "-map", "[out]",
+            *self._output_args(),
+        ]  # fmt: skip
+        run = _start(argv)
+        if isinstance(run, str):
+            return PlayOutcome(completed=False, played_s=0.0, error=run)
+        stopped = run.wait(stop)
+        played = _capped(run.elapsed(), duration_s)
+        if stopped:
+            return PlayOutcome(completed=False, played_s=played)
+        failure = run.failure()
+        if failure is not None:
+            return PlayOutcome(
+                completed=False, played_s=played, error=f"{label} on {self.device}: {failure}"
+            )
+        return PlayOutcome(completed=True, played_s=played)
+
+    def check(self) -> str | None:
+        exe = shutil.which(self.ffmpeg)
+        if exe is None:
+            return _ffmpeg_missing(self.ffmpeg)
+        if self.kind == "null":
+            return None
+        devices = subprocess.run(
+            [exe, "-hide_banner", "-devices"], capture_output=True, timeout=CHECK_TIMEOUT_S,
+            check=False,
+        )  # fmt: skip
+        if not re.search(rf"^\s*D?E\S*\s+{self.kind}\s", devices.stdout.decode(), re.MULTILINE):
+            return (
+                f"this ffmpeg ({exe}) cannot play to {self.kind} (built without it): install "
+                "the distribution's ffmpeg (apt-get install ffmpeg) or set output.ffmpeg to "
+                "one that has it"
+            )
+        argv = [
+            exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
+            "-f", "lavfi", "-i", f"anullsrc=r={OUTPUT_RATE}:cl=stereo", "-t", "0.1",
+            *self._output_args(),
+        ]  # fmt: skip
+        try:
+            opened = subprocess.run(argv, capture_output=True, timeout=CHECK_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            return (
+                f"ffmpeg did not open {self.device} within {CHECK_TIMEOUT_S:g} s: the device "
+                "may be held by another program; check with `fuser -v /dev/snd/*`"
+            )
+        if opened.returncode == 0:
+            return None
+        lines = opened.stderr.decode(errors="replace").strip().splitlines()
+        said = " | ".join(lines[-TAIL_LINES:]) or f"status {opened.returncode}"
+        if self.kind == "alsa":
+            return (
+                f"no ALSA device {self.target!r} (ffmpeg: {said}): check that `aplay -l` lists "
+                "the sound card and that the agent's user is in the 'audio' group, or set "
+                "output.device to one that exists (e.g. alsa:plughw:1,0)"
+            )
+        return (
+            f"cannot play to PulseAudio sink {self.target!r} (ffmpeg: {said}): check that a "
+            "PulseAudio or PipeWire server runs for the agent's user (`pactl info`), or set "
+            "output.device (e.g. pulse:default)"
+        )
+
+
+@contextlib.contextmanager
+def _temp_wav(folder: Path) -> Iterator[Path]:
+    """A temporary file in folder, so that renaming it into place is atomic; removed after."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".", suffix=".wav.tmp")
+    os.close(fd)
+    temp = Path(name)
+    try:
+        yield temp
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _wav_seconds(path: Path) -> float:
+    with wave.open(str(path), "rb") as wav:
+        return wav.getnframes() / wav.getframerate()
+
+
+class FileBackend:
+    """Writes what it would have played as one WAV per play: `<out_dir>/<label>.wav`.
+
+    The items are decoded (mono, 48 kHz, s16) before the play starts; when realtime, the
+    play then takes the audio's duration (less when stopped), like a sound card would.
+    """
+
+    name: str = "file"
+
+    def __init__(self, out_dir: Path, ffmpeg: str = "ffmpeg", realtime: bool = True) -> None:
+        self.out_dir = out_dir
+        self.ffmpeg = ffmpeg
+        self.realtime = realtime
+
+    def path_for(self, label: str) -> Path:
+        return self.out_dir / f"{_safe_label(label)}.wav"
+
+    def play(
+        self, items: list[Path], duration_s: float, label: str, stop: threading.Event
+    ) -> PlayOutcome:
+        if stop.is_set():
+            return PlayOutcome(completed=False, played_s=0.0)
+        problem = _items_problem(items)
+        exe = shutil.which(self.ffmpeg)
+        if problem is None and exe is None:
+            problem = _ffmpeg_missing(self.ffmpeg)
+        if problem is not None or exe is None:
+            return PlayOutcome(completed=False, played_s=0.0, error=problem)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return PlayOutcome(
+                completed=False, played_s=0.0, error=self._not_writable(exc.strerror)
+            )
+        inputs, graph = _concat(items)
+        with _temp_wav(self.out_dir) as temp:
+            argv = [
+                exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
+                *inputs, "-filter_complex", f"{graph}[out]", "-map", "[out]",
+                "-ac", "1", "-ar", str(OUTPUT_RATE), "-c:a", "pcm_s16le",
+                "-fflags", "+bitexact", "-f", "wav", "-y", str(temp),
+            ]  # fmt: skip
+            run = _start(argv)
+            if isinstance(run, str):
+                return PlayOutcome(completed=False, played_s=0.0, error=run)
+            if run.wait(stop):
+                return PlayOutcome(completed=False, played_s=0.0)
+            failure = run.failure()
+            if failure is not None:
+                return PlayOutcome(
+                    completed=False, played_s=0.0, error=f"{label} to {self.out_dir}: {failure}"
+                )
+            seconds = _wav_seconds(temp)
+            temp.replace(self.path_for(label))
+        if not self.realtime:
+            return PlayOutcome(completed=True, played_s=seconds)
+        started = time.monotonic()
+        stopped = stop.wait(seconds)
+        return PlayOutcome(completed=not stopped, played_s=min(seconds, time.monotonic() - started))
+
+    def _not_writable(self, reason: str | None) -> str:
+        return (
+            f"output folder {self.out_dir} is not writable ({reason}): make it writable by "
+            "the agent's user, or set output.out_dir to another folder"
+        )
+
+    def check(self) -> str | None:
+        if shutil.which(self.ffmpeg) is None:
+            return _ffmpeg_missing(self.ffmpeg)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.out_dir):
+                pass
+        except OSError as exc:
+            return self._not_writable(exc.strerror)
+        return None
+
+
+BackendKind = Literal["ffmpeg", "file", "null"]
+
+
+def make_backend(
+    kind: BackendKind,
+    *,
+    device: str = "alsa:default",
+    out_dir: Path | None = None,
+    ffmpeg: str | None = None,
+) -> OutputBackend:
+    """The output backend the agent config names; ffmpeg defaults to `ffmpeg` on PATH."""
+    exe = ffmpeg or shutil.which("ffmpeg") or "ffmpeg"
+    if kind == "ffmpeg":
+        return FfmpegBackend(device=device, ffmpeg=exe)
+    if kind == "file":
+        if out_dir is None:
+            raise ValueError(
+                "the file output needs a folder: set output.out_dir in the agent config"
+            )
+        return FileBackend(out_dir, ffmpeg=exe)
+    if kind == "null":
+        # NullBackend declares `name: Literal["null"]`, which mypy cannot match with the
+        # protocol's settable `name: str`; both are kept as they are.
+        return NullBackend()  # type: ignore[return-value]
+    raise ValueError(f"unknown output {kind!r}: write ffmpeg, file or null")

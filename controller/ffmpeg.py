@@ -1,0 +1,228 @@
+"""Finding and running ffmpeg: the controller's one edge to the audio toolchain.
+
+ffmpeg comes from PATH (the distribution's build), else from the imageio-ffmpeg wheel, which
+ships a static ffmpeg and no ffprobe. Everything here therefore works with ffmpeg alone:
+decoding, measuring and encoding never call ffprobe. pydub's own `AudioSegment.from_file`
+would call ffprobe for any input that is not WAV, so the controller does not use it: ffmpeg
+decodes every source to raw PCM and pydub gets that (`segment_from_pcm`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import re
+import shutil
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: The PCM the controller works in: signed 16-bit little-endian, mono.
+SAMPLE_WIDTH = 2
+#: Lines of ffmpeg's stderr kept in error messages.
+TAIL_LINES = 6
+
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_N_SAMPLES = re.compile(r"n_samples: (\d+)")
+_MAX_VOLUME = re.compile(r"max_volume: (-?(?:inf|[\d.]+)) dB")
+# "[mp3 @ 0x55d0c1a3f8c0] " in front of a log line: the component is kept, not the address.
+_COMPONENT = re.compile(r"\[([\w#:.-]+) @ 0x[0-9a-f]+\] ")
+# Lines of ffmpeg's log that say nothing about why it failed.
+_NOISE = re.compile(
+    r"^(?:size=|video:|\s*(?:Metadata|encoder|Stream #|Duration|handler_name|vendor_id)\b)"
+)
+
+
+class FfmpegError(RuntimeError):
+    """ffmpeg is missing, or one run of it failed; the text says which, why and what to do."""
+
+    def __init__(self, message: str, stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.stderr_tail = stderr_tail
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    """The ffmpeg to run: `ffmpeg` on PATH, else the imageio-ffmpeg binary."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg  # optional fallback, imported only when needed
+    except ImportError:
+        raise FfmpegError(
+            "ffmpeg not found: it is not on PATH and the imageio-ffmpeg package is not "
+            "installed. Install one of them: apt-get install ffmpeg, or "
+            "pip install 'loa[controller]'"
+        ) from None
+    try:
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except RuntimeError as exc:
+        raise FfmpegError(
+            f"ffmpeg not found: not on PATH, and imageio-ffmpeg has no binary for this "
+            f"machine ({exc}). Install ffmpeg: apt-get install ffmpeg"
+        ) from None
+
+
+@functools.cache
+def ffprobe_exe() -> str | None:
+    """ffprobe on PATH, or None (the imageio-ffmpeg wheel has none; nothing here needs it)."""
+    return shutil.which("ffprobe")
+
+
+def stderr_tail(stderr: bytes | str, lines: int = TAIL_LINES) -> str:
+    """The last lines of ffmpeg's log that can explain a failure, joined by ' | '."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    kept = [
+        _COMPONENT.sub(r"\1: ", line.strip())
+        for line in text.replace("\r", "\n").splitlines()
+        if line.strip() and not _NOISE.match(line)
+    ]
+    return " | ".join(kept[-lines:]) or "(ffmpeg printed nothing)"
+
+
+def run_ffmpeg(
+    args: list[str],
+    *,
+    input_data: bytes | None = None,
+    timeout: float | None = None,
+    what: str = "ffmpeg",
+    loglevel: str = "error",
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ffmpeg with args (everything after the program name); return the finished process.
+
+    Raises FfmpegError naming `what` (say, the file being decoded) with the tail of
+    ffmpeg's stderr when ffmpeg is missing, times out or exits non-zero.
+    """
+    argv = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", loglevel, *args]
+    log.debug("running %s", argv)
+    try:
+        proc = subprocess.run(
+            argv,
+            input=input_data,
+            stdin=None if input_data is not None else subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        tail = stderr_tail(exc.stderr or b"")
+        raise FfmpegError(
+            f"{what}: ffmpeg did not finish within {timeout:g} s ({tail}); "
+            "check that the file is a local, complete audio file",
+            tail,
+        ) from None
+    except OSError as exc:
+        raise FfmpegError(
+            f"{what}: cannot start ffmpeg at {argv[0]} ({exc.strerror}); "
+            "reinstall ffmpeg (apt-get install ffmpeg)"
+        ) from None
+    if proc.returncode != 0:
+        tail = stderr_tail(proc.stderr)
+        raise FfmpegError(f"{what}: ffmpeg exited with status {proc.returncode}: {tail}", tail)
+    return proc
+
+
+def _declared_duration(stderr: str) -> float | None:
+    """The duration the input's container declares, when ffmpeg trusts it."""
+    if "Estimating duration from bitrate" in stderr:
+        return None  # a guess from the first frames: a VBR file would look truncated
+    match = _DURATION.search(stderr)
+    if match is None:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+@dataclass(frozen=True)
+class DecodedPcm:
+    """One file decoded to mono s16le PCM at sample_rate."""
+
+    pcm: bytes
+    sample_rate: int
+    declared_s: float | None  # what the file says it lasts; None if unknown
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.pcm) / (SAMPLE_WIDTH * self.sample_rate)
+
+
+def decode_pcm(path: Path, *, sample_rate: int, limit_s: float | None = None) -> DecodedPcm:
+    """Decode the first audio stream of path to mono s16le PCM (at most limit_s seconds).
+
+    Raises FfmpegError with ffmpeg's reason when it cannot read the file.
+    """
+    args = ["-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn"]
+    if limit_s is not None:
+        args += ["-t", f"{limit_s:.3f}"]
+    args += ["-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le", "-f", "s16le", "-"]
+    proc = run_ffmpeg(args, what=str(path), loglevel="info")
+    return DecodedPcm(
+        pcm=proc.stdout,
+        sample_rate=sample_rate,
+        declared_s=_declared_duration(proc.stderr.decode(errors="replace")),
+    )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a full decode of a file found, without keeping its samples."""
+
+    duration_s: float
+    declared_s: float | None
+    peak_dbfs: float  # -inf for digital silence
+
+
+def measure(path: Path, *, sample_rate: int = 48000) -> Measurement:
+    """Decode path completely (to nothing) and report its duration and peak level."""
+    proc = run_ffmpeg(
+        [
+            "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+            "-af", f"aformat=sample_fmts=s16:channel_layouts=mono:sample_rates={sample_rate},"
+            "volumedetect",
+            "-f", "null", "-",
+        ],
+        what=str(path),
+        loglevel="info",
+    )  # fmt: skip
+    stderr = proc.stderr.decode(errors="replace")
+    # ffmpeg 7+ may configure the filter graph twice and print a first, empty report.
+    samples = _N_SAMPLES.findall(stderr)
+    peaks = _MAX_VOLUME.findall(stderr)
+    n_samples = int(samples[-1]) if samples else 0
+    peak = float(peaks[-1]) if peaks and n_samples else -math.inf
+    return Measurement(
+        duration_s=n_samples / sample_rate,
+        declared_s=_declared_duration(stderr),
+        peak_dbfs=peak,
+    )
+
+
+def pydub_audio_segment() -> Any:
+    """pydub's AudioSegment class, imported on first use, set to run ffmpeg_exe().
+
+    The import is quiet: pydub warns when ffmpeg is not on PATH (it is configured here
+    instead) and Python 3.11-3.12 warn that pydub's audioop is deprecated.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        from pydub import AudioSegment  # imported on first use: controller-only dependency
+
+    # Without ffmpeg, pydub can still build and write WAV (samples.py).
+    with contextlib.suppress(FfmpegError):
+        AudioSegment.converter = ffmpeg_exe()
+    return AudioSegment
+
+
+def segment_from_pcm(pcm: bytes, sample_rate: int) -> Any:
+    """A pydub AudioSegment over mono s16le PCM."""
+    return pydub_audio_segment()(
+        data=pcm, sample_width=SAMPLE_WIDTH, frame_rate=sample_rate, channels=1
+    )

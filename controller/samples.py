@@ -1,0 +1,114 @@
+"""Demo and test audio made on the spot, so that no recording of unknown licence ships.
+
+Tones and chimes are generated with pydub (pure Python, no ffmpeg needed) and written as
+WAV. Speech comes from espeak-ng where it is installed: this module is the edge to that
+program, as controller/ffmpeg.py is the edge to ffmpeg.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from controller.ffmpeg import pydub_audio_segment, stderr_tail
+
+#: The rate demo audio is made at (espeak-ng speaks at 22,050 Hz).
+DEMO_RATE = 22050
+TONE_RATE = 48000
+#: Generated tones peak this far below full scale.
+TONE_DBFS = -6.0
+DEMO_SENTENCE = "Đây là bản tin thử nghiệm của đài truyền thanh xã. Xin cảm ơn bà con đã lắng nghe."
+
+
+class SpeechError(RuntimeError):
+    """espeak-ng is installed but could not speak the text."""
+
+
+def _sine(freq: float, ms: int, rate: int, volume_dbfs: float = TONE_DBFS) -> Any:
+    pydub_audio_segment()  # imports and configures pydub quietly before its generators
+    from pydub.generators import Sine  # pydub is imported on first use
+
+    return Sine(freq, sample_rate=rate, bit_depth=16).to_audio_segment(
+        duration=ms, volume=volume_dbfs
+    )
+
+
+def _silence(ms: int, rate: int) -> Any:
+    return pydub_audio_segment().silent(duration=ms, frame_rate=rate)
+
+
+def tone(path: Path, seconds: float, freq: float = 440) -> Path:
+    """Write a sine tone of `seconds` at `freq` Hz as a mono 48 kHz WAV."""
+    if seconds <= 0:
+        raise ValueError(f"tone length must be > 0 s, got {seconds}")
+    _sine(freq, round(seconds * 1000), TONE_RATE).export(str(path), format="wav")
+    return path
+
+
+def _chime_segment(rate: int) -> Any:
+    """A two-tone "ding-dong" (E5 then C5), each note fading out; about 1.1 s."""
+    ding = _sine(659.25, 450, rate).fade_out(350)
+    dong = _sine(523.25, 650, rate).fade_out(550)
+    return ding + dong
+
+
+def chime(path: Path) -> Path:
+    """Write a short two-tone chime (the sound before an announcement) as a WAV."""
+    _chime_segment(TONE_RATE).export(str(path), format="wav")
+    return path
+
+
+def espeak_ng_available() -> bool:
+    return shutil.which("espeak-ng") is not None
+
+
+def speech(path: Path, text: str, voice: str = "vi") -> bool:
+    """Speak text into a WAV at path with espeak-ng; False (nothing written) if not installed."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        return False
+    try:
+        proc = subprocess.run(
+            [exe, "-v", voice, "-w", str(path), "--stdin"],
+            input=text.encode("utf-8"),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise SpeechError(f"{path}: espeak-ng did not finish within 60 s") from None
+    if proc.returncode != 0 or not path.exists() or path.stat().st_size <= 44:
+        raise SpeechError(
+            f"{path}: espeak-ng (voice {voice!r}) failed with status {proc.returncode}: "
+            f"{stderr_tail(proc.stderr)}; list the voices with `espeak-ng --voices`"
+        )
+    return True
+
+
+def demo_bulletin(path: Path, seconds: float) -> bool:
+    """Write a demo bulletin of exactly `seconds` as a WAV: a chime, then speech.
+
+    The Vietnamese sentence is spoken with espeak-ng where it is installed and repeated to
+    fill the time; elsewhere a tune of tones stands in. Returns whether speech was used.
+    """
+    if seconds <= 0:
+        raise ValueError(f"bulletin length must be > 0 s, got {seconds}")
+    audio_segment = pydub_audio_segment()
+    spoken = speech(path, DEMO_SENTENCE, voice="vi")
+    if spoken:
+        words = audio_segment.from_wav(str(path)).set_channels(1).set_frame_rate(DEMO_RATE)
+    else:
+        words = sum(
+            (_sine(freq, 280, DEMO_RATE) + _silence(70, DEMO_RATE))
+            for freq in (392.0, 440.0, 493.88, 523.25, 493.88, 440.0)
+        )
+    pause = _silence(400, DEMO_RATE)
+    bulletin = _chime_segment(DEMO_RATE) + pause
+    wanted_ms = round(seconds * 1000)
+    while len(bulletin) < wanted_ms:
+        bulletin += words + pause
+    bulletin = bulletin[:wanted_ms].fade_out(min(200, wanted_ms // 4))
+    bulletin.export(str(path), format="wav")
+    return spoken
