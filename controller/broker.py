@@ -54,7 +54,7 @@ def _broker_class() -> Any:
     a filter only to a session that holds that filter.
     """
     # Imported here: amqtt is a controller extra, and importing it pulls in a lot.
-    from amqtt.broker import Broker  # noqa: PLC0415 - lazy import of an optional extra
+    from amqtt.broker import Broker
 
     class SubscriberOnlyRetainBroker(Broker):  # type: ignore[misc] # amqtt is untyped
         async def _publish_retained_messages_for_subscription(
@@ -211,10 +211,7 @@ class EmbeddedBroker:
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        from amqtt.adapters import (  # noqa: PLC0415 - lazy import of an optional extra
-            StreamReaderAdapter,
-            StreamWriterAdapter,
-        )
+        from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
 
         broker = self._broker
         if broker is None:
