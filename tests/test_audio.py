@@ -1,0 +1,355 @@
+"""Audio preparation, the content store and generated samples, with real ffmpeg."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require
+
+from controller import audio, samples
+from controller.audio import AudioError, AudioSettings, ContentStore, PreparedAudio
+from controller.ffmpeg import FfmpegError, ffmpeg_exe, ffprobe_exe, run_ffmpeg
+from protocol.messages import ContentRef
+
+TOLERANCE_S = 0.2
+
+
+@pytest.fixture(autouse=True)
+def ffmpeg_found() -> Iterator[None]:
+    """Every test here needs an ffmpeg; the lookups are cached, so forget them afterwards."""
+    try:
+        ffmpeg_exe()
+        found = True
+    except FfmpegError:
+        found = False
+    require("ffmpeg", found, "apt-get install ffmpeg, or pip install imageio-ffmpeg")
+    yield
+    ffmpeg_exe.cache_clear()
+    ffprobe_exe.cache_clear()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ContentStore:
+    return ContentStore(tmp_path / "content", AudioSettings())
+
+
+def convert(source: Path, target: Path, *args: str) -> Path:
+    run_ffmpeg(["-i", str(source), *args, "-y", str(target)], what=str(target))
+    return target
+
+
+def lavfi(target: Path, graph: str, *args: str) -> Path:
+    run_ffmpeg(["-f", "lavfi", "-i", graph, *args, "-y", str(target)], what=str(target))
+    return target
+
+
+def opus_channels(data: bytes) -> int:
+    """The channel count in an Ogg/Opus identification header."""
+    head = data.index(b"OpusHead")
+    return data[head + 9]
+
+
+def assert_stored_opus(store: ContentStore, prepared: PreparedAudio, seconds: float) -> None:
+    data = prepared.path.read_bytes()
+    assert prepared.path == store.root / f"{prepared.sha256}.opus"
+    assert hashlib.sha256(data).hexdigest() == prepared.sha256
+    assert prepared.size == len(data)
+    assert data[:4] == b"OggS"
+    assert opus_channels(data) == 1
+    assert prepared.duration_s == pytest.approx(seconds, abs=TOLERANCE_S)
+    # An independent decode of what was stored agrees.
+    assert store.probe(prepared.path) == pytest.approx(seconds, abs=TOLERANCE_S)
+
+
+# --- every input format becomes mono Opus ---------------------------------------------------
+
+FORMATS = {
+    "mp3": ("in.mp3", ["-ac", "2", "-ar", "44100", "-c:a", "libmp3lame", "-b:a", "64k"]),
+    "wav-44k-stereo": ("in.wav", ["-ac", "2", "-ar", "44100", "-c:a", "pcm_s16le"]),
+    "wav-8k-u8": ("in8k.wav", ["-ar", "8000", "-c:a", "pcm_u8"]),
+    "flac": ("in.flac", ["-ac", "2", "-ar", "44100", "-c:a", "flac"]),
+    "m4a": ("in.m4a", ["-ac", "2", "-ar", "44100", "-c:a", "aac", "-b:a", "96k"]),
+    "ogg-opus": ("in.ogg", ["-c:a", "libopus", "-b:a", "32k"]),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_every_format_prepares_to_mono_opus(fmt: str, tmp_path: Path, store: ContentStore) -> None:
+    name, args = FORMATS[fmt]
+    source = convert(samples.tone(tmp_path / "tone.wav", 1.5), tmp_path / name, *args)
+    prepared = store.prepare([source])
+    assert_stored_opus(store, prepared, 1.5)
+
+
+def test_works_with_the_imageio_ffmpeg_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = importlib.util.find_spec("imageio_ffmpeg") is not None
+    require("imageio-ffmpeg", found, "pip install imageio-ffmpeg")
+    source = convert(
+        samples.tone(tmp_path / "tone.wav", 1.0), tmp_path / "in.mp3", "-c:a", "libmp3lame"
+    )
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # neither ffmpeg nor ffprobe on PATH
+    ffmpeg_exe.cache_clear()
+    ffprobe_exe.cache_clear()
+    assert ffprobe_exe() is None
+    assert "imageio_ffmpeg" in ffmpeg_exe()
+    store = ContentStore(tmp_path / "content")
+    assert_stored_opus(store, store.prepare([source]), 1.0)
+
+
+def test_leading_and_trailing_silence_is_trimmed(tmp_path: Path) -> None:
+    padded = lavfi(
+        tmp_path / "padded.wav",
+        "sine=frequency=440:sample_rate=48000:duration=1",
+        "-af", "adelay=600:all=1,apad=pad_dur=0.6",
+    )  # fmt: skip
+    trimmed = ContentStore(tmp_path / "a").prepare([padded])
+    untrimmed = ContentStore(tmp_path / "b", AudioSettings(trim_silence=False)).prepare([padded])
+    assert trimmed.duration_s == pytest.approx(1.0, abs=TOLERANCE_S)
+    assert untrimmed.duration_s == pytest.approx(2.2, abs=TOLERANCE_S)
+
+
+def test_intro_sources_and_outro_are_joined_with_gaps(tmp_path: Path, store: ContentStore) -> None:
+    intro = samples.tone(tmp_path / "intro.wav", 0.5, freq=660)
+    first = samples.tone(tmp_path / "first.wav", 1.0, freq=440)
+    second = convert(samples.tone(tmp_path / "second.wav", 1.0, freq=550), tmp_path / "second.mp3")
+    outro = samples.tone(tmp_path / "outro.wav", 0.5, freq=330)
+    prepared = store.prepare([first, second], intro=intro, outro=outro)
+    gaps = 3 * audio.GAP_MS / 1000
+    assert_stored_opus(store, prepared, 0.5 + 1.0 + 1.0 + 0.5 + gaps)
+
+
+def test_same_input_gives_the_same_sha256_in_any_store(tmp_path: Path) -> None:
+    source = samples.tone(tmp_path / "tone.wav", 1.0)
+    one = ContentStore(tmp_path / "one").prepare([source])
+    two = ContentStore(tmp_path / "two").prepare([source])
+    assert one.sha256 == two.sha256
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+
+def truncated_mp3(tmp_path: Path) -> Path:
+    whole = convert(
+        samples.tone(tmp_path / "tone.wav", 3.0), tmp_path / "whole.mp3", "-c:a", "libmp3lame"
+    )
+    cut = tmp_path / "truncated.mp3"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return cut
+
+
+def zero_bytes(tmp_path: Path) -> Path:
+    empty = tmp_path / "empty.mp3"
+    empty.write_bytes(b"")
+    return empty
+
+
+def silent_wav(tmp_path: Path) -> Path:
+    return lavfi(tmp_path / "silent.wav", "anullsrc=r=44100:cl=stereo", "-t", "1")
+
+
+def text_as_mp3(tmp_path: Path) -> Path:
+    fake = tmp_path / "notes.mp3"
+    fake.write_text("Lịch phát tuần này: thứ hai 6 giờ sáng.\n" * 20, encoding="utf-8")
+    return fake
+
+
+def picture_as_m4a(tmp_path: Path) -> Path:
+    return lavfi(tmp_path / "cover.png", "color=c=red:s=16x16", "-frames:v", "1").rename(
+        tmp_path / "cover.m4a"
+    )
+
+
+def too_long(tmp_path: Path) -> Path:
+    return samples.tone(tmp_path / "long.wav", 2.5)  # the store below allows 2 s
+
+
+def missing(tmp_path: Path) -> Path:
+    return tmp_path / "no-such-file.mp3"
+
+
+REFUSALS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "truncated mp3": (truncated_mp3, "cut short"),
+    "zero-byte file": (zero_bytes, "empty"),
+    "silent wav": (silent_wav, "silent"),
+    "text renamed .mp3": (text_as_mp3, "cannot decode"),
+    "picture renamed .m4a": (picture_as_m4a, "no audio stream"),
+    "too long": (too_long, "more than 2 s"),
+    "missing file": (missing, "not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_unusable_audio_is_refused_naming_the_file(case: str, tmp_path: Path) -> None:
+    make, reason = REFUSALS[case]
+    bad = make(tmp_path)
+    good = samples.tone(tmp_path / "good.wav", 0.5)
+    store = ContentStore(tmp_path / "content", AudioSettings(max_duration_s=2.0))
+
+    with pytest.raises(AudioError) as prepared:
+        store.prepare([good, bad])
+    with pytest.raises(AudioError) as probed:
+        store.probe(bad)
+
+    for error in (prepared.value, probed.value):
+        assert error.path == bad
+        assert str(error).startswith(f"{bad}: ")
+        assert reason in str(error)
+    assert not list(store.root.glob("*.opus"))
+
+
+def test_a_bulletin_longer_than_allowed_in_total_is_refused(tmp_path: Path) -> None:
+    parts = [samples.tone(tmp_path / f"part{n}.wav", 0.8) for n in range(3)]
+    store = ContentStore(tmp_path / "content", AudioSettings(max_duration_s=2.0))
+    with pytest.raises(AudioError, match="more than the 2 s allowed") as refused:
+        store.prepare(parts)
+    assert all(str(part) in str(refused.value) for part in parts)
+
+
+def test_probe_reports_the_duration(tmp_path: Path, store: ContentStore) -> None:
+    source = convert(samples.tone(tmp_path / "tone.wav", 2.0), tmp_path / "in.flac")
+    assert store.probe(source) == pytest.approx(2.0, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"bitrate_kbps": 0},
+        {"sample_rate": 44100},
+        {"max_duration_s": 0},
+        {"max_duration_s": math.inf},
+        {"chunk_size": 0},
+        {"target_lufs": -16.0},
+    ],
+)
+def test_invalid_settings_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        AudioSettings(**bad)  # type: ignore[arg-type]  # deliberately wrong values
+
+
+# --- the cache and the store ------------------------------------------------------------------
+
+
+@pytest.fixture
+def encodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every Opus encode the store runs, by output file."""
+    calls: list[Path] = []
+    real = audio.encode_opus
+
+    def counting(pcm: bytes, sample_rate: int, bitrate_kbps: int, out: Path) -> None:
+        calls.append(out)
+        real(pcm, sample_rate, bitrate_kbps, out)
+
+    monkeypatch.setattr(audio, "encode_opus", counting)
+    return calls
+
+
+def test_the_same_sources_and_settings_are_encoded_once(
+    tmp_path: Path, encodes: list[Path]
+) -> None:
+    first = samples.tone(tmp_path / "first.wav", 0.7, freq=440)
+    second = samples.tone(tmp_path / "second.wav", 0.7, freq=550)
+    root = tmp_path / "content"
+
+    made = ContentStore(root).prepare([first, second])
+    mtime = made.path.stat().st_mtime_ns
+    assert ContentStore(root).prepare([first, second]) == made  # a new store reads the index
+    assert len(encodes) == 1
+    assert made.path.stat().st_mtime_ns == mtime
+
+    louder = ContentStore(root, AudioSettings(bitrate_kbps=32)).prepare([first, second])
+    assert len(encodes) == 2
+    assert louder.sha256 != made.sha256
+
+    samples.tone(first, 0.7, freq=880)  # same name, new content
+    changed = ContentStore(root).prepare([first, second])
+    assert len(encodes) == 3
+    assert changed.sha256 != made.sha256
+
+    changed.path.unlink()  # the index alone is not trusted
+    assert ContentStore(root).prepare([first, second]) == changed
+    assert len(encodes) == 4
+    assert changed.path.exists()
+
+
+def test_get_and_read_return_what_was_stored(tmp_path: Path, store: ContentStore) -> None:
+    prepared = store.prepare([samples.tone(tmp_path / "tone.wav", 0.5)])
+    assert store.get(prepared.sha256) == prepared
+    assert store.get("0" * 64) is None
+    data = store.read(prepared.sha256)
+    assert hashlib.sha256(data).hexdigest() == prepared.sha256
+    with pytest.raises(KeyError, match="0000"):
+        store.read("0" * 64)
+
+    prepared.path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped on disk
+    with pytest.raises(AudioError, match="no longer matches") as damaged:
+        store.read(prepared.sha256)
+    assert damaged.value.path == prepared.path
+
+
+def test_content_ref_describes_the_chunks(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "content", AudioSettings(chunk_size=1000))
+    prepared = store.prepare([samples.tone(tmp_path / "tone.wav", 1.0)])
+    ref = prepared.content_ref()
+    assert isinstance(ref, ContentRef)
+    assert (ref.sha256, ref.size, ref.duration_s) == (
+        prepared.sha256,
+        prepared.size,
+        prepared.duration_s,
+    )
+    assert ref.chunk_size == 1000
+    assert ref.chunks == math.ceil(prepared.size / 1000) > 1
+    assert ref.codec == "opus"
+
+
+# --- generated samples ---------------------------------------------------------------------
+
+
+def wav_seconds(path: Path) -> float:
+    with wave.open(str(path), "rb") as wav:
+        assert wav.getnchannels() == 1
+        return wav.getnframes() / wav.getframerate()
+
+
+def test_tone_and_chime_are_audible_wavs(tmp_path: Path, store: ContentStore) -> None:
+    tone = samples.tone(tmp_path / "tone.wav", 1.25, freq=1000)
+    chime = samples.chime(tmp_path / "chime.wav")
+    assert wav_seconds(tone) == pytest.approx(1.25, abs=0.001)
+    assert 0.5 < wav_seconds(chime) < 2.0
+    assert store.probe(tone) == pytest.approx(1.25, abs=0.01)
+    assert store.probe(chime) > 0.5  # not silent: probe would refuse it
+
+
+def test_speech_with_espeak_ng(tmp_path: Path, store: ContentStore) -> None:
+    require("espeak-ng", samples.espeak_ng_available(), "apt-get install espeak-ng")
+    spoken = tmp_path / "speech.wav"
+    assert samples.speech(spoken, "Xin chào bà con.") is True
+    assert store.probe(spoken) > 0.5
+    bulletin = tmp_path / "demo.wav"
+    assert samples.demo_bulletin(bulletin, 4.0) is True
+    assert wav_seconds(bulletin) == pytest.approx(4.0, abs=0.01)
+
+
+def test_without_espeak_ng_the_demo_falls_back_to_tones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: ContentStore
+) -> None:
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert not samples.espeak_ng_available()
+    assert samples.speech(tmp_path / "speech.wav", "Xin chào") is False
+    assert not (tmp_path / "speech.wav").exists()
+    bulletin = tmp_path / "demo.wav"
+    assert samples.demo_bulletin(bulletin, 3.0) is False
+    assert wav_seconds(bulletin) == pytest.approx(3.0, abs=0.01)
+    assert store.probe(bulletin) == pytest.approx(3.0, abs=0.05)
