@@ -24,11 +24,12 @@ import types
 import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError, WithJsonSchema
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 Severity = Literal["error", "warning"]
@@ -574,3 +575,37 @@ def validate(
         if file is not None and file != locations.file:
             where = LocationMap(file, locations._values, locations._keys)
         return located_problems(model, exc, where)
+
+
+# --- value types shared by every configuration file ---------------------------------------
+
+_DURATION = re.compile(r"(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?")
+
+
+def parse_duration(value: Any) -> Any:
+    """ "90s", "10m", "2h", "1h30m" as a timedelta; other types are left to pydantic."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f"{value} has no unit: write e.g. {value}s or {value}m")
+    if not isinstance(value, str):
+        return value
+    match = _DURATION.fullmatch(value.strip())
+    if not value.strip() or not match:
+        raise ValueError(f"{value!r} is not a duration: write e.g. 90s, 10m, 2h or 1h30m")
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\s*(\d+\s*h)?\s*(\d+\s*m)?\s*(\d+\s*s)?\s*$",
+            "description": "a duration: 90s, 10m, 2h, 1h30m",
+            "examples": ["10m", "1h30m"],
+        }
+    ),
+]

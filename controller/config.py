@@ -1,0 +1,131 @@
+"""The controller's configuration file (see config/controller.example.yaml).
+
+Loaded like every other file managers edit: unknown keys, wrong types and bad values
+are reported together as file:line:col. Relative paths (fleet, playlists, private_key,
+content_dir, and the database file of a sqlite:/// store URL) are resolved against the
+folder of the configuration file, so the controller finds the same files wherever it is
+started from. The files themselves are checked by their own loaders (the fleet, the
+playlists) or created on demand (the key by `loa-controller keygen`, the content
+folder on first use).
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+)
+
+from protocol.mqtt import BrokerAddress
+from protocol.yamlload import ConfigError, Duration, load_yaml, suggest, validate
+
+
+def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    if base is None or value.is_absolute():
+        return value
+    return Path(base) / value
+
+
+ConfigPath = Annotated[
+    Path,
+    AfterValidator(_relative_to_config),
+    Field(json_schema_extra={"description": "a path, relative to this file's folder"}),
+]
+
+
+def _broker_url(value: str) -> str:
+    BrokerAddress.from_url(value)  # raises ValueError with an example of a good URL
+    return value
+
+
+def _store_url(value: str, info: ValidationInfo) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme not in ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
+        raise ValueError(
+            f"{value!r}: write sqlite:///relative/file.db, sqlite:////absolute/file.db or "
+            "postgresql://user@host/database"
+        )
+    base = (info.context or {}).get("base_dir")
+    prefix = "sqlite:///"
+    if scheme == "sqlite" and base is not None and value.startswith(prefix):
+        file = value.removeprefix(prefix)
+        if file and file != ":memory:" and not file.startswith("/"):
+            return prefix + str(Path(base) / file)
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        close = suggest(value, zoneinfo.available_timezones())
+        hint = f"did you mean {close!r}? " if close else ""
+        raise ValueError(
+            f"unknown time zone {value!r}: {hint}write an IANA zone such as Asia/Ho_Chi_Minh"
+        ) from None
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AudioConfig(_Strict):
+    """How bulletins are prepared for the clusters (once, on the controller)."""
+
+    bitrate_kbps: Annotated[int, Field(ge=6, le=256)] = 24
+    sample_rate_hz: Literal[8000, 12000, 16000, 24000, 48000] = 16000
+    chunk_size_kb: Annotated[int, Field(ge=1, le=1024)] = 64
+
+
+class ControllerConfig(_Strict):
+    """config/controller.yaml."""
+
+    broker_url: Annotated[str, AfterValidator(_broker_url)] = "mqtt://127.0.0.1:1883"
+    broker_ca_file: ConfigPath | None = None
+    client_id: Annotated[str, Field(min_length=1, max_length=64)] = "loa-controller"
+    fleet: ConfigPath
+    playlists: Annotated[list[ConfigPath], Field(min_length=1)]
+    timezone: Annotated[str, AfterValidator(_timezone)] = "Asia/Ho_Chi_Minh"
+    # Four slashes: an absolute path (three would be relative to this file's folder).
+    store_url: Annotated[str, AfterValidator(_store_url)] = "sqlite:////var/loa/controller.db"
+    private_key: ConfigPath
+    content_dir: ConfigPath
+    lead_time: Annotated[Duration, Field(ge=timedelta(0), le=timedelta(hours=24))] = timedelta(
+        minutes=30
+    )
+    command_ttl: Annotated[Duration, Field(gt=timedelta(0), le=timedelta(days=7))] = timedelta(
+        hours=2
+    )
+    audio: AudioConfig = AudioConfig()
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the controller configuration, for editors."""
+    schema = ControllerConfig.model_json_schema()
+    schema["title"] = "Loa controller configuration"
+    return schema
+
+
+def load_controller_config(path: Path) -> ControllerConfig:
+    """Load the controller configuration; raise ConfigError listing every problem."""
+    data, locations = load_yaml(path)
+    context = {"base_dir": Path(path).resolve().parent}
+    config = validate(ControllerConfig, data, locations, context=context)
+    if isinstance(config, list):
+        raise ConfigError(config)
+    return config

@@ -1,0 +1,671 @@
+"""Playlists: programmes of bulletins, when they air and where (playlists/*.yaml).
+
+A playlist file holds programmes. At each scheduled time a programme's bulletins air
+one after the other, on every cluster its targets name. A bulletin is one or more audio
+files played in order, with an optional chime before (intro) and after (outro)::
+
+    # yaml-language-server: $schema=../docs/schema/playlist.schema.json
+    programmes:
+      - id: tin-sang
+        name: Tiếp sóng thời sự buổi sáng
+        level: normal                 # normal | priority | emergency
+        bulletins:
+          - files: [audio/thoi-su.wav]
+            intro: audio/nhac-hieu.wav
+            volume: 80                # 0-100; the cluster's own setting if left out
+        schedule:
+          times: ["06:00"]
+          weekdays: daily             # daily | workdays | weekend | [mon, wed, fri]
+        targets: [all]                # node or cluster ids, tag:<tag>, all
+        exclude: [kinh-cung-03]
+        lateness: 10m                 # a play may still start this late
+
+Times are local civil time in the controller's time zone (``timezone`` in the
+controller config), on the local dates the schedule names. Daylight saving time, for
+zones that have it (Asia/Ho_Chi_Minh has none):
+
+- a time that does not exist on a spring-forward day (02:30 in Europe/Berlin on the
+  last Sunday of March) airs at the same moment it would have without the change, one
+  hour later on the new wall clock (03:30): a bulletin is late rather than lost. The
+  check warns about it when it knows the zone;
+- a time that happens twice on a fall-back day airs once, at its first instance;
+- repeats (``repeat: {count: 3, gap: 15m}``) are spaced in elapsed time from the
+  start, so a repeat across a change stays ``gap`` after the previous one.
+"""
+
+from __future__ import annotations
+
+import calendar
+import heapq
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from controller.config import json_schema as config_json_schema
+from controller.fleet import ALL, TAG_PREFIX, Fleet
+from controller.fleet import json_schema as fleet_json_schema
+from protocol.messages import Level
+from protocol.topics import check_id
+from protocol.yamlload import (
+    ConfigError,
+    Duration,
+    LocationMap,
+    NodePath,
+    Problem,
+    load_yaml,
+    suggest,
+    validate,
+)
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAY_SETS: dict[str, tuple[Weekday, ...]] = {
+    "daily": WEEKDAYS,
+    "workdays": WEEKDAYS[:5],
+    "weekend": WEEKDAYS[5:],
+}
+MAX_REPEAT_SPAN = timedelta(hours=24)
+# Later days' plays start no earlier than this before their local midnight (a DST
+# change moves a wall clock by at most two hours).
+_DAY_MARGIN = timedelta(hours=3)
+
+
+# --- value types, as managers write them --------------------------------------------------
+
+
+def _parse_time(value: Any) -> Any:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f'{value} is a number, not a time: write HH:MM in quotes, e.g. "06:00"')
+    if not isinstance(value, str):
+        return value  # pydantic says what type it expected
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", value)
+    if not match:
+        raise ValueError(f'{value!r} is not a time of day: write HH:MM, e.g. "06:00" or "17:30"')
+    hours, minutes = int(match[1]), int(match[2])
+    if hours > 23 or minutes > 59:
+        raise ValueError(
+            f"{value!r} is not a time of day: hours go from 00 to 23 and minutes from 00 to 59"
+            ' (write "00:00" for midnight)'
+        )
+    return time(hours, minutes)
+
+
+def _parse_date(value: Any) -> Any:
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a date: write YYYY-MM-DD, e.g. 2026-05-01")
+    match = re.fullmatch(r"\s*(\d{4})-(\d{1,2})-(\d{1,2})\s*", value)
+    if not match:
+        raise ValueError(f"{value!r} is not a date: write YYYY-MM-DD, e.g. 2026-05-01")
+    year, month, day = int(match[1]), int(match[2]), int(match[3])
+    if not 1 <= month <= 12:
+        raise ValueError(f"{value!r} is not a date: there is no month {month}")
+    last = calendar.monthrange(year, month)[1]
+    if not 1 <= day <= last:
+        raise ValueError(
+            f"{value!r} is not a date: {calendar.month_name[month]} {year} has {last} days"
+        )
+    return date(year, month, day)
+
+
+def _parse_weekdays(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in DAY_SETS:
+            return DAY_SETS[word]
+        if word in WEEKDAYS:
+            return (word,)
+        close = suggest(word, [*DAY_SETS, *WEEKDAYS])
+        hint = f"did you mean {close!r}? " if close else ""
+        raise ValueError(
+            f"{value!r} is not a day: {hint}write daily, workdays (mon-fri), weekend "
+            "(sat, sun), or a list such as [mon, wed, fri]"
+        )
+    if isinstance(value, list | tuple):
+        return [v.strip().lower() if isinstance(v, str) else v for v in value]
+    return value
+
+
+def _sorted_days(days: tuple[Weekday, ...] | None) -> tuple[Weekday, ...] | None:
+    if days is None:
+        return None
+    if not days:
+        raise ValueError("needs at least one day; leave the key out to mean every day")
+    return tuple(d for d in WEEKDAYS if d in days)
+
+
+_TIME_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^([01]?[0-9]|2[0-3]):[0-5][0-9]$",
+    "description": "local time of day, HH:MM",
+    "examples": ["06:00", "17:30"],
+}
+_DATE_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "format": "date",
+    "description": "a local date, YYYY-MM-DD",
+}
+_WEEKDAYS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "enum": [*DAY_SETS, *WEEKDAYS]},
+        {"type": "array", "items": {"type": "string", "enum": list(WEEKDAYS)}, "minItems": 1},
+    ],
+    "default": "daily",
+    "description": "daily, workdays (mon-fri), weekend (sat, sun), or a list of days",
+}
+
+TimeOfDay = Annotated[time, BeforeValidator(_parse_time), WithJsonSchema(_TIME_SCHEMA)]
+LocalDate = Annotated[date, BeforeValidator(_parse_date), WithJsonSchema(_DATE_SCHEMA)]
+Weekdays = Annotated[
+    tuple[Weekday, ...] | None,
+    BeforeValidator(_parse_weekdays),
+    AfterValidator(_sorted_days),
+    WithJsonSchema(_WEEKDAYS_SCHEMA),
+]
+
+
+def _audio_path(value: Path, info: ValidationInfo) -> Path:
+    """Resolve against the playlist's directory and check the file is there, when loading."""
+    context = info.context or {}
+    base = context.get("base_dir")
+    if base is None:
+        return value
+    path = value if value.is_absolute() else Path(base) / value
+    if context.get("check_files", True) and not path.is_file():
+        what = "is a directory, not an audio file" if path.is_dir() else "not found"
+        raise ValueError(
+            f"audio file '{value}' {what} (looked for {path}); paths are relative to "
+            "this playlist file's folder"
+        )
+    return path
+
+
+AudioPath = Annotated[
+    Path,
+    AfterValidator(_audio_path),
+    WithJsonSchema({"type": "string", "description": "audio file, relative to this playlist"}),
+]
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _programme_id(value: str) -> str:
+    return check_id(value, "programme id")
+
+
+def _target(value: str) -> str:
+    if value == ALL:
+        return value
+    if value.startswith(TAG_PREFIX):
+        if not value.removeprefix(TAG_PREFIX):
+            raise ValueError(f"write the tag after '{TAG_PREFIX}', e.g. {TAG_PREFIX}cho")
+        return value
+    return check_id(value, "target")
+
+
+Target = Annotated[str, AfterValidator(_target)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Bulletin(_Strict):
+    """One bulletin (bản tin): its audio files in order, between optional chimes."""
+
+    title: Name | None = None
+    files: Annotated[
+        list[AudioPath],
+        BeforeValidator(_one_or_many),
+        Field(min_length=1, max_length=32),
+    ]
+    intro: AudioPath | None = None
+    outro: AudioPath | None = None
+    volume: Annotated[int, Field(ge=0, le=100)] | None = None
+
+    def audio(self) -> list[Path]:
+        """Every file this bulletin plays, in order: intro, files, outro."""
+        return [
+            *([self.intro] if self.intro else []),
+            *self.files,
+            *([self.outro] if self.outro else []),
+        ]
+
+
+class Repeat(_Strict):
+    """Air each scheduled start `count` times, `gap` apart (start to start)."""
+
+    count: Annotated[int, Field(ge=1, le=24)]
+    gap: Duration = timedelta(0)
+
+    @model_validator(mode="after")
+    def _fits_a_day(self) -> Repeat:
+        if self.count > 1 and self.gap <= timedelta(0):
+            raise ValueError("gap: write the time between two airings, e.g. gap: 15m")
+        if (self.count - 1) * self.gap >= MAX_REPEAT_SPAN:
+            raise ValueError(
+                f"{self.count} airings {self.gap} apart span a day or more; use the "
+                "schedule's times for that"
+            )
+        return self
+
+
+class Schedule(_Strict):
+    """When a programme airs, in local civil time."""
+
+    times: Annotated[list[TimeOfDay], Field(min_length=1, max_length=96)]
+    weekdays: Weekdays = None
+    dates: list[LocalDate] = []
+    every_weeks: Annotated[int, Field(ge=1, le=52)] | None = None
+    from_: LocalDate | None = Field(None, alias="from", validate_default=True)
+    valid_from: LocalDate | None = None
+    valid_until: LocalDate | None = None
+    except_: list[LocalDate] = Field([], alias="except")
+    repeat: Repeat | None = None
+
+    @field_validator("times")
+    @classmethod
+    def _distinct_times(cls, times: list[time]) -> list[time]:
+        seen: set[time] = set()
+        for t in times:
+            if t in seen:
+                raise ValueError(f"{t:%H:%M} is listed twice")
+            seen.add(t)
+        return sorted(times)
+
+    @field_validator("dates")
+    @classmethod
+    def _dates_alone(cls, dates: list[date], info: ValidationInfo) -> list[date]:
+        if dates and info.data.get("weekdays") is not None:
+            raise ValueError("write either dates or weekdays, not both")
+        if dates and info.data.get("every_weeks") is not None:
+            raise ValueError("write either dates or every_weeks, not both")
+        return sorted(set(dates))
+
+    @field_validator("from_")
+    @classmethod
+    def _anchor(cls, anchor: date | None, info: ValidationInfo) -> date | None:
+        every = info.data.get("every_weeks")
+        if anchor is None and every is not None and every > 1:
+            raise ValueError(
+                f"every_weeks: {every} needs `from: YYYY-MM-DD`, a date in the first week it airs"
+            )
+        if anchor is not None and (every is None or every == 1):
+            raise ValueError("`from` only counts weeks for every_weeks: 2 or more")
+        return anchor
+
+    @field_validator("valid_until")
+    @classmethod
+    def _after_start(cls, until: date | None, info: ValidationInfo) -> date | None:
+        start = info.data.get("valid_from")
+        if until is not None and start is not None and until < start:
+            raise ValueError(f"{until} is before valid_from ({start})")
+        return until
+
+    @property
+    def days(self) -> tuple[Weekday, ...]:
+        return self.weekdays if self.weekdays is not None else WEEKDAYS
+
+    @property
+    def span(self) -> timedelta:
+        """From the first to the last airing of one scheduled start (repeats)."""
+        return (self.repeat.count - 1) * self.repeat.gap if self.repeat else timedelta(0)
+
+    def airs_on(self, day: date) -> bool:
+        """Whether the schedule airs on this local date."""
+        if (self.valid_from and day < self.valid_from) or (
+            self.valid_until and day > self.valid_until
+        ):
+            return False
+        if day in self.except_:
+            return False
+        if self.dates:
+            return day in self.dates
+        if WEEKDAYS[day.weekday()] not in self.days:
+            return False
+        if self.every_weeks and self.every_weeks > 1 and self.from_ is not None:
+            weeks = (_monday(day) - _monday(self.from_)).days // 7
+            return weeks % self.every_weeks == 0
+        return True
+
+    def first_day(self) -> date | None:
+        """The first local date it can air, if bounded."""
+        return self.dates[0] if self.dates else self.valid_from
+
+    def last_day(self) -> date | None:
+        """The last local date it can air, if bounded."""
+        if self.dates:
+            last = self.dates[-1]
+            return min(last, self.valid_until) if self.valid_until else last
+        return self.valid_until
+
+    def air_days(self, first: date, last: date) -> Iterator[date]:
+        """The local dates in [first, last] it airs on."""
+        if self.dates:
+            yield from (d for d in self.dates if first <= d <= last and self.airs_on(d))
+            return
+        day = first
+        while day <= last:
+            if self.airs_on(day):
+                yield day
+            day += timedelta(days=1)
+
+    def occurrences(self, start: datetime, end: datetime, tz: ZoneInfo) -> Iterator[datetime]:
+        """Every airing in [start, end), as aware UTC datetimes, in order, repeats included."""
+        if start.tzinfo is None or end.tzinfo is None:
+            raise ValueError("occurrences needs timezone-aware start and end")
+        first = (start - self.span).astimezone(tz).date() - timedelta(days=1)
+        last = end.astimezone(tz).date() + timedelta(days=1)
+        bounded_first, bounded_last = self.first_day(), self.last_day()
+        if bounded_first is not None:
+            first = max(first, bounded_first)
+        if bounded_last is not None:
+            last = min(last, bounded_last)
+        count = self.repeat.count if self.repeat else 1
+        gap = self.repeat.gap if self.repeat else timedelta(0)
+        pending: list[datetime] = []
+        previous: datetime | None = None
+        for day in self.air_days(first, last):
+            for t in self.times:
+                base = local_to_utc(day, t, tz)
+                for k in range(count):
+                    heapq.heappush(pending, base + k * gap)
+            bound = local_to_utc(day + timedelta(days=1), time(0), tz) - _DAY_MARGIN
+            while pending and pending[0] < bound:
+                when = heapq.heappop(pending)
+                if when >= end:
+                    return
+                if when >= start and when != previous:
+                    previous = when
+                    yield when
+        while pending:
+            when = heapq.heappop(pending)
+            if when >= end:
+                return
+            if when >= start and when != previous:
+                previous = when
+                yield when
+
+
+def _monday(day: date) -> date:
+    return day - timedelta(days=day.weekday())
+
+
+def local_to_utc(day: date, at: time, tz: ZoneInfo) -> datetime:
+    """A local wall-clock time as UTC; see the module docstring for DST gaps and folds."""
+    return datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
+
+
+def local_time_note(day: date, at: time, tz: ZoneInfo) -> str | None:
+    """Why a local time is special on that day in that zone (DST), or None."""
+    local = datetime.combine(day, at, tzinfo=tz)
+    back = local.astimezone(UTC).astimezone(tz)
+    if back.replace(tzinfo=None) != local.replace(tzinfo=None):
+        return (
+            f"{at:%H:%M} does not exist on {day} in {tz.key} (clocks go forward); "
+            f"it airs at {back:%H:%M} that day"
+        )
+    other = local.replace(fold=1)
+    if other.utcoffset() != local.utcoffset():
+        return (
+            f"{at:%H:%M} happens twice on {day} in {tz.key} (clocks go back); "
+            "it airs once, at the first"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a programme is written: file and 1-based line of its entry."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+class Programme(_Strict):
+    """A programme (chương trình): bulletins, a schedule and the clusters it airs on."""
+
+    id: Annotated[str, AfterValidator(_programme_id)]
+    name: Name
+    level: Level = "normal"
+    bulletins: Annotated[list[Bulletin], Field(min_length=1, max_length=64)]
+    schedule: Schedule
+    targets: Annotated[list[Target], Field(min_length=1)]
+    exclude: list[Target] = []
+    lateness: Annotated[Duration, Field(ge=timedelta(0), le=timedelta(hours=24))] = timedelta(
+        minutes=10
+    )
+    requires_approval: bool = False
+    replay_if_interrupted: bool = False
+
+    _source: Source = PrivateAttr(default=Source("<not from a file>", 0))
+
+    @property
+    def source(self) -> Source:
+        return self._source
+
+    def occurrences(self, start: datetime, end: datetime, tz: ZoneInfo) -> Iterator[datetime]:
+        """Every airing in [start, end), aware UTC datetimes, in order, repeats included."""
+        return self.schedule.occurrences(start, end, tz)
+
+    def next_after(self, after: datetime, tz: ZoneInfo) -> datetime | None:
+        """The first airing strictly after `after`, or None if it never airs again."""
+        if after.tzinfo is None:
+            raise ValueError("next_after needs a timezone-aware time")
+        start = after
+        first = self.schedule.first_day()
+        if first is not None:
+            start = max(start, local_to_utc(first, time(0), tz) - _DAY_MARGIN)
+        last = self.schedule.last_day()
+        if last is not None:
+            end = local_to_utc(last + timedelta(days=2), time(0), tz) + self.schedule.span
+        else:  # every_weeks is at most 52, so any open schedule airs within 53 weeks
+            end = start + timedelta(weeks=53, days=2)
+        for when in self.occurrences(start, end, tz):
+            if when > after:
+                return when
+        return None
+
+
+class PlaylistFile(_Strict):
+    """One playlist file (danh sách phát)."""
+
+    programmes: list[Programme] = []
+
+
+# --- schemas ------------------------------------------------------------------------------
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a playlist file, for editors (yaml-language-server)."""
+    schema = PlaylistFile.model_json_schema()
+    schema["title"] = "Loa playlist"
+    return schema
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    """Write playlist, fleet and controller-config JSON Schemas into directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in (
+        ("playlist", json_schema()),
+        ("fleet", fleet_json_schema()),
+        ("controller", config_json_schema()),
+    ):
+        path = directory / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+@dataclass
+class Playlists:
+    """Every programme of every playlist file, by id (unique across files)."""
+
+    programmes: dict[str, Programme]
+    files: list[Path]
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def playlist_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
+    """The playlist files named by paths: files as given, directories' *.yaml and *.yml."""
+    files: list[Path] = []
+    problems: list[Problem] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+            if not found:
+                problems.append(
+                    Problem(str(path), 1, 1, "no playlist files (*.yaml) in this folder", "warning")
+                )
+            files.extend(p for p in found if p.is_file())
+        elif path.exists():
+            files.append(path)
+        else:
+            problems.append(Problem(str(path), 1, 1, "playlist file or folder not found"))
+    return files, problems
+
+
+class _Checker:
+    """Checks what the models cannot know alone: targets, duplicate ids, DST, expiry."""
+
+    def __init__(self, fleet: Fleet, tz: ZoneInfo | None, today: date | None) -> None:
+        self.fleet = fleet
+        self.tz = tz
+        self.today = today
+        self.programmes: dict[str, Programme] = {}
+        self.problems: list[Problem] = []
+
+    def add(self, programme: Programme, path: NodePath, where: LocationMap) -> None:
+        before = len([p for p in self.problems if p.severity == "error"])
+        earlier = self.programmes.get(programme.id)
+        if earlier is not None:
+            self.problems.append(
+                where.problem(
+                    (*path, "id"),
+                    f"programme id {programme.id!r} is already used at {earlier.source}; "
+                    "give this programme its own id",
+                )
+            )
+            return
+        for key in ("targets", "exclude"):
+            for i, target in enumerate(getattr(programme, key)):
+                message = self.fleet.target_problem(target)
+                if message:
+                    self.problems.append(where.problem((*path, key, i), f"{key}: {message}"))
+        errors = len([p for p in self.problems if p.severity == "error"])
+        if errors == before and not self.fleet.resolve(programme.targets, programme.exclude):
+            self.problems.append(
+                where.problem(
+                    (*path, "targets"),
+                    "these targets, less exclude, contain no cluster: it would air nowhere",
+                    severity="warning",
+                )
+            )
+        self._dates(programme, path, where)
+        self.programmes[programme.id] = programme
+
+    def _dates(self, programme: Programme, path: NodePath, where: LocationMap) -> None:
+        if self.today is None:
+            return
+        schedule = programme.schedule
+        last = schedule.last_day()
+        if last is not None and last < self.today:
+            self.problems.append(
+                where.problem(
+                    (*path, "schedule"),
+                    f"this schedule ended on {last}; it will not air again",
+                    severity="warning",
+                )
+            )
+            return
+        if self.tz is None:
+            return
+        first = max(self.today, schedule.first_day() or self.today)
+        horizon = min(first + timedelta(days=366), last or date.max)
+        noted: set[int] = set()
+        for day in schedule.air_days(first, horizon):
+            for i, t in enumerate(schedule.times):
+                note = None if i in noted else local_time_note(day, t, self.tz)
+                if note:
+                    noted.add(i)
+                    self.problems.append(
+                        where.problem((*path, "schedule", "times", i), note, severity="warning")
+                    )
+
+
+def load_playlists(
+    paths: Iterable[Path],
+    fleet: Fleet,
+    *,
+    tz: ZoneInfo | None = None,
+    today: date | None = None,
+) -> Playlists:
+    """Load every playlist file; raise ConfigError listing every error of every file.
+
+    paths may be files or folders (their *.yaml and *.yml files). Audio paths are
+    resolved against each playlist file's folder and must exist. With tz and today,
+    warnings also name times that DST moves and schedules that have ended; warnings
+    never stop loading (they are in Playlists.warnings).
+    """
+    files, problems = playlist_files(paths)
+    checker = _Checker(fleet, tz, today)
+    for file in files:
+        try:
+            data, where = load_yaml(file)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        context = {"base_dir": file.resolve().parent, "check_files": True}
+        parsed = validate(PlaylistFile, data, where, context=context)
+        if isinstance(parsed, list):
+            problems.extend(parsed)
+            continue
+        for i, programme in enumerate(parsed.programmes):
+            path: NodePath = ("programmes", i)
+            programme._source = Source(str(file), where.value(path).line)
+            checker.add(programme, path, where)
+    problems.extend(checker.problems)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise ConfigError(problems)
+    return Playlists(
+        programmes=checker.programmes,
+        files=files,
+        warnings=sorted(problems, key=lambda p: (p.file, p.line, p.col)),
+    )
