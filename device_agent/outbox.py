@@ -81,20 +81,29 @@ class Outbox:
         bulletin: str | None = None,
         level: Level | None = None,
         reason: str | None = None,
+        sending: bool = False,
     ) -> Event:
-        """Number and store an event (committed when this returns); publish it afterwards."""
+        """Number and store an event (committed when this returns); publish it afterwards.
+
+        sending: the caller publishes it right after, so it counts as sent now (it goes
+        out again after resend_after_s unless acknowledged by then).
+        """
         if reason is not None and len(reason) > 500:
             reason = reason[:497] + "..."
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._db.execute("INSERT INTO events (payload) VALUES (x'')")
+                now = self._clock.now()
+                cur = self._db.execute(
+                    "INSERT INTO events (payload, last_sent) VALUES (x'', ?)",
+                    (now.timestamp() if sending else None,),
+                )
                 assert cur.lastrowid is not None
                 event = Event(
                     cluster=self.cluster_id,
                     outbox=self.outbox_id,
                     seq=cur.lastrowid,
-                    at=self._clock.now(),
+                    at=now,
                     kind=kind,
                     ref=ref,
                     play_id=play_id,

@@ -1,0 +1,407 @@
+"""The agent of one speaker cluster: link, guard, cache, player and outbox wired together.
+
+Threads, so that a hundred agents fit in one process: the link's network thread only
+queues what arrives (it never blocks on disk or crypto); one worker thread takes each
+message through the guard to the cache, the player or the outbox, and wakes up on its
+own when the player or the outbox has something due; the output of a play runs on one
+short-lived thread while it plays.
+
+Topics (see protocol/topics.py): the agent reads its cluster's command, content and
+membership topics and its groups' command and content topics; it writes events
+(QoS 1, from the outbox), its retained online/offline state, and chunk requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from device_agent.cache import Cache
+from device_agent.guard import (
+    Guard,
+    Ignored,
+    Membership,
+    MembershipFile,
+    Rejected,
+    RejectionLimiter,
+    SeenStore,
+)
+from device_agent.outbox import Outbox
+from device_agent.output import OutputBackend
+from device_agent.player import Player, PlayRecord, PlayView
+from protocol import chunks, topics
+from protocol.clock import Clock
+from protocol.messages import (
+    AckBody,
+    ChunkRequest,
+    Command,
+    ContentRef,
+    Event,
+    EventKind,
+    Level,
+    MembershipBody,
+    PlayBody,
+    State,
+    StopBody,
+)
+from protocol.mqtt import Link
+from protocol.signing import Verifier
+
+# Longest the worker sleeps without a reason: bounds the effect of a wall clock jump
+# (NTP setting the time after boot) on anything the agent is waiting for.
+MAX_SLEEP_S = 60.0
+# Chunks waiting for the worker beyond this are dropped (they are asked for again when
+# their play is due), so a burst of content cannot exhaust a small box's memory.
+MAX_QUEUED_CONTENT_BYTES = 64 * 1024 * 1024
+
+
+class ClusterLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with the cluster id: one process may run many agents."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        return f"[{self.extra['cluster'] if self.extra else '?'}] {msg}", kwargs
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    cluster_id: str
+    connected: bool
+    groups: tuple[str, ...]
+    current: PlayView | None
+    queue: list[PlayView]
+    outbox_id: str
+    outbox_pending: int
+
+
+_WAKE = ("wake",)
+_STOP = ("stop",)
+
+
+class Agent:
+    """One cluster's agent. `start()` connects and runs; `stop()` reports and disconnects."""
+
+    def __init__(
+        self,
+        cluster_id: str,
+        link: Link,
+        verifier: Verifier,
+        output: OutputBackend,
+        clock: Clock,
+        data_dir: Path,
+        *,
+        groups: Sequence[str] = (),
+        outbox_resend_s: float = 10.0,
+        request_interval_s: float = 10.0,
+        rejections_per_minute: int = 10,
+        durable: bool = True,
+        version: str | None = None,
+    ) -> None:
+        """durable=False skips fsync on events (simulated fleets on one machine only)."""
+        self.cluster_id = topics.check_id(cluster_id, "cluster id")
+        self._link = link
+        self._clock = clock
+        self._version = version
+        self._log = ClusterLog(logging.getLogger(__name__), {"cluster": cluster_id})
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._content_lock = threading.Lock()
+        self._queued_content_bytes = 0
+        self._dropped_content = 0
+        self._worker: threading.Thread | None = None
+
+        self._outbox = Outbox(
+            data_dir / "outbox.sqlite", cluster_id, clock,
+            resend_after_s=outbox_resend_s, durable=durable,
+        )
+        self._membership = MembershipFile(data_dir / "membership.json", groups)
+        self._guard = Guard(
+            verifier, cluster_id, self._membership.current, clock,
+            SeenStore(data_dir / "seen-commands.json"),
+        )
+        self._limiter = RejectionLimiter(clock, rejections_per_minute)
+        self._cache = Cache(
+            data_dir / "content",
+            log=ClusterLog(logging.getLogger("device_agent.cache"), {"cluster": cluster_id}),
+        )
+        self._player = Player(
+            output, self._cache, clock, data_dir / "plays.json",
+            report=self._report_play,
+            request_chunks=self._request_chunks,
+            wake=self._wake,
+            request_interval_s=request_interval_s,
+            log=ClusterLog(logging.getLogger("device_agent.player"), {"cluster": cluster_id}),
+        )
+        self._cache.add_listener(self._player.content_ready)
+        for ref in self._player.wanted_content():
+            self._cache.expect(ref)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        me = self.cluster_id
+        for channel in topics.TO_AGENT:
+            self._link.subscribe(topics.cluster_topic(me, channel), self._on_message)
+        for group in self._membership.current().groups:
+            self._subscribe_group(group)
+        self._link.add_connection_listener(self._on_connection)
+        self._worker = threading.Thread(target=self._run, name=f"agent-{me}", daemon=True)
+        self._worker.start()
+        self._link.start()
+        self._log.info(
+            "agent started: groups %s, data in %s, %d events waiting for the controller",
+            ", ".join(self._membership.current().groups) or "(none yet)", self.data_dir,
+            self._outbox.pending(),
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop playing (reported as interrupted), say offline, disconnect, close the outbox."""
+        self._player.close(timeout)
+        self._queue.put(_STOP)
+        if self._worker is not None:
+            self._worker.join(timeout)
+        if self._link.connected:
+            self._publish_state("offline")
+        self._link.stop()
+        self._outbox.close()
+        self._log.info("agent stopped")
+
+    def status(self) -> AgentStatus:
+        player = self._player.status()
+        return AgentStatus(
+            cluster_id=self.cluster_id,
+            connected=self._link.connected,
+            groups=self._membership.current().groups,
+            current=player.current,
+            queue=player.queue,
+            outbox_id=self._outbox.outbox_id,
+            outbox_pending=self._outbox.pending(),
+        )
+
+    @property
+    def membership(self) -> Membership:
+        return self._membership.current()
+
+    # --- network thread: queue only ---------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic.endswith("/content"):
+            with self._content_lock:
+                if self._queued_content_bytes + len(payload) > MAX_QUEUED_CONTENT_BYTES:
+                    self._dropped_content += 1
+                    return
+                self._queued_content_bytes += len(payload)
+        self._queue.put(("message", topic, payload))
+
+    def _on_connection(self, up: bool) -> None:
+        self._queue.put(("connection", up))
+
+    def _wake(self) -> None:
+        self._queue.put(_WAKE)
+
+    # --- worker thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        wake_at: datetime | None = None
+        while True:
+            timeout = MAX_SLEEP_S
+            if wake_at is not None:
+                until = (wake_at - self._clock.now()).total_seconds()
+                timeout = min(max(until, 0.0), MAX_SLEEP_S)
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = _WAKE
+            if item is _STOP:
+                return
+            try:
+                if item[0] == "message":
+                    self._handle_message(item[1], item[2])
+                elif item[0] == "connection":
+                    self._handle_connection(bool(item[1]))
+                wake_at = self._housekeeping()
+            except Exception:
+                self._log.exception("unexpected error in the agent worker; carrying on")
+                wake_at = None
+
+    def _housekeeping(self) -> datetime | None:
+        """Let the player and the outbox do what is due; the earliest next time to look."""
+        times = [self._player.tick()]
+        if self._link.connected:
+            due = self._outbox.due()
+            if due:
+                self._log.info(
+                    "sending again %d events the controller has not acknowledged", len(due)
+                )
+                self._send(due)
+        times.append(self._outbox.next_due_at())
+        held_back = self._limiter.take_summary()
+        if held_back:
+            self._log.warning(
+                "%d more commands were refused in the last minute and not reported one by one "
+                "(a flood of forged or stale commands?)",
+                held_back,
+            )
+            self._add_event(
+                "rejected",
+                reason=f"{held_back} more commands rejected in the last minute "
+                "(not reported one by one)",
+            )
+        times.append(self._limiter.summary_due_at())
+        with self._content_lock:
+            dropped, self._dropped_content = self._dropped_content, 0
+        if dropped:
+            self._log.warning(
+                "dropped %d audio chunks: more than %d MB waiting to be stored; they will be "
+                "asked for again when their play is due",
+                dropped, MAX_QUEUED_CONTENT_BYTES // (1024 * 1024),
+            )
+        return min((t for t in times if t is not None), default=None)
+
+    def _handle_connection(self, up: bool) -> None:
+        if not up:
+            self._log.warning("offline: plays already received still play on time")
+            return
+        self._publish_state("online")
+        pending = self._outbox.unacked()
+        self._log.info(
+            "connected to the broker; sending %d unacknowledged events", len(pending)
+        )
+        self._send(pending)
+
+    def _handle_message(self, topic: str, payload: bytes) -> None:
+        where = topics.parse(topic)
+        if where is not None and where.channel == "content":
+            with self._content_lock:
+                self._queued_content_bytes -= len(payload)
+            self._handle_chunk(topic, payload)
+            return
+        try:
+            command = self._guard.admit(topic, payload)
+        except Ignored as exc:
+            self._log.debug("ignored command %s on %s: %s", exc.command_id, topic, exc.reason)
+            return
+        except Rejected as exc:
+            if self._limiter.allow():
+                self._log.warning(
+                    "refused command %s on %s: %s. Nothing was played.",
+                    exc.command_id or "(no id)", topic, exc.reason,
+                )
+                self._add_event("rejected", ref=exc.command_id, reason=exc.reason)
+            return
+        self._obey(command)
+
+    def _obey(self, command: Command) -> None:
+        body = command.body
+        if isinstance(body, PlayBody):
+            for ref in body.items:
+                self._cache.expect(ref)
+            self._player.accept(command)
+        elif isinstance(body, StopBody):
+            count = self._player.stop(body.play_id)
+            self._log.info(
+                "stop command %s for %s: stopped %d plays",
+                command.id, body.play_id or "everything playing or due", count,
+            )
+        elif isinstance(body, MembershipBody):
+            self._apply_membership(command)
+        elif isinstance(body, AckBody):
+            self._outbox.ack(body.outbox, body.seqs)
+
+    def _apply_membership(self, command: Command) -> None:
+        before = set(self._membership.current().groups)
+        now = self._membership.apply(command)
+        after = set(now.groups)
+        for group in sorted(before - after):
+            self._link.unsubscribe(topics.group_topic(group, "command"))
+            self._link.unsubscribe(topics.group_topic(group, "content"))
+        for group in sorted(after - before):
+            self._subscribe_group(group)
+        if before != after:
+            self._log.info(
+                "membership changed: now in groups %s (was %s)",
+                ", ".join(now.groups) or "(none)", ", ".join(sorted(before)) or "(none)",
+            )
+
+    def _handle_chunk(self, topic: str, payload: bytes) -> None:
+        try:
+            chunk = chunks.decode(payload)
+        except chunks.ChunkError as exc:
+            if self._limiter.allow():
+                self._log.warning("dropped a payload on %s: %s", topic, exc)
+            return
+        outcome = self._cache.add_chunk(chunk)
+        if outcome == "corrupt":
+            ref = self._cache.manifest(chunk.sha256)
+            if ref is not None:
+                self._request_chunks(ref, self._cache.missing(ref))
+
+    # --- outgoing ---------------------------------------------------------------------------
+
+    def _subscribe_group(self, group: str) -> None:
+        self._link.subscribe(topics.group_topic(group, "command"), self._on_message)
+        self._link.subscribe(topics.group_topic(group, "content"), self._on_message)
+
+    def _publish_state(self, state: str) -> None:
+        message = State(
+            cluster=self.cluster_id,
+            state="online" if state == "online" else "offline",
+            at=self._clock.now(),
+            version=self._version,
+        )
+        self._link.publish(
+            topics.cluster_topic(self.cluster_id, "state"), message.to_json(), qos=1, retain=True
+        )
+
+    def _report_play(self, kind: EventKind, record: PlayRecord, reason: str | None) -> None:
+        self._add_event(
+            kind,
+            ref=record.command_id,
+            play_id=record.play_id,
+            bulletin=record.body.bulletin,
+            level=record.body.level,
+            reason=reason,
+        )
+
+    def _add_event(
+        self,
+        kind: EventKind,
+        *,
+        ref: str | None = None,
+        play_id: str | None = None,
+        bulletin: str | None = None,
+        level: Level | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Commit the event to the outbox, then publish it if the broker is reachable."""
+        online = self._link.connected
+        event = self._outbox.add(
+            kind, ref=ref, play_id=play_id, bulletin=bulletin, level=level, reason=reason,
+            sending=online,
+        )
+        if online:
+            self._link.publish(
+                topics.cluster_topic(self.cluster_id, "event"), event.to_json(), qos=1
+            )
+
+    def _send(self, events: Sequence[Event]) -> None:
+        topic = topics.cluster_topic(self.cluster_id, "event")
+        for event in events:
+            self._link.publish(topic, event.to_json(), qos=1)
+        self._outbox.mark_sent(event.seq for event in events)
+
+    def _request_chunks(self, ref: ContentRef, missing: list[int]) -> None:
+        if not missing or not self._link.connected:
+            return
+        request = ChunkRequest(
+            cluster=self.cluster_id, sha256=ref.sha256, missing=missing[:100_000]
+        )
+        self._link.publish(
+            topics.cluster_topic(self.cluster_id, "request"), request.to_json(), qos=1
+        )

@@ -1,0 +1,350 @@
+"""The player: start times, the three levels, stops, missing audio, restarts.
+
+Time is a ManualClock moved by the test; the output is a fake the test finishes by
+hand, running on the player's real output thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from agent_support import FakeOutput, Keys, Reports, command, content, play_body
+from conftest import wait_until
+
+from device_agent.player import Player, PlayRecord
+from protocol.clock import ManualClock
+from protocol.messages import LEVELS, Command, ContentRef, EventKind, Level, PlayBody
+
+T0 = datetime(2026, 5, 1, 6, 0, tzinfo=UTC)
+ME = "hg-phung-hiep-07"
+
+
+class FakeContent:
+    """Content held by hash; a ref is either wholly held or has `lacking` chunks missing."""
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+        self.lacking: dict[str, int] = {}
+
+    def has(self, sha256: str) -> bool:
+        return sha256 in self.held
+
+    def path(self, sha256: str) -> Path:
+        return Path(f"/nonexistent/{sha256}.opus")
+
+    def missing(self, ref: ContentRef) -> list[int]:
+        if ref.sha256 in self.held:
+            return []
+        return list(range(self.lacking.get(ref.sha256, ref.chunks)))
+
+
+class Rig:
+    def __init__(self, state: Path | None) -> None:
+        self.keys = Keys()
+        self.clock = ManualClock(T0)
+        self.output = FakeOutput()
+        self.content = FakeContent()
+        self.reports = Reports()
+        self.requests: list[tuple[str, list[int]]] = []
+        self.state = state
+        self.player = self.new_player()
+        self._ids = itertools.count(1)
+
+    def new_player(self) -> Player:
+        return Player(
+            self.output, self.content, self.clock, self.state,
+            report=self._report, request_chunks=self._request, request_interval_s=10,
+        )
+
+    def _report(self, kind: EventKind, record: PlayRecord, reason: str | None) -> None:
+        self.reports.add(kind, record.play_id, reason)
+
+    def _request(self, ref: ContentRef, missing: list[int]) -> None:
+        self.requests.append((ref.sha256, missing))
+
+    def play(
+        self,
+        play_id: str,
+        start_in: float = 0,
+        level: Level = "normal",
+        held: bool = True,
+        window: timedelta = timedelta(minutes=5),
+    ) -> Command:
+        c = content()
+        if held:
+            self.content.held.add(c.ref.sha256)
+        start = self.clock.now() + timedelta(seconds=start_in)
+        body = play_body(play_id, [c.ref], start, level=level, window=window)
+        cmd = command(self.keys.signer, body, self.clock.now(), clusters=[ME])
+        assert self.player.accept(cmd)
+        return cmd
+
+    def kinds(self, play_id: str) -> list[str]:
+        return self.reports.kinds(play_id)
+
+    def wait_for(self, play_id: str, kind: str) -> None:
+        wait_until(
+            lambda: kind in self.kinds(play_id), 5, f"{play_id} {kind} ({self.kinds(play_id)})"
+        )
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path / "plays.json")
+    yield r
+    r.player.close(1)
+
+
+def test_received_delivered_playing_finished_at_the_start_time(rig: Rig) -> None:
+    rig.play("p1", start_in=30)
+    assert rig.kinds("p1") == ["received", "delivered"]
+    rig.player.tick()
+    assert rig.output.started == []
+    rig.clock.advance(29.9)
+    assert rig.player.tick() == T0 + timedelta(seconds=30)  # when to look again
+    rig.clock.advance(0.1)
+    rig.player.tick()
+    assert rig.kinds("p1")[-1] == "playing"
+    wait_until(lambda: rig.output.started == ["p1"], 5, "output to start")
+    rig.output.finish("p1")
+    rig.wait_for("p1", "finished")
+    assert rig.kinds("p1") == ["received", "delivered", "playing", "finished"]
+
+
+def test_delivered_only_when_all_audio_is_held(rig: Rig) -> None:
+    cmd = rig.play("p1", start_in=60, held=False)
+    assert rig.kinds("p1") == ["received"]
+    assert isinstance(cmd.body, PlayBody)
+    sha = cmd.body.items[0].sha256
+    rig.content.held.add(sha)
+    rig.player.content_ready(sha)
+    assert rig.kinds("p1") == ["received", "delivered"]
+    rig.player.content_ready(sha)
+    assert rig.kinds("p1").count("delivered") == 1
+
+
+PAIRS = list(itertools.product(LEVELS, LEVELS))
+
+
+@pytest.mark.parametrize(("running", "arriving"), PAIRS, ids=[f"{a}-then-{b}" for a, b in PAIRS])
+def test_a_higher_level_interrupts_an_equal_or_lower_one_waits(
+    rig: Rig, running: Level, arriving: Level
+) -> None:
+    rig.play("a", level=running)
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["a"], 5, "first play to start")
+    rig.clock.advance(5)
+    rig.play("b", level=arriving)
+    rig.player.tick()
+    if LEVELS.index(arriving) > LEVELS.index(running):
+        rig.wait_for("a", "interrupted")
+        assert rig.reports.reason("a", "interrupted") == f"preempted by bulletin b ({arriving})"
+        rig.wait_for("b", "playing")
+        wait_until(lambda: rig.output.started == ["a", "b"], 5, "second play to start")
+    else:
+        assert rig.kinds("b") == ["received", "delivered"]
+        assert rig.output.started == ["a"]
+        rig.output.finish("a")
+        rig.wait_for("a", "finished")
+        rig.wait_for("b", "playing")
+    rig.output.finish("b")
+    rig.wait_for("b", "finished")
+
+
+def test_waiting_plays_go_by_level_then_start_time(rig: Rig) -> None:
+    rig.play("first", level="normal")
+    rig.player.tick()
+    rig.clock.advance(1)
+    rig.play("normal-early", level="normal")
+    rig.clock.advance(1)
+    rig.play("normal-late", level="normal")
+    rig.play("emergency-cut-short", level="emergency")
+    rig.player.tick()
+    rig.wait_for("first", "interrupted")
+    rig.wait_for("emergency-cut-short", "playing")
+    rig.play("priority", level="priority")
+    rig.player.tick()
+    for play_id in ("emergency-cut-short", "priority", "normal-early", "normal-late"):
+        rig.wait_for(play_id, "playing")
+        rig.output.finish(play_id)
+        rig.wait_for(play_id, "finished")
+    assert rig.output.started == [
+        "first", "emergency-cut-short", "priority", "normal-early", "normal-late",
+    ]
+
+
+def test_a_waiting_play_is_missed_when_its_latest_start_passes(rig: Rig) -> None:
+    rig.play("long")
+    rig.player.tick()
+    rig.play("short-window", window=timedelta(seconds=30))
+    rig.clock.advance(30)
+    rig.player.tick()
+    assert "missed" not in rig.kinds("short-window")  # at latest_start it may still start
+    rig.clock.advance(0.01)
+    rig.player.tick()
+    assert rig.kinds("short-window")[-1] == "missed"
+    reason = rig.reports.reason("short-window", "missed")
+    assert reason is not None
+    assert reason.startswith("output busy with bulletin long (normal)")
+
+
+def test_incomplete_audio_is_requested_at_start_time_then_missed(rig: Rig) -> None:
+    cmd = rig.play("p1", start_in=10, held=False, window=timedelta(seconds=25))
+    assert isinstance(cmd.body, PlayBody)
+    ref = cmd.body.items[0]
+    rig.content.lacking[ref.sha256] = 3
+    rig.player.tick()
+    assert rig.requests == []  # not before the start time
+    rig.clock.advance(10)
+    rig.player.tick()
+    assert rig.requests == [(ref.sha256, [0, 1, 2])]
+    rig.clock.advance(5)
+    rig.player.tick()
+    assert len(rig.requests) == 1  # not again before request_interval
+    rig.clock.advance(5)
+    rig.player.tick()
+    assert len(rig.requests) == 2
+    rig.clock.advance(16)
+    rig.player.tick()
+    assert rig.kinds("p1") == ["received", "missed"]
+    expected = f"audio incomplete: 3 of {ref.chunks} chunks missing"
+    assert rig.reports.reason("p1", "missed") == expected
+    assert rig.output.started == []
+
+
+def test_audio_completing_in_the_window_still_plays(rig: Rig) -> None:
+    cmd = rig.play("p1", held=False)
+    assert isinstance(cmd.body, PlayBody)
+    rig.player.tick()
+    assert rig.requests
+    rig.clock.advance(20)
+    rig.content.held.add(cmd.body.items[0].sha256)
+    rig.player.content_ready(cmd.body.items[0].sha256)
+    rig.player.tick()
+    assert rig.kinds("p1") == ["received", "delivered", "playing"]
+
+
+def test_stop_a_playing_play_and_a_scheduled_one(rig: Rig) -> None:
+    rig.play("now")
+    rig.play("later", start_in=600)
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["now"], 5, "play to start")
+    assert rig.player.stop("now") == 1
+    rig.wait_for("now", "interrupted")
+    assert rig.reports.reason("now", "interrupted") == "stopped by the controller"
+    assert rig.player.stop("later") == 1
+    assert rig.reports.reason("later", "interrupted") == "stopped before it started"
+    assert rig.player.stop("later") == 0
+    assert rig.player.stop("unknown") == 0
+    rig.clock.advance(600)
+    rig.player.tick()
+    assert rig.output.started == ["now"]
+
+
+def test_stop_everything_spares_plays_not_yet_due(rig: Rig) -> None:
+    rig.play("a")
+    rig.play("b")
+    rig.play("tomorrow", start_in=86400)
+    rig.player.tick()
+    rig.wait_for("a", "playing")
+    assert rig.player.stop(None) == 2
+    rig.wait_for("a", "interrupted")
+    assert rig.reports.reason("b", "interrupted") == "stopped before it started"
+    assert rig.player.status().queue[0].play_id == "tomorrow"
+    assert rig.output.started == ["a"]
+
+
+def test_a_play_id_received_again_is_not_scheduled_twice(rig: Rig) -> None:
+    cmd = rig.play("p1")
+    rig.player.tick()
+    rig.output.finish("p1")
+    rig.wait_for("p1", "finished")
+    again = command(rig.keys.signer, cmd.body, rig.clock.now(), clusters=[ME])
+    assert not rig.player.accept(again)
+    rig.player.tick()
+    assert rig.output.started == ["p1"]
+    assert rig.kinds("p1").count("received") == 1
+
+
+def test_output_error_is_reported_failed(rig: Rig) -> None:
+    rig.play("p1")
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["p1"], 5, "play to start")
+    rig.output.finish("p1", error="ALSA: device hw:1 not found")
+    rig.wait_for("p1", "failed")
+    reason = rig.reports.reason("p1", "failed")
+    assert reason is not None
+    assert "ALSA: device hw:1 not found" in reason
+
+
+def test_a_command_arriving_after_its_latest_start_is_missed(rig: Rig) -> None:
+    c = content()
+    rig.content.held.add(c.ref.sha256)
+    body = play_body("late", [c.ref], T0 - timedelta(minutes=10))
+    cmd = command(rig.keys.signer, body, T0 - timedelta(minutes=10), clusters=[ME])
+    rig.player.accept(cmd)
+    assert rig.kinds("late") == ["received", "delivered", "missed"]
+    rig.player.tick()
+    assert rig.output.started == []
+
+
+def test_status_shows_the_current_play_and_the_queue(rig: Rig) -> None:
+    rig.play("now", level="priority")
+    rig.play("later", start_in=60)
+    rig.player.tick()
+    status = rig.player.status()
+    assert status.current is not None
+    assert status.current.play_id == "now"
+    assert status.current.level == "priority"
+    assert [v.play_id for v in status.queue] == ["later"]
+
+
+def test_a_restart_keeps_the_schedule_and_never_replays(rig: Rig) -> None:
+    rig.play("done")
+    rig.play("cut-off", start_in=1)
+    rig.play("next", start_in=3600)
+    rig.player.tick()
+    rig.output.finish("done")
+    rig.wait_for("done", "finished")
+    rig.clock.advance(1)
+    rig.player.tick()
+    rig.wait_for("cut-off", "playing")
+    # The process dies while cut-off plays (no close(): as after kill -9 or power loss).
+    restarted = rig.new_player()
+    rig.player = restarted
+    assert rig.kinds("cut-off")[-1] == "interrupted"
+    reason = rig.reports.reason("cut-off", "interrupted")
+    assert reason is not None
+    assert "during the play" in reason
+    rig.player.tick()
+    rig.clock.advance(3600)
+    rig.player.tick()
+    rig.wait_for("next", "playing")
+    assert rig.output.started[-1] == "next"
+    assert rig.output.started.count("done") == 1
+    assert rig.output.started.count("cut-off") == 1
+
+
+def test_plays_missed_while_the_agent_was_off_say_so(rig: Rig) -> None:
+    rig.play("while-off", start_in=60, window=timedelta(minutes=2))
+    rig.clock.advance(timedelta(hours=2))
+    rig.player = rig.new_player()
+    rig.player.tick()
+    reason = rig.reports.reason("while-off", "missed")
+    assert reason is not None
+    assert reason.startswith("agent was not running")
+
+
+def test_finished_plays_are_forgotten_after_their_retention(rig: Rig) -> None:
+    rig.play("old", window=timedelta(minutes=1))
+    rig.player.tick()
+    rig.output.finish("old")
+    rig.wait_for("old", "finished")
+    assert rig.player.record("old") is not None
+    rig.clock.advance(timedelta(days=2))
+    rig.player.tick()
+    assert rig.player.record("old") is None
