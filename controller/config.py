@@ -11,6 +11,7 @@ folder on first use).
 
 from __future__ import annotations
 
+import os
 import zoneinfo
 from datetime import timedelta
 from pathlib import Path
@@ -33,7 +34,7 @@ def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     if base is None or value.is_absolute():
         return value
-    return Path(base) / value
+    return Path(os.path.normpath(Path(base) / value))
 
 
 ConfigPath = Annotated[
@@ -60,7 +61,7 @@ def _store_url(value: str, info: ValidationInfo) -> str:
     if scheme == "sqlite" and base is not None and value.startswith(prefix):
         file = value.removeprefix(prefix)
         if file and file != ":memory:" and not file.startswith("/"):
-            return prefix + str(Path(base) / file)
+            return prefix + os.path.normpath(Path(base) / file)
     return value
 
 
@@ -77,37 +78,55 @@ def _timezone(value: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Field docstrings become descriptions in the JSON Schema (editor hover text).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class AudioConfig(_Strict):
     """How bulletins are prepared for the clusters (once, on the controller)."""
 
     bitrate_kbps: Annotated[int, Field(ge=6, le=256)] = 24
+    """Opus bit rate; 16-32 is clear speech, more costs 4G data on every cluster."""
     sample_rate_hz: Literal[8000, 12000, 16000, 24000, 48000] = 16000
+    """Sample rate of the encoded audio."""
     chunk_size_kb: Annotated[int, Field(ge=1, le=1024)] = 64
+    """Size of the pieces audio is sent in."""
 
 
 class ControllerConfig(_Strict):
     """config/controller.yaml."""
 
     broker_url: Annotated[str, AfterValidator(_broker_url)] = "mqtt://127.0.0.1:1883"
+    """mqtt://[user[:password]@]host[:port], or mqtts:// for TLS."""
     broker_ca_file: ConfigPath | None = None
+    """For mqtts://: the CA certificate of the broker; the system's if left out."""
     client_id: Annotated[str, Field(min_length=1, max_length=64)] = "loa-controller"
+    """The MQTT client id of this controller."""
     fleet: ConfigPath
+    """The fleet file: the administrative tree and its clusters."""
     playlists: Annotated[list[ConfigPath], Field(min_length=1)]
+    """Playlist files, or folders of them."""
     timezone: Annotated[str, AfterValidator(_timezone)] = "Asia/Ho_Chi_Minh"
+    """The IANA time zone of the times in the playlists."""
     # Four slashes: an absolute path (three would be relative to this file's folder).
     store_url: Annotated[str, AfterValidator(_store_url)] = "sqlite:////var/loa/controller.db"
+    """sqlite:///relative.db, sqlite:////absolute.db or postgresql://user@host/db."""
     private_key: ConfigPath
+    """The Ed25519 key that signs commands (created by `loa-controller keygen`)."""
     content_dir: ConfigPath
-    lead_time: Annotated[Duration, Field(ge=timedelta(0), le=timedelta(hours=24))] = timedelta(
-        minutes=30
-    )
-    command_ttl: Annotated[Duration, Field(gt=timedelta(0), le=timedelta(days=7))] = timedelta(
-        hours=2
-    )
+    """Where prepared audio is kept."""
+    lead_time: Annotated[
+        Duration,
+        Field(ge=timedelta(0), le=timedelta(hours=24), json_schema_extra={"default": "30m"}),
+    ] = timedelta(minutes=30)
+    """How long before its start a scheduled play is sent to the clusters."""
+    command_ttl: Annotated[
+        Duration,
+        Field(gt=timedelta(0), le=timedelta(days=7), json_schema_extra={"default": "2h"}),
+    ] = timedelta(hours=2)
+    """How long a command stays valid after it is issued."""
     audio: AudioConfig = AudioConfig()
+    """Audio preparation."""
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:

@@ -102,17 +102,23 @@ Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Field docstrings become descriptions in the JSON Schema (editor hover text).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ClusterSpec(_Strict):
     """One speaker cluster (cụm loa): one pole, one receiver box."""
 
     id: Id
+    """Unique in the fleet; the cluster's MQTT name. Letters, digits, '.', '_', '-'."""
     name: Name
+    """Where it stands, in Vietnamese, e.g. Chợ Tân Bình."""
     lat: Annotated[float, Field(ge=-90, le=90)] | None = None
+    """Latitude in degrees (WGS 84); with lon, or neither."""
     lon: Annotated[float, Field(ge=-180, le=180)] | None = None
+    """Longitude in degrees (WGS 84); with lat, or neither."""
     tags: list[Tag] = []
+    """Labels playlists can target as tag:<tag>."""
 
 
 class VillageSpec(_Strict):
@@ -436,9 +442,7 @@ class _Builder:
 
     def cluster(self, spec: ClusterSpec, at: Node, commune: Node, path: NodePath) -> None:
         if (spec.lat is None) != (spec.lon is None):
-            self.problems.append(
-                self.locations.problem(path, "write both lat and lon, or neither")
-            )
+            self.problems.append(self.locations.problem(path, "write both lat and lon, or neither"))
         if not self._claim(spec.id, path):
             return
         self.clusters[spec.id] = Cluster(

@@ -38,6 +38,7 @@ from __future__ import annotations
 import calendar
 import heapq
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -193,7 +194,7 @@ def _audio_path(value: Path, info: ValidationInfo) -> Path:
     base = context.get("base_dir")
     if base is None:
         return value
-    path = value if value.is_absolute() else Path(base) / value
+    path = value if value.is_absolute() else Path(os.path.normpath(Path(base) / value))
     if context.get("check_files", True) and not path.is_file():
         what = "is a directory, not an audio file" if path.is_dir() else "not found"
         raise ValueError(
@@ -236,21 +237,35 @@ Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Field docstrings become descriptions in the JSON Schema (editor hover text).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Bulletin(_Strict):
     """One bulletin (bản tin): its audio files in order, between optional chimes."""
 
     title: Name | None = None
+    """What the bulletin is called in reports; the programme's name if left out."""
     files: Annotated[
         list[AudioPath],
         BeforeValidator(_one_or_many),
         Field(min_length=1, max_length=32),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                ]
+            }
+        ),
     ]
+    """Audio files played in order, relative to this playlist file."""
     intro: AudioPath | None = None
+    """A chime played before the files."""
     outro: AudioPath | None = None
+    """A chime played after the files."""
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Volume 0-100; the cluster's own setting if left out."""
 
     def audio(self) -> list[Path]:
         """Every file this bulletin plays, in order: intro, files, outro."""
@@ -265,7 +280,9 @@ class Repeat(_Strict):
     """Air each scheduled start `count` times, `gap` apart (start to start)."""
 
     count: Annotated[int, Field(ge=1, le=24)]
-    gap: Duration = timedelta(0)
+    """How many times in all (2: once more after the first)."""
+    gap: Annotated[Duration, Field(json_schema_extra={"default": "0s"})] = timedelta(0)
+    """From the start of one airing to the start of the next, e.g. 15m."""
 
     @model_validator(mode="after")
     def _fits_a_day(self) -> Repeat:
@@ -283,14 +300,23 @@ class Schedule(_Strict):
     """When a programme airs, in local civil time."""
 
     times: Annotated[list[TimeOfDay], Field(min_length=1, max_length=96)]
-    weekdays: Weekdays = None
+    """Local times of day, "HH:MM" in quotes."""
+    weekdays: Annotated[Weekdays, Field(json_schema_extra={"default": "daily"})] = None
+    """daily (the default), workdays, weekend, or a list of mon, tue, wed, thu, fri, sat, sun."""
     dates: list[LocalDate] = []
+    """Air on these dates only (instead of weekdays)."""
     every_weeks: Annotated[int, Field(ge=1, le=52)] | None = None
+    """Air every N weeks (weeks run Monday to Sunday); needs `from`."""
     from_: LocalDate | None = Field(None, alias="from", validate_default=True)
+    """For every_weeks: a date in a week it airs; weeks are counted from there."""
     valid_from: LocalDate | None = None
+    """First date it airs (inclusive)."""
     valid_until: LocalDate | None = None
+    """Last date it airs (inclusive)."""
     except_: list[LocalDate] = Field([], alias="except")
+    """Dates it does not air (holidays)."""
     repeat: Repeat | None = None
+    """Air each start several times: {count: 3, gap: 15m}."""
 
     @field_validator("times")
     @classmethod
@@ -458,17 +484,28 @@ class Programme(_Strict):
     """A programme (chương trình): bulletins, a schedule and the clusters it airs on."""
 
     id: Annotated[str, AfterValidator(_programme_id)]
+    """Unique across all playlists: letters, digits, '.', '_' or '-', no spaces."""
     name: Name
+    """The programme's name, as listeners and reports know it."""
     level: Level = "normal"
+    """normal, priority (ahead of normal programmes) or emergency (interrupts all)."""
     bulletins: Annotated[list[Bulletin], Field(min_length=1, max_length=64)]
+    """The bulletins aired one after the other at each scheduled time."""
     schedule: Schedule
+    """When it airs."""
     targets: Annotated[list[Target], Field(min_length=1)]
+    """Where it airs: node or cluster ids from the fleet, tag:<tag>, or all."""
     exclude: list[Target] = []
-    lateness: Annotated[Duration, Field(ge=timedelta(0), le=timedelta(hours=24))] = timedelta(
-        minutes=10
-    )
+    """Clusters to leave out of the targets: ids, tag:<tag>."""
+    lateness: Annotated[
+        Duration,
+        Field(ge=timedelta(0), le=timedelta(hours=24), json_schema_extra={"default": "10m"}),
+    ] = timedelta(minutes=10)
+    """How late a play may still start (90s, 10m, 1h); later, it is recorded as missed."""
     requires_approval: bool = False
+    """Whether each airing must be approved before it is sent."""
     replay_if_interrupted: bool = False
+    """Whether a play interrupted by a higher level is aired again afterwards."""
 
     _source: Source = PrivateAttr(default=Source("<not from a file>", 0))
 
@@ -503,6 +540,7 @@ class PlaylistFile(_Strict):
     """One playlist file (danh sách phát)."""
 
     programmes: list[Programme] = []
+    """The programmes of this playlist."""
 
 
 # --- schemas ------------------------------------------------------------------------------
