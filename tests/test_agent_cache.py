@@ -1,0 +1,99 @@
+"""The content cache: chunks in any order, before or after their manifest, verified."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from agent_support import CHUNK_SIZE, content
+
+from device_agent.cache import Cache
+from protocol.chunks import Chunk
+
+
+def test_chunks_in_any_order_complete_the_content(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    done: list[str] = []
+    cache.add_listener(done.append)
+    c = content(size=5 * CHUNK_SIZE + 7)
+    assert not cache.expect(c.ref)
+    pieces = c.decoded()
+    random.Random(7).shuffle(pieces)
+    outcomes = [cache.add_chunk(p) for p in pieces]
+    assert outcomes == ["stored"] * 5 + ["complete"]
+    assert cache.has(c.ref.sha256)
+    assert cache.path(c.ref.sha256).read_bytes() == c.data
+    assert cache.missing(c.ref) == []
+    assert done == [c.ref.sha256]
+    assert cache.add_chunk(pieces[0]) == "duplicate"
+    assert not (tmp_path / "partial" / c.ref.sha256).exists()
+
+
+def test_chunks_before_their_command_are_kept_and_completed_by_it(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    c = content()
+    for piece in c.decoded():
+        assert cache.add_chunk(piece) == "stored"
+    assert not cache.has(c.ref.sha256)
+    assert cache.expect(c.ref)
+    assert cache.path(c.ref.sha256).read_bytes() == c.data
+
+
+def test_missing_lists_what_has_not_arrived(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    c = content(size=4 * CHUNK_SIZE)
+    cache.expect(c.ref)
+    pieces = c.decoded()
+    cache.add_chunk(pieces[1])
+    cache.add_chunk(pieces[3])
+    assert cache.missing(c.ref) == [0, 2]
+
+
+def test_a_forged_chunk_makes_the_download_fail_not_play(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    c = content()
+    cache.expect(c.ref)
+    pieces = c.decoded()
+    forged = Chunk(pieces[0].sha256, 0, pieces[0].count, b"\x00" * len(pieces[0].data))
+    outcomes = [cache.add_chunk(p) for p in [forged, *pieces[1:]]]
+    assert outcomes[-1] == "corrupt"
+    assert not cache.has(c.ref.sha256)
+    assert cache.missing(c.ref) == list(range(c.ref.chunks))
+    # Fetched again, it completes.
+    assert [cache.add_chunk(p) for p in pieces][-1] == "complete"
+    assert cache.path(c.ref.sha256).read_bytes() == c.data
+
+
+def test_chunks_that_do_not_fit_the_manifest_are_refused(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    c = content()
+    cache.expect(c.ref)
+    first = c.decoded()[0]
+    assert cache.add_chunk(Chunk(first.sha256, 0, first.count + 1, first.data)) == "refused"
+    assert cache.add_chunk(Chunk(first.sha256, 0, first.count, first.data[:-1])) == "refused"
+    assert cache.missing(c.ref) == list(range(c.ref.chunks))
+
+
+def test_unannounced_chunks_stay_within_the_budget_oldest_dropped_first(tmp_path: Path) -> None:
+    cache = Cache(tmp_path, max_partial_bytes=9 * 4096)
+    old, new = content(size=6 * CHUNK_SIZE), content(size=6 * CHUNK_SIZE)
+    for piece in old.decoded()[:5]:
+        cache.add_chunk(piece)
+    for piece in new.decoded()[:5]:
+        cache.add_chunk(piece)
+    assert cache.partial_bytes() <= 9 * 4096
+    assert cache.missing(old.ref) == list(range(6))  # the oldest went
+    assert cache.missing(new.ref) == [5]
+
+
+def test_partial_downloads_survive_a_restart(tmp_path: Path) -> None:
+    c = content(size=4 * CHUNK_SIZE)
+    pieces = c.decoded()
+    first = Cache(tmp_path)
+    for piece in pieces[:3]:
+        first.add_chunk(piece)
+    again = Cache(tmp_path)
+    assert again.missing(c.ref) == [3]
+    again.expect(c.ref)
+    assert again.add_chunk(pieces[3]) == "complete"
+    assert again.path(c.ref.sha256).read_bytes() == c.data

@@ -1,0 +1,120 @@
+"""The outbox: numbered, stored before sending, resent until acknowledged, kept across restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from device_agent.outbox import Outbox
+from protocol.clock import ManualClock
+
+T0 = datetime(2026, 5, 1, 6, 0, tzinfo=UTC)
+ME = "hg-phung-hiep-07"
+
+
+def open_outbox(path: Path, clock: ManualClock) -> Outbox:
+    return Outbox(path, ME, clock, resend_after_s=10)
+
+
+def test_events_are_numbered_and_due_until_sent(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    box = open_outbox(tmp_path / "outbox.sqlite", clock)
+    first = box.add("received", ref="cmd-00000001", play_id="p1", bulletin="b", level="normal")
+    second = box.add("delivered", ref="cmd-00000001", play_id="p1")
+    assert (first.seq, second.seq) == (1, 2)
+    assert first.outbox == second.outbox == box.outbox_id
+    assert first.cluster == ME
+    assert first.at == T0
+    assert [e.seq for e in box.due()] == [1, 2]
+    box.mark_sent([1, 2])
+    assert box.due() == []
+    assert box.next_due_at() == datetime.fromtimestamp(T0.timestamp() + 10, UTC)
+    clock.advance(9.9)
+    assert box.due() == []
+    clock.advance(0.1)
+    assert [e.seq for e in box.due()] == [1, 2]
+
+
+def test_an_event_sent_at_once_is_not_due_again_before_the_resend_time(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    box = open_outbox(tmp_path / "outbox.sqlite", clock)
+    box.add("playing", play_id="p1", sending=True)
+    assert box.due() == []
+    clock.advance(10)
+    assert len(box.due()) == 1
+
+
+def test_ack_removes_only_the_named_events_of_this_outbox(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    box = open_outbox(tmp_path / "outbox.sqlite", clock)
+    for _ in range(5):
+        box.add("playing", play_id="p1")
+    assert box.ack("another-outbox", [1, 2, 3]) == 0
+    assert box.pending() == 5
+    assert box.ack(box.outbox_id, [1, 3, 99]) == 2
+    assert [e.seq for e in box.unacked()] == [2, 4, 5]
+    assert box.ack(box.outbox_id, [1]) == 0
+
+
+def test_events_and_outbox_id_survive_reopening(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    path = tmp_path / "outbox.sqlite"
+    box = open_outbox(path, clock)
+    box.add("finished", play_id="p1")
+    box.add("finished", play_id="p2")
+    box.ack(box.outbox_id, [1, 2])
+    box.add("missed", play_id="p3", reason="audio incomplete: 3 of 14 chunks missing")
+    outbox_id = box.outbox_id
+    box.close()  # a kill -9 leaves the same committed state: add() commits before returning
+
+    again = open_outbox(path, clock)
+    assert again.outbox_id == outbox_id
+    [kept] = again.unacked()
+    assert (kept.seq, kept.play_id) == (3, "p3")
+    assert kept.reason == "audio incomplete: 3 of 14 chunks missing"
+    # Numbers are never reused, even after everything was acknowledged.
+    assert again.add("received", play_id="p4").seq == 4
+
+
+def test_a_new_database_gets_a_new_outbox_id(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    a = open_outbox(tmp_path / "a.sqlite", clock)
+    b = open_outbox(tmp_path / "b.sqlite", clock)
+    assert a.outbox_id != b.outbox_id
+
+
+def test_long_reasons_are_cut_to_fit_the_event(tmp_path: Path) -> None:
+    box = open_outbox(tmp_path / "outbox.sqlite", ManualClock(T0))
+    event = box.add("rejected", reason="x" * 2000)
+    assert event.reason is not None
+    assert len(event.reason) == 500
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from datetime import UTC, datetime
+from pathlib import Path
+from device_agent.outbox import Outbox
+from protocol.clock import ManualClock
+box = Outbox(Path(sys.argv[1]), "c1", ManualClock(datetime(2026, 5, 1, tzinfo=UTC)))
+for n in range(20):
+    box.add("playing", play_id=f"p{n}")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_committed_events_survive_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(path)],
+        env=env, capture_output=True, timeout=60, check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    box = open_outbox(path, ManualClock(T0))
+    assert [e.play_id for e in box.unacked()] == [f"p{n}" for n in range(20)]
