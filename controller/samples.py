@@ -39,12 +39,18 @@ def _silence(ms: int, rate: int) -> Any:
     return pydub_audio_segment().silent(duration=ms, frame_rate=rate)
 
 
+def _write_wav(segment: Any, path: Path) -> Path:
+    # pydub leaves the file it opens for a path unclosed; give it one that gets closed.
+    with path.open("wb") as out:
+        segment.export(out, format="wav")
+    return path
+
+
 def tone(path: Path, seconds: float, freq: float = 440) -> Path:
     """Write a sine tone of `seconds` at `freq` Hz as a mono 48 kHz WAV."""
     if seconds <= 0:
         raise ValueError(f"tone length must be > 0 s, got {seconds}")
-    _sine(freq, round(seconds * 1000), TONE_RATE).export(str(path), format="wav")
-    return path
+    return _write_wav(_sine(freq, round(seconds * 1000), TONE_RATE), path)
 
 
 def _chime_segment(rate: int) -> Any:
@@ -56,8 +62,7 @@ def _chime_segment(rate: int) -> Any:
 
 def chime(path: Path) -> Path:
     """Write a short two-tone chime (the sound before an announcement) as a WAV."""
-    _chime_segment(TONE_RATE).export(str(path), format="wav")
-    return path
+    return _write_wav(_chime_segment(TONE_RATE), path)
 
 
 def espeak_ng_available() -> bool:
@@ -98,7 +103,8 @@ def demo_bulletin(path: Path, seconds: float) -> bool:
     audio_segment = pydub_audio_segment()
     spoken = speech(path, DEMO_SENTENCE, voice="vi")
     if spoken:
-        words = audio_segment.from_wav(str(path)).set_channels(1).set_frame_rate(DEMO_RATE)
+        with path.open("rb") as spoken_wav:
+            words = audio_segment.from_wav(spoken_wav).set_channels(1).set_frame_rate(DEMO_RATE)
     else:
         words = sum(
             (_sine(freq, 280, DEMO_RATE) + _silence(70, DEMO_RATE))
@@ -110,5 +116,5 @@ def demo_bulletin(path: Path, seconds: float) -> bool:
     while len(bulletin) < wanted_ms:
         bulletin += words + pause
     bulletin = bulletin[:wanted_ms].fade_out(min(200, wanted_ms // 4))
-    bulletin.export(str(path), format="wav")
+    _write_wav(bulletin, path)
     return spoken
