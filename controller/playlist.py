@@ -599,35 +599,69 @@ def playlist_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
     return files, problems
 
 
+def _raw_programmes(data: Any) -> list[tuple[int, dict[str, Any]]]:
+    """The programme entries as written, whatever else is wrong with them."""
+    programmes = data.get("programmes") if isinstance(data, dict) else None
+    if not isinstance(programmes, list):
+        return []
+    return [(i, p) for i, p in enumerate(programmes) if isinstance(p, dict)]
+
+
+def _well_formed_target(value: Any) -> bool:
+    try:
+        _target(value)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return isinstance(value, str)
+
+
 class _Checker:
-    """Checks what the models cannot know alone: targets, duplicate ids, DST, expiry."""
+    """Checks what the models cannot know alone: targets, duplicate ids, DST, expiry.
+
+    Ids and targets are checked on what was written, so they are reported even in a
+    programme with other errors; the warnings need a valid programme.
+    """
 
     def __init__(self, fleet: Fleet, tz: ZoneInfo | None, today: date | None) -> None:
         self.fleet = fleet
         self.tz = tz
         self.today = today
+        self.sources: dict[str, Source] = {}
         self.programmes: dict[str, Programme] = {}
         self.problems: list[Problem] = []
 
-    def add(self, programme: Programme, path: NodePath, where: LocationMap) -> None:
-        before = len([p for p in self.problems if p.severity == "error"])
-        earlier = self.programmes.get(programme.id)
-        if earlier is not None:
-            self.problems.append(
-                where.problem(
-                    (*path, "id"),
-                    f"programme id {programme.id!r} is already used at {earlier.source}; "
-                    "give this programme its own id",
+    def written(self, raw: dict[str, Any], path: NodePath, where: LocationMap) -> None:
+        ident = raw.get("id")
+        if isinstance(ident, str):
+            earlier = self.sources.get(ident)
+            if earlier is not None:
+                self.problems.append(
+                    where.problem(
+                        (*path, "id"),
+                        f"programme id {ident!r} is already used at {earlier}; "
+                        "give this programme its own id",
+                    )
                 )
-            )
-            return
+            else:
+                self.sources[ident] = Source(where.file, where.value(path).line)
         for key in ("targets", "exclude"):
-            for i, target in enumerate(getattr(programme, key)):
-                message = self.fleet.target_problem(target)
+            items = raw.get(key)
+            if not isinstance(items, list):
+                continue
+            for i, target in enumerate(items):
+                message = self.fleet.target_problem(target) if _well_formed_target(target) else None
                 if message:
                     self.problems.append(where.problem((*path, key, i), f"{key}: {message}"))
-        errors = len([p for p in self.problems if p.severity == "error"])
-        if errors == before and not self.fleet.resolve(programme.targets, programme.exclude):
+
+    def add(self, programme: Programme, path: NodePath, where: LocationMap) -> None:
+        programme._source = Source(where.file, where.value(path).line)
+        if programme.id in self.programmes:
+            return  # a duplicate id, reported by written()
+        self.programmes[programme.id] = programme
+        names = [*programme.targets, *programme.exclude]
+        if all(self.fleet.target_problem(t) is None for t in names) and not self.fleet.resolve(
+            programme.targets, programme.exclude
+        ):
             self.problems.append(
                 where.problem(
                     (*path, "targets"),
@@ -636,7 +670,6 @@ class _Checker:
                 )
             )
         self._dates(programme, path, where)
-        self.programmes[programme.id] = programme
 
     def _dates(self, programme: Programme, path: NodePath, where: LocationMap) -> None:
         if self.today is None:
@@ -689,15 +722,15 @@ def load_playlists(
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
+        for i, raw in _raw_programmes(data):
+            checker.written(raw, ("programmes", i), where)
         context = {"base_dir": file.resolve().parent, "check_files": True}
         parsed = validate(PlaylistFile, data, where, context=context)
         if isinstance(parsed, list):
             problems.extend(parsed)
             continue
         for i, programme in enumerate(parsed.programmes):
-            path: NodePath = ("programmes", i)
-            programme._source = Source(str(file), where.value(path).line)
-            checker.add(programme, path, where)
+            checker.add(programme, ("programmes", i), where)
     problems.extend(checker.problems)
     errors = [p for p in problems if p.severity == "error"]
     if errors:

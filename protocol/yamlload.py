@@ -120,7 +120,14 @@ class LocationMap:
         at_key: bool = False,
         severity: Severity = "error",
     ) -> Problem:
-        where = self.key(path) if at_key else self.value(path)
+        p = tuple(path)
+        if p not in self._values:
+            # Not written (a missing key): point at the key of the nearest written parent.
+            while p and p not in self._values:
+                p = p[:-1]
+            where = self.key(p)
+        else:
+            where = self.key(p) if at_key else self.value(p)
         return Problem(self.file, where.line, where.col, message, severity)
 
 
@@ -209,9 +216,11 @@ _HINTS: tuple[tuple[str, str], ...] = (
 def _syntax_problem(file: str, exc: yaml.YAMLError) -> Problem:
     if not isinstance(exc, yaml.MarkedYAMLError):
         return Problem(file, 1, 1, f"not valid YAML: {exc}")
-    mark = exc.problem_mark or exc.context_mark
-    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     what = exc.problem or "not valid YAML"
+    mark = exc.problem_mark or exc.context_mark
+    if "end of stream" in what and exc.context_mark is not None:
+        mark = exc.context_mark  # an unclosed quote or bracket: where it was opened
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     message = f"YAML syntax error: {what}"
     if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
         message += f" ({exc.context} at line {exc.context_mark.line + 1})"
@@ -446,7 +455,8 @@ def _label(loc: Sequence[PathPart]) -> str:
         if isinstance(part, int):
             items.append(part + 1)
         else:
-            name = part
+            # Fields named after Python keywords carry a trailing "_" (from_ for `from`).
+            name = part.rstrip("_") or part
             break
     return name + "".join(f" (item {i})" for i in reversed(items))
 
