@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,9 @@ from protocol.signing import Verifier
 # Longest the worker sleeps without a reason: bounds the effect of a wall clock jump
 # (NTP setting the time after boot) on anything the agent is waiting for.
 MAX_SLEEP_S = 60.0
+# Say so when the broker cannot be reached for this long (then every OFFLINE_REMINDER).
+OFFLINE_WARNING = timedelta(seconds=30)
+OFFLINE_REMINDER = timedelta(minutes=10)
 # Chunks waiting for the worker beyond this are dropped (they are asked for again when
 # their play is due), so a burst of content cannot exhaust a small box's memory.
 MAX_QUEUED_CONTENT_BYTES = 64 * 1024 * 1024
@@ -115,6 +118,8 @@ class Agent:
         self._queued_content_bytes = 0
         self._dropped_content = 0
         self._worker: threading.Thread | None = None
+        self._offline_since = clock.now()
+        self._offline_warned_at: datetime | None = None
 
         self._outbox = Outbox(
             data_dir / "outbox.sqlite", cluster_id, clock,
@@ -254,6 +259,7 @@ class Agent:
                 "(not reported one by one)",
             )
         times.append(self._limiter.summary_due_at())
+        times.append(self._warn_if_offline())
         with self._content_lock:
             dropped, self._dropped_content = self._dropped_content, 0
         if dropped:
@@ -264,9 +270,36 @@ class Agent:
             )
         return min((t for t in times if t is not None), default=None)
 
+    def _warn_if_offline(self) -> datetime | None:
+        """Tell the technician the broker is out of reach; when to look again."""
+        if self._link.connected:
+            return None
+        now = self._clock.now()
+        warned = self._offline_warned_at
+        due = (
+            self._offline_since + OFFLINE_WARNING
+            if warned is None
+            else warned + OFFLINE_REMINDER
+        )
+        if now < due:
+            return due
+        self._offline_warned_at = now
+        seconds = (now - self._offline_since).total_seconds()
+        self._log.warning(
+            "not connected to the broker for %s: check the 4G modem / network, the "
+            "broker_url and the user name and password in the config. Plays already "
+            "received still play on time; status events wait in the outbox.",
+            f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min",
+        )
+        return now + OFFLINE_REMINDER
+
     def _handle_connection(self, up: bool) -> None:
         if not up:
-            self._log.warning("offline: plays already received still play on time")
+            self._offline_since = self._clock.now()
+            self._offline_warned_at = None
+            self._log.warning(
+                "offline: plays already received still play on time; events wait in the outbox"
+            )
             return
         self._publish_state("online")
         pending = self._outbox.unacked()

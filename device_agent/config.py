@@ -1,0 +1,139 @@
+"""The agent's configuration file (one per cluster, written by the field technician).
+
+    cluster_id: hg-phung-hiep-07
+    broker_url: mqtts://broker.example.vn:8883
+    username: hg-phung-hiep-07
+    password: "..."
+    controller_public_key: controller.pub
+    data_dir: /var/lib/loa-agent
+    groups: [commune-tan-long]     # until the controller's membership arrives
+    output:
+      kind: ffmpeg                 # ffmpeg (sound card), file (WAV per play) or null
+      device: alsa:default
+
+Loaded like every file people edit by hand: unknown keys, wrong types and bad values are
+all reported at once as file:line:col with what to write instead. Relative paths are
+resolved against the folder of the configuration file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    model_validator,
+)
+
+from protocol.mqtt import BrokerAddress
+from protocol.topics import check_id
+from protocol.yamlload import ConfigError, load_yaml, validate
+
+
+def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    if base is None or value.is_absolute():
+        return value
+    return Path(os.path.normpath(Path(base) / value))
+
+
+ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
+
+
+def _topic_id(value: str) -> str:
+    return check_id(value, "this id")  # ValueError says which characters are allowed
+
+
+TopicId = Annotated[str, AfterValidator(_topic_id)]
+
+
+def _broker_url(value: str) -> str:
+    BrokerAddress.from_url(value)  # raises ValueError with an example of a good URL
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+def _bare_null(value: object) -> object:
+    # YAML reads `kind: null` as nothing at all; that is what the writer meant.
+    return "null" if value is None else value
+
+
+class OutputConfig(_Strict):
+    """Where the audio goes."""
+
+    kind: Annotated[Literal["ffmpeg", "file", "null"], BeforeValidator(_bare_null)] = "ffmpeg"
+    """ffmpeg: the sound card; file: one WAV per play in out_dir; null: silent simulation."""
+    device: Annotated[str, Field(min_length=1)] | None = None
+    """For ffmpeg: the output device, e.g. alsa:default, alsa:hw:1 or pulse:default."""
+    out_dir: ConfigPath | None = None
+    """For file: the folder the WAV files are written to."""
+    ffmpeg: Annotated[str, Field(min_length=1)] | None = None
+    """The ffmpeg program, if it is not on PATH."""
+
+    @model_validator(mode="after")
+    def _file_needs_a_folder(self) -> OutputConfig:
+        if self.kind == "file" and self.out_dir is None:
+            raise ValueError("the file output needs a folder: add `out_dir: /some/folder`")
+        return self
+
+
+class AgentConfig(_Strict):
+    """The agent configuration of one cluster."""
+
+    cluster_id: TopicId
+    """This cluster's id, exactly as in the controller's fleet file."""
+    broker_url: Annotated[str, AfterValidator(_broker_url)]
+    """mqtt://host[:port], or mqtts://host[:port] for TLS."""
+    broker_ca_file: ConfigPath | None = None
+    """For mqtts://: the CA certificate of the broker; the system's if left out."""
+    username: Annotated[str, Field(min_length=1)] | None = None
+    """Broker user name (usually the cluster id)."""
+    password: SecretStr | None = None
+    """Broker password."""
+    controller_public_key: ConfigPath
+    """The controller's public key (controller.pub): only commands signed with it play."""
+    data_dir: ConfigPath = Path("/var/lib/loa-agent")
+    """Where the schedule, the outbox and the audio cache are kept."""
+    groups: Annotated[list[TopicId], Field(max_length=32)] = []
+    """Groups to listen to until the controller's membership arrives."""
+    output: OutputConfig = OutputConfig()
+    """Where the audio goes."""
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
+    """Seconds between MQTT keepalives; the broker declares the cluster offline after 1.5x."""
+    outbox_resend_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """Seconds before an unacknowledged status event is sent again."""
+
+    def broker(self) -> BrokerAddress:
+        """The broker address, with the credentials of this file."""
+        address = BrokerAddress.from_url(
+            self.broker_url, ca_file=str(self.broker_ca_file) if self.broker_ca_file else None
+        )
+        return BrokerAddress(
+            host=address.host,
+            port=address.port,
+            username=self.username or address.username,
+            password=self.password.get_secret_value() if self.password else address.password,
+            tls=address.tls,
+            ca_file=address.ca_file,
+        )
+
+
+def load_agent_config(path: Path) -> AgentConfig:
+    """Load the agent configuration; raise ConfigError listing every problem."""
+    data, locations = load_yaml(path)
+    context = {"base_dir": Path(path).resolve().parent}
+    config = validate(AgentConfig, data, locations, context=context)
+    if isinstance(config, list):
+        raise ConfigError(config)
+    return config

@@ -1,0 +1,120 @@
+"""Composition root of `loa-agent run`: the one place the agent's real parts are built.
+
+From the configuration: the MQTT link (client id `loa-agent-<cluster>`, a persistent
+session so QoS 1 commands wait at the broker while the cluster is offline, and the
+retained "offline" state as Last Will), the verifier of the controller's public key,
+the output backend, the system clock, and the agent that wires them together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+from device_agent.agent import Agent
+from device_agent.config import AgentConfig
+from device_agent.output import OutputBackend, make_backend
+from protocol import topics
+from protocol.clock import Clock, SystemClock
+from protocol.messages import State
+from protocol.mqtt import MqttLink, Will
+from protocol.signing import Verifier, load_public_key
+
+log = logging.getLogger(__name__)
+
+
+def agent_version() -> str:
+    try:
+        return metadata.version("loa")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_link(config: AgentConfig) -> MqttLink:
+    cluster = config.cluster_id
+    will = Will(
+        topic=topics.cluster_topic(cluster, "state"),
+        payload=State(cluster=cluster, state="offline").to_json(),
+        qos=1,
+        retain=True,
+    )
+    return MqttLink(
+        config.broker(),
+        f"loa-agent-{cluster}",
+        will=will,
+        clean_session=False,
+        keepalive=config.keepalive,
+    )
+
+
+def build_output(config: AgentConfig) -> OutputBackend:
+    out = config.output
+    if out.device is not None:
+        return make_backend(out.kind, device=out.device, out_dir=out.out_dir, ffmpeg=out.ffmpeg)
+    return make_backend(out.kind, out_dir=out.out_dir, ffmpeg=out.ffmpeg)
+
+
+def build_agent(config: AgentConfig, clock: Clock | None = None) -> Agent:
+    """Every real part, from the configuration; raises ValueError naming what is wrong."""
+    verifier = Verifier(load_public_key(config.controller_public_key))
+    output = build_output(config)
+    problem = output.check()
+    if problem:
+        log.warning(
+            "output %s cannot play right now: %s. The agent starts anyway and reports "
+            "each play it cannot air as failed.",
+            output.name, problem,
+        )
+    return Agent(
+        config.cluster_id,
+        build_link(config),
+        verifier,
+        output,
+        clock or SystemClock(),
+        config.data_dir,
+        groups=config.groups,
+        outbox_resend_s=config.outbox_resend_s,
+        version=agent_version(),
+    )
+
+
+@contextlib.contextmanager
+def single_instance(data_dir: Path) -> Iterator[None]:
+    """Refuse to run two agents on one data directory (their schedules would collide)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = data_dir / "agent.lock"
+    with lock_path.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another loa-agent is already running with data_dir {data_dir}; stop it "
+                "first (systemctl stop loa-agent) or give this one its own data_dir"
+            ) from None
+        yield
+
+
+def run(config: AgentConfig, stop: threading.Event | None = None) -> None:
+    """Run the agent until SIGTERM or SIGINT (or until `stop` is set)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with single_instance(config.data_dir):
+        agent = build_agent(config)
+        log.info(
+            "loa-agent %s for cluster %s, broker %s, output %s",
+            agent_version(), config.cluster_id, config.broker().url(), config.output.kind,
+        )
+        agent.start()
+        try:
+            stop.wait()
+        finally:
+            log.info("stopping the agent of cluster %s", config.cluster_id)
+            agent.stop()
