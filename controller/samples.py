@@ -20,6 +20,9 @@ TONE_RATE = 48000
 #: Generated tones peak this far below full scale.
 TONE_DBFS = -6.0
 DEMO_SENTENCE = "Đây là bản tin thử nghiệm của đài truyền thanh xã. Xin cảm ơn bà con đã lắng nghe."
+URGENT_SENTENCE = (
+    "Thông báo khẩn. Nước sông đang lên nhanh. Đề nghị bà con đưa người và tài sản đến nơi an toàn."
+)
 
 
 class SpeechError(RuntimeError):
@@ -92,29 +95,41 @@ def speech(path: Path, text: str, voice: str = "vi") -> bool:
     return True
 
 
+def _demo(path: Path, seconds: float, opening: Any, sentence: str, tune: list[float]) -> bool:
+    """opening, then sentence (spoken, or a tune of tones) repeated, cut to exactly seconds."""
+    if seconds <= 0:
+        raise ValueError(f"demo audio length must be > 0 s, got {seconds}")
+    audio_segment = pydub_audio_segment()
+    spoken = speech(path, sentence, voice="vi")
+    if spoken:
+        with path.open("rb") as spoken_wav:
+            words = audio_segment.from_wav(spoken_wav).set_channels(1).set_frame_rate(DEMO_RATE)
+    else:
+        words = sum((_sine(freq, 280, DEMO_RATE) + _silence(70, DEMO_RATE)) for freq in tune)
+    pause = _silence(400, DEMO_RATE)
+    audio = opening + pause
+    wanted_ms = round(seconds * 1000)
+    while len(audio) < wanted_ms:
+        audio += words + pause
+    _write_wav(audio[:wanted_ms].fade_out(min(200, wanted_ms // 4)), path)
+    return spoken
+
+
 def demo_bulletin(path: Path, seconds: float) -> bool:
     """Write a demo bulletin of exactly `seconds` as a WAV: a chime, then speech.
 
     The Vietnamese sentence is spoken with espeak-ng where it is installed and repeated to
     fill the time; elsewhere a tune of tones stands in. Returns whether speech was used.
     """
-    if seconds <= 0:
-        raise ValueError(f"bulletin length must be > 0 s, got {seconds}")
-    audio_segment = pydub_audio_segment()
-    spoken = speech(path, DEMO_SENTENCE, voice="vi")
-    if spoken:
-        with path.open("rb") as spoken_wav:
-            words = audio_segment.from_wav(spoken_wav).set_channels(1).set_frame_rate(DEMO_RATE)
-    else:
-        words = sum(
-            (_sine(freq, 280, DEMO_RATE) + _silence(70, DEMO_RATE))
-            for freq in (392.0, 440.0, 493.88, 523.25, 493.88, 440.0)
-        )
-    pause = _silence(400, DEMO_RATE)
-    bulletin = _chime_segment(DEMO_RATE) + pause
-    wanted_ms = round(seconds * 1000)
-    while len(bulletin) < wanted_ms:
-        bulletin += words + pause
-    bulletin = bulletin[:wanted_ms].fade_out(min(200, wanted_ms // 4))
-    _write_wav(bulletin, path)
-    return spoken
+    tune = [392.0, 440.0, 493.88, 523.25, 493.88, 440.0]
+    return _demo(path, seconds, _chime_segment(DEMO_RATE), DEMO_SENTENCE, tune)
+
+
+def demo_urgent(path: Path, seconds: float) -> bool:
+    """Write a demo urgent announcement of exactly `seconds`: an alert warble, then speech.
+
+    Like demo_bulletin, with a flood warning; returns whether speech was used.
+    """
+    warble = sum(_sine(freq, 150, DEMO_RATE, volume_dbfs=-3.0) for freq in (880.0, 660.0) * 3)
+    tune = [880.0, 660.0, 880.0, 660.0]
+    return _demo(path, seconds, warble, URGENT_SENTENCE, tune)

@@ -338,6 +338,10 @@ def test_speech_with_espeak_ng(tmp_path: Path, store: ContentStore) -> None:
     bulletin = tmp_path / "demo.wav"
     assert samples.demo_bulletin(bulletin, 4.0) is True
     assert wav_seconds(bulletin) == pytest.approx(4.0, abs=0.01)
+    urgent = tmp_path / "urgent.wav"
+    assert samples.demo_urgent(urgent, 3.0) is True
+    assert wav_seconds(urgent) == pytest.approx(3.0, abs=0.01)
+    assert store.probe(urgent) > 2.5
 
 
 def test_without_espeak_ng_the_demo_falls_back_to_tones(
@@ -353,3 +357,6 @@ def test_without_espeak_ng_the_demo_falls_back_to_tones(
     assert samples.demo_bulletin(bulletin, 3.0) is False
     assert wav_seconds(bulletin) == pytest.approx(3.0, abs=0.01)
     assert store.probe(bulletin) == pytest.approx(3.0, abs=0.05)
+    urgent = tmp_path / "urgent.wav"
+    assert samples.demo_urgent(urgent, 2.0) is False
+    assert store.probe(urgent) == pytest.approx(2.0, abs=0.05)
