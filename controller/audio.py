@@ -336,7 +336,7 @@ class ContentStore:
         """The duration of an audio file, or AudioError saying why it cannot be used."""
         _check_file(path)
         try:
-            found = ffmpeg.measure(path)
+            found = ffmpeg.measure(path, sample_rate=self.settings.sample_rate)
         except ffmpeg.FfmpegError as exc:
             raise _undecodable(path, exc) from None
         _check_audio(
