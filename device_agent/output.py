@@ -55,7 +55,7 @@ class OutputBackend(Protocol):
 class NullBackend:
     """Plays nothing; takes the audio's duration, or less when stopped."""
 
-    name: Literal["null"] = "null"
+    name: str = "null"
 
     def play(
         self, items: list[Path], duration_s: float, label: str, stop: threading.Event
@@ -417,7 +417,5 @@ def make_backend(
             )
         return FileBackend(out_dir, ffmpeg=exe)
     if kind == "null":
-        # NullBackend declares `name: Literal["null"]`, which mypy cannot match with the
-        # protocol's settable `name: str`; both are kept as they are.
-        return NullBackend()  # type: ignore[return-value]
+        return NullBackend()
     raise ValueError(f"unknown output {kind!r}: write ffmpeg, file or null")
