@@ -213,13 +213,44 @@ _HINTS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _syntax_problem(file: str, exc: yaml.YAMLError) -> Problem:
+def _runaway_quote(text: str, before: yaml.Mark) -> yaml.Mark | None:
+    """Where a quoted text that runs over several lines starts, if one does before `before`.
+
+    A missing closing quote makes YAML read on until the next quote, lines later, and
+    report the error there; the place to fix is where the quote was opened.
+    """
+    try:
+        for token in yaml.scan(text, Loader=MarkedLoader):
+            start: yaml.Mark = token.start_mark
+            if start.index >= before.index:
+                break
+            if (
+                isinstance(token, yaml.ScalarToken)
+                and token.style in ('"', "'")
+                and token.end_mark.line > start.line
+            ):
+                return start
+    except yaml.YAMLError:
+        pass
+    return None
+
+
+def _syntax_problem(file: str, exc: yaml.YAMLError, text: str) -> Problem:
     if not isinstance(exc, yaml.MarkedYAMLError):
         return Problem(file, 1, 1, f"not valid YAML: {exc}")
     what = exc.problem or "not valid YAML"
     mark = exc.problem_mark or exc.context_mark
     if "end of stream" in what and exc.context_mark is not None:
         mark = exc.context_mark  # an unclosed quote or bracket: where it was opened
+    quote = _runaway_quote(text, mark) if mark is not None else None
+    if quote is not None and mark is not None:
+        return Problem(
+            file,
+            quote.line + 1,
+            quote.column + 1,
+            f"YAML syntax error: the quoted text opened here runs on to line {mark.line + 1};"
+            " is a closing quote missing?",
+        )
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     message = f"YAML syntax error: {what}"
     if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
@@ -333,7 +364,7 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, LocationMap]:
             raise ConfigError(locator.problems)
         data = loader.construct_document(root)
     except yaml.YAMLError as exc:
-        raise ConfigError([_syntax_problem(file, exc)]) from None
+        raise ConfigError([_syntax_problem(file, exc, text)]) from None
     except (ValueError, TypeError) as exc:  # a bad explicit tag value, e.g. !!int 08
         raise ConfigError([Problem(file, 1, 1, f"cannot read a value: {exc}")]) from None
     except RecursionError:
@@ -556,9 +587,20 @@ def located_problems(
     model: type[BaseModel], exc: ValidationError, locations: LocationMap
 ) -> list[Problem]:
     """Every error of exc, at the file:line:col of the node it is about."""
-    problems: list[Problem] = []
-    for error in exc.errors():
+    errors = exc.errors()
+    # A misspelt key ('tagets') also makes the right one ('targets') missing: the
+    # "did you mean" says it all, so the missing-key error is left out.
+    misspelt = set()
+    for error in errors:
         loc = tuple(error["loc"])
+        if error["type"] == "extra_forbidden" and loc:
+            close = suggest(str(loc[-1]), _keys_at(model, loc[:-1]))
+            misspelt.add((*loc[:-1], close))
+    problems: list[Problem] = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        if error["type"] == "missing" and loc in misspelt:
+            continue
         message = _message(model, dict(error))
         at_key = error["type"] == "extra_forbidden"
         problems.append(locations.problem(loc, message, at_key=at_key))
