@@ -241,7 +241,7 @@ class Agent:
         if self._link.connected:
             due = self._outbox.due()
             if due:
-                self._log.info(
+                self._log.debug(
                     "sending again %d events the controller has not acknowledged", len(due)
                 )
                 self._send(due)
@@ -306,7 +306,7 @@ class Agent:
         self._log.info(
             "connected to the broker; sending %d unacknowledged events", len(pending)
         )
-        self._send(pending)
+        self._send(pending, reconnected=True)
 
     def _handle_message(self, topic: str, payload: bytes) -> None:
         where = topics.parse(topic)
@@ -423,11 +423,11 @@ class Agent:
                 topics.cluster_topic(self.cluster_id, "event"), event.to_json(), qos=1
             )
 
-    def _send(self, events: Sequence[Event]) -> None:
+    def _send(self, events: Sequence[Event], reconnected: bool = False) -> None:
         topic = topics.cluster_topic(self.cluster_id, "event")
         for event in events:
             self._link.publish(topic, event.to_json(), qos=1)
-        self._outbox.mark_sent(event.seq for event in events)
+        self._outbox.mark_sent((event.seq for event in events), reconnected=reconnected)
 
     def _request_chunks(self, ref: ContentRef, missing: list[int]) -> None:
         if not missing or not self._link.connected:

@@ -2,8 +2,11 @@
 
 Proof of play is a legal record, so an event is committed to SQLite (WAL) *before* it is
 published, and stays there until an ack command names its sequence number. Unacknowledged
-events are published again after every (re)connection and whenever `resend_after_s` has
-passed since they were last sent. The controller drops duplicates by (outbox, seq).
+events are published again after every (re)connection, and while connected whenever
+their resend delay has passed: `resend_after_s` after the first send, doubling with
+each unanswered resend up to `max_resend_s` (a controller that is down for a day must
+not cost every cluster its 4G data allowance). The controller drops duplicates by
+(outbox, seq).
 
 `outbox_id` is random, made once per database: if the SD card is replaced or the data
 directory wiped, the new outbox numbers its events from 1 again under a new id, and the
@@ -30,9 +33,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     payload BLOB NOT NULL,
-    last_sent REAL
+    last_sent REAL,  -- unix time of the last send; NULL: never sent
+    next_send REAL,  -- unix time it is due again; NULL: never sent
+    sends INTEGER NOT NULL DEFAULT 0  -- sends since the last (re)connection
 );
-CREATE INDEX IF NOT EXISTS events_last_sent ON events (last_sent);
+CREATE INDEX IF NOT EXISTS events_next_send ON events (next_send);
 """
 
 
@@ -46,12 +51,14 @@ class Outbox:
         clock: Clock,
         *,
         resend_after_s: float = 10.0,
+        max_resend_s: float = 600.0,
         durable: bool = True,
     ) -> None:
         """durable: fsync every event (survives power loss); False only survives kill -9."""
         self.path = path
         self.cluster_id = cluster_id
         self.resend_after_s = resend_after_s
+        self.max_resend_s = max(max_resend_s, resend_after_s)
         self._clock = clock
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,9 +101,11 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 now = self._clock.now()
+                sent = now.timestamp() if sending else None
                 cur = self._db.execute(
-                    "INSERT INTO events (payload, last_sent) VALUES (x'', ?)",
-                    (now.timestamp() if sending else None,),
+                    "INSERT INTO events (payload, last_sent, next_send, sends) "
+                    "VALUES (x'', ?, ?, ?)",
+                    (sent, sent + self.resend_after_s if sent else None, 1 if sending else 0),
                 )
                 assert cur.lastrowid is not None
                 event = Event(
@@ -127,32 +136,45 @@ class Outbox:
         return [parse(Event, bytes(row[0])) for row in rows]
 
     def due(self) -> list[Event]:
-        """Events never sent, or last sent at least resend_after_s ago, oldest first."""
-        cutoff = self._clock.now().timestamp() - self.resend_after_s
+        """Events never sent, or whose resend delay has passed, oldest first."""
+        now = self._clock.now().timestamp()
         with self._lock:
             rows = self._db.execute(
-                "SELECT payload FROM events WHERE last_sent IS NULL OR last_sent <= ? "
+                "SELECT payload FROM events WHERE next_send IS NULL OR next_send <= ? "
                 "ORDER BY seq",
-                (cutoff,),
+                (now,),
             ).fetchall()
         return [parse(Event, bytes(row[0])) for row in rows]
 
     def next_due_at(self) -> datetime | None:
-        """When the oldest sent-but-unacknowledged event should go out again (None: none)."""
+        """When the next unacknowledged event is due to go out (None: nothing waits)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT MIN(COALESCE(last_sent, 0)), COUNT(*) FROM events"
+                "SELECT MIN(COALESCE(next_send, 0)), COUNT(*) FROM events"
             ).fetchone()
         if not row or not row[1]:
             return None
-        return datetime.fromtimestamp(float(row[0]) + self.resend_after_s, UTC)
+        return datetime.fromtimestamp(float(row[0]), UTC)
 
-    def mark_sent(self, seqs: Iterable[int]) -> None:
+    def mark_sent(self, seqs: Iterable[int], *, reconnected: bool = False) -> None:
+        """Record a send; reconnected: a send after a new connection, which starts the
+        resend delays afresh (otherwise each resend doubles the delay)."""
         now = self._clock.now().timestamp()
         with self._lock:
-            self._db.executemany(
-                "UPDATE events SET last_sent = ? WHERE seq = ?", [(now, s) for s in seqs]
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for seq in seqs:
+                    if reconnected:
+                        self._db.execute("UPDATE events SET sends = 0 WHERE seq = ?", (seq,))
+                    self._db.execute(
+                        "UPDATE events SET sends = sends + 1, last_sent = ?, next_send = ? + "
+                        "MIN(? * (1 << MIN(sends, 16)), ?) WHERE seq = ?",
+                        (now, now, self.resend_after_s, self.max_resend_s, seq),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def ack(self, outbox_id: str, seqs: Iterable[int]) -> int:
         """Forget the acknowledged events of this outbox; returns how many were forgotten."""

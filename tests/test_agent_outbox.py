@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from device_agent.outbox import Outbox
@@ -37,6 +37,25 @@ def test_events_are_numbered_and_due_until_sent(tmp_path: Path) -> None:
     assert box.due() == []
     clock.advance(0.1)
     assert [e.seq for e in box.due()] == [1, 2]
+
+
+def test_resends_back_off_until_a_new_connection(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    box = Outbox(tmp_path / "outbox.sqlite", ME, clock, resend_after_s=10, max_resend_s=60)
+    box.add("playing", play_id="p1", sending=True)
+    gaps = []
+    last = clock.now()
+    for _ in range(5):
+        due_at = box.next_due_at()
+        assert due_at is not None
+        clock.set(due_at)
+        assert len(box.due()) == 1
+        box.mark_sent([1])
+        gaps.append((due_at - last).total_seconds())
+        last = due_at
+    assert gaps == [10, 20, 40, 60, 60]
+    box.mark_sent([1], reconnected=True)
+    assert box.next_due_at() == clock.now() + timedelta(seconds=10)
 
 
 def test_an_event_sent_at_once_is_not_due_again_before_the_resend_time(tmp_path: Path) -> None:
@@ -96,7 +115,7 @@ def test_long_reasons_are_cut_to_fit_the_event(tmp_path: Path) -> None:
 
 KILLED_WRITER = """
 import os, signal, sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from device_agent.outbox import Outbox
 from protocol.clock import ManualClock

@@ -1,0 +1,336 @@
+"""The agent end to end, on a real mosquitto: the test plays the controller's part.
+
+The agent is built by its composition root (`device_agent.main.build_agent`) from a
+config file's model, so the real MqttLink (persistent session, Last Will), the key file
+and the null output are all exercised. The test side signs commands with the key whose
+public half the agent trusts, and cuts content into chunks as the controller does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from agent_support import Content, Keys, command, content, play_body
+from conftest import MosquittoBroker, wait_until
+
+from device_agent.agent import Agent
+from device_agent.config import AgentConfig, OutputConfig
+from device_agent.main import build_agent
+from protocol import topics
+from protocol.messages import (
+    AckBody,
+    ChunkRequest,
+    Command,
+    Event,
+    Level,
+    MembershipBody,
+    PlayBody,
+    State,
+    parse,
+)
+from protocol.mqtt import MqttLink
+from protocol.signing import public_pem
+
+pytestmark = pytest.mark.slow
+
+ME = "c-e2e-01"
+GROUP = "commune-tan-long"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ControllerSide:
+    """What the controller does on the wire, reduced to what these tests need."""
+
+    def __init__(self, broker: MosquittoBroker, keys: Keys) -> None:
+        self.keys = keys
+        self.lock = threading.Lock()
+        self.events: dict[tuple[str, int], Event] = {}  # duplicates dropped, as the store does
+        self.requests: list[ChunkRequest] = []
+        self.states: list[State] = []
+        self.link = MqttLink(broker.address, "test-controller")
+        self.link.subscribe(topics.all_clusters("event"), self._on_event)
+        self.link.subscribe(topics.all_clusters("request"), self._on_request)
+        self.link.subscribe(topics.all_clusters("state"), self._on_state)
+        self.link.start()
+        assert self.link.wait_connected(10)
+
+    def _on_event(self, _topic: str, payload: bytes) -> None:
+        event = parse(Event, payload)
+        with self.lock:
+            self.events[(event.outbox, event.seq)] = event
+
+    def _on_request(self, _topic: str, payload: bytes) -> None:
+        with self.lock:
+            self.requests.append(parse(ChunkRequest, payload))
+
+    def _on_state(self, _topic: str, payload: bytes) -> None:
+        with self.lock:
+            self.states.append(parse(State, payload))
+
+    # --- reading what the agent said --------------------------------------------------------
+
+    def all_events(self) -> list[Event]:
+        with self.lock:
+            return sorted(self.events.values(), key=lambda e: (e.outbox, e.seq))
+
+    def kinds(self, play_id: str) -> list[str]:
+        return [e.kind for e in self.all_events() if e.play_id == play_id]
+
+    def rejected(self) -> list[Event]:
+        return [e for e in self.all_events() if e.kind == "rejected"]
+
+    def wait_kinds(self, play_id: str, expected: list[str], timeout: float = 15) -> None:
+        try:
+            wait_until(lambda: self.kinds(play_id) == expected, timeout, f"{expected}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} of {play_id}; got {self.kinds(play_id)}") from None
+
+    def wait_online(self, count: int = 1) -> None:
+        def online() -> int:
+            with self.lock:
+                return sum(1 for s in self.states if s.state == "online")
+
+        wait_until(lambda: online() >= count, 15, f"{count} online states")
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.link.publish(topic, payload, qos=1, retain=retain)
+
+    def play(
+        self,
+        play_id: str,
+        c: Content,
+        start_in: float = 1.0,
+        level: Level = "normal",
+        via_group: bool = True,
+        skip_chunks: tuple[int, ...] = (),
+    ) -> Command:
+        body = play_body(play_id, [c.ref], now() + timedelta(seconds=start_in), level=level)
+        if via_group:
+            cmd = command(self.keys.signer, body, now(), groups=[GROUP])
+            command_topic = topics.group_topic(GROUP, "command")
+            content_topic = topics.group_topic(GROUP, "content")
+        else:
+            cmd = command(self.keys.signer, body, now(), clusters=[ME])
+            command_topic = topics.cluster_topic(ME, "command")
+            content_topic = topics.cluster_topic(ME, "content")
+        self.send(command_topic, cmd.to_json())
+        for index, frame in enumerate(c.frames()):
+            if index not in skip_chunks:
+                self.send(content_topic, frame)
+        return cmd
+
+    def membership(self, groups: list[str], issued: datetime | None = None) -> Command:
+        body = MembershipBody(cluster=ME, groups=groups)
+        cmd = command(
+            self.keys.signer, body, issued or now(), clusters=[ME], ttl=timedelta(days=400)
+        )
+        self.send(topics.cluster_topic(ME, "membership"), cmd.to_json(), retain=True)
+        return cmd
+
+    def ack_everything(self) -> None:
+        by_outbox: dict[str, list[int]] = {}
+        for event in self.all_events():
+            by_outbox.setdefault(event.outbox, []).append(event.seq)
+        for outbox, seqs in by_outbox.items():
+            cmd = command(self.keys.signer, AckBody(outbox=outbox, seqs=seqs), now(), clusters=[ME])
+            self.send(topics.cluster_topic(ME, "command"), cmd.to_json())
+
+
+class World:
+    def __init__(self, broker: MosquittoBroker, tmp_path: Path) -> None:
+        self.broker = broker
+        self.keys = Keys()
+        key_file = tmp_path / "controller.pub"
+        key_file.write_bytes(public_pem(self.keys.private.public_key()))
+        self.config = AgentConfig(
+            cluster_id=ME,
+            broker_url=broker.url,
+            controller_public_key=key_file,
+            data_dir=tmp_path / "agent",
+            groups=[GROUP],
+            output=OutputConfig(kind="null"),
+            keepalive=5,
+            outbox_resend_s=1.0,
+        )
+        self.controller = ControllerSide(broker, self.keys)
+        self.agents: list[Agent] = []
+
+    def start_agent(self) -> Agent:
+        agent = build_agent(self.config)
+        self.agents.append(agent)
+        agent.start()
+        return agent
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.stop(timeout=2)
+        self.controller.link.stop()
+
+
+@pytest.fixture
+def world(broker: MosquittoBroker, tmp_path: Path) -> Iterator[World]:
+    w = World(broker, tmp_path)
+    yield w
+    w.close()
+
+
+FULL_PLAY = ["received", "delivered", "playing", "finished"]
+
+
+def test_a_signed_play_is_received_delivered_played_and_acknowledged(world: World) -> None:
+    agent = world.start_agent()
+    world.controller.wait_online()
+    c = content(duration_s=0.3)
+    cmd = world.controller.play("p-morning", c, start_in=1.0)
+    world.controller.wait_kinds("p-morning", FULL_PLAY)
+    events = {e.kind: e for e in world.controller.all_events() if e.play_id == "p-morning"}
+    assert all(e.ref == cmd.id for e in events.values())
+    assert events["received"].bulletin == "bulletin p-morning"
+    assert events["received"].level == "normal"
+    assert isinstance(cmd.body, PlayBody)
+    assert events["playing"].at >= cmd.body.start_at
+    assert (Path(world.config.data_dir) / "content" / f"{c.ref.sha256}.opus").read_bytes() == c.data
+
+    assert agent.status().outbox_pending == 4
+    world.controller.ack_everything()
+    wait_until(lambda: agent.status().outbox_pending == 0, 10, "acked events to be forgotten")
+
+
+def test_unsigned_and_replayed_commands_play_nothing_and_are_reported(world: World) -> None:
+    world.start_agent()
+    world.controller.wait_online()
+    c = content(duration_s=0.2)
+    valid = world.controller.play("p-valid", c, start_in=0.5)
+    world.controller.wait_kinds("p-valid", FULL_PLAY)
+
+    # The same command again, after it ran: a replay.
+    world.controller.send(topics.group_topic(GROUP, "command"), valid.to_json())
+    # A hand-written command without a signature, for a new play, due now.
+    forged = {
+        "v": 1,
+        "id": "forged-0000000001",
+        "issued_at": now().isoformat(),
+        "expires_at": (now() + timedelta(hours=1)).isoformat(),
+        "to": {"clusters": [ME]},
+        "body": {
+            "kind": "play", "play_id": "p-forged", "bulletin": "fake alert",
+            "level": "emergency", "start_at": now().isoformat(),
+            "latest_start": (now() + timedelta(minutes=5)).isoformat(),
+            "items": [c.ref.model_dump(mode="json")],
+        },
+    }
+    world.controller.send(topics.cluster_topic(ME, "command"), json.dumps(forged).encode())
+    wait_until(lambda: len(world.controller.rejected()) == 2, 10, "two rejected events")
+    replay, unsigned = world.controller.rejected()
+    assert replay.ref == valid.id
+    assert replay.reason is not None
+    assert "replayed" in replay.reason
+    assert unsigned.ref == "forged-0000000001"
+    assert unsigned.reason is not None
+    assert "unsigned" in unsigned.reason
+
+    # Commands are handled in order: once a later play has run, the forged one would have.
+    world.controller.play("p-after", content(duration_s=0.2), start_in=0.2)
+    world.controller.wait_kinds("p-after", FULL_PLAY)
+    assert world.controller.kinds("p-forged") == []
+    assert world.controller.kinds("p-valid") == FULL_PLAY
+
+
+def test_a_flood_of_garbage_is_reported_ten_times_a_minute(world: World) -> None:
+    world.start_agent()
+    world.controller.wait_online()
+    for n in range(40):
+        world.controller.send(topics.cluster_topic(ME, "command"), f"garbage {n}".encode())
+    world.controller.play("p-after-flood", content(duration_s=0.1), start_in=0.1)
+    world.controller.wait_kinds("p-after-flood", FULL_PLAY)
+    assert len(world.controller.rejected()) == 10
+
+
+def test_missing_chunks_are_requested_at_start_time_and_the_play_goes_on(world: World) -> None:
+    world.start_agent()
+    world.controller.wait_online()
+    c = content(duration_s=0.2)
+    world.controller.play("p-gap", c, start_in=0.5, via_group=False, skip_chunks=(2,))
+    wait_until(lambda: world.controller.requests, 10, "a chunk request")
+    request = world.controller.requests[0]
+    assert (request.cluster, request.sha256, request.missing) == (ME, c.ref.sha256, [2])
+    assert world.controller.kinds("p-gap") == ["received"]
+    world.controller.send(topics.cluster_topic(ME, "content"), c.frames()[2])
+    world.controller.wait_kinds("p-gap", FULL_PLAY)
+
+
+def test_an_emergency_interrupts_a_normal_play(world: World) -> None:
+    world.start_agent()
+    world.controller.wait_online()
+    world.controller.play("p-long", content(duration_s=60), start_in=0.1)
+    world.controller.wait_kinds("p-long", ["received", "delivered", "playing"])
+    world.controller.play("p-storm", content(duration_s=0.2), start_in=0, level="emergency")
+    world.controller.wait_kinds("p-storm", FULL_PLAY)
+    interrupted = [e for e in world.controller.all_events() if e.kind == "interrupted"]
+    assert [e.play_id for e in interrupted] == ["p-long"]
+    assert interrupted[0].reason == "preempted by bulletin p-storm (emergency)"
+
+
+def test_membership_moves_the_cluster_to_other_groups(world: World) -> None:
+    agent = world.start_agent()
+    world.controller.wait_online()
+    world.controller.membership(["commune-hoa-an"])
+    wait_until(lambda: agent.membership.groups == ("commune-hoa-an",), 10, "new membership")
+    c = content(duration_s=0.1)
+    body = play_body("p-new-group", [c.ref], now())
+    cmd = command(world.keys.signer, body, now(), groups=["commune-hoa-an"])
+    # Retained, so it reaches the agent whenever its new subscription lands; the audio
+    # goes to the cluster's own content topic, which it never leaves.
+    world.controller.send(topics.group_topic("commune-hoa-an", "command"), cmd.to_json(), True)
+    for frame in c.frames():
+        world.controller.send(topics.cluster_topic(ME, "content"), frame)
+    try:
+        world.controller.wait_kinds("p-new-group", FULL_PLAY)
+    finally:
+        world.controller.send(topics.group_topic("commune-hoa-an", "command"), b"", True)
+
+
+def test_events_of_a_play_during_a_broker_outage_arrive_after_it(world: World) -> None:
+    agent = world.start_agent()
+    world.controller.wait_online()
+    world.controller.play("p-outage", content(duration_s=0.2), start_in=2.0)
+    world.controller.wait_kinds("p-outage", ["received", "delivered"])
+    world.broker.kill()
+    wait_until(lambda: not agent.status().connected, 15, "the agent to notice the outage")
+    wait_until(
+        lambda: agent.status().current is None and not agent.status().queue, 15,
+        "the play to run while the broker is down",
+    )
+    world.broker.start()
+    world.controller.wait_kinds("p-outage", FULL_PLAY, timeout=40)
+    # Subscriptions are back too: a new play goes through.
+    world.controller.play("p-after-outage", content(duration_s=0.1), start_in=0.2)
+    world.controller.wait_kinds("p-after-outage", FULL_PLAY, timeout=20)
+
+
+def test_a_restarted_agent_plays_what_comes_next_and_nothing_twice(world: World) -> None:
+    first = world.start_agent()
+    world.controller.wait_online()
+    world.controller.play("p-done", content(duration_s=0.1), start_in=0.1)
+    world.controller.wait_kinds("p-done", FULL_PLAY)
+    world.controller.play("p-next", content(duration_s=0.1), start_in=4.0)
+    world.controller.wait_kinds("p-next", ["received", "delivered"])
+    first.stop()
+    world.agents.remove(first)
+
+    second = world.start_agent()
+    world.controller.wait_online(count=2)
+    assert [v.play_id for v in second.status().queue] == ["p-next"]
+    world.controller.wait_kinds("p-next", FULL_PLAY)
+    assert world.controller.kinds("p-done") == FULL_PLAY
+    assert world.controller.rejected() == []  # the retained membership is not a replay
