@@ -1,0 +1,144 @@
+"""`loa-agent` as a field technician runs it: the config file, errors, signals, Last Will."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from agent_support import Keys
+from conftest import MosquittoBroker, wait_until
+
+from device_agent.config import load_agent_config
+from device_agent.main import single_instance
+from protocol import topics
+from protocol.messages import State, parse
+from protocol.mqtt import MqttLink
+from protocol.signing import public_pem
+from protocol.yamlload import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def loa_agent(*args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "device_agent.cli", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+def write_config(tmp_path: Path, broker_url: str, extra: str = "") -> Path:
+    key = tmp_path / "controller.pub"
+    key.write_bytes(public_pem(Keys().private.public_key()))
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "cluster_id: c-cli-01\n"
+        f"broker_url: {broker_url}\n"
+        "controller_public_key: controller.pub\n"
+        "data_dir: data\n"
+        "keepalive: 5\n"
+        "output:\n"
+        "  kind: null\n" + extra
+    )
+    return path
+
+
+def test_config_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    config = load_agent_config(write_config(tmp_path, "mqtt://127.0.0.1:1883"))
+    assert config.data_dir == tmp_path / "data"
+    assert config.controller_public_key == tmp_path / "controller.pub"
+    assert config.output.kind == "null"  # a bare YAML null means the null output
+
+
+def test_config_errors_name_file_line_and_what_to_write(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "http://broker", extra="groupz: [a]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_agent_config(path)
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith(f"{path}:2:")
+    assert "mqtt://" in lines[0]
+    assert lines[1].startswith(f"{path}:8:1: unknown key 'groupz'; did you mean 'groups'?")
+
+
+def test_file_output_needs_a_folder(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "cluster_id: c1\nbroker_url: mqtt://h\ncontroller_public_key: k.pub\n"
+        "output:\n  kind: file\n"
+    )
+    with pytest.raises(ConfigError, match="out_dir"):
+        load_agent_config(path)
+
+
+def test_bad_config_exits_2_with_located_errors(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "http://broker")
+    proc = loa_agent("run", "--config", str(path))
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert f"{path}:2:13: broker_url:" in err.decode()
+
+
+def test_missing_key_file_exits_2_in_one_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "mqtt://127.0.0.1:1")
+    (tmp_path / "controller.pub").unlink()
+    proc = loa_agent("run", "--config", str(path))
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.decode().strip().splitlines()[-1].startswith("loa-agent run: ")
+    assert "controller public key not found" in err.decode()
+
+
+def test_version(tmp_path: Path) -> None:
+    proc = loa_agent("version")
+    out, _err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert out.decode().startswith("loa-agent ")
+
+
+def test_two_agents_cannot_share_a_data_dir(tmp_path: Path) -> None:
+    with (
+        single_instance(tmp_path),
+        pytest.raises(RuntimeError, match="already running"),
+        single_instance(tmp_path),
+    ):
+        pass
+
+
+@pytest.mark.slow
+def test_runs_until_sigterm_and_the_last_will_says_offline(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    states: list[State] = []
+    lock = threading.Lock()
+
+    def on_state(_topic: str, payload: bytes) -> None:
+        with lock:
+            states.append(parse(State, payload))
+
+    def last() -> str | None:
+        with lock:
+            return states[-1].state if states else None
+
+    watcher = MqttLink(broker.address, "test-watcher")
+    watcher.subscribe(topics.cluster_topic("c-cli-01", "state"), on_state)
+    watcher.start()
+    try:
+        config = write_config(tmp_path, broker.url)
+        proc = loa_agent("run", "--config", str(config))
+        wait_until(lambda: last() == "online", 20, "the agent to say online")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        wait_until(lambda: last() == "offline", 10, "offline after a clean stop")
+
+        proc = loa_agent("run", "--config", str(config))
+        wait_until(lambda: last() == "online", 20, "online again")
+        proc.kill()  # no goodbye: the broker publishes the Last Will after 1.5 keepalives
+        proc.wait(10)
+        wait_until(lambda: last() == "offline", 20, "the Last Will")
+    finally:
+        watcher.stop()
