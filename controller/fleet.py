@@ -125,48 +125,71 @@ class VillageSpec(_Strict):
     """A village (ấp, khu vực, thôn, tổ) inside a commune."""
 
     id: Id
+    """Unique in the fleet (nodes and clusters alike); its MQTT group name."""
     name: Name
+    """The full Vietnamese name with its prefix, e.g. Xã Tân Bình."""
     code: Code | None = None
+    """The national statistics code, in quotes, e.g. "31399"."""
     tags: list[Tag] = []
+    """Labels playlists can target as tag:<tag>; every cluster below inherits them."""
     clusters: list[ClusterSpec] = []
+    """The speaker clusters that sit directly here."""
 
 
 class CommuneSpec(_Strict):
     """A commune, ward or town (xã, phường, thị trấn): one commune radio station."""
 
     id: Id
+    """Unique in the fleet (nodes and clusters alike); its MQTT group name."""
     name: Name
+    """The full Vietnamese name with its prefix, e.g. Xã Tân Bình."""
     code: Code | None = None
+    """The national statistics code, in quotes, e.g. "31399"."""
     tags: list[Tag] = []
+    """Labels playlists can target as tag:<tag>; every cluster below inherits them."""
     clusters: list[ClusterSpec] = []
+    """The speaker clusters that sit directly here."""
     villages: list[VillageSpec] = []
+    """Its villages (ấp, khu vực), each with its own clusters."""
 
 
 class DistrictSpec(_Strict):
     """A district (huyện, thị xã, thành phố thuộc tỉnh); optional since 1 July 2025."""
 
     id: Id
+    """Unique in the fleet (nodes and clusters alike); its MQTT group name."""
     name: Name
+    """The full Vietnamese name with its prefix, e.g. Xã Tân Bình."""
     code: Code | None = None
+    """The national statistics code, in quotes, e.g. "31399"."""
     tags: list[Tag] = []
+    """Labels playlists can target as tag:<tag>; every cluster below inherits them."""
     communes: list[CommuneSpec] = []
+    """The district's communes."""
 
 
 class ProvinceSpec(_Strict):
     """The province (tỉnh, or thành phố trực thuộc trung ương) this controller serves."""
 
     id: Id
+    """Unique in the fleet (nodes and clusters alike); its MQTT group name."""
     name: Name
+    """The full Vietnamese name with its prefix, e.g. Xã Tân Bình."""
     code: Code | None = None
+    """The national statistics code, in quotes, e.g. "31399"."""
     tags: list[Tag] = []
+    """Labels playlists can target as tag:<tag>; every cluster below inherits them."""
     districts: list[DistrictSpec] = []
+    """Districts and their communes (before 1 July 2025)."""
     communes: list[CommuneSpec] = []
+    """Communes directly under the province (no district)."""
 
 
 class FleetFile(_Strict):
     """config/fleet.yaml."""
 
     province: ProvinceSpec
+    """The province (or centrally governed city) this controller serves."""
 
 
 def json_schema() -> dict[str, Any]:
@@ -345,6 +368,10 @@ class Fleet:
         Raises UnknownTargetError (a KeyError) for a name the fleet does not know; its
         message suggests the closest known name.
         """
+        if isinstance(targets, str):  # one name, not its letters
+            targets = [targets]
+        if isinstance(exclude, str):
+            exclude = [exclude]
         chosen: set[str] = set()
         for target in targets:
             chosen |= self._expand(target)

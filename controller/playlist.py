@@ -230,6 +230,12 @@ def _target(value: str) -> str:
 
 
 Target = Annotated[str, AfterValidator(_target)]
+_ONE_OR_MORE_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+}
+Targets = Annotated[
+    list[Target], BeforeValidator(_one_or_many), WithJsonSchema(_ONE_OR_MORE_SCHEMA)
+]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -493,9 +499,9 @@ class Programme(_Strict):
     """The bulletins aired one after the other at each scheduled time."""
     schedule: Schedule
     """When it airs."""
-    targets: Annotated[list[Target], Field(min_length=1)]
+    targets: Annotated[Targets, Field(min_length=1)]
     """Where it airs: node or cluster ids from the fleet, tag:<tag>, or all."""
-    exclude: list[Target] = []
+    exclude: Targets = []
     """Clusters to leave out of the targets: ids, tag:<tag>."""
     lateness: Annotated[
         Duration,
@@ -645,7 +651,7 @@ class _Checker:
             else:
                 self.sources[ident] = Source(where.file, where.value(path).line)
         for key in ("targets", "exclude"):
-            items = raw.get(key)
+            items = _one_or_many(raw.get(key))
             if not isinstance(items, list):
                 continue
             for i, target in enumerate(items):

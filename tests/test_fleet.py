@@ -171,6 +171,9 @@ def test_resolve_joins_targets_and_removes_exclusions(fleet: Fleet) -> None:
         set(fleet.clusters_in("huyen-phung-hiep")) - set(markets)
     )
     assert fleet.resolve([]) == []
+    assert fleet.resolve("tt-kinh-cung", exclude="kinh-cung-01") == [  # one name, not letters
+        "kinh-cung-02", "kinh-cung-03"
+    ]
 
 
 @pytest.mark.parametrize(

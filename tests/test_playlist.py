@@ -206,6 +206,17 @@ def test_one_mistake_gives_one_problem_at_its_line(
     assert text in problem.message
 
 
+def test_a_single_target_may_be_written_without_brackets(folder: Path, fleet: Fleet) -> None:
+    path = write(folder, GOOD.replace("[xa-tan-binh]", "xa-tan-binh\n    exclude: tan-binh-01"))
+    p = load_playlists([path], fleet).programmes["tin-sang"]
+    assert p.targets == ["xa-tan-binh"]
+    assert fleet.resolve(p.targets, p.exclude) == ["tan-binh-02"]
+    typo = write(folder, GOOD.replace("[xa-tan-binh]", "xa-tan-bnh"))
+    [problem] = problems([typo], fleet)
+    assert (problem.line, problem.col) == (8, 5)
+    assert "did you mean 'xa-tan-binh'?" in problem.message
+
+
 def test_every_mistake_of_a_file_is_reported(folder: Path, fleet: Fleet) -> None:
     path = write(folder, """
         programmes:
