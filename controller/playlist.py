@@ -346,7 +346,9 @@ class Schedule(_Strict):
     @field_validator("from_")
     @classmethod
     def _anchor(cls, anchor: date | None, info: ValidationInfo) -> date | None:
-        every = info.data.get("every_weeks")
+        if "every_weeks" not in info.data:
+            return anchor  # every_weeks itself is wrong, and reported
+        every = info.data["every_weeks"]
         if anchor is None and every is not None and every > 1:
             raise ValueError(
                 f"every_weeks: {every} needs `from: YYYY-MM-DD`, a date in the first week it airs"
