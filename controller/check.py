@@ -1,0 +1,84 @@
+"""`loa-controller check`: validate the config, the fleet and every playlist together.
+
+Every problem is collected and reported at once as `file:line:col: message`; nothing is
+started or changed. Audio files are decoded to prove they can be prepared.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from controller.audio import AudioError, AudioSettings, ContentStore
+from controller.config import ControllerConfig, load_controller_config
+from controller.fleet import Fleet, load_fleet
+from controller.playlist import Playlists, load_playlists
+from protocol.yamlload import ConfigError, Problem
+
+DEFAULT_CONFIG = Path("config/controller.yaml")
+DEFAULT_FLEET = Path("config/fleet.yaml")
+DEFAULT_PLAYLISTS = Path("playlists")
+
+
+def _config(path: Path | None, problems: list[Problem]) -> ControllerConfig | None:
+    if path is None:
+        if not DEFAULT_CONFIG.exists():
+            return None
+        path = DEFAULT_CONFIG
+    try:
+        return load_controller_config(path)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+
+
+def _audio(playlists: Playlists, problems: list[Problem], bitrate_kbps: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="loa-check-") as scratch:
+        store = ContentStore(Path(scratch), AudioSettings(bitrate_kbps=bitrate_kbps))
+        checked: dict[Path, str | None] = {}
+        for programme in playlists.programmes.values():
+            for bulletin in programme.bulletins:
+                for audio in bulletin.audio():
+                    if audio not in checked:
+                        try:
+                            store.probe(audio)
+                            checked[audio] = None
+                        except AudioError as exc:
+                            checked[audio] = str(exc)
+                    error = checked[audio]
+                    if error:
+                        problems.append(Problem(
+                            programme.source.file, programme.source.line, 1,
+                            f"programme '{programme.id}': {error}",
+                        ))
+
+
+def check(
+    config_path: Path | None, paths: Sequence[Path], *, today: datetime | None = None
+) -> list[Problem]:
+    """Every problem of the config, fleet and playlists (playlists from paths, else config)."""
+    problems: list[Problem] = []
+    config = _config(config_path, problems)
+    fleet_path = config.fleet if config else DEFAULT_FLEET
+    playlist_paths = list(paths) or (list(config.playlists) if config else [DEFAULT_PLAYLISTS])
+    tz = config.tz if config else None
+    try:
+        fleet: Fleet | None = load_fleet(fleet_path)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        fleet = None
+    if fleet is None:
+        return problems
+    try:
+        playlists = load_playlists(
+            playlist_paths, fleet, tz=tz,
+            today=(today or datetime.now(tz)).date() if tz else None,
+        )
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return problems
+    problems.extend(playlists.warnings)
+    _audio(playlists, problems, config.audio.bitrate_kbps if config else 24)
+    return problems
