@@ -304,3 +304,22 @@ def test_embedded_broker_reports_a_port_in_use() -> None:
             second.start()
         assert not second.running
         assert first.running
+
+
+def test_the_shared_broker_fixture_serves_mqtt(broker: BrokerUnderTest) -> None:
+    """`broker` is mosquitto, or the embedded broker where mosquitto is missing."""
+    link = MqttLink(broker.address, "probe")
+    link.start()
+    try:
+        assert link.wait_connected(CONNECT_TIMEOUT)
+        inbox = Inbox()
+        link.subscribe("loa/test/self", inbox)
+        publish_until(link, "loa/test/self", b"hi", lambda: inbox.payloads("loa/test/self"))
+        assert broker.url == f"mqtt://127.0.0.1:{broker.port}"
+        broker.restart()
+        wait_until(lambda: not link.connected, 10, "the link to see the restart")
+        wait_until(lambda: link.connected, 15, "the link to reconnect")
+        broker.kill()
+        wait_until(lambda: not link.connected, 10, "the link to see the broker die")
+    finally:
+        link.stop()
