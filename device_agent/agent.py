@@ -27,7 +27,7 @@ from device_agent.guard import (
     Guard,
     Ignored,
     Membership,
-    MembershipFile,
+    MembershipState,
     Rejected,
     RejectionLimiter,
     SeenStore,
@@ -35,6 +35,7 @@ from device_agent.guard import (
 from device_agent.outbox import Outbox
 from device_agent.output import OutputBackend
 from device_agent.player import Player, PlayRecord, PlayView
+from device_agent.statefile import StateStore
 from protocol import chunks, topics
 from protocol.clock import Clock
 from protocol.messages import (
@@ -59,6 +60,9 @@ MAX_SLEEP_S = 60.0
 # Say so when the broker cannot be reached for this long (then every OFFLINE_REMINDER).
 OFFLINE_WARNING = timedelta(seconds=30)
 OFFLINE_REMINDER = timedelta(minutes=10)
+# Complete audio kept for repeats, oldest dropped beyond this; checked this often.
+MAX_CONTENT_BYTES = 1024 * 1024 * 1024
+PRUNE_EVERY = timedelta(hours=1)
 # Chunks waiting for the worker beyond this are dropped (they are asked for again when
 # their play is due), so a burst of content cannot exhaust a small box's memory.
 MAX_QUEUED_CONTENT_BYTES = 64 * 1024 * 1024
@@ -104,8 +108,12 @@ class Agent:
         rejections_per_minute: int = 10,
         durable: bool = True,
         version: str | None = None,
+        cache: Cache | None = None,
     ) -> None:
-        """durable=False skips fsync on events (simulated fleets on one machine only)."""
+        """durable=False skips every fsync: state then survives a crash of the process, not
+        a power cut. cache: a content cache shared by the agents of a simulated fleet in
+        one process (content is addressed by its hash, so sharing is safe); by default
+        each agent has its own under data_dir, which it prunes."""
         self.cluster_id = topics.check_id(cluster_id, "cluster id")
         self._link = link
         self._clock = clock
@@ -125,25 +133,29 @@ class Agent:
             data_dir / "outbox.sqlite", cluster_id, clock,
             resend_after_s=outbox_resend_s, durable=durable,
         )
-        self._membership = MembershipFile(data_dir / "membership.json", groups)
+        self._state = StateStore(data_dir / "state.sqlite", durable=durable)
+        self._membership = MembershipState(self._state.document("membership"), groups)
         self._guard = Guard(
             verifier, cluster_id, self._membership.current, clock,
-            SeenStore(data_dir / "seen-commands.json"),
+            SeenStore(self._state.document("seen-commands")),
         )
         self._limiter = RejectionLimiter(clock, rejections_per_minute)
-        self._cache = Cache(
+        self._owns_cache = cache is None
+        self._cache = cache or Cache(
             data_dir / "content",
+            durable=durable,
             log=ClusterLog(logging.getLogger("device_agent.cache"), {"cluster": cluster_id}),
         )
+        self._next_prune = clock.now() + PRUNE_EVERY
         self._player = Player(
-            output, self._cache, clock, data_dir / "plays.json",
+            output, self._cache, clock, self._state.document("plays"),
             report=self._report_play,
             request_chunks=self._request_chunks,
             wake=self._wake,
             request_interval_s=request_interval_s,
             log=ClusterLog(logging.getLogger("device_agent.player"), {"cluster": cluster_id}),
         )
-        self._cache.add_listener(self._player.content_ready)
+        self._cache.add_listener(self._on_content)
         for ref in self._player.wanted_content():
             self._cache.expect(ref)
 
@@ -175,6 +187,7 @@ class Agent:
             self._publish_state("offline")
         self._link.stop()
         self._outbox.close()
+        self._state.close()
         self._log.info("agent stopped")
 
     def status(self) -> AgentStatus:
@@ -209,6 +222,11 @@ class Agent:
 
     def _wake(self) -> None:
         self._queue.put(_WAKE)
+
+    def _on_content(self, sha256: str) -> None:
+        """Content completed (in this agent's worker, or another's if the cache is shared)."""
+        if self._player.content_ready(sha256) and not self._owns_cache:
+            self._wake()
 
     # --- worker thread ----------------------------------------------------------------------
 
@@ -260,6 +278,10 @@ class Agent:
             )
         times.append(self._limiter.summary_due_at())
         times.append(self._warn_if_offline())
+        if self._owns_cache and self._clock.now() >= self._next_prune:
+            self._cache.prune(self._player.needed_content(), MAX_CONTENT_BYTES)
+            self._next_prune = self._clock.now() + PRUNE_EVERY
+        times.append(self._next_prune if self._owns_cache else None)
         with self._content_lock:
             dropped, self._dropped_content = self._dropped_content, 0
         if dropped:

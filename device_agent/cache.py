@@ -2,16 +2,23 @@
 
 Layout under the cache directory:
 
-    <sha256>.opus              complete, verified content (what the player plays)
-    partial/<sha256>/<index>   chunks received so far, one file each
+    <sha256>.opus                         complete, verified content (what the player plays)
+    partial/<sha256>.<size>.<chunk>.part  a download whose manifest is known: the content's
+                                          bytes, each chunk written at its place, followed
+                                          by one byte per chunk (1: held)
+    partial/<sha256>/<index>              chunks that came before any play command named
+                                          their content (and `count`: how many it has)
 
 A play command carries the manifest (`ContentRef`: hash, size, chunk size and count) of
-each item; `expect(ref)` tells the cache about it. Chunks may arrive before the command
-(they travel on another topic), so chunks of a hash nobody announced yet are kept too,
-within a budget (`max_partial_bytes`, oldest dropped first). Once every chunk of a known
-manifest is in, the pieces are joined, the size and SHA-256 checked against the signed
-manifest, and the result moved into place atomically: a forged or damaged chunk can make
-a download fail (it is then discarded and fetched again), never make a speaker play it.
+each item; `expect(ref)` tells the cache about it. Usually the command comes first and
+its chunks follow: each is written in place into one file, which costs no file system
+metadata update per chunk. Chunks may also arrive before the command (they travel on
+another topic); those are kept one file each, within a budget (`max_early_bytes`,
+oldest dropped first), and moved into the download when the manifest arrives.
+
+Once every chunk is in, the size and SHA-256 are checked against the signed manifest and
+the content is moved into place atomically: a forged or damaged chunk can make a download
+fail (it is then discarded and fetched again), never make a speaker play it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,9 +39,10 @@ from protocol.messages import ContentRef
 
 module_log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PARTIAL_BYTES = 256 * 1024 * 1024
-# Every stored chunk costs at least a file system block, however small its data.
+DEFAULT_MAX_EARLY_BYTES = 256 * 1024 * 1024
+# Every stored early chunk costs at least a file system block, however small its data.
 BLOCK = 4096
+READ_SIZE = 256 * 1024
 
 ChunkOutcome = Literal[
     "stored",  # kept; more chunks are needed
@@ -48,7 +56,9 @@ CompletionListener = Callable[[str], None]
 
 
 @dataclass
-class _Partial:
+class _Early:
+    """Chunks of a content no play command has named yet, one file each."""
+
     count: int
     sizes: dict[int, int] = field(default_factory=dict)
     order: int = 0  # larger: touched more recently
@@ -58,10 +68,23 @@ class _Partial:
         return sum(max(size, BLOCK) for size in self.sizes.values())
 
 
-def _expected_length(ref: ContentRef, index: int) -> int:
-    if index < ref.chunks - 1:
-        return ref.chunk_size
-    return ref.size - ref.chunk_size * (ref.chunks - 1)
+@dataclass
+class _Download:
+    """A content whose manifest is known, filling one .part file."""
+
+    sha256: str
+    size: int
+    chunk_size: int
+    chunks: int
+    held: set[int] = field(default_factory=set)
+
+    def expected_length(self, index: int) -> int:
+        if index < self.chunks - 1:
+            return self.chunk_size
+        return self.size - self.chunk_size * (self.chunks - 1)
+
+    def fits(self, ref: ContentRef) -> bool:
+        return (self.size, self.chunk_size, self.chunks) == (ref.size, ref.chunk_size, ref.chunks)
 
 
 class Cache:
@@ -71,17 +94,21 @@ class Cache:
         self,
         directory: Path,
         *,
-        max_partial_bytes: int = DEFAULT_MAX_PARTIAL_BYTES,
+        max_early_bytes: int = DEFAULT_MAX_EARLY_BYTES,
+        durable: bool = True,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
+        """durable: sync completed content to the SD card before it counts as held."""
         self._log = log or module_log
         self.directory = directory
         self._partial_dir = directory / "partial"
         self._partial_dir.mkdir(parents=True, exist_ok=True)
-        self._max_partial_bytes = max_partial_bytes
+        self._max_early_bytes = max_early_bytes
+        self._durable = durable
         self._lock = threading.Lock()
         self._manifests: dict[str, ContentRef] = {}
-        self._partials: dict[str, _Partial] = {}
+        self._downloads: dict[str, _Download] = {}
+        self._early: dict[str, _Early] = {}
         self._listeners: list[CompletionListener] = []
         self._order = itertools.count(1)
         self._load()
@@ -99,17 +126,24 @@ class Cache:
         if self.has(ref.sha256):
             return []
         with self._lock:
-            partial = self._partials.get(ref.sha256)
-            held = set(partial.sizes) if partial and partial.count == ref.chunks else set()
-        return [i for i in range(ref.chunks) if i not in held]
+            download = self._downloads.get(ref.sha256)
+            early = self._early.get(ref.sha256)
+            if download is not None and download.fits(ref):
+                held = download.held
+            elif early is not None and early.count == ref.chunks:
+                held = set(early.sizes)
+            else:
+                held = set()
+            return [i for i in range(ref.chunks) if i not in held]
 
     def manifest(self, sha256: str) -> ContentRef | None:
         with self._lock:
             return self._manifests.get(sha256)
 
-    def partial_bytes(self) -> int:
+    def early_bytes(self) -> int:
+        """Disk taken by chunks that came before their play command."""
         with self._lock:
-            return sum(p.cost for p in self._partials.values())
+            return sum(p.cost for p in self._early.values())
 
     def add_listener(self, listener: CompletionListener) -> None:
         self._listeners.append(listener)
@@ -122,10 +156,17 @@ class Cache:
             return True
         with self._lock:
             self._manifests[ref.sha256] = ref
-            partial = self._partials.get(ref.sha256)
-            if partial is not None:
-                self._drop_misfits(ref, partial)
-            outcome = self._assemble_if_complete(ref)
+            download = self._downloads.get(ref.sha256)
+            if download is not None and not download.fits(ref):
+                self._log.warning(
+                    "content %s: a new manifest differs from the one being downloaded; "
+                    "starting its download again", ref.sha256[:12],
+                )
+                self._drop_download(ref.sha256)
+                download = None
+            if download is None:
+                download = self._start_download(ref)
+            outcome = self._finish_if_complete(download)
         if outcome == "complete":
             self._notify(ref.sha256)
         return outcome == "complete"
@@ -135,138 +176,195 @@ class Cache:
         if self.has(chunk.sha256):
             return "duplicate"
         with self._lock:
-            outcome = self._store(chunk)
+            download = self._downloads.get(chunk.sha256)
+            if download is not None:
+                outcome = self._write(download, chunk)
+                if outcome == "stored":
+                    outcome = self._finish_if_complete(download)
+            else:
+                outcome = self._keep_early(chunk)
         if outcome == "complete":
             self._notify(chunk.sha256)
         return outcome
 
-    # --- internals (called with the lock held) ---------------------------------------------
+    def prune(self, keep: Iterable[str], max_content_bytes: int) -> None:
+        """Drop downloads nothing needs any more, and the oldest complete content beyond
+        max_content_bytes, never anything in keep (content of plays still to come)."""
+        keep = set(keep)
+        with self._lock:
+            for sha in [s for s in self._downloads if s not in keep]:
+                self._drop_download(sha)
+                self._manifests.pop(sha, None)
+        held = []
+        for path in self.directory.glob("*.opus"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            held.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _mtime, size, _path in held)
+        for _mtime, size, path in sorted(held):
+            if total <= max_content_bytes:
+                break
+            if path.stem in keep:
+                continue
+            path.unlink(missing_ok=True)
+            total -= size
+            self._log.info("removed old content %s from the cache (disk budget)", path.stem[:12])
 
-    def _store(self, chunk: Chunk) -> ChunkOutcome:
-        sha = chunk.sha256
-        ref = self._manifests.get(sha)
-        partial = self._partials.get(sha)
-        if ref is not None:
-            if chunk.count != ref.chunks:
-                self._log.warning(
-                    "chunk %d of content %s says %d chunks, its manifest %d; dropped",
-                    chunk.index, sha[:12], chunk.count, ref.chunks,
-                )
-                return "refused"
-            expected = _expected_length(ref, chunk.index)
-            if len(chunk.data) != expected:
-                self._log.warning(
-                    "chunk %d of content %s has %d bytes, its manifest says %d; dropped",
-                    chunk.index, sha[:12], len(chunk.data), expected,
-                )
-                return "refused"
-        if partial is not None and partial.count != chunk.count:
+    # --- downloads of known manifests (lock held) -------------------------------------------
+
+    def _part_path(self, download: _Download) -> Path:
+        d = download
+        return self._partial_dir / f"{d.sha256}.{d.size}.{d.chunk_size}.part"
+
+    def _start_download(self, ref: ContentRef) -> _Download:
+        download = _Download(ref.sha256, ref.size, ref.chunk_size, ref.chunks)
+        fd = os.open(self._part_path(download), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, ref.size + ref.chunks)
+        finally:
+            os.close(fd)
+        self._downloads[ref.sha256] = download
+        early = self._early.pop(ref.sha256, None)
+        if early is not None:
+            self._adopt(download, early)
+        return download
+
+    def _adopt(self, download: _Download, early: _Early) -> None:
+        """Move chunks that came before the manifest into its download."""
+        folder = self._partial_dir / download.sha256
+        if early.count == download.chunks:
+            for index in sorted(early.sizes):
+                data = (folder / str(index)).read_bytes()
+                self._write(download, Chunk(download.sha256, index, early.count, data))
+        else:
             self._log.warning(
-                "chunk %d of content %s says %d chunks, earlier ones said %d; dropped",
-                chunk.index, sha[:12], chunk.count, partial.count,
+                "discarding %d early chunks of content %s: they said %d chunks, the manifest %d",
+                len(early.sizes), download.sha256[:12], early.count, download.chunks,
+            )
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _write(self, download: _Download, chunk: Chunk) -> ChunkOutcome:
+        sha = download.sha256
+        if chunk.count != download.chunks:
+            self._log.warning(
+                "chunk %d of content %s says %d chunks, its manifest %d; dropped",
+                chunk.index, sha[:12], chunk.count, download.chunks,
             )
             return "refused"
-        if partial is None:
-            partial = self._partials[sha] = _Partial(count=chunk.count)
-        partial.order = next(self._order)
-        if chunk.index in partial.sizes:
+        expected = download.expected_length(chunk.index)
+        if len(chunk.data) != expected:
+            self._log.warning(
+                "chunk %d of content %s has %d bytes, its manifest says %d; dropped",
+                chunk.index, sha[:12], len(chunk.data), expected,
+            )
+            return "refused"
+        if chunk.index in download.held:
             return "duplicate"
-        folder = self._partial_dir / sha
-        if not folder.is_dir():
-            folder.mkdir()
-            (folder / "count").write_text(str(chunk.count))
-        target = folder / str(chunk.index)
-        tmp = folder / f"{chunk.index}.tmp"
-        tmp.write_bytes(chunk.data)
-        os.replace(tmp, target)
-        partial.sizes[chunk.index] = len(chunk.data)
+        fd = os.open(self._part_path(download), os.O_WRONLY)
+        try:
+            os.pwrite(fd, chunk.data, chunk.index * download.chunk_size)
+            os.pwrite(fd, b"\x01", download.size + chunk.index)  # after the data it marks
+        finally:
+            os.close(fd)
+        download.held.add(chunk.index)
+        return "stored"
+
+    def _finish_if_complete(self, download: _Download) -> ChunkOutcome:
+        if len(download.held) < download.chunks:
+            return "stored"
+        sha = download.sha256
+        part = self._part_path(download)
+        digest = hashlib.sha256()
+        try:
+            with part.open("r+b") as fh:
+                left = download.size
+                while left > 0:
+                    block = fh.read(min(READ_SIZE, left))
+                    if not block:
+                        break
+                    digest.update(block)
+                    left -= len(block)
+                fh.truncate(download.size)
+                if self._durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except OSError as exc:
+            self._log.error(
+                "could not read back content %s (%s); discarded, will fetch it again",
+                sha[:12], exc,
+            )
+            self._restart_download(download)
+            return "corrupt"
+        if digest.hexdigest() != sha:
+            self._log.warning(
+                "content %s failed verification after joining its %d chunks (SHA-256 "
+                "differs): a chunk was damaged or forged; discarded, will fetch it again",
+                sha[:12], download.chunks,
+            )
+            self._restart_download(download)
+            return "corrupt"
+        os.replace(part, self.path(sha))
+        del self._downloads[sha]
+        self._log.info("content %s complete and verified (%d bytes)", sha[:12], download.size)
+        return "complete"
+
+    def _restart_download(self, download: _Download) -> None:
+        self._part_path(download).unlink(missing_ok=True)
+        del self._downloads[download.sha256]
+        ref = self._manifests.get(download.sha256)
         if ref is not None:
-            return self._assemble_if_complete(ref)
+            self._start_download(ref)
+
+    def _drop_download(self, sha256: str) -> None:
+        download = self._downloads.pop(sha256, None)
+        if download is not None:
+            self._part_path(download).unlink(missing_ok=True)
+
+    # --- early chunks (lock held) -----------------------------------------------------------
+
+    def _keep_early(self, chunk: Chunk) -> ChunkOutcome:
+        sha = chunk.sha256
+        early = self._early.get(sha)
+        if early is not None and early.count != chunk.count:
+            self._log.warning(
+                "chunk %d of content %s says %d chunks, earlier ones said %d; dropped",
+                chunk.index, sha[:12], chunk.count, early.count,
+            )
+            return "refused"
+        folder = self._partial_dir / sha
+        if early is None:
+            early = self._early[sha] = _Early(count=chunk.count)
+            folder.mkdir(exist_ok=True)
+            (folder / "count").write_text(str(chunk.count))
+        early.order = next(self._order)
+        if chunk.index in early.sizes:
+            return "duplicate"
+        (folder / str(chunk.index)).write_bytes(chunk.data)
+        early.sizes[chunk.index] = len(chunk.data)
         self._keep_within_budget(keep=sha)
         return "stored"
 
-    def _drop_misfits(self, ref: ContentRef, partial: _Partial) -> None:
-        """Chunks kept before the manifest was known that cannot belong to it."""
-        if partial.count != ref.chunks:
-            self._log.warning(
-                "discarding %d early chunks of content %s: they said %d chunks, the manifest %d",
-                len(partial.sizes), ref.sha256[:12], partial.count, ref.chunks,
-            )
-            self._discard(ref.sha256)
-            return
-        for index, size in list(partial.sizes.items()):
-            if size != _expected_length(ref, index):
-                (self._partial_dir / ref.sha256 / str(index)).unlink(missing_ok=True)
-                del partial.sizes[index]
-
-    def _assemble_if_complete(self, ref: ContentRef) -> ChunkOutcome:
-        partial = self._partials.get(ref.sha256)
-        if partial is None or len(partial.sizes) < ref.chunks:
-            return "stored"
-        folder = self._partial_dir / ref.sha256
-        final = self.path(ref.sha256)
-        tmp = self.directory / f".{ref.sha256}.assembling"
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with tmp.open("wb") as out:
-                for index in range(ref.chunks):
-                    data = (folder / str(index)).read_bytes()
-                    digest.update(data)
-                    size += len(data)
-                    out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            self._log.error(
-                "could not join the chunks of content %s (%s); discarded, will fetch again",
-                ref.sha256[:12], exc,
-            )
-            self._discard(ref.sha256)
-            return "corrupt"
-        if size != ref.size or digest.hexdigest() != ref.sha256:
-            tmp.unlink(missing_ok=True)
-            self._log.warning(
-                "content %s failed verification after joining %d chunks (%d bytes, expected "
-                "%d; SHA-256 %s): a chunk was damaged or forged; discarded, will fetch again",
-                ref.sha256[:12], ref.chunks, size, ref.size,
-                "matches" if digest.hexdigest() == ref.sha256 else "differs",
-            )
-            self._discard(ref.sha256)
-            return "corrupt"
-        os.replace(tmp, final)
-        shutil.rmtree(folder, ignore_errors=True)
-        del self._partials[ref.sha256]
-        self._manifests.pop(ref.sha256, None)
-        self._log.info("content %s complete and verified (%d bytes)", ref.sha256[:12], size)
-        return "complete"
-
-    def _discard(self, sha256: str) -> None:
-        shutil.rmtree(self._partial_dir / sha256, ignore_errors=True)
-        self._partials.pop(sha256, None)
-
     def _keep_within_budget(self, keep: str) -> None:
-        total = sum(p.cost for p in self._partials.values())
-        if total <= self._max_partial_bytes:
+        total = sum(p.cost for p in self._early.values())
+        if total <= self._max_early_bytes:
             return
-        # Oldest first; chunks nobody has announced go before those of known manifests.
-        victims = sorted(
-            (sha for sha in self._partials if sha != keep),
-            key=lambda sha: (sha in self._manifests, self._partials[sha].order),
-        )
+        victims = sorted((s for s in self._early if s != keep), key=lambda s: self._early[s].order)
         victims.append(keep)
         for sha in victims:
-            if total <= self._max_partial_bytes:
+            if total <= self._max_early_bytes:
                 break
-            cost = self._partials[sha].cost
+            early = self._early.pop(sha)
+            total -= early.cost
+            shutil.rmtree(self._partial_dir / sha, ignore_errors=True)
             self._log.warning(
-                "partial downloads exceed %d MB: dropping %d chunks of content %s%s",
-                self._max_partial_bytes // (1024 * 1024), len(self._partials[sha].sizes),
-                sha[:12], "" if sha in self._manifests else " (no play command names it yet)",
+                "chunks that came before their play command exceed %d MB: dropped the %d "
+                "chunks of content %s",
+                self._max_early_bytes // (1024 * 1024), len(early.sizes), sha[:12],
             )
-            self._discard(sha)
-            total -= cost
+
+    # --- the rest ---------------------------------------------------------------------------
 
     def _notify(self, sha256: str) -> None:
         for listener in self._listeners:
@@ -276,30 +374,44 @@ class Cache:
                 self._log.exception("a listener failed on completed content %s", sha256[:12])
 
     def _load(self) -> None:
-        """Rebuild the index of partial downloads left by the previous run."""
-        for stale in self.directory.glob(".*.assembling"):
-            stale.unlink(missing_ok=True)
-        folders = sorted(
-            (p for p in self._partial_dir.iterdir() if p.is_dir()),
-            key=lambda p: p.stat().st_mtime,
-        )
-        for folder in folders:
-            sha = folder.name
-            if len(sha) != 64 or self.has(sha):
-                shutil.rmtree(folder, ignore_errors=True)
-                continue
-            try:
-                count = int((folder / "count").read_text())
-            except (OSError, ValueError):
-                shutil.rmtree(folder, ignore_errors=True)
-                continue
-            sizes: dict[int, int] = {}
+        """Index the downloads and early chunks the previous run left."""
+        entries = sorted(self._partial_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+        for entry in entries:
+            if entry.is_dir():
+                self._load_early(entry)
+            elif entry.suffix == ".part":
+                self._load_download(entry)
+            else:
+                entry.unlink(missing_ok=True)
+
+    def _load_early(self, folder: Path) -> None:
+        sha = folder.name
+        try:
+            count = int((folder / "count").read_text())
+        except (OSError, ValueError):
+            count = 0
+        sizes: dict[int, int] = {}
+        if len(sha) == 64 and count > 0 and not self.has(sha):
             for piece in folder.iterdir():
                 if piece.name.isdigit() and int(piece.name) < count:
                     sizes[int(piece.name)] = piece.stat().st_size
-                elif piece.name != "count":
-                    piece.unlink(missing_ok=True)
-            if sizes:
-                self._partials[sha] = _Partial(count=count, sizes=sizes, order=next(self._order))
-            else:
-                shutil.rmtree(folder, ignore_errors=True)
+        if sizes:
+            self._early[sha] = _Early(count=count, sizes=sizes, order=next(self._order))
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _load_download(self, part: Path) -> None:
+        try:
+            sha, size_text, chunk_text = part.name.removesuffix(".part").split(".")
+            size, chunk_size = int(size_text), int(chunk_text)
+            chunks = max(1, -(-size // chunk_size))
+            if len(sha) != 64 or self.has(sha) or part.stat().st_size != size + chunks:
+                raise ValueError("stale or damaged")
+            with part.open("rb") as fh:
+                fh.seek(size)
+                marks = fh.read(chunks)
+        except (OSError, ValueError):
+            part.unlink(missing_ok=True)
+            return
+        held = {i for i, mark in enumerate(marks) if mark == 1}
+        self._downloads[sha] = _Download(sha, size, chunk_size, chunks, held)

@@ -26,10 +26,9 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Literal
 
-from device_agent.statefile import JsonStateFile
+from device_agent.statefile import StateDocument
 from protocol import topics
 from protocol.clock import Clock
 from protocol.messages import Command, MembershipBody, MessageError, decode_json
@@ -80,11 +79,16 @@ class Membership:
     commune: str | None = None
 
 
-class MembershipFile:
-    """The current membership, kept on disk so a restart knows its groups before connecting."""
+class MembershipState:
+    """The current membership, kept on disk so a restart knows its groups before connecting.
 
-    def __init__(self, path: Path | None, initial_groups: Iterable[str] = ()) -> None:
-        self._file = JsonStateFile(path) if path else None
+    Without a document (unit tests) it lives in memory only.
+    """
+
+    def __init__(
+        self, document: StateDocument | None, initial_groups: Iterable[str] = ()
+    ) -> None:
+        self._file = document
         self._current = Membership(groups=tuple(dict.fromkeys(initial_groups)))
         saved = self._file.load() if self._file else None
         if isinstance(saved, dict):
@@ -100,7 +104,7 @@ class MembershipFile:
                 log.error(
                     "%s is damaged (%s); using the groups from the config until the "
                     "controller's membership arrives",
-                    path, exc,
+                    document, exc,
                 )
 
     def current(self) -> Membership:
@@ -133,12 +137,12 @@ class MembershipFile:
 class SeenStore:
     """Ids of admitted commands, each remembered until its command expires.
 
-    With a path the ids survive restarts (a replay after a reboot is still a replay);
-    without one they live in memory only (unit tests).
+    With a document the ids survive restarts (a replay after a reboot is still a
+    replay); without one they live in memory only (unit tests).
     """
 
-    def __init__(self, path: Path | None = None) -> None:
-        self._file = JsonStateFile(path) if path else None
+    def __init__(self, document: StateDocument | None = None) -> None:
+        self._file = document
         self._seen: dict[str, datetime] = {}
         saved = self._file.load() if self._file else None
         if isinstance(saved, dict):
@@ -146,7 +150,7 @@ class SeenStore:
                 try:
                     self._seen[str(command_id)] = datetime.fromisoformat(expires)
                 except (TypeError, ValueError):
-                    log.warning("%s: skipped a damaged entry for command %s", path, command_id)
+                    log.warning("%s: skipped a damaged entry for command %s", document, command_id)
 
     def __len__(self) -> int:
         return len(self._seen)

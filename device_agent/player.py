@@ -1,7 +1,8 @@
 """The local schedule and the player: each play starts at its commanded time, one at a time.
 
-The schedule is kept on disk (`plays.json`, replaced atomically on every change), so an
-agent that restarts still plays what comes next and never plays a finished play again.
+The schedule is kept on disk (a state document, saved on every change and before a
+play's first sound), so an agent that restarts still plays what comes next and never
+plays a finished play again.
 
 Rules, in the words of Circular 39/2020's three levels:
 
@@ -34,7 +35,7 @@ from typing import Any, Literal, Protocol
 from pydantic import ValidationError
 
 from device_agent.output import OutputBackend, PlayOutcome
-from device_agent.statefile import JsonStateFile
+from device_agent.statefile import StateDocument
 from protocol.clock import Clock
 from protocol.messages import LEVEL_RANK, Command, ContentRef, EventKind, PlayBody
 
@@ -166,7 +167,7 @@ class Player:
         output: OutputBackend,
         content: ContentStore,
         clock: Clock,
-        state_path: Path | None,
+        state: StateDocument | None,
         *,
         report: ReportFn,
         request_chunks: RequestFn,
@@ -181,7 +182,7 @@ class Player:
         self._output = output
         self._content = content
         self._clock = clock
-        self._file = JsonStateFile(state_path) if state_path else None
+        self._file = state
         self._report = report
         self._request_chunks = request_chunks
         self._wake = wake
@@ -195,6 +196,8 @@ class Player:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._order = 0
+        self._dirty = False
+        self._pending: list[tuple[EventKind, PlayRecord, str | None]] = []
         self.up_since = clock.now()
         self._load()
 
@@ -223,7 +226,7 @@ class Player:
                 order=self._order,
             )
             self._plays[body.play_id] = record
-            self._report("received", record, None)
+            self._emit("received", record, None)
             self._log.info(
                 "play %s: %s scheduled for %s (latest %s)",
                 body.play_id, record.describe(), clock_time(body.start_at),
@@ -231,14 +234,14 @@ class Player:
             )
             if self._all_held(record):
                 record.delivered = True
-                self._report("delivered", record, None)
+                self._emit("delivered", record, None)
             if now > body.latest_start:
                 self._end(
                     record, "missed",
                     f"arrived at {clock_time(now)}, after its latest start "
                     f"{clock_time(body.latest_start)} (agent offline or the command delayed)",
                 )
-            self._save()
+            self._commit()
             return True
 
     def stop(self, play_id: str | None) -> int:
@@ -264,13 +267,14 @@ class Player:
                     self._stop_event.set()
                 else:
                     self._end(record, "interrupted", "stopped before it started")
-            self._save()
+            self._commit()
             return len(targets)
 
-    def content_ready(self, sha256: str) -> None:
-        """Content arrived complete: report the plays that now hold all their audio."""
+    def content_ready(self, sha256: str) -> bool:
+        """Content arrived complete: report the plays that now hold all their audio (True
+        if there were any: they may be due, so tick soon)."""
         with self._lock:
-            changed = False
+            ready = False
             for record in self._plays.values():
                 if (
                     record.state == "scheduled"
@@ -279,10 +283,10 @@ class Player:
                     and self._all_held(record)
                 ):
                     record.delivered = True
-                    changed = True
-                    self._report("delivered", record, None)
-            if changed:
-                self._save()
+                    ready = True
+                    self._emit("delivered", record, None)
+            self._commit()
+            return ready
 
     def wanted_content(self) -> list[ContentRef]:
         """Manifests of audio that plays still to come lack (for the cache after a restart)."""
@@ -294,6 +298,16 @@ class Player:
                 for item in record.body.items
                 if not self._content.has(item.sha256)
             ]
+
+    def needed_content(self) -> set[str]:
+        """Hashes of the audio of every play that is still to come or playing."""
+        with self._lock:
+            return {
+                item.sha256
+                for record in self._plays.values()
+                if record.state in ("scheduled", "playing")
+                for item in record.body.items
+            }
 
     # --- time -------------------------------------------------------------------------------
 
@@ -330,14 +344,13 @@ class Player:
 
     def _tick(self) -> datetime | None:
         now = self._clock.now()
-        changed = self._forget(now)
+        self._forget(now)
         waiting: list[PlayRecord] = []
         for record in sorted(self._plays.values(), key=lambda r: r.order):
             if record.state != "scheduled":
                 continue
             if now > record.body.latest_start:
                 self._end(record, "missed", self._missed_reason(record))
-                changed = True
                 continue
             if record.body.start_at > now:
                 continue
@@ -350,7 +363,6 @@ class Player:
             current = self._current
             if current is None:
                 self._start(best, now)
-                changed = True
             elif best.rank > current.rank and self._stop_event and not self._stop_event.is_set():
                 self._stop_reason = f"preempted by {best.describe()}"
                 self._log.info(
@@ -358,8 +370,7 @@ class Player:
                     current.describe(),
                 )
                 self._stop_event.set()
-        if changed:
-            self._save()
+        self._commit()
         return self._next_tick(now)
 
     def _next_tick(self, now: datetime) -> datetime | None:
@@ -388,7 +399,8 @@ class Player:
             "play %s: playing %s (%.1f s of audio, %.3f s after its start time)",
             record.play_id, record.describe(), record.duration_s, late,
         )
-        self._report("playing", record, None)
+        self._emit("playing", record, None)
+        self._commit()  # on disk before the first sound: a crash now cannot replay it
         items = [self._content.path(item.sha256) for item in record.body.items]
         self._thread = threading.Thread(
             target=self._run_output,
@@ -429,7 +441,7 @@ class Player:
                 f"output {self._output.name} ended after {outcome.played_s:.1f} s of "
                 f"{record.duration_s:.1f} s without being stopped",
             )
-        self._save()
+        self._commit()
 
     def _end(self, record: PlayRecord, state: EndState, reason: str | None) -> None:
         record.state = state
@@ -439,7 +451,7 @@ class Player:
             level, "play %s: %s %s%s", record.play_id, record.describe(), state,
             f": {reason}" if reason else "",
         )
-        self._report(state, record, reason)
+        self._emit(state, record, reason)
 
     def _missed_reason(self, record: PlayRecord) -> str:
         if self.up_since > record.body.latest_start:
@@ -477,11 +489,11 @@ class Player:
                 )
                 self._request_chunks(item, missing)
 
-    def _forget(self, now: datetime) -> bool:
+    def _forget(self, now: datetime) -> None:
         old = [pid for pid, r in self._plays.items() if r.state in TERMINAL and r.keep_until < now]
         for pid in old:
             del self._plays[pid]
-        return bool(old)
+        self._dirty = self._dirty or bool(old)
 
     def _view(self, record: PlayRecord) -> PlayView:
         return PlayView(
@@ -495,9 +507,19 @@ class Player:
             started_at=record.started_at,
         )
 
-    def _save(self) -> None:
-        if self._file is not None:
+    def _emit(self, kind: EventKind, record: PlayRecord, reason: str | None) -> None:
+        """Queue a report; it goes out in `_commit`, after the schedule is on disk."""
+        self._dirty = True
+        self._pending.append((kind, record, reason))
+
+    def _commit(self) -> None:
+        """Save the schedule if it changed, then send the reports queued meanwhile."""
+        if self._dirty and self._file is not None:
             self._file.save({"plays": [r.to_json() for r in self._plays.values()]})
+        self._dirty = False
+        pending, self._pending = self._pending, []
+        for kind, record, reason in pending:
+            self._report(kind, record, reason)
 
     def _load(self) -> None:
         saved = self._file.load() if self._file else None
@@ -507,7 +529,7 @@ class Player:
             try:
                 record = PlayRecord.from_json(obj)
             except (KeyError, TypeError, ValueError, ValidationError) as exc:
-                where = self._file.path if self._file else "the saved schedule"
+                where = str(self._file) if self._file else "the saved schedule"
                 self._log.error("skipped a damaged play in %s: %s", where, exc)
                 continue
             self._plays[record.play_id] = record
@@ -520,5 +542,4 @@ class Player:
                     "the agent stopped (power loss, crash or restart) during the play; "
                     "not played again",
                 )
-            if cut:
-                self._save()
+            self._commit()

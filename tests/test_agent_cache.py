@@ -26,7 +26,7 @@ def test_chunks_in_any_order_complete_the_content(tmp_path: Path) -> None:
     assert cache.missing(c.ref) == []
     assert done == [c.ref.sha256]
     assert cache.add_chunk(pieces[0]) == "duplicate"
-    assert not (tmp_path / "partial" / c.ref.sha256).exists()
+    assert list((tmp_path / "partial").iterdir()) == []
 
 
 def test_chunks_before_their_command_are_kept_and_completed_by_it(tmp_path: Path) -> None:
@@ -75,18 +75,49 @@ def test_chunks_that_do_not_fit_the_manifest_are_refused(tmp_path: Path) -> None
 
 
 def test_unannounced_chunks_stay_within_the_budget_oldest_dropped_first(tmp_path: Path) -> None:
-    cache = Cache(tmp_path, max_partial_bytes=9 * 4096)
+    cache = Cache(tmp_path, max_early_bytes=9 * 4096)
     old, new = content(size=6 * CHUNK_SIZE), content(size=6 * CHUNK_SIZE)
     for piece in old.decoded()[:5]:
         cache.add_chunk(piece)
     for piece in new.decoded()[:5]:
         cache.add_chunk(piece)
-    assert cache.partial_bytes() <= 9 * 4096
+    assert cache.early_bytes() <= 9 * 4096
     assert cache.missing(old.ref) == list(range(6))  # the oldest went
     assert cache.missing(new.ref) == [5]
 
 
-def test_partial_downloads_survive_a_restart(tmp_path: Path) -> None:
+def test_downloads_survive_a_restart(tmp_path: Path) -> None:
+    c = content(size=4 * CHUNK_SIZE)
+    pieces = c.decoded()
+    first = Cache(tmp_path)
+    first.expect(c.ref)
+    for piece in pieces[1:]:
+        first.add_chunk(piece)
+    again = Cache(tmp_path)
+    assert again.missing(c.ref) == [0]
+    assert not again.expect(c.ref)
+    assert again.add_chunk(pieces[0]) == "complete"
+    assert again.path(c.ref.sha256).read_bytes() == c.data
+
+
+def test_downloads_nothing_needs_are_pruned_and_old_content_too(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    wanted, unwanted, old, kept = (content() for _ in range(4))
+    for c in (wanted, unwanted):
+        cache.expect(c.ref)
+        cache.add_chunk(c.decoded()[0])
+    for c in (old, kept):
+        cache.expect(c.ref)
+        for piece in c.decoded():
+            cache.add_chunk(piece)
+    cache.prune(keep={wanted.ref.sha256, kept.ref.sha256}, max_content_bytes=kept.ref.size)
+    assert cache.missing(wanted.ref) == list(range(1, wanted.ref.chunks))
+    assert cache.missing(unwanted.ref) == list(range(unwanted.ref.chunks))
+    assert not cache.has(old.ref.sha256)
+    assert cache.has(kept.ref.sha256)
+
+
+def test_early_chunks_survive_a_restart(tmp_path: Path) -> None:
     c = content(size=4 * CHUNK_SIZE)
     pieces = c.decoded()
     first = Cache(tmp_path)

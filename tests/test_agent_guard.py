@@ -13,11 +13,12 @@ from agent_support import Keys, command, content, play_body
 from device_agent.guard import (
     Guard,
     Ignored,
-    MembershipFile,
+    MembershipState,
     Rejected,
     RejectionLimiter,
     SeenStore,
 )
+from device_agent.statefile import StateStore
 from protocol import topics
 from protocol.clock import ManualClock
 from protocol.messages import AckBody, MembershipBody, StopBody
@@ -33,14 +34,14 @@ class Setup:
     def __init__(self, tmp_path: Path, groups: tuple[str, ...] = ("commune-tan-long",)) -> None:
         self.keys = Keys()
         self.clock = ManualClock(T0)
-        self.membership = MembershipFile(tmp_path / "membership.json", groups)
-        self.seen_path = tmp_path / "seen.json"
+        self.state = StateStore(tmp_path / "state.sqlite")
+        self.membership = MembershipState(self.state.document("membership"), groups)
         self.guard = self.new_guard()
 
     def new_guard(self) -> Guard:
-        return Guard(
-            self.keys.verifier, ME, self.membership.current, self.clock, SeenStore(self.seen_path)
-        )
+        """A guard as a new process reading the same data directory would make it."""
+        seen = SeenStore(StateStore(self.state.path).document("seen"))
+        return Guard(self.keys.verifier, ME, self.membership.current, self.clock, seen)
 
     def stop(
         self,
@@ -138,11 +139,12 @@ def test_replay_is_refused_even_after_a_restart(s: Setup) -> None:
 
 
 def test_seen_ids_are_forgotten_once_their_command_expired(tmp_path: Path) -> None:
-    store = SeenStore(tmp_path / "seen.json")
+    document = StateStore(tmp_path / "state.sqlite").document("seen")
+    store = SeenStore(document)
     store.remember("a" * 12, T0 + timedelta(minutes=1), T0)
     store.remember("b" * 12, T0 + timedelta(hours=1), T0 + timedelta(minutes=2))
     assert not store.seen("a" * 12)
-    assert len(SeenStore(tmp_path / "seen.json")) == 1
+    assert len(SeenStore(document)) == 1
 
 
 def test_command_for_another_cluster_is_refused(s: Setup) -> None:
@@ -199,10 +201,10 @@ def test_membership_retained_copy_is_ignored_and_older_one_too(s: Setup) -> None
     s.guard.admit(new_topic, s.stop(groups=["commune-hoa-an"]))
 
 
-def test_membership_survives_a_restart(s: Setup, tmp_path: Path) -> None:
+def test_membership_survives_a_restart(s: Setup) -> None:
     cmd = s.guard.admit(MEMBERSHIP, membership(s, ["commune-hoa-an"], T0))
     s.membership.apply(cmd)
-    again = MembershipFile(tmp_path / "membership.json", ["from-config"])
+    again = MembershipState(StateStore(s.state.path).document("membership"), ["from-config"])
     assert again.current().groups == ("commune-hoa-an",)
     assert again.current().command_id == cmd.id
 

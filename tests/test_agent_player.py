@@ -16,6 +16,7 @@ from agent_support import FakeOutput, Keys, Reports, command, content, play_body
 from conftest import wait_until
 
 from device_agent.player import Player, PlayRecord
+from device_agent.statefile import StateDocument, StateStore
 from protocol.clock import ManualClock
 from protocol.messages import LEVELS, Command, ContentRef, EventKind, Level, PlayBody
 
@@ -43,7 +44,7 @@ class FakeContent:
 
 
 class Rig:
-    def __init__(self, state: Path | None) -> None:
+    def __init__(self, state: StateDocument | None) -> None:
         self.keys = Keys()
         self.clock = ManualClock(T0)
         self.output = FakeOutput()
@@ -94,7 +95,7 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path / "plays.json")
+    r = Rig(StateStore(tmp_path / "state.sqlite").document("plays"))
     yield r
     r.player.close(1)
 
