@@ -44,19 +44,28 @@ class BrokerStartError(RuntimeError):
 
 @functools.cache
 def _broker_class() -> Any:
-    """amqtt's Broker, with retained messages sent only to their subscribers.
+    """amqtt's Broker, corrected where it departs from MQTT 3.1.1 in ways Loa relies on.
 
-    amqtt 0.12 sends a connecting client the retained messages matching *any* client's
-    subscriptions, whether or not this client holds them (MQTT-3.3.1-6 says: on a new
-    subscription, to that subscriber). With every agent's state retained and the
-    controller subscribed to all of them, each agent that connects would receive every
-    other agent's state: quadratic traffic for a fleet. We send a retained message for
-    a filter only to a session that holds that filter.
+    Retained messages go only to their subscribers. amqtt 0.12 sends a connecting client
+    the retained messages matching *any* client's subscriptions, whether or not this
+    client holds them (MQTT-3.3.1-6 says: on a new subscription, to that subscriber).
+    With every agent's state retained and the controller subscribed to all of them, each
+    agent that connects would receive every other agent's state: quadratic traffic.
+
+    Persistent sessions are kept. amqtt drops the session (subscriptions and queued
+    QoS 1 messages) of any client that logged in anonymously as soon as it disconnects,
+    even with clean_session=False; agents and the controller rely on that queue to get
+    what was sent while they were away.
     """
     # Imported here: amqtt is a controller extra, and importing it pulls in a lot.
     from amqtt.broker import Broker
 
-    class SubscriberOnlyRetainBroker(Broker):  # type: ignore[misc] # amqtt is untyped
+    class LoaBroker(Broker):  # type: ignore[misc] # amqtt is untyped
+        async def _authenticate(self, session: Any, listener: Any) -> bool:
+            allowed: bool = await super()._authenticate(session, listener)
+            session.is_anonymous = False  # keep clean_session=False sessions (see above)
+            return allowed
+
         async def _publish_retained_messages_for_subscription(
             self, subscription: tuple[str, int], session: Any
         ) -> None:
@@ -64,7 +73,7 @@ def _broker_class() -> Any:
             if any(held.client_id == session.client_id for held, _qos in holders):
                 await super()._publish_retained_messages_for_subscription(subscription, session)
 
-    return SubscriberOnlyRetainBroker
+    return LoaBroker
 
 
 class EmbeddedBroker:

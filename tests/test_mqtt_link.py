@@ -197,6 +197,34 @@ def test_subscriptions_are_renewed_after_a_broker_restart(
     publish_until(publisher, "loa/test/after", b"back", lambda: inbox.payloads("loa/test/after"))
 
 
+def test_a_persistent_session_gets_what_was_sent_while_it_was_away(
+    any_broker: BrokerUnderTest, links: Callable[..., MqttLink]
+) -> None:
+    topic = "loa/v1/cluster/ph-003/command"
+    first_inbox = Inbox()
+    agent = MqttLink(any_broker.address, "agent-ph-003", clean_session=False)
+    agent.subscribe(topic, first_inbox)
+    agent.start()
+    try:
+        assert agent.wait_connected(CONNECT_TIMEOUT)
+        controller = links("controller")
+        publish_until(controller, topic, b"while online", lambda: first_inbox.payloads(topic))
+    finally:
+        agent.stop()
+
+    assert controller.wait_published(topic, b"while away", qos=1, timeout=10)
+
+    # The agent comes back as a new process would: same client id, a fresh link.
+    inbox = Inbox()
+    back = MqttLink(any_broker.address, "agent-ph-003", clean_session=False)
+    back.subscribe(topic, inbox)
+    back.start()
+    try:
+        wait_until(lambda: b"while away" in inbox.payloads(topic), 10, "the queued command")
+    finally:
+        back.stop()
+
+
 AGENT = """
 import sys, threading
 from protocol.mqtt import BrokerAddress, MqttLink, Will
