@@ -32,10 +32,10 @@ from device_agent.guard import (
     RejectionLimiter,
     SeenStore,
 )
+from device_agent.localdb import LocalDatabase
 from device_agent.outbox import Outbox
 from device_agent.output import OutputBackend
 from device_agent.player import Player, PlayRecord, PlayView
-from device_agent.statefile import StateStore
 from protocol import chunks, topics
 from protocol.clock import Clock
 from protocol.messages import (
@@ -129,15 +129,12 @@ class Agent:
         self._offline_since = clock.now()
         self._offline_warned_at: datetime | None = None
 
-        self._outbox = Outbox(
-            data_dir / "outbox.sqlite", cluster_id, clock,
-            resend_after_s=outbox_resend_s, durable=durable,
-        )
-        self._state = StateStore(data_dir / "state.sqlite", durable=durable)
-        self._membership = MembershipState(self._state.document("membership"), groups)
+        self._db = LocalDatabase(data_dir / "agent.sqlite", durable=durable)
+        self._outbox = Outbox(self._db, cluster_id, clock, resend_after_s=outbox_resend_s)
+        self._membership = MembershipState(self._db.document("membership"), groups)
         self._guard = Guard(
             verifier, cluster_id, self._membership.current, clock,
-            SeenStore(self._state.document("seen-commands")),
+            SeenStore(self._db.document("seen-commands")),
         )
         self._limiter = RejectionLimiter(clock, rejections_per_minute)
         self._owns_cache = cache is None
@@ -148,7 +145,7 @@ class Agent:
         )
         self._next_prune = clock.now() + PRUNE_EVERY
         self._player = Player(
-            output, self._cache, clock, self._state.document("plays"),
+            output, self._cache, clock, self._db.document("plays"),
             report=self._report_play,
             request_chunks=self._request_chunks,
             wake=self._wake,
@@ -186,8 +183,7 @@ class Agent:
         if self._link.connected:
             self._publish_state("offline")
         self._link.stop()
-        self._outbox.close()
-        self._state.close()
+        self._db.close()
         self._log.info("agent stopped")
 
     def status(self) -> AgentStatus:

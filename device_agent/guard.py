@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from device_agent.statefile import StateDocument
+from device_agent.localdb import StateDocument
 from protocol import topics
 from protocol.clock import Clock
 from protocol.messages import Command, MembershipBody, MessageError, decode_json

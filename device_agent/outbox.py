@@ -16,13 +16,12 @@ controller does not mistake them for duplicates of the old ones.
 from __future__ import annotations
 
 import logging
-import sqlite3
-import threading
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from device_agent.localdb import LocalDatabase
 from protocol.clock import Clock
 from protocol.messages import Event, EventKind, Level, parse
 
@@ -46,37 +45,34 @@ class Outbox:
 
     def __init__(
         self,
-        path: Path,
+        database: LocalDatabase | Path,
         cluster_id: str,
         clock: Clock,
         *,
         resend_after_s: float = 10.0,
         max_resend_s: float = 600.0,
-        durable: bool = True,
     ) -> None:
-        """durable: fsync every event (survives power loss); False only survives kill -9."""
-        self.path = path
+        """database: the agent's database, or a path to open one of its own (durable)."""
+        self._owns_db = isinstance(database, Path)
+        self._db = LocalDatabase(database) if isinstance(database, Path) else database
         self.cluster_id = cluster_id
         self.resend_after_s = resend_after_s
         self.max_resend_s = max(max_resend_s, resend_after_s)
         self._clock = clock
-        self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.executescript(SCHEMA)
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
-        if row is None:
-            self.outbox_id = uuid.uuid4().hex
-            self._db.execute(
-                "INSERT INTO meta (key, value) VALUES ('outbox_id', ?)", (self.outbox_id,)
-            )
-        else:
-            self.outbox_id = str(row[0])
+        with self._db.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
+            if row is None:
+                self.outbox_id = uuid.uuid4().hex
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('outbox_id', ?)", (self.outbox_id,)
+                )
+            else:
+                self.outbox_id = str(row[0])
 
     def close(self) -> None:
-        with self._lock:
+        """Close the database if this outbox opened it."""
+        if self._owns_db:
             self._db.close()
 
     def add(
@@ -97,84 +93,62 @@ class Outbox:
         """
         if reason is not None and len(reason) > 500:
             reason = reason[:497] + "..."
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                now = self._clock.now()
-                sent = now.timestamp() if sending else None
-                cur = self._db.execute(
-                    "INSERT INTO events (payload, last_sent, next_send, sends) "
-                    "VALUES (x'', ?, ?, ?)",
-                    (sent, sent + self.resend_after_s if sent else None, 1 if sending else 0),
-                )
-                assert cur.lastrowid is not None
-                event = Event(
-                    cluster=self.cluster_id,
-                    outbox=self.outbox_id,
-                    seq=cur.lastrowid,
-                    at=now,
-                    kind=kind,
-                    ref=ref,
-                    play_id=play_id,
-                    bulletin=bulletin,
-                    level=level,
-                    reason=reason,
-                )
-                self._db.execute(
-                    "UPDATE events SET payload = ? WHERE seq = ?", (event.to_json(), event.seq)
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        now = self._clock.now()
+        sent = now.timestamp() if sending else None
+        with self._db.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO events (payload, last_sent, next_send, sends) VALUES (x'', ?, ?, ?)",
+                (sent, sent + self.resend_after_s if sent else None, 1 if sending else 0),
+            )
+            assert cur.lastrowid is not None
+            event = Event(
+                cluster=self.cluster_id,
+                outbox=self.outbox_id,
+                seq=cur.lastrowid,
+                at=now,
+                kind=kind,
+                ref=ref,
+                play_id=play_id,
+                bulletin=bulletin,
+                level=level,
+                reason=reason,
+            )
+            db.execute("UPDATE events SET payload = ? WHERE seq = ?", (event.to_json(), event.seq))
         return event
 
     def unacked(self) -> list[Event]:
         """Every event not acknowledged yet, oldest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT payload FROM events ORDER BY seq").fetchall()
+        rows = self._db.query("SELECT payload FROM events ORDER BY seq")
         return [parse(Event, bytes(row[0])) for row in rows]
 
     def due(self) -> list[Event]:
         """Events never sent, or whose resend delay has passed, oldest first."""
-        now = self._clock.now().timestamp()
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT payload FROM events WHERE next_send IS NULL OR next_send <= ? "
-                "ORDER BY seq",
-                (now,),
-            ).fetchall()
+        rows = self._db.query(
+            "SELECT payload FROM events WHERE next_send IS NULL OR next_send <= ? ORDER BY seq",
+            (self._clock.now().timestamp(),),
+        )
         return [parse(Event, bytes(row[0])) for row in rows]
 
     def next_due_at(self) -> datetime | None:
         """When the next unacknowledged event is due to go out (None: nothing waits)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT MIN(COALESCE(next_send, 0)), COUNT(*) FROM events"
-            ).fetchone()
-        if not row or not row[1]:
+        rows = self._db.query("SELECT MIN(COALESCE(next_send, 0)), COUNT(*) FROM events")
+        if not rows or not rows[0][1]:
             return None
-        return datetime.fromtimestamp(float(row[0]), UTC)
+        return datetime.fromtimestamp(float(rows[0][0]), UTC)
 
     def mark_sent(self, seqs: Iterable[int], *, reconnected: bool = False) -> None:
         """Record a send; reconnected: a send after a new connection, which starts the
         resend delays afresh (otherwise each resend doubles the delay)."""
         now = self._clock.now().timestamp()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for seq in seqs:
-                    if reconnected:
-                        self._db.execute("UPDATE events SET sends = 0 WHERE seq = ?", (seq,))
-                    self._db.execute(
-                        "UPDATE events SET sends = sends + 1, last_sent = ?, next_send = ? + "
-                        "MIN(? * (1 << MIN(sends, 16)), ?) WHERE seq = ?",
-                        (now, now, self.resend_after_s, self.max_resend_s, seq),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._db.transaction() as db:
+            for seq in seqs:
+                if reconnected:
+                    db.execute("UPDATE events SET sends = 0 WHERE seq = ?", (seq,))
+                db.execute(
+                    "UPDATE events SET sends = sends + 1, last_sent = ?, next_send = ? + "
+                    "MIN(? * (1 << MIN(sends, 16)), ?) WHERE seq = ?",
+                    (now, now, self.resend_after_s, self.max_resend_s, seq),
+                )
 
     def ack(self, outbox_id: str, seqs: Iterable[int]) -> int:
         """Forget the acknowledged events of this outbox; returns how many were forgotten."""
@@ -184,19 +158,9 @@ class Outbox:
                 outbox_id, self.outbox_id,
             )
             return 0
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self._db.executemany(
-                    "DELETE FROM events WHERE seq = ?", [(s,) for s in seqs]
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._db.transaction() as db:
+            cur = db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
         return max(cur.rowcount, 0)
 
     def pending(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
-        return int(row[0])
+        return int(self._db.query("SELECT COUNT(*) FROM events")[0][0])

@@ -34,8 +34,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
+from device_agent.localdb import StateDocument
 from device_agent.output import OutputBackend, PlayOutcome
-from device_agent.statefile import StateDocument
 from protocol.clock import Clock
 from protocol.messages import LEVEL_RANK, Command, ContentRef, EventKind, PlayBody
 
@@ -355,6 +355,9 @@ class Player:
             if record.body.start_at > now:
                 continue
             if self._all_held(record):
+                if not record.delivered:  # completed by another agent sharing the cache
+                    record.delivered = True
+                    self._emit("delivered", record, None)
                 waiting.append(record)
             elif self._request_due(record, now):
                 self._request_missing(record, now)

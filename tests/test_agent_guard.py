@@ -18,7 +18,7 @@ from device_agent.guard import (
     RejectionLimiter,
     SeenStore,
 )
-from device_agent.statefile import StateStore
+from device_agent.localdb import LocalDatabase
 from protocol import topics
 from protocol.clock import ManualClock
 from protocol.messages import AckBody, MembershipBody, StopBody
@@ -34,14 +34,19 @@ class Setup:
     def __init__(self, tmp_path: Path, groups: tuple[str, ...] = ("commune-tan-long",)) -> None:
         self.keys = Keys()
         self.clock = ManualClock(T0)
-        self.state = StateStore(tmp_path / "state.sqlite")
-        self.membership = MembershipState(self.state.document("membership"), groups)
-        self.guard = self.new_guard()
+        self.groups = groups
+        self.path = tmp_path / "agent.sqlite"
+        self.state: LocalDatabase | None = None
+        self.restart()
 
-    def new_guard(self) -> Guard:
-        """A guard as a new process reading the same data directory would make it."""
-        seen = SeenStore(StateStore(self.state.path).document("seen"))
-        return Guard(self.keys.verifier, ME, self.membership.current, self.clock, seen)
+    def restart(self) -> None:
+        """Everything the guard remembers, as a new process reading the same data directory."""
+        if self.state is not None:
+            self.state.close()
+        self.state = LocalDatabase(self.path)
+        self.membership = MembershipState(self.state.document("membership"), self.groups)
+        seen = SeenStore(self.state.document("seen"))
+        self.guard = Guard(self.keys.verifier, ME, self.membership.current, self.clock, seen)
 
     def stop(
         self,
@@ -134,12 +139,12 @@ def test_replay_is_refused_even_after_a_restart(s: Setup) -> None:
     payload = s.stop(clusters=[ME])
     s.guard.admit(CMD, payload)
     assert s.refused(CMD, payload).code == "replayed"
-    s.guard = s.new_guard()  # a new process reading the same data directory
+    s.restart()
     assert s.refused(CMD, payload).code == "replayed"
 
 
 def test_seen_ids_are_forgotten_once_their_command_expired(tmp_path: Path) -> None:
-    document = StateStore(tmp_path / "state.sqlite").document("seen")
+    document = LocalDatabase(tmp_path / "agent.sqlite").document("seen")
     store = SeenStore(document)
     store.remember("a" * 12, T0 + timedelta(minutes=1), T0)
     store.remember("b" * 12, T0 + timedelta(hours=1), T0 + timedelta(minutes=2))
@@ -204,9 +209,9 @@ def test_membership_retained_copy_is_ignored_and_older_one_too(s: Setup) -> None
 def test_membership_survives_a_restart(s: Setup) -> None:
     cmd = s.guard.admit(MEMBERSHIP, membership(s, ["commune-hoa-an"], T0))
     s.membership.apply(cmd)
-    again = MembershipState(StateStore(s.state.path).document("membership"), ["from-config"])
-    assert again.current().groups == ("commune-hoa-an",)
-    assert again.current().command_id == cmd.id
+    s.restart()
+    assert s.membership.current().groups == ("commune-hoa-an",)
+    assert s.membership.current().command_id == cmd.id
 
 
 def test_membership_of_another_cluster_is_refused(s: Setup) -> None:

@@ -9,6 +9,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+from device_agent.localdb import DatabaseInUse, LocalDatabase
 from device_agent.outbox import Outbox
 from protocol.clock import ManualClock
 
@@ -137,3 +140,12 @@ def test_committed_events_survive_kill_9(tmp_path: Path) -> None:
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()
     box = open_outbox(path, ManualClock(T0))
     assert [e.play_id for e in box.unacked()] == [f"p{n}" for n in range(20)]
+
+
+def test_a_second_agent_cannot_open_the_same_database(tmp_path: Path) -> None:
+    first = LocalDatabase(tmp_path / "agent.sqlite")
+    Outbox(first, ME, ManualClock(T0))
+    with pytest.raises(DatabaseInUse, match="in use by another loa-agent"):
+        LocalDatabase(tmp_path / "agent.sqlite")
+    first.close()
+    LocalDatabase(tmp_path / "agent.sqlite").close()

@@ -15,8 +15,8 @@ import pytest
 from agent_support import FakeOutput, Keys, Reports, command, content, play_body
 from conftest import wait_until
 
+from device_agent.localdb import LocalDatabase, StateDocument
 from device_agent.player import Player, PlayRecord
-from device_agent.statefile import StateDocument, StateStore
 from protocol.clock import ManualClock
 from protocol.messages import LEVELS, Command, ContentRef, EventKind, Level, PlayBody
 
@@ -95,7 +95,7 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(StateStore(tmp_path / "state.sqlite").document("plays"))
+    r = Rig(LocalDatabase(tmp_path / "agent.sqlite").document("plays"))
     yield r
     r.player.close(1)
 
