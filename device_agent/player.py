@@ -10,7 +10,8 @@ Rules, in the words of Circular 39/2020's three levels:
   past that it is *missed*, with the reason (audio incomplete, output busy, agent not
   running);
 - if its audio is incomplete when it is due, the missing chunks are requested, and again
-  every `request_interval_s`, until it can start or its latest start has passed;
+  every `request_interval_s`, until it can start or its latest start has passed; chunks
+  still arriving are waited for (`stall_s` without progress) rather than asked for twice;
 - one output: a due play of a higher level (emergency > priority > normal) interrupts a
   lower one at once; equal or lower levels wait their turn in start time order;
 - a stop command stops one play (or everything playing and everything due and waiting);
@@ -49,6 +50,9 @@ TERMINAL: frozenset[str] = frozenset({"finished", "interrupted", "missed", "fail
 # re-delivery of the same play (under a new command id) cannot make it play twice.
 DEFAULT_RETENTION = timedelta(days=1)
 DEFAULT_REQUEST_INTERVAL_S = 10.0
+# A due play's audio that made no progress this long is asked for (not before: the
+# chunks of an urgent announcement follow its command by milliseconds).
+DEFAULT_STALL_S = 3.0
 JUST_AFTER = timedelta(milliseconds=1)
 
 
@@ -74,6 +78,10 @@ class PlayRecord:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     last_request_at: datetime | None = None
+    # Download progress while due (not saved): chunks missing at the last look, and when
+    # that number last went down.
+    seen_missing: int | None = None
+    progress_at: datetime | None = None
 
     @property
     def play_id(self) -> str:
@@ -173,6 +181,7 @@ class Player:
         request_chunks: RequestFn,
         wake: Callable[[], None] = lambda: None,
         request_interval_s: float = DEFAULT_REQUEST_INTERVAL_S,
+        stall_s: float = DEFAULT_STALL_S,
         retention: timedelta = DEFAULT_RETENTION,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
@@ -187,6 +196,7 @@ class Player:
         self._request_chunks = request_chunks
         self._wake = wake
         self._request_interval = timedelta(seconds=request_interval_s)
+        self._stall = timedelta(seconds=stall_s)
         self._retention = retention
         self._lock = threading.Lock()
         self._plays: dict[str, PlayRecord] = {}
@@ -387,8 +397,8 @@ class Player:
             times.append(record.body.latest_start + JUST_AFTER)
             if record.body.start_at > now:
                 times.append(record.body.start_at)
-            elif record.last_request_at is not None and not self._all_held(record):
-                times.append(record.last_request_at + self._request_interval)
+            elif not self._all_held(record):
+                times.append(self._next_request_at(record))
         return min(times, default=None)
 
     def _start(self, record: PlayRecord, now: datetime) -> None:
@@ -478,8 +488,19 @@ class Player:
         return all(self._content.has(item.sha256) for item in record.body.items)
 
     def _request_due(self, record: PlayRecord, now: datetime) -> bool:
-        last = record.last_request_at
-        return last is None or now - last >= self._request_interval
+        missing = sum(len(self._content.missing(item)) for item in record.body.items)
+        if record.seen_missing is None or record.progress_at is None:
+            record.progress_at = record.received_at
+        elif missing < record.seen_missing:
+            record.progress_at = now
+        record.seen_missing = missing
+        return now >= self._next_request_at(record)
+
+    def _next_request_at(self, record: PlayRecord) -> datetime:
+        times = [record.body.start_at, (record.progress_at or record.received_at) + self._stall]
+        if record.last_request_at is not None:
+            times.append(record.last_request_at + self._request_interval)
+        return max(times)
 
     def _request_missing(self, record: PlayRecord, now: datetime) -> None:
         record.last_request_at = now

@@ -201,6 +201,7 @@ def test_a_signed_play_is_received_delivered_played_and_acknowledged(world: Worl
     assert events["playing"].at >= cmd.body.start_at
     assert (Path(world.config.data_dir) / "content" / f"{c.ref.sha256}.opus").read_bytes() == c.data
 
+    assert world.controller.requests == []  # nothing asked for twice
     assert agent.status().outbox_pending == 4
     world.controller.ack_everything()
     wait_until(lambda: agent.status().outbox_pending == 0, 10, "acked events to be forgotten")
@@ -276,6 +277,7 @@ def test_an_emergency_interrupts_a_normal_play(world: World) -> None:
     world.controller.wait_kinds("p-long", ["received", "delivered", "playing"])
     world.controller.play("p-storm", content(duration_s=0.2), start_in=0, level="emergency")
     world.controller.wait_kinds("p-storm", FULL_PLAY)
+    assert world.controller.requests == []  # its chunks followed it: none asked for
     interrupted = [e for e in world.controller.all_events() if e.kind == "interrupted"]
     assert [e.play_id for e in interrupted] == ["p-long"]
     assert interrupted[0].reason == "preempted by bulletin p-storm (emergency)"

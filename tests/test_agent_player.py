@@ -221,12 +221,31 @@ def test_audio_completing_in_the_window_still_plays(rig: Rig) -> None:
     cmd = rig.play("p1", held=False)
     assert isinstance(cmd.body, PlayBody)
     rig.player.tick()
+    assert rig.requests == []  # its chunks may be on their way: no request yet
+    rig.clock.advance(3)
+    rig.player.tick()
     assert rig.requests
     rig.clock.advance(20)
     rig.content.held.add(cmd.body.items[0].sha256)
     rig.player.content_ready(cmd.body.items[0].sha256)
     rig.player.tick()
     assert rig.kinds("p1") == ["received", "delivered", "playing"]
+
+
+def test_chunks_still_arriving_are_waited_for_not_requested(rig: Rig) -> None:
+    cmd = rig.play("urgent", held=False, level="emergency")
+    assert isinstance(cmd.body, PlayBody)
+    ref = cmd.body.items[0]
+    rig.content.lacking[ref.sha256] = ref.chunks
+    rig.player.tick()  # the agent ticks after every message, this command's included
+    for left in range(ref.chunks - 1, 0, -1):
+        rig.clock.advance(2.5)
+        rig.content.lacking[ref.sha256] = left
+        assert rig.player.tick() == rig.clock.now() + timedelta(seconds=3)
+    assert rig.requests == []
+    rig.clock.advance(3)
+    rig.player.tick()
+    assert rig.requests == [(ref.sha256, [0])]
 
 
 def test_stop_a_playing_play_and_a_scheduled_one(rig: Rig) -> None:
