@@ -42,3 +42,13 @@ class ManualClock:
     def set(self, when: datetime) -> None:
         with self._lock:
             self._now = when
+
+
+class OffsetClock:
+    """The system clock shifted by a fixed offset (the demo runs "at 05:59:54")."""
+
+    def __init__(self, offset: timedelta) -> None:
+        self.offset = offset
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset

@@ -1,0 +1,313 @@
+"""The demo: the main job in miniature, on the parts that run in production.
+
+An embedded broker (or --broker URL), the example fleet of config/fleet.yaml (73
+clusters in 40 communes), a simulated agent for every cluster (the real agent code
+with the `null` output backend), one scheduled bulletin from a playlist at 06:00 to the
+whole province, and one urgent announcement that preempts it in a few communes. The demo
+runs on a clock set to a few seconds before 06:00 local time, so the bulletin fires
+almost at once; everything else is as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TextIO
+from zoneinfo import ZoneInfo
+
+from controller.audio import AudioSettings
+from controller.fleet import Fleet, load_fleet
+from controller.main import Controller, Settings
+from controller.samples import demo_bulletin, demo_urgent
+from controller.schedule import Occurrence
+from device_agent.agent import Agent
+from device_agent.output import NullBackend
+from protocol.clock import OffsetClock
+from protocol.messages import Event
+from protocol.mqtt import BrokerAddress, MqttLink, Will
+from protocol.signing import Verifier, generate_keypair, load_public_key
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+FLEET = ROOT / "config" / "fleet.yaml"
+TZ = ZoneInfo("Asia/Ho_Chi_Minh")
+BULLETIN_S = 12.0
+URGENT_S = 4.0
+STARTS_IN = timedelta(seconds=6)
+# Communes that get the urgent announcement (Phụng Hiệp, along the canal).
+URGENT_COMMUNES = 4
+
+
+@dataclass
+class DemoResult:
+    ok: bool
+    clusters: list[dict[str, str]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _playlist(directory: Path, province: str, audio: Path) -> Path:
+    path = directory / "demo.yaml"
+    path.write_text(
+        "programmes:\n"
+        "  - id: ban-tin-sang\n"
+        "    name: Bản tin sáng\n"
+        "    level: normal\n"
+        "    bulletins:\n"
+        f"      - files: [{audio.name}]\n"
+        "    schedule:\n"
+        "      times: ['06:00']\n"
+        f"    targets: [{province}]\n"
+        "    lateness: 5m\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+class Tracker:
+    """Follows the events of the demo's two plays as the controller stores them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.state: dict[str, dict[str, str]] = {}
+
+    def on_event(self, ev: Event) -> None:
+        if ev.play_id is None:
+            return
+        with self.lock:
+            per_play = self.state.setdefault(ev.play_id, {})
+            prev = per_play.get(ev.cluster)
+            if prev in ("finished", "interrupted", "missed", "failed"):
+                return
+            per_play[ev.cluster] = ev.kind
+            self.lock.notify_all()
+
+    def wait(self, play_id: str, clusters: list[str], kinds: set[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while True:
+                per_play = self.state.get(play_id, {})
+                if all(per_play.get(c) in kinds for c in clusters):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.lock.wait(left)
+
+    def of(self, play_id: str) -> dict[str, str]:
+        with self.lock:
+            return dict(self.state.get(play_id, {}))
+
+
+def _start_agents(
+    fleet: Fleet, broker: BrokerAddress, verifier: Verifier, clock: OffsetClock, root: Path
+) -> list[Agent]:
+    from protocol import topics
+    from protocol.messages import State
+
+    agents = []
+    for cid in sorted(fleet.clusters):
+        will = Will(
+            topics.cluster_topic(cid, "state"),
+            State(cluster=cid, state="offline").to_json(),
+        )
+        link = MqttLink(broker, f"loa-agent-{cid}", will=will, clean_session=True)
+        agent = Agent(
+            cluster_id=cid,
+            link=link,
+            verifier=verifier,
+            output=NullBackend(),
+            clock=clock,
+            data_dir=root / cid,
+            groups=fleet.groups_of(cid),
+        )
+        agent.start()
+        agents.append(agent)
+    return agents
+
+
+def run_demo(
+    broker_url: str | None = None,
+    as_json: bool = False,
+    keep: bool = False,
+    out: TextIO | None = None,
+) -> DemoResult:
+    out = out or sys.stdout
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="loa-demo-"))
+    embedded = None
+    agents: list[Agent] = []
+    controller: Controller | None = None
+    try:
+        if broker_url:
+            broker = BrokerAddress.from_url(broker_url)
+            _say(f"using broker {broker.url()}")
+        else:
+            from controller.broker import EmbeddedBroker
+
+            embedded = EmbeddedBroker()
+            embedded.start()
+            broker = embedded.address
+            _say(f"started an embedded MQTT broker on {broker.url()}")
+
+        generate_keypair(work / "keys" / "controller.key", work / "keys" / "controller.pub")
+        verifier = Verifier(load_public_key(work / "keys" / "controller.pub"))
+        fleet = load_fleet(FLEET)
+        communes = sorted(n.id for n in fleet.nodes.values() if n.kind == "commune")
+        _say(f"loaded {FLEET.relative_to(ROOT)}: {len(fleet.clusters)} clusters in "
+             f"{len(communes)} communes")
+
+        (work / "playlists").mkdir()
+        bulletin_audio = work / "playlists" / "ban-tin-sang.wav"
+        spoken = demo_bulletin(bulletin_audio, BULLETIN_S)
+        urgent_audio = work / "thong-bao-khan.wav"
+        demo_urgent(urgent_audio, URGENT_S)
+        _say(f"made demo audio ({'espeak-ng speech' if spoken else 'tones'}): "
+             f"{BULLETIN_S:.0f} s bulletin, {URGENT_S:.0f} s urgent announcement")
+        playlist = _playlist(work / "playlists", fleet.province.id, bulletin_audio)
+
+        # The demo day: local time reads 06:00 minus a few seconds right now.
+        real_now = datetime.now(TZ)
+        six = real_now.replace(hour=6, minute=0, second=0, microsecond=0)
+        clock = OffsetClock(six - STARTS_IN - real_now)
+
+        agents = _start_agents(fleet, broker, verifier, clock, work / "agents")
+        deadline = time.monotonic() + 20
+        while not all(a.ready() for a in agents):
+            if time.monotonic() > deadline:
+                raise RuntimeError("agents could not connect and subscribe within 20 s")
+            time.sleep(0.05)
+        _say(f"started {len(agents)} simulated agents (null output), all connected")
+
+        settings = Settings(
+            broker=broker,
+            fleet_path=FLEET,
+            playlist_paths=[playlist],
+            store_url=f"sqlite:///{work / 'controller.db'}",
+            private_key=work / "keys" / "controller.key",
+            content_dir=work / "content",
+            timezone=TZ,
+            audio=AudioSettings(),
+        )
+        controller = Controller(settings, clock=clock)
+        tracker = Tracker()
+        controller.intake.add_listener(tracker.on_event)
+        controller.start()
+        play_id = Occurrence("ban-tin-sang", six.astimezone(UTC), six.astimezone(UTC)).play_id
+        everyone = sorted(fleet.clusters)
+        _say("06:00 'Bản tin sáng' is scheduled for the whole province; waiting for it to start")
+        if not tracker.wait(play_id, everyone, {"playing", "finished", "interrupted", "failed",
+                                                 "missed"}, 30):
+            log.warning("not every cluster started the bulletin")
+        playing = Counter(tracker.of(play_id).values())
+        _say(f"bulletin: {playing.get('playing', 0)} of {len(everyone)} clusters playing")
+
+        urgent_targets = communes[:URGENT_COMMUNES]
+        spec = controller.send_urgent(
+            urgent_targets,
+            [urgent_audio],
+            title="Thông báo khẩn: triều cường",
+            level="emergency",
+        )
+        targeted = sorted(spec.clusters)
+        _say(f"urgent announcement sent to {len(urgent_targets)} communes "
+             f"({len(targeted)} clusters); it preempts the bulletin there")
+        final = {"finished", "interrupted", "failed", "missed"}
+        tracker.wait(spec.play_id, targeted, final, 20)
+        tracker.wait(play_id, everyone, final, BULLETIN_S + 20)
+
+        bulletin_state = tracker.of(play_id)
+        urgent_state = tracker.of(spec.play_id)
+        result = DemoResult(ok=True)
+        for cid in everyone:
+            b = bulletin_state.get(cid)
+            b_out = b if b in ("finished", "interrupted", "failed") else "missing"
+            if cid in targeted:
+                u = urgent_state.get(cid)
+                u_out = u if u in ("finished", "failed") else "missing"
+            else:
+                u_out = "not-targeted"
+            commune = fleet.commune_of(cid)
+            result.clusters.append({
+                "cluster": cid, "commune": commune.name, "commune_id": commune.id,
+                "bulletin": b_out, "urgent": u_out,
+            })
+            if b_out not in ("finished", "interrupted"):
+                result.problems.append(f"{cid}: bulletin {b_out}")
+            if u_out not in ("finished", "not-targeted"):
+                result.problems.append(f"{cid}: urgent announcement {u_out}")
+        result.ok = not result.problems
+        result.elapsed_s = round(time.monotonic() - started, 1)
+        _report(result, as_json, out)
+        return result
+    finally:
+        for agent in agents:
+            agent.stop()
+        if controller is not None:
+            controller.stop()
+        if embedded is not None:
+            embedded.stop()
+        if keep:
+            _say(f"demo files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _report(result: DemoResult, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        json.dump(
+            {"ok": result.ok, "elapsed_s": result.elapsed_s, "clusters": result.clusters,
+             "problems": result.problems},
+            out, ensure_ascii=False, indent=2,
+        )
+        out.write("\n")
+        return
+    from controller.cli import format_table
+
+    by_commune: dict[str, list[dict[str, str]]] = {}
+    for row in result.clusters:
+        by_commune.setdefault(row["commune"], []).append(row)
+    rows = []
+    for commune, items in sorted(by_commune.items()):
+        b = Counter(i["bulletin"] for i in items)
+        u = Counter(i["urgent"] for i in items)
+        rows.append([
+            commune,
+            str(len(items)),
+            str(b.get("finished", 0)),
+            str(b.get("interrupted", 0)),
+            str(b.get("failed", 0) + b.get("missing", 0)),
+            "-" if u.get("not-targeted") == len(items) else
+            f"{u.get('finished', 0)}/{len(items)}",
+        ])
+    out.write(format_table(
+        ["commune", "clusters", "bulletin finished", "interrupted", "failed/missing",
+         "urgent finished"],
+        rows,
+    ) + "\n")
+    total = len(result.clusters)
+    done = sum(1 for r in result.clusters if r["bulletin"] == "finished")
+    cut = sum(1 for r in result.clusters if r["bulletin"] == "interrupted")
+    urgent = [r for r in result.clusters if r["urgent"] != "not-targeted"]
+    out.write(
+        f"\n{total} clusters: bulletin finished on {done}, interrupted by the urgent "
+        f"announcement on {cut}; urgent announcement finished on "
+        f"{sum(1 for r in urgent if r['urgent'] == 'finished')} of {len(urgent)} targeted. "
+        f"{result.elapsed_s:.1f} s.\n"
+    )
+    if result.problems:
+        out.write("PROBLEMS:\n" + "\n".join(f"  {p}" for p in result.problems) + "\n")
