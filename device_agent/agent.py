@@ -128,6 +128,7 @@ class Agent:
         self._worker: threading.Thread | None = None
         self._offline_since = clock.now()
         self._offline_warned_at: datetime | None = None
+        self._online = threading.Event()  # the worker has handled the current connection
 
         self._db = LocalDatabase(data_dir / "agent.sqlite", durable=durable)
         self._outbox = Outbox(self._db, cluster_id, clock, resend_after_s=outbox_resend_s)
@@ -183,6 +184,7 @@ class Agent:
         if self._link.connected:
             self._publish_state("offline")
         self._link.stop()
+        self._cache.remove_listener(self._on_content)
         self._db.close()
         self._log.info("agent stopped")
 
@@ -197,6 +199,10 @@ class Agent:
             outbox_id=self._outbox.outbox_id,
             outbox_pending=self._outbox.pending(),
         )
+
+    def ready(self) -> bool:
+        """Connected, subscribed, and said online (its backlog of events sent again)."""
+        return self._online.is_set() and self._link.connected
 
     @property
     def membership(self) -> Membership:
@@ -313,6 +319,7 @@ class Agent:
 
     def _handle_connection(self, up: bool) -> None:
         if not up:
+            self._online.clear()
             self._offline_since = self._clock.now()
             self._offline_warned_at = None
             self._log.warning(
@@ -325,6 +332,7 @@ class Agent:
             "connected to the broker; sending %d unacknowledged events", len(pending)
         )
         self._send(pending, reconnected=True)
+        self._online.set()
 
     def _handle_message(self, topic: str, payload: bytes) -> None:
         where = topics.parse(topic)

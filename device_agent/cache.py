@@ -148,6 +148,10 @@ class Cache:
     def add_listener(self, listener: CompletionListener) -> None:
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: CompletionListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     # --- changes ----------------------------------------------------------------------------
 
     def expect(self, ref: ContentRef) -> bool:
