@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -242,3 +243,28 @@ def test_rejection_reports_are_limited_and_the_rest_counted() -> None:
     assert limiter.take_summary() == 15
     assert limiter.take_summary() == 0
     assert limiter.allow()
+
+
+def test_mangled_commands_are_refused_never_crash(s: Setup) -> None:
+    rng = random.Random(39)
+    c = content()
+    body = play_body("p1", [c.ref], T0, level="emergency")
+    original = command(s.keys.signer, body, T0, clusters=[ME])
+    valid = original.to_json()
+    for _ in range(3000):
+        mangled = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            where = rng.randrange(len(mangled))
+            action = rng.random()
+            if action < 0.5:
+                mangled[where] = rng.randrange(256)
+            elif action < 0.75:
+                del mangled[where:where + rng.randint(1, 40)]
+            else:
+                mangled[where:where] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        try:
+            admitted = s.guard.admit(CMD, bytes(mangled))
+        except Rejected:
+            continue
+        # Only a change that leaves the signed content intact (white space) may pass.
+        assert admitted == original
