@@ -258,14 +258,14 @@ class Agent:
     def _housekeeping(self) -> datetime | None:
         """Let the player and the outbox do what is due; the earliest next time to look."""
         times = [self._player.tick()]
-        if self._link.connected:
+        if self._link.connected:  # offline, the outbox waits for the next connection
             due = self._outbox.due()
             if due:
                 self._log.debug(
                     "sending again %d events the controller has not acknowledged", len(due)
                 )
                 self._send(due)
-        times.append(self._outbox.next_due_at())
+            times.append(self._outbox.next_due_at())
         held_back = self._limiter.take_summary()
         if held_back:
             self._log.warning(

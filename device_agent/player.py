@@ -543,7 +543,12 @@ class Player:
         self._dirty = False
         pending, self._pending = self._pending, []
         for kind, record, reason in pending:
-            self._report(kind, record, reason)
+            try:
+                self._report(kind, record, reason)
+            except Exception:
+                self._log.exception(
+                    "could not record the %s event of play %s", kind, record.play_id
+                )
 
     def _load(self) -> None:
         saved = self._file.load() if self._file else None
