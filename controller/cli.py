@@ -17,9 +17,12 @@ from protocol.yamlload import ConfigError
 DEFAULT_CONFIG = Path("config/controller.yaml")
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, command: str) -> None:
+    # The demo runs 73 agents in one process: it tells its own story on stderr and
+    # shows only warnings from the parts, unless asked for more.
+    quiet = command == "demo"
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -182,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.command)
     try:
         code = int(args.func(args))
     except ConfigError as exc:

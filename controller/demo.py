@@ -25,6 +25,7 @@ from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from controller.audio import AudioSettings
+from controller.broker import EmbeddedBroker
 from controller.fleet import Fleet, load_fleet
 from controller.main import Controller, Settings
 from controller.samples import demo_bulletin, demo_urgent
@@ -44,7 +45,7 @@ TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 BULLETIN_S = 12.0
 URGENT_S = 4.0
 STARTS_IN = timedelta(seconds=6)
-# Communes that get the urgent announcement (Phụng Hiệp, along the canal).
+# The urgent announcement goes to the first few communes (in the fleet file's order).
 URGENT_COMMUNES = 4
 
 
@@ -134,10 +135,81 @@ def _start_agents(
             clock=clock,
             data_dir=root / cid,
             groups=fleet.groups_of(cid),
+            durable=False,  # a simulated fleet on one disk: no fsync per event
         )
         agent.start()
         agents.append(agent)
     return agents
+
+
+class Demo:
+    """The demo's parts, set up and torn down in order."""
+
+    def __init__(self, broker_url: str | None, work: Path) -> None:
+        self.broker_url = broker_url
+        self.work = work
+        self.embedded: EmbeddedBroker | None = None
+        self.agents: list[Agent] = []
+        self.controller: Controller | None = None
+        self.tracker = Tracker()
+
+    def broker(self) -> BrokerAddress:
+        if self.broker_url:
+            broker = BrokerAddress.from_url(self.broker_url)
+            _say(f"using broker {broker.url()}")
+            return broker
+        self.embedded = EmbeddedBroker()
+        self.embedded.start()
+        _say(f"started an embedded MQTT broker on {self.embedded.address.url()}")
+        return self.embedded.address
+
+    def audio(self) -> tuple[Path, Path]:
+        (self.work / "playlists").mkdir()
+        bulletin = self.work / "playlists" / "ban-tin-sang.wav"
+        spoken = demo_bulletin(bulletin, BULLETIN_S)
+        urgent = self.work / "thong-bao-khan.wav"
+        demo_urgent(urgent, URGENT_S)
+        _say(f"made demo audio ({'espeak-ng speech' if spoken else 'tones'}): "
+             f"{BULLETIN_S:.0f} s bulletin, {URGENT_S:.0f} s urgent announcement")
+        return bulletin, urgent
+
+    def start_agents(
+        self, fleet: Fleet, broker: BrokerAddress, clock: OffsetClock
+    ) -> None:
+        verifier = Verifier(load_public_key(self.work / "keys" / "controller.pub"))
+        self.agents = _start_agents(fleet, broker, verifier, clock, self.work / "agents")
+        deadline = time.monotonic() + 20
+        while not all(a.ready() for a in self.agents):
+            if time.monotonic() > deadline:
+                raise RuntimeError("agents could not connect and subscribe within 20 s")
+            time.sleep(0.05)
+        _say(f"started {len(self.agents)} simulated agents (null output), all connected")
+
+    def start_controller(
+        self, broker: BrokerAddress, playlist: Path, clock: OffsetClock
+    ) -> Controller:
+        settings = Settings(
+            broker=broker,
+            fleet_path=FLEET,
+            playlist_paths=[playlist],
+            store_url=f"sqlite:///{self.work / 'controller.db'}",
+            private_key=self.work / "keys" / "controller.key",
+            content_dir=self.work / "content",
+            timezone=TZ,
+            audio=AudioSettings(),
+        )
+        self.controller = Controller(settings, clock=clock)
+        self.controller.intake.add_listener(self.tracker.on_event)
+        self.controller.start()
+        return self.controller
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+        if self.controller is not None:
+            self.controller.stop()
+        if self.embedded is not None:
+            self.embedded.stop()
 
 
 def run_demo(
@@ -146,125 +218,80 @@ def run_demo(
     keep: bool = False,
     out: TextIO | None = None,
 ) -> DemoResult:
-    out = out or sys.stdout
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="loa-demo-"))
-    embedded = None
-    agents: list[Agent] = []
-    controller: Controller | None = None
+    demo = Demo(broker_url, work)
     try:
-        if broker_url:
-            broker = BrokerAddress.from_url(broker_url)
-            _say(f"using broker {broker.url()}")
-        else:
-            from controller.broker import EmbeddedBroker
-
-            embedded = EmbeddedBroker()
-            embedded.start()
-            broker = embedded.address
-            _say(f"started an embedded MQTT broker on {broker.url()}")
-
+        broker = demo.broker()
         generate_keypair(work / "keys" / "controller.key", work / "keys" / "controller.pub")
-        verifier = Verifier(load_public_key(work / "keys" / "controller.pub"))
         fleet = load_fleet(FLEET)
-        communes = sorted(n.id for n in fleet.nodes.values() if n.kind == "commune")
+        communes = [n.id for n in fleet.communes()]
         _say(f"loaded {FLEET.relative_to(ROOT)}: {len(fleet.clusters)} clusters in "
              f"{len(communes)} communes")
-
-        (work / "playlists").mkdir()
-        bulletin_audio = work / "playlists" / "ban-tin-sang.wav"
-        spoken = demo_bulletin(bulletin_audio, BULLETIN_S)
-        urgent_audio = work / "thong-bao-khan.wav"
-        demo_urgent(urgent_audio, URGENT_S)
-        _say(f"made demo audio ({'espeak-ng speech' if spoken else 'tones'}): "
-             f"{BULLETIN_S:.0f} s bulletin, {URGENT_S:.0f} s urgent announcement")
+        bulletin_audio, urgent_audio = demo.audio()
         playlist = _playlist(work / "playlists", fleet.province.id, bulletin_audio)
 
         # The demo day: local time reads 06:00 minus a few seconds right now.
         real_now = datetime.now(TZ)
         six = real_now.replace(hour=6, minute=0, second=0, microsecond=0)
         clock = OffsetClock(six - STARTS_IN - real_now)
+        demo.start_agents(fleet, broker, clock)
+        controller = demo.start_controller(broker, playlist, clock)
 
-        agents = _start_agents(fleet, broker, verifier, clock, work / "agents")
-        deadline = time.monotonic() + 20
-        while not all(a.ready() for a in agents):
-            if time.monotonic() > deadline:
-                raise RuntimeError("agents could not connect and subscribe within 20 s")
-            time.sleep(0.05)
-        _say(f"started {len(agents)} simulated agents (null output), all connected")
-
-        settings = Settings(
-            broker=broker,
-            fleet_path=FLEET,
-            playlist_paths=[playlist],
-            store_url=f"sqlite:///{work / 'controller.db'}",
-            private_key=work / "keys" / "controller.key",
-            content_dir=work / "content",
-            timezone=TZ,
-            audio=AudioSettings(),
-        )
-        controller = Controller(settings, clock=clock)
-        tracker = Tracker()
-        controller.intake.add_listener(tracker.on_event)
-        controller.start()
+        tracker = demo.tracker
         play_id = Occurrence("ban-tin-sang", six.astimezone(UTC), six.astimezone(UTC)).play_id
         everyone = sorted(fleet.clusters)
         _say("06:00 'Bản tin sáng' is scheduled for the whole province; waiting for it to start")
-        if not tracker.wait(play_id, everyone, {"playing", "finished", "interrupted", "failed",
-                                                 "missed"}, 30):
-            log.warning("not every cluster started the bulletin")
+        final = {"finished", "interrupted", "failed", "missed"}
+        tracker.wait(play_id, everyone, final | {"playing"}, 30)
         playing = Counter(tracker.of(play_id).values())
         _say(f"bulletin: {playing.get('playing', 0)} of {len(everyone)} clusters playing")
 
         urgent_targets = communes[:URGENT_COMMUNES]
         spec = controller.send_urgent(
-            urgent_targets,
-            [urgent_audio],
-            title="Thông báo khẩn: triều cường",
+            urgent_targets, [urgent_audio], title="Thông báo khẩn: triều cường",
             level="emergency",
         )
         targeted = sorted(spec.clusters)
         _say(f"urgent announcement sent to {len(urgent_targets)} communes "
              f"({len(targeted)} clusters); it preempts the bulletin there")
-        final = {"finished", "interrupted", "failed", "missed"}
         tracker.wait(spec.play_id, targeted, final, 20)
         tracker.wait(play_id, everyone, final, BULLETIN_S + 20)
-
-        bulletin_state = tracker.of(play_id)
-        urgent_state = tracker.of(spec.play_id)
-        result = DemoResult(ok=True)
-        for cid in everyone:
-            b = bulletin_state.get(cid)
-            b_out = b if b in ("finished", "interrupted", "failed") else "missing"
-            if cid in targeted:
-                u = urgent_state.get(cid)
-                u_out = u if u in ("finished", "failed") else "missing"
-            else:
-                u_out = "not-targeted"
-            commune = fleet.commune_of(cid)
-            result.clusters.append({
-                "cluster": cid, "commune": commune.name, "commune_id": commune.id,
-                "bulletin": b_out, "urgent": u_out,
-            })
-            if b_out not in ("finished", "interrupted"):
-                result.problems.append(f"{cid}: bulletin {b_out}")
-            if u_out not in ("finished", "not-targeted"):
-                result.problems.append(f"{cid}: urgent announcement {u_out}")
-        result.ok = not result.problems
+        result = _outcomes(fleet, tracker.of(play_id), tracker.of(spec.play_id), targeted)
         result.elapsed_s = round(time.monotonic() - started, 1)
-        _report(result, as_json, out)
+        _report(result, as_json, out or sys.stdout)
         return result
     finally:
-        for agent in agents:
-            agent.stop()
-        if controller is not None:
-            controller.stop()
-        if embedded is not None:
-            embedded.stop()
+        demo.close()
         if keep:
             _say(f"demo files kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _outcomes(
+    fleet: Fleet, bulletin: dict[str, str], urgent: dict[str, str], targeted: list[str]
+) -> DemoResult:
+    result = DemoResult(ok=True)
+    for cid in sorted(fleet.clusters):
+        b = bulletin.get(cid)
+        b_out = b if b in ("finished", "interrupted", "failed") else "missing"
+        if cid in targeted:
+            u = urgent.get(cid)
+            u_out = u if u in ("finished", "failed") else "missing"
+        else:
+            u_out = "not-targeted"
+        commune = fleet.commune_of(cid)
+        result.clusters.append({
+            "cluster": cid, "commune": commune.name, "commune_id": commune.id,
+            "bulletin": b_out, "urgent": u_out,
+        })
+        if b_out not in ("finished", "interrupted"):
+            result.problems.append(f"{cid}: bulletin {b_out}")
+        if u_out not in ("finished", "not-targeted"):
+            result.problems.append(f"{cid}: urgent announcement {u_out}")
+    result.ok = not result.problems
+    return result
 
 
 def _report(result: DemoResult, as_json: bool, out: TextIO) -> None:
