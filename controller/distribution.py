@@ -77,7 +77,10 @@ class PlayRecorder(Protocol):
         cluster_ids: list[str],
         urgent: bool,
         sent_at: datetime,
+        body: str | None = None,
     ) -> None: ...
+
+    def unheard_plays(self, cluster: str, now: datetime) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ class Distributor:
             level=spec.level, start_at=spec.start_at, latest_start=spec.latest_start,
             duration_s=spec.duration_s, items=[i.sha256 for i in spec.items],
             cluster_ids=sorted(spec.clusters), urgent=spec.urgent, sent_at=now,
+            body=body.model_dump_json(),
         )
         for scope, name in destinations:
             self._link.publish(self._topic(scope, name, "command"), payload)
@@ -176,6 +180,32 @@ class Distributor:
             len(leftovers), spec.start_at.isoformat(timespec="seconds"),
         )
         return to
+
+    def catch_up(self, cluster: str) -> int:
+        """Send a cluster that just came online the plays it missed while away.
+
+        Group topics reach only agents subscribed at that moment: an agent that was
+        offline without a persistent session, or is newly installed, never saw a play sent
+        before it connected. Each play still to start that it has not reported on goes
+        again to its own command topic (same play_id: an agent that did get it ignores
+        the copy). The audio is not pushed: the agent asks for exactly the chunks it lacks.
+        """
+        now = self._clock.now()
+        sent = 0
+        for raw in self._recorder.unheard_plays(cluster, now):
+            try:
+                body = PlayBody.model_validate_json(raw)
+            except ValueError:
+                log.exception("stored play body for %s is unreadable; not resent", cluster)
+                continue
+            ttl = max(body.latest_start - now, timedelta(0)) + PLAY_TTL_MARGIN
+            cmd = self._signer.command(body, Address(clusters=[cluster]), now, ttl)
+            self._link.publish(topics.cluster_topic(cluster, "command"), cmd.to_json())
+            self.stats.commands += 1
+            sent += 1
+        if sent:
+            log.info("cluster %s came online: sent it %d play(s) it had missed", cluster, sent)
+        return sent
 
     def send_stop(self, play_id: str | None, cluster_ids: Sequence[str]) -> None:
         """Tell these clusters to stop a play now (or everything, with play_id None)."""

@@ -84,6 +84,7 @@ class Controller:
             self.link, self.signer, self.store, lambda: self.fleet, self.clock, self._content_path
         )
         self.intake = Intake(self.link, self.store, self.signer, self.clock)
+        self.intake.add_state_listener(self._on_cluster_state)
         self.dispatcher = Dispatcher(
             store=self.store,
             distributor=self.distributor,
@@ -137,6 +138,10 @@ class Controller:
             (cid, self.fleet.commune_of(cid).id, self.fleet.groups_of(cid))
             for cid in sorted(self.fleet.clusters)
         ]
+
+    def _on_cluster_state(self, cluster: str, state: str) -> None:
+        if state == "online":
+            self.distributor.catch_up(cluster)
 
     def _sync_fleet(self) -> None:
         self.store.sync_fleet(

@@ -95,6 +95,7 @@ plays = Table(
     Column("clusters", Text, nullable=False),  # JSON list of cluster ids
     Column("urgent", Boolean, nullable=False, default=False),
     Column("sent_at", DateTime(timezone=True), nullable=False),
+    Column("body", Text),  # the PlayBody JSON, to send again to clusters that missed it
 )
 
 # One row per scheduled occurrence the controller has dealt with: sent, or recorded
@@ -345,6 +346,7 @@ class Store:
         cluster_ids: list[str],
         urgent: bool,
         sent_at: datetime,
+        body: str | None = None,
     ) -> None:
         with self._write, self.engine.begin() as conn:
             exists = conn.execute(select(plays.c.play_id).where(plays.c.play_id == play_id))
@@ -355,9 +357,31 @@ class Store:
                     play_id=play_id, programme=programme, bulletin=bulletin, level=level,
                     start_at=utc(start_at), latest_start=utc(latest_start), duration_s=duration_s,
                     items=json.dumps(items), clusters=json.dumps(cluster_ids), urgent=urgent,
-                    sent_at=utc(sent_at),
+                    sent_at=utc(sent_at), body=body,
                 )
             )
+
+    def unheard_plays(self, cluster: str, now: datetime) -> list[str]:
+        """PlayBody JSON of plays still to start that target cluster and that it never
+        reported on (it was offline, or new, when they were sent)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(plays.c.play_id, plays.c.clusters, plays.c.body).where(
+                    plays.c.latest_start > utc(now), plays.c.body.is_not(None)
+                ).order_by(plays.c.start_at)
+            ).all()
+            wanted = [(pid, body) for pid, targets, body in rows if cluster in json.loads(targets)]
+            if not wanted:
+                return []
+            heard = {
+                r[0] for r in conn.execute(
+                    select(events.c.play_id).where(
+                        events.c.cluster == cluster,
+                        events.c.play_id.in_([pid for pid, _ in wanted]),
+                    )
+                )
+            }
+        return [body for pid, body in wanted if pid not in heard]
 
     def play_clusters(self, play_id: str) -> list[str]:
         with self.engine.connect() as conn:
