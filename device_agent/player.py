@@ -9,9 +9,10 @@ Rules, in the words of Circular 39/2020's three levels:
 - a play is due at `start_at` (this cluster's clock) and may start until `latest_start`;
   past that it is *missed*, with the reason (audio incomplete, output busy, agent not
   running);
-- if its audio is incomplete when it is due, the missing chunks are requested, and again
-  every `request_interval_s`, until it can start or its latest start has passed; chunks
-  still arriving are waited for (`stall_s` without progress) rather than asked for twice;
+- if its audio stops arriving (`stall_s` without progress, counted from when the play
+  was received), the missing chunks are requested, ahead of the start as well as after
+  it, and again every `request_interval_s` until the audio is complete or the latest
+  start has passed; chunks still arriving are waited for rather than asked for twice;
 - one output: a due play of a higher level (emergency > priority > normal) interrupts a
   lower one at once; equal or lower levels wait their turn in start time order;
 - a stop command stops one play (or everything playing and everything due and waiting);
@@ -363,6 +364,11 @@ class Player:
                 self._end(record, "missed", self._missed_reason(record))
                 continue
             if record.body.start_at > now:
+                # Ahead of time: a download that stalled (or never began, as when the
+                # agent joined after the chunks went out) is asked for now, not at the
+                # start, so the play still starts on time if the link drops later.
+                if not self._all_held(record) and self._request_due(record, now):
+                    self._request_missing(record, now)
                 continue
             if self._all_held(record):
                 if not record.delivered:  # completed by another agent sharing the cache
@@ -397,7 +403,7 @@ class Player:
             times.append(record.body.latest_start + JUST_AFTER)
             if record.body.start_at > now:
                 times.append(record.body.start_at)
-            elif not self._all_held(record):
+            if not self._all_held(record):
                 times.append(self._next_request_at(record))
         return min(times, default=None)
 
@@ -497,7 +503,7 @@ class Player:
         return now >= self._next_request_at(record)
 
     def _next_request_at(self, record: PlayRecord) -> datetime:
-        times = [record.body.start_at, (record.progress_at or record.received_at) + self._stall]
+        times = [(record.progress_at or record.received_at) + self._stall]
         if record.last_request_at is not None:
             times.append(record.last_request_at + self._request_interval)
         return max(times)
@@ -508,7 +514,7 @@ class Player:
             missing = self._content.missing(item)
             if missing:
                 self._log.info(
-                    "play %s is due but content %s lacks %d of %d chunks; asking the controller",
+                    "play %s: content %s lacks %d of %d chunks; asking the controller",
                     record.play_id, item.sha256[:12], len(missing), item.chunks,
                 )
                 self._request_chunks(item, missing)
