@@ -1,0 +1,139 @@
+"""The `relay:` section of the agent config: which board switches the amplifier, and when.
+
+    relay:
+      driver: lcus                 # lcus, ascii, modbus or none
+      url: /dev/serial/by-id/usb-1a86_USB_Serial-if00-port0
+      channel: 1
+      warm_up: 3s                  # amplifier on this long before the first sample
+      idle_off: 2m                 # amplifier off after this long without a play
+      play_without_relay: true     # play anyway when the relay board fails
+
+Options of one driver are refused under another (a `coil:` under `driver: lcus` is a
+mistake, not something to ignore silently).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from protocol.yamlload import Duration
+
+RelayDriver = Literal["lcus", "ascii", "modbus", "none"]
+
+#: URL schemes pyserial's serial_for_url understands (a plain device path has none).
+URL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "alt", "hwgrep")
+
+#: Options that belong to one driver only.
+DRIVER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "lcus": ("channel", "status_query"),
+    "ascii": (
+        "on_command", "off_command", "status_command", "on_reply", "off_reply",
+        "status_on", "status_off", "line_ending",
+    ),
+    "modbus": ("slave", "coil"),
+}  # fmt: skip
+
+
+def _port_url(value: str) -> str:
+    scheme, sep, _ = value.partition("://")
+    if sep and scheme not in URL_SCHEMES:
+        raise ValueError(
+            f"{scheme}:// is not a serial port: write a device such as /dev/ttyUSB0, or "
+            "socket://host:port or rfc2217://host:port for a serial server"
+        )
+    return value
+
+
+def _ascii_text(value: str) -> str:
+    if not value.isascii():
+        raise ValueError("only ASCII characters can be sent to the board")
+    return value
+
+
+AsciiText = Annotated[str, AfterValidator(_ascii_text)]
+Command = Annotated[AsciiText, Field(min_length=1)]
+
+
+class RelayConfig(BaseModel):
+    """The amplifier relay."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    driver: RelayDriver = "none"
+    """lcus (USB relay boards with A0 frames), ascii (text commands), modbus (Modbus RTU
+    coils), or none (no relay: the amplifier is always on)."""
+    url: Annotated[str, Field(min_length=1), AfterValidator(_port_url)] | None = None
+    """The board's serial port: /dev/ttyUSB0, /dev/serial/by-id/..., socket://host:port
+    or rfc2217://host:port."""
+    baudrate: Annotated[int, Field(ge=300, le=4_000_000)] = 9600
+    """Serial speed; LCUS boards and most Modbus relay boards use 9600."""
+    reply_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+    """How long to wait for the board's reply, in seconds."""
+
+    channel: Annotated[int, Field(ge=1, le=255)] = 1
+    """lcus: the relay channel the amplifier is wired to (1 is the first)."""
+    status_query: bool = False
+    """lcus: ask the board for its state (byte FF, answered with "CH1: ON"); most boards
+    do not answer, and then the state shown is the last one commanded."""
+
+    on_command: Command = "RELAY ON"
+    """ascii: the line that switches the relay on (the line ending is added)."""
+    off_command: Command = "RELAY OFF"
+    """ascii: the line that switches the relay off."""
+    status_command: Command | None = "RELAY?"
+    """ascii: the line that asks for the relay's state; null if the board cannot say."""
+    on_reply: Command | None = "OK"
+    """ascii: the board's answer to on_command; null if it does not answer."""
+    off_reply: Command | None = "OK"
+    """ascii: the board's answer to off_command; null if it does not answer."""
+    status_on: Command = "ON"
+    """ascii: the answer to status_command when the relay is on."""
+    status_off: Command = "OFF"
+    """ascii: the answer to status_command when the relay is off."""
+    line_ending: Annotated[AsciiText, Field(min_length=1, max_length=2)] = "\r\n"
+    """ascii: ends every line sent and received ("\\r\\n", "\\n" or "\\r")."""
+
+    slave: Annotated[int, Field(ge=1, le=247)] = 1
+    """modbus: the board's slave id (address), set by DIP switches or its manual."""
+    coil: Annotated[int, Field(ge=0, le=0xFFFF)] = 0
+    """modbus: the coil address as sent on the wire; relay 1 is coil 0 on most boards."""
+
+    warm_up: Annotated[Duration, Field(ge=timedelta(0), le=timedelta(minutes=1))] = timedelta(
+        seconds=3
+    )
+    """How long the amplifier is on before the first sample of a play."""
+    idle_off: Annotated[Duration, Field(ge=timedelta(0), le=timedelta(hours=24))] = timedelta(
+        minutes=2
+    )
+    """How long after the last play the amplifier is switched off."""
+    play_without_relay: bool = True
+    """When the relay board fails: true plays anyway (the fault is reported), false
+    reports the play as failed."""
+    retry_max: Annotated[Duration, Field(ge=timedelta(seconds=1), le=timedelta(hours=1))] = (
+        timedelta(minutes=1)
+    )
+    """Longest wait between attempts to reach a failed relay board (1 s, doubling)."""
+
+    @model_validator(mode="after")
+    def _fits_the_driver(self) -> RelayConfig:
+        if self.driver == "none":
+            return self
+        if self.url is None:
+            raise ValueError(
+                f"the {self.driver} relay needs its port: add `url: /dev/ttyUSB0` (or "
+                "socket://host:port for a serial server)"
+            )
+        for driver, options in DRIVER_OPTIONS.items():
+            if driver == self.driver:
+                continue
+            stray = [name for name in options if name in self.model_fields_set]
+            if stray:
+                raise ValueError(
+                    f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} for the "
+                    f"{driver} driver, not {self.driver}: remove "
+                    f"{'it' if len(stray) == 1 else 'them'} or set driver: {driver}"
+                )
+        return self
