@@ -1,10 +1,13 @@
 """Dispatch: a due occurrence of a programme becomes a play on its clusters, or a recorded miss.
 
-Called by the scheduler `lead_time` before the start. In order:
-1. an occurrence already recorded (sent or missed) is left alone: no double plays;
-2. past its latest start (start + lateness) → recorded as missed, with the reason;
-3. a programme that needs approval and has none → not sent; retried at each re-plan
-   until approved or too late (then missed: "not approved in time");
+Called by the scheduler `lead_time` before the start (at once, if the start is already
+closer), and by its sweep for occurrences whose latest start has passed. In order:
+1. an occurrence already recorded (sent or missed), or being sent by another thread
+   right now, is left alone: no double plays;
+2. past its latest start (start + lateness) → recorded as missed, with the reason: not
+   approved in time, the controller was not running, or it could not be sent;
+3. a programme that needs approval and has none for its current content → not sent;
+   the scheduler tries again until it is approved or too late (then missed);
 4. targets are resolved against the fleet as it is now (a merged commune's clusters
    answer to the new commune), audio is prepared (cached), the play is sent, and the
    occurrence is recorded as sent. Sending before recording means a crash in between
@@ -14,20 +17,37 @@ Called by the scheduler `lead_time` before the start. In order:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from controller.distribution import Distributor, PlaySpec
-from controller.schedule import Occurrence
+from controller.distribution import PlaySpec
+from controller.schedule import Occurrence, Outcome
 from controller.store import Store
 from protocol.clock import Clock
 
 if TYPE_CHECKING:
-    from controller.audio import ContentStore, PreparedAudio
+    from controller.audio import PreparedAudio
     from controller.fleet import Fleet
     from controller.playlist import Playlists, Programme
 
 log = logging.getLogger(__name__)
+
+
+class PlaySender(Protocol):
+    """What the dispatcher needs from controller.distribution.Distributor."""
+
+    def send_play(self, spec: PlaySpec) -> object: ...
+
+
+class AudioPreparer(Protocol):
+    """What the dispatcher needs from controller.audio.ContentStore."""
+
+    def prepare(
+        self, sources: list[Path], intro: Path | None = None, outro: Path | None = None
+    ) -> PreparedAudio: ...
 
 
 class Dispatcher:
@@ -35,11 +55,12 @@ class Dispatcher:
         self,
         *,
         store: Store,
-        distributor: Distributor,
-        content: ContentStore,
+        distributor: PlaySender,
+        content: AudioPreparer,
         clock: Clock,
         state: Callable[[], tuple[Playlists, Fleet]],
-        is_approved: Callable[[str], bool],
+        is_approved: Callable[[Programme], bool],
+        tz: tzinfo = UTC,
     ) -> None:
         self._store = store
         self._distributor = distributor
@@ -47,14 +68,25 @@ class Dispatcher:
         self._clock = clock
         self._state = state
         self._is_approved = is_approved
+        self._tz = tz
+        self._busy_lock = threading.Lock()
+        self._busy: set[str] = set()
 
     def already_dealt_with(self, occ: Occurrence) -> bool:
+        with self._busy_lock:
+            if occ.play_id in self._busy:
+                return True
         return self._store.dispatched(occ.programme, occ.start) is not None
 
-    def _missed(self, occ: Occurrence, reason: str) -> None:
+    def _when(self, at: datetime) -> str:
+        return at.astimezone(self._tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    def _missed(self, occ: Occurrence, reason: str) -> Outcome:
         now = self._clock.now()
         if self._store.claim_dispatch(occ.programme, occ.start, "missed", reason, now):
             log.warning("missed %s: %s", occ.play_id, reason)
+            return "missed"
+        return "skipped"
 
     def prepare(self, programme: Programme) -> list[PreparedAudio]:
         return [
@@ -62,39 +94,62 @@ class Dispatcher:
             for b in programme.bulletins
         ]
 
-    def __call__(self, occ: Occurrence) -> None:
-        if self.already_dealt_with(occ):
-            return
+    def __call__(self, occ: Occurrence, *, down_since: datetime | None = None) -> Outcome:
+        with self._busy_lock:
+            if occ.play_id in self._busy:
+                return "skipped"  # another thread is dealing with it right now
+            self._busy.add(occ.play_id)
+        try:
+            return self._dispatch(occ, down_since)
+        finally:
+            with self._busy_lock:
+                self._busy.discard(occ.play_id)
+
+    def _late_reason(self, occ: Occurrence, programme: Programme, down_since: datetime | None,
+                     now: datetime) -> str:
+        latest = self._when(occ.latest_start)
+        if programme.requires_approval and not self._is_approved(programme):
+            return (
+                f"not approved in time: it needed approval before its latest start {latest} "
+                f"(loa-controller approve {programme.id})"
+            )
+        if down_since is not None:
+            return (
+                f"the controller was not running from about {self._when(down_since)} to "
+                f"{self._when(now)}, past its latest start {latest}"
+            )
+        return (
+            f"the controller could not send it before its latest start {latest} (it was "
+            "not running, not connected, or sending failed: see the controller's log)"
+        )
+
+    def _dispatch(self, occ: Occurrence, down_since: datetime | None) -> Outcome:
+        if self._store.dispatched(occ.programme, occ.start) is not None:
+            return "skipped"
         now = self._clock.now()
         playlists, fleet = self._state()
         programme = playlists.programmes.get(occ.programme)
         if programme is None:
             log.info("%s was removed from the playlists; not sent", occ.play_id)
-            return
+            return "skipped"
         if now > occ.latest_start:
-            self._missed(
-                occ,
-                f"the controller could not send it before its latest start "
-                f"{occ.latest_start.isoformat(timespec='seconds')} (it was not running or "
-                "not connected)",
+            return self._missed(occ, self._late_reason(occ, programme, down_since, now))
+        if programme.requires_approval and not self._is_approved(programme):
+            log.warning(
+                "%s needs approval before it can air (loa-controller approve %s); waiting "
+                "until %s at the latest", occ.play_id, programme.id, self._when(occ.latest_start),
             )
-            return
-        if programme.requires_approval and not self._is_approved(programme.id):
-            log.warning("%s needs approval before it can air; waiting", occ.play_id)
-            return
+            return "waiting"
         try:
             clusters = fleet.resolve(programme.targets, programme.exclude)
         except (KeyError, ValueError) as exc:
-            self._missed(occ, f"targets no longer resolve: {exc}")
-            return
+            return self._missed(occ, f"targets no longer resolve: {exc}")
         if not clusters:
-            self._missed(occ, "its targets contain no cluster")
-            return
+            return self._missed(occ, "its targets contain no cluster")
         try:
             items = self.prepare(programme)
         except ValueError as exc:  # AudioError: the reason names the file
-            self._missed(occ, f"audio refused: {exc}")
-            return
+            return self._missed(occ, f"audio refused: {exc}")
         volume = next((b.volume for b in programme.bulletins if b.volume is not None), None)
         self._distributor.send_play(
             PlaySpec(
@@ -110,3 +165,5 @@ class Dispatcher:
             )
         )
         self._store.claim_dispatch(occ.programme, occ.start, "sent", None, now)
+        return "sent"
+

@@ -2,6 +2,15 @@
 
 `loa-controller run --config FILE` and the demo both go through `Controller`, so the
 demo exercises exactly what production runs.
+
+Live reload (`Controller.reload()`, called by the file watcher of controller/reload.py
+when the playlists or the fleet change, or on SIGHUP): the fleet and the playlists are
+loaded and checked together by the same loaders as `loa-controller check`. If anything
+is wrong the edit is refused: the file:line report goes to the log (WARNING) and to the
+store's config status (shown by `loa-controller fleet`), and the running schedule is not
+touched. Otherwise both are swapped at once, the scheduler re-plans, the store's
+cluster list follows the fleet, and clusters whose commune or groups changed get their
+new membership (retained) so they answer to the new tree.
 """
 
 from __future__ import annotations
@@ -15,19 +24,23 @@ from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from controller.approval import Approvals
 from controller.audio import AudioSettings, ContentStore, PreparedAudio
 from controller.config import ControllerConfig
 from controller.dispatch import Dispatcher
 from controller.distribution import Distributor, PlaySpec, new_play_id
-from controller.fleet import Fleet, load_fleet
+from controller.fleet import Fleet
 from controller.intake import Intake
-from controller.playlist import Playlists, load_playlists
+from controller.playlist import Playlists
+from controller.reload import DEFAULT_INTERVAL_S, FileWatcher, signature, watched_files
 from controller.schedule import Scheduler
+from controller.sources import load_together
 from controller.store import Store
 from protocol.clock import Clock, SystemClock
 from protocol.messages import Level
 from protocol.mqtt import BrokerAddress, Link, MqttLink
 from protocol.signing import Signer, load_private_key
+from protocol.yamlload import ConfigError, Problem
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +61,9 @@ class Settings:
     lead_time: timedelta = timedelta(minutes=30)
     audio: AudioSettings = field(default_factory=AudioSettings)
     client_id: str = "loa-controller"
+    # How often the playlists and the fleet are looked at for edits; 0: never (reload()
+    # is still there to call).
+    reload_interval_s: float = DEFAULT_INTERVAL_S
 
     @classmethod
     def from_config(cls, config: ControllerConfig) -> Settings:
@@ -61,7 +77,20 @@ class Settings:
             timezone=ZoneInfo(config.timezone),
             lead_time=config.lead_time,
             audio=AudioSettings(bitrate_kbps=config.audio.bitrate_kbps),
+            client_id=config.client_id,
         )
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What a reload did: swapped (ok) or refused, with every problem found."""
+
+    ok: bool
+    problems: list[Problem]
+    memberships_sent: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
 
 
 class Controller:
@@ -70,11 +99,13 @@ class Controller:
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.fleet: Fleet = load_fleet(settings.fleet_path)
-        self.playlists: Playlists = load_playlists(settings.playlist_paths, self.fleet)
+        self._loaded_files = signature(watched_files(settings.fleet_path, settings.playlist_paths))
+        self.fleet, self.playlists = self._load()
         self._state_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
         self.store = Store(settings.store_url)
         self._sync_fleet()
+        self.approvals = Approvals(self.store)
         self.signer = Signer(load_private_key(settings.private_key))
         self.content = ContentStore(settings.content_dir, settings.audio)
         self.link: Link = link or MqttLink(
@@ -91,7 +122,8 @@ class Controller:
             content=self.content,
             clock=self.clock,
             state=self.state,
-            is_approved=lambda _programme: False,
+            is_approved=self.approvals.is_approved,
+            tz=settings.timezone,
         )
         self.scheduler = Scheduler(
             clock=self.clock,
@@ -99,6 +131,12 @@ class Controller:
             lead_time=settings.lead_time,
             dispatch=self.dispatcher,
             already_dealt_with=self.dispatcher.already_dealt_with,
+            marks=self.store,
+        )
+        self.watcher = FileWatcher(
+            lambda: watched_files(settings.fleet_path, settings.playlist_paths),
+            self.reload,
+            interval_s=settings.reload_interval_s or DEFAULT_INTERVAL_S,
         )
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -115,6 +153,9 @@ class Controller:
         self.distributor.publish_memberships(self.memberships())
         self.scheduler.swap(self.playlists)
         self.scheduler.start()
+        self._record_status(self.playlists.warnings)
+        if self.settings.reload_interval_s > 0:
+            self.watcher.start(self._loaded_files)
         log.info(
             "controller running: %d clusters in %d communes, %d programmes, broker %s",
             len(self.fleet.clusters),
@@ -124,6 +165,7 @@ class Controller:
         )
 
     def stop(self) -> None:
+        self.watcher.stop()
         self.scheduler.shutdown()
         self.intake.stop()
         self.link.stop()
@@ -134,19 +176,84 @@ class Controller:
             return self.playlists, self.fleet
 
     def memberships(self) -> list[tuple[str, str | None, list[str]]]:
+        """(cluster, commune, groups) of every cluster, as the agents are told."""
+        fleet = self.fleet
         return [
-            (cid, self.fleet.commune_of(cid).id, self.fleet.groups_of(cid))
-            for cid in sorted(self.fleet.clusters)
+            (cid, fleet.commune_of(cid).id, fleet.groups_of(cid)) for cid in sorted(fleet.clusters)
         ]
+
+    # --- live reload ------------------------------------------------------------------------
+
+    def _load(self) -> tuple[Fleet, Playlists]:
+        tz = self.settings.timezone
+        return load_together(
+            self.settings.fleet_path,
+            self.settings.playlist_paths,
+            tz=tz,
+            today=self.clock.now().astimezone(tz).date(),
+        )
+
+    def _record_status(self, warnings: list[Problem]) -> None:
+        self.store.set_config_status(
+            "ok", "\n".join(str(p) for p in warnings), self.clock.now()
+        )
+
+    def request_reload(self) -> None:
+        """Reload soon, from the watcher's thread (safe to call from a signal handler)."""
+        self.watcher.poke()
+
+    def reload(self) -> ReloadResult:
+        """Load the fleet and playlists again; swap them in, or refuse them whole."""
+        with self._reload_lock:
+            try:
+                fleet, playlists = self._load()
+            except ConfigError as exc:
+                return self._refuse(exc.problems)
+            except OSError as exc:
+                where = getattr(exc, "filename", None) or self.settings.fleet_path
+                return self._refuse([Problem(str(where), 1, 1, f"cannot read it: {exc}")])
+            before = {cid: (commune, groups) for cid, commune, groups in self.memberships()}
+            with self._state_lock:
+                self.fleet, self.playlists = fleet, playlists
+            self._sync_fleet()
+            self.scheduler.swap(playlists)
+            after = {cid: (commune, groups) for cid, commune, groups in self.memberships()}
+            changed: list[tuple[str, str | None, list[str]]] = [
+                (cid, commune, groups)
+                for cid, (commune, groups) in sorted(after.items())
+                if before.get(cid) != (commune, groups)
+            ]
+            # A cluster taken out of the fleet leaves its groups.
+            changed += [(cid, None, []) for cid in sorted(before.keys() - after.keys())]
+            if changed:
+                self.distributor.publish_memberships(changed)
+            self._record_status(playlists.warnings)
+            log.info(
+                "reloaded the playlists and the fleet: %d programmes, %d clusters in %d "
+                "communes; new membership sent to %d clusters",
+                len(playlists.programmes), len(fleet.clusters), len(fleet.communes()),
+                len(changed),
+            )
+            return ReloadResult(True, playlists.warnings, [c[0] for c in changed])
+
+    def _refuse(self, problems: list[Problem]) -> ReloadResult:
+        result = ReloadResult(False, list(problems))
+        errors = sum(1 for p in problems if p.severity == "error")
+        log.warning(
+            "refused the edited playlists/fleet (%d error(s)); the previous schedule keeps "
+            "running. Fix these and save again:\n%s", errors, result.report(),
+        )
+        self.store.set_config_status("error", result.report(), self.clock.now())
+        return result
 
     def _on_cluster_state(self, cluster: str, state: str) -> None:
         if state == "online":
             self.distributor.catch_up(cluster)
 
     def _sync_fleet(self) -> None:
+        fleet = self.fleet
         self.store.sync_fleet(
-            (c.id, c.name, c.commune, self.fleet.node(c.commune).name)
-            for c in self.fleet.clusters.values()
+            (c.id, c.name, c.commune, fleet.node(c.commune).name) for c in fleet.clusters.values()
         )
 
     def _content_path(self, sha256: str) -> Path | None:
@@ -190,6 +297,7 @@ def run(config: ControllerConfig) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: controller.request_reload())
     controller.start()
     stop.wait()
     log.info("stopping the controller")

@@ -1,4 +1,4 @@
-"""The controller's store: clusters, status events, plays and dispatches.
+"""The controller's store: clusters, status events, plays, dispatches, approvals.
 
 SQLAlchemy Core over SQLite by default (one file, no server) or PostgreSQL by URL.
 Events are unique per (cluster, outbox, seq): an agent resends until acknowledged, so
@@ -110,6 +110,39 @@ dispatches = Table(
     Column("at", DateTime(timezone=True), nullable=False),
 )
 
+# Approvals of programmes that need one (requires_approval): who approved which content.
+# `content` is the JSON list of the programme's bulletin content hashes at the time
+# (controller.approval): a changed bulletin no longer matches, and needs approval again.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("programme", String(128), nullable=False, index=True),
+    Column("content", Text, nullable=False),
+    Column("approved_by", String(200), nullable=False),
+    Column("approved_at", DateTime(timezone=True), nullable=False),
+)
+
+# The outcome of the last (re)load of the playlists and the fleet by the running
+# controller: one row. A refused edit shows here (and in `loa-controller fleet`).
+config_status = Table(
+    "config_status",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("status", String(16), nullable=False),  # ok | error
+    Column("problems", Text, nullable=False),  # file:line:col lines (warnings when ok)
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+# Named instants the controller keeps across restarts (the scheduler's "dealt with
+# everything whose latest start is before this").
+marks = Table(
+    "marks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
 FINAL_KINDS = frozenset({"finished", "interrupted", "missed", "failed"})
 
 
@@ -127,6 +160,21 @@ class ClusterRow:
     last_result_reason: str | None
     last_rejection: str | None
     last_rejection_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Approval:
+    programme: str
+    content: list[str]
+    approved_by: str
+    approved_at: datetime
+
+
+@dataclass(frozen=True)
+class ConfigStatus:
+    status: str  # ok | error
+    problems: str
+    at: datetime
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -423,3 +471,93 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(select(dispatches).order_by(dispatches.c.occurrence)).mappings()
             return [dict(r) for r in rows]
+
+    def dispatches_of(self, programme: str) -> dict[datetime, tuple[str, str | None]]:
+        """Occurrence (UTC) -> (outcome, reason) for one programme."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(dispatches.c.occurrence, dispatches.c.outcome, dispatches.c.reason)
+                .where(dispatches.c.programme == programme)
+            )
+            return {_aware_utc(r[0]): (r[1], r[2]) for r in rows}
+
+    # --- approvals ----------------------------------------------------------------------
+
+    def approve(self, programme: str, content: Sequence[str], by: str, at: datetime) -> None:
+        """Record that `by` approved this content of the programme."""
+        with self._write, self.engine.begin() as conn:
+            conn.execute(
+                insert(approvals).values(
+                    programme=programme, content=json.dumps(list(content)), approved_by=by,
+                    approved_at=utc(at),
+                )
+            )
+
+    def approval(self, programme: str, content: Sequence[str]) -> Approval | None:
+        """The latest approval of exactly this content of the programme, or None."""
+        wanted = json.dumps(list(content))
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(approvals)
+                .where(approvals.c.programme == programme, approvals.c.content == wanted)
+                .order_by(approvals.c.id.desc())
+                .limit(1)
+            ).mappings().first()
+        return _approval(row) if row else None
+
+    def last_approval(self, programme: str) -> Approval | None:
+        """The latest approval of the programme, whatever content it was for."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(approvals)
+                .where(approvals.c.programme == programme)
+                .order_by(approvals.c.id.desc())
+                .limit(1)
+            ).mappings().first()
+        return _approval(row) if row else None
+
+    # --- the running controller's view of its files ----------------------------------------
+
+    def set_config_status(self, status: str, problems: str, at: datetime) -> None:
+        with self._write, self.engine.begin() as conn:
+            values = {"status": status, "problems": problems, "at": utc(at)}
+            if conn.execute(select(config_status.c.id).where(config_status.c.id == 1)).first():
+                conn.execute(update(config_status).where(config_status.c.id == 1).values(**values))
+            else:
+                conn.execute(insert(config_status).values(id=1, **values))
+
+    def config_status(self) -> ConfigStatus | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(config_status).where(config_status.c.id == 1)
+            ).mappings().first()
+        if row is None:
+            return None
+        return ConfigStatus(row["status"], row["problems"], _aware_utc(row["at"]))
+
+    def mark(self, name: str) -> datetime | None:
+        with self.engine.connect() as conn:
+            at = conn.execute(select(marks.c.at).where(marks.c.name == name)).scalar()
+        return _aware_utc(at) if at is not None else None
+
+    def set_mark(self, name: str, at: datetime) -> None:
+        with self._write, self.engine.begin() as conn:
+            if conn.execute(select(marks.c.name).where(marks.c.name == name)).first():
+                conn.execute(update(marks).where(marks.c.name == name).values(at=utc(at)))
+            else:
+                conn.execute(insert(marks).values(name=name, at=utc(at)))
+
+
+def _aware_utc(value: datetime) -> datetime:
+    aware = _aware(value)
+    assert aware is not None
+    return aware.astimezone(UTC)
+
+
+def _approval(row: Any) -> Approval:
+    return Approval(
+        programme=row["programme"],
+        content=list(json.loads(row["content"])),
+        approved_by=row["approved_by"],
+        approved_at=_aware_utc(row["approved_at"]),
+    )

@@ -1,0 +1,126 @@
+"""Approval: a programme marked `requires_approval: true` airs only once a manager approved it.
+
+What is approved is the programme's content: the SHA-256 of each of its bulletins,
+computed from the bytes of the bulletin's audio files in order (intro, files, outro).
+An approval stays valid for every airing of the programme while that content is the
+same; replace or edit a bulletin's audio (the weekly law programme gets a new
+recording) and the programme needs approval again. The schedule and targets are not
+part of it: they are the playlist's business, checked by `loa-controller check`.
+
+Approvals are kept in the store (who, when, which content), so the CLI (`loa-controller
+approve`, `loa-controller pending`) and the running controller see the same ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from pathlib import Path
+
+from controller.playlist import Bulletin, Programme
+from controller.store import Approval, Store
+
+
+class ContentUnreadableError(OSError):
+    """A bulletin's audio file cannot be read, so its content cannot be approved."""
+
+
+class FileHashes:
+    """SHA-256 of files, computed once per (path, size, mtime)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[Path, tuple[int, int, str]] = {}
+
+    def of(self, path: Path) -> str:
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise ContentUnreadableError(f"{path}: cannot read it ({exc.strerror})") from None
+        with self._lock:
+            known = self._known.get(path)
+        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            return known[2]
+        digest = hashlib.sha256()
+        try:
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise ContentUnreadableError(f"{path}: cannot read it ({exc.strerror})") from None
+        value = digest.hexdigest()
+        with self._lock:
+            self._known[path] = (stat.st_size, stat.st_mtime_ns, value)
+        return value
+
+
+def bulletin_hash(bulletin: Bulletin, hashes: FileHashes) -> str:
+    """The content hash of one bulletin: its audio files' hashes, with their roles, in order."""
+    parts = [("intro", bulletin.intro)] if bulletin.intro else []
+    parts += [("file", f) for f in bulletin.files]
+    parts += [("outro", bulletin.outro)] if bulletin.outro else []
+    text = json.dumps([[role, hashes.of(path)] for role, path in parts])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApprovalState:
+    """Where a programme stands: approved (by whom, when) or pending (and why)."""
+
+    programme: str
+    content: list[str]
+    approval: Approval | None  # of exactly this content
+    previous: Approval | None  # the latest approval of other content, if any
+
+    @property
+    def approved(self) -> bool:
+        return self.approval is not None
+
+    def describe(self, tz: tzinfo | None = None) -> str:
+        def when(at: datetime) -> str:
+            return at.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+        if self.approval is not None:
+            return f"approved by {self.approval.approved_by} at {when(self.approval.approved_at)}"
+        if self.previous is not None:
+            return (
+                f"pending: its audio changed since {self.previous.approved_by} approved it "
+                f"at {when(self.previous.approved_at)}"
+            )
+        return "pending: never approved"
+
+
+class Approvals:
+    """Approvals of programmes' current content, kept in the store."""
+
+    def __init__(self, store: Store, hashes: FileHashes | None = None) -> None:
+        self._store = store
+        self._hashes = hashes or FileHashes()
+
+    def content(self, programme: Programme) -> list[str]:
+        """The content hashes of the programme's bulletins, in order."""
+        return [bulletin_hash(b, self._hashes) for b in programme.bulletins]
+
+    def state(self, programme: Programme) -> ApprovalState:
+        content = self.content(programme)
+        approval = self._store.approval(programme.id, content)
+        previous = None if approval else self._store.last_approval(programme.id)
+        return ApprovalState(programme.id, content, approval, previous)
+
+    def is_approved(self, programme: Programme) -> bool:
+        """Whether it may air: no approval needed, or its current content is approved."""
+        if not programme.requires_approval:
+            return True
+        try:
+            return self._store.approval(programme.id, self.content(programme)) is not None
+        except ContentUnreadableError:
+            return False  # unreadable audio: the dispatch reports it when preparing
+
+    def approve(self, programme: Programme, by: str, at: datetime) -> ApprovalState:
+        """Approve the programme's current content."""
+        content = self.content(programme)
+        self._store.approve(programme.id, content, by, at)
+        return self.state(programme)

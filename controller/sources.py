@@ -1,0 +1,84 @@
+"""What the controller reads, loaded together: the config, the fleet and the playlists.
+
+The same loaders serve `loa-controller check`, `schedule`, `approve`, `pending` and the
+running controller's live reload, so a file that one accepts the others accept too.
+Without a config file the commands fall back to the repository's layout
+(config/fleet.yaml, playlists/, Asia/Ho_Chi_Minh).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from controller.config import ControllerConfig, load_controller_config
+from controller.fleet import Fleet, load_fleet
+from controller.playlist import Playlists, load_playlists
+
+DEFAULT_CONFIG = Path("config/controller.yaml")
+DEFAULT_FLEET = Path("config/fleet.yaml")
+DEFAULT_PLAYLISTS = Path("playlists")
+DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
+
+
+def load_together(
+    fleet_path: Path,
+    playlist_paths: Sequence[Path],
+    *,
+    tz: ZoneInfo | None = None,
+    today: date | None = None,
+) -> tuple[Fleet, Playlists]:
+    """The fleet, then the playlists checked against it; ConfigError lists every problem.
+
+    Playlist targets name the fleet's nodes, so a broken fleet stops there: its own
+    problems are reported, the playlists are checked once it loads.
+    """
+    fleet = load_fleet(fleet_path)
+    return fleet, load_playlists(playlist_paths, fleet, tz=tz, today=today)
+
+
+def find_config(path: Path | None, *, required: bool = False) -> ControllerConfig | None:
+    """The controller config: the given file, else config/controller.yaml if there.
+
+    Raises FileNotFoundError (with what to do) when a config is required and missing.
+    """
+    if path is None:
+        if DEFAULT_CONFIG.exists():
+            path = DEFAULT_CONFIG
+        elif required:
+            raise FileNotFoundError(
+                f"{DEFAULT_CONFIG} not found: copy config/controller.example.yaml to it, or "
+                "name the config with --config FILE"
+            )
+        else:
+            return None
+    elif not path.exists():
+        raise FileNotFoundError(f"{path}: no such config file; check the --config path")
+    return load_controller_config(path)
+
+
+@dataclass
+class Sources:
+    config: ControllerConfig | None
+    fleet: Fleet
+    playlists: Playlists
+    tz: ZoneInfo
+
+
+def load_sources(
+    config_path: Path | None,
+    playlist_paths: Sequence[Path] = (),
+    *,
+    today: date | None = None,
+    require_config: bool = False,
+) -> Sources:
+    """Config (optional unless required), fleet and playlists; ConfigError on any error."""
+    config = find_config(config_path, required=require_config)
+    tz = config.tz if config else ZoneInfo(DEFAULT_TIMEZONE)
+    fleet_path = config.fleet if config else DEFAULT_FLEET
+    paths = list(playlist_paths) or (list(config.playlists) if config else [DEFAULT_PLAYLISTS])
+    fleet, playlists = load_together(fleet_path, paths, tz=tz, today=today)
+    return Sources(config, fleet, playlists, tz)
