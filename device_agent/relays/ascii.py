@@ -72,7 +72,7 @@ class AsciiRelay:
 
     def switch(self, on: bool) -> None:
         command, expected = self._on if on else self._off
-        action = f"to {command!r} (switch {'on' if on else 'off'})"
+        action = f"the command {command!r} (switch {'on' if on else 'off'})"
         if expected is None:
             self._port.send(command.encode("ascii") + self._ending)
         else:
@@ -84,7 +84,7 @@ class AsciiRelay:
     def state(self) -> bool | None:
         if self._status is None:
             return self._commanded
-        action = f"to {self._status!r} (status)"
+        action = f"the command {self._status!r} (status)"
         sent, line = self._ask(self._status, action)
         if _same(line, self._status_on):
             return True

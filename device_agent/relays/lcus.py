@@ -68,9 +68,7 @@ class LcusRelay:
                 break
             match = _STATUS_LINE.search(line)
             if match is None:
-                raise port.bad_reply(
-                    STATUS_QUERY, f"to {action}", heard, 'expected lines like "CH1: ON"'
-                )
+                raise port.bad_reply(STATUS_QUERY, action, heard, 'expected lines like "CH1: ON"')
             if int(match.group(1)) == self.channel:
                 return match.group(2).upper() == b"ON"
         if not heard:
@@ -81,7 +79,7 @@ class LcusRelay:
             )
         raise port.bad_reply(
             STATUS_QUERY,
-            f"to {action}",
+            action,
             heard,
             f"no line for channel {self.channel}: check relay.channel",
         )

@@ -106,7 +106,7 @@ class ModbusRelay:
             raise port.bad_reply(
                 request,
                 action,
-                reply,
+                reply + port.waiting(request),
                 f"it starts with slave id {reply[0]}, not {self.slave}: check relay.slave, "
                 "and that no other device on the line uses the same id",
             )
@@ -114,7 +114,10 @@ class ModbusRelay:
             length = 5  # slave, function, code, CRC
         elif reply[1] != function:
             raise port.bad_reply(
-                request, action, reply, f"function {reply[1]:02X} is not {function:02X}"
+                request,
+                action,
+                reply + port.waiting(request),
+                f"function {reply[1]:02X} is not {function:02X}",
             )
         elif function == READ_COILS:
             reply += port.read(1, request)
@@ -142,14 +145,14 @@ class ModbusRelay:
 
     def switch(self, on: bool) -> None:
         request = write_coil_request(self.slave, self.coil, on)
-        action = f"to switch {'on' if on else 'off'}"
+        action = f"the switch-{'on' if on else 'off'} request (write coil)"
         reply = self._transact(request, action)
         if reply != request:
             raise self._port.bad_reply(request, action, reply, "not an echo of the request")
 
     def state(self) -> bool | None:
         request = read_coil_request(self.slave, self.coil)
-        action = "to the state query (read coils)"
+        action = "the state query (read coils)"
         reply = self._transact(request, action)
         if reply[2] < 1:
             raise self._port.bad_reply(request, action, reply, "it holds no coil")

@@ -35,8 +35,19 @@ def show_bytes(data: bytes) -> str:
     return hexed
 
 
+def _errno(exc: BaseException) -> int | None:
+    """The OS error code behind an exception (pyserial wraps some without it)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        code = getattr(seen, "errno", None)
+        if isinstance(code, int):
+            return code
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _open_problem(url: str, exc: BaseException) -> str:
-    code = getattr(exc, "errno", None)
+    code = _errno(exc)
     if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
         advice = (
             "the port does not exist: plug the relay board in, look for its name with "
@@ -79,9 +90,12 @@ class RelayPort:
             raise RelayError(_open_problem(url, exc)) from exc
 
     def _fault(self, action: str, sent: bytes, exc: BaseException) -> RelayError:
+        # termios.error carries (errno, text) in its args and prints as a tuple.
+        args = exc.args
+        detail = args[1] if len(args) == 2 and isinstance(args[1], str) else str(exc)
         return RelayError(
             f"{self.what} on {self.url}: the port failed while {action} (sent "
-            f"{show_bytes(sent)}; {exc}): the board was probably unplugged or lost power; "
+            f"{show_bytes(sent)}; {detail}): the board was probably unplugged or lost power; "
             f"{CHECK_WIRING}. The agent opens the port again on its next try"
         )
 
@@ -104,6 +118,15 @@ class RelayPort:
             raise self._fault("reading the reply", sent, exc) from exc
         return data
 
+    def waiting(self, sent: bytes) -> bytes:
+        """What has already arrived, without waiting (to show the rest of a bad reply)."""
+        try:
+            size = min(int(self._port.in_waiting), MAX_REPLY_BYTES)
+            data: bytes = self._port.read(size) if size else b""
+        except Exception as exc:  # as in send: any exception here is a port fault
+            raise self._fault("reading the reply", sent, exc) from exc
+        return data
+
     def read_line(self, ending: bytes, sent: bytes) -> bytes:
         """One reply line (ending included), or what arrived when the reply timeout passed."""
         try:
@@ -121,7 +144,7 @@ class RelayPort:
 
     def bad_reply(self, sent: bytes, action: str, got: bytes, why: str) -> RelayError:
         return RelayError(
-            f"{self.what} on {self.url} gave a reply that makes no sense {action} (sent "
+            f"{self.what} on {self.url} gave an answer to {action} that makes no sense (sent "
             f"{show_bytes(sent)}; got {show_bytes(got)}: {why}): check relay.baudrate, that "
             "the driver matches the board, and the cable (noise on long RS-485 lines)"
         )
