@@ -17,7 +17,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from protocol.yamlload import Duration
 
@@ -35,6 +43,7 @@ DRIVER_OPTIONS: dict[str, tuple[str, ...]] = {
     ),
     "modbus": ("slave", "coil"),
 }  # fmt: skip
+_OWNER = {name: driver for driver, names in DRIVER_OPTIONS.items() for name in names}
 
 
 def _port_url(value: str) -> str:
@@ -51,6 +60,31 @@ def _ascii_text(value: str) -> str:
     if not value.isascii():
         raise ValueError("only ASCII characters can be sent to the board")
     return value
+
+
+def _line_ending(value: str) -> str:
+    if not 1 <= len(value) <= 2:
+        raise ValueError('write the line ending the board uses: "\\r\\n", "\\n" or "\\r"')
+    return value
+
+
+def _show(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n]
+    return "".join(parts) or "0s"
+
+
+def _between(low: timedelta, high: timedelta, why: str) -> AfterValidator:
+    def check(value: timedelta) -> timedelta:
+        if not low <= value <= high:
+            raise ValueError(
+                f"{_show(value)} is out of range: write {_show(low)} to {_show(high)} ({why})"
+            )
+        return value
+
+    return AfterValidator(check)
 
 
 AsciiText = Annotated[str, AfterValidator(_ascii_text)]
@@ -93,7 +127,7 @@ class RelayConfig(BaseModel):
     """ascii: the answer to status_command when the relay is on."""
     status_off: Command = "OFF"
     """ascii: the answer to status_command when the relay is off."""
-    line_ending: Annotated[AsciiText, Field(min_length=1, max_length=2)] = "\r\n"
+    line_ending: Annotated[AsciiText, AfterValidator(_line_ending)] = "\r\n"
     """ascii: ends every line sent and received ("\\r\\n", "\\n" or "\\r")."""
 
     slave: Annotated[int, Field(ge=1, le=247)] = 1
@@ -101,21 +135,34 @@ class RelayConfig(BaseModel):
     coil: Annotated[int, Field(ge=0, le=0xFFFF)] = 0
     """modbus: the coil address as sent on the wire; relay 1 is coil 0 on most boards."""
 
-    warm_up: Annotated[Duration, Field(ge=timedelta(0), le=timedelta(minutes=1))] = timedelta(
-        seconds=3
-    )
+    warm_up: Annotated[
+        Duration, _between(timedelta(0), timedelta(minutes=1), "amplifiers warm up in seconds")
+    ] = timedelta(seconds=3)
     """How long the amplifier is on before the first sample of a play."""
-    idle_off: Annotated[Duration, Field(ge=timedelta(0), le=timedelta(hours=24))] = timedelta(
-        minutes=2
+    idle_off: Annotated[Duration, _between(timedelta(0), timedelta(hours=24), "a day at most")] = (
+        timedelta(minutes=2)
     )
     """How long after the last play the amplifier is switched off."""
     play_without_relay: bool = True
     """When the relay board fails: true plays anyway (the fault is reported), false
     reports the play as failed."""
-    retry_max: Annotated[Duration, Field(ge=timedelta(seconds=1), le=timedelta(hours=1))] = (
-        timedelta(minutes=1)
-    )
+    retry_max: Annotated[
+        Duration, _between(timedelta(seconds=1), timedelta(hours=1), "retries start at 1s")
+    ] = timedelta(minutes=1)
     """Longest wait between attempts to reach a failed relay board (1 s, doubling)."""
+
+    @field_validator(*_OWNER, mode="after")
+    @classmethod
+    def _belongs_to_the_driver(cls, value: object, info: ValidationInfo) -> object:
+        """An option of another driver is a mistake (only options written are checked)."""
+        driver = info.data.get("driver")
+        owner = _OWNER[info.field_name or ""]
+        if driver not in (None, "none", owner):
+            raise ValueError(
+                f"{info.field_name} is for the {owner} driver, not {driver}: remove it or "
+                f"set driver: {owner}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _fits_the_driver(self) -> RelayConfig:
@@ -126,14 +173,4 @@ class RelayConfig(BaseModel):
                 f"the {self.driver} relay needs its port: add `url: /dev/ttyUSB0` (or "
                 "socket://host:port for a serial server)"
             )
-        for driver, options in DRIVER_OPTIONS.items():
-            if driver == self.driver:
-                continue
-            stray = [name for name in options if name in self.model_fields_set]
-            if stray:
-                raise ValueError(
-                    f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} for the "
-                    f"{driver} driver, not {self.driver}: remove "
-                    f"{'it' if len(stray) == 1 else 'them'} or set driver: {driver}"
-                )
         return self
