@@ -1,25 +1,26 @@
 """`loa-controller check`: validate the config, the fleet and every playlist together.
 
 Every problem is collected and reported at once as `file:line:col: message`; nothing is
-started or changed. Audio files are decoded to prove they can be prepared.
+started or changed. Audio files are decoded to prove they can be prepared, and their
+durations tell whether two programmes of the same level overlap on a cluster in the
+next 366 days (controller.overlap).
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from controller.audio import AudioError, AudioSettings, ContentStore
 from controller.config import ControllerConfig, load_controller_config
 from controller.fleet import Fleet, load_fleet
+from controller.overlap import HORIZON, overlaps
 from controller.playlist import Playlists, load_playlists
+from controller.sources import DEFAULT_CONFIG, DEFAULT_FLEET, DEFAULT_PLAYLISTS, DEFAULT_TIMEZONE
 from protocol.yamlload import ConfigError, Problem
-
-DEFAULT_CONFIG = Path("config/controller.yaml")
-DEFAULT_FLEET = Path("config/fleet.yaml")
-DEFAULT_PLAYLISTS = Path("playlists")
 
 
 def _config(path: Path | None, problems: list[Problem]) -> ControllerConfig | None:
@@ -34,16 +35,20 @@ def _config(path: Path | None, problems: list[Problem]) -> ControllerConfig | No
         return None
 
 
-def _audio(playlists: Playlists, problems: list[Problem], bitrate_kbps: int) -> None:
+def _audio(
+    playlists: Playlists, problems: list[Problem], bitrate_kbps: int
+) -> dict[Path, float]:
+    """Decode every audio file once; return the durations of those that decode."""
     with tempfile.TemporaryDirectory(prefix="loa-check-") as scratch:
         store = ContentStore(Path(scratch), AudioSettings(bitrate_kbps=bitrate_kbps))
         checked: dict[Path, str | None] = {}
+        durations: dict[Path, float] = {}
         for programme in playlists.programmes.values():
             for bulletin in programme.bulletins:
                 for audio in bulletin.audio():
                     if audio not in checked:
                         try:
-                            store.probe(audio)
+                            durations[audio] = store.probe(audio)
                             checked[audio] = None
                         except AudioError as exc:
                             checked[audio] = str(exc)
@@ -53,6 +58,7 @@ def _audio(playlists: Playlists, problems: list[Problem], bitrate_kbps: int) -> 
                             programme.source.file, programme.source.line, 1,
                             f"programme '{programme.id}': {error}",
                         ))
+    return durations
 
 
 def check(
@@ -80,5 +86,8 @@ def check(
         problems.extend(exc.problems)
         return problems
     problems.extend(playlists.warnings)
-    _audio(playlists, problems, config.audio.bitrate_kbps if config else 24)
+    durations = _audio(playlists, problems, config.audio.bitrate_kbps if config else 24)
+    zone = tz or ZoneInfo(DEFAULT_TIMEZONE)
+    first = datetime.combine((today or datetime.now(zone)).astimezone(zone).date(), time(0), zone)
+    problems.extend(overlaps(playlists, fleet, durations, zone, first, first + HORIZON))
     return problems

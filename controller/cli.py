@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import sys
 import unicodedata
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from protocol.yamlload import ConfigError
+from protocol.yamlload import ConfigError, suggest
+
+if TYPE_CHECKING:
+    from controller.playlist import Playlists, Programme
+    from controller.store import ConfigStatus, Store
 
 DEFAULT_CONFIG = Path("config/controller.yaml")
+DEFAULT_LEAD_TIME = timedelta(minutes=30)
 
 
 def _setup_logging(verbose: bool, command: str) -> None:
@@ -48,6 +55,37 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _local(at: datetime, tz: tzinfo) -> str:
+    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M %a")
+
+
+def _existing_store(url: str) -> Store | None:
+    """The store at url, or None if it is a SQLite file that does not exist yet."""
+    from controller.store import Store
+
+    if url.startswith("sqlite:///"):
+        file = url.removeprefix("sqlite:///")
+        if file and file != ":memory:" and not Path(file).exists():
+            return None
+    return Store(url)
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    return Path(args.config) if getattr(args, "config", None) else None
+
+
+def _programme(playlists: Playlists, ident: str) -> Programme:
+    found = playlists.programmes.get(ident)
+    if found is None:
+        close = suggest(ident, playlists.programmes)
+        hint = f"did you mean {close!r}? " if close else ""
+        raise ValueError(
+            f"no programme {ident!r} in the playlists; {hint}write a programme id as it "
+            "appears after `id:` (loa-controller pending lists those awaiting approval)"
+        )
+    return found
+
+
 # --- subcommands -------------------------------------------------------------------------------
 
 
@@ -75,6 +113,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_banner(status: ConfigStatus | None, when: Callable[[datetime], str]) -> list[str]:
+    """What the running controller made of the playlists and the fleet, for `fleet`."""
+    if status is None:
+        return []
+    if status.status != "error":
+        return [f"playlists and fleet: loaded at {when(status.at)}, ok", ""]
+    lines = status.problems.splitlines()
+    errors = sum(1 for line in lines if ": warning: " not in line)
+    return [
+        f"PLAYLISTS/FLEET EDIT REFUSED at {when(status.at)} ({errors} error(s)); the previous "
+        "schedule keeps running. Fix these and save again:",
+        *(f"  {line}" for line in lines),
+        "",
+    ]
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     from controller.config import load_controller_config
     from controller.store import Store
@@ -83,8 +137,16 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     tz = ZoneInfo(config.timezone)
     store = Store(config.store_url)
     rows = store.fleet_rows()
+    status = store.config_status()
     store.close()
+
+    def when(value: datetime | None) -> str:
+        return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if value else "never"
+
+    banner = _status_banner(status, when)
     if args.json:
+        for line in banner if status is not None and status.status == "error" else []:
+            print(line, file=sys.stderr)
         print(json.dumps([
             {
                 "cluster": r.id, "name": r.name, "commune": r.commune_name, "state": r.state,
@@ -97,12 +159,11 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             for r in rows
         ], ensure_ascii=False, indent=2))
         return 0
+    for line in banner:
+        print(line)
     if not rows:
         print(f"no clusters in {config.store_url}; has `loa-controller run` started yet?")
         return 0
-
-    def when(value: datetime | None) -> str:
-        return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if value else "never"
 
     table = []
     for r in rows:
@@ -141,6 +202,226 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from controller.approval import Approvals, ContentUnreadableError
+    from controller.preview import (
+        MAX_WINDOW,
+        measure,
+        only_clusters,
+        parse_when,
+        preview,
+        where,
+    )
+    from controller.schedule import plan
+    from controller.sources import load_sources
+
+    sources = load_sources(_config_path(args))
+    tz, config = sources.tz, sources.config
+    now = datetime.now(tz)
+    start = parse_when(args.start, now=now, tz=tz)
+    end = parse_when(args.end, now=now, tz=tz, base=start) if args.end else start + timedelta(
+        hours=24
+    )
+    if end <= start:
+        raise ValueError(
+            f"--to {args.end!r} ({_local(end, tz)}) is not after --from ({_local(start, tz)}); "
+            "write a later --to, or a duration such as --to +6h"
+        )
+    if end - start > MAX_WINDOW:
+        raise ValueError(
+            f"--from {_local(start, tz)} --to {_local(end, tz)} spans more than "
+            f"{MAX_WINDOW.days} days; ask for a shorter window"
+        )
+    only = only_clusters(sources.fleet, args.cluster, args.target)
+    store = _existing_store(config.store_url) if config else None
+    approvals = Approvals(store) if store else None
+
+    def approval(programme: Programme) -> str:
+        if approvals is None:
+            return "pending: needs approval (no store to ask)"
+        try:
+            return approvals.state(programme).describe(tz)
+        except ContentUnreadableError as exc:
+            return f"pending: {exc}"
+
+    shown = {o.programme for o in plan(sources.playlists, start, end, tz)}
+    durations = measure(
+        (sources.playlists.programmes[p] for p in sorted(shown)),
+        config.audio.bitrate_kbps if config else 24,
+    )
+    rows = preview(
+        sources.playlists, sources.fleet, start, end, tz,
+        only=only, durations=durations, approval=approval,
+    )
+    if store is not None:
+        store.close()
+    lead = config.lead_time if config else DEFAULT_LEAD_TIME
+    if args.json:
+        print(json.dumps([
+            {
+                "start": r.occurrence.start.astimezone(tz).isoformat(),
+                "start_utc": r.occurrence.start.isoformat(),
+                "latest_start": r.occurrence.latest_start.astimezone(tz).isoformat(),
+                "sent_at": (r.occurrence.start - lead).astimezone(tz).isoformat(),
+                "play_id": r.occurrence.play_id,
+                "programme": r.programme.id,
+                "name": r.programme.name,
+                "level": r.programme.level,
+                "bulletins": [b.title or r.programme.name for b in r.programme.bulletins],
+                "duration_s": round(r.seconds, 1) if r.seconds is not None else None,
+                "targets": list(r.programme.targets),
+                "exclude": list(r.programme.exclude),
+                "clusters": r.clusters,
+                "clusters_in_all": r.all_clusters,
+                "requires_approval": r.programme.requires_approval,
+                "approval": r.approval,
+                "source": str(r.programme.source),
+            }
+            for r in rows
+        ], ensure_ascii=False, indent=2))
+        return 0
+
+    from controller.overlap import span
+
+    scope = ""
+    if args.cluster:
+        scope = f" on cluster {args.cluster}"
+    elif args.target:
+        scope = f" on {args.target} ({len(only or ())} clusters)"
+    print(f"Schedule{scope} from {_local(start, tz)} to {_local(end, tz)} ({tz.key}); each "
+          f"play is sent to its clusters {span(lead.total_seconds())} before it starts.")
+    if not rows:
+        print("nothing plays in this window.")
+        return 0
+    table = []
+    for r in rows:
+        count = f"{len(r.clusters)} of {r.all_clusters}" if only is not None else str(
+            r.all_clusters
+        )
+        table.append([
+            _local(r.occurrence.start, tz),
+            r.programme.id,
+            r.programme.level,
+            " + ".join(b.title or r.programme.name for b in r.programme.bulletins),
+            span(r.seconds) if r.seconds is not None else "?",
+            f"{count}: {where(sources.fleet, r.programme)}",
+            "-" if r.approval is None else (
+                "PENDING APPROVAL" if r.pending else r.approval
+            ),
+        ])
+    print(format_table(
+        ["when (local)", "programme", "level", "bulletins", "lasts", "clusters: targets",
+         "approval"],
+        table,
+    ))
+    pending = sorted({r.programme.id for r in rows if r.pending})
+    print(f"\n{len(rows)} plays.", end="")
+    if pending:
+        print(f" Waiting for approval: {', '.join(pending)} "
+              "(loa-controller approve PROGRAMME; loa-controller pending).", end="")
+    print()
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from controller.playlist import write_schemas
+
+    for path in write_schemas(Path(args.out)):
+        print(f"wrote {path}")
+    print(
+        "Editors with YAML support (VS Code with the Red Hat YAML extension, and others using "
+        "yaml-language-server) complete keys and flag mistakes in a playlist whose first "
+        "line names the schema, relative to the playlist, e.g.:\n"
+        "  # yaml-language-server: $schema=../docs/schema/playlist.schema.json"
+    )
+    return 0
+
+
+def _next_airing(programme: Programme, tz: ZoneInfo) -> str:
+    upcoming = programme.next_after(datetime.now(tz), tz)
+    return _local(upcoming, tz) if upcoming else "never again"
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from controller.approval import Approvals
+    from controller.sources import load_sources
+    from controller.store import Store
+
+    sources = load_sources(_config_path(args), require_config=True)
+    assert sources.config is not None
+    tz = sources.tz
+    programme = _programme(sources.playlists, args.programme)
+    if not programme.requires_approval:
+        print(f"'{programme.id}' ({programme.name}) does not need approval "
+              "(requires_approval is not set): it airs as scheduled. Nothing recorded.")
+        return 0
+    by = args.by or getpass.getuser()
+    store = Store(sources.config.store_url)
+    try:
+        state = Approvals(store).approve(programme, by, datetime.now(tz))
+    finally:
+        store.close()
+    print(f"'{programme.id}' ({programme.name}) is now {state.describe(tz)}.")
+    for bulletin, digest in zip(programme.bulletins, state.content, strict=True):
+        files = ", ".join(p.name for p in bulletin.audio())
+        print(f"  {bulletin.title or programme.name}: {files} (content {digest[:12]})")
+    print(f"next airing: {_next_airing(programme, tz)}. If a bulletin's audio changes, "
+          "it needs approval again.")
+    return 0
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    from controller.approval import Approvals, ContentUnreadableError
+    from controller.sources import load_sources
+
+    sources = load_sources(_config_path(args), require_config=True)
+    assert sources.config is not None
+    tz = sources.tz
+    store = _existing_store(sources.config.store_url)
+    approvals = Approvals(store) if store else None
+    rows: list[dict[str, Any]] = []
+    for programme in sorted(sources.playlists.programmes.values(), key=lambda p: p.id):
+        if not programme.requires_approval:
+            continue
+        try:
+            state = approvals.state(programme) if approvals else None
+        except ContentUnreadableError as exc:
+            detail = f"pending: {exc}"
+        else:
+            if state is not None and state.approved:
+                continue
+            detail = state.describe(tz) if state else "pending: never approved"
+        upcoming = programme.next_after(datetime.now(tz), tz)
+        rows.append({
+            "programme": programme.id,
+            "name": programme.name,
+            "next_airing": upcoming.astimezone(tz).isoformat() if upcoming else None,
+            "next": _local(upcoming, tz) if upcoming else "never again",
+            "bulletins": [b.title or programme.name for b in programme.bulletins],
+            "detail": detail,
+            "source": str(programme.source),
+        })
+    if store is not None:
+        store.close()
+    if args.json:
+        print(json.dumps(
+            [{k: v for k, v in r.items() if k != "next"} for r in rows],
+            ensure_ascii=False, indent=2,
+        ))
+        return 0
+    if not rows:
+        print("nothing waits for approval.")
+        return 0
+    print(format_table(
+        ["programme", "name", "next airing (local)", "bulletins", "state", "written at"],
+        [[r["programme"], r["name"], r["next"], " + ".join(r["bulletins"]), r["detail"],
+          r["source"]] for r in rows],
+    ))
+    print(f"\n{len(rows)} programme(s) wait for approval; they do not air until approved: "
+          "loa-controller approve PROGRAMME [--by NAME]")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from controller.demo import run_demo
 
@@ -175,6 +456,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="controller config YAML (default: config/controller.yaml)")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser(
+        "schedule", help="what plays when and where (default: the next 24 hours)",
+        description="List the plays of the playlists in a window of local time, from the same "
+        "plan the running controller follows.",
+    )
+    p.add_argument("--from", dest="start", default="now", metavar="T",
+                   help='start: "2026-11-27 06:00", 2026-11-27, now (default), +2h, '
+                   "or --from=-2h for two hours ago")
+    p.add_argument("--to", dest="end", metavar="T",
+                   help='end: a time as for --from, or +6h / +7d after --from (default +24h)')
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--cluster", metavar="ID", help="only what plays on this cluster")
+    which.add_argument("--target", metavar="NODE",
+                       help="only what plays on clusters under this node (commune, village, "
+                       "tag:<tag>, all)")
+    p.add_argument("--config", help="controller config YAML (default: config/controller.yaml "
+                   "if present, else config/fleet.yaml and playlists/)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("schema", help="write the JSON Schemas of playlists, fleet and config")
+    p.add_argument("--out", default="docs/schema", help="folder to write them to (docs/schema)")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("approve", help="approve a programme's current bulletins so it may air")
+    p.add_argument("programme", metavar="PROGRAMME", help="the programme id")
+    p.add_argument("--by", help="who approves (default: your login name)")
+    p.add_argument("--config", help="controller config YAML (default: config/controller.yaml)")
+    p.set_defaults(func=cmd_approve)
+
+    p = sub.add_parser("pending", help="programmes waiting for approval, with their next airing")
+    p.add_argument("--config", help="controller config YAML (default: config/controller.yaml)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_pending)
+
     p = sub.add_parser("demo", help="the whole path in miniature: 73 simulated clusters")
     p.add_argument("--broker", help="use this broker (mqtt://host:port) instead of an embedded one")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
@@ -190,7 +506,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = int(args.func(args))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        print(f"{len(exc.problems)} error(s); nothing was started.", file=sys.stderr)
+        done = "started" if args.command == "run" else "done"
+        print(f"{len(exc.problems)} error(s); nothing was {done}.", file=sys.stderr)
         code = 1
     except (ValueError, OSError) as exc:
         print(f"loa-controller {args.command}: {exc}", file=sys.stderr)
