@@ -22,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from conftest import MosquittoBroker, require, wait_until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.main import Controller, Settings
@@ -31,7 +32,6 @@ from protocol import topics
 from protocol.messages import Address, PlayBody
 from protocol.mqtt import MqttLink
 from protocol.signing import Signer, generate_keypair
-from tests.conftest import MosquittoBroker, require, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = "e2e-a-01"
