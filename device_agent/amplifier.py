@@ -139,6 +139,8 @@ class Amplifier:
         if self._factory is None:
             return
         with self._lock:
+            if self._closed:
+                return
             if self._plays == 0:
                 self._log.warning("play_finished() without power_on_for_play(); ignored")
                 return

@@ -17,18 +17,23 @@ Faults, settable at any time through `fault`: "silent" (the board hears nothing)
 (modbus: exception answer with `exception_code`). `disappear()` closes the pty (the USB
 plug pulled: the port and its link vanish); `reappear()` plugs a new one in behind the
 same link, with every relay off (the board lost power).
+
+`SerialServerBoard` is the same board behind a serial server on loopback
+(`socket://127.0.0.1:<port>`), as a Moxa NPort or ser2net puts an RS-485 line on the
+network.
 """
 
 from __future__ import annotations
 
 import os
 import selectors
+import socket
 import threading
 import time
 import tty
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from device_agent.relays.modbus import crc16, with_crc
 
@@ -152,7 +157,8 @@ class SimulatedBoard:
 
     # --- the board ----------------------------------------------------------------------------
 
-    def _run(self, master: int) -> None:
+    def _run(self, master: int) -> bool:
+        """Play the board on fd master until stopped (True) or the line is gone (False)."""
         buffer = b""
         with selectors.DefaultSelector() as selector:
             selector.register(master, selectors.EVENT_READ)
@@ -160,13 +166,13 @@ class SimulatedBoard:
             while True:
                 ready = {key.fd for key, _ in selector.select()}
                 if self._stop_r in ready:
-                    return
+                    return True
                 try:
                     data = os.read(master, 1024)
                 except OSError:
-                    return
+                    return False
                 if not data:
-                    return
+                    return False
                 buffer += data
                 buffer = self._take(buffer, master)
 
@@ -257,3 +263,45 @@ class SimulatedBoard:
         if self.fault == "bad_crc":
             reply = reply[:-2] + bytes([reply[-2] ^ 0xFF, reply[-1]])
         return reply
+
+
+class SerialServerBoard(SimulatedBoard):
+    """The board behind a TCP serial server; `disappear()` is the server going down."""
+
+    def __init__(self, protocol: BoardProtocol, **options: Any) -> None:
+        super().__init__(protocol, Path("/nonexistent"), **options)
+        self._listener: socket.socket | None = None
+        self._tcp_port = 0
+
+    @property
+    def url(self) -> str:
+        return f"socket://127.0.0.1:{self._tcp_port}"
+
+    def start(self) -> SerialServerBoard:
+        # The same port again after reappear(), as a serial server keeps its address.
+        self._listener = socket.create_server(("127.0.0.1", self._tcp_port))
+        self._tcp_port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, args=(self._listener,), daemon=True)
+        self._thread.start()
+        self.plug_ins += 1
+        return self
+
+    def _serve(self, listener: socket.socket) -> None:
+        """One client at a time, as a serial server's port; a new one after a disconnect."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(self._stop_r, selectors.EVENT_READ)
+            while True:
+                ready = {key.fd for key, _ in selector.select()}
+                if self._stop_r in ready:
+                    return
+                connection, _ = listener.accept()
+                with connection:
+                    if self._run(connection.fileno()):
+                        return
+
+    def disappear(self) -> None:
+        self._stop_thread()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None

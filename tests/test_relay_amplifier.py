@@ -4,6 +4,8 @@ whether a play goes ahead without the relay."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_until
-from relay_sim import BoardProtocol, SimulatedBoard
+from relay_sim import BoardProtocol, SerialServerBoard, SimulatedBoard
 
 from device_agent.amplifier import Amplifier, amplifier_from_config
 from device_agent.relays import Relay, RelayConfig, open_relay
@@ -367,6 +369,28 @@ def test_retries_back_off_and_reopen_the_port_when_the_board_is_back(
     assert reports.recovered == 1
 
 
+def test_a_serial_server_that_restarts_is_reconnected(clock: ManualClock, reports: Reports) -> None:
+    board = SerialServerBoard("modbus").start()
+    try:
+        amp = amplifier(board, clock, reports)
+        amp.power_on_for_play()
+        board.disappear()
+        amp.play_finished()
+        clock.advance(IDLE_OFF_S)
+        retry_at = amp.tick()
+        assert amp.fault is not None
+        assert board.url in amp.fault
+        board.reappear()
+        assert retry_at is not None
+        clock.set(retry_at)
+        assert amp.tick() is None
+        assert amp.state() == "off"
+        assert board.requests()[-1] == COIL_OFF
+        assert reports.recovered == 1
+    finally:
+        board.close()
+
+
 def test_a_fault_while_playing_is_retried_until_the_amplifier_is_on(
     make_board: Callable[..., SimulatedBoard], clock: ManualClock, reports: Reports
 ) -> None:
@@ -440,6 +464,15 @@ def test_close_switches_off_and_ends_everything(
     assert amp.tick() is None
     assert amp.power_on_for_play() is True  # shutting down: nothing switched
     assert board.requests() == [COIL_ON, COIL_OFF]
+
+
+def test_importing_the_amplifier_does_not_load_pyserial() -> None:
+    """Domain modules never import serial; the driver loads it when a port is opened."""
+    code = (
+        "import sys, device_agent.amplifier, device_agent.relays; sys.exit('serial' in sys.modules)"
+    )
+    root = Path(__file__).resolve().parent.parent
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
 
 
 def test_no_relay_configured(clock: ManualClock) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_until
-from relay_sim import BoardProtocol, SimulatedBoard
+from relay_sim import BoardProtocol, SerialServerBoard, SimulatedBoard
 
 from device_agent.relays import Relay, RelayConfig, RelayError, open_relay
 from device_agent.relays.ascii import AsciiRelay
@@ -418,6 +418,36 @@ def test_an_ascii_reply_other_than_expected_is_shown(make_board: BoardFactory) -
         assert "expected 'OK'" in str(raised.value)
     finally:
         relay.close()
+
+
+# --- socket:// (a serial server on the network) --------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["modbus", "ascii"])
+def test_a_board_behind_a_serial_server(protocol: BoardProtocol) -> None:
+    board = SerialServerBoard(protocol).start()
+    try:
+        relay = open_relay(
+            RelayConfig.model_validate(
+                {"driver": protocol, "url": board.url, "reply_timeout_s": REPLY_TIMEOUT_S}
+            )
+        )
+        relay.switch(True)
+        assert board.relay(0)
+        assert relay.state() is True
+        board.disappear()  # the serial server goes down
+        with pytest.raises(RelayError) as raised:
+            relay.switch(False)
+        assert board.url in str(raised.value)
+        relay.close()
+        with pytest.raises(RelayError, match="refused the connection"):
+            open_relay(RelayConfig(driver=protocol, url=board.url))
+        board.reappear()
+        relay = open_relay(RelayConfig(driver=protocol, url=board.url))
+        assert relay.state() is False  # the board came back with its relays off
+        relay.close()
+    finally:
+        board.close()
 
 
 # --- loop:// (no hardware, no pty) ---------------------------------------------------------
