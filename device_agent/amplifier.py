@@ -10,6 +10,9 @@ How the agent uses it:
   (nothing when it has been on long enough). False means: the relay failed and the
   config says not to play without it; the play should be reported failed with
   `amplifier.fault` as the reason. Setting `stop` ends the warm-up at once.
+- optionally, on the worker, warm_up_s before a scheduled play's start time:
+  `amplifier.power_on_ahead()`, so that the warm-up is over when the play starts and
+  its first sample goes out on time (clusters of one commune start together).
 - after that play, whatever happened (in a `finally`): `amplifier.play_finished()`.
   Every `power_on_for_play` is matched by one `play_finished`; while any play is on,
   the amplifier stays on.
@@ -132,6 +135,24 @@ class Amplifier:
         if on_since is not None:
             self._warm_up(on_since, stop or threading.Event())
         return True
+
+    def power_on_ahead(self) -> None:
+        """Switch on now for a play due in warm_up_s, without waiting: its
+        power_on_for_play then finds the amplifier warm and the first sample goes out on
+        time. If no play comes, the amplifier goes off after idle_off from now."""
+        if self._factory is None:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            now = self._clock.now()
+            self._attempt(True, now)  # a failure is recorded and retried like any other
+            if self._plays == 0:
+                self._idle_since = now
+            notes = self._take_notes()
+        self._notify(notes)
+        if self._wake is not None:
+            self._wake()  # the idle time, or the retry, is due on the worker
 
     def play_finished(self) -> None:
         """A play that called power_on_for_play has ended; the idle time starts if it was

@@ -268,6 +268,34 @@ def test_the_warm_up_follows_the_injected_clock(
     assert time.monotonic() - started < LATE_TOLERANCE_S
 
 
+def test_powered_on_ahead_a_play_starts_on_time(
+    make_board: Callable[..., SimulatedBoard], clock: ManualClock, reports: Reports
+) -> None:
+    """The worker switches on warm_up before the start time; the play does not wait."""
+    board = make_board()
+    amp = amplifier(board, clock, reports, warm_up_s=30.0)
+    amp.power_on_ahead()
+    assert board.relay(0)
+    assert amp.tick() == START + timedelta(seconds=IDLE_OFF_S)  # off if no play comes
+    clock.advance(30)
+    started = time.monotonic()
+    assert amp.power_on_for_play() is True
+    assert time.monotonic() - started < LATE_TOLERANCE_S
+    assert amp.tick() is None  # playing
+
+    # Ahead of a play that never comes: off after the idle time.
+    amp.play_finished()
+    clock.advance(IDLE_OFF_S)
+    amp.tick()
+    amp.power_on_ahead()
+    clock.advance(IDLE_OFF_S - 1)
+    amp.tick()
+    assert board.relay(0)
+    clock.advance(1)
+    amp.tick()
+    assert not board.relay(0)
+
+
 def test_a_stop_during_the_warm_up_ends_it(
     make_board: Callable[..., SimulatedBoard], clock: ManualClock, reports: Reports
 ) -> None:
