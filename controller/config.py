@@ -93,6 +93,34 @@ class AudioConfig(_Strict):
     """Size of the pieces audio is sent in."""
 
 
+class CapConfig(_Strict):
+    """CAP 1.2 alerts taken in by POST /api/v1/cap (controller.cap)."""
+
+    policy: Literal["send", "approve"] = "approve"
+    """send: an alert for our area goes out at once; approve: it waits for a manager."""
+    repeat: Annotated[int, Field(ge=1, le=10)] = 2
+    """How many times the alert's text is spoken."""
+
+
+class WebConfig(_Strict):
+    """The web app and JSON API for urgent announcements, served by `loa-controller run`."""
+
+    listen: str = "127.0.0.1"
+    """The address to listen on; 0.0.0.0 for every interface (put TLS in front of it)."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    """The TCP port of the web app."""
+    users_file: ConfigPath
+    """The users and their roles (`loa-controller user add` writes it)."""
+    work_dir: ConfigPath
+    """Where uploads and speech are kept while an announcement is prepared."""
+    secure_cookies: bool = False
+    """true when the app is served over HTTPS (a reverse proxy): cookies only over TLS."""
+    tts_voice: str = "vi"
+    """The espeak-ng voice that speaks typed announcements."""
+    cap: CapConfig | None = None
+    """CAP 1.2 alert intake; left out: off."""
+
+
 class ControllerConfig(_Strict):
     """config/controller.yaml."""
 
@@ -127,6 +155,8 @@ class ControllerConfig(_Strict):
     """How long a command stays valid after it is issued."""
     audio: AudioConfig = AudioConfig()
     """Audio preparation."""
+    web: WebConfig | None = None
+    """The web app and JSON API (urgent announcements); left out: not served."""
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
