@@ -63,6 +63,8 @@ class PlayBody(WireModel):
     items: Annotated[list[ContentRef], Field(min_length=1, max_length=64)]
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
     urgent: bool = False
+    # Interrupted by a higher level: play it again from the start once the output is free.
+    replay_if_interrupted: bool = False
 
 
 class StopBody(WireModel):
@@ -150,6 +152,40 @@ class State(WireModel):
     state: Literal["online", "offline"]
     at: AwareDatetime | None = None
     version: str | None = None
+
+
+class NowPlaying(WireModel):
+    """The play on the output when a heartbeat was sent."""
+
+    play_id: str
+    bulletin: str
+    level: Level
+    started_at: AwareDatetime | None = None
+
+
+class Heartbeat(WireModel):
+    """The agent's health, every `heartbeat_s` (QoS 0, not retained; the latest one counts).
+
+    Fields the box cannot measure are left out (null): cpu_temp_c without a thermal
+    sensor, clock_offset_s before any fresh command arrived.
+    """
+
+    v: Literal[1] = VERSION
+    cluster: ClusterId
+    at: AwareDatetime
+    version: str | None = None
+    uptime_s: float = Field(ge=0)  # since the agent started
+    system_uptime_s: float | None = Field(default=None, ge=0)  # since the box booted
+    disk_free_bytes: int | None = Field(default=None, ge=0)  # on the data_dir's file system
+    cache_bytes: int | None = Field(default=None, ge=0)  # audio held in the content cache
+    cpu_temp_c: float | None = None
+    relay: Annotated[str, Field(max_length=300)] | None = None  # on, off, unknown, none, fault: ...
+    volume: Annotated[int, Field(ge=0, le=100)] | None = None  # of the current play, or default
+    # Agent clock minus controller clock (s), from signed commands; see docs/protocol.md.
+    clock_offset_s: float | None = None
+    playing: NowPlaying | None = None
+    queued: int = Field(default=0, ge=0)  # plays scheduled and not yet started
+    outbox_pending: int = Field(default=0, ge=0)  # events not yet acknowledged
 
 
 class ChunkRequest(WireModel):

@@ -8,13 +8,14 @@ Layout (version in the prefix, so v2 can run beside v1 during an upgrade):
     loa/v1/cluster/<cluster>/event       agent -> controller       (status events)
     loa/v1/cluster/<cluster>/state       agent -> controller       (retained, Last Will)
     loa/v1/cluster/<cluster>/request     agent -> controller       (missing chunks)
+    loa/v1/cluster/<cluster>/heartbeat   agent -> controller       (health, QoS 0)
     loa/v1/group/<group>/command         controller -> agents of a group
     loa/v1/group/<group>/content         controller -> agents of a group
 
 A broker ACL can therefore confine an agent logged in as <cluster> to reading
 loa/v1/cluster/<cluster>/{command,content,membership} and its groups'
 loa/v1/group/<group>/{command,content}, and to writing only
-loa/v1/cluster/<cluster>/{event,state,request} (mosquitto: `pattern read
+loa/v1/cluster/<cluster>/{event,state,request,heartbeat} (mosquitto: `pattern read
 loa/v1/cluster/%u/command` and so on; see docs/protocol.md).
 """
 
@@ -31,11 +32,13 @@ ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 # fullmatch, not match with "$": "$" also matches before a trailing newline.
 _ID_RE = re.compile(ID_PATTERN)
 
-ClusterChannel = Literal["command", "content", "membership", "event", "state", "request"]
+ClusterChannel = Literal[
+    "command", "content", "membership", "event", "state", "request", "heartbeat"
+]
 GroupChannel = Literal["command", "content"]
 
 TO_AGENT: tuple[ClusterChannel, ...] = ("command", "content", "membership")
-FROM_AGENT: tuple[ClusterChannel, ...] = ("event", "state", "request")
+FROM_AGENT: tuple[ClusterChannel, ...] = ("event", "state", "request", "heartbeat")
 
 
 def check_id(value: str, what: str = "id") -> str:
