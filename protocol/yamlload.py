@@ -251,6 +251,25 @@ def _syntax_problem(file: str, exc: yaml.YAMLError, text: str) -> Problem:
             f"YAML syntax error: the quoted text opened here runs on to line {mark.line + 1};"
             " is a closing quote missing?",
         )
+    opened = exc.context_mark
+    if (
+        exc.context is not None
+        and "flow" in exc.context
+        and opened is not None
+        and exc.problem_mark is not None
+        and exc.problem_mark.line > opened.line
+    ):
+        # [ or { not closed on its line: YAML reads on and complains lines later; the
+        # place to fix is where it was opened.
+        closer = "]" if "sequence" in exc.context else "}"
+        return Problem(
+            file,
+            opened.line + 1,
+            opened.column + 1,
+            f"YAML syntax error: the '{'[' if closer == ']' else '{'}' opened here is not "
+            f"closed before line {exc.problem_mark.line + 1}; is a '{closer}' (or a ',' "
+            "between items) missing?",
+        )
     line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     message = f"YAML syntax error: {what}"
     if exc.context and exc.context_mark is not None and exc.context_mark is not mark:
