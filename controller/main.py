@@ -103,6 +103,7 @@ class Controller:
         self.fleet, self.playlists = self._load()
         self._state_lock = threading.Lock()
         self._reload_lock = threading.Lock()
+        self.last_reload: ReloadResult | None = None  # set once a reload has finished
         self.store = Store(settings.store_url)
         self._sync_fleet()
         self.approvals = Approvals(self.store)
@@ -228,13 +229,15 @@ class Controller:
             if changed:
                 self.distributor.publish_memberships(changed)
             self._record_status(playlists.warnings)
+            result = ReloadResult(True, playlists.warnings, [c[0] for c in changed])
+            self.last_reload = result
             log.info(
                 "reloaded the playlists and the fleet: %d programmes, %d clusters in %d "
                 "communes; new membership sent to %d clusters",
                 len(playlists.programmes), len(fleet.clusters), len(fleet.communes()),
                 len(changed),
             )
-            return ReloadResult(True, playlists.warnings, [c[0] for c in changed])
+            return result
 
     def _refuse(self, problems: list[Problem]) -> ReloadResult:
         result = ReloadResult(False, list(problems))
@@ -244,6 +247,7 @@ class Controller:
             "running. Fix these and save again:\n%s", errors, result.report(),
         )
         self.store.set_config_status("error", result.report(), self.clock.now())
+        self.last_reload = result
         return result
 
     def _on_cluster_state(self, cluster: str, state: str) -> None:
@@ -299,6 +303,13 @@ def run(config: ControllerConfig) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: controller.request_reload())
     controller.start()
+    web = None
+    if config.web is not None:  # the web app and API (controller/web), same process
+        from controller.web.server import start_web
+
+        web = start_web(controller, config.web)
     stop.wait()
     log.info("stopping the controller")
+    if web is not None:
+        web.stop()
     controller.stop()
