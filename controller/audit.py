@@ -1,0 +1,138 @@
+"""The audit log (nhật ký thao tác): every urgent action and approval, who and when.
+
+One row per action: the user, the time, what was done (send, stop, approve, a CAP
+alert taken in), the announcement or programme it was about, its level, text and audio
+hash, and its targets. The per-cluster outcome of an announcement is not copied here:
+it is read from the status events (controller.urgent) when the log is shown, so it is
+always the latest the clusters reported. Rows are only ever added.
+
+The table lives on the store's metadata, in the same database as the events.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import Column, DateTime, Integer, String, Table, Text, insert, select
+
+from controller.store import Store, metadata
+
+Action = Literal["send", "stop", "approve", "cap-alert", "cap-cancel", "sign-in-refused"]
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("user", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("subject", String(128)),  # play id of an announcement, or programme id
+    Column("level", String(16)),
+    Column("title", String(200)),
+    Column("text", Text),
+    Column("audio_sha256", String(64)),
+    Column("targets", Text),  # JSON list of target names
+    Column("clusters", Text),  # JSON list of cluster ids
+    Column("detail", Text),
+)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    user: str
+    action: str
+    subject: str | None
+    level: str | None
+    title: str | None
+    text: str | None
+    audio_sha256: str | None
+    targets: list[str]
+    clusters: list[str]
+    detail: str | None
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class AuditLog:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        metadata.create_all(store.engine, tables=[audit_log])
+
+    def record(
+        self,
+        *,
+        at: datetime,
+        user: str,
+        action: Action,
+        subject: str | None = None,
+        level: str | None = None,
+        title: str | None = None,
+        text: str | None = None,
+        audio_sha256: str | None = None,
+        targets: Sequence[str] = (),
+        clusters: Sequence[str] = (),
+        detail: str | None = None,
+    ) -> None:
+        with self._lock, self._store.engine.begin() as conn:
+            conn.execute(
+                insert(audit_log).values(
+                    at=at.astimezone(UTC), user=user, action=action, subject=subject,
+                    level=level, title=title, text=text, audio_sha256=audio_sha256,
+                    targets=json.dumps(list(targets)), clusters=json.dumps(list(clusters)),
+                    detail=detail,
+                )
+            )
+
+    def entries(
+        self, *, limit: int = 500, visible: Callable[[AuditEntry], bool] | None = None
+    ) -> list[AuditEntry]:
+        """The newest entries first; `visible` filters them (a manager sees its subtree)."""
+        with self._store.engine.connect() as conn:
+            rows = conn.execute(
+                select(audit_log).order_by(audit_log.c.id.desc()).limit(limit * 4)
+            ).mappings()
+            out = [_entry(r) for r in rows]
+        if visible is not None:
+            out = [e for e in out if visible(e)]
+        return out[:limit]
+
+
+def _entry(r: Any) -> AuditEntry:
+    return AuditEntry(
+        id=r["id"], at=_aware(r["at"]), user=r["user"], action=r["action"],
+        subject=r["subject"], level=r["level"], title=r["title"], text=r["text"],
+        audio_sha256=r["audio_sha256"], targets=list(json.loads(r["targets"] or "[]")),
+        clusters=list(json.loads(r["clusters"] or "[]")), detail=r["detail"],
+    )
+
+
+CSV_HEADER = [
+    "at", "user", "action", "subject", "level", "title", "text", "audio_sha256", "targets",
+    "clusters", "outcome", "detail",
+]
+
+
+def to_csv(entries: Sequence[AuditEntry], outcome: Callable[[AuditEntry], str]) -> str:
+    """The entries as CSV (UTF-8, one row each); outcome gives the per-cluster result."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_HEADER)
+    for e in entries:
+        writer.writerow([
+            e.at.isoformat(), e.user, e.action, e.subject or "", e.level or "", e.title or "",
+            e.text or "", e.audio_sha256 or "", " ".join(e.targets), " ".join(e.clusters),
+            outcome(e), e.detail or "",
+        ])
+    return buf.getvalue()

@@ -1,0 +1,582 @@
+"""Urgent announcements (thông báo khẩn): the one service behind the page, the API and the CLI.
+
+Everything a user may do with an urgent announcement goes through `UrgentService`, so
+the rules hold whichever door was used:
+
+- **Scope.** A user reaches only the clusters under the fleet nodes of its scope
+  (controller.users). Targets are resolved against the fleet as it is now; a target
+  with any cluster outside the scope refuses the whole announcement
+  (`TargetForbiddenError`, shown as HTTP 403) and nothing is sent.
+- **Audio.** An uploaded or recorded file, or text spoken by the offline text-to-speech
+  engine (controller.tts). Repeats are joined into one recording with the chosen gap
+  of silence, then prepared once as Opus (controller.audio) like any bulletin.
+- **Send.** One play at `priority` or `emergency` level, starting now; a higher level
+  preempts what the agents are playing (a normal bulletin is reported `interrupted`).
+- **Progress.** Per targeted cluster, from the status events the intake stores:
+  sent → received → delivered → playing → finished, or interrupted / missed / failed with
+  the agent's reason; a cluster known to be offline shows as offline (it still gets the
+  announcement if it comes back before the announcement's latest start).
+- **Stop.** A signed stop to the announcement's clusters.
+- **Audit.** Every send and stop is written to the audit log (controller.audit).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from sqlalchemy import Column, DateTime, Float, Integer, String, Table, Text, insert, select, update
+
+from controller import ffmpeg
+from controller.audio import ContentStore, PreparedAudio
+from controller.audit import AuditEntry, AuditLog
+from controller.distribution import PlaySpec, new_play_id
+from controller.fleet import Fleet
+from controller.store import FINAL_KINDS, Store, metadata
+from controller.tts import TextToSpeech
+from protocol.clock import Clock
+from protocol.messages import Level
+
+URGENT_LEVELS: tuple[Level, ...] = ("priority", "emergency")
+#: How long after it is sent an announcement may still start (a cluster that comes back
+#: online later than this does not play it).
+URGENT_LATENESS = timedelta(minutes=5)
+MAX_REPEAT = 10
+MAX_GAP_S = 60.0
+MAX_TITLE = 200
+
+Source = Literal["web", "api", "cli", "cap"]
+ClusterStatus = Literal[
+    "sent", "offline", "received", "delivered", "playing", "finished", "interrupted",
+    "missed", "failed",
+]
+FINAL: frozenset[str] = frozenset(FINAL_KINDS)
+_ORDER = {"sent": 0, "offline": 0, "received": 1, "delivered": 2, "playing": 3}
+
+announcements = Table(
+    "urgent_announcements",
+    metadata,
+    Column("id", String(128), primary_key=True),  # the play id
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("created_by", String(64), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("text", Text),
+    Column("level", String(16), nullable=False),
+    Column("audio_sha256", String(64), nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("repeat", Integer, nullable=False),
+    Column("gap_s", Float, nullable=False),
+    Column("targets", Text, nullable=False),  # JSON list of target names
+    Column("clusters", Text, nullable=False),  # JSON list of cluster ids
+    Column("latest_start", DateTime(timezone=True), nullable=False),
+    Column("stopped_at", DateTime(timezone=True)),
+    Column("stopped_by", String(64)),
+    Column("ref", String(200)),  # e.g. the CAP identifier it came from
+)
+
+
+# --- who is asking ----------------------------------------------------------------------
+
+
+class Principal(Protocol):
+    """A user (controller.users.User) or a system sender (CAP intake)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def scope(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class SystemPrincipal:
+    name: str
+    role: str
+    scope: list[str]
+
+
+class UrgentError(ValueError):
+    """What the user asked for cannot be done; the message says why and what to do."""
+
+    status = 400
+
+
+class TargetForbiddenError(UrgentError):
+    """A target reaches clusters outside the user's scope."""
+
+    status = 403
+
+    def __init__(self, user: str, outside: list[str], scope_names: list[str]) -> None:
+        self.user = user
+        self.outside = outside
+        self.scope_names = scope_names
+        super().__init__(
+            f"{', '.join(outside)} is outside what {user} may reach "
+            f"({', '.join(scope_names)}); nothing was sent"
+        )
+
+
+class NotFoundError(UrgentError):
+    status = 404
+
+
+# --- what is asked and what is shown -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnnouncementRequest:
+    targets: list[str]
+    level: Level = "emergency"
+    text: str | None = None
+    audio: Path | None = None
+    repeat: int = 1
+    gap_s: float = 3.0
+    title: str | None = None
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterProgress:
+    cluster: str
+    name: str
+    commune: str
+    status: ClusterStatus
+    reason: str | None = None
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Announcement:
+    id: str
+    created_at: datetime
+    created_by: str
+    source: str
+    title: str
+    text: str | None
+    level: str
+    audio_sha256: str
+    duration_s: float
+    repeat: int
+    gap_s: float
+    targets: list[str]
+    clusters: list[str]
+    latest_start: datetime
+    stopped_at: datetime | None
+    stopped_by: str | None
+    ref: str | None
+    progress: list[ClusterProgress] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.progress:
+            out[p.status] = out.get(p.status, 0) + 1
+        return out
+
+    @property
+    def done(self) -> bool:
+        """Every cluster has a final state, or is offline."""
+        return all(p.status in FINAL or p.status == "offline" for p in self.progress)
+
+    @property
+    def all_played(self) -> bool:
+        """Every cluster that was reachable played it to the end."""
+        reachable = [p for p in self.progress if p.status != "offline"]
+        return bool(reachable) and all(p.status == "finished" for p in reachable)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+            "source": self.source,
+            "title": self.title,
+            "text": self.text,
+            "level": self.level,
+            "audio_sha256": self.audio_sha256,
+            "duration_s": round(self.duration_s, 2),
+            "repeat": self.repeat,
+            "gap_s": self.gap_s,
+            "targets": self.targets,
+            "latest_start": self.latest_start.isoformat(),
+            "stopped_at": self.stopped_at.isoformat() if self.stopped_at else None,
+            "stopped_by": self.stopped_by,
+            "ref": self.ref,
+            "done": self.done,
+            "all_played": self.all_played,
+            "counts": self.counts(),
+            "clusters": [
+                {
+                    "cluster": p.cluster, "name": p.name, "commune": p.commune,
+                    "status": p.status, "reason": p.reason,
+                    "at": p.at.isoformat() if p.at else None,
+                }
+                for p in self.progress
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One line of the target picker: a node or a cluster, with its depth."""
+
+    id: str
+    name: str
+    kind: str  # province, district, commune, village, cluster
+    depth: int
+    clusters: int
+
+
+# --- the service ------------------------------------------------------------------------
+
+
+class Sender(Protocol):
+    def send_play(self, spec: PlaySpec) -> Any: ...
+    def send_stop(self, play_id: str | None, cluster_ids: Sequence[str]) -> None: ...
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class UrgentService:
+    def __init__(
+        self,
+        *,
+        fleet: Callable[[], Fleet],
+        store: Store,
+        content: ContentStore,
+        sender: Sender,
+        clock: Clock,
+        tts: TextToSpeech,
+        audit: AuditLog,
+        work_dir: Path,
+    ) -> None:
+        self._fleet = fleet
+        self._store = store
+        self._content = content
+        self._sender = sender
+        self._clock = clock
+        self.tts = tts
+        self.audit = audit
+        self._work = work_dir
+        self._lock = threading.Lock()
+        work_dir.mkdir(parents=True, exist_ok=True)
+        metadata.create_all(store.engine, tables=[announcements])
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    def fleet(self) -> Fleet:
+        """The fleet as it is now (it changes on reload)."""
+        return self._fleet()
+
+    def now(self) -> datetime:
+        return self._clock.now()
+
+    # --- scope --------------------------------------------------------------------------
+
+    def reach(self, who: Principal) -> frozenset[str]:
+        """The clusters this user may target."""
+        fleet = self._fleet()
+        found: set[str] = set()
+        for node in who.scope:
+            if node in fleet.nodes or node in fleet.clusters:
+                found.update(fleet.clusters_in(node))
+        return frozenset(found)
+
+    def scope_names(self, who: Principal) -> list[str]:
+        fleet = self._fleet()
+        names = []
+        for node in who.scope:
+            if node in fleet.nodes:
+                names.append(fleet.nodes[node].name)
+            elif node in fleet.clusters:
+                names.append(fleet.clusters[node].name)
+            else:
+                names.append(node)
+        return names
+
+    def tree(self, who: Principal) -> list[TreeEntry]:
+        """The part of the fleet tree this user may target, in reading order."""
+        fleet = self._fleet()
+        out: list[TreeEntry] = []
+
+        def walk(node_id: str, depth: int) -> None:
+            node = fleet.nodes[node_id]
+            out.append(
+                TreeEntry(node.id, node.name, node.kind, depth, len(fleet.clusters_in(node_id)))
+            )
+            for cid in sorted(c.id for c in fleet.clusters.values() if c.node == node_id):
+                out.append(TreeEntry(cid, fleet.clusters[cid].name, "cluster", depth + 1, 1))
+            for child in fleet.children(node_id):
+                walk(child, depth + 1)
+
+        for node_id in who.scope:
+            if node_id in fleet.nodes:
+                walk(node_id, 0)
+            elif node_id in fleet.clusters:
+                out.append(TreeEntry(node_id, fleet.clusters[node_id].name, "cluster", 0, 1))
+        return out
+
+    def authorize(self, who: Principal, targets: Iterable[str]) -> list[str]:
+        """The clusters the targets name; TargetForbiddenError if any is outside the scope.
+
+        An unknown target raises controller.fleet.UnknownTargetError (a KeyError).
+        """
+        targets = [t.strip() for t in targets if t.strip()]
+        if not targets:
+            raise UrgentError("choose at least one target: the commune, villages or clusters")
+        fleet = self._fleet()
+        allowed = self.reach(who)
+        clusters: set[str] = set()
+        outside: list[str] = []
+        for target in targets:
+            found = set(fleet.resolve([target]))
+            if not found <= allowed:
+                outside.append(target)
+            clusters |= found
+        if outside:
+            raise TargetForbiddenError(who.name, outside, self.scope_names(who))
+        if not clusters:
+            raise UrgentError(f"the targets {', '.join(targets)} contain no speaker cluster")
+        return sorted(clusters)
+
+    def may_see(self, who: Principal, clusters: Iterable[str]) -> bool:
+        """Whether every one of these clusters is within the user's reach."""
+        return set(clusters) <= self.reach(who)
+
+    # --- sending ------------------------------------------------------------------------
+
+    def _check(self, req: AnnouncementRequest) -> None:
+        if req.level not in URGENT_LEVELS:
+            raise UrgentError(
+                f"level {req.level!r}: an urgent announcement is 'priority' or 'emergency'"
+            )
+        if not 1 <= req.repeat <= MAX_REPEAT:
+            raise UrgentError(f"repeat {req.repeat}: write 1 to {MAX_REPEAT}")
+        if not 0 <= req.gap_s <= MAX_GAP_S:
+            raise UrgentError(f"gap {req.gap_s:g} s: write 0 to {MAX_GAP_S:g} seconds")
+        has_text = bool(req.text and req.text.strip())
+        if has_text == (req.audio is not None):
+            raise UrgentError("give either a text to speak or an audio file, not both or neither")
+        if req.title is not None and len(req.title) > MAX_TITLE:
+            raise UrgentError(f"the title has more than {MAX_TITLE} characters")
+
+    def prepare(self, req: AnnouncementRequest, scratch: Path) -> PreparedAudio:
+        """The announcement's audio, repeated with its gaps, prepared as Opus."""
+        if req.audio is not None:
+            source = req.audio
+        else:
+            assert req.text is not None
+            source = self.tts.speak(req.text, scratch / "speech.wav")
+        if req.repeat > 1:
+            source = self._repeated(source, req.repeat, req.gap_s, scratch / "repeated.wav")
+        return self._content.prepare([source])
+
+    def _repeated(self, source: Path, times: int, gap_s: float, out: Path) -> Path:
+        rate = self._content.settings.sample_rate
+        try:
+            decoded = ffmpeg.decode_pcm(source, sample_rate=rate)
+        except ffmpeg.FfmpegError as exc:
+            raise UrgentError(f"the audio cannot be decoded: {exc}") from None
+        once = ffmpeg.segment_from_pcm(decoded.pcm, rate)
+        gap = ffmpeg.pydub_audio_segment().silent(duration=round(gap_s * 1000), frame_rate=rate)
+        whole = once
+        for _ in range(times - 1):
+            whole = whole + gap + once
+        with out.open("wb") as f:
+            whole.export(f, format="wav")
+        return out
+
+    def send(
+        self, who: Principal, req: AnnouncementRequest, *, source: Source = "web"
+    ) -> Announcement:
+        """Check, prepare and send an announcement now; record it and audit it."""
+        self._check(req)
+        clusters = self.authorize(who, req.targets)
+        with tempfile.TemporaryDirectory(dir=self._work, prefix="announcement-") as tmp:
+            prepared = self.prepare(req, Path(tmp))
+        now = self._clock.now()
+        title = (req.title or "").strip() or _title_from(req)
+        play_id = new_play_id("urgent")
+        spec = PlaySpec(
+            play_id=play_id, bulletin=title, level=req.level, start_at=now,
+            latest_start=now + URGENT_LATENESS, items=[prepared], clusters=clusters,
+            urgent=True,
+        )
+        with self._lock, self._store.engine.begin() as conn:
+            conn.execute(
+                insert(announcements).values(
+                    id=play_id, created_at=now.astimezone(UTC), created_by=who.name,
+                    source=source, title=title, text=(req.text or None), level=req.level,
+                    audio_sha256=prepared.sha256, duration_s=prepared.duration_s,
+                    repeat=req.repeat, gap_s=req.gap_s, targets=json.dumps(req.targets),
+                    clusters=json.dumps(clusters), latest_start=spec.latest_start.astimezone(UTC),
+                    ref=req.ref,
+                )
+            )
+        self._sender.send_play(spec)
+        self.audit.record(
+            at=now, user=who.name, action="send", subject=play_id, level=req.level,
+            title=title, text=req.text, audio_sha256=prepared.sha256, targets=req.targets,
+            clusters=clusters, detail=f"source={source} repeat={req.repeat} gap_s={req.gap_s:g}"
+            + (f" ref={req.ref}" if req.ref else ""),
+        )
+        return self.get(who, play_id)
+
+    def stop(self, who: Principal, announcement_id: str) -> Announcement:
+        found = self.get(who, announcement_id)
+        now = self._clock.now()
+        self._sender.send_stop(found.id, found.clusters)
+        with self._lock, self._store.engine.begin() as conn:
+            conn.execute(
+                update(announcements)
+                .where(announcements.c.id == found.id, announcements.c.stopped_at.is_(None))
+                .values(stopped_at=now.astimezone(UTC), stopped_by=who.name)
+            )
+        self.audit.record(
+            at=now, user=who.name, action="stop", subject=found.id, level=found.level,
+            title=found.title, audio_sha256=found.audio_sha256, targets=found.targets,
+            clusters=found.clusters,
+        )
+        return self.get(who, found.id)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def get(self, who: Principal, announcement_id: str) -> Announcement:
+        """The announcement with its per-cluster progress, if the user may see it."""
+        with self._store.engine.connect() as conn:
+            row = conn.execute(
+                select(announcements).where(announcements.c.id == announcement_id)
+            ).mappings().first()
+        if row is None:
+            raise NotFoundError(f"no announcement {announcement_id!r}")
+        found = _announcement(row)
+        if found.created_by != who.name and not self.may_see(who, found.clusters):
+            # Not a 403: whether it exists is none of this user's business.
+            raise NotFoundError(f"no announcement {announcement_id!r}")
+        return _with_progress(found, self.progress(found.id, found.clusters))
+
+    def clusters_of(self, play_id: str) -> list[str]:
+        return self._store.play_clusters(play_id)
+
+    def audit_entries(self, who: Principal, limit: int = 500) -> list[AuditEntry]:
+        """The audit log as this user may read it: its own actions and its subtree's."""
+        reach = self.reach(who)
+        return self.audit.entries(
+            limit=limit,
+            visible=lambda e: e.user == who.name or (bool(e.clusters) and set(e.clusters) <= reach),
+        )
+
+    def find_by_ref(self, ref: str) -> list[str]:
+        with self._store.engine.connect() as conn:
+            return [
+                r[0] for r in conn.execute(
+                    select(announcements.c.id).where(announcements.c.ref == ref)
+                )
+            ]
+
+    def recent(self, who: Principal, limit: int = 50) -> list[Announcement]:
+        with self._store.engine.connect() as conn:
+            rows = conn.execute(
+                select(announcements).order_by(announcements.c.created_at.desc()).limit(500)
+            ).mappings().all()
+        out = []
+        for row in rows:
+            found = _announcement(row)
+            if found.created_by == who.name or self.may_see(who, found.clusters):
+                out.append(_with_progress(found, self.progress(found.id, found.clusters)))
+            if len(out) >= limit:
+                break
+        return out
+
+    def progress(self, play_id: str, clusters: Sequence[str]) -> list[ClusterProgress]:
+        """Where the play stands on each cluster, from the stored events."""
+        fleet = self._fleet()
+        latest: dict[str, tuple[str, str | None, datetime | None]] = {}
+        rows = sorted(
+            self._store.events_for_play(play_id), key=lambda r: (_aware(r["at"]), r["seq"])
+        )
+        for r in rows:
+            cluster, kind = r["cluster"], r["kind"]
+            prev = latest.get(cluster)
+            if prev is not None:
+                if prev[0] in FINAL:
+                    continue
+                if prev[0] in _ORDER and kind in _ORDER and _ORDER[kind] < _ORDER[prev[0]]:
+                    continue
+            latest[cluster] = (kind, r["reason"], _aware(r["at"]))
+        states = {row.id: row for row in self._store.fleet_rows()}
+        out = []
+        for cid in clusters:
+            known = fleet.clusters.get(cid)
+            name = known.name if known else cid
+            commune = fleet.nodes[known.commune].name if known else "?"
+            if cid in latest:
+                kind, reason, at = latest[cid]
+                out.append(ClusterProgress(cid, name, commune, kind, reason, at))  # type: ignore[arg-type]
+                continue
+            row = states.get(cid)
+            if row is None or row.state != "online":
+                since = row.last_seen if row else None
+                out.append(ClusterProgress(
+                    cid, name, commune, "offline",
+                    "not connected" + (f" since {since.isoformat(timespec='seconds')}"
+                                       if since else " (never seen)"),
+                    since,
+                ))
+            else:
+                out.append(ClusterProgress(cid, name, commune, "sent"))
+        return out
+
+
+def _title_from(req: AnnouncementRequest) -> str:
+    if req.text:
+        words = " ".join(req.text.split())
+        return words if len(words) <= 60 else words[:57].rstrip() + "..."
+    return req.audio.name if req.audio else "announcement"
+
+
+def _announcement(row: Any) -> Announcement:
+    created = _aware(row["created_at"])
+    latest = _aware(row["latest_start"])
+    assert created is not None
+    assert latest is not None
+    return Announcement(
+        id=row["id"], created_at=created, created_by=row["created_by"], source=row["source"],
+        title=row["title"], text=row["text"], level=row["level"],
+        audio_sha256=row["audio_sha256"], duration_s=float(row["duration_s"]),
+        repeat=int(row["repeat"]), gap_s=float(row["gap_s"]),
+        targets=list(json.loads(row["targets"])), clusters=list(json.loads(row["clusters"])),
+        latest_start=latest, stopped_at=_aware(row["stopped_at"]),
+        stopped_by=row["stopped_by"], ref=row["ref"],
+    )
+
+
+def _with_progress(found: Announcement, progress: list[ClusterProgress]) -> Announcement:
+    return Announcement(**{**found.__dict__, "progress": progress})
+
+
+def service_for(controller: Any, tts: TextToSpeech, work_dir: Path) -> UrgentService:
+    """The service wired to a running controller.main.Controller."""
+    return UrgentService(
+        fleet=lambda: controller.fleet,
+        store=controller.store,
+        content=controller.content,
+        sender=controller.distributor,
+        clock=controller.clock,
+        tts=tts,
+        audit=AuditLog(controller.store),
+        work_dir=work_dir,
+    )

@@ -1,0 +1,379 @@
+"""The JSON API, /api/v1: the same actions as the pages, for integration and the CLI.
+
+Errors are `{"error": "<what is wrong and what to do>", "status": <code>}`: 400 for a
+request that cannot be done as written, 401 when not signed in, 403 for a target outside
+the user's scope (or a manager-only call), 404, 413, 429 for too many failed sign-ins.
+The OpenAPI schema is at /api/v1/openapi.json and browsable at /api/docs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.audio import AudioError
+from controller.audit import to_csv
+from controller.fleet import UnknownTargetError
+from controller.tts import TtsUnavailableError
+from controller.urgent import (
+    MAX_GAP_S,
+    MAX_REPEAT,
+    Announcement,
+    AnnouncementRequest,
+    UrgentError,
+)
+from controller.users import User
+from controller.web.app import (
+    MAX_UPLOAD_BYTES,
+    WebContext,
+    by_bearer,
+    client_address,
+    session_of,
+)
+from controller.web.security import Session, csrf_ok
+
+router = APIRouter(prefix="/api/v1", tags=["urgent announcements"])
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+# --- models (the OpenAPI schema) ------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginIn(_Model):
+    name: str
+    password: str
+
+
+class LoginOut(_Model):
+    token: str = Field(description="send as `Authorization: Bearer <token>`")
+    csrf_token: str = Field(description="X-CSRF-Token for calls made with the session cookie")
+    name: str
+    role: str
+    scope: list[str]
+
+
+class TargetOut(_Model):
+    id: str
+    name: str
+    kind: str
+    depth: int
+    clusters: int
+
+
+class MeOut(_Model):
+    name: str
+    display_name: str
+    role: str
+    scope: list[str]
+    tts: str | None = Field(description="null when text can be spoken, else why not")
+
+
+class AnnouncementIn(_Model):
+    targets: list[str] = Field(min_length=1, description="node ids, cluster ids, tag:<tag>")
+    level: Literal["priority", "emergency"] = "emergency"
+    text: str | None = Field(None, description="spoken by the text-to-speech engine")
+    audio_id: str | None = Field(None, description="from POST /api/v1/audio")
+    repeat: int = Field(1, ge=1, le=MAX_REPEAT)
+    gap_s: float = Field(3.0, ge=0, le=MAX_GAP_S)
+    title: str | None = Field(None, max_length=200)
+
+
+class AudioOut(_Model):
+    audio_id: str
+    size: int
+
+
+class ClusterOut(_Model):
+    cluster: str
+    name: str
+    commune: str
+    status: str = Field(
+        description="sent, offline, received, delivered, playing, finished, interrupted, "
+        "missed or failed"
+    )
+    reason: str | None
+    at: datetime | None
+
+
+class AnnouncementOut(_Model):
+    id: str
+    created_at: datetime
+    created_by: str
+    source: str
+    title: str
+    text: str | None
+    level: str
+    audio_sha256: str
+    duration_s: float
+    repeat: int
+    gap_s: float
+    targets: list[str]
+    latest_start: datetime
+    stopped_at: datetime | None
+    stopped_by: str | None
+    ref: str | None
+    done: bool = Field(description="every cluster finished, failed, or is offline")
+    all_played: bool = Field(description="every reachable cluster played it to the end")
+    counts: dict[str, int]
+    clusters: list[ClusterOut]
+
+
+class AuditOut(_Model):
+    at: datetime
+    user: str
+    action: str
+    subject: str | None
+    level: str | None
+    title: str | None
+    text: str | None
+    audio_sha256: str | None
+    targets: list[str]
+    clusters: list[str]
+    outcome: str
+    detail: str | None
+
+
+class CapOut(_Model):
+    identifier: str
+    msg_type: str
+    action: str
+    announcements: list[str]
+    detail: str
+
+
+# --- dependencies -------------------------------------------------------------------------
+
+
+def context(request: Request) -> WebContext:
+    ctx: WebContext = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[WebContext, Depends(context)]
+
+
+def signed_in(request: Request, ctx: Ctx) -> tuple[Session, User]:
+    found = session_of(ctx, request)
+    if found is None:
+        raise ApiError(401, "not signed in: POST /api/v1/login, then send the token")
+    return found
+
+
+def acting(request: Request, found: Annotated[tuple[Session, User], Depends(signed_in)]) -> User:
+    """The user, for a state-changing call: cookie sessions must carry the CSRF token."""
+    session, user = found
+    if not by_bearer(request) and not csrf_ok(session, request.headers.get("x-csrf-token")):
+        raise ApiError(403, "missing or wrong X-CSRF-Token header")
+    return user
+
+
+def reader(found: Annotated[tuple[Session, User], Depends(signed_in)]) -> User:
+    return found[1]
+
+
+Acting = Annotated[User, Depends(acting)]
+Reader = Annotated[User, Depends(reader)]
+
+
+def manager(user: User) -> None:
+    if user.role != "manager":
+        raise ApiError(403, "only a manager may do this")
+
+
+def outcome_of(ctx: WebContext, play_id: str | None) -> str:
+    if not play_id or not play_id.startswith("urgent-"):
+        return ""
+    clusters = ctx.service.progress(play_id, ctx.service.clusters_of(play_id))
+    counts: dict[str, int] = {}
+    for p in clusters:
+        counts[p.status] = counts.get(p.status, 0) + 1
+    return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
+def service_error(exc: Exception) -> ApiError:
+    if isinstance(exc, UrgentError):
+        return ApiError(exc.status, str(exc))
+    if isinstance(exc, UnknownTargetError):
+        return ApiError(400, str(exc))
+    if isinstance(exc, TtsUnavailableError):
+        return ApiError(400, str(exc))
+    if isinstance(exc, AudioError):
+        return ApiError(400, str(exc))
+    raise exc
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+@router.post("/login", response_model=LoginOut, tags=["session"])
+def login(body: LoginIn, request: Request, ctx: Ctx) -> LoginOut:
+    """Sign in; the token is a session (8 hours without use ends it)."""
+    address = client_address(request)
+    wait = ctx.limiter.retry_after(body.name, address)
+    if wait:
+        raise ApiError(
+            429, f"too many failed sign-ins; try again in {wait} s", {"Retry-After": str(wait)}
+        )
+    user = ctx.users.authenticate(body.name, body.password)
+    if user is None:
+        ctx.limiter.failed(body.name, address)
+        raise ApiError(401, "wrong user name or password")
+    ctx.limiter.succeeded(body.name)
+    session = ctx.sessions.create(user.name)
+    return LoginOut(
+        token=session.id, csrf_token=session.csrf, name=user.name, role=user.role,
+        scope=user.scope,
+    )
+
+
+@router.post("/logout", status_code=204, tags=["session"])
+def logout(
+    request: Request, ctx: Ctx, found: Annotated[tuple[Session, User], Depends(signed_in)]
+) -> Response:
+    acting(request, found)
+    ctx.sessions.drop(found[0].id)
+    return Response(status_code=204)
+
+
+@router.get("/me", response_model=MeOut, tags=["session"])
+def me(user: Reader, ctx: Ctx) -> MeOut:
+    return MeOut(
+        name=user.name, display_name=user.display_name, role=user.role, scope=user.scope,
+        tts=ctx.service.tts.available(),
+    )
+
+
+@router.get("/targets", response_model=list[TargetOut])
+def targets(user: Reader, ctx: Ctx) -> list[TargetOut]:
+    """The part of the fleet tree this user may target."""
+    return [TargetOut(**e.__dict__) for e in ctx.service.tree(user)]
+
+
+async def save_upload(upload: UploadFile, path: Any) -> int:
+    size = 0
+    with open(path, "wb") as out:
+        while chunk := await upload.read(1 << 20):
+            size += len(chunk)
+            if size > MAX_UPLOAD_BYTES:
+                raise ApiError(
+                    413, f"the audio file is larger than {MAX_UPLOAD_BYTES >> 20} MB"
+                )
+            out.write(chunk)
+    if size == 0:
+        raise ApiError(400, "the audio file is empty")
+    return size
+
+
+@router.post("/audio", response_model=AudioOut, status_code=201)
+async def upload_audio(
+    user: Acting, ctx: Ctx, audio: Annotated[UploadFile, File(description="any audio ffmpeg reads")]
+) -> AudioOut:
+    """Upload a recording to send with POST /api/v1/announcements (as audio_id)."""
+    upload_id, path = ctx.uploads.new_path(user.name, audio.filename or "audio")
+    size = await save_upload(audio, path)
+    return AudioOut(audio_id=upload_id, size=size)
+
+
+def _out(found: Announcement) -> AnnouncementOut:
+    return AnnouncementOut.model_validate(found.to_json())
+
+
+@router.post("/announcements", response_model=AnnouncementOut, status_code=201)
+async def send(body: AnnouncementIn, user: Acting, ctx: Ctx) -> AnnouncementOut:
+    """Send an urgent announcement now to the targets (all within the user's scope)."""
+    audio = None
+    if body.audio_id:
+        audio = ctx.uploads.path_of(user.name, body.audio_id)
+        if audio is None:
+            raise ApiError(400, f"no uploaded audio {body.audio_id!r} of yours")
+    req = AnnouncementRequest(
+        targets=body.targets, level=body.level, text=body.text, audio=audio,
+        repeat=body.repeat, gap_s=body.gap_s, title=body.title,
+    )
+    try:
+        found = await asyncio.to_thread(ctx.service.send, user, req, source="api")
+    except (UrgentError, UnknownTargetError, TtsUnavailableError, AudioError) as exc:
+        raise service_error(exc) from None
+    return _out(found)
+
+
+@router.get("/announcements", response_model=list[AnnouncementOut])
+def recent(user: Reader, ctx: Ctx, limit: int = 20) -> list[AnnouncementOut]:
+    return [_out(a) for a in ctx.service.recent(user, min(max(limit, 1), 200))]
+
+
+@router.get("/announcements/{announcement_id}", response_model=AnnouncementOut)
+def status(announcement_id: str, user: Reader, ctx: Ctx) -> AnnouncementOut:
+    """The announcement and where it stands on every targeted cluster (poll it)."""
+    try:
+        return _out(ctx.service.get(user, announcement_id))
+    except UrgentError as exc:
+        raise service_error(exc) from None
+
+
+@router.post("/announcements/{announcement_id}/stop", response_model=AnnouncementOut)
+def stop(announcement_id: str, user: Acting, ctx: Ctx) -> AnnouncementOut:
+    """Stop it now on every cluster it was sent to."""
+    try:
+        return _out(ctx.service.stop(user, announcement_id))
+    except UrgentError as exc:
+        raise service_error(exc) from None
+
+
+@router.get("/audit", response_model=list[AuditOut], tags=["audit"])
+def audit(user: Reader, ctx: Ctx, limit: int = 200) -> list[AuditOut]:
+    """The audit log, newest first (managers; entries within their subtree)."""
+    manager(user)
+    entries = ctx.service.audit_entries(user, min(max(limit, 1), 5000))
+    return [
+        AuditOut(
+            at=e.at, user=e.user, action=e.action, subject=e.subject, level=e.level,
+            title=e.title, text=e.text, audio_sha256=e.audio_sha256, targets=e.targets,
+            clusters=e.clusters, outcome=outcome_of(ctx, e.subject), detail=e.detail,
+        )
+        for e in entries
+    ]
+
+
+@router.get("/audit.csv", tags=["audit"], response_class=Response)
+def audit_csv(user: Reader, ctx: Ctx) -> Response:
+    manager(user)
+    entries = ctx.service.audit_entries(user, 5000)
+    text = to_csv(entries, lambda e: outcome_of(ctx, e.subject))
+    return Response(
+        text, media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="loa-audit.csv"'},
+    )
+
+
+@router.post("/cap", response_model=CapOut, tags=["CAP"])
+async def cap(request: Request, user: Acting, ctx: Ctx) -> CapOut:
+    """Take in a CAP 1.2 alert (XML body); see docs/web.md for the policy."""
+    manager(user)
+    if ctx.cap is None:
+        raise ApiError(404, "CAP intake is not enabled in the controller config (web.cap)")
+    raw = await request.body()
+    from controller.cap import CapError
+
+    try:
+        result = await asyncio.to_thread(ctx.cap.take, raw, user)
+    except CapError as exc:
+        raise ApiError(400, str(exc)) from None
+    except (UrgentError, UnknownTargetError, TtsUnavailableError, AudioError) as exc:
+        raise service_error(exc) from None
+    return CapOut(**result.__dict__)

@@ -1,0 +1,153 @@
+"""The urgent service on real parts: scope, text-to-speech, preemption, stop, audit.
+
+A real broker, the controller, and one in-process agent (null output) per cluster.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import BrokerUnderTest, require, wait_until
+from web_rig import WebRig
+
+from controller.distribution import PlaySpec
+from controller.fleet import UnknownTargetError
+from controller.samples import tone
+from controller.urgent import AnnouncementRequest, TargetForbiddenError, UrgentError
+
+
+@pytest.fixture
+def rig(tmp_path: Path, broker: BrokerUnderTest) -> Iterator[WebRig]:
+    r = WebRig(tmp_path, broker.address)
+    r.start(web=False)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def test_a_commune_officer_reaches_only_its_commune(rig: WebRig) -> None:
+    officer = rig.user("can-bo-a")
+    service = rig.service
+    assert service.authorize(officer, ["ap-a1"]) == ["a-01", "a-02"]
+    assert service.authorize(officer, ["xa-a"]) == ["a-01", "a-02", "a-03"]
+    for target in (["xa-b"], ["b-01"], ["all"], ["tinh-t"], ["ap-a1", "xa-b"]):
+        with pytest.raises(TargetForbiddenError) as refused:
+            service.authorize(officer, target)
+        assert refused.value.status == 403
+        assert "Xã An" in str(refused.value)
+    with pytest.raises(UnknownTargetError, match="did you mean 'ap-a1'"):
+        service.authorize(officer, ["ap-aa1"])
+    # The manager of the province reaches all of it.
+    assert service.authorize(rig.user("quan-ly"), ["all"]) == ["a-01", "a-02", "a-03", "b-01"]
+    # Refused before anything is prepared or sent.
+    with pytest.raises(TargetForbiddenError):
+        service.send(officer, AnnouncementRequest(targets=["xa-b"], text="Thử"))
+    assert service.recent(rig.user("quan-ly")) == []
+    assert rig.controller.store.count_events() == 0
+
+
+def test_requests_that_cannot_be_sent_say_why(rig: WebRig) -> None:
+    officer = rig.user("can-bo-a")
+    bad = [
+        (AnnouncementRequest(targets=["xa-a"]), "either a text"),
+        (AnnouncementRequest(targets=["xa-a"], text="x", audio=rig.tmp / "a.wav"), "not both"),
+        (AnnouncementRequest(targets=["xa-a"], text="x", level="normal"), "'priority' or"),
+        (AnnouncementRequest(targets=["xa-a"], text="x", repeat=11), "1 to 10"),
+        (AnnouncementRequest(targets=[], text="x"), "at least one target"),
+    ]
+    for request, message in bad:
+        with pytest.raises(UrgentError, match=message):
+            rig.service.send(officer, request)
+
+
+def test_an_urgent_announcement_preempts_the_bulletin_on_its_targets_only(rig: WebRig) -> None:
+    """A normal bulletin plays in the whole commune; an emergency goes to one village: there
+    the bulletin is interrupted and the announcement plays; elsewhere the bulletin goes on."""
+    controller = rig.controller
+    bulletin_wav = tone(rig.tmp / "bulletin.wav", 30.0)
+    bulletin = controller.content.prepare([bulletin_wav])
+    now = controller.clock.now()
+    normal = PlaySpec(
+        play_id="ban-tin-thu", bulletin="Bản tin", level="normal", start_at=now,
+        latest_start=now + timedelta(minutes=5), items=[bulletin],
+        clusters=["a-01", "a-02", "a-03"],
+    )
+    controller.distributor.send_play(normal)
+    rig.wait_states("ban-tin-thu", {c: {"playing"} for c in normal.clusters})
+
+    urgent_wav = tone(rig.tmp / "urgent.wav", 2.0, freq=880)
+    sent = rig.service.send(
+        rig.user("can-bo-a"),
+        AnnouncementRequest(targets=["ap-a1"], audio=urgent_wav, level="emergency",
+                            title="Lũ về"),
+    )
+    assert sent.clusters == ["a-01", "a-02"]
+    rig.wait_states(sent.id, {"a-01": {"finished"}, "a-02": {"finished"}})
+    states = controller.store.play_states("ban-tin-thu")
+    assert states["a-01"] == "interrupted"
+    assert states["a-02"] == "interrupted"
+    assert states["a-03"] == "playing"  # not targeted: the bulletin goes on
+    reasons = {
+        r["cluster"]: r["reason"] for r in controller.store.events_for_play("ban-tin-thu")
+        if r["kind"] == "interrupted"
+    }
+    assert set(reasons) == {"a-01", "a-02"}
+    assert all(reason for reason in reasons.values())
+    done = rig.service.get(rig.user("can-bo-a"), sent.id)
+    assert done.all_played
+    assert done.done
+    assert [p.status for p in done.progress] == ["finished", "finished"]
+    assert states.get("b-01") is None
+
+
+def test_text_is_spoken_repeated_and_can_be_stopped(rig: WebRig) -> None:
+    require("espeak-ng", shutil.which("espeak-ng") is not None, "apt-get install espeak-ng")
+    officer = rig.user("can-bo-a")
+    once = rig.service.send(officer, AnnouncementRequest(targets=["a-03"], text="Thử loa."))
+    three = rig.service.send(
+        officer,
+        AnnouncementRequest(targets=["ap-a1"], text="Thử loa.", repeat=3, gap_s=2.0),
+    )
+    # Three times with two gaps of 2 s: longer than the single one by at least 2 x (1 + 2) s.
+    assert three.duration_s >= 3 * once.duration_s + 3.5
+    assert three.audio_sha256 != once.audio_sha256
+    rig.wait_states(three.id, {"a-01": {"playing"}, "a-02": {"playing"}})
+    stopped = rig.service.stop(officer, three.id)
+    assert stopped.stopped_by == "can-bo-a"
+    rig.wait_states(three.id, {"a-01": {"interrupted"}, "a-02": {"interrupted"}})
+    final = rig.service.get(officer, three.id)
+    assert final.done
+    assert not final.all_played
+    # Another commune's officer cannot see it, let alone stop it.
+    with pytest.raises(UrgentError) as hidden:
+        rig.service.stop(rig.user("can-bo-b"), three.id)
+    assert hidden.value.status == 404
+    actions = [(e.user, e.action, e.subject) for e in rig.service.audit_entries(officer)]
+    assert ("can-bo-a", "stop", three.id) in actions
+    assert ("can-bo-a", "send", three.id) in actions
+    sent_entry = next(e for e in rig.service.audit_entries(officer) if e.action == "send"
+                      and e.subject == three.id)
+    assert sent_entry.text == "Thử loa."
+    assert sent_entry.audio_sha256 == three.audio_sha256
+    assert sent_entry.clusters == ["a-01", "a-02"]
+
+
+def test_an_offline_cluster_is_shown_offline(rig: WebRig) -> None:
+    rig.agents.pop("a-03").stop()
+    wait_until(lambda: rig.state("a-03") == "offline", 20, "a-03 to be seen offline")
+    sent = rig.service.send(
+        rig.user("can-bo-a"),
+        AnnouncementRequest(targets=["xa-a"], audio=tone(rig.tmp / "u.wav", 1.0)),
+    )
+    rig.wait_states(sent.id, {"a-01": {"finished"}, "a-02": {"finished"}})
+    found = rig.service.get(rig.user("can-bo-a"), sent.id)
+    by_cluster = {p.cluster: p for p in found.progress}
+    assert by_cluster["a-03"].status == "offline"
+    assert "not connected" in (by_cluster["a-03"].reason or "")
+    assert found.done
+    assert found.all_played

@@ -1,0 +1,177 @@
+"""A real controller with its web app, real agents (null output) on a real broker, and users.
+
+Shared by the urgent-service, API, CLI, CAP and browser tests. The fleet: province
+tinh-t with commune xa-a (villages ap-a1: a-01, a-02; ap-a2: a-03) and commune xa-b
+(b-01). Users: can-bo-a (operator of xa-a), can-bo-b (operator of xa-b), quan-ly
+(manager of the province); every password is PASSWORD.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from conftest import free_port, require, wait_until
+
+from controller.config import CapConfig
+from controller.main import Controller, Settings
+from controller.samples import tone
+from controller.users import User, hash_password, save_users
+from controller.web.app import WebContext, create_app
+from controller.web.server import WebServer, build_context
+from device_agent.agent import Agent
+from device_agent.output import NullBackend
+from protocol import topics
+from protocol.clock import SystemClock
+from protocol.messages import State
+from protocol.mqtt import BrokerAddress, MqttLink, Will
+from protocol.signing import Verifier, generate_keypair, load_public_key
+
+PASSWORD = "mat-khau-thu-123"
+TZ = ZoneInfo("Asia/Ho_Chi_Minh")
+
+FLEET = """\
+province:
+  id: tinh-t
+  name: Tỉnh Thử
+  code: "93"
+  communes:
+    - id: xa-a
+      name: Xã An
+      code: "31399"
+      villages:
+        - id: ap-a1
+          name: Ấp Một
+          clusters:
+            - {id: a-01, name: Chợ An, lat: 9.80, lon: 105.80}
+            - {id: a-02, name: Trường An, lat: 9.81, lon: 105.81}
+        - id: ap-a2
+          name: Ấp Hai
+          clusters:
+            - {id: a-03, name: Bến đò An, lat: 9.70, lon: 105.70}
+    - id: xa-b
+      name: Xã Bình
+      code: "31400"
+      clusters:
+        - {id: b-01, name: Trụ sở Bình, lat: 9.50, lon: 105.50}
+"""
+
+PLAYLIST = """\
+programmes:
+  - id: luat-tuan
+    name: Pháp luật hằng tuần
+    requires_approval: true
+    bulletins:
+      - files: [tone.wav]
+    schedule:
+      times: ["06:00"]
+    targets: [xa-a]
+"""
+
+USERS = [
+    ("can-bo-a", "operator", ["xa-a"], "Nguyễn Văn An"),
+    ("can-bo-b", "operator", ["xa-b"], "Trần Thị Bình"),
+    ("quan-ly", "manager", ["tinh-t"], "Lê Quản Lý"),
+]
+
+
+class WebRig:
+    def __init__(self, tmp: Path, broker: BrokerAddress, cap: CapConfig | None = None) -> None:
+        require("ffmpeg", shutil.which("ffmpeg") is not None, "apt-get install ffmpeg")
+        self.tmp = tmp
+        generate_keypair(tmp / "controller.key", tmp / "controller.pub")
+        (tmp / "fleet.yaml").write_text(FLEET, encoding="utf-8")
+        (tmp / "playlists").mkdir()
+        (tmp / "playlists" / "luat.yaml").write_text(PLAYLIST, encoding="utf-8")
+        tone(tmp / "playlists" / "tone.wav", 1.0)
+        self.users_file = tmp / "users.yaml"
+        save_users(self.users_file, [
+            User(name=n, role=r, scope=s, display_name=d,
+                 password=hash_password(PASSWORD))
+            for n, r, s, d in USERS
+        ])
+        settings = Settings(
+            broker=broker, fleet_path=tmp / "fleet.yaml", playlist_paths=[tmp / "playlists"],
+            store_url=f"sqlite:///{tmp / 'controller.db'}", private_key=tmp / "controller.key",
+            content_dir=tmp / "content", timezone=TZ, reload_interval_s=0,
+        )
+        self.controller = Controller(settings)
+        self.broker = broker
+        self.agents: dict[str, Agent] = {}
+        self.ctx: WebContext = build_context(
+            self.controller, self.users_file, tmp / "web", tz=TZ
+        )
+        if cap is not None:
+            from controller.cap import CapIntake
+
+            self.ctx.cap = CapIntake(self.ctx.service, cap)
+        self.app = create_app(self.ctx)
+        self.server: WebServer | None = None
+
+    @property
+    def service(self) -> Any:
+        return self.ctx.service
+
+    def start(self, agents: list[str] | None = None, web: bool = True) -> None:
+        self.controller.start()
+        for cid in agents if agents is not None else sorted(self.controller.fleet.clusters):
+            self.start_agent(cid)
+        if web:
+            self.server = WebServer(self.app, "127.0.0.1", free_port())
+            self.server.start()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    def start_agent(self, cid: str) -> Agent:
+        fleet = self.controller.fleet
+        offline = State(cluster=cid, state="offline").to_json()
+        will = Will(topics.cluster_topic(cid, "state"), offline)
+        agent = Agent(
+            cluster_id=cid,
+            link=MqttLink(self.broker, f"loa-agent-{cid}", will=will, clean_session=True),
+            verifier=Verifier(load_public_key(self.tmp / "controller.pub")),
+            output=NullBackend(), clock=SystemClock(), data_dir=self.tmp / "agents" / cid,
+            groups=fleet.groups_of(cid), durable=False,
+        )
+        agent.start()
+        self.agents[cid] = agent
+        wait_until(agent.ready, 20, f"agent {cid} to connect")
+        wait_until(lambda: self.state(cid) == "online", 20, f"the controller to see {cid} online")
+        return agent
+
+    def state(self, cid: str) -> str:
+        return {r.id: r.state for r in self.controller.store.fleet_rows()}.get(cid, "?")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        for agent in self.agents.values():
+            agent.stop()
+        self.controller.stop()
+
+    def user(self, name: str) -> User:
+        found = self.ctx.users.get(name)
+        assert found is not None
+        return found
+
+    def wait_states(
+        self, play_id: str, wanted: dict[str, set[str]], timeout: float = 30
+    ) -> dict[str, str]:
+        """Wait until each cluster's state of the play is one of the wanted ones."""
+        store = self.controller.store
+
+        def reached() -> bool:
+            states = store.play_states(play_id)
+            return all(states.get(c) in kinds for c, kinds in wanted.items())
+
+        try:
+            wait_until(reached, timeout, f"{play_id} to reach {wanted}")
+        finally:
+            time.sleep(0)
+        return store.play_states(play_id)
