@@ -496,6 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
     p.add_argument("--keep", action="store_true", help="keep the demo's working directory")
     p.set_defaults(func=cmd_demo)
+
+    from controller.cli_web import register  # `user` and `urgent`: the web app's commands
+
+    register(sub, str(DEFAULT_CONFIG))
     return parser
 
 
