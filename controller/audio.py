@@ -35,7 +35,7 @@ from protocol.messages import ContentRef
 log = logging.getLogger(__name__)
 
 #: Bump when the processing changes what comes out for the same input, to miss the cache.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: loudness normalisation
 #: Below this level (dBFS) audio counts as silence, for trimming and for refusing a file.
 SILENCE_DBFS = -50.0
 #: Trimming looks at the audio in steps of this many milliseconds...
@@ -72,7 +72,10 @@ class AudioSettings:
     max_duration_s: float = 3600
     chunk_size: int = DEFAULT_CHUNK_SIZE
     trim_silence: bool = True
-    target_lufs: float | None = None  # loudness normalisation: not implemented yet, None = off
+    # Loudness (EBU R128) the bulletin is normalised to, and its true-peak ceiling; None
+    # leaves the level as it came. -16 LUFS is the common target for speech outdoors.
+    target_lufs: float | None = -16.0
+    true_peak_dbtp: float = -1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -87,10 +90,10 @@ class AudioSettings:
             problems.append(f"max_duration_s={self.max_duration_s}: write a number of seconds > 0")
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
             problems.append(f"chunk_size={self.chunk_size}: write 1 to {MAX_CHUNK_SIZE} bytes")
-        if self.target_lufs is not None:
-            problems.append(
-                "target_lufs: loudness normalisation is not available yet; leave it unset"
-            )
+        if self.target_lufs is not None and not -40 <= self.target_lufs <= -5:
+            problems.append(f"target_lufs={self.target_lufs}: write -40 to -5 (-16 for speech)")
+        if not -9 <= self.true_peak_dbtp <= 0:
+            problems.append(f"true_peak_dbtp={self.true_peak_dbtp}: write -9 to 0 (-1 is usual)")
         if problems:
             raise ValueError("invalid audio settings: " + "; ".join(problems))
 
@@ -401,6 +404,18 @@ class ContentStore:
                 "Split it into shorter bulletins, or raise max_duration_s in the controller config",
             )
 
+        if settings.target_lufs is not None:
+            try:
+                pcm = ffmpeg.normalise_pcm(
+                    pcm, settings.sample_rate, target_lufs=settings.target_lufs,
+                    true_peak_dbtp=settings.true_peak_dbtp,
+                    what=", ".join(str(path) for _, path in parts),
+                )
+            except ffmpeg.FfmpegError as exc:
+                raise AudioError(
+                    None, f"loudness normalisation failed ({exc})",
+                    "Check the ffmpeg build (it needs the loudnorm filter)",
+                ) from None
         with _temp_in(self.root, ".opus.tmp") as temp:
             try:
                 encode_opus(pcm, settings.sample_rate, settings.bitrate_kbps, temp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import re
@@ -226,3 +227,65 @@ def segment_from_pcm(pcm: bytes, sample_rate: int) -> Any:
     return pydub_audio_segment()(
         data=pcm, sample_width=SAMPLE_WIDTH, frame_rate=sample_rate, channels=1
     )
+
+
+# --- loudness (EBU R128) -------------------------------------------------------------------
+
+_LOUDNORM_JSON = re.compile(r"\{[^{}]*\"input_i\"[^{}]*\}", re.S)
+_EBUR128_I = re.compile(r"I:\s+(-?[\d.]+|-inf)\s+LUFS")
+_EBUR128_PEAK = re.compile(r"Peak:\s+(-?[\d.]+|-inf)\s+dBFS")
+
+
+@dataclass(frozen=True)
+class Loudness:
+    integrated_lufs: float
+    true_peak_dbtp: float
+
+
+def normalise_pcm(
+    pcm: bytes, sample_rate: int, *, target_lufs: float, true_peak_dbtp: float, what: str
+) -> bytes:
+    """Mono s16le PCM brought to target_lufs with its true peak at most true_peak_dbtp.
+
+    Two passes of ffmpeg's loudnorm: the first measures, the second applies the measured
+    values (linear gain where the peak allows it, else loudnorm's dynamic mode).
+    """
+    common = ["-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"]
+    target = f"I={target_lufs}:TP={true_peak_dbtp}:LRA=11"
+    first = run_ffmpeg(
+        [*common, "-af", f"loudnorm={target}:print_format=json", "-f", "null", "-"],
+        input_data=pcm, what=f"measuring loudness of {what}", loglevel="info",
+    )
+    found = _LOUDNORM_JSON.search(first.stderr.decode(errors="replace"))
+    if found is None:
+        raise FfmpegError(f"measuring loudness of {what}: ffmpeg printed no measurement")
+    measured = json.loads(found.group(0))
+    if not all(math.isfinite(float(measured[k])) for k in ("input_i", "input_tp")):
+        return pcm  # digital silence: nothing to normalise (refused elsewhere as silent)
+    second = run_ffmpeg(
+        [
+            *common, "-af",
+            f"loudnorm={target}:measured_I={measured['input_i']}"
+            f":measured_TP={measured['input_tp']}:measured_LRA={measured['input_lra']}"
+            f":measured_thresh={measured['input_thresh']}"
+            f":offset={measured['target_offset']}:linear=true",
+            "-ar", str(sample_rate), "-ac", "1", "-f", "s16le", "pipe:1",
+        ],
+        input_data=pcm, what=f"normalising loudness of {what}",
+    )  # fmt: skip
+    return second.stdout
+
+
+def loudness(path: Path) -> Loudness:
+    """Integrated loudness and true peak of a file, as ffmpeg's ebur128 filter reports them."""
+    proc = run_ffmpeg(
+        ["-i", str(path), "-af", "ebur128=peak=true", "-f", "null", "-"],
+        what=f"measuring loudness of {path}", loglevel="info",
+    )
+    text = proc.stderr.decode(errors="replace")
+    summary = text[text.rfind("Summary:"):] if "Summary:" in text else text
+    i_match = _EBUR128_I.findall(summary)
+    p_match = _EBUR128_PEAK.findall(summary)
+    if not i_match or not p_match:
+        raise FfmpegError(f"measuring loudness of {path}: ffmpeg printed no summary")
+    return Loudness(float(i_match[-1]), float(p_match[-1]))

@@ -14,7 +14,7 @@ from conftest import require
 
 from controller import audio, samples
 from controller.audio import AudioError, AudioSettings, ContentStore, PreparedAudio
-from controller.ffmpeg import FfmpegError, ffmpeg_exe, ffprobe_exe, run_ffmpeg
+from controller.ffmpeg import FfmpegError, ffmpeg_exe, ffprobe_exe, loudness, run_ffmpeg
 from protocol.messages import ContentRef
 
 TOLERANCE_S = 0.2
@@ -229,12 +229,35 @@ def test_probe_reports_the_duration(tmp_path: Path, store: ContentStore) -> None
         {"max_duration_s": 0},
         {"max_duration_s": math.inf},
         {"chunk_size": 0},
-        {"target_lufs": -16.0},
+        {"target_lufs": 3.0},
+        {"true_peak_dbtp": 2.0},
     ],
 )
 def test_invalid_settings_are_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         AudioSettings(**bad)  # type: ignore[arg-type]  # deliberately wrong values
+
+
+@pytest.mark.parametrize(("gain_db", "freq"), [(-20, 440), (18, 1000), (-6, 220)])
+def test_loudness_is_normalised_measured_after_encoding(
+    gain_db: int, freq: int, tmp_path: Path
+) -> None:
+    # A quiet, a loud and a mid-level source all come out at the target.
+    source = lavfi(
+        tmp_path / "src.wav", f"sine=frequency={freq}:duration=6", "-af", f"volume={gain_db}dB"
+    )
+    store = ContentStore(tmp_path / "store", AudioSettings(target_lufs=-16.0))
+    prepared = store.prepare([source])
+    found = loudness(prepared.path)
+    assert abs(found.integrated_lufs - -16.0) <= 1.0, found
+    assert found.true_peak_dbtp <= -1.0 + 0.5, found  # Opus adds a little overshoot
+
+
+def test_normalisation_can_be_turned_off(tmp_path: Path) -> None:
+    source = lavfi(tmp_path / "src.wav", "sine=frequency=440:duration=4", "-af", "volume=-30dB")
+    store = ContentStore(tmp_path / "store", AudioSettings(target_lufs=None))
+    found = loudness(store.prepare([source]).path)
+    assert found.integrated_lufs < -30, found
 
 
 # --- the cache and the store ------------------------------------------------------------------
