@@ -88,7 +88,7 @@ def test_a_relative_end_counts_from_the_start() -> None:
     ],
 )
 def test_bad_times_say_what_to_write(text: str, says: str) -> None:
-    with pytest.raises(ValueError) as exc:
+    with pytest.raises(ValueError, match="06:00") as exc:
         parse_when(text, now=NOW, tz=HCM)
     assert says in str(exc.value)
     assert '"2026-11-27 06:00"' in str(exc.value)
