@@ -91,6 +91,10 @@ class AudioConfig(_Strict):
     """Sample rate of the encoded audio."""
     chunk_size_kb: Annotated[int, Field(ge=1, le=1024)] = 64
     """Size of the pieces audio is sent in."""
+    loudness_lufs: Annotated[float, Field(ge=-40, le=-5)] | None = -16.0
+    """Integrated loudness (EBU R128) every bulletin is brought to; null keeps it as it came."""
+    true_peak_dbtp: Annotated[float, Field(ge=-9, le=0)] = -1.0
+    """True-peak ceiling after normalisation, in dBTP."""
 
 
 class CapConfig(_Strict):

@@ -122,6 +122,8 @@ class Distributor:
         fleet: Callable[[], FleetView],
         clock: Clock,
         content_path: Callable[[str], Path | None],
+        *,
+        chunk_size: int = chunks.DEFAULT_CHUNK_SIZE,
     ) -> None:
         self._link = link
         self._signer = signer
@@ -129,6 +131,7 @@ class Distributor:
         self._fleet = fleet
         self._clock = clock
         self._content_path = content_path
+        self._chunk_size = chunk_size
         self._resend_lock = threading.Lock()
         self._last_resend: dict[tuple[str, str], float] = {}
         self.stats = DistributionStats()
@@ -241,7 +244,7 @@ class Distributor:
         return topics.cluster_topic(name, channel)
 
     def _publish_chunks(self, topic: str, data: bytes, only: set[int] | None = None) -> None:
-        for index, frame in enumerate(chunks.split(data)):
+        for index, frame in enumerate(chunks.split(data, self._chunk_size)):
             if only is not None and index not in only:
                 continue
             self._link.publish(topic, frame)
