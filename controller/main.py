@@ -9,8 +9,9 @@ loaded and checked together by the same loaders as `loa-controller check`. If an
 is wrong the edit is refused: the file:line report goes to the log (WARNING) and to the
 store's config status (shown by `loa-controller fleet`), and the running schedule is not
 touched. Otherwise both are swapped at once, the scheduler re-plans, the store's
-cluster list follows the fleet, and clusters whose commune or groups changed get their
-new membership (retained) so they answer to the new tree.
+cluster list follows the fleet, clusters whose commune or groups changed get their
+new membership (retained) so they answer to the new tree, and plays already sent for
+occurrences the edit removed or moved (still to start) are withdrawn with a stop.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from controller.fleet import Fleet
 from controller.intake import Intake
 from controller.playlist import Playlists
 from controller.reload import DEFAULT_INTERVAL_S, FileWatcher, signature, watched_files
-from controller.schedule import Scheduler
+from controller.schedule import HORIZON, Scheduler, plan
 from controller.sources import load_together
 from controller.store import Store
 from protocol.clock import Clock, SystemClock
@@ -76,7 +77,13 @@ class Settings:
             content_dir=config.content_dir,
             timezone=ZoneInfo(config.timezone),
             lead_time=config.lead_time,
-            audio=AudioSettings(bitrate_kbps=config.audio.bitrate_kbps),
+            audio=AudioSettings(
+                bitrate_kbps=config.audio.bitrate_kbps,
+                sample_rate=config.audio.sample_rate_hz,
+                chunk_size=config.audio.chunk_size_kb * 1024,
+                target_lufs=config.audio.loudness_lufs,
+                true_peak_dbtp=config.audio.true_peak_dbtp,
+            ),
             client_id=config.client_id,
         )
 
@@ -88,6 +95,7 @@ class ReloadResult:
     ok: bool
     problems: list[Problem]
     memberships_sent: list[str] = field(default_factory=list)
+    withdrawn: list[str] = field(default_factory=list)  # play ids sent, now stopped
 
     def report(self) -> str:
         return "\n".join(str(p) for p in self.problems)
@@ -113,7 +121,8 @@ class Controller:
             settings.broker, settings.client_id, clean_session=False
         )
         self.distributor = Distributor(
-            self.link, self.signer, self.store, lambda: self.fleet, self.clock, self._content_path
+            self.link, self.signer, self.store, lambda: self.fleet, self.clock, self._content_path,
+            chunk_size=settings.audio.chunk_size,
         )
         self.intake = Intake(self.link, self.store, self.signer, self.clock)
         self.intake.add_state_listener(self._on_cluster_state)
@@ -215,9 +224,11 @@ class Controller:
                 return self._refuse([Problem(str(where), 1, 1, f"cannot read it: {exc}")])
             before = {cid: (commune, groups) for cid, commune, groups in self.memberships()}
             with self._state_lock:
+                previous = self.playlists
                 self.fleet, self.playlists = fleet, playlists
             self._sync_fleet()
             self.scheduler.swap(playlists)
+            withdrawn = self._withdraw(previous, playlists)
             after = {cid: (commune, groups) for cid, commune, groups in self.memberships()}
             changed: list[tuple[str, str | None, list[str]]] = [
                 (cid, commune, groups)
@@ -229,15 +240,38 @@ class Controller:
             if changed:
                 self.distributor.publish_memberships(changed)
             self._record_status(playlists.warnings)
-            result = ReloadResult(True, playlists.warnings, [c[0] for c in changed])
+            result = ReloadResult(
+                True, playlists.warnings, [c[0] for c in changed], withdrawn
+            )
             self.last_reload = result
             log.info(
                 "reloaded the playlists and the fleet: %d programmes, %d clusters in %d "
-                "communes; new membership sent to %d clusters",
-                len(playlists.programmes), len(fleet.clusters), len(fleet.communes()),
-                len(changed),
+                "communes; new membership sent to %d clusters; %d plays already sent were "
+                "withdrawn", len(playlists.programmes), len(fleet.clusters),
+                len(fleet.communes()), len(changed), len(withdrawn),
             )
             return result
+
+    def _withdraw(self, before: Playlists, after: Playlists) -> list[str]:
+        """Stop plays already sent for occurrences the edit removed or moved.
+
+        Only those still to start: the clusters hold them (sent lead_time ahead) and
+        would otherwise air them. A play already on air is left to finish.
+        """
+        now = self.clock.now()
+        tz = self.settings.timezone
+        end = now + self.settings.lead_time + HORIZON
+        kept = {o.play_id for o in plan(after, now, end, tz)}
+        fleet = self.fleet
+        withdrawn = []
+        for occ in plan(before, now, end, tz):
+            if occ.play_id in kept or self.store.dispatched(occ.programme, occ.start) != "sent":
+                continue
+            clusters = [c for c in self.store.play_clusters(occ.play_id) if c in fleet.clusters]
+            self.distributor.send_stop(occ.play_id, clusters)
+            withdrawn.append(occ.play_id)
+            log.info("withdrew %s: the edited playlists no longer have it", occ.play_id)
+        return withdrawn
 
     def _refuse(self, problems: list[Problem]) -> ReloadResult:
         result = ReloadResult(False, list(problems))

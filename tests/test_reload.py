@@ -194,3 +194,38 @@ def test_a_broken_fleet_is_refused_and_the_old_one_kept(rig: LiveRig) -> None:
     assert [(p.file, p.line) for p in result.problems] == [(str(rig.fleet_path), again)]
     assert f"already used at line {first}" in result.problems[0].message
     assert controller.fleet is fleet
+
+
+def test_an_edit_withdraws_a_play_already_sent_for_an_occurrence_it_moves(
+    tmp_path: Path, broker: BrokerUnderTest
+) -> None:
+    playlists = tmp_path / "playlists"
+    playlists.mkdir()
+    tone(playlists / "tin.wav", 0.3)
+    playlist = playlists / "tin.yaml"
+    playlist.write_text(MORNING.replace("05:45", "05:20"), encoding="utf-8")
+    # 05:00: 05:20 is closer than the lead time, so it is sent at once.
+    live = LiveRig(tmp_path, broker, fleet=FLEET, playlists=playlists,
+                   clock=ManualClock(utc_of(5, 0)), reload_interval_s=0)
+    try:
+        live.agent("a-01", ["xa-a", "tinh-thu"])
+        controller = live.start()
+        store = controller.store
+        old = job_id("tin-sang", 5, 20).removeprefix("occ:")
+        new = job_id("tin-sang", 5, 25).removeprefix("occ:")
+        wait_until(lambda: store.play_states(old).get("a-01") == "delivered", 15,
+                   "the agent to hold the 05:20 play")
+
+        playlist.write_text(MORNING.replace("05:45", "05:25"), encoding="utf-8")
+        result = controller.reload()
+        assert result.ok
+        assert result.withdrawn == [old]
+        wait_until(lambda: store.play_states(old).get("a-01") == "interrupted", 15,
+                   "the agent to drop the moved play")
+        reasons = [e["reason"] for e in store.events_for_play(old) if e["kind"] == "interrupted"]
+        assert reasons == ["stopped before it started"]
+        wait_until(lambda: store.play_states(new).get("a-01") == "delivered", 15,
+                   "the agent to hold the 05:25 play")
+        assert store.dispatched("tin-sang", utc_of(5, 20)) == "sent"
+    finally:
+        live.stop()
