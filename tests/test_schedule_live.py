@@ -1,6 +1,7 @@
 """The scheduler on a real APScheduler, a running controller, mosquitto and an agent: a
-play is sent lead_time ahead, on time by the wall clock, and a start already closer than
-the lead time is sent at once. (The semantics in detail: test_schedule.py.)"""
+play is sent lead_time ahead, on time by the wall clock, a start already closer than
+the lead time is sent at once, and a restart sends neither again. (The semantics in
+detail: test_schedule.py.)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from conftest import BrokerUnderTest, wait_until
 from live_support import LiveRig
 
+from controller.main import Controller
 from controller.samples import tone
 from controller.schedule import Occurrence
 from protocol.clock import OffsetClock
@@ -92,3 +94,12 @@ def test_plays_are_sent_lead_time_ahead_on_time_or_at_once_when_closer(rig: Live
         15, "the agent to hold both plays",
     )
     assert controller.scheduler.pending_jobs() == []
+
+    # A restart: both occurrences are recorded, so nothing is planned or sent again.
+    log_before = store.dispatch_log()
+    controller.stop()
+    rig.controller = again = Controller(rig.settings, clock=rig.clock)
+    again.start()
+    assert again.scheduler.pending_jobs() == []
+    assert again.distributor.stats.commands == 0
+    assert again.store.dispatch_log() == log_before
