@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Loa's benchmarks, measured against the project's targets; they write docs/benchmarks.md.
+
+    python scripts/bench.py urgent   [--agents N] [--trials K] [--json]
+    python scripts/bench.py delivery [--agents N] [--minutes M] [--trials K] [--json]
+    python scripts/bench.py agent    [--minutes M] [--idle-s S] [--play-s S] [--json]
+    python scripts/bench.py          # all three at their defaults (make bench)
+
+Every mode starts its own mosquitto on a free port of 127.0.0.1 (mosquitto and ffmpeg
+must be on PATH) and, for the fleet benches, N simulated agents in worker processes
+(at most 150 per process) plus, in the same run, N bare paho subscribers laid out the
+same way: the raw broker doing the same work, the yardstick for Loa's figures.
+
+With --json a mode prints one JSON object on stdout; without, it rewrites its own
+section of docs/benchmarks.md (or of --doc FILE; --doc with --json does both).
+Progress goes to stderr. Exit status: 0 when the bench ran (whether or not the targets
+were met: the result says PASS or FAIL), 1 when it could not run, 3 when it ran out
+of --time-limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+if str(ROOT) not in sys.path:  # run from a checkout without installing Loa
+    sys.path.insert(1, str(ROOT))
+
+
+class TimeLimitError(Exception):
+    """The run took longer than --time-limit."""
+
+
+def _on_alarm(_signum: int, _frame: FrameType | None) -> None:
+    raise TimeLimitError
+
+
+def _on_term(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(143)
+
+
+def run_urgent(args: argparse.Namespace) -> dict[str, Any]:
+    import bench_urgent
+
+    return bench_urgent.run(args.agents, args.trials, args.per_process, args.verbose, args.keep)
+
+
+def run_delivery(args: argparse.Namespace) -> dict[str, Any]:
+    import bench_delivery
+
+    return bench_delivery.run(
+        args.agents, args.minutes, args.trials, args.per_process, args.verbose, args.keep
+    )
+
+
+def run_agent(args: argparse.Namespace) -> dict[str, Any]:
+    import bench_agent
+
+    return bench_agent.run(args.minutes, args.idle_s, args.play_s, args.outputs, args.keep)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    import bench_agent
+    import bench_delivery
+    import bench_report
+    import bench_urgent
+
+    writers: dict[str, Callable[[dict[str, Any], str, str], str]] = {
+        "urgent": bench_urgent.markdown,
+        "delivery": bench_delivery.markdown,
+        "agent": bench_agent.markdown,
+    }
+    return writers[result["bench"]](
+        result, bench_report.run_line(result), bench_report.broker_line(result)
+    )
+
+
+RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "urgent": run_urgent,
+    "delivery": run_delivery,
+    "agent": run_agent,
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--doc", type=Path, help=f"the results file to update (default {DOC})")
+    p.add_argument("--time-limit", type=int, default=900, metavar="S",
+                   help="give up (and clean up) after S seconds (default 900)")
+    p.add_argument("--keep", action="store_true", help="keep the bench's temporary files")
+    p.add_argument("-v", "--verbose", action="store_true", help="log the controller and agents")
+
+
+def _fleet(p: argparse.ArgumentParser, trials: int) -> None:
+    p.add_argument("--agents", type=int, default=1000, metavar="N",
+                   help="simulated agents (default 1000)")
+    p.add_argument("--trials", type=int, default=trials, metavar="K",
+                   help=f"repetitions; medians are reported (default {trials})")
+    p.add_argument("--per-process", type=int, default=125, metavar="P",
+                   help="agents per worker process, at most 150 (default 125)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench.py", description="Loa's benchmarks against its targets."
+    )
+    sub = parser.add_subparsers(dest="mode", metavar="MODE")
+    urgent = sub.add_parser("urgent", help="urgent announcement: trigger → every agent playing")
+    _fleet(urgent, trials=3)
+    _common(urgent)
+    delivery = sub.add_parser("delivery", help="a bulletin to every agent, then a repeat")
+    _fleet(delivery, trials=1)
+    delivery.add_argument("--minutes", type=float, default=5.0, metavar="M",
+                          help="bulletin length in minutes (default 5)")
+    _common(delivery)
+    agent = sub.add_parser("agent", help="one real agent process: idle and playing footprint")
+    agent.add_argument("--minutes", type=float, default=60.0, metavar="M",
+                       help="length of the bulletin played (default 60)")
+    agent.add_argument("--idle-s", type=float, default=30.0, metavar="S",
+                       help="idle measurement window (default 30)")
+    agent.add_argument("--play-s", type=float, default=30.0, metavar="S",
+                       help="measurement window once playing (default 30)")
+    agent.add_argument("--outputs", default="null,ffmpeg", metavar="LIST",
+                       help="outputs to measure: null, ffmpeg (device null) (default both)")
+    _common(agent)
+    return parser
+
+
+def run_mode(args: argparse.Namespace) -> int:
+    import bench_report
+    from bench_broker import PrivateMosquitto
+
+    started = time.monotonic()
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.alarm(max(1, args.time_limit))
+    try:
+        result = RUNNERS[args.mode](args)
+    except TimeLimitError:
+        print(f"bench.py {args.mode}: gave up after --time-limit {args.time_limit} s",
+              file=sys.stderr)
+        return 3
+    finally:
+        signal.alarm(0)
+    result["date"] = bench_report.now_utc()
+    result["command"] = bench_report.command_line()
+    result["machine"] = bench_report.machine()
+    result["broker"] = PrivateMosquitto.tuning()
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=1))
+    if not args.json or args.doc:
+        doc = args.doc or DOC
+        bench_report.write_section(doc, args.mode, markdown(result))
+        print(f"bench.py {args.mode}: {'PASS' if result['pass'] else 'FAIL'}; "
+              f"written to {doc}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.mode is None:  # make bench: every mode at its defaults
+        status = 0
+        for mode in RUNNERS:
+            status = max(status, main([mode]))
+        return status
+    if getattr(args, "agents", 1) < 1 or getattr(args, "trials", 1) < 1:
+        print("bench.py: --agents and --trials must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return run_mode(args)
+    except (RuntimeError, OSError, ValueError) as exc:
+        print(f"bench.py {args.mode}: could not run: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

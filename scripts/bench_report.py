@@ -1,0 +1,155 @@
+"""Figures and where they go: statistics, the machine, targets, and docs/benchmarks.md.
+
+Each bench owns one section of docs/benchmarks.md, between `<!-- bench:<mode>:begin -->`
+and `<!-- bench:<mode>:end -->`; a run rewrites its own section and leaves the others
+as they are. Nothing in that file is written by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MODES = ("urgent", "delivery", "agent")
+
+HEADER = """\
+# Benchmarks
+
+Every figure below is written by `scripts/bench.py` from its own run (`make bench`, or
+one mode at a time); nothing here is typed by hand. The targets come from the project's
+targets table. Each bench starts a private mosquitto on a free loopback port and, in the
+same run, measures the raw broker doing the same work with bare paho clients, so that
+results read as a ratio to what the broker itself can do on the same (shared, noisy)
+machine, not only as seconds. Headline figures are medians over trials.
+
+Run one mode with `--json` to get the figures as one JSON object instead.
+"""
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by the nearest-rank method; nan when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def rounded(value: float, digits: int = 3) -> float | None:
+    """JSON-friendly: nan and inf become null."""
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    from bench_broker import mosquitto_version
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "mosquitto": mosquitto_version(),
+    }
+
+
+def target(what: str, value: float | None, limit: float, text: str, *, at_most: bool = True
+           ) -> dict[str, Any]:  # fmt: skip
+    """One target checked: value within limit (at_most, else at least). None fails."""
+    ok = value is not None and (value <= limit if at_most else value >= limit)
+    return {"what": what, "target": text, "value": value, "limit": limit, "pass": ok}
+
+
+def verdict(targets: list[dict[str, Any]]) -> bool:
+    return all(t["pass"] for t in targets)
+
+
+def pass_fail(ok: bool) -> str:
+    return "**PASS**" if ok else "**FAIL**"
+
+
+def seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f} s"
+
+
+def ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None or base <= 0:
+        return "–"
+    return f"{value / base:.1f} ×"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    args = [a for a in sys.argv[1:] if not a.startswith("--doc")]
+    return "python scripts/bench.py " + " ".join(args)
+
+
+def run_line(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    return (
+        f"Run {result['date']} with `{result['command']}` on {m['nproc']} × {m['cpu']} "
+        f"(nproc {m['nproc']}), Linux {m['kernel']}, Python {m['python']}, "
+        f"mosquitto {m['mosquitto']}; {result['elapsed_s']:.0f} s in all."
+    )
+
+
+def broker_line(result: dict[str, Any]) -> str:
+    tuning = ", ".join(f"`{k} {v}`" for k, v in result["broker"].items())
+    return f"Broker: private mosquitto on 127.0.0.1, tuned with {tuning}."
+
+
+def _markers(mode: str) -> tuple[str, str]:
+    return f"<!-- bench:{mode}:begin -->", f"<!-- bench:{mode}:end -->"
+
+
+def _placeholder(mode: str) -> str:
+    begin, end = _markers(mode)
+    return f"{begin}\n## `{mode}`\n\nNot run yet: `python scripts/bench.py {mode}`.\n{end}\n"
+
+
+def write_section(doc: Path, mode: str, body: str) -> None:
+    """Replace this mode's section of doc (made with every section if missing)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown bench mode {mode!r}")
+    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
+    if not text.strip():
+        text = HEADER + "".join("\n" + _placeholder(m) for m in MODES)
+    begin, end = _markers(mode)
+    section = f"{begin}\n{body.strip()}\n{end}"
+    start = text.find(begin)
+    stop = text.find(end, start)
+    if start >= 0 and stop >= 0:
+        text = text[:start] + section + text[stop + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text, encoding="utf-8")

@@ -1,0 +1,150 @@
+"""What the fleet benches share: broker, controller, simulated agents and raw baseline.
+
+`fleet_rig()` sets up, in order: a private mosquitto, the province (fleet file and keys),
+the real controller, the agent workers and the raw workers (the same process layout),
+and the raw publisher; it waits until every agent is connected, subscribed and known
+online to the controller, and tears everything down in reverse order, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench_broker import PrivateMosquitto
+from bench_fleet import METER_FIELDS, RawBaseline, Sightings, Workers, fleet_specs
+from bench_province import Province, make_province, start_controller
+
+from controller.audio import AudioSettings
+from controller.main import Controller
+from protocol.messages import Event
+
+
+def say(message: str) -> None:
+    """A progress line (stderr: stdout is for the JSON)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Rig:
+    work: Path
+    broker: PrivateMosquitto
+    province: Province
+    controller: Controller
+    agents: Workers
+    raw: Workers
+    baseline: RawBaseline
+    # agent side: what each agent reported, when it sent it
+    sightings: Sightings
+    # controller side: when the controller stored each event
+    stored: Sightings
+
+    @property
+    def size(self) -> int:
+        return len(self.province.groups)
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Per agent: what it has received so far (see bench_fleet.Meter)."""
+        merged: dict[str, dict[str, int]] = {}
+        for reply in self.agents.ask("counters"):
+            for cid, values in reply.items():
+                merged[cid] = dict(zip(METER_FIELDS, values, strict=True))
+        return merged
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until the controller has stored every event so far, then a quiet second."""
+        deadline = time.monotonic() + timeout
+        while not self.controller.intake.drained() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+
+
+class _Online:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.clusters: set[str] = set()
+
+    def on_state(self, cluster: str, state: str) -> None:
+        with self.lock:
+            if state == "online":
+                self.clusters.add(cluster)
+            else:
+                self.clusters.discard(cluster)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.clusters)
+
+
+@contextlib.contextmanager
+def fleet_rig(
+    agents: int,
+    per_process: int,
+    *,
+    shared_cache: bool,
+    verbose: bool = False,
+    audio: AudioSettings | None = None,
+    keep: bool = False,
+) -> Iterator[Rig]:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s controller %(levelname)s %(name)s: %(message)s",
+    )
+    work = Path(tempfile.mkdtemp(prefix="loa-bench-"))
+    with contextlib.ExitStack() as stack:
+        if keep:
+            stack.callback(say, f"bench files kept in {work}")
+        else:
+            stack.callback(shutil.rmtree, work, True)
+        broker = PrivateMosquitto(work / "broker")
+        broker.start()
+        stack.callback(broker.stop)
+        province = make_province(work / "province", agents)
+        controller = start_controller(province, broker.address, audio)
+        stack.callback(controller.stop)
+        online = _Online()
+        controller.intake.add_state_listener(online.on_state)
+        stored = Sightings()
+
+        def on_event(ev: Event) -> None:
+            stored.add(str(ev.play_id), ev.kind, ev.cluster, time.time())
+
+        controller.intake.add_listener(on_event)
+
+        sightings = Sightings()
+        agent_specs, raw_specs = fleet_specs(
+            broker.address, province.groups, per_process, data_dir=work / "agents",
+            public_key=province.public_key, shared_cache=shared_cache, verbose=verbose,
+        )  # fmt: skip
+        say(
+            f"starting {agents} agents in {len(agent_specs)} processes and {agents} bare "
+            f"paho subscribers in {len(raw_specs)} processes (broker port {broker.port})"
+        )
+        fleet = Workers(sightings, "agents")
+        raw = Workers(sightings, "raw subscribers")
+        stack.callback(raw.stop)
+        stack.callback(fleet.stop)
+        fleet.start(agent_specs)
+        raw.start(raw_specs)
+        ready_s = 60.0 + 0.1 * agents
+        fleet.wait_ready(ready_s)
+        raw.wait_ready(ready_s)
+        deadline = time.monotonic() + 60
+        while online.count() < agents and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if online.count() < agents:
+            raise RuntimeError(f"the controller saw {online.count()} of {agents} agents online")
+        baseline = RawBaseline(broker.address, raw, agents)
+        stack.callback(baseline.stop)
+        rig = Rig(work, broker, province, controller, fleet, raw, baseline, sightings, stored)
+        rig.settle()
+        say(f"{agents} agents online, {agents} raw subscribers ready")
+        yield rig

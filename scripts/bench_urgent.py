@@ -1,0 +1,218 @@
+"""`bench.py urgent`: an urgent announcement to the whole province, until every agent plays.
+
+A 30-second message is made (controller.samples: a warble and Vietnamese speech from
+espeak-ng, or tones) and prepared by the controller's ContentStore before the clock
+starts, as an uploaded recording would be. Each trial then:
+
+1. raw broker: a bare paho client publishes the same bytes (one signed command of the
+   same size, then the audio chunks) to topics N bare paho subscribers take; timed until
+   each subscriber has every message;
+2. Loa: `Controller.send_urgent([province], audio)`; timed from the call to each agent
+   *sending* its `playing` event (noted in the agent's process with time.time() as the
+   event is handed to MQTT). When the controller stored each `playing` event is reported
+   beside it;
+3. a stop command to everyone, and a pause until the controller has stored every event.
+
+Agents of one process share one content cache (allowed for simulated fleets: content is
+addressed by hash), so the first agent of a process to complete the audio writes it.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bench_fleet import MAX_PER_PROCESS
+from bench_report import (
+    median,
+    pass_fail,
+    percentile,
+    ratio,
+    rounded,
+    seconds,
+    table,
+    target,
+    verdict,
+)
+from bench_rig import Rig, fleet_rig, say
+
+from controller.audio import PreparedAudio
+from controller.main import URGENT_LATENESS
+from controller.samples import demo_urgent
+from protocol import chunks
+from protocol.messages import Address, PlayBody
+
+MESSAGE_S = 30.0
+TITLE = "Thông báo khẩn: đo tải"
+ENDED = ("interrupted", "finished", "missed", "failed")
+TARGET_P99_S = 1.0
+TARGET_MAX_S = 2.0
+URGENT_TTL = timedelta(minutes=10)
+
+
+def raw_messages(rig: Rig, audio: PreparedAudio) -> list[tuple[str, bytes]]:
+    """The bytes send_urgent publishes (a command signed the same way, then the chunks),
+    on topics only the raw subscribers take."""
+    now = datetime.now(UTC)
+    body = PlayBody(
+        play_id="urgent-000000000000", bulletin=TITLE, level="emergency", start_at=now,
+        latest_start=now + URGENT_LATENESS, items=[audio.content_ref()], urgent=True,
+    )  # fmt: skip
+    group = rig.province.province
+    cmd = rig.controller.signer.command(body, Address(groups=[group]), now, URGENT_TTL)
+    messages = [(f"raw/group/{group}/command", cmd.to_json())]
+    frames = chunks.split(audio.path.read_bytes(), audio.chunk_size)
+    messages += [(f"raw/group/{group}/content", frame) for frame in frames]
+    return messages
+
+
+def _stats(latencies: list[float], prefix: str) -> dict[str, float | None]:
+    return {
+        f"{prefix}p50_s": rounded(percentile(latencies, 50)),
+        f"{prefix}p99_s": rounded(percentile(latencies, 99)),
+        f"{prefix}max_s": rounded(max(latencies)) if latencies else None,
+    }
+
+
+def trial(rig: Rig, audio: PreparedAudio, messages: list[tuple[str, bytes]], timeout: float
+          ) -> dict[str, Any]:  # fmt: skip
+    n = rig.size
+    raw = rig.baseline.round(messages, timeout)
+    rig.settle()
+    started = time.time()
+    spec = rig.controller.send_urgent([rig.province.province], audio, title=TITLE)
+    playing = rig.sightings.wait(spec.play_id, "playing", n, timeout)
+    stored = rig.stored.wait(spec.play_id, "playing", len(playing), 15)
+    received = rig.sightings.of(spec.play_id, "received")
+    delivered = rig.sightings.of(spec.play_id, "delivered")
+    rig.controller.distributor.send_stop(spec.play_id, spec.clusters)
+    rig.sightings.wait(spec.play_id, ENDED, n, 30)
+    rig.settle()
+
+    def since(seen: dict[str, float]) -> list[float]:
+        return [at - started for at in seen.values()]
+
+    result: dict[str, Any] = {"played": len(playing), **_stats(since(playing), "")}
+    result |= {
+        "raw_fanout_s": rounded(max(raw)) if len(raw) == n else None,
+        **_stats(raw, "raw_"),
+        **_stats(since(received), "received_"),
+        **_stats(since(delivered), "delivered_"),
+        **_stats(since(stored), "stored_"),
+    }
+    return result
+
+
+def _median_of(trials: list[dict[str, Any]], key: str) -> float | None:
+    values = [t[key] for t in trials if t.get(key) is not None]
+    return rounded(median(values)) if values else None
+
+
+def run(agents: int, trials: int, per_process: int, verbose: bool, keep: bool
+        ) -> dict[str, Any]:  # fmt: skip
+    if not 1 <= per_process <= MAX_PER_PROCESS:
+        raise ValueError(f"--per-process: 1 to {MAX_PER_PROCESS}")
+    timeout = 30.0 + 0.03 * agents
+    with fleet_rig(agents, per_process, shared_cache=True, verbose=verbose, keep=keep) as rig:
+        wav = rig.work / "thong-bao-khan.wav"
+        spoken = demo_urgent(wav, MESSAGE_S)
+        audio = rig.controller.content.prepare([wav])
+        say(
+            f"30 s message ({'espeak-ng speech' if spoken else 'tones'}): {audio.size} bytes "
+            f"Opus, {audio.content_ref().chunks} chunks"
+        )
+        messages = raw_messages(rig, audio)
+        per_trial = []
+        for k in range(1, trials + 1):
+            result = trial(rig, audio, messages, timeout)
+            per_trial.append(result)
+            say(
+                f"trial {k}/{trials}: {result['played']}/{agents} playing, p50 "
+                f"{seconds(result['p50_s'])}, p99 {seconds(result['p99_s'])}, max "
+                f"{seconds(result['max_s'])}; raw broker fan-out {seconds(result['raw_fanout_s'])}"
+            )
+        processes = rig.agents.processes
+    summary: dict[str, Any] = {
+        "bench": "urgent",
+        "agents": agents,
+        "trials": trials,
+        "processes": processes,
+        "message_s": MESSAGE_S,
+        "speech": spoken,
+        "encoded_bytes": audio.size,
+        "chunks": audio.content_ref().chunks,
+        "played": min(t["played"] for t in per_trial),
+        "measured": "agent sends its playing event (time.time() in the agent's process), "
+        "from the send_urgent call",
+    }
+    for key in per_trial[0]:
+        if key != "played":
+            summary[key] = _median_of(per_trial, key)
+    summary["worst_max_s"] = rounded(
+        max((t["max_s"] for t in per_trial if t["max_s"] is not None), default=float("nan"))
+    )
+    summary["per_trial"] = per_trial
+    summary["targets"] = [
+        target("agents playing", summary["played"], agents, f"all {agents}", at_most=False),
+        target("p99 trigger → playing", summary["p99_s"], TARGET_P99_S, "≤ 1 s"),
+        target("max trigger → playing", summary["max_s"], TARGET_MAX_S, "≤ 2 s"),
+    ]
+    summary["pass"] = verdict(summary["targets"])
+    return summary
+
+
+def markdown(result: dict[str, Any], run_line: str, broker_line: str) -> str:
+    r = result
+    ok = {t["what"]: t["pass"] for t in r["targets"]}
+    rows = [
+        ["agents playing", f"all {r['agents']}", str(r["played"]), "–", "–",
+         pass_fail(ok["agents playing"])],
+        ["p50 trigger → playing", "–", seconds(r["p50_s"]), seconds(r["raw_p50_s"]),
+         ratio(r["p50_s"], r["raw_p50_s"]), ""],
+        ["p99 trigger → playing", "≤ 1 s", seconds(r["p99_s"]), seconds(r["raw_p99_s"]),
+         ratio(r["p99_s"], r["raw_p99_s"]), pass_fail(ok["p99 trigger → playing"])],
+        ["max trigger → playing", "≤ 2 s", seconds(r["max_s"]), seconds(r["raw_fanout_s"]),
+         ratio(r["max_s"], r["raw_fanout_s"]), pass_fail(ok["max trigger → playing"])],
+    ]  # fmt: skip
+    stages = [
+        [stage, seconds(r[f"{key}p50_s"]), seconds(r[f"{key}p99_s"]), seconds(r[f"{key}max_s"])]
+        for stage, key in (
+            ("agent sent `received` (command admitted)", "received_"),
+            ("agent sent `delivered` (audio verified)", "delivered_"),
+            ("agent sent `playing`", ""),
+            ("controller stored `playing`", "stored_"),
+        )
+    ]
+    trials = [
+        [str(i), str(t["played"]), seconds(t["p50_s"]), seconds(t["p99_s"]),
+         seconds(t["max_s"]), seconds(t["raw_fanout_s"])]
+        for i, t in enumerate(r["per_trial"], 1)
+    ]  # fmt: skip
+    return f"""\
+## Urgent announcement: trigger → every agent playing
+
+{run_line}
+{r['agents']} simulated agents (real `Agent`, `null` output) in {r['processes']} processes;
+a {r['message_s']:.0f} s message ({'speech' if r['speech'] else 'tones'}), {r['encoded_bytes']}
+bytes of Opus in {r['chunks']} chunks, sent with `Controller.send_urgent` to the whole
+province (one command and one copy of the audio on the province's group topics).
+{broker_line}
+
+Measured from the `send_urgent` call to each agent sending its `playing` event
+(time.time() in the agent's process, same machine). The raw broker column is bare paho
+publishing the same bytes to {r['agents']} bare paho subscribers laid out in the same
+processes: per subscriber, until it had every message; its max is the raw fan-out time.
+Median of {r['trials']} trials. Overall: {pass_fail(r['pass'])}.
+
+{table(["what", "target", "Loa", "raw broker", "ratio", "result"], rows)}
+
+Where the time goes (medians over trials, from the call):
+
+{table(["stage", "p50", "p99", "max"], stages)}
+
+Per trial:
+
+{table(["trial", "playing", "p50", "p99", "max", "raw fan-out"], trials)}
+"""
+
