@@ -1,0 +1,152 @@
+"""The real pages in headless Chromium (Debian's, driven by Playwright), on a running
+controller with real agents on a real broker.
+
+A commune officer signs in, sends a typed announcement to one village, watches the
+clusters go delivered -> playing live, stops it and sees them interrupted; the same
+officer forging a target in another commune is refused in the page; English on demand.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BrokerUnderTest, require
+from web_rig import PASSWORD, WebRig
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    chromium = shutil.which("chromium")
+    require("chromium", chromium is not None, "apt-get install chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require("playwright", False, "pip install playwright")
+        raise
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, broker: BrokerUnderTest) -> Iterator[WebRig]:
+    require("espeak-ng", shutil.which("espeak-ng") is not None, "apt-get install espeak-ng")
+    r = WebRig(tmp_path, broker.address)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def sign_in(page: Any, rig: WebRig, name: str) -> None:
+    page.goto(f"{rig.url}/login")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{rig.url}/send")
+
+
+def test_send_to_one_village_watch_it_play_and_stop_it(rig: WebRig, browser: Any) -> None:
+    page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
+    page.set_default_timeout(30_000)
+    page.goto(f"{rig.url}/login")
+    assert page.locator("h1").inner_text() == "Đăng nhập"
+    page.fill("input[name=name]", "can-bo-a")
+    page.fill("input[name=password]", "sai-mat-khau")
+    page.click("button[type=submit]")
+    assert "Sai tên đăng nhập hoặc mật khẩu" in page.locator("#error").inner_text()
+    sign_in(page, rig, "can-bo-a")
+    assert page.locator("h1").inner_text() == "Thông báo khẩn mới"
+    # Only the officer's own commune is offered.
+    offered = page.locator("input[name=targets]").evaluate_all("els => els.map(e => e.value)")
+    assert offered == ["xa-a", "ap-a1", "a-01", "a-02", "ap-a2", "a-03"]
+
+    page.check("input[name=targets][value=ap-a1]")
+    page.check("input[name=level][value=emergency]")
+    page.fill("textarea[name=text]", "Bão sắp vào. Bà con ở trong nhà, tránh xa bờ sông.")
+    page.fill("input[name=repeat]", "5")
+    page.fill("input[name=gap_s]", "2")
+    page.click("#send")
+    page.wait_for_url(f"{rig.url}/announcements/urgent-*")
+
+    rows = page.locator("#clusters tbody tr")
+    assert rows.count() == 2
+    # Live: the page updates itself from the API until both clusters play.
+    for cid in ("a-01", "a-02"):
+        page.wait_for_selector(f'tr[data-cluster="{cid}"] td.status[data-status=playing]')
+    assert page.locator('tr[data-cluster="a-01"] td.status').inner_text() == "đang phát"
+    events = rig.controller.store.events_for_play(page.url.rsplit("/", 1)[-1])
+    kinds = {(e["cluster"], e["kind"]) for e in events}
+    assert {("a-01", "delivered"), ("a-02", "delivered")} <= kinds
+
+    page.click("#stop")
+    page.wait_for_selector("#stopped")
+    assert "can-bo-a" in page.locator("#stopped").inner_text()
+    for cid in ("a-01", "a-02"):
+        page.wait_for_selector(f'tr[data-cluster="{cid}"] td.status[data-status=interrupted]')
+    assert page.locator('tr[data-cluster="a-02"] td.status').inner_text() == "bị ngắt"
+    # Nothing reached the other village or the other commune.
+    assert rig.controller.store.play_states(page.url.rsplit("/", 1)[-1]).keys() == {
+        "a-01", "a-02"
+    }
+
+
+def test_an_officer_forging_a_target_in_another_commune_is_refused(
+    rig: WebRig, browser: Any
+) -> None:
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    sign_in(page, rig, "can-bo-a")
+    assert page.locator("input[name=targets][value=xa-b]").count() == 0
+    # Add the other commune to the form by hand, as a curious officer could.
+    page.evaluate("""() => {
+        const box = document.createElement('input');
+        box.type = 'checkbox'; box.name = 'targets'; box.value = 'xa-b'; box.checked = true;
+        document.getElementById('send-form').appendChild(box);
+    }""")
+    page.fill("textarea[name=text]", "Thử loa xã bên")
+    with page.expect_response(lambda r: r.url.endswith("/send")) as answer:
+        page.click("#send")
+    assert answer.value.status == 403
+    error = page.locator("#error").inner_text()
+    assert "Không được phép" in error
+    assert "xa-b" in error
+    assert "Xã An" in error
+    assert "Không có gì được gửi" in error
+    assert rig.controller.store.count_events() == 0
+    assert rig.service.recent(rig.user("quan-ly")) == []
+
+
+def test_pages_in_english_and_managers_pages(rig: WebRig, browser: Any) -> None:
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(f"{rig.url}/login?lang=en")
+    assert page.locator("h1").inner_text() == "Sign in"
+    sign_in(page, rig, "quan-ly")
+    assert page.locator("h1").inner_text() == "New urgent announcement"  # the cookie stays
+    page.goto(f"{rig.url}/approvals")
+    item = page.locator('li[data-programme="luat-tuan"]')
+    assert "Pending" in item.inner_text()
+    item.locator("button").click()
+    page.wait_for_url(f"{rig.url}/approvals")
+    assert "Approved" in page.locator('li[data-programme="luat-tuan"]').inner_text()
+    page.goto(f"{rig.url}/audit")
+    assert "approve" in page.locator("#audit").inner_text()
+    # A commune officer is not a manager.
+    officer = browser.new_page()
+    sign_in(officer, rig, "can-bo-a")
+    response = officer.goto(f"{rig.url}/audit")
+    assert response.status == 403
