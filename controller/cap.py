@@ -264,10 +264,14 @@ class CapIntake:
 
     def pending(self) -> list[dict[str, Any]]:
         with self._service.store.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(
+            rows = [dict(r) for r in conn.execute(
                 select(cap_alerts).where(cap_alerts.c.state == "pending")
                 .order_by(cap_alerts.c.received_at)
             ).mappings()]
+        for row in rows:
+            at = row["received_at"]
+            row["received_at"] = at if at.tzinfo else at.replace(tzinfo=UTC)
+        return rows
 
     def _row(self, ref: str) -> dict[str, Any] | None:
         with self._service.store.engine.connect() as conn:

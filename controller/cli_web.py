@@ -89,6 +89,7 @@ def cmd_user(args: argparse.Namespace) -> int:
                               args.display_name or "")
         print(f"added {user.name} ({user.role}, scope {' '.join(user.scope)}) to {path}")
     elif args.action == "passwd":
+        users.find_user(path, args.name)  # before asking for a password
         users.set_password(path, args.name, _new_password(args))
         print(f"changed the password of {args.name} in {path}")
     elif args.action in ("disable", "enable"):

@@ -222,6 +222,15 @@ def add_user(
     return user
 
 
+def find_user(path: Path, name: str) -> User:
+    users = _read_or_empty(path)
+    for user in users:
+        if user.name == name:
+            return user
+    known = ", ".join(u.name for u in users) or "none"
+    raise ValueError(f"no user {name!r} in {path} (users: {known})")
+
+
 def _replace(path: Path, name: str, **changes: object) -> User:
     users = _read_or_empty(path)
     for i, user in enumerate(users):

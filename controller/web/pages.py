@@ -9,6 +9,7 @@ token; the sign-in form carries a token of its own (double-submit cookie).
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import tempfile
 from datetime import datetime
@@ -314,8 +315,11 @@ def approvals(request: Request) -> Response:
     if isinstance(found, Response):
         return found
     ctx = _ctx(request)
+    alerts = ctx.cap.pending() if ctx.cap is not None else []
+    reach = ctx.service.reach(found[1])
+    alerts = [a for a in alerts if set(json.loads(a["clusters"])) <= reach]
     return _render(request, "approvals.html", found, rows=_approval_rows(ctx, found[1]),
-                   enabled=ctx.approvals is not None)
+                   enabled=ctx.approvals is not None, alerts=alerts)
 
 
 def _approval_rows(ctx: WebContext, user: User) -> list[dict[str, Any]]:
@@ -343,6 +347,30 @@ def _approval_rows(ctx: WebContext, user: User) -> list[dict[str, Any]]:
             rows.append({"programme": programme, "approved": False, "describe": str(exc),
                          "clusters": len(clusters)})
     return rows
+
+
+@router.post("/cap/send")
+def send_cap_alert(
+    request: Request, ref: Annotated[str, Form()], csrf_token: Annotated[str, Form()] = ""
+) -> Response:
+    """A manager's go-ahead for a CAP alert kept pending (policy: approve)."""
+    found = _manager(request)
+    if isinstance(found, Response):
+        return found
+    ctx = _ctx(request)
+    lang = lang_of(request)
+    if not csrf_ok(found[0], csrf_token):
+        return _render(request, "error.html", found, 403, message=t(lang, "csrf"))
+    from controller.cap import CapError
+
+    if ctx.cap is None:
+        return _render(request, "error.html", found, 404, message=t(lang, "not_found"))
+    try:
+        announcement_id = ctx.cap.send(ref, found[1])
+    except (CapError, UrgentError) as exc:
+        message, code = _explain(lang, exc)
+        return _render(request, "error.html", found, code, message=message)
+    return RedirectResponse(f"/announcements/{announcement_id}", status_code=303)
 
 
 @router.post("/approvals/{programme_id}")
