@@ -8,7 +8,11 @@ short-lived thread while it plays.
 
 Topics (see protocol/topics.py): the agent reads its cluster's command, content and
 membership topics and its groups' command and content topics; it writes events
-(QoS 1, from the outbox), its retained online/offline state, and chunk requests.
+(QoS 1, from the outbox), its retained online/offline state, chunk requests, and a
+heartbeat (QoS 0) every `heartbeat_s`, on connecting and when the relay fails or recovers.
+
+A new membership command means the controller (re)started: events it has not
+acknowledged are sent again at once, not at their next resend time.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from device_agent.amplifier import Amplifier, amplifier_from_config
 from device_agent.cache import Cache
 from device_agent.guard import (
     Guard,
@@ -32,10 +38,12 @@ from device_agent.guard import (
     RejectionLimiter,
     SeenStore,
 )
+from device_agent.health import ClockOffset, cpu_temperature, disk_free, folder_size, system_uptime
 from device_agent.localdb import LocalDatabase
 from device_agent.outbox import Outbox
 from device_agent.output import OutputBackend
 from device_agent.player import Player, PlayRecord, PlayView
+from device_agent.relays import RelayConfig
 from protocol import chunks, topics
 from protocol.clock import Clock
 from protocol.messages import (
@@ -45,8 +53,10 @@ from protocol.messages import (
     ContentRef,
     Event,
     EventKind,
+    Heartbeat,
     Level,
     MembershipBody,
+    NowPlaying,
     PlayBody,
     State,
     StopBody,
@@ -90,6 +100,9 @@ _WAKE = ("wake",)
 _STOP = ("stop",)
 
 
+_HEARTBEAT = ("heartbeat",)
+
+
 class Agent:
     """One cluster's agent. `start()` connects and runs; `stop()` reports and disconnects."""
 
@@ -109,11 +122,17 @@ class Agent:
         durable: bool = True,
         version: str | None = None,
         cache: Cache | None = None,
+        relay: RelayConfig | None = None,
+        heartbeat_s: float | None = 60.0,
+        default_volume: int = 100,
     ) -> None:
         """durable=False skips every fsync: state then survives a crash of the process, not
         a power cut. cache: a content cache shared by the agents of a simulated fleet in
         one process (content is addressed by its hash, so sharing is safe); by default
-        each agent has its own under data_dir, which it prunes."""
+        each agent has its own under data_dir, which it prunes. relay: the relay board
+        that powers the amplifier (None or driver none: nothing to switch); its faults and
+        recoveries are logged and sent in a heartbeat at once. heartbeat_s: seconds
+        between heartbeats (None: none)."""
         self.cluster_id = topics.check_id(cluster_id, "cluster id")
         self._link = link
         self._clock = clock
@@ -129,6 +148,19 @@ class Agent:
         self._offline_since = clock.now()
         self._offline_warned_at: datetime | None = None
         self._online = threading.Event()  # the worker has handled the current connection
+        self._started_mono = time.monotonic()
+        self._amplifier: Amplifier | None = None
+        if relay is not None and relay.driver != "none":
+            self._amplifier = amplifier_from_config(
+                relay, clock,
+                ClusterLog(logging.getLogger("device_agent.amplifier"), {"cluster": cluster_id}),
+                on_fault=self.relay_changed,
+                on_recovered=self.relay_changed,
+                wake=self._wake,
+            )
+        self._heartbeat_s = heartbeat_s
+        self._next_heartbeat: datetime | None = None
+        self.clock_offset = ClockOffset()
 
         self._db = LocalDatabase(data_dir / "agent.sqlite", durable=durable)
         self._outbox = Outbox(self._db, cluster_id, clock, resend_after_s=outbox_resend_s)
@@ -139,8 +171,9 @@ class Agent:
         )
         self._limiter = RejectionLimiter(clock, rejections_per_minute)
         self._owns_cache = cache is None
+        self._cache_dir = data_dir / "content"
         self._cache = cache or Cache(
-            data_dir / "content",
+            self._cache_dir,
             durable=durable,
             log=ClusterLog(logging.getLogger("device_agent.cache"), {"cluster": cluster_id}),
         )
@@ -152,6 +185,8 @@ class Agent:
             wake=self._wake,
             request_interval_s=request_interval_s,
             log=ClusterLog(logging.getLogger("device_agent.player"), {"cluster": cluster_id}),
+            amplifier=self._amplifier,
+            default_volume=default_volume,
         )
         self._cache.add_listener(self._on_content)
         for ref in self._player.wanted_content():
@@ -176,11 +211,14 @@ class Agent:
         )
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop playing (reported as interrupted), say offline, disconnect, close the outbox."""
+        """Stop playing (reported as interrupted), switch the amplifier off, say offline,
+        disconnect, close the outbox."""
         self._player.close(timeout)
         self._queue.put(_STOP)
         if self._worker is not None:
             self._worker.join(timeout)
+        if self._amplifier is not None:
+            self._amplifier.close()
         if self._link.connected:
             self._publish_state("offline")
         self._link.stop()
@@ -208,6 +246,37 @@ class Agent:
     def membership(self) -> Membership:
         return self._membership.current()
 
+    def heartbeat(self) -> Heartbeat:
+        """This agent's health now (what it publishes every heartbeat_s)."""
+        player = self._player.status()
+        current = player.current
+        now = self._clock.now()
+        return Heartbeat(
+            cluster=self.cluster_id,
+            at=now,
+            version=self._version,
+            uptime_s=round(time.monotonic() - self._started_mono, 1),
+            system_uptime_s=system_uptime(),
+            disk_free_bytes=disk_free(self.data_dir),
+            cache_bytes=folder_size(self._cache_dir) if self._owns_cache else None,
+            cpu_temp_c=cpu_temperature(),
+            relay=self._amplifier.state() if self._amplifier is not None else None,
+            volume=current.volume if current is not None else self._player.default_volume,
+            clock_offset_s=self.clock_offset.estimate(now),
+            playing=NowPlaying(
+                play_id=current.play_id,
+                bulletin=current.bulletin,
+                level=current.level,
+                started_at=current.started_at,
+            ) if current is not None else None,
+            queued=len(player.queue),
+            outbox_pending=self._outbox.pending(),
+        )
+
+    def relay_changed(self, _fault: str | None = None) -> None:
+        """The amplifier's relay failed or recovered: send a heartbeat now (any thread)."""
+        self._queue.put(_HEARTBEAT)
+
     # --- network thread: queue only ---------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
@@ -217,7 +286,10 @@ class Agent:
                     self._dropped_content += 1
                     return
                 self._queued_content_bytes += len(payload)
-        self._queue.put(("message", topic, payload))
+            self._queue.put(("message", topic, payload))
+            return
+        # When it arrived, for the clock offset (the worker may get to it later).
+        self._queue.put(("message", topic, payload, self._clock.now(), time.monotonic()))
 
     def _on_connection(self, up: bool) -> None:
         self._queue.put(("connection", up))
@@ -247,9 +319,11 @@ class Agent:
                 return
             try:
                 if item[0] == "message":
-                    self._handle_message(item[1], item[2])
+                    self._handle_message(item[1], item[2], *item[3:])
                 elif item[0] == "connection":
                     self._handle_connection(bool(item[1]))
+                elif item is _HEARTBEAT:
+                    self._send_heartbeat()
                 wake_at = self._housekeeping()
             except Exception:
                 self._log.exception("unexpected error in the agent worker; carrying on")
@@ -258,6 +332,9 @@ class Agent:
     def _housekeeping(self) -> datetime | None:
         """Let the player and the outbox do what is due; the earliest next time to look."""
         times = [self._player.tick()]
+        if self._amplifier is not None:
+            times.append(self._amplifier.tick())
+        times.append(self._heartbeat_due())
         if self._link.connected:  # offline, the outbox waits for the next connection
             due = self._outbox.due()
             if due:
@@ -332,9 +409,16 @@ class Agent:
             "connected to the broker; sending %d unacknowledged events", len(pending)
         )
         self._send(pending, reconnected=True)
+        self._send_heartbeat()
         self._online.set()
 
-    def _handle_message(self, topic: str, payload: bytes) -> None:
+    def _handle_message(
+        self,
+        topic: str,
+        payload: bytes,
+        received_at: datetime | None = None,
+        received_mono: float | None = None,
+    ) -> None:
         where = topics.parse(topic)
         if where is not None and where.channel == "content":
             with self._content_lock:
@@ -354,6 +438,9 @@ class Agent:
                 )
                 self._add_event("rejected", ref=exc.command_id, reason=exc.reason)
             return
+        if received_at is not None and not isinstance(command.body, MembershipBody):
+            # Retained membership was signed long before it is delivered: not a sample.
+            self.clock_offset.add(command.issued_at, received_at, received_mono)
         self._obey(command)
 
     def _obey(self, command: Command) -> None:
@@ -387,6 +474,14 @@ class Agent:
                 "membership changed: now in groups %s (was %s)",
                 ", ".join(now.groups) or "(none)", ", ".join(sorted(before)) or "(none)",
             )
+        # A new membership command: the controller has (re)started. What it has not
+        # acknowledged goes again now rather than at its next, backed-off resend time.
+        pending = self._outbox.unacked() if self._link.connected else []
+        if pending:
+            self._log.info(
+                "the controller is back: sending again %d unacknowledged events", len(pending)
+            )
+            self._send(pending, reconnected=True)
 
     def _handle_chunk(self, topic: str, payload: bytes) -> None:
         try:
@@ -406,6 +501,24 @@ class Agent:
     def _subscribe_group(self, group: str) -> None:
         self._link.subscribe(topics.group_topic(group, "command"), self._on_message)
         self._link.subscribe(topics.group_topic(group, "content"), self._on_message)
+
+    def _heartbeat_due(self) -> datetime | None:
+        """Send the heartbeat if it is due; when the next one is."""
+        if self._heartbeat_s is None or not self._link.connected:
+            return None
+        now = self._clock.now()
+        if self._next_heartbeat is None or now >= self._next_heartbeat:
+            self._send_heartbeat()
+        return self._next_heartbeat
+
+    def _send_heartbeat(self) -> None:
+        if self._heartbeat_s is None or not self._link.connected:
+            return
+        beat = self.heartbeat()
+        self._link.publish(
+            topics.cluster_topic(self.cluster_id, "heartbeat"), beat.to_json(), qos=0
+        )
+        self._next_heartbeat = beat.at + timedelta(seconds=self._heartbeat_s)
 
     def _publish_state(self, state: str) -> None:
         message = State(

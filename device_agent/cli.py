@@ -1,10 +1,13 @@
 """`loa-agent`: the agent's command line. The only place that exits the process.
 
     loa-agent run --config /etc/loa/agent.yaml
+    loa-agent check --config /etc/loa/agent.yaml [--click]
+    loa-agent test-tone --config /etc/loa/agent.yaml [--seconds 5]
     loa-agent version
 
-Exit codes: 0 after a clean stop, 2 when the agent cannot start (bad configuration,
-missing key file, data directory in use), 130 on Ctrl-C before it started.
+Exit codes: run: 0 after a clean stop, 2 when the agent cannot start (bad
+configuration, missing key file, data directory in use); check: 1 when any check
+FAILs; test-tone: 1 when the tone did not play; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from protocol.yamlload import ConfigError
 DEFAULT_CONFIG = Path("/etc/loa/agent.yaml")
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, command: str) -> None:
+    # check and test-tone print their own report; the parts' logs only add noise there.
+    quiet = command in ("check", "test-tone")
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else (logging.ERROR if quiet else logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -33,6 +38,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     from device_agent.main import run
 
     run(load_agent_config(Path(args.config)))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from device_agent.check import CheckResult, run_checks, summary
+
+    def show(result: CheckResult) -> None:
+        for line in result.lines():
+            print(line, flush=True)
+
+    results = run_checks(
+        Path(args.config), click=args.click, timeout_s=args.timeout, report=show
+    )
+    print(summary(results))
+    return 1 if any(r.status == "FAIL" for r in results) else 0
+
+
+def cmd_test_tone(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from device_agent.amplifier import amplifier_from_config
+    from device_agent.config import load_agent_config
+    from device_agent.main import build_output
+    from device_agent.tone import play_tone
+    from protocol.clock import SystemClock
+
+    config = load_agent_config(Path(args.config))
+    output = build_output(config)
+    relay = config.relay
+    amplifier = None if relay.driver == "none" else amplifier_from_config(relay, SystemClock())
+    if amplifier is not None:
+        print(f"switching the amplifier on through the {relay.driver} relay on {relay.url} "
+              f"(warm-up {amplifier.warm_up_s:g} s)", flush=True)
+    print(f"playing a {args.seconds:g} s test tone (1 kHz) through {output.name}", flush=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="loa-tone-") as folder:
+            result = play_tone(
+                output, Path(folder), args.seconds, amplifier=amplifier,
+                volume=config.output.volume,
+            )
+    finally:
+        if amplifier is not None:
+            amplifier.close()
+    if result.relay_fault:
+        print(f"the amplifier relay failed: {result.relay_fault}", file=sys.stderr)
+    if not result.ok:
+        print(f"the test tone did not play: {result.outcome.error or 'stopped'}", file=sys.stderr)
+        return 1
+    where = f": {result.wav}" if result.wav else ""
+    print(f"played {result.outcome.played_s:.1f} s of test tone through {output.name}{where}")
     return 0
 
 
@@ -55,6 +110,32 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the agent configuration (default {DEFAULT_CONFIG})",
     )
     run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser(
+        "check", help="check config, key, disk, broker, clock, relay and output: PASS/FAIL"
+    )
+    check.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), metavar="FILE",
+        help=f"the agent configuration (default {DEFAULT_CONFIG})",
+    )
+    check.add_argument(
+        "--click", action="store_true", help="switch the amplifier relay on, then off"
+    )
+    check.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S",
+        help="seconds to wait for DNS, the broker and its login (default 5)",
+    )
+    check.set_defaults(func=cmd_check)
+
+    tone = sub.add_parser("test-tone", help="play a test tone through the configured output")
+    tone.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), metavar="FILE",
+        help=f"the agent configuration (default {DEFAULT_CONFIG})",
+    )
+    tone.add_argument(
+        "--seconds", type=float, default=3.0, metavar="S", help="tone length (default 3)"
+    )
+    tone.set_defaults(func=cmd_test_tone)
     version = sub.add_parser("version", help="print the agent version")
     version.set_defaults(func=cmd_version)
     return parser
@@ -62,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.command)
     try:
         code = int(args.func(args))
     except ConfigError as exc:

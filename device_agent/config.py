@@ -10,6 +10,9 @@
     output:
       kind: ffmpeg                 # ffmpeg (sound card), file (WAV per play) or null
       device: alsa:default
+    relay:
+      driver: lcus                 # the amplifier's relay board (none: always powered)
+      url: /dev/ttyUSB0
 
 Loaded like every file people edit by hand: unknown keys, wrong types and bad values are
 all reported at once as file:line:col with what to write instead. Relative paths are
@@ -33,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from device_agent.relays.config import RelayConfig
 from protocol.mqtt import BrokerAddress
 from protocol.topics import check_id
 from protocol.yamlload import ConfigError, load_yaml, validate
@@ -80,6 +84,8 @@ class OutputConfig(_Strict):
     """For file: the folder the WAV files are written to."""
     ffmpeg: Annotated[str, Field(min_length=1)] | None = None
     """The ffmpeg program, if it is not on PATH."""
+    volume: Annotated[int, Field(ge=0, le=100)] = 100
+    """Output level in percent (linear gain) for plays whose command sets no volume."""
 
     @model_validator(mode="after")
     def _file_needs_a_folder(self) -> OutputConfig:
@@ -113,6 +119,10 @@ class AgentConfig(_Strict):
     """Seconds between MQTT keepalives; the broker declares the cluster offline after 1.5x."""
     outbox_resend_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     """Seconds before an unacknowledged status event is sent again."""
+    heartbeat_s: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    """Seconds between heartbeats (uptime, disk, temperature, relay, clock offset)."""
+    relay: RelayConfig = RelayConfig()
+    """The relay board that powers the amplifier (driver: none when there is none)."""
 
     def broker(self) -> BrokerAddress:
         """The broker address, with the credentials of this file."""

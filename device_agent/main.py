@@ -3,7 +3,8 @@
 From the configuration: the MQTT link (client id `loa-agent-<cluster>`, a persistent
 session so QoS 1 commands wait at the broker while the cluster is offline, and the
 retained "offline" state as Last Will), the verifier of the controller's public key,
-the output backend, the system clock, and the agent that wires them together.
+the output backend, the system clock, and the agent that wires them together with the
+amplifier relay of the config's `relay:` section.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def build_agent(config: AgentConfig, clock: Clock | None = None) -> Agent:
         groups=config.groups,
         outbox_resend_s=config.outbox_resend_s,
         version=agent_version(),
+        relay=config.relay,
+        heartbeat_s=config.heartbeat_s,
+        default_volume=config.output.volume,
     )
 
 

@@ -42,9 +42,15 @@ class OutputBackend(Protocol):
     name: str
 
     def play(
-        self, items: list[Path], duration_s: float, label: str, stop: threading.Event
+        self,
+        items: list[Path],
+        duration_s: float,
+        label: str,
+        stop: threading.Event,
+        volume: int = 100,
     ) -> PlayOutcome:
-        """Play the items in order (total duration_s); return when done or when stop is set."""
+        """Play the items in order (total duration_s) at volume percent (linear gain);
+        return when done or when stop is set."""
         ...
 
     def check(self) -> str | None:
@@ -58,7 +64,12 @@ class NullBackend:
     name: str = "null"
 
     def play(
-        self, items: list[Path], duration_s: float, label: str, stop: threading.Event
+        self,
+        items: list[Path],
+        duration_s: float,
+        label: str,
+        stop: threading.Event,
+        volume: int = 100,
     ) -> PlayOutcome:
         started = time.monotonic()
         stopped = stop.wait(duration_s)
@@ -118,13 +129,17 @@ def _items_problem(items: list[Path]) -> str | None:
     return None
 
 
-def _concat(items: list[Path]) -> tuple[list[str], str]:
-    """ffmpeg inputs for the items and a filter graph joining them into one audio stream."""
+def _concat(items: list[Path], volume: int = 100) -> tuple[list[str], str]:
+    """ffmpeg inputs for the items and a filter graph joining them into one audio stream,
+    at volume percent (linear gain; 100 leaves the samples untouched)."""
     inputs: list[str] = []
     for item in items:
         inputs += ["-i", str(item)]
     pads = "".join(f"[{n}:a:0]" for n in range(len(items)))
-    return inputs, f"{pads}concat=n={len(items)}:v=0:a=1"
+    graph = f"{pads}concat=n={len(items)}:v=0:a=1"
+    if volume != 100:
+        graph += f",volume={max(0, min(volume, 100)) / 100:.2f}"
+    return inputs, graph
 
 
 def _safe_label(label: str) -> str:
@@ -222,7 +237,12 @@ class FfmpegBackend:
         return [*common, "-f", "pulse", *sink, "loa"]
 
     def play(
-        self, items: list[Path], duration_s: float, label: str, stop: threading.Event
+        self,
+        items: list[Path],
+        duration_s: float,
+        label: str,
+        stop: threading.Event,
+        volume: int = 100,
     ) -> PlayOutcome:
         if stop.is_set():
             return PlayOutcome(completed=False, played_s=0.0)
@@ -232,7 +252,7 @@ class FfmpegBackend:
             problem = _ffmpeg_missing(self.ffmpeg)
         if problem is not None or exe is None:
             return PlayOutcome(completed=False, played_s=0.0, error=problem)
-        inputs, graph = _concat(items)
+        inputs, graph = _concat(items, volume)
         if self.kind == "null":
             # Paced in the graph, after the join: `-re` paces each input from ffmpeg's start,
             # so a second item would be read at full speed while the first one plays.
@@ -319,7 +339,8 @@ def _wav_seconds(path: Path) -> float:
 
 
 class FileBackend:
-    """Writes what it would have played as one WAV per play: `<out_dir>/<label>.wav`.
+    """Writes what it would have played as one WAV per airing: `<out_dir>/<label>.wav`
+    (`<label>-2.wav` for a second airing of the same play).
 
     The items are decoded (mono, 48 kHz, s16) before the play starts; when realtime, the
     play then takes the audio's duration (less when stopped), like a sound card would.
@@ -335,8 +356,23 @@ class FileBackend:
     def path_for(self, label: str) -> Path:
         return self.out_dir / f"{_safe_label(label)}.wav"
 
+    def free_path_for(self, label: str) -> Path:
+        """path_for(label), or `<label>-2.wav`, `-3`... if it exists: a play that airs
+        twice (replayed after an interruption) leaves two files, never one overwritten."""
+        first = self.path_for(label)
+        path, n = first, 1
+        while path.exists():
+            n += 1
+            path = first.with_name(f"{first.stem}-{n}.wav")
+        return path
+
     def play(
-        self, items: list[Path], duration_s: float, label: str, stop: threading.Event
+        self,
+        items: list[Path],
+        duration_s: float,
+        label: str,
+        stop: threading.Event,
+        volume: int = 100,
     ) -> PlayOutcome:
         if stop.is_set():
             return PlayOutcome(completed=False, played_s=0.0)
@@ -352,7 +388,7 @@ class FileBackend:
             return PlayOutcome(
                 completed=False, played_s=0.0, error=self._not_writable(exc.strerror)
             )
-        inputs, graph = _concat(items)
+        inputs, graph = _concat(items, volume)
         with _temp_wav(self.out_dir) as temp:
             argv = [
                 exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
@@ -371,7 +407,7 @@ class FileBackend:
                     completed=False, played_s=0.0, error=f"{label} to {self.out_dir}: {failure}"
                 )
             seconds = _wav_seconds(temp)
-            temp.replace(self.path_for(label))
+            temp.replace(self.free_path_for(label))
         if not self.realtime:
             return PlayOutcome(completed=True, played_s=seconds)
         started = time.monotonic()

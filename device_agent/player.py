@@ -15,8 +15,15 @@ Rules, in the words of Circular 39/2020's three levels:
   start has passed; chunks still arriving are waited for rather than asked for twice;
 - one output: a due play of a higher level (emergency > priority > normal) interrupts a
   lower one at once; equal or lower levels wait their turn in start time order;
+- a play interrupted by a higher level is reported interrupted; if its command asks for
+  it (`replay_if_interrupted`), it waits for the output to be free and plays again from
+  the start, at most MAX_REPLAYS times and until the later of its latest start and
+  REPLAY_WITHIN after the interruption. A stop command or a shutdown is never replayed;
 - a stop command stops one play (or everything playing and everything due and waiting);
-- a play id already received is never scheduled twice.
+- a play id already received is never scheduled twice;
+- the amplifier (device_agent/amplifier.py), when there is one, is switched on for each
+  play, and ahead of a scheduled play by its warm-up, so that the first sample goes out
+  at the start time and not a warm-up later.
 
 Every state change is reported through `report` (the agent turns it into an outbox
 event): received, delivered, playing, finished, interrupted, missed, failed.
@@ -39,7 +46,7 @@ from pydantic import ValidationError
 from device_agent.localdb import StateDocument
 from device_agent.output import OutputBackend, PlayOutcome
 from protocol.clock import Clock
-from protocol.messages import LEVEL_RANK, Command, ContentRef, EventKind, PlayBody
+from protocol.messages import LEVEL_RANK, Command, ContentRef, EventKind, Level, PlayBody
 
 module_log = logging.getLogger(__name__)
 
@@ -55,6 +62,11 @@ DEFAULT_REQUEST_INTERVAL_S = 10.0
 # chunks of an urgent announcement follow its command by milliseconds).
 DEFAULT_STALL_S = 3.0
 JUST_AFTER = timedelta(milliseconds=1)
+# Replays of a play interrupted by a higher level (when its command asks for them).
+MAX_REPLAYS = 3
+REPLAY_WITHIN = timedelta(hours=1)
+
+StopCause = Literal["preempted", "stopped", "shutdown"]
 
 
 class ContentStore(Protocol):
@@ -63,6 +75,17 @@ class ContentStore(Protocol):
     def has(self, sha256: str) -> bool: ...
     def path(self, sha256: str) -> Path: ...
     def missing(self, ref: ContentRef) -> list[int]: ...
+
+
+class AmplifierControl(Protocol):
+    """What the player needs from device_agent.amplifier.Amplifier."""
+
+    @property
+    def warm_up_s(self) -> float: ...
+    @property
+    def fault(self) -> str | None: ...
+    def power_on_for_play(self, stop: threading.Event | None = None) -> bool: ...
+    def play_finished(self) -> None: ...
 
 
 @dataclass
@@ -79,10 +102,13 @@ class PlayRecord:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     last_request_at: datetime | None = None
+    replays: int = 0  # times it was put back after an interruption
+    replay_until: datetime | None = None  # a replay may start until then
     # Download progress while due (not saved): chunks missing at the last look, and when
     # that number last went down.
     seen_missing: int | None = None
     progress_at: datetime | None = None
+    warmed: bool = False  # the amplifier was switched on ahead of the start (not saved)
 
     @property
     def play_id(self) -> str:
@@ -95,6 +121,11 @@ class PlayRecord:
     @property
     def duration_s(self) -> float:
         return sum(item.duration_s for item in self.body.items)
+
+    @property
+    def deadline(self) -> datetime:
+        """The latest it may start: its latest start, or the end of its replay window."""
+        return self.replay_until or self.body.latest_start
 
     def describe(self) -> str:
         return f"{self.body.bulletin} ({self.body.level})"
@@ -110,6 +141,8 @@ class PlayRecord:
             "delivered": self.delivered,
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "replays": self.replays,
+            "replay_until": self.replay_until.isoformat() if self.replay_until else None,
         }
 
     @classmethod
@@ -134,6 +167,8 @@ class PlayRecord:
             delivered=bool(obj.get("delivered")),
             started_at=when("started_at"),
             ended_at=when("ended_at"),
+            replays=int(obj.get("replays") or 0),
+            replay_until=when("replay_until"),
         )
 
 
@@ -143,12 +178,13 @@ class PlayView:
 
     play_id: str
     bulletin: str
-    level: str
+    level: Level
     state: PlayState
     start_at: datetime
     latest_start: datetime
     delivered: bool
     started_at: datetime | None
+    volume: int | None = None  # the volume it plays at (the command's, or the default)
 
 
 @dataclass(frozen=True)
@@ -185,9 +221,14 @@ class Player:
         stall_s: float = DEFAULT_STALL_S,
         retention: timedelta = DEFAULT_RETENTION,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        amplifier: AmplifierControl | None = None,
+        default_volume: int = 100,
     ) -> None:
         """Load the saved schedule; a play the previous run left playing is reported
-        interrupted (it was cut off by a crash or power loss and is not played again)."""
+        interrupted (it was cut off by a crash or power loss and is not played again).
+
+        amplifier: switched on for every play (None: no relay to drive); default_volume:
+        the output level of plays whose command sets none."""
         self._log = log or module_log
         self._output = output
         self._content = content
@@ -199,13 +240,17 @@ class Player:
         self._request_interval = timedelta(seconds=request_interval_s)
         self._stall = timedelta(seconds=stall_s)
         self._retention = retention
+        self._amplifier = amplifier
+        self.default_volume = default_volume
         self._lock = threading.Lock()
         self._plays: dict[str, PlayRecord] = {}
         self._current: PlayRecord | None = None
         self._stop_event: threading.Event | None = None
         self._stop_reason: str | None = None
+        self._stop_cause: StopCause = "stopped"
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._closed = threading.Event()  # ends warm-ups started ahead of a play
         self._order = 0
         self._dirty = False
         self._pending: list[tuple[EventKind, PlayRecord, str | None]] = []
@@ -275,6 +320,7 @@ class Player:
             for record in targets:
                 if record is self._current and self._stop_event is not None:
                     self._stop_reason = "stopped by the controller"
+                    self._stop_cause = "stopped"
                     self._stop_event.set()
                 else:
                     self._end(record, "interrupted", "stopped before it started")
@@ -331,8 +377,10 @@ class Player:
         """Stop the output (the play is reported interrupted) and start nothing more."""
         with self._lock:
             self._closing = True
+            self._closed.set()
             if self._current is not None and self._stop_event is not None:
                 self._stop_reason = "the agent was shut down during the play"
+                self._stop_cause = "shutdown"
                 self._stop_event.set()
             thread = self._thread
         if thread is not None:
@@ -360,15 +408,18 @@ class Player:
         for record in sorted(self._plays.values(), key=lambda r: r.order):
             if record.state != "scheduled":
                 continue
-            if now > record.body.latest_start:
+            if now > record.deadline:
                 self._end(record, "missed", self._missed_reason(record))
                 continue
             if record.body.start_at > now:
                 # Ahead of time: a download that stalled (or never began, as when the
                 # agent joined after the chunks went out) is asked for now, not at the
                 # start, so the play still starts on time if the link drops later.
-                if not self._all_held(record) and self._request_due(record, now):
-                    self._request_missing(record, now)
+                if not self._all_held(record):
+                    if self._request_due(record, now):
+                        self._request_missing(record, now)
+                elif not record.warmed and now >= self._warm_up_from(record):
+                    self._warm_up_ahead(record)
                 continue
             if self._all_held(record):
                 if not record.delivered:  # completed by another agent sharing the cache
@@ -384,6 +435,7 @@ class Player:
                 self._start(best, now)
             elif best.rank > current.rank and self._stop_event and not self._stop_event.is_set():
                 self._stop_reason = f"preempted by {best.describe()}"
+                self._stop_cause = "preempted"
                 self._log.info(
                     "play %s: %s interrupts %s", best.play_id, best.describe(),
                     current.describe(),
@@ -400,12 +452,38 @@ class Player:
                 continue
             if record.state != "scheduled":
                 continue
-            times.append(record.body.latest_start + JUST_AFTER)
+            times.append(record.deadline + JUST_AFTER)
             if record.body.start_at > now:
                 times.append(record.body.start_at)
+                if not record.warmed and self._all_held(record):
+                    times.append(self._warm_up_from(record))
             if not self._all_held(record):
                 times.append(self._next_request_at(record))
         return min(times, default=None)
+
+    def _warm_up_from(self, record: PlayRecord) -> datetime:
+        """When to switch the amplifier on for a scheduled play (its start if no relay)."""
+        amplifier = self._amplifier
+        warm_up = amplifier.warm_up_s if amplifier is not None else 0.0
+        return record.body.start_at - timedelta(seconds=warm_up)
+
+    def _warm_up_ahead(self, record: PlayRecord) -> None:
+        """Switch the amplifier on now, its warm-up before the play's start, on a thread
+        of its own (relay I/O and the warm-up must not hold up the worker). The play
+        itself then finds the amplifier warm and starts on time."""
+        record.warmed = True
+        amplifier = self._amplifier
+        if amplifier is None or amplifier.warm_up_s <= 0:
+            return
+        closed = self._closed
+
+        def warm_up() -> None:
+            try:
+                amplifier.power_on_for_play(closed)
+            finally:
+                amplifier.play_finished()
+
+        threading.Thread(target=warm_up, name=f"warm-up-{record.play_id}", daemon=True).start()
 
     def _start(self, record: PlayRecord, now: datetime) -> None:
         record.state = "playing"
@@ -423,37 +501,65 @@ class Player:
         items = [self._content.path(item.sha256) for item in record.body.items]
         self._thread = threading.Thread(
             target=self._run_output,
-            args=(record, items, self._stop_event),
+            args=(record, items, self._stop_event, self._volume(record)),
             name=f"play-{record.play_id}",
             daemon=True,
         )
         self._thread.start()
 
-    def _run_output(self, record: PlayRecord, items: list[Path], stop: threading.Event) -> None:
+    def _volume(self, record: PlayRecord) -> int:
+        return record.body.volume if record.body.volume is not None else self.default_volume
+
+    def _run_output(
+        self, record: PlayRecord, items: list[Path], stop: threading.Event, volume: int
+    ) -> None:
         label = f"{record.body.bulletin} ({record.body.level}) {record.play_id}"
+        amplifier = self._amplifier
+        note: str | None = None
         try:
-            outcome = self._output.play(items, record.duration_s, label, stop)
+            powered = amplifier.power_on_for_play(stop) if amplifier is not None else True
+            fault = amplifier.fault if amplifier is not None else None
+            if not powered:
+                note = (
+                    f"not played: the amplifier relay failed ({fault}) and the config says "
+                    "not to play without it (relay.play_without_relay: false)"
+                )
+                outcome = PlayOutcome(completed=False, played_s=0.0, error=note)
+            elif stop.is_set():  # stopped or preempted during the warm-up
+                outcome = PlayOutcome(completed=False, played_s=0.0)
+            else:
+                if fault is not None:
+                    note = f"played without the amplifier relay, which failed: {fault}"
+                outcome = self._output.play(items, record.duration_s, label, stop, volume)
         except Exception as exc:
             self._log.exception("output %s failed on play %s", self._output.name, record.play_id)
             outcome = PlayOutcome(completed=False, played_s=0.0, error=f"{exc}")
+        finally:
+            if amplifier is not None:
+                amplifier.play_finished()
         with self._lock:
-            self._output_done(record, outcome, stop)
+            self._output_done(record, outcome, stop, note)
             self._tick()
         self._wake()
 
-    def _output_done(self, record: PlayRecord, outcome: PlayOutcome, stop: threading.Event) -> None:
+    def _output_done(
+        self, record: PlayRecord, outcome: PlayOutcome, stop: threading.Event,
+        note: str | None = None,
+    ) -> None:
         self._current = None
         self._stop_event = None
-        if outcome.error:
+        if outcome.error and outcome.error == note:
+            self._end(record, "failed", note)
+        elif outcome.error:
             self._end(
                 record, "failed",
                 f"output {self._output.name} failed after {outcome.played_s:.1f} s: "
                 f"{outcome.error}",
             )
         elif outcome.completed:
-            self._end(record, "finished", None)
+            self._end(record, "finished", note)
         elif stop.is_set():
-            self._end(record, "interrupted", self._stop_reason or "stopped")
+            self._interrupted(record, self._stop_reason or "stopped", self._stop_cause)
         else:
             self._end(
                 record, "failed",
@@ -461,6 +567,30 @@ class Player:
                 f"{record.duration_s:.1f} s without being stopped",
             )
         self._commit()
+
+    def _interrupted(self, record: PlayRecord, reason: str, cause: StopCause) -> None:
+        """Report the interruption; put the play back if it is to be replayed."""
+        replay = (
+            cause == "preempted"
+            and record.body.replay_if_interrupted
+            and record.replays < MAX_REPLAYS
+            and not self._closing
+        )
+        if not replay:
+            self._end(record, "interrupted", reason)
+            return
+        until = max(record.body.latest_start, self._clock.now() + REPLAY_WITHIN)
+        self._end(
+            record, "interrupted",
+            f"{reason}; it plays again from the start once the output is free "
+            f"(until {clock_time(until)} at the latest)",
+        )
+        record.state = "scheduled"
+        record.replays += 1
+        record.replay_until = until
+        record.started_at = None
+        record.ended_at = None
+        record.warmed = False
 
     def _end(self, record: PlayRecord, state: EndState, reason: str | None) -> None:
         record.state = state
@@ -473,6 +603,12 @@ class Player:
         self._emit(state, record, reason)
 
     def _missed_reason(self, record: PlayRecord) -> str:
+        if record.replay_until is not None:
+            busy = f" with {self._current.describe()}" if self._current else ""
+            return (
+                f"not played again after its interruption: the output was busy{busy} until "
+                f"past {clock_time(record.replay_until)}"
+            )
         if self.up_since > record.body.latest_start:
             return (
                 f"agent was not running (powered off or restarting) until "
@@ -535,6 +671,7 @@ class Player:
             latest_start=record.body.latest_start,
             delivered=record.delivered,
             started_at=record.started_at,
+            volume=self._volume(record),
         )
 
     def _emit(self, kind: EventKind, record: PlayRecord, reason: str | None) -> None:

@@ -103,14 +103,21 @@ class FakeOutput:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.started: list[str] = []  # play ids, in the order they started
+        self.volumes: list[int] = []  # the volume each of them was asked to play at
         self._release: dict[str, str | None] = {}  # play id -> error (None: completed)
 
     def play(
-        self, items: list[Path], duration_s: float, label: str, stop: threading.Event
+        self,
+        items: list[Path],
+        duration_s: float,
+        label: str,
+        stop: threading.Event,
+        volume: int = 100,
     ) -> PlayOutcome:
         play_id = label.rsplit(" ", 1)[-1]
         with self._lock:
             self.started.append(play_id)
+            self.volumes.append(volume)
         while True:
             with self._lock:
                 if play_id in self._release:

@@ -1,4 +1,5 @@
-"""The player: start times, the three levels, stops, missing audio, restarts.
+"""The player: start times, the three levels, stops, missing audio, restarts, replays
+after an interruption, the volume, and the amplifier switched on in time.
 
 Time is a ManualClock moved by the test; the output is a fake the test finishes by
 hand, running on the player's real output thread.
@@ -7,6 +8,7 @@ hand, running on the player's real output thread.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +18,7 @@ from agent_support import FakeOutput, Keys, Reports, command, content, play_body
 from conftest import wait_until
 
 from device_agent.localdb import LocalDatabase, StateDocument
-from device_agent.player import Player, PlayRecord
+from device_agent.player import MAX_REPLAYS, REPLAY_WITHIN, AmplifierControl, Player, PlayRecord
 from protocol.clock import ManualClock
 from protocol.messages import LEVELS, Command, ContentRef, EventKind, Level, PlayBody
 
@@ -52,6 +54,7 @@ class Rig:
         self.reports = Reports()
         self.requests: list[tuple[str, list[int]]] = []
         self.state = state
+        self.amplifier: AmplifierControl | None = None
         self.player = self.new_player()
         self._ids = itertools.count(1)
 
@@ -59,6 +62,7 @@ class Rig:
         return Player(
             self.output, self.content, self.clock, self.state,
             report=self._report, request_chunks=self._request, request_interval_s=10,
+            amplifier=self.amplifier, default_volume=80,
         )
 
     def _report(self, kind: EventKind, record: PlayRecord, reason: str | None) -> None:
@@ -74,12 +78,16 @@ class Rig:
         level: Level = "normal",
         held: bool = True,
         window: timedelta = timedelta(minutes=5),
+        replay: bool = False,
+        volume: int | None = None,
     ) -> Command:
         c = content()
         if held:
             self.content.held.add(c.ref.sha256)
         start = self.clock.now() + timedelta(seconds=start_in)
         body = play_body(play_id, [c.ref], start, level=level, window=window)
+        if replay or volume is not None:
+            body = body.model_copy(update={"replay_if_interrupted": replay, "volume": volume})
         cmd = command(self.keys.signer, body, self.clock.now(), clusters=[ME])
         assert self.player.accept(cmd)
         return cmd
@@ -371,3 +379,204 @@ def test_finished_plays_are_forgotten_after_their_retention(rig: Rig) -> None:
     rig.clock.advance(timedelta(days=2))
     rig.player.tick()
     assert rig.player.record("old") is None
+
+
+# --- replay after an interruption ---------------------------------------------------------
+
+
+def interrupt(rig: Rig, play_id: str, by: str, level: Level = "emergency") -> None:
+    rig.play(by, level=level)
+    rig.player.tick()
+    rig.wait_for(play_id, "interrupted")
+    rig.wait_for(by, "playing")
+
+
+def test_an_interrupted_play_that_asks_for_it_plays_again_afterwards(rig: Rig) -> None:
+    rig.play("news", replay=True)
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["news"], 5, "news to start")
+    interrupt(rig, "news", "storm")
+    reason = rig.reports.reason("news", "interrupted")
+    assert reason is not None
+    assert reason.startswith("preempted by bulletin storm (emergency); it plays again")
+    assert [v.play_id for v in rig.player.status().queue] == ["news"]
+    rig.output.finish("storm")
+    rig.wait_for("storm", "finished")
+    wait_until(lambda: rig.output.started == ["news", "storm", "news"], 5, "the replay")
+    rig.output.finish("news")
+    rig.wait_for("news", "finished")
+    assert rig.kinds("news") == [
+        "received", "delivered", "playing", "interrupted", "playing", "finished",
+    ]
+
+
+def test_a_play_that_does_not_ask_is_not_replayed(rig: Rig) -> None:
+    rig.play("news")
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["news"], 5, "news to start")
+    interrupt(rig, "news", "storm", level="priority")
+    rig.output.finish("storm")
+    rig.wait_for("storm", "finished")
+    rig.player.tick()
+    assert rig.output.started == ["news", "storm"]
+    assert rig.kinds("news")[-1] == "interrupted"
+
+
+def test_a_stopped_play_is_never_replayed(rig: Rig) -> None:
+    rig.play("news", replay=True)
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["news"], 5, "news to start")
+    rig.player.stop("news")
+    rig.wait_for("news", "interrupted")
+    rig.player.tick()
+    assert rig.player.status().queue == []
+    assert rig.output.started == ["news"]
+
+
+def test_a_replay_still_owed_survives_a_restart(rig: Rig) -> None:
+    rig.play("news", replay=True)
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["news"], 5, "news to start")
+    interrupt(rig, "news", "storm")
+    # The agent restarts while the emergency plays: the replay is still owed.
+    restarted = rig.new_player()
+    rig.player = restarted
+    rig.player.tick()
+    rig.wait_for("news", "playing")
+    assert rig.kinds("storm")[-1] == "interrupted"  # cut off by the restart, not replayed
+    rig.output.finish("news")
+    rig.wait_for("news", "finished")
+    assert rig.output.started == ["news", "storm", "news"]
+
+
+def test_a_replay_is_missed_when_the_output_stays_busy_too_long(rig: Rig) -> None:
+    rig.play("news", replay=True, window=timedelta(minutes=1))
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["news"], 5, "news to start")
+    interrupt(rig, "news", "long-alert")
+    rig.clock.advance(REPLAY_WITHIN + timedelta(seconds=1))
+    rig.player.tick()
+    reason = rig.reports.reason("news", "missed")
+    assert reason is not None
+    assert reason.startswith("not played again after its interruption")
+    assert "long-alert" in reason
+
+
+def test_replays_stop_after_the_limit(rig: Rig) -> None:
+    rig.play("news", replay=True)
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["news"], 5, "news to start")
+    for n in range(MAX_REPLAYS + 1):
+        interrupt(rig, "news", f"alert-{n}")
+        rig.output.finish(f"alert-{n}")
+        rig.wait_for(f"alert-{n}", "finished")
+        rig.player.tick()
+    assert rig.kinds("news").count("interrupted") == MAX_REPLAYS + 1
+    assert rig.output.started.count("news") == MAX_REPLAYS + 1
+    assert rig.player.status().current is None
+
+
+# --- volume ------------------------------------------------------------------------------
+
+
+def test_the_command_volume_or_else_the_default_goes_to_the_output(rig: Rig) -> None:
+    rig.play("quiet", volume=40)
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["quiet"], 5, "quiet to start")
+    status = rig.player.status()
+    assert status.current is not None
+    assert status.current.volume == 40
+    rig.output.finish("quiet")
+    rig.wait_for("quiet", "finished")
+    rig.play("default")
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["quiet", "default"], 5, "default to start")
+    assert rig.output.volumes == [40, 80]
+    rig.output.finish("default")
+
+
+# --- the amplifier -----------------------------------------------------------------------
+
+
+class FakeAmplifier:
+    """Records when the player switches it on and lets go of it (by the rig's clock)."""
+
+    def __init__(self, clock: ManualClock, warm_up_s: float, powered: bool = True) -> None:
+        self._clock = clock
+        self.warm_up_s = warm_up_s
+        self.fault: str | None = None if powered else "no reply from /dev/ttyUSB0"
+        self._powered = powered
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, datetime]] = []
+
+    def power_on_for_play(self, stop: threading.Event | None = None) -> bool:
+        with self.lock:
+            self.calls.append(("on", self._clock.now()))
+        return self._powered
+
+    def play_finished(self) -> None:
+        with self.lock:
+            self.calls.append(("finished", self._clock.now()))
+
+    def ons(self) -> list[datetime]:
+        with self.lock:
+            return [at for what, at in self.calls if what == "on"]
+
+    def balanced(self) -> bool:
+        with self.lock:
+            kinds = [what for what, _ in self.calls]
+        return kinds.count("on") == kinds.count("finished")
+
+
+def with_amplifier(rig: Rig, amplifier: FakeAmplifier) -> None:
+    rig.player.close(1)
+    rig.amplifier = amplifier
+    rig.player = rig.new_player()
+
+
+def test_the_amplifier_goes_on_its_warm_up_before_a_scheduled_play(rig: Rig) -> None:
+    amplifier = FakeAmplifier(rig.clock, warm_up_s=3)
+    with_amplifier(rig, amplifier)
+    rig.play("p1", start_in=10)
+    assert rig.player.tick() == T0 + timedelta(seconds=7)  # the warm-up, not the start
+    rig.clock.advance(6.9)
+    rig.player.tick()
+    assert amplifier.ons() == []
+    rig.clock.advance(0.1)
+    assert rig.player.tick() == T0 + timedelta(seconds=10)
+    wait_until(lambda: amplifier.ons() == [T0 + timedelta(seconds=7)], 5, "the warm-up")
+    rig.clock.advance(3)
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["p1"], 5, "p1 to start")
+    assert amplifier.ons()[-1] == T0 + timedelta(seconds=10)  # on (again) for the play
+    rig.output.finish("p1")
+    rig.wait_for("p1", "finished")
+    wait_until(amplifier.balanced, 5, "every power_on_for_play matched by play_finished")
+
+
+def test_a_failed_relay_fails_the_play_when_the_config_says_so(rig: Rig) -> None:
+    amplifier = FakeAmplifier(rig.clock, warm_up_s=0, powered=False)
+    with_amplifier(rig, amplifier)
+    rig.play("p1")
+    rig.player.tick()
+    rig.wait_for("p1", "failed")
+    reason = rig.reports.reason("p1", "failed")
+    assert reason is not None
+    assert "no reply from /dev/ttyUSB0" in reason
+    assert "play_without_relay: false" in reason
+    assert rig.output.started == []
+    assert amplifier.balanced()
+
+
+def test_playing_without_a_failed_relay_says_so_in_the_result(rig: Rig) -> None:
+    amplifier = FakeAmplifier(rig.clock, warm_up_s=0)
+    amplifier.fault = "no reply from /dev/ttyUSB0"  # failing, but allowed to play
+    with_amplifier(rig, amplifier)
+    rig.play("p1")
+    rig.player.tick()
+    wait_until(lambda: rig.output.started == ["p1"], 5, "p1 to start")
+    rig.output.finish("p1")
+    rig.wait_for("p1", "finished")
+    reason = rig.reports.reason("p1", "finished")
+    assert reason is not None
+    assert reason.startswith("played without the amplifier relay")

@@ -1,0 +1,537 @@
+"""`loa-agent check`: everything a field technician needs to know, one line per check.
+
+Each line is PASS, WARN (works, but something is not as it should be) or FAIL, with
+what to try. The checks, in order:
+
+- config: the file loads (every error as file:line:col, as `loa-agent run` reports it);
+- controller key: controller_public_key is there and is an Ed25519 public key;
+- data_dir: exists, is a folder, and the agent can write in it;
+- disk space: room for the audio cache on data_dir's file system;
+- broker: the host resolves (DNS), the port answers (TCP), TLS verifies (mqtts://),
+  and the broker accepts this cluster's user name and password (MQTT CONNECT); each
+  stage fails with its own reason;
+- membership: the controller's retained membership for this cluster is on the broker
+  and signed with the configured key (a wrong key or a misspelt cluster_id shows here);
+- clock: not obviously wrong (before 2024, or behind the time the controller signed the
+  membership), and synchronised by NTP according to the kernel. The offset to the
+  controller itself is measured by the running agent from signed commands (see
+  device_agent/health.py) and shown in its heartbeat;
+- relay: the configured board answers (`--click`: switches it on, then off);
+- output: a test tone goes through the configured output (`file`: a WAV appears;
+  `ffmpeg`: the device opens and the tone plays).
+
+It connects as `loa-check-<cluster>` with a clean session, so a running agent keeps its
+own connection and queued commands.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import re
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from device_agent.config import AgentConfig, load_agent_config
+from device_agent.main import build_output
+from device_agent.output import FileBackend
+from device_agent.relays import RelayError, open_relay
+from device_agent.tone import play_tone
+from protocol import topics
+from protocol.messages import MembershipBody, MessageError
+from protocol.mqtt import MqttLink
+from protocol.signing import SignatureError, Verifier, load_public_key
+from protocol.yamlload import ConfigError
+
+Status = Literal["PASS", "WARN", "FAIL"]
+
+#: Below this much free space the agent cannot keep its audio: FAIL; below WARN_FREE, WARN.
+FAIL_FREE = 200 * 1024 * 1024
+WARN_FREE = 1024 * 1024 * 1024
+#: A clock before this is unset (a box without a battery-backed clock boots in 1970).
+EARLIEST_SANE = datetime(2024, 1, 1, tzinfo=UTC)
+MAX_BEHIND = timedelta(minutes=5)  # the guard's allowance for commands "from the future"
+MEMBERSHIP_WAIT_S = 1.5
+CLICK_S = 1.0
+TONE_S = 1.0
+CHECK_TONE = "loa-check-tone"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of the report."""
+
+    name: str
+    status: Status
+    message: str
+    fix: str | None = None
+    details: tuple[str, ...] = field(default=())  # e.g. the config's file:line errors
+
+    def lines(self) -> list[str]:
+        head = f"{self.status}  {self.name}: {self.message}"
+        if self.fix:
+            head += f". Try: {self.fix}"
+        return [head, *(f"      {d}" for d in self.details)]
+
+
+Report = Callable[[CheckResult], None]
+
+
+@dataclass
+class _Context:
+    config: AgentConfig
+    click: bool
+    timeout_s: float
+    key: Ed25519PublicKey | None = None
+    membership_payload: bytes | None = None
+    membership_issued_at: datetime | None = None  # once verified
+    logged_in: bool = False
+
+
+def run_checks(
+    config_path: Path, *, click: bool = False, timeout_s: float = 5.0, report: Report
+) -> list[CheckResult]:
+    """Run every check, calling report with each result as it comes; return them all."""
+    results: list[CheckResult] = []
+
+    def emit(result: CheckResult) -> None:
+        results.append(result)
+        report(result)
+
+    try:
+        config = load_agent_config(config_path)
+    except ConfigError as exc:
+        emit(CheckResult(
+            "config", "FAIL", f"{config_path} has {len(exc.problems)} error(s)",
+            "correct each line below, then run the check again",
+            details=tuple(str(p) for p in exc.problems),
+        ))
+        return results
+    except OSError as exc:
+        emit(CheckResult(
+            "config", "FAIL", f"cannot read {config_path} ({exc.strerror})",
+            "give the path of the agent's config with --config (default /etc/loa/agent.yaml); "
+            "install-agent.sh writes one from config/agent.example.yaml",
+        ))
+        return results
+    emit(CheckResult(
+        "config", "PASS",
+        f"{config_path} is valid (cluster {config.cluster_id}, output {config.output.kind}, "
+        f"relay {config.relay.driver})",
+    ))
+    ctx = _Context(config, click, timeout_s)
+    for check in (
+        _check_key, _check_data_dir, _check_disk, _check_broker, _check_membership,
+        _check_clock, _check_relay, _check_output,
+    ):
+        emit(check(ctx))
+    return results
+
+
+def summary(results: list[CheckResult]) -> str:
+    counts = {s: sum(1 for r in results if r.status == s) for s in ("PASS", "WARN", "FAIL")}
+    verdict = "not ready: fix the FAIL lines" if counts["FAIL"] else "ready"
+    return (
+        f"{len(results)} checks: {counts['PASS']} passed, {counts['WARN']} warnings, "
+        f"{counts['FAIL']} failed; {verdict}"
+    )
+
+
+# --- the checks ------------------------------------------------------------------------------
+
+
+def _check_key(ctx: _Context) -> CheckResult:
+    path = ctx.config.controller_public_key
+    fix = (
+        f"copy controller.pub from the controller (/etc/loa/keys/controller.pub, made by "
+        f"`loa-controller keygen`) to {path}"
+    )
+    try:
+        ctx.key = load_public_key(path)
+    except (ValueError, OSError) as exc:
+        return CheckResult("controller key", "FAIL", str(exc).rstrip("."), fix)
+    return CheckResult("controller key", "PASS", f"{path} is an Ed25519 public key")
+
+
+def _check_data_dir(ctx: _Context) -> CheckResult:
+    folder = ctx.config.data_dir
+    own = "make it writable by the agent's user (chown -R loa:loa " + str(folder) + ")"
+    if not folder.exists():
+        return CheckResult(
+            "data_dir", "FAIL", f"{folder} does not exist",
+            f"create it: install -d -o loa -g loa -m 0750 {folder} (install-agent.sh does)",
+        )
+    if not folder.is_dir():
+        return CheckResult(
+            "data_dir", "FAIL", f"{folder} is not a folder", "set data_dir to a folder"
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".loa-check-"):
+            pass
+    except OSError as exc:
+        return CheckResult(
+            "data_dir", "FAIL", f"{folder} is not writable ({exc.strerror})",
+            f"{own}, or set data_dir to a writable folder; run the check as that user "
+            "(sudo -u loa loa-agent check)",
+        )
+    return CheckResult("data_dir", "PASS", f"{folder} is writable")
+
+
+def _check_disk(ctx: _Context) -> CheckResult:
+    folder = ctx.config.data_dir
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        return CheckResult("disk space", "FAIL", f"cannot measure free space in {folder} "
+                           f"({exc.strerror})", "check that data_dir exists")
+    text = f"{free / 1e9:.1f} GB free in {folder}"
+    fix = (
+        "free some space (journalctl --vacuum-size=50M, apt-get clean) or use a larger "
+        "SD card: the agent keeps up to 1 GB of audio"
+    )
+    if free < FAIL_FREE:
+        return CheckResult("disk space", "FAIL", f"only {free // (1024 * 1024)} MB free in "
+                           f"{folder}", fix)
+    if free < WARN_FREE:
+        return CheckResult("disk space", "WARN", text, fix)
+    return CheckResult("disk space", "PASS", text)
+
+
+def _resolve(host: str, port: int, timeout_s: float) -> None:
+    """getaddrinfo with a timeout (it has none of its own)."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM).result(timeout_s)
+    finally:
+        pool.shutdown(wait=False)
+
+
+class _Refusals(logging.Handler):
+    """Collects the broker's CONNACK refusals that protocol.mqtt logs."""
+
+    PATTERN = re.compile(r"refused connection for \S+: (.*); retrying")
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reasons: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = self.PATTERN.search(record.getMessage())
+        if found:
+            self.reasons.append(found.group(1))
+
+
+@contextlib.contextmanager
+def _capture_refusals() -> Iterator[_Refusals]:
+    logger = logging.getLogger("protocol.mqtt")
+    handler = _Refusals()
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False  # not twice on the terminal
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever the command line's logging level
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        logger.setLevel(level)
+
+
+def _check_broker(ctx: _Context) -> CheckResult:
+    address = ctx.config.broker()
+    host, port, t = address.host, address.port, ctx.timeout_s
+    where = f"{host}:{port}"
+    data_fix = "check the modem's data connection (ip route; ping 1.1.1.1)"
+    try:
+        _resolve(host, port, t)
+    except socket.gaierror as exc:
+        return CheckResult(
+            "broker", "FAIL", f"cannot resolve the broker's name {host!r} (DNS: {exc.strerror})",
+            f"check the host name in broker_url, then DNS (cat /etc/resolv.conf) and {data_fix}",
+        )
+    except concurrent.futures.TimeoutError:
+        return CheckResult(
+            "broker", "FAIL", f"no DNS answer for {host!r} within {t:g} s",
+            f"{data_fix}; or write the broker's IP address in broker_url",
+        )
+    try:
+        sock = socket.create_connection((host, port), timeout=t)
+    except ConnectionRefusedError:
+        return CheckResult(
+            "broker", "FAIL", f"{where} refused the connection",
+            "the broker is not running there, or listens on another port: check broker_url's "
+            "port (1883 for mqtt://, 8883 for mqtts://) and the broker (systemctl status "
+            "mosquitto)",
+        )
+    except TimeoutError:
+        return CheckResult(
+            "broker", "FAIL", f"no answer from {where} within {t:g} s",
+            f"a firewall drops the connection, the address is wrong, or there is no data "
+            f"connection: {data_fix}",
+        )
+    except OSError as exc:
+        return CheckResult(
+            "broker", "FAIL", f"cannot reach {where} ({exc.strerror})", data_fix,
+        )
+    with sock:
+        if address.tls:
+            problem = _tls_problem(sock, host, address.ca_file)
+            if problem is not None:
+                return problem
+    return _mqtt_login(ctx, address.username)
+
+
+def _tls_problem(sock: socket.socket, host: str, ca_file: str | None) -> CheckResult | None:
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        return CheckResult(
+            "broker", "FAIL", f"cannot read broker_ca_file {ca_file} ({exc})",
+            "set broker_ca_file to the broker's CA certificate (PEM)",
+        )
+    try:
+        with context.wrap_socket(sock, server_hostname=host):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        return CheckResult(
+            "broker", "FAIL", f"the broker's TLS certificate is not trusted ({exc.verify_message})",
+            "set broker_ca_file to the CA certificate that signed the broker's certificate, "
+            "and write broker_url with the host name the certificate names",
+        )
+    except (ssl.SSLError, OSError) as exc:
+        return CheckResult(
+            "broker", "FAIL", f"TLS handshake with {host} failed ({exc})",
+            "this port may not speak TLS: mqtts:// needs the broker's TLS listener (usually "
+            "8883); write mqtt:// for a plain port",
+        )
+
+
+def _mqtt_login(ctx: _Context, username: str | None) -> CheckResult:
+    config = ctx.config
+    address = config.broker()
+    who = f"user {username!r}" if username else "an anonymous client (no username)"
+    got_membership = threading.Event()
+
+    def on_membership(_topic: str, payload: bytes) -> None:
+        if payload:
+            ctx.membership_payload = payload
+            got_membership.set()
+
+    with _capture_refusals() as refusals:
+        try:
+            link = MqttLink(address, f"loa-check-{config.cluster_id}", keepalive=30)
+        except (OSError, ValueError) as exc:
+            return CheckResult("broker", "FAIL", f"cannot set up the connection: {exc}",
+                               "check broker_url and broker_ca_file")
+        link.subscribe(topics.cluster_topic(config.cluster_id, "membership"), on_membership)
+        started = time.monotonic()
+        link.start()
+        try:
+            deadline = started + ctx.timeout_s
+            while time.monotonic() < deadline and not refusals.reasons:
+                if link.wait_connected(0.05):
+                    break
+            connected = link.connected
+            took = time.monotonic() - started
+            if connected:
+                got_membership.wait(MEMBERSHIP_WAIT_S)
+        finally:
+            link.stop()
+    if connected:
+        ctx.logged_in = True
+        return CheckResult(
+            "broker", "PASS", f"logged in to {address.url()} as {who} in {took * 1000:.0f} ms"
+        )
+    if refusals.reasons:
+        reason = refusals.reasons[0]
+        if re.search(r"password|authori[sz]ed", reason, re.IGNORECASE):
+            return CheckResult(
+                "broker", "FAIL", f"the broker refused the login of {who}: {reason}",
+                "check username and password in the config against the broker's password "
+                "file (mosquitto_passwd) and its ACL",
+            )
+        return CheckResult("broker", "FAIL", f"the broker refused the connection: {reason}",
+                           "look at the broker's log for the reason")
+    return CheckResult(
+        "broker", "FAIL", f"{address.host}:{address.port} answers but no MQTT login within "
+        f"{ctx.timeout_s:g} s",
+        "is it an MQTT broker's port? a TLS port reached with mqtt:// stays silent: write "
+        "mqtts://",
+    )
+
+
+def _check_membership(ctx: _Context) -> CheckResult:
+    cluster = ctx.config.cluster_id
+    payload = ctx.membership_payload
+    if not ctx.logged_in:
+        return CheckResult("membership", "WARN", "not checked: no login to the broker",
+                           "fix the broker line first")
+    if payload is None:
+        return CheckResult(
+            "membership", "WARN", f"the broker holds no membership for cluster {cluster!r}",
+            "check that cluster_id is spelt exactly as in the controller's fleet.yaml and that "
+            "loa-controller runs (it publishes every cluster's groups); the groups in this "
+            "config are used meanwhile",
+        )
+    if ctx.key is None:
+        return CheckResult("membership", "WARN", "found on the broker, but not verified",
+                           "fix the controller key first")
+    try:
+        command = Verifier(ctx.key).verify(payload)
+    except (SignatureError, MessageError) as exc:
+        return CheckResult(
+            "membership", "FAIL",
+            f"the controller's membership for {cluster} is not signed with "
+            f"{ctx.config.controller_public_key} ({exc})",
+            "this cluster would refuse every command: copy the controller.pub of the "
+            "controller that uses this broker",
+        )
+    body = command.body
+    groups = ", ".join(body.groups) if isinstance(body, MembershipBody) else "?"
+    ctx.membership_issued_at = command.issued_at
+    return CheckResult(
+        "membership", "PASS",
+        f"signed by the controller at {command.issued_at:%Y-%m-%d %H:%M:%S} UTC: groups {groups}",
+    )
+
+
+# struct timex of adjtimex(2), up to the fields read here; the kernel writes more, so the
+# buffer is padded well beyond the largest layout.
+TIME_ERROR = 5
+
+
+class _Timex(ctypes.Structure):
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("_rest", ctypes.c_byte * 512),
+    ]
+
+
+def kernel_clock_sync() -> tuple[bool, float] | None:
+    """(synchronised, estimated error in s) as the kernel's NTP state says; None if unknown."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        timex = _Timex()
+        state = int(libc.adjtimex(ctypes.byref(timex)))
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != TIME_ERROR, timex.esterror / 1e6
+
+
+def _check_clock(ctx: _Context) -> CheckResult:
+    now = datetime.now(UTC)
+    ntp_fix = (
+        "turn on time sync (timedatectl set-ntp true, or install chrony) and check the data "
+        "connection; commands from the controller are refused when the clocks differ by "
+        "more than 5 minutes"
+    )
+    if now < EARLIEST_SANE:
+        return CheckResult("clock", "FAIL", f"this box's clock says {now:%Y-%m-%d %H:%M} UTC",
+                           ntp_fix)
+    issued = ctx.membership_issued_at
+    if issued is not None and issued > now + MAX_BEHIND:
+        behind = (issued - now).total_seconds() / 60
+        return CheckResult(
+            "clock", "FAIL",
+            f"at least {behind:.0f} min behind the controller's (its membership was signed at "
+            f"{issued:%Y-%m-%d %H:%M} UTC, this box says {now:%H:%M})", ntp_fix,
+        )
+    how = (
+        "the agent measures its offset to the controller from signed commands and shows "
+        "it in its heartbeat (loa-controller fleet)"
+    )
+    sync = kernel_clock_sync()
+    if sync is None:
+        return CheckResult("clock", "WARN", f"cannot ask the kernel whether NTP keeps the "
+                           f"clock; {how}", ntp_fix)
+    synced, error_s = sync
+    if not synced:
+        return CheckResult("clock", "WARN", f"the kernel says the clock is not synchronised "
+                           f"(no NTP); {how}", ntp_fix)
+    return CheckResult("clock", "PASS", f"synchronised by NTP (estimated error "
+                       f"±{error_s * 1000:.0f} ms); {how}")
+
+
+def _check_relay(ctx: _Context) -> CheckResult:
+    relay_config = ctx.config.relay
+    if relay_config.driver == "none":
+        return CheckResult("relay", "PASS", "none configured (relay.driver: none): the "
+                           "amplifier is taken to be always on")
+    where = f"{relay_config.driver} board on {relay_config.url}"
+    try:
+        relay = open_relay(relay_config)
+    except RelayError as exc:
+        return CheckResult("relay", "FAIL", str(exc))
+    try:
+        state = relay.state()
+        said = {True: "on", False: "off", None: "state not reported"}[state]
+        if not ctx.click:
+            return CheckResult("relay", "PASS", f"{where} answers (relay {said}); "
+                               "--click switches it on and off")
+        relay.switch(True)
+        time.sleep(CLICK_S)
+        relay.switch(False)
+        return CheckResult("relay", "PASS", f"{where} switched on, then off after "
+                           f"{CLICK_S:g} s (listen for the click)")
+    except RelayError as exc:
+        return CheckResult("relay", "FAIL", str(exc))
+    finally:
+        relay.close()
+
+
+def _check_output(ctx: _Context) -> CheckResult:
+    config = ctx.config
+    try:
+        output = build_output(config)
+    except ValueError as exc:
+        return CheckResult("output", "FAIL", str(exc), "fix the output section of the config")
+    if config.output.kind == "null":
+        return CheckResult(
+            "output", "WARN", "null output: plays nothing (simulation)",
+            "for speakers set output.kind: ffmpeg and output.device (e.g. alsa:default)",
+        )
+    problem = output.check()
+    if problem is not None:
+        return CheckResult("output", "FAIL", problem)
+    with tempfile.TemporaryDirectory(prefix="loa-check-") as folder:
+        result = play_tone(output, Path(folder), TONE_S, label=CHECK_TONE,
+                           volume=config.output.volume)
+    outcome = result.outcome
+    if outcome.error or not outcome.completed:
+        return CheckResult("output", "FAIL", f"the test tone did not play: "
+                           f"{outcome.error or 'stopped'}")
+    if isinstance(output, FileBackend):
+        wav = result.wav
+        if wav is None:
+            return CheckResult("output", "FAIL", f"the test tone left no WAV in {output.out_dir}")
+        with wave.open(str(wav), "rb") as audio:
+            seconds = audio.getnframes() / audio.getframerate()
+        return CheckResult("output", "PASS", f"file: test tone written to {wav} "
+                           f"({seconds:.1f} s)")
+    device = config.output.device or "alsa:default"
+    return CheckResult(
+        "output", "PASS", f"ffmpeg: {device} opened and played a {TONE_S:g} s test tone "
+        "(the amplifier stays off: loa-agent test-tone powers it to listen)",
+    )
