@@ -143,3 +143,59 @@ def test_urgent_exits_1_when_a_reachable_cluster_did_not_play_it(
     assert "played on 0 of 1 reachable clusters" in out
     assert "not played:" in out
     assert "interrupted" in out
+
+
+def test_loa_controller_run_serves_the_web_app_when_configured(
+    tmp_path: Path, broker: BrokerUnderTest
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+    from conftest import free_port
+
+    from controller.users import User, hash_password, save_users
+    from protocol.signing import generate_keypair
+
+    root = Path(__file__).resolve().parent.parent
+    generate_keypair(tmp_path / "controller.key", tmp_path / "controller.pub")
+    (tmp_path / "fleet.yaml").write_text(
+        "province:\n  id: tinh-t\n  name: Tỉnh Thử\n  communes:\n"
+        "    - {id: xa-a, name: Xã An, clusters: [{id: a-01, name: Chợ}]}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "playlists").mkdir()
+    save_users(tmp_path / "users.yaml", [
+        User(name="can-bo-a", role="operator", scope=["xa-a"], password=hash_password(PASSWORD))
+    ])
+    port = free_port()
+    config = tmp_path / "controller.yaml"
+    config.write_text(
+        f"broker_url: {broker.url}\nfleet: fleet.yaml\nplaylists: [playlists]\n"
+        "store_url: sqlite:///controller.db\nprivate_key: controller.key\n"
+        f"content_dir: content\nweb:\n  port: {port}\n  users_file: users.yaml\n"
+        "  work_dir: web\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "run", "--config", str(config)],
+        env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        def answers() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/login", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, 30, "the web app of `loa-controller run`")
+        r = httpx.post(f"http://127.0.0.1:{port}/api/v1/login",
+                       json={"name": "can-bo-a", "password": PASSWORD})
+        assert r.status_code == 200
+        assert r.json()["scope"] == ["xa-a"]
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()
