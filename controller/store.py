@@ -143,6 +143,17 @@ marks = Table(
     Column("at", DateTime(timezone=True), nullable=False),
 )
 
+# The latest heartbeat of each cluster (protocol.messages.Heartbeat as JSON: uptime, disk,
+# temperature, relay, clock offset, what plays), replaced by every new one.
+heartbeats = Table(
+    "heartbeats",
+    metadata,
+    Column("cluster", String(64), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),  # the agent's clock
+    Column("received_at", DateTime(timezone=True), nullable=False),  # the controller's
+    Column("body", Text, nullable=False),
+)
+
 FINAL_KINDS = frozenset({"finished", "interrupted", "missed", "failed"})
 
 
@@ -168,6 +179,16 @@ class Approval:
     content: list[str]
     approved_by: str
     approved_at: datetime
+
+
+@dataclass(frozen=True)
+class ClusterHealth:
+    """Availability since when, and the latest heartbeat, of one cluster."""
+
+    state: str
+    state_at: datetime | None  # when it last changed (came online, went offline)
+    heartbeat_at: datetime | None  # when the controller received the latest heartbeat
+    heartbeat: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -235,16 +256,78 @@ class Store:
                     update(clusters).where(clusters.c.id.in_(gone)).values(in_fleet=False)
                 )
 
-    def set_state(self, cluster: str, state: str, at: datetime) -> None:
+    def set_state(
+        self, cluster: str, state: str, at: datetime, since: datetime | None = None
+    ) -> tuple[str | None, datetime | None]:
+        """Record a cluster's availability; return the previous (state, since when).
+
+        state_at moves only when the state changes (a retained copy heard again after a
+        controller restart changes nothing), or to `since` when that is later: the
+        agent's own connect time, so a reconnection the controller did not see between
+        two "online" messages still shows."""
         with self._write, self.engine.begin() as conn:
             self._ensure_cluster(conn, cluster)
-            values: dict[str, Any] = {"state": state, "state_at": utc(at)}
+            previous = conn.execute(
+                select(clusters.c.state, clusters.c.state_at).where(clusters.c.id == cluster)
+            ).first()
+            before, before_at = (previous[0], _aware(previous[1])) if previous else (None, None)
+            values: dict[str, Any] = {"state": state}
+            if state != before or before_at is None:
+                values["state_at"] = utc(since or at)
+            elif since is not None and since > before_at:
+                values["state_at"] = utc(since)
             if state == "online":
                 values["last_seen"] = utc(at)
             else:
                 values["playing_play_id"] = None
                 values["playing_bulletin"] = None
             conn.execute(update(clusters).where(clusters.c.id == cluster).values(**values))
+        return before, before_at
+
+    def set_heartbeats(
+        self, beats: Sequence[tuple[str, datetime, str]], received_at: datetime
+    ) -> None:
+        """Keep the latest heartbeat of each cluster: (cluster, its `at`, JSON body)."""
+        if not beats:
+            return
+        with self._write, self.engine.begin() as conn:
+            for cluster, at, body in beats:
+                self._ensure_cluster(conn, cluster)
+                values = {"at": utc(at), "received_at": utc(received_at), "body": body}
+                known = conn.execute(
+                    select(heartbeats.c.cluster).where(heartbeats.c.cluster == cluster)
+                ).first()
+                if known:
+                    conn.execute(
+                        update(heartbeats).where(heartbeats.c.cluster == cluster).values(**values)
+                    )
+                else:
+                    conn.execute(insert(heartbeats).values(cluster=cluster, **values))
+                conn.execute(
+                    update(clusters).where(clusters.c.id == cluster)
+                    .values(last_seen=utc(received_at))
+                )
+
+    def cluster_health(self) -> dict[str, ClusterHealth]:
+        """Every cluster's availability (since when) and latest heartbeat."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    clusters.c.id, clusters.c.state, clusters.c.state_at,
+                    heartbeats.c.received_at, heartbeats.c.body,
+                ).select_from(
+                    clusters.outerjoin(heartbeats, heartbeats.c.cluster == clusters.c.id)
+                )
+            ).all()
+        return {
+            cid: ClusterHealth(
+                state=state,
+                state_at=_aware(state_at),
+                heartbeat_at=_aware(received),
+                heartbeat=json.loads(body) if body else None,
+            )
+            for cid, state, state_at, received, body in rows
+        }
 
     def fleet_rows(self) -> list[ClusterRow]:
         with self.engine.connect() as conn:
