@@ -4,6 +4,11 @@ The MQTT network thread only parses and queues. One writer thread drains the que
 batches, stores the new events (duplicates from resends are dropped by the store),
 acknowledges every event it holds, new or duplicate, with a signed ack command on the
 cluster's command topic, and tells listeners about what is new.
+
+Heartbeats (QoS 0, health) are not acknowledged: the latest one of each cluster in a
+batch replaces the stored one. Availability: an agent's retained "online" (with its
+connect time) or the broker's Last Will "offline"; a cluster coming back is logged with
+how long it was away.
 """
 
 from __future__ import annotations
@@ -13,12 +18,12 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from controller.store import Store
 from protocol import topics
 from protocol.clock import Clock
-from protocol.messages import AckBody, Address, Event, MessageError, State, parse
+from protocol.messages import AckBody, Address, Event, Heartbeat, MessageError, State, parse
 from protocol.mqtt import Link
 from protocol.signing import Signer
 
@@ -29,6 +34,10 @@ StateListener = Callable[[str, str], None]
 
 ACK_TTL = timedelta(hours=6)
 
+# (cluster, state, the agent's connect time for "online")
+Availability = tuple[str, str, datetime | None]
+Intook = Event | Heartbeat | Availability
+
 
 @dataclass
 class IntakeStats:
@@ -36,6 +45,7 @@ class IntakeStats:
     duplicates: int = 0
     invalid: int = 0
     states: int = 0
+    heartbeats: int = 0
     acks: int = 0
     batches: int = 0
     last_error: str | None = None
@@ -57,7 +67,7 @@ class Intake:
         self._signer = signer
         self._clock = clock
         self._batch_max = batch_max
-        self._queue: queue.Queue[Event | tuple[str, str] | None] = queue.Queue()
+        self._queue: queue.Queue[Intook | None] = queue.Queue()
         self._event_listeners: list[EventListener] = []
         self._state_listeners: list[StateListener] = []
         self._thread: threading.Thread | None = None
@@ -75,10 +85,12 @@ class Intake:
         self._thread.start()
         self._link.subscribe(topics.all_clusters("event"), self._on_event)
         self._link.subscribe(topics.all_clusters("state"), self._on_state)
+        self._link.subscribe(topics.all_clusters("heartbeat"), self._on_heartbeat, qos=0)
 
     def stop(self) -> None:
         self._link.unsubscribe(topics.all_clusters("event"))
         self._link.unsubscribe(topics.all_clusters("state"))
+        self._link.unsubscribe(topics.all_clusters("heartbeat"))
         self._queue.put(None)
         if self._thread:
             self._thread.join(10)
@@ -127,7 +139,22 @@ class Intake:
             log.warning("dropped a state message for %s on %s", st.cluster, topic)
             return
         self._idle.clear()
-        self._queue.put((cluster, st.state))
+        self._queue.put((cluster, st.state, st.at if st.state == "online" else None))
+
+    def _on_heartbeat(self, topic: str, payload: bytes) -> None:
+        cluster = self._cluster_of(topic)
+        try:
+            beat = parse(Heartbeat, payload)
+        except MessageError as exc:
+            self.stats.invalid += 1
+            log.warning("dropped an invalid heartbeat on %s: %s", topic, exc)
+            return
+        if beat.cluster != cluster:
+            self.stats.invalid += 1
+            log.warning("dropped a heartbeat for %s on %s", beat.cluster, topic)
+            return
+        self._idle.clear()
+        self._queue.put(beat)
 
     # --- writer thread --------------------------------------------------------------------
 
@@ -140,7 +167,7 @@ class Intake:
                 continue
             if first is None:
                 return
-            batch: list[Event | tuple[str, str]] = [first]
+            batch: list[Intook] = [first]
             while len(batch) < self._batch_max:
                 try:
                     item = self._queue.get_nowait()
@@ -158,17 +185,32 @@ class Intake:
             if self._queue.empty():
                 self._idle.set()
 
-    def _process(self, batch: list[Event | tuple[str, str]]) -> None:
+    def _process(self, batch: list[Intook]) -> None:
         now = self._clock.now()
         evs = [item for item in batch if isinstance(item, Event)]
+        latest: dict[str, Heartbeat] = {}
         for item in batch:
-            if isinstance(item, tuple):
-                cluster, state = item
-                self._store.set_state(cluster, state, now)
+            if isinstance(item, Heartbeat):
+                latest[item.cluster] = item
+            elif isinstance(item, tuple):
+                cluster, state, since = item
+                before, before_at = self._store.set_state(cluster, state, now, since)
                 self.stats.states += 1
-                log.info("cluster %s is %s", cluster, state)
+                if state == "online" and before == "offline" and before_at is not None:
+                    away = (since or now) - before_at
+                    log.info(
+                        "cluster %s is back online after %s offline", cluster, _span(away)
+                    )
+                else:
+                    log.info("cluster %s is %s", cluster, state)
                 for slistener in self._state_listeners:
                     slistener(cluster, state)
+        if latest:
+            self._store.set_heartbeats(
+                [(b.cluster, b.at, b.model_dump_json(exclude_none=True)) for b in latest.values()],
+                now,
+            )
+            self.stats.heartbeats += len(latest)
         if not evs:
             return
         fresh = self._store.add_events(evs, now)
@@ -201,3 +243,12 @@ class Intake:
             )
             self._link.publish(topics.cluster_topic(cluster, "command"), cmd.to_json())
             self.stats.acks += 1
+
+
+def _span(delta: timedelta) -> str:
+    seconds = max(delta.total_seconds(), 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
