@@ -193,3 +193,34 @@ def test_a_disabled_user_loses_access_at_once(rig: WebRig) -> None:
         assert c.get("/api/v1/me", headers=auth).status_code == 401
         r = c.post("/api/v1/login", json={"name": "can-bo-a", "password": PASSWORD})
         assert r.status_code == 401
+
+
+class NoEngine:
+    name = "none"
+
+    def available(self) -> str | None:
+        return "no text-to-speech engine is installed on the controller (apt-get install espeak-ng)"
+
+    def speak(self, text: str, out: Path) -> Path:
+        from controller.tts import TtsUnavailableError
+
+        raise TtsUnavailableError(self.available() or "")
+
+
+def test_without_a_speech_engine_the_user_is_told_plainly(rig: WebRig) -> None:
+    rig.ctx.service.tts = NoEngine()
+    auth = sign_in(rig, "can-bo-a")
+    with client(rig) as c:
+        assert "no text-to-speech engine" in c.get("/api/v1/me", headers=auth).json()["tts"]
+        r = c.post("/api/v1/announcements", headers=auth,
+                   json={"targets": ["a-01"], "text": "Thử"})
+        assert r.status_code == 400
+        assert "apt-get install espeak-ng" in r.json()["error"]
+        # The send page says so, in Vietnamese, instead of offering a text box.
+        page = c.get("/login")
+        token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+        c.post("/login", data={"name": "can-bo-a", "password": PASSWORD, "csrf_token": token})
+        send_page = c.get("/send").text
+        assert 'id="no-tts"' in send_page
+        assert "Máy chủ chưa có bộ chuyển văn bản thành giọng nói" in send_page
+        assert 'name="text"' not in send_page

@@ -150,3 +150,35 @@ def test_pages_in_english_and_managers_pages(rig: WebRig, browser: Any) -> None:
     sign_in(officer, rig, "can-bo-a")
     response = officer.goto(f"{rig.url}/audit")
     assert response.status == 403
+
+
+def test_record_in_the_browser_and_send_it(rig: WebRig) -> None:
+    """The phone's microphone (Chromium's fake one, a beeping tone) into the form."""
+    chromium = shutil.which("chromium")
+    require("chromium", chromium is not None, "apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=[
+            *CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        ])
+        try:
+            context = b.new_context()
+            context.grant_permissions(["microphone"], origin=rig.url)
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            sign_in(page, rig, "can-bo-a")
+            page.check("input[name=targets][value=a-03]")
+            record = page.locator("#record")
+            assert record.inner_text() == "Ghi âm"
+            record.click()
+            page.wait_for_selector("#record:has-text('Dừng ghi âm')")
+            page.wait_for_timeout(2500)
+            record.click()
+            page.wait_for_selector("#recorded:not([hidden])")
+            assert page.locator("#audio-file").evaluate("e => e.files.length") == 1
+            page.click("#send")
+            page.wait_for_url(f"{rig.url}/announcements/urgent-*")
+            page.wait_for_selector('tr[data-cluster="a-03"] td.status[data-status=finished]')
+        finally:
+            b.close()
