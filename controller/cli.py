@@ -9,7 +9,7 @@ import logging
 import sys
 import unicodedata
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -129,6 +129,41 @@ def _status_banner(status: ConfigStatus | None, when: Callable[[datetime], str])
     ]
 
 
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def heartbeat_summary(beat: dict[str, Any] | None, received: datetime | None,
+                      now: datetime) -> str:
+    """One cluster's latest heartbeat, in a line: how old, uptime, temperature, disk,
+    relay, clock offset to the controller, volume."""
+    if beat is None or received is None:
+        return "-"
+
+    def span(seconds: float) -> str:
+        if seconds < 120:
+            return f"{seconds:.0f} s"
+        if seconds < 7200:
+            return f"{seconds / 60:.0f} min"
+        if seconds < 172800:
+            return f"{seconds / 3600:.0f} h"
+        return f"{seconds / 86400:.0f} d"
+
+    parts = [f"{span(max((now - received).total_seconds(), 0))} ago"]
+    parts.append(f"up {span(float(beat.get('uptime_s', 0)))}")
+    if beat.get("cpu_temp_c") is not None:
+        parts.append(f"{float(beat['cpu_temp_c']):.0f}°C")
+    if beat.get("disk_free_bytes") is not None:
+        parts.append(f"disk {int(beat['disk_free_bytes']) / 1e9:.1f} GB free")
+    if beat.get("relay") is not None:
+        parts.append(f"relay {beat['relay']}")
+    if beat.get("clock_offset_s") is not None:
+        parts.append(f"clock {float(beat['clock_offset_s']):+.2f} s")
+    if beat.get("volume") is not None:
+        parts.append(f"vol {beat['volume']}")
+    return ", ".join(parts)
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     from controller.config import load_controller_config
     from controller.store import Store
@@ -138,7 +173,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     store = Store(config.store_url)
     rows = store.fleet_rows()
     status = store.config_status()
+    health = store.cluster_health()
     store.close()
+    now = datetime.now(UTC)
 
     def when(value: datetime | None) -> str:
         return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if value else "never"
@@ -155,6 +192,11 @@ def cmd_fleet(args: argparse.Namespace) -> int:
                 "last_result_bulletin": r.last_result_bulletin,
                 "last_result_reason": r.last_result_reason,
                 "last_rejection": r.last_rejection,
+                "state_since": _iso(health[r.id].state_at) if r.id in health else None,
+                "heartbeat_received_at": (
+                    _iso(health[r.id].heartbeat_at) if r.id in health else None
+                ),
+                "heartbeat": health[r.id].heartbeat if r.id in health else None,
             }
             for r in rows
         ], ensure_ascii=False, indent=2))
@@ -173,12 +215,20 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             if r.last_result_reason and r.last_result != "finished":
                 result += f" ({r.last_result_reason})"
         rejected = f"{when(r.last_rejection_at)} {r.last_rejection}" if r.last_rejection else "-"
+        found = health.get(r.id)
+        state = r.state
+        if found is not None and found.state_at is not None:
+            state += f" since {when(found.state_at)}"
+        beat = heartbeat_summary(
+            found.heartbeat if found else None, found.heartbeat_at if found else None, now
+        )
         table.append([
-            r.id, r.commune_name, r.state, when(r.last_seen), r.playing or "-", result, rejected
+            r.id, r.commune_name, state, when(r.last_seen), r.playing or "-", result, rejected,
+            beat,
         ])
     print(format_table(
         ["cluster", "commune", "online", "last seen", "playing", "last result",
-         "last rejected command"],
+         "last rejected command", "last heartbeat"],
         table,
     ))
     online = sum(1 for r in rows if r.state == "online")
