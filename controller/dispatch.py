@@ -162,6 +162,7 @@ class Dispatcher:
                 clusters=clusters,
                 programme=programme.id,
                 volume=volume,
+                replay_if_interrupted=programme.replay_if_interrupted,
             )
         )
         self._store.claim_dispatch(occ.programme, occ.start, "sent", None, now)

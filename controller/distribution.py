@@ -95,6 +95,7 @@ class PlaySpec:
     programme: str | None = None
     volume: int | None = None
     urgent: bool = False
+    replay_if_interrupted: bool = False
 
     @property
     def duration_s(self) -> float:
@@ -157,6 +158,7 @@ class Distributor:
             latest_start=spec.latest_start,
             items=[item.content_ref() for item in spec.items],
             volume=spec.volume,
+            replay_if_interrupted=spec.replay_if_interrupted,
             urgent=spec.urgent,
         )
         ttl = max(spec.latest_start - now, timedelta(0)) + PLAY_TTL_MARGIN
