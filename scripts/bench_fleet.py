@@ -26,6 +26,7 @@ import math
 import multiprocessing
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -169,29 +170,32 @@ class WorkerSpec:
 
 
 class _Outgoing:
-    """The worker's side of its pipe: replies at once, notes in batches."""
+    """The worker's side of its pipe: replies at once, notes in batches.
+
+    note() is called on the agents' own threads, in the middle of what is measured, so
+    it only appends to a deque (no lock); a flusher thread sends the batches."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._lock = threading.Lock()
-        self._notes: list[tuple[str, str, str, float]] = []
+        self._send_lock = threading.Lock()
+        self._notes: deque[tuple[str, str, str, float]] = deque()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flush_loop, name="notes", daemon=True)
         self._thread.start()
 
     def note(self, key: str, kind: str, who: str, at: float) -> None:
-        with self._lock:
-            self._notes.append((key, kind, who, at))
+        self._notes.append((key, kind, who, at))
 
     def send(self, message: tuple[Any, ...]) -> None:
-        with self._lock:
+        with self._send_lock:
             self._conn.send(message)
 
     def _flush(self) -> None:
-        with self._lock:
-            notes, self._notes = self._notes, []
-            if notes:
-                self._conn.send(("notes", notes))
+        notes = []
+        while self._notes:
+            notes.append(self._notes.popleft())
+        if notes:
+            self.send(("notes", notes))
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(REPORT_EVERY_S):
@@ -258,11 +262,16 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
     def counters() -> dict[str, tuple[int, ...]]:
         return {cid: link.meter.snapshot() for cid, link in links.items()}
 
+    def stop(agent: Agent) -> None:
+        # paho's loop_stop() can race its own thread's exit (AttributeError): not ours.
+        with contextlib.suppress(Exception):
+            agent.stop(2.0)
+
     try:
         _serve(conn, out, spec.index, {"counters": counters})
     finally:
         with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda a: a.stop(2.0), agents))
+            list(pool.map(stop, agents))
         out.close()
 
 

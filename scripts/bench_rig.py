@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench_broker import PrivateMosquitto
 from bench_fleet import METER_FIELDS, RawBaseline, Sightings, Workers, fleet_specs
+from bench_proc import NO_CPU, CpuTimes, cpu_times, total_cpu
 from bench_province import Province, make_province, start_controller
 
-from controller.audio import AudioSettings
+from controller.audio import AudioSettings, PreparedAudio
+from controller.distribution import PLAY_TTL_MARGIN
 from controller.main import Controller
-from protocol.messages import Event
+from protocol import chunks
+from protocol.messages import Address, Event, PlayBody
 
 
 def say(message: str) -> None:
@@ -59,12 +65,70 @@ class Rig:
                 merged[cid] = dict(zip(METER_FIELDS, values, strict=True))
         return merged
 
+    def cpu(self) -> dict[str, CpuTimes]:
+        """CPU time used so far by each part: agent workers, raw workers, broker, and this
+        process (the controller, the raw publisher and the bench's bookkeeping)."""
+        broker = self.broker.proc
+        return {
+            "agents": total_cpu(self.agents.pids()),
+            "raw_subscribers": total_cpu(self.raw.pids()),
+            "broker": cpu_times(broker.pid) if broker else NO_CPU,
+            "controller": cpu_times(os.getpid()),
+        }
+
     def settle(self, timeout: float = 30.0) -> None:
         """Wait until the controller has stored every event so far, then a quiet second."""
         deadline = time.monotonic() + timeout
         while not self.controller.intake.drained() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.0)
+
+
+def cpu_used(before: dict[str, CpuTimes], after: dict[str, CpuTimes]
+             ) -> dict[str, dict[str, float]]:  # fmt: skip
+    """CPU seconds (user, system) each part used between two readings of Rig.cpu()."""
+    return {
+        part: {
+            "user_s": round(after[part].user_s - before[part].user_s, 2),
+            "system_s": round(after[part].system_s - before[part].system_s, 2),
+        }
+        for part in before
+    }
+
+
+def median_cpu(readings: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per part, the median user and system seconds over trials."""
+    return {
+        part: {
+            kind: round(statistics.median(r[part][kind] for r in readings), 2)
+            for kind in ("user_s", "system_s")
+        }
+        for part in readings[0]
+    }
+
+
+def cpu_rows(loa: dict[str, dict[str, float]], raw: dict[str, dict[str, float]]
+             ) -> list[list[str]]:  # fmt: skip
+    """Table rows: CPU seconds of each part, Loa beside the raw broker."""
+    def cell(part: dict[str, float] | None) -> str:
+        if part is None:
+            return "–"
+        return f"{part['user_s']:.2f} + {part['system_s']:.2f}"
+
+    return [[part, cell(loa.get(part)), cell(raw.get(part))] for part in loa]
+
+
+def raw_messages(rig: Rig, body: PlayBody, audio: PreparedAudio) -> list[tuple[str, bytes]]:
+    """What the distributor publishes for a play to the whole province (the command,
+    signed the same way, then the audio chunks), on topics only raw subscribers take."""
+    now = datetime.now(UTC)
+    ttl = max(body.latest_start - now, timedelta(0)) + PLAY_TTL_MARGIN
+    group = rig.province.province
+    command = rig.controller.signer.command(body, Address(groups=[group]), now, ttl)
+    messages = [(f"raw/group/{group}/command", command.to_json())]
+    frames = chunks.split(audio.path.read_bytes(), audio.chunk_size)
+    messages += [(f"raw/group/{group}/content", frame) for frame in frames]
+    return messages
 
 
 class _Online:

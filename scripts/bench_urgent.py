@@ -20,7 +20,7 @@ addressed by hash), so the first agent of a process to complete the audio writes
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from bench_fleet import MAX_PER_PROCESS
@@ -35,36 +35,19 @@ from bench_report import (
     target,
     verdict,
 )
-from bench_rig import Rig, fleet_rig, say
+from bench_rig import Rig, cpu_rows, cpu_used, fleet_rig, median_cpu, raw_messages, say
 
 from controller.audio import PreparedAudio
+from controller.distribution import new_play_id
 from controller.main import URGENT_LATENESS
 from controller.samples import demo_urgent
-from protocol import chunks
-from protocol.messages import Address, PlayBody
+from protocol.messages import PlayBody
 
 MESSAGE_S = 30.0
 TITLE = "Thông báo khẩn: đo tải"
 ENDED = ("interrupted", "finished", "missed", "failed")
 TARGET_P99_S = 1.0
 TARGET_MAX_S = 2.0
-URGENT_TTL = timedelta(minutes=10)
-
-
-def raw_messages(rig: Rig, audio: PreparedAudio) -> list[tuple[str, bytes]]:
-    """The bytes send_urgent publishes (a command signed the same way, then the chunks),
-    on topics only the raw subscribers take."""
-    now = datetime.now(UTC)
-    body = PlayBody(
-        play_id="urgent-000000000000", bulletin=TITLE, level="emergency", start_at=now,
-        latest_start=now + URGENT_LATENESS, items=[audio.content_ref()], urgent=True,
-    )  # fmt: skip
-    group = rig.province.province
-    cmd = rig.controller.signer.command(body, Address(groups=[group]), now, URGENT_TTL)
-    messages = [(f"raw/group/{group}/command", cmd.to_json())]
-    frames = chunks.split(audio.path.read_bytes(), audio.chunk_size)
-    messages += [(f"raw/group/{group}/content", frame) for frame in frames]
-    return messages
 
 
 def _stats(latencies: list[float], prefix: str) -> dict[str, float | None]:
@@ -78,11 +61,15 @@ def _stats(latencies: list[float], prefix: str) -> dict[str, float | None]:
 def trial(rig: Rig, audio: PreparedAudio, messages: list[tuple[str, bytes]], timeout: float
           ) -> dict[str, Any]:  # fmt: skip
     n = rig.size
+    cpu0 = rig.cpu()
     raw = rig.baseline.round(messages, timeout)
+    raw_cpu = cpu_used(cpu0, rig.cpu())
     rig.settle()
+    cpu0 = rig.cpu()
     started = time.time()
     spec = rig.controller.send_urgent([rig.province.province], audio, title=TITLE)
     playing = rig.sightings.wait(spec.play_id, "playing", n, timeout)
+    loa_cpu = cpu_used(cpu0, rig.cpu())
     stored = rig.stored.wait(spec.play_id, "playing", len(playing), 15)
     received = rig.sightings.of(spec.play_id, "received")
     delivered = rig.sightings.of(spec.play_id, "delivered")
@@ -100,6 +87,7 @@ def trial(rig: Rig, audio: PreparedAudio, messages: list[tuple[str, bytes]], tim
         **_stats(since(received), "received_"),
         **_stats(since(delivered), "delivered_"),
         **_stats(since(stored), "stored_"),
+        "cpu": {"loa": loa_cpu, "raw": raw_cpu},
     }
     return result
 
@@ -115,6 +103,7 @@ def run(agents: int, trials: int, per_process: int, verbose: bool, keep: bool
         raise ValueError(f"--per-process: 1 to {MAX_PER_PROCESS}")
     timeout = 30.0 + 0.03 * agents
     with fleet_rig(agents, per_process, shared_cache=True, verbose=verbose, keep=keep) as rig:
+        now = datetime.now(UTC)
         wav = rig.work / "thong-bao-khan.wav"
         spoken = demo_urgent(wav, MESSAGE_S)
         audio = rig.controller.content.prepare([wav])
@@ -122,7 +111,10 @@ def run(agents: int, trials: int, per_process: int, verbose: bool, keep: bool
             f"30 s message ({'espeak-ng speech' if spoken else 'tones'}): {audio.size} bytes "
             f"Opus, {audio.content_ref().chunks} chunks"
         )
-        messages = raw_messages(rig, audio)
+        messages = raw_messages(rig, PlayBody(
+            play_id=new_play_id("urgent"), bulletin=TITLE, level="emergency", start_at=now,
+            latest_start=now + URGENT_LATENESS, items=[audio.content_ref()], urgent=True,
+        ), audio)  # fmt: skip
         per_trial = []
         for k in range(1, trials + 1):
             result = trial(rig, audio, messages, timeout)
@@ -147,10 +139,18 @@ def run(agents: int, trials: int, per_process: int, verbose: bool, keep: bool
         "from the send_urgent call",
     }
     for key in per_trial[0]:
-        if key != "played":
+        if key not in ("played", "cpu"):
             summary[key] = _median_of(per_trial, key)
     summary["worst_max_s"] = rounded(
         max((t["max_s"] for t in per_trial if t["max_s"] is not None), default=float("nan"))
+    )
+    summary["cpu"] = {
+        "loa": median_cpu([t["cpu"]["loa"] for t in per_trial]),
+        "raw": median_cpu([t["cpu"]["raw"] for t in per_trial]),
+    }
+    agents_cpu = summary["cpu"]["loa"]["agents"]
+    summary["agent_cpu_ms_each"] = round(
+        1000 * (agents_cpu["user_s"] + agents_cpu["system_s"]) / agents, 2
     )
     summary["per_trial"] = per_trial
     summary["targets"] = [
@@ -210,6 +210,13 @@ Median of {r['trials']} trials. Overall: {pass_fail(r['pass'])}.
 Where the time goes (medians over trials, from the call):
 
 {table(["stage", "p50", "p99", "max"], stages)}
+
+CPU seconds (user + system) each part used, from the call until every agent played
+(Loa) and for the raw round (raw broker); medians over trials. The agents' share is
+{r['agent_cpu_ms_each']:.2f} ms of CPU per agent, all {r['agents']} sharing
+{r['machine']['nproc']} cores:
+
+{table(["part", "Loa", "raw broker"], cpu_rows(r["cpu"]["loa"], r["cpu"]["raw"]))}
 
 Per trial:
 
