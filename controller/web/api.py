@@ -309,6 +309,8 @@ async def send(body: AnnouncementIn, user: Acting, ctx: Ctx) -> AnnouncementOut:
         found = await asyncio.to_thread(ctx.service.send, user, req, source="api")
     except (UrgentError, UnknownTargetError, TtsUnavailableError, AudioError) as exc:
         raise service_error(exc) from None
+    if body.audio_id:
+        ctx.uploads.discard(body.audio_id)
     return _out(found)
 
 

@@ -9,6 +9,7 @@ signs users in, checks CSRF tokens, and turns the service's answers into pages o
 from __future__ import annotations
 
 import secrets
+import shutil
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 @dataclass
 class Uploads:
-    """Audio uploaded through the API, waiting to be sent; each belongs to one user."""
+    """Audio uploaded through the API, waiting to be sent once; each belongs to one user."""
 
     root: Path
     _owners: dict[str, tuple[str, Path]] = field(default_factory=dict)
@@ -53,6 +54,13 @@ class Uploads:
         with self._lock:
             self._owners[upload_id] = (user, path)
         return upload_id, path
+
+    def discard(self, upload_id: str) -> None:
+        """Remove an upload once it has been sent (its prepared audio is in the content store)."""
+        with self._lock:
+            found = self._owners.pop(upload_id, None)
+        if found is not None:
+            shutil.rmtree(found[1].parent, ignore_errors=True)
 
     def path_of(self, user: str, upload_id: str) -> Path | None:
         with self._lock:
