@@ -4,9 +4,15 @@ The targeted clusters are covered by the fewest whole groups of the fleet tree (
 commune, a district, the province) plus any leftover clusters. One command, signed once
 and addressed to those groups and clusters, is published on each of their command
 topics, then the audio chunks on their content topics: the broker fans out, so each
-chunk leaves the controller once per group, not once per cluster. Agents that already
-hold a content hash ignore its chunks; an agent that missed chunks asks for exactly
-those on its request topic and gets them on its own content topic.
+chunk leaves the controller once per group, not once per cluster.
+
+Audio a cluster already holds is not sent again (controller/holdings.py learns what each
+cluster holds from its `delivered` events). For each item and each group or cluster the
+command went to: if every targeted cluster there holds the item, no chunk goes; if fewer
+than half of them lack it (`own_topics_below`), the chunks go to those clusters' own
+content topics; otherwise once to the group's content topic. Agents that already hold a
+content hash ignore its chunks; an agent that missed chunks (or whose holding was stale)
+asks for exactly those on its request topic and gets them on its own content topic.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -60,6 +66,16 @@ class Audio(Protocol):
 class FleetView(Protocol):
     def cover(self, cluster_ids: Sequence[str]) -> tuple[list[str], list[str]]: ...
     def groups_of(self, cluster_id: str) -> list[str]: ...
+    def clusters_in(self, node_id: str) -> list[str]: ...
+
+
+class HoldingsView(Protocol):
+    """What the distributor needs from controller.holdings.Holdings."""
+
+    def held_by(
+        self, sha256s: Collection[str], clusters: Collection[str]
+    ) -> dict[str, set[str]]: ...
+    def forget(self, cluster: str, sha256: str) -> bool: ...
 
 
 class PlayRecorder(Protocol):
@@ -112,6 +128,10 @@ class DistributionStats:
     chunks: int = 0
     chunk_bytes: int = 0
     resent_chunks: int = 0
+    # Items not sent to a destination because every targeted cluster there held them.
+    held_items: int = 0
+    # Items sent to single clusters' own topics instead of their group's.
+    own_topic_items: int = 0
 
 
 class Distributor:
@@ -125,8 +145,15 @@ class Distributor:
         content_path: Callable[[str], Path | None],
         *,
         chunk_size: int = chunks.DEFAULT_CHUNK_SIZE,
+        holdings: HoldingsView | None = None,
+        own_topics_below: float = 0.5,
     ) -> None:
+        """holdings: what each cluster holds (None: send every item to every destination).
+        own_topics_below: when fewer than this share of a group's targeted clusters lack
+        an item, send it to their own content topics rather than to the whole group."""
         self._link = link
+        self._holdings = holdings
+        self._own_topics_below = own_topics_below
         self._signer = signer
         self._recorder = recorder
         self._fleet = fleet
@@ -147,7 +174,8 @@ class Distributor:
         if not spec.clusters:
             raise ValueError(f"play {spec.play_id} targets no cluster")
         now = self._clock.now()
-        groups, leftovers = self._fleet().cover(list(spec.clusters))
+        fleet = self._fleet()
+        groups, leftovers = fleet.cover(list(spec.clusters))
         to = Address(groups=groups, clusters=leftovers)
         body = PlayBody(
             play_id=spec.play_id,
@@ -175,10 +203,18 @@ class Distributor:
         for scope, name in destinations:
             self._link.publish(self._topic(scope, name, "command"), payload)
             self.stats.commands += 1
+        held = (
+            self._holdings.held_by({i.sha256 for i in spec.items}, spec.clusters)
+            if self._holdings is not None else {}
+        )
         for item in spec.items:
-            data = item.path.read_bytes()
-            for scope, name in destinations:
-                self._publish_chunks(self._topic(scope, name, "content"), data)
+            content_topics = self._content_topics(
+                fleet, destinations, set(spec.clusters), held.get(item.sha256, set())
+            )
+            if content_topics:
+                data = item.path.read_bytes()
+                for topic in content_topics:
+                    self._publish_chunks(topic, data)
         log.info(
             "sent %s %r (%s) to %d clusters via %d groups and %d single clusters, start %s",
             spec.play_id, spec.bulletin, spec.level, len(spec.clusters), len(groups),
@@ -239,6 +275,31 @@ class Distributor:
 
     # --- helpers ----------------------------------------------------------------------------
 
+    def _content_topics(
+        self,
+        fleet: FleetView,
+        destinations: Sequence[tuple[str, str]],
+        targets: set[str],
+        holders: set[str],
+    ) -> list[str]:
+        """The content topics one item goes to: none where every targeted cluster holds
+        it, the lacking clusters' own topics where only a few lack it, else the group's."""
+        out: list[str] = []
+        for scope, name in destinations:
+            members = (
+                [c for c in fleet.clusters_in(name) if c in targets]
+                if scope == "group" else [name]
+            )
+            lacking = [c for c in members if c not in holders]
+            if not lacking:
+                self.stats.held_items += 1
+            elif scope == "group" and len(lacking) < len(members) * self._own_topics_below:
+                out.extend(topics.cluster_topic(c, "content") for c in lacking)
+                self.stats.own_topic_items += len(lacking)
+            else:
+                out.append(self._topic(scope, name, "content"))
+        return out
+
     @staticmethod
     def _topic(scope: str, name: str, channel: topics.GroupChannel) -> str:
         if scope == "group":
@@ -269,6 +330,9 @@ class Distributor:
             if time.monotonic() - last < 2.0:
                 return  # asked again before the last resend could arrive
             self._last_resend[key] = time.monotonic()
+        if self._holdings is not None and self._holdings.forget(req.cluster, req.sha256):
+            log.info("cluster %s no longer holds content %s (it asked for its chunks)",
+                     req.cluster, req.sha256[:12])
         path = self._content_path(req.sha256)
         if path is None:
             log.warning("cluster %s asked for content %s that this controller does not hold",

@@ -30,6 +30,7 @@ from protocol.signing import Signer
 log = logging.getLogger(__name__)
 
 EventListener = Callable[[Event], None]
+BatchListener = Callable[[list[Event]], object]
 StateListener = Callable[[str, str], None]
 
 ACK_TTL = timedelta(hours=6)
@@ -69,6 +70,7 @@ class Intake:
         self._batch_max = batch_max
         self._queue: queue.Queue[Intook | None] = queue.Queue()
         self._event_listeners: list[EventListener] = []
+        self._batch_listeners: list[BatchListener] = []
         self._state_listeners: list[StateListener] = []
         self._thread: threading.Thread | None = None
         self.stats = IntakeStats()
@@ -76,6 +78,10 @@ class Intake:
 
     def add_listener(self, listener: EventListener) -> None:
         self._event_listeners.append(listener)
+
+    def add_batch_listener(self, listener: BatchListener) -> None:
+        """Called on the writer thread with each stored batch of new events."""
+        self._batch_listeners.append(listener)
 
     def add_state_listener(self, listener: StateListener) -> None:
         self._state_listeners.append(listener)
@@ -222,6 +228,11 @@ class Intake:
             if ev.kind == "rejected":
                 log.warning("cluster %s rejected a command: %s", ev.cluster, ev.reason)
         self._acknowledge(evs)
+        for blistener in self._batch_listeners:
+            try:
+                blistener(fresh)
+            except Exception:
+                log.exception("event batch listener failed")
         for ev in fresh:
             for listener in self._event_listeners:
                 try:

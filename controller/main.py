@@ -31,6 +31,7 @@ from controller.config import ControllerConfig
 from controller.dispatch import Dispatcher
 from controller.distribution import Distributor, PlaySpec, new_play_id
 from controller.fleet import Fleet
+from controller.holdings import Holdings
 from controller.intake import Intake
 from controller.playlist import Playlists
 from controller.reload import DEFAULT_INTERVAL_S, FileWatcher, signature, watched_files
@@ -120,11 +121,13 @@ class Controller:
         self.link: Link = link or MqttLink(
             settings.broker, settings.client_id, clean_session=False
         )
+        self.holdings = Holdings(self.store)
         self.distributor = Distributor(
             self.link, self.signer, self.store, lambda: self.fleet, self.clock, self._content_path,
-            chunk_size=settings.audio.chunk_size,
+            chunk_size=settings.audio.chunk_size, holdings=self.holdings,
         )
         self.intake = Intake(self.link, self.store, self.signer, self.clock)
+        self.intake.add_batch_listener(self.holdings.record_delivered)
         self.intake.add_state_listener(self._on_cluster_state)
         self.dispatcher = Dispatcher(
             store=self.store,

@@ -1,0 +1,173 @@
+"""Which cluster holds which content, so that audio already held is not sent again.
+
+Learnt from the agents' `delivered` events: a play's items (its content hashes, in the
+plays table) are held, verified, by the cluster that reported it delivered. The table
+`holdings` (cluster, sha256, since) lives in the controller's store beside the plays.
+
+A holding can go stale: the agent's cache may evict the content (least recently used,
+beyond its quota) or the box may be reinstalled. That costs a little time, never a
+play: an agent given a play whose audio it lacks asks for the chunks (`request` topic),
+and that request also drops the holding here, so the next play sends the audio again.
+
+`content_status()` is the per-cluster view shown by `loa-controller fleet`: how many of
+the contents of the plays still to start on a cluster it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Column, DateTime, String, Table, delete, insert, select
+
+from controller.store import Store, metadata, plays, utc
+from protocol.messages import Event
+
+holdings = Table(
+    "holdings",
+    metadata,
+    Column("cluster", String(64), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("since", DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class ContentStatus:
+    """The content of the plays still to start on one cluster, and which of it it holds."""
+
+    scheduled: tuple[str, ...]  # content hashes, in play start order
+    held: frozenset[str]
+
+    @property
+    def missing(self) -> list[str]:
+        return [sha for sha in self.scheduled if sha not in self.held]
+
+
+class Holdings:
+    """The holdings table: read by the distributor, written by the intake. Thread-safe."""
+
+    def __init__(self, store: Store) -> None:
+        self._engine = store.engine
+        holdings.create(self._engine, checkfirst=True)
+        self._write = threading.Lock()
+
+    def record_delivered(self, events: Iterable[Event]) -> int:
+        """Note the content of each play reported `delivered` as held by its cluster;
+        return how many holdings were new."""
+        delivered = [(ev.cluster, ev.play_id, ev.at) for ev in events
+                     if ev.kind == "delivered" and ev.play_id]
+        if not delivered:
+            return 0
+        with self._engine.connect() as conn:
+            items = {
+                pid: list(json.loads(raw))
+                for pid, raw in conn.execute(
+                    select(plays.c.play_id, plays.c["items"]).where(
+                        plays.c.play_id.in_({pid for _, pid, _ in delivered})
+                    )
+                )
+            }
+        wanted: dict[tuple[str, str], datetime] = {}
+        for cluster, pid, at in delivered:
+            for sha in items.get(pid or "", []):
+                wanted.setdefault((cluster, sha), at)
+        return self._add(wanted)
+
+    def add(self, cluster: str, sha256s: Iterable[str], since: datetime) -> int:
+        """Note that cluster holds these contents (tests and tools)."""
+        return self._add({(cluster, sha): since for sha in sha256s})
+
+    def _add(self, wanted: dict[tuple[str, str], datetime]) -> int:
+        if not wanted:
+            return 0
+        clusters = {c for c, _ in wanted}
+        with self._write, self._engine.begin() as conn:
+            known = {
+                (c, s) for c, s in conn.execute(
+                    select(holdings.c.cluster, holdings.c.sha256).where(
+                        holdings.c.cluster.in_(clusters),
+                        holdings.c.sha256.in_({s for _, s in wanted}),
+                    )
+                )
+            }
+            fresh = [
+                {"cluster": c, "sha256": s, "since": utc(at)}
+                for (c, s), at in wanted.items() if (c, s) not in known
+            ]
+            if fresh:
+                conn.execute(insert(holdings), fresh)
+        return len(fresh)
+
+    def forget(self, cluster: str, sha256: str) -> bool:
+        """The cluster turned out not to hold this content (it asked for its chunks)."""
+        with self._write, self._engine.begin() as conn:
+            gone = conn.execute(
+                delete(holdings).where(holdings.c.cluster == cluster, holdings.c.sha256 == sha256)
+            )
+        return bool(gone.rowcount)
+
+    def held_by(self, sha256s: Collection[str], clusters: Collection[str]) -> dict[str, set[str]]:
+        """For each content hash, which of these clusters hold it."""
+        found: dict[str, set[str]] = {sha: set() for sha in sha256s}
+        if not sha256s or not clusters:
+            return found
+        wanted = set(clusters)
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(holdings.c.sha256, holdings.c.cluster).where(
+                    holdings.c.sha256.in_(set(sha256s))
+                )
+            )
+            for sha, cluster in rows:
+                if cluster in wanted:
+                    found[sha].add(cluster)
+        return found
+
+    def held(self, cluster: str) -> set[str]:
+        """Every content hash this cluster is known to hold."""
+        with self._engine.connect() as conn:
+            return {
+                r[0] for r in conn.execute(
+                    select(holdings.c.sha256).where(holdings.c.cluster == cluster)
+                )
+            }
+
+    def content_status(
+        self, now: datetime, clusters: Sequence[str] = ()
+    ) -> dict[str, ContentStatus]:
+        """Per cluster targeted by a play still to start (latest start after now): the
+        content of those plays and which of it the cluster holds. clusters: only these
+        (all when empty)."""
+        only = set(clusters)
+        scheduled: dict[str, list[str]] = {}
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(plays.c["items"], plays.c.clusters)
+                .where(plays.c.latest_start > utc(now))
+                .order_by(plays.c.start_at)
+            )
+            for raw_items, raw_clusters in rows:
+                items = list(json.loads(raw_items))
+                for cluster in json.loads(raw_clusters):
+                    if only and cluster not in only:
+                        continue
+                    mine = scheduled.setdefault(cluster, [])
+                    mine.extend(sha for sha in items if sha not in mine)
+            if not scheduled:
+                return {}
+            held: dict[str, set[str]] = {}
+            every = {sha for shas in scheduled.values() for sha in shas}
+            for cluster, sha in conn.execute(
+                select(holdings.c.cluster, holdings.c.sha256).where(
+                    holdings.c.sha256.in_(every)
+                )
+            ):
+                held.setdefault(cluster, set()).add(sha)
+        return {
+            cluster: ContentStatus(tuple(shas), frozenset(held.get(cluster, set()) & set(shas)))
+            for cluster, shas in scheduled.items()
+        }

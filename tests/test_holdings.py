@@ -1,0 +1,154 @@
+"""Audio a cluster already holds is not sent again; a cluster that lacks it gets it alone.
+
+A real controller and real agents (null output, own caches) on a real mosquitto, and a
+client that counts every message on the command, content and request topics, as the
+broker hands them to the agents. Fleet (tests/web_rig.py): commune xa-a with villages
+ap-a1 (a-01, a-02) and ap-a2 (a-03); commune xa-b (b-01).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import MosquittoBroker, wait_until
+from web_rig import WebRig
+
+from controller.audio import PreparedAudio
+from controller.distribution import PlaySpec
+from controller.samples import tone
+from protocol.mqtt import MqttLink
+
+pytestmark = pytest.mark.slow
+
+XA_A = ["a-01", "a-02", "a-03"]
+
+
+class WireCounter:
+    """Messages and bytes per topic, seen by a subscriber like any agent."""
+
+    def __init__(self, rig: WebRig) -> None:
+        self._lock = threading.Lock()
+        self.messages: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+        self.link = MqttLink(rig.broker, "wire-counter")
+        for pattern in ("loa/v1/+/+/content", "loa/v1/+/+/command", "loa/v1/cluster/+/request"):
+            self.link.subscribe(pattern, self._count)
+        self.link.start()
+        assert self.link.wait_connected(10)
+
+    def _count(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            self.messages[topic] += 1
+            self.bytes[topic] += len(payload)
+
+    def snapshot(self) -> tuple[Counter[str], Counter[str]]:
+        with self._lock:
+            return Counter(self.messages), Counter(self.bytes)
+
+    def since(
+        self, before: tuple[Counter[str], Counter[str]], channel: str
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Messages and bytes per topic of one channel since the snapshot."""
+        messages, sizes = self.snapshot()
+        return (
+            {t: n - before[0][t] for t, n in messages.items()
+             if t.endswith(f"/{channel}") and n > before[0][t]},
+            {t: n - before[1][t] for t, n in sizes.items()
+             if t.endswith(f"/{channel}") and n > before[1][t]},
+        )
+
+
+@pytest.fixture
+def rig(tmp_path: Path, mosquitto_broker: MosquittoBroker) -> Iterator[WebRig]:
+    r = WebRig(tmp_path, mosquitto_broker.address)
+    r.start(agents=XA_A, web=False)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def send(rig: WebRig, play_id: str, audio: PreparedAudio, clusters: list[str]) -> None:
+    now = rig.controller.clock.now()
+    rig.controller.distributor.send_play(PlaySpec(
+        play_id=play_id, bulletin=f"Bản tin {play_id}", level="normal",
+        start_at=now + timedelta(hours=1), latest_start=now + timedelta(hours=1, minutes=5),
+        items=[audio], clusters=clusters,
+    ))
+    rig.wait_states(play_id, {c: {"delivered"} for c in clusters})
+
+
+def wait_held(rig: WebRig, audio: PreparedAudio, clusters: list[str]) -> None:
+    holdings = rig.controller.holdings
+    wait_until(
+        lambda: holdings.held_by({audio.sha256}, clusters)[audio.sha256] == set(clusters),
+        15, f"the controller to know that {clusters} hold the audio",
+    )
+
+
+def test_a_repeat_sends_no_audio_and_a_newcomer_gets_it_on_its_own_topic(rig: WebRig) -> None:
+    wire = WireCounter(rig)
+    controller = rig.controller
+    bulletin = controller.content.prepare([tone(rig.tmp / "bulletin.wav", 20.0)])
+    chunks = bulletin.content_ref().chunks
+    assert chunks >= 2
+
+    # 1. First delivery: nobody holds it; once to the commune's group topic.
+    before = wire.snapshot()
+    send(rig, "lan-1", bulletin, XA_A)
+    wait_held(rig, bulletin, XA_A)
+    messages, sizes = wire.since(before, "content")
+    assert messages == {"loa/v1/group/xa-a/content": chunks}
+    assert sizes["loa/v1/group/xa-a/content"] >= bulletin.content_ref().size
+
+    # 2. The same audio again to the same clusters: the command only, no chunk, no request.
+    before = wire.snapshot()
+    requests_before = controller.distributor.stats.resent_chunks
+    send(rig, "lan-2", bulletin, XA_A)
+    time.sleep(0.5)  # anything published after the command would have arrived by now
+    assert wire.since(before, "content") == ({}, {})
+    assert wire.since(before, "request") == ({}, {})
+    assert controller.distributor.stats.resent_chunks == requests_before
+    commands, command_bytes = wire.since(before, "command")
+    repeat_bytes = command_bytes["loa/v1/group/xa-a/command"]
+    assert commands["loa/v1/group/xa-a/command"] == 1
+    assert repeat_bytes <= 2048, f"a repeat cost each agent {repeat_bytes} bytes"
+    for cid in XA_A:  # a cache hit: delivered at once from what the agent holds
+        record = rig.agents[cid]._player.record("lan-2")
+        assert record is not None and record.delivered
+
+    # 3. New audio held by one village (a-01, a-02), then sent to the whole commune: only
+    # a-03 lacks it, so it alone gets the chunks, on its own topic.
+    notice = controller.content.prepare([tone(rig.tmp / "notice.wav", 8.0, freq=660)])
+    before = wire.snapshot()
+    send(rig, "thong-bao-1", notice, ["a-01", "a-02"])
+    wait_held(rig, notice, ["a-01", "a-02"])
+    messages, _ = wire.since(before, "content")
+    assert messages == {"loa/v1/group/ap-a1/content": notice.content_ref().chunks}
+
+    before = wire.snapshot()
+    send(rig, "thong-bao-2", notice, XA_A)
+    wait_held(rig, notice, XA_A)
+    messages, _ = wire.since(before, "content")
+    assert messages == {"loa/v1/cluster/a-03/content": notice.content_ref().chunks}
+    wire.link.stop()
+
+
+def test_a_stale_holding_is_dropped_when_the_agent_asks_for_the_chunks(rig: WebRig) -> None:
+    """The controller believes a-03 holds audio it does not (evicted, box replaced): the
+    play goes without chunks, the agent asks for them, gets them and plays; the holding
+    is dropped on the request and learnt again from the delivery."""
+    controller = rig.controller
+    audio = controller.content.prepare([tone(rig.tmp / "old.wav", 3.0, freq=550)])
+    controller.holdings.add("a-03", [audio.sha256], controller.clock.now())
+    resent = controller.distributor.stats.resent_chunks
+    send(rig, "cu-1", audio, ["a-03"])
+    assert controller.distributor.stats.resent_chunks - resent == audio.content_ref().chunks
+    assert rig.agents["a-03"]._cache.has(audio.sha256)
+    wait_held(rig, audio, ["a-03"])
