@@ -260,7 +260,7 @@ class Agent:
             disk_free_bytes=disk_free(self.data_dir),
             cache_bytes=folder_size(self._cache_dir) if self._owns_cache else None,
             cpu_temp_c=cpu_temperature(),
-            relay=self._amplifier.state() if self._amplifier is not None else None,
+            relay=self._amplifier.state()[:1000] if self._amplifier is not None else None,
             volume=current.volume if current is not None else self._player.default_volume,
             clock_offset_s=self.clock_offset.estimate(now),
             playing=NowPlaying(

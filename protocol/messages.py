@@ -179,7 +179,7 @@ class Heartbeat(WireModel):
     disk_free_bytes: int | None = Field(default=None, ge=0)  # on the data_dir's file system
     cache_bytes: int | None = Field(default=None, ge=0)  # audio held in the content cache
     cpu_temp_c: float | None = None
-    relay: Annotated[str, Field(max_length=300)] | None = None  # on, off, unknown, none, fault: ...
+    relay: Annotated[str, Field(max_length=1000)] | None = None  # on, off, none, fault: ...
     volume: Annotated[int, Field(ge=0, le=100)] | None = None  # of the current play, or default
     # Agent clock minus controller clock (s), from signed commands; see docs/protocol.md.
     clock_offset_s: float | None = None

@@ -1,0 +1,301 @@
+"""Health: the heartbeat's parts (temperature, disk, cache, clock offset), the heartbeat
+on a real broker with the amplifier relay on a simulated board, and the controller's
+view: the latest heartbeat per cluster, offline within 1.5 × keepalive of an agent
+going silent (the broker's Last Will), and when it came back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from agent_support import Keys, command, content, play_body
+from conftest import MosquittoBroker, wait_until
+from relay_sim import SimulatedBoard
+
+from controller.config import load_controller_config
+from controller.main import Controller, Settings
+from device_agent.agent import Agent
+from device_agent.config import AgentConfig, OutputConfig
+from device_agent.health import ClockOffset, cpu_temperature, folder_size
+from device_agent.main import build_agent
+from device_agent.relays import RelayConfig
+from protocol import topics
+from protocol.messages import Heartbeat, parse
+from protocol.mqtt import MqttLink
+from protocol.signing import generate_keypair, public_pem
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2026, 5, 1, 6, 0, tzinfo=UTC)
+
+
+# --- the parts ---------------------------------------------------------------------------
+
+
+def zone(root: Path, n: int, kind: str, millidegrees: str) -> None:
+    folder = root / f"thermal_zone{n}"
+    folder.mkdir(parents=True)
+    (folder / "type").write_text(kind + "\n")
+    (folder / "temp").write_text(millidegrees + "\n")
+
+
+def test_the_cpu_sensor_is_preferred_and_none_without_sensors(tmp_path: Path) -> None:
+    assert cpu_temperature(tmp_path) is None
+    zone(tmp_path, 0, "acpitz", "27800")
+    assert cpu_temperature(tmp_path) == 27.8
+    zone(tmp_path, 1, "cpu-thermal", "48312")  # a Raspberry Pi's SoC
+    assert cpu_temperature(tmp_path) == 48.3
+    zone(tmp_path, 2, "broken", "n/a")
+    assert cpu_temperature(tmp_path) == 48.3
+
+
+def test_cache_size_counts_the_files(tmp_path: Path) -> None:
+    assert folder_size(tmp_path / "missing") == 0
+    (tmp_path / "a.opus").write_bytes(b"x" * 1000)
+    (tmp_path / "b.opus").write_bytes(b"x" * 24)
+    assert folder_size(tmp_path) == 1024
+
+
+def test_the_clock_offset_is_the_smallest_recent_sample() -> None:
+    offset = ClockOffset(window_s=600)
+    assert offset.estimate(T0, mono=100.0) is None
+    # The agent is 2.0 s ahead; commands took 30 ms, 400 ms (queued) and 12 ms to arrive.
+    for delay, mono in ((0.030, 10.0), (0.400, 20.0), (0.012, 30.0)):
+        issued = T0 + timedelta(seconds=mono)
+        received = issued + timedelta(seconds=2.0 + delay)
+        offset.add(issued, received, mono=mono)
+    now = T0 + timedelta(seconds=2.0 + 40)
+    assert offset.estimate(now, mono=40.0) == 2.012  # never below the truth
+    # Ten minutes later the samples have aged out.
+    assert offset.estimate(now + timedelta(seconds=600), mono=640.0) is None
+
+
+def test_a_step_of_the_wall_clock_discards_older_samples() -> None:
+    offset = ClockOffset()
+    offset.add(T0, T0 + timedelta(seconds=3), mono=10.0)  # 3 s ahead before NTP
+    # NTP steps the clock back 3 s: the old sample no longer describes this clock.
+    now = T0 + timedelta(seconds=5)
+    assert offset.estimate(now, mono=18.0) is None
+    offset.add(now - timedelta(seconds=0.02), now, mono=18.0)
+    assert offset.estimate(now, mono=18.0) == 0.02
+
+
+# --- the heartbeat, with the amplifier relay, on a real broker -------------------------
+
+
+class Beats:
+    def __init__(self, broker: MosquittoBroker, cluster: str) -> None:
+        self.lock = threading.Lock()
+        self.items: list[Heartbeat] = []
+        self.link = MqttLink(broker.address, "test-heartbeats")
+        self.link.subscribe(topics.cluster_topic(cluster, "heartbeat"), self._on, qos=0)
+        self.link.start()
+        assert self.link.wait_connected(10)
+
+    def _on(self, _topic: str, payload: bytes) -> None:
+        with self.lock:
+            self.items.append(parse(Heartbeat, payload))
+
+    def last(self) -> Heartbeat | None:
+        with self.lock:
+            return self.items[-1] if self.items else None
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.items)
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> Iterator[SimulatedBoard]:
+    b = SimulatedBoard("ascii", tmp_path / "ttyRELAY").start()
+    yield b
+    b.close()
+
+
+@pytest.mark.slow
+def test_heartbeats_carry_health_relay_state_and_a_relay_fault_at_once(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path, board: SimulatedBoard
+) -> None:
+    keys = Keys()
+    key_file = tmp_path / "controller.pub"
+    key_file.write_bytes(public_pem(keys.private.public_key()))
+    config = AgentConfig(
+        cluster_id="hb-01", broker_url=mosquitto_broker.url, controller_public_key=key_file,
+        data_dir=tmp_path / "agent", groups=[], output=OutputConfig(kind="null", volume=70),
+        heartbeat_s=30,
+        relay=RelayConfig(driver="ascii", url=board.url, warm_up=timedelta(0),
+                          idle_off=timedelta(minutes=5), reply_timeout_s=0.3),
+    )
+    beats = Beats(mosquitto_broker, "hb-01")
+    agent: Agent = build_agent(config)
+    agent.start()
+    try:
+        wait_until(lambda: beats.count() >= 1, 10, "the heartbeat sent on connecting")
+        first = beats.last()
+        assert first is not None
+        assert first.relay == "unknown"  # not switched since the agent started
+        assert first.volume == 70
+        assert first.clock_offset_s is None  # no command yet
+        assert first.disk_free_bytes is not None
+        assert first.disk_free_bytes > 0
+        assert first.cache_bytes == 0
+        assert first.uptime_s < 10
+        assert first.playing is None
+
+        # A play: the relay goes on before it, and a command gives a clock offset sample.
+        c = content(duration_s=5)
+        now = datetime.now(UTC)
+        cmd = command(keys.signer, play_body("p-hb", [c.ref], now), now, clusters=["hb-01"])
+        link = beats.link
+        link.publish(topics.cluster_topic("hb-01", "command"), cmd.to_json())
+        for frame in c.frames():
+            link.publish(topics.cluster_topic("hb-01", "content"), frame)
+        wait_until(lambda: board.relay(0), 10, "the relay to switch on for the play")
+        beat = agent.heartbeat()
+        assert beat.relay == "on"
+        assert beat.playing is not None
+        assert beat.playing.play_id == "p-hb"
+        assert beat.clock_offset_s is not None
+        assert abs(beat.clock_offset_s) < 0.5  # one clock on this machine
+        assert beat.cache_bytes == c.ref.size
+
+        # The board is unplugged; an emergency needs the amplifier: a fault, sent in a
+        # heartbeat at once rather than at the next heartbeat time (30 s).
+        board.disappear()
+        count = beats.count()
+        now = datetime.now(UTC)
+        alert = command(keys.signer, play_body("p-hb2", [c.ref], now, level="emergency"), now,
+                        clusters=["hb-01"])
+        link.publish(topics.cluster_topic("hb-01", "command"), alert.to_json())
+        wait_until(lambda: beats.count() > count, 15, "a heartbeat on the relay fault")
+        faulty = beats.last()
+        assert faulty is not None
+        assert faulty.relay is not None
+        assert faulty.relay.startswith("fault: ")
+    finally:
+        agent.stop(timeout=2)
+        beats.link.stop()
+
+
+# --- the controller's view ---------------------------------------------------------------
+
+FLEET = """\
+province:
+  id: tinh-hb
+  name: Tỉnh Thử
+  communes:
+    - id: xa-hb
+      name: Xã Sức Khoẻ
+      clusters:
+        - {id: hb-02, name: Cụm 2}
+"""
+KEEPALIVE = 5
+BROKER_CHECK_S = 6  # mosquitto 2.0 looks for silent clients every 6 s
+
+
+def _agent(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "device_agent.cli", "run", "--config", str(config)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.mark.slow
+def test_the_controller_keeps_heartbeats_sees_a_silent_agent_go_offline_and_come_back(
+    mosquitto_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    generate_keypair(tmp_path / "controller.key", tmp_path / "controller.pub")
+    (tmp_path / "fleet.yaml").write_text(FLEET, encoding="utf-8")
+    (tmp_path / "playlists").mkdir()
+    controller_config = tmp_path / "controller.yaml"
+    controller_config.write_text(
+        f"broker_url: {mosquitto_broker.url}\nfleet: fleet.yaml\nplaylists: [playlists]\n"
+        "store_url: sqlite:///controller.db\nprivate_key: controller.key\n"
+        "content_dir: content\n",
+        encoding="utf-8",
+    )
+    agent_config = tmp_path / "agent.yaml"
+    agent_config.write_text(
+        f"cluster_id: hb-02\nbroker_url: {mosquitto_broker.url}\n"
+        "controller_public_key: controller.pub\ndata_dir: agent-data\n"
+        f"keepalive: {KEEPALIVE}\nheartbeat_s: 1\noutput: {{kind: null}}\n",
+        encoding="utf-8",
+    )
+    controller = Controller(Settings.from_config(load_controller_config(controller_config)))
+    controller.start()
+    store = controller.store
+    proc = _agent(agent_config, tmp_path / "agent.log")
+    try:
+        wait_until(lambda: store.cluster_health()["hb-02"].state == "online", 20, "online")
+        online_since = store.cluster_health()["hb-02"].state_at
+        # Heartbeats every second; acks of the agent's events give it a clock offset.
+        wait_until(
+            lambda: (store.cluster_health()["hb-02"].heartbeat or {}).get("uptime_s", 0) >= 2,
+            15, "heartbeats to be stored",
+        )
+        beat = store.cluster_health()["hb-02"].heartbeat
+        assert beat is not None
+        assert beat["cluster"] == "hb-02"
+        assert beat["version"]
+        assert "relay" not in beat  # no relay configured: left out (null)
+
+        # Killed outright: the kernel closes its connection, and the broker publishes
+        # its Last Will at once.
+        os.kill(proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(lambda: store.cluster_health()["hb-02"].state == "offline",
+                   1.5 * KEEPALIVE, "the Last Will after kill -9")
+        print(f"offline {time.monotonic() - killed:.3f} s after kill -9 "
+              f"(keepalive {KEEPALIVE} s, limit {1.5 * KEEPALIVE} s)")
+        proc.wait(10)
+        offline_since = store.cluster_health()["hb-02"].state_at
+        assert offline_since is not None
+        assert online_since is not None
+        assert offline_since > online_since
+
+        # Started again, it comes back; then it freezes, as a power cut or a dead 4G link
+        # looks to the broker: the socket stays open and nothing more comes. The broker
+        # notices when 1.5 x keepalive has passed without a packet, at its next check
+        # (mosquitto 2.0 checks every 6 s, 2.1 every second).
+        proc = _agent(agent_config, tmp_path / "agent.log")
+        wait_until(lambda: store.cluster_health()["hb-02"].state == "online", 20, "back")
+        back_since = store.cluster_health()["hb-02"].state_at
+        assert back_since is not None
+        assert back_since > offline_since
+        os.kill(proc.pid, signal.SIGSTOP)
+        frozen = time.monotonic()
+        wait_until(lambda: store.cluster_health()["hb-02"].state == "offline",
+                   1.5 * KEEPALIVE + BROKER_CHECK_S + 2, "the Last Will of a frozen agent")
+        silent_for = time.monotonic() - frozen
+        print(f"offline {silent_for:.2f} s after the agent went silent "
+              f"(keepalive {KEEPALIVE} s: 1.5 x = {1.5 * KEEPALIVE} s, plus the broker's check)")
+        assert silent_for >= 1.5 * KEEPALIVE - 1.5  # not before the keepalive ran out
+        os.kill(proc.pid, signal.SIGCONT)
+
+        # It thaws, reconnects, and the controller shows since when it is back.
+        wait_until(lambda: store.cluster_health()["hb-02"].state == "online", 20, "back")
+        back_since = store.cluster_health()["hb-02"].state_at
+        assert back_since is not None
+        out = subprocess.run(
+            [sys.executable, "-m", "controller.cli", "fleet", "--config", str(controller_config)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+        line = next(x for x in out.splitlines() if x.startswith("hb-02"))
+        local = back_since.astimezone(controller.settings.timezone)
+        assert f"online since {local:%Y-%m-%d %H:%M:%S}" in line, out
+        assert " ago, up " in line, out
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait(10)
+        controller.stop()
