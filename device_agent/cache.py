@@ -19,6 +19,13 @@ oldest dropped first), and moved into the download when the manifest arrives.
 Once every chunk is in, the size and SHA-256 are checked against the signed manifest and
 the content is moved into place atomically: a forged or damaged chunk can make a download
 fail (it is then discarded and fetched again), never make a speaker play it.
+
+Quota: complete content beyond a size (the agent's `cache_max_mb`) is evicted least
+recently used first, never what `keep` names (the audio of plays still scheduled or
+playing). A use is a delivery (the content completed, or a play command named content
+already held) or a play starting (`touch`); the times are kept in a state document of
+the agent's database (`uses`), not in file access times, which SD cards are mounted
+without. Content without a recorded use counts as used when its file was written.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from device_agent.localdb import StateDocument
 from protocol.chunks import Chunk
+from protocol.clock import Clock, SystemClock
 from protocol.messages import ContentRef
 
 module_log = logging.getLogger(__name__)
@@ -97,9 +106,21 @@ class Cache:
         max_early_bytes: int = DEFAULT_MAX_EARLY_BYTES,
         durable: bool = True,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        uses: StateDocument | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        """durable: sync completed content to the SD card before it counts as held."""
+        """durable: sync completed content to the SD card before it counts as held.
+        uses: where the last use of each content is kept (None: in memory only)."""
         self._log = log or module_log
+        self._clock = clock or SystemClock()
+        self._uses_doc = uses
+        self._uses: dict[str, float] = {}
+        saved = uses.load() if uses is not None else None
+        if isinstance(saved, dict):
+            self._uses = {
+                sha: float(at) for sha, at in saved.items()
+                if isinstance(sha, str) and isinstance(at, int | float)
+            }
         self.directory = directory
         self._partial_dir = directory / "partial"
         self._partial_dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +161,20 @@ class Cache:
         with self._lock:
             return self._manifests.get(sha256)
 
+    def held_bytes(self) -> int:
+        """Disk taken by complete content."""
+        return sum(size for _sha, size, _mtime in self._held())
+
+    def transfers(self) -> list[tuple[str, int, int]]:
+        """Downloads under way: (sha256, chunks held, chunk count), oldest first."""
+        with self._lock:
+            return [(d.sha256, len(d.held), d.chunks) for d in self._downloads.values()]
+
+    def last_use(self, sha256: str) -> float | None:
+        """When this content was last delivered or played (epoch seconds), if recorded."""
+        with self._lock:
+            return self._uses.get(sha256)
+
     def early_bytes(self) -> int:
         """Disk taken by chunks that came before their play command."""
         with self._lock:
@@ -157,6 +192,7 @@ class Cache:
     def expect(self, ref: ContentRef) -> bool:
         """Learn a manifest from a play command; True if the content is (now) complete."""
         if self.has(ref.sha256):
+            self.touch([ref.sha256])  # a cache hit: delivered from what is held
             return True
         with self._lock:
             self._manifests[ref.sha256] = ref
@@ -191,30 +227,75 @@ class Cache:
             self._notify(chunk.sha256)
         return outcome
 
-    def prune(self, keep: Iterable[str], max_content_bytes: int) -> None:
-        """Drop downloads nothing needs any more, and the oldest complete content beyond
-        max_content_bytes, never anything in keep (content of plays still to come)."""
+    def touch(self, sha256s: Iterable[str]) -> None:
+        """Record a use (delivery, play start) of these contents, for eviction order."""
+        at = self._clock.now().timestamp()
+        with self._lock:
+            for sha in sha256s:
+                self._uses[sha] = at
+            self._save_uses()
+
+    def prune(self, keep: Iterable[str], max_content_bytes: int) -> list[str]:
+        """Drop downloads nothing needs any more, then evict beyond max_content_bytes
+        (see `evict`), never anything in keep (content of plays still to come)."""
         keep = set(keep)
         with self._lock:
             for sha in [s for s in self._downloads if s not in keep]:
                 self._drop_download(sha)
                 self._manifests.pop(sha, None)
+        return self.evict(keep, max_content_bytes)
+
+    def evict(self, keep: Iterable[str], max_content_bytes: int) -> list[str]:
+        """Remove complete content, least recently used first, until what is held fits in
+        max_content_bytes; never anything in keep. Returns the hashes removed."""
+        keep = set(keep)
+        held = self._held()
+        total = sum(size for _sha, size, _mtime in held)
+        if total <= max_content_bytes:
+            return []
+        with self._lock:
+            order = sorted(held, key=lambda h: (self._uses.get(h[0], h[2]), h[0]))
+        removed: list[str] = []
+        for sha, size, _mtime in order:
+            if total <= max_content_bytes:
+                break
+            if sha in keep:
+                continue
+            self.path(sha).unlink(missing_ok=True)
+            total -= size
+            removed.append(sha)
+            self._log.info(
+                "removed content %s from the cache (%d bytes, least recently used; quota %d MB)",
+                sha[:12], size, max_content_bytes // (1024 * 1024),
+            )
+        if removed:
+            with self._lock:
+                for sha in removed:
+                    self._uses.pop(sha, None)
+                self._save_uses()
+        if total > max_content_bytes:
+            self._log.warning(
+                "the cache holds %d MB, over its quota of %d MB, all of it audio of plays "
+                "still scheduled: kept; raise cache_max_mb if this lasts",
+                total // (1024 * 1024), max_content_bytes // (1024 * 1024),
+            )
+        return removed
+
+    def _held(self) -> list[tuple[str, int, float]]:
+        """(sha256, size, mtime) of every complete content."""
         held = []
         for path in self.directory.glob("*.opus"):
             try:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
-            held.append((stat.st_mtime, stat.st_size, path))
-        total = sum(size for _mtime, size, _path in held)
-        for _mtime, size, path in sorted(held):
-            if total <= max_content_bytes:
-                break
-            if path.stem in keep:
-                continue
-            path.unlink(missing_ok=True)
-            total -= size
-            self._log.info("removed old content %s from the cache (disk budget)", path.stem[:12])
+            held.append((path.stem, stat.st_size, stat.st_mtime))
+        return held
+
+    def _save_uses(self) -> None:
+        """Keep the last uses (lock held)."""
+        if self._uses_doc is not None:
+            self._uses_doc.save(self._uses)
 
     # --- downloads of known manifests (lock held) -------------------------------------------
 
@@ -311,6 +392,8 @@ class Cache:
             return "corrupt"
         os.replace(part, self.path(sha))
         del self._downloads[sha]
+        self._uses[sha] = self._clock.now().timestamp()  # delivered: a use
+        self._save_uses()
         self._log.info("content %s complete and verified (%d bytes)", sha[:12], download.size)
         return "complete"
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 
-from agent_support import CHUNK_SIZE, content
+from agent_support import CHUNK_SIZE, Content, content
 
 from device_agent.cache import Cache
+from device_agent.localdb import LocalDatabase
 from protocol.chunks import Chunk
+from protocol.clock import ManualClock
 
 
 def test_chunks_in_any_order_complete_the_content(tmp_path: Path) -> None:
@@ -128,3 +131,73 @@ def test_early_chunks_survive_a_restart(tmp_path: Path) -> None:
     again.expect(c.ref)
     assert again.add_chunk(pieces[3]) == "complete"
     assert again.path(c.ref.sha256).read_bytes() == c.data
+
+
+def complete(cache: Cache, c: Content) -> None:
+    cache.expect(c.ref)
+    for piece in c.decoded():
+        cache.add_chunk(piece)
+    assert cache.has(c.ref.sha256)
+
+
+def test_eviction_goes_by_last_use_not_by_age(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 11, 26, 6, 0, tzinfo=UTC))
+    db = LocalDatabase(tmp_path / "agent.sqlite", durable=False)
+    cache = Cache(tmp_path / "content", uses=db.document("cache-uses"), clock=clock)
+    first, second, third = (content() for _ in range(3))
+    for c in (first, second, third):
+        complete(cache, c)
+        clock.advance(60)
+    cache.touch([first.ref.sha256])  # the oldest download played again just now
+    clock.advance(60)
+    size = first.ref.size
+    assert cache.evict(keep=set(), max_content_bytes=2 * size) == [second.ref.sha256]
+    assert cache.evict(keep=set(), max_content_bytes=size) == [third.ref.sha256]
+    assert cache.has(first.ref.sha256)
+    # The order survives a restart: it is in the agent's database, not in file times.
+    db.close()
+    db = LocalDatabase(tmp_path / "agent.sqlite", durable=False)
+    again = Cache(tmp_path / "content", uses=db.document("cache-uses"), clock=clock)
+    assert again.last_use(first.ref.sha256) == clock.now().timestamp() - 60
+    fourth = content()
+    clock.advance(60)
+    complete(again, fourth)
+    assert again.evict(keep=set(), max_content_bytes=size) == [first.ref.sha256]
+    db.close()
+
+
+def test_scheduled_audio_is_never_evicted_even_over_quota(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 11, 26, 6, 0, tzinfo=UTC))
+    cache = Cache(tmp_path, clock=clock)
+    scheduled, old, recent = (content() for _ in range(3))
+    for c in (scheduled, old, recent):
+        complete(cache, c)
+        clock.advance(60)
+    keep = {scheduled.ref.sha256}
+    # A quota smaller than the scheduled audio alone: everything else goes, it stays.
+    assert cache.prune(keep, max_content_bytes=1) == [old.ref.sha256, recent.ref.sha256]
+    assert cache.has(scheduled.ref.sha256)
+    assert cache.held_bytes() == scheduled.ref.size
+
+
+def test_a_cache_hit_counts_as_a_use(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 11, 26, 6, 0, tzinfo=UTC))
+    cache = Cache(tmp_path, clock=clock)
+    c = content()
+    complete(cache, c)
+    clock.advance(3600)
+    assert cache.expect(c.ref)  # a play naming it: held, nothing to fetch
+    assert cache.missing(c.ref) == []
+    assert cache.last_use(c.ref.sha256) == clock.now().timestamp()
+    assert cache.transfers() == []
+
+
+def test_transfers_show_how_far_each_download_has_come(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    c = content(size=4 * CHUNK_SIZE)
+    cache.expect(c.ref)
+    for piece in c.decoded()[:3]:
+        cache.add_chunk(piece)
+    assert cache.transfers() == [(c.ref.sha256, 3, 4)]
+    cache.add_chunk(c.decoded()[3])
+    assert cache.transfers() == []

@@ -121,7 +121,8 @@ def test_a_repeat_sends_no_audio_and_a_newcomer_gets_it_on_its_own_topic(rig: We
     assert repeat_bytes <= 2048, f"a repeat cost each agent {repeat_bytes} bytes"
     for cid in XA_A:  # a cache hit: delivered at once from what the agent holds
         record = rig.agents[cid]._player.record("lan-2")
-        assert record is not None and record.delivered
+        assert record is not None
+        assert record.delivered
 
     # 3. New audio held by one village (a-01, a-02), then sent to the whole commune: only
     # a-03 lacks it, so it alone gets the chunks, on its own topic.
