@@ -70,7 +70,8 @@ MAX_SLEEP_S = 60.0
 # Say so when the broker cannot be reached for this long (then every OFFLINE_REMINDER).
 OFFLINE_WARNING = timedelta(seconds=30)
 OFFLINE_REMINDER = timedelta(minutes=10)
-# Complete audio kept for repeats, oldest dropped beyond this; checked this often.
+# Complete audio kept for repeats, least recently used dropped beyond this (config
+# cache_max_mb); checked when a download completes and this often.
 MAX_CONTENT_BYTES = 1024 * 1024 * 1024
 PRUNE_EVERY = timedelta(hours=1)
 # Chunks waiting for the worker beyond this are dropped (they are asked for again when
@@ -125,6 +126,7 @@ class Agent:
         relay: RelayConfig | None = None,
         heartbeat_s: float | None = 60.0,
         default_volume: int = 100,
+        max_content_bytes: int = MAX_CONTENT_BYTES,
     ) -> None:
         """durable=False skips every fsync: state then survives a crash of the process, not
         a power cut. cache: a content cache shared by the agents of a simulated fleet in
@@ -132,7 +134,9 @@ class Agent:
         each agent has its own under data_dir, which it prunes. relay: the relay board
         that powers the amplifier (None or driver none: nothing to switch); its faults and
         recoveries are logged and sent in a heartbeat at once. heartbeat_s: seconds
-        between heartbeats (None: none)."""
+        between heartbeats (None: none). max_content_bytes: the quota of complete audio in
+        the agent's own cache, least recently used evicted beyond it, never the audio of
+        plays still scheduled or playing."""
         self.cluster_id = topics.check_id(cluster_id, "cluster id")
         self._link = link
         self._clock = clock
@@ -172,10 +176,14 @@ class Agent:
         self._limiter = RejectionLimiter(clock, rejections_per_minute)
         self._owns_cache = cache is None
         self._cache_dir = data_dir / "content"
+        self._max_content_bytes = max_content_bytes
+        self._arriving: set[str] = set()  # content of the play command being admitted
         self._cache = cache or Cache(
             self._cache_dir,
             durable=durable,
             log=ClusterLog(logging.getLogger("device_agent.cache"), {"cluster": cluster_id}),
+            uses=self._db.document("cache-uses"),
+            clock=clock,
         )
         self._next_prune = clock.now() + PRUNE_EVERY
         self._player = Player(
@@ -301,6 +309,9 @@ class Agent:
         """Content completed (in this agent's worker, or another's if the cache is shared)."""
         if self._player.content_ready(sha256) and not self._owns_cache:
             self._wake()
+        if self._owns_cache:  # over quota now? evict what no play still needs
+            keep = self._player.needed_content() | self._arriving | {sha256}
+            self._cache.evict(keep, self._max_content_bytes)
 
     # --- worker thread ----------------------------------------------------------------------
 
@@ -358,7 +369,7 @@ class Agent:
         times.append(self._limiter.summary_due_at())
         times.append(self._warn_if_offline())
         if self._owns_cache and self._clock.now() >= self._next_prune:
-            self._cache.prune(self._player.needed_content(), MAX_CONTENT_BYTES)
+            self._cache.prune(self._player.needed_content(), self._max_content_bytes)
             self._next_prune = self._clock.now() + PRUNE_EVERY
         times.append(self._next_prune if self._owns_cache else None)
         with self._content_lock:
@@ -446,9 +457,13 @@ class Agent:
     def _obey(self, command: Command) -> None:
         body = command.body
         if isinstance(body, PlayBody):
-            for ref in body.items:
-                self._cache.expect(ref)
-            self._player.accept(command)
+            self._arriving = {ref.sha256 for ref in body.items}
+            try:
+                for ref in body.items:
+                    self._cache.expect(ref)
+                self._player.accept(command)
+            finally:
+                self._arriving = set()
         elif isinstance(body, StopBody):
             count = self._player.stop(body.play_id)
             self._log.info(
@@ -532,6 +547,8 @@ class Agent:
         )
 
     def _report_play(self, kind: EventKind, record: PlayRecord, reason: str | None) -> None:
+        if kind in ("delivered", "playing"):  # a use, for the cache's eviction order
+            self._cache.touch(item.sha256 for item in record.body.items)
         self._add_event(
             kind,
             ref=record.command_id,

@@ -22,7 +22,13 @@ from web_rig import WebRig
 from controller.audio import PreparedAudio
 from controller.distribution import PlaySpec
 from controller.samples import tone
-from protocol.mqtt import MqttLink
+from device_agent.agent import Agent
+from device_agent.output import NullBackend
+from protocol import topics
+from protocol.clock import SystemClock
+from protocol.messages import State
+from protocol.mqtt import MqttLink, Will
+from protocol.signing import Verifier, load_public_key
 
 pytestmark = pytest.mark.slow
 
@@ -153,3 +159,48 @@ def test_a_stale_holding_is_dropped_when_the_agent_asks_for_the_chunks(rig: WebR
     assert controller.distributor.stats.resent_chunks - resent == audio.content_ref().chunks
     assert rig.agents["a-03"]._cache.has(audio.sha256)
     wait_held(rig, audio, ["a-03"])
+
+
+def test_a_full_cache_evicts_on_delivery_and_a_stale_holding_heals(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> None:
+    """An agent with a tiny quota: audio of a scheduled play is kept although over quota;
+    once that play is withdrawn, the next completed download evicts it. The controller
+    still believes the agent holds it, so the next play of it carries no chunk: the agent
+    asks, gets exactly those chunks and the holding is learnt again."""
+    r = WebRig(tmp_path, mosquitto_broker.address)
+    r.start(agents=[], web=False)
+    try:
+        cid = "b-01"
+        fleet = r.controller.fleet
+        offline = State(cluster=cid, state="offline").to_json()
+        agent = Agent(
+            cluster_id=cid,
+            link=MqttLink(r.broker, f"loa-agent-{cid}",
+                          will=Will(topics.cluster_topic(cid, "state"), offline)),
+            verifier=Verifier(load_public_key(r.tmp / "controller.pub")),
+            output=NullBackend(), clock=SystemClock(), data_dir=r.tmp / "agents" / cid,
+            groups=fleet.groups_of(cid), durable=False, max_content_bytes=1,
+        )
+        agent.start()
+        r.agents[cid] = agent
+        wait_until(lambda: r.state(cid) == "online", 20, "b-01 online")
+        cache = agent._cache
+        first = r.controller.content.prepare([tone(r.tmp / "first.wav", 2.0)])
+        second = r.controller.content.prepare([tone(r.tmp / "second.wav", 2.0, freq=330)])
+
+        send(r, "mot", first, [cid])
+        assert cache.has(first.sha256)  # over quota, but scheduled: kept
+        r.controller.distributor.send_stop("mot", [cid])
+        wait_until(lambda: r.controller.store.play_states("mot").get(cid) == "interrupted",
+                   15, "the withdrawn play to be reported")
+        send(r, "hai", second, [cid])
+        wait_until(lambda: not cache.has(first.sha256), 10, "the unneeded audio to be evicted")
+        assert cache.has(second.sha256)
+
+        resent = r.controller.distributor.stats.resent_chunks
+        send(r, "ba", first, [cid])
+        assert r.controller.distributor.stats.resent_chunks - resent == first.content_ref().chunks
+        wait_held(r, first, [cid])
+    finally:
+        r.stop()
