@@ -123,6 +123,9 @@ class AgentConfig(_Strict):
     """Seconds between heartbeats (uptime, disk, temperature, relay, clock offset)."""
     relay: RelayConfig = RelayConfig()
     """The relay board that powers the amplifier (driver: none when there is none)."""
+    cache_max_mb: Annotated[int, Field(ge=16, le=1_000_000)] = 1024
+    """Megabytes of audio kept for repeats; beyond it the least recently used audio is
+    removed, never that of a play still scheduled or playing."""
 
     def broker(self) -> BrokerAddress:
         """The broker address, with the credentials of this file."""

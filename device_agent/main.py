@@ -85,6 +85,7 @@ def build_agent(config: AgentConfig, clock: Clock | None = None) -> Agent:
         relay=config.relay,
         heartbeat_s=config.heartbeat_s,
         default_volume=config.output.volume,
+        max_content_bytes=config.cache_max_mb * 1024 * 1024,
     )
 
 

@@ -6,12 +6,15 @@ import random
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from agent_support import CHUNK_SIZE, Content, content
 
 from device_agent.cache import Cache
+from device_agent.config import load_agent_config
 from device_agent.localdb import LocalDatabase
 from protocol.chunks import Chunk
 from protocol.clock import ManualClock
+from protocol.yamlload import ConfigError
 
 
 def test_chunks_in_any_order_complete_the_content(tmp_path: Path) -> None:
@@ -201,3 +204,18 @@ def test_transfers_show_how_far_each_download_has_come(tmp_path: Path) -> None:
     assert cache.transfers() == [(c.ref.sha256, 3, 4)]
     cache.add_chunk(c.decoded()[3])
     assert cache.transfers() == []
+
+
+def test_the_quota_is_a_config_key(tmp_path: Path) -> None:
+    base = "cluster_id: c-01\nbroker_url: mqtt://127.0.0.1\ncontroller_public_key: k.pub\n"
+    good = tmp_path / "good.yaml"
+    good.write_text(base + "cache_max_mb: 64\n")
+    assert load_agent_config(good).cache_max_mb == 64
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(base)
+    assert load_agent_config(plain).cache_max_mb == 1024
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base + "cache_max_mb: 0\n")
+    with pytest.raises(ConfigError) as caught:
+        load_agent_config(bad)
+    assert "bad.yaml:4" in str(caught.value)
