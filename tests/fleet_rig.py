@@ -1,0 +1,220 @@
+"""A real controller and real agent processes on a real mosquitto, for the fault and
+preemption tests.
+
+The controller is `controller.main.Controller`, as `loa-controller run` builds it, in the
+test's process (so a test can stop it and start a new one on the same store); each
+agent is `python -m device_agent.cli run --config ...` with the `file` output (one WAV
+per airing, decoded by the real ffmpeg), so it can be frozen (SIGSTOP), killed (-9)
+and started again. Plays are sent through the controller's own distributor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from conftest import MosquittoBroker, wait_until
+from sqlalchemy import select
+
+from controller.audio import PreparedAudio
+from controller.config import load_controller_config
+from controller.distribution import PlaySpec, new_play_id
+from controller.main import Controller, Settings
+from controller.samples import tone
+from controller.store import FINAL_KINDS, events
+from protocol.messages import Level
+from protocol.signing import generate_keypair
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMUNE = "xa-rig"
+
+
+def fleet_yaml(clusters: list[str]) -> str:
+    lines = "\n".join(f"        - {{id: {c}, name: Cụm {c}}}" for c in clusters)
+    return (
+        "province:\n  id: tinh-rig\n  name: Tỉnh Thử\n  communes:\n"
+        f"    - id: {COMMUNE}\n      name: Xã Thử\n      clusters:\n{lines}\n"
+    )
+
+
+def aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class FleetRig:
+    def __init__(
+        self, tmp: Path, broker: MosquittoBroker, clusters: list[str], *, keepalive: int = 5
+    ) -> None:
+        self.tmp = tmp
+        self.broker = broker
+        self.clusters = clusters
+        generate_keypair(tmp / "controller.key", tmp / "controller.pub")
+        (tmp / "fleet.yaml").write_text(fleet_yaml(clusters), encoding="utf-8")
+        (tmp / "playlists").mkdir()
+        self.controller_config = tmp / "controller.yaml"
+        self.controller_config.write_text(
+            f"broker_url: {broker.url}\nfleet: fleet.yaml\nplaylists: [playlists]\n"
+            "store_url: sqlite:///controller.db\nprivate_key: controller.key\n"
+            "content_dir: content\n",
+            encoding="utf-8",
+        )
+        for cluster in clusters:
+            (tmp / f"{cluster}.yaml").write_text(
+                f"cluster_id: {cluster}\nbroker_url: {broker.url}\n"
+                "controller_public_key: controller.pub\n"
+                f"data_dir: data-{cluster}\ngroups: [{COMMUNE}]\n"
+                f"keepalive: {keepalive}\noutbox_resend_s: 1\n"
+                f"output:\n  kind: file\n  out_dir: played-{cluster}\n",
+                encoding="utf-8",
+            )
+        self.controller: Controller | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.sent: dict[str, PlaySpec] = {}
+
+    # --- the controller ---------------------------------------------------------------------
+
+    def start_controller(self) -> Controller:
+        config = load_controller_config(self.controller_config)
+        self.controller = Controller(Settings.from_config(config))
+        self.controller.start()
+        return self.controller
+
+    def stop_controller(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def ctl(self) -> Controller:
+        assert self.controller is not None, "the controller is not running"
+        return self.controller
+
+    def audio(self, seconds: float, freq: float = 440) -> PreparedAudio:
+        source = tone(self.tmp / f"tone-{seconds:g}-{freq:g}.wav", seconds, freq=freq)
+        return self.ctl.content.prepare([source])
+
+    def send(
+        self,
+        audio: PreparedAudio,
+        *,
+        level: Level = "normal",
+        start_in: float = 0.0,
+        window: timedelta = timedelta(minutes=5),
+        replay: bool = False,
+        name: str | None = None,
+    ) -> PlaySpec:
+        """Send one play to every cluster, through the controller's distributor."""
+        start = datetime.now(UTC) + timedelta(seconds=start_in)
+        play_id = new_play_id(name or level)
+        spec = PlaySpec(
+            play_id=play_id, bulletin=name or f"{level} {play_id}", level=level,
+            start_at=start, latest_start=start + window, items=[audio],
+            clusters=list(self.clusters), replay_if_interrupted=replay,
+        )
+        self.ctl.distributor.send_play(spec)
+        self.sent[play_id] = spec
+        return spec
+
+    # --- agents -----------------------------------------------------------------------------
+
+    def start_agent(self, cluster: str) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"{cluster}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "device_agent.cli", "-v", "run", "--config",
+             str(self.tmp / f"{cluster}.yaml")],
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.agents[cluster] = proc
+        return proc
+
+    def kill_agent(self, cluster: str) -> None:
+        proc = self.agents[cluster]
+        os.kill(proc.pid, signal.SIGCONT)  # in case it was frozen
+        proc.kill()
+        proc.wait(10)
+
+    def freeze_agent(self, cluster: str, frozen: bool = True) -> None:
+        os.kill(self.agents[cluster].pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
+    def stop_agents(self) -> None:
+        for proc in self.agents.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+
+    def log(self, cluster: str) -> str:
+        return (self.tmp / f"{cluster}.log").read_text(encoding="utf-8", errors="replace")
+
+    # --- what the controller stored ----------------------------------------------------------
+
+    def wait_online(self, cluster: str, timeout: float = 20) -> None:
+        wait_until(
+            lambda: self.ctl.store.cluster_health().get(cluster) is not None
+            and self.ctl.store.cluster_health()[cluster].state == "online",
+            timeout, f"{cluster} to come online",
+        )
+
+    def events(self, play_id: str, cluster: str) -> list[dict[str, Any]]:
+        return [e for e in self.ctl.store.events_for_play(play_id) if e["cluster"] == cluster]
+
+    def kinds(self, play_id: str, cluster: str) -> list[str]:
+        return [e["kind"] for e in sorted(self.events(play_id, cluster), key=lambda e: e["seq"])]
+
+    def at(self, play_id: str, cluster: str, kind: str, nth: int = 0) -> datetime:
+        found = sorted(
+            (e for e in self.events(play_id, cluster) if e["kind"] == kind), key=lambda e: e["seq"]
+        )
+        return aware(found[nth]["at"])
+
+    def wait_kind(self, play_id: str, cluster: str, kind: str, timeout: float = 20,
+                  count: int = 1) -> None:
+        try:
+            wait_until(lambda: self.kinds(play_id, cluster).count(kind) >= count, timeout,
+                       f"{kind} of {play_id} on {cluster}")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}; got {self.kinds(play_id, cluster)}\n--- agent log ---\n"
+                + self.log(cluster)[-4000:]
+            ) from None
+
+    def wait_final(self, play_id: str, cluster: str, timeout: float = 30) -> str:
+        def final() -> bool:
+            return bool(FINAL_KINDS.intersection(self.kinds(play_id, cluster)))
+
+        try:
+            wait_until(final, timeout, f"a final state of {play_id} on {cluster}")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}; got {self.kinds(play_id, cluster)}\n--- agent log ---\n"
+                + self.log(cluster)[-4000:]
+            ) from None
+        return next(k for k in reversed(self.kinds(play_id, cluster)) if k in FINAL_KINDS)
+
+    def outbox_seqs(self, cluster: str) -> dict[str, list[int]]:
+        """Every stored (outbox -> seqs) of a cluster, duplicates kept if there were any."""
+        with self.ctl.store.engine.connect() as conn:
+            rows = conn.execute(
+                select(events.c.outbox, events.c.seq).where(events.c.cluster == cluster)
+            ).all()
+        seqs: dict[str, list[int]] = {}
+        for outbox, seq in rows:
+            seqs.setdefault(outbox, []).append(seq)
+        return {outbox: sorted(values) for outbox, values in seqs.items()}
+
+    def wavs(self, play_id: str, cluster: str) -> list[Path]:
+        folder = self.tmp / f"played-{cluster}"
+        return sorted(folder.glob(f"*{play_id}*.wav")) if folder.exists() else []
+
+    def close(self) -> None:
+        self.stop_agents()
+        self.stop_controller()
