@@ -73,6 +73,12 @@ def peak_rss_bytes(pid: int) -> int:
     return _status_kb(pid, "VmHWM") * 1024
 
 
+def rss_parts(pid: int) -> tuple[int, int]:
+    """Resident memory now split into private (RssAnon) and file-backed pages (RssFile:
+    the program and its shared libraries, shared with every process that maps them)."""
+    return _status_kb(pid, "RssAnon") * 1024, _status_kb(pid, "RssFile") * 1024
+
+
 def children(pid: int) -> list[int]:
     """Every descendant of pid (scanning /proc)."""
     parents: dict[int, list[int]] = {}
