@@ -366,6 +366,13 @@ def markdown(result: dict[str, Any], run_line: str, broker_line: str) -> str:
          pass_fail(t["pass"])]
         for t in r["targets"]
     ]  # fmt: skip
+    ff = r["outputs"].get("ffmpeg")
+    ffmpeg_note = (
+        f"ffmpeg's resident memory at its largest sample: {mb(ff['ffmpeg_rss_private_mb'])} "
+        f"private, {mb(ff['ffmpeg_rss_shared_files_mb'])} of mapped files (the program and its "
+        "libraries, which the kernel shares between processes but RSS counts whole).\n\n"
+        if ff else ""
+    )
     window = ", ".join(f"{o['playing_window_s']:.0f} s" for o in r["outputs"].values())
     return f"""\
 ## One agent process: idle and playing a {r['minutes']:g}-minute bulletin
@@ -383,7 +390,7 @@ command until {window} into the play (per output); peak is the agent's VmHWM
 {table(["output", "idle RSS", "idle CPU", "agent peak", "ffmpeg peak", "playing peak",
         "agent CPU playing", "ffmpeg CPU playing"], rows)}
 
-{table(["target", "limit", "worst of the outputs", "result"], checks)}
+{ffmpeg_note}{table(["target", "limit", "worst of the outputs", "result"], checks)}
 
 Overall: {pass_fail(r['pass'])}.
 """
