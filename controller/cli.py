@@ -166,16 +166,24 @@ def heartbeat_summary(beat: dict[str, Any] | None, received: datetime | None,
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     from controller.config import load_controller_config
+    from controller.holdings import Holdings, content_view, describe_content
     from controller.store import Store
 
     config = load_controller_config(Path(args.config))
     tz = ZoneInfo(config.timezone)
     store = Store(config.store_url)
+    now = datetime.now(UTC)
     rows = store.fleet_rows()
     status = store.config_status()
     health = store.cluster_health()
+    held = Holdings(store).content_status(now)
     store.close()
-    now = datetime.now(UTC)
+    content = {
+        r.id: content_view(
+            held.get(r.id), health[r.id].heartbeat if r.id in health else None
+        )
+        for r in rows
+    }
 
     def when(value: datetime | None) -> str:
         return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if value else "never"
@@ -197,6 +205,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
                     _iso(health[r.id].heartbeat_at) if r.id in health else None
                 ),
                 "heartbeat": health[r.id].heartbeat if r.id in health else None,
+                "content": content[r.id],
             }
             for r in rows
         ], ensure_ascii=False, indent=2))
@@ -223,11 +232,11 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             found.heartbeat if found else None, found.heartbeat_at if found else None, now
         )
         table.append([
-            r.id, r.commune_name, state, when(r.last_seen), r.playing or "-", result, rejected,
-            beat,
+            r.id, r.commune_name, state, when(r.last_seen), r.playing or "-",
+            describe_content(content[r.id]), result, rejected, beat,
         ])
     print(format_table(
-        ["cluster", "commune", "online", "last seen", "playing", "last result",
+        ["cluster", "commune", "online", "last seen", "playing", "content", "last result",
          "last rejected command", "last heartbeat"],
         table,
     ))

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Column, DateTime, String, Table, delete, insert, select
 
@@ -171,3 +172,39 @@ class Holdings:
             cluster: ContentStatus(tuple(shas), frozenset(held.get(cluster, set()) & set(shas)))
             for cluster, shas in scheduled.items()
         }
+
+
+def content_view(status: ContentStatus | None, heartbeat: dict[str, Any] | None) -> dict[str, Any]:
+    """One cluster's content, for `loa-controller fleet --json`: how many contents its
+    plays still to start need, how many it holds, which it lacks, and the downloads under
+    way in its latest heartbeat (of content it still lacks)."""
+    missing = status.missing if status is not None else []
+    transfers = []
+    for raw in (heartbeat or {}).get("transfers") or []:
+        sha, held, chunks = raw.get("sha256"), int(raw.get("held", 0)), int(raw.get("chunks", 0))
+        if chunks <= 0 or (status is not None and sha not in missing):
+            continue  # completed since that heartbeat, or not for a scheduled play
+        transfers.append({
+            "sha256": sha, "held": held, "chunks": chunks,
+            "percent": int(100 * min(held, chunks) / chunks),
+        })
+    return {
+        "scheduled": len(status.scheduled) if status is not None else 0,
+        "held": len(status.scheduled) - len(missing) if status is not None else 0,
+        "missing": missing,
+        "transfers": transfers,
+    }
+
+
+def describe_content(view: dict[str, Any]) -> str:
+    """The content column of `loa-controller fleet`: "3/3 held", "2/3 held, 1 downloading
+    40%", or "-" when no play still to start names any content for the cluster."""
+    parts = []
+    if view["scheduled"]:
+        parts.append(f"{view['held']}/{view['scheduled']} held")
+    transfers = view["transfers"]
+    if transfers:
+        held = sum(t["held"] for t in transfers)
+        chunks = sum(t["chunks"] for t in transfers)
+        parts.append(f"{len(transfers)} downloading {int(100 * held / chunks)}%")
+    return ", ".join(parts) or "-"

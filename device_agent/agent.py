@@ -60,6 +60,7 @@ from protocol.messages import (
     PlayBody,
     State,
     StopBody,
+    Transfer,
 )
 from protocol.mqtt import Link
 from protocol.signing import Verifier
@@ -279,7 +280,18 @@ class Agent:
             ) if current is not None else None,
             queued=len(player.queue),
             outbox_pending=self._outbox.pending(),
+            transfers=self._transfers(),
         )
+
+    def _transfers(self) -> list[Transfer] | None:
+        """Downloads under way in this agent's own cache (None: none, or a shared cache)."""
+        if not self._owns_cache:
+            return None
+        under_way = [
+            Transfer(sha256=sha, held=held, chunks=count)
+            for sha, held, count in self._cache.transfers()[:64]
+        ]
+        return under_way or None
 
     def relay_changed(self, _fault: str | None = None) -> None:
         """The amplifier's relay failed or recovered: send a heartbeat now (any thread)."""

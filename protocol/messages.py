@@ -163,6 +163,14 @@ class NowPlaying(WireModel):
     started_at: AwareDatetime | None = None
 
 
+class Transfer(WireModel):
+    """A download under way when a heartbeat was sent: chunks held of how many."""
+
+    sha256: Sha256Hex
+    held: int = Field(ge=0)
+    chunks: int = Field(gt=0)
+
+
 class Heartbeat(WireModel):
     """The agent's health, every `heartbeat_s` (QoS 0, not retained; the latest one counts).
 
@@ -186,6 +194,8 @@ class Heartbeat(WireModel):
     playing: NowPlaying | None = None
     queued: int = Field(default=0, ge=0)  # plays scheduled and not yet started
     outbox_pending: int = Field(default=0, ge=0)  # events not yet acknowledged
+    # Downloads under way (left out when there are none); see docs/protocol.md.
+    transfers: Annotated[list[Transfer], Field(max_length=64)] | None = None
 
 
 class ChunkRequest(WireModel):

@@ -8,25 +8,29 @@ ap-a1 (a-01, a-02) and ap-a2 (a-03); commune xa-b (b-01).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from agent_support import CHUNK_SIZE, content, play_body
 from conftest import MosquittoBroker, wait_until
 from web_rig import WebRig
 
 from controller.audio import PreparedAudio
+from controller.cli import main as cli_main
 from controller.distribution import PlaySpec
 from controller.samples import tone
 from device_agent.agent import Agent
 from device_agent.output import NullBackend
 from protocol import topics
 from protocol.clock import SystemClock
-from protocol.messages import State
+from protocol.messages import Address, State
 from protocol.mqtt import MqttLink, Will
 from protocol.signing import Verifier, load_public_key
 
@@ -204,3 +208,79 @@ def test_a_full_cache_evicts_on_delivery_and_a_stale_holding_heals(
         wait_held(r, first, [cid])
     finally:
         r.stop()
+
+
+def fleet_json(rig: WebRig, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    config = rig.tmp / "controller.yaml"
+    config.write_text(
+        f"broker_url: mqtt://{rig.broker.host}:{rig.broker.port}\n"
+        "fleet: fleet.yaml\nplaylists: [playlists]\n"
+        f"store_url: sqlite:///{rig.tmp / 'controller.db'}\n"
+        "private_key: controller.key\ncontent_dir: content\n",
+        encoding="utf-8",
+    )
+    capsys.readouterr()
+    for args in (["--json"], []):
+        with pytest.raises(SystemExit) as done:
+            cli_main(["fleet", "--config", str(config), *args])
+        assert done.value.code == 0
+        if args:
+            rows = json.loads(capsys.readouterr().out)
+    table = capsys.readouterr().out
+    return {r["cluster"]: {**r, "line": next(
+        x for x in table.splitlines() if x.startswith(r["cluster"] + " "))} for r in rows}
+
+
+def test_fleet_shows_content_held_and_a_transfer_under_way(
+    rig: WebRig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    controller = rig.controller
+    bulletin = controller.content.prepare([tone(rig.tmp / "bulletin.wav", 3.0)])
+    send(rig, "ban-tin", bulletin, XA_A)
+    wait_held(rig, bulletin, XA_A)
+    before = fleet_json(rig, capsys)
+    for cid in XA_A:
+        assert before[cid]["content"] == {
+            "scheduled": 1, "held": 1, "missing": [], "transfers": []
+        }
+        assert "1/1 held" in before[cid]["line"]
+    assert before["b-01"]["content"]["scheduled"] == 0
+
+    # A play for a-03 whose audio is half there (this controller never had it, so the
+    # agent's requests for the rest go unanswered): its heartbeat shows the transfer.
+    audio = content(size=4 * CHUNK_SIZE)
+    now = controller.clock.now()
+    body = play_body("nua-chung", [audio.ref], now + timedelta(hours=1))
+    controller.store.record_play(
+        play_id=body.play_id, programme=None, bulletin=body.bulletin, level=body.level,
+        start_at=body.start_at, latest_start=body.latest_start, duration_s=1.0,
+        items=[audio.ref.sha256], cluster_ids=["a-03"], urgent=False, sent_at=now,
+    )
+    link = MqttLink(rig.broker, "test-sender")
+    link.start()
+    assert link.wait_connected(10)
+    cmd = controller.signer.command(body, Address(clusters=["a-03"]), now, timedelta(hours=2))
+    link.publish(topics.cluster_topic("a-03", "command"), cmd.to_json())
+    for frame in audio.frames()[:2]:
+        link.publish(topics.cluster_topic("a-03", "content"), frame)
+    agent = rig.agents["a-03"]
+    wait_until(lambda: agent._cache.transfers() == [(audio.ref.sha256, 2, 4)], 10,
+               "the agent to hold half the audio")
+    agent.relay_changed()  # a heartbeat now rather than in a minute
+
+    def transfers() -> object:
+        beat = controller.store.cluster_health()["a-03"].heartbeat or {}
+        return beat.get("transfers")
+
+    wait_until(transfers, 10, "a heartbeat with the transfer")
+    after = fleet_json(rig, capsys)
+    view = after["a-03"]["content"]
+    assert view["scheduled"] == 2
+    assert view["held"] == 1
+    assert view["missing"] == [audio.ref.sha256]
+    assert view["transfers"] == [
+        {"sha256": audio.ref.sha256, "held": 2, "chunks": 4, "percent": 50}
+    ]
+    assert "1/2 held, 1 downloading 50%" in after["a-03"]["line"]
+    assert "1/1 held" in after["a-01"]["line"]
+    link.stop()
