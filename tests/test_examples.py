@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from device_agent.config import load_agent_config
@@ -14,5 +15,10 @@ def test_agent_example_loads_and_documents_every_key() -> None:
     config = load_agent_config(path)
     assert config.output.kind == "ffmpeg"
     text = path.read_text(encoding="utf-8")
-    for key in type(config).model_fields:
-        assert key in text, f"config/agent.example.yaml does not mention {key}"
+    models = [type(config), type(config.output), type(config.relay)]
+    for model in models:
+        for key in model.model_fields:
+            # written as a key, set or commented out: `key:` or `# key:`
+            assert re.search(rf"^\s*(# )?{key}:", text, re.M), (
+                f"config/agent.example.yaml does not document {model.__name__}.{key}"
+            )
