@@ -31,7 +31,7 @@ holdings = Table(
     "holdings",
     metadata,
     Column("cluster", String(64), primary_key=True),
-    Column("sha256", String(64), primary_key=True),
+    Column("sha256", String(64), primary_key=True, index=True),
     Column("since", DateTime(timezone=True), nullable=False),
 )
 
