@@ -1,0 +1,149 @@
+"""Fault injection on real processes: mosquitto killed with -9 and restarted during a
+transfer and during playback, the agent killed with -9 mid-playback and restarted, the
+controller stopped for a while and a new one started on the same store.
+
+Afterwards, the proof of play must be whole:
+- every status event is at the controller exactly once: the sequence numbers of the
+  agent's outbox are 1..n, no gap, no duplicate;
+- no bulletin played twice: one `playing` event and one WAV (the file output writes one
+  per airing) per play;
+- a scheduled bulletin the agent held in advance played on time while the broker was
+  down (its `playing` event within 1 s of its start).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import MosquittoBroker, require, wait_until
+from fleet_rig import FleetRig
+
+pytestmark = pytest.mark.slow
+
+ME = "flt-01"
+ON_TIME_S = 1.0
+
+
+@pytest.fixture
+def rig(tmp_path: Path, mosquitto_broker: MosquittoBroker) -> Iterator[FleetRig]:
+    require("ffmpeg", shutil.which("ffmpeg") is not None, "apt-get install ffmpeg")
+    r = FleetRig(tmp_path, mosquitto_broker, [ME])
+    r.start_controller()
+    r.start_agent(ME)
+    r.wait_online(ME)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def assert_proof_of_play_is_whole(rig: FleetRig, final: dict[str, str]) -> None:
+    """Every event once, in an unbroken sequence; each play aired at most once."""
+    for play_id, expected in final.items():
+        assert rig.wait_final(play_id, ME) == expected, (play_id, rig.kinds(play_id, ME))
+    # The last events may still be on their way: wait until the sequence has no gap.
+    def unbroken() -> bool:
+        seqs = rig.outbox_seqs(ME)
+        return len(seqs) == 1 and all(s == list(range(1, len(s) + 1)) for s in seqs.values())
+
+    try:
+        wait_until(unbroken, 20, "an unbroken sequence of events")
+    except AssertionError:
+        raise AssertionError(f"outbox sequences at the controller: {rig.outbox_seqs(ME)}") \
+            from None
+    for play_id in final:
+        kinds = rig.kinds(play_id, ME)
+        for kind in ("received", "playing"):
+            assert kinds.count(kind) == 1, (play_id, kinds)
+        assert len(rig.wavs(play_id, ME)) == 1, (play_id, rig.wavs(play_id, ME))
+
+
+def test_broker_killed_during_a_transfer_and_during_playback(
+    rig: FleetRig, mosquitto_broker: MosquittoBroker
+) -> None:
+    broker = mosquitto_broker
+    minute = rig.audio(60, freq=330)
+    short = rig.audio(4, freq=440)
+    scheduled_audio = rig.audio(3, freq=550)
+
+    # 1. A transfer in flight when the broker dies: the agent is frozen, so the command
+    #    and the audio sit in the broker (and in the agent's socket) when it is killed.
+    rig.freeze_agent(ME)
+    transfer = rig.send(minute, start_in=12, name="transfer")
+    time.sleep(0.3)
+    broker.kill()
+    rig.freeze_agent(ME, frozen=False)
+    time.sleep(1.0)
+    broker.start()
+    # Whatever was lost is made good: the controller sends the command again when the
+    # cluster comes back online, the agent asks for the chunks it lacks.
+    rig.wait_kind(transfer.play_id, ME, "delivered", timeout=30)
+    rig.wait_kind(transfer.play_id, ME, "playing", timeout=30)
+    wait_until(lambda: rig.wavs(transfer.play_id, ME), 10, "its WAV: the play is on air")
+    rig.ctl.distributor.send_stop(transfer.play_id, [ME])  # a minute of tone is enough
+
+    # 2. A bulletin the agent holds, due while the broker is down: it plays on time.
+    scheduled = rig.send(scheduled_audio, start_in=4, name="scheduled")
+    rig.wait_kind(scheduled.play_id, ME, "delivered")
+    wait_until(lambda: (scheduled.start_at.timestamp() - time.time()) < 1.5, 10, "T-1.5 s")
+    broker.kill()
+    # ... and the broker comes back while it plays (3 s from its start).
+    wait_until(lambda: time.time() > scheduled.start_at.timestamp() + 1.0, 10, "T+1 s")
+    broker.start()
+
+    # 3. The broker killed in the middle of a play, restarted while it still plays.
+    playing = rig.send(short, name="playing")
+    rig.wait_kind(playing.play_id, ME, "playing", timeout=30)
+    time.sleep(1.0)
+    broker.kill()
+    time.sleep(1.0)
+    broker.start()
+
+    assert_proof_of_play_is_whole(rig, {
+        transfer.play_id: "interrupted",
+        scheduled.play_id: "finished",
+        playing.play_id: "finished",
+    })
+    late = (rig.at(scheduled.play_id, ME, "playing") - scheduled.start_at).total_seconds()
+    print(f"scheduled bulletin started {late * 1000:.0f} ms after its start time, broker down")
+    assert 0 <= late < ON_TIME_S
+
+
+def test_agent_killed_mid_playback_and_controller_stopped_for_a_while(
+    rig: FleetRig, tmp_path: Path
+) -> None:
+    # 1. kill -9 in the middle of a play: after the restart it is reported interrupted
+    #    (cut off), and not played again.
+    cut = rig.send(rig.audio(10, freq=330), name="cut")
+    rig.wait_kind(cut.play_id, ME, "playing")
+    time.sleep(1.0)
+    rig.kill_agent(ME)
+    rig.start_agent(ME)
+    rig.wait_kind(cut.play_id, ME, "interrupted", timeout=30)
+    reason = next(e["reason"] for e in rig.events(cut.play_id, ME) if e["kind"] == "interrupted")
+    assert "not played again" in reason
+
+    # 2. The controller stops; a play it sent before plays meanwhile, its events wait in
+    #    the agent's outbox; a new controller on the same store takes them in once.
+    later = rig.send(rig.audio(2, freq=440), start_in=3, name="while-away")
+    rig.wait_kind(later.play_id, ME, "delivered")
+    store_url = rig.ctl.store.url
+    rig.stop_controller()
+    time.sleep(6.0)  # it plays (T+3 .. T+5) and reports into the outbox meanwhile
+    rig.start_controller()
+    assert rig.ctl.store.url == store_url
+    rig.wait_kind(later.play_id, ME, "finished", timeout=30)
+    after = rig.send(rig.audio(0.5, freq=550), name="after")
+
+    assert_proof_of_play_is_whole(rig, {
+        cut.play_id: "interrupted",
+        later.play_id: "finished",
+        after.play_id: "finished",
+    })
+    late = (rig.at(later.play_id, ME, "playing") - later.start_at).total_seconds()
+    assert 0 <= late < ON_TIME_S
+    print(f"duplicates dropped by the new controller: {rig.ctl.intake.stats.duplicates}")
