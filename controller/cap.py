@@ -23,11 +23,14 @@ DTD or entity declaration is refused outright (no entity expansion, no external 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, DateTime, String, Table, Text, insert, select, update
@@ -35,7 +38,9 @@ from sqlalchemy import Column, DateTime, String, Table, Text, insert, select, up
 from controller.config import CapConfig
 from controller.fleet import Fleet
 from controller.store import metadata
-from controller.urgent import AnnouncementRequest, Principal, UrgentService
+from controller.urgent import AnnouncementRequest, Principal, SystemPrincipal, UrgentService
+
+log = logging.getLogger(__name__)
 
 NS = "{urn:oasis:names:tc:emergency:cap:1.2}"
 MAX_CAP_BYTES = 512 * 1024
@@ -294,3 +299,66 @@ class CapIntake:
                 stopped.append(announcement)
         return stopped
 
+
+
+class CapFolder:
+    """CAP alerts dropped as files into a folder: by a feed fetcher, a USB stick, a person.
+
+    Every `*.xml` file that appears is taken in as if posted to the API by the system
+    sender `cap-feed` (scope: the whole province), then moved to `done/` or, when it is
+    refused, to `failed/` with a `.reason.txt` beside it saying why. The folder is
+    scanned every `interval_s` seconds; a file still being written (changed within the
+    last interval) waits for the next scan.
+    """
+
+    def __init__(
+        self, intake: CapIntake, folder: Path, province: str, interval_s: float = 2.0
+    ) -> None:
+        self._intake = intake
+        self.folder = folder
+        self._who = SystemPrincipal(name="cap-feed", role="manager", scope=[province])
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        for sub in ("done", "failed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+
+    def scan(self, now: float | None = None) -> list[tuple[str, str]]:
+        """Take in the files that are ready; (file name, outcome) for each."""
+        now = time.time() if now is None else now
+        outcomes = []
+        files = sorted(self.folder.glob("*.xml"), key=lambda p: (p.stat().st_mtime, p.name))
+        for path in files:
+            if now - path.stat().st_mtime < self._interval:
+                continue  # may still be being written
+            try:
+                result = self._intake.take(path.read_bytes(), self._who)
+            except (CapError, OSError, ValueError) as exc:
+                log.warning("CAP file %s refused: %s", path, exc)
+                path.replace(self.folder / "failed" / path.name)
+                (self.folder / "failed" / f"{path.name}.reason.txt").write_text(
+                    f"{exc}\n", encoding="utf-8"
+                )
+                outcomes.append((path.name, f"failed: {exc}"))
+                continue
+            log.info("CAP file %s: %s (%s)", path.name, result.action, result.detail)
+            path.replace(self.folder / "done" / path.name)
+            outcomes.append((path.name, result.action))
+        return outcomes
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cap-folder", daemon=True)
+        self._thread.start()
+        log.info("taking CAP alerts from files dropped in %s", self.folder)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.scan()
+            except Exception:
+                log.exception("scanning %s for CAP alerts failed; trying again", self.folder)

@@ -104,6 +104,8 @@ class CapConfig(_Strict):
     """send: an alert for our area goes out at once; approve: it waits for a manager."""
     repeat: Annotated[int, Field(ge=1, le=10)] = 2
     """How many times the alert's text is spoken."""
+    watch_dir: ConfigPath | None = None
+    """A folder where a feed fetcher (or a person) drops CAP XML files to take in."""
 
 
 class WebConfig(_Strict):

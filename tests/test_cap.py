@@ -160,3 +160,26 @@ def test_an_alert_waits_for_a_manager_when_the_policy_says_so(rig: WebRig) -> No
         aid = rig.ctx.cap.send(pending["ref"], rig.user("quan-ly"))
         assert rig.ctx.cap.pending() == []
         _wait(rig, aid, ["a-01", "a-02", "a-03"], {"delivered", "playing", "finished"})
+
+
+@pytest.mark.parametrize("rig", ["send"], indirect=True)
+def test_alerts_dropped_as_files_are_taken_in_and_filed(rig: WebRig) -> None:
+    from controller.cap import CapFolder
+
+    assert rig.ctx.cap is not None
+    inbox = rig.tmp / "cap-inbox"
+    inbox.mkdir()
+    folder = CapFolder(rig.ctx.cap, inbox, "tinh-t", interval_s=1.0)
+    (inbox / "flood.xml").write_bytes(cap(identifier="file-1"))
+    (inbox / "broken.xml").write_bytes(b"<alert")
+    # Files younger than one interval may still be being written: not taken yet.
+    assert folder.scan(now=time.time()) == []
+    outcomes = dict(folder.scan(now=time.time() + 5))
+    assert outcomes["flood.xml"] == "sent"
+    assert outcomes["broken.xml"].startswith("failed: ")
+    assert (inbox / "done" / "flood.xml").exists()
+    reason = (inbox / "failed" / "broken.xml.reason.txt").read_text(encoding="utf-8")
+    assert "well-formed" in reason
+    assert list(inbox.glob("*.xml")) == []
+    [sent] = [a for a in rig.service.recent(rig.user("quan-ly")) if a.source == "cap"]
+    assert sent.clusters == ["a-01", "a-02", "a-03"]

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import uvicorn
@@ -23,12 +23,18 @@ from controller.urgent import UrgentService, service_for
 from controller.users import UserDirectory
 from controller.web.app import WebContext, create_app
 
+if TYPE_CHECKING:
+    from controller.cap import CapFolder
+
 log = logging.getLogger(__name__)
 
 
 class WebServer:
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(
+        self, app: FastAPI, host: str, port: int, *, cap_folder: CapFolder | None = None
+    ) -> None:
         self.app = app
+        self._cap_folder = cap_folder
         self._server = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                            lifespan="off")
@@ -51,8 +57,12 @@ class WebServer:
                 raise OSError(f"the web app did not start on {self.host}:{self.port}")
             time.sleep(0.02)
         log.info("web app and API on %s", self.url)
+        if self._cap_folder is not None:
+            self._cap_folder.start()
 
     def stop(self) -> None:
+        if self._cap_folder is not None:
+            self._cap_folder.stop()
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
@@ -86,10 +96,13 @@ def start_web(controller: Any, config: Any) -> WebServer:
         controller, config.users_file, config.work_dir, tz=controller.settings.timezone,
         voice=config.tts_voice, secure_cookies=config.secure_cookies,
     )
+    folder = None
     if config.cap is not None:
-        from controller.cap import CapIntake
+        from controller.cap import CapFolder, CapIntake
 
         ctx.cap = CapIntake(ctx.service, config.cap)
-    server = WebServer(create_app(ctx), config.listen, config.port)
+        if config.cap.watch_dir is not None:
+            folder = CapFolder(ctx.cap, config.cap.watch_dir, controller.fleet.province.id)
+    server = WebServer(create_app(ctx), config.listen, config.port, cap_folder=folder)
     server.start()
     return server
