@@ -102,7 +102,7 @@ class _Sample:
 class ClockOffset:
     """Estimates this agent's clock minus the controller's from signed commands.
 
-    Thread-safe. `now_mono` and `wall_minus_mono` are injectable for tests."""
+    Thread-safe. The monotonic times (`mono`) can be given, for tests."""
 
     def __init__(
         self,

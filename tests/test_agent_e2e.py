@@ -53,6 +53,7 @@ class ControllerSide:
         self.keys = keys
         self.lock = threading.Lock()
         self.events: dict[tuple[str, int], Event] = {}  # duplicates dropped, as the store does
+        self.arrivals = 0  # every event that arrived, duplicates included
         self.requests: list[ChunkRequest] = []
         self.states: list[State] = []
         self.link = MqttLink(broker.address, "test-controller")
@@ -66,6 +67,7 @@ class ControllerSide:
         event = parse(Event, payload)
         with self.lock:
             self.events[(event.outbox, event.seq)] = event
+            self.arrivals += 1
 
     def _on_request(self, _topic: str, payload: bytes) -> None:
         with self.lock:
@@ -336,3 +338,20 @@ def test_a_restarted_agent_plays_what_comes_next_and_nothing_twice(world: World)
     world.controller.wait_kinds("p-next", FULL_PLAY)
     assert world.controller.kinds("p-done") == FULL_PLAY
     assert world.controller.rejected() == []  # the retained membership is not a replay
+
+
+def test_a_restarted_controller_gets_unacknowledged_events_at_once(world: World) -> None:
+    # Resends far apart, as after hours without a controller (backed off to 10 minutes).
+    world.config = world.config.model_copy(update={"outbox_resend_s": 600.0})
+    world.start_agent()
+    world.controller.wait_online()
+    world.controller.play("p-unacked", content(duration_s=0.1), start_in=0.1)
+    world.controller.wait_kinds("p-unacked", FULL_PLAY)
+    with world.controller.lock:
+        before = world.controller.arrivals
+    # A controller announces itself with the memberships it publishes on starting.
+    world.controller.membership([GROUP])
+    wait_until(
+        lambda: world.controller.arrivals >= before + len(FULL_PLAY), 5,
+        "the unacknowledged events to be sent again at once",
+    )

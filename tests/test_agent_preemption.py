@@ -10,6 +10,7 @@ time are comparable.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +29,6 @@ LIMIT_S = 0.5
 
 @pytest.fixture
 def rig(tmp_path: Path, mosquitto_broker: MosquittoBroker) -> Iterator[FleetRig]:
-    import shutil
-
     require("ffmpeg", shutil.which("ffmpeg") is not None, "apt-get install ffmpeg")
     r = FleetRig(tmp_path, mosquitto_broker, [ME])
     r.start_controller()
