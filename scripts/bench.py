@@ -140,6 +140,8 @@ def run_mode(args: argparse.Namespace) -> int:
     from bench_broker import PrivateMosquitto
 
     started = time.monotonic()
+    machine = bench_report.machine()  # the load average before the bench adds to it
+    source = bench_report.source_version(ROOT)
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGTERM, _on_term)
     signal.alarm(max(1, args.time_limit))
@@ -153,7 +155,8 @@ def run_mode(args: argparse.Namespace) -> int:
         signal.alarm(0)
     result["date"] = bench_report.now_utc()
     result["command"] = bench_report.command_line()
-    result["machine"] = bench_report.machine()
+    result["machine"] = machine
+    result["source"] = source
     result["broker"] = PrivateMosquitto.tuning()
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     if args.json:

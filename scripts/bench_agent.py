@@ -137,10 +137,10 @@ def _pct(used: CpuTimes, seconds: float) -> float:
 
 
 @contextlib.contextmanager
-def agent_process(work: Path, broker: PrivateMosquitto, province: Province, output: str
-                  ) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
-    """`loa-agent run` on a generated config; ended with SIGTERM (then SIGKILL)."""
-    cid = province.clusters[0]
+def agent_process(work: Path, broker: PrivateMosquitto, province: Province, output: str,
+                  cid: str) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+    """`loa-agent run` for cluster cid on a generated config; ended with SIGTERM (then
+    SIGKILL)."""
     config = work / f"agent-{output}.yaml"
     lines = [
         f"cluster_id: {cid}",
@@ -173,10 +173,15 @@ def agent_process(work: Path, broker: PrivateMosquitto, province: Province, outp
 
 
 class _States:
+    """Whether the cluster being measured is online (as the controller sees it)."""
+
     def __init__(self) -> None:
         self.online = threading.Event()
+        self.cluster = ""
 
-    def on_state(self, _cluster: str, state: str) -> None:
+    def on_state(self, cluster: str, state: str) -> None:
+        if cluster != self.cluster:
+            return
         if state == "online":
             self.online.set()
         else:
@@ -256,11 +261,11 @@ def measure_play(controller: Controller, stored: Sightings, watch: Watch, audio:
 
 def measure_output(work: Path, broker: PrivateMosquitto, province: Province,
                    controller: Controller, stored: Sightings, states: _States,
-                   audio: PreparedAudio, output: str, idle_s: float, play_s: float
-                   ) -> dict[str, Any]:  # fmt: skip
-    cid = province.clusters[0]
+                   audio: PreparedAudio, output: str, cid: str, idle_s: float,
+                   play_s: float) -> dict[str, Any]:  # fmt: skip
+    states.cluster = cid
     states.online.clear()
-    with agent_process(work, broker, province, output) as proc:
+    with agent_process(work, broker, province, output, cid) as proc:
         if not states.online.wait(30):
             raise RuntimeError(
                 f"the {output} agent did not come online in 30 s; see {work}/agent-{output}.log"
@@ -292,7 +297,9 @@ def run(minutes: float, idle_s: float, play_s: float, outputs: str, keep: bool
         broker = PrivateMosquitto(work / "broker")
         broker.start()
         stack.callback(broker.stop)
-        province = make_province(work / "province", 1)
+        # A cluster of its own for each output: the controller remembers what a cluster
+        # holds, and each agent starts empty.
+        province = make_province(work / "province", len(chosen))
         settings = AudioSettings(max_duration_s=max(3600.0, minutes * 60 + 60))
         controller = start_controller(province, broker.address, settings)
         stack.callback(controller.stop)
@@ -310,8 +317,8 @@ def run(minutes: float, idle_s: float, play_s: float, outputs: str, keep: bool
         say(f"{minutes:g}-minute bulletin: {audio.size} bytes Opus, made in {make_s:.0f} s")
         per_output = {
             output: measure_output(work, broker, province, controller, stored, states, audio,
-                                   output, idle_s, play_s)
-            for output in chosen
+                                   output, cid, idle_s, play_s)
+            for output, cid in zip(chosen, province.clusters, strict=True)
         }  # fmt: skip
     return summarise(minutes, audio, spoken, per_output)
 

@@ -49,6 +49,8 @@ LATENESS = timedelta(minutes=5)
 TARGET_OVERHEAD = 1.05
 TARGET_REPEAT_BYTES = 2048
 TARGET_RATIO = 2.0
+# No audio reached any agent for this long: the play is over, as far as bytes go.
+QUIET_S = 1.5
 Counters = dict[str, dict[str, int]]
 
 
@@ -92,14 +94,22 @@ def delta(before: Counters, after: Counters, key: str) -> list[int]:
     return [after[cid][key] - before[cid][key] for cid in after]
 
 
-def wait_chunks(rig: Rig, before: Counters, chunks: int, timeout: float) -> Counters:
-    """Counters once every agent has received `chunks` more chunks (or at timeout)."""
+def wait_quiet(rig: Rig, timeout: float) -> Counters:
+    """Counters once no agent has received any play command or chunk for a while."""
     deadline = time.monotonic() + timeout
+    last: tuple[int, int] | None = None
+    quiet_since = time.monotonic()
     while True:
         now = rig.counters()
-        if min(delta(before, now, "content_msgs")) >= chunks or time.monotonic() > deadline:
+        total = (
+            sum(c["play_msgs"] for c in now.values()),
+            sum(c["content_msgs"] for c in now.values()),
+        )
+        if total != last:
+            last, quiet_since = total, time.monotonic()
+        elif time.monotonic() - quiet_since >= QUIET_S or time.monotonic() > deadline:
             return now
-        time.sleep(0.2)
+        time.sleep(0.25)
 
 
 @dataclass
@@ -115,7 +125,6 @@ class Sent:
 
 
 def send_and_time(rig: Rig, audio: PreparedAudio, timeout: float) -> Sent:
-    chunks = audio.content_ref().chunks
     before = rig.counters()
     cpu0 = rig.cpu()
     started = time.time()
@@ -124,12 +133,12 @@ def send_and_time(rig: Rig, audio: PreparedAudio, timeout: float) -> Sent:
     delivered = rig.sightings.wait(spec.play_id, "delivered", rig.size, timeout)
     used = cpu_used(cpu0, rig.cpu())
     stored = rig.stored.wait(spec.play_id, "delivered", len(delivered), 15)
-    wait_chunks(rig, before, chunks, 30)
     rig.settle()
+    after = wait_quiet(rig, 30)
     return Sent(
         delivered={cid: at - started for cid, at in delivered.items()},
         stored={cid: at - started for cid, at in stored.items()},
-        before=before, after=rig.counters(), cpu=used,
+        before=before, after=after, cpu=used,
     )  # fmt: skip
 
 

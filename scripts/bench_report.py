@@ -70,11 +70,29 @@ def machine() -> dict[str, Any]:
 
     return {
         "nproc": os.cpu_count(),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "cpu": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "mosquitto": mosquitto_version(),
     }
+
+
+def source_version(root: Path) -> str:
+    """The commit measured, marked when the product's code differs from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, timeout=10, check=False
+            ).stdout.decode().strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = git("status", "--porcelain", "--", "protocol", "controller", "device_agent")
+    return f"{commit} (with uncommitted changes)" if changed else commit
 
 
 def target(what: str, value: float | None, limit: float, text: str, *, at_most: bool = True
@@ -116,9 +134,10 @@ def command_line() -> str:
 def run_line(result: dict[str, Any]) -> str:
     m = result["machine"]
     return (
-        f"Run {result['date']} with `{result['command']}` on {m['nproc']} × {m['cpu']} "
-        f"(nproc {m['nproc']}), Linux {m['kernel']}, Python {m['python']}, "
-        f"mosquitto {m['mosquitto']}; {result['elapsed_s']:.0f} s in all."
+        f"Run {result['date']} with `{result['command']}` at commit {result['source']} on "
+        f"{m['nproc']} × {m['cpu']} (nproc {m['nproc']}, load average {m['load']} at the "
+        f"start), Linux {m['kernel']}, Python {m['python']}, mosquitto {m['mosquitto']}; "
+        f"{result['elapsed_s']:.0f} s in all."
     )
 
 
