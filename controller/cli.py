@@ -157,8 +157,11 @@ def heartbeat_summary(beat: dict[str, Any] | None, received: datetime | None,
         parts.append(f"disk {int(beat['disk_free_bytes']) / 1e9:.1f} GB free")
     if beat.get("relay") is not None:
         parts.append(f"relay {beat['relay']}")
-    if beat.get("clock_offset_s") is not None:
-        parts.append(f"clock {float(beat['clock_offset_s']):+.2f} s")
+    if beat.get("clock_offset_s") is not None:  # the agent's estimate, from commands
+        parts.append(f"clock {float(beat['clock_offset_s']):+.3f} s")
+    elif beat.get("at"):  # none yet (no command lately): from this heartbeat's own time
+        sent = datetime.fromisoformat(str(beat["at"]))
+        parts.append(f"clock ≈{(sent - received).total_seconds():+.3f} s")
     if beat.get("volume") is not None:
         parts.append(f"vol {beat['volume']}")
     return ", ".join(parts)
