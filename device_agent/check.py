@@ -146,8 +146,9 @@ def run_checks(
 def summary(results: list[CheckResult]) -> str:
     counts = {s: sum(1 for r in results if r.status == s) for s in ("PASS", "WARN", "FAIL")}
     verdict = "not ready: fix the FAIL lines" if counts["FAIL"] else "ready"
+    warnings = "1 warning" if counts["WARN"] == 1 else f"{counts['WARN']} warnings"
     return (
-        f"{len(results)} checks: {counts['PASS']} passed, {counts['WARN']} warnings, "
+        f"{len(results)} checks: {counts['PASS']} passed, {warnings}, "
         f"{counts['FAIL']} failed; {verdict}"
     )
 
