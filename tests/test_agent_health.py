@@ -299,3 +299,39 @@ def test_the_controller_keeps_heartbeats_sees_a_silent_agent_go_offline_and_come
             proc.kill()
             proc.wait(10)
         controller.stop()
+
+
+# --- the controller's store --------------------------------------------------------------
+
+
+def test_the_store_keeps_since_when_and_the_latest_heartbeat(tmp_path: Path) -> None:
+    from controller.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        t = T0
+        first = store.set_state("c1", "online", t, since=t - timedelta(seconds=1))
+        assert first == ("unknown", None)  # a cluster never heard of
+        assert store.cluster_health()["c1"].state_at == t - timedelta(seconds=1)
+        # The same retained state heard again (a controller restart) changes nothing.
+        store.set_state("c1", "online", t + timedelta(minutes=5))
+        assert store.cluster_health()["c1"].state_at == t - timedelta(seconds=1)
+        before = store.set_state("c1", "offline", t + timedelta(minutes=6))
+        assert before == ("online", t - timedelta(seconds=1))
+        # Back: since the agent's own connect time.
+        store.set_state("c1", "online", t + timedelta(minutes=9), since=t + timedelta(minutes=8))
+        assert store.cluster_health()["c1"].state_at == t + timedelta(minutes=8)
+        # Online again, reconnected meanwhile without the controller seeing it go.
+        store.set_state("c1", "online", t + timedelta(minutes=20), since=t + timedelta(minutes=19))
+        assert store.cluster_health()["c1"].state_at == t + timedelta(minutes=19)
+
+        for n in (1, 2):
+            beat = Heartbeat(cluster="c1", at=t + timedelta(minutes=n), uptime_s=60.0 * n)
+            store.set_heartbeats([("c1", beat.at, beat.model_dump_json())],
+                                 t + timedelta(minutes=n, seconds=1))
+        health = store.cluster_health()["c1"]
+        assert health.heartbeat is not None
+        assert health.heartbeat["uptime_s"] == 120.0
+        assert health.heartbeat_at == t + timedelta(minutes=2, seconds=1)
+    finally:
+        store.close()
