@@ -26,7 +26,6 @@ own connection and queued commands.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import ctypes
 import ctypes.util
@@ -214,12 +213,25 @@ def _check_disk(ctx: _Context) -> CheckResult:
 
 
 def _resolve(host: str, port: int, timeout_s: float) -> None:
-    """getaddrinfo with a timeout (it has none of its own)."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM).result(timeout_s)
-    finally:
-        pool.shutdown(wait=False)
+    """getaddrinfo with a timeout (it has none of its own): TimeoutError when the resolver
+    does not answer in time. The lookup runs on a daemon thread, which a hung resolver
+    cannot keep from exiting."""
+    outcome: list[BaseException | None] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=lookup, name="check-dns", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        raise TimeoutError(f"no DNS answer for {host} within {timeout_s:g} s")
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 class _Refusals(logging.Handler):
@@ -265,7 +277,7 @@ def _check_broker(ctx: _Context) -> CheckResult:
             "broker", "FAIL", f"cannot resolve the broker's name {host!r} (DNS: {exc.strerror})",
             f"check the host name in broker_url, then DNS (cat /etc/resolv.conf) and {data_fix}",
         )
-    except concurrent.futures.TimeoutError:
+    except TimeoutError:
         return CheckResult(
             "broker", "FAIL", f"no DNS answer for {host!r} within {t:g} s",
             f"{data_fix}; or write the broker's IP address in broker_url",
