@@ -42,6 +42,7 @@ from typing import Any
 from bench_broker import PrivateMosquitto
 from bench_fleet import Sightings
 from bench_proc import (
+    CLOCK_TICKS,
     NO_CPU,
     CpuTimes,
     children,
@@ -201,7 +202,9 @@ def measure_idle(watch: Watch, seconds: float) -> dict[str, Any]:
         "idle_s": round(wall, 1),
         "idle_rss_mb": rounded(median(rss) / MB, 1),
         "idle_rss_max_mb": rounded(max(rss) / MB, 1),
-        "idle_cpu_pct": rounded(_pct(last.agent_cpu - first.agent_cpu, wall), 2),
+        "idle_cpu_pct": rounded(_pct(last.agent_cpu - first.agent_cpu, wall), 3),
+        # the kernel counts CPU time in clock ticks: the smallest share this window shows
+        "idle_cpu_resolution_pct": rounded(100 / CLOCK_TICKS / wall, 3),
     }
 
 
@@ -360,11 +363,16 @@ def markdown(result: dict[str, Any], run_line: str, broker_line: str) -> str:
     def pct(value: float | None) -> str:
         return "–" if value is None else f"{value:.2f} %"
 
+    def idle_pct(o: dict[str, Any]) -> str:
+        if o["idle_cpu_pct"] == 0:  # not one clock tick in the window
+            return f"< {o['idle_cpu_resolution_pct']:.2f} %"
+        return pct(o["idle_cpu_pct"])
+
     rows = []
     for output, o in r["outputs"].items():
         what = "`null` (agent alone)" if output == "null" else "`ffmpeg`, device `null`"
         rows.append([
-            what, mb(o["idle_rss_max_mb"]), pct(o["idle_cpu_pct"]),
+            what, mb(o["idle_rss_max_mb"]), idle_pct(o),
             mb(o["agent_peak_rss_mb"]), mb(o["ffmpeg_peak_rss_mb"]), mb(o["playing_peak_rss_mb"]),
             pct(o.get("playing_agent_cpu_pct")), pct(o.get("playing_ffmpeg_cpu_pct")),
         ])  # fmt: skip

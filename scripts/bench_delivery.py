@@ -29,6 +29,7 @@ from bench_fleet import MAX_PER_PROCESS
 from bench_report import (
     median,
     pass_fail,
+    percentile,
     ratio,
     rounded,
     seconds,
@@ -36,7 +37,16 @@ from bench_report import (
     target,
     verdict,
 )
-from bench_rig import Rig, cpu_rows, cpu_used, fleet_rig, median_cpu, raw_messages, say
+from bench_rig import (
+    Rig,
+    cpu_rows,
+    cpu_share_note,
+    cpu_used,
+    fleet_rig,
+    median_cpu,
+    raw_messages,
+    say,
+)
 
 from controller.audio import AudioSettings, PreparedAudio
 from controller.distribution import PlaySpec, new_play_id
@@ -118,6 +128,7 @@ class Sent:
     and to the controller storing it, the counters around it, and the CPU it took."""
 
     delivered: dict[str, float]
+    received: dict[str, float]
     stored: dict[str, float]
     before: Counters
     after: Counters
@@ -137,6 +148,9 @@ def send_and_time(rig: Rig, audio: PreparedAudio, timeout: float) -> Sent:
     after = wait_quiet(rig, 30)
     return Sent(
         delivered={cid: at - started for cid, at in delivered.items()},
+        received={
+            cid: at - started for cid, at in rig.sightings.of(spec.play_id, "received").items()
+        },
         stored={cid: at - started for cid, at in stored.items()},
         before=before, after=after, cpu=used,
     )  # fmt: skip
@@ -160,6 +174,9 @@ def trial(rig: Rig, audio: PreparedAudio, timeout: float) -> dict[str, Any]:
         "delivered": len(delivered),
         "deliver_s": rounded(max(delivered.values())) if len(delivered) == n else None,
         "stored_deliver_s": rounded(max(stored.values())) if len(stored) == n else None,
+        "received_p50_s": rounded(percentile(list(first.received.values()), 50)),
+        "received_p99_s": rounded(percentile(list(first.received.values()), 99)),
+        "delivered_p50_s": rounded(percentile(list(delivered.values()), 50)),
         "raw_fanout_s": rounded(max(raw)) if len(raw) == n else None,
         "wire_bytes_per_agent": int(median(wire)),
         "wire_bytes_per_agent_max": max(wire),
@@ -287,6 +304,12 @@ def markdown(result: dict[str, Any], run_line: str, broker_line: str) -> str:
         if r["repeat_chunk_bytes_per_agent"] > 0
         else "A repeat carried no audio chunks: only the play command reached the agents."
     )
+    requests_note = (
+        f"{r['chunk_requests']} chunk requests came from agents whose download made no "
+        f"progress for 3 s, and the controller resent {r['resent_chunks']} chunks on their "
+        "own content topics: that is where bytes beyond the encoded audio come from."
+        if r["chunk_requests"] else "No agent asked for a chunk again."
+    )
     return f"""\
 ## Delivery of a {r['minutes']:g}-minute bulletin, then a repeat
 
@@ -305,17 +328,23 @@ agents; acks and other control messages apart: {r['control_bytes_per_agent']} by
 agent). Delivery time runs from the `send_play` call to the last agent sending
 `delivered` (all chunks held, SHA-256 verified). The raw broker column is bare paho
 publishing the same bytes to {r['agents']} bare paho subscribers laid out in the same
-processes, until the last one had every message. Chunk requests (stalled downloads):
-{r['chunk_requests']}; chunks resent by the controller: {r['resent_chunks']}. Median of
-{r['trials']} trial(s). Overall: {pass_fail(r['pass'])}.
+processes, until the last one had every message. Median of {r['trials']} trial(s).
+Overall: {pass_fail(r['pass'])}.
 
 {table(["what", "target", "Loa", "raw broker / encoded", "ratio", "result"], rows)}
 
 {repeat_note}
 
+From the call, the agents sent `received` (the play command admitted) after
+{seconds(r['received_p50_s'])} (p50) and {seconds(r['received_p99_s'])} (p99), and
+`delivered` after {seconds(r['delivered_p50_s'])} (p50) and {seconds(r['deliver_s'])} (the last).
+
 CPU seconds (user + system) each part used during the delivery (Loa) and the raw round:
 
 {table(["part", "Loa", "raw broker"], cpu_rows(r["cpu"]["loa"], r["cpu"]["raw"]))}
+
+{cpu_share_note(r["cpu"]["loa"], r["machine"]["nproc"], r["deliver_s"])}
+{requests_note}
 
 Per trial:
 

@@ -127,7 +127,16 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def command_line() -> str:
-    args = [a for a in sys.argv[1:] if not a.startswith("--doc")]
+    """The command that made a result, without where it was written."""
+    args: list[str] = []
+    skip = False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--doc":
+            skip = True
+        elif not arg.startswith("--doc="):
+            args.append(arg)
     return "python scripts/bench.py " + " ".join(args)
 
 

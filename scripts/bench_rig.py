@@ -131,6 +131,22 @@ def raw_messages(rig: Rig, body: PlayBody, audio: PreparedAudio) -> list[tuple[s
     return messages
 
 
+def cpu_share_note(cpu: dict[str, dict[str, float]], nproc: int, wall_s: float | None) -> str:
+    """A sentence on who used the machine during a timed window."""
+    if not wall_s:
+        return ""
+    spent = {part: v["user_s"] + v["system_s"] for part, v in cpu.items()}
+    available = nproc * wall_s
+    agents = spent.get("agents", 0.0)
+    kernel = 100 * cpu["agents"]["system_s"] / agents if agents else 0.0
+    return (
+        f"In the {wall_s:.1f} s the slowest agent took, the machine had {available:.1f} "
+        f"CPU-seconds ({nproc} cores); the simulated agents used {agents:.1f} of them "
+        f"({100 * agents / available:.0f} %, {kernel:.0f} % of it in the kernel), the broker "
+        f"{spent.get('broker', 0.0):.1f} and the controller {spent.get('controller', 0.0):.1f}."
+    )
+
+
 class _Online:
     def __init__(self) -> None:
         self.lock = threading.Lock()

@@ -35,7 +35,16 @@ from bench_report import (
     target,
     verdict,
 )
-from bench_rig import Rig, cpu_rows, cpu_used, fleet_rig, median_cpu, raw_messages, say
+from bench_rig import (
+    Rig,
+    cpu_rows,
+    cpu_share_note,
+    cpu_used,
+    fleet_rig,
+    median_cpu,
+    raw_messages,
+    say,
+)
 
 from controller.audio import PreparedAudio
 from controller.distribution import new_play_id
@@ -225,6 +234,8 @@ CPU seconds (user + system) each part used, from the call until every agent play
 {r['machine']['nproc']} cores:
 
 {table(["part", "Loa", "raw broker"], cpu_rows(r["cpu"]["loa"], r["cpu"]["raw"]))}
+
+{cpu_share_note(r["cpu"]["loa"], r["machine"]["nproc"], r["max_s"])}
 
 Per trial:
 
