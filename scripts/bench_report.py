@@ -127,7 +127,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def command_line() -> str:
-    """The command that made a result, without where it was written."""
+    """The command that writes this result's section (the same run, less --json and --doc,
+    which only say where the figures went)."""
     args: list[str] = []
     skip = False
     for arg in sys.argv[1:]:
@@ -135,7 +136,7 @@ def command_line() -> str:
             skip = False
         elif arg == "--doc":
             skip = True
-        elif not arg.startswith("--doc="):
+        elif arg != "--json" and not arg.startswith("--doc="):
             args.append(arg)
     return "python scripts/bench.py " + " ".join(args)
 
