@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _fleet(urgent, trials=3)
     _common(urgent)
     delivery = sub.add_parser("delivery", help="a bulletin to every agent, then a repeat")
-    _fleet(delivery, trials=1)
+    _fleet(delivery, trials=3)
     delivery.add_argument("--minutes", type=float, default=5.0, metavar="M",
                           help="bulletin length in minutes (default 5)")
     _common(delivery)
