@@ -120,6 +120,19 @@ def _ffmpeg_missing(ffmpeg: str) -> str:
     )
 
 
+def _ffmpeg_for(items: list[Path], ffmpeg: str, stop: threading.Event) -> str | PlayOutcome:
+    """The ffmpeg to play items with, or the outcome of a play that cannot start."""
+    if stop.is_set():
+        return PlayOutcome(completed=False, played_s=0.0)
+    problem = _items_problem(items)
+    exe = shutil.which(ffmpeg)
+    if problem is None and exe is None:
+        problem = _ffmpeg_missing(ffmpeg)
+    if problem is not None or exe is None:
+        return PlayOutcome(completed=False, played_s=0.0, error=problem)
+    return exe
+
+
 def _items_problem(items: list[Path]) -> str | None:
     if not items:
         return "nothing to play: the play has no audio items"
@@ -244,14 +257,9 @@ class FfmpegBackend:
         stop: threading.Event,
         volume: int = 100,
     ) -> PlayOutcome:
-        if stop.is_set():
-            return PlayOutcome(completed=False, played_s=0.0)
-        problem = _items_problem(items)
-        exe = shutil.which(self.ffmpeg)
-        if problem is None and exe is None:
-            problem = _ffmpeg_missing(self.ffmpeg)
-        if problem is not None or exe is None:
-            return PlayOutcome(completed=False, played_s=0.0, error=problem)
+        exe = _ffmpeg_for(items, self.ffmpeg, stop)
+        if isinstance(exe, PlayOutcome):
+            return exe
         inputs, graph = _concat(items, volume)
         if self.kind == "null":
             # Paced in the graph, after the join: `-re` paces each input from ffmpeg's start,
@@ -374,14 +382,9 @@ class FileBackend:
         stop: threading.Event,
         volume: int = 100,
     ) -> PlayOutcome:
-        if stop.is_set():
-            return PlayOutcome(completed=False, played_s=0.0)
-        problem = _items_problem(items)
-        exe = shutil.which(self.ffmpeg)
-        if problem is None and exe is None:
-            problem = _ffmpeg_missing(self.ffmpeg)
-        if problem is not None or exe is None:
-            return PlayOutcome(completed=False, played_s=0.0, error=problem)
+        exe = _ffmpeg_for(items, self.ffmpeg, stop)
+        if isinstance(exe, PlayOutcome):
+            return exe
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
