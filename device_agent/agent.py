@@ -147,6 +147,7 @@ class Agent:
         self.data_dir = data_dir
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._content_lock = threading.Lock()
+        self._content_arrived_at: datetime | None = None  # set by the network thread
         self._queued_content_bytes = 0
         self._dropped_content = 0
         self._worker: threading.Thread | None = None
@@ -196,6 +197,7 @@ class Agent:
             log=ClusterLog(logging.getLogger("device_agent.player"), {"cluster": cluster_id}),
             amplifier=self._amplifier,
             default_volume=default_volume,
+            content_activity=lambda: self._content_arrived_at,
         )
         self._cache.add_listener(self._on_content)
         for ref in self._player.wanted_content():
@@ -301,6 +303,7 @@ class Agent:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic.endswith("/content"):
+            self._content_arrived_at = self._clock.now()
             with self._content_lock:
                 if self._queued_content_bytes + len(payload) > MAX_QUEUED_CONTENT_BYTES:
                     self._dropped_content += 1

@@ -158,11 +158,13 @@ class SeenStore:
     def seen(self, command_id: str) -> bool:
         return command_id in self._seen
 
-    def remember(self, command_id: str, expires_at: datetime, now: datetime) -> None:
-        """Remember command_id (forgetting what has expired by now) and save."""
+    def remember(
+        self, command_id: str, expires_at: datetime, now: datetime, *, persist: bool = True
+    ) -> None:
+        """Remember command_id (forgetting what has expired by now) and, if persist, save."""
         self._seen = {cid: exp for cid, exp in self._seen.items() if exp > now}
         self._seen[command_id] = expires_at
-        if self._file:
+        if self._file and persist:
             self._file.save({"seen": {cid: exp.isoformat() for cid, exp in self._seen.items()}})
 
 
@@ -247,7 +249,12 @@ class Guard:
             raise Rejected(
                 "replayed: this command was already received once", command.id, "replayed"
             )
-        self._seen.remember(command.id, command.expires_at, now)
+        # A replayed ack can only repeat what the controller already said (those events
+        # are gone from the outbox), so acks, the most frequent command, are remembered in
+        # memory only: no disk write per ack on an SD card.
+        self._seen.remember(
+            command.id, command.expires_at, now, persist=command.body.kind != "ack"
+        )
         return command
 
     def _check_address(

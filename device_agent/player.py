@@ -223,13 +223,17 @@ class Player:
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
         amplifier: AmplifierControl | None = None,
         default_volume: int = 100,
+        content_activity: Callable[[], datetime | None] = lambda: None,
     ) -> None:
         """Load the saved schedule; a play the previous run left playing is reported
         interrupted (it was cut off by a crash or power loss and is not played again).
 
         amplifier: switched on for every play (None: no relay to drive); default_volume:
-        the output level of plays whose command sets none."""
+        the output level of plays whose command sets none; content_activity: when audio
+        last arrived from the broker (chunks still queued in the agent count as progress,
+        so a busy link is not mistaken for a stalled download)."""
         self._log = log or module_log
+        self._content_activity = content_activity
         self._output = output
         self._content = content
         self._clock = clock
@@ -635,6 +639,9 @@ class Player:
             record.progress_at = record.received_at
         elif missing < record.seen_missing:
             record.progress_at = now
+        arrived = self._content_activity()
+        if arrived is not None and record.progress_at is not None and arrived > record.progress_at:
+            record.progress_at = arrived
         record.seen_missing = missing
         return now >= self._next_request_at(record)
 

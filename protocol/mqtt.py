@@ -9,6 +9,7 @@ HiveMQ and VerneMQ alike.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -164,7 +165,10 @@ class MqttLink:
         try:
             self._client.disconnect()
         finally:
-            self._client.loop_stop()
+            # paho's loop_stop() can race its network thread clearing its own handle and
+            # raise AttributeError; the thread has ended either way.
+            with contextlib.suppress(AttributeError):
+                self._client.loop_stop()
             self._connected.clear()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -209,9 +213,12 @@ class MqttLink:
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:
-            handlers = [
-                h for flt, (h, _q) in self._subs.items() if paho.topic_matches_sub(flt, msg.topic)
-            ]
+            exact = self._subs.get(msg.topic)
+            handlers = [exact[0]] if exact else []
+            handlers.extend(
+                h for flt, (h, _q) in self._subs.items()
+                if ("+" in flt or "#" in flt) and paho.topic_matches_sub(flt, msg.topic)
+            )
         for handler in handlers:
             try:
                 handler(msg.topic, bytes(msg.payload))

@@ -144,6 +144,17 @@ def test_replay_is_refused_even_after_a_restart(s: Setup) -> None:
     assert s.refused(CMD, payload).code == "replayed"
 
 
+def test_acks_are_remembered_in_memory_only(s: Setup) -> None:
+    # A replayed ack repeats what the controller already said; no disk write per ack.
+    ack = command(
+        s.keys.signer, AckBody(outbox="ob", seqs=[1]), s.clock.now(), clusters=[ME]
+    ).to_json()
+    s.guard.admit(CMD, ack)
+    assert s.refused(CMD, ack).code == "replayed"  # still refused within this run
+    s.restart()
+    s.guard.admit(CMD, ack)  # after a restart: harmless, and admitted
+
+
 def test_seen_ids_are_forgotten_once_their_command_expired(tmp_path: Path) -> None:
     document = LocalDatabase(tmp_path / "agent.sqlite").document("seen")
     store = SeenStore(document)

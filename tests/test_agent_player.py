@@ -55,6 +55,7 @@ class Rig:
         self.requests: list[tuple[str, list[int]]] = []
         self.state = state
         self.amplifier: AmplifierControl | None = None
+        self.content_arrived: datetime | None = None
         self.player = self.new_player()
         self._ids = itertools.count(1)
 
@@ -63,6 +64,7 @@ class Rig:
             self.output, self.content, self.clock, self.state,
             report=self._report, request_chunks=self._request, request_interval_s=10,
             amplifier=self.amplifier, default_volume=80,
+            content_activity=lambda: self.content_arrived,
         )
 
     def _report(self, kind: EventKind, record: PlayRecord, reason: str | None) -> None:
@@ -241,6 +243,24 @@ def test_audio_completing_in_the_window_still_plays(rig: Rig) -> None:
     rig.player.content_ready(cmd.body.items[0].sha256)
     rig.player.tick()
     assert rig.kinds("p1") == ["received", "delivered", "playing"]
+
+
+def test_chunks_arriving_but_still_queued_count_as_progress(rig: Rig) -> None:
+    # The link is busy delivering (chunks reach the agent's queue) while the cache has not
+    # caught up yet: no request, or the controller would send the same bytes twice.
+    cmd = rig.play("p1", start_in=60, held=False)
+    assert isinstance(cmd.body, PlayBody)
+    ref = cmd.body.items[0]
+    rig.content.lacking[ref.sha256] = ref.chunks
+    rig.player.tick()
+    for _ in range(5):
+        rig.clock.advance(2)
+        rig.content_arrived = rig.clock.now()
+        rig.player.tick()
+    assert rig.requests == []
+    rig.clock.advance(3)  # the link went quiet for the stall time
+    rig.player.tick()
+    assert rig.requests == [(ref.sha256, list(range(ref.chunks)))]
 
 
 def test_chunks_still_arriving_are_waited_for_not_requested(rig: Rig) -> None:
