@@ -30,6 +30,7 @@ from controller.fleet import Fleet, load_fleet
 from controller.main import Controller, Settings
 from controller.samples import demo_bulletin, demo_urgent
 from controller.schedule import Occurrence
+from controller.store import FINAL_KINDS
 from device_agent.agent import Agent
 from device_agent.output import NullBackend
 from protocol.clock import OffsetClock
@@ -92,12 +93,14 @@ class Tracker:
         with self.lock:
             per_play = self.state.setdefault(ev.play_id, {})
             prev = per_play.get(ev.cluster)
-            if prev in ("finished", "interrupted", "missed", "failed"):
+            if prev in FINAL_KINDS:
                 return
             per_play[ev.cluster] = ev.kind
             self.lock.notify_all()
 
-    def wait(self, play_id: str, clusters: list[str], kinds: set[str], timeout: float) -> bool:
+    def wait(
+        self, play_id: str, clusters: list[str], kinds: frozenset[str], timeout: float
+    ) -> bool:
         deadline = time.monotonic() + timeout
         with self.lock:
             while True:
@@ -242,8 +245,7 @@ def run_demo(
         play_id = Occurrence("ban-tin-sang", six.astimezone(UTC), six.astimezone(UTC)).play_id
         everyone = sorted(fleet.clusters)
         _say("06:00 'Bản tin sáng' is scheduled for the whole province; waiting for it to start")
-        final = {"finished", "interrupted", "failed", "missed"}
-        tracker.wait(play_id, everyone, final | {"playing"}, 30)
+        tracker.wait(play_id, everyone, FINAL_KINDS | {"playing"}, 30)
         playing = Counter(tracker.of(play_id).values())
         _say(f"bulletin: {playing.get('playing', 0)} of {len(everyone)} clusters playing")
 
@@ -255,8 +257,8 @@ def run_demo(
         targeted = sorted(spec.clusters)
         _say(f"urgent announcement sent to {len(urgent_targets)} communes "
              f"({len(targeted)} clusters); it preempts the bulletin there")
-        tracker.wait(spec.play_id, targeted, final, 20)
-        tracker.wait(play_id, everyone, final, BULLETIN_S + 20)
+        tracker.wait(spec.play_id, targeted, FINAL_KINDS, 20)
+        tracker.wait(play_id, everyone, FINAL_KINDS, BULLETIN_S + 20)
         result = _outcomes(fleet, tracker.of(play_id), tracker.of(spec.play_id), targeted)
         result.elapsed_s = round(time.monotonic() - started, 1)
         _report(result, as_json, out or sys.stdout)
