@@ -5,14 +5,23 @@ subscribe a handler to a topic filter, publish bytes, learn about (re)connection
 Subscriptions are remembered and renewed on every reconnect. The protocol needs
 nothing beyond MQTT 3.1.1 with QoS 0/1, so it runs on amqtt, mosquitto, EMQX,
 HiveMQ and VerneMQ alike.
+
+A link runs its own network thread (paho's `loop_start`), or, in a process that holds
+many connections (a simulated fleet), shares one `NetworkLoop` with the others: one
+thread and one epoll selector for all of them instead of a thread and a wake-up socket
+pair each.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
+import selectors
+import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -100,9 +109,15 @@ class MqttLink:
         clean_session: bool = True,
         keepalive: int = 30,
         max_inflight: int = 200,
+        loop: NetworkLoop | None = None,
     ) -> None:
+        """loop: run on this shared network thread instead of a thread of its own
+        (plain TCP only)."""
+        if loop is not None and broker.tls:
+            raise ValueError("a shared NetworkLoop runs plain TCP links only; use mqtt://")
         self.broker = broker
         self.client_id = client_id
+        self._loop = loop
         self._subs: dict[str, tuple[Handler, int]] = {}
         self._listeners: list[ConnectionListener] = []
         self._lock = threading.Lock()
@@ -140,17 +155,23 @@ class MqttLink:
             self._subs[topic_filter] = (handler, qos)
         if self.connected:
             self._client.subscribe(topic_filter, qos)
+            if self._loop is not None:
+                self._loop.want_write(self._client)
 
     def unsubscribe(self, topic_filter: str) -> None:
         with self._lock:
             known = self._subs.pop(topic_filter, None)
         if known and self.connected:
             self._client.unsubscribe(topic_filter)
+            if self._loop is not None:
+                self._loop.want_write(self._client)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         # While disconnected paho keeps QoS 1 messages and sends them after reconnecting;
         # durability across a restart is the outbox's job, not this one's.
         self._client.publish(topic, payload, qos=qos, retain=retain)
+        if self._loop is not None:
+            self._loop.want_write(self._client)
 
     def add_connection_listener(self, listener: ConnectionListener) -> None:
         self._listeners.append(listener)
@@ -158,10 +179,17 @@ class MqttLink:
     def start(self) -> None:
         self._stopping = False
         self._client.connect_async(self.broker.host, self.broker.port, keepalive=self._keepalive)
+        if self._loop is not None:
+            self._loop.add(self._client, lambda: self._stopping)
+            return
         self._client.loop_start()
 
     def stop(self) -> None:
         self._stopping = True
+        if self._loop is not None:
+            self._loop.remove(self._client, disconnect=True)
+            self._connected.clear()
+            return
         try:
             self._client.disconnect()
         finally:
@@ -177,6 +205,8 @@ class MqttLink:
     def wait_published(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 30) -> bool:
         """Publish and wait for the broker's acknowledgement (for tools and benchmarks)."""
         info = self._client.publish(topic, payload, qos=qos)
+        if self._loop is not None:
+            self._loop.want_write(self._client)
         info.wait_for_publish(timeout)
         return info.is_published()
 
@@ -231,3 +261,227 @@ class MqttLink:
                 listener(up)
             except Exception:
                 log.exception("connection listener failed")
+
+
+class NetworkLoop:
+    """One thread doing the network work of many paho clients (paho's external loop).
+
+    For a process that holds hundreds of connections, such as a simulated fleet: a
+    thread per client (paho's `loop_start`) costs a thread switch per message and a
+    select() that cannot see descriptors above 1023. Here one epoll selector watches
+    every client's socket; the thread reads what arrives (handlers run on it, as they
+    would on a link's own thread), writes what is queued, keeps each connection alive
+    and reconnects lost ones with the same backoff as a link of its own (1 s doubling to
+    30 s). Connecting is a blocking TCP connect on this thread, so it suits a broker on
+    a fast network; plain TCP only.
+
+    Publishing from another thread queues the packet in paho and asks this thread to
+    write it (`want_write`): only this thread touches the sockets."""
+
+    MISC_EVERY_S = 1.0
+    RECONNECT_MIN_S = 1.0
+    RECONNECT_MAX_S = 30.0
+
+    def __init__(self, name: str = "mqtt-loop") -> None:
+        self._name = name
+        self._selector = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        # client -> whether its owner is stopping (then it is not reconnected)
+        self._clients: dict[paho.Client, Callable[[], bool]] = {}
+        self._writing: set[paho.Client] = set()  # asked to write, by any thread
+        self._connects: list[tuple[float, int, paho.Client]] = []  # heap: (due, n, client)
+        self._delay: dict[paho.Client, float] = {}  # the next reconnect backoff
+        self._removing: dict[paho.Client, threading.Event] = {}
+        self._masks: dict[int, int] = {}  # socket fd -> events registered
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._woken = False
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._count = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # --- any thread ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Disconnect every client still here, then end the thread."""
+        with self._lock:
+            clients = list(self._clients)
+        for client in clients:
+            self.remove(client, disconnect=True, timeout=timeout / max(len(clients), 1))
+        self._stopping = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def add(self, client: paho.Client, stopping: Callable[[], bool]) -> None:
+        """Take over a client on which connect_async() was called; connect it now."""
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = None
+        with self._lock:
+            self._clients[client] = stopping
+            self._delay[client] = self.RECONNECT_MIN_S
+            self._schedule_connect(client, 0.0)
+        self._wake()
+
+    def remove(
+        self, client: paho.Client, *, disconnect: bool = False, timeout: float = 2.0
+    ) -> None:
+        """Forget a client; disconnect=True sends DISCONNECT first (waits up to timeout)."""
+        done = threading.Event()
+        with self._lock:
+            if client not in self._clients:
+                return
+            self._removing[client] = done
+        if disconnect and client.socket() is not None:
+            client.disconnect()
+        self._wake()
+        if threading.current_thread() is not self._thread:
+            done.wait(timeout)
+
+    def want_write(self, client: paho.Client) -> None:
+        """The client has queued packets: write them on the loop's thread."""
+        with self._lock:
+            self._writing.add(client)
+        if threading.current_thread() is not self._thread:
+            self._wake()
+
+    # --- paho's socket callbacks (the loop's thread: connect and close happen there) ----
+
+    def _on_socket_open(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._masks[sock.fileno()] = selectors.EVENT_READ
+        self._selector.register(sock, selectors.EVENT_READ, client)
+
+    def _on_socket_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        self._masks.pop(sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(sock)
+
+    def _on_register_write(self, client: paho.Client, _userdata: Any, _sock: Any) -> None:
+        self.want_write(client)
+
+    # --- the loop's thread ----------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._woken:
+            return
+        self._woken = True
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    def _schedule_connect(self, client: paho.Client, delay: float) -> None:
+        self._count += 1
+        heapq.heappush(self._connects, (time.monotonic() + delay, self._count, client))
+
+    def _sync_write(self, client: paho.Client) -> None:
+        """Watch the client's socket for writing exactly while paho has packets queued."""
+        sock = client.socket()
+        if sock is None:
+            return
+        fd = sock.fileno()
+        mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.want_write() else 0)
+        if fd in self._masks and self._masks[fd] != mask:
+            self._masks[fd] = mask
+            self._selector.modify(sock, mask, client)
+
+    def _run(self) -> None:
+        next_misc = time.monotonic() + self.MISC_EVERY_S
+        while not self._stopping:
+            now = time.monotonic()
+            timeout = next_misc - now
+            with self._lock:
+                if self._connects:
+                    timeout = min(timeout, self._connects[0][0] - now)
+            try:
+                ready = self._selector.select(max(timeout, 0.0))
+            except OSError:  # a socket closed under us: look again
+                ready = []
+            for key, mask in ready:
+                client = key.data
+                if client is None:
+                    self._woken = False
+                    with contextlib.suppress(BlockingIOError, OSError):
+                        self._wake_r.recv(4096)
+                    continue
+                if mask & selectors.EVENT_READ:
+                    client.loop_read()
+                if mask & selectors.EVENT_WRITE and client.socket() is key.fileobj:
+                    client.loop_write()
+                self._sync_write(client)
+            self._after_events()
+            if time.monotonic() >= next_misc:
+                next_misc = time.monotonic() + self.MISC_EVERY_S
+                self._misc()
+
+    def _after_events(self) -> None:
+        with self._lock:
+            writing, self._writing = self._writing, set()
+            removing = dict(self._removing)
+            due: list[paho.Client] = []
+            now = time.monotonic()
+            while self._connects and self._connects[0][0] <= now:
+                due.append(heapq.heappop(self._connects)[2])
+        for client in writing:
+            self._sync_write(client)
+        for client, done in removing.items():
+            if client.socket() is None or not client.want_write():
+                self._forget(client)
+                done.set()
+        for client in due:
+            self._connect(client)
+
+    def _forget(self, client: paho.Client) -> None:
+        sock = client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                client.loop_write()
+            self._on_socket_close(client, None, sock)
+            with contextlib.suppress(OSError):
+                sock.close()
+        with self._lock:
+            self._clients.pop(client, None)
+            self._removing.pop(client, None)
+            self._delay.pop(client, None)
+
+    def _connect(self, client: paho.Client) -> None:
+        with self._lock:
+            stopping = self._clients.get(client)
+            if stopping is None or stopping() or client in self._removing:
+                return
+        try:
+            client.reconnect()
+        except OSError as exc:
+            with self._lock:
+                delay = self._delay.get(client, self.RECONNECT_MIN_S)
+                self._delay[client] = min(delay * 2, self.RECONNECT_MAX_S)
+                self._schedule_connect(client, delay)
+            log.debug("connecting %s failed (%s); again in %.0f s", client, exc, delay)
+            return
+        with self._lock:
+            self._delay[client] = self.RECONNECT_MIN_S
+        self._sync_write(client)
+
+    def _misc(self) -> None:
+        """Keepalive pings, and reconnecting what was lost."""
+        with self._lock:
+            clients = list(self._clients.items())
+            pending = {c for _due, _n, c in self._connects}
+        for client, stopping in clients:
+            if client.socket() is not None:
+                client.loop_misc()
+                self._sync_write(client)
+            elif not stopping() and client not in pending and client not in self._removing:
+                with self._lock:
+                    delay = self._delay.get(client, self.RECONNECT_MIN_S)
+                    self._delay[client] = min(delay * 2, self.RECONNECT_MAX_S)
+                    self._schedule_connect(client, delay)

@@ -1,4 +1,5 @@
-"""MqttLink against real brokers: mosquitto and the embedded amqtt broker, same tests.
+"""MqttLink against real brokers: mosquitto and the embedded amqtt broker, same tests,
+with each link on its own network thread and with links sharing one NetworkLoop.
 
 Publishing from one connection races with another connection's SUBSCRIBE reaching the
 broker, and MqttLink does not expose SUBACKs; so cross-client tests publish again every
@@ -23,7 +24,7 @@ from conftest import BrokerUnderTest, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from controller.broker import BrokerStartError, EmbeddedBroker
-from protocol.mqtt import BrokerAddress, MqttLink, Will
+from protocol.mqtt import BrokerAddress, MqttLink, NetworkLoop, Will
 
 REPO = Path(__file__).resolve().parent.parent
 CONNECT_TIMEOUT = 10.0
@@ -57,13 +58,21 @@ def any_broker(request: pytest.FixtureRequest) -> BrokerUnderTest:
     return broker
 
 
-@pytest.fixture
-def links(any_broker: BrokerUnderTest) -> Iterator[Callable[..., MqttLink]]:
-    """A factory of started, connected links to the broker; all stopped at the end."""
+@pytest.fixture(params=["own-thread", "shared-loop"])
+def links(
+    any_broker: BrokerUnderTest, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., MqttLink]]:
+    """A factory of started, connected links to the broker; all stopped at the end. Each
+    test runs with links on their own threads, then with links on one shared loop."""
     with ExitStack() as stack:
+        loop: NetworkLoop | None = None
+        if request.param == "shared-loop":
+            loop = NetworkLoop()
+            loop.start()
+            stack.callback(loop.stop)
 
         def connect(client_id: str, *, will: Will | None = None) -> MqttLink:
-            link = MqttLink(any_broker.address, client_id, will=will)
+            link = MqttLink(any_broker.address, client_id, will=will, loop=loop)
             stack.callback(link.stop)
             link.start()
             assert link.wait_connected(CONNECT_TIMEOUT), f"{client_id} did not connect"
@@ -227,7 +236,7 @@ def test_a_persistent_session_gets_what_was_sent_while_it_was_away(
 
 AGENT = """
 import sys, threading
-from protocol.mqtt import BrokerAddress, MqttLink, Will
+from protocol.mqtt import BrokerAddress, MqttLink, NetworkLoop, Will
 host, port, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 link = MqttLink(BrokerAddress(host, port), "agent-ph-007", will=Will(topic, b"offline"))
 link.start()
