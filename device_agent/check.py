@@ -523,7 +523,7 @@ def _check_output(ctx: _Context) -> CheckResult:
     if config.output.kind == "null":
         return CheckResult(
             "output", "WARN", "null output: plays nothing (simulation)",
-            "for speakers set output.kind: ffmpeg and output.device (e.g. alsa:default)",
+            "for speakers set output.kind: opusdec and output.device (e.g. alsa:default)",
         )
     problem = output.check()
     if problem is not None:
@@ -545,6 +545,6 @@ def _check_output(ctx: _Context) -> CheckResult:
                            f"({seconds:.1f} s)")
     device = config.output.device or "alsa:default"
     return CheckResult(
-        "output", "PASS", f"ffmpeg: {device} opened and played a {TONE_S:g} s test tone "
+        "output", "PASS", f"{output.name}: {device} opened and played a {TONE_S:g} s test tone "
         "(the amplifier stays off: loa-agent test-tone powers it to listen)",
     )

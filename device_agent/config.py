@@ -8,7 +8,7 @@
     data_dir: /var/lib/loa-agent
     groups: [commune-tan-long]     # until the controller's membership arrives
     output:
-      kind: ffmpeg                 # ffmpeg (sound card), file (WAV per play) or null
+      kind: opusdec                # opusdec (sound card), ffmpeg (sound card), file, null
       device: alsa:default
     relay:
       driver: lcus                 # the amplifier's relay board (none: always powered)
@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from device_agent.output import OPUSDEC_DEVICE_HELP, parse_device
 from device_agent.relays.config import RelayConfig
 from protocol.mqtt import BrokerAddress
 from protocol.topics import check_id
@@ -68,6 +69,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
+def _device(value: str) -> str:
+    parse_device(value)  # raises ValueError with the forms accepted
+    return value
+
+
 def _bare_null(value: object) -> object:
     # YAML reads `kind: null` as nothing at all; that is what the writer meant.
     return "null" if value is None else value
@@ -76,14 +82,23 @@ def _bare_null(value: object) -> object:
 class OutputConfig(_Strict):
     """Where the audio goes."""
 
-    kind: Annotated[Literal["ffmpeg", "file", "null"], BeforeValidator(_bare_null)] = "ffmpeg"
-    """ffmpeg: the sound card; file: one WAV per play in out_dir; null: silent simulation."""
-    device: Annotated[str, Field(min_length=1)] | None = None
-    """For ffmpeg: the output device, e.g. alsa:default, alsa:hw:1 or pulse:default."""
+    kind: Annotated[
+        Literal["opusdec", "ffmpeg", "file", "null"], BeforeValidator(_bare_null)
+    ] = "opusdec"
+    """opusdec: the sound card through opusdec and aplay (light); ffmpeg: the sound card
+    through ffmpeg (ALSA or PulseAudio); file: one WAV per play in out_dir; null: silent
+    simulation."""
+    device: Annotated[str, Field(min_length=1), AfterValidator(_device)] | None = None
+    """For opusdec and ffmpeg: the output device, e.g. alsa:default, alsa:plughw:1,0,
+    null (ALSA's null device, at real-time pace) or, for ffmpeg only, pulse:default."""
     out_dir: ConfigPath | None = None
     """For file: the folder the WAV files are written to."""
     ffmpeg: Annotated[str, Field(min_length=1)] | None = None
     """The ffmpeg program, if it is not on PATH."""
+    opusdec: Annotated[str, Field(min_length=1)] = "opusdec"
+    """For opusdec: the opusdec program (opus-tools), if it is not on PATH."""
+    aplay: Annotated[str, Field(min_length=1)] = "aplay"
+    """For opusdec: the aplay program (alsa-utils), if it is not on PATH."""
     volume: Annotated[int, Field(ge=0, le=100)] = 100
     """Output level in percent (linear gain) for plays whose command sets no volume."""
 
@@ -91,6 +106,8 @@ class OutputConfig(_Strict):
     def _file_needs_a_folder(self) -> OutputConfig:
         if self.kind == "file" and self.out_dir is None:
             raise ValueError("the file output needs a folder: add `out_dir: /some/folder`")
+        if self.kind == "opusdec" and self.device and parse_device(self.device)[0] == "pulse":
+            raise ValueError(f"device {self.device!r}: {OPUSDEC_DEVICE_HELP}")
         return self
 
 

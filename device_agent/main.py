@@ -56,9 +56,10 @@ def build_link(config: AgentConfig) -> MqttLink:
 
 def build_output(config: AgentConfig) -> OutputBackend:
     out = config.output
-    if out.device is not None:
-        return make_backend(out.kind, device=out.device, out_dir=out.out_dir, ffmpeg=out.ffmpeg)
-    return make_backend(out.kind, out_dir=out.out_dir, ffmpeg=out.ffmpeg)
+    return make_backend(
+        out.kind, device=out.device or "alsa:default", out_dir=out.out_dir, ffmpeg=out.ffmpeg,
+        opusdec=out.opusdec, aplay=out.aplay,
+    )  # fmt: skip
 
 
 def build_agent(config: AgentConfig, clock: Clock | None = None) -> Agent:

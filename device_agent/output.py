@@ -1,27 +1,33 @@
 """Output backends: where a cluster's audio goes.
 
-One small interface, three implementations chosen by the agent config:
+One small interface, four implementations chosen by the agent config:
+- `opusdec` (the default): decodes the Ogg/Opus items with opusdec (opus-tools) and
+  plays them with aplay (alsa-utils) on an ALSA device: two small programs, a few MB;
 - `ffmpeg`: streams the bulletin through ffmpeg to the sound card (ALSA or PulseAudio);
 - `file`: writes what it would have played as one WAV per play (tests, the demo);
 - `null`: plays nothing, takes the bulletin's duration (fleet simulation).
 
 `play` blocks until the audio has finished or `stop` is set, whichever comes first.
 
-The ffmpeg and file backends are the agent's edge to ffmpeg. The agent does not depend on
-pydub or imageio-ffmpeg: ffmpeg is found on PATH, or its path comes from the config.
+The ffmpeg and file backends are the agent's edge to ffmpeg, the opusdec backend its edge
+to opusdec and aplay. The agent does not depend on pydub or imageio-ffmpeg: the programs
+are found on PATH, or their paths come from the config.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import wave
+from array import array
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -160,17 +166,18 @@ def _safe_label(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", label).lstrip(".")[:120] or "play"
 
 
-class _FfmpegProcess:
-    """One running ffmpeg. Its stderr is drained as it comes, keeping only the last lines,
-    so a chatty ffmpeg never blocks on a full pipe and nothing grows with the bulletin."""
+class _Child:
+    """One running program (ffmpeg, opusdec, aplay). Its stderr is drained as it comes,
+    keeping only the last lines, so a chatty program never blocks on a full pipe and
+    nothing grows with the bulletin."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], what: str, *, stdin: int = subprocess.DEVNULL,
+                 stdout: int = subprocess.DEVNULL) -> None:  # fmt: skip
+        self.what = what
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self._reader = threading.Thread(target=self._drain, name="ffmpeg-stderr", daemon=True)
+        self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE)
+        self._reader = threading.Thread(target=self._drain, name=f"{what}-stderr", daemon=True)
         self._reader.start()
 
     def _drain(self) -> None:
@@ -183,7 +190,7 @@ class _FfmpegProcess:
                     self._tail.append(line)
 
     def wait(self, stop: threading.Event) -> bool:
-        """Wait until ffmpeg exits; if stop is set first, end ffmpeg and return True."""
+        """Wait until the program exits; if stop is set first, end it and return True."""
         while self.proc.poll() is None:
             if stop.wait(STOP_POLL_S):
                 self.end()
@@ -191,7 +198,7 @@ class _FfmpegProcess:
         return False
 
     def end(self) -> None:
-        """Stop ffmpeg now: SIGTERM, then SIGKILL if it has not exited within the grace."""
+        """Stop the program now: SIGTERM, then SIGKILL if it has not exited within the grace."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -199,24 +206,28 @@ class _FfmpegProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         self._reader.join(1.0)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def failure(self) -> str | None:
-        """None if ffmpeg exited with 0, else its status and the tail of its stderr."""
+        """None if the program exited with 0, else its status and the tail of its stderr."""
         if self.proc.returncode == 0:
             return None
         self._reader.join(1.0)
-        tail = " | ".join(self._tail) or "(ffmpeg printed nothing)"
-        return f"ffmpeg exited with status {self.proc.returncode}: {tail}"
+        tail = " | ".join(self._tail) or f"({self.what} printed nothing)"
+        return f"{self.what} exited with status {self.proc.returncode}: {tail}"
 
 
-def _start(argv: list[str]) -> _FfmpegProcess | str:
+def _start(argv: list[str]) -> _Child | str:
     """Start ffmpeg, or say why it could not start."""
     try:
-        return _FfmpegProcess(argv)
+        return _Child(argv, "ffmpeg")
     except OSError as exc:
         return f"cannot start ffmpeg at {argv[0]} ({exc.strerror}): reinstall it"
 
@@ -435,7 +446,266 @@ class FileBackend:
         return None
 
 
-BackendKind = Literal["ffmpeg", "file", "null"]
+# --- opusdec and aplay -----------------------------------------------------------------------
+
+#: Channels aplay is fed: both carry the bulletin (horns are often wired to left and right).
+APLAY_CHANNELS = 2
+#: Bytes of one second of what aplay is fed (signed 16-bit, 48 kHz, stereo).
+APLAY_BYTES_PER_S = OUTPUT_RATE * 2 * APLAY_CHANNELS
+#: What the feeder moves at a time: a tenth of a second of audio.
+BLOCK_BYTES = APLAY_BYTES_PER_S // 10
+#: opusdec's quietest gain (dB), used for volume 0: far below 16-bit's noise floor.
+MIN_GAIN_DB = -128.0
+RAW_FORMAT = ["-t", "raw", "-f", "S16_LE", "-r", str(OUTPUT_RATE), "-c", str(APLAY_CHANNELS)]
+OPUSDEC_DEVICE_HELP = (
+    "the opusdec output plays through ALSA: write alsa:<device> (alsa:default, "
+    "alsa:plughw:1,0; alsa:pulse for a PulseAudio or PipeWire server) or null, "
+    "or set output.kind: ffmpeg to play to pulse:<sink>"
+)
+
+
+def _program_missing(program: str, package: str, key: str) -> str:
+    where = "" if os.sep in program else " on PATH"
+    return (
+        f"{Path(program).name} not found ({program!r} is not an executable{where}): install "
+        f"it (apt-get install {package}) or set output.{key} in the agent config to its full path"
+    )
+
+
+def gain_db(volume: int) -> float | None:
+    """opusdec's --gain for a volume in percent (linear gain); None for 100."""
+    volume = max(0, min(volume, 100))
+    if volume == 100:
+        return None
+    if volume == 0:
+        return MIN_GAIN_DB
+    return max(MIN_GAIN_DB, 20 * math.log10(volume / 100))
+
+
+def _is_wav(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(12)
+    return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
+
+
+def _wav_blocks(path: Path, volume: int) -> Iterator[bytes]:
+    """A 16-bit 48 kHz WAV (the test tone) as aplay's raw stereo blocks, at volume."""
+    with wave.open(str(path), "rb") as wav:
+        channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
+        if width != 2 or rate != OUTPUT_RATE or channels not in (1, 2):
+            raise ValueError(
+                f"{path.name} is a WAV of {channels} channel(s), {8 * width} bits, {rate} Hz: "
+                f"this output plays Ogg/Opus, or 16-bit {OUTPUT_RATE} Hz WAV"
+            )
+        frames_per_block = BLOCK_BYTES // (2 * APLAY_CHANNELS)
+        gain = max(0, min(volume, 100)) / 100
+        while data := wav.readframes(frames_per_block):
+            samples = array("h", data)
+            if sys.byteorder == "big":
+                samples.byteswap()
+            if gain != 1:
+                samples = array("h", (int(s * gain) for s in samples))
+            if channels == 1:
+                both = array("h", bytes(4 * len(samples)))
+                both[0::2] = samples
+                both[1::2] = samples
+                samples = both
+            if sys.byteorder == "big":
+                samples.byteswap()
+            yield samples.tobytes()
+
+
+class _OpusPipeline:
+    """One play: aplay on the device, fed by a thread that runs opusdec on each item in turn
+    (or reads a WAV) and passes its PCM on, a tenth of a second at a time. Nothing grows
+    with the bulletin: the audio stays in the files, the pipes and aplay's buffer."""
+
+    def __init__(self, backend: OpusdecBackend, opusdec: str, aplay: str, items: list[Path],
+                 volume: int, stop: threading.Event) -> None:  # fmt: skip
+        self.backend = backend
+        self.opusdec = opusdec
+        self.items = items
+        self.volume = volume
+        self.stop = stop
+        self.error: str | None = None
+        self._lock = threading.Lock()
+        self._ended = False
+        self._decoder: _Child | None = None
+        argv = [aplay, "-q", "-D", backend.alsa_device, *RAW_FORMAT, "-"]
+        self.player = _Child(argv, "aplay", stdin=subprocess.PIPE)
+        self._feeder = threading.Thread(target=self._feed, name="opusdec-feed", daemon=True)
+        self._feeder.start()
+
+    def _decoder_for(self, item: Path) -> _Child | None:
+        gain = gain_db(self.volume)
+        argv = [
+            self.opusdec, "--quiet", "--rate", str(OUTPUT_RATE), "--force-stereo",
+            *(["--gain", f"{gain:.2f}"] if gain is not None else []),
+            *(["--no-dither"] if self.volume == 0 else []),
+            str(item), "-",
+        ]  # fmt: skip
+        with self._lock:
+            if self._ended:
+                return None
+            self._decoder = _Child(argv, "opusdec", stdout=subprocess.PIPE)
+            return self._decoder
+
+    def _feed(self) -> None:
+        sink = self.player.proc.stdin
+        assert sink is not None
+        started = time.monotonic()
+        sent = 0
+        try:
+            for item in self.items:
+                decoder: _Child | None = None
+                if _is_wav(item):
+                    blocks = _wav_blocks(item, self.volume)
+                else:
+                    decoder = self._decoder_for(item)
+                    if decoder is None:
+                        return
+                    out = decoder.proc.stdout
+                    assert out is not None
+                    blocks = iter(lambda: out.read(BLOCK_BYTES), b"")  # noqa: B023 (used now)
+                for block in blocks:
+                    if self.backend.paced:
+                        ahead = sent / APLAY_BYTES_PER_S - (time.monotonic() - started)
+                        if ahead > 0 and self.stop.wait(ahead):
+                            return
+                    sink.write(block)
+                    sink.flush()
+                    sent += len(block)
+                if decoder is not None:
+                    decoder.proc.wait()
+                    failure = decoder.failure()
+                    if failure is not None:
+                        self.error = f"{item}: {failure}"
+                        return
+            if self.backend.paced:  # the last block takes its time, as on a sound card
+                self.stop.wait(max(0.0, sent / APLAY_BYTES_PER_S - (time.monotonic() - started)))
+        except (OSError, ValueError) as exc:  # aplay gone (its own failure says why), bad WAV
+            if not isinstance(exc, BrokenPipeError):
+                self.error = f"{item}: {exc}"
+        finally:
+            with contextlib.suppress(OSError):
+                sink.close()  # aplay plays what it holds, then exits
+
+    def wait(self) -> bool:
+        """Wait until aplay exits; if stop is set first, end both programs and return True."""
+        while self.player.proc.poll() is None:
+            if self.stop.wait(STOP_POLL_S):
+                self.end()
+                return True
+        self.end()
+        return False
+
+    def end(self) -> None:
+        with self._lock:
+            self._ended = True
+            decoder = self._decoder
+        if decoder is not None:
+            decoder.end()
+        self.player.end()
+        self._feeder.join(1.0)
+
+    def failure(self) -> str | None:
+        return self.player.failure() or self.error
+
+
+class OpusdecBackend:
+    """Decodes the Ogg/Opus items with opusdec and plays them with aplay on an ALSA device.
+
+    Two small programs (a few MB each, against ffmpeg's fifty) for the one format the
+    controller sends; the test tone's WAV is fed to aplay directly. Volume is opusdec's
+    gain. Device "null" is ALSA's null device, fed at real-time pace (the null device
+    itself takes any amount at once): the whole path without a sound card.
+    """
+
+    name: str = "opusdec"
+
+    def __init__(self, device: str = "alsa:default", opusdec: str = "opusdec",
+                 aplay: str = "aplay") -> None:  # fmt: skip
+        kind, target = parse_device(device)
+        if kind == "pulse":
+            raise ValueError(f"output device {device!r}: {OPUSDEC_DEVICE_HELP}")
+        self.device = device
+        self.alsa_device = "null" if kind == "null" else target
+        self.paced = kind == "null"
+        self.opusdec = opusdec
+        self.aplay = aplay
+
+    def _programs(self) -> tuple[str, str] | str:
+        opusdec = shutil.which(self.opusdec)
+        if opusdec is None:
+            return _program_missing(self.opusdec, "opus-tools", "opusdec")
+        aplay = shutil.which(self.aplay)
+        if aplay is None:
+            return _program_missing(self.aplay, "alsa-utils", "aplay")
+        return opusdec, aplay
+
+    def play(
+        self,
+        items: list[Path],
+        duration_s: float,
+        label: str,
+        stop: threading.Event,
+        volume: int = 100,
+    ) -> PlayOutcome:
+        if stop.is_set():
+            return PlayOutcome(completed=False, played_s=0.0)
+        problem = _items_problem(items)
+        programs = self._programs()
+        if problem is None and isinstance(programs, str):
+            problem = programs
+        if problem is not None or isinstance(programs, str):
+            return PlayOutcome(completed=False, played_s=0.0, error=problem)
+        try:
+            run = _OpusPipeline(self, *programs, items, volume, stop)
+        except OSError as exc:
+            return PlayOutcome(
+                completed=False, played_s=0.0,
+                error=f"cannot start {exc.filename or 'aplay'} ({exc.strerror}): reinstall it",
+            )  # fmt: skip
+        stopped = run.wait()
+        played = _capped(run.player.elapsed(), duration_s)
+        if stopped:
+            return PlayOutcome(completed=False, played_s=played)
+        failure = run.failure()
+        if failure is not None:
+            return PlayOutcome(
+                completed=False, played_s=played, error=f"{label} on {self.device}: {failure}"
+            )
+        return PlayOutcome(completed=True, played_s=played)
+
+    def check(self) -> str | None:
+        programs = self._programs()
+        if isinstance(programs, str):
+            return programs
+        if self.paced:
+            return None
+        silence = bytes(APLAY_BYTES_PER_S // 10)
+        argv = [programs[1], "-q", "-D", self.alsa_device, *RAW_FORMAT, "-"]
+        try:
+            opened = subprocess.run(
+                argv, input=silence, capture_output=True, timeout=CHECK_TIMEOUT_S, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return (
+                f"aplay did not open {self.device} within {CHECK_TIMEOUT_S:g} s: the device "
+                "may be held by another program; check with `fuser -v /dev/snd/*`"
+            )
+        if opened.returncode == 0:
+            return None
+        lines = opened.stderr.decode(errors="replace").strip().splitlines()
+        said = " | ".join(lines[-TAIL_LINES:]) or f"status {opened.returncode}"
+        return (
+            f"no ALSA device {self.alsa_device!r} (aplay: {said}): check that `aplay -l` lists "
+            "the sound card and that the agent's user is in the 'audio' group, or set "
+            "output.device to one that exists (e.g. alsa:plughw:1,0)"
+        )
+
+
+BackendKind = Literal["opusdec", "ffmpeg", "file", "null"]
 
 
 def make_backend(
@@ -444,8 +714,12 @@ def make_backend(
     device: str = "alsa:default",
     out_dir: Path | None = None,
     ffmpeg: str | None = None,
+    opusdec: str = "opusdec",
+    aplay: str = "aplay",
 ) -> OutputBackend:
     """The output backend the agent config names; ffmpeg defaults to `ffmpeg` on PATH."""
+    if kind == "opusdec":
+        return OpusdecBackend(device=device, opusdec=opusdec, aplay=aplay)
     exe = ffmpeg or shutil.which("ffmpeg") or "ffmpeg"
     if kind == "ffmpeg":
         return FfmpegBackend(device=device, ffmpeg=exe)
@@ -457,4 +731,4 @@ def make_backend(
         return FileBackend(out_dir, ffmpeg=exe)
     if kind == "null":
         return NullBackend()
-    raise ValueError(f"unknown output {kind!r}: write ffmpeg, file or null")
+    raise ValueError(f"unknown output {kind!r}: write opusdec, ffmpeg, file or null")

@@ -13,7 +13,8 @@
 # it changes only what is missing or out of date, and never overwrites the config.
 #
 # --dry-run prints every step instead of doing it (no root needed).
-# --no-apt  does not install python3-venv and ffmpeg with apt-get.
+# --no-apt  does not install python3-venv, opus-tools, alsa-utils and ffmpeg with apt-get
+#           (opusdec and aplay are the default output; ffmpeg the other one).
 set -euo pipefail
 
 PREFIX=/opt/loa
@@ -70,9 +71,9 @@ if [[ -e $PACKAGE && $PACKAGE != /* ]]; then
 fi
 
 if [[ $APT == 1 ]]; then
-    step "System packages: python3-venv, ffmpeg"
+    step "System packages: python3-venv, opus-tools, alsa-utils, ffmpeg"
     missing=()
-    for pkg in python3-venv ffmpeg; do
+    for pkg in python3-venv opus-tools alsa-utils ffmpeg; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
             || missing+=("$pkg")
     done

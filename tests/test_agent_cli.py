@@ -75,6 +75,34 @@ def test_file_output_needs_a_folder(tmp_path: Path) -> None:
         load_agent_config(path)
 
 
+@pytest.mark.parametrize(
+    ("output", "said"),
+    [
+        ("  kind: opusdec\n  device: pulse:default\n", "set output.kind: ffmpeg"),
+        ("  kind: ffmpeg\n  device: hw:1\n", "alsa:<device>"),
+    ],
+)
+def test_output_devices_are_checked_where_they_are_written(
+    tmp_path: Path, output: str, said: str
+) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "cluster_id: c1\nbroker_url: mqtt://h\ncontroller_public_key: k.pub\noutput:\n" + output
+    )
+    with pytest.raises(ConfigError, match=said) as caught:
+        load_agent_config(path)
+    assert str(caught.value).startswith(f"{path}:")
+
+
+def test_the_default_output_is_opusdec_on_the_default_alsa_device(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("cluster_id: c1\nbroker_url: mqtt://h\ncontroller_public_key: k.pub\n")
+    output = load_agent_config(path).output
+    assert (output.kind, output.device, output.opusdec, output.aplay) == (
+        "opusdec", None, "opusdec", "aplay",
+    )
+
+
 def test_bad_config_exits_2_with_located_errors(tmp_path: Path) -> None:
     path = write_config(tmp_path, "http://broker")
     proc = loa_agent("run", "--config", str(path))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import require
 
-from device_agent.output import FileBackend
+from device_agent.output import FileBackend, OpusdecBackend
 from device_agent.tone import RATE, play_tone, write_tone
 
 
@@ -70,4 +70,20 @@ def test_play_tone_replaces_its_earlier_file(tmp_path: Path, ffmpeg: str) -> Non
     assert second.ok
     assert second.wav == backend.path_for("loa-test-tone")
     assert [p.name for p in (tmp_path / "out").glob("*.wav")] == ["loa-test-tone.wav"]
+    assert not (tmp_path / "loa-test-tone-source.wav").exists()
+
+
+def test_the_test_tone_plays_through_opusdec_and_aplay_at_the_volume(tmp_path: Path) -> None:
+    """The tone is a WAV, which opusdec does not read: the backend feeds it to aplay itself,
+    on both channels, at the volume asked. ALSA's file device keeps what aplay played."""
+    require("opusdec", shutil.which("opusdec") is not None, "apt-get install opus-tools")
+    require("aplay", shutil.which("aplay") is not None, "apt-get install alsa-utils")
+    sink = tmp_path / "played.raw"
+    backend = OpusdecBackend(device=f"alsa:file:{sink},raw")
+    assert backend.check() is None
+    result = play_tone(backend, tmp_path, 0.3, volume=50)
+    assert result.ok, result.outcome.error
+    samples = array("h", sink.read_bytes())
+    assert samples[0::2] == samples[1::2]
+    assert abs(max(samples) - 0.251 * 32767 * 0.5) < 100
     assert not (tmp_path / "loa-test-tone-source.wav").exists()

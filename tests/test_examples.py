@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_agent_example_loads_and_documents_every_key() -> None:
     path = ROOT / "config" / "agent.example.yaml"
     config = load_agent_config(path)
-    assert config.output.kind == "ffmpeg"
+    assert config.output.kind == "opusdec"
     text = path.read_text(encoding="utf-8")
     models = [type(config), type(config.output), type(config.relay)]
     for model in models:

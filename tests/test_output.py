@@ -1,4 +1,5 @@
-"""Output backends: one contract for null, file and ffmpeg, then what is particular to each."""
+"""Output backends: one contract for null, file, ffmpeg and opusdec, then what is particular
+to each."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import threading
 import time
 import wave
+from array import array
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from device_agent.output import (
     FfmpegBackend,
     FileBackend,
     NullBackend,
+    OpusdecBackend,
     OutputBackend,
     PlayOutcome,
     make_backend,
@@ -53,6 +56,17 @@ def opus_item(path: Path, seconds: float, freq: int) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def opus_tools() -> tuple[str, str]:
+    """opusdec and aplay, as the opusdec output finds them (PATH)."""
+    opusdec, aplay = shutil.which("opusdec"), shutil.which("aplay")
+    require("opusdec", opusdec is not None, "apt-get install opus-tools")
+    require("aplay", aplay is not None, "apt-get install alsa-utils")
+    assert opusdec is not None
+    assert aplay is not None
+    return opusdec, aplay
+
+
 @pytest.fixture
 def one_second(tmp_path: Path, ffmpeg_path: str) -> list[Path]:
     """A ~1 s bulletin in two items, so that backends join them."""
@@ -70,8 +84,11 @@ def two_seconds(tmp_path: Path, ffmpeg_path: str) -> list[Path]:
     ]
 
 
-@pytest.fixture(params=["null", "file", "ffmpeg-null"])
+@pytest.fixture(params=["null", "file", "ffmpeg-null", "opusdec-null"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path, ffmpeg_path: str) -> OutputBackend:
+    if request.param == "opusdec-null":
+        opusdec, aplay = request.getfixturevalue("opus_tools")
+        return make_backend("opusdec", device="null", opusdec=opusdec, aplay=aplay)
     if request.param == "null":
         return make_backend("null")
     if request.param == "file":
@@ -140,13 +157,21 @@ def child_pids() -> set[int]:
     return pids
 
 
-def test_stop_ends_the_ffmpeg_process(ffmpeg_path: str, two_seconds: list[Path]) -> None:
+@pytest.mark.parametrize("kind", ["ffmpeg", "opusdec"])
+def test_stop_ends_the_output_processes(
+    request: pytest.FixtureRequest, kind: str, ffmpeg_path: str, two_seconds: list[Path]
+) -> None:
     require(
         "/proc/<pid>/task/<tid>/children",
         any(Path("/proc/self/task").glob("*/children")),
         "a Linux kernel with CONFIG_PROC_CHILDREN",
     )
-    backend = FfmpegBackend(device="null", ffmpeg=ffmpeg_path)
+    backend: OutputBackend
+    if kind == "opusdec":
+        opusdec, aplay = request.getfixturevalue("opus_tools")
+        backend = OpusdecBackend(device="null", opusdec=opusdec, aplay=aplay)
+    else:
+        backend = FfmpegBackend(device="null", ffmpeg=ffmpeg_path)
     before = child_pids()
     stop = threading.Event()
     result: list[PlayOutcome] = []
@@ -154,12 +179,12 @@ def test_stop_ends_the_ffmpeg_process(ffmpeg_path: str, two_seconds: list[Path])
         target=lambda: result.append(backend.play(two_seconds, 2.0, "bulletin-7", stop))
     )
     player.start()
-    wait_until(lambda: child_pids() - before, what="ffmpeg to start")
+    wait_until(lambda: child_pids() - before, what=f"{kind} to start")
     stop.set()
     wait_until(lambda: bool(result), timeout=STOP_WITHIN_S, what="the play to end on stop")
     player.join()
     assert result[0].completed is False
-    assert not child_pids() - before, "ffmpeg still runs (or was never reaped) after stop"
+    assert not child_pids() - before, f"{kind} still runs (or was never reaped) after stop"
 
 
 # --- file ------------------------------------------------------------------------------------
@@ -272,5 +297,90 @@ def test_make_backend_builds_what_the_config_names(tmp_path: Path) -> None:
     assert file.name == "file"
     assert file.out_dir == tmp_path
     assert isinstance(make_backend("null"), NullBackend)
+    opus = make_backend("opusdec", device="alsa:plughw:1,0", opusdec="/opt/opusdec")
+    assert isinstance(opus, OpusdecBackend)
+    assert (opus.name, opus.alsa_device, opus.opusdec, opus.aplay) == (
+        "opusdec", "plughw:1,0", "/opt/opusdec", "aplay",
+    )
     with pytest.raises(ValueError, match="out_dir"):
         make_backend("file")
+
+
+# --- opusdec ---------------------------------------------------------------------------------
+
+
+def test_opusdec_backend_reports_a_decoder_failure_with_its_stderr(
+    tmp_path: Path, opus_tools: tuple[str, str], one_second: list[Path]
+) -> None:
+    corrupt = tmp_path / "corrupt.opus"
+    corrupt.write_bytes(b"not an ogg stream at all\n" * 50)
+    backend = OpusdecBackend(device="null", opusdec=opus_tools[0], aplay=opus_tools[1])
+    outcome = backend.play([one_second[0], corrupt], 1.0, "bulletin-4", threading.Event())
+    assert outcome.completed is False
+    assert outcome.error is not None
+    assert "opusdec exited with status" in outcome.error
+    assert "corrupt.opus" in outcome.error
+    assert outcome.played_s == pytest.approx(0.6, abs=0.15)  # the first item played
+
+
+def test_opusdec_backend_reports_a_device_aplay_cannot_open(
+    opus_tools: tuple[str, str], one_second: list[Path]
+) -> None:
+    backend = OpusdecBackend(
+        device="alsa:loa_no_such_card", opusdec=opus_tools[0], aplay=opus_tools[1]
+    )
+    problem = backend.check()
+    assert problem is not None
+    assert "no ALSA device 'loa_no_such_card'" in problem
+    assert "aplay -l" in problem
+    outcome = backend.play(one_second, 1.0, "bulletin-8", threading.Event())
+    assert outcome.completed is False
+    assert outcome.error is not None
+    assert "aplay exited with status" in outcome.error
+    assert "loa_no_such_card" in outcome.error
+
+
+def test_opusdec_backend_reports_missing_programs_with_their_packages(
+    tmp_path: Path, opus_tools: tuple[str, str], one_second: list[Path]
+) -> None:
+    nowhere = str(tmp_path / "bin" / "missing")
+    for backend, package in (
+        (OpusdecBackend(device="null", opusdec=nowhere, aplay=opus_tools[1]), "opus-tools"),
+        (OpusdecBackend(device="null", opusdec=opus_tools[0], aplay=nowhere), "alsa-utils"),
+    ):
+        problem = backend.check()
+        assert problem is not None
+        assert "missing not found" in problem
+        assert f"apt-get install {package}" in problem
+        outcome = backend.play(one_second, 1.0, "bulletin-9", threading.Event())
+        assert (outcome.completed, outcome.error) == (False, problem)
+
+
+def test_opusdec_backend_plays_both_channels_at_the_volume_asked(
+    tmp_path: Path, opus_tools: tuple[str, str], one_second: list[Path]
+) -> None:
+    """Through ALSA's file device (raw PCM written to a file), the samples aplay played."""
+    peaks = {}
+    for volume in (100, 50, 0):
+        sink = tmp_path / f"played-{volume}.raw"
+        backend = OpusdecBackend(
+            device=f"alsa:file:{sink},raw", opusdec=opus_tools[0], aplay=opus_tools[1]
+        )
+        outcome = backend.play(one_second, 1.0, f"v{volume}", threading.Event(), volume)
+        assert (outcome.completed, outcome.error) == (True, None)
+        # s16 stereo at 48 kHz: 192,000 bytes a second; aplay pads each item's end to a
+        # whole period (up to ~0.1 s here), so two items may come out ~0.2 s long
+        assert sink.stat().st_size / 192_000 == pytest.approx(1.0, abs=0.2)
+        samples = array("h", sink.read_bytes())
+        # the same bulletin on left and right; opusdec's noise-shaped dither differs per
+        # channel by a few steps (32 is -60 dBFS)
+        assert max(abs(a - b) for a, b in zip(samples[0::2], samples[1::2], strict=True)) < 32
+        peaks[volume] = max(abs(s) for s in samples)
+    assert 0.47 < peaks[50] / peaks[100] < 0.53
+    assert peaks[0] < 3
+
+
+@pytest.mark.parametrize("device", ["pulse:default", "default", "alsa:"])
+def test_opusdec_backend_refuses_devices_it_cannot_play_to(device: str) -> None:
+    with pytest.raises(ValueError, match="alsa:"):
+        OpusdecBackend(device=device)
