@@ -27,6 +27,8 @@ pytestmark = pytest.mark.slow
 def _components() -> None:
     require("mosquitto", have_mosquitto(), "apt-get install mosquitto")
     require("ffmpeg", shutil.which("ffmpeg") is not None, "apt-get install ffmpeg")
+    require("opusdec", shutil.which("opusdec") is not None, "apt-get install opus-tools")
+    require("aplay", shutil.which("aplay") is not None, "apt-get install alsa-utils")
 
 
 def bench(*args: str) -> dict[str, Any]:
@@ -94,12 +96,15 @@ def test_agent_footprint_idle_and_playing(tmp_path: Path) -> None:
     doc.write_text("# Benchmarks\n\nkept as it is\n", encoding="utf-8")
     r = bench("agent", "--minutes", "0.2", "--idle-s", "2", "--play-s", "2", "--doc", str(doc))
     check_common(r, "agent")
-    assert set(r["outputs"]) == {"null", "ffmpeg"}
+    assert set(r["outputs"]) == {"null", "opusdec", "ffmpeg"}  # the default always measured
+    assert r["field_output"] == "opusdec"
     assert r["played"] is True
     assert 10 < r["idle_rss_mb"] < 500
     assert 0 <= r["idle_cpu_pct"] < 100
-    assert r["outputs"]["ffmpeg"]["ffmpeg_peak_rss_mb"] > 0  # the ffmpeg child was seen
-    assert r["outputs"]["null"]["ffmpeg_peak_rss_mb"] == 0
+    assert r["outputs"]["ffmpeg"]["player_peak_rss_mb"] > 0  # the ffmpeg child was seen
+    assert r["outputs"]["opusdec"]["player_peak_rss_mb"] > 0  # opusdec and aplay were seen
+    assert r["outputs"]["null"]["player_peak_rss_mb"] == 0
+    assert r["playing_peak_rss_mb"] == r["outputs"]["opusdec"]["playing_peak_rss_mb"]
     assert r["playing_peak_rss_mb"] >= r["outputs"]["null"]["idle_rss_mb"]
     text = doc.read_text(encoding="utf-8")
     assert text.startswith("# Benchmarks\n\nkept as it is\n")
