@@ -1,10 +1,12 @@
 """The agent of one speaker cluster: link, guard, cache, player and outbox wired together.
 
-Threads, so that a hundred agents fit in one process: the link's network thread only
-queues what arrives (it never blocks on disk or crypto); one worker thread takes each
-message through the guard to the cache, the player or the outbox, and wakes up on its
-own when the player or the outbox has something due; the output of a play runs on one
-short-lived thread while it plays.
+Threads: the link's network thread only queues what arrives (it never blocks on disk or
+crypto); the agent's worker takes each message through the guard to the cache, the
+player or the outbox, then lets the player and the outbox do what is due (once per
+batch of messages), and wakes up on its own when something is due; the output of a play
+runs on one short-lived thread while it plays. The worker is a thread of the agent's
+own, or, where one process runs hundreds of agents, a pool they share
+(device_agent/workers.py).
 
 Topics (see protocol/topics.py): the agent reads its cluster's command, content and
 membership topics and its groups' command and content topics; it writes events
@@ -18,7 +20,6 @@ acknowledged are sent again at once, not at their next resend time.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import MutableMapping, Sequence
@@ -44,6 +45,7 @@ from device_agent.outbox import Outbox
 from device_agent.output import OutputBackend
 from device_agent.player import Player, PlayRecord, PlayView
 from device_agent.relays import RelayConfig
+from device_agent.workers import WAKE, Item, OwnThread, WorkerPool
 from protocol import chunks, topics
 from protocol.clock import Clock
 from protocol.messages import (
@@ -98,7 +100,7 @@ class AgentStatus:
     outbox_pending: int
 
 
-_WAKE = ("wake",)
+_WAKE = WAKE
 _STOP = ("stop",)
 
 
@@ -128,6 +130,7 @@ class Agent:
         heartbeat_s: float | None = 60.0,
         default_volume: int = 100,
         max_content_bytes: int = MAX_CONTENT_BYTES,
+        pool: WorkerPool | None = None,
     ) -> None:
         """durable=False skips every fsync: state then survives a crash of the process, not
         a power cut. cache: a content cache shared by the agents of a simulated fleet in
@@ -137,7 +140,8 @@ class Agent:
         recoveries are logged and sent in a heartbeat at once. heartbeat_s: seconds
         between heartbeats (None: none). max_content_bytes: the quota of complete audio in
         the agent's own cache, least recently used evicted beyond it, never the audio of
-        plays still scheduled or playing."""
+        plays still scheduled or playing. pool: run the worker on this pool shared with
+        other agents of the process instead of a thread of its own."""
         self.cluster_id = topics.check_id(cluster_id, "cluster id")
         self._link = link
         self._clock = clock
@@ -145,12 +149,12 @@ class Agent:
         self._log = ClusterLog(logging.getLogger(__name__), {"cluster": cluster_id})
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
-        self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        name = f"agent-{cluster_id}"
+        self._queue = pool.mailbox(name, self._step) if pool else OwnThread(name, self._step)
         self._content_lock = threading.Lock()
         self._content_arrived_at: datetime | None = None  # set by the network thread
         self._queued_content_bytes = 0
         self._dropped_content = 0
-        self._worker: threading.Thread | None = None
         self._offline_since = clock.now()
         self._offline_warned_at: datetime | None = None
         self._online = threading.Event()  # the worker has handled the current connection
@@ -212,8 +216,7 @@ class Agent:
         for group in self._membership.current().groups:
             self._subscribe_group(group)
         self._link.add_connection_listener(self._on_connection)
-        self._worker = threading.Thread(target=self._run, name=f"agent-{me}", daemon=True)
-        self._worker.start()
+        self._queue.start()
         self._link.start()
         self._log.info(
             "agent started: groups %s, data in %s, %d events waiting for the controller",
@@ -226,8 +229,7 @@ class Agent:
         disconnect, close the outbox."""
         self._player.close(timeout)
         self._queue.put(_STOP)
-        if self._worker is not None:
-            self._worker.join(timeout)
+        self._queue.join(timeout)
         if self._amplifier is not None:
             self._amplifier.close()
         if self._link.connected:
@@ -330,19 +332,11 @@ class Agent:
 
     # --- worker thread ----------------------------------------------------------------------
 
-    def _run(self) -> None:
-        wake_at: datetime | None = None
-        while True:
-            timeout = MAX_SLEEP_S
-            if wake_at is not None:
-                until = (wake_at - self._clock.now()).total_seconds()
-                timeout = min(max(until, 0.0), MAX_SLEEP_S)
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = _WAKE
+    def _step(self, batch: list[Item]) -> float | None:
+        """Handle what arrived, then what is due; seconds until the next look (None: stop)."""
+        for item in batch:
             if item is _STOP:
-                return
+                return None
             try:
                 if item[0] == "message":
                     self._handle_message(item[1], item[2], *item[3:])
@@ -350,10 +344,17 @@ class Agent:
                     self._handle_connection(bool(item[1]))
                 elif item is _HEARTBEAT:
                     self._send_heartbeat()
-                wake_at = self._housekeeping()
             except Exception:
                 self._log.exception("unexpected error in the agent worker; carrying on")
-                wake_at = None
+        try:
+            wake_at = self._housekeeping()
+        except Exception:
+            self._log.exception("unexpected error in the agent worker; carrying on")
+            return MAX_SLEEP_S
+        if wake_at is None:
+            return MAX_SLEEP_S
+        until = (wake_at - self._clock.now()).total_seconds()
+        return min(max(until, 0.0), MAX_SLEEP_S)
 
     def _housekeeping(self) -> datetime | None:
         """Let the player and the outbox do what is due; the earliest next time to look."""

@@ -1,16 +1,19 @@
 """Simulated fleets for the benchmarks: worker processes of real agents, or of bare paho.
 
-paho's select() loop breaks on descriptors above 1023, and each simulated agent holds a
-socket, paho's wake-up socket pair and its SQLite files, so a fleet is spread over
-worker processes of at most MAX_PER_PROCESS agents each (started with "spawn": nothing
-of the parent's threads or sockets is inherited).
+A fleet is spread over worker processes of at most MAX_PER_PROCESS members each (started
+with "spawn": nothing of the parent's threads or sockets is inherited), so that both
+cores work. In each process the members' connections share one `NetworkLoop` (one
+network thread, one epoll selector), as a thousand boxes on poles would each have their
+own network stack rather than a thread fighting hundreds of others for one interpreter.
 
-- An *agent worker* runs real `device_agent.agent.Agent`s with the `null` output, each
-  on its own `MqttLink` wrapped in a `MeteredLink`, which counts the bytes of every MQTT
-  PUBLISH the agent receives and notes, with `time.time()`, each status event the agent
-  sends (received, delivered, playing, ...). The notes go to the parent in batches.
-- A *raw worker* runs bare paho clients subscribed to the same number of topics, the
-  baseline: it notes when each subscriber has received every message of a round.
+- An *agent worker* runs real `device_agent.agent.Agent`s with the `null` output, their
+  workers on one `WorkerPool`, each on its own `MqttLink` wrapped in a `MeteredLink`,
+  which counts the bytes of every MQTT PUBLISH the agent receives and notes, with
+  `time.time()`, each status event the agent sends (received, delivered, playing, ...).
+  The notes go to the parent in batches.
+- A *raw worker* runs bare paho clients on the same kind of loop, subscribed to the same
+  number of topics, the baseline: it notes when each subscriber has received every
+  message of a round.
 
 The parent side (`Workers`) starts the processes, gathers the notes into `Sightings`,
 asks the workers for their byte counters and stops them. `RawBaseline` publishes a
@@ -37,10 +40,12 @@ from typing import Any, Literal
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from protocol.mqtt import BrokerAddress, ConnectionListener, Handler, MqttLink
+from protocol.mqtt import BrokerAddress, ConnectionListener, Handler, MqttLink, NetworkLoop
 
-# Above ~150 clients per process paho's select() meets descriptors beyond 1023.
+# Each agent holds a socket and its SQLite files: stay well under 1024 descriptors.
 MAX_PER_PROCESS = 150
+# Threads of each agent worker's pool.
+POOL_THREADS = 4
 DEFAULT_PER_PROCESS = 125
 REPORT_EVERY_S = 0.02
 
@@ -230,6 +235,7 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
     from device_agent.agent import Agent
     from device_agent.cache import Cache
     from device_agent.output import NullBackend
+    from device_agent.workers import WorkerPool
     from protocol import topics
     from protocol.clock import SystemClock
     from protocol.messages import State
@@ -242,17 +248,23 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
     data = Path(spec.data_dir)
     shared = Cache(data / "shared-cache", durable=False) if spec.shared_cache else None
     clock = SystemClock()
+    network = NetworkLoop(f"mqtt-{spec.index}")
+    network.start()
+    pool = WorkerPool(POOL_THREADS, f"agents-{spec.index}")
+    pool.start()
     agents: list[Agent] = []
     links: dict[str, MeteredLink] = {}
     for cid, groups in spec.members:
         offline = State(cluster=cid, state="offline").to_json()
         will = Will(topics.cluster_topic(cid, "state"), offline)
-        inner = MqttLink(spec.broker, f"loa-agent-{cid}", will=will, clean_session=True)
+        inner = MqttLink(
+            spec.broker, f"loa-agent-{cid}", will=will, clean_session=True, loop=network
+        )
         link = links[cid] = MeteredLink(inner, cid, out.note)
         agents.append(Agent(
             cid, link, verifier, NullBackend(), clock, data / cid, groups=groups,
             durable=False,  # a simulated fleet on one disk: no fsync per event
-            cache=shared,
+            cache=shared, pool=pool,
         ))  # fmt: skip
     for agent in agents:
         agent.start()
@@ -270,8 +282,10 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
     try:
         _serve(conn, out, spec.index, {"counters": counters})
     finally:
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(stop, agents))
+        with ThreadPoolExecutor(16) as stopping:
+            list(stopping.map(stop, agents))
+        pool.stop()
+        network.stop()
         out.close()
 
 
@@ -325,8 +339,10 @@ def raw_worker(spec: WorkerSpec, conn: Connection) -> None:
         out.note(round_id, "all", who, at)
 
     subs = [_RawSubscriber(spec.broker, sid, filters, done) for sid, filters in spec.members]
+    network = NetworkLoop(f"mqtt-{spec.index}")
+    network.start()
     for sub in subs:
-        sub.client.loop_start()
+        network.add(sub.client, lambda: False)
     _wait_until(lambda: all(s.subscribed.is_set() for s in subs), spec.ready_timeout_s)
     out.send(("ready", spec.index, sum(1 for s in subs if s.subscribed.is_set()), len(subs)))
 
@@ -338,10 +354,7 @@ def raw_worker(spec: WorkerSpec, conn: Connection) -> None:
     try:
         _serve(conn, out, spec.index, {"expect": expect})
     finally:
-        for sub in subs:
-            sub.client.disconnect()
-        for sub in subs:
-            sub.client.loop_stop()
+        network.stop()
         out.close()
 
 
@@ -417,7 +430,7 @@ def split_members(members: list[tuple[str, list[str]]], per_process: int
                   ) -> list[list[tuple[str, list[str]]]]:  # fmt: skip
     """members in ceil(n / per_process) processes of nearly equal size."""
     if not 1 <= per_process <= MAX_PER_PROCESS:
-        raise ValueError(f"per process: 1 to {MAX_PER_PROCESS} (paho's select limit)")
+        raise ValueError(f"per process: 1 to {MAX_PER_PROCESS}")
     parts = max(1, math.ceil(len(members) / per_process))
     return [members[i::parts] for i in range(parts)]
 

@@ -2,7 +2,9 @@
 
 `LiveRig` writes a controller config into a test folder (fleet, playlists, key, SQLite
 store, content folder), builds the `Controller` from it exactly as `loa-controller run`
-does, and starts agents from device_agent.agent with the null output on the same broker.
+does, and starts agents from device_agent.agent with the null output on the same broker:
+each on its own threads, or (shared=True) all on one NetworkLoop and one WorkerPool, as
+a simulated fleet runs them.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from controller.config import load_controller_config
 from controller.main import Controller, Settings
 from device_agent.agent import Agent
 from device_agent.output import NullBackend
+from device_agent.workers import WorkerPool
 from protocol import topics
 from protocol.clock import Clock, SystemClock
 from protocol.messages import State
-from protocol.mqtt import MqttLink, Will
+from protocol.mqtt import MqttLink, NetworkLoop, Will
 from protocol.signing import Verifier, generate_keypair, load_public_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +40,14 @@ class LiveRig:
         playlists: Path | None = None,
         clock: Clock | None = None,
         reload_interval_s: float = 0.2,
+        shared: bool = False,
     ) -> None:
         self.folder = folder
+        self.loop = NetworkLoop() if shared else None
+        self.pool = WorkerPool(2) if shared else None
+        if self.loop is not None and self.pool is not None:
+            self.loop.start()
+            self.pool.start()
         self.broker = broker
         self.clock = clock or SystemClock()
         self.fleet_path = folder / "fleet.yaml"
@@ -73,11 +82,11 @@ class LiveRig:
     def agent(self, cluster: str, groups: Sequence[str] = ()) -> Agent:
         will = Will(topics.cluster_topic(cluster, "state"),
                     State(cluster=cluster, state="offline").to_json())
-        link = MqttLink(self.broker.address, f"loa-agent-{cluster}", will=will)
+        link = MqttLink(self.broker.address, f"loa-agent-{cluster}", will=will, loop=self.loop)
         agent = Agent(
             cluster_id=cluster, link=link, verifier=self.verifier, output=NullBackend(),
             clock=self.clock, data_dir=self.folder / "agents" / cluster, groups=groups,
-            durable=False,
+            durable=False, pool=self.pool,
         )
         agent.start()
         self.agents.append(agent)
@@ -88,3 +97,6 @@ class LiveRig:
         for agent in self.agents:
             agent.stop()
         self.controller.stop()
+        if self.loop is not None and self.pool is not None:
+            self.pool.stop()
+            self.loop.stop()

@@ -36,7 +36,9 @@ def rig(tmp_path: Path, broker: BrokerUnderTest) -> Iterator[LiveRig]:
     # The controller's clock reads 05:00 local: the 06:00 news is planned (due 05:30).
     five = datetime.combine(date(2026, 11, 27), time(5, 0), tzinfo=HCM)
     clock = OffsetClock(five - datetime.now(UTC))
-    live = LiveRig(tmp_path, broker, fleet=FLEET, playlists=ROOT / "playlists", clock=clock)
+    # Its agents share one network loop and one worker pool, as a simulated fleet's do.
+    live = LiveRig(tmp_path, broker, fleet=FLEET, playlists=ROOT / "playlists", clock=clock,
+                   shared=True)
     live.start()
     try:
         yield live
