@@ -204,6 +204,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
                 "last_result_reason": r.last_result_reason,
                 "last_rejection": r.last_rejection,
                 "state_since": _iso(health[r.id].state_at) if r.id in health else None,
+                "state_reason": health[r.id].state_reason if r.id in health else None,
                 "heartbeat_received_at": (
                     _iso(health[r.id].heartbeat_at) if r.id in health else None
                 ),
@@ -231,6 +232,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         state = r.state
         if found is not None and found.state_at is not None:
             state += f" since {when(found.state_at)}"
+        if found is not None and found.state_reason and r.state == "offline":
+            state += f" ({found.state_reason})"
         beat = heartbeat_summary(
             found.heartbeat if found else None, found.heartbeat_at if found else None, now
         )

@@ -9,6 +9,11 @@ Heartbeats (QoS 0, health) are not acknowledged: the latest one of each cluster 
 batch replaces the stored one. Availability: an agent's retained "online" (with its
 connect time) or the broker's Last Will "offline"; a cluster coming back is logged with
 how long it was away.
+
+Silence (controller/silence.py): a cluster whose heartbeat tells its keepalive, and from
+which nothing has come for 1.5 × that keepalive, is marked offline by the writer thread
+itself, with the reason, without waiting for the broker's Last Will; anything heard from
+it again (a late heartbeat, an event) brings it back online from that moment.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from controller.silence import SilenceWatch
 from controller.store import Store
 from protocol import topics
 from protocol.clock import Clock
@@ -34,6 +40,8 @@ BatchListener = Callable[[list[Event]], object]
 StateListener = Callable[[str, str], None]
 
 ACK_TTL = timedelta(hours=6)
+#: Longest wait of the writer thread for a message before it looks for silent clusters (s).
+SWEEP_S = 0.5
 
 # (cluster, state, the agent's connect time for "online")
 Availability = tuple[str, str, datetime | None]
@@ -47,6 +55,8 @@ class IntakeStats:
     invalid: int = 0
     states: int = 0
     heartbeats: int = 0
+    silent: int = 0  # clusters marked offline for silence
+    sweeps: int = 0  # looks for silent clusters
     acks: int = 0
     batches: int = 0
     last_error: str | None = None
@@ -75,6 +85,8 @@ class Intake:
         self._thread: threading.Thread | None = None
         self.stats = IntakeStats()
         self._idle = threading.Event()
+        self._silence = SilenceWatch()
+        self._silenced: set[str] = set()  # marked offline for silence, not heard since
 
     def add_listener(self, listener: EventListener) -> None:
         self._event_listeners.append(listener)
@@ -164,12 +176,20 @@ class Intake:
 
     # --- writer thread --------------------------------------------------------------------
 
+    def _wait_s(self) -> float:
+        """How long the writer may wait for a message before the next silence is due."""
+        due = self._silence.next_due()
+        if due is None:
+            return SWEEP_S
+        return min(SWEEP_S, max(0.01, (due - self._clock.now()).total_seconds()))
+
     def _run(self) -> None:
         while True:
             try:
-                first = self._queue.get(timeout=0.5)
+                first = self._queue.get(timeout=self._wait_s())
             except queue.Empty:
                 self._idle.set()
+                self._sweep_safely()
                 continue
             if first is None:
                 return
@@ -188,14 +208,62 @@ class Intake:
             except Exception as exc:  # the store is down: keep going, agents will resend
                 self.stats.last_error = str(exc)
                 log.exception("could not store %d status messages; agents will resend", len(batch))
+            self._sweep_safely()
             if self._queue.empty():
                 self._idle.set()
+
+    def _sweep_safely(self) -> None:
+        try:
+            self._sweep()
+        except Exception as exc:  # the store is down: the next sweep tries again
+            self.stats.last_error = str(exc)
+            log.exception("could not mark silent clusters offline")
+
+    def _sweep(self) -> None:
+        """Mark offline every cluster silent for 1.5 × its keepalive."""
+        now = self._clock.now()
+        self.stats.sweeps += 1
+        for silent in self._silence.due(now):
+            reason = silent.reason(now)
+            before, _ = self._store.set_state(silent.cluster, "offline", now, reason=reason)
+            if before == "offline":  # the Last Will came first
+                continue
+            self._silenced.add(silent.cluster)
+            self.stats.silent += 1
+            log.warning("cluster %s is offline: %s", silent.cluster, reason)
+            for slistener in self._state_listeners:
+                slistener(silent.cluster, "offline")
+
+    def _heard(self, item: Intook, now: datetime) -> None:
+        """Something came from a cluster: keep watching it; back online if it was silent."""
+        if isinstance(item, tuple):
+            cluster, state, _ = item
+            if state == "offline":
+                self._silence.forget(cluster)
+                self._silenced.discard(cluster)
+                return
+            self._silence.heard(cluster, now)
+            self._silenced.discard(cluster)  # its "online" says since when
+            return
+        cluster = item.cluster
+        self._silence.heard(
+            cluster, now, item.keepalive_s if isinstance(item, Heartbeat) else None
+        )
+        if cluster not in self._silenced:
+            return
+        self._silenced.discard(cluster)
+        _, before_at = self._store.set_state(cluster, "online", now)
+        away = f" after {_span(now - before_at)} silent" if before_at is not None else ""
+        log.info("cluster %s is back online%s (heard again)", cluster, away)
+        for slistener in self._state_listeners:
+            slistener(cluster, "online")
 
     def _process(self, batch: list[Intook]) -> None:
         now = self._clock.now()
         evs = [item for item in batch if isinstance(item, Event)]
         latest: dict[str, Heartbeat] = {}
         for item in batch:
+            self._heard(item, now)
             if isinstance(item, Heartbeat):
                 latest[item.cluster] = item
             elif isinstance(item, tuple):

@@ -32,7 +32,9 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     tuple_,
     update,
 )
@@ -51,6 +53,7 @@ clusters = Table(
     Column("commune_name", String(200), nullable=False),
     Column("state", String(16), nullable=False, default="unknown"),
     Column("state_at", DateTime(timezone=True)),
+    Column("state_reason", Text),  # why offline, when the controller decided it
     Column("last_seen", DateTime(timezone=True)),
     Column("playing_play_id", String(128)),
     Column("playing_bulletin", String(200)),
@@ -189,6 +192,7 @@ class ClusterHealth:
     state_at: datetime | None  # when it last changed (came online, went offline)
     heartbeat_at: datetime | None  # when the controller received the latest heartbeat
     heartbeat: dict[str, Any] | None
+    state_reason: str | None = None  # why offline, when the controller decided it (silence)
 
 
 @dataclass(frozen=True)
@@ -229,7 +233,19 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._add_missing_columns()
         self._write = threading.Lock()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a store was created (nullable, so existing rows stay valid)."""
+        added = {"clusters": {"state_reason": "TEXT"}}
+        names = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table, columns in added.items():
+                have = {c["name"] for c in names.get_columns(table)}
+                for column, kind in columns.items():
+                    if column not in have:
+                        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -257,14 +273,16 @@ class Store:
                 )
 
     def set_state(
-        self, cluster: str, state: str, at: datetime, since: datetime | None = None
+        self, cluster: str, state: str, at: datetime, since: datetime | None = None,
+        reason: str | None = None,
     ) -> tuple[str | None, datetime | None]:
         """Record a cluster's availability; return the previous (state, since when).
 
         state_at moves only when the state changes (a retained copy heard again after a
         controller restart changes nothing), or to `since` when that is later: the
         agent's own connect time, so a reconnection the controller did not see between
-        two "online" messages still shows."""
+        two "online" messages still shows. reason: why the controller marked it offline
+        (silence); kept until the state changes."""
         with self._write, self.engine.begin() as conn:
             self._ensure_cluster(conn, cluster)
             previous = conn.execute(
@@ -274,6 +292,7 @@ class Store:
             values: dict[str, Any] = {"state": state}
             if state != before or before_at is None:
                 values["state_at"] = utc(since or at)
+                values["state_reason"] = reason
             elif since is not None and since > before_at:
                 values["state_at"] = utc(since)
             if state == "online":
@@ -314,7 +333,7 @@ class Store:
             rows = conn.execute(
                 select(
                     clusters.c.id, clusters.c.state, clusters.c.state_at,
-                    heartbeats.c.received_at, heartbeats.c.body,
+                    heartbeats.c.received_at, heartbeats.c.body, clusters.c.state_reason,
                 ).select_from(
                     clusters.outerjoin(heartbeats, heartbeats.c.cluster == clusters.c.id)
                 )
@@ -325,8 +344,9 @@ class Store:
                 state_at=_aware(state_at),
                 heartbeat_at=_aware(received),
                 heartbeat=json.loads(body) if body else None,
+                state_reason=reason,
             )
-            for cid, state, state_at, received, body in rows
+            for cid, state, state_at, received, body, reason in rows
         }
 
     def fleet_rows(self) -> list[ClusterRow]:

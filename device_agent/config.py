@@ -21,6 +21,7 @@ resolved against the folder of the configuration file.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -40,7 +41,9 @@ from device_agent.output import OPUSDEC_DEVICE_HELP, parse_device
 from device_agent.relays.config import RelayConfig
 from protocol.mqtt import BrokerAddress
 from protocol.topics import check_id
-from protocol.yamlload import ConfigError, load_yaml, validate
+from protocol.yamlload import ConfigError, LocationMap, Problem, load_yaml, validate
+
+log = logging.getLogger(__name__)
 
 
 def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
@@ -133,16 +136,26 @@ class AgentConfig(_Strict):
     output: OutputConfig = OutputConfig()
     """Where the audio goes."""
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
-    """Seconds between MQTT keepalives; the broker declares the cluster offline after 1.5x."""
+    """Seconds between MQTT keepalives; the broker, and the controller from the heartbeats,
+    declare the cluster offline after 1.5x without a message."""
     outbox_resend_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     """Seconds before an unacknowledged status event is sent again."""
-    heartbeat_s: Annotated[float, Field(ge=1, le=3600)] = 60.0
-    """Seconds between heartbeats (uptime, disk, temperature, relay, clock offset)."""
+    heartbeat_s: Annotated[float, Field(ge=1, le=3600)] | None = None
+    """Seconds between heartbeats (uptime, disk, temperature, relay, clock offset); the
+    keepalive when left out, and never more than the keepalive (see heartbeat_interval_s)."""
     relay: RelayConfig = RelayConfig()
     """The relay board that powers the amplifier (driver: none when there is none)."""
     cache_max_mb: Annotated[int, Field(ge=16, le=1_000_000)] = 1024
     """Megabytes of audio kept for repeats; beyond it the least recently used audio is
     removed, never that of a play still scheduled or playing."""
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """heartbeat_s, at most the keepalive: the controller counts a cluster silent
+        after 1.5 keepalives without a message, so a heartbeat must come every keepalive."""
+        if self.heartbeat_s is None:
+            return float(self.keepalive)
+        return min(self.heartbeat_s, float(self.keepalive))
 
     def broker(self) -> BrokerAddress:
         """The broker address, with the credentials of this file."""
@@ -160,10 +173,28 @@ class AgentConfig(_Strict):
 
 
 def load_agent_config(path: Path) -> AgentConfig:
-    """Load the agent configuration; raise ConfigError listing every problem."""
+    """Load the agent configuration; raise ConfigError listing every problem. What is
+    accepted but changed (warnings, as file:line:col) is logged."""
     data, locations = load_yaml(path)
     context = {"base_dir": Path(path).resolve().parent}
     config = validate(AgentConfig, data, locations, context=context)
     if isinstance(config, list):
         raise ConfigError(config)
+    for warning in config_warnings(config, locations):
+        log.warning("%s", warning)
     return config
+
+
+def config_warnings(config: AgentConfig, locations: LocationMap) -> list[Problem]:
+    """What the agent accepts but changes, located in the file."""
+    warnings = []
+    if config.heartbeat_s is not None and config.heartbeat_s > config.keepalive:
+        warnings.append(locations.problem(
+            ("heartbeat_s",),
+            f"heartbeat_s {config.heartbeat_s:g} is longer than keepalive "
+            f"{config.keepalive}: heartbeats are sent every {config.keepalive} s instead, "
+            "since the controller counts a cluster offline after 1.5 × keepalive without "
+            f"a message; write heartbeat_s: {config.keepalive} or less (or leave it out)",
+            severity="warning",
+        ))  # fmt: skip
+    return warnings

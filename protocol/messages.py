@@ -196,6 +196,9 @@ class Heartbeat(WireModel):
     outbox_pending: int = Field(default=0, ge=0)  # events not yet acknowledged
     # Downloads under way (left out when there are none); see docs/protocol.md.
     transfers: Annotated[list[Transfer], Field(max_length=64)] | None = None
+    # The agent's MQTT keepalive (s); it heartbeats at least this often, and the controller
+    # marks it offline after 1.5 × this without a message. Left out by older agents.
+    keepalive_s: int | None = Field(default=None, ge=1, le=3600)
 
 
 class ChunkRequest(WireModel):

@@ -103,6 +103,28 @@ def test_the_default_output_is_opusdec_on_the_default_alsa_device(tmp_path: Path
     )
 
 
+def test_heartbeats_come_every_keepalive_unless_asked_more_often(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = "cluster_id: c1\nbroker_url: mqtt://h\ncontroller_public_key: k.pub\nkeepalive: 20\n"
+    path = tmp_path / "agent.yaml"
+    path.write_text(base)
+    assert load_agent_config(path).heartbeat_interval_s == 20  # left out: the keepalive
+    path.write_text(base + "heartbeat_s: 5\n")
+    assert load_agent_config(path).heartbeat_interval_s == 5
+    # Longer than the keepalive: the agent still starts (a cluster must keep playing), at
+    # the keepalive, and says where and what to write.
+    path.write_text(base + "heartbeat_s: 60\n")
+    with caplog.at_level("WARNING", logger="device_agent.config"):
+        config = load_agent_config(path)
+    assert config.heartbeat_interval_s == 20
+    assert caplog.messages == [
+        f"{path}:5:14: warning: heartbeat_s 60 is longer than keepalive 20: heartbeats are "
+        "sent every 20 s instead, since the controller counts a cluster offline after "
+        "1.5 × keepalive without a message; write heartbeat_s: 20 or less (or leave it out)"
+    ]
+
+
 def test_bad_config_exits_2_with_located_errors(tmp_path: Path) -> None:
     path = write_config(tmp_path, "http://broker")
     proc = loa_agent("run", "--config", str(path))
