@@ -9,6 +9,13 @@ beyond its quota) or the box may be reinstalled. That costs a little time, never
 play: an agent given a play whose audio it lacks asks for the chunks (`request` topic),
 and that request also drops the holding here, so the next play sends the audio again.
 
+The table is pruned, so that it does not grow with every bulletin ever delivered:
+holdings of clusters taken out of the fleet go, and so do holdings of content that no
+play names any more (none still to start, none whose latest start is within
+`UNUSED_FOR`), unless learnt within that time. Should such content be played again, it
+is sent again: a few seconds of a cluster's link, once. `record_delivered` prunes at most
+once every `PRUNE_EVERY`, by the injected clock; `prune()` does it at once.
+
 `content_status()` is the per-cluster view shown by `loa-controller fleet`: how many of
 the contents of the plays still to start on a cluster it holds.
 """
@@ -16,16 +23,29 @@ the contents of the plays still to start on a cluster it holds.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Column, DateTime, String, Table, delete, insert, select
 
 from controller.store import Store, metadata, plays, utc
+from controller.store import clusters as fleet_clusters
+from protocol.clock import Clock, SystemClock
 from protocol.messages import Event
+
+# Content no play has named for this long is assumed gone from the agents' caches (1 GB
+# by default: about 90 hours of 24 kb/s Opus, three months at an hour of new audio a
+# day), and its holdings are dropped.
+UNUSED_FOR = timedelta(days=90)
+PRUNE_EVERY = timedelta(hours=1)
+# Rows deleted per statement (SQLite limits the parameters of one statement).
+DELETE_BATCH = 500
+
+log = logging.getLogger(__name__)
 
 holdings = Table(
     "holdings",
@@ -51,10 +71,24 @@ class ContentStatus:
 class Holdings:
     """The holdings table: read by the distributor, written by the intake. Thread-safe."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock | None = None,
+        unused_for: timedelta = UNUSED_FOR,
+        prune_every: timedelta = PRUNE_EVERY,
+    ) -> None:
+        """clock: for the pruning done by record_delivered (the system clock by default).
+        unused_for: how long content no play names keeps its holdings. prune_every: how
+        often record_delivered prunes (the first time: on its first delivery)."""
         self._engine = store.engine
         holdings.create(self._engine, checkfirst=True)
         self._write = threading.Lock()
+        self._clock = clock or SystemClock()
+        self._unused_for = unused_for
+        self._prune_every = prune_every
+        self._next_prune: datetime | None = None
 
     def record_delivered(self, events: Iterable[Event]) -> int:
         """Note the content of each play reported `delivered` as held by its cluster;
@@ -76,7 +110,12 @@ class Holdings:
         for cluster, pid, at in delivered:
             for sha in items.get(pid or "", []):
                 wanted.setdefault((cluster, sha), at)
-        return self._add(wanted)
+        added = self._add(wanted)
+        now = self._clock.now()
+        if self._next_prune is None or now >= self._next_prune:
+            self._next_prune = now + self._prune_every
+            self.prune(now)
+        return added
 
     def add(self, cluster: str, sha256s: Iterable[str], since: datetime) -> int:
         """Note that cluster holds these contents (tests and tools)."""
@@ -110,6 +149,48 @@ class Holdings:
                 delete(holdings).where(holdings.c.cluster == cluster, holdings.c.sha256 == sha256)
             )
         return bool(gone.rowcount)
+
+    def prune(self, now: datetime) -> int:
+        """Drop the holdings nothing will use: those of clusters no longer in the fleet,
+        and those of content that no play still to start, or with a latest start less
+        than `unused_for` before now, names (unless learnt since then). Return how many
+        went."""
+        cutoff = utc(now - self._unused_for)
+        dropped = 0
+        with self._write, self._engine.begin() as conn:
+            in_fleet = {
+                r[0] for r in conn.execute(
+                    select(fleet_clusters.c.id).where(fleet_clusters.c.in_fleet)
+                )
+            }
+            holders = {r[0] for r in conn.execute(select(holdings.c.cluster).distinct())}
+            gone = sorted(holders - in_fleet)
+            named: set[str] = set()
+            for (raw,) in conn.execute(
+                select(plays.c["items"]).where(plays.c.latest_start > cutoff)
+            ):
+                named.update(json.loads(raw))
+            unused = sorted({
+                r[0] for r in conn.execute(
+                    select(holdings.c.sha256).distinct().where(holdings.c.since < cutoff)
+                )
+            } - named)
+            for start in range(0, len(gone), DELETE_BATCH):
+                dropped += conn.execute(delete(holdings).where(
+                    holdings.c.cluster.in_(gone[start:start + DELETE_BATCH])
+                )).rowcount
+            for start in range(0, len(unused), DELETE_BATCH):
+                dropped += conn.execute(delete(holdings).where(
+                    holdings.c.sha256.in_(unused[start:start + DELETE_BATCH]),
+                    holdings.c.since < cutoff,
+                )).rowcount
+        if dropped:
+            log.info(
+                "pruned %d content holdings: of %d clusters out of the fleet, and of %d "
+                "contents no play has named since %s", dropped, len(gone), len(unused),
+                cutoff.date().isoformat(),
+            )
+        return dropped
 
     def held_by(self, sha256s: Collection[str], clusters: Collection[str]) -> dict[str, set[str]]:
         """For each content hash, which of these clusters hold it."""

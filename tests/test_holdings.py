@@ -3,7 +3,8 @@
 A real controller and real agents (null output, own caches) on a real mosquitto, and a
 client that counts every message on the command, content and request topics, as the
 broker hands them to the agents. Fleet (tests/web_rig.py): commune xa-a with villages
-ap-a1 (a-01, a-02) and ap-a2 (a-03); commune xa-b (b-01).
+ap-a1 (a-01, a-02) and ap-a2 (a-03); commune xa-b (b-01). The pruning of the holdings
+table is tested on a store alone, with a manual clock.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,14 @@ from web_rig import WebRig
 from controller.audio import PreparedAudio
 from controller.cli import main as cli_main
 from controller.distribution import PlaySpec
+from controller.holdings import Holdings
 from controller.samples import tone
+from controller.store import Store
 from device_agent.agent import Agent
 from device_agent.output import NullBackend
 from protocol import topics
-from protocol.clock import SystemClock
-from protocol.messages import Address, State
+from protocol.clock import ManualClock, SystemClock
+from protocol.messages import Address, Event, State
 from protocol.mqtt import MqttLink, Will
 from protocol.signing import Verifier, load_public_key
 
@@ -284,3 +287,72 @@ def test_fleet_shows_content_held_and_a_transfer_under_way(
     assert "1/2 held, 1 downloading 50%" in after["a-03"]["line"]
     assert "1/1 held" in after["a-01"]["line"]
     link.stop()
+
+
+# --- pruning: the table does not grow with every bulletin ever delivered --------------------
+
+T0 = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
+OLD, RECENT, NEXT, NEW = ("0" * 63 + d for d in "1234")
+
+
+def pruning_store(tmp_path: Path) -> Store:
+    """A store with clusters a-01 and a-02 in the fleet, and three plays: one whose latest
+    start is 100 days ago (OLD), one 10 days ago (RECENT), one still to start (NEXT)."""
+    store = Store(f"sqlite:///{tmp_path / 'controller.db'}")
+    store.sync_fleet([(c, c, "xa-a", "Xã An") for c in ("a-01", "a-02")])
+    for play_id, sha, when in (("cu", OLD, T0 - timedelta(days=100)),
+                               ("gan-day", RECENT, T0 - timedelta(days=10)),
+                               ("sap-toi", NEXT, T0 + timedelta(hours=2))):
+        store.record_play(
+            play_id=play_id, programme=None, bulletin=play_id, level="normal",
+            start_at=when - timedelta(minutes=5), latest_start=when, duration_s=1.0,
+            items=[sha], cluster_ids=["a-01", "a-02"], urgent=False,
+            sent_at=when - timedelta(minutes=35),
+        )
+    return store
+
+
+def test_holdings_of_unused_content_and_of_clusters_out_of_the_fleet_are_pruned(
+    tmp_path: Path,
+) -> None:
+    store = pruning_store(tmp_path)
+    holdings = Holdings(store, unused_for=timedelta(days=90))
+    long_ago = T0 - timedelta(days=120)
+    holdings.add("a-01", [OLD, RECENT, NEXT], long_ago)
+    holdings.add("a-01", [NEW], T0 - timedelta(days=2))  # in no play, but learnt lately
+    holdings.add("a-02", [RECENT, NEXT], long_ago)
+    store.sync_fleet([("a-01", "a-01", "xa-a", "Xã An")])  # a-02 leaves the fleet
+
+    assert holdings.prune(T0) == 3
+    assert holdings.held("a-01") == {RECENT, NEXT, NEW}
+    assert holdings.held("a-02") == set()
+    assert holdings.prune(T0) == 0
+    # 89 days on, RECENT's play and NEW's holding are older than 90 days; NEXT's is not.
+    assert holdings.prune(T0 + timedelta(days=89)) == 2
+    assert holdings.held("a-01") == {NEXT}
+    store.close()
+
+
+def test_recording_deliveries_prunes_once_per_interval_by_its_clock(tmp_path: Path) -> None:
+    store = pruning_store(tmp_path)
+    clock = ManualClock(T0)
+    holdings = Holdings(store, clock=clock, unused_for=timedelta(days=90),
+                        prune_every=timedelta(hours=1))
+    stale = T0 - timedelta(days=120)
+
+    def delivered(seq: int) -> Event:
+        return Event(cluster="a-01", outbox="hop-thu", seq=seq, at=clock.now(),
+                     kind="delivered", play_id="sap-toi")
+
+    holdings.add("a-02", [OLD], stale)
+    assert holdings.record_delivered([delivered(1)]) == 1  # the first delivery prunes
+    assert holdings.held("a-01") == {NEXT}
+    assert holdings.held("a-02") == set()
+    holdings.add("a-02", [OLD], stale)
+    clock.advance(timedelta(minutes=59))
+    holdings.record_delivered([delivered(2)])
+    assert holdings.held("a-02") == {OLD}  # not again within the hour
+    clock.advance(timedelta(minutes=1))
+    holdings.record_delivered([delivered(3)])
+    assert holdings.held("a-02") == set()
+    store.close()
