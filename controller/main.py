@@ -121,7 +121,7 @@ class Controller:
         self.link: Link = link or MqttLink(
             settings.broker, settings.client_id, clean_session=False
         )
-        self.holdings = Holdings(self.store)
+        self.holdings = Holdings(self.store, clock=self.clock)
         self.distributor = Distributor(
             self.link, self.signer, self.store, lambda: self.fleet, self.clock, self._content_path,
             chunk_size=settings.audio.chunk_size, holdings=self.holdings,

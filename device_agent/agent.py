@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from device_agent.amplifier import Amplifier, amplifier_from_config
-from device_agent.cache import Cache
+from device_agent.cache import Cache, ChunkOutcome
 from device_agent.guard import (
     Guard,
     Ignored,
@@ -131,6 +131,7 @@ class Agent:
         default_volume: int = 100,
         max_content_bytes: int = MAX_CONTENT_BYTES,
         pool: WorkerPool | None = None,
+        keepalive_s: int | None = None,
     ) -> None:
         """durable=False skips every fsync: state then survives a crash of the process, not
         a power cut. cache: a content cache shared by the agents of a simulated fleet in
@@ -141,7 +142,9 @@ class Agent:
         between heartbeats (None: none). max_content_bytes: the quota of complete audio in
         the agent's own cache, least recently used evicted beyond it, never the audio of
         plays still scheduled or playing. pool: run the worker on this pool shared with
-        other agents of the process instead of a thread of its own."""
+        other agents of the process instead of a thread of its own. keepalive_s: the
+        link's MQTT keepalive, sent in each heartbeat: the controller declares the
+        cluster offline after 1.5 x that without hearing from it."""
         self.cluster_id = topics.check_id(cluster_id, "cluster id")
         self._link = link
         self._clock = clock
@@ -169,6 +172,7 @@ class Agent:
                 wake=self._wake,
             )
         self._heartbeat_s = heartbeat_s
+        self._keepalive_s = keepalive_s
         self._next_heartbeat: datetime | None = None
         self.clock_offset = ClockOffset()
 
@@ -192,6 +196,7 @@ class Agent:
             clock=clock,
         )
         self._next_prune = clock.now() + PRUNE_EVERY
+        self._wake_at: datetime | None = None  # when the housekeeping asked to run next
         self._player = Player(
             output, self._cache, clock, self._db.document("plays"),
             report=self._report_play,
@@ -236,6 +241,9 @@ class Agent:
             self._publish_state("offline")
         self._link.stop()
         self._cache.remove_listener(self._on_content)
+        if self._owns_cache:
+            self._cache.flush()
+            self._cache.close()
         self._db.close()
         self._log.info("agent stopped")
 
@@ -285,6 +293,7 @@ class Agent:
             queued=len(player.queue),
             outbox_pending=self._outbox.pending(),
             transfers=self._transfers(),
+            keepalive_s=self._keepalive_s,
         )
 
     def _transfers(self) -> list[Transfer] | None:
@@ -333,27 +342,38 @@ class Agent:
     # --- worker thread ----------------------------------------------------------------------
 
     def _step(self, batch: list[Item]) -> float | None:
-        """Handle what arrived, then what is due; seconds until the next look (None: stop)."""
+        """Handle what arrived, then what is due; seconds until the next look (None: stop).
+
+        A batch of audio chunks that completed no content changes nothing that is due:
+        the housekeeping is skipped until the time it asked for, so a chunk costs the
+        same however many plays the agent holds."""
+        quiet = True
         for item in batch:
             if item is _STOP:
                 return None
             try:
                 if item[0] == "message":
-                    self._handle_message(item[1], item[2], *item[3:])
+                    quiet = self._handle_message(item[1], item[2], *item[3:]) and quiet
                 elif item[0] == "connection":
+                    quiet = False
                     self._handle_connection(bool(item[1]))
-                elif item is _HEARTBEAT:
-                    self._send_heartbeat()
+                else:
+                    quiet = False
+                    if item is _HEARTBEAT:
+                        self._send_heartbeat()
+            except Exception:
+                quiet = False
+                self._log.exception("unexpected error in the agent worker; carrying on")
+        now = self._clock.now()
+        if not quiet or self._wake_at is None or self._wake_at <= now:
+            try:
+                self._wake_at = self._housekeeping()
             except Exception:
                 self._log.exception("unexpected error in the agent worker; carrying on")
-        try:
-            wake_at = self._housekeeping()
-        except Exception:
-            self._log.exception("unexpected error in the agent worker; carrying on")
+                self._wake_at = None
+        if self._wake_at is None:
             return MAX_SLEEP_S
-        if wake_at is None:
-            return MAX_SLEEP_S
-        until = (wake_at - self._clock.now()).total_seconds()
+        until = (self._wake_at - self._clock.now()).total_seconds()
         return min(max(until, 0.0), MAX_SLEEP_S)
 
     def _housekeeping(self) -> datetime | None:
@@ -388,6 +408,8 @@ class Agent:
             self._cache.prune(self._player.needed_content(), self._max_content_bytes)
             self._next_prune = self._clock.now() + PRUNE_EVERY
         times.append(self._next_prune if self._owns_cache else None)
+        if self._owns_cache:
+            self._cache.flush(force=False)
         with self._content_lock:
             dropped, self._dropped_content = self._dropped_content, 0
         if dropped:
@@ -445,18 +467,18 @@ class Agent:
         payload: bytes,
         received_at: datetime | None = None,
         received_mono: float | None = None,
-    ) -> None:
+    ) -> bool:
+        """Take one message; True if it was a chunk that completed nothing (quiet)."""
         where = topics.parse(topic)
         if where is not None and where.channel == "content":
             with self._content_lock:
                 self._queued_content_bytes -= len(payload)
-            self._handle_chunk(topic, payload)
-            return
+            return self._handle_chunk(topic, payload) != "complete"
         try:
             command = self._guard.admit(topic, payload)
         except Ignored as exc:
             self._log.debug("ignored command %s on %s: %s", exc.command_id, topic, exc.reason)
-            return
+            return False
         except Rejected as exc:
             if self._limiter.allow():
                 self._log.warning(
@@ -464,11 +486,12 @@ class Agent:
                     exc.command_id or "(no id)", topic, exc.reason,
                 )
                 self._add_event("rejected", ref=exc.command_id, reason=exc.reason)
-            return
+            return False
         if received_at is not None and not isinstance(command.body, MembershipBody):
             # Retained membership was signed long before it is delivered: not a sample.
             self.clock_offset.add(command.issued_at, received_at, received_mono)
         self._obey(command)
+        return False
 
     def _obey(self, command: Command) -> None:
         body = command.body
@@ -514,18 +537,19 @@ class Agent:
             )
             self._send(pending, reconnected=True)
 
-    def _handle_chunk(self, topic: str, payload: bytes) -> None:
+    def _handle_chunk(self, topic: str, payload: bytes) -> ChunkOutcome | None:
         try:
             chunk = chunks.decode(payload)
         except chunks.ChunkError as exc:
             if self._limiter.allow():
                 self._log.warning("dropped a payload on %s: %s", topic, exc)
-            return
+            return None
         outcome = self._cache.add_chunk(chunk)
         if outcome == "corrupt":
             ref = self._cache.manifest(chunk.sha256)
             if ref is not None:
                 self._request_chunks(ref, self._cache.missing(ref))
+        return outcome
 
     # --- outgoing ---------------------------------------------------------------------------
 

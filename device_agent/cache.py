@@ -17,8 +17,10 @@ another topic); those are kept one file each, within a budget (`max_early_bytes`
 oldest dropped first), and moved into the download when the manifest arrives.
 
 Once every chunk is in, the size and SHA-256 are checked against the signed manifest and
-the content is moved into place atomically: a forged or damaged chunk can make a download
-fail (it is then discarded and fetched again), never make a speaker play it.
+the content is moved into place atomically (the hash is taken as the chunks arrive, in
+order; only chunks that came out of order are read back): a forged or damaged chunk can
+make a download fail (it is then discarded and fetched again), never make a speaker
+play it.
 
 Quota: complete content beyond a size (the agent's `cache_max_mb`) is evicted least
 recently used first, never what `keep` names (the audio of plays still scheduled or
@@ -36,10 +38,11 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from device_agent.localdb import StateDocument
 from protocol.chunks import Chunk
@@ -51,7 +54,8 @@ module_log = logging.getLogger(__name__)
 DEFAULT_MAX_EARLY_BYTES = 256 * 1024 * 1024
 # Every stored early chunk costs at least a file system block, however small its data.
 BLOCK = 4096
-READ_SIZE = 256 * 1024
+# The last uses of content go to disk at most this often (and when the agent stops).
+USES_SAVE_EVERY_S = 60.0
 
 ChunkOutcome = Literal[
     "stored",  # kept; more chunks are needed
@@ -86,6 +90,12 @@ class _Download:
     chunk_size: int
     chunks: int
     held: set[int] = field(default_factory=set)
+    # The .part file, open while the download lasts (not reopened for every chunk).
+    fd: int | None = None
+    # SHA-256 of the chunks before `hashed` (chunks in order are hashed as they come, so
+    # the content need not be read back to verify it).
+    hasher: Any = field(default_factory=hashlib.sha256)
+    hashed: int = 0
 
     def expected_length(self, index: int) -> int:
         if index < self.chunks - 1:
@@ -122,6 +132,9 @@ class Cache:
                 if isinstance(sha, str) and isinstance(at, int | float)
             }
         self.directory = directory
+        self._dir_prefix = f"{directory}{os.sep}"
+        self._uses_saved_at = -USES_SAVE_EVERY_S
+        self._uses_dirty = False
         self._partial_dir = directory / "partial"
         self._partial_dir.mkdir(parents=True, exist_ok=True)
         self._max_early_bytes = max_early_bytes
@@ -140,7 +153,8 @@ class Cache:
         return self.directory / f"{sha256}.opus"
 
     def has(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
+        # Asked for every chunk and every look at a play: a plain stat, no Path objects.
+        return os.path.isfile(f"{self._dir_prefix}{sha256}.opus")
 
     def missing(self, ref: ContentRef) -> list[int]:
         """Indexes of the chunks of ref not held yet ([] when the content is complete)."""
@@ -293,9 +307,34 @@ class Cache:
         return held
 
     def _save_uses(self) -> None:
-        """Keep the last uses (lock held)."""
-        if self._uses_doc is not None:
+        """Keep the last uses (lock held): at most every USES_SAVE_EVERY_S, the rest by
+        `flush`. They only order eviction, so a power cut may lose the latest few."""
+        if self._uses_doc is None:
+            return
+        now = time.monotonic()
+        if now - self._uses_saved_at < USES_SAVE_EVERY_S:
+            self._uses_dirty = True
+            return
+        self._uses_doc.save(self._uses)
+        self._uses_saved_at = now
+        self._uses_dirty = False
+
+    def flush(self, *, force: bool = True) -> None:
+        """Save the uses not saved yet (force=False: only once USES_SAVE_EVERY_S passed)."""
+        with self._lock:
+            if not self._uses_dirty or self._uses_doc is None:
+                return
+            if not force and time.monotonic() - self._uses_saved_at < USES_SAVE_EVERY_S:
+                return
             self._uses_doc.save(self._uses)
+            self._uses_saved_at = time.monotonic()
+            self._uses_dirty = False
+
+    def close(self) -> None:
+        """Close the files of downloads under way (they resume from disk next time)."""
+        with self._lock:
+            for download in self._downloads.values():
+                self._close(download)
 
     # --- downloads of known manifests (lock held) -------------------------------------------
 
@@ -347,34 +386,46 @@ class Cache:
             return "refused"
         if chunk.index in download.held:
             return "duplicate"
-        fd = os.open(self._part_path(download), os.O_WRONLY)
-        try:
-            os.pwrite(fd, chunk.data, chunk.index * download.chunk_size)
-            os.pwrite(fd, b"\x01", download.size + chunk.index)  # after the data it marks
-        finally:
-            os.close(fd)
+        if download.fd is None:
+            download.fd = os.open(self._part_path(download), os.O_RDWR)
+        os.pwrite(download.fd, chunk.data, chunk.index * download.chunk_size)
+        os.pwrite(download.fd, b"\x01", download.size + chunk.index)  # after the data it marks
         download.held.add(chunk.index)
+        if chunk.index == download.hashed:
+            download.hasher.update(chunk.data)
+            download.hashed += 1
+            self._hash_held(download)
         return "stored"
+
+    def _hash_held(self, download: _Download) -> None:
+        """Hash on from the file the chunks held beyond `hashed` (they came out of order)."""
+        while download.hashed in download.held and download.hashed < download.chunks:
+            index = download.hashed
+            assert download.fd is not None
+            data = os.pread(
+                download.fd, download.expected_length(index), index * download.chunk_size
+            )
+            download.hasher.update(data)
+            download.hashed += 1
+
+    def _close(self, download: _Download) -> None:
+        if download.fd is not None:
+            os.close(download.fd)
+            download.fd = None
 
     def _finish_if_complete(self, download: _Download) -> ChunkOutcome:
         if len(download.held) < download.chunks:
             return "stored"
         sha = download.sha256
         part = self._part_path(download)
-        digest = hashlib.sha256()
         try:
-            with part.open("r+b") as fh:
-                left = download.size
-                while left > 0:
-                    block = fh.read(min(READ_SIZE, left))
-                    if not block:
-                        break
-                    digest.update(block)
-                    left -= len(block)
-                fh.truncate(download.size)
-                if self._durable:
-                    fh.flush()
-                    os.fsync(fh.fileno())
+            if download.fd is None:
+                download.fd = os.open(part, os.O_RDWR)
+            self._hash_held(download)  # what came out of order (or before a restart)
+            digest = download.hasher
+            os.ftruncate(download.fd, download.size)
+            if self._durable:
+                os.fsync(download.fd)
         except OSError as exc:
             self._log.error(
                 "could not read back content %s (%s); discarded, will fetch it again",
@@ -390,6 +441,7 @@ class Cache:
             )
             self._restart_download(download)
             return "corrupt"
+        self._close(download)
         os.replace(part, self.path(sha))
         del self._downloads[sha]
         self._uses[sha] = self._clock.now().timestamp()  # delivered: a use
@@ -398,6 +450,7 @@ class Cache:
         return "complete"
 
     def _restart_download(self, download: _Download) -> None:
+        self._close(download)
         self._part_path(download).unlink(missing_ok=True)
         del self._downloads[download.sha256]
         ref = self._manifests.get(download.sha256)
@@ -407,6 +460,7 @@ class Cache:
     def _drop_download(self, sha256: str) -> None:
         download = self._downloads.pop(sha256, None)
         if download is not None:
+            self._close(download)
             self._part_path(download).unlink(missing_ok=True)
 
     # --- early chunks (lock held) -----------------------------------------------------------

@@ -151,6 +151,7 @@ class SeenStore:
                     self._seen[str(command_id)] = datetime.fromisoformat(expires)
                 except (TypeError, ValueError):
                     log.warning("%s: skipped a damaged entry for command %s", document, command_id)
+        self._earliest = min(self._seen.values(), default=None)  # the next to forget
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -162,8 +163,12 @@ class SeenStore:
         self, command_id: str, expires_at: datetime, now: datetime, *, persist: bool = True
     ) -> None:
         """Remember command_id (forgetting what has expired by now) and, if persist, save."""
-        self._seen = {cid: exp for cid, exp in self._seen.items() if exp > now}
+        if self._earliest is not None and self._earliest <= now:
+            self._seen = {cid: exp for cid, exp in self._seen.items() if exp > now}
+            self._earliest = min(self._seen.values(), default=None)
         self._seen[command_id] = expires_at
+        if self._earliest is None or expires_at < self._earliest:
+            self._earliest = expires_at
         if self._file and persist:
             self._file.save({"seen": {cid: exp.isoformat() for cid, exp in self._seen.items()}})
 

@@ -17,14 +17,13 @@ import threading
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
 from device_agent.output import OutputBackend, make_backend
 from protocol import topics
 from protocol.clock import Clock, SystemClock
-from protocol.messages import Heartbeat, State
+from protocol.messages import State
 from protocol.mqtt import MqttLink, Will
 from protocol.signing import Verifier, load_public_key
 
@@ -63,18 +62,6 @@ def build_output(config: AgentConfig) -> OutputBackend:
     )  # fmt: skip
 
 
-class FieldAgent(Agent):
-    """The agent as `loa-agent run` builds it: its heartbeat also carries the MQTT
-    keepalive, by which the controller times its silence (1.5 × keepalive)."""
-
-    def __init__(self, *args: Any, keepalive_s: int, **kwargs: Any) -> None:
-        self.keepalive_s = keepalive_s
-        super().__init__(*args, **kwargs)
-
-    def heartbeat(self) -> Heartbeat:
-        return super().heartbeat().model_copy(update={"keepalive_s": self.keepalive_s})
-
-
 def build_agent(config: AgentConfig, clock: Clock | None = None) -> Agent:
     """Every real part, from the configuration; raises ValueError naming what is wrong."""
     verifier = Verifier(load_public_key(config.controller_public_key))
@@ -86,7 +73,7 @@ def build_agent(config: AgentConfig, clock: Clock | None = None) -> Agent:
             "each play it cannot air as failed.",
             output.name, problem,
         )
-    return FieldAgent(
+    return Agent(
         config.cluster_id,
         build_link(config),
         verifier,

@@ -59,6 +59,10 @@ class Outbox:
         self.resend_after_s = resend_after_s
         self.max_resend_s = max(max_resend_s, resend_after_s)
         self._clock = clock
+        # When the next event is due (epoch seconds; None: nothing waits), known since the
+        # last change: the agent asks after every batch of messages, the disk need not.
+        self._next_due: float | None = None
+        self._next_due_known = False
         self._db.executescript(SCHEMA)
         with self._db.transaction() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
@@ -114,6 +118,7 @@ class Outbox:
                 reason=reason,
             )
             db.execute("UPDATE events SET payload = ? WHERE seq = ?", (event.to_json(), event.seq))
+        self._next_due_known = False
         return event
 
     def unacked(self) -> list[Event]:
@@ -123,6 +128,10 @@ class Outbox:
 
     def due(self) -> list[Event]:
         """Events never sent, or whose resend delay has passed, oldest first."""
+        if self._next_due_known and (
+            self._next_due is None or self._next_due > self._clock.now().timestamp()
+        ):
+            return []
         rows = self._db.query(
             "SELECT payload FROM events WHERE next_send IS NULL OR next_send <= ? ORDER BY seq",
             (self._clock.now().timestamp(),),
@@ -131,10 +140,13 @@ class Outbox:
 
     def next_due_at(self) -> datetime | None:
         """When the next unacknowledged event is due to go out (None: nothing waits)."""
-        rows = self._db.query("SELECT MIN(COALESCE(next_send, 0)), COUNT(*) FROM events")
-        if not rows or not rows[0][1]:
+        if not self._next_due_known:
+            rows = self._db.query("SELECT MIN(COALESCE(next_send, 0)), COUNT(*) FROM events")
+            self._next_due = float(rows[0][0]) if rows and rows[0][1] else None
+            self._next_due_known = True
+        if self._next_due is None:
             return None
-        return datetime.fromtimestamp(float(rows[0][0]), UTC)
+        return datetime.fromtimestamp(self._next_due, UTC)
 
     def mark_sent(self, seqs: Iterable[int], *, reconnected: bool = False) -> None:
         """Record a send; reconnected: a send after a new connection, which starts the
@@ -149,6 +161,7 @@ class Outbox:
                     "MIN(? * (1 << MIN(sends, 16)), ?) WHERE seq = ?",
                     (now, now, self.resend_after_s, self.max_resend_s, seq),
                 )
+        self._next_due_known = False
 
     def ack(self, outbox_id: str, seqs: Iterable[int]) -> int:
         """Forget the acknowledged events of this outbox; returns how many were forgotten."""
@@ -160,6 +173,7 @@ class Outbox:
             return 0
         with self._db.transaction() as db:
             cur = db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
+        self._next_due_known = False
         return max(cur.rowcount, 0)
 
     def pending(self) -> int:

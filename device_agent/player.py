@@ -33,6 +33,7 @@ at the time `tick()` returned; the output itself runs on one short-lived thread 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -130,10 +131,15 @@ class PlayRecord:
     def describe(self) -> str:
         return f"{self.body.bulletin} ({self.body.level})"
 
+    @functools.cached_property
+    def body_json(self) -> dict[str, Any]:
+        """The command's body as saved (it never changes: dumped once)."""
+        return self.body.model_dump(mode="json", exclude_none=True)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "command_id": self.command_id,
-            "body": self.body.model_dump(mode="json", exclude_none=True),
+            "body": self.body_json,
             "received_at": self.received_at.isoformat(),
             "keep_until": self.keep_until.isoformat(),
             "order": self.order,

@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="idle measurement window (default 30)")
     agent.add_argument("--play-s", type=float, default=30.0, metavar="S",
                        help="measurement window once playing (default 30)")
-    agent.add_argument("--outputs", default="null,ffmpeg", metavar="LIST",
-                       help="outputs to measure: null, ffmpeg (device null) (default both)")
+    agent.add_argument("--outputs", default="null,opusdec,ffmpeg", metavar="LIST",
+                       help="outputs to measure: null, opusdec, ffmpeg (device null) "
+                       "(default all three)")
     _common(agent)
     return parser
 

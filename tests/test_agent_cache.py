@@ -55,13 +55,18 @@ def test_missing_lists_what_has_not_arrived(tmp_path: Path) -> None:
     assert cache.missing(c.ref) == [0, 2]
 
 
-def test_a_forged_chunk_makes_the_download_fail_not_play(tmp_path: Path) -> None:
+@pytest.mark.parametrize("order", ["in order", "reversed"])
+def test_a_forged_chunk_makes_the_download_fail_not_play(tmp_path: Path, order: str) -> None:
+    # In order, chunks are hashed as they come; out of order, read back from the file.
     cache = Cache(tmp_path)
     c = content()
     cache.expect(c.ref)
     pieces = c.decoded()
     forged = Chunk(pieces[0].sha256, 0, pieces[0].count, b"\x00" * len(pieces[0].data))
-    outcomes = [cache.add_chunk(p) for p in [forged, *pieces[1:]]]
+    sent = [forged, *pieces[1:]]
+    if order == "reversed":
+        sent.reverse()
+    outcomes = [cache.add_chunk(p) for p in sent]
     assert outcomes[-1] == "corrupt"
     assert not cache.has(c.ref.sha256)
     assert cache.missing(c.ref) == list(range(c.ref.chunks))
@@ -157,7 +162,9 @@ def test_eviction_goes_by_last_use_not_by_age(tmp_path: Path) -> None:
     assert cache.evict(keep=set(), max_content_bytes=2 * size) == [second.ref.sha256]
     assert cache.evict(keep=set(), max_content_bytes=size) == [third.ref.sha256]
     assert cache.has(first.ref.sha256)
-    # The order survives a restart: it is in the agent's database, not in file times.
+    # The order survives a restart: it is in the agent's database, not in file times
+    # (saved at most every minute while running, and when the agent stops).
+    cache.flush()
     db.close()
     db = LocalDatabase(tmp_path / "agent.sqlite", durable=False)
     again = Cache(tmp_path / "content", uses=db.document("cache-uses"), clock=clock)
