@@ -3,7 +3,10 @@
 The MQTT network thread only parses and queues. One writer thread drains the queue in
 batches, stores the new events (duplicates from resends are dropped by the store),
 acknowledges every event it holds, new or duplicate, with a signed ack command on the
-cluster's command topic, and tells listeners about what is new.
+cluster's command topic, and tells listeners about what is new. Acks wait up to
+ACK_DELAY_S so that one ack covers what a cluster sent in a burst (received, delivered,
+playing): a third of the signatures to make and of the ones each agent checks. An
+agent resends only after 10 s, so the wait costs nothing.
 
 Heartbeats (QoS 0, health) are not acknowledged: the latest one of each cluster in a
 batch replaces the stored one. Availability: an agent's retained "online" (with its
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,6 +46,8 @@ StateListener = Callable[[str, str], None]
 ACK_TTL = timedelta(hours=6)
 #: Longest wait of the writer thread for a message before it looks for silent clusters (s).
 SWEEP_S = 0.5
+# Events of one cluster within this are acknowledged together (monotonic seconds).
+ACK_DELAY_S = 1.0
 
 # (cluster, state, the agent's connect time for "online")
 Availability = tuple[str, str, datetime | None]
@@ -87,6 +93,9 @@ class Intake:
         self._idle = threading.Event()
         self._silence = SilenceWatch()
         self._silenced: set[str] = set()  # marked offline for silence, not heard since
+        # Stored events not acknowledged yet, by (cluster, outbox); when the oldest came.
+        self._unacked: dict[tuple[str, str], set[int]] = {}
+        self._ack_due: float | None = None
 
     def add_listener(self, listener: EventListener) -> None:
         self._event_listeners.append(listener)
@@ -178,10 +187,13 @@ class Intake:
 
     def _wait_s(self) -> float:
         """How long the writer may wait for a message before the next silence is due."""
+        wait = SWEEP_S
         due = self._silence.next_due()
-        if due is None:
-            return SWEEP_S
-        return min(SWEEP_S, max(0.01, (due - self._clock.now()).total_seconds()))
+        if due is not None:
+            wait = min(wait, max(0.01, (due - self._clock.now()).total_seconds()))
+        if self._ack_due is not None:
+            wait = min(wait, max(0.0, self._ack_due - time.monotonic()))
+        return wait
 
     def _run(self) -> None:
         while True:
@@ -190,8 +202,10 @@ class Intake:
             except queue.Empty:
                 self._idle.set()
                 self._sweep_safely()
+                self._send_acks()
                 continue
             if first is None:
+                self._send_acks(now=True)
                 return
             batch: list[Intook] = [first]
             while len(batch) < self._batch_max:
@@ -209,6 +223,7 @@ class Intake:
                 self.stats.last_error = str(exc)
                 log.exception("could not store %d status messages; agents will resend", len(batch))
             self._sweep_safely()
+            self._send_acks()
             if self._queue.empty():
                 self._idle.set()
 
@@ -309,9 +324,22 @@ class Intake:
                     log.exception("event listener failed")
 
     def _acknowledge(self, evs: list[Event]) -> None:
-        by_outbox: dict[tuple[str, str], list[int]] = {}
+        """Acknowledge these stored events within ACK_DELAY_S, with the ones after them."""
         for ev in evs:
-            by_outbox.setdefault((ev.cluster, ev.outbox), []).append(ev.seq)
+            self._unacked.setdefault((ev.cluster, ev.outbox), set()).add(ev.seq)
+        if self._ack_due is None:
+            self._ack_due = time.monotonic() + ACK_DELAY_S
+
+    def _send_acks(self, *, now: bool = False) -> None:
+        if self._ack_due is None or (not now and time.monotonic() < self._ack_due):
+            return
+        by_outbox, self._unacked, self._ack_due = self._unacked, {}, None
+        try:
+            self._sign_acks(by_outbox)
+        except Exception:  # the agents resend what stays unacknowledged
+            log.exception("could not send acks to %d clusters", len(by_outbox))
+
+    def _sign_acks(self, by_outbox: dict[tuple[str, str], set[int]]) -> None:
         now = self._clock.now()
         for (cluster, outbox), seqs in by_outbox.items():
             cmd = self._signer.command(

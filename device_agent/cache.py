@@ -134,6 +134,9 @@ class Cache:
         self.directory = directory
         self._dir_prefix = f"{directory}{os.sep}"
         self._uses_saved_at = -USES_SAVE_EVERY_S
+        # Bytes of complete content as last counted plus what completed since (None: not
+        # counted yet): an upper bound unless files are added behind the agent's back.
+        self._held_bytes: int | None = None
         self._uses_dirty = False
         self._partial_dir = directory / "partial"
         self._partial_dir.mkdir(parents=True, exist_ok=True)
@@ -257,14 +260,23 @@ class Cache:
             for sha in [s for s in self._downloads if s not in keep]:
                 self._drop_download(sha)
                 self._manifests.pop(sha, None)
-        return self.evict(keep, max_content_bytes)
+        return self.evict(keep, max_content_bytes, exact=True)
 
-    def evict(self, keep: Iterable[str], max_content_bytes: int) -> list[str]:
+    def evict(
+        self, keep: Iterable[str], max_content_bytes: int, *, exact: bool = False
+    ) -> list[str]:
         """Remove complete content, least recently used first, until what is held fits in
-        max_content_bytes; never anything in keep. Returns the hashes removed."""
+        max_content_bytes; never anything in keep. Returns the hashes removed.
+
+        Unless exact, the folder is not listed while the bytes held as last counted,
+        plus the content completed since, fit (so a completion costs no listing)."""
+        known = self._held_bytes
+        if not exact and known is not None and known <= max_content_bytes:
+            return []
         keep = set(keep)
         held = self._held()
         total = sum(size for _sha, size, _mtime in held)
+        self._held_bytes = total
         if total <= max_content_bytes:
             return []
         with self._lock:
@@ -282,6 +294,7 @@ class Cache:
                 "removed content %s from the cache (%d bytes, least recently used; quota %d MB)",
                 sha[:12], size, max_content_bytes // (1024 * 1024),
             )
+        self._held_bytes = total
         if removed:
             with self._lock:
                 for sha in removed:
@@ -347,8 +360,10 @@ class Cache:
         fd = os.open(self._part_path(download), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             os.ftruncate(fd, ref.size + ref.chunks)
-        finally:
+        except OSError:
             os.close(fd)
+            raise
+        download.fd = fd  # kept open for the chunks to come
         self._downloads[ref.sha256] = download
         early = self._early.pop(ref.sha256, None)
         if early is not None:
@@ -443,6 +458,8 @@ class Cache:
             return "corrupt"
         self._close(download)
         os.replace(part, self.path(sha))
+        if self._held_bytes is not None:
+            self._held_bytes += download.size
         del self._downloads[sha]
         self._uses[sha] = self._clock.now().timestamp()  # delivered: a use
         self._save_uses()

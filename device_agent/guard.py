@@ -144,11 +144,13 @@ class SeenStore:
     def __init__(self, document: StateDocument | None = None) -> None:
         self._file = document
         self._seen: dict[str, datetime] = {}
+        self._saved: dict[str, str] = {}  # the ids kept on disk, with their expiry as saved
         saved = self._file.load() if self._file else None
         if isinstance(saved, dict):
             for command_id, expires in saved.get("seen", {}).items():
                 try:
                     self._seen[str(command_id)] = datetime.fromisoformat(expires)
+                    self._saved[str(command_id)] = str(expires)
                 except (TypeError, ValueError):
                     log.warning("%s: skipped a damaged entry for command %s", document, command_id)
         self._earliest = min(self._seen.values(), default=None)  # the next to forget
@@ -162,15 +164,18 @@ class SeenStore:
     def remember(
         self, command_id: str, expires_at: datetime, now: datetime, *, persist: bool = True
     ) -> None:
-        """Remember command_id (forgetting what has expired by now) and, if persist, save."""
+        """Remember command_id (forgetting what has expired by now); if persist, also on
+        disk (ids remembered without persist live in memory only, and are not saved)."""
         if self._earliest is not None and self._earliest <= now:
             self._seen = {cid: exp for cid, exp in self._seen.items() if exp > now}
+            self._saved = {cid: exp for cid, exp in self._saved.items() if cid in self._seen}
             self._earliest = min(self._seen.values(), default=None)
         self._seen[command_id] = expires_at
         if self._earliest is None or expires_at < self._earliest:
             self._earliest = expires_at
         if self._file and persist:
-            self._file.save({"seen": {cid: exp.isoformat() for cid, exp in self._seen.items()}})
+            self._saved[command_id] = expires_at.isoformat()
+            self._file.save({"seen": self._saved})
 
 
 def _claimed_id(payload: bytes) -> str | None:

@@ -74,6 +74,12 @@ class LocalDatabase:
                 raise
             self._db.execute("COMMIT")
 
+    def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One statement, its own transaction (SQLite's autocommit: atomic, and a third
+        of the calls of BEGIN, statement, COMMIT). Returns the rows it changed."""
+        with self._lock:
+            return self._db.execute(sql, params).rowcount
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
@@ -114,9 +120,8 @@ class StateDocument:
     def save(self, document: Any) -> None:
         """Replace the document (committed when this returns)."""
         body = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-        with self._database.transaction() as db:
-            db.execute(
-                "INSERT INTO documents (name, body) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET body = excluded.body",
-                (self.name, body),
-            )
+        self._database.write(
+            "INSERT INTO documents (name, body) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET body = excluded.body",
+            (self.name, body),
+        )

@@ -40,6 +40,10 @@ CREATE INDEX IF NOT EXISTS events_next_send ON events (next_send);
 """
 
 
+# Sequence numbers deleted per statement (SQLite's parameter limit is far above this).
+ACK_BATCH = 500
+
+
 class Outbox:
     """Status events of one cluster, numbered, stored, resent until acknowledged."""
 
@@ -73,6 +77,10 @@ class Outbox:
                 )
             else:
                 self.outbox_id = str(row[0])
+            # The last number given (AUTOINCREMENT's: never reused, even once acknowledged);
+            # this process alone writes the database, so the next is known without asking.
+            last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            self._last_seq = int(last[0]) if last else 0
 
     def close(self) -> None:
         """Close the database if this outbox opened it."""
@@ -99,25 +107,24 @@ class Outbox:
             reason = reason[:497] + "..."
         now = self._clock.now()
         sent = now.timestamp() if sending else None
-        with self._db.transaction() as db:
-            cur = db.execute(
-                "INSERT INTO events (payload, last_sent, next_send, sends) VALUES (x'', ?, ?, ?)",
-                (sent, sent + self.resend_after_s if sent else None, 1 if sending else 0),
-            )
-            assert cur.lastrowid is not None
-            event = Event(
-                cluster=self.cluster_id,
-                outbox=self.outbox_id,
-                seq=cur.lastrowid,
-                at=now,
-                kind=kind,
-                ref=ref,
-                play_id=play_id,
-                bulletin=bulletin,
-                level=level,
-                reason=reason,
-            )
-            db.execute("UPDATE events SET payload = ? WHERE seq = ?", (event.to_json(), event.seq))
+        event = Event(
+            cluster=self.cluster_id,
+            outbox=self.outbox_id,
+            seq=self._last_seq + 1,
+            at=now,
+            kind=kind,
+            ref=ref,
+            play_id=play_id,
+            bulletin=bulletin,
+            level=level,
+            reason=reason,
+        )
+        self._db.write(
+            "INSERT INTO events (seq, payload, last_sent, next_send, sends) VALUES (?, ?, ?, ?, ?)",
+            (event.seq, event.to_json(), sent, sent + self.resend_after_s if sent else None,
+             1 if sending else 0),
+        )  # fmt: skip
+        self._last_seq = event.seq
         self._next_due_known = False
         return event
 
@@ -171,10 +178,22 @@ class Outbox:
                 outbox_id, self.outbox_id,
             )
             return 0
-        with self._db.transaction() as db:
-            cur = db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
+        numbers = sorted({int(s) for s in seqs})
+        if len(numbers) <= ACK_BATCH:  # the usual case: one statement
+            forgotten = self._db.write(_delete_sql(len(numbers)), numbers) if numbers else 0
+        else:
+            forgotten = 0
+            with self._db.transaction() as db:
+                for i in range(0, len(numbers), ACK_BATCH):
+                    part = numbers[i : i + ACK_BATCH]
+                    forgotten += max(db.execute(_delete_sql(len(part)), part).rowcount, 0)
         self._next_due_known = False
-        return max(cur.rowcount, 0)
+        return max(forgotten, 0)
 
     def pending(self) -> int:
         return int(self._db.query("SELECT COUNT(*) FROM events")[0][0])
+
+
+def _delete_sql(count: int) -> str:
+    """DELETE of `count` sequence numbers, as ? parameters (no value is put in the text)."""
+    return f"DELETE FROM events WHERE seq IN ({','.join('?' * count)})"  # noqa: S608 - only ? placeholders

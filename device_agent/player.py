@@ -110,6 +110,9 @@ class PlayRecord:
     seen_missing: int | None = None
     progress_at: datetime | None = None
     warmed: bool = False  # the amplifier was switched on ahead of the start (not saved)
+    # All its audio was found in the cache (not saved): the cache never evicts the audio
+    # of a play still to come, so it need not be looked for again.
+    held: bool = False
 
     @property
     def play_id(self) -> str:
@@ -637,7 +640,9 @@ class Player:
         return f"could not start by its latest start {clock_time(record.body.latest_start)}"
 
     def _all_held(self, record: PlayRecord) -> bool:
-        return all(self._content.has(item.sha256) for item in record.body.items)
+        if not record.held:
+            record.held = all(self._content.has(item.sha256) for item in record.body.items)
+        return record.held
 
     def _request_due(self, record: PlayRecord, now: datetime) -> bool:
         missing = sum(len(self._content.missing(item)) for item in record.body.items)

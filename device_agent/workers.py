@@ -10,7 +10,10 @@ once per batch rather than once per message.
 - `OwnThread`: the agent on the pole: one thread sleeping on its queue.
 - `WorkerPool`: a process running hundreds of agents (a simulated fleet): a few threads
   take whichever agent has work, and one timer thread wakes an agent when its time comes.
-  Thread switches and kernel time stay flat as agents are added.
+  Thread switches and kernel time stay flat as agents are added. With no threads of its
+  own, the pool's steps run wherever `run_ready` is called: on the thread of the
+  process's network loop, after it has read what arrived, so that a message goes from
+  the socket to its agent with no thread switch at all.
 """
 
 from __future__ import annotations
@@ -119,8 +122,10 @@ class WorkerPool:
     """A few threads running the steps of many agents (see the module's docstring)."""
 
     def __init__(self, threads: int = 4, name: str = "agents") -> None:
+        """threads=0: no threads of its own; see `run_ready` and `notify`."""
         self._name = name
         self._size = threads
+        self._notify: Callable[[], None] | None = None
         self._ready: queue.SimpleQueue[_PooledBox | None] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, int, _PooledBox]] = []  # (due, n, generation, box)
         self._count = itertools.count()
@@ -151,35 +156,55 @@ class WorkerPool:
         for thread in self._threads:
             thread.join(max(deadline - time.monotonic(), 0.0))
 
+    def notify(self, callback: Callable[[], None]) -> None:
+        """With no threads: call this (from any thread) when an agent has work, so that
+        the thread that runs `run_ready` wakes up."""
+        self._notify = callback
+
     def ready(self, box: _PooledBox) -> None:
         self._ready.put(box)
+        if self._notify is not None:
+            self._notify()
+
+    def run_ready(self) -> None:
+        """With no threads: run the steps of every agent that has work, on this thread."""
+        while True:
+            try:
+                box = self._ready.get_nowait()
+            except queue.Empty:
+                return
+            if box is not None:
+                self._run(box)
 
     def _work(self) -> None:
         while True:
             box = self._ready.get()
             if box is None:
                 return
-            with box.lock:
-                batch = [box.items.popleft() for _ in range(min(BATCH, len(box.items)))]
-            try:
-                sleep = box.step(batch or [WAKE])
-            except Exception:  # the step catches its own; this keeps the pool alive
-                log.exception("agent %s: unexpected error in its step", box.name)
-                sleep = 60.0
-            with box.lock:
-                box.generation += 1
-                generation = box.generation
-                if sleep is None:
-                    box.done.set()
-                    box.items.clear()
-                    continue
-                again = bool(box.items)
-                if not again:
-                    box.scheduled = False
-            if again:
-                self._ready.put(box)
-            else:
-                self._set_timer(box, generation, sleep)
+            self._run(box)
+
+    def _run(self, box: _PooledBox) -> None:
+        with box.lock:
+            batch = [box.items.popleft() for _ in range(min(BATCH, len(box.items)))]
+        try:
+            sleep = box.step(batch or [WAKE])
+        except Exception:  # the step catches its own; this keeps the pool alive
+            log.exception("agent %s: unexpected error in its step", box.name)
+            sleep = 60.0
+        with box.lock:
+            box.generation += 1
+            generation = box.generation
+            if sleep is None:
+                box.done.set()
+                box.items.clear()
+                return
+            again = bool(box.items)
+            if not again:
+                box.scheduled = False
+        if again:
+            self.ready(box)
+        else:
+            self._set_timer(box, generation, sleep)
 
     def _set_timer(self, box: _PooledBox, generation: int, sleep: float) -> None:
         due = time.monotonic() + sleep

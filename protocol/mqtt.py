@@ -276,14 +276,21 @@ class NetworkLoop:
     a fast network; plain TCP only.
 
     Publishing from another thread queues the packet in paho and asks this thread to
-    write it (`want_write`): only this thread touches the sockets."""
+    write it (`want_write`): only this thread touches the sockets.
+
+    after_reads: called on this thread once what arrived has been read (and whenever
+    `wake` is called): a process can run its handlers' queued work there instead of
+    handing it to other threads."""
 
     MISC_EVERY_S = 1.0
     RECONNECT_MIN_S = 1.0
     RECONNECT_MAX_S = 30.0
 
-    def __init__(self, name: str = "mqtt-loop") -> None:
+    def __init__(
+        self, name: str = "mqtt-loop", after_reads: Callable[[], None] | None = None
+    ) -> None:
         self._name = name
+        self._after_reads = after_reads
         self._selector = selectors.DefaultSelector()
         self._lock = threading.Lock()
         # client -> whether its owner is stopping (then it is not reconnected)
@@ -349,6 +356,11 @@ class NetworkLoop:
         if threading.current_thread() is not self._thread:
             done.wait(timeout)
 
+    def wake(self) -> None:
+        """Run after_reads soon (from any thread)."""
+        if threading.current_thread() is not self._thread:
+            self._wake()
+
     def want_write(self, client: paho.Client) -> None:
         """The client has queued packets: write them on the loop's thread."""
         with self._lock:
@@ -409,9 +421,12 @@ class NetworkLoop:
             for key, mask in ready:
                 client = key.data
                 if client is None:
-                    self._woken = False
+                    # Drain, then clear: a wake-up that comes in between finds the flag
+                    # still set and sends nothing, and what it asked for is looked at
+                    # below (clearing first could drain its byte and leave the flag set).
                     with contextlib.suppress(BlockingIOError, OSError):
                         self._wake_r.recv(4096)
+                    self._woken = False
                     continue
                 if mask & selectors.EVENT_READ:
                     client.loop_read()
@@ -419,6 +434,12 @@ class NetworkLoop:
                     client.loop_write()
                 self._sync_write(client)
             self._after_events()
+            if self._after_reads is not None:
+                try:
+                    self._after_reads()
+                except Exception:
+                    log.exception("the network loop's after_reads failed; carrying on")
+                self._after_events()  # what that work published
             if time.monotonic() >= next_misc:
                 next_misc = time.monotonic() + self.MISC_EVERY_S
                 self._misc()

@@ -44,8 +44,8 @@ from protocol.mqtt import BrokerAddress, ConnectionListener, Handler, MqttLink, 
 
 # Each agent holds a socket and its SQLite files: stay well under 1024 descriptors.
 MAX_PER_PROCESS = 150
-# Threads of each agent worker's pool.
-POOL_THREADS = 4
+# Threads of each agent worker's pool; 0: the steps run on the network loop's thread.
+POOL_THREADS = 0
 DEFAULT_PER_PROCESS = 125
 REPORT_EVERY_S = 0.02
 
@@ -248,9 +248,15 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
     data = Path(spec.data_dir)
     shared = Cache(data / "shared-cache", durable=False) if spec.shared_cache else None
     clock = SystemClock()
-    network = NetworkLoop(f"mqtt-{spec.index}")
-    network.start()
+    # The agents' steps run on the network loop's thread, right after it has read what
+    # arrived: no thread switch between a socket and its agent (POOL_THREADS = 0).
     pool = WorkerPool(POOL_THREADS, f"agents-{spec.index}")
+    network = NetworkLoop(
+        f"mqtt-{spec.index}", after_reads=pool.run_ready if POOL_THREADS == 0 else None
+    )
+    if POOL_THREADS == 0:
+        pool.notify(network.wake)
+    network.start()
     pool.start()
     agents: list[Agent] = []
     links: dict[str, MeteredLink] = {}
