@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
@@ -420,14 +421,30 @@ class Store:
             )
 
     def _summarise(self, conn: Connection, fresh: list[Event], received_at: datetime) -> None:
+        """Each cluster's row from its new events: what it plays now, its last result.
+        A few statements per batch whatever its size (a thousand clusters report at once
+        after an announcement), not three per cluster."""
         by_cluster: dict[str, list[Event]] = {}
         for ev in fresh:
             by_cluster.setdefault(ev.cluster, []).append(ev)
+        ids = list(by_cluster)
+        playing: dict[str, str | None] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            rows = conn.execute(
+                select(clusters.c.id, clusters.c.playing_play_id).where(clusters.c.id.in_(part))
+            )
+            playing.update((row[0], row[1]) for row in rows)
+        unknown = [cid for cid in ids if cid not in playing]
+        if unknown:  # events from clusters not in the fleet: kept, and shown as such
+            conn.execute(insert(clusters), [
+                {"id": cid, "name": cid, "commune": "?", "commune_name": "(not in fleet)",
+                 "state": "unknown", "in_fleet": False}
+                for cid in unknown
+            ])  # fmt: skip
+        changes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for cluster, evs in by_cluster.items():
-            self._ensure_cluster(conn, cluster)
-            current = conn.execute(
-                select(clusters.c.playing_play_id).where(clusters.c.id == cluster)
-            ).scalar()
+            current = playing.get(cluster)
             values: dict[str, Any] = {"last_seen": utc(received_at)}
             for ev in sorted(evs, key=lambda e: (e.at, e.seq)):
                 if ev.kind == "playing":
@@ -446,7 +463,17 @@ class Store:
                 elif ev.kind == "rejected":
                     values["last_rejection"] = ev.reason
                     values["last_rejection_at"] = utc(ev.at)
-            conn.execute(update(clusters).where(clusters.c.id == cluster).values(**values))
+            columns = tuple(sorted(values))
+            changes.setdefault(columns, []).append(
+                {"b_id": cluster, **{f"b_{col}": value for col, value in values.items()}}
+            )
+        for columns, params in changes.items():  # one executemany per set of columns
+            statement = (
+                update(clusters)
+                .where(clusters.c.id == bindparam("b_id"))
+                .values({col: bindparam(f"b_{col}") for col in columns})
+            )
+            conn.execute(statement, params)
 
     def events_for_play(self, play_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -125,7 +125,9 @@ class Outbox:
              1 if sending else 0),
         )  # fmt: skip
         self._last_seq = event.seq
-        self._next_due_known = False
+        if self._next_due_known:  # the new one is due at once (unsent) or at its resend
+            due = sent + self.resend_after_s if sent is not None else 0.0
+            self._next_due = due if self._next_due is None else min(self._next_due, due)
         return event
 
     def unacked(self) -> list[Event]:

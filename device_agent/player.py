@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -261,7 +262,10 @@ class Player:
         self._stop_event: threading.Event | None = None
         self._stop_reason: str | None = None
         self._stop_cause: StopCause = "stopped"
+        # The output runs on one thread of the player's, started with the first play and
+        # kept (starting a thread per play costs more than the rest of starting it).
         self._thread: threading.Thread | None = None
+        self._to_play: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._closing = False
         self._closed = threading.Event()  # ends warm-ups started ahead of a play
         self._order = 0
@@ -341,8 +345,9 @@ class Player:
             return len(targets)
 
     def content_ready(self, sha256: str) -> bool:
-        """Content arrived complete: report the plays that now hold all their audio (True
-        if there were any: they may be due, so tick soon)."""
+        """Content arrived complete: mark the plays that now hold all their audio as
+        delivered (True if there were any: tick soon). Their `delivered` goes out with the
+        next tick, in the same save as a start it allows: one write to the SD card."""
         with self._lock:
             ready = False
             for record in self._plays.values():
@@ -355,7 +360,6 @@ class Player:
                     record.delivered = True
                     ready = True
                     self._emit("delivered", record, None)
-            self._commit()
             return ready
 
     def wanted_content(self) -> list[ContentRef]:
@@ -396,6 +400,7 @@ class Player:
                 self._stop_cause = "shutdown"
                 self._stop_event.set()
             thread = self._thread
+        self._to_play.put(None)  # after the play it is stopping, if any
         if thread is not None:
             thread.join(timeout)
 
@@ -512,13 +517,18 @@ class Player:
         self._emit("playing", record, None)
         self._commit()  # on disk before the first sound: a crash now cannot replay it
         items = [self._content.path(item.sha256) for item in record.body.items]
-        self._thread = threading.Thread(
-            target=self._run_output,
-            args=(record, items, self._stop_event, self._volume(record)),
-            name=f"play-{record.play_id}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._to_play.put((record, items, self._stop_event, self._volume(record)))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._outputs, name="player", daemon=True)
+            self._thread.start()
+
+    def _outputs(self) -> None:
+        """The output thread: one play at a time, as `_start` hands them over."""
+        while True:
+            work = self._to_play.get()
+            if work is None:
+                return
+            self._run_output(*work)
 
     def _volume(self, record: PlayRecord) -> int:
         return record.body.volume if record.body.volume is not None else self.default_volume

@@ -119,6 +119,7 @@ class MqttLink:
         self.client_id = client_id
         self._loop = loop
         self._subs: dict[str, tuple[Handler, int]] = {}
+        self._wildcards: dict[str, tuple[str, ...]] = {}  # filters with + or #, split
         self._listeners: list[ConnectionListener] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -153,6 +154,8 @@ class MqttLink:
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         with self._lock:
             self._subs[topic_filter] = (handler, qos)
+            if "+" in topic_filter or "#" in topic_filter:
+                self._wildcards[topic_filter] = tuple(topic_filter.split("/"))
         if self.connected:
             self._client.subscribe(topic_filter, qos)
             if self._loop is not None:
@@ -161,6 +164,7 @@ class MqttLink:
     def unsubscribe(self, topic_filter: str) -> None:
         with self._lock:
             known = self._subs.pop(topic_filter, None)
+            self._wildcards.pop(topic_filter, None)
         if known and self.connected:
             self._client.unsubscribe(topic_filter)
             if self._loop is not None:
@@ -242,13 +246,16 @@ class MqttLink:
             self._notify(False)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        topic = msg.topic
         with self._lock:
-            exact = self._subs.get(msg.topic)
+            exact = self._subs.get(topic)
             handlers = [exact[0]] if exact else []
-            handlers.extend(
-                h for flt, (h, _q) in self._subs.items()
-                if ("+" in flt or "#" in flt) and paho.topic_matches_sub(flt, msg.topic)
-            )
+            if self._wildcards:
+                levels = topic.split("/")
+                handlers.extend(
+                    self._subs[flt][0] for flt, parts in self._wildcards.items()
+                    if _filter_matches(parts, levels)
+                )
         for handler in handlers:
             try:
                 handler(msg.topic, bytes(msg.payload))
@@ -261,6 +268,17 @@ class MqttLink:
                 listener(up)
             except Exception:
                 log.exception("connection listener failed")
+
+
+def _filter_matches(levels: tuple[str, ...], topic: list[str]) -> bool:
+    """Whether a topic (split at /) matches a filter (split at /) with + and # (MQTT 3.1.1
+    4.7; no $ topics here). paho's own matcher builds a tree for every call."""
+    for i, level in enumerate(levels):
+        if level == "#":
+            return True
+        if i >= len(topic) or (level != "+" and level != topic[i]):
+            return False
+    return len(topic) == len(levels)
 
 
 class NetworkLoop:

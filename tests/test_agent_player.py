@@ -132,9 +132,11 @@ def test_delivered_only_when_all_audio_is_held(rig: Rig) -> None:
     assert isinstance(cmd.body, PlayBody)
     sha = cmd.body.items[0].sha256
     rig.content.held.add(sha)
-    rig.player.content_ready(sha)
+    assert rig.player.content_ready(sha)
+    rig.player.tick()  # what the agent does next: the report goes out with the save
     assert rig.kinds("p1") == ["received", "delivered"]
     rig.player.content_ready(sha)
+    rig.player.tick()
     assert rig.kinds("p1").count("delivered") == 1
 
 

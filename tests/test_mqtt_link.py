@@ -360,3 +360,20 @@ def test_the_shared_broker_fixture_serves_mqtt(broker: BrokerUnderTest) -> None:
         wait_until(lambda: not link.connected, 10, "the link to see the broker die")
     finally:
         link.stop()
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "topic"),
+    [
+        ("a/+/c", "a/b/c"), ("a/+/c", "a/b/d"), ("a/#", "a"), ("a/#", "a/b/c"), ("#", "x/y"),
+        ("+", "x"), ("+", "x/y"), ("a/+", "a"), ("+/+", "a/b"), ("+/#", "a"), ("a/b", "a/b"),
+        ("loa/v1/cluster/+/event", "loa/v1/cluster/ph-001/event"),
+        ("loa/v1/cluster/+/event", "loa/v1/cluster/ph-001/state"),
+        ("loa/v1/cluster/+/event", "loa/v1/cluster/ph-001/event/x"),
+    ],
+)  # fmt: skip
+def test_wildcard_matching_agrees_with_paho(topic_filter: str, topic: str) -> None:
+    from protocol.mqtt import _filter_matches
+
+    expected = paho.topic_matches_sub(topic_filter, topic)
+    assert _filter_matches(tuple(topic_filter.split("/")), topic.split("/")) == expected
