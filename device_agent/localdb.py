@@ -119,7 +119,10 @@ class StateDocument:
 
     def save(self, document: Any) -> None:
         """Replace the document (committed when this returns)."""
-        body = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+        self.save_text(json.dumps(document, ensure_ascii=False, separators=(",", ":")))
+
+    def save_text(self, body: str) -> None:
+        """Replace the document with this JSON text (the caller encoded it)."""
         self._database.write(
             "INSERT INTO documents (name, body) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET body = excluded.body",

@@ -34,11 +34,12 @@ at the time `tick()` returned; the output itself runs on one short-lived thread 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -90,6 +91,13 @@ class AmplifierControl(Protocol):
     def play_finished(self) -> None: ...
 
 
+# What PlayRecord.to_json() saves: changing one of these makes the record saved again.
+_SAVED_FIELDS = frozenset({
+    "command_id", "body", "received_at", "keep_until", "order", "state", "delivered",
+    "started_at", "ended_at", "replays", "replay_until",
+})  # fmt: skip
+
+
 @dataclass
 class PlayRecord:
     """One play on this cluster and where it stands."""
@@ -114,6 +122,22 @@ class PlayRecord:
     # All its audio was found in the cache (not saved): the cache never evicts the audio
     # of a play still to come, so it need not be looked for again.
     held: bool = False
+    # The record as saved, encoded (None: changed since): the schedule is saved on every
+    # change, and re-encoding every play it keeps each time grew with their number.
+    _saved_text: str | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SAVED_FIELDS:
+            object.__setattr__(self, "_saved_text", None)
+        object.__setattr__(self, name, value)
+
+    def saved_text(self) -> str:
+        """to_json() as JSON text, encoded once per change."""
+        if self._saved_text is None:
+            text = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
+            object.__setattr__(self, "_saved_text", text)
+            return text
+        return self._saved_text
 
     @property
     def play_id(self) -> str:
@@ -710,7 +734,8 @@ class Player:
     def _commit(self) -> None:
         """Save the schedule if it changed, then send the reports queued meanwhile."""
         if self._dirty and self._file is not None:
-            self._file.save({"plays": [r.to_json() for r in self._plays.values()]})
+            plays = ",".join(r.saved_text() for r in self._plays.values())
+            self._file.save_text(f'{{"plays":[{plays}]}}')
         self._dirty = False
         pending, self._pending = self._pending, []
         for kind, record, reason in pending:
