@@ -322,8 +322,9 @@ def markdown(result: dict[str, Any], run_line: str, broker_line: str) -> str:
 ## Delivery of a {r['minutes']:g}-minute bulletin, then a repeat
 
 {run_line}
-{r['agents']} simulated agents (real `Agent`, `null` output, each with its own cache) in
-{r['processes']} processes; a {r['duration_s']:.0f} s bulletin
+{r['agents']} simulated agents (real `Agent`, `null` output, each with its own cache on the
+one disk) in {r['processes']} processes, each process's agents on one network thread (a shared
+`NetworkLoop`, their work run right after the reads); a {r['duration_s']:.0f} s bulletin
 ({'speech' if r['speech'] else 'tones'}), {enc} bytes of Opus in {r['chunks']} chunks of
 {r['chunk_size']} bytes, sent with the real `Distributor.send_play` to the whole province
 (one command and one copy of the chunks on the province's group topics).
@@ -336,8 +337,8 @@ agents; acks and other control messages apart: {r['control_bytes_per_agent']} by
 agent). Delivery time runs from the `send_play` call to the last agent sending
 `delivered` (all chunks held, SHA-256 verified). The raw broker column is bare paho
 publishing the same bytes to {r['agents']} bare paho subscribers laid out in the same
-processes, until the last one had every message. Median of {r['trials']} trial(s).
-Overall: {pass_fail(r['pass'])}.
+processes on the same kind of loop, until the last one had every message.
+Median of {r['trials']} trial(s). Overall: {pass_fail(r['pass'])}.
 
 {table(["what", "target", "Loa", "raw broker / encoded", "ratio", "result"], rows)}
 

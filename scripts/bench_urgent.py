@@ -210,7 +210,9 @@ def markdown(result: dict[str, Any], run_line: str, broker_line: str) -> str:
 ## Urgent announcement: trigger → every agent playing
 
 {run_line}
-{r['agents']} simulated agents (real `Agent`, `null` output) in {r['processes']} processes;
+{r['agents']} simulated agents (real `Agent`, `null` output) in {r['processes']} processes, each
+process's agents on one network thread (a shared `NetworkLoop`, their work run right after
+the reads: device_agent/workers.py);
 a {r['message_s']:.0f} s message ({'speech' if r['speech'] else 'tones'}), {r['encoded_bytes']}
 bytes of Opus in {r['chunks']} chunks, sent with `Controller.send_urgent` to the whole
 province (one command and one copy of the audio on the province's group topics).
@@ -219,7 +221,8 @@ province (one command and one copy of the audio on the province's group topics).
 Measured from the `send_urgent` call to each agent sending its `playing` event
 (time.time() in the agent's process, same machine). The raw broker column is bare paho
 publishing the same bytes to {r['agents']} bare paho subscribers laid out in the same
-processes: per subscriber, until it had every message; its max is the raw fan-out time.
+processes on the same kind of loop: per subscriber, until it had every message; its max is
+the raw fan-out time.
 Median of {r['trials']} trials. Overall: {pass_fail(r['pass'])}.
 
 {table(["what", "target", "Loa", "raw broker", "ratio", "result"], rows)}
