@@ -29,7 +29,7 @@ import time
 import wave
 from array import array
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -236,6 +236,18 @@ def _capped(seconds: float, duration_s: float) -> float:
     return min(seconds, duration_s) if duration_s > 0 else seconds
 
 
+def _ended(
+    stopped: bool, played: float, failure: Callable[[], str | None], where: str
+) -> PlayOutcome:
+    """How a play that ran ended: stopped, failed (`where: why`), or completed."""
+    if stopped:
+        return PlayOutcome(completed=False, played_s=played)
+    why = failure()
+    if why is not None:
+        return PlayOutcome(completed=False, played_s=played, error=f"{where}: {why}")
+    return PlayOutcome(completed=True, played_s=played)
+
+
 class FfmpegBackend:
     """Streams the items through one ffmpeg process to the sound card.
 
@@ -286,14 +298,7 @@ class FfmpegBackend:
             return PlayOutcome(completed=False, played_s=0.0, error=run)
         stopped = run.wait(stop)
         played = _capped(run.elapsed(), duration_s)
-        if stopped:
-            return PlayOutcome(completed=False, played_s=played)
-        failure = run.failure()
-        if failure is not None:
-            return PlayOutcome(
-                completed=False, played_s=played, error=f"{label} on {self.device}: {failure}"
-            )
-        return PlayOutcome(completed=True, played_s=played)
+        return _ended(stopped, played, run.failure, f"{label} on {self.device}")
 
     def check(self) -> str | None:
         exe = shutil.which(self.ffmpeg)
@@ -668,14 +673,7 @@ class OpusdecBackend:
             )  # fmt: skip
         stopped = run.wait()
         played = _capped(run.player.elapsed(), duration_s)
-        if stopped:
-            return PlayOutcome(completed=False, played_s=played)
-        failure = run.failure()
-        if failure is not None:
-            return PlayOutcome(
-                completed=False, played_s=played, error=f"{label} on {self.device}: {failure}"
-            )
-        return PlayOutcome(completed=True, played_s=played)
+        return _ended(stopped, played, run.failure, f"{label} on {self.device}")
 
     def check(self) -> str | None:
         programs = self._programs()
