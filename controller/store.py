@@ -413,12 +413,7 @@ class Store:
     def _ensure_cluster(self, conn: Connection, cluster: str) -> None:
         exists = conn.execute(select(clusters.c.id).where(clusters.c.id == cluster)).first()
         if not exists:
-            conn.execute(
-                insert(clusters).values(
-                    id=cluster, name=cluster, commune="?", commune_name="(not in fleet)",
-                    state="unknown", in_fleet=False,
-                )
-            )
+            conn.execute(insert(clusters).values(**_unknown_cluster(cluster)))
 
     def _summarise(self, conn: Connection, fresh: list[Event], received_at: datetime) -> None:
         """Each cluster's row from its new events: what it plays now, its last result.
@@ -437,11 +432,7 @@ class Store:
             playing.update((row[0], row[1]) for row in rows)
         unknown = [cid for cid in ids if cid not in playing]
         if unknown:  # events from clusters not in the fleet: kept, and shown as such
-            conn.execute(insert(clusters), [
-                {"id": cid, "name": cid, "commune": "?", "commune_name": "(not in fleet)",
-                 "state": "unknown", "in_fleet": False}
-                for cid in unknown
-            ])  # fmt: skip
+            conn.execute(insert(clusters), [_unknown_cluster(cid) for cid in unknown])
         changes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for cluster, evs in by_cluster.items():
             current = playing.get(cluster)
@@ -691,3 +682,11 @@ def _approval(row: Any) -> Approval:
         approved_by=row["approved_by"],
         approved_at=_aware_utc(row["approved_at"]),
     )
+
+
+def _unknown_cluster(cluster: str) -> dict[str, Any]:
+    """The row of a cluster heard from that the fleet does not name (kept, shown as such)."""
+    return {
+        "id": cluster, "name": cluster, "commune": "?", "commune_name": "(not in fleet)",
+        "state": "unknown", "in_fleet": False,
+    }

@@ -322,26 +322,25 @@ class Cache:
     def _save_uses(self) -> None:
         """Keep the last uses (lock held): at most every USES_SAVE_EVERY_S, the rest by
         `flush`. They only order eviction, so a power cut may lose the latest few."""
-        if self._uses_doc is None:
-            return
-        now = time.monotonic()
-        if now - self._uses_saved_at < USES_SAVE_EVERY_S:
-            self._uses_dirty = True
-            return
-        self._uses_doc.save(self._uses)
-        self._uses_saved_at = now
-        self._uses_dirty = False
+        self._uses_dirty = True
+        self._write_uses(force=False)
 
     def flush(self, *, force: bool = True) -> None:
         """Save the uses not saved yet (force=False: only once USES_SAVE_EVERY_S passed)."""
         with self._lock:
-            if not self._uses_dirty or self._uses_doc is None:
-                return
-            if not force and time.monotonic() - self._uses_saved_at < USES_SAVE_EVERY_S:
-                return
-            self._uses_doc.save(self._uses)
-            self._uses_saved_at = time.monotonic()
-            self._uses_dirty = False
+            self._write_uses(force=force)
+
+    def _write_uses(self, *, force: bool) -> None:
+        """Write the uses if changed and (unless force) USES_SAVE_EVERY_S has passed (lock
+        held)."""
+        if not self._uses_dirty or self._uses_doc is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._uses_saved_at < USES_SAVE_EVERY_S:
+            return
+        self._uses_doc.save(self._uses)
+        self._uses_saved_at = now
+        self._uses_dirty = False
 
     def close(self) -> None:
         """Close the files of downloads under way (they resume from disk next time)."""

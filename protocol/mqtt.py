@@ -500,15 +500,20 @@ class NetworkLoop:
         try:
             client.reconnect()
         except OSError as exc:
-            with self._lock:
-                delay = self._delay.get(client, self.RECONNECT_MIN_S)
-                self._delay[client] = min(delay * 2, self.RECONNECT_MAX_S)
-                self._schedule_connect(client, delay)
+            delay = self._retry_later(client)
             log.debug("connecting %s failed (%s); again in %.0f s", client, exc, delay)
             return
         with self._lock:
             self._delay[client] = self.RECONNECT_MIN_S
         self._sync_write(client)
+
+    def _retry_later(self, client: paho.Client) -> float:
+        """Schedule the next connect after the client's backoff, doubling it; the delay."""
+        with self._lock:
+            delay = self._delay.get(client, self.RECONNECT_MIN_S)
+            self._delay[client] = min(delay * 2, self.RECONNECT_MAX_S)
+            self._schedule_connect(client, delay)
+        return delay
 
     def _misc(self) -> None:
         """Keepalive pings, and reconnecting what was lost."""
@@ -520,7 +525,4 @@ class NetworkLoop:
                 client.loop_misc()
                 self._sync_write(client)
             elif not stopping() and client not in pending and client not in self._removing:
-                with self._lock:
-                    delay = self._delay.get(client, self.RECONNECT_MIN_S)
-                    self._delay[client] = min(delay * 2, self.RECONNECT_MAX_S)
-                    self._schedule_connect(client, delay)
+                self._retry_later(client)

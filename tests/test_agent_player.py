@@ -126,6 +126,20 @@ def test_received_delivered_playing_finished_at_the_start_time(rig: Rig) -> None
     assert rig.kinds("p1") == ["received", "delivered", "playing", "finished"]
 
 
+def test_a_play_is_saved_again_when_any_field_it_saves_changes(rig: Rig) -> None:
+    # The saved text is kept until a saved field changes: the list of those fields must
+    # be exactly what to_json() writes.
+    from device_agent.player import _SAVED_FIELDS
+
+    rig.play("p1", start_in=60)
+    record = rig.player.record("p1")
+    assert record is not None
+    assert set(record.to_json()) == _SAVED_FIELDS
+    before = record.saved_text()
+    record.replays += 1
+    assert record.saved_text() != before
+
+
 def test_delivered_only_when_all_audio_is_held(rig: Rig) -> None:
     cmd = rig.play("p1", start_in=60, held=False)
     assert rig.kinds("p1") == ["received"]
