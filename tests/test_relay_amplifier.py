@@ -214,6 +214,8 @@ def test_every_play_commands_the_relay_on_again(
     board = make_board("lcus")
     amp = amplifier(board, clock, reports)
     amp.power_on_for_play()
+    # The board takes the frame on its own thread: the brown-out must come after it.
+    wait_until(lambda: board.relay(1), 5, "the relay switched on")
     amp.play_finished()
     board.set_relay(1, False)  # a brown-out
     amp.power_on_for_play()
