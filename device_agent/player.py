@@ -286,10 +286,11 @@ class Player:
         self._stop_event: threading.Event | None = None
         self._stop_reason: str | None = None
         self._stop_cause: StopCause = "stopped"
-        # The output runs on one thread of the player's, started with the first play and
-        # kept (starting a thread per play costs more than the rest of starting it).
-        self._thread: threading.Thread | None = None
+        # The output runs on one thread of the player's, started here and kept: starting a
+        # thread costs more than the rest of starting a play, so an urgent play must not
+        # wait for one (neither per play nor on the first play after the agent started).
         self._to_play: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._outputs, name="player", daemon=True)
         self._closing = False
         self._closed = threading.Event()  # ends warm-ups started ahead of a play
         self._order = 0
@@ -297,6 +298,7 @@ class Player:
         self._pending: list[tuple[EventKind, PlayRecord, str | None]] = []
         self.up_since = clock.now()
         self._load()
+        self._thread.start()
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -423,10 +425,8 @@ class Player:
                 self._stop_reason = "the agent was shut down during the play"
                 self._stop_cause = "shutdown"
                 self._stop_event.set()
-            thread = self._thread
         self._to_play.put(None)  # after the play it is stopping, if any
-        if thread is not None:
-            thread.join(timeout)
+        self._thread.join(timeout)
 
     def status(self) -> PlayerStatus:
         with self._lock:
@@ -542,9 +542,6 @@ class Player:
         self._commit()  # on disk before the first sound: a crash now cannot replay it
         items = [self._content.path(item.sha256) for item in record.body.items]
         self._to_play.put((record, items, self._stop_event, self._volume(record)))
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._outputs, name="player", daemon=True)
-            self._thread.start()
 
     def _outputs(self) -> None:
         """The output thread: one play at a time, as `_start` hands them over."""

@@ -318,6 +318,7 @@ def test_stop_everything_spares_plays_not_yet_due(rig: Rig) -> None:
     rig.play("tomorrow", start_in=86400)
     rig.player.tick()
     rig.wait_for("a", "playing")
+    wait_until(lambda: rig.output.started == ["a"], 5, "first play to reach the output")
     assert rig.player.stop(None) == 2
     rig.wait_for("a", "interrupted")
     assert rig.reports.reason("b", "interrupted") == "stopped before it started"
@@ -380,6 +381,7 @@ def test_a_restart_keeps_the_schedule_and_never_replays(rig: Rig) -> None:
     rig.clock.advance(1)
     rig.player.tick()
     rig.wait_for("cut-off", "playing")
+    wait_until(lambda: "cut-off" in rig.output.started, 5, "cut-off to reach the output")
     # The process dies while cut-off plays (no close(): as after kill -9 or power loss).
     restarted = rig.new_player()
     rig.player = restarted
@@ -391,7 +393,7 @@ def test_a_restart_keeps_the_schedule_and_never_replays(rig: Rig) -> None:
     rig.clock.advance(3600)
     rig.player.tick()
     rig.wait_for("next", "playing")
-    assert rig.output.started[-1] == "next"
+    wait_until(lambda: rig.output.started[-1] == "next", 5, "next to reach the output")
     assert rig.output.started.count("done") == 1
     assert rig.output.started.count("cut-off") == 1
 
