@@ -28,6 +28,7 @@ import math
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -278,6 +279,10 @@ class CapIntake:
             row["received_at"] = at if at.tzinfo else at.replace(tzinfo=UTC)
         return rows
 
+    def known(self, ref: str) -> bool:
+        """Whether the alert `ref` (sender,identifier,sent) was already taken in and stored."""
+        return self._row(ref) is not None
+
     def _row(self, ref: str) -> dict[str, Any] | None:
         with self._service.store.engine.connect() as conn:
             row = conn.execute(select(cap_alerts).where(cap_alerts.c.ref == ref)).mappings().first()
@@ -300,6 +305,39 @@ class CapIntake:
         return stopped
 
 
+def system_sender(province: str) -> SystemPrincipal:
+    """Who alerts from a watched folder or a feed are taken in as: the system sender
+    `cap-feed`, a manager of the whole province."""
+    return SystemPrincipal(name="cap-feed", role="manager", scope=[province])
+
+
+def take_and_log(
+    intake: CapIntake,
+    raw: bytes,
+    who: Principal,
+    where: str,
+    *,
+    if_refused: str,
+    warn: Callable[[str], None] | None = None,
+) -> CapResult:
+    """Hand one alert to the intake and log what became of it, naming where it came from.
+
+    `where` says where the alert came from ("file /srv/cap/x.xml", "https://... (entry
+    ...)"); `if_refused` what happens to it and what the operator can do when the intake
+    refuses it. A refusal is logged (by `warn`, else as a warning) and raised again.
+    """
+    try:
+        result = intake.take(raw, who)
+    except (CapError, OSError, ValueError) as exc:
+        message = f"CAP alert from {where} refused: {exc}. {if_refused}"
+        if warn is None:
+            log.warning("%s", message)
+        else:
+            warn(message)
+        raise
+    log.info("CAP alert from %s: %s (%s)", where, result.action, result.detail)
+    return result
+
 
 class CapFolder:
     """CAP alerts dropped as files into a folder: by a feed fetcher, a USB stick, a person.
@@ -316,7 +354,7 @@ class CapFolder:
     ) -> None:
         self._intake = intake
         self.folder = folder
-        self._who = SystemPrincipal(name="cap-feed", role="manager", scope=[province])
+        self._who = system_sender(province)
         self._interval = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -328,23 +366,37 @@ class CapFolder:
         now = time.time() if now is None else now
         outcomes = []
         files = sorted(self.folder.glob("*.xml"), key=lambda p: (p.stat().st_mtime, p.name))
+        failed = self.folder / "failed"
         for path in files:
             if now - path.stat().st_mtime < self._interval:
                 continue  # may still be being written
             try:
-                result = self._intake.take(path.read_bytes(), self._who)
-            except (CapError, OSError, ValueError) as exc:
-                log.warning("CAP file %s refused: %s", path, exc)
-                path.replace(self.folder / "failed" / path.name)
-                (self.folder / "failed" / f"{path.name}.reason.txt").write_text(
-                    f"{exc}\n", encoding="utf-8"
+                raw = path.read_bytes()
+            except OSError as exc:
+                log.warning("CAP file %s cannot be read (%s); it is moved to %s/", path, exc,
+                            failed)
+                self._file_failed(path, f"cannot read it: {exc}")
+                outcomes.append((path.name, f"failed: cannot read it: {exc}"))
+                continue
+            try:
+                result = take_and_log(
+                    self._intake, raw, self._who, f"file {path}",
+                    if_refused=f"It is moved to {failed}/ with the reason in "
+                    f"{path.name}.reason.txt; correct it and drop it in again",
                 )
+            except (CapError, OSError, ValueError) as exc:
+                self._file_failed(path, str(exc))
                 outcomes.append((path.name, f"failed: {exc}"))
                 continue
-            log.info("CAP file %s: %s (%s)", path.name, result.action, result.detail)
             path.replace(self.folder / "done" / path.name)
             outcomes.append((path.name, result.action))
         return outcomes
+
+    def _file_failed(self, path: Path, reason: str) -> None:
+        path.replace(self.folder / "failed" / path.name)
+        (self.folder / "failed" / f"{path.name}.reason.txt").write_text(
+            f"{reason}\n", encoding="utf-8"
+        )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="cap-folder", daemon=True)

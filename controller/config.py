@@ -97,6 +97,35 @@ class AudioConfig(_Strict):
     """True-peak ceiling after normalisation, in dBTP."""
 
 
+def _feed_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{value!r}: a CAP feed is fetched over HTTP; write http://host/path or "
+            "https://host/path (for files on this machine use watch_dir)"
+        )
+    return value
+
+
+def _distinct_feeds(value: list[CapFeedConfig]) -> list[CapFeedConfig]:
+    urls = [f.url for f in value]
+    twice = sorted({u for u in urls if urls.count(u) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} is listed more than once; keep one entry")
+    return value
+
+
+class CapFeedConfig(_Strict):
+    """One address polled for CAP alerts (controller.cap_feed)."""
+
+    url: Annotated[str, AfterValidator(_feed_url)]
+    """http:// or https://: a CAP 1.2 <alert>, or an Atom or RSS feed of them."""
+    every_s: Annotated[float, Field(ge=10, le=86400)] = 60
+    """Seconds between two polls of this address."""
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10
+    """Seconds to wait for the server before giving up until the next poll."""
+
+
 class CapConfig(_Strict):
     """CAP 1.2 alerts taken in by POST /api/v1/cap (controller.cap)."""
 
@@ -106,6 +135,10 @@ class CapConfig(_Strict):
     """How many times the alert's text is spoken."""
     watch_dir: ConfigPath | None = None
     """A folder where a feed fetcher (or a person) drops CAP XML files to take in."""
+    feeds: Annotated[list[CapFeedConfig], AfterValidator(_distinct_feeds)] = Field(
+        default_factory=list
+    )
+    """Addresses polled for CAP alerts: a CAP document, or an Atom or RSS feed of them."""
 
 
 class WebConfig(_Strict):

@@ -341,12 +341,21 @@ def run(config: ControllerConfig) -> None:
     signal.signal(signal.SIGHUP, lambda *_: controller.request_reload())
     controller.start()
     web = None
+    feed = None
     if config.web is not None:  # the web app and API (controller/web), same process
         from controller.web.server import start_web
 
         web = start_web(controller, config.web)
+        intake = web.app.state.ctx.cap  # controller.cap.CapIntake when web.cap is set
+        if config.web.cap is not None and config.web.cap.feeds and intake is not None:
+            from controller.cap_feed import CapFeed  # CAP alerts pulled from feeds
+
+            feed = CapFeed(intake, config.web.cap.feeds, controller.fleet.province.id)
+            feed.start()
     stop.wait()
     log.info("stopping the controller")
+    if feed is not None:
+        feed.stop()
     if web is not None:
         web.stop()
     controller.stop()

@@ -15,12 +15,15 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
 from controller.broker import EmbeddedBroker
 from protocol.mqtt import BrokerAddress
+
+if TYPE_CHECKING:  # web_rig imports this module: at run time it is imported where used
+    from web_rig import WebRig
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -206,3 +209,67 @@ def mosquitto_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 @pytest.fixture
 def embedded_broker() -> Iterator[EmbeddedTestBroker]:
     yield from _embedded()
+
+
+# --- CAP 1.2 (tests/test_cap.py, tests/test_cap_feed.py) -------------------------------------
+
+VILLAGE_A = "<geocode><valueName>MA_XA</valueName><value>31399</value></geocode>"
+
+
+def cap_xml(
+    identifier: str = "VN-KTTV-2026-001",
+    msg_type: str = "Alert",
+    status: str = "Actual",
+    area: str = VILLAGE_A,
+    references: str = "",
+    sent: str = "2026-10-20T06:00:00+07:00",
+) -> bytes:
+    """A CAP 1.2 alert from kttv@example.vn; by default a flood warning for commune xa-a
+    (statistics code 31399) of tests/web_rig.py's fleet."""
+    refs = f"<references>{references}</references>" if references else ""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
+  <identifier>{identifier}</identifier>
+  <sender>kttv@example.vn</sender>
+  <sent>{sent}</sent>
+  <status>{status}</status>
+  <msgType>{msg_type}</msgType>
+  <scope>Public</scope>
+  {refs}
+  <info>
+    <language>en-US</language>
+    <category>Met</category><event>Flood</event>
+    <urgency>Immediate</urgency><severity>Severe</severity><certainty>Likely</certainty>
+    <headline>Flood warning</headline>
+  </info>
+  <info>
+    <language>vi-VN</language>
+    <category>Met</category><event>Lũ</event>
+    <urgency>Immediate</urgency><severity>Severe</severity><certainty>Likely</certainty>
+    <headline>Cảnh báo lũ trên sông Cái Côn</headline>
+    <instruction>Bà con ven sông di chuyển lên chỗ cao</instruction>
+    <area><areaDesc>Xã An</areaDesc>{area}</area>
+  </info>
+</alert>""".encode()
+
+
+@pytest.fixture
+def cap_rig(
+    tmp_path: Path, broker: BrokerUnderTest, request: pytest.FixtureRequest
+) -> Iterator[WebRig]:
+    """A controller with its web app, agents and CAP intake (tests/web_rig.py).
+
+    The CAP policy is "send" unless the test parametrizes cap_rig indirectly with another.
+    """
+    from web_rig import WebRig
+
+    from controller.config import CapConfig
+
+    require("espeak-ng", shutil.which("espeak-ng") is not None, "apt-get install espeak-ng")
+    policy = getattr(request, "param", "send")
+    r = WebRig(tmp_path, broker.address, cap=CapConfig(policy=policy, repeat=1))
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
