@@ -18,6 +18,11 @@ manager sends it from the approvals page (`approve`).
 `Update` does the same, then takes the new alert in. Only `<status>Actual</status>` is
 aired; Exercise, Test, System and Draft alerts are acknowledged and not aired. XML with a
 DTD or entity declaration is refused outright (no entity expansion, no external fetch).
+
+Every message acted on (an Alert aired or waiting for approval, every Update and Cancel)
+is remembered in `cap_alerts` by its own reference (sender,identifier,sent), so the same
+message taken again (re-posted, dropped again, still listed by a feed after a restart)
+does nothing and is answered `already-taken`. Messages are taken one at a time.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, DateTime, String, Table, Text, insert, select, update
+from sqlalchemy import Column, DateTime, String, Table, Text, insert, inspect, select, update
+from sqlalchemy import text as sql
 
 from controller.config import CapConfig
 from controller.fleet import Fleet
@@ -46,18 +52,25 @@ log = logging.getLogger(__name__)
 NS = "{urn:oasis:names:tc:emergency:cap:1.2}"
 MAX_CAP_BYTES = 512 * 1024
 
+# One row per CAP message acted on, by its reference. state: an Alert or Update aired is
+# pending | sent | cancelled; an Update whose new alert is not aired is ignored; a Cancel
+# is applied.
 cap_alerts = Table(
     "cap_alerts",
     metadata,
     Column("ref", String(400), primary_key=True),  # sender,identifier,sent
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("received_by", String(64), nullable=False),
-    Column("state", String(16), nullable=False),  # pending | sent | cancelled | ignored
+    Column("state", String(16), nullable=False),  # pending | sent | cancelled | ignored | applied
     Column("text", Text, nullable=False),
     Column("clusters", Text, nullable=False),  # JSON list
     Column("announcement", String(128)),
     Column("headline", String(200)),
+    # Alert | Update | Cancel; NULL in rows stored before it was added (Alerts and Updates)
+    Column("msg_type", String(16)),
 )
+# Columns added since cap_alerts was first created (nullable, so existing rows stay valid).
+ADDED_COLUMNS = {"msg_type": "VARCHAR(16)"}
 
 
 class CapError(ValueError):
@@ -98,7 +111,7 @@ class CapAlert:
 class CapResult:
     identifier: str
     msg_type: str
-    action: str  # sent | pending | cancelled | ignored | no-clusters
+    action: str  # sent | pending | cancelled | ignored | no-clusters | already-taken
     announcements: list[str]
     detail: str
 
@@ -210,11 +223,38 @@ class CapIntake:
         self._service = service
         self._config = config
         self._lock = threading.Lock()
+        self._taking = threading.Lock()  # one message at a time: check, act, remember
         metadata.create_all(service.store.engine, tables=[cap_alerts])
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        engine = self._service.store.engine
+        have = {c["name"] for c in inspect(engine).get_columns(cap_alerts.name)}
+        with engine.begin() as conn:
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in have:
+                    conn.execute(sql(f"ALTER TABLE {cap_alerts.name} ADD COLUMN {column} {kind}"))
 
     def take(self, raw: bytes, who: Principal) -> CapResult:
         alert = parse_cap(raw)
+        with self._taking:
+            before = self._row(alert.ref)
+            if before is not None:
+                return _already_taken(alert, before)
+            return self._take(alert, who)
+
+    def _take(self, alert: CapAlert, who: Principal) -> CapResult:
         now = self._service.now()
+        if alert.msg_type not in ("Alert", "Update", "Cancel"):
+            return CapResult(alert.identifier, alert.msg_type, "ignored", [],
+                             f"msgType {alert.msg_type} is not aired")
+        clusters: list[str] = []
+        if alert.msg_type != "Cancel" and alert.status == "Actual":
+            reach = self._service.reach(who)
+            clusters = [c for c in clusters_in_area(self._service.fleet(), alert.areas)
+                        if c in reach]
+            if clusters and not alert.text:  # refused before anything is done
+                raise CapError("the alert has neither a headline nor an instruction to speak")
         if alert.msg_type in ("Cancel", "Update"):
             stopped = self._cancel(alert.references, who)
             if alert.msg_type == "Cancel":
@@ -222,38 +262,42 @@ class CapIntake:
                     at=now, user=who.name, action="cap-cancel", subject=alert.identifier,
                     detail=f"references {' '.join(alert.references)}; stopped {stopped}",
                 )
+                self._remember(alert, who, now, "applied")
                 return CapResult(alert.identifier, alert.msg_type, "cancelled", stopped,
                                  f"cancelled {len(alert.references)} referenced alert(s)")
-        elif alert.msg_type != "Alert":
-            return CapResult(alert.identifier, alert.msg_type, "ignored", [],
-                             f"msgType {alert.msg_type} is not aired")
         if alert.status != "Actual":
+            if alert.msg_type == "Update":  # its cancelling part was done
+                self._remember(alert, who, now, "ignored")
             return CapResult(alert.identifier, alert.msg_type, "ignored", [],
                              f"status {alert.status}: only Actual alerts are aired")
-        reach = self._service.reach(who)
-        clusters = [c for c in clusters_in_area(self._service.fleet(), alert.areas) if c in reach]
         if not clusters:
+            if alert.msg_type == "Update":
+                self._remember(alert, who, now, "ignored")
             return CapResult(alert.identifier, alert.msg_type, "no-clusters", [],
                              "no cluster of ours lies in the alert's area")
-        if not alert.text:
-            raise CapError("the alert has neither a headline nor an instruction to speak")
         self._service.audit.record(
             at=now, user=who.name, action="cap-alert", subject=alert.identifier, level="emergency",
             title=alert.headline[:200], text=alert.text, clusters=clusters,
             detail=f"ref={alert.ref} policy={self._config.policy}",
         )
-        with self._lock, self._service.store.engine.begin() as conn:
-            conn.execute(insert(cap_alerts).values(
-                ref=alert.ref, received_at=now.astimezone(UTC), received_by=who.name,
-                state="pending", text=alert.text, clusters=json.dumps(clusters),
-                headline=alert.headline[:200],
-            ))
+        self._remember(alert, who, now, "pending", clusters)
         if self._config.policy == "approve":
             return CapResult(alert.identifier, alert.msg_type, "pending", [],
                              f"waiting for a manager's approval; {len(clusters)} clusters")
         sent = self.send(alert.ref, who)
         return CapResult(alert.identifier, alert.msg_type, "sent", [sent],
                          f"sent to {len(clusters)} clusters")
+
+    def _remember(
+        self, alert: CapAlert, who: Principal, now: datetime, state: str,
+        clusters: list[str] | None = None,
+    ) -> None:
+        with self._lock, self._service.store.engine.begin() as conn:
+            conn.execute(insert(cap_alerts).values(
+                ref=alert.ref, received_at=now.astimezone(UTC), received_by=who.name,
+                state=state, text=alert.text, clusters=json.dumps(clusters or []),
+                headline=alert.headline[:200], msg_type=alert.msg_type,
+            ))
 
     def send(self, ref: str, who: Principal) -> str:
         """Send a pending alert (policy approve: a manager's go-ahead)."""
@@ -280,7 +324,8 @@ class CapIntake:
         return rows
 
     def known(self, ref: str) -> bool:
-        """Whether the alert `ref` (sender,identifier,sent) was already taken in and stored."""
+        """Whether the message `ref` (sender,identifier,sent: an Alert, Update or Cancel) was
+        already acted on and remembered."""
         return self._row(ref) is not None
 
     def _row(self, ref: str) -> dict[str, Any] | None:
@@ -303,6 +348,17 @@ class CapIntake:
                 self._service.stop(who, announcement)
                 stopped.append(announcement)
         return stopped
+
+
+def _already_taken(alert: CapAlert, row: dict[str, Any]) -> CapResult:
+    at = row["received_at"]
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    outcome = row["state"] + (f" as {row['announcement']}" if row["announcement"] else "")
+    return CapResult(
+        alert.identifier, alert.msg_type, "already-taken", [],
+        f"{alert.ref} was already taken at {at.isoformat(timespec='seconds')} by "
+        f"{row['received_by']} ({outcome}); nothing was done again",
+    )
 
 
 def system_sender(province: str) -> SystemPrincipal:

@@ -14,9 +14,10 @@ Every alert is handed to `CapIntake.take` as the system sender `cap-feed` (the w
 province in scope), exactly like a file dropped in `watch_dir` (controller.cap.CapFolder).
 What was taken is remembered, by entry (its id and `updated`, else its link) and by CAP
 reference (sender,identifier,sent), the last `REMEMBER` of each, so polling the same
-feed again takes nothing twice; an alert already in the store (taken before a restart,
-or posted to the API) is not taken again either. The feed is fetched with a conditional
-GET (If-None-Match / If-Modified-Since): an unchanged feed costs one request and a 304.
+feed again takes nothing twice; a message the intake already remembers (an Alert, Update
+or Cancel taken before a restart, posted to the API or dropped in the folder) is not taken
+again either. The feed is fetched with a conditional GET (If-None-Match /
+If-Modified-Since): an unchanged feed costs one request and a 304.
 
 Failures: a feed that cannot be fetched, answers an HTTP error or is not a CAP alert,
 Atom or RSS, is logged with its address, the reason and what to do, and polled again

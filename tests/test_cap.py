@@ -136,3 +136,110 @@ def test_alerts_dropped_as_files_are_taken_in_and_filed(cap_rig: WebRig) -> None
     assert list(inbox.glob("*.xml")) == []
     [sent] = [a for a in cap_rig.service.recent(cap_rig.user("quan-ly")) if a.source == "cap"]
     assert sent.clusters == ["a-01", "a-02", "a-03"]
+
+
+FIRST_REF = "kttv@example.vn,VN-KTTV-2026-001,2026-10-20T06:00:00+07:00"
+
+
+def _actions(rig: WebRig) -> list[tuple[str, str, str]]:
+    """(action, user, subject) of the whole audit log, newest first."""
+    return [(e.action, e.user, e.subject) for e in rig.service.audit.entries()]
+
+
+@pytest.mark.parametrize("cap_rig", ["send"], indirect=True)
+def test_a_cancel_taken_again_does_nothing_also_after_a_restart(cap_rig: WebRig) -> None:
+    from controller.cap import CapFolder, CapIntake
+    from controller.config import CapConfig
+
+    cancel_xml = cap_xml(identifier="VN-KTTV-2026-002", msg_type="Cancel",
+                         references=FIRST_REF, sent="2026-10-20T08:00:00+07:00")
+    with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
+        login = c.post("/api/v1/login", json={"name": "quan-ly", "password": PASSWORD}).json()
+        auth = {"Authorization": f"Bearer {login['token']}"}
+        [aid] = _post(c, auth, cap_xml())["announcements"]
+        assert _post(c, auth, cancel_xml)["announcements"] == [aid]
+        stopped_at = cap_rig.service.get(cap_rig.user("quan-ly"), aid).stopped_at
+        done = _actions(cap_rig)
+        assert done[:2] == [("cap-cancel", "quan-ly", "VN-KTTV-2026-002"),
+                            ("stop", "quan-ly", aid)]
+
+        # The same Cancel again: nothing is stopped or written, and the answer says so.
+        again = _post(c, auth, cancel_xml)
+        assert again["action"] == "already-taken"
+        assert again["announcements"] == []
+        assert "kttv@example.vn,VN-KTTV-2026-002,2026-10-20T08:00:00+07:00" in again["detail"]
+        assert "already taken" in again["detail"]
+        assert "by quan-ly (applied)" in again["detail"]
+        # So is the alert itself: no error, no second cap-alert row.
+        alert_again = _post(c, auth, cap_xml())
+        assert alert_again["action"] == "already-taken"
+        assert f"(sent as {aid})" in alert_again["detail"]
+        assert _actions(cap_rig) == done
+
+    # A restarted intake on the same database remembers it, from the folder too.
+    restarted = CapIntake(cap_rig.service, CapConfig(policy="send", repeat=1))
+    assert restarted.known("kttv@example.vn,VN-KTTV-2026-002,2026-10-20T08:00:00+07:00")
+    assert restarted.take(cancel_xml, cap_rig.user("quan-ly")).action == "already-taken"
+    inbox = cap_rig.tmp / "cap-inbox"
+    inbox.mkdir()
+    (inbox / "cancel.xml").write_bytes(cancel_xml)
+    folder = CapFolder(restarted, inbox, "tinh-t", interval_s=1.0)
+    assert folder.scan(now=time.time() + 5) == [("cancel.xml", "already-taken")]
+    assert _actions(cap_rig) == done
+    assert cap_rig.service.get(cap_rig.user("quan-ly"), aid).stopped_at == stopped_at
+
+
+@pytest.mark.parametrize("cap_rig", ["send"], indirect=True)
+def test_an_update_taken_again_stops_and_sends_nothing_more(cap_rig: WebRig) -> None:
+    from controller.cap import CapIntake
+    from controller.config import CapConfig
+
+    manager = cap_rig.user("quan-ly")
+    intake = cap_rig.ctx.cap
+    assert intake is not None
+    [first] = intake.take(cap_xml(), manager).announcements
+    update = cap_xml(identifier="VN-KTTV-2026-003", msg_type="Update", references=FIRST_REF,
+                     sent="2026-10-20T07:00:00+07:00")
+    [second] = intake.take(update, manager).announcements
+    # An Update whose new alert is not aired: its cancelling part is remembered all the same.
+    moved = cap_xml(identifier="VN-KTTV-2026-004", msg_type="Update",
+                    references="kttv@example.vn,VN-KTTV-2026-003,2026-10-20T07:00:00+07:00",
+                    sent="2026-10-20T09:00:00+07:00", area="<circle>21.0,105.8 10</circle>")
+    assert intake.take(moved, manager).action == "no-clusters"
+    assert cap_rig.service.get(manager, second).stopped_by == "quan-ly"
+    done = _actions(cap_rig)
+    assert [a for a in done if a[0] == "stop"] == [("stop", "quan-ly", second),
+                                                   ("stop", "quan-ly", first)]
+
+    restarted = CapIntake(cap_rig.service, CapConfig(policy="send", repeat=1))
+    for intake_now in (intake, restarted):
+        for message in (update, moved):
+            assert intake_now.take(message, manager).action == "already-taken"
+    assert _actions(cap_rig) == done
+    assert [a.id for a in cap_rig.service.recent(manager)] == [second, first]
+
+
+@pytest.mark.parametrize("cap_rig", ["send"], indirect=True)
+def test_a_database_from_before_msg_type_gets_the_column_and_keeps_its_alerts(
+    cap_rig: WebRig,
+) -> None:
+    from sqlalchemy import inspect, text
+
+    from controller.cap import CapIntake
+    from controller.config import CapConfig
+
+    assert cap_rig.ctx.cap is not None
+    cap_rig.ctx.cap.take(cap_xml(), cap_rig.user("quan-ly"))
+    engine = cap_rig.service.store.engine
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE cap_alerts DROP COLUMN msg_type"))
+    assert "msg_type" not in {c["name"] for c in inspect(engine).get_columns("cap_alerts")}
+
+    restarted = CapIntake(cap_rig.service, CapConfig(policy="send", repeat=1))
+    assert "msg_type" in {c["name"] for c in inspect(engine).get_columns("cap_alerts")}
+    assert restarted.take(cap_xml(), cap_rig.user("quan-ly")).action == "already-taken"
+    cancel = cap_xml(identifier="VN-KTTV-2026-002", msg_type="Cancel", references=FIRST_REF)
+    assert restarted.take(cancel, cap_rig.user("quan-ly")).action == "cancelled"
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT msg_type, state FROM cap_alerts ORDER BY ref")).all()
+    assert [tuple(r) for r in rows] == [(None, "sent"), ("Cancel", "applied")]

@@ -508,6 +508,42 @@ def test_an_alert_already_in_the_store_is_not_taken_again_after_a_restart(
     assert len(cap_announcements(cap_rig)) == 1
 
 
+def test_a_cancel_still_in_the_feed_is_not_applied_again_after_a_restart(
+    cap_rig: WebRig, site: Site
+) -> None:
+    from controller.cap import CapIntake
+    from controller.config import CapConfig
+
+    site.put("flood.xml", cap_xml(identifier="flood-3"))
+    site.put("cancel.xml", cap_xml(
+        identifier="flood-3-cancel", msg_type="Cancel", references=FLOOD_REF.format("flood-3"),
+        sent="2026-10-20T08:00:00+07:00",
+    ))
+    site.put("kttv.atom", atom(linked("urn:kttv:cancel", "cancel.xml"),
+                               linked("urn:kttv:flood", "flood.xml")))
+    assert got(feed_for(cap_rig, site.url("kttv.atom")).poll(now=0)) == [
+        ("urn:kttv:flood", "sent"), ("urn:kttv:cancel", "cancelled")
+    ]
+    [sent] = cap_announcements(cap_rig)
+    assert sent.stopped_by == "cap-feed"
+
+    def audit() -> list[tuple[str, str]]:
+        return [(e.action, e.subject) for e in cap_rig.service.audit.entries()]
+
+    done = audit()
+    assert [a for a in done if a[0] in ("cap-cancel", "stop")] == [
+        ("cap-cancel", "flood-3-cancel"), ("stop", sent.id)
+    ]
+    # A restart: a new intake on the same database, a feed that remembers nothing.
+    cap_rig.ctx.cap = CapIntake(cap_rig.service, CapConfig(policy="send", repeat=1))
+    restarted = feed_for(cap_rig, site.url("kttv.atom"))
+    assert got(restarted.poll(now=0)) == [
+        ("urn:kttv:flood", "already taken"), ("urn:kttv:cancel", "already taken")
+    ]
+    assert audit() == done
+    assert cap_rig.service.get(cap_rig.user("quan-ly"), sent.id).stopped_at == sent.stopped_at
+
+
 def test_the_feed_thread_polls_and_stops_at_once(cap_rig: WebRig, site: Site) -> None:
     site.put("latest.xml", cap_xml(identifier="threaded"))
     feed = feed_for(cap_rig, site.url("latest.xml"))
