@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -202,6 +202,7 @@ class Agent:
             report=self._report_play,
             request_chunks=self._request_chunks,
             wake=self._wake,
+            on_worker=self._run_on_worker,
             request_interval_s=request_interval_s,
             log=ClusterLog(logging.getLogger("device_agent.player"), {"cluster": cluster_id}),
             amplifier=self._amplifier,
@@ -331,6 +332,9 @@ class Agent:
     def _wake(self) -> None:
         self._queue.put(_WAKE)
 
+    def _run_on_worker(self, action: Callable[[], None]) -> None:
+        self._queue.put(("call", action))
+
     def _on_content(self, sha256: str) -> None:
         """Content completed (in this agent's worker, or another's if the cache is shared)."""
         if self._player.content_ready(sha256) and not self._owns_cache:
@@ -347,30 +351,34 @@ class Agent:
         A batch of audio chunks that completed no content changes nothing that is due:
         the housekeeping is skipped until the time it asked for, so a chunk costs the
         same however many plays the agent holds."""
-        quiet = True
-        for item in batch:
-            if item is _STOP:
-                return None
-            try:
-                if item[0] == "message":
-                    quiet = self._handle_message(item[1], item[2], *item[3:]) and quiet
-                elif item[0] == "connection":
+        with self._db.batch():  # one commit for the step; publishes after it
+            quiet = True
+            for item in batch:
+                if item is _STOP:
+                    return None
+                try:
+                    if item[0] == "message":
+                        quiet = self._handle_message(item[1], item[2], *item[3:]) and quiet
+                    elif item[0] == "connection":
+                        quiet = False
+                        self._handle_connection(bool(item[1]))
+                    elif item[0] == "call":
+                        quiet = False
+                        item[1]()
+                    else:
+                        quiet = False
+                        if item is _HEARTBEAT:
+                            self._send_heartbeat()
+                except Exception:
                     quiet = False
-                    self._handle_connection(bool(item[1]))
-                else:
-                    quiet = False
-                    if item is _HEARTBEAT:
-                        self._send_heartbeat()
-            except Exception:
-                quiet = False
-                self._log.exception("unexpected error in the agent worker; carrying on")
-        now = self._clock.now()
-        if not quiet or self._wake_at is None or self._wake_at <= now:
-            try:
-                self._wake_at = self._housekeeping()
-            except Exception:
-                self._log.exception("unexpected error in the agent worker; carrying on")
-                self._wake_at = None
+                    self._log.exception("unexpected error in the agent worker; carrying on")
+            now = self._clock.now()
+            if not quiet or self._wake_at is None or self._wake_at <= now:
+                try:
+                    self._wake_at = self._housekeeping()
+                except Exception:
+                    self._log.exception("unexpected error in the agent worker; carrying on")
+                    self._wake_at = None
         if self._wake_at is None:
             return MAX_SLEEP_S
         until = (self._wake_at - self._clock.now()).total_seconds()
@@ -570,7 +578,7 @@ class Agent:
         if self._heartbeat_s is None or not self._link.connected:
             return
         beat = self.heartbeat()
-        self._link.publish(
+        self._publish(
             topics.cluster_topic(self.cluster_id, "heartbeat"), beat.to_json(), qos=0
         )
         self._next_heartbeat = beat.at + timedelta(seconds=self._heartbeat_s)
@@ -582,7 +590,7 @@ class Agent:
             at=self._clock.now(),
             version=self._version,
         )
-        self._link.publish(
+        self._publish(
             topics.cluster_topic(self.cluster_id, "state"), message.to_json(), qos=1, retain=True
         )
 
@@ -615,15 +623,20 @@ class Agent:
             sending=online,
         )
         if online:
-            self._link.publish(
+            self._publish(
                 topics.cluster_topic(self.cluster_id, "event"), event.to_json(), qos=1
             )
 
     def _send(self, events: Sequence[Event], reconnected: bool = False) -> None:
         topic = topics.cluster_topic(self.cluster_id, "event")
         for event in events:
-            self._link.publish(topic, event.to_json(), qos=1)
+            self._publish(topic, event.to_json(), qos=1)
         self._outbox.mark_sent((event.seq for event in events), reconnected=reconnected)
+
+    def _publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Publish once the step's writes are committed: nothing goes out that a crash
+        could take back (an event not in the outbox, a play not saved as started)."""
+        self._db.after_commit(lambda: self._link.publish(topic, payload, qos, retain))
 
     def _request_chunks(self, ref: ContentRef, missing: list[int]) -> None:
         if not missing or not self._link.connected:
@@ -631,6 +644,6 @@ class Agent:
         request = ChunkRequest(
             cluster=self.cluster_id, sha256=ref.sha256, missing=missing[:100_000]
         )
-        self._link.publish(
+        self._publish(
             topics.cluster_topic(self.cluster_id, "request"), request.to_json(), qos=1
         )

@@ -17,6 +17,14 @@ One database per agent, one connection, WAL journal, exclusive locking:
   a second process cannot open the database of a running agent.
 - durable=True syncs every commit to the SD card (it survives a power cut); False only
   survives a crash of the process (simulated fleets on one machine).
+
+Group commit: the agent's worker runs each step (a batch of messages, then what is due)
+inside `batch()`, so the step's writes (seen commands, schedule, outbox) are one
+transaction and one sync, not one per statement. What must only happen once those writes
+are on disk (publishing an event, starting a play's sound) is handed to `after_commit`,
+which runs it after the COMMIT (at once outside a batch). Other threads' writes wait for
+the step to end; they must not hold a lock the step needs while they write (the player's
+output thread hands its outcome to the worker instead of writing it).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +54,8 @@ class LocalDatabase:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._batch_thread: int | None = None  # the thread whose batch is open
+        self._after: list[Callable[[], None]] = []
         self._db = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=0.5
         )
@@ -65,15 +75,72 @@ class LocalDatabase:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """The connection, inside one write transaction (committed on leaving)."""
+        """The connection, inside one write transaction (committed on leaving; inside a
+        batch, a savepoint of it: undone alone on an error, committed with the batch)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            nested = self._in_batch()
+            self._db.execute("SAVEPOINT part" if nested else "BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("ROLLBACK TO part" if nested else "ROLLBACK")
+                if nested:
+                    self._db.execute("RELEASE part")
                 raise
+            self._db.execute("RELEASE part" if nested else "COMMIT")
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """This thread's writes until the end of the block, as one transaction; then the
+        `after_commit` actions, in order. A write that fails inside still raises to its
+        caller; what the others wrote is committed all the same (each would have been
+        committed alone without the batch). Nested: part of the outer batch."""
+        actions: list[Callable[[], None]] = []
+        try:
+            with self._lock:
+                if self._in_batch():
+                    yield
+                    return
+                self._db.execute("BEGIN IMMEDIATE")
+                self._batch_thread = threading.get_ident()
+                try:
+                    yield
+                finally:
+                    self._batch_thread = None
+                    actions, self._after = self._after, []
+                    self._commit_batch()
+        finally:
+            for action in actions:
+                try:
+                    action()
+                except Exception:
+                    log.exception("%s: an action after saving failed", self.path)
+
+    def _commit_batch(self) -> None:
+        try:
             self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # A full or failing SD card: the step's records are lost, but a play already
+            # started in memory still sounds and its events still go out (an urgent
+            # message matters more than its record).
+            log.error(
+                "%s: could not save the last changes (%s); check the SD card (df -h, dmesg)",
+                self.path, exc,
+            )
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run action once what this thread wrote is committed: at the end of its batch,
+        or now if it has none open."""
+        with self._lock:
+            if self._in_batch():
+                self._after.append(action)
+                return
+        action()
+
+    def _in_batch(self) -> bool:
+        return self._batch_thread == threading.get_ident()
 
     def write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement, its own transaction (SQLite's autocommit: atomic, and a third
@@ -121,6 +188,10 @@ class StateDocument:
     def save(self, document: Any) -> None:
         """Replace the document (committed when this returns)."""
         self.save_text(json.dumps(document, ensure_ascii=False, separators=(",", ":")))
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """See `LocalDatabase.after_commit`."""
+        self._database.after_commit(action)
 
     def save_text(self, body: str) -> None:
         """Replace the document with this JSON text (the caller encoded it)."""

@@ -251,6 +251,7 @@ class Player:
         report: ReportFn,
         request_chunks: RequestFn,
         wake: Callable[[], None] = lambda: None,
+        on_worker: Callable[[Callable[[], None]], None] | None = None,
         request_interval_s: float = DEFAULT_REQUEST_INTERVAL_S,
         stall_s: float = DEFAULT_STALL_S,
         retention: timedelta = DEFAULT_RETENTION,
@@ -265,7 +266,9 @@ class Player:
         amplifier: switched on for every play (None: no relay to drive); default_volume:
         the output level of plays whose command sets none; content_activity: when audio
         last arrived from the broker (chunks still queued in the agent count as progress,
-        so a busy link is not mistaken for a stalled download)."""
+        so a busy link is not mistaken for a stalled download); on_worker: runs a function
+        on the thread that owns the agent's state (its worker), where the output thread
+        hands over the end of a play (None: the output thread records it itself)."""
         self._log = log or module_log
         self._content_activity = content_activity
         self._output = output
@@ -275,6 +278,7 @@ class Player:
         self._report = report
         self._request_chunks = request_chunks
         self._wake = wake
+        self._on_worker = on_worker
         self._request_interval = timedelta(seconds=request_interval_s)
         self._stall = timedelta(seconds=stall_s)
         self._retention = retention
@@ -541,7 +545,11 @@ class Player:
         self._emit("playing", record, None)
         self._commit()  # on disk before the first sound: a crash now cannot replay it
         items = [self._content.path(item.sha256) for item in record.body.items]
-        self._to_play.put((record, items, self._stop_event, self._volume(record)))
+        work = (record, items, self._stop_event, self._volume(record))
+        if self._file is not None:  # the sound starts once the save is committed
+            self._file.after_commit(lambda: self._to_play.put(work))
+        else:
+            self._to_play.put(work)
 
     def _outputs(self) -> None:
         """The output thread: one play at a time, as `_start` hands them over."""
@@ -581,10 +589,17 @@ class Player:
         finally:
             if amplifier is not None:
                 amplifier.play_finished()
-        with self._lock:
-            self._output_done(record, outcome, stop, note)
-            self._tick()
-        self._wake()
+
+        def finish() -> None:
+            with self._lock:
+                self._output_done(record, outcome, stop, note)
+                self._tick()
+
+        if self._on_worker is not None:
+            self._on_worker(finish)
+        else:
+            finish()
+            self._wake()
 
     def _output_done(
         self, record: PlayRecord, outcome: PlayOutcome, stop: threading.Event,

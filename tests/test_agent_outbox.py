@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -149,3 +150,75 @@ def test_a_second_agent_cannot_open_the_same_database(tmp_path: Path) -> None:
         LocalDatabase(tmp_path / "agent.sqlite")
     first.close()
     LocalDatabase(tmp_path / "agent.sqlite").close()
+
+
+KILLED_IN_BATCH = """
+import os, signal, sys
+from datetime import UTC, datetime
+from pathlib import Path
+from device_agent.localdb import LocalDatabase
+from device_agent.outbox import Outbox
+from protocol.clock import ManualClock
+
+db = LocalDatabase(Path(sys.argv[1]))
+box = Outbox(db, "c1", ManualClock(datetime(2026, 5, 1, tzinfo=UTC)))
+box.add("received", play_id="before")
+with db.batch():
+    for n in range(5):
+        box.add("playing", play_id=f"p{n}")
+        db.after_commit(lambda: print("published", flush=True))
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_batch_is_one_commit_and_its_actions_run_after_it(tmp_path: Path) -> None:
+    db = LocalDatabase(tmp_path / "agent.sqlite")
+    box = Outbox(db, ME, ManualClock(T0))
+    seen: list[tuple[str, bool]] = []
+
+    def publish(name: str) -> None:
+        seen.append((name, db.query("SELECT COUNT(*) FROM events")[0][0] == 3))
+
+    with db.batch():
+        for n in range(3):
+            box.add("playing", play_id=f"p{n}")
+            db.after_commit(functools.partial(publish, f"p{n}"))
+        with db.batch():  # nested: part of the outer one
+            db.after_commit(lambda: publish("nested"))
+        assert seen == []  # nothing goes out before the commit
+    assert seen == [("p0", True), ("p1", True), ("p2", True), ("nested", True)]
+    db.after_commit(lambda: publish("outside"))  # no batch open: at once
+    assert seen[-1] == ("outside", True)
+    db.close()
+
+
+def test_a_failed_part_of_a_batch_is_undone_alone(tmp_path: Path) -> None:
+    db = LocalDatabase(tmp_path / "agent.sqlite")
+    box = Outbox(db, ME, ManualClock(T0))
+
+    def delete_all_then_fail() -> None:
+        with db.transaction() as conn:
+            conn.execute("DELETE FROM events")
+            raise RuntimeError("half-way")
+
+    with db.batch():
+        box.add("playing", play_id="kept")
+        with pytest.raises(RuntimeError):
+            delete_all_then_fail()
+        box.add("finished", play_id="kept")
+    assert [e.kind for e in box.unacked()] == ["playing", "finished"]
+    db.close()
+
+
+def test_kill_9_inside_a_batch_keeps_what_was_committed_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sqlite"
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_BATCH, str(path)],
+        env=env, capture_output=True, timeout=60, check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    assert b"published" not in done.stdout  # nothing went out for what was not saved
+    box = open_outbox(path, ManualClock(T0))
+    assert [e.play_id for e in box.unacked()] == ["before"]
