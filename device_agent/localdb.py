@@ -55,6 +55,7 @@ class LocalDatabase:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._batch_thread: int | None = None  # the thread whose batch is open
+        self._batch_begun = False  # its transaction, begun at its first write
         self._after: list[Callable[[], None]] = []
         self._db = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=0.5
@@ -79,6 +80,8 @@ class LocalDatabase:
         batch, a savepoint of it: undone alone on an error, committed with the batch)."""
         with self._lock:
             nested = self._in_batch()
+            if nested:
+                self._begin_batch()
             self._db.execute("SAVEPOINT part" if nested else "BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -101,14 +104,15 @@ class LocalDatabase:
                 if self._in_batch():
                     yield
                     return
-                self._db.execute("BEGIN IMMEDIATE")
                 self._batch_thread = threading.get_ident()
                 try:
                     yield
                 finally:
                     self._batch_thread = None
                     actions, self._after = self._after, []
-                    self._commit_batch()
+                    if self._batch_begun:
+                        self._batch_begun = False
+                        self._commit_batch()
         finally:
             for action in actions:
                 try:
@@ -142,10 +146,20 @@ class LocalDatabase:
     def _in_batch(self) -> bool:
         return self._batch_thread == threading.get_ident()
 
+    def _begin_batch(self) -> None:
+        """Open the batch's transaction, if not yet: a step that writes nothing (a chunk
+        that completes nothing) costs no BEGIN and COMMIT."""
+        if not self._batch_begun:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._batch_begun = True
+
     def write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement, its own transaction (SQLite's autocommit: atomic, and a third
-        of the calls of BEGIN, statement, COMMIT). Returns the rows it changed."""
+        of the calls of BEGIN, statement, COMMIT), or part of this thread's batch.
+        Returns the rows it changed."""
         with self._lock:
+            if self._in_batch():
+                self._begin_batch()
             return self._db.execute(sql, params).rowcount
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -153,7 +167,10 @@ class LocalDatabase:
             return self._db.execute(sql, params).fetchall()
 
     def executescript(self, script: str) -> None:
+        """Run a script (schema); not inside a batch (SQLite commits before a script)."""
         with self._lock:
+            if self._in_batch():
+                raise RuntimeError("executescript inside a batch would commit it half-way")
             self._db.executescript(script)
 
     def document(self, name: str) -> StateDocument:
