@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Loa's benchmarks, measured against the project's targets; they write docs/benchmarks.md.
 
-    python scripts/bench.py urgent   [--agents N] [--trials K] [--json]
+    python scripts/bench.py urgent   [--agents N] [--trials K] [--link loopback|4g] [--json]
     python scripts/bench.py delivery [--agents N] [--minutes M] [--trials K] [--json]
     python scripts/bench.py agent    [--minutes M] [--idle-s S] [--play-s S] [--json]
     python scripts/bench.py          # all three at their defaults (make bench)
@@ -10,6 +10,10 @@ Every mode starts its own mosquitto on a free port of 127.0.0.1 (mosquitto and f
 must be on PATH) and, for the fleet benches, N simulated agents in worker processes
 (at most 150 per process) plus, in the same run, N bare paho subscribers laid out the
 same way: the raw broker doing the same work, the yardstick for Loa's figures.
+`urgent --link 4g` puts those agents and subscribers behind an emulated 4G link
+(bench_netem: 100 ms ± 50 ms one way in each direction, 1 % packet loss; the controller
+stays on the broker's side) and writes its own section (`urgent-4g`); `make bench`,
+every mode at its defaults, runs it on loopback only.
 
 With --json a mode prints one JSON object on stdout; without, it rewrites its own
 section of docs/benchmarks.md (or of --doc FILE; --doc with --json does both).
@@ -28,7 +32,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench_netem import LinkParams
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -48,10 +55,29 @@ def _on_term(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(143)
 
 
+def link_params(args: argparse.Namespace) -> LinkParams | None:
+    """The emulated link asked for (a bench_netem.LinkParams), or None on loopback."""
+    if getattr(args, "link", "loopback") != "4g":
+        return None
+    import bench_netem
+
+    return bench_netem.LinkParams(
+        delay_s=args.link_delay_ms / 1000, jitter_s=args.link_jitter_ms / 1000,
+        loss=args.link_loss_pct / 100, seed=args.link_seed,
+    )  # fmt: skip
+
+
+def section(args: argparse.Namespace) -> str:
+    """The part of docs/benchmarks.md this run writes."""
+    return f"{args.mode}-4g" if link_params(args) is not None else str(args.mode)
+
+
 def run_urgent(args: argparse.Namespace) -> dict[str, Any]:
     import bench_urgent
 
-    return bench_urgent.run(args.agents, args.trials, args.per_process, args.verbose, args.keep)
+    return bench_urgent.run(
+        args.agents, args.trials, args.per_process, args.verbose, args.keep, link_params(args)
+    )
 
 
 def run_delivery(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="mode", metavar="MODE")
     urgent = sub.add_parser("urgent", help="urgent announcement: trigger → every agent playing")
     _fleet(urgent, trials=3)
+    urgent.add_argument("--link", choices=("loopback", "4g"), default="loopback",
+                        help="the agents' link to the broker: loopback (default), or an "
+                        "emulated 4G link, written to its own section")
+    urgent.add_argument("--link-delay-ms", type=float, default=100.0, metavar="MS",
+                        help="4g: one-way delay in each direction (default 100)")
+    urgent.add_argument("--link-jitter-ms", type=float, default=50.0, metavar="MS",
+                        help="4g: the one-way delay is uniform in delay ± jitter (default 50)")
+    urgent.add_argument("--link-loss-pct", type=float, default=1.0, metavar="PCT",
+                        help="4g: packets lost, in percent (default 1)")
+    urgent.add_argument("--link-seed", type=int, default=1, metavar="N",
+                        help="4g: seed of the link's random draws (default 1)")
     _common(urgent)
     delivery = sub.add_parser("delivery", help="a bulletin to every agent, then a repeat")
     _fleet(delivery, trials=3)
@@ -164,7 +201,7 @@ def run_mode(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False, indent=1))
     if not args.json or args.doc:
         doc = args.doc or DOC
-        bench_report.write_section(doc, args.mode, markdown(result))
+        bench_report.write_section(doc, section(args), markdown(result))
         print(f"bench.py {args.mode}: {'PASS' if result['pass'] else 'FAIL'}; "
               f"written to {doc}", file=sys.stderr)
     return 0

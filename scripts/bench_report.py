@@ -1,8 +1,9 @@
 """Figures and where they go: statistics, the machine, targets, and docs/benchmarks.md.
 
-Each bench owns one section of docs/benchmarks.md, between `<!-- bench:<mode>:begin -->`
-and `<!-- bench:<mode>:end -->`; a run rewrites its own section and leaves the others
-as they are. Nothing in that file is written by hand.
+Each bench owns one section of docs/benchmarks.md, between `<!-- bench:<section>:begin -->`
+and `<!-- bench:<section>:end -->` (the section is the mode's name, or `urgent-4g` for
+`urgent --link 4g`); a run rewrites its own section and leaves the others as they are.
+Nothing in that file is written by hand.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-MODES = ("urgent", "delivery", "agent")
+# The sections of docs/benchmarks.md, in the file's order, and the command writing each.
+SECTIONS = {
+    "urgent": "urgent",
+    "urgent-4g": "urgent --link 4g",
+    "delivery": "delivery",
+    "agent": "agent",
+}
 
 HEADER = """\
 # Benchmarks
@@ -28,6 +35,13 @@ targets table. Each bench starts a private mosquitto on a free loopback port and
 same run, measures the raw broker doing the same work with bare paho clients, so that
 results read as a ratio to what the broker itself can do on the same (shared, noisy)
 machine, not only as seconds. Headline figures are medians over trials.
+
+The sections: `urgent`, an urgent announcement to a whole province of simulated agents,
+on loopback; `urgent --link 4g`, the same with every agent (and every bare subscriber)
+behind an emulated 4G link (scripts/bench_netem.py: a relay delaying each direction of
+each connection by 100 ms ± 50 ms one way, a round trip of 100 to 300 ms, and losing 1 %
+of its packets as TCP sees it; run on its own, not by `make bench`); `delivery`, a
+bulletin to every agent, then a repeat; `agent`, one real agent process, idle and playing.
 
 Run one mode with `--json` to get the figures as one JSON object instead.
 """
@@ -156,29 +170,41 @@ def broker_line(result: dict[str, Any]) -> str:
     return f"Broker: private mosquitto on 127.0.0.1, tuned with {tuning}."
 
 
-def _markers(mode: str) -> tuple[str, str]:
-    return f"<!-- bench:{mode}:begin -->", f"<!-- bench:{mode}:end -->"
+def _markers(section: str) -> tuple[str, str]:
+    return f"<!-- bench:{section}:begin -->", f"<!-- bench:{section}:end -->"
 
 
-def _placeholder(mode: str) -> str:
-    begin, end = _markers(mode)
-    return f"{begin}\n## `{mode}`\n\nNot run yet: `python scripts/bench.py {mode}`.\n{end}\n"
+def _placeholder(section: str) -> str:
+    begin, end = _markers(section)
+    command = SECTIONS[section]
+    return (
+        f"{begin}\n## `{command}`\n\nNot run yet: `python scripts/bench.py {command}`.\n"
+        f"{end}\n"
+    )
 
 
-def write_section(doc: Path, mode: str, body: str) -> None:
-    """Replace this mode's section of doc (made with every section if missing)."""
-    if mode not in MODES:
-        raise ValueError(f"unknown bench mode {mode!r}")
+def write_section(doc: Path, section: str, body: str) -> None:
+    """Replace this section of doc (made with every section if missing). A section the
+    file does not have yet goes after the one before it in SECTIONS, or at the end."""
+    if section not in SECTIONS:
+        raise ValueError(f"unknown bench section {section!r}")
     text = doc.read_text(encoding="utf-8") if doc.exists() else ""
     if not text.strip():
-        text = HEADER + "".join("\n" + _placeholder(m) for m in MODES)
-    begin, end = _markers(mode)
-    section = f"{begin}\n{body.strip()}\n{end}"
+        text = HEADER + "".join("\n" + _placeholder(s) for s in SECTIONS)
+    begin, end = _markers(section)
+    new = f"{begin}\n{body.strip()}\n{end}"
     start = text.find(begin)
     stop = text.find(end, start)
     if start >= 0 and stop >= 0:
-        text = text[:start] + section + text[stop + len(end):]
+        text = text[:start] + new + text[stop + len(end):]
     else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
+        order = list(SECTIONS)
+        earlier = [_markers(s)[1] for s in reversed(order[: order.index(section)])]
+        previous = next((m for m in earlier if m in text), None)
+        if previous is not None:
+            cut = text.find(previous) + len(previous)
+            text = text[:cut] + "\n\n" + new + text[cut:]
+        else:
+            text = text.rstrip("\n") + "\n\n" + new + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text, encoding="utf-8")

@@ -1,9 +1,12 @@
 """What the fleet benches share: broker, controller, simulated agents and raw baseline.
 
 `fleet_rig()` sets up, in order: a private mosquitto, the province (fleet file and keys),
-the real controller, the agent workers and the raw workers (the same process layout),
-and the raw publisher; it waits until every agent is connected, subscribed and known
-online to the controller, and tears everything down in reverse order, whatever happens.
+the real controller, with `link` an emulated link in front of the broker (bench_netem),
+the agent workers and the raw workers (the same process layout; with a link, both
+connect through it, while the controller and the raw publisher connect directly, as
+from a data centre), and the raw publisher; it waits until every agent is connected,
+subscribed and known online to the controller, and tears everything down in reverse
+order, whatever happens.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from bench_broker import PrivateMosquitto
 from bench_fleet import METER_FIELDS, RawBaseline, Sightings, Workers, fleet_specs
+from bench_netem import LinkParams, LinkRelay
 from bench_proc import NO_CPU, CpuTimes, cpu_times, total_cpu
 from bench_province import Province, make_province, start_controller
 
@@ -52,6 +56,8 @@ class Rig:
     sightings: Sightings
     # controller side: when the controller stored each event
     stored: Sightings
+    # the emulated link the agents and raw subscribers connect through, if any
+    relay: LinkRelay | None = None
 
     @property
     def size(self) -> int:
@@ -69,12 +75,16 @@ class Rig:
         """CPU time used so far by each part: agent workers, raw workers, broker, and this
         process (the controller, the raw publisher and the bench's bookkeeping)."""
         broker = self.broker.proc
-        return {
+        parts = {
             "agents": total_cpu(self.agents.pids()),
             "raw_subscribers": total_cpu(self.raw.pids()),
             "broker": cpu_times(broker.pid) if broker else NO_CPU,
             "controller": cpu_times(os.getpid()),
         }
+        if self.relay is not None:
+            relay = self.relay.pid
+            parts["link_relay"] = cpu_times(relay) if relay is not None else NO_CPU
+        return parts
 
     def settle(self, timeout: float = 30.0) -> None:
         """Wait until the controller has stored every event so far, then a quiet second."""
@@ -139,11 +149,13 @@ def cpu_share_note(cpu: dict[str, dict[str, float]], nproc: int, wall_s: float |
     available = nproc * wall_s
     agents = spent.get("agents", 0.0)
     kernel = 100 * cpu["agents"]["system_s"] / agents if agents else 0.0
+    relay = f", the link relay {spent['link_relay']:.1f}" if "link_relay" in spent else ""
     return (
         f"In the {wall_s:.1f} s the slowest agent took, the machine had {available:.1f} "
         f"CPU-seconds ({nproc} cores); the simulated agents used {agents:.1f} of them "
         f"({100 * agents / available:.0f} %, {kernel:.0f} % of it in the kernel), the broker "
-        f"{spent.get('broker', 0.0):.1f} and the controller {spent.get('controller', 0.0):.1f}."
+        f"{spent.get('broker', 0.0):.1f}{relay} and the controller "
+        f"{spent.get('controller', 0.0):.1f}."
     )
 
 
@@ -173,6 +185,7 @@ def fleet_rig(
     verbose: bool = False,
     audio: AudioSettings | None = None,
     keep: bool = False,
+    link: LinkParams | None = None,
 ) -> Iterator[Rig]:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -199,9 +212,18 @@ def fleet_rig(
 
         controller.intake.add_listener(on_event)
 
+        relay = None
+        fleet_broker = broker.address
+        if link is not None:
+            relay = LinkRelay(link, broker.address)
+            relay.start()
+            stack.callback(relay.stop)
+            fleet_broker = relay.address
+            say(f"emulated link on port {relay.port} (pid {relay.pid}): {link.describe()}")
+
         sightings = Sightings()
         agent_specs, raw_specs = fleet_specs(
-            broker.address, province.groups, per_process, data_dir=work / "agents",
+            fleet_broker, province.groups, per_process, data_dir=work / "agents",
             public_key=province.public_key, shared_cache=shared_cache, verbose=verbose,
         )  # fmt: skip
         say(
@@ -224,7 +246,9 @@ def fleet_rig(
             raise RuntimeError(f"the controller saw {online.count()} of {agents} agents online")
         baseline = RawBaseline(broker.address, raw, agents)
         stack.callback(baseline.stop)
-        rig = Rig(work, broker, province, controller, fleet, raw, baseline, sightings, stored)
+        rig = Rig(
+            work, broker, province, controller, fleet, raw, baseline, sightings, stored, relay
+        )
         rig.settle()
         say(f"{agents} agents online, {agents} raw subscribers ready")
         yield rig
