@@ -198,7 +198,7 @@ class Agent:
         self._next_prune = clock.now() + PRUNE_EVERY
         self._wake_at: datetime | None = None  # when the housekeeping asked to run next
         self._player = Player(
-            output, self._cache, clock, self._db.document("plays"),
+            output, self._cache, clock, self._db.table("plays"),
             report=self._report_play,
             request_chunks=self._request_chunks,
             wake=self._wake,

@@ -1,9 +1,12 @@
 """The agent's one local SQLite database: its outbox of status events and its state.
 
 Besides the outbox (device_agent/outbox.py) the agent keeps a few small records on the
-SD card: commands already seen, the current group membership, the local schedule. Each
-is one JSON document, replaced whole in one transaction, so a reader after a crash finds
-the old version or the new one, never half of each.
+SD card: commands already seen and the current group membership, each one JSON document
+replaced whole (`StateDocument`), and the local schedule, a JSON record a play
+(`StateTable`: a change writes the plays that changed, where the schedule keeps a day of
+them). Every write is a transaction, so a reader after a crash finds the old version or
+the new one, never half of each. A schedule saved as one document by an earlier version
+is moved to rows when the agent starts.
 
 One database per agent, one connection, WAL journal, exclusive locking:
 - replacing a row costs tens of microseconds, where creating and renaming a file costs a
@@ -34,13 +37,17 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body TEXT NOT NULL)"
+ROWS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS records (tbl TEXT NOT NULL, key TEXT NOT NULL, "
+    "body TEXT NOT NULL, PRIMARY KEY (tbl, key)) WITHOUT ROWID"
+)
 
 
 class DatabaseInUse(RuntimeError):
@@ -65,6 +72,7 @@ class LocalDatabase:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.execute(SCHEMA)
+            self._db.execute(ROWS_SCHEMA)
         except sqlite3.OperationalError as exc:
             self._db.close()
             if "locked" in str(exc):
@@ -176,6 +184,9 @@ class LocalDatabase:
     def document(self, name: str) -> StateDocument:
         return StateDocument(self, name)
 
+    def table(self, name: str) -> StateTable:
+        return StateTable(self, name)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -217,3 +228,55 @@ class StateDocument:
             "ON CONFLICT (name) DO UPDATE SET body = excluded.body",
             (self.name, body),
         )
+
+
+class StateTable:
+    """Named JSON records in the agent's database, a row each: saving a change writes
+    the records that changed, not all of them (the schedule keeps a day of plays)."""
+
+    def __init__(self, database: LocalDatabase, name: str) -> None:
+        self._database = database
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"{self._database.path} ({self.name})"
+
+    def load(self) -> list[tuple[str, str]]:
+        """Every record as (key, JSON text)."""
+        rows = self._database.query(
+            "SELECT key, body FROM records WHERE tbl = ? ORDER BY key", (self.name,)
+        )
+        return [(str(key), str(body)) for key, body in rows]
+
+    def save(self, changed: Mapping[str, str], removed: Collection[str] = ()) -> None:
+        """Write these records (key -> JSON text) and delete those keys, atomically."""
+        upsert = (
+            "INSERT INTO records (tbl, key, body) VALUES (?, ?, ?) "
+            "ON CONFLICT (tbl, key) DO UPDATE SET body = excluded.body"
+        )
+        if len(changed) == 1 and not removed:  # the usual case: one statement
+            ((key, body),) = changed.items()
+            self._database.write(upsert, (self.name, key, body))
+            return
+        with self._database.transaction() as db:
+            db.executemany(upsert, [(self.name, k, v) for k, v in changed.items()])
+            db.executemany(
+                "DELETE FROM records WHERE tbl = ? AND key = ?", [(self.name, k) for k in removed]
+            )
+
+    def legacy_document(self) -> Any:
+        """What an earlier version kept as one document of this name (None: nothing)."""
+        return StateDocument(self._database, self.name).load()
+
+    def replace_legacy(self, records: Mapping[str, str]) -> None:
+        """Move to a record a row: write these and drop the old one-document form."""
+        with self._database.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO records (tbl, key, body) VALUES (?, ?, ?)",
+                [(self.name, k, v) for k, v in records.items()],
+            )
+            db.execute("DELETE FROM documents WHERE name = ?", (self.name,))
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """See `LocalDatabase.after_commit`."""
+        self._database.after_commit(action)

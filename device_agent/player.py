@@ -46,7 +46,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
-from device_agent.localdb import StateDocument
+from device_agent.localdb import StateTable
 from device_agent.output import OutputBackend, PlayOutcome
 from protocol.clock import Clock
 from protocol.messages import LEVEL_RANK, Command, ContentRef, EventKind, Level, PlayBody
@@ -246,7 +246,7 @@ class Player:
         output: OutputBackend,
         content: ContentStore,
         clock: Clock,
-        state: StateDocument | None,
+        state: StateTable | None,
         *,
         report: ReportFn,
         request_chunks: RequestFn,
@@ -300,6 +300,7 @@ class Player:
         self._order = 0
         self._dirty = False
         self._pending: list[tuple[EventKind, PlayRecord, str | None]] = []
+        self._written: dict[str, str] = {}  # each play's text as last saved
         self.up_since = clock.now()
         self._load()
         self._thread.start()
@@ -744,10 +745,20 @@ class Player:
         self._pending.append((kind, record, reason))
 
     def _commit(self) -> None:
-        """Save the schedule if it changed, then send the reports queued meanwhile."""
+        """Save the plays that changed if any did, then send the reports queued meanwhile."""
         if self._dirty and self._file is not None:
-            plays = ",".join(r.saved_text() for r in self._plays.values())
-            self._file.save_text(f'{{"plays":[{plays}]}}')
+            written = self._written
+            changed: dict[str, str] = {}
+            for pid, record in self._plays.items():
+                text = record.saved_text()  # encoded again only if the record changed
+                if text is not written.get(pid):
+                    changed[pid] = text
+            removed = [pid for pid in written if pid not in self._plays]
+            if changed or removed:
+                self._file.save(changed, removed)
+                written.update(changed)
+                for pid in removed:
+                    del written[pid]
         self._dirty = False
         pending, self._pending = self._pending, []
         for kind, record, reason in pending:
@@ -759,18 +770,30 @@ class Player:
                 )
 
     def _load(self) -> None:
-        saved = self._file.load() if self._file else None
-        if not isinstance(saved, dict):
+        if self._file is None:
             return
-        for obj in saved.get("plays", []):
+        rows = self._file.load()
+        legacy = None if rows else self._file.legacy_document()
+        if isinstance(legacy, dict):  # saved by a version that kept one document
+            texts = [json.dumps(obj) for obj in legacy.get("plays", [])]
+        else:
+            texts = [body for _key, body in rows]
+        loaded: list[PlayRecord] = []
+        for text in texts:
             try:
-                record = PlayRecord.from_json(obj)
+                loaded.append(PlayRecord.from_json(json.loads(text)))
             except (KeyError, TypeError, ValueError, ValidationError) as exc:
-                where = str(self._file) if self._file else "the saved schedule"
-                self._log.error("skipped a damaged play in %s: %s", where, exc)
-                continue
+                self._log.error("skipped a damaged play in %s: %s", self._file, exc)
+        for record in sorted(loaded, key=lambda r: r.order):  # the order they came in
             self._plays[record.play_id] = record
             self._order = max(self._order, record.order)
+        if isinstance(legacy, dict):
+            self._file.replace_legacy({p: r.saved_text() for p, r in self._plays.items()})
+        self._written = {pid: r.saved_text() for pid, r in self._plays.items()}
+        damaged = [key for key, _body in rows if key not in self._plays]
+        if damaged:  # dropped from the table too, at the next save
+            self._written.update((key, "") for key in damaged)
+            self._dirty = True
         with self._lock:
             cut = [r for r in self._plays.values() if r.state == "playing"]
             for record in cut:

@@ -17,7 +17,7 @@ import pytest
 from agent_support import FakeOutput, Keys, Reports, command, content, play_body
 from conftest import wait_until
 
-from device_agent.localdb import LocalDatabase, StateDocument
+from device_agent.localdb import LocalDatabase, StateTable
 from device_agent.player import MAX_REPLAYS, REPLAY_WITHIN, AmplifierControl, Player, PlayRecord
 from protocol.clock import ManualClock
 from protocol.messages import LEVELS, Command, ContentRef, EventKind, Level, PlayBody
@@ -46,7 +46,7 @@ class FakeContent:
 
 
 class Rig:
-    def __init__(self, state: StateDocument | None) -> None:
+    def __init__(self, state: StateTable | None) -> None:
         self.keys = Keys()
         self.clock = ManualClock(T0)
         self.output = FakeOutput()
@@ -105,7 +105,7 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(LocalDatabase(tmp_path / "agent.sqlite").document("plays"))
+    r = Rig(LocalDatabase(tmp_path / "agent.sqlite").table("plays"))
     yield r
     r.player.close(1)
 
@@ -618,3 +618,52 @@ def test_playing_without_a_failed_relay_says_so_in_the_result(rig: Rig) -> None:
     reason = rig.reports.reason("p1", "finished")
     assert reason is not None
     assert reason.startswith("played without the amplifier relay")
+
+
+def test_the_schedule_is_saved_a_play_a_row(tmp_path: Path) -> None:
+    db = LocalDatabase(tmp_path / "agent.sqlite")
+    rig = Rig(db.table("plays"))
+    rig.play("a", start_in=3600)
+    rig.play("b", start_in=7200)
+    saved = dict(db.table("plays").load())
+    assert sorted(saved) == ["a", "b"]
+    rows_written = db._db.total_changes  # SQLite's count of rows written
+    assert rig.player.stop("a") == 1
+    assert db._db.total_changes - rows_written == 1  # a's row, not b's
+    after = dict(db.table("plays").load())
+    assert '"interrupted"' in after["a"]
+    assert after["b"] == saved["b"]
+    # A play forgotten after its keep time leaves the table.
+    rig.clock.advance(3 * 86400)
+    rig.player.tick()
+    assert "a" not in dict(db.table("plays").load())
+    rig.player.close(1)
+
+
+def test_a_schedule_saved_as_one_document_is_moved_to_rows(tmp_path: Path) -> None:
+    db = LocalDatabase(tmp_path / "agent.sqlite")
+    rig = Rig(db.table("plays"))
+    rig.play("later", start_in=3600)
+    text = dict(db.table("plays").load())["later"]
+    rig.player.close(1)
+    # As an earlier version saved it: one document, no rows.
+    db.document("plays").save_text(f'{{"plays":[{text}]}}')
+    db.write("DELETE FROM records")
+    moved = Rig(db.table("plays"))
+    assert [v.play_id for v in moved.player.status().queue] == ["later"]
+    assert list(dict(db.table("plays").load())) == ["later"]
+    assert db.document("plays").load() is None
+    moved.player.close(1)
+
+
+def test_a_damaged_row_is_skipped_and_dropped(tmp_path: Path) -> None:
+    db = LocalDatabase(tmp_path / "agent.sqlite")
+    rig = Rig(db.table("plays"))
+    rig.play("good", start_in=3600)
+    rig.player.close(1)
+    db.table("plays").save({"broken": '{"not": "a play"}'})
+    again = Rig(db.table("plays"))
+    assert [v.play_id for v in again.player.status().queue] == ["good"]
+    again.play("next", start_in=7200)
+    assert sorted(dict(db.table("plays").load())) == ["good", "next"]
+    again.player.close(1)
