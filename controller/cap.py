@@ -16,10 +16,13 @@ manager sends it from the approvals page (`approve`).
 
 `Cancel` stops the announcements (and drops the pending alerts) its `<references>` name;
 `Update` does the same, then takes the new alert in. Only `<status>Actual</status>` is
-aired; Exercise, Test, System and Draft alerts are acknowledged and not aired. XML with a
-DTD or entity declaration is refused outright (no entity expansion, no external fetch).
+aired; Exercise, Test, System and Draft alerts are acknowledged and not aired. Only an
+Actual Cancel or Update acts, too: one with another status stops and changes nothing
+(CAP 1.2: such messages must not act on real alerts); it is remembered as ignored, with
+why. XML with a DTD or entity declaration is refused outright (no entity expansion, no
+external fetch).
 
-Every message acted on (an Alert aired or waiting for approval, every Update and Cancel)
+Every message taken (an Alert aired or waiting for approval, every Update and Cancel)
 is remembered in `cap_alerts` by its own reference (sender,identifier,sent), so the same
 message taken again (re-posted, dropped again, still listed by a feed after a restart)
 does nothing and is answered `already-taken`. Messages are taken one at a time.
@@ -52,9 +55,9 @@ log = logging.getLogger(__name__)
 NS = "{urn:oasis:names:tc:emergency:cap:1.2}"
 MAX_CAP_BYTES = 512 * 1024
 
-# One row per CAP message acted on, by its reference. state: an Alert or Update aired is
+# One row per CAP message taken, by its reference. state: an Alert or Update aired is
 # pending | sent | cancelled; an Update whose new alert is not aired is ignored; a Cancel
-# is applied.
+# is applied; a Cancel or Update whose status is not Actual is ignored (outcome: why).
 cap_alerts = Table(
     "cap_alerts",
     metadata,
@@ -68,9 +71,13 @@ cap_alerts = Table(
     Column("headline", String(200)),
     # Alert | Update | Cancel; NULL in rows stored before it was added (Alerts and Updates)
     Column("msg_type", String(16)),
+    # why a message changed nothing ("ignored: status Test; ..."); NULL otherwise
+    Column("outcome", Text),
 )
 # Columns added since cap_alerts was first created (nullable, so existing rows stay valid).
-ADDED_COLUMNS = {"msg_type": "VARCHAR(16)"}
+ADDED_COLUMNS = {"msg_type": "VARCHAR(16)", "outcome": "TEXT"}
+# Per CAP 1.2, Exercise, Test, System and Draft messages must not act on real alerts.
+ACTING_STATUS = "Actual"
 
 
 class CapError(ValueError):
@@ -248,8 +255,10 @@ class CapIntake:
         if alert.msg_type not in ("Alert", "Update", "Cancel"):
             return CapResult(alert.identifier, alert.msg_type, "ignored", [],
                              f"msgType {alert.msg_type} is not aired")
+        if alert.msg_type in ("Cancel", "Update") and alert.status != ACTING_STATUS:
+            return self._not_actual(alert, who, now)
         clusters: list[str] = []
-        if alert.msg_type != "Cancel" and alert.status == "Actual":
+        if alert.msg_type != "Cancel" and alert.status == ACTING_STATUS:
             reach = self._service.reach(who)
             clusters = [c for c in clusters_in_area(self._service.fleet(), alert.areas)
                         if c in reach]
@@ -265,9 +274,7 @@ class CapIntake:
                 self._remember(alert, who, now, "applied")
                 return CapResult(alert.identifier, alert.msg_type, "cancelled", stopped,
                                  f"cancelled {len(alert.references)} referenced alert(s)")
-        if alert.status != "Actual":
-            if alert.msg_type == "Update":  # its cancelling part was done
-                self._remember(alert, who, now, "ignored")
+        if alert.status != ACTING_STATUS:  # an Alert: Cancels and Updates returned above
             return CapResult(alert.identifier, alert.msg_type, "ignored", [],
                              f"status {alert.status}: only Actual alerts are aired")
         if not clusters:
@@ -288,15 +295,34 @@ class CapIntake:
         return CapResult(alert.identifier, alert.msg_type, "sent", [sent],
                          f"sent to {len(clusters)} clusters")
 
+    def _not_actual(self, alert: CapAlert, who: Principal, now: datetime) -> CapResult:
+        """A Cancel or Update that is an exercise, a test, a system message or a draft:
+        what it references is left as it is and nothing new is aired. It is remembered as
+        ignored, with why, so taking it again says what became of it."""
+        rule = "only Actual messages act on announcements"
+        self._remember(alert, who, now, "ignored",
+                       outcome=f"ignored: status {alert.status}; {rule}")
+        verb, more = (("cancels", "") if alert.msg_type == "Cancel"
+                      else ("updates", " and nothing new is sent"))
+        log.info(
+            "CAP %s %s from %s (status %s, taken in as %s) ignored: %s, so the alert(s) it "
+            "%s (%s) are left as they are%s",
+            alert.msg_type, alert.identifier, alert.sender, alert.status, who.name, rule,
+            verb, ", ".join(alert.references) or "none named", more,
+        )
+        return CapResult(alert.identifier, alert.msg_type, "ignored", [],
+                         f"status {alert.status}: {rule}; the alert(s) it {verb} are left as "
+                         f"they are{more}")
+
     def _remember(
         self, alert: CapAlert, who: Principal, now: datetime, state: str,
-        clusters: list[str] | None = None,
+        clusters: list[str] | None = None, outcome: str | None = None,
     ) -> None:
         with self._lock, self._service.store.engine.begin() as conn:
             conn.execute(insert(cap_alerts).values(
                 ref=alert.ref, received_at=now.astimezone(UTC), received_by=who.name,
                 state=state, text=alert.text, clusters=json.dumps(clusters or []),
-                headline=alert.headline[:200], msg_type=alert.msg_type,
+                headline=alert.headline[:200], msg_type=alert.msg_type, outcome=outcome,
             ))
 
     def send(self, ref: str, who: Principal) -> str:
@@ -353,7 +379,9 @@ class CapIntake:
 def _already_taken(alert: CapAlert, row: dict[str, Any]) -> CapResult:
     at = row["received_at"]
     at = at if at.tzinfo else at.replace(tzinfo=UTC)
-    outcome = row["state"] + (f" as {row['announcement']}" if row["announcement"] else "")
+    outcome = row.get("outcome") or (
+        row["state"] + (f" as {row['announcement']}" if row["announcement"] else "")
+    )
     return CapResult(
         alert.identifier, alert.msg_type, "already-taken", [],
         f"{alert.ref} was already taken at {at.isoformat(timespec='seconds')} by "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,114 @@ def test_an_update_taken_again_stops_and_sends_nothing_more(cap_rig: WebRig) -> 
     assert [a.id for a in cap_rig.service.recent(manager)] == [second, first]
 
 
+def _stored(rig: WebRig, ref: str) -> tuple[str, str, str | None]:
+    """(msg_type, state, outcome) of the message `ref` in cap_alerts."""
+    from sqlalchemy import text
+
+    with rig.service.store.engine.connect() as conn:
+        row = conn.execute(text("SELECT msg_type, state, outcome FROM cap_alerts WHERE ref = :r"),
+                           {"r": ref}).one()
+    return row[0], row[1], row[2]
+
+
+def _ref(identifier: str, sent: str) -> str:
+    return f"kttv@example.vn,{identifier},{sent}"
+
+
+@pytest.mark.parametrize("cap_rig", ["send"], indirect=True)
+def test_a_cancel_that_is_not_actual_stops_nothing(
+    cap_rig: WebRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="controller.cap")
+    manager = cap_rig.user("quan-ly")
+    with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
+        login = c.post("/api/v1/login", json={"name": "quan-ly", "password": PASSWORD}).json()
+        auth = {"Authorization": f"Bearer {login['token']}"}
+        [aid] = _post(c, auth, cap_xml())["announcements"]
+        _wait(cap_rig, aid, ["a-01", "a-02", "a-03"], {"delivered", "playing", "finished"})
+        done = _actions(cap_rig)
+
+        sent = "2026-10-20T07:00:00+07:00"
+        test = _post(c, auth, cap_xml(identifier="test-cancel", msg_type="Cancel",
+                                      status="Test", references=FIRST_REF, sent=sent))
+        assert test["action"] == "ignored"
+        assert test["announcements"] == []
+        assert "status Test" in test["detail"]
+        assert "only Actual messages act on announcements" in test["detail"]
+        assert _stored(cap_rig, _ref("test-cancel", sent)) == (
+            "Cancel", "ignored", "ignored: status Test; only Actual messages act on announcements"
+        )
+        [said] = [r.getMessage() for r in caplog.records if "test-cancel" in r.getMessage()]
+        assert "status Test" in said
+        assert "ignored" in said
+        assert FIRST_REF in said
+        assert "left as they are" in said
+        # Every other status that is not Actual changes nothing either.
+        for status in ("Exercise", "System", "Draft"):
+            other = _post(c, auth, cap_xml(identifier=f"{status}-cancel", msg_type="Cancel",
+                                           status=status, references=FIRST_REF, sent=sent))
+            assert other["action"] == "ignored"
+            assert f"status {status}" in other["detail"]
+        found = cap_rig.service.get(manager, aid)
+        assert found.stopped_at is None
+        assert found.stopped_by is None
+        assert _actions(cap_rig) == done  # no stop, no cap-cancel
+
+        # Taken again, the answer says what became of it.
+        again = _post(c, auth, cap_xml(identifier="test-cancel", msg_type="Cancel",
+                                       status="Test", references=FIRST_REF, sent=sent))
+        assert again["action"] == "already-taken"
+        assert "(ignored: status Test; only Actual" in again["detail"]
+
+        actual = _post(c, auth, cap_xml(identifier="VN-KTTV-2026-002", msg_type="Cancel",
+                                        references=FIRST_REF, sent="2026-10-20T08:00:00+07:00"))
+        assert actual["action"] == "cancelled"
+        assert actual["announcements"] == [aid]
+        assert cap_rig.service.get(manager, aid).stopped_by == "quan-ly"
+        assert _actions(cap_rig)[:2] == [("cap-cancel", "quan-ly", "VN-KTTV-2026-002"),
+                                         ("stop", "quan-ly", aid)]
+
+
+@pytest.mark.parametrize("cap_rig", ["send"], indirect=True)
+def test_an_update_that_is_not_actual_changes_nothing(
+    cap_rig: WebRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="controller.cap")
+    manager = cap_rig.user("quan-ly")
+    with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
+        login = c.post("/api/v1/login", json={"name": "quan-ly", "password": PASSWORD}).json()
+        auth = {"Authorization": f"Bearer {login['token']}"}
+        [first] = _post(c, auth, cap_xml())["announcements"]
+        _wait(cap_rig, first, ["a-01", "a-02", "a-03"], {"delivered", "playing", "finished"})
+        done = _actions(cap_rig)
+
+        sent = "2026-10-20T07:00:00+07:00"
+        drill = _post(c, auth, cap_xml(identifier="drill-update", msg_type="Update",
+                                       status="Exercise", references=FIRST_REF, sent=sent))
+        assert drill["action"] == "ignored"
+        assert drill["announcements"] == []
+        # The original keeps playing; nothing new is sent, stopped or written.
+        assert cap_rig.service.get(manager, first).stopped_at is None
+        assert [a.id for a in cap_rig.service.recent(manager)] == [first]
+        assert _actions(cap_rig) == done
+        assert "status Exercise" in drill["detail"]
+        assert "nothing new is sent" in drill["detail"]
+        assert _stored(cap_rig, _ref("drill-update", sent)) == (
+            "Update", "ignored",
+            "ignored: status Exercise; only Actual messages act on announcements",
+        )
+        [said] = [r.getMessage() for r in caplog.records if "drill-update" in r.getMessage()]
+        assert "status Exercise" in said
+        assert "nothing new is sent" in said
+
+        actual = _post(c, auth, cap_xml(identifier="VN-KTTV-2026-003", msg_type="Update",
+                                        references=FIRST_REF, sent="2026-10-20T08:00:00+07:00"))
+        assert actual["action"] == "sent"
+        [second] = actual["announcements"]
+        assert cap_rig.service.get(manager, first).stopped_by == "quan-ly"
+        assert [a.id for a in cap_rig.service.recent(manager)] == [second, first]
+
+
 @pytest.mark.parametrize("cap_rig", ["send"], indirect=True)
 def test_a_database_from_before_msg_type_gets_the_column_and_keeps_its_alerts(
     cap_rig: WebRig,
@@ -233,10 +342,13 @@ def test_a_database_from_before_msg_type_gets_the_column_and_keeps_its_alerts(
     engine = cap_rig.service.store.engine
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE cap_alerts DROP COLUMN msg_type"))
-    assert "msg_type" not in {c["name"] for c in inspect(engine).get_columns("cap_alerts")}
+        conn.execute(text("ALTER TABLE cap_alerts DROP COLUMN outcome"))
+    columns = {c["name"] for c in inspect(engine).get_columns("cap_alerts")}
+    assert not columns & {"msg_type", "outcome"}
 
     restarted = CapIntake(cap_rig.service, CapConfig(policy="send", repeat=1))
-    assert "msg_type" in {c["name"] for c in inspect(engine).get_columns("cap_alerts")}
+    columns = {c["name"] for c in inspect(engine).get_columns("cap_alerts")}
+    assert {"msg_type", "outcome"} <= columns
     assert restarted.take(cap_xml(), cap_rig.user("quan-ly")).action == "already-taken"
     cancel = cap_xml(identifier="VN-KTTV-2026-002", msg_type="Cancel", references=FIRST_REF)
     assert restarted.take(cancel, cap_rig.user("quan-ly")).action == "cancelled"
