@@ -26,11 +26,8 @@ own connection and queued commands.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
-import logging
-import re
 import shutil
 import socket
 import ssl
@@ -38,7 +35,7 @@ import tempfile
 import threading
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -234,37 +231,6 @@ def _resolve(host: str, port: int, timeout_s: float) -> None:
         raise outcome[0]
 
 
-class _Refusals(logging.Handler):
-    """Collects the broker's CONNACK refusals that protocol.mqtt logs."""
-
-    PATTERN = re.compile(r"refused connection for \S+: (.*); retrying")
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.reasons: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        found = self.PATTERN.search(record.getMessage())
-        if found:
-            self.reasons.append(found.group(1))
-
-
-@contextlib.contextmanager
-def _capture_refusals() -> Iterator[_Refusals]:
-    logger = logging.getLogger("protocol.mqtt")
-    handler = _Refusals()
-    logger.addHandler(handler)
-    propagate, logger.propagate = logger.propagate, False  # not twice on the terminal
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # whatever the command line's logging level
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-        logger.setLevel(level)
-
-
 def _check_broker(ctx: _Context) -> CheckResult:
     address = ctx.config.broker()
     host, port, t = address.host, address.port, ctx.timeout_s
@@ -345,41 +311,42 @@ def _mqtt_login(ctx: _Context, username: str | None) -> CheckResult:
             ctx.membership_payload = payload
             got_membership.set()
 
-    with _capture_refusals() as refusals:
-        try:
-            link = MqttLink(address, f"loa-check-{config.cluster_id}", keepalive=30)
-        except (OSError, ValueError) as exc:
-            return CheckResult("broker", "FAIL", f"cannot set up the connection: {exc}",
-                               "check broker_url and broker_ca_file")
-        link.subscribe(topics.cluster_topic(config.cluster_id, "membership"), on_membership)
-        started = time.monotonic()
-        link.start()
-        try:
-            deadline = started + ctx.timeout_s
-            while time.monotonic() < deadline and not refusals.reasons:
-                if link.wait_connected(0.05):
-                    break
-            connected = link.connected
-            took = time.monotonic() - started
-            if connected:
-                got_membership.wait(MEMBERSHIP_WAIT_S)
-        finally:
-            link.stop()
+    try:
+        link = MqttLink(address, f"loa-check-{config.cluster_id}", keepalive=30)
+    except (OSError, ValueError) as exc:
+        return CheckResult("broker", "FAIL", f"cannot set up the connection: {exc}",
+                           "check broker_url and broker_ca_file")
+    link.subscribe(topics.cluster_topic(config.cluster_id, "membership"), on_membership)
+    started = time.monotonic()
+    link.start()
+    try:
+        deadline = started + ctx.timeout_s
+        while time.monotonic() < deadline and link.last_refusal is None:
+            if link.wait_connected(0.05):
+                break
+        connected = link.connected
+        refusal = link.last_refusal
+        took = time.monotonic() - started
+        if connected:
+            got_membership.wait(MEMBERSHIP_WAIT_S)
+    finally:
+        link.stop()
     if connected:
         ctx.logged_in = True
         return CheckResult(
             "broker", "PASS", f"logged in to {address.url()} as {who} in {took * 1000:.0f} ms"
         )
-    if refusals.reasons:
-        reason = refusals.reasons[0]
-        if re.search(r"password|authori[sz]ed", reason, re.IGNORECASE):
+    if refusal is not None:
+        if refusal.login:
             return CheckResult(
-                "broker", "FAIL", f"the broker refused the login of {who}: {reason}",
+                "broker", "FAIL", f"the broker refused the login of {who}: {refusal.reason}",
                 "check username and password in the config against the broker's password "
                 "file (mosquitto_passwd) and its ACL",
             )
-        return CheckResult("broker", "FAIL", f"the broker refused the connection: {reason}",
-                           "look at the broker's log for the reason")
+        return CheckResult(
+            "broker", "FAIL", f"the broker refused the connection: {refusal.reason}",
+            "look at the broker's log for the reason",
+        )
     return CheckResult(
         "broker", "FAIL", f"{address.host}:{address.port} answers but no MQTT login within "
         f"{ctx.timeout_s:g} s",

@@ -2,6 +2,7 @@
 
 This is the only module in Loa that imports paho. Everything else sees `Link`:
 subscribe a handler to a topic filter, publish bytes, learn about (re)connections.
+`MqttLink.last_refusal` tells why the broker refused the last login, if it did.
 Subscriptions are remembered and renewed on every reconnect. The protocol needs
 nothing beyond MQTT 3.1.1 with QoS 0/1, so it runs on amqtt, mosquitto, EMQX,
 HiveMQ and VerneMQ alike.
@@ -29,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,26 @@ class BrokerAddress:
         """The address without the password, for logs."""
         user = f"{self.username}@" if self.username else ""
         return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the broker refused a CONNECT, from its CONNACK as paho reports it.
+
+    paho gives MQTT 3.1.1 return codes the MQTT 5 reason code of the same meaning, so
+    code is that number (134, not 4, for a bad user name or password)."""
+
+    code: int
+    reason: str  # paho's name of the code, e.g. "Not authorized"
+
+    BAD_USERNAME_OR_PASSWORD = 134
+    NOT_AUTHORIZED = 135
+
+    @property
+    def login(self) -> bool:
+        """Refused for who connects: a wrong user name or password, or a user (or an
+        anonymous client) the broker does not let in."""
+        return self.code in (self.BAD_USERNAME_OR_PASSWORD, self.NOT_AUTHORIZED)
 
 
 @dataclass(frozen=True)
@@ -123,6 +145,7 @@ class MqttLink:
         self._listeners: list[ConnectionListener] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self._refusal: Refusal | None = None
         self._stopping = False
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -150,6 +173,12 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def last_refusal(self) -> Refusal | None:
+        """Why the broker refused this link's last CONNECT since start(); None before any
+        answer and once a CONNECT is accepted. The link keeps retrying after a refusal."""
+        return self._refusal
 
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         with self._lock:
@@ -182,6 +211,7 @@ class MqttLink:
 
     def start(self) -> None:
         self._stopping = False
+        self._refusal = None
         self._client.connect_async(self.broker.host, self.broker.port, keepalive=self._keepalive)
         if self._loop is not None:
             self._loop.add(self._client, lambda: self._stopping)
@@ -217,14 +247,16 @@ class MqttLink:
     # --- paho callbacks (network thread) ---------------------------------------------------
 
     def _on_connect(
-        self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+        self, client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
         if reason.is_failure:
+            self._refusal = Refusal(int(reason.value), reason.getName())
             log.warning(
                 "broker %s refused connection for %s: %s; retrying",
                 self.broker.url(), self.client_id, reason,
             )
             return
+        self._refusal = None
         with self._lock:
             subs = list(self._subs.items())
         if subs:

@@ -9,22 +9,25 @@ quarter second until the message is in or the deadline passes (`publish_until`).
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import BrokerUnderTest, wait_until
+from conftest import BrokerUnderTest, MosquittoBroker, have_mosquitto, require, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
 from controller.broker import BrokerStartError, EmbeddedBroker
-from protocol.mqtt import BrokerAddress, MqttLink, NetworkLoop, Will
+from protocol.mqtt import BrokerAddress, MqttLink, NetworkLoop, Refusal, Will
 
 REPO = Path(__file__).resolve().parent.parent
 CONNECT_TIMEOUT = 10.0
@@ -304,6 +307,77 @@ def test_a_hundred_concurrent_clients(links: Callable[..., MqttLink]) -> None:
         agent.publish(f"loa/test/up/{i:03d}", str(i).encode(), qos=1)
     wait_until(lambda: len(collector_inbox.topics()) == count, 20, "a report from every agent")
     assert all(agent.connected for agent, _ in agents)
+
+
+@pytest.mark.parametrize("mode", ["own-thread", "shared-loop"])
+def test_a_refused_login_is_told_and_a_later_accepted_one_clears_it(
+    tmp_path: Path, mode: str
+) -> None:
+    """A mosquitto with a password file: the CONNACK's refusal is the link's last_refusal
+    (a wrong password, and an anonymous client), until the broker accepts the login."""
+    require("mosquitto", have_mosquitto(), "apt-get install mosquitto")
+    require("mosquitto_passwd", shutil.which("mosquitto_passwd") is not None,
+            "apt-get install mosquitto")
+    broker = MosquittoBroker(tmp_path / "auth")
+    passwords = tmp_path / "auth" / "passwords"
+
+    def set_password(password: str) -> None:
+        subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "loa", password],
+                       check=True, timeout=10)
+
+    set_password("old")
+    broker.conf.write_text(
+        broker.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+        + f"password_file {passwords}\nuser root\n"
+    )
+    login_refusals = {
+        Refusal(Refusal.BAD_USERNAME_OR_PASSWORD, "Bad user name or password"),
+        Refusal(Refusal.NOT_AUTHORIZED, "Not authorized"),
+    }
+    broker.start()
+    with ExitStack() as stack:
+        stack.callback(broker.kill)
+        loop: NetworkLoop | None = None
+        if mode == "shared-loop":
+            loop = NetworkLoop()
+            loop.start()
+            stack.callback(loop.stop)
+
+        anonymous = MqttLink(broker.address, "anonymous", loop=loop)
+        stack.callback(anonymous.stop)
+        anonymous.start()
+        wait_until(lambda: anonymous.last_refusal is not None, 10, "the anonymous refusal")
+        told = anonymous.last_refusal
+        assert told == Refusal(Refusal.NOT_AUTHORIZED, "Not authorized")
+        assert told.login
+        assert not anonymous.connected
+
+        address = replace(broker.address, username="loa", password="right")
+        link = MqttLink(address, "probe", loop=loop)
+        stack.callback(link.stop)
+        link.start()
+        wait_until(lambda: link.last_refusal is not None, 10, "the wrong password's refusal")
+        refusal = link.last_refusal
+        assert refusal in login_refusals, refusal
+        assert refusal is not None
+        assert refusal.login
+        assert not link.connected
+
+        # The broker learns the password; the link, retrying, gets in and forgets the refusal.
+        set_password("right")
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)  # mosquitto reloads its password file
+        assert link.wait_connected(15), "the link did not log in after the password was set"
+        assert link.last_refusal is None
+        assert anonymous.last_refusal is not None  # still refused, still told
+        assert not anonymous.connected
+
+
+def test_no_refusal_before_an_answer_and_which_refusals_are_the_login() -> None:
+    assert MqttLink(BrokerAddress(), "never-started").last_refusal is None
+    assert not Refusal(136, "Server unavailable").login
+    assert Refusal(134, "Bad user name or password").login
+    assert Refusal(135, "Not authorized").login
 
 
 # --- the embedded broker's own life cycle ---------------------------------------------------
