@@ -1,4 +1,5 @@
-"""The controller's store: clusters, status events, plays, dispatches, approvals.
+"""The controller's store: clusters, status events, plays, dispatches, approvals,
+web sessions.
 
 SQLAlchemy Core over SQLite by default (one file, no server) or PostgreSQL by URL.
 Events are unique per (cluster, outbox, seq): an agent resends until acknowledged, so
@@ -30,6 +31,7 @@ from sqlalchemy import (
     UniqueConstraint,
     bindparam,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -158,6 +160,23 @@ heartbeats = Table(
     Column("body", Text, nullable=False),
 )
 
+# Signed-in sessions of the web app and the API (controller.web.security.StoredSessions),
+# so that a restart signs nobody out. A row is found by the SHA-256 of the session id: the
+# id itself (the cookie, the Bearer token) is never stored. `fingerprint` is the SHA-256 of
+# the user's password hash at sign-in (a new password ends the session); `expires` is
+# `last_seen` plus the idle time, moved on by every use.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id_sha256", String(64), primary_key=True),
+    Column("user_name", String(64), nullable=False, index=True),
+    Column("csrf", String(64), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("expires", DateTime(timezone=True), nullable=False, index=True),
+)
+
 FINAL_KINDS = frozenset({"finished", "interrupted", "missed", "failed"})
 
 
@@ -194,6 +213,18 @@ class ClusterHealth:
     heartbeat_at: datetime | None  # when the controller received the latest heartbeat
     heartbeat: dict[str, Any] | None
     state_reason: str | None = None  # why offline, when the controller decided it (silence)
+
+
+@dataclass(frozen=True)
+class WebSession:
+    """One row of web_sessions (what a session is, less its id)."""
+
+    user: str
+    csrf: str
+    fingerprint: str
+    created: datetime
+    last_seen: datetime
+    expires: datetime
 
 
 @dataclass(frozen=True)
@@ -667,6 +698,70 @@ class Store:
                 conn.execute(update(marks).where(marks.c.name == name).values(at=utc(at)))
             else:
                 conn.execute(insert(marks).values(name=name, at=utc(at)))
+
+    # --- web sessions (controller.web.security.StoredSessions) ------------------------------
+
+    def add_web_session(self, id_sha256: str, session: WebSession) -> None:
+        """Keep a new session, and remove those expired by its creation."""
+        with self._write, self.engine.begin() as conn:
+            conn.execute(delete(web_sessions).where(web_sessions.c.expires < utc(session.created)))
+            conn.execute(insert(web_sessions).values(
+                id_sha256=id_sha256, user_name=session.user, csrf=session.csrf,
+                fingerprint=session.fingerprint, created=utc(session.created),
+                last_seen=utc(session.last_seen), expires=utc(session.expires),
+            ))
+
+    def use_web_session(
+        self, id_sha256: str, now: datetime, expires: datetime
+    ) -> WebSession | None:
+        """The session, if it has not expired by `now` (`expires` >= now), with its last use
+        moved to `now` and its expiry to `expires`; one statement where the database has
+        UPDATE ... RETURNING. An expired one is deleted."""
+        now, expires = utc(now), utc(expires)
+        cols = web_sessions.c
+        found = (cols.id_sha256 == id_sha256) & (cols.expires >= now)
+        picked = (cols.user_name, cols.csrf, cols.fingerprint, cols.created)
+        moved = {"last_seen": now, "expires": expires}
+        with self._write, self.engine.begin() as conn:
+            if self.engine.dialect.update_returning:
+                row = conn.execute(
+                    update(web_sessions).where(found).values(**moved).returning(*picked)
+                ).first()
+            else:
+                row = conn.execute(select(*picked).where(found)).first()
+                if row is not None:
+                    conn.execute(update(web_sessions).where(found).values(**moved))
+            if row is None:
+                conn.execute(
+                    delete(web_sessions).where(
+                        (cols.id_sha256 == id_sha256) & (cols.expires < now)
+                    )
+                )
+                return None
+        return WebSession(
+            user=row.user_name, csrf=row.csrf, fingerprint=row.fingerprint,
+            created=_aware_utc(row.created), last_seen=now, expires=expires,
+        )
+
+    def drop_web_sessions(
+        self, *, id_sha256: str | None = None, user: str | None = None
+    ) -> int:
+        """Delete the session with that id hash, or every session of that user."""
+        if id_sha256 is None and user is None:
+            return 0
+        query = delete(web_sessions)
+        if id_sha256 is not None:
+            query = query.where(web_sessions.c.id_sha256 == id_sha256)
+        if user is not None:
+            query = query.where(web_sessions.c.user_name == user)
+        with self._write, self.engine.begin() as conn:
+            return int(conn.execute(query).rowcount)
+
+    def purge_web_sessions(self, now: datetime) -> int:
+        """Delete the sessions expired by `now`; how many."""
+        with self._write, self.engine.begin() as conn:
+            query = delete(web_sessions).where(web_sessions.c.expires < utc(now))
+            return int(conn.execute(query).rowcount)
 
 
 def _aware_utc(value: datetime) -> datetime:

@@ -3,7 +3,8 @@ controller with real agents on a real broker.
 
 A commune officer signs in, sends a typed announcement to one village, watches the
 clusters go delivered -> playing live, stops it and sees them interrupted; the same
-officer forging a target in another commune is refused in the page; English on demand.
+officer forging a target in another commune is refused in the page; English on demand;
+a signed-in page stays signed in across a restart of the controller.
 """
 
 from __future__ import annotations
@@ -150,6 +151,34 @@ def test_pages_in_english_and_managers_pages(rig: WebRig, browser: Any) -> None:
     sign_in(officer, rig, "can-bo-a")
     response = officer.goto(f"{rig.url}/audit")
     assert response.status == 403
+
+
+def test_a_signed_in_page_stays_signed_in_across_a_controller_restart(
+    rig: WebRig, browser: Any
+) -> None:
+    from sqlalchemy import func, select
+
+    from controller.store import web_sessions
+
+    def stored() -> int:
+        with rig.controller.store.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(web_sessions)).scalar_one())
+
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    sign_in(page, rig, "can-bo-a")
+    rig.restart()
+    page.reload()
+    assert page.url == f"{rig.url}/send"
+    assert page.locator("h1").inner_text() == "Thông báo khẩn mới"
+    assert "can-bo-a" in page.locator("form[action='/logout'] button").inner_text()
+    # The form's CSRF token is still the session's: signing out ends it in the store.
+    assert stored() == 1
+    page.click("form[action='/logout'] button")
+    page.wait_for_url(f"{rig.url}/login")
+    assert stored() == 0
+    page.goto(f"{rig.url}/send")
+    assert page.url == f"{rig.url}/login"
 
 
 def test_record_in_the_browser_and_send_it(rig: WebRig) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from conftest import free_port, require, wait_until
+from fastapi import FastAPI
 
 from controller.config import CapConfig
 from controller.main import Controller, Settings
@@ -93,23 +94,30 @@ class WebRig:
                  password=hash_password(PASSWORD))
             for n, r, s, d in USERS
         ])
-        settings = Settings(
+        self.settings = Settings(
             broker=broker, fleet_path=tmp / "fleet.yaml", playlist_paths=[tmp / "playlists"],
             store_url=f"sqlite:///{tmp / 'controller.db'}", private_key=tmp / "controller.key",
             content_dir=tmp / "content", timezone=TZ, reload_interval_s=0,
         )
-        self.controller = Controller(settings)
+        self.controller = Controller(self.settings)
         self.broker = broker
         self.agents: dict[str, Agent] = {}
-        self.ctx: WebContext = build_context(
-            self.controller, self.users_file, tmp / "web", tz=TZ
+        self.cap = cap
+        #: Seconds added to the wall clock the web sessions are measured on.
+        self.clock_skew = 0.0
+        self.ctx, self.app = self._web()
+        self.server: WebServer | None = None
+
+    def _web(self) -> tuple[WebContext, FastAPI]:
+        ctx = build_context(
+            self.controller, self.users_file, self.tmp / "web", tz=TZ,
+            session_clock=lambda: time.time() + self.clock_skew,
         )
-        if cap is not None:
+        if self.cap is not None:
             from controller.cap import CapIntake
 
-            self.ctx.cap = CapIntake(self.ctx.service, cap)
-        self.app = create_app(self.ctx)
-        self.server: WebServer | None = None
+            ctx.cap = CapIntake(ctx.service, self.cap)
+        return ctx, create_app(ctx)
 
     @property
     def service(self) -> Any:
@@ -122,6 +130,20 @@ class WebRig:
         if web:
             self.server = WebServer(self.app, "127.0.0.1", free_port())
             self.server.start()
+
+    def restart(self) -> None:
+        """Stop the web app and the controller, and start new ones on the same store, users
+        file and port, as a restart of `loa-controller run` would (the agents stay up)."""
+        port = self.server.port if self.server is not None else free_port()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        self.controller.stop()
+        self.controller = Controller(self.settings)
+        self.ctx, self.app = self._web()
+        self.controller.start()
+        self.server = WebServer(self.app, "127.0.0.1", port)
+        self.server.start()
 
     @property
     def url(self) -> str:

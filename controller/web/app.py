@@ -27,7 +27,14 @@ from controller.playlist import Playlists
 from controller.urgent import UrgentService
 from controller.users import User, UserDirectory
 from controller.web.i18n import LANGS, Lang, t
-from controller.web.security import SESSION_COOKIE, LoginLimiter, Session, Sessions
+from controller.web.security import (
+    SESSION_COOKIE,
+    LoginLimiter,
+    Session,
+    Sessions,
+    SessionStore,
+    password_fingerprint,
+)
 
 HERE = Path(__file__).resolve().parent
 #: The largest audio file accepted from the page or the API.
@@ -78,7 +85,7 @@ class WebContext:
     users: UserDirectory
     tz: ZoneInfo
     work_dir: Path
-    sessions: Sessions = field(default_factory=Sessions)
+    sessions: SessionStore = field(default_factory=Sessions)
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
     approvals: Approvals | None = None
     playlists: Callable[[], Playlists] | None = None
@@ -88,6 +95,12 @@ class WebContext:
 
     def __post_init__(self) -> None:
         self.uploads = Uploads(self.work_dir / "uploads")
+        self.sessions.fingerprint_of = self.fingerprint_of
+
+    def fingerprint_of(self, name: str) -> str:
+        """What a new session of this user remembers of its password (see session_of)."""
+        user = self.users.get(name)
+        return password_fingerprint(user.password) if user is not None else ""
 
 
 # --- per-request helpers ------------------------------------------------------------------
@@ -103,7 +116,8 @@ def client_address(request: Request) -> str:
 
 
 def session_of(ctx: WebContext, request: Request) -> tuple[Session, User] | None:
-    """The signed-in session and user (cookie or Bearer token), if still valid."""
+    """The signed-in session and user (cookie or Bearer token), if still valid: the user
+    is still in the users file, not disabled, and has the password it signed in with."""
     token = request.cookies.get(SESSION_COOKIE)
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
@@ -112,7 +126,11 @@ def session_of(ctx: WebContext, request: Request) -> tuple[Session, User] | None
     if session is None:
         return None
     user = ctx.users.get(session.user)
-    if user is None or user.disabled:
+    if (
+        user is None
+        or user.disabled
+        or session.fingerprint != password_fingerprint(user.password)
+    ):
         ctx.sessions.drop(session.id)
         return None
     return session, user

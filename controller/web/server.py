@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -22,6 +23,7 @@ from controller.tts import EspeakNg
 from controller.urgent import UrgentService, service_for
 from controller.users import UserDirectory
 from controller.web.app import WebContext, create_app
+from controller.web.security import StoredSessions
 
 if TYPE_CHECKING:
     from controller.cap import CapFolder
@@ -76,8 +78,10 @@ def build_context(
     tz: ZoneInfo,
     voice: str = "vi",
     secure_cookies: bool = False,
+    session_clock: Callable[[], float] = time.time,
 ) -> WebContext:
-    """The web app's context on a controller.main.Controller."""
+    """The web app's context on a controller.main.Controller; its sessions are kept in the
+    controller's store (wall-clock `session_clock`)."""
     service: UrgentService = service_for(controller, EspeakNg(voice), work_dir / "announcements")
     return WebContext(
         service=service,
@@ -87,6 +91,7 @@ def build_context(
         approvals=getattr(controller, "approvals", None),
         playlists=lambda: controller.playlists,
         secure_cookies=secure_cookies,
+        sessions=StoredSessions(controller.store, clock=session_clock),
     )
 
 
