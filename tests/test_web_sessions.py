@@ -9,8 +9,8 @@ Directly on controller.web.security.StoredSessions with an injected clock, on SQ
 on PostgreSQL: the idle rule is exactly the in-memory one, each use is one statement, and
 expired rows are purged when looked up, at sign-in, and every `purge_every_s`.
 PostgreSQL: LOA_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres),
-in a database made for the test and dropped after it; skipped where there is no server
-or no driver (SQLAlchemy's default for postgresql://: psycopg).
+in a database made for the test and dropped after it; skipped where there is no server.
+The driver (psycopg, the `test` extra) is required under CI, skipped without it elsewhere.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import BrokerUnderTest
+from conftest import BrokerUnderTest, require
 from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -235,7 +235,9 @@ def _postgres_url() -> Iterator[str]:
     try:
         admin = create_engine(base, isolation_level="AUTOCOMMIT")
     except ImportError as exc:
-        pytest.skip(f"no PostgreSQL driver here for {base.drivername} ({exc})")
+        driver = f"the PostgreSQL driver for {base.drivername}"
+        require(driver, False, f"{exc}; pip install psycopg")
+        raise
     try:
         with admin.connect() as conn:
             conn.execute(text("SELECT 1"))
