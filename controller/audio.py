@@ -2,8 +2,9 @@
 
 A bulletin is an optional intro, one or more source recordings and an optional outro.
 Each file is decoded by ffmpeg (mp3, wav, ogg/opus, m4a, flac: anything ffmpeg reads, at
-any rate and channel count) to mono PCM, checked (readable, complete, not empty, not
-silent, not too long) and trimmed of leading and trailing silence with pydub; the parts
+any rate and channel count) to mono PCM, checked (readable, complete, not empty, not too
+long, and audible: one stretch with MIN_SOUND_MS of sound louder than SILENCE_DBFS, not
+just clicks in hiss) and trimmed of leading and trailing silence with pydub; the parts
 are joined with a short gap and encoded ONCE to Ogg/Opus for speech. The result is named
 `<root>/<sha256>.opus`, which is how the agents ask for it (protocol/chunks.py).
 
@@ -42,6 +43,17 @@ SILENCE_DBFS = -50.0
 TRIM_STEP_MS = 10
 #: ...and keeps this much of the silence it cuts, so that soft onsets are not clipped.
 TRIM_KEEP_MS = 50
+#: A file is refused as silent unless one stretch of it holds at least this much sound
+#: louder than SILENCE_DBFS (measured TRIM_STEP_MS at a time, as trimming does). A click,
+#: a pop or a connector's thump lasts from a few to some tens of milliseconds; the shortest
+#: sounds meant to be heard, a beep or a one-word call, last longer (0.3 s tones serve as
+#: short bulletins and intros). Without this, a near-silent recording with a click passed
+#: on its peak, and trimming left a bulletin of little more than the click.
+MIN_SOUND_MS = 250
+#: Quieter dips shorter than this do not end a stretch of sound: the closure of a consonant
+#: or the pause between words of quiet speech, the gaps of a beeping signal. Clicks further
+#: apart than this count as separate stretches, of a few milliseconds each.
+SOUND_GAP_MS = 500
 #: Silence between intro, sources and outro.
 GAP_MS = 500
 #: A file that decodes this much shorter than it declares is cut short (truncated).
@@ -196,6 +208,52 @@ def _check_audio(
         )
 
 
+def _windows(segment: Any) -> Iterator[tuple[int, Any]]:
+    """segment in consecutive TRIM_STEP_MS pieces (the last may be shorter), with their start."""
+    for start in range(0, len(segment), TRIM_STEP_MS):
+        yield start, segment[start : start + TRIM_STEP_MS]
+
+
+def _sound_ms(segment: Any, enough_ms: int = MIN_SOUND_MS) -> int:
+    """The most sound in one stretch of segment: how many milliseconds are louder than
+    SILENCE_DBFS, TRIM_STEP_MS at a time, where a quieter dip of SOUND_GAP_MS or more ends
+    a stretch. Counting stops at enough_ms, so a real recording is decided at its start.
+    """
+    most = current = 0
+    last: int | None = None  # where the last window louder than the threshold ended
+    for start, window in _windows(segment):
+        if window.dBFS < SILENCE_DBFS:
+            continue
+        if last is not None and start - last >= SOUND_GAP_MS:
+            current = 0
+        current += len(window)
+        last = start + len(window)
+        most = max(most, current)
+        if most >= enough_ms:
+            break
+    return most
+
+
+def _check_audible(path: Path, segment: Any) -> None:
+    """Refuse a file whose sound is only clicks or hiss: no stretch with MIN_SOUND_MS of it.
+
+    Trimming cuts only what is quieter than SILENCE_DBFS, so it leaves at least that much
+    of a file accepted here.
+    """
+    if _sound_ms(segment) >= MIN_SOUND_MS:
+        return
+    peak_at, peak = 0, -1
+    for start, window in _windows(segment):
+        if window.max > peak:
+            peak_at, peak = start, window.max
+    raise AudioError(
+        path,
+        f"no audible sound (nothing louder than {SILENCE_DBFS:g} dBFS for "
+        f"{MIN_SOUND_MS / 1000:g} s; peak {segment.max_dBFS:.1f} dBFS at {peak_at / 1000:.2f} s)",
+        "Check the recording level, or pick another file",
+    )
+
+
 def _trimmed(segment: Any) -> Any:
     """segment without its leading and trailing silence (keeping TRIM_KEEP_MS of each)."""
     length = len(segment)  # milliseconds
@@ -336,19 +394,16 @@ class ContentStore:
     # --- checking and preparing -----------------------------------------------------------------
 
     def probe(self, path: Path) -> float:
-        """The duration of an audio file, or AudioError saying why it cannot be used."""
-        _check_file(path)
-        try:
-            found = ffmpeg.measure(path, sample_rate=self.settings.sample_rate)
-        except ffmpeg.FfmpegError as exc:
-            raise _undecodable(path, exc) from None
-        _check_audio(
-            path, found.duration_s, found.declared_s, found.peak_dbfs, self.settings.max_duration_s
-        )
-        return found.duration_s
+        """The duration of an audio file, or AudioError saying why it cannot be used.
 
-    def _load(self, path: Path) -> Any:
-        """One part, decoded, checked and trimmed, as a pydub AudioSegment."""
+        The file is decoded and checked as prepare does it, so that what `loa-controller
+        check` accepts is what prepare accepts.
+        """
+        _check_file(path)
+        return float(self._decoded(path).duration_seconds)
+
+    def _decoded(self, path: Path) -> Any:
+        """One file decoded and checked, untrimmed, as a pydub AudioSegment."""
         settings = self.settings
         try:
             decoded = ffmpeg.decode_pcm(
@@ -359,7 +414,13 @@ class ContentStore:
         segment = ffmpeg.segment_from_pcm(decoded.pcm, settings.sample_rate)
         peak = float(segment.max_dBFS) if decoded.pcm else -math.inf
         _check_audio(path, decoded.duration_s, decoded.declared_s, peak, settings.max_duration_s)
-        return _trimmed(segment) if settings.trim_silence else segment
+        _check_audible(path, segment)
+        return segment
+
+    def _load(self, path: Path) -> Any:
+        """One part, decoded, checked and trimmed, as a pydub AudioSegment."""
+        segment = self._decoded(path)
+        return _trimmed(segment) if self.settings.trim_silence else segment
 
     def prepare(
         self, sources: list[Path], intro: Path | None = None, outro: Path | None = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import re
+import shutil
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,9 +16,19 @@ from conftest import require
 
 from controller import audio, samples
 from controller.audio import AudioError, AudioSettings, ContentStore, PreparedAudio
-from controller.ffmpeg import FfmpegError, ffmpeg_exe, ffprobe_exe, loudness, run_ffmpeg
+from controller.check import check
+from controller.ffmpeg import (
+    FfmpegError,
+    decode_pcm,
+    ffmpeg_exe,
+    ffprobe_exe,
+    loudness,
+    run_ffmpeg,
+    segment_from_pcm,
+)
 from protocol.messages import ContentRef
 
+ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE_S = 0.2
 
 
@@ -170,6 +182,31 @@ def picture_as_m4a(tmp_path: Path) -> Path:
     )
 
 
+def hiss_with_clicks(
+    tmp_path: Path, seconds: float = 10, clicks: tuple[float, float] = (3, 7)
+) -> Path:
+    """White noise at -70 dBFS RMS with two 5 ms clicks peaking at -20 dBFS."""
+    hiss = f"{10 ** (-70 / 20) * math.sqrt(3):.6f}*(2*random(0)-1)"  # uniform: RMS = peak/√3
+    bursts = "+".join(f"between(t,{at},{at + 0.005})" for at in clicks)
+    click = f"0.1*sin(2*PI*1000*t)*({bursts})"
+    return lavfi(
+        tmp_path / "hiss-with-clicks.wav", f"aevalsrc='{hiss}+{click}':s=48000:d={seconds}"
+    )
+
+
+def short_hiss_with_clicks(tmp_path: Path) -> Path:
+    return hiss_with_clicks(tmp_path, 1.8, (0.4, 1.2))  # the store below allows 2 s
+
+
+def pip(tmp_path: Path) -> Path:
+    """A 0.1 s tone between half seconds of silence: trimming would leave only the pip."""
+    return lavfi(
+        tmp_path / "pip.wav",
+        "sine=frequency=880:sample_rate=48000:duration=0.1",
+        "-af", "adelay=500:all=1,apad=pad_dur=0.5",
+    )  # fmt: skip
+
+
 def too_long(tmp_path: Path) -> Path:
     return samples.tone(tmp_path / "long.wav", 2.5)  # the store below allows 2 s
 
@@ -182,6 +219,8 @@ REFUSALS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "truncated mp3": (truncated_mp3, "cut short"),
     "zero-byte file": (zero_bytes, "empty"),
     "silent wav": (silent_wav, "silent"),
+    "hiss with two clicks": (short_hiss_with_clicks, "no audible sound"),
+    "0.1 s pip in silence": (pip, "no audible sound"),
     "text renamed .mp3": (text_as_mp3, "cannot decode"),
     "picture renamed .m4a": (picture_as_m4a, "no audio stream"),
     "too long": (too_long, "more than 2 s"),
@@ -206,6 +245,74 @@ def test_unusable_audio_is_refused_naming_the_file(case: str, tmp_path: Path) ->
         assert str(error).startswith(f"{bad}: ")
         assert reason in str(error)
     assert not list(store.root.glob("*.opus"))
+
+
+def test_a_click_in_hiss_is_refused_saying_what_was_heard_and_what_to_do(
+    tmp_path: Path, store: ContentStore
+) -> None:
+    bad = hiss_with_clicks(tmp_path)
+    decoded = segment_from_pcm(decode_pcm(bad, sample_rate=48000).pcm, 48000)
+    assert decoded.dBFS < audio.SILENCE_DBFS < decoded.max_dBFS  # quiet, but for two clicks
+    with pytest.raises(AudioError) as refused:
+        store.prepare([bad])
+    message = str(refused.value)
+    assert re.fullmatch(
+        re.escape(f"{bad}: no audible sound (nothing louder than -50 dBFS for 0.25 s; peak ")
+        + r"-(19\.9|20\.0) dBFS at [37]\.00 s\)\. "
+        + re.escape("Check the recording level, or pick another file"),
+        message,
+    ), message
+    assert not list(store.root.glob("*.opus"))
+
+
+def test_check_reports_an_inaudible_file_at_its_programme(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    playlists = tmp_path / "playlists"
+    shutil.copytree(ROOT / "playlists", playlists)
+    bad = playlists / "audio" / "thoi-su-sang.wav"
+    bad.unlink()
+    hiss_with_clicks(tmp_path).rename(bad)
+    monkeypatch.chdir(ROOT)  # config/fleet.yaml, as `loa-controller check` finds it
+    found = [str(problem) for problem in check(None, [playlists])]
+    [refused] = [problem for problem in found if "no audible sound" in problem]
+    assert f": programme 'thoi-su-sang': {bad}: no audible sound (" in refused, found
+
+
+def speech_like(path: Path, seconds: float, rms_dbfs: float) -> Path:
+    """Voiced syllables (0.18 s, every 0.25 s, three to a word, a pause between words) on a
+    150 Hz buzz with its harmonics, silent between, scaled to an overall RMS of rms_dbfs."""
+    beat = "mod(mod(t,1.05),0.25)"
+    envelope = f"lt({beat},0.18)*lt(mod(t,1.05),0.75)*pow(sin(PI*{beat}/0.18),2)"
+    buzz = "(sin(2*PI*150*t)+0.6*sin(2*PI*300*t)+0.4*sin(2*PI*450*t)+0.2*sin(2*PI*900*t))"
+    lavfi(path, f"aevalsrc='0.2*{envelope}*{buzz}':s=48000:d={seconds}")
+    segment = segment_from_pcm(decode_pcm(path, sample_rate=48000).pcm, 48000)
+    segment.apply_gain(rms_dbfs - segment.dBFS).export(str(path), format="wav")
+    return path
+
+
+def test_quiet_speech_is_accepted_and_brought_to_the_target_loudness(tmp_path: Path) -> None:
+    quiet = speech_like(tmp_path / "quiet-speech.wav", 3.0, rms_dbfs=-40.0)
+    assert segment_from_pcm(decode_pcm(quiet, sample_rate=48000).pcm, 48000).dBFS == (
+        pytest.approx(-40, abs=0.1)
+    )
+    store = ContentStore(tmp_path / "store", AudioSettings(target_lufs=-16.0))
+    assert store.probe(quiet) == pytest.approx(3.0, abs=0.01)
+    prepared = store.prepare([quiet])
+    assert prepared.duration_s == pytest.approx(2.78, abs=TOLERANCE_S)  # the last pause trimmed
+    found = loudness(prepared.path)
+    assert abs(found.integrated_lufs - -16.0) <= 1.0, found
+
+
+@pytest.mark.parametrize("seconds", [0.3, 0.6])
+def test_a_short_tone_is_accepted(seconds: float, tmp_path: Path, store: ContentStore) -> None:
+    chime = lavfi(
+        tmp_path / "short.wav",
+        f"sine=frequency=880:sample_rate=48000:duration={seconds}",
+        "-af", "adelay=1000:all=1,apad=pad_dur=1",
+    )  # fmt: skip
+    assert store.probe(chime) == pytest.approx(seconds + 2, abs=0.01)
+    assert_stored_opus(store, store.prepare([chime]), seconds)
 
 
 def test_a_bulletin_longer_than_allowed_in_total_is_refused(tmp_path: Path) -> None:
@@ -254,9 +361,12 @@ def test_loudness_is_normalised_measured_after_encoding(
 
 
 def test_normalisation_can_be_turned_off(tmp_path: Path) -> None:
-    source = lavfi(tmp_path / "src.wav", "sine=frequency=440:duration=4", "-af", "volume=-30dB")
+    # About -41 dBFS RMS: quiet, but above the silence threshold, so it is all kept.
+    source = lavfi(tmp_path / "src.wav", "sine=frequency=440:duration=4", "-af", "volume=-20dB")
     store = ContentStore(tmp_path / "store", AudioSettings(target_lufs=None))
-    found = loudness(store.prepare([source]).path)
+    prepared = store.prepare([source])
+    assert prepared.duration_s == pytest.approx(4.0, abs=TOLERANCE_S)
+    found = loudness(prepared.path)
     assert found.integrated_lufs < -30, found
 
 
