@@ -30,8 +30,6 @@ SAMPLE_WIDTH = 2
 TAIL_LINES = 6
 
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-_N_SAMPLES = re.compile(r"n_samples: (\d+)")
-_MAX_VOLUME = re.compile(r"max_volume: (-?(?:inf|[\d.]+)) dB")
 # "[mp3 @ 0x55d0c1a3f8c0] " in front of a log line: the component is kept, not the address.
 _COMPONENT = re.compile(r"\[([\w#:.-]+) @ 0x[0-9a-f]+\] ")
 # Lines of ffmpeg's log that say nothing about why it failed.
@@ -168,40 +166,6 @@ def decode_pcm(path: Path, *, sample_rate: int, limit_s: float | None = None) ->
         pcm=proc.stdout,
         sample_rate=sample_rate,
         declared_s=_declared_duration(proc.stderr.decode(errors="replace")),
-    )
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """What a full decode of a file found, without keeping its samples."""
-
-    duration_s: float
-    declared_s: float | None
-    peak_dbfs: float  # -inf for digital silence
-
-
-def measure(path: Path, *, sample_rate: int = 48000) -> Measurement:
-    """Decode path completely (to nothing) and report its duration and peak level."""
-    proc = run_ffmpeg(
-        [
-            "-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
-            "-af", f"aformat=sample_fmts=s16:channel_layouts=mono:sample_rates={sample_rate},"
-            "volumedetect",
-            "-f", "null", "-",
-        ],
-        what=str(path),
-        loglevel="info",
-    )  # fmt: skip
-    stderr = proc.stderr.decode(errors="replace")
-    # ffmpeg 7+ may configure the filter graph twice and print a first, empty report.
-    samples = _N_SAMPLES.findall(stderr)
-    peaks = _MAX_VOLUME.findall(stderr)
-    n_samples = int(samples[-1]) if samples else 0
-    peak = float(peaks[-1]) if peaks and n_samples else -math.inf
-    return Measurement(
-        duration_s=n_samples / sample_rate,
-        declared_s=_declared_duration(stderr),
-        peak_dbfs=peak,
     )
 
 
