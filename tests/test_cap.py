@@ -48,6 +48,12 @@ def test_areas_match_clusters_by_code_polygon_and_circle(tmp_path: Path) -> None
     assert clusters_in_area(fleet, [Area(["99999"], [], [])]) == []
 
 
+def _manager_auth(c: httpx.Client) -> dict[str, str]:
+    """Sign the province manager in through the API; the header its calls carry."""
+    login = c.post("/api/v1/login", json={"name": "quan-ly", "password": PASSWORD}).json()
+    return {"Authorization": f"Bearer {login['token']}"}
+
+
 def _post(c: httpx.Client, auth: dict[str, str], body: bytes) -> dict[str, Any]:
     r = c.post("/api/v1/cap", headers={**auth, "Content-Type": "application/xml"},
                content=body)
@@ -63,8 +69,7 @@ def _wait(rig: WebRig, aid: str, clusters: list[str], kinds: set[str]) -> None:
 @pytest.mark.parametrize("cap_rig", ["send"], indirect=True)
 def test_an_alert_for_our_commune_is_sent_at_once_and_cancel_stops_it(cap_rig: WebRig) -> None:
     with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
-        login = c.post("/api/v1/login", json={"name": "quan-ly", "password": PASSWORD}).json()
-        auth = {"Authorization": f"Bearer {login['token']}"}
+        auth = _manager_auth(c)
         officer = c.post("/api/v1/login", json={"name": "can-bo-a", "password": PASSWORD})
         r = c.post("/api/v1/cap", content=cap_xml(),
                    headers={"Authorization": f"Bearer {officer.json()['token']}"})
@@ -102,8 +107,7 @@ def test_an_alert_for_our_commune_is_sent_at_once_and_cancel_stops_it(cap_rig: W
 @pytest.mark.parametrize("cap_rig", ["approve"], indirect=True)
 def test_an_alert_waits_for_a_manager_when_the_policy_says_so(cap_rig: WebRig) -> None:
     with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
-        login = c.post("/api/v1/login", json={"name": "quan-ly", "password": PASSWORD}).json()
-        auth = {"Authorization": f"Bearer {login['token']}"}
+        auth = _manager_auth(c)
         result = _post(c, auth, cap_xml())
         assert result["action"] == "pending"
         assert result["announcements"] == []
@@ -155,8 +159,7 @@ def test_a_cancel_taken_again_does_nothing_also_after_a_restart(cap_rig: WebRig)
     cancel_xml = cap_xml(identifier="VN-KTTV-2026-002", msg_type="Cancel",
                          references=FIRST_REF, sent="2026-10-20T08:00:00+07:00")
     with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
-        login = c.post("/api/v1/login", json={"name": "quan-ly", "password": PASSWORD}).json()
-        auth = {"Authorization": f"Bearer {login['token']}"}
+        auth = _manager_auth(c)
         [aid] = _post(c, auth, cap_xml())["announcements"]
         assert _post(c, auth, cancel_xml)["announcements"] == [aid]
         stopped_at = cap_rig.service.get(cap_rig.user("quan-ly"), aid).stopped_at
@@ -241,8 +244,7 @@ def test_a_cancel_that_is_not_actual_stops_nothing(
     caplog.set_level(logging.INFO, logger="controller.cap")
     manager = cap_rig.user("quan-ly")
     with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
-        login = c.post("/api/v1/login", json={"name": "quan-ly", "password": PASSWORD}).json()
-        auth = {"Authorization": f"Bearer {login['token']}"}
+        auth = _manager_auth(c)
         [aid] = _post(c, auth, cap_xml())["announcements"]
         _wait(cap_rig, aid, ["a-01", "a-02", "a-03"], {"delivered", "playing", "finished"})
         done = _actions(cap_rig)
@@ -295,8 +297,7 @@ def test_an_update_that_is_not_actual_changes_nothing(
     caplog.set_level(logging.INFO, logger="controller.cap")
     manager = cap_rig.user("quan-ly")
     with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
-        login = c.post("/api/v1/login", json={"name": "quan-ly", "password": PASSWORD}).json()
-        auth = {"Authorization": f"Bearer {login['token']}"}
+        auth = _manager_auth(c)
         [first] = _post(c, auth, cap_xml())["announcements"]
         _wait(cap_rig, first, ["a-01", "a-02", "a-03"], {"delivered", "playing", "finished"})
         done = _actions(cap_rig)

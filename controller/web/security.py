@@ -56,6 +56,13 @@ def session_id_hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
+def _new_session(user: str, now: float, fingerprint: str) -> Session:
+    """A fresh session: a random id and CSRF token, used now."""
+    return Session(
+        secrets.token_urlsafe(32), user, secrets.token_urlsafe(32), now, now, fingerprint
+    )
+
+
 def _no_fingerprint(_user: str) -> str:
     return ""
 
@@ -86,10 +93,7 @@ class Sessions:
 
     def create(self, user: str) -> Session:
         now = self._clock()
-        session = Session(
-            secrets.token_urlsafe(32), user, secrets.token_urlsafe(32), now, now,
-            self.fingerprint_of(user),
-        )
+        session = _new_session(user, now, self.fingerprint_of(user))
         with self._lock:
             self._expire(now)
             self._by_id[session.id] = session
@@ -152,10 +156,7 @@ class StoredSessions:
 
     def create(self, user: str) -> Session:
         now = self._clock()
-        session = Session(
-            secrets.token_urlsafe(32), user, secrets.token_urlsafe(32), now, now,
-            self.fingerprint_of(user),
-        )
+        session = _new_session(user, now, self.fingerprint_of(user))
         self._store.add_web_session(session_id_hash(session.id), WebSession(
             user=user, csrf=session.csrf, fingerprint=session.fingerprint,
             created=_at(now), last_seen=_at(now), expires=_at(now + self._idle),
