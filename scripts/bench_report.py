@@ -34,7 +34,11 @@ one mode at a time); nothing here is typed by hand. The targets come from the pr
 targets table. Each bench starts a private mosquitto on a free loopback port and, in the
 same run, measures the raw broker doing the same work with bare paho clients, so that
 results read as a ratio to what the broker itself can do on the same (shared, noisy)
-machine, not only as seconds. Headline figures are medians over trials.
+machine, not only as seconds. Headline figures are medians over trials. On the 2-core
+virtual machine these runs are made on, the same code gives noticeably different results
+from one run to the next: the machine is shared, and memory the guest has not touched
+for a while costs the kernel several times more to write. Compare runs made close
+together, and read the ratios to the raw broker.
 
 The sections: `urgent`, an urgent announcement to a whole province of simulated agents,
 on loopback; `urgent --link 4g`, the same with every agent (and every bare subscriber)
