@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Column, DateTime, Integer, String, Table, Text, insert, select
 
-from controller.store import Store, metadata
+from controller.store import Store, aware, metadata
 
 Action = Literal["send", "stop", "approve", "cap-alert", "cap-cancel", "sign-in-refused"]
 
@@ -58,10 +58,6 @@ class AuditEntry:
     targets: list[str]
     clusters: list[str]
     detail: str | None
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class AuditLog:
@@ -111,7 +107,7 @@ class AuditLog:
 
 def _entry(r: Any) -> AuditEntry:
     return AuditEntry(
-        id=r["id"], at=_aware(r["at"]), user=r["user"], action=r["action"],
+        id=r["id"], at=aware(r["at"]), user=r["user"], action=r["action"],
         subject=r["subject"], level=r["level"], title=r["title"], text=r["text"],
         audio_sha256=r["audio_sha256"], targets=list(json.loads(r["targets"] or "[]")),
         clusters=list(json.loads(r["clusters"] or "[]")), detail=r["detail"],

@@ -42,12 +42,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, DateTime, String, Table, Text, insert, inspect, select, update
-from sqlalchemy import text as sql
+from sqlalchemy import Column, DateTime, String, Table, Text, insert, select, update
 
 from controller.config import CapConfig
 from controller.fleet import Fleet
-from controller.store import metadata
+from controller.store import add_missing_columns, aware, metadata
 from controller.urgent import AnnouncementRequest, Principal, SystemPrincipal, UrgentService
 
 log = logging.getLogger(__name__)
@@ -232,15 +231,7 @@ class CapIntake:
         self._lock = threading.Lock()
         self._taking = threading.Lock()  # one message at a time: check, act, remember
         metadata.create_all(service.store.engine, tables=[cap_alerts])
-        self._add_missing_columns()
-
-    def _add_missing_columns(self) -> None:
-        engine = self._service.store.engine
-        have = {c["name"] for c in inspect(engine).get_columns(cap_alerts.name)}
-        with engine.begin() as conn:
-            for column, kind in ADDED_COLUMNS.items():
-                if column not in have:
-                    conn.execute(sql(f"ALTER TABLE {cap_alerts.name} ADD COLUMN {column} {kind}"))
+        add_missing_columns(service.store.engine, {cap_alerts.name: ADDED_COLUMNS})
 
     def take(self, raw: bytes, who: Principal) -> CapResult:
         alert = parse_cap(raw)
@@ -345,8 +336,7 @@ class CapIntake:
                 .order_by(cap_alerts.c.received_at)
             ).mappings()]
         for row in rows:
-            at = row["received_at"]
-            row["received_at"] = at if at.tzinfo else at.replace(tzinfo=UTC)
+            row["received_at"] = aware(row["received_at"])
         return rows
 
     def known(self, ref: str) -> bool:
@@ -377,8 +367,7 @@ class CapIntake:
 
 
 def _already_taken(alert: CapAlert, row: dict[str, Any]) -> CapResult:
-    at = row["received_at"]
-    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    at = aware(row["received_at"])
     outcome = row.get("outcome") or (
         row["state"] + (f" as {row['announcement']}" if row["announcement"] else "")
     )

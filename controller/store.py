@@ -254,6 +254,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def add_missing_columns(engine: Engine, added: dict[str, dict[str, str]]) -> None:
+    """Give tables of an existing database the columns added since it was created
+    (table -> column -> SQL type; nullable, so existing rows stay valid)."""
+    names = inspect(engine)
+    with engine.begin() as conn:
+        for table, columns in added.items():
+            have = {c["name"] for c in names.get_columns(table)}
+            for column, kind in columns.items():
+                if column not in have:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+
+
 class Store:
     """All controller persistence. Thread-safe; writes are serialised by one lock."""
 
@@ -265,19 +277,8 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
-        self._add_missing_columns()
+        add_missing_columns(self.engine, {"clusters": {"state_reason": "TEXT"}})
         self._write = threading.Lock()
-
-    def _add_missing_columns(self) -> None:
-        """Columns added since a store was created (nullable, so existing rows stay valid)."""
-        added = {"clusters": {"state_reason": "TEXT"}}
-        names = inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table, columns in added.items():
-                have = {c["name"] for c in names.get_columns(table)}
-                for column, kind in columns.items():
-                    if column not in have:
-                        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -631,7 +632,7 @@ class Store:
                 select(dispatches.c.occurrence, dispatches.c.outcome, dispatches.c.reason)
                 .where(dispatches.c.programme == programme)
             )
-            return {_aware_utc(r[0]): (r[1], r[2]) for r in rows}
+            return {aware(r[0]): (r[1], r[2]) for r in rows}
 
     # --- approvals ----------------------------------------------------------------------
 
@@ -685,12 +686,12 @@ class Store:
             ).mappings().first()
         if row is None:
             return None
-        return ConfigStatus(row["status"], row["problems"], _aware_utc(row["at"]))
+        return ConfigStatus(row["status"], row["problems"], aware(row["at"]))
 
     def mark(self, name: str) -> datetime | None:
         with self.engine.connect() as conn:
             at = conn.execute(select(marks.c.at).where(marks.c.name == name)).scalar()
-        return _aware_utc(at) if at is not None else None
+        return aware(at) if at is not None else None
 
     def set_mark(self, name: str, at: datetime) -> None:
         with self._write, self.engine.begin() as conn:
@@ -740,7 +741,7 @@ class Store:
                 return None
         return WebSession(
             user=row.user_name, csrf=row.csrf, fingerprint=row.fingerprint,
-            created=_aware_utc(row.created), last_seen=now, expires=expires,
+            created=aware(row.created), last_seen=now, expires=expires,
         )
 
     def drop_web_sessions(
@@ -764,10 +765,9 @@ class Store:
             return int(conn.execute(query).rowcount)
 
 
-def _aware_utc(value: datetime) -> datetime:
-    aware = _aware(value)
-    assert aware is not None
-    return aware.astimezone(UTC)
+def aware(value: datetime) -> datetime:
+    """A time read back from the store, in UTC (SQLite gives it back without its zone)."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _approval(row: Any) -> Approval:
@@ -775,7 +775,7 @@ def _approval(row: Any) -> Approval:
         programme=row["programme"],
         content=list(json.loads(row["content"])),
         approved_by=row["approved_by"],
-        approved_at=_aware_utc(row["approved_at"]),
+        approved_at=aware(row["approved_at"]),
     )
 
 

@@ -38,7 +38,7 @@ from controller.audio import ContentStore, PreparedAudio
 from controller.audit import AuditEntry, AuditLog
 from controller.distribution import PlaySpec, new_play_id
 from controller.fleet import Fleet
-from controller.store import FINAL_KINDS, Store, metadata
+from controller.store import FINAL_KINDS, Store, aware, metadata
 from controller.tts import TextToSpeech
 from protocol.clock import Clock
 from protocol.messages import Level
@@ -245,7 +245,7 @@ class Sender(Protocol):
 def _aware(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware(value)
 
 
 class UrgentService:
