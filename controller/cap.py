@@ -134,11 +134,16 @@ def _point(text: str) -> tuple[float, float]:
     return float(lat), float(lon)
 
 
+def declares_dtd(raw: bytes) -> bool:
+    """Whether an XML document has a DTD or entity declarations: such a document is
+    refused before it is parsed (no entity expansion, no external fetch)."""
+    return b"<!DOCTYPE" in raw[:4096].upper() or b"<!ENTITY" in raw.upper()
+
+
 def parse_cap(raw: bytes) -> CapAlert:
     if len(raw) > MAX_CAP_BYTES:
         raise CapError(f"the alert is larger than {MAX_CAP_BYTES // 1024} KiB")
-    head = raw[:4096].upper()
-    if b"<!DOCTYPE" in head or b"<!ENTITY" in raw.upper():
+    if declares_dtd(raw):
         raise CapError("DTDs and entity declarations are not accepted in a CAP alert")
     try:
         # suspicious-xml-element-tree-usage: DTDs and entities are refused just above.

@@ -54,6 +54,7 @@ from controller.cap import (
     CapAlert,
     CapError,
     CapIntake,
+    declares_dtd,
     parse_cap,
     system_sender,
     take_and_log,
@@ -196,7 +197,7 @@ class Entry:
 
 def read_feed(url: str, body: bytes) -> list[Entry] | None:
     """The entries of an Atom or RSS feed; None when the body is a CAP alert itself."""
-    if b"<!DOCTYPE" in body[:4096].upper() or b"<!ENTITY" in body.upper():
+    if declares_dtd(body):
         raise FeedError("it has a DTD or entity declaration, which is not accepted")
     try:
         # suspicious-xml-element-tree-usage: DTDs and entities are refused just above.

@@ -233,6 +233,17 @@ def _stored(rig: WebRig, ref: str) -> tuple[str, str, str | None]:
     return row[0], row[1], row[2]
 
 
+def _first_alert_aired(
+    rig: WebRig, c: httpx.Client
+) -> tuple[dict[str, str], str, list[tuple[str, str, str]]]:
+    """Sign the manager in and air the first alert to its end: the manager's header, the
+    announcement, and the audit actions so far."""
+    auth = _manager_auth(c)
+    [aid] = _post(c, auth, cap_xml())["announcements"]
+    _wait(rig, aid, ["a-01", "a-02", "a-03"], {"delivered", "playing", "finished"})
+    return auth, aid, _actions(rig)
+
+
 def _ref(identifier: str, sent: str) -> str:
     return f"kttv@example.vn,{identifier},{sent}"
 
@@ -244,10 +255,7 @@ def test_a_cancel_that_is_not_actual_stops_nothing(
     caplog.set_level(logging.INFO, logger="controller.cap")
     manager = cap_rig.user("quan-ly")
     with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
-        auth = _manager_auth(c)
-        [aid] = _post(c, auth, cap_xml())["announcements"]
-        _wait(cap_rig, aid, ["a-01", "a-02", "a-03"], {"delivered", "playing", "finished"})
-        done = _actions(cap_rig)
+        auth, aid, done = _first_alert_aired(cap_rig, c)
 
         sent = "2026-10-20T07:00:00+07:00"
         test = _post(c, auth, cap_xml(identifier="test-cancel", msg_type="Cancel",
@@ -297,10 +305,7 @@ def test_an_update_that_is_not_actual_changes_nothing(
     caplog.set_level(logging.INFO, logger="controller.cap")
     manager = cap_rig.user("quan-ly")
     with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
-        auth = _manager_auth(c)
-        [first] = _post(c, auth, cap_xml())["announcements"]
-        _wait(cap_rig, first, ["a-01", "a-02", "a-03"], {"delivered", "playing", "finished"})
-        done = _actions(cap_rig)
+        auth, first, done = _first_alert_aired(cap_rig, c)
 
         sent = "2026-10-20T07:00:00+07:00"
         drill = _post(c, auth, cap_xml(identifier="drill-update", msg_type="Update",
