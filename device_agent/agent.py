@@ -201,7 +201,6 @@ class Agent:
             output, self._cache, clock, self._db.table("plays"),
             report=self._report_play,
             request_chunks=self._request_chunks,
-            wake=self._wake,
             on_worker=self._run_on_worker,
             request_interval_s=request_interval_s,
             log=ClusterLog(logging.getLogger("device_agent.player"), {"cluster": cluster_id}),

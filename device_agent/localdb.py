@@ -217,10 +217,6 @@ class StateDocument:
         """Replace the document (committed when this returns)."""
         self.save_text(json.dumps(document, ensure_ascii=False, separators=(",", ":")))
 
-    def after_commit(self, action: Callable[[], None]) -> None:
-        """See `LocalDatabase.after_commit`."""
-        self._database.after_commit(action)
-
     def save_text(self, body: str) -> None:
         """Replace the document with this JSON text (the caller encoded it)."""
         self._database.write(

@@ -250,7 +250,6 @@ class Player:
         *,
         report: ReportFn,
         request_chunks: RequestFn,
-        wake: Callable[[], None] = lambda: None,
         on_worker: Callable[[Callable[[], None]], None] | None = None,
         request_interval_s: float = DEFAULT_REQUEST_INTERVAL_S,
         stall_s: float = DEFAULT_STALL_S,
@@ -277,7 +276,6 @@ class Player:
         self._file = state
         self._report = report
         self._request_chunks = request_chunks
-        self._wake = wake
         self._on_worker = on_worker
         self._request_interval = timedelta(seconds=request_interval_s)
         self._stall = timedelta(seconds=stall_s)
@@ -600,7 +598,6 @@ class Player:
             self._on_worker(finish)
         else:
             finish()
-            self._wake()
 
     def _output_done(
         self, record: PlayRecord, outcome: PlayOutcome, stop: threading.Event,
