@@ -130,15 +130,21 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_committed_events_survive_kill_9(tmp_path: Path) -> None:
-    path = tmp_path / "outbox.sqlite"
+def killed(script: str, path: Path) -> subprocess.CompletedProcess[bytes]:
+    """Run script (on the database at path) in a process that kills itself with SIGKILL."""
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run(
-        [sys.executable, "-c", KILLED_WRITER, str(path)],
+        [sys.executable, "-c", script, str(path)],
         env=env, capture_output=True, timeout=60, check=False,
     )
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    return done
+
+
+def test_committed_events_survive_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    killed(KILLED_WRITER, path)
     box = open_outbox(path, ManualClock(T0))
     assert [e.play_id for e in box.unacked()] == [f"p{n}" for n in range(20)]
 
@@ -212,13 +218,7 @@ def test_a_failed_part_of_a_batch_is_undone_alone(tmp_path: Path) -> None:
 
 def test_kill_9_inside_a_batch_keeps_what_was_committed_before_it(tmp_path: Path) -> None:
     path = tmp_path / "agent.sqlite"
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    done = subprocess.run(
-        [sys.executable, "-c", KILLED_IN_BATCH, str(path)],
-        env=env, capture_output=True, timeout=60, check=False,
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+    done = killed(KILLED_IN_BATCH, path)
     assert b"published" not in done.stdout  # nothing went out for what was not saved
     box = open_outbox(path, ManualClock(T0))
     assert [e.play_id for e in box.unacked()] == ["before"]
