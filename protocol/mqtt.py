@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,50 @@ class Link(Protocol):
     def connected(self) -> bool: ...
 
 
+class _ReadAheadClient(paho.Client):
+    """paho reads a packet a piece at a time: its type byte, each byte of its length,
+    then the rest, a recv() each. This client takes what the socket holds in one recv()
+    and serves paho's reads from it; `loop_read` then handles every packet that recv()
+    brought before it returns, so nothing is left waiting in the buffer while the socket,
+    which the caller watches, has nothing new to say. Packets that arrived together are
+    thereby handled together (a command and its audio: one step of the agent)."""
+
+    READ_SIZE = 256 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ahead = b""
+        self._ahead_at = 0
+        self._draining = False
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        ahead, at = self._ahead, self._ahead_at
+        if at < len(ahead):
+            self._ahead_at = at + bufsize
+            return ahead[at : at + bufsize]
+        if self._draining:  # only what the last recv() brought; the socket can wait
+            raise BlockingIOError
+        data = super()._sock_recv(max(bufsize, self.READ_SIZE))
+        if len(data) <= bufsize:
+            return data
+        self._ahead, self._ahead_at = data, bufsize
+        return data[:bufsize]
+
+    def _sock_close(self) -> None:
+        self._ahead, self._ahead_at = b"", 0
+        super()._sock_close()
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        self._draining = True
+        try:
+            while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._ahead_at < len(self._ahead):
+                rc = super().loop_read(max_packets)
+        finally:
+            self._draining = False
+        return rc
+
+
 class MqttLink:
     """Link over paho-mqtt 2.x, MQTT 3.1.1, with automatic reconnect."""
 
@@ -147,7 +191,7 @@ class MqttLink:
         self._connected = threading.Event()
         self._refusal: Refusal | None = None
         self._stopping = False
-        client = paho.Client(
+        client = _ReadAheadClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=clean_session,

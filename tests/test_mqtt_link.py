@@ -125,6 +125,29 @@ def test_binary_payload_round_trip(links: Callable[..., MqttLink]) -> None:
     assert inbox.topics() == {"loa/test/c1/content"}
 
 
+def test_a_burst_of_small_and_large_messages_arrives_whole_and_in_order(
+    links: Callable[..., MqttLink],
+) -> None:
+    """The link reads what the socket holds at once and handles every packet of it before
+    it looks at the socket again: nothing may be left unread when no more data comes
+    (the burst ends), and packets split across reads must come out whole."""
+    sizes = [0, 1, 2, 127, 128, 16_383, 16_384, 70_000, 300_000, 5]
+    burst = [bytes([i % 251]) * sizes[i % len(sizes)] + i.to_bytes(4, "big") for i in range(200)]
+    pub, sub = links("burst-pub"), links("burst-sub")
+    inbox = Inbox()
+    sub.subscribe("t/burst", inbox)
+    publish_until(pub, "t/burst", b"probe", lambda: inbox.payloads("t/burst"))
+    before = len(inbox.payloads("t/burst"))
+    for payload in burst:
+        pub.publish("t/burst", payload, qos=1)
+    wait_until(
+        lambda: len(inbox.payloads("t/burst")) >= before + len(burst),
+        timeout=30, what="the whole burst",
+    )
+    got = [p for p in inbox.payloads("t/burst")[before:] if p != b"probe"]
+    assert got == burst
+
+
 def test_acknowledged_publish(links: Callable[..., MqttLink]) -> None:
     publisher = links("pub")
     assert publisher.wait_published("loa/test/ack", b"x" * 70_000, qos=1, timeout=10)
