@@ -33,7 +33,16 @@ from controller.silence import SilenceWatch
 from controller.store import Store
 from protocol import topics
 from protocol.clock import Clock
-from protocol.messages import AckBody, Address, Event, Heartbeat, MessageError, State, parse
+from protocol.messages import (
+    AckBody,
+    Address,
+    Event,
+    Heartbeat,
+    MessageError,
+    State,
+    parse,
+    parse_events,
+)
 from protocol.mqtt import Link
 from protocol.signing import Signer
 
@@ -133,23 +142,29 @@ class Intake:
         return parsed.name if parsed and parsed.scope == "cluster" else None
 
     def _on_event(self, topic: str, payload: bytes) -> None:
+        """One event, or several the agent committed (or sends again) together."""
         cluster = self._cluster_of(topic)
         try:
-            ev = parse(Event, payload)
+            evs, problems = parse_events(payload)
         except MessageError as exc:
             self.stats.invalid += 1
             self.stats.last_error = f"{topic}: {exc}"
-            log.warning("dropped an invalid event on %s: %s", topic, exc)
+            log.warning("dropped an invalid event message on %s: %s", topic, exc)
             return
-        if ev.cluster != cluster:
+        for problem in problems:  # the valid ones of the message are still taken
             self.stats.invalid += 1
-            log.warning(
-                "dropped an event claiming cluster %s that arrived on %s's topic %s",
-                ev.cluster, cluster, topic,
-            )
-            return
-        self._idle.clear()
-        self._queue.put(ev)
+            self.stats.last_error = f"{topic}: {problem}"
+            log.warning("dropped an invalid event on %s: %s", topic, problem)
+        for ev in evs:
+            if ev.cluster != cluster:
+                self.stats.invalid += 1
+                log.warning(
+                    "dropped an event claiming cluster %s that arrived on %s's topic %s",
+                    ev.cluster, cluster, topic,
+                )
+                continue
+            self._idle.clear()
+            self._queue.put(ev)
 
     def _on_state(self, topic: str, payload: bytes) -> None:
         cluster = self._cluster_of(topic)

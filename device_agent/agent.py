@@ -49,6 +49,7 @@ from device_agent.workers import WAKE, Item, OwnThread, WorkerPool
 from protocol import chunks, topics
 from protocol.clock import Clock
 from protocol.messages import (
+    MAX_EVENTS_PER_MESSAGE,
     AckBody,
     ChunkRequest,
     Command,
@@ -63,6 +64,7 @@ from protocol.messages import (
     State,
     StopBody,
     Transfer,
+    encode_events,
 )
 from protocol.mqtt import Link
 from protocol.signing import Verifier
@@ -155,6 +157,9 @@ class Agent:
         name = f"agent-{cluster_id}"
         self._queue = pool.mailbox(name, self._step) if pool else OwnThread(name, self._step)
         self._content_lock = threading.Lock()
+        # Events committed in this step, published together once it is committed.
+        self._outgoing: list[Event] = []
+        self._outgoing_lock = threading.Lock()
         self._content_arrived_at: datetime | None = None  # set by the network thread
         self._queued_content_bytes = 0
         self._dropped_content = 0
@@ -615,22 +620,37 @@ class Agent:
         level: Level | None = None,
         reason: str | None = None,
     ) -> None:
-        """Commit the event to the outbox, then publish it if the broker is reachable."""
+        """Commit the event to the outbox, then publish it if the broker is reachable:
+        the events a step commits go out together, in one message."""
         online = self._link.connected
         event = self._outbox.add(
             kind, ref=ref, play_id=play_id, bulletin=bulletin, level=level, reason=reason,
             sending=online,
         )
         if online:
-            self._publish(
-                topics.cluster_topic(self.cluster_id, "event"), event.to_json(), qos=1
-            )
+            with self._outgoing_lock:
+                first = not self._outgoing
+                self._outgoing.append(event)
+            if first:
+                self._db.after_commit(self._send_outgoing)
+
+    def _send_outgoing(self) -> None:
+        with self._outgoing_lock:
+            events, self._outgoing = self._outgoing, []
+        self._publish_events(events)
 
     def _send(self, events: Sequence[Event], reconnected: bool = False) -> None:
-        topic = topics.cluster_topic(self.cluster_id, "event")
-        for event in events:
-            self._publish(topic, event.to_json(), qos=1)
+        if events:
+            again = list(events)
+            self._db.after_commit(lambda: self._publish_events(again))
         self._outbox.mark_sent((event.seq for event in events), reconnected=reconnected)
+
+    def _publish_events(self, events: Sequence[Event]) -> None:
+        """Now: as few messages as MAX_EVENTS_PER_MESSAGE allows."""
+        topic = topics.cluster_topic(self.cluster_id, "event")
+        for start in range(0, len(events), MAX_EVENTS_PER_MESSAGE):
+            payload = encode_events(events[start : start + MAX_EVENTS_PER_MESSAGE])
+            self._link.publish(topic, payload, qos=1)
 
     def _publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish once the step's writes are committed: nothing goes out that a crash

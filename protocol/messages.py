@@ -8,6 +8,7 @@ effect can be traced back, a correlation id: commands carry `id`, events echo it
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -242,6 +243,53 @@ def parse(model: type[M], payload: bytes | dict[str, Any]) -> M:
         return model.model_validate(obj)
     except ValidationError as exc:
         raise MessageError(f"invalid {model.__name__}: {_describe(exc)}") from None
+
+
+#: Most events one message on an event topic may carry.
+MAX_EVENTS_PER_MESSAGE = 100
+
+
+def encode_events(events: Sequence[Event]) -> bytes:
+    """The payload of an event message: one event as its JSON object; several (committed
+    together, or sent again together) as a JSON array of them, in seq order."""
+    if not 1 <= len(events) <= MAX_EVENTS_PER_MESSAGE:
+        raise ValueError(f"an event message carries 1 to {MAX_EVENTS_PER_MESSAGE} events")
+    if len(events) == 1:
+        return events[0].to_json()
+    return b"[" + b",".join(event.to_json() for event in events) + b"]"
+
+
+def parse_events(payload: bytes) -> tuple[list[Event], list[str]]:
+    """An event message: the valid events, and what was wrong with each invalid one
+    ("event 2: ..."). Raises MessageError if the payload is neither an Event object nor
+    an array of 1 to MAX_EVENTS_PER_MESSAGE objects."""
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError("not JSON: nested too deeply") from None
+    if isinstance(obj, dict):
+        return [parse(Event, obj)], []
+    if not isinstance(obj, list):
+        raise MessageError(
+            f"expected an event object or an array of them, got {type(obj).__name__}"
+        )
+    if not 1 <= len(obj) <= MAX_EVENTS_PER_MESSAGE:
+        raise MessageError(
+            f"an array of {len(obj)} events; 1 to {MAX_EVENTS_PER_MESSAGE} are allowed"
+        )
+    events: list[Event] = []
+    problems: list[str] = []
+    for index, item in enumerate(obj):
+        if not isinstance(item, dict):
+            problems.append(f"event {index}: expected a JSON object, got {type(item).__name__}")
+            continue
+        try:
+            events.append(parse(Event, item))
+        except MessageError as exc:
+            problems.append(f"event {index}: {exc}")
+    return events, problems
 
 
 def utc_iso(when: datetime) -> str:

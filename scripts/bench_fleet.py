@@ -92,6 +92,7 @@ class Meter:
 _PLAY_KIND = b'"kind":"play"'
 _EVENT_KIND = re.compile(rb'"kind":"([a-z_]+)"')
 _EVENT_PLAY = re.compile(rb'"play_id":"([^"\\]+)"')
+_EVENT_SPLIT = re.compile(rb'(?=\{"v":)')  # where each event object of an array starts
 
 
 EventNote = Callable[[str, str, str, float], None]  # (play_id, kind, cluster, time)
@@ -127,13 +128,14 @@ class MeteredLink:
         self._inner.subscribe(topic_filter, counted, qos)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        if topic.endswith("/event"):
+        if topic.endswith("/event"):  # one event, or an array of several
             at = time.time()
-            kind = _EVENT_KIND.search(payload)
-            if kind is not None:
-                play = _EVENT_PLAY.search(payload)
-                play_id = play.group(1).decode() if play else "None"
-                self._note(play_id, kind.group(1).decode(), self._cluster, at)
+            for one in _EVENT_SPLIT.split(payload):
+                kind = _EVENT_KIND.search(one)
+                if kind is not None:
+                    play = _EVENT_PLAY.search(one)
+                    play_id = play.group(1).decode() if play else "None"
+                    self._note(play_id, kind.group(1).decode(), self._cluster, at)
         elif topic.endswith("/request"):
             self.meter.requests += 1
         self._inner.publish(topic, payload, qos, retain)

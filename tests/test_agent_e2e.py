@@ -32,6 +32,7 @@ from protocol.messages import (
     PlayBody,
     State,
     parse,
+    parse_events,
 )
 from protocol.mqtt import MqttLink
 from protocol.signing import public_pem
@@ -54,6 +55,7 @@ class ControllerSide:
         self.lock = threading.Lock()
         self.events: dict[tuple[str, int], Event] = {}  # duplicates dropped, as the store does
         self.arrivals = 0  # every event that arrived, duplicates included
+        self.messages: list[list[str]] = []  # the kinds each event message carried
         self.requests: list[ChunkRequest] = []
         self.states: list[State] = []
         self.link = MqttLink(broker.address, "test-controller")
@@ -64,10 +66,13 @@ class ControllerSide:
         assert self.link.wait_connected(10)
 
     def _on_event(self, _topic: str, payload: bytes) -> None:
-        event = parse(Event, payload)
+        events, problems = parse_events(payload)
+        assert not problems, problems
         with self.lock:
-            self.events[(event.outbox, event.seq)] = event
-            self.arrivals += 1
+            for event in events:
+                self.events[(event.outbox, event.seq)] = event
+            self.arrivals += len(events)
+            self.messages.append([event.kind for event in events])
 
     def _on_request(self, _topic: str, payload: bytes) -> None:
         with self.lock:
@@ -355,3 +360,19 @@ def test_a_restarted_controller_gets_unacknowledged_events_at_once(world: World)
         lambda: world.controller.arrivals >= before + len(FULL_PLAY), 5,
         "the unacknowledged events to be sent again at once",
     )
+    with world.controller.lock:  # together, in one message
+        assert FULL_PLAY in world.controller.messages
+
+
+def test_the_events_of_one_step_go_out_in_one_message(world: World) -> None:
+    world.start_agent()
+    world.controller.wait_online()
+    c = content(duration_s=0.3)
+    world.controller.play("p-later", c, start_in=600)
+    world.controller.wait_kinds("p-later", ["received", "delivered"])
+    # The audio is held: the command is received, its audio found and its play started
+    # in one step, and the three events that step commits travel together.
+    world.controller.play("p-now", c, start_in=0)
+    world.controller.wait_kinds("p-now", ["received", "delivered", "playing"])
+    with world.controller.lock:
+        assert ["received", "delivered", "playing"] in world.controller.messages

@@ -15,6 +15,7 @@ from protocol import chunks, topics
 from protocol.messages import (
     LEVEL_RANK,
     LEVELS,
+    MAX_EVENTS_PER_MESSAGE,
     Address,
     Command,
     ContentRef,
@@ -22,7 +23,9 @@ from protocol.messages import (
     MessageError,
     PlayBody,
     StopBody,
+    encode_events,
     parse,
+    parse_events,
 )
 from protocol.signing import SignatureError, Signer, Verifier, canonical
 
@@ -335,6 +338,47 @@ def test_an_event_round_trips_through_json() -> None:
     event = parse(Event, event_fields(level="emergency"))
     assert parse(Event, event.to_json()) == event
     assert event.at == datetime(2025, 7, 1, 1, 0, tzinfo=UTC)
+
+
+def test_one_event_travels_as_an_object_and_several_as_an_array() -> None:
+    one = parse(Event, event_fields())
+    three = [parse(Event, event_fields(seq=n, kind=k))
+             for n, k in enumerate(["received", "delivered", "playing"], 1)]  # fmt: skip
+    assert encode_events([one]) == one.to_json()
+    assert json.loads(encode_events(three)) == [json.loads(e.to_json()) for e in three]
+    assert parse_events(encode_events([one])) == ([one], [])
+    assert parse_events(encode_events(three)) == (three, [])
+    with pytest.raises(ValueError, match="1 to 100"):
+        encode_events([])
+    with pytest.raises(ValueError, match="1 to 100"):
+        encode_events([one] * (MAX_EVENTS_PER_MESSAGE + 1))
+
+
+def test_an_event_array_keeps_its_valid_events_and_names_the_invalid_ones() -> None:
+    good = event_fields(seq=1)
+    payload = json.dumps([good, event_fields(seq=0), "playing", good]).encode()
+    events, problems = parse_events(payload)
+    assert [e.seq for e in events] == [1, 1]
+    assert len(problems) == 2
+    assert problems[0].startswith("event 1: invalid Event: seq:")
+    assert problems[1] == "event 2: expected a JSON object, got str"
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"[]", "an array of 0 events; 1 to 100 are allowed"),
+        (json.dumps([event_fields()] * 101).encode(), "an array of 101 events"),
+        (b"42", "expected an event object or an array of them, got int"),
+        (b"\xff", "not JSON"),
+        (b"[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_an_event_message_that_is_neither_an_event_nor_an_array_is_refused(
+    payload: bytes, message: str
+) -> None:
+    with pytest.raises(MessageError, match=message):
+        parse_events(payload)
 
 
 def test_extra_keys_are_refused() -> None:

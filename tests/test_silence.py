@@ -8,6 +8,7 @@ the clock moved by hand. tests/test_agent_health.py freezes a real agent process
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -192,6 +193,27 @@ def test_an_event_counts_as_a_sign_of_life(rig: Rig) -> None:
     assert rig.state()[0] == "online"
     rig.clock.advance(0.1)
     wait_until(lambda: rig.state()[0] == "offline", 5, "offline 15 s after the event")
+
+
+def test_an_event_message_of_several_events_stores_the_valid_ones(rig: Rig) -> None:
+    """An agent sends the events it committed together in one message (an array); one bad
+    event of it is dropped and counted, the others are stored and acknowledged."""
+    online(rig)
+    acks = rig.intake.stats.acks
+    events = [
+        json.loads(Event(cluster="c1", outbox="o1", seq=seq, kind=kind, play_id="p-1",
+                         at=rig.clock.now()).to_json())
+        for seq, kind in [(1, "received"), (2, "delivered"), (3, "playing")]
+    ]  # fmt: skip
+    events.insert(1, {**events[0], "seq": -1})
+    events.append({**events[0], "cluster": "c2"})  # another cluster's, on c1's topic
+    rig.agent.publish(topics.cluster_topic("c1", "event"), json.dumps(events).encode())
+    wait_until(lambda: rig.intake.stats.events == 3, 5, "the three valid events stored")
+    assert rig.intake.stats.invalid == 2
+    assert "event 1: invalid Event: seq" in (rig.intake.stats.last_error or "")
+    assert [e["seq"] for e in rig.store.events_for_play("p-1")] == [1, 2, 3]
+    wait_until(lambda: rig.intake.stats.acks > acks, 5, "one ack for the three")
+    assert rig.intake.stats.acks == acks + 1
 
 
 def test_the_last_will_first_keeps_its_time_and_has_no_reason(rig: Rig) -> None:

@@ -36,7 +36,7 @@ from device_agent.agent import Agent
 from device_agent.output import NullBackend
 from protocol import chunks, topics
 from protocol.clock import ManualClock
-from protocol.messages import ChunkRequest, Event, MessageError, State, parse
+from protocol.messages import ChunkRequest, Event, MessageError, State, parse, parse_events
 from protocol.mqtt import BrokerAddress, ConnectionListener, Handler, Link, MqttLink, Will
 from protocol.signing import Verifier, generate_keypair, load_public_key
 
@@ -214,8 +214,10 @@ class Wire:
             self._seen.append(Seen(topic, request=request))
 
     def _event(self, topic: str, payload: bytes) -> None:
+        events, problems = parse_events(payload)
+        assert not problems, problems
         with self._lock:
-            self._seen.append(Seen(topic, event=parse(Event, payload)))
+            self._seen.extend(Seen(topic, event=event) for event in events)
 
     def seen(self, since: int = 0) -> list[Seen]:
         with self._lock:
