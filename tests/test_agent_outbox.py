@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -101,6 +102,32 @@ def test_events_and_outbox_id_survive_reopening(tmp_path: Path) -> None:
     assert kept.reason == "audio incomplete: 3 of 14 chunks missing"
     # Numbers are never reused, even after everything was acknowledged.
     assert again.add("received", play_id="p4").seq == 4
+
+
+def test_a_new_database_has_small_pages_and_an_older_one_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    """1 KiB pages make a commit write less to the SD card; a database made by an earlier
+    version with SQLite's 4 KiB pages is opened as it is, its events intact."""
+    clock = ManualClock(T0)
+    new = open_outbox(tmp_path / "new.sqlite", clock)
+    new.add("finished", play_id="p1")
+    assert new._db.query("PRAGMA page_size") == [(1024,)]
+    new.close()
+
+    old_path = tmp_path / "old.sqlite"
+    with sqlite3.connect(old_path) as old:  # as the earlier version left it
+        old.execute("PRAGMA page_size=4096")
+        old.execute("PRAGMA journal_mode=WAL")
+        old.execute("CREATE TABLE documents (name TEXT PRIMARY KEY, body TEXT NOT NULL)")
+    old.close()
+    box = open_outbox(old_path, clock)
+    box.add("finished", play_id="p1")
+    assert box._db.query("PRAGMA page_size") == [(4096,)]
+    box.close()
+    again = open_outbox(old_path, clock)
+    assert [e.play_id for e in again.unacked()] == ["p1"]
+    again.close()
 
 
 def test_a_new_database_gets_a_new_outbox_id(tmp_path: Path) -> None:
