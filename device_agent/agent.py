@@ -186,7 +186,7 @@ class Agent:
         self._membership = MembershipState(self._db.document("membership"), groups)
         self._guard = Guard(
             verifier, cluster_id, self._membership.current, clock,
-            SeenStore(self._db.document("seen-commands")),
+            SeenStore(self._db.table("seen-commands")),
         )
         self._limiter = RejectionLimiter(clock, rejections_per_minute)
         self._owns_cache = cache is None

@@ -22,13 +22,14 @@ A command that passes is remembered as seen before `admit` returns it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from device_agent.localdb import StateDocument
+from device_agent.localdb import StateDocument, StateTable
 from protocol import topics
 from protocol.clock import Clock
 from protocol.messages import Command, MembershipBody, MessageError, decode_json
@@ -137,22 +138,37 @@ class MembershipState:
 class SeenStore:
     """Ids of admitted commands, each remembered until its command expires.
 
-    With a document the ids survive restarts (a replay after a reboot is still a
-    replay); without one they live in memory only (unit tests).
+    With a table the ids survive restarts (a replay after a reboot is still a replay), a
+    row each: remembering one writes one row (and deletes those expired), whatever the
+    number remembered. Ids an earlier version kept as one document are moved to rows
+    when the store opens. Without a table they live in memory only (unit tests).
     """
 
-    def __init__(self, document: StateDocument | None = None) -> None:
-        self._file = document
+    def __init__(self, table: StateTable | None = None) -> None:
+        self._file = table
         self._seen: dict[str, datetime] = {}
-        self._saved: dict[str, str] = {}  # the ids kept on disk, with their expiry as saved
-        saved = self._file.load() if self._file else None
-        if isinstance(saved, dict):
-            for command_id, expires in saved.get("seen", {}).items():
-                try:
-                    self._seen[str(command_id)] = datetime.fromisoformat(expires)
-                    self._saved[str(command_id)] = str(expires)
-                except (TypeError, ValueError):
-                    log.warning("%s: skipped a damaged entry for command %s", document, command_id)
+        self._saved: set[str] = set()  # the ids with a row
+        if table is None:
+            self._earliest: datetime | None = None
+            return
+        rows = table.load()
+        legacy = None if rows else table.legacy_document()
+        if isinstance(legacy, dict) and isinstance(legacy.get("seen"), dict):
+            rows = [(str(cid), json.dumps(exp)) for cid, exp in legacy["seen"].items()]
+        damaged: list[str] = []
+        for command_id, body in rows:
+            try:
+                expires = datetime.fromisoformat(json.loads(body))
+            except (TypeError, ValueError):
+                log.warning("%s: skipped a damaged entry for command %s", table, command_id)
+                damaged.append(command_id)
+                continue
+            self._seen[command_id] = expires
+            self._saved.add(command_id)
+        if legacy is not None:
+            table.replace_legacy({cid: _expiry_text(exp) for cid, exp in self._seen.items()})
+        elif damaged:
+            table.save({}, damaged)
         self._earliest = min(self._seen.values(), default=None)  # the next to forget
 
     def __len__(self) -> int:
@@ -166,16 +182,28 @@ class SeenStore:
     ) -> None:
         """Remember command_id (forgetting what has expired by now); if persist, also on
         disk (ids remembered without persist live in memory only, and are not saved)."""
+        expired: list[str] = []
         if self._earliest is not None and self._earliest <= now:
-            self._seen = {cid: exp for cid, exp in self._seen.items() if exp > now}
-            self._saved = {cid: exp for cid, exp in self._saved.items() if cid in self._seen}
+            expired = [cid for cid, exp in self._seen.items() if exp <= now]
+            for cid in expired:
+                del self._seen[cid]
             self._earliest = min(self._seen.values(), default=None)
         self._seen[command_id] = expires_at
         if self._earliest is None or expires_at < self._earliest:
             self._earliest = expires_at
-        if self._file and persist:
-            self._saved[command_id] = expires_at.isoformat()
-            self._file.save({"seen": self._saved})
+        gone = [cid for cid in expired if cid in self._saved]
+        self._saved.difference_update(gone)
+        if self._file is None or not (persist or gone):
+            return
+        changed = {}
+        if persist:
+            changed[command_id] = _expiry_text(expires_at)
+            self._saved.add(command_id)
+        self._file.save(changed, gone)
+
+
+def _expiry_text(expires_at: datetime) -> str:
+    return json.dumps(expires_at.isoformat())
 
 
 def _claimed_id(payload: bytes) -> str | None:

@@ -1,12 +1,13 @@
 """The agent's one local SQLite database: its outbox of status events and its state.
 
 Besides the outbox (device_agent/outbox.py) the agent keeps a few small records on the
-SD card: commands already seen and the current group membership, each one JSON document
-replaced whole (`StateDocument`), and the local schedule, a JSON record a play
-(`StateTable`: a change writes the plays that changed, where the schedule keeps a day of
-them). Every write is a transaction, so a reader after a crash finds the old version or
-the new one, never half of each. A schedule saved as one document by an earlier version
-is moved to rows when the agent starts.
+SD card: the current group membership, one JSON document replaced whole
+(`StateDocument`); the local schedule, a JSON record a play, and the commands already
+seen, a row an id (`StateTable`: a change writes the rows that changed, where the
+schedule keeps a day of plays and the seen ids their commands' lifetimes). Every write
+is a transaction, so a reader after a crash finds the old version or the new one, never
+half of each. A schedule or seen ids saved as one document by an earlier version are
+moved to rows when the agent starts.
 
 One database per agent, one connection, WAL journal, exclusive locking:
 - replacing a row costs tens of microseconds, where creating and renaming a file costs a

@@ -46,7 +46,7 @@ class Setup:
             self.state.close()
         self.state = LocalDatabase(self.path)
         self.membership = MembershipState(self.state.document("membership"), self.groups)
-        seen = SeenStore(self.state.document("seen"))
+        seen = SeenStore(self.state.table("seen"))
         self.guard = Guard(self.keys.verifier, ME, self.membership.current, self.clock, seen)
 
     def stop(
@@ -156,12 +156,56 @@ def test_acks_are_remembered_in_memory_only(s: Setup) -> None:
 
 
 def test_seen_ids_are_forgotten_once_their_command_expired(tmp_path: Path) -> None:
-    document = LocalDatabase(tmp_path / "agent.sqlite").document("seen")
-    store = SeenStore(document)
+    table = LocalDatabase(tmp_path / "agent.sqlite").table("seen")
+    store = SeenStore(table)
     store.remember("a" * 12, T0 + timedelta(minutes=1), T0)
     store.remember("b" * 12, T0 + timedelta(hours=1), T0 + timedelta(minutes=2))
     assert not store.seen("a" * 12)
-    assert len(SeenStore(document)) == 1
+    assert len(SeenStore(table)) == 1
+    assert [key for key, _body in table.load()] == ["b" * 12]  # its row deleted too
+
+
+def test_remembering_an_id_writes_its_row_whatever_the_number_remembered(
+    tmp_path: Path,
+) -> None:
+    """A day of commands remembered: the next one costs one row, not the whole list."""
+    db = LocalDatabase(tmp_path / "agent.sqlite")
+    store = SeenStore(db.table("seen"))
+    for n in range(300):
+        store.remember(f"cmd-{n:08d}", T0 + timedelta(days=7), T0)
+    written: list[str] = []
+    db._db.set_trace_callback(written.append)  # each statement, its values filled in
+    store.remember("cmd-new-0001", T0 + timedelta(days=7), T0)
+    db._db.set_trace_callback(None)
+    assert len(written) == 1
+    assert "cmd-new-0001" in written[0]
+    assert len(written[0]) < 300  # the one id, not the 300 others
+    assert len(SeenStore(db.table("seen"))) == 301
+
+
+def test_seen_ids_kept_as_one_document_by_an_earlier_version_move_to_rows(
+    tmp_path: Path,
+) -> None:
+    db = LocalDatabase(tmp_path / "agent.sqlite")
+    db.document("seen").save({"seen": {
+        "a" * 12: (T0 + timedelta(hours=1)).isoformat(),
+        "b" * 12: "not a time",
+    }})  # fmt: skip
+    store = SeenStore(db.table("seen"))
+    assert store.seen("a" * 12)
+    assert not store.seen("b" * 12)  # damaged: skipped
+    assert db.document("seen").load() is None  # the document is gone
+    assert [key for key, _body in db.table("seen").load()] == ["a" * 12]
+    assert SeenStore(db.table("seen")).seen("a" * 12)  # and read from its row next time
+
+
+def test_a_damaged_seen_row_is_skipped_and_dropped(tmp_path: Path) -> None:
+    db = LocalDatabase(tmp_path / "agent.sqlite")
+    db.table("seen").save({"a" * 12: '"2026-05-01T07:00:00+00:00"', "b" * 12: "{"})
+    store = SeenStore(db.table("seen"))
+    assert store.seen("a" * 12)
+    assert not store.seen("b" * 12)
+    assert [key for key, _body in db.table("seen").load()] == ["a" * 12]
 
 
 def test_command_for_another_cluster_is_refused(s: Setup) -> None:
