@@ -121,42 +121,56 @@ class Link(Protocol):
 
 class _ReadAheadClient(paho.Client):
     """paho reads a packet a piece at a time: its type byte, each byte of its length,
-    then the rest, a recv() each. This client takes what the socket holds in one recv()
-    and serves paho's reads from it; `loop_read` then handles every packet that recv()
-    brought before it returns, so nothing is left waiting in the buffer while the socket,
-    which the caller watches, has nothing new to say. Packets that arrived together are
-    thereby handled together (a command and its audio: one step of the agent)."""
+    then the rest, a recv() each. This client reads what the socket holds into one buffer
+    it keeps (no new memory for each read) and serves paho's reads from it; `loop_read`
+    then handles every packet that read brought before it returns, so nothing is left
+    waiting in the buffer while the socket, which the caller watches, has nothing new to
+    say. Packets that arrived together (a command and its audio) are thereby handled
+    together: one step of the agent."""
 
     READ_SIZE = 256 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ahead = b""
-        self._ahead_at = 0
+        self._ahead = bytearray(self.READ_SIZE)
+        self._ahead_view = memoryview(self._ahead)
+        self._ahead_at = 0  # what paho has taken of the buffer
+        self._ahead_end = 0  # what the last read put in it
         self._draining = False
 
     def _sock_recv(self, bufsize: int) -> bytes:
-        ahead, at = self._ahead, self._ahead_at
-        if at < len(ahead):
-            self._ahead_at = at + bufsize
-            return ahead[at : at + bufsize]
-        if self._draining:  # only what the last recv() brought; the socket can wait
+        at = self._ahead_at
+        if at < self._ahead_end:
+            end = min(at + bufsize, self._ahead_end)
+            self._ahead_at = end
+            return bytes(self._ahead_view[at:end])
+        if self._draining:  # only what the last read brought; the socket can wait
             raise BlockingIOError
-        data = super()._sock_recv(max(bufsize, self.READ_SIZE))
-        if len(data) <= bufsize:
-            return data
-        self._ahead, self._ahead_at = data, bufsize
-        return data[:bufsize]
+        sock = self._sock
+        if (
+            bufsize >= self.READ_SIZE
+            or not isinstance(sock, socket.socket)
+            or isinstance(sock, ssl.SSLSocket)
+        ):
+            return super()._sock_recv(bufsize)  # a large body, or TLS: as paho reads it
+        try:
+            got = sock.recv_into(self._ahead_view)
+        except AttributeError as err:  # closed under us, as paho's own read says
+            raise ConnectionError() from err
+        if got <= bufsize:
+            return bytes(self._ahead_view[:got])
+        self._ahead_at, self._ahead_end = bufsize, got
+        return bytes(self._ahead_view[:bufsize])
 
     def _sock_close(self) -> None:
-        self._ahead, self._ahead_at = b"", 0
+        self._ahead_at = self._ahead_end = 0
         super()._sock_close()
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
         self._draining = True
         try:
-            while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._ahead_at < len(self._ahead):
+            while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._ahead_at < self._ahead_end:
                 rc = super().loop_read(max_packets)
         finally:
             self._draining = False
