@@ -223,14 +223,19 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def decode_json(payload: bytes) -> dict[str, Any]:
-    """Parse a payload as a JSON object, or raise MessageError saying why not."""
+def _load_json(payload: bytes) -> Any:
+    """Parse a payload as JSON, or raise MessageError saying why not."""
     try:
-        obj = json.loads(payload)
+        return json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError(f"not JSON: {exc}") from None
     except RecursionError:
         raise MessageError("not JSON: nested too deeply") from None
+
+
+def decode_json(payload: bytes) -> dict[str, Any]:
+    """Parse a payload as a JSON object, or raise MessageError saying why not."""
+    obj = _load_json(payload)
     if not isinstance(obj, dict):
         raise MessageError(f"expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -263,12 +268,7 @@ def parse_events(payload: bytes) -> tuple[list[Event], list[str]]:
     """An event message: the valid events, and what was wrong with each invalid one
     ("event 2: ..."). Raises MessageError if the payload is neither an Event object nor
     an array of 1 to MAX_EVENTS_PER_MESSAGE objects."""
-    try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(f"not JSON: {exc}") from None
-    except RecursionError:
-        raise MessageError("not JSON: nested too deeply") from None
+    obj = _load_json(payload)
     if isinstance(obj, dict):
         return [parse(Event, obj)], []
     if not isinstance(obj, list):
