@@ -217,6 +217,28 @@ def _read(sock: socket.socket, size: int, deadline: float, at: list[tuple[int, f
     return data
 
 
+def test_make_bench_writes_every_section_urgent_over_4g_included(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`bench.py` with no mode (make bench) runs each mode at its defaults and the urgent
+    bench over the emulated 4G link, which has a section of its own; the worst status
+    is its own."""
+    import bench
+
+    ran: list[tuple[str, str | None]] = []
+
+    def run_mode(args: Any) -> int:
+        ran.append((args.mode, getattr(args, "link", None)))
+        return 3 if args.mode == "delivery" else 0
+
+    monkeypatch.setattr(bench, "run_mode", run_mode)
+    assert bench.main([]) == 3
+    assert ran == [("urgent", "loopback"), ("urgent", "4g"), ("delivery", None), ("agent", None)]
+    parser = bench.build_parser()
+    sections = {bench.section(parser.parse_args(argv)) for argv in bench.EVERY_SECTION}
+    assert sections == {"urgent", "urgent-4g", "delivery", "agent"}
+
+
 def test_link_model_delays_in_bounds_keeps_order_and_loses_whole_packets() -> None:
     params = LinkParams(delay_s=0.1, jitter_s=0.05, loss=0.0, seed=3)
     counts = Counts()
