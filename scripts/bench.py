@@ -8,8 +8,9 @@
 
 Every mode starts its own mosquitto on a free port of 127.0.0.1 (mosquitto and ffmpeg
 must be on PATH) and, for the fleet benches, N simulated agents in worker processes
-(at most 150 per process) plus, in the same run, N bare paho subscribers laid out the
-same way: the raw broker doing the same work, the yardstick for Loa's figures.
+(by default one per core, at most 500 agents each) plus, in the same run, N bare paho
+subscribers laid out the same way: the raw broker doing the same work, the yardstick
+for Loa's figures.
 `urgent --link 4g` puts those agents and subscribers behind an emulated 4G link
 (bench_netem: 100 ms ± 50 ms one way in each direction, 1 % packet loss; the controller
 stays on the broker's side) and writes its own section (`urgent-4g`). `make bench`
@@ -134,8 +135,9 @@ def _fleet(p: argparse.ArgumentParser, trials: int) -> None:
                    help="simulated agents (default 1000)")
     p.add_argument("--trials", type=int, default=trials, metavar="K",
                    help=f"repetitions; medians are reported (default {trials})")
-    p.add_argument("--per-process", type=int, default=125, metavar="P",
-                   help="agents per worker process, at most 150 (default 125)")
+    p.add_argument("--per-process", type=int, default=None, metavar="P",
+                   help="agents per worker process, at most 500 (default: as many "
+                   "processes as cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:

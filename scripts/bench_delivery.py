@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench_fleet import MAX_PER_PROCESS
+from bench_fleet import check_per_process
 from bench_report import (
     median,
     pass_fail,
@@ -205,12 +205,11 @@ def _median_of(trials: list[dict[str, Any]], key: str) -> float | None:
     return median(values) if values else None
 
 
-def run(agents: int, minutes: float, trials: int, per_process: int, verbose: bool, keep: bool
+def run(agents: int, minutes: float, trials: int, per_process: int | None, verbose: bool, keep: bool
         ) -> dict[str, Any]:  # fmt: skip
-    if not 1 <= per_process <= MAX_PER_PROCESS:
-        raise ValueError(f"--per-process: 1 to {MAX_PER_PROCESS}")
     if not 0 < minutes <= 60:
         raise ValueError("--minutes: more than 0, at most 60")
+    check_per_process(per_process)
     timeout = 60.0 + 0.15 * agents * max(1.0, minutes / 5)
     settings = AudioSettings(max_duration_s=max(3600.0, minutes * 60 + 60))
     with fleet_rig(agents, per_process, shared_cache=False, verbose=verbose, audio=settings,

@@ -179,7 +179,7 @@ class _Online:
 @contextlib.contextmanager
 def fleet_rig(
     agents: int,
-    per_process: int,
+    per_process: int | None,
     *,
     shared_cache: bool,
     verbose: bool = False,

@@ -28,7 +28,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench_fleet import MAX_PER_PROCESS
+from bench_fleet import check_per_process
 from bench_netem import LinkParams, counts_between
 from bench_report import (
     median,
@@ -122,11 +122,10 @@ def _median_of(trials: list[dict[str, Any]], key: str) -> float | None:
     return rounded(median(values)) if values else None
 
 
-def run(agents: int, trials: int, per_process: int, verbose: bool, keep: bool,
+def run(agents: int, trials: int, per_process: int | None, verbose: bool, keep: bool,
         link: LinkParams | None = None) -> dict[str, Any]:  # fmt: skip
     """The bench; with link, the agents and raw subscribers behind that emulated link."""
-    if not 1 <= per_process <= MAX_PER_PROCESS:
-        raise ValueError(f"--per-process: 1 to {MAX_PER_PROCESS}")
+    check_per_process(per_process)
     timeout = 30.0 + 0.03 * agents
     with fleet_rig(
         agents, per_process, shared_cache=True, verbose=verbose, keep=keep, link=link

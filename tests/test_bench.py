@@ -239,6 +239,34 @@ def test_make_bench_writes_every_section_urgent_over_4g_included(
     assert sections == {"urgent", "urgent-4g", "delivery", "agent"}
 
 
+def test_fleets_take_one_process_per_core_and_the_open_files_they_need(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import resource
+
+    import bench_fleet
+
+    monkeypatch.setattr(bench_fleet.os, "sched_getaffinity", lambda _pid: {0, 1})
+    assert bench_fleet.default_per_process(1000) == 500  # two processes on two cores
+    assert bench_fleet.default_per_process(5) == 3
+    monkeypatch.setattr(bench_fleet.os, "sched_getaffinity", lambda _pid: set(range(64)))
+    assert bench_fleet.default_per_process(1000) == 16
+    monkeypatch.setattr(bench_fleet.os, "sched_getaffinity", lambda _pid: {0})
+    assert bench_fleet.default_per_process(1000) == bench_fleet.MAX_PER_PROCESS
+    with pytest.raises(ValueError, match="--per-process: 1 to 500"):
+        bench_fleet.check_per_process(501)
+    bench_fleet.check_per_process(None)
+
+    limits: dict[str, tuple[int, int]] = {"now": (1024, 4096)}
+    monkeypatch.setattr(resource, "getrlimit", lambda _what: limits["now"])
+    monkeypatch.setattr(resource, "setrlimit", lambda _what, new: limits.update(now=new))
+    bench_fleet.allow_open_files(500)  # 64 + 4 per member
+    assert limits["now"] == (2064, 4096)
+    limits["now"] = (1024, 1500)
+    with pytest.raises(ValueError, match=r"allows 1500 \(ulimit -Hn\): use --per-process 359"):
+        bench_fleet.allow_open_files(500)
+
+
 def test_link_model_delays_in_bounds_keeps_order_and_loses_whole_packets() -> None:
     params = LinkParams(delay_s=0.1, jitter_s=0.05, loss=0.0, seed=3)
     counts = Counts()
