@@ -242,16 +242,17 @@ def test_make_bench_writes_every_section_urgent_over_4g_included(
 def test_fleets_take_one_process_per_core_and_the_open_files_they_need(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import os
     import resource
 
     import bench_fleet
 
-    monkeypatch.setattr(bench_fleet.os, "sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
     assert bench_fleet.default_per_process(1000) == 500  # two processes on two cores
     assert bench_fleet.default_per_process(5) == 3
-    monkeypatch.setattr(bench_fleet.os, "sched_getaffinity", lambda _pid: set(range(64)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))
     assert bench_fleet.default_per_process(1000) == 16
-    monkeypatch.setattr(bench_fleet.os, "sched_getaffinity", lambda _pid: {0})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
     assert bench_fleet.default_per_process(1000) == bench_fleet.MAX_PER_PROCESS
     with pytest.raises(ValueError, match="--per-process: 1 to 500"):
         bench_fleet.check_per_process(501)
