@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_mode(args: argparse.Namespace) -> int:
+def run_mode(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run one mode (argv: its arguments, for the command written with its figures)."""
     import bench_report
     from bench_broker import PrivateMosquitto
 
@@ -197,7 +198,7 @@ def run_mode(args: argparse.Namespace) -> int:
     finally:
         signal.alarm(0)
     result["date"] = bench_report.now_utc()
-    result["command"] = bench_report.command_line()
+    result["command"] = bench_report.command_line(argv)
     result["machine"] = machine
     result["source"] = source
     result["broker"] = PrivateMosquitto.tuning()
@@ -213,6 +214,7 @@ def run_mode(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.mode is None:  # make bench: every section of docs/benchmarks.md
         status = 0
@@ -223,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench.py: --agents and --trials must be at least 1", file=sys.stderr)
         return 2
     try:
-        return run_mode(args)
+        return run_mode(args, argv)
     except (RuntimeError, OSError, ValueError) as exc:
         print(f"bench.py {args.mode}: could not run: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,12 +143,12 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def command_line() -> str:
-    """The command that writes this result's section (the same run, less --json and --doc,
-    which only say where the figures went)."""
+def command_line(argv: Sequence[str]) -> str:
+    """The command that writes this result's section: bench.py with the arguments of this
+    mode's run (argv), less --json and --doc, which only say where the figures went."""
     args: list[str] = []
     skip = False
-    for arg in sys.argv[1:]:
+    for arg in argv:
         if skip:
             skip = False
         elif arg == "--doc":

@@ -224,16 +224,23 @@ def test_make_bench_writes_every_section_urgent_over_4g_included(
     bench over the emulated 4G link, which has a section of its own; the worst status
     is its own."""
     import bench
+    import bench_report
 
     ran: list[tuple[str, str | None]] = []
+    commands: list[str] = []
 
-    def run_mode(args: Any) -> int:
+    def run_mode(args: Any, argv: list[str]) -> int:
         ran.append((args.mode, getattr(args, "link", None)))
+        commands.append(bench_report.command_line([*argv, "--json"]))
         return 3 if args.mode == "delivery" else 0
 
     monkeypatch.setattr(bench, "run_mode", run_mode)
     assert bench.main([]) == 3
     assert ran == [("urgent", "loopback"), ("urgent", "4g"), ("delivery", None), ("agent", None)]
+    assert commands == [  # what each section says made it
+        "python scripts/bench.py urgent", "python scripts/bench.py urgent --link 4g",
+        "python scripts/bench.py delivery", "python scripts/bench.py agent",
+    ]
     parser = bench.build_parser()
     sections = {bench.section(parser.parse_args(argv)) for argv in bench.EVERY_SECTION}
     assert sections == {"urgent", "urgent-4g", "delivery", "agent"}
