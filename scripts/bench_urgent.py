@@ -275,21 +275,34 @@ CPU seconds (user + system) each part used, from the call until every agent play
 {cpu_share_note(r["cpu"]["loa"], r["machine"]["nproc"], r["max_s"])}"""
 
 
+def _headline_rows(r: dict[str, Any]) -> list[list[str]]:
+    """The results table: each measure beside the raw broker's, with its target and
+    verdict where the run checked one (r["targets"]: loopback and 4G check different ones)."""
+    checked = {t["what"]: t for t in r["targets"]}
+
+    def row(what: str, loa: str, raw: str, ratio_: str) -> list[str]:
+        t = checked.get(what)
+        if t is None:
+            return [what, "–", loa, raw, ratio_, ""]
+        return [what, t["target"], loa, raw, ratio_, pass_fail(t["pass"])]
+
+    return [
+        row("agents playing", str(r["played"]), "–", "–"),
+        *(
+            row(f"{stat} trigger → playing", seconds(r[f"{stat}_s"]), seconds(r[raw]),
+                ratio(r[f"{stat}_s"], r[raw]))
+            for stat, raw in (
+                ("p50", "raw_p50_s"), ("p99", "raw_p99_s"), ("max", "raw_fanout_s")
+            )
+        ),
+    ]  # fmt: skip
+
+
 def markdown(result: dict[str, Any], run_line: str, broker_line: str) -> str:
     if result.get("link") == "4g":
         return _markdown_4g(result, run_line, broker_line)
     r = result
-    ok = {t["what"]: t["pass"] for t in r["targets"]}
-    rows = [
-        ["agents playing", f"all {r['agents']}", str(r["played"]), "–", "–",
-         pass_fail(ok["agents playing"])],
-        ["p50 trigger → playing", "–", seconds(r["p50_s"]), seconds(r["raw_p50_s"]),
-         ratio(r["p50_s"], r["raw_p50_s"]), ""],
-        ["p99 trigger → playing", "≤ 1 s", seconds(r["p99_s"]), seconds(r["raw_p99_s"]),
-         ratio(r["p99_s"], r["raw_p99_s"]), pass_fail(ok["p99 trigger → playing"])],
-        ["max trigger → playing", "≤ 2 s", seconds(r["max_s"]), seconds(r["raw_fanout_s"]),
-         ratio(r["max_s"], r["raw_fanout_s"]), pass_fail(ok["max trigger → playing"])],
-    ]  # fmt: skip
+    rows = _headline_rows(r)
     return f"""\
 ## Urgent announcement: trigger → every agent playing
 
@@ -337,19 +350,9 @@ def _link_rows(r: dict[str, Any]) -> list[list[str]]:
 
 
 def _markdown_4g(r: dict[str, Any], run_line: str, broker_line: str) -> str:
-    ok = {t["what"]: t["pass"] for t in r["targets"]}
     link = r["link_params"]
     low, high = link["delay_s"] - link["jitter_s"], link["delay_s"] + link["jitter_s"]
-    rows = [
-        ["agents playing", f"all {r['agents']}", str(r["played"]), "–", "–",
-         pass_fail(ok["agents playing"])],
-        ["p50 trigger → playing", "–", seconds(r["p50_s"]), seconds(r["raw_p50_s"]),
-         ratio(r["p50_s"], r["raw_p50_s"]), ""],
-        ["p99 trigger → playing", "–", seconds(r["p99_s"]), seconds(r["raw_p99_s"]),
-         ratio(r["p99_s"], r["raw_p99_s"]), ""],
-        ["max trigger → playing", "≤ 3 s", seconds(r["max_s"]), seconds(r["raw_fanout_s"]),
-         ratio(r["max_s"], r["raw_fanout_s"]), pass_fail(ok["max trigger → playing"])],
-    ]  # fmt: skip
+    rows = _headline_rows(r)
     totals = r["link_totals"] or {}
     total_lines = []
     for way, towards in (("down", "towards the agents"), ("up", "towards the broker")):
