@@ -68,7 +68,7 @@ def _wait(rig: WebRig, aid: str, clusters: list[str], kinds: set[str]) -> None:
 
 @pytest.mark.parametrize("cap_rig", ["send"], indirect=True)
 def test_an_alert_for_our_commune_is_sent_at_once_and_cancel_stops_it(cap_rig: WebRig) -> None:
-    with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
+    with cap_rig.client() as c:
         auth = _manager_auth(c)
         officer = c.post("/api/v1/login", json={"name": "can-bo-a", "password": PASSWORD})
         r = c.post("/api/v1/cap", content=cap_xml(),
@@ -106,7 +106,7 @@ def test_an_alert_for_our_commune_is_sent_at_once_and_cancel_stops_it(cap_rig: W
 
 @pytest.mark.parametrize("cap_rig", ["approve"], indirect=True)
 def test_an_alert_waits_for_a_manager_when_the_policy_says_so(cap_rig: WebRig) -> None:
-    with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
+    with cap_rig.client() as c:
         auth = _manager_auth(c)
         result = _post(c, auth, cap_xml())
         assert result["action"] == "pending"
@@ -158,7 +158,7 @@ def test_a_cancel_taken_again_does_nothing_also_after_a_restart(cap_rig: WebRig)
 
     cancel_xml = cap_xml(identifier="VN-KTTV-2026-002", msg_type="Cancel",
                          references=FIRST_REF, sent="2026-10-20T08:00:00+07:00")
-    with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
+    with cap_rig.client() as c:
         auth = _manager_auth(c)
         [aid] = _post(c, auth, cap_xml())["announcements"]
         assert _post(c, auth, cancel_xml)["announcements"] == [aid]
@@ -254,7 +254,7 @@ def test_a_cancel_that_is_not_actual_stops_nothing(
 ) -> None:
     caplog.set_level(logging.INFO, logger="controller.cap")
     manager = cap_rig.user("quan-ly")
-    with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
+    with cap_rig.client() as c:
         auth, aid, done = _first_alert_aired(cap_rig, c)
 
         sent = "2026-10-20T07:00:00+07:00"
@@ -304,7 +304,7 @@ def test_an_update_that_is_not_actual_changes_nothing(
 ) -> None:
     caplog.set_level(logging.INFO, logger="controller.cap")
     manager = cap_rig.user("quan-ly")
-    with httpx.Client(base_url=cap_rig.url, timeout=60) as c:
+    with cap_rig.client() as c:
         auth, first, done = _first_alert_aired(cap_rig, c)
 
         sent = "2026-10-20T07:00:00+07:00"

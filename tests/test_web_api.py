@@ -34,12 +34,8 @@ def rig(tmp_path: Path, broker: BrokerUnderTest) -> Iterator[WebRig]:
         r.stop()
 
 
-def client(rig: WebRig) -> httpx.Client:
-    return httpx.Client(base_url=rig.url, timeout=60)
-
-
 def sign_in(rig: WebRig, name: str) -> dict[str, str]:
-    with client(rig) as c:
+    with rig.client() as c:
         r = c.post("/api/v1/login", json={"name": name, "password": PASSWORD})
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['token']}"}
@@ -57,7 +53,7 @@ def follow(c: httpx.Client, auth: dict[str, str], aid: str, until: set[str],
 
 
 def test_sign_in_is_rate_limited(rig: WebRig) -> None:
-    with client(rig) as c:
+    with rig.client() as c:
         assert c.get("/api/v1/me").status_code == 401
         for _ in range(5):
             r = c.post("/api/v1/login", json={"name": "can-bo-a", "password": "wrong-one"})
@@ -74,7 +70,7 @@ def test_sign_in_is_rate_limited(rig: WebRig) -> None:
 
 def test_a_commune_officer_targeting_another_commune_is_refused(rig: WebRig) -> None:
     auth = sign_in(rig, "can-bo-a")
-    with client(rig) as c:
+    with rig.client() as c:
         me = c.get("/api/v1/me", headers=auth).json()
         assert me["scope"] == ["xa-a"]
         ids = [t["id"] for t in c.get("/api/v1/targets", headers=auth).json()]
@@ -91,7 +87,7 @@ def test_a_commune_officer_targeting_another_commune_is_refused(rig: WebRig) -> 
 
 
 def test_cookie_sessions_need_the_csrf_token(rig: WebRig) -> None:
-    with client(rig) as c:
+    with rig.client() as c:
         login = c.post("/api/v1/login", json={"name": "can-bo-a", "password": PASSWORD}).json()
         c.cookies.set("loa_session", login["token"])
         body = {"targets": ["a-01"], "text": "Thử"}
@@ -107,7 +103,7 @@ def test_cookie_sessions_need_the_csrf_token(rig: WebRig) -> None:
 def test_send_text_follow_it_and_read_the_audit_log(rig: WebRig) -> None:
     require("espeak-ng", shutil.which("espeak-ng") is not None, "apt-get install espeak-ng")
     auth = sign_in(rig, "can-bo-a")
-    with client(rig) as c:
+    with rig.client() as c:
         r = c.post("/api/v1/announcements", headers=auth, json={
             "targets": ["ap-a1"], "text": "Nước lên nhanh, bà con di chuyển lên chỗ cao.",
             "level": "emergency", "title": "Lũ",
@@ -143,7 +139,7 @@ def test_send_text_follow_it_and_read_the_audit_log(rig: WebRig) -> None:
 def test_upload_audio_send_it_and_stop_it(rig: WebRig) -> None:
     auth = sign_in(rig, "quan-ly")
     wav = tone(rig.tmp / "canh-bao.wav", 20.0)
-    with client(rig) as c:
+    with rig.client() as c:
         with wav.open("rb") as f:
             r = c.post("/api/v1/audio", headers=auth, files={"audio": ("canh-bao.wav", f)})
         assert r.status_code == 201, r.text
@@ -166,7 +162,7 @@ def test_upload_audio_send_it_and_stop_it(rig: WebRig) -> None:
 
 
 def test_the_api_is_documented_and_errors_say_why(rig: WebRig) -> None:
-    with client(rig) as c:
+    with rig.client() as c:
         schema = c.get("/api/v1/openapi.json").json()
         assert schema["info"]["title"] == "Loa controller API"
         for path in ("/api/v1/login", "/api/v1/announcements",
@@ -186,7 +182,7 @@ def test_the_api_is_documented_and_errors_say_why(rig: WebRig) -> None:
 
 def test_a_disabled_user_loses_access_at_once(rig: WebRig) -> None:
     auth = sign_in(rig, "can-bo-a")
-    with client(rig) as c:
+    with rig.client() as c:
         assert c.get("/api/v1/me", headers=auth).status_code == 200
         time.sleep(0.01)  # a new mtime for the users file
         set_disabled(rig.users_file, "can-bo-a")
@@ -210,7 +206,7 @@ class NoEngine:
 def test_without_a_speech_engine_the_user_is_told_plainly(rig: WebRig) -> None:
     rig.ctx.service.tts = NoEngine()
     auth = sign_in(rig, "can-bo-a")
-    with client(rig) as c:
+    with rig.client() as c:
         assert "no text-to-speech engine" in c.get("/api/v1/me", headers=auth).json()["tts"]
         r = c.post("/api/v1/announcements", headers=auth,
                    json={"targets": ["a-01"], "text": "Thử"})

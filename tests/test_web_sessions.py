@@ -48,10 +48,6 @@ def rig(tmp_path: Path, broker: BrokerUnderTest) -> Iterator[WebRig]:
         r.stop()
 
 
-def client(rig: WebRig) -> httpx.Client:
-    return httpx.Client(base_url=rig.url, timeout=60)
-
-
 def hidden_csrf(html: str) -> str:
     return html.split('name="csrf_token" value="')[1].split('"', maxsplit=1)[0]
 
@@ -93,7 +89,7 @@ def sha256(value: str) -> str:
 
 
 def test_a_signed_in_officer_stays_signed_in_across_a_restart(rig: WebRig) -> None:
-    with client(rig) as c, client(rig) as api:
+    with rig.client() as c, rig.client() as api:
         cookie = page_sign_in(c, "can-bo-a")
         csrf = signed_in_page(c)
         assert csrf
@@ -127,7 +123,7 @@ def test_a_signed_in_officer_stays_signed_in_across_a_restart(rig: WebRig) -> No
 
 
 def test_signed_out_before_a_restart_stays_signed_out(rig: WebRig) -> None:
-    with client(rig) as c, client(rig) as api:
+    with rig.client() as c, rig.client() as api:
         cookie = page_sign_in(c, "can-bo-a")
         csrf = signed_in_page(c)
         bearer = api_sign_in(api, "can-bo-b")
@@ -148,7 +144,7 @@ def test_signed_out_before_a_restart_stays_signed_out(rig: WebRig) -> None:
 
 
 def test_a_session_unused_for_eight_hours_ends_also_across_a_restart(rig: WebRig) -> None:
-    with client(rig) as c:
+    with rig.client() as c:
         cookie = page_sign_in(c, "can-bo-a")
         # Used again shortly before 8 hours: 8 hours from this last use, not from sign-in.
         rig.clock_skew = IDLE_S - 60
@@ -170,7 +166,7 @@ def test_a_session_unused_for_eight_hours_ends_also_across_a_restart(rig: WebRig
 def test_a_disabled_user_or_a_new_password_ends_sessions_across_a_restart(
     rig: WebRig,
 ) -> None:
-    with client(rig) as a, client(rig) as b, client(rig) as manager:
+    with rig.client() as a, rig.client() as b, rig.client() as manager:
         page_sign_in(a, "can-bo-a")
         bearer = api_sign_in(b, "can-bo-b")
         page_sign_in(manager, "quan-ly")
@@ -192,7 +188,7 @@ def test_a_disabled_user_or_a_new_password_ends_sessions_across_a_restart(
 
 
 def test_a_new_password_ends_the_sessions_of_a_running_controller(rig: WebRig) -> None:
-    with client(rig) as c:
+    with rig.client() as c:
         bearer = api_sign_in(c, "can-bo-a")
         assert c.get("/api/v1/me", headers=bearer).status_code == 200
         time.sleep(0.01)  # a new mtime for the users file
@@ -202,7 +198,7 @@ def test_a_new_password_ends_the_sessions_of_a_running_controller(rig: WebRig) -
 
 
 def test_the_store_holds_a_hash_of_the_session_id_never_the_id(rig: WebRig) -> None:
-    with client(rig) as c, client(rig) as api:
+    with rig.client() as c, rig.client() as api:
         cookie = page_sign_in(c, "can-bo-a")
         token = api_sign_in(api, "quan-ly")["Authorization"].removeprefix("Bearer ")
         csrf = signed_in_page(c)

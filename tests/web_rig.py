@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 from conftest import free_port, require, wait_until
 from fastapi import FastAPI
 
@@ -149,6 +150,10 @@ class WebRig:
     def url(self) -> str:
         assert self.server is not None
         return self.server.url
+
+    def client(self) -> httpx.Client:
+        """An HTTP client of the running web app (a generous timeout: CI is slow)."""
+        return httpx.Client(base_url=self.url, timeout=60)
 
     def start_agent(self, cid: str) -> Agent:
         fleet = self.controller.fleet
