@@ -132,8 +132,7 @@ class _ReadAheadClient(paho.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ahead = bytearray(self.READ_SIZE)
-        self._ahead_view = memoryview(self._ahead)
+        self._ahead_view = memoryview(bytearray(self.READ_SIZE))
         self._ahead_at = 0  # what paho has taken of the buffer
         self._ahead_end = 0  # what the last read put in it
         self._draining = False
