@@ -218,8 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mode is None:  # make bench: every section of docs/benchmarks.md
         status = 0
-        for section in EVERY_SECTION:
-            status = max(status, main(section))
+        for section_argv in EVERY_SECTION:
+            status = max(status, main(section_argv))
         return status
     if getattr(args, "agents", 1) < 1 or getattr(args, "trials", 1) < 1:
         print("bench.py: --agents and --trials must be at least 1", file=sys.stderr)
