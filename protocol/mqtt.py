@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
@@ -119,61 +120,174 @@ class Link(Protocol):
     def connected(self) -> bool: ...
 
 
+PUBLISH_TYPE = 0x30
+MAX_LENGTH_BYTES = 4  # MQTT 3.1.1 2.2.3: the remaining length takes 1 to 4 bytes
+
+
 class _ReadAheadClient(paho.Client):
-    """paho reads a packet a piece at a time: its type byte, each byte of its length,
-    then the rest, a recv() each. This client reads what the socket holds into one buffer
-    it keeps (no new memory for each read) and serves paho's reads from it; `loop_read`
-    then handles every packet that read brought before it returns, so nothing is left
-    waiting in the buffer while the socket, which the caller watches, has nothing new to
-    say. Packets that arrived together (a command and its audio) are thereby handled
+    """A paho client that frames what it receives itself, on plain TCP.
+
+    paho reads a packet a piece at a time (its type byte, each byte of its length, then
+    the rest: a recv() each), then copies a PUBLISH's payload three more times while
+    taking it apart, and builds a message object with its own lock for each. Here
+    `loop_read` reads what the socket holds into one buffer kept for the connection
+    and handles every whole packet in it before returning:
+    - a PUBLISH of QoS 0 or 1 (all Loa sends) goes straight to `on_topic_payload`
+      (topic, payload: the payload copied once out of the buffer), then its PUBACK is
+      queued as paho would queue it;
+    - any other packet goes to paho's own handling, as if paho had read it.
+    What is left, the start of a packet, stays for the next read. A packet too large for
+    the buffer, and everything on TLS, is read by paho as paho reads it.
+    Packets that arrived together (a command and its audio) are thereby handled
     together: one step of the agent."""
 
     READ_SIZE = 256 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ahead_view = memoryview(bytearray(self.READ_SIZE))
-        self._ahead_at = 0  # what paho has taken of the buffer
-        self._ahead_end = 0  # what the last read put in it
-        self._draining = False
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        at = self._ahead_at
-        if at < self._ahead_end:
-            end = min(at + bufsize, self._ahead_end)
-            self._ahead_at = end
-            return bytes(self._ahead_view[at:end])
-        if self._draining:  # only what the last read brought; the socket can wait
-            raise BlockingIOError
-        sock = self._sock
-        if (
-            bufsize >= self.READ_SIZE
-            or not isinstance(sock, socket.socket)
-            or isinstance(sock, ssl.SSLSocket)
-        ):
-            return super()._sock_recv(bufsize)  # a large body, or TLS: as paho reads it
-        try:
-            got = sock.recv_into(self._ahead_view)
-        except AttributeError as err:  # closed under us, as paho's own read says
-            raise ConnectionError() from err
-        if got <= bufsize:
-            return bytes(self._ahead_view[:got])
-        self._ahead_at, self._ahead_end = bufsize, got
-        return bytes(self._ahead_view[:bufsize])
+        # Set by the owner; without it, messages go to paho's on_message as usual.
+        self.on_topic_payload: Handler | None = None
+        self._ahead = bytearray(self.READ_SIZE)  # moved within when a packet straddles
+        self._ahead_view = memoryview(self._ahead)  # read into without a new buffer
+        self._ahead_at = 0  # where the first packet not handled yet starts
+        self._ahead_end = 0  # where what was read ends
 
     def _sock_close(self) -> None:
         self._ahead_at = self._ahead_end = 0
         super()._sock_close()
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        self._draining = True
+        sock = self._sock
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+            return super().loop_read(max_packets)
+        if self._in_packet["command"]:  # paho is reading a packet too large for the buffer
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         try:
-            while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._ahead_at < self._ahead_end:
-                rc = super().loop_read(max_packets)
+            got = sock.recv_into(self._ahead_view[self._ahead_end :])
+        except BlockingIOError:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        except OSError as err:
+            self._easy_log(paho.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+        if got == 0:
+            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+        self._ahead_end += got
+        with self._msgtime_mutex:
+            self._last_bytes_received = paho.time_func()
+        rc = self._handle_read_ahead()
+        if rc > 0:
+            return self._loop_rc_handle(rc)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_read_ahead(self) -> MQTTErrorCode:
+        """Handle every whole packet in the buffer; keep the start of the next one."""
+        view = self._ahead_view
+        at, end = self._ahead_at, self._ahead_end
+        while True:
+            needed = 2  # the smallest packet: a type byte and a zero length
+            if end - at < needed:
+                break
+            # The fixed header: type and flags, then the remaining length (2.2.3).
+            length, multiplier, pos = 0, 1, at + 1
+            while True:
+                if pos >= end:
+                    length = -1  # the length itself is not all here yet
+                    break
+                byte = view[pos]
+                pos += 1
+                length += (byte & 127) * multiplier
+                if not byte & 128:
+                    break
+                multiplier *= 128
+                if pos - at > MAX_LENGTH_BYTES:
+                    self._ahead_at = self._ahead_end = 0
+                    return MQTTErrorCode.MQTT_ERR_PROTOCOL
+            if length < 0:
+                needed = pos - at + 1
+                break
+            needed = pos - at + length
+            if needed > self.READ_SIZE:
+                return self._hand_to_paho(at, pos, end, length)
+            if end - at < needed:
+                break
+            command = view[at]
+            at += needed
+            self._ahead_at = at  # before handling: a handler may close the connection
+            if command & 0xF0 == PUBLISH_TYPE and command & 0x06 != 0x04:
+                rc = self._handle_publish_view(command, view[pos:at])
+            else:
+                rc = self._handle_as_paho(command, length, view[pos:at])
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._ahead_end == 0:
+                return rc
+        if at == end:
+            self._ahead_at = self._ahead_end = 0
+        elif at + needed > self.READ_SIZE:  # the rest of this packet would not fit after it
+            self._ahead[: end - at] = self._ahead[at:end]
+            self._ahead_at, self._ahead_end = 0, end - at
+        else:
+            self._ahead_at = at
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_publish_view(self, command: int, body: memoryview) -> MQTTErrorCode:
+        """A PUBLISH of QoS 0 or 1 (MQTT 3.1.1 3.3): to on_topic_payload, then its PUBACK."""
+        qos = (command & 0x06) >> 1
+        if len(body) < 2:
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        topic_end = 2 + ((body[0] << 8) | body[1])
+        payload_at = topic_end + (2 if qos else 0)
+        if topic_end == 2 or payload_at > len(body):
+            self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed PUBLISH")
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        handler = self.on_topic_payload
+        if handler is None:
+            return self._handle_as_paho(command, len(body), body)
+        try:
+            topic = str(body[2:topic_end], "utf-8")
+        except UnicodeDecodeError:
+            log.warning("dropped a message whose topic is not UTF-8: %r", bytes(body[2:topic_end]))
+        else:
+            handler(topic, bytes(body[payload_at:]))
+        if qos and not self._manual_ack:
+            return self._send_puback((body[topic_end] << 8) | body[topic_end + 1])
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_as_paho(self, command: int, length: int, body: memoryview) -> MQTTErrorCode:
+        """Any other packet: paho's own handling, as if paho had read it."""
+        self._in_packet = _in_packet(command, length, bytearray(body))
+        try:
+            return self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
         finally:
-            self._draining = False
-        return rc
+            self._in_packet = _in_packet(0, 0, bytearray())
+
+    def _hand_to_paho(self, at: int, body_at: int, end: int, length: int) -> MQTTErrorCode:
+        """A packet larger than the buffer: paho reads the rest of it from the socket."""
+        body = bytearray(self._ahead_view[body_at:end])
+        self._in_packet = _in_packet(self._ahead_view[at], length, body)
+        self._in_packet["to_process"] = length - (end - body_at)
+        self._ahead_at = self._ahead_end = 0
+        return self._packet_read()
+
+
+def _in_packet(command: int, length: int, body: bytearray) -> Any:
+    """paho's record of the packet it is reading: command and whole length known."""
+    return {
+        "command": command,
+        "have_remaining": 1 if command else 0,
+        "remaining_count": [],
+        "remaining_mult": 1,
+        "remaining_length": length,
+        "packet": body,
+        "to_process": 0,
+        "pos": 0,
+    }
 
 
 class MqttLink:
@@ -222,6 +336,7 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_topic_payload = self._dispatch
         self._keepalive = keepalive
         self._client = client
 
@@ -335,7 +450,10 @@ class MqttLink:
             self._notify(False)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        topic = msg.topic
+        self._dispatch(msg.topic, bytes(msg.payload))
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        """A message to the handlers of every filter its topic matches."""
         with self._lock:
             exact = self._subs.get(topic)
             handlers = [exact[0]] if exact else []
@@ -347,9 +465,9 @@ class MqttLink:
                 )
         for handler in handlers:
             try:
-                handler(msg.topic, bytes(msg.payload))
+                handler(topic, payload)
             except Exception:
-                log.exception("handler for %s failed; message dropped", msg.topic)
+                log.exception("handler for %s failed; message dropped", topic)
 
     def _notify(self, up: bool) -> None:
         for listener in self._listeners:
