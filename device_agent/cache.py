@@ -230,14 +230,15 @@ class Cache:
 
     def add_chunk(self, chunk: Chunk) -> ChunkOutcome:
         """Store one chunk; join and verify the content when it was the last one missing."""
-        if self.has(chunk.sha256):
-            return "duplicate"
         with self._lock:
+            # A download under way is content not complete yet: no look at the disk.
             download = self._downloads.get(chunk.sha256)
             if download is not None:
                 outcome = self._write(download, chunk)
                 if outcome == "stored":
                     outcome = self._finish_if_complete(download)
+            elif self.has(chunk.sha256):
+                return "duplicate"
             else:
                 outcome = self._keep_early(chunk)
         if outcome == "complete":

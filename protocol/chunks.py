@@ -38,7 +38,7 @@ class Chunk:
     sha256: str
     index: int
     count: int
-    data: bytes
+    data: bytes | memoryview  # decoded: a view of the payload, not a copy of 64 KiB
 
 
 def sha256_hex(data: bytes) -> str:
@@ -54,6 +54,7 @@ def encode(sha256: str, index: int, count: int, data: bytes) -> bytes:
 
 
 def decode(payload: bytes) -> Chunk:
+    """The chunk in payload; its data is a view of payload."""
     if len(payload) < HEADER_SIZE:
         raise ChunkError(f"chunk too short ({len(payload)} bytes, header is {HEADER_SIZE})")
     magic, digest, index, count = HEADER.unpack_from(payload)
@@ -61,7 +62,7 @@ def decode(payload: bytes) -> Chunk:
         raise ChunkError("not a Loa chunk (bad magic)")
     if count == 0 or index >= count:
         raise ChunkError(f"chunk index {index} out of range for {count} chunks")
-    data = payload[HEADER_SIZE:]
+    data = memoryview(payload)[HEADER_SIZE:]
     if len(data) > MAX_CHUNK_SIZE:
         raise ChunkError(f"chunk of {len(data)} bytes exceeds the {MAX_CHUNK_SIZE}-byte limit")
     return Chunk(digest.hex(), index, count, data)
