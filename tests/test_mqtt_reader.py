@@ -199,7 +199,8 @@ def test_a_topic_that_is_not_utf8_is_dropped_and_still_acknowledged(
     wait_until(lambda: inbox.count() == 1, 10, "the good message")
     assert inbox.messages == [("t/good", b"fine")]
     wait_until(lambda: broker.acked(0) == [7, 8], 10, "both PUBACKs")
-    assert link.connected and not broker.closed[0]
+    assert link.connected
+    assert not broker.closed[0]
 
 
 def test_a_publish_too_short_for_its_topic_drops_the_connection(
