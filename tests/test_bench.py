@@ -99,7 +99,10 @@ def test_delivery_counts_each_agents_bytes_and_writes_its_section(tmp_path: Path
     assert r["deliver_s"] > 0
     assert r["raw_fanout_s"] > 0
     assert r["repeat_bytes_per_agent"] > 0
+    assert r["store_s"] > 0
+    assert r["store_cpu_s"] >= 0
     text = doc.read_text(encoding="utf-8")
+    assert "Storing alone, without the network" in text
     assert "<!-- bench:delivery:begin -->" in text
     assert "<!-- bench:delivery:end -->" in text
     assert "Not run yet: `python scripts/bench.py urgent`" in text
@@ -244,6 +247,23 @@ def test_make_bench_writes_every_section_urgent_over_4g_included(
     parser = bench.build_parser()
     sections = {bench.section(parser.parse_args(argv)) for argv in bench.EVERY_SECTION}
     assert sections == {"urgent", "urgent-4g", "delivery", "agent"}
+
+
+def test_storing_alone_writes_every_copy_whole_and_never_over_an_earlier_one(
+    tmp_path: Path,
+) -> None:
+    import bench_fleet
+
+    content = tmp_path / "bulletin.opus"
+    content.write_bytes(bytes(range(256)) * 1000 + b"tail")
+    folder = tmp_path / "store" / "one"
+    wall, cpu = bench_fleet.store_copies(content, 65536, folder, ["ph-001", "ph-002"])
+    assert wall > 0
+    assert cpu >= 0
+    assert sorted(p.name for p in folder.iterdir()) == ["ph-001", "ph-002"]
+    assert all(p.read_bytes() == content.read_bytes() for p in folder.iterdir())
+    with pytest.raises(FileExistsError):
+        bench_fleet.store_copies(content, 65536, folder, ["ph-003"])
 
 
 def test_fleets_take_one_process_per_core_and_the_open_files_they_need(
