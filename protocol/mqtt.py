@@ -160,7 +160,11 @@ class _ReadAheadClient(paho.Client):
         sock = self._sock
         if sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
-        if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+        if (
+            not isinstance(sock, socket.socket)
+            or isinstance(sock, ssl.SSLSocket)
+            or self._protocol == MQTTProtocolVersion.MQTTv5  # PUBLISH has properties there
+        ):
             return super().loop_read(max_packets)
         if self._in_packet["command"]:  # paho is reading a packet too large for the buffer
             rc = self._packet_read()
