@@ -16,6 +16,7 @@ from contextlib import ExitStack
 
 import pytest
 from conftest import wait_until
+from test_mqtt_link import Inbox
 
 from protocol.mqtt import BrokerAddress, MqttLink, NetworkLoop
 
@@ -116,20 +117,6 @@ class ScriptedBroker:
             conn.close()
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.messages: list[tuple[str, bytes]] = []
-
-    def __call__(self, topic: str, payload: bytes) -> None:
-        with self._lock:
-            self.messages.append((topic, payload))
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.messages)
-
-
 @pytest.fixture(params=["own-thread", "shared-loop"])
 def rig(request: pytest.FixtureRequest) -> Iterator[tuple[ScriptedBroker, MqttLink, Inbox]]:
     """A scripted broker and a connected link subscribed to t/# (on its own thread, then
@@ -167,7 +154,7 @@ def test_packets_cut_anywhere_come_out_whole_and_acknowledged(
     rng = random.Random(4)
     pieces = [rng.choice([1, 1, 2, 3, 5, 700, 40_000, 300_000]) for _ in range(400)]
     broker.send(0, bytes(stream), pieces)
-    wait_until(lambda: inbox.count() == len(messages), 20, "every message")
+    wait_until(lambda: len(inbox.messages) == len(messages), 20, "every message")
     assert inbox.messages == [(t.decode(), p) for t, p in messages]
     qos1 = [1000 + i for i in range(len(messages)) if i % 2]
     wait_until(lambda: broker.acked(0) == qos1, 10, "a PUBACK for each QoS 1 message, in order")
@@ -180,7 +167,7 @@ def test_a_length_that_never_ends_drops_the_connection(
     error; the link closes the connection and connects again."""
     broker, link, inbox = rig
     broker.send(0, publish_packet(b"t/ok", b"before"))
-    wait_until(lambda: inbox.count() == 1, 10, "the message before")
+    wait_until(lambda: len(inbox.messages) == 1, 10, "the message before")
     broker.send(0, bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]) + b"x" * 10)
     wait_until(lambda: broker.closed[0], 10, "the link to close the connection")
     wait_until(lambda: len(broker.connections) >= 2 and link.connected, 20, "a new connection")
@@ -196,7 +183,7 @@ def test_a_topic_that_is_not_utf8_is_dropped_and_still_acknowledged(
         publish_packet(b"t/\xff\xfe", b"bad", qos=1, mid=7)
         + publish_packet(b"t/good", b"fine", qos=1, mid=8),
     )
-    wait_until(lambda: inbox.count() == 1, 10, "the good message")
+    wait_until(lambda: len(inbox.messages) == 1, 10, "the good message")
     assert inbox.messages == [("t/good", b"fine")]
     wait_until(lambda: broker.acked(0) == [7, 8], 10, "both PUBACKs")
     assert link.connected
@@ -210,7 +197,7 @@ def test_a_publish_too_short_for_its_topic_drops_the_connection(
     # The topic length says 200 bytes; the packet holds 3.
     broker.send(0, bytes([0x32, 0x05, 0x00, 0xC8]) + b"t/x")
     wait_until(lambda: broker.closed[0], 10, "the link to close the connection")
-    assert inbox.count() == 0
+    assert len(inbox.messages) == 0
 
 
 @pytest.mark.parametrize("split", [None, [1, 1, 1]], ids=["whole", "cut"])
@@ -227,6 +214,6 @@ def test_a_message_before_and_after_a_large_one(
         + publish_packet(b"t/b", b"last", qos=1, mid=3)
     )
     broker.send(0, stream, split)
-    wait_until(lambda: inbox.count() == 3, 20, "three messages")
+    wait_until(lambda: len(inbox.messages) == 3, 20, "three messages")
     assert inbox.messages == [("t/a", b"first"), ("t/big", big), ("t/b", b"last")]
     wait_until(lambda: broker.acked(0) == [1, 2, 3], 10, "three PUBACKs")
