@@ -661,7 +661,8 @@ class NetworkLoop:
                     client.loop_read()
                 if mask & selectors.EVENT_WRITE and client.socket() is key.fileobj:
                     client.loop_write()
-                self._sync_write(client)
+                if client not in self._writing:  # else written and looked at just below
+                    self._sync_write(client)
             self._after_events()
             if self._after_reads is not None:
                 try:

@@ -9,6 +9,7 @@ quarter second until the message is in or the deadline passes (`publish_until`).
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 import pytest
@@ -146,6 +147,42 @@ def test_a_burst_of_small_and_large_messages_arrives_whole_and_in_order(
     )
     got = [p for p in inbox.payloads("t/burst")[before:] if p != b"probe"]
     assert got == burst
+
+
+def test_acknowledging_messages_on_a_shared_loop_changes_nothing_the_selector_watches(
+    mosquitto_broker: MosquittoBroker,
+) -> None:
+    """Each QoS 1 message a link takes queues a PUBACK, which the loop writes once it has
+    read every socket; the socket is not watched for writing in between (two epoll
+    changes for each read, when the PUBACK is written at once anyway)."""
+    loop = NetworkLoop()
+    loop.start()
+    changes: list[int] = []
+    watch = loop._selector.modify
+
+    def counted(fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        changes.append(events)
+        return watch(fileobj, events, data)
+
+    loop._selector.modify = counted  # type: ignore[method-assign]  # a spy on the real one
+    sub = MqttLink(mosquitto_broker.address, "acks-sub", loop=loop)
+    pub = MqttLink(mosquitto_broker.address, "acks-pub")
+    inbox = Inbox()
+    sub.subscribe("t/acks", inbox)
+    try:
+        for link in (sub, pub):
+            link.start()
+            assert link.wait_connected(CONNECT_TIMEOUT)
+        publish_until(pub, "t/acks", b"probe", lambda: inbox.payloads("t/acks"))
+        before = len(changes)
+        for i in range(40):
+            assert pub.wait_published("t/acks", i.to_bytes(2, "big"), qos=1, timeout=10)
+        wait_until(lambda: len(inbox.payloads("t/acks")) >= 41, 10, "40 messages")
+        assert changes[before:] == []
+    finally:
+        sub.stop()
+        pub.stop()
+        loop.stop()
 
 
 def test_acknowledged_publish(links: Callable[..., MqttLink]) -> None:
