@@ -137,7 +137,7 @@ class _ReadAheadClient(paho.Client):
       queued as paho would queue it;
     - any other packet goes to paho's own handling, as if paho had read it.
     What is left, the start of a packet, stays for the next read. A packet too large for
-    the buffer, and everything on TLS, is read by paho as paho reads it.
+    the buffer, and everything on TLS or MQTT 5, is read by paho as paho reads it.
     Packets that arrived together (a command and its audio) are thereby handled
     together: one step of the agent."""
 
@@ -240,11 +240,9 @@ class _ReadAheadClient(paho.Client):
     def _handle_publish_view(self, command: int, body: memoryview) -> MQTTErrorCode:
         """A PUBLISH of QoS 0 or 1 (MQTT 3.1.1 3.3): to on_topic_payload, then its PUBACK."""
         qos = (command & 0x06) >> 1
-        if len(body) < 2:
-            return MQTTErrorCode.MQTT_ERR_PROTOCOL
-        topic_end = 2 + ((body[0] << 8) | body[1])
+        topic_end = 2 + int.from_bytes(body[:2], "big")
         payload_at = topic_end + (2 if qos else 0)
-        if topic_end == 2 or payload_at > len(body):
+        if len(body) < 2 or topic_end == 2 or payload_at > len(body):
             self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed PUBLISH")
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
         handler = self.on_topic_payload
