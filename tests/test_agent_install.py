@@ -86,10 +86,12 @@ def test_unknown_options_and_help() -> None:
 def test_without_root_and_without_dry_run_it_refuses(tmp_path: Path) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv is not installed")
+    # The script goes in on stdin, from /: the checkout may be where nobody can read.
     result = subprocess.run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-         "bash", str(SCRIPT), "--no-apt"],
-        capture_output=True, text=True, timeout=30, check=False,
+         "bash", "-s", "--", "--no-apt"],
+        input=SCRIPT.read_text(), capture_output=True, text=True, timeout=30, check=False,
+        cwd="/",
     )
     if "Operation not permitted" in result.stderr:
         pytest.skip("cannot change user here")
