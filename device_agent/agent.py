@@ -5,8 +5,8 @@ crypto); the agent's worker takes each message through the guard to the cache, t
 player or the outbox, then lets the player and the outbox do what is due (once per
 batch of messages), and wakes up on its own when something is due; the output of a play
 runs on one short-lived thread while it plays. The worker is a thread of the agent's
-own, or, where one process runs hundreds of agents, a pool they share
-(device_agent/workers.py).
+own (device_agent/workers.py), or, where one process runs hundreds of simulated agents,
+mailboxes on a pool they share (given by the simulator).
 
 Topics (see protocol/topics.py): the agent reads its cluster's command, content and
 membership topics and its groups' command and content topics; it writes events
@@ -45,7 +45,7 @@ from device_agent.outbox import Outbox
 from device_agent.output import OutputBackend
 from device_agent.player import Player, PlayRecord, PlayView
 from device_agent.relays import RelayConfig
-from device_agent.workers import WAKE, Item, OwnThread, WorkerPool
+from device_agent.workers import WAKE, Item, Mailboxes, OwnThread
 from protocol import chunks, topics
 from protocol.clock import Clock
 from protocol.messages import (
@@ -132,7 +132,7 @@ class Agent:
         heartbeat_s: float | None = 60.0,
         default_volume: int = 100,
         max_content_bytes: int = MAX_CONTENT_BYTES,
-        pool: WorkerPool | None = None,
+        pool: Mailboxes | None = None,
         keepalive_s: int | None = None,
     ) -> None:
         """durable=False skips every fsync: state then survives a crash of the process, not
@@ -144,9 +144,9 @@ class Agent:
         between heartbeats (None: none). max_content_bytes: the quota of complete audio in
         the agent's own cache, least recently used evicted beyond it, never the audio of
         plays still scheduled or playing. pool: run the worker on this pool shared with
-        other agents of the process instead of a thread of its own. keepalive_s: the
-        link's MQTT keepalive, sent in each heartbeat: the controller declares the
-        cluster offline after 1.5 x that without hearing from it."""
+        other agents of the process instead of a thread of its own (a simulated fleet).
+        keepalive_s: the link's MQTT keepalive, sent in each heartbeat: the controller
+        declares the cluster offline after 1.5 x that without hearing from it."""
         self.cluster_id = topics.check_id(cluster_id, "cluster id")
         self._link = link
         self._clock = clock

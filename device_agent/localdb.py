@@ -16,9 +16,10 @@ One database per agent, one connection, WAL journal, exclusive locking:
 - exclusive locking keeps WAL's index in memory instead of a `-shm` file, so an agent
   holds two file descriptors for its state. That matters when a simulated fleet runs
   many agents in one process: a link on its own thread waits on its socket with paho's
-  select(), which cannot see descriptors numbered 1024 or above (the shared NetworkLoop
-  uses epoll), and every descriptor counts against the process's limit. It also means
-  a second process cannot open the database of a running agent.
+  select(), which cannot see descriptors numbered 1024 or above (the simulator's shared
+  NetworkLoop, scripts/sim_network.py, uses epoll), and every descriptor counts against
+  the process's limit. It also means a second process cannot open the database of a
+  running agent.
 - durable=True syncs every commit to the SD card (it survives a power cut); False only
   survives a crash of the process (simulated fleets on one machine).
 - 1 KiB pages (`PAGE_SIZE`, for a new file): a commit writes every page it changed to the

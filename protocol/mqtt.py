@@ -1,25 +1,25 @@
 """The MQTT edge: a small Link interface and its paho-mqtt 2.x implementation.
 
-This is the only module in Loa that imports paho. Everything else sees `Link`:
-subscribe a handler to a topic filter, publish bytes, learn about (re)connections.
-`MqttLink.last_refusal` tells why the broker refused the last login, if it did.
-Subscriptions are remembered and renewed on every reconnect. The protocol needs
-nothing beyond MQTT 3.1.1 with QoS 0/1, so it runs on amqtt, mosquitto, EMQX,
-HiveMQ and VerneMQ alike.
+This is the only module of the controller and the agent that imports paho. Everything
+else sees `Link`: subscribe a handler to a topic filter, publish bytes, learn about
+(re)connections. `MqttLink.last_refusal` tells why the broker refused the last login,
+`MqttLink.last_failure` why the last connection could not be made (the TLS reason
+when the handshake failed: unknown CA, wrong host name, expired certificate). Both are
+logged as warnings, a repeat at most every few minutes. Subscriptions are remembered
+and renewed on every reconnect. The protocol needs nothing beyond MQTT 3.1.1 with
+QoS 0/1, so it runs on amqtt, mosquitto, EMQX, HiveMQ and VerneMQ alike.
 
-A link runs its own network thread (paho's `loop_start`), or, in a process that holds
-many connections (a simulated fleet), shares one `NetworkLoop` with the others: one
-thread and one epoll selector for all of them instead of a thread and a wake-up socket
-pair each.
+The link uses paho as paho is meant to be used, through its public API only: its own
+network thread (`loop_start`), paho's reading and acknowledging of every packet, TLS
+through an `ssl.SSLContext` pinned to the CA given (`tls_set_context`). The few methods
+whose names start with `_network` are where a simulated fleet's links, many to one
+network thread, differ (scripts/sim_network.py); nothing here depends on them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
-import selectors
-import socket
 import ssl
 import threading
 import time
@@ -29,8 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
@@ -120,180 +119,120 @@ class Link(Protocol):
     def connected(self) -> bool: ...
 
 
-PUBLISH_TYPE = 0x30
-MAX_LENGTH_BYTES = 4  # MQTT 3.1.1 2.2.3: the remaining length takes 1 to 4 bytes
+@dataclass(frozen=True)
+class ConnectFailure:
+    """Why a connection to the broker could not be made, before the broker could answer.
+
+    tls: the TCP connection was made and the TLS handshake failed (reason says why, as
+    OpenSSL does: "certificate verify failed: unable to get local issuer certificate");
+    else the TCP connection itself failed (name, route, port), which paho does not say."""
+
+    reason: str
+    hint: str
+    tls: bool
 
 
-class _ReadAheadClient(paho.Client):
-    """A paho client that frames what it receives itself, on plain TCP.
+# OpenSSL's verification errors (X509_V_ERR_*) that call for different advice.
+_UNKNOWN_CA = frozenset({2, 18, 19, 20, 21})  # no issuer known here; self-signed
+_OUT_OF_DATE = frozenset({9, 10})  # not yet valid; expired
+_WRONG_HOST = frozenset({62, 64})  # host name mismatch; IP address mismatch
+CA_SETTING = "broker_ca_file in the config, --ca-file on the command line"
 
-    paho reads a packet a piece at a time (its type byte, each byte of its length, then
-    the rest: a recv() each), then copies a PUBLISH's payload three more times while
-    taking it apart, and builds a message object with its own lock for each. Here
-    `loop_read` reads what the socket holds into one buffer kept for the connection
-    and handles every whole packet in it before returning:
-    - a PUBLISH of QoS 0 or 1 (all Loa sends) goes straight to `on_topic_payload`
-      (topic, payload: the payload copied once out of the buffer), then its PUBACK is
-      queued as paho would queue it;
-    - any other packet goes to paho's own handling, as if paho had read it.
-    What is left, the start of a packet, stays for the next read. A packet too large for
-    the buffer, and everything on TLS or MQTT 5, is read by paho as paho reads it.
-    Packets that arrived together (a command and its audio) are thereby handled
-    together: one step of the agent."""
 
-    READ_SIZE = 256 * 1024
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Set by the owner; without it, messages go to paho's on_message as usual.
-        self.on_topic_payload: Handler | None = None
-        self._ahead = bytearray(self.READ_SIZE)  # moved within when a packet straddles
-        self._ahead_view = memoryview(self._ahead)  # read into without a new buffer
-        self._ahead_at = 0  # where the first packet not handled yet starts
-        self._ahead_end = 0  # where what was read ends
-
-    def _sock_close(self) -> None:
-        self._ahead_at = self._ahead_end = 0
-        super()._sock_close()
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        sock = self._sock
-        if sock is None:
-            return MQTTErrorCode.MQTT_ERR_NO_CONN
-        if (
-            not isinstance(sock, socket.socket)
-            or isinstance(sock, ssl.SSLSocket)
-            or self._protocol == MQTTProtocolVersion.MQTTv5  # PUBLISH has properties there
-        ):
-            return super().loop_read(max_packets)
-        if self._in_packet["command"]:  # paho is reading a packet too large for the buffer
-            rc = self._packet_read()
-            if rc > 0:
-                return self._loop_rc_handle(rc)
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        try:
-            got = sock.recv_into(self._ahead_view[self._ahead_end :])
-        except BlockingIOError:
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        except OSError as err:
-            self._easy_log(paho.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
-            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
-        if got == 0:
-            return self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
-        self._ahead_end += got
-        with self._msgtime_mutex:
-            self._last_bytes_received = paho.time_func()
-        rc = self._handle_read_ahead()
-        if rc > 0:
-            return self._loop_rc_handle(rc)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _handle_read_ahead(self) -> MQTTErrorCode:
-        """Handle every whole packet in the buffer; keep the start of the next one."""
-        view = self._ahead_view
-        at, end = self._ahead_at, self._ahead_end
-        while True:
-            needed = 2  # the smallest packet: a type byte and a zero length
-            if end - at < needed:
-                break
-            # The fixed header: type and flags, then the remaining length (2.2.3).
-            length, multiplier, pos = 0, 1, at + 1
-            while True:
-                if pos >= end:
-                    length = -1  # the length itself is not all here yet
-                    break
-                byte = view[pos]
-                pos += 1
-                length += (byte & 127) * multiplier
-                if not byte & 128:
-                    break
-                multiplier *= 128
-                if pos - at > MAX_LENGTH_BYTES:
-                    self._ahead_at = self._ahead_end = 0
-                    return MQTTErrorCode.MQTT_ERR_PROTOCOL
-            if length < 0:
-                needed = pos - at + 1
-                break
-            needed = pos - at + length
-            if needed > self.READ_SIZE:
-                return self._hand_to_paho(at, pos, end, length)
-            if end - at < needed:
-                break
-            command = view[at]
-            at += needed
-            self._ahead_at = at  # before handling: a handler may close the connection
-            if command & 0xF0 == PUBLISH_TYPE and command & 0x06 != 0x04:
-                rc = self._handle_publish_view(command, view[pos:at])
-            else:
-                rc = self._handle_as_paho(command, length, view[pos:at])
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._ahead_end == 0:
-                return rc
-        if at == end:
-            self._ahead_at = self._ahead_end = 0
-        elif at + needed > self.READ_SIZE:  # the rest of this packet would not fit after it
-            self._ahead[: end - at] = self._ahead[at:end]
-            self._ahead_at, self._ahead_end = 0, end - at
+def describe_tls_failure(exc: OSError, host: str, ca_setting: str = CA_SETTING) -> ConnectFailure:
+    """What a failed TLS handshake with host means, and what to do about it; ca_setting
+    names where the CA is given."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = exc.verify_code
+        reason = f"certificate verify failed: {exc.verify_message}"
+        if code in _UNKNOWN_CA:
+            hint = (
+                "the broker's certificate is not signed by the CA this client trusts: give "
+                f"the CA certificate that signed it ({ca_setting})"
+            )
+        elif code in _OUT_OF_DATE:
+            hint = (
+                "the broker's certificate is outside its validity dates: renew it on the "
+                "broker, or set this machine's clock right (timedatectl)"
+            )
+        elif code in _WRONG_HOST:
+            hint = (
+                f"the broker's certificate does not name {host}: write the broker URL with a "
+                "host name the certificate names, or give the broker a certificate naming it"
+            )
         else:
-            self._ahead_at = at
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _handle_publish_view(self, command: int, body: memoryview) -> MQTTErrorCode:
-        """A PUBLISH of QoS 0 or 1 (MQTT 3.1.1 3.3): to on_topic_payload, then its PUBACK."""
-        qos = (command & 0x06) >> 1
-        topic_end = 2 + int.from_bytes(body[:2], "big")
-        payload_at = topic_end + (2 if qos else 0)
-        if len(body) < 2 or topic_end == 2 or payload_at > len(body):
-            self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed PUBLISH")
-            return MQTTErrorCode.MQTT_ERR_PROTOCOL
-        handler = self.on_topic_payload
-        if handler is None:
-            return self._handle_as_paho(command, len(body), body)
-        try:
-            topic = str(body[2:topic_end], "utf-8")
-        except UnicodeDecodeError:
-            log.warning("dropped a message whose topic is not UTF-8: %r", bytes(body[2:topic_end]))
-        else:
-            handler(topic, bytes(body[payload_at:]))
-        if qos and not self._manual_ack:
-            return self._send_puback((body[topic_end] << 8) | body[topic_end + 1])
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _handle_as_paho(self, command: int, length: int, body: memoryview) -> MQTTErrorCode:
-        """Any other packet: paho's own handling, as if paho had read it."""
-        self._in_packet = _in_packet(command, length, bytearray(body))
-        try:
-            return self._packet_handle()
-        except MalformedPacket as exc:
-            self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
-            return MQTTErrorCode.MQTT_ERR_PROTOCOL
-        finally:
-            self._in_packet = _in_packet(0, 0, bytearray())
-
-    def _hand_to_paho(self, at: int, body_at: int, end: int, length: int) -> MQTTErrorCode:
-        """A packet larger than the buffer: paho reads the rest of it from the socket."""
-        body = bytearray(self._ahead_view[body_at:end])
-        self._in_packet = _in_packet(self._ahead_view[at], length, body)
-        self._in_packet["to_process"] = length - (end - body_at)
-        self._ahead_at = self._ahead_end = 0
-        return self._packet_read()
+            hint = f"check the broker's certificate and the CA given ({ca_setting})"
+        return ConnectFailure(reason, hint, tls=True)
+    not_tls = (
+        "this port may not speak TLS: mqtts:// needs the broker's TLS listener (usually "
+        "8883); write mqtt:// for a plain port"
+    )
+    if isinstance(exc, ssl.SSLError):
+        return ConnectFailure(f"TLS handshake failed: {exc.reason or exc}", not_tls, tls=True)
+    return ConnectFailure(
+        f"the connection broke during the TLS handshake ({exc.strerror or exc})",
+        f"{not_tls}; or the network dropped the connection",
+        tls=True,
+    )
 
 
-def _in_packet(command: int, length: int, body: bytearray) -> Any:
-    """paho's record of the packet it is reading: command and whole length known."""
-    return {
-        "command": command,
-        "have_remaining": 1 if command else 0,
-        "remaining_count": [],
-        "remaining_mult": 1,
-        "remaining_length": length,
-        "packet": body,
-        "to_process": 0,
-        "pos": 0,
-    }
+class UnreadableCa(ValueError):
+    """The CA certificate file given for the broker cannot be read (detail says why)."""
+
+    def __init__(self, ca_file: str, detail: str) -> None:
+        super().__init__(
+            f"cannot read the broker's CA certificate {ca_file} ({detail}); give a PEM file "
+            f"of the CA that signed the broker's certificate ({CA_SETTING})"
+        )
+        self.ca_file = ca_file
+        self.detail = detail
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """A client context that verifies the broker's certificate and host name: against
+    ca_file only when given (the CA is pinned), else against the system's CAs. Raises
+    UnreadableCa."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:  # ssl.SSLError among them: not PEM, or no certificate in it
+        detail = str(exc) if isinstance(exc, ssl.SSLError) or not exc.strerror else exc.strerror
+        raise UnreadableCa(str(ca_file), detail) from None
+
+
+class _Throttle:
+    """A warning said at once, then again at most every every_s seconds while it stays
+    the same; a different one is said at once."""
+
+    def __init__(self, every_s: float, now: Callable[[], float] = time.monotonic) -> None:
+        self._every_s = every_s
+        self._now = now
+        self._lock = threading.Lock()
+        self._last: str | None = None
+        self._said_at = 0.0
+        self._held = 0
+
+    def allow(self, what: str) -> int | None:
+        """None: hold this one back; else how many were held back since the last said."""
+        now = self._now()
+        with self._lock:
+            if what == self._last and now - self._said_at < self._every_s:
+                self._held += 1
+                return None
+            held = self._held if what == self._last else 0
+            self._last, self._said_at, self._held = what, now, 0
+            return held
+
+    def reset(self) -> None:
+        with self._lock:
+            self._last, self._held = None, 0
 
 
 class MqttLink:
-    """Link over paho-mqtt 2.x, MQTT 3.1.1, with automatic reconnect."""
+    """Link over paho-mqtt 2.x, MQTT 3.1.1, with automatic reconnect, on a network thread
+    of its own."""
+
+    # A failure that stays the same is logged again after this long.
+    REPEAT_WARNING_S = 600.0
 
     def __init__(
         self,
@@ -304,41 +243,42 @@ class MqttLink:
         clean_session: bool = True,
         keepalive: int = 30,
         max_inflight: int = 200,
-        loop: NetworkLoop | None = None,
+        ca_setting: str = CA_SETTING,
     ) -> None:
-        """loop: run on this shared network thread instead of a thread of its own
-        (plain TCP only)."""
-        if loop is not None and broker.tls:
-            raise ValueError("a shared NetworkLoop runs plain TCP links only; use mqtt://")
+        """ca_setting: where the CA is given, for what a TLS failure says to do. Raises
+        UnreadableCa (a ValueError) when broker.ca_file cannot be read."""
         self.broker = broker
         self.client_id = client_id
-        self._loop = loop
+        self._ca_setting = ca_setting
         self._subs: dict[str, tuple[Handler, int]] = {}
         self._wildcards: dict[str, tuple[str, ...]] = {}  # filters with + or #, split
         self._listeners: list[ConnectionListener] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._refusal: Refusal | None = None
+        self._failure: ConnectFailure | None = None
+        self._handshake_failure: ConnectFailure | None = None  # of the attempt under way
+        self._failures = _Throttle(self.REPEAT_WARNING_S)
+        self._bad_topics = _Throttle(self.REPEAT_WARNING_S)
         self._stopping = False
-        client = _ReadAheadClient(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=clean_session,
+        client = self._network_client(
+            client_id=client_id, clean_session=clean_session,
             protocol=MQTTProtocolVersion.MQTTv311,
-        )
+        )  # fmt: skip
         if broker.username:
             client.username_pw_set(broker.username, broker.password)
         if broker.tls:
-            client.tls_set(ca_certs=broker.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set_context(self._watched_tls_context())
         if will:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_topic_payload = self._dispatch
         self._keepalive = keepalive
         self._client = client
 
@@ -354,6 +294,12 @@ class MqttLink:
         answer and once a CONNECT is accepted. The link keeps retrying after a refusal."""
         return self._refusal
 
+    @property
+    def last_failure(self) -> ConnectFailure | None:
+        """Why this link's last attempt to connect failed before the broker answered (a
+        TLS handshake, or the TCP connection); None once connected. It keeps retrying."""
+        return self._failure
+
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         with self._lock:
             self._subs[topic_filter] = (handler, qos)
@@ -361,8 +307,7 @@ class MqttLink:
                 self._wildcards[topic_filter] = tuple(topic_filter.split("/"))
         if self.connected:
             self._client.subscribe(topic_filter, qos)
-            if self._loop is not None:
-                self._loop.want_write(self._client)
+            self._network_queued()
 
     def unsubscribe(self, topic_filter: str) -> None:
         with self._lock:
@@ -370,15 +315,13 @@ class MqttLink:
             self._wildcards.pop(topic_filter, None)
         if known and self.connected:
             self._client.unsubscribe(topic_filter)
-            if self._loop is not None:
-                self._loop.want_write(self._client)
+            self._network_queued()
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         # While disconnected paho keeps QoS 1 messages and sends them after reconnecting;
         # durability across a restart is the outbox's job, not this one's.
         self._client.publish(topic, payload, qos=qos, retain=retain)
-        if self._loop is not None:
-            self._loop.want_write(self._client)
+        self._network_queued()
 
     def add_connection_listener(self, listener: ConnectionListener) -> None:
         self._listeners.append(listener)
@@ -386,25 +329,16 @@ class MqttLink:
     def start(self) -> None:
         self._stopping = False
         self._refusal = None
+        self._failure = None
+        self._failures.reset()
         self._client.connect_async(self.broker.host, self.broker.port, keepalive=self._keepalive)
-        if self._loop is not None:
-            self._loop.add(self._client, lambda: self._stopping)
-            return
-        self._client.loop_start()
+        self._network_start()
 
     def stop(self) -> None:
         self._stopping = True
-        if self._loop is not None:
-            self._loop.remove(self._client, disconnect=True)
-            self._connected.clear()
-            return
         try:
-            self._client.disconnect()
+            self._network_stop()
         finally:
-            # paho's loop_stop() can race its network thread clearing its own handle and
-            # raise AttributeError; the thread has ended either way.
-            with contextlib.suppress(AttributeError):
-                self._client.loop_stop()
             self._connected.clear()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -413,24 +347,91 @@ class MqttLink:
     def wait_published(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 30) -> bool:
         """Publish and wait for the broker's acknowledgement (for tools and benchmarks)."""
         info = self._client.publish(topic, payload, qos=qos)
-        if self._loop is not None:
-            self._loop.want_write(self._client)
+        self._network_queued()
         info.wait_for_publish(timeout)
         return info.is_published()
 
+    # --- the network thread: paho's own (a simulated fleet's links share one) ----------
+
+    def _network_client(self, **options: Any) -> paho.Client:
+        return paho.Client(CallbackAPIVersion.VERSION2, **options)
+
+    def _network_start(self) -> None:
+        self._client.loop_start()
+
+    def _network_stop(self) -> None:
+        try:
+            self._client.disconnect()
+        finally:
+            # paho's loop_stop() can race its network thread clearing its own handle and
+            # raise AttributeError; the thread has ended either way.
+            with contextlib.suppress(AttributeError):
+                self._client.loop_stop()
+
+    def _network_queued(self) -> None:
+        """A packet was queued to send: paho's own thread needs no telling."""
+
+    # --- TLS --------------------------------------------------------------------------------
+
+    def _watched_tls_context(self) -> ssl.SSLContext:
+        """The pinned context, with sockets that note why their handshake failed: paho
+        only says that connecting failed (on_connect_fail), not why."""
+        context = tls_context(self.broker.ca_file)
+        link = self
+
+        class WatchedSocket(ssl.SSLSocket):
+            def do_handshake(self, block: bool = False) -> None:
+                try:
+                    super().do_handshake(block)
+                except OSError as exc:  # ssl.SSLError among them
+                    link._handshake_failure = describe_tls_failure(
+                        exc, link.broker.host, link._ca_setting
+                    )
+                    raise
+
+        context.sslsocket_class = WatchedSocket
+        return context
+
     # --- paho callbacks (network thread) ---------------------------------------------------
+
+    def _on_pre_connect(self, _client: paho.Client, _userdata: Any) -> None:
+        self._handshake_failure = None
+
+    def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
+        failure = self._handshake_failure or ConnectFailure(
+            "no connection (the name does not resolve, no route, nothing listening on the "
+            "port, or no answer)",
+            "check the broker's host name and port, that the broker runs, and the network",
+            tls=False,
+        )
+        self._failure = failure
+        held = self._failures.allow(failure.reason)
+        if held is None or self._stopping:
+            return
+        trusting = ""
+        if failure.tls:
+            trusting = f" (trusting {self.broker.ca_file or 'the system CAs'})"
+        again = f"; {held} more attempts failed the same way" if held else ""
+        log.warning(
+            "cannot connect to broker %s as %s: %s%s%s. %s; retrying",
+            self.broker.url(), self.client_id, failure.reason, trusting, again,
+            _sentence(failure.hint),
+        )
 
     def _on_connect(
         self, client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
+        self._failure = None
         if reason.is_failure:
             self._refusal = Refusal(int(reason.value), reason.getName())
-            log.warning(
-                "broker %s refused connection for %s: %s; retrying",
-                self.broker.url(), self.client_id, reason,
-            )
+            if self._failures.allow(f"refused: {reason}") is not None:
+                log.warning(
+                    "broker %s refused connection for %s: %s; retrying",
+                    self.broker.url(), self.client_id, reason,
+                )
             return
         self._refusal = None
+        self._failures.reset()
         with self._lock:
             subs = list(self._subs.items())
         if subs:
@@ -452,7 +453,15 @@ class MqttLink:
             self._notify(False)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._dispatch(msg.topic, bytes(msg.payload))
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # paho still acknowledges it (QoS 1)
+            if self._bad_topics.allow("topic") is not None:
+                log.warning(
+                    "dropped a message from broker %s whose topic is not UTF-8", self.broker.url()
+                )
+            return
+        self._dispatch(topic, bytes(msg.payload))
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
         """A message to the handlers of every filter its topic matches."""
@@ -479,6 +488,10 @@ class MqttLink:
                 log.exception("connection listener failed")
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _filter_matches(levels: tuple[str, ...], topic: list[str]) -> bool:
     """Whether a topic (split at /) matches a filter (split at /) with + and # (MQTT 3.1.1
     4.7; no $ topics here). paho's own matcher builds a tree for every call."""
@@ -488,256 +501,3 @@ def _filter_matches(levels: tuple[str, ...], topic: list[str]) -> bool:
         if i >= len(topic) or (level != "+" and level != topic[i]):
             return False
     return len(topic) == len(levels)
-
-
-class NetworkLoop:
-    """One thread doing the network work of many paho clients (paho's external loop).
-
-    For a process that holds hundreds of connections, such as a simulated fleet: a
-    thread per client (paho's `loop_start`) costs a thread switch per message and a
-    select() that cannot see descriptors above 1023. Here one epoll selector watches
-    every client's socket; the thread reads what arrives (handlers run on it, as they
-    would on a link's own thread), writes what is queued, keeps each connection alive
-    and reconnects lost ones with the same backoff as a link of its own (1 s doubling to
-    30 s). Connecting is a blocking TCP connect on this thread, so it suits a broker on
-    a fast network; plain TCP only.
-
-    Publishing from another thread queues the packet in paho and asks this thread to
-    write it (`want_write`): only this thread touches the sockets.
-
-    after_reads: called on this thread once what arrived has been read (and whenever
-    `wake` is called): a process can run its handlers' queued work there instead of
-    handing it to other threads."""
-
-    MISC_EVERY_S = 1.0
-    RECONNECT_MIN_S = 1.0
-    RECONNECT_MAX_S = 30.0
-
-    def __init__(
-        self, name: str = "mqtt-loop", after_reads: Callable[[], None] | None = None
-    ) -> None:
-        self._name = name
-        self._after_reads = after_reads
-        self._selector = selectors.DefaultSelector()
-        self._lock = threading.Lock()
-        # client -> whether its owner is stopping (then it is not reconnected)
-        self._clients: dict[paho.Client, Callable[[], bool]] = {}
-        self._writing: set[paho.Client] = set()  # asked to write, by any thread
-        self._connects: list[tuple[float, int, paho.Client]] = []  # heap: (due, n, client)
-        self._delay: dict[paho.Client, float] = {}  # the next reconnect backoff
-        self._removing: dict[paho.Client, threading.Event] = {}
-        self._masks: dict[int, int] = {}  # socket fd -> events registered
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._woken = False
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._count = 0
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    # --- any thread ---------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Disconnect every client still here, then end the thread."""
-        with self._lock:
-            clients = list(self._clients)
-        for client in clients:
-            self.remove(client, disconnect=True, timeout=timeout / max(len(clients), 1))
-        self._stopping = True
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
-
-    def add(self, client: paho.Client, stopping: Callable[[], bool]) -> None:
-        """Take over a client on which connect_async() was called; connect it now."""
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_register_write
-        client.on_socket_unregister_write = None
-        with self._lock:
-            self._clients[client] = stopping
-            self._delay[client] = self.RECONNECT_MIN_S
-            self._schedule_connect(client, 0.0)
-        self._wake()
-
-    def remove(
-        self, client: paho.Client, *, disconnect: bool = False, timeout: float = 2.0
-    ) -> None:
-        """Forget a client; disconnect=True sends DISCONNECT first (waits up to timeout)."""
-        done = threading.Event()
-        with self._lock:
-            if client not in self._clients:
-                return
-            self._removing[client] = done
-        if disconnect and client.socket() is not None:
-            client.disconnect()
-        self._wake()
-        if threading.current_thread() is not self._thread:
-            done.wait(timeout)
-
-    def wake(self) -> None:
-        """Run after_reads soon (from any thread)."""
-        if threading.current_thread() is not self._thread:
-            self._wake()
-
-    def want_write(self, client: paho.Client) -> None:
-        """The client has queued packets: write them on the loop's thread."""
-        with self._lock:
-            self._writing.add(client)
-        if threading.current_thread() is not self._thread:
-            self._wake()
-
-    # --- paho's socket callbacks (the loop's thread: connect and close happen there) ----
-
-    def _on_socket_open(self, client: paho.Client, _userdata: Any, sock: Any) -> None:
-        self._masks[sock.fileno()] = selectors.EVENT_READ
-        self._selector.register(sock, selectors.EVENT_READ, client)
-
-    def _on_socket_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
-        self._masks.pop(sock.fileno(), None)
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(sock)
-
-    def _on_register_write(self, client: paho.Client, _userdata: Any, _sock: Any) -> None:
-        self.want_write(client)
-
-    # --- the loop's thread ----------------------------------------------------------------
-
-    def _wake(self) -> None:
-        if self._woken:
-            return
-        self._woken = True
-        with contextlib.suppress(BlockingIOError, OSError):
-            self._wake_w.send(b"\0")
-
-    def _schedule_connect(self, client: paho.Client, delay: float) -> None:
-        self._count += 1
-        heapq.heappush(self._connects, (time.monotonic() + delay, self._count, client))
-
-    def _sync_write(self, client: paho.Client) -> None:
-        """Watch the client's socket for writing exactly while paho has packets queued."""
-        sock = client.socket()
-        if sock is None:
-            return
-        fd = sock.fileno()
-        mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.want_write() else 0)
-        if fd in self._masks and self._masks[fd] != mask:
-            self._masks[fd] = mask
-            self._selector.modify(sock, mask, client)
-
-    def _run(self) -> None:
-        next_misc = time.monotonic() + self.MISC_EVERY_S
-        while not self._stopping:
-            now = time.monotonic()
-            timeout = next_misc - now
-            with self._lock:
-                if self._connects:
-                    timeout = min(timeout, self._connects[0][0] - now)
-            try:
-                ready = self._selector.select(max(timeout, 0.0))
-            except OSError:  # a socket closed under us: look again
-                ready = []
-            for key, mask in ready:
-                client = key.data
-                if client is None:
-                    # Drain, then clear: a wake-up that comes in between finds the flag
-                    # still set and sends nothing, and what it asked for is looked at
-                    # below (clearing first could drain its byte and leave the flag set).
-                    with contextlib.suppress(BlockingIOError, OSError):
-                        self._wake_r.recv(4096)
-                    self._woken = False
-                    continue
-                if mask & selectors.EVENT_READ:
-                    client.loop_read()
-                if mask & selectors.EVENT_WRITE and client.socket() is key.fileobj:
-                    client.loop_write()
-                if client not in self._writing:  # else written and looked at just below
-                    self._sync_write(client)
-            self._after_events()
-            if self._after_reads is not None:
-                try:
-                    self._after_reads()
-                except Exception:
-                    log.exception("the network loop's after_reads failed; carrying on")
-                self._after_events()  # what that work published
-            if time.monotonic() >= next_misc:
-                next_misc = time.monotonic() + self.MISC_EVERY_S
-                self._misc()
-
-    def _after_events(self) -> None:
-        with self._lock:
-            writing, self._writing = self._writing, set()
-            removing = dict(self._removing)
-            due: list[paho.Client] = []
-            now = time.monotonic()
-            while self._connects and self._connects[0][0] <= now:
-                due.append(heapq.heappop(self._connects)[2])
-        for client in writing:
-            # Write at once: the socket almost always has room, and watching it for
-            # writing first costs two epoll changes and a turn of the loop per packet.
-            # What does not fit is written when the socket says it has room.
-            if client.socket() is not None and client.want_write():
-                client.loop_write()
-            self._sync_write(client)
-        for client, done in removing.items():
-            if client.socket() is None or not client.want_write():
-                self._forget(client)
-                done.set()
-        for client in due:
-            self._connect(client)
-
-    def _forget(self, client: paho.Client) -> None:
-        sock = client.socket()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                client.loop_write()
-            self._on_socket_close(client, None, sock)
-            with contextlib.suppress(OSError):
-                sock.close()
-        with self._lock:
-            self._clients.pop(client, None)
-            self._removing.pop(client, None)
-            self._delay.pop(client, None)
-
-    def _connect(self, client: paho.Client) -> None:
-        with self._lock:
-            stopping = self._clients.get(client)
-            if stopping is None or stopping() or client in self._removing:
-                return
-        try:
-            client.reconnect()
-        except OSError as exc:
-            delay = self._retry_later(client)
-            log.debug("connecting %s failed (%s); again in %.0f s", client, exc, delay)
-            return
-        with self._lock:
-            self._delay[client] = self.RECONNECT_MIN_S
-        self._sync_write(client)
-
-    def _retry_later(self, client: paho.Client) -> float:
-        """Schedule the next connect after the client's backoff, doubling it; the delay."""
-        with self._lock:
-            delay = self._delay.get(client, self.RECONNECT_MIN_S)
-            self._delay[client] = min(delay * 2, self.RECONNECT_MAX_S)
-            self._schedule_connect(client, delay)
-        return delay
-
-    def _misc(self) -> None:
-        """Keepalive pings, and reconnecting what was lost."""
-        with self._lock:
-            clients = list(self._clients.items())
-            pending = {c for _due, _n, c in self._connects}
-        for client, stopping in clients:
-            if client.socket() is not None:
-                client.loop_misc()
-                self._sync_write(client)
-            elif not stopping() and client not in pending and client not in self._removing:
-                self._retry_later(client)

@@ -7,15 +7,16 @@ no more (`default_per_process`), at most MAX_PER_PROCESS members each. Measured 
 of CPU per agent, 4 of 250 0.96-1.03 ms, 2 of 500 0.79-0.84 ms; the difference is the
 cost of switching between more interpreters than there are cores, which a real fleet of
 one box per cluster does not pay. In each process the members' connections share one
-`NetworkLoop` (one network thread, one epoll selector), as a thousand boxes on poles would
-each have their own network stack rather than a thread fighting hundreds of others for
-one interpreter.
+`NetworkLoop` (one network thread, one epoll selector: scripts/sim_network.py), as a
+thousand boxes on poles would each have their own network stack rather than a thread
+fighting hundreds of others for one interpreter.
 
 - An *agent worker* runs real `device_agent.agent.Agent`s with the `null` output, their
-  workers on one `WorkerPool`, each on its own `MqttLink` wrapped in a `MeteredLink`,
-  which counts the bytes of every MQTT PUBLISH the agent receives and notes, with
-  `time.time()`, each status event the agent sends (received, delivered, playing, ...).
-  The notes go to the parent in batches.
+  workers on one `WorkerPool` (scripts/sim_workers.py), each on its own `FleetLink` (an
+  `MqttLink` on the shared loop) wrapped in a `MeteredLink`, which counts the bytes of
+  every MQTT PUBLISH the agent receives and notes, with `time.time()`, each status event
+  the agent sends (received, delivered, playing, ...). The notes go to the parent in
+  batches.
 - A *raw worker* runs bare paho clients on the same kind of loop, subscribed to the same
   number of topics, the baseline: it notes when each subscriber has received every
   message of a round.
@@ -47,8 +48,9 @@ from typing import Any, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from sim_network import FleetLink, NetworkLoop
 
-from protocol.mqtt import BrokerAddress, ConnectionListener, Handler, MqttLink, NetworkLoop
+from protocol.mqtt import BrokerAddress, ConnectionListener, Handler, MqttLink
 
 # Most members one worker process runs (an agent holds a few descriptors: its socket, its
 # SQLite file and WAL, a download's file; see allow_open_files).
@@ -246,10 +248,11 @@ def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
 
 def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
     """Run spec.members as real agents until the parent says stop (or goes away)."""
+    from sim_workers import WorkerPool
+
     from device_agent.agent import Agent
     from device_agent.cache import Cache
     from device_agent.output import NullBackend
-    from device_agent.workers import WorkerPool
     from protocol import topics
     from protocol.clock import SystemClock
     from protocol.messages import State
@@ -277,7 +280,7 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
     for cid, groups in spec.members:
         offline = State(cluster=cid, state="offline").to_json()
         will = Will(topics.cluster_topic(cid, "state"), offline)
-        inner = MqttLink(
+        inner = FleetLink(
             spec.broker, f"loa-agent-{cid}", will=will, clean_session=True, loop=network
         )
         link = links[cid] = MeteredLink(inner, cid, out.note)

@@ -4,7 +4,7 @@
 store, content folder), builds the `Controller` from it exactly as `loa-controller run`
 does, and starts agents from device_agent.agent with the null output on the same broker:
 each on its own threads, or (shared=True) all on one NetworkLoop and one WorkerPool, as
-a simulated fleet runs them.
+a simulated fleet runs them (scripts/sim_network.py, scripts/sim_workers.py).
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from conftest import BrokerUnderTest, wait_until
+from sim_network import FleetLink, NetworkLoop
+from sim_workers import WorkerPool
 
 from controller.config import load_controller_config
 from controller.main import Controller, Settings
 from device_agent.agent import Agent
 from device_agent.output import NullBackend
-from device_agent.workers import WorkerPool
 from protocol import topics
 from protocol.clock import Clock, SystemClock
 from protocol.messages import State
-from protocol.mqtt import MqttLink, NetworkLoop, Will
+from protocol.mqtt import MqttLink, Will
 from protocol.signing import Verifier, generate_keypair, load_public_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +83,12 @@ class LiveRig:
     def agent(self, cluster: str, groups: Sequence[str] = ()) -> Agent:
         will = Will(topics.cluster_topic(cluster, "state"),
                     State(cluster=cluster, state="offline").to_json())
-        link = MqttLink(self.broker.address, f"loa-agent-{cluster}", will=will, loop=self.loop)
+        client_id = f"loa-agent-{cluster}"
+        link = (
+            MqttLink(self.broker.address, client_id, will=will)
+            if self.loop is None
+            else FleetLink(self.broker.address, client_id, will=will, loop=self.loop)
+        )
         agent = Agent(
             cluster_id=cluster, link=link, verifier=self.verifier, output=NullBackend(),
             clock=self.clock, data_dir=self.folder / "agents" / cluster, groups=groups,

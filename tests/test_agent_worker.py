@@ -1,5 +1,6 @@
 """The agent's worker without a broker: what it does while the link is down, and the two
-places it can run (a thread of its own, a pool shared by many agents)."""
+places it can run (a thread of its own, and the pool a simulated fleet's agents share:
+scripts/sim_workers.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pathlib import Path
 import pytest
 from agent_support import Keys
 from conftest import wait_until
+from sim_workers import WorkerPool
 
 from device_agent.agent import Agent
 from device_agent.output import make_backend
-from device_agent.workers import Item, Mailbox, OwnThread, Step, WorkerPool
+from device_agent.workers import Item, Mailbox, OwnThread, Step
 from protocol import topics
 from protocol.clock import ManualClock
 from protocol.mqtt import ConnectionListener, Handler

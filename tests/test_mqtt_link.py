@@ -1,5 +1,6 @@
 """MqttLink against real brokers: mosquitto and the embedded amqtt broker, same tests,
-with each link on its own network thread and with links sharing one NetworkLoop.
+with each link on its own network thread (the agent and the controller) and with links
+sharing one NetworkLoop (a simulated fleet's `FleetLink`, scripts/sim_network.py).
 
 Publishing from one connection races with another connection's SUBSCRIBE reaching the
 broker, and MqttLink does not expose SUBACKs; so cross-client tests publish again every
@@ -9,7 +10,6 @@ quarter second until the message is in or the deadline passes (`publish_until`).
 from __future__ import annotations
 
 import os
-import selectors
 import shutil
 import signal
 import subprocess
@@ -20,15 +20,16 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import paho.mqtt.client as paho
 import pytest
 from conftest import BrokerUnderTest, MosquittoBroker, have_mosquitto, require, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
+from sim_network import FleetLink, NetworkLoop
 
 from controller.broker import BrokerStartError, EmbeddedBroker
-from protocol.mqtt import BrokerAddress, MqttLink, NetworkLoop, Refusal, Will
+from protocol.mqtt import BrokerAddress, MqttLink, Refusal, Will
 
 REPO = Path(__file__).resolve().parent.parent
 CONNECT_TIMEOUT = 10.0
@@ -76,13 +77,22 @@ def links(
             stack.callback(loop.stop)
 
         def connect(client_id: str, *, will: Will | None = None) -> MqttLink:
-            link = MqttLink(any_broker.address, client_id, will=will, loop=loop)
+            link = new_link(any_broker.address, client_id, loop, will=will)
             stack.callback(link.stop)
             link.start()
             assert link.wait_connected(CONNECT_TIMEOUT), f"{client_id} did not connect"
             return link
 
         yield connect
+
+
+def new_link(
+    address: BrokerAddress, client_id: str, loop: NetworkLoop | None, *, will: Will | None = None
+) -> MqttLink:
+    """A link on its own thread, or on the shared loop when one is given."""
+    if loop is None:
+        return MqttLink(address, client_id, will=will)
+    return FleetLink(address, client_id, will=will, loop=loop)
 
 
 class Publisher(Protocol):
@@ -129,9 +139,9 @@ def test_binary_payload_round_trip(links: Callable[..., MqttLink]) -> None:
 def test_a_burst_of_small_and_large_messages_arrives_whole_and_in_order(
     links: Callable[..., MqttLink],
 ) -> None:
-    """The link reads what the socket holds at once and handles every packet of it before
-    it looks at the socket again: nothing may be left unread when no more data comes
-    (the burst ends), and packets split across reads must come out whole."""
+    """Nothing may be left unread when no more data comes (the burst ends), and packets
+    split across reads must come out whole (the shared loop's link reads what the socket
+    holds at once and frames the packets itself)."""
     sizes = [0, 1, 2, 127, 128, 16_383, 16_384, 70_000, 300_000, 5]
     burst = [bytes([i % 251]) * sizes[i % len(sizes)] + i.to_bytes(4, "big") for i in range(200)]
     pub, sub = links("burst-pub"), links("burst-sub")
@@ -147,42 +157,6 @@ def test_a_burst_of_small_and_large_messages_arrives_whole_and_in_order(
     )
     got = [p for p in inbox.payloads("t/burst")[before:] if p != b"probe"]
     assert got == burst
-
-
-def test_acknowledging_messages_on_a_shared_loop_changes_nothing_the_selector_watches(
-    mosquitto_broker: MosquittoBroker,
-) -> None:
-    """Each QoS 1 message a link takes queues a PUBACK, which the loop writes once it has
-    read every socket; the socket is not watched for writing in between (two epoll
-    changes for each read, when the PUBACK is written at once anyway)."""
-    loop = NetworkLoop()
-    loop.start()
-    changes: list[int] = []
-    watch = loop._selector.modify
-
-    def counted(fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        changes.append(events)
-        return watch(fileobj, events, data)
-
-    loop._selector.modify = counted  # type: ignore[method-assign]  # a spy on the real one
-    sub = MqttLink(mosquitto_broker.address, "acks-sub", loop=loop)
-    pub = MqttLink(mosquitto_broker.address, "acks-pub")
-    inbox = Inbox()
-    sub.subscribe("t/acks", inbox)
-    try:
-        for link in (sub, pub):
-            link.start()
-            assert link.wait_connected(CONNECT_TIMEOUT)
-        publish_until(pub, "t/acks", b"probe", lambda: inbox.payloads("t/acks"))
-        before = len(changes)
-        for i in range(40):
-            assert pub.wait_published("t/acks", i.to_bytes(2, "big"), qos=1, timeout=10)
-        wait_until(lambda: len(inbox.payloads("t/acks")) >= 41, 10, "40 messages")
-        assert changes[before:] == []
-    finally:
-        sub.stop()
-        pub.stop()
-        loop.stop()
 
 
 def test_acknowledged_publish(links: Callable[..., MqttLink]) -> None:
@@ -299,7 +273,7 @@ def test_a_persistent_session_gets_what_was_sent_while_it_was_away(
 
 AGENT = """
 import sys, threading
-from protocol.mqtt import BrokerAddress, MqttLink, NetworkLoop, Will
+from protocol.mqtt import BrokerAddress, MqttLink, Will
 host, port, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 link = MqttLink(BrokerAddress(host, port), "agent-ph-007", will=Will(topic, b"offline"))
 link.start()
@@ -403,7 +377,7 @@ def test_a_refused_login_is_told_and_a_later_accepted_one_clears_it(
             loop.start()
             stack.callback(loop.stop)
 
-        anonymous = MqttLink(broker.address, "anonymous", loop=loop)
+        anonymous = new_link(broker.address, "anonymous", loop)
         stack.callback(anonymous.stop)
         anonymous.start()
         wait_until(lambda: anonymous.last_refusal is not None, 10, "the anonymous refusal")
@@ -413,7 +387,7 @@ def test_a_refused_login_is_told_and_a_later_accepted_one_clears_it(
         assert not anonymous.connected
 
         address = replace(broker.address, username="loa", password="right")
-        link = MqttLink(address, "probe", loop=loop)
+        link = new_link(address, "probe", loop)
         stack.callback(link.stop)
         link.start()
         wait_until(lambda: link.last_refusal is not None, 10, "the wrong password's refusal")

@@ -1,135 +1,44 @@
-"""The link's own packet reader against a scripted broker on a real socket.
+"""How a link reads the wire, against a scripted broker on a real socket.
 
-A real broker sends well-formed packets split wherever TCP splits them. Here a small
-scripted broker decides the bytes and the splits: packets cut at every byte, several in
-one write, a length that never ends, a topic that is not UTF-8, and packets the reader
-hands to paho (a PINGRESP, a packet larger than its buffer).
+Two readers: paho's own, in the link an agent and the controller run (`MqttLink`), and
+the read-ahead of a simulated fleet's link (`FleetLink`, scripts/sim_network.py), which
+frames packets itself and must behave as paho does. The scripted broker
+(tests/scripted_broker.py) decides the bytes and the splits: packets cut at every byte,
+several in one write, a length that never ends, a topic that is not UTF-8, a QoS that
+does not exist, and packets the read-ahead hands to paho (a PINGRESP, a packet larger
+than its buffer).
 """
 
 from __future__ import annotations
 
 import random
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
 from conftest import wait_until
+from scripted_broker import PINGRESP, ScriptedBroker, publish_packet
+from sim_network import FleetLink, NetworkLoop
 from test_mqtt_link import Inbox
 
-from protocol.mqtt import BrokerAddress, MqttLink, NetworkLoop
-
-CONNACK = bytes([0x20, 0x02, 0x00, 0x00])
-PINGRESP = bytes([0xD0, 0x00])
+from protocol.mqtt import MqttLink
 
 
-def remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def publish_packet(topic: bytes, payload: bytes, qos: int = 0, mid: int = 0) -> bytes:
-    body = len(topic).to_bytes(2, "big") + topic
-    if qos:
-        body += mid.to_bytes(2, "big")
-    body += payload
-    return bytes([0x30 | (qos << 1)]) + remaining_length(len(body)) + body
-
-
-class ScriptedBroker:
-    """Accepts MQTT connections, answers CONNECT with CONNACK, sends what a test gives it
-    and records the packets each client sends (type byte, body)."""
-
-    def __init__(self) -> None:
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.address = BrokerAddress("127.0.0.1", self._server.getsockname()[1])
-        self._lock = threading.Lock()
-        self.connections: list[socket.socket] = []
-        self.received: list[list[tuple[int, bytes]]] = []
-        self.closed: list[bool] = []
-        self._stopping = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stopping:
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                index = len(self.connections)
-                self.connections.append(conn)
-                self.received.append([])
-                self.closed.append(False)
-            threading.Thread(target=self._serve, args=(conn, index), daemon=True).start()
-
-    def _serve(self, conn: socket.socket, index: int) -> None:
-        reader = conn.makefile("rb")
-        try:
-            while True:
-                head = reader.read(1)
-                if not head:
-                    break
-                length, multiplier = 0, 1
-                while True:
-                    byte = reader.read(1)[0]
-                    length += (byte & 127) * multiplier
-                    multiplier *= 128
-                    if not byte & 128:
-                        break
-                body = reader.read(length)
-                with self._lock:
-                    self.received[index].append((head[0], body))
-                if head[0] == 0x10:  # CONNECT
-                    conn.sendall(CONNACK)
-        except (OSError, IndexError):
-            pass
-        with self._lock:
-            self.closed[index] = True
-
-    def send(self, index: int, data: bytes, pieces: list[int] | None = None) -> None:
-        """Send data to connection index, in pieces of these sizes (one write each)."""
-        conn = self.connections[index]
-        if pieces is None:
-            conn.sendall(data)
-            return
-        at = 0
-        for size in pieces:
-            conn.sendall(data[at : at + size])
-            at += size
-        conn.sendall(data[at:])
-
-    def acked(self, index: int) -> list[int]:
-        """The packet ids of the PUBACKs connection index sent."""
-        with self._lock:
-            return [int.from_bytes(b, "big") for t, b in self.received[index] if t == 0x40]
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._server.close()
-        for conn in self.connections:
-            conn.close()
-
-
-@pytest.fixture(params=["own-thread", "shared-loop"])
+@pytest.fixture(params=["paho", "read-ahead"])
 def rig(request: pytest.FixtureRequest) -> Iterator[tuple[ScriptedBroker, MqttLink, Inbox]]:
-    """A scripted broker and a connected link subscribed to t/# (on its own thread, then
-    on a shared loop)."""
+    """A scripted broker and a connected link subscribed to t/#: the production link on
+    its own thread, then a simulated fleet's link on a shared loop."""
     with ExitStack() as stack:
         broker = ScriptedBroker()
         stack.callback(broker.stop)
-        loop: NetworkLoop | None = None
-        if request.param == "shared-loop":
+        link: MqttLink
+        if request.param == "read-ahead":
             loop = NetworkLoop()
             loop.start()
             stack.callback(loop.stop)
-        link = MqttLink(broker.address, "reader-test", loop=loop)
+            link = FleetLink(broker.address, "reader-test", loop=loop)
+        else:
+            link = MqttLink(broker.address, "reader-test")
         inbox = Inbox()
         link.subscribe("t/#", inbox)
         stack.callback(link.stop)
@@ -193,11 +102,16 @@ def test_a_topic_that_is_not_utf8_is_dropped_and_still_acknowledged(
 def test_a_publish_too_short_for_its_topic_drops_the_connection(
     rig: tuple[ScriptedBroker, MqttLink, Inbox],
 ) -> None:
-    broker, _link, inbox = rig
+    """And the link connects again: with paho 2.1 this packet ended paho's network thread
+    (a struct.error), leaving a link that said it was connected and heard nothing."""
+    broker, link, inbox = rig
     # The topic length says 200 bytes; the packet holds 3.
     broker.send(0, bytes([0x32, 0x05, 0x00, 0xC8]) + b"t/x")
     wait_until(lambda: broker.closed[0], 10, "the link to close the connection")
     assert len(inbox.messages) == 0
+    wait_until(lambda: broker.subscribed(1) and link.connected, 20, "a new connection")
+    broker.send(1, publish_packet(b"t/after", b"heard", qos=1, mid=5))
+    wait_until(lambda: inbox.messages == [("t/after", b"heard")], 10, "a message after")
 
 
 @pytest.mark.parametrize("split", [None, [1, 1, 1]], ids=["whole", "cut"])
@@ -217,3 +131,18 @@ def test_a_message_before_and_after_a_large_one(
     wait_until(lambda: len(inbox.messages) == 3, 20, "three messages")
     assert inbox.messages == [("t/a", b"first"), ("t/big", big), ("t/b", b"last")]
     wait_until(lambda: broker.acked(0) == [1, 2, 3], 10, "three PUBACKs")
+
+
+def test_a_publish_with_qos_3_is_refused_and_the_connection_closed(
+    rig: tuple[ScriptedBroker, MqttLink, Inbox],
+) -> None:
+    """MQTT 3.1.1 3.3.1.2: both QoS bits set is a malformed packet. paho closes the
+    connection, delivers nothing and acknowledges nothing; so must every link."""
+    broker, link, inbox = rig
+    broker.send(0, publish_packet(b"t/ok", b"before", qos=1, mid=1))
+    wait_until(lambda: broker.acked(0) == [1], 10, "the message before, acknowledged")
+    broker.send(0, publish_packet(b"t/q3", b"no such QoS", qos=3, mid=2))
+    wait_until(lambda: broker.closed[0], 10, "the link to close the connection")
+    assert inbox.messages == [("t/ok", b"before")]
+    assert broker.acked(0) == [1]
+    wait_until(lambda: len(broker.connections) >= 2 and link.connected, 20, "a new connection")
