@@ -490,7 +490,9 @@ def cmd_pending(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from controller.demo import run_demo
 
-    result = run_demo(broker_url=args.broker, as_json=args.json, keep=args.keep)
+    result = run_demo(
+        broker_url=args.broker, ca_file=args.ca_file, as_json=args.json, keep=args.keep
+    )
     return 0 if result.ok else 1
 
 
@@ -557,7 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pending)
 
     p = sub.add_parser("demo", help="the whole path in miniature: 73 simulated clusters")
-    p.add_argument("--broker", help="use this broker (mqtt://host:port) instead of an embedded one")
+    p.add_argument("--broker", help="use this broker (mqtt://host:port, or mqtts://host:port "
+                   "for TLS) instead of an embedded one")
+    p.add_argument("--ca-file", metavar="PEM", help="for an mqtts:// broker: the CA certificate "
+                   "that signed its certificate; only it is trusted (default: the system's CAs)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
     p.add_argument("--keep", action="store_true", help="keep the demo's working directory")
     p.set_defaults(func=cmd_demo)

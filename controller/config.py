@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    model_validator,
 )
 
 from protocol.mqtt import BrokerAddress
@@ -166,7 +167,8 @@ class ControllerConfig(_Strict):
     broker_url: Annotated[str, AfterValidator(_broker_url)] = "mqtt://127.0.0.1:1883"
     """mqtt://[user[:password]@]host[:port], or mqtts:// for TLS."""
     broker_ca_file: ConfigPath | None = None
-    """For mqtts://: the CA certificate of the broker; the system's if left out."""
+    """For mqtts://: the CA certificate (PEM) that signed the broker's certificate; only
+    it is trusted. The system's CAs if left out."""
     client_id: Annotated[str, Field(min_length=1, max_length=64)] = "loa-controller"
     """The MQTT client id of this controller."""
     fleet: ConfigPath
@@ -197,9 +199,28 @@ class ControllerConfig(_Strict):
     web: WebConfig | None = None
     """The web app and JSON API (urgent announcements); left out: not served."""
 
+    @model_validator(mode="after")
+    def _ca_file_needs_tls(self) -> ControllerConfig:
+        _check_ca_file(self.broker_url, self.broker_ca_file)
+        return self
+
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)
+
+    def broker(self) -> BrokerAddress:
+        """The broker address, with the CA of this file for mqtts://."""
+        return BrokerAddress.from_url(
+            self.broker_url, ca_file=str(self.broker_ca_file) if self.broker_ca_file else None
+        )
+
+
+def _check_ca_file(broker_url: str, ca_file: Path | None) -> None:
+    if ca_file is not None and not BrokerAddress.from_url(broker_url).tls:
+        raise ValueError(
+            f"broker_ca_file is set but broker_url {broker_url!r} is plain MQTT: write "
+            "mqtts://host:8883 to connect over TLS, or leave broker_ca_file out"
+        )
 
 
 def json_schema() -> dict[str, Any]:

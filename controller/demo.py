@@ -1,11 +1,12 @@
 """The demo: the main job in miniature, on the parts that run in production.
 
-An embedded broker (or --broker URL), the example fleet of config/fleet.yaml (73
-clusters in 40 communes), a simulated agent for every cluster (the real agent code
-with the `null` output backend), one scheduled bulletin from a playlist at 06:00 to the
-whole province, and one urgent announcement that preempts it in a few communes. The demo
-runs on a clock set to a few seconds before 06:00 local time, so the bulletin fires
-almost at once; everything else is as in production.
+An embedded broker (or --broker URL; mqtts:// with --ca-file for TLS), the example fleet
+of config/fleet.yaml (73 clusters in 40 communes), a simulated agent for every cluster
+(the real agent code with the `null` output backend, each on its own link and thread, as
+on a pole), one scheduled bulletin from a playlist at 06:00 to the whole province, and
+one urgent announcement that preempts it in a few communes. The demo runs on a clock set
+to a few seconds before 06:00 local time, so the bulletin fires almost at once;
+everything else is as in production.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from device_agent.agent import Agent
 from device_agent.output import NullBackend
 from protocol.clock import OffsetClock
 from protocol.messages import Event
-from protocol.mqtt import BrokerAddress, MqttLink, Will
+from protocol.mqtt import BrokerAddress, MqttLink, Will, tls_context
 from protocol.signing import Verifier, generate_keypair, load_public_key
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,9 @@ def _start_agents(
 class Demo:
     """The demo's parts, set up and torn down in order."""
 
-    def __init__(self, broker_url: str | None, work: Path) -> None:
+    def __init__(self, broker_url: str | None, work: Path, ca_file: str | None = None) -> None:
         self.broker_url = broker_url
+        self.ca_file = ca_file
         self.work = work
         self.embedded: EmbeddedBroker | None = None
         self.agents: list[Agent] = []
@@ -158,9 +160,20 @@ class Demo:
 
     def broker(self) -> BrokerAddress:
         if self.broker_url:
-            broker = BrokerAddress.from_url(self.broker_url)
-            _say(f"using broker {broker.url()}")
+            broker = BrokerAddress.from_url(self.broker_url, ca_file=self.ca_file)
+            if self.ca_file and not broker.tls:
+                raise ValueError(
+                    f"--ca-file is for a TLS broker; write the broker as mqtts://, not "
+                    f"{self.broker_url}"
+                )
+            if broker.tls:
+                tls_context(self.ca_file)  # an unreadable CA file: said now, not at connect
+            tls = f", TLS with the CA of {self.ca_file}" if self.ca_file else ""
+            _say(f"using broker {broker.url()}{tls}")
             return broker
+        if self.ca_file:
+            raise ValueError("--ca-file needs --broker mqtts://host:port (the embedded broker "
+                             "speaks plain MQTT)")
         self.embedded = EmbeddedBroker()
         self.embedded.start()
         _say(f"started an embedded MQTT broker on {self.embedded.address.url()}")
@@ -217,13 +230,14 @@ class Demo:
 
 def run_demo(
     broker_url: str | None = None,
+    ca_file: str | None = None,
     as_json: bool = False,
     keep: bool = False,
     out: TextIO | None = None,
 ) -> DemoResult:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="loa-demo-"))
-    demo = Demo(broker_url, work)
+    demo = Demo(broker_url, work, ca_file)
     try:
         broker = demo.broker()
         generate_keypair(work / "keys" / "controller.key", work / "keys" / "controller.pub")

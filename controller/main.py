@@ -70,7 +70,7 @@ class Settings:
     @classmethod
     def from_config(cls, config: ControllerConfig) -> Settings:
         return cls(
-            broker=BrokerAddress.from_url(config.broker_url),
+            broker=config.broker(),
             fleet_path=config.fleet,
             playlist_paths=list(config.playlists),
             store_url=config.store_url,

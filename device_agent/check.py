@@ -30,7 +30,6 @@ import ctypes
 import ctypes.util
 import shutil
 import socket
-import ssl
 import tempfile
 import threading
 import time
@@ -50,7 +49,7 @@ from device_agent.relays import RelayError, open_relay
 from device_agent.tone import play_tone
 from protocol import topics
 from protocol.messages import MembershipBody, MessageError
-from protocol.mqtt import MqttLink
+from protocol.mqtt import MqttLink, UnreadableCa, describe_tls_failure, tls_context
 from protocol.signing import SignatureError, Verifier, load_public_key
 from protocol.yamlload import ConfigError
 
@@ -277,26 +276,21 @@ def _check_broker(ctx: _Context) -> CheckResult:
 
 def _tls_problem(sock: socket.socket, host: str, ca_file: str | None) -> CheckResult | None:
     try:
-        context = ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
+        context = tls_context(ca_file)
+    except UnreadableCa as exc:
         return CheckResult(
-            "broker", "FAIL", f"cannot read broker_ca_file {ca_file} ({exc})",
+            "broker", "FAIL", f"cannot read broker_ca_file {ca_file} ({exc.detail})",
             "set broker_ca_file to the broker's CA certificate (PEM)",
         )
     try:
         with context.wrap_socket(sock, server_hostname=host):
             return None
-    except ssl.SSLCertVerificationError as exc:
+    except OSError as exc:  # ssl.SSLError among them
+        failure = describe_tls_failure(exc, host, "broker_ca_file")
+        trusting = ca_file or "the system CAs"
         return CheckResult(
-            "broker", "FAIL", f"the broker's TLS certificate is not trusted ({exc.verify_message})",
-            "set broker_ca_file to the CA certificate that signed the broker's certificate, "
-            "and write broker_url with the host name the certificate names",
-        )
-    except (ssl.SSLError, OSError) as exc:
-        return CheckResult(
-            "broker", "FAIL", f"TLS handshake with {host} failed ({exc})",
-            "this port may not speak TLS: mqtts:// needs the broker's TLS listener (usually "
-            "8883); write mqtt:// for a plain port",
+            "broker", "FAIL", f"TLS with {host}: {failure.reason} (trusting {trusting})",
+            failure.hint,
         )
 
 
@@ -312,7 +306,8 @@ def _mqtt_login(ctx: _Context, username: str | None) -> CheckResult:
             got_membership.set()
 
     try:
-        link = MqttLink(address, f"loa-check-{config.cluster_id}", keepalive=30)
+        link = MqttLink(address, f"loa-check-{config.cluster_id}", keepalive=30,
+                        ca_setting="broker_ca_file")
     except (OSError, ValueError) as exc:
         return CheckResult("broker", "FAIL", f"cannot set up the connection: {exc}",
                            "check broker_url and broker_ca_file")

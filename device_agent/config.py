@@ -122,7 +122,8 @@ class AgentConfig(_Strict):
     broker_url: Annotated[str, AfterValidator(_broker_url)]
     """mqtt://host[:port], or mqtts://host[:port] for TLS."""
     broker_ca_file: ConfigPath | None = None
-    """For mqtts://: the CA certificate of the broker; the system's if left out."""
+    """For mqtts://: the CA certificate (PEM) that signed the broker's certificate; only
+    it is trusted. The system's CAs if left out."""
     username: Annotated[str, Field(min_length=1)] | None = None
     """Broker user name (usually the cluster id)."""
     password: SecretStr | None = None
@@ -148,6 +149,15 @@ class AgentConfig(_Strict):
     cache_max_mb: Annotated[int, Field(ge=16, le=1_000_000)] = 1024
     """Megabytes of audio kept for repeats; beyond it the least recently used audio is
     removed, never that of a play still scheduled or playing."""
+
+    @model_validator(mode="after")
+    def _ca_file_needs_tls(self) -> AgentConfig:
+        if self.broker_ca_file is not None and not BrokerAddress.from_url(self.broker_url).tls:
+            raise ValueError(
+                f"broker_ca_file is set but broker_url {self.broker_url!r} is plain MQTT: "
+                "write mqtts://host:8883 to connect over TLS, or leave broker_ca_file out"
+            )
+        return self
 
     @property
     def heartbeat_interval_s(self) -> float:

@@ -51,6 +51,7 @@ def build_link(config: AgentConfig) -> MqttLink:
         will=will,
         clean_session=False,
         keepalive=config.keepalive,
+        ca_setting="broker_ca_file",
     )
 
 

@@ -5,7 +5,6 @@ broken part fails its own line with what to try."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import subprocess
@@ -19,11 +18,8 @@ from pathlib import Path
 import pytest
 from agent_support import Keys
 from conftest import MosquittoBroker, free_port, require
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from relay_sim import SimulatedBoard
+from tls_support import Authority, tls_mosquitto
 
 from device_agent.check import CheckResult, run_checks
 from protocol import topics
@@ -256,49 +252,43 @@ def test_bad_credentials_are_told_apart(tmp_path: Path) -> None:
         broker.kill()
 
 
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "broker.crt", folder / "broker.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
-    return cert_path, key_path
-
-
-def test_an_untrusted_tls_certificate_is_a_tls_failure(tmp_path: Path) -> None:
-    broker = MosquittoBroker(tmp_path / "tls")
-    cert, key = self_signed(tmp_path / "tls")
-    broker.conf.write_text(broker.conf.read_text() + f"certfile {cert}\nkeyfile {key}\nuser root\n")
+def test_a_tls_failure_names_the_certificate_problem(tmp_path: Path) -> None:
+    ca = Authority.create(tmp_path / "pki", "Loa test CA")
+    other = Authority.create(tmp_path / "pki", "Some other CA")
+    cert, key = ca.issue(tmp_path / "tls")
+    broker = tls_mosquitto(tmp_path / "tls", cert, key)
     broker.start()
     try:
         (tmp_path / "controller.pub").write_bytes(public_pem(Keys().private.public_key()))
         config = tmp_path / "agent.yaml"
         base = (f"cluster_id: {ME}\ncontroller_public_key: controller.pub\ndata_dir: .\n"
                 "output: {kind: null}\n")
+        url = f"broker_url: mqtts://localhost:{broker.port}\n"
 
         def broker_line(extra: str) -> CheckResult:
             config.write_text(base + extra)
             results = run_checks(config, timeout_s=3, report=lambda _r: None)
             return {r.name: r for r in results}["broker"]
 
-        untrusted = broker_line(f"broker_url: mqtts://localhost:{broker.port}\n")
-        assert untrusted.status == "FAIL"
-        assert "TLS certificate is not trusted" in untrusted.message
-        assert "broker_ca_file" in (untrusted.fix or "")
-        trusted = broker_line(
-            f"broker_url: mqtts://localhost:{broker.port}\nbroker_ca_file: {cert}\n"
+        for ca_line, trusting in [("", "the system CAs"),
+                                  (f"broker_ca_file: {other.cert}\n", str(other.cert))]:
+            untrusted = broker_line(url + ca_line)
+            assert untrusted.status == "FAIL"
+            assert untrusted.message == (
+                "TLS with localhost: certificate verify failed: unable to get local issuer "
+                f"certificate (trusting {trusting})"
+            )
+            assert "not signed by the CA this client trusts" in (untrusted.fix or "")
+            assert "broker_ca_file" in (untrusted.fix or "")
+        wrong_host = broker_line(
+            f"broker_url: mqtts://127.0.0.1:{broker.port}\nbroker_ca_file: {ca.cert}\n"
         )
+        assert wrong_host.status == "FAIL"
+        assert "IP address mismatch" in wrong_host.message
+        unreadable = broker_line(url + f"broker_ca_file: {tmp_path / 'missing.pem'}\n")
+        assert unreadable.status == "FAIL"
+        assert "cannot read broker_ca_file" in unreadable.message
+        trusted = broker_line(url + f"broker_ca_file: {ca.cert}\n")
         assert trusted.status == "PASS", trusted
         plain = broker_line(f"broker_url: mqtt://localhost:{broker.port}\n")
         assert plain.status == "FAIL"
