@@ -12,9 +12,10 @@ must be on PATH) and, for the fleet benches, N simulated agents in worker proces
 subscribers laid out the same way: the raw broker doing the same work, the yardstick
 for Loa's figures.
 `urgent --link 4g` puts those agents and subscribers behind an emulated 4G link
-(bench_netem: 100 ms ± 50 ms one way in each direction, 1 % packet loss; the controller
-stays on the broker's side) and writes its own section (`urgent-4g`). `make bench`
-writes every section: each mode at its defaults, and urgent over 4G too.
+(scripts/link_relay.py, a delaying, lossy TCP relay: 100 ms ± 50 ms one way in each
+direction, 1 % packet loss; the controller stays on the broker's side) and writes its
+own section (`urgent-4g`). `make bench` writes every section: each mode at its defaults,
+and urgent over 4G too.
 
 With --json a mode prints one JSON object on stdout; without, it rewrites its own
 section of docs/benchmarks.md (or of --doc FILE; --doc with --json does both).
@@ -36,7 +37,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bench_netem import LinkParams
+    from link_relay import LinkParams
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -57,12 +58,12 @@ def _on_term(_signum: int, _frame: FrameType | None) -> None:
 
 
 def link_params(args: argparse.Namespace) -> LinkParams | None:
-    """The emulated link asked for (a bench_netem.LinkParams), or None on loopback."""
+    """The emulated link asked for (a link_relay.LinkParams), or None on loopback."""
     if getattr(args, "link", "loopback") != "4g":
         return None
-    import bench_netem
+    import link_relay
 
-    return bench_netem.LinkParams(
+    return link_relay.LinkParams(
         delay_s=args.link_delay_ms / 1000, jitter_s=args.link_jitter_ms / 1000,
         loss=args.link_loss_pct / 100, seed=args.link_seed,
     )  # fmt: skip

@@ -328,8 +328,9 @@ def markdown(result: dict[str, Any], run_line: str, broker_line: str) -> str:
 
 {run_line}
 {r['agents']} simulated agents (real `Agent`, `null` output, each with its own cache on the
-one disk) in {r['processes']} processes, each process's agents on one network thread (a shared
-`NetworkLoop`, their work run right after the reads); a {r['duration_s']:.0f} s bulletin
+one disk) in {r['processes']} processes, each process's agents on one network thread (the
+simulator's shared `NetworkLoop` and read-ahead client, their work run right after the reads:
+scripts/sim_network.py, sim_workers.py); a {r['duration_s']:.0f} s bulletin
 ({'speech' if r['speech'] else 'tones'}), {enc} bytes of Opus in {r['chunks']} chunks of
 {r['chunk_size']} bytes, sent with the real `Distributor.send_play` to the whole province
 (one command and one copy of the chunks on the province's group topics).

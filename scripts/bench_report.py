@@ -41,7 +41,7 @@ together, and read the ratios to the raw broker.
 
 The sections: `urgent`, an urgent announcement to a whole province of simulated agents,
 on loopback; `urgent --link 4g`, the same with every agent (and every bare subscriber)
-behind an emulated 4G link (scripts/bench_netem.py: a relay delaying each direction of
+behind an emulated 4G link (scripts/link_relay.py: a relay delaying each direction of
 each connection by 100 ms ± 50 ms one way, a round trip of 100 to 300 ms, and losing 1 %
 of its packets as TCP sees it; run on its own, not by `make bench`); `delivery`, a
 bulletin to every agent, then a repeat; `agent`, one real agent process, idle and playing.

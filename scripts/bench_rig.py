@@ -1,7 +1,7 @@
 """What the fleet benches share: broker, controller, simulated agents and raw baseline.
 
 `fleet_rig()` sets up, in order: a private mosquitto, the province (fleet file and keys),
-the real controller, with `link` an emulated link in front of the broker (bench_netem),
+the real controller, with `link` an emulated link in front of the broker (link_relay),
 the agent workers and the raw workers (the same process layout; with a link, both
 connect through it, while the controller and the raw publisher connect directly, as
 from a data centre), and the raw publisher; it waits until every agent is connected,
@@ -27,9 +27,9 @@ from pathlib import Path
 
 from bench_broker import PrivateMosquitto
 from bench_fleet import METER_FIELDS, RawBaseline, Sightings, Workers, fleet_specs
-from bench_netem import LinkParams, LinkRelay
 from bench_proc import NO_CPU, CpuTimes, cpu_times, total_cpu
 from bench_province import Province, make_province, start_controller
+from link_relay import LinkParams, LinkRelay
 
 from controller.audio import AudioSettings, PreparedAudio
 from controller.distribution import PLAY_TTL_MARGIN

@@ -17,9 +17,10 @@ Agents of one process share one content cache (allowed for simulated fleets: con
 addressed by hash), so the first agent of a process to complete the audio writes it.
 
 With `--link 4g` the agents and the raw subscribers reach the broker through an emulated
-4G link (bench_netem: 100 ms ± 50 ms one way in each direction, 1 % packet loss), the
-controller and the raw publisher directly; the target is then every agent playing within
-3 s, and the result, with the link's parameters and what it lost, goes to its own section.
+4G link (scripts/link_relay.py, a delaying, lossy TCP relay: 100 ms ± 50 ms one way in
+each direction, 1 % packet loss), the controller and the raw publisher directly; the
+target is then every agent playing within 3 s, and the result, with the link's
+parameters and what it lost, goes to its own section.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench_fleet import check_per_process
-from bench_netem import LinkParams, counts_between
 from bench_report import (
     median,
     pass_fail,
@@ -51,6 +51,7 @@ from bench_rig import (
     raw_messages,
     say,
 )
+from link_relay import LinkParams, counts_between
 
 from controller.audio import PreparedAudio
 from controller.distribution import new_play_id
@@ -256,8 +257,8 @@ def _trial_rows(r: dict[str, Any]) -> list[list[str]]:
 def _fleet_text(r: dict[str, Any]) -> str:
     return f"""\
 {r['agents']} simulated agents (real `Agent`, `null` output) in {r['processes']} processes, each
-process's agents on one network thread (a shared `NetworkLoop`, their work run right after
-the reads: device_agent/workers.py);
+process's agents on one network thread (the simulator's shared `NetworkLoop` and read-ahead
+client, their work run right after the reads: scripts/sim_network.py, sim_workers.py);
 a {r['message_s']:.0f} s message ({'speech' if r['speech'] else 'tones'}), {r['encoded_bytes']}
 bytes of Opus in {r['chunks']} chunks, sent with `Controller.send_urgent` to the whole
 province (one command and one copy of the audio on the province's group topics)."""
@@ -375,7 +376,7 @@ def _markdown_4g(r: dict[str, Any], run_line: str, broker_line: str) -> str:
 {broker_line}
 
 The link: every agent, and every bare subscriber of the raw broker column, reaches the
-broker through an emulated 4G link (scripts/bench_netem.py: a TCP relay in its own
+broker through an emulated 4G link (scripts/link_relay.py: a TCP relay in its own
 process), per connection and in both directions. Each piece of data it reads is
 delivered {_ms(low)} to {_ms(high)} later, uniformly:
 {_ms(link["delay_s"])} ± {_ms(link["jitter_s"])} **one way**, in each direction,

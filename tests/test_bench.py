@@ -2,7 +2,7 @@
 
 These check that the benchmarks run, clean up and report what they promise (keys, sane
 values, the results file); the figures themselves are scripts/bench.py's business at
-full size, never asserted here. The emulated 4G link (scripts/bench_netem.py) is also
+full size, never asserted here. The emulated 4G link (scripts/link_relay.py) is also
 checked on its own, in front of a TCP echo server: its delays, its order and its losses.
 """
 
@@ -23,15 +23,12 @@ from typing import Any
 
 import pytest
 from conftest import have_mosquitto, require
+from link_relay import Counts, Direction, LinkParams, LinkRelay  # scripts/: pytest's pythonpath
+
+from protocol.mqtt import BrokerAddress
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "scripts" / "bench.py"
-if str(ROOT / "scripts") not in sys.path:
-    sys.path.insert(0, str(ROOT / "scripts"))  # the bench's modules are not a package
-
-from bench_netem import Counts, Direction, LinkParams, LinkRelay  # noqa: E402  (sys.path above)
-
-from protocol.mqtt import BrokerAddress  # noqa: E402  (after the sys.path line above)
 
 pytestmark = pytest.mark.slow
 
