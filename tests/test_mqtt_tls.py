@@ -75,6 +75,17 @@ def refused(link: MqttLink) -> ConnectFailure:
     return failure
 
 
+def refused_by(broker: MosquittoBroker, ca: Authority, client_id: str) -> ConnectFailure:
+    """A link to localhost trusting ca, refused: its failure."""
+    link = MqttLink(
+        BrokerAddress("localhost", broker.port, tls=True, ca_file=str(ca.cert)), client_id
+    )
+    try:
+        return refused(link)
+    finally:
+        link.stop()
+
+
 def test_links_trusting_the_brokers_ca_connect_and_exchange_a_message(tls: TlsRig) -> None:
     inbox = Inbox()
     sub = MqttLink(tls.address(tls.ca.cert), "tls-sub")
@@ -137,13 +148,9 @@ def test_a_certificate_naming_another_name_is_refused_as_a_host_mismatch(
 ) -> None:
     ca = Authority.create(tmp_path / "pki")
     broker = start_tls_broker(tmp_path, ca, hosts=("broker.example.vn",))
-    link = MqttLink(
-        BrokerAddress("localhost", broker.port, tls=True, ca_file=str(ca.cert)), "tls-name"
-    )
     try:
-        failure = refused(link)
+        failure = refused_by(broker, ca, "tls-name")
     finally:
-        link.stop()
         broker.kill()
     assert failure.reason.startswith("certificate verify failed: Hostname mismatch")
     assert "does not name localhost" in failure.hint
@@ -155,13 +162,9 @@ def test_an_expired_certificate_is_refused_as_expired(tmp_path: Path) -> None:
     broker = start_tls_broker(
         tmp_path, ca, valid_from=now - timedelta(days=30), valid_until=now - timedelta(days=1)
     )
-    link = MqttLink(
-        BrokerAddress("localhost", broker.port, tls=True, ca_file=str(ca.cert)), "tls-expired"
-    )
     try:
-        failure = refused(link)
+        failure = refused_by(broker, ca, "tls-expired")
     finally:
-        link.stop()
         broker.kill()
     assert failure.reason == "certificate verify failed: certificate has expired"
     assert "validity dates" in failure.hint
