@@ -106,8 +106,8 @@ class Approvals:
 
     def state(self, programme: Programme) -> ApprovalState:
         content = self.content(programme)
-        approval = self._store.approval(programme.id, content)
-        previous = None if approval else self._store.last_approval(programme.id)
+        approval = self._store.approvals.of_content(programme.id, content)
+        previous = None if approval else self._store.approvals.latest(programme.id)
         return ApprovalState(programme.id, content, approval, previous)
 
     def is_approved(self, programme: Programme) -> bool:
@@ -115,12 +115,13 @@ class Approvals:
         if not programme.requires_approval:
             return True
         try:
-            return self._store.approval(programme.id, self.content(programme)) is not None
+            content = self.content(programme)
+            return self._store.approvals.of_content(programme.id, content) is not None
         except ContentUnreadableError:
             return False  # unreadable audio: the dispatch reports it when preparing
 
     def approve(self, programme: Programme, by: str, at: datetime) -> ApprovalState:
         """Approve the programme's current content."""
         content = self.content(programme)
-        self._store.approve(programme.id, content, by, at)
+        self._store.approvals.add(programme.id, content, by, at)
         return self.state(programme)

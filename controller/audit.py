@@ -6,7 +6,7 @@ hash, and its targets. The per-cluster outcome of an announcement is not copied 
 it is read from the status events (controller.urgent) when the log is shown, so it is
 always the latest the clusters reported. Rows are only ever added.
 
-The table lives on the store's metadata, in the same database as the events.
+The table (audit_log) is in controller.store.schema, in the same database as the events.
 """
 
 from __future__ import annotations
@@ -20,28 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Column, DateTime, Integer, String, Table, Text, insert, select
+from sqlalchemy import insert, select
 
-from controller.store import Store, aware, metadata
+from controller.store import Store, aware
+from controller.store.schema import audit_log
 
 Action = Literal["send", "stop", "approve", "cap-alert", "cap-cancel", "sign-in-refused"]
-
-audit_log = Table(
-    "audit_log",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("at", DateTime(timezone=True), nullable=False, index=True),
-    Column("user", String(64), nullable=False),
-    Column("action", String(32), nullable=False),
-    Column("subject", String(128)),  # play id of an announcement, or programme id
-    Column("level", String(16)),
-    Column("title", String(200)),
-    Column("text", Text),
-    Column("audio_sha256", String(64)),
-    Column("targets", Text),  # JSON list of target names
-    Column("clusters", Text),  # JSON list of cluster ids
-    Column("detail", Text),
-)
 
 
 @dataclass(frozen=True)
@@ -64,7 +48,6 @@ class AuditLog:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._lock = threading.Lock()
-        metadata.create_all(store.engine, tables=[audit_log])
 
     def record(
         self,

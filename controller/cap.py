@@ -42,11 +42,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, DateTime, String, Table, Text, insert, select, update
+from sqlalchemy import insert, select, update
 
 from controller.config import CapConfig
 from controller.fleet import Fleet
-from controller.store import add_missing_columns, aware, metadata
+from controller.store import aware
+from controller.store.schema import cap_alerts
 from controller.urgent import AnnouncementRequest, Principal, SystemPrincipal, UrgentService
 
 log = logging.getLogger(__name__)
@@ -54,27 +55,6 @@ log = logging.getLogger(__name__)
 NS = "{urn:oasis:names:tc:emergency:cap:1.2}"
 MAX_CAP_BYTES = 512 * 1024
 
-# One row per CAP message taken, by its reference. state: an Alert or Update aired is
-# pending | sent | cancelled; an Update whose new alert is not aired is ignored; a Cancel
-# is applied; a Cancel or Update whose status is not Actual is ignored (outcome: why).
-cap_alerts = Table(
-    "cap_alerts",
-    metadata,
-    Column("ref", String(400), primary_key=True),  # sender,identifier,sent
-    Column("received_at", DateTime(timezone=True), nullable=False),
-    Column("received_by", String(64), nullable=False),
-    Column("state", String(16), nullable=False),  # pending | sent | cancelled | ignored | applied
-    Column("text", Text, nullable=False),
-    Column("clusters", Text, nullable=False),  # JSON list
-    Column("announcement", String(128)),
-    Column("headline", String(200)),
-    # Alert | Update | Cancel; NULL in rows stored before it was added (Alerts and Updates)
-    Column("msg_type", String(16)),
-    # why a message changed nothing ("ignored: status Test; ..."); NULL otherwise
-    Column("outcome", Text),
-)
-# Columns added since cap_alerts was first created (nullable, so existing rows stay valid).
-ADDED_COLUMNS = {"msg_type": "VARCHAR(16)", "outcome": "TEXT"}
 # Per CAP 1.2, Exercise, Test, System and Draft messages must not act on real alerts.
 ACTING_STATUS = "Actual"
 
@@ -235,8 +215,6 @@ class CapIntake:
         self._config = config
         self._lock = threading.Lock()
         self._taking = threading.Lock()  # one message at a time: check, act, remember
-        metadata.create_all(service.store.engine, tables=[cap_alerts])
-        add_missing_columns(service.store.engine, {cap_alerts.name: ADDED_COLUMNS})
 
     def take(self, raw: bytes, who: Principal) -> CapResult:
         alert = parse_cap(raw)

@@ -33,6 +33,8 @@ def _setup_logging(verbose: bool, command: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:  # Alembic narrates every step; `db` prints what was done
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _width(text: str) -> int:
@@ -63,11 +65,7 @@ def _existing_store(url: str) -> Store | None:
     """The store at url, or None if it is a SQLite file that does not exist yet."""
     from controller.store import Store
 
-    if url.startswith("sqlite:///"):
-        file = url.removeprefix("sqlite:///")
-        if file and file != ":memory:" and not Path(file).exists():
-            return None
-    return Store(url)
+    return None if _missing_sqlite_file(url) is not None else Store(url)
 
 
 def _config_path(args: argparse.Namespace) -> Path | None:
@@ -107,9 +105,58 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from controller.config import load_controller_config
     from controller.main import run
+    from controller.store import SchemaError
 
     config = load_controller_config(Path(args.config))
-    run(config)
+    try:
+        run(config)
+    except SchemaError as exc:
+        print(f"loa-controller run: {exc}", file=sys.stderr)
+        print(f"For this config: loa-controller db upgrade --config {args.config}\n"
+              "Nothing was started.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL that does not exist yet (connecting would create it)."""
+    if url.startswith("sqlite:///"):
+        file = url.removeprefix("sqlite:///")
+        if file and file != ":memory:" and not Path(file).exists():
+            return Path(file)
+    return None
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from sqlalchemy import create_engine
+
+    from controller.config import load_controller_config
+    from controller.store.migrate import head, state_of, upgrade
+
+    url = load_controller_config(Path(args.config)).store_url
+    if args.db_command == "current":
+        missing = _missing_sqlite_file(url)
+        if missing is not None:
+            print(f"no database at {missing} yet; this release's schema is revision "
+                  f"{head()}. `loa-controller run` or `loa-controller db upgrade` creates it.")
+            return 0
+        engine = create_engine(url)
+        try:
+            state = state_of(engine)
+        finally:
+            engine.dispose()
+        print(state.describe())
+        return 1 if state.behind or state.ahead else 0
+    before, after = upgrade(url)
+    if before.current:
+        print(f"{after.where}: already at revision {after.revision} (head); nothing to do.")
+    elif before.empty:
+        print(f"{after.where}: created the store's tables at revision {after.revision} (head).")
+    else:
+        was = (f"revision {before.revision}" if before.revision
+               else "no schema version (a release before migrations)")
+        print(f"{after.where}: upgraded from {was} to revision {after.revision} (head); "
+              "every row kept.")
     return 0
 
 
@@ -176,9 +223,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     tz = ZoneInfo(config.timezone)
     store = Store(config.store_url)
     now = datetime.now(UTC)
-    rows = store.fleet_rows()
-    status = store.config_status()
-    health = store.cluster_health()
+    rows = store.clusters.fleet_rows()
+    status = store.config_status.get()
+    health = store.clusters.health()
     held = Holdings(store).content_status(now)
     store.close()
     content = {
@@ -496,6 +543,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _add_db_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "db", help="the store's schema: which revision it is at, and upgrading it",
+        description="The controller's database carries its schema revision. After "
+        "installing a new release: stop the controller, back the database up, run "
+        "`loa-controller db upgrade`, start it again.",
+    )
+    p.set_defaults(func=cmd_db)
+    db = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    for action, text in (
+        ("current", "the database's revision, and whether it is behind (exit status 1 if "
+         "it is behind or ahead of this release)"),
+        ("upgrade", "bring the database to this release's revision, in place, keeping "
+         "every row (back it up first)"),
+    ):
+        q = db.add_parser(action, help=text, description=text)
+        q.add_argument("--config", default=str(DEFAULT_CONFIG), help="controller config YAML")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loa-controller",
@@ -507,6 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the controller daemon")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="controller config YAML")
     p.set_defaults(func=cmd_run)
+
+    _add_db_parser(sub)
 
     p = sub.add_parser("keygen", help="make the controller's Ed25519 signing key pair")
     p.add_argument("--out", default="keys", help="directory for controller.key/.pub (keys/)")

@@ -76,14 +76,14 @@ class Dispatcher:
         with self._busy_lock:
             if occ.play_id in self._busy:
                 return True
-        return self._store.dispatched(occ.programme, occ.start) is not None
+        return self._store.dispatches.outcome(occ.programme, occ.start) is not None
 
     def _when(self, at: datetime) -> str:
         return at.astimezone(self._tz).strftime("%Y-%m-%d %H:%M:%S %Z")
 
     def _missed(self, occ: Occurrence, reason: str) -> Outcome:
         now = self._clock.now()
-        if self._store.claim_dispatch(occ.programme, occ.start, "missed", reason, now):
+        if self._store.dispatches.claim(occ.programme, occ.start, "missed", reason, now):
             log.warning("missed %s: %s", occ.play_id, reason)
             return "missed"
         return "skipped"
@@ -124,7 +124,7 @@ class Dispatcher:
         )
 
     def _dispatch(self, occ: Occurrence, down_since: datetime | None) -> Outcome:
-        if self._store.dispatched(occ.programme, occ.start) is not None:
+        if self._store.dispatches.outcome(occ.programme, occ.start) is not None:
             return "skipped"
         now = self._clock.now()
         playlists, fleet = self._state()
@@ -165,6 +165,6 @@ class Dispatcher:
                 replay_if_interrupted=programme.replay_if_interrupted,
             )
         )
-        self._store.claim_dispatch(occ.programme, occ.start, "sent", None, now)
+        self._store.dispatches.claim(occ.programme, occ.start, "sent", None, now)
         return "sent"
 

@@ -79,7 +79,9 @@ class HoldingsView(Protocol):
 
 
 class PlayRecorder(Protocol):
-    def record_play(
+    """Where sent plays are kept (controller.store.plays.PlayRepository)."""
+
+    def record(
         self,
         *,
         play_id: str,
@@ -96,7 +98,7 @@ class PlayRecorder(Protocol):
         body: str | None = None,
     ) -> None: ...
 
-    def unheard_plays(self, cluster: str, now: datetime) -> list[str]: ...
+    def unheard(self, cluster: str, now: datetime) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ class Distributor:
         cmd = self._signer.command(body, to, now, ttl)
         payload = cmd.to_json()
         destinations = [("group", g) for g in groups] + [("cluster", c) for c in leftovers]
-        self._recorder.record_play(
+        self._recorder.record(
             play_id=spec.play_id, programme=spec.programme, bulletin=spec.bulletin,
             level=spec.level, start_at=spec.start_at, latest_start=spec.latest_start,
             duration_s=spec.duration_s, items=[i.sha256 for i in spec.items],
@@ -233,7 +235,7 @@ class Distributor:
         """
         now = self._clock.now()
         sent = 0
-        for raw in self._recorder.unheard_plays(cluster, now):
+        for raw in self._recorder.unheard(cluster, now):
             try:
                 body = PlayBody.model_validate_json(raw)
             except ValueError:

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, DateTime, String, Table, delete, insert, select
+from sqlalchemy import delete, insert, select
 
-from controller.store import Store, metadata, plays, utc
-from controller.store import clusters as fleet_clusters
+from controller.store import Store, utc
+from controller.store.schema import clusters as fleet_clusters
+from controller.store.schema import holdings, plays
 from protocol.clock import Clock, SystemClock
 from protocol.messages import Event
 
@@ -46,14 +47,6 @@ PRUNE_EVERY = timedelta(hours=1)
 DELETE_BATCH = 500
 
 log = logging.getLogger(__name__)
-
-holdings = Table(
-    "holdings",
-    metadata,
-    Column("cluster", String(64), primary_key=True),
-    Column("sha256", String(64), primary_key=True, index=True),
-    Column("since", DateTime(timezone=True), nullable=False),
-)
 
 
 @dataclass(frozen=True)
@@ -83,7 +76,6 @@ class Holdings:
         unused_for: how long content no play names keeps its holdings. prune_every: how
         often record_delivered prunes (the first time: on its first delivery)."""
         self._engine = store.engine
-        holdings.create(self._engine, checkfirst=True)
         self._write = threading.Lock()
         self._clock = clock or SystemClock()
         self._unused_for = unused_for

@@ -255,7 +255,9 @@ class Intake:
         self.stats.sweeps += 1
         for silent in self._silence.due(now):
             reason = silent.reason(now)
-            before, _ = self._store.set_state(silent.cluster, "offline", now, reason=reason)
+            before, _ = self._store.clusters.set_state(
+                silent.cluster, "offline", now, reason=reason
+            )
             if before == "offline":  # the Last Will came first
                 continue
             self._silenced.add(silent.cluster)
@@ -282,7 +284,7 @@ class Intake:
         if cluster not in self._silenced:
             return
         self._silenced.discard(cluster)
-        _, before_at = self._store.set_state(cluster, "online", now)
+        _, before_at = self._store.clusters.set_state(cluster, "online", now)
         away = f" after {_span(now - before_at)} silent" if before_at is not None else ""
         log.info("cluster %s is back online%s (heard again)", cluster, away)
         for slistener in self._state_listeners:
@@ -298,7 +300,7 @@ class Intake:
                 latest[item.cluster] = item
             elif isinstance(item, tuple):
                 cluster, state, since = item
-                before, before_at = self._store.set_state(cluster, state, now, since)
+                before, before_at = self._store.clusters.set_state(cluster, state, now, since)
                 self.stats.states += 1
                 if state == "online" and before == "offline" and before_at is not None:
                     away = (since or now) - before_at
@@ -310,14 +312,14 @@ class Intake:
                 for slistener in self._state_listeners:
                     slistener(cluster, state)
         if latest:
-            self._store.set_heartbeats(
+            self._store.clusters.set_heartbeats(
                 [(b.cluster, b.at, b.model_dump_json(exclude_none=True)) for b in latest.values()],
                 now,
             )
             self.stats.heartbeats += len(latest)
         if not evs:
             return
-        fresh = self._store.add_events(evs, now)
+        fresh = self._store.events.add(evs, now)
         self.stats.batches += 1
         self.stats.events += len(fresh)
         self.stats.duplicates += len(evs) - len(fresh)

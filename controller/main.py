@@ -123,7 +123,8 @@ class Controller:
         )
         self.holdings = Holdings(self.store, clock=self.clock)
         self.distributor = Distributor(
-            self.link, self.signer, self.store, lambda: self.fleet, self.clock, self._content_path,
+            self.link, self.signer, self.store.plays, lambda: self.fleet, self.clock,
+            self._content_path,
             chunk_size=settings.audio.chunk_size, holdings=self.holdings,
         )
         self.intake = Intake(self.link, self.store, self.signer, self.clock)
@@ -144,7 +145,7 @@ class Controller:
             lead_time=settings.lead_time,
             dispatch=self.dispatcher,
             already_dealt_with=self.dispatcher.already_dealt_with,
-            marks=self.store,
+            marks=self.store.marks,
         )
         self.watcher = FileWatcher(
             lambda: watched_files(settings.fleet_path, settings.playlist_paths),
@@ -207,7 +208,7 @@ class Controller:
         )
 
     def _record_status(self, warnings: list[Problem]) -> None:
-        self.store.set_config_status(
+        self.store.config_status.set(
             "ok", "\n".join(str(p) for p in warnings), self.clock.now()
         )
 
@@ -268,9 +269,12 @@ class Controller:
         fleet = self.fleet
         withdrawn = []
         for occ in plan(before, now, end, tz):
-            if occ.play_id in kept or self.store.dispatched(occ.programme, occ.start) != "sent":
+            sent = self.store.dispatches.outcome(occ.programme, occ.start) == "sent"
+            if occ.play_id in kept or not sent:
                 continue
-            clusters = [c for c in self.store.play_clusters(occ.play_id) if c in fleet.clusters]
+            clusters = [
+                c for c in self.store.plays.clusters_of(occ.play_id) if c in fleet.clusters
+            ]
             self.distributor.send_stop(occ.play_id, clusters)
             withdrawn.append(occ.play_id)
             log.info("withdrew %s: the edited playlists no longer have it", occ.play_id)
@@ -283,7 +287,7 @@ class Controller:
             "refused the edited playlists/fleet (%d error(s)); the previous schedule keeps "
             "running. Fix these and save again:\n%s", errors, result.report(),
         )
-        self.store.set_config_status("error", result.report(), self.clock.now())
+        self.store.config_status.set("error", result.report(), self.clock.now())
         self.last_reload = result
         return result
 
@@ -293,7 +297,7 @@ class Controller:
 
     def _sync_fleet(self) -> None:
         fleet = self.fleet
-        self.store.sync_fleet(
+        self.store.clusters.sync_fleet(
             (c.id, c.name, c.commune, fleet.node(c.commune).name) for c in fleet.clusters.values()
         )
 

@@ -73,10 +73,11 @@ class Dispatch(Protocol):
 
 
 class MarkStore(Protocol):
-    """Where the scheduler keeps its mark across restarts (controller.store.Store)."""
+    """Where the scheduler keeps its mark across restarts
+    (controller.store.status.MarkRepository)."""
 
-    def mark(self, name: str) -> datetime | None: ...
-    def set_mark(self, name: str, at: datetime) -> None: ...
+    def get(self, name: str) -> datetime | None: ...
+    def set(self, name: str, at: datetime) -> None: ...
 
 
 class MemoryMarks:
@@ -85,10 +86,10 @@ class MemoryMarks:
     def __init__(self) -> None:
         self._marks: dict[str, datetime] = {}
 
-    def mark(self, name: str) -> datetime | None:
+    def get(self, name: str) -> datetime | None:
         return self._marks.get(name)
 
-    def set_mark(self, name: str, at: datetime) -> None:
+    def set(self, name: str, at: datetime) -> None:
         self._marks[name] = at
 
 
@@ -225,7 +226,7 @@ class Scheduler:
         with self._lock:
             if self._playlists is None:
                 return []
-            mark = self._marks.mark(MARK)
+            mark = self._marks.get(MARK)
             if mark is None or mark >= now:
                 return []
             down_since = mark if now - mark > DOWN_AFTER else None
@@ -249,7 +250,7 @@ class Scheduler:
             for job_id, occ in wanted.items():
                 if job_id not in self._planned:
                     self._plan(occ, self.due_time(occ), now)
-            self._marks.set_mark(MARK, now)
+            self._marks.set(MARK, now)
         log.debug("planned %d upcoming occurrences", len(wanted))
 
     def planned(self) -> list[PlannedJob]:

@@ -31,14 +31,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Column, DateTime, Float, Integer, String, Table, Text, insert, select, update
+from sqlalchemy import insert, select, update
 
 from controller import ffmpeg
 from controller.audio import ContentStore, PreparedAudio
 from controller.audit import AuditEntry, AuditLog
 from controller.distribution import PlaySpec, new_play_id
 from controller.fleet import Fleet
-from controller.store import FINAL_KINDS, Store, aware, metadata
+from controller.store import FINAL_KINDS, Store, aware
+from controller.store.schema import urgent_announcements as announcements
 from controller.tts import TextToSpeech
 from protocol.clock import Clock
 from protocol.messages import Level
@@ -58,28 +59,6 @@ ClusterStatus = Literal[
 ]
 FINAL: frozenset[str] = frozenset(FINAL_KINDS)
 _ORDER = {"sent": 0, "offline": 0, "received": 1, "delivered": 2, "playing": 3}
-
-announcements = Table(
-    "urgent_announcements",
-    metadata,
-    Column("id", String(128), primary_key=True),  # the play id
-    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
-    Column("created_by", String(64), nullable=False),
-    Column("source", String(16), nullable=False),
-    Column("title", String(200), nullable=False),
-    Column("text", Text),
-    Column("level", String(16), nullable=False),
-    Column("audio_sha256", String(64), nullable=False),
-    Column("duration_s", Float, nullable=False),
-    Column("repeat", Integer, nullable=False),
-    Column("gap_s", Float, nullable=False),
-    Column("targets", Text, nullable=False),  # JSON list of target names
-    Column("clusters", Text, nullable=False),  # JSON list of cluster ids
-    Column("latest_start", DateTime(timezone=True), nullable=False),
-    Column("stopped_at", DateTime(timezone=True)),
-    Column("stopped_by", String(64)),
-    Column("ref", String(200)),  # e.g. the CAP identifier it came from
-)
 
 
 # --- who is asking ----------------------------------------------------------------------
@@ -271,7 +250,6 @@ class UrgentService:
         self._work = work_dir
         self._lock = threading.Lock()
         work_dir.mkdir(parents=True, exist_ok=True)
-        metadata.create_all(store.engine, tables=[announcements])
 
     @property
     def store(self) -> Store:
@@ -469,7 +447,7 @@ class UrgentService:
         return _with_progress(found, self.progress(found.id, found.clusters))
 
     def clusters_of(self, play_id: str) -> list[str]:
-        return self._store.play_clusters(play_id)
+        return self._store.plays.clusters_of(play_id)
 
     def audit_entries(self, who: Principal, limit: int = 500) -> list[AuditEntry]:
         """The audit log as this user may read it: its own actions and its subtree's."""
@@ -506,7 +484,7 @@ class UrgentService:
         fleet = self._fleet()
         latest: dict[str, tuple[str, str | None, datetime | None]] = {}
         rows = sorted(
-            self._store.events_for_play(play_id), key=lambda r: (_aware(r["at"]), r["seq"])
+            self._store.events.of_play(play_id), key=lambda r: (_aware(r["at"]), r["seq"])
         )
         for r in rows:
             cluster, kind = r["cluster"], r["kind"]
@@ -517,7 +495,7 @@ class UrgentService:
                 if prev[0] in _ORDER and kind in _ORDER and _ORDER[kind] < _ORDER[prev[0]]:
                     continue
             latest[cluster] = (kind, r["reason"], _aware(r["at"]))
-        states = {row.id: row for row in self._store.fleet_rows()}
+        states = {row.id: row for row in self._store.clusters.fleet_rows()}
         out = []
         for cid in clusters:
             known = fleet.clusters.get(cid)

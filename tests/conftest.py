@@ -9,6 +9,7 @@ the same interface, so the suite still runs on a machine with only Python.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -36,6 +37,46 @@ def require(component: str, found: bool, hint: str) -> None:
     if IN_CI:
         pytest.fail(f"CI must install every component: {message}")
     pytest.skip(message)
+
+
+POSTGRES_URL = os.environ.get(
+    "LOA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def postgres_database(prefix: str) -> Iterator[str]:
+    """The URL of a PostgreSQL database made for one test and dropped after it, on the
+    server at LOA_TEST_POSTGRES_URL (default: 127.0.0.1:5432, user postgres). Skipped where
+    no server answers or the driver (psycopg, the `test` extra) is missing; under CI
+    either fails the test. Use with `yield from` in a fixture."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    base = make_url(POSTGRES_URL)
+    try:
+        admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    except ImportError as exc:
+        require(f"the PostgreSQL driver for {base.drivername}", False,
+                f"{exc}; pip install psycopg")
+        raise
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        admin.dispose()
+        require(f"a PostgreSQL server at {base.render_as_string()}", False,
+                f"none answers: {exc.orig}; set LOA_TEST_POSTGRES_URL")
+        raise
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
 
 
 def free_port() -> int:

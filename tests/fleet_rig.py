@@ -26,7 +26,8 @@ from controller.config import load_controller_config
 from controller.distribution import PlaySpec, new_play_id
 from controller.main import Controller, Settings
 from controller.samples import tone
-from controller.store import FINAL_KINDS, events
+from controller.store import FINAL_KINDS
+from controller.store.schema import events
 from protocol.messages import Level
 from protocol.signing import generate_keypair
 
@@ -159,13 +160,13 @@ class FleetRig:
 
     def wait_online(self, cluster: str, timeout: float = 20) -> None:
         wait_until(
-            lambda: self.ctl.store.cluster_health().get(cluster) is not None
-            and self.ctl.store.cluster_health()[cluster].state == "online",
+            lambda: self.ctl.store.clusters.health().get(cluster) is not None
+            and self.ctl.store.clusters.health()[cluster].state == "online",
             timeout, f"{cluster} to come online",
         )
 
     def events(self, play_id: str, cluster: str) -> list[dict[str, Any]]:
-        return [e for e in self.ctl.store.events_for_play(play_id) if e["cluster"] == cluster]
+        return [e for e in self.ctl.store.events.of_play(play_id) if e["cluster"] == cluster]
 
     def kinds(self, play_id: str, cluster: str) -> list[str]:
         return [e["kind"] for e in sorted(self.events(play_id, cluster), key=lambda e: e["seq"])]

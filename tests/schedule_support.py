@@ -177,7 +177,7 @@ class Rig:
             lead_time=self.lead,
             dispatch=self.dispatcher,
             already_dealt_with=self.dispatcher.already_dealt_with,
-            marks=self.store,
+            marks=self.store.marks,
         )
         self.scheduler.swap(self.playlists)
         self.replan()
@@ -224,4 +224,4 @@ class Rig:
             self.clock.set(min(now + step, until))
 
     def outcome(self, programme: str, start: datetime) -> tuple[str, str | None] | None:
-        return self.store.dispatches_of(programme).get(start)
+        return self.store.dispatches.of_programme(programme).get(start)

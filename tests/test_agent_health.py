@@ -240,14 +240,14 @@ def test_the_controller_keeps_heartbeats_sees_a_silent_agent_go_offline_and_come
     store = controller.store
     proc = _agent(agent_config, tmp_path / "agent.log")
     try:
-        wait_until(lambda: store.cluster_health()["hb-02"].state == "online", 20, "online")
-        online_since = store.cluster_health()["hb-02"].state_at
+        wait_until(lambda: store.clusters.health()["hb-02"].state == "online", 20, "online")
+        online_since = store.clusters.health()["hb-02"].state_at
         # Heartbeats every second; acks of the agent's events give it a clock offset.
         wait_until(
-            lambda: (store.cluster_health()["hb-02"].heartbeat or {}).get("uptime_s", 0) >= 2,
+            lambda: (store.clusters.health()["hb-02"].heartbeat or {}).get("uptime_s", 0) >= 2,
             15, "heartbeats to be stored",
         )
-        beat = store.cluster_health()["hb-02"].heartbeat
+        beat = store.clusters.health()["hb-02"].heartbeat
         assert beat is not None
         assert beat["cluster"] == "hb-02"
         assert beat["version"]
@@ -257,12 +257,12 @@ def test_the_controller_keeps_heartbeats_sees_a_silent_agent_go_offline_and_come
         # its Last Will at once.
         os.kill(proc.pid, signal.SIGKILL)
         killed = time.monotonic()
-        wait_until(lambda: store.cluster_health()["hb-02"].state == "offline",
+        wait_until(lambda: store.clusters.health()["hb-02"].state == "offline",
                    1.5 * KEEPALIVE, "the Last Will after kill -9")
         print(f"offline {time.monotonic() - killed:.3f} s after kill -9 "
               f"(keepalive {KEEPALIVE} s, limit {1.5 * KEEPALIVE} s)")
         proc.wait(10)
-        offline_since = store.cluster_health()["hb-02"].state_at
+        offline_since = store.clusters.health()["hb-02"].state_at
         assert offline_since is not None
         assert online_since is not None
         assert offline_since > online_since
@@ -273,21 +273,21 @@ def test_the_controller_keeps_heartbeats_sees_a_silent_agent_go_offline_and_come
         # 6 s); the controller marks it offline itself once 1.5 x keepalive has passed since
         # the last heartbeat (which came at most HEARTBEAT_S before the freeze).
         proc = _agent(agent_config, tmp_path / "agent.log")
-        wait_until(lambda: store.cluster_health()["hb-02"].state == "online", 20, "back")
-        back_since = store.cluster_health()["hb-02"].state_at
+        wait_until(lambda: store.clusters.health()["hb-02"].state == "online", 20, "back")
+        back_since = store.clusters.health()["hb-02"].state_at
         assert back_since is not None
         assert back_since > offline_since
         os.kill(proc.pid, signal.SIGSTOP)
         frozen = time.monotonic()
-        wait_until(lambda: store.cluster_health()["hb-02"].state == "offline",
+        wait_until(lambda: store.clusters.health()["hb-02"].state == "offline",
                    1.5 * KEEPALIVE + SILENCE_MARGIN_S, "a frozen agent marked offline")
         silent_for = time.monotonic() - frozen
         print(f"offline {silent_for:.2f} s after the agent went silent "
               f"(keepalive {KEEPALIVE} s: 1.5 x = {1.5 * KEEPALIVE} s)")
         # not before 1.5 x keepalive since the last heartbeat, itself <= HEARTBEAT_S ago
         assert silent_for >= 1.5 * KEEPALIVE - HEARTBEAT_S - 0.1
-        reason = store.cluster_health()["hb-02"].state_reason
-        silent_since = store.cluster_health()["hb-02"].state_at
+        reason = store.clusters.health()["hb-02"].state_reason
+        silent_since = store.clusters.health()["hb-02"].state_at
         assert reason is not None
         assert f"more than 1.5 × its keepalive of {KEEPALIVE} s" in reason
         # The broker's Last Will follows at its own check; it changes nothing stored. Thawed
@@ -295,13 +295,13 @@ def test_the_controller_keeps_heartbeats_sees_a_silent_agent_go_offline_and_come
         states = controller.intake.stats.states
         wait_until(lambda: controller.intake.stats.states > states, BROKER_CHECK_S + 2,
                    "the broker's Last Will as well")
-        assert store.cluster_health()["hb-02"].state_at == silent_since
+        assert store.clusters.health()["hb-02"].state_at == silent_since
         os.kill(proc.pid, signal.SIGCONT)
 
         # It thaws, reconnects, and the controller shows since when it is back (a late
         # heartbeat on a connection the broker kept: tests/test_silence.py).
-        wait_until(lambda: store.cluster_health()["hb-02"].state == "online", 20, "back")
-        back_since = store.cluster_health()["hb-02"].state_at
+        wait_until(lambda: store.clusters.health()["hb-02"].state == "online", 20, "back")
+        back_since = store.clusters.health()["hb-02"].state_at
         assert back_since is not None
         out = subprocess.run(
             [sys.executable, "-m", "controller.cli", "fleet", "--config", str(controller_config)],
@@ -329,26 +329,30 @@ def test_the_store_keeps_since_when_and_the_latest_heartbeat(tmp_path: Path) -> 
     store = Store(f"sqlite:///{tmp_path / 'c.db'}")
     try:
         t = T0
-        first = store.set_state("c1", "online", t, since=t - timedelta(seconds=1))
+        first = store.clusters.set_state("c1", "online", t, since=t - timedelta(seconds=1))
         assert first == ("unknown", None)  # a cluster never heard of
-        assert store.cluster_health()["c1"].state_at == t - timedelta(seconds=1)
+        assert store.clusters.health()["c1"].state_at == t - timedelta(seconds=1)
         # The same retained state heard again (a controller restart) changes nothing.
-        store.set_state("c1", "online", t + timedelta(minutes=5))
-        assert store.cluster_health()["c1"].state_at == t - timedelta(seconds=1)
-        before = store.set_state("c1", "offline", t + timedelta(minutes=6))
+        store.clusters.set_state("c1", "online", t + timedelta(minutes=5))
+        assert store.clusters.health()["c1"].state_at == t - timedelta(seconds=1)
+        before = store.clusters.set_state("c1", "offline", t + timedelta(minutes=6))
         assert before == ("online", t - timedelta(seconds=1))
         # Back: since the agent's own connect time.
-        store.set_state("c1", "online", t + timedelta(minutes=9), since=t + timedelta(minutes=8))
-        assert store.cluster_health()["c1"].state_at == t + timedelta(minutes=8)
+        store.clusters.set_state(
+            "c1", "online", t + timedelta(minutes=9), since=t + timedelta(minutes=8)
+        )
+        assert store.clusters.health()["c1"].state_at == t + timedelta(minutes=8)
         # Online again, reconnected meanwhile without the controller seeing it go.
-        store.set_state("c1", "online", t + timedelta(minutes=20), since=t + timedelta(minutes=19))
-        assert store.cluster_health()["c1"].state_at == t + timedelta(minutes=19)
+        store.clusters.set_state(
+            "c1", "online", t + timedelta(minutes=20), since=t + timedelta(minutes=19)
+        )
+        assert store.clusters.health()["c1"].state_at == t + timedelta(minutes=19)
 
         for n in (1, 2):
             beat = Heartbeat(cluster="c1", at=t + timedelta(minutes=n), uptime_s=60.0 * n)
-            store.set_heartbeats([("c1", beat.at, beat.model_dump_json())],
+            store.clusters.set_heartbeats([("c1", beat.at, beat.model_dump_json())],
                                  t + timedelta(minutes=n, seconds=1))
-        health = store.cluster_health()["c1"]
+        health = store.clusters.health()["c1"]
         assert health.heartbeat is not None
         assert health.heartbeat["uptime_s"] == 120.0
         assert health.heartbeat_at == t + timedelta(minutes=2, seconds=1)

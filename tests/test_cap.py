@@ -332,32 +332,3 @@ def test_an_update_that_is_not_actual_changes_nothing(
         [second] = actual["announcements"]
         assert cap_rig.service.get(manager, first).stopped_by == "quan-ly"
         assert [a.id for a in cap_rig.service.recent(manager)] == [second, first]
-
-
-@pytest.mark.parametrize("cap_rig", ["send"], indirect=True)
-def test_a_database_from_before_msg_type_gets_the_column_and_keeps_its_alerts(
-    cap_rig: WebRig,
-) -> None:
-    from sqlalchemy import inspect, text
-
-    from controller.cap import CapIntake
-    from controller.config import CapConfig
-
-    assert cap_rig.ctx.cap is not None
-    cap_rig.ctx.cap.take(cap_xml(), cap_rig.user("quan-ly"))
-    engine = cap_rig.service.store.engine
-    with engine.begin() as conn:
-        conn.execute(text("ALTER TABLE cap_alerts DROP COLUMN msg_type"))
-        conn.execute(text("ALTER TABLE cap_alerts DROP COLUMN outcome"))
-    columns = {c["name"] for c in inspect(engine).get_columns("cap_alerts")}
-    assert not columns & {"msg_type", "outcome"}
-
-    restarted = CapIntake(cap_rig.service, CapConfig(policy="send", repeat=1))
-    columns = {c["name"] for c in inspect(engine).get_columns("cap_alerts")}
-    assert {"msg_type", "outcome"} <= columns
-    assert restarted.take(cap_xml(), cap_rig.user("quan-ly")).action == "already-taken"
-    cancel = cap_xml(identifier="VN-KTTV-2026-002", msg_type="Cancel", references=FIRST_REF)
-    assert restarted.take(cancel, cap_rig.user("quan-ly")).action == "cancelled"
-    with engine.connect() as conn:
-        rows = conn.execute(text("SELECT msg_type, state FROM cap_alerts ORDER BY ref")).all()
-    assert [tuple(r) for r in rows] == [(None, "sent"), ("Cancel", "applied")]

@@ -129,7 +129,7 @@ class Rig:
         self.controller.stop()
 
     def row(self) -> ClusterRow:
-        rows = {r.id: r for r in self.controller.store.fleet_rows()}
+        rows = {r.id: r for r in self.controller.store.clusters.fleet_rows()}
         return rows[CLUSTER]
 
     def log(self) -> str:
@@ -139,7 +139,7 @@ class Rig:
         return sorted(self.wav_dir.glob("*.wav")) if self.wav_dir.exists() else []
 
     def rejections(self) -> int:
-        return self.controller.store.count_events("rejected")
+        return self.controller.store.events.count("rejected")
 
 
 @pytest.fixture
@@ -184,7 +184,7 @@ def test_a_signed_play_plays_and_forgeries_play_nothing(rig: Rig, broker: Mosqui
     spec = rig.controller.send_urgent(["xa-a"], [rig.tmp / "urgent.wav"], title="Thử loa")
     assert spec.clusters == [CLUSTER]
     wait_until(
-        lambda: rig.controller.store.play_states(spec.play_id).get(CLUSTER) == "finished",
+        lambda: rig.controller.store.events.play_states(spec.play_id).get(CLUSTER) == "finished",
         30, "the agent to finish the announcement",
     )
     assert len(rig.wavs()) == 1
@@ -238,7 +238,7 @@ def test_a_signed_play_plays_and_forgeries_play_nothing(rig: Rig, broker: Mosqui
     # None of them played: still the one WAV, and no play of theirs reached the output.
     assert len(rig.wavs()) == 1
     for hijack in ("hijack-1", "hijack-2", "hijack-3", "hijack-4"):
-        assert rig.controller.store.play_states(hijack) == {}
+        assert rig.controller.store.events.play_states(hijack) == {}
     log = rig.log()
     assert log.count("refused command") == 5, log
 

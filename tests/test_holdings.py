@@ -199,7 +199,7 @@ def test_a_full_cache_evicts_on_delivery_and_a_stale_holding_heals(
         send(r, "mot", first, [cid])
         assert cache.has(first.sha256)  # over quota, but scheduled: kept
         r.controller.distributor.send_stop("mot", [cid])
-        wait_until(lambda: r.controller.store.play_states("mot").get(cid) == "interrupted",
+        wait_until(lambda: r.controller.store.events.play_states("mot").get(cid) == "interrupted",
                    15, "the withdrawn play to be reported")
         send(r, "hai", second, [cid])
         wait_until(lambda: not cache.has(first.sha256), 10, "the unneeded audio to be evicted")
@@ -254,7 +254,7 @@ def test_fleet_shows_content_held_and_a_transfer_under_way(
     audio = content(size=4 * CHUNK_SIZE)
     now = controller.clock.now()
     body = play_body("nua-chung", [audio.ref], now + timedelta(hours=1))
-    controller.store.record_play(
+    controller.store.plays.record(
         play_id=body.play_id, programme=None, bulletin=body.bulletin, level=body.level,
         start_at=body.start_at, latest_start=body.latest_start, duration_s=1.0,
         items=[audio.ref.sha256], cluster_ids=["a-03"], urgent=False, sent_at=now,
@@ -272,7 +272,7 @@ def test_fleet_shows_content_held_and_a_transfer_under_way(
     agent.relay_changed()  # a heartbeat now rather than in a minute
 
     def transfers() -> object:
-        beat = controller.store.cluster_health()["a-03"].heartbeat or {}
+        beat = controller.store.clusters.health()["a-03"].heartbeat or {}
         return beat.get("transfers")
 
     wait_until(transfers, 10, "a heartbeat with the transfer")
@@ -299,11 +299,11 @@ def pruning_store(tmp_path: Path) -> Store:
     """A store with clusters a-01 and a-02 in the fleet, and three plays: one whose latest
     start is 100 days ago (OLD), one 10 days ago (RECENT), one still to start (NEXT)."""
     store = Store(f"sqlite:///{tmp_path / 'controller.db'}")
-    store.sync_fleet([(c, c, "xa-a", "Xã An") for c in ("a-01", "a-02")])
+    store.clusters.sync_fleet([(c, c, "xa-a", "Xã An") for c in ("a-01", "a-02")])
     for play_id, sha, when in (("cu", OLD, T0 - timedelta(days=100)),
                                ("gan-day", RECENT, T0 - timedelta(days=10)),
                                ("sap-toi", NEXT, T0 + timedelta(hours=2))):
-        store.record_play(
+        store.plays.record(
             play_id=play_id, programme=None, bulletin=play_id, level="normal",
             start_at=when - timedelta(minutes=5), latest_start=when, duration_s=1.0,
             items=[sha], cluster_ids=["a-01", "a-02"], urgent=False,
@@ -321,7 +321,7 @@ def test_holdings_of_unused_content_and_of_clusters_out_of_the_fleet_are_pruned(
     holdings.add("a-01", [OLD, RECENT, NEXT], long_ago)
     holdings.add("a-01", [NEW], T0 - timedelta(days=2))  # in no play, but learnt lately
     holdings.add("a-02", [RECENT, NEXT], long_ago)
-    store.sync_fleet([("a-01", "a-01", "xa-a", "Xã An")])  # a-02 leaves the fleet
+    store.clusters.sync_fleet([("a-01", "a-01", "xa-a", "Xã An")])  # a-02 leaves the fleet
 
     assert holdings.prune(T0) == 3
     assert holdings.held("a-01") == {RECENT, NEXT, NEW}

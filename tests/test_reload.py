@@ -105,7 +105,7 @@ def test_a_good_edit_is_taken_and_a_broken_one_refused_with_file_and_line(
     assert controller.scheduler.pending_jobs() == sorted(
         [job_id("tin-sang", 5, 45), job_id("tin-them", 5, 50)]
     )
-    status = controller.store.config_status()
+    status = controller.store.config_status.get()
     assert status is not None
     assert status.status == "ok"
     good = controller.playlists
@@ -116,10 +116,10 @@ def test_a_good_edit_is_taken_and_a_broken_one_refused_with_file_and_line(
     playlist.write_text(broken, encoding="utf-8")
     bad_line = broken.splitlines().index('    schedule: {times: ["25:61"]}') + 1
     wait_until(
-        lambda: (s := controller.store.config_status()) is not None and s.status == "error",
+        lambda: (s := controller.store.config_status.get()) is not None and s.status == "error",
         15, "the refused edit in the store",
     )
-    status = controller.store.config_status()
+    status = controller.store.config_status.get()
     assert status is not None
     assert f"{playlist}:{bad_line}:" in status.problems
     assert "'25:61' is not a time of day" in status.problems
@@ -147,7 +147,7 @@ def test_a_good_edit_is_taken_and_a_broken_one_refused_with_file_and_line(
     )
     assert job_id("tin-them", 5, 50) not in controller.scheduler.pending_jobs()
     wait_until(
-        lambda: (s := controller.store.config_status()) is not None and s.status == "ok",
+        lambda: (s := controller.store.config_status.get()) is not None and s.status == "ok",
         15, "the store to show the fixed edit",
     )
     assert fleet_output(rig.config, capsys).splitlines()[0].endswith(", ok")
@@ -213,19 +213,19 @@ def test_an_edit_withdraws_a_play_already_sent_for_an_occurrence_it_moves(
         store = controller.store
         old = job_id("tin-sang", 5, 20).removeprefix("occ:")
         new = job_id("tin-sang", 5, 25).removeprefix("occ:")
-        wait_until(lambda: store.play_states(old).get("a-01") == "delivered", 15,
+        wait_until(lambda: store.events.play_states(old).get("a-01") == "delivered", 15,
                    "the agent to hold the 05:20 play")
 
         playlist.write_text(MORNING.replace("05:45", "05:25"), encoding="utf-8")
         result = controller.reload()
         assert result.ok
         assert result.withdrawn == [old]
-        wait_until(lambda: store.play_states(old).get("a-01") == "interrupted", 15,
+        wait_until(lambda: store.events.play_states(old).get("a-01") == "interrupted", 15,
                    "the agent to drop the moved play")
-        reasons = [e["reason"] for e in store.events_for_play(old) if e["kind"] == "interrupted"]
+        reasons = [e["reason"] for e in store.events.of_play(old) if e["kind"] == "interrupted"]
         assert reasons == ["stopped before it started"]
-        wait_until(lambda: store.play_states(new).get("a-01") == "delivered", 15,
+        wait_until(lambda: store.events.play_states(new).get("a-01") == "delivered", 15,
                    "the agent to hold the 05:25 play")
-        assert store.dispatched("tin-sang", utc_of(5, 20)) == "sent"
+        assert store.dispatches.outcome("tin-sang", utc_of(5, 20)) == "sent"
     finally:
         live.stop()

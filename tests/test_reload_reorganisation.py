@@ -95,7 +95,7 @@ def test_merged_communes_keep_their_schedules_and_answer_to_the_new_commune(
     assert controller.last_reload.ok, controller.last_reload.report()
     assert controller.fleet.province.id == "tp-can-tho"
     assert set(merged) <= set(controller.last_reload.memberships_sent)
-    status = controller.store.config_status()
+    status = controller.store.config_status.get()
     assert status is not None
     assert status.status == "ok"
 
@@ -111,7 +111,7 @@ def test_merged_communes_keep_their_schedules_and_answer_to_the_new_commune(
 
     # ... and answer to the new commune: targets, the store, and their membership.
     assert set(merged) <= set(controller.fleet.resolve([NEW_COMMUNE]))
-    rows = {r.id: r for r in controller.store.fleet_rows()}
+    rows = {r.id: r for r in controller.store.clusters.fleet_rows()}
     assert {rows[c].commune_name for c in merged} == {"Xã Tân Bình"}
     memberships = retained_memberships(rig, merged)
     for cluster in merged:
@@ -128,7 +128,7 @@ def test_merged_communes_keep_their_schedules_and_answer_to_the_new_commune(
     spec = controller.send_urgent([NEW_COMMUNE], [audio], title="Thông báo xã Tân Bình")
     assert sorted(spec.clusters) == sorted([*merged, *stayed])
     wait_until(
-        lambda: controller.store.play_states(spec.play_id)
+        lambda: controller.store.events.play_states(spec.play_id)
         == {c: "finished" for c in [*merged, *stayed]},
         30, "every cluster of the new commune to finish the play",
     )

@@ -75,7 +75,7 @@ def test_what_the_scheduler_fires_is_what_plan_lists(
         assert sent.spec.latest_start == o.latest_start
         assert o.start - LEAD <= sent.at < o.start - LEAD + timedelta(minutes=1)
     # every occurrence recorded once, as sent
-    log = rig.store.dispatch_log()
+    log = rig.store.dispatches.log()
     assert len(log) == len(expected)
     assert {r["outcome"] for r in log} == {"sent"}
     if tz is BERLIN:  # 02:30 does not exist on 28 March 2027: it airs at 03:30 CEST
@@ -187,7 +187,7 @@ def test_a_controller_down_past_the_lateness_records_the_miss_and_why(tmp_path: 
         assert outcome[0] == "missed"
         assert "was not running from about 2026-11-27 05:00:00" in (outcome[1] or "")
         assert "to 2026-11-27 09:00:00" in (outcome[1] or "")
-    assert len(rig.store.dispatch_log()) == len(missed)
+    assert len(rig.store.dispatches.log()) == len(missed)
     assert rig.distributor.sent == []
     # and the rest of the day goes on
     rig.run(until=local(FRI, 18, 0))
@@ -197,7 +197,7 @@ def test_a_controller_down_past_the_lateness_records_the_miss_and_why(tmp_path: 
 def test_the_very_first_start_invents_no_misses(tmp_path: Path) -> None:
     rig = Rig(tmp_path, clock_at(local(FRI, 12, 0)))
     rig.run(until=local(FRI, 12, 10))
-    assert rig.store.dispatch_log() == []
+    assert rig.store.dispatches.log() == []
 
 
 def test_across_days_and_restarts_every_occurrence_is_sent_or_missed_once(
@@ -214,7 +214,7 @@ def test_across_days_and_restarts_every_occurrence_is_sent_or_missed_once(
     end = local(MON, 8, 0)
     every = [o for o in plan(rig.playlists, t0, end + LEAD, HCM) if o.start - LEAD <= end]
     log = {(r["programme"], r["occurrence"].replace(tzinfo=UTC)): r for r in
-           rig.store.dispatch_log()}
+           rig.store.dispatches.log()}
     assert set(log) == {(o.programme, o.start) for o in every}  # nothing silently skipped
     sent = rig.distributor.play_ids()
     assert len(sent) == len(set(sent))  # nothing twice
@@ -292,7 +292,7 @@ def test_a_programme_removed_by_a_reload_is_neither_sent_nor_recorded(tmp_path: 
     rig.reload()
     rig.run(until=local(FRI, 18, 0))
     assert [s.spec.programme for s in rig.distributor.sent] == ["tin-sang"]
-    assert rig.store.dispatches_of("tin-chieu") == {}
+    assert rig.store.dispatches.of_programme("tin-chieu") == {}
 
 
 # --- approval -------------------------------------------------------------------------------

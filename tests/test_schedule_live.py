@@ -79,27 +79,29 @@ def test_plays_are_sent_lead_time_ahead_on_time_or_at_once_when_closer(rig: Live
     morning = Occurrence("tin-sang", local(6, 0).astimezone(UTC), local(6, 10).astimezone(UTC))
 
     # 05:40 starts in ten minutes, closer than the lead time: sent at once.
-    wait_until(lambda: store.dispatched("tin-som", early.start) == "sent", 10, "05:40 sent")
+    wait_until(lambda: store.dispatches.outcome("tin-som", early.start) == "sent", 10, "05:40 sent")
     # 06:00 is due at 05:30, by the controller's clock, and not before.
-    wait_until(lambda: store.dispatched("tin-sang", morning.start) == "sent", 15, "06:00 sent")
-    sent_at = {r["programme"]: r["at"].replace(tzinfo=UTC) for r in store.dispatch_log()}
+    wait_until(
+        lambda: store.dispatches.outcome("tin-sang", morning.start) == "sent", 15, "06:00 sent"
+    )
+    sent_at = {r["programme"]: r["at"].replace(tzinfo=UTC) for r in store.dispatches.log()}
     due = morning.start - LEAD
     assert due - timedelta(milliseconds=50) <= sent_at["tin-sang"] <= due + timedelta(seconds=5)
     assert sent_at["tin-som"] < due
 
     # The agent holds both, with their audio, to start on its own clock.
     wait_until(
-        lambda: store.play_states(early.play_id).get("a-01") == "delivered"
-        and store.play_states(morning.play_id).get("a-01") == "delivered",
+        lambda: store.events.play_states(early.play_id).get("a-01") == "delivered"
+        and store.events.play_states(morning.play_id).get("a-01") == "delivered",
         15, "the agent to hold both plays",
     )
     assert controller.scheduler.pending_jobs() == []
 
     # A restart: both occurrences are recorded, so nothing is planned or sent again.
-    log_before = store.dispatch_log()
+    log_before = store.dispatches.log()
     controller.stop()
     rig.controller = again = Controller(rig.settings, clock=rig.clock)
     again.start()
     assert again.scheduler.pending_jobs() == []
     assert again.distributor.stats.commands == 0
-    assert again.store.dispatch_log() == log_before
+    assert again.store.dispatches.log() == log_before

@@ -103,7 +103,7 @@ class Rig:
                    5, "the intake to store and sweep")  # fmt: skip
 
     def state(self) -> tuple[str, datetime | None, str | None]:
-        health = self.store.cluster_health().get("c1")
+        health = self.store.clusters.health().get("c1")
         if health is None:  # not stored yet
             return "unknown", None, None
         return health.state, health.state_at, health.state_reason
@@ -211,7 +211,7 @@ def test_an_event_message_of_several_events_stores_the_valid_ones(rig: Rig) -> N
     wait_until(lambda: rig.intake.stats.events == 3, 5, "the three valid events stored")
     assert rig.intake.stats.invalid == 2
     assert "event 1: invalid Event: seq" in (rig.intake.stats.last_error or "")
-    assert [e["seq"] for e in rig.store.events_for_play("p-1")] == [1, 2, 3]
+    assert [e["seq"] for e in rig.store.events.of_play("p-1")] == [1, 2, 3]
     wait_until(lambda: rig.intake.stats.acks > acks, 5, "one ack for the three")
     assert rig.intake.stats.acks == acks + 1
 

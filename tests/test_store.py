@@ -17,7 +17,7 @@ T0 = datetime(2026, 11, 25, 23, 0, tzinfo=UTC)
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     s = Store(f"sqlite:///{tmp_path / 'c.db'}")
-    s.sync_fleet([("c1", "Cụm 1", "xa-a", "Xã A"), ("c2", "Cụm 2", "xa-b", "Xã B")])
+    s.clusters.sync_fleet([("c1", "Cụm 1", "xa-a", "Xã A"), ("c2", "Cụm 2", "xa-b", "Xã B")])
     return s
 
 
@@ -29,51 +29,51 @@ def ev(seq: int, kind: str, cluster: str = "c1", play: str | None = "p1", **kw: 
 
 
 def test_duplicates_are_dropped_and_new_events_returned(store: Store) -> None:
-    first = store.add_events([ev(1, "received"), ev(2, "playing")], T0)
+    first = store.events.add([ev(1, "received"), ev(2, "playing")], T0)
     assert [e.seq for e in first] == [1, 2]
-    again = store.add_events([ev(2, "playing"), ev(3, "finished"), ev(3, "finished")], T0)
+    again = store.events.add([ev(2, "playing"), ev(3, "finished"), ev(3, "finished")], T0)
     assert [e.seq for e in again] == [3]
-    assert store.count_events() == 3
+    assert store.events.count() == 3
 
 
 def test_same_seq_from_another_outbox_is_not_a_duplicate(store: Store) -> None:
-    store.add_events([ev(1, "received")], T0)
+    store.events.add([ev(1, "received")], T0)
     other = Event(cluster="c1", outbox="ob2", seq=1, at=T0, kind="received", play_id="p1")
-    assert store.add_events([other], T0) == [other]
+    assert store.events.add([other], T0) == [other]
 
 
 def test_summary_follows_play_states(store: Store) -> None:
-    store.set_state("c1", "online", T0)
-    store.add_events([ev(1, "playing")], T0)
-    row = {r.id: r for r in store.fleet_rows()}["c1"]
+    store.clusters.set_state("c1", "online", T0)
+    store.events.add([ev(1, "playing")], T0)
+    row = {r.id: r for r in store.clusters.fleet_rows()}["c1"]
     assert (row.state, row.playing) == ("online", "Bản tin")
-    store.add_events([ev(2, "interrupted", reason="preempted")], T0)
-    row = {r.id: r for r in store.fleet_rows()}["c1"]
+    store.events.add([ev(2, "interrupted", reason="preempted")], T0)
+    row = {r.id: r for r in store.clusters.fleet_rows()}["c1"]
     assert row.playing is None
     assert (row.last_result, row.last_result_reason) == ("interrupted", "preempted")
-    assert store.play_states("p1") == {"c1": "interrupted"}
+    assert store.events.play_states("p1") == {"c1": "interrupted"}
 
 
 def test_rejections_show_in_the_fleet_view(store: Store) -> None:
-    store.add_events([ev(1, "rejected", play=None, reason="bad signature")], T0)
-    row = {r.id: r for r in store.fleet_rows()}["c1"]
+    store.events.add([ev(1, "rejected", play=None, reason="bad signature")], T0)
+    row = {r.id: r for r in store.clusters.fleet_rows()}["c1"]
     assert row.last_rejection == "bad signature"
 
 
 def test_unknown_cluster_is_kept_but_marked(store: Store) -> None:
-    store.add_events([ev(1, "received", cluster="stranger")], T0)
-    assert "stranger" not in {r.id for r in store.fleet_rows()}
-    assert store.count_events() == 1
+    store.events.add([ev(1, "received", cluster="stranger")], T0)
+    assert "stranger" not in {r.id for r in store.clusters.fleet_rows()}
+    assert store.events.count() == 1
 
 
 def test_dispatch_is_claimed_once(store: Store) -> None:
     occ = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
-    assert store.claim_dispatch("news", occ, "sent", None, T0)
-    assert not store.claim_dispatch("news", occ, "sent", None, T0)
+    assert store.dispatches.claim("news", occ, "sent", None, T0)
+    assert not store.dispatches.claim("news", occ, "sent", None, T0)
     # the same instant written with another offset is the same occurrence
-    assert store.dispatched("news", occ.astimezone(timezone(timedelta(hours=7)))) == "sent"
+    assert store.dispatches.outcome("news", occ.astimezone(timezone(timedelta(hours=7)))) == "sent"
 
 
 def test_fleet_sync_hides_removed_clusters(store: Store) -> None:
-    store.sync_fleet([("c1", "Cụm 1", "xa-a", "Xã A")])
-    assert [r.id for r in store.fleet_rows()] == ["c1"]
+    store.clusters.sync_fleet([("c1", "Cụm 1", "xa-a", "Xã A")])
+    assert [r.id for r in store.clusters.fleet_rows()] == ["c1"]

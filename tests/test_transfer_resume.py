@@ -280,7 +280,7 @@ class Rig:
         return agent
 
     def state(self) -> str | None:
-        health = self.controller.store.cluster_health().get(ME)
+        health = self.controller.store.clusters.health().get(ME)
         return health.state if health is not None else None
 
     def wait_state(self, state: str) -> None:
@@ -291,7 +291,7 @@ class Rig:
         return [(t.sha256, t.held, t.chunks) for t in agent.heartbeat().transfers or []]
 
     def kinds(self, play_id: str) -> list[str]:
-        return [e["kind"] for e in self.controller.store.events_for_play(play_id)
+        return [e["kind"] for e in self.controller.store.events.of_play(play_id)
                 if e["cluster"] == ME]
 
     def wait_kind(self, play_id: str, kind: str) -> None:
@@ -314,7 +314,7 @@ class Rig:
 
         distributor = Distributor(
             StopBeforeChunk(self.publisher, held, before), self.controller.signer,
-            self.controller.store, lambda: self.controller.fleet, self.clock,
+            self.controller.store.plays, lambda: self.controller.fleet, self.clock,
             lambda _sha: None, chunk_size=CHUNK_SIZE, holdings=self.controller.holdings,
         )
         now = self.clock.now()

@@ -48,7 +48,7 @@ def test_a_commune_officer_reaches_only_its_commune(rig: WebRig) -> None:
     with pytest.raises(TargetForbiddenError):
         service.send(officer, AnnouncementRequest(targets=["xa-b"], text="Thử"))
     assert service.recent(rig.user("quan-ly")) == []
-    assert rig.controller.store.count_events() == 0
+    assert rig.controller.store.events.count() == 0
 
 
 def test_requests_that_cannot_be_sent_say_why(rig: WebRig) -> None:
@@ -88,12 +88,12 @@ def test_an_urgent_announcement_preempts_the_bulletin_on_its_targets_only(rig: W
     )
     assert sent.clusters == ["a-01", "a-02"]
     rig.wait_states(sent.id, {"a-01": {"finished"}, "a-02": {"finished"}})
-    states = controller.store.play_states("ban-tin-thu")
+    states = controller.store.events.play_states("ban-tin-thu")
     assert states["a-01"] == "interrupted"
     assert states["a-02"] == "interrupted"
     assert states["a-03"] == "playing"  # not targeted: the bulletin goes on
     reasons = {
-        r["cluster"]: r["reason"] for r in controller.store.events_for_play("ban-tin-thu")
+        r["cluster"]: r["reason"] for r in controller.store.events.of_play("ban-tin-thu")
         if r["kind"] == "interrupted"
     }
     assert set(reasons) == {"a-01", "a-02"}

@@ -83,7 +83,7 @@ def test_a_commune_officer_targeting_another_commune_is_refused(rig: WebRig) -> 
             assert "outside what can-bo-a may reach (Xã An)" in message
             assert "nothing was sent" in message
         assert c.get("/api/v1/announcements", headers=auth).json() == []
-    assert rig.controller.store.count_events() == 0
+    assert rig.controller.store.events.count() == 0
 
 
 def test_cookie_sessions_need_the_csrf_token(rig: WebRig) -> None:

@@ -89,7 +89,7 @@ def test_send_to_one_village_watch_it_play_and_stop_it(rig: WebRig, browser: Any
     for cid in ("a-01", "a-02"):
         page.wait_for_selector(f'tr[data-cluster="{cid}"] td.status[data-status=playing]')
     assert page.locator('tr[data-cluster="a-01"] td.status').inner_text() == "đang phát"
-    events = rig.controller.store.events_for_play(page.url.rsplit("/", 1)[-1])
+    events = rig.controller.store.events.of_play(page.url.rsplit("/", 1)[-1])
     kinds = {(e["cluster"], e["kind"]) for e in events}
     assert {("a-01", "delivered"), ("a-02", "delivered")} <= kinds
 
@@ -100,7 +100,7 @@ def test_send_to_one_village_watch_it_play_and_stop_it(rig: WebRig, browser: Any
         page.wait_for_selector(f'tr[data-cluster="{cid}"] td.status[data-status=interrupted]')
     assert page.locator('tr[data-cluster="a-02"] td.status').inner_text() == "bị ngắt"
     # Nothing reached the other village or the other commune.
-    assert rig.controller.store.play_states(page.url.rsplit("/", 1)[-1]).keys() == {
+    assert rig.controller.store.events.play_states(page.url.rsplit("/", 1)[-1]).keys() == {
         "a-01", "a-02"
     }
 
@@ -127,7 +127,7 @@ def test_an_officer_forging_a_target_in_another_commune_is_refused(
     assert "xa-b" in error
     assert "Xã An" in error
     assert "Không có gì được gửi" in error
-    assert rig.controller.store.count_events() == 0
+    assert rig.controller.store.events.count() == 0
     assert rig.service.recent(rig.user("quan-ly")) == []
 
 
@@ -158,7 +158,7 @@ def test_a_signed_in_page_stays_signed_in_across_a_controller_restart(
 ) -> None:
     from sqlalchemy import func, select
 
-    from controller.store import web_sessions
+    from controller.store.schema import web_sessions
 
     def stored() -> int:
         with rig.controller.store.engine.connect() as conn:

@@ -130,8 +130,10 @@ def test_urgent_exits_1_when_a_reachable_cluster_did_not_play_it(
         manager = rig.user("quan-ly")
         wait_until(lambda: rig.service.recent(manager), 30, "the announcement")
         aid = rig.service.recent(manager)[0].id
-        wait_until(lambda: rig.controller.store.play_states(aid).get("b-01") == "playing", 30,
-                   "b-01 to play")
+        wait_until(
+            lambda: rig.controller.store.events.play_states(aid).get("b-01") == "playing", 30,
+            "b-01 to play",
+        )
         rig.service.stop(manager, aid)
 
     stopper = threading.Thread(target=stop_when_playing)

@@ -8,16 +8,13 @@ changed do not; the store holds only the SHA-256 of a session id, never the id.
 Directly on controller.web.security.StoredSessions with an injected clock, on SQLite and
 on PostgreSQL: the idle rule is exactly the in-memory one, each use is one statement, and
 expired rows are purged when looked up, at sign-in, and every `purge_every_s`.
-PostgreSQL: LOA_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/postgres),
-in a database made for the test and dropped after it; skipped where there is no server.
-The driver (psycopg, the `test` extra) is required under CI, skipped without it elsewhere.
+PostgreSQL: conftest.postgres_database (LOA_TEST_POSTGRES_URL), in a database made for
+the test and dropped after it; skipped where there is no server or driver, except under CI.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import BrokerUnderTest, require
-from sqlalchemy import create_engine, event, func, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from conftest import BrokerUnderTest, postgres_database
+from sqlalchemy import event, func, select
 from web_rig import PASSWORD, WebRig
 
-from controller.store import Store, web_sessions
+from controller.store import Store
+from controller.store.schema import web_sessions
 from controller.users import set_disabled, set_password
 from controller.web.security import IDLE_S, Session, Sessions, StoredSessions
 
@@ -222,41 +218,12 @@ def test_the_store_holds_a_hash_of_the_session_id_never_the_id(rig: WebRig) -> N
 # --- StoredSessions with an injected clock, on SQLite and PostgreSQL ----------------------
 
 
-def _postgres_url() -> Iterator[str]:
-    base = make_url(
-        os.environ.get(
-            "LOA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        )
-    )
-    try:
-        admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    except ImportError as exc:
-        driver = f"the PostgreSQL driver for {base.drivername}"
-        require(driver, False, f"{exc}; pip install psycopg")
-        raise
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL server at {base.render_as_string()}: {exc.orig}")
-    name = f"loa_test_sessions_{secrets.token_hex(4)}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'controller.db'}"
     else:
-        yield from _postgres_url()
+        yield from postgres_database("loa_test_sessions")
 
 
 class Clock:
@@ -463,18 +430,3 @@ def test_drop_user_ends_every_session_of_that_user(runs: Controllers) -> None:
     runs.restart()
     found: list[Session | None] = [runs.sessions.get(s.id) for s in (a1, a2, b)]
     assert [s.user if s else None for s in found] == [None, None, "can-bo-b"]
-
-
-def test_a_store_made_before_sessions_were_kept_gets_the_table(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    Store(url).close()
-    with create_engine(url).begin() as conn:
-        conn.execute(text("DROP TABLE web_sessions"))
-    store = Store(url)
-    try:
-        sessions = StoredSessions(store)
-        made = sessions.create("can-bo-a")
-        assert sessions.get(made.id) is not None
-    finally:
-        store.close()
-

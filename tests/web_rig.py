@@ -173,7 +173,7 @@ class WebRig:
         return agent
 
     def state(self, cid: str) -> str:
-        return {r.id: r.state for r in self.controller.store.fleet_rows()}.get(cid, "?")
+        return {r.id: r.state for r in self.controller.store.clusters.fleet_rows()}.get(cid, "?")
 
     def stop(self) -> None:
         if self.server is not None:
@@ -194,11 +194,11 @@ class WebRig:
         store = self.controller.store
 
         def reached() -> bool:
-            states = store.play_states(play_id)
+            states = store.events.play_states(play_id)
             return all(states.get(c) in kinds for c, kinds in wanted.items())
 
         try:
             wait_until(reached, timeout, f"{play_id} to reach {wanted}")
         finally:
             time.sleep(0)
-        return store.play_states(play_id)
+        return store.events.play_states(play_id)

@@ -157,7 +157,7 @@ class StoredSessions:
     def create(self, user: str) -> Session:
         now = self._clock()
         session = _new_session(user, now, self.fingerprint_of(user))
-        self._store.add_web_session(session_id_hash(session.id), WebSession(
+        self._store.web_sessions.add(session_id_hash(session.id), WebSession(
             user=user, csrf=session.csrf, fingerprint=session.fingerprint,
             created=_at(now), last_seen=_at(now), expires=_at(now + self._idle),
         ))
@@ -169,7 +169,7 @@ class StoredSessions:
         if not session_id:
             return None
         now = self._clock()
-        found = self._store.use_web_session(
+        found = self._store.web_sessions.use(
             session_id_hash(session_id), _at(now), _at(now + self._idle)
         )
         with self._lock:
@@ -177,7 +177,7 @@ class StoredSessions:
             if purge:
                 self._next_purge = now + self._purge_every
         if purge:
-            self._store.purge_web_sessions(_at(now))
+            self._store.web_sessions.purge(_at(now))
         if found is None:
             return None
         return Session(
@@ -187,10 +187,10 @@ class StoredSessions:
 
     def drop(self, session_id: str | None) -> None:
         if session_id:
-            self._store.drop_web_sessions(id_sha256=session_id_hash(session_id))
+            self._store.web_sessions.drop(id_sha256=session_id_hash(session_id))
 
     def drop_user(self, user: str) -> None:
-        self._store.drop_web_sessions(user=user)
+        self._store.web_sessions.drop(user=user)
 
 
 def _at(seconds: float) -> datetime:

@@ -1,0 +1,66 @@
+"""The one engine of the controller's store, and what every repository shares.
+
+SQLAlchemy Core over SQLite by default (one file, no server) or PostgreSQL by URL. A
+`Database` is the engine plus the lock that serialises writes (SQLite takes one writer
+at a time; one lock in the process keeps writers from waiting on each other's busy
+timeout). Every repository of the store (controller/store/*.py) is built on one
+`Database`, so that they all write through the same lock.
+
+Times: everything stored is UTC. SQLite keeps no offset and hands back naive
+datetimes, so what is read is made aware again (`aware`).
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+
+
+class Database:
+    """The store's engine and its write lock. Thread-safe."""
+
+    def __init__(self, url: str) -> None:
+        make_parent_dir(url)
+        self.url = url
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.write = threading.Lock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def make_parent_dir(url: str) -> None:
+    """The folder of a SQLite file, made if missing (SQLite makes the file, not folders)."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def utc(value: datetime) -> datetime:
+    """Stored datetimes are UTC (SQLite keeps no offset)."""
+    return value.astimezone(UTC)
+
+
+def aware(value: datetime) -> datetime:
+    """A time read back from the store, in UTC (SQLite gives it back without its zone)."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def aware_or_none(value: datetime | None) -> datetime | None:
+    """A time from a column that may be NULL, with UTC as its zone if it has none."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

@@ -1,0 +1,231 @@
+"""Every table of the controller's store, on one metadata.
+
+The tables are defined here, and only here, so that the schema reads in one place and
+the migrations (controller/store/migrations) can be checked against it: a test compares
+the head revision's database with this metadata. A change to a table is a change here
+plus a numbered revision under migrations/versions; nothing creates or alters a table at
+start-up.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+clusters = Table(
+    "clusters",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("commune", String(64), nullable=False),
+    Column("commune_name", String(200), nullable=False),
+    Column("state", String(16), nullable=False, default="unknown"),
+    Column("state_at", DateTime(timezone=True)),
+    Column("state_reason", Text),  # why offline, when the controller decided it
+    Column("last_seen", DateTime(timezone=True)),
+    Column("playing_play_id", String(128)),
+    Column("playing_bulletin", String(200)),
+    Column("last_result", String(32)),
+    Column("last_result_bulletin", String(200)),
+    Column("last_result_reason", Text),
+    Column("last_result_at", DateTime(timezone=True)),
+    Column("last_rejection", Text),
+    Column("last_rejection_at", DateTime(timezone=True)),
+    Column("in_fleet", Boolean, nullable=False, default=True),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("cluster", String(64), nullable=False, index=True),
+    Column("outbox", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("ref", String(64)),
+    Column("play_id", String(128), index=True),
+    Column("bulletin", String(200)),
+    Column("level", String(16)),
+    Column("reason", Text),
+    UniqueConstraint("cluster", "outbox", "seq", name="uq_event_origin"),
+)
+
+plays = Table(
+    "plays",
+    metadata,
+    Column("play_id", String(128), primary_key=True),
+    Column("programme", String(128)),
+    Column("bulletin", String(200), nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("start_at", DateTime(timezone=True), nullable=False),
+    Column("latest_start", DateTime(timezone=True), nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("items", Text, nullable=False),  # JSON list of sha256
+    Column("clusters", Text, nullable=False),  # JSON list of cluster ids
+    Column("urgent", Boolean, nullable=False, default=False),
+    Column("sent_at", DateTime(timezone=True), nullable=False),
+    Column("body", Text),  # the PlayBody JSON, to send again to clusters that missed it
+)
+
+# One row per scheduled occurrence the controller has dealt with: sent, or recorded
+# as missed (and why). This is what stops a restart from sending a play twice.
+dispatches = Table(
+    "dispatches",
+    metadata,
+    Column("programme", String(128), primary_key=True),
+    Column("occurrence", DateTime(timezone=True), primary_key=True),
+    Column("outcome", String(16), nullable=False),  # sent | missed
+    Column("reason", Text),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+# Approvals of programmes that need one (requires_approval): who approved which content.
+# `content` is the JSON list of the programme's bulletin content hashes at the time
+# (controller.approval): a changed bulletin no longer matches, and needs approval again.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("programme", String(128), nullable=False, index=True),
+    Column("content", Text, nullable=False),
+    Column("approved_by", String(200), nullable=False),
+    Column("approved_at", DateTime(timezone=True), nullable=False),
+)
+
+# The outcome of the last (re)load of the playlists and the fleet by the running
+# controller: one row. A refused edit shows here (and in `loa-controller fleet`).
+config_status = Table(
+    "config_status",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("status", String(16), nullable=False),  # ok | error
+    Column("problems", Text, nullable=False),  # file:line:col lines (warnings when ok)
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+# Named instants the controller keeps across restarts (the scheduler's "dealt with
+# everything whose latest start is before this").
+marks = Table(
+    "marks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+# The latest heartbeat of each cluster (protocol.messages.Heartbeat as JSON: uptime, disk,
+# temperature, relay, clock offset, what plays), replaced by every new one.
+heartbeats = Table(
+    "heartbeats",
+    metadata,
+    Column("cluster", String(64), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),  # the agent's clock
+    Column("received_at", DateTime(timezone=True), nullable=False),  # the controller's
+    Column("body", Text, nullable=False),
+)
+
+# Signed-in sessions of the web app and the API (controller.web.security.StoredSessions),
+# so that a restart signs nobody out. A row is found by the SHA-256 of the session id: the
+# id itself (the cookie, the Bearer token) is never stored. `fingerprint` is the SHA-256 of
+# the user's password hash at sign-in (a new password ends the session); `expires` is
+# `last_seen` plus the idle time, moved on by every use.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id_sha256", String(64), primary_key=True),
+    Column("user_name", String(64), nullable=False, index=True),
+    Column("csrf", String(64), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("expires", DateTime(timezone=True), nullable=False, index=True),
+)
+
+# --- urgent announcements (controller.urgent) ----------------------------------------
+
+# One row per announcement sent (the web, the API, the CLI, a CAP alert).
+urgent_announcements = Table(
+    "urgent_announcements",
+    metadata,
+    Column("id", String(128), primary_key=True),  # the play id
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("created_by", String(64), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("text", Text),
+    Column("level", String(16), nullable=False),
+    Column("audio_sha256", String(64), nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("repeat", Integer, nullable=False),
+    Column("gap_s", Float, nullable=False),
+    Column("targets", Text, nullable=False),  # JSON list of target names
+    Column("clusters", Text, nullable=False),  # JSON list of cluster ids
+    Column("latest_start", DateTime(timezone=True), nullable=False),
+    Column("stopped_at", DateTime(timezone=True)),
+    Column("stopped_by", String(64)),
+    Column("ref", String(200)),  # e.g. the CAP identifier it came from
+)
+
+# --- CAP alerts taken in (controller.cap) --------------------------------------------
+
+# One row per CAP message taken, by its reference. state: an Alert or Update aired is
+# pending | sent | cancelled; an Update whose new alert is not aired is ignored; a Cancel
+# is applied; a Cancel or Update whose status is not Actual is ignored (outcome: why).
+cap_alerts = Table(
+    "cap_alerts",
+    metadata,
+    Column("ref", String(400), primary_key=True),  # sender,identifier,sent
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_by", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # pending | sent | cancelled | ignored | applied
+    Column("text", Text, nullable=False),
+    Column("clusters", Text, nullable=False),  # JSON list
+    Column("announcement", String(128)),
+    Column("headline", String(200)),
+    # Alert | Update | Cancel; NULL in rows stored before it was added (Alerts and Updates)
+    Column("msg_type", String(16)),
+    # why a message changed nothing ("ignored: status Test; ..."); NULL otherwise
+    Column("outcome", Text),
+)
+
+# --- the audit log (controller.audit): rows are only ever added ---------------------
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("user", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("subject", String(128)),  # play id of an announcement, or programme id
+    Column("level", String(16)),
+    Column("title", String(200)),
+    Column("text", Text),
+    Column("audio_sha256", String(64)),
+    Column("targets", Text),  # JSON list of target names
+    Column("clusters", Text),  # JSON list of cluster ids
+    Column("detail", Text),
+)
+
+# --- which cluster holds which content (controller.holdings) ------------------------
+
+holdings = Table(
+    "holdings",
+    metadata,
+    Column("cluster", String(64), primary_key=True),
+    Column("sha256", String(64), primary_key=True, index=True),
+    Column("since", DateTime(timezone=True), nullable=False),
+)
