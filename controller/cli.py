@@ -129,6 +129,7 @@ def _missing_sqlite_file(url: str) -> Path | None:
 
 def cmd_db(args: argparse.Namespace) -> int:
     from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
 
     from controller.config import load_controller_config
     from controller.store.migrate import head, state_of, upgrade
@@ -147,7 +148,12 @@ def cmd_db(args: argparse.Namespace) -> int:
             engine.dispose()
         print(state.describe())
         return 1 if state.behind or state.ahead else 0
-    before, after = upgrade(url)
+    try:
+        before, after = upgrade(url)
+    except DBAPIError as exc:  # the upgrade's transaction was rolled back
+        print(f"loa-controller db upgrade: the upgrade failed, and was undone: the database "
+              f"is as it was. The database said: {exc.orig}", file=sys.stderr)
+        return 1
     if before.current:
         print(f"{after.where}: already at revision {after.revision} (head); nothing to do.")
     elif before.empty:

@@ -243,6 +243,30 @@ def test_a_database_from_an_older_release_gets_what_it_lacked_and_keeps_its_rows
         store.close()
 
 
+def test_an_upgrade_that_fails_leaves_the_database_as_it_was(
+    url: str, engine: Engine, tmp_path: Path
+) -> None:
+    build_old_store(engine)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE clusters DROP COLUMN state_reason"))
+        conn.execute(text("DROP TABLE web_sessions"))
+        # Taken by another table: creating web_sessions' index fails, after clusters
+        # has had its column added and other tables were checked.
+        conn.execute(text("CREATE INDEX ix_web_sessions_user_name ON marks (name)"))
+    before = fill(engine)
+
+    failed = cli("db", "upgrade", config=write_config(tmp_path, url))
+    assert failed.returncode == 1, failed
+    assert "the upgrade failed, and was undone" in failed.stderr
+    assert "ix_web_sessions_user_name" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert read(engine) == before
+    names = inspect(engine)
+    assert "web_sessions" not in names.get_table_names()
+    assert "alembic_version" not in names.get_table_names()
+    assert "state_reason" not in {c["name"] for c in names.get_columns("clusters")}
+
+
 # --- refusals ------------------------------------------------------------------------------------
 
 
