@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from protocol.files import PRIVATE, PUBLIC, write_atomic
 from protocol.messages import Address, Command, CommandBody, MessageError, decode_json, parse
 
 
@@ -100,23 +100,28 @@ class Verifier:
 # --- key files ----------------------------------------------------------------------------
 
 
-def generate_keypair(private_path: Path, public_path: Path, overwrite: bool = False) -> None:
-    """Write a new Ed25519 key pair: private key PEM (mode 0600), public key PEM."""
+def generate_keypair(
+    private_path: Path, public_path: Path, overwrite: bool = False
+) -> Ed25519PrivateKey:
+    """Write a new Ed25519 key pair: private key PEM (mode 0600, whatever the file it
+    replaces had), public key PEM (0644). Returns the new private key."""
     for path in (private_path, public_path):
-        if path.exists() and not overwrite:
+        if (path.exists() or path.is_symlink()) and not overwrite:
             raise FileExistsError(f"{path} exists; refusing to overwrite a key (use --force)")
     key = Ed25519PrivateKey.generate()
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    public_path.parent.mkdir(parents=True, exist_ok=True)
+    write_private_key(private_path, key)
+    write_atomic(public_path, public_pem(key.public_key()), PUBLIC)
+    return key
+
+
+def write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
+    """The private key as PEM PKCS#8 in a new file of mode 0600, renamed over path."""
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    public_path.write_bytes(public_pem(key.public_key()))
+    write_atomic(path, pem, PRIVATE)
 
 
 def public_pem(key: Ed25519PublicKey) -> bytes:
