@@ -335,8 +335,9 @@ def _mqtt_login(ctx: _Context, username: str | None) -> CheckResult:
         if refusal.login:
             return CheckResult(
                 "broker", "FAIL", f"the broker refused the login of {who}: {refusal.reason}",
-                "check username and password in the config against the broker's password "
-                "file (mosquitto_passwd) and its ACL",
+                "check username and password_file in the config against the cluster's "
+                "bundle (loa-controller provision), and that the broker's password file and "
+                "ACL were generated after the cluster was added (loa-controller broker-config)",
             )
         return CheckResult(
             "broker", "FAIL", f"the broker refused the connection: {refusal.reason}",

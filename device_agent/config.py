@@ -3,7 +3,7 @@
     cluster_id: hg-phung-hiep-07
     broker_url: mqtts://broker.example.vn:8883
     username: hg-phung-hiep-07
-    password: "..."
+    password_file: broker.password # the broker password, in a file of its own (0640 root:loa)
     controller_public_key: controller.pub
     data_dir: /var/lib/loa-agent
     groups: [commune-tan-long]     # until the controller's membership arrives
@@ -68,6 +68,28 @@ def _broker_url(value: str) -> str:
     return value
 
 
+def read_secret(path: Path) -> str:
+    """The first line of a secret file (a password, a token), without its line end."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read {path} ({exc.strerror}): it must exist and be readable by the "
+            "agent's user (install -o root -g loa -m 0640)"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    secret = text.splitlines()[0] if text else ""
+    if not secret:
+        raise ValueError(f"{path} is empty: copy the file from the cluster's bundle again")
+    return secret
+
+
+def _readable_secret(value: Path) -> Path:
+    read_secret(value)  # raises ValueError saying what is wrong with the file
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -127,7 +149,12 @@ class AgentConfig(_Strict):
     username: Annotated[str, Field(min_length=1)] | None = None
     """Broker user name (usually the cluster id)."""
     password: SecretStr | None = None
-    """Broker password."""
+    """Broker password (prefer password_file: a secret in a file of its own)."""
+    password_file: Annotated[ConfigPath, AfterValidator(_readable_secret)] | None = None
+    """A file whose first line is the broker password (the provisioning bundle's
+    broker.password); readable by the agent's user only."""
+    enrolment_token_file: ConfigPath | None = None
+    """The one-time enrolment token of the provisioning bundle (enrolment.token)."""
     controller_public_key: ConfigPath
     """The controller's public key (controller.pub): only commands signed with it play."""
     data_dir: ConfigPath = Path("/var/lib/loa-agent")
@@ -159,6 +186,15 @@ class AgentConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_password(self) -> AgentConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError(
+                "password and password_file are both set: keep password_file (the bundle's "
+                "broker.password) and remove the password line"
+            )
+        return self
+
     @property
     def heartbeat_interval_s(self) -> float:
         """heartbeat_s, at most the keepalive: the controller counts a cluster silent
@@ -172,11 +208,16 @@ class AgentConfig(_Strict):
         address = BrokerAddress.from_url(
             self.broker_url, ca_file=str(self.broker_ca_file) if self.broker_ca_file else None
         )
+        password = address.password
+        if self.password is not None:
+            password = self.password.get_secret_value()
+        elif self.password_file is not None:
+            password = read_secret(self.password_file)
         return BrokerAddress(
             host=address.host,
             port=address.port,
             username=self.username or address.username,
-            password=self.password.get_secret_value() if self.password else address.password,
+            password=password,
             tls=address.tls,
             ca_file=address.ca_file,
         )

@@ -65,6 +65,39 @@ def test_config_errors_name_file_line_and_what_to_write(tmp_path: Path) -> None:
     assert lines[1].startswith(f"{path}:8:1: unknown key 'groupz'; did you mean 'groups'?")
 
 
+def test_the_broker_password_can_live_in_a_file_of_its_own(tmp_path: Path) -> None:
+    (tmp_path / "broker.password").write_text("s3cret word\n")
+    path = write_config(
+        tmp_path, "mqtt://127.0.0.1:1883",
+        extra="username: c-cli-01\npassword_file: broker.password\n"
+        "enrolment_token_file: enrolment.token\n",
+    )
+    config = load_agent_config(path)
+    assert config.password_file == tmp_path / "broker.password"
+    assert config.enrolment_token_file == tmp_path / "enrolment.token"
+    address = config.broker()
+    assert (address.username, address.password) == ("c-cli-01", "s3cret word")
+    assert "s3cret" not in address.url()
+
+
+def test_a_missing_password_file_is_a_located_config_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "mqtt://127.0.0.1:1883", extra="password_file: nowhere\n")
+    with pytest.raises(ConfigError) as caught:
+        load_agent_config(path)
+    text = str(caught.value)
+    assert text.startswith(f"{path}:8:")
+    assert f"cannot read {tmp_path / 'nowhere'}" in text
+
+
+def test_password_and_password_file_together_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "broker.password").write_text("a\n")
+    path = write_config(
+        tmp_path, "mqtt://127.0.0.1:1883", extra="password: b\npassword_file: broker.password\n"
+    )
+    with pytest.raises(ConfigError, match="keep password_file"):
+        load_agent_config(path)
+
+
 def test_file_output_needs_a_folder(tmp_path: Path) -> None:
     path = tmp_path / "agent.yaml"
     path.write_text(
