@@ -644,6 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
     from controller.cli_web import register  # `user` and `urgent`: the web app's commands
 
     register(sub, str(DEFAULT_CONFIG))
+    from controller import cli_access  # `provision`, `broker-config`, `keys`: access
+
+    cli_access.register(sub, str(DEFAULT_CONFIG))
     return parser
 
 

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from protocol.mqtt import BrokerAddress
+from protocol.topics import check_id
 from protocol.yamlload import ConfigError, Duration, load_yaml, suggest, validate
 
 
@@ -161,6 +162,37 @@ class WebConfig(_Strict):
     """CAP 1.2 alert intake; left out: off."""
 
 
+def _agent_broker_url(value: str) -> str:
+    address = BrokerAddress.from_url(value)  # raises ValueError with an example of a good URL
+    if address.username or address.password:
+        raise ValueError(
+            f"{value!r}: write the address only (mqtts://host:port); every cluster gets its own "
+            "login in its bundle"
+        )
+    return value
+
+
+def _account_name(value: str) -> str:
+    check_id(value, "the controller's broker user name")
+    return value
+
+
+class ProvisioningConfig(_Strict):
+    """Cluster bundles and broker accounts (`loa-controller provision`, `broker-config`)."""
+
+    agent_broker_url: Annotated[str, AfterValidator(_agent_broker_url)] | None = None
+    """The broker as the clusters reach it (mqtts://broker.example.vn:8883); the
+    controller's broker_url, without its login, if left out."""
+    ca_file: ConfigPath | None = None
+    """The broker's CA certificate, copied into every bundle when agent_broker_url is
+    mqtts://; broker_ca_file if left out (none: the boxes trust the system's CAs)."""
+    credentials_file: ConfigPath | None = None
+    """The broker logins of the clusters and of the controller (mode 0600); if left out,
+    broker-credentials.yaml in the folder of private_key."""
+    controller_username: Annotated[str, AfterValidator(_account_name)] = "loa-controller"
+    """The controller's own broker login; it logs in with it when broker_url names none."""
+
+
 class ControllerConfig(_Strict):
     """config/controller.yaml."""
 
@@ -198,6 +230,8 @@ class ControllerConfig(_Strict):
     """Audio preparation."""
     web: WebConfig | None = None
     """The web app and JSON API (urgent announcements); left out: not served."""
+    provisioning: ProvisioningConfig = ProvisioningConfig()
+    """Cluster bundles and broker accounts (loa-controller provision, broker-config)."""
 
     @model_validator(mode="after")
     def _ca_file_needs_tls(self) -> ControllerConfig:
@@ -213,6 +247,29 @@ class ControllerConfig(_Strict):
         return BrokerAddress.from_url(
             self.broker_url, ca_file=str(self.broker_ca_file) if self.broker_ca_file else None
         )
+
+    @property
+    def credentials_file(self) -> Path:
+        """Where the broker logins are kept (provisioning.credentials_file)."""
+        return self.provisioning.credentials_file or (
+            self.private_key.parent / "broker-credentials.yaml"
+        )
+
+    @property
+    def agent_broker_url(self) -> str:
+        """The broker address written into bundles: scheme, host and port only."""
+        if self.provisioning.agent_broker_url:
+            return self.provisioning.agent_broker_url
+        address = BrokerAddress.from_url(self.broker_url)
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        return f"{'mqtts' if address.tls else 'mqtt'}://{host}:{address.port}"
+
+    @property
+    def agent_ca_file(self) -> Path | None:
+        """The CA certificate bundles carry, for an mqtts:// agent_broker_url."""
+        if not BrokerAddress.from_url(self.agent_broker_url).tls:
+            return None
+        return self.provisioning.ca_file or self.broker_ca_file
 
 
 def _check_ca_file(broker_url: str, ca_file: Path | None) -> None:

@@ -16,6 +16,7 @@ occurrences the edit removed or moved (still to start) are withdrawn with a stop
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -28,6 +29,7 @@ from zoneinfo import ZoneInfo
 from controller.approval import Approvals
 from controller.audio import AudioSettings, ContentStore, PreparedAudio
 from controller.config import ControllerConfig
+from controller.credentials import controller_login
 from controller.dispatch import Dispatcher
 from controller.distribution import Distributor, PlaySpec, new_play_id
 from controller.fleet import Fleet
@@ -69,8 +71,15 @@ class Settings:
 
     @classmethod
     def from_config(cls, config: ControllerConfig) -> Settings:
+        broker = config.broker()
+        if broker.username is None:  # its own login from broker-config, once there is one
+            login = controller_login(
+                config.credentials_file, config.provisioning.controller_username
+            )
+            if login is not None:
+                broker = dataclasses.replace(broker, username=login[0], password=login[1])
         return cls(
-            broker=config.broker(),
+            broker=broker,
             fleet_path=config.fleet,
             playlist_paths=list(config.playlists),
             store_url=config.store_url,

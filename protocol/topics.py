@@ -2,6 +2,7 @@
 
 Layout (version in the prefix, so v2 can run beside v1 during an upgrade):
 
+    loa/v1/cluster/<cluster>/key         controller -> one agent   (signed key rotation, retained)
     loa/v1/cluster/<cluster>/command     controller -> one agent   (signed commands)
     loa/v1/cluster/<cluster>/content     controller -> one agent   (audio chunks)
     loa/v1/cluster/<cluster>/membership  controller -> one agent   (signed, retained)
@@ -9,14 +10,15 @@ Layout (version in the prefix, so v2 can run beside v1 during an upgrade):
     loa/v1/cluster/<cluster>/state       agent -> controller       (retained, Last Will)
     loa/v1/cluster/<cluster>/request     agent -> controller       (missing chunks)
     loa/v1/cluster/<cluster>/heartbeat   agent -> controller       (health, QoS 0)
+    loa/v1/cluster/<cluster>/enrol       agent -> controller       (asks to join)
     loa/v1/group/<group>/command         controller -> agents of a group
     loa/v1/group/<group>/content         controller -> agents of a group
 
 A broker ACL can therefore confine an agent logged in as <cluster> to reading
-loa/v1/cluster/<cluster>/{command,content,membership} and its groups'
-loa/v1/group/<group>/{command,content}, and to writing only
-loa/v1/cluster/<cluster>/{event,state,request,heartbeat} (mosquitto: `pattern read
-loa/v1/cluster/%u/command` and so on; see docs/protocol.md).
+loa/v1/cluster/<cluster>/{key,command,content,membership} (TO_AGENT) and its groups'
+loa/v1/group/<group>/{command,content} (GROUP_CHANNELS), and to writing only
+loa/v1/cluster/<cluster>/{event,state,request,heartbeat,enrol} (FROM_AGENT). The broker
+configuration is generated from these lists (controller/broker_config.py).
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _ID_RE = re.compile(ID_PATTERN)
 
 ClusterChannel = Literal[
-    "command", "content", "membership", "event", "state", "request", "heartbeat"
+    "key", "command", "content", "membership", "event", "state", "request", "heartbeat",
+    "enrol",
 ]
 GroupChannel = Literal["command", "content"]
 
-TO_AGENT: tuple[ClusterChannel, ...] = ("command", "content", "membership")
-FROM_AGENT: tuple[ClusterChannel, ...] = ("event", "state", "request", "heartbeat")
+# The agent subscribes in this order: the broker hands retained messages over in the
+# order of the subscriptions, so a key rotation is known before the membership it signs.
+TO_AGENT: tuple[ClusterChannel, ...] = ("key", "command", "content", "membership")
+FROM_AGENT: tuple[ClusterChannel, ...] = ("event", "state", "request", "heartbeat", "enrol")
+GROUP_CHANNELS: tuple[GroupChannel, ...] = ("command", "content")
 
 
 def check_id(value: str, what: str = "id") -> str:

@@ -1,0 +1,155 @@
+"""`loa-controller provision`, `loa-controller broker-config` and `loa-controller keys`:
+who may reach the fleet, and with what.
+
+`provision CLUSTER... | --all --out DIR` writes each cluster's bundle (controller/provision.py);
+`broker-config mosquitto|nats --out DIR` writes the broker's logins and access rules
+(controller/broker_config.py); both take the logins from the controller's credentials
+file (controller/credentials.py), so they agree with each other however often they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# --- provision -----------------------------------------------------------------------------
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    from controller.config import load_controller_config
+    from controller.fleet import load_fleet
+    from controller.provision import pick_clusters, provision
+
+    config = load_controller_config(Path(args.config))
+    fleet = load_fleet(config.fleet)
+    clusters = pick_clusters(fleet, args.clusters, args.all)
+    out = Path(args.out)
+    bundles = provision(config, fleet, clusters, out, datetime.now(UTC), rotate=args.rotate)
+    if args.json:
+        print(json.dumps([
+            {"cluster": b.cluster, "username": b.username, "password": b.password,
+             "bundle": str(b.folder)}
+            for b in bundles
+        ], ensure_ascii=False, indent=2))
+        return 0
+    for b in bundles:
+        login = "new login" if b.new_password else "login unchanged"
+        print(f"wrote {b.folder}/ for cluster {b.cluster} ({login}): {', '.join(b.files)}")
+    new = [b.cluster for b in bundles if b.new_password]
+    print(f"\n{len(bundles)} bundle(s) in {out}/; the logins are kept in "
+          f"{config.credentials_file} (mode 0600).")
+    if new:
+        print(f"{len(new)} new or rotated login(s): the broker must learn them before these "
+              "boxes can connect. Write its files again and reload it:\n"
+              f"  loa-controller broker-config mosquitto --config {args.config} --out DIR\n"
+              "  systemctl reload mosquitto")
+        if args.rotate:
+            print("A box still running with its old password is refused from that reload "
+                  "on: install its new bundle.")
+    print("On each box, from its bundle folder: sudo install -o root -g loa -m 0640 * /etc/loa/ "
+          "then systemctl restart loa-agent (docs/operations.md, \"Provisioning a cluster\").")
+    return 0
+
+
+# --- broker-config ---------------------------------------------------------------------------
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    from controller.broker_config import (
+        Tls,
+        check_names,
+        dotted_names,
+        write_mosquitto,
+        write_nats,
+    )
+    from controller.config import load_controller_config
+    from controller.credentials import BrokerCredentials
+    from controller.fleet import load_fleet
+
+    config = load_controller_config(Path(args.config))
+    fleet = load_fleet(config.fleet)
+    me = config.provisioning.controller_username
+    check_names(fleet, me)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("give both --tls-cert and --tls-key (the broker's certificate and key)")
+    tls = Tls(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
+    port = args.port or (8883 if tls else 1883)
+    now = datetime.now(UTC)
+    store = BrokerCredentials(config.credentials_file)
+    rotate = [me] if args.rotate_controller else []
+    accounts, made = store.ensure([*sorted(fleet.clusters), me], now, rotate=rotate)
+    out = Path(args.out)
+    if args.broker == "mosquitto":
+        written = write_mosquitto(out, fleet, accounts, me, port, now, listen=args.listen, tls=tls)
+        reload = ("reload mosquitto to apply them: systemctl reload mosquitto (or kill -HUP its "
+                  "pid); connected clients stay connected. First time: include the file from "
+                  f"/etc/mosquitto/conf.d/ (include_dir) or run mosquitto -c {written[-1]}.")
+        owner = ("mosquitto reads the password file and the ACL as its own user: if you are "
+                 f"not running this as it, chown mosquitto: {written[0]} {written[1]}")
+    else:
+        written = write_nats(
+            out, fleet, accounts, me, port, now, listen=args.listen, client_port=args.nats_port,
+            tls=tls,
+        )
+        reload = ("reload nats-server to apply it: nats-server --signal reload (or kill -HUP "
+                  f"its pid). First time: nats-server -c {written[0]}.")
+        owner = "the file holds the passwords (mode 0600): keep it readable by nats-server only"
+        dotted = dotted_names(fleet)
+        if dotted:
+            print(f"note: {', '.join(dotted[:5])}{' ...' if len(dotted) > 5 else ''} contain "
+                  "'.': their topics need nats-server 2.10 or later")
+    for path in written:
+        print(f"wrote {path}")
+    print(f"{len(fleet.clusters)} clusters and the controller ({me}) may log in; each cluster "
+          "publishes only its own agent topics and reads only its own and its groups'.")
+    if made:
+        print(f"new logins made: {', '.join(made[:10])}{' ...' if len(made) > 10 else ''} "
+              f"(kept in {config.credentials_file}).")
+    if me in made:
+        print(f"The controller logs in as {me} with the password kept there (broker_url names "
+              "no user): restart it after reloading the broker.")
+    print(reload)
+    print(owner)
+    return 0
+
+
+def register(sub: Any, default_config: str) -> None:
+    """Add `provision` and `broker-config` to loa-controller's parser."""
+    p = sub.add_parser(
+        "provision", help="write the bundle a cluster's box is installed from",
+        description="Write, per cluster, a folder with a complete agent.yaml, its broker "
+        "password, controller.pub, the broker's CA certificate (mqtts://) and an enrolment "
+        "token. The login is made once and kept (credentials file); --rotate makes a new one.",
+    )
+    p.add_argument("clusters", nargs="*", metavar="CLUSTER", help="cluster ids from the fleet")
+    p.add_argument("--all", action="store_true", help="every cluster of the fleet")
+    p.add_argument("--out", required=True, help="folder for the bundles (one sub-folder each)")
+    p.add_argument("--rotate", action="store_true",
+                   help="give these clusters new broker passwords")
+    p.add_argument("--json", action="store_true",
+                   help="print cluster, username, password and bundle of each as JSON")
+    p.add_argument("--config", default=default_config, help="controller config YAML")
+    p.set_defaults(func=cmd_provision)
+
+    p = sub.add_parser(
+        "broker-config", help="write the broker's logins and access rules from the fleet",
+        description="Write the broker configuration for the fleet as it is now: anonymous "
+        "clients refused, each cluster confined to its own and its groups' topics, only the "
+        "controller publishing commands, content and membership. Write it again whenever the "
+        "fleet changes, then reload the broker.",
+    )
+    p.add_argument("broker", choices=["mosquitto", "nats"])
+    p.add_argument("--out", required=True, help="folder for the files")
+    p.add_argument("--port", type=int, help="MQTT port (default 1883, 8883 with TLS)")
+    p.add_argument("--listen", help="address to listen on (default: every interface)")
+    p.add_argument("--tls-cert", help="the broker's certificate (PEM): a TLS listener")
+    p.add_argument("--tls-key", help="the broker's private key (PEM), with --tls-cert")
+    p.add_argument("--nats-port", type=int, default=4222,
+                   help="nats: the NATS client port, on 127.0.0.1 (default 4222)")
+    p.add_argument("--rotate-controller", action="store_true",
+                   help="give the controller's own login a new password")
+    p.add_argument("--config", default=default_config, help="controller config YAML")
+    p.set_defaults(func=cmd_broker_config)
