@@ -99,6 +99,15 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {private} (private: keep it on the controller only, mode 0600)")
     print(f"wrote {public} (public: copy it to every agent as controller_public_key)")
+    from controller.keys import rotation_path
+
+    stale = rotation_path(private)
+    if args.force and stale.exists():  # a rotation to a key that is gone now
+        stale.unlink()
+        print(f"removed {stale}: a new key is not a rotation. Clusters installed with the "
+              "old controller.pub refuse every command until they get this one (their "
+              "bundle again: loa-controller provision); to change keys without that, use "
+              "loa-controller keys rotate")
     return 0
 
 

@@ -1,6 +1,9 @@
 """`loa-controller provision`, `loa-controller broker-config` and `loa-controller keys`:
 who may reach the fleet, and with what.
 
+`keys rotate` replaces the controller's signing key; the clusters move to the new one
+through a rotation signed by the old (controller/keys.py).
+
 `provision CLUSTER... | --all --out DIR` writes each cluster's bundle (controller/provision.py);
 `broker-config mosquitto|nats --out DIR` writes the broker's logins and access rules
 (controller/broker_config.py); both take the logins from the controller's credentials
@@ -11,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +120,87 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- keys ----------------------------------------------------------------------------------
+
+
+def _when(at: datetime, tz: Any) -> str:
+    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _overlap(text: str) -> timedelta:
+    """7d, 36h, 90m, 1h30m."""
+    from protocol.yamlload import parse_duration
+
+    days = re.fullmatch(r"\s*(\d+)\s*d\s*", text)
+    if days:
+        return timedelta(days=int(days.group(1)))
+    try:
+        value = parse_duration(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, timedelta):
+        raise ValueError(f"--overlap {text!r}: write a duration such as 7d, 36h or 90m")
+    return value
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from zoneinfo import ZoneInfo
+
+    from controller.config import load_controller_config
+    from controller.fleet import load_fleet
+    from controller.keys import (
+        DEFAULT_OVERLAP,
+        load_rotation,
+        public_key_path,
+        rotate,
+        rotation_path,
+    )
+    from protocol.signing import key_id, load_private_key
+
+    config = load_controller_config(Path(args.config))
+    tz = ZoneInfo(config.timezone)
+    now = datetime.now(UTC)
+    if args.action == "status":
+        key = load_private_key(config.private_key)
+        print(f"controller key {key_id(key.public_key())} ({config.private_key}); clusters "
+              f"installed from now on get {public_key_path(config.private_key)}")
+        rotation = load_rotation(rotation_path(config.private_key))
+        if rotation is None:
+            print("no key rotation: the clusters trust the key of their controller.pub")
+        elif now < rotation.retire_at:
+            print(f"rotation {rotation.describe()} under way: both keys accepted until "
+                  f"{_when(rotation.retire_at, tz)}, then only {key_id(rotation.new_key)} "
+                  f"({len(rotation.commands)} clusters)")
+        else:
+            print(f"rotation {rotation.describe()} done: {key_id(rotation.old_key)} refused "
+                  f"since {_when(rotation.retire_at, tz)}; the rotation stays published for "
+                  "clusters that were off")
+        return 0
+
+    overlap = _overlap(args.overlap) if args.overlap else DEFAULT_OVERLAP
+    fleet = load_fleet(config.fleet)
+    rotation = rotate(config.private_key, fleet.clusters, now, overlap, force=args.force)
+    old, new = key_id(rotation.old_key), key_id(rotation.new_key)
+    retire = _when(rotation.retire_at, tz)
+    print(f"controller key rotated: {old} -> {new}")
+    print(f"  new key: {config.private_key} (0600) and {public_key_path(config.private_key)}; "
+          "the old private key is not kept")
+    print(f"  the rotation, signed by the old key for {len(rotation.commands)} clusters: "
+          f"{rotation_path(config.private_key)}")
+    print(f"  the clusters accept both keys until {retire}, then only {new}")
+    print("Next:")
+    print("  1. restart the controller now (systemctl restart loa-controller): it signs with "
+          "the new key and publishes the rotation to every cluster (retained on "
+          "loa/v1/cluster/<id>/key); each agent logs `controller key rotated`")
+    print(f"  2. the running controller signs with the old key until then: restart it before "
+          f"{retire}, or the clusters refuse its commands from then on")
+    print("  3. new bundles (loa-controller provision) carry the new controller.pub; boxes "
+          "installed with the old one move on their own, even after "
+          f"{retire}, when they next connect")
+    print(f"  4. destroy any copy of the old private key (backups) after {retire}")
+    return 0
+
+
 def register(sub: Any, default_config: str) -> None:
     """Add `provision` and `broker-config` to loa-controller's parser."""
     p = sub.add_parser(
@@ -153,3 +238,17 @@ def register(sub: Any, default_config: str) -> None:
                    help="give the controller's own login a new password")
     p.add_argument("--config", default=default_config, help="controller config YAML")
     p.set_defaults(func=cmd_broker_config)
+
+    p = sub.add_parser(
+        "keys", help="rotate the controller's signing key, or show the rotation under way",
+        description="rotate: make a new signing key; every cluster is told, by a message "
+        "signed with the old key, to trust the new one, and refuses the old one after the "
+        "overlap. status: the key and the rotation under way.",
+    )
+    p.add_argument("action", choices=["rotate", "status"])
+    p.add_argument("--overlap", metavar="DURATION",
+                   help="how long both keys are accepted (default 7d; e.g. 36h, 30d)")
+    p.add_argument("--force", action="store_true",
+                   help="rotate again while an earlier rotation is still under way")
+    p.add_argument("--config", default=default_config, help="controller config YAML")
+    p.set_defaults(func=cmd_keys)

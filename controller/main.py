@@ -35,6 +35,7 @@ from controller.distribution import Distributor, PlaySpec, new_play_id
 from controller.fleet import Fleet
 from controller.holdings import Holdings
 from controller.intake import Intake
+from controller.keys import publish_rotation
 from controller.playlist import Playlists
 from controller.reload import DEFAULT_INTERVAL_S, FileWatcher, signature, watched_files
 from controller.schedule import HORIZON, Scheduler, plan
@@ -173,6 +174,11 @@ class Controller:
                 "broker %s not reachable yet; commands are queued until it is",
                 self.settings.broker.url(),
             )
+        # A key rotation first: the memberships that follow are signed with the new key.
+        publish_rotation(
+            self.link, self.settings.private_key, self.signer.public_key,
+            sorted(self.fleet.clusters),
+        )
         self.distributor.publish_memberships(self.memberships())
         self.scheduler.swap(self.playlists)
         self.scheduler.start()

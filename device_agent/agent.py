@@ -8,13 +8,14 @@ runs on one short-lived thread while it plays. The worker is a thread of the age
 own (device_agent/workers.py), or, where one process runs hundreds of simulated agents,
 mailboxes on a pool they share (given by the simulator).
 
-Topics (see protocol/topics.py): the agent reads its cluster's command, content and
+Topics (see protocol/topics.py): the agent reads its cluster's key, command, content and
 membership topics and its groups' command and content topics; it writes events
 (QoS 1, from the outbox), its retained online/offline state, chunk requests, and a
 heartbeat (QoS 0) every `heartbeat_s`, on connecting and when the relay fails or recovers.
 
 A new membership command means the controller (re)started: events it has not
-acknowledged are sent again at once, not at their next resend time.
+acknowledged are sent again at once, not at their next resend time. A key rotation
+(device_agent/trust.py) changes the controller keys it trusts, on disk.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from device_agent.outbox import Outbox
 from device_agent.output import OutputBackend
 from device_agent.player import Player, PlayRecord, PlayView
 from device_agent.relays import RelayConfig
+from device_agent.trust import ControllerKeys
 from device_agent.workers import WAKE, Item, Mailboxes, OwnThread
 from protocol import chunks, topics
 from protocol.clock import Clock
@@ -57,6 +59,7 @@ from protocol.messages import (
     Event,
     EventKind,
     Heartbeat,
+    KeyRotationBody,
     Level,
     MembershipBody,
     NowPlaying,
@@ -184,9 +187,18 @@ class Agent:
         self._db = LocalDatabase(data_dir / "agent.sqlite", durable=durable)
         self._outbox = Outbox(self._db, cluster_id, clock, resend_after_s=outbox_resend_s)
         self._membership = MembershipState(self._db.document("membership"), groups)
+        # The key of the verifier given is the one pinned in the config; rotations add to
+        # it (kept in the database). A verifier over other keys is used as it is.
+        pinned = verifier.pinned
+        self._trust = (
+            ControllerKeys(pinned, self._db.document("controller-keys"), clock)
+            if pinned is not None else None
+        )
         self._guard = Guard(
-            verifier, cluster_id, self._membership.current, clock,
+            Verifier(self._trust) if self._trust is not None else verifier,
+            cluster_id, self._membership.current, clock,
             SeenStore(self._db.table("seen-commands")),
+            rotation_applied=self._trust.already_applied if self._trust is not None else None,
         )
         self._limiter = RejectionLimiter(clock, rejections_per_minute)
         self._owns_cache = cache is None
@@ -499,8 +511,10 @@ class Agent:
                 )
                 self._add_event("rejected", ref=exc.command_id, reason=exc.reason)
             return False
-        if received_at is not None and not isinstance(command.body, MembershipBody):
-            # Retained membership was signed long before it is delivered: not a sample.
+        if received_at is not None and not isinstance(
+            command.body, MembershipBody | KeyRotationBody
+        ):
+            # Retained ones were signed long before they are delivered: not samples.
             self.clock_offset.add(command.issued_at, received_at, received_mono)
         self._obey(command)
         return False
@@ -525,6 +539,22 @@ class Agent:
             self._apply_membership(command)
         elif isinstance(body, AckBody):
             self._outbox.ack(body.outbox, body.seqs)
+        elif isinstance(body, KeyRotationBody) and self._trust is not None:
+            self._apply_rotation(command, body)
+
+    def _apply_rotation(self, command: Command, body: KeyRotationBody) -> None:
+        assert self._trust is not None
+        old, new = self._trust.apply(command)
+        self._log.info(
+            "controller key rotated: now trusting %s; the old key %s is refused from %s on "
+            "(trusted now: %s)",
+            new, old, body.retire_at.isoformat(timespec="seconds"), self._trust.describe(),
+        )
+        # The retained membership may have come before the rotation that makes its
+        # signature trusted: ask the broker for it again.
+        membership = topics.cluster_topic(self.cluster_id, "membership")
+        self._link.unsubscribe(membership)
+        self._link.subscribe(membership, self._on_message)
 
     def _apply_membership(self, command: Command) -> None:
         before = set(self._membership.current().groups)

@@ -48,9 +48,16 @@ from device_agent.output import FileBackend
 from device_agent.relays import RelayError, open_relay
 from device_agent.tone import play_tone
 from protocol import topics
-from protocol.messages import MembershipBody, MessageError
+from protocol.messages import Command, KeyRotationBody, MembershipBody, MessageError
 from protocol.mqtt import MqttLink, UnreadableCa, describe_tls_failure, tls_context
-from protocol.signing import SignatureError, Verifier, load_public_key
+from protocol.signing import (
+    SignatureError,
+    Verifier,
+    key_from_text,
+    key_id,
+    key_text,
+    load_public_key,
+)
 from protocol.yamlload import ConfigError
 
 Status = Literal["PASS", "WARN", "FAIL"]
@@ -94,6 +101,7 @@ class _Context:
     timeout_s: float
     key: Ed25519PublicKey | None = None
     membership_payload: bytes | None = None
+    rotation_payload: bytes | None = None  # the retained key rotation, if any
     membership_issued_at: datetime | None = None  # once verified
     logged_in: bool = False
 
@@ -305,12 +313,17 @@ def _mqtt_login(ctx: _Context, username: str | None) -> CheckResult:
             ctx.membership_payload = payload
             got_membership.set()
 
+    def on_rotation(_topic: str, payload: bytes) -> None:
+        ctx.rotation_payload = payload or None
+
     try:
         link = MqttLink(address, f"loa-check-{config.cluster_id}", keepalive=30,
                         ca_setting="broker_ca_file")
     except (OSError, ValueError) as exc:
         return CheckResult("broker", "FAIL", f"cannot set up the connection: {exc}",
                            "check broker_url and broker_ca_file")
+    # The key topic first: its retained rotation arrives before the membership it signs.
+    link.subscribe(topics.cluster_topic(config.cluster_id, "key"), on_rotation)
     link.subscribe(topics.cluster_topic(config.cluster_id, "membership"), on_membership)
     started = time.monotonic()
     link.start()
@@ -367,6 +380,24 @@ def _check_membership(ctx: _Context) -> CheckResult:
     if ctx.key is None:
         return CheckResult("membership", "WARN", "found on the broker, but not verified",
                            "fix the controller key first")
+    rotated = _rotation(ctx, ctx.key)
+    if rotated is not None:
+        try:
+            command = Verifier(rotated[0]).verify(payload)
+        except (SignatureError, MessageError):
+            pass
+        else:
+            return _membership_result(ctx, command, f"with key {key_id(rotated[0])}, which the "
+                                      f"controller rotated to from {key_id(ctx.key)}")
+        if rotated[1] <= datetime.now(UTC):
+            # past the overlap, only the new key counts
+            return CheckResult(
+                "membership", "FAIL",
+                f"the controller's membership for {cluster} is not signed with key "
+                f"{key_id(rotated[0])}, the one it rotated to (the old key is refused since "
+                f"{rotated[1]:%Y-%m-%d %H:%M} UTC)",
+                "restart the controller: it still signs with its old key",
+            )
     try:
         command = Verifier(ctx.key).verify(payload)
     except (SignatureError, MessageError) as exc:
@@ -377,12 +408,32 @@ def _check_membership(ctx: _Context) -> CheckResult:
             "this cluster would refuse every command: copy the controller.pub of the "
             "controller that uses this broker",
         )
+    return _membership_result(ctx, command, "")
+
+
+def _rotation(ctx: _Context, key: Ed25519PublicKey) -> tuple[Ed25519PublicKey, datetime] | None:
+    """The key the retained rotation moves to and when the old retires, if the rotation
+    is signed by the configured key (as the agent would take it)."""
+    if ctx.rotation_payload is None:
+        return None
+    try:
+        command = Verifier(key).verify(ctx.rotation_payload)
+        body = command.body
+        if not isinstance(body, KeyRotationBody) or body.old_key != key_text(key):
+            return None
+        return key_from_text(body.new_key), body.retire_at
+    except (SignatureError, MessageError, ValueError):
+        return None
+
+
+def _membership_result(ctx: _Context, command: Command, how: str) -> CheckResult:
     body = command.body
     groups = ", ".join(body.groups) if isinstance(body, MembershipBody) else "?"
     ctx.membership_issued_at = command.issued_at
     return CheckResult(
         "membership", "PASS",
-        f"signed by the controller at {command.issued_at:%Y-%m-%d %H:%M:%S} UTC: groups {groups}",
+        f"signed by the controller{f' ({how})' if how else ''} at "
+        f"{command.issued_at:%Y-%m-%d %H:%M:%S} UTC: groups {groups}",
     )
 
 

@@ -17,6 +17,10 @@ through `Guard.admit` before it can have any effect. In order:
 5. replay: a command id seen before (remembered on disk across restarts, until that
    command expires) is rejected as replayed.
 
+Key rotations (device_agent/trust.py) come only on the cluster's own `key` topic and
+must be signed by the key they retire; the retained copy of one already applied is
+ignored silently, like a membership.
+
 A command that passes is remembered as seen before `admit` returns it.
 """
 
@@ -32,8 +36,8 @@ from typing import Literal
 from device_agent.localdb import StateDocument, StateTable
 from protocol import topics
 from protocol.clock import Clock
-from protocol.messages import Command, MembershipBody, MessageError, decode_json
-from protocol.signing import SignatureError, Verifier
+from protocol.messages import Command, KeyRotationBody, MembershipBody, MessageError, decode_json
+from protocol.signing import SignatureError, Verifier, key_text
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +238,14 @@ class Guard:
         seen_store: SeenStore,
         *,
         max_skew: timedelta = MAX_CLOCK_SKEW,
+        rotation_applied: Callable[[bytes], str | None] | None = None,
     ) -> None:
+        """rotation_applied: why a payload on the key topic is a rotation applied already
+        (ControllerKeys.already_applied), else None."""
         self._verifier = verifier
         self._cluster_id = topics.check_id(cluster_id, "cluster id")
+        self._key_topic = topics.cluster_topic(cluster_id, "key")
+        self._rotation_applied = rotation_applied
         self._membership = membership
         self._clock = clock
         self._seen = seen_store
@@ -244,14 +253,24 @@ class Guard:
 
     def admit(self, topic: str, payload: bytes) -> Command:
         """The command, if it is to be obeyed; else raise Rejected (or Ignored) saying why."""
+        if topic == self._key_topic and self._rotation_applied is not None:
+            why = self._rotation_applied(payload)
+            if why is not None:
+                raise Ignored(why, _claimed_id(payload))
         try:
-            command = self._verifier.verify(payload)
+            command, signer = self._verifier.verify_signed(payload)
         except SignatureError as exc:
             code: RejectCode = "unsigned" if "unsigned" in str(exc) else "bad-signature"
             raise Rejected(str(exc), _claimed_id(payload), code) from None
         except MessageError as exc:
             raise Rejected(str(exc), _claimed_id(payload), "invalid") from None
 
+        body = command.body
+        if isinstance(body, KeyRotationBody) and key_text(signer) != body.old_key:
+            raise Rejected(
+                "a key rotation must be signed by the key it retires", command.id,
+                "bad-signature",
+            )
         current = self._membership()
         is_membership = isinstance(command.body, MembershipBody)
         if is_membership:
@@ -303,9 +322,19 @@ class Guard:
         where = topics.parse(topic)
         for_me = me in command.to.clusters
         for_my_group = bool(groups.intersection(command.to.groups))
-        if where is None or where.channel not in ("command", "membership"):
+        if where is None or where.channel not in ("command", "membership", "key"):
             raise Rejected(f"a command cannot arrive on {topic}", command.id, "misaddressed")
         own_topic = where.scope == "cluster" and where.name == me
+        if isinstance(command.body, KeyRotationBody) or where.channel == "key":
+            if not (own_topic and for_me and where.channel == "key"
+                    and isinstance(command.body, KeyRotationBody)):
+                raise Rejected(
+                    f"a {command.body.kind} command on {topic}: key rotations come on this "
+                    "cluster's own key topic, and only they do",
+                    command.id,
+                    "misaddressed",
+                )
+            return
         if is_membership:
             assert isinstance(command.body, MembershipBody)
             if not (own_topic and for_me and command.body.cluster == me):

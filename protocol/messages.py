@@ -84,6 +84,20 @@ class MembershipBody(WireModel):
     groups: Annotated[list[ClusterId], Field(max_length=32)]
 
 
+# An Ed25519 public key on the wire: the base64 of its 32 raw bytes.
+PublicKeyText = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$")]
+
+
+class KeyRotationBody(WireModel):
+    """The controller's signing key changes: trust new_key; old_key, the key that signs
+    this command, is refused from retire_at on (both are accepted until then)."""
+
+    kind: Literal["key-rotation"] = "key-rotation"
+    old_key: PublicKeyText
+    new_key: PublicKeyText
+    retire_at: AwareDatetime
+
+
 class AckBody(WireModel):
     """The controller has stored these events of one outbox; the agent may forget them."""
 
@@ -93,7 +107,7 @@ class AckBody(WireModel):
 
 
 CommandBody = Annotated[
-    PlayBody | StopBody | MembershipBody | AckBody, Field(discriminator="kind")
+    PlayBody | StopBody | MembershipBody | AckBody | KeyRotationBody, Field(discriminator="kind")
 ]
 
 

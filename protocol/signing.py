@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -67,14 +69,33 @@ class Signer:
         return unsigned.model_copy(update={"sig": sig})
 
 
-class Verifier:
-    """Checks commands against the pinned controller public key."""
+class TrustedKeys(Protocol):
+    """The controller keys a cluster trusts now, and those it has retired (with when)."""
 
-    def __init__(self, key: Ed25519PublicKey) -> None:
-        self._key = key
+    def trusted(self) -> Sequence[Ed25519PublicKey]: ...
+
+    def retired(self) -> Sequence[tuple[Ed25519PublicKey, datetime]]: ...
+
+
+class Verifier:
+    """Checks commands against the controller key a cluster trusts: the one pinned in its
+    config, or the keys a rotation moved it to (device_agent/trust.py)."""
+
+    def __init__(self, keys: Ed25519PublicKey | TrustedKeys) -> None:
+        self._keys = keys
+
+    @property
+    def pinned(self) -> Ed25519PublicKey | None:
+        """The one key this verifier was made with, if it was made with one key."""
+        return self._keys if isinstance(self._keys, Ed25519PublicKey) else None
 
     def verify(self, payload: bytes) -> Command:
         """Return the command if its signature verifies; raise SignatureError or MessageError."""
+        return self.verify_signed(payload)[0]
+
+    def verify_signed(self, payload: bytes) -> tuple[Command, Ed25519PublicKey]:
+        """The command and the trusted key that signed it; raise SignatureError (with the
+        retirement, when a retired key signed it) or MessageError."""
         obj = decode_json(payload)
         sig = obj.pop("sig", None)
         if sig is None:
@@ -86,15 +107,62 @@ class Verifier:
         except (binascii.Error, ValueError):
             raise SignatureError("'sig' is not valid base64") from None
         try:
-            self._key.verify(raw, canonical(obj))
-        except InvalidSignature:
-            raise SignatureError(
-                "bad signature: not signed by the controller key this cluster trusts"
-            ) from None
+            signed = canonical(obj)
         except (ValueError, TypeError) as exc:  # canonical() on exotic values
             raise MessageError(f"cannot check signature: {exc}") from None
+        keys = [self._keys] if isinstance(self._keys, Ed25519PublicKey) else self._keys.trusted()
+        signer = _signer(raw, signed, keys)
+        if signer is None:
+            retired = [] if isinstance(self._keys, Ed25519PublicKey) else self._keys.retired()
+            for key, since in retired:
+                if _signer(raw, signed, [key]) is not None:
+                    raise SignatureError(
+                        f"signed with controller key {key_id(key)}, retired at "
+                        f"{since.isoformat(timespec='seconds')} by a key rotation: the "
+                        "controller still signs with its old key (restart it after "
+                        "`loa-controller keys rotate`)"
+                    )
+            raise SignatureError(
+                "bad signature: not signed by the controller key this cluster trusts"
+            )
         obj["sig"] = sig
-        return parse(Command, obj)
+        return parse(Command, obj), signer
+
+
+def _signer(
+    sig: bytes, signed: bytes, keys: Sequence[Ed25519PublicKey]
+) -> Ed25519PublicKey | None:
+    for key in keys:
+        try:
+            key.verify(sig, signed)
+        except InvalidSignature:
+            continue
+        return key
+    return None
+
+
+def key_text(key: Ed25519PublicKey) -> str:
+    """A public key as it travels in a key rotation: the base64 of its 32 raw bytes."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def key_from_text(text: str) -> Ed25519PublicKey:
+    """The public key of key_text(); ValueError if it is not one."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{text!r} is not base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"{text!r} is not an Ed25519 public key (32 bytes)")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """A short name for a public key in logs and CLI output: 16 hex digits of the
+    SHA-256 of its raw bytes."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 # --- key files ----------------------------------------------------------------------------
