@@ -23,8 +23,8 @@ from tls_support import Authority, tls_mosquitto
 
 from device_agent.check import CheckResult, run_checks
 from protocol import topics
-from protocol.messages import Address, MembershipBody
-from protocol.signing import public_pem
+from protocol.messages import Address, KeyRotationBody, MembershipBody
+from protocol.signing import key_id, key_text, public_pem
 
 ROOT = Path(__file__).resolve().parent.parent
 ME = "chk-01"
@@ -171,6 +171,41 @@ def test_another_controllers_key_fails_the_membership_line(setup: Setup) -> None
     assert membership.status == "FAIL"
     assert "not signed with" in membership.message
     assert "refuse every command" in (membership.fix or "")
+
+
+def test_a_membership_signed_with_the_key_rotated_to_passes(setup: Setup) -> None:
+    """The box still pins the key it was installed with; the controller rotated its key
+    and signs the membership with the new one: the retained rotation links the two."""
+    new = Keys()
+    now = datetime.now(UTC)
+    rotation = setup.keys.signer.command(
+        KeyRotationBody(old_key=key_text(setup.keys.signer.public_key),
+                        new_key=key_text(new.signer.public_key), retire_at=now),
+        Address(clusters=[ME]), now, timedelta(days=400),
+    )
+    membership = new.signer.command(
+        MembershipBody(cluster=ME, groups=GROUPS), Address(clusters=[ME]), now,
+        timedelta(days=400),
+    )
+    port = setup.broker.port
+    mosquitto_pub(port, topics.cluster_topic(ME, "membership"), membership.to_json())
+    no_rotation = setup.check()["membership"]
+    assert no_rotation.status == "FAIL"
+    mosquitto_pub(port, topics.cluster_topic(ME, "key"), rotation.to_json())
+    result = setup.check()["membership"]
+    assert result.status == "PASS", result
+    assert f"which the controller rotated to from {key_id(setup.keys.signer.public_key)}" in (
+        result.message
+    )
+    # The old key is retired by now: a membership still signed with it is a failure.
+    old = setup.keys.signer.command(
+        MembershipBody(cluster=ME, groups=GROUPS), Address(clusters=[ME]), now,
+        timedelta(days=400),
+    )
+    mosquitto_pub(port, topics.cluster_topic(ME, "membership"), old.to_json())
+    stale = setup.check()["membership"]
+    assert stale.status == "FAIL"
+    assert "restart the controller" in (stale.fix or "")
 
 
 def test_a_misspelt_cluster_id_finds_no_membership(setup: Setup) -> None:
