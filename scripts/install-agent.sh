@@ -132,8 +132,12 @@ fi
 step "Next"
 if [[ $FIRST_INSTALL == 1 ]]; then
     cat <<EOF
-1. Edit $ETC/agent.yaml: cluster_id, broker_url (and username/password), output, relay.
-2. Copy the controller's public key: scp controller:/etc/loa/keys/controller.pub $ETC/
+1. Install this cluster's bundle (made on the controller: loa-controller provision CLUSTER
+   --out bundles): from its folder, install -o root -g loa -m 0640 * $ETC/
+   Edit $ETC/agent.yaml: output and relay, as this box is wired.
+2. Without a bundle: edit $ETC/agent.yaml (cluster_id, broker_url, username,
+   password_file, output, relay) and copy the controller's public key:
+   scp controller:/etc/loa/keys/controller.pub $ETC/
 3. Check everything, as the service user:  sudo -u $SERVICE_USER loa-agent check --click
 4. Start it:  systemctl start loa-agent   (then: journalctl -u loa-agent -f)
 EOF

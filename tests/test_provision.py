@@ -224,3 +224,44 @@ def test_a_provisioned_agent_and_the_controller_log_in_to_the_generated_broker(
             controller.close()
     finally:
         broker.stop()
+
+
+def test_over_tls_a_bundle_logs_in_to_the_generated_tls_listener(
+    tmp_path: Path, mosquitto_port: tuple[int, Path],
+) -> None:
+    """The broker's TLS listener from broker-config, the bundle's CA and password: the
+    agent built from the bundle alone logs in over mqtts://."""
+    from test_agent_check import self_signed
+
+    from device_agent.main import build_link
+
+    port, folder = mosquitto_port
+    certs = folder / "certs"
+    certs.mkdir()
+    cert, key = self_signed(certs)
+    config_file = controller_folder(
+        tmp_path, f"mqtts://localhost:{port}", extra=f"broker_ca_file: {cert}\n"
+    )
+    assert loa_controller("provision", "b-01", "--out", str(tmp_path / "b"), "--config",
+                          str(config_file)).returncode == 0
+    out = folder / "mosquitto"
+    result = loa_controller("broker-config", "mosquitto", "--config", str(config_file),
+                            "--out", str(out), "--port", str(port), "--listen", "127.0.0.1",
+                            "--tls-cert", str(cert), "--tls-key", str(key))
+    assert result.returncode == 0, result.stderr
+    assert f"certfile {cert}" in (out / "mosquitto.conf").read_text()
+    give_to_mosquitto(out / "mosquitto.passwd", out / "mosquitto.acl", key)
+    broker = ConfiguredBroker(["mosquitto", "-c", str(out / "mosquitto.conf")], port, tmp_path,
+                              "mosquitto")
+    try:
+        agent = load_agent_config(tmp_path / "b" / "b-01" / "agent.yaml")
+        assert agent.broker_url == f"mqtts://localhost:{port}"
+        assert agent.broker_ca_file == tmp_path / "b" / "b-01" / "broker-ca.pem"
+        link = build_link(agent)
+        link.start()
+        try:
+            assert link.wait_connected(10), link.last_refusal
+        finally:
+            link.stop()
+    finally:
+        broker.stop()
