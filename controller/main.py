@@ -258,6 +258,14 @@ class Controller:
             changed += [(cid, None, []) for cid in sorted(before.keys() - after.keys())]
             if changed:
                 self.distributor.publish_memberships(changed)
+                log.warning(
+                    "%d clusters were added to the fleet, moved or taken out (%s): where the "
+                    "broker's logins and rules come from `loa-controller broker-config`, "
+                    "write them again and reload the broker, or new clusters cannot log in "
+                    "and moved ones do not hear their new groups",
+                    len(changed), ", ".join(c[0] for c in changed[:5])
+                    + (" ..." if len(changed) > 5 else ""),
+                )
             self._record_status(playlists.warnings)
             result = ReloadResult(
                 True, playlists.warnings, [c[0] for c in changed], withdrawn
