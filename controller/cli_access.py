@@ -91,8 +91,9 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         reload = ("reload mosquitto to apply them: systemctl reload mosquitto (or kill -HUP its "
                   "pid); connected clients stay connected. First time: include the file from "
                   f"/etc/mosquitto/conf.d/ (include_dir) or run mosquitto -c {written[-1]}.")
-        owner = ("mosquitto reads the password file and the ACL as its own user: if you are "
-                 f"not running this as it, chown mosquitto: {written[0]} {written[1]}")
+        owner = ("mosquitto reads the password file and the ACL as its own user: the first "
+                 f"time, chown mosquitto: {written[0]} {written[1]} (written again, they keep "
+                 "their owner)")
     else:
         written = write_nats(
             out, fleet, accounts, me, port, now, listen=args.listen, client_port=args.nats_port,

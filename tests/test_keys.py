@@ -88,3 +88,19 @@ def test_write_atomic_leaves_the_old_file_and_no_temporary_when_it_fails(
         write_atomic(target, "text, not bytes")  # type: ignore[arg-type]  # the failure
     assert target.read_bytes() == b"first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["secret"]
+
+
+def test_write_atomic_keeps_the_owner_of_the_file_it_replaces(tmp_path: Path) -> None:
+    """A broker's password file handed to the broker's user stays its own when the
+    controller writes it again (root may give a file away; others keep their own)."""
+    target = tmp_path / "mosquitto.passwd"
+    write_atomic(target, b"first\n")
+    if os.geteuid() != 0:
+        write_atomic(target, b"second\n")
+        assert target.stat().st_uid == os.geteuid()
+        return
+    os.chown(target, 65534, 65534)  # nobody:nogroup, as `chown mosquitto:` would
+    write_atomic(target, b"second\n")
+    assert (target.stat().st_uid, target.stat().st_gid) == (65534, 65534)
+    assert mode(target) == 0o600
+    assert target.read_bytes() == b"second\n"
