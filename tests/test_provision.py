@@ -231,16 +231,16 @@ def test_over_tls_a_bundle_logs_in_to_the_generated_tls_listener(
 ) -> None:
     """The broker's TLS listener from broker-config, the bundle's CA and password: the
     agent built from the bundle alone logs in over mqtts://."""
-    from test_agent_check import self_signed
+    from tls_support import Authority
 
     from device_agent.main import build_link
 
     port, folder = mosquitto_port
     certs = folder / "certs"
-    certs.mkdir()
-    cert, key = self_signed(certs)
+    authority = Authority.create(certs)
+    cert, key = authority.issue(certs)
     config_file = controller_folder(
-        tmp_path, f"mqtts://localhost:{port}", extra=f"broker_ca_file: {cert}\n"
+        tmp_path, f"mqtts://localhost:{port}", extra=f"broker_ca_file: {authority.cert}\n"
     )
     assert loa_controller("provision", "b-01", "--out", str(tmp_path / "b"), "--config",
                           str(config_file)).returncode == 0
@@ -257,6 +257,7 @@ def test_over_tls_a_bundle_logs_in_to_the_generated_tls_listener(
         agent = load_agent_config(tmp_path / "b" / "b-01" / "agent.yaml")
         assert agent.broker_url == f"mqtts://localhost:{port}"
         assert agent.broker_ca_file == tmp_path / "b" / "b-01" / "broker-ca.pem"
+        assert agent.broker_ca_file.read_bytes() == authority.cert.read_bytes()
         link = build_link(agent)
         link.start()
         try:
