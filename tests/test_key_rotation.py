@@ -399,11 +399,11 @@ def test_a_rotated_key_reaches_a_running_agent_and_the_old_one_retires(
         # After it: only the new key.
         wait_until(lambda: datetime.now(UTC) > rotation.retire_at + timedelta(seconds=1),
                    OVERLAP_S + 5, "the old key's retirement")
-        rejected = rig.controller.store.count_events("rejected")
+        rejected = rig.controller.store.events.count("rejected")
         rig.controller.link.publish(topic, rig.signed_by(old, first, "old-key-after"))
-        wait_until(lambda: rig.controller.store.count_events("rejected") > rejected, 20,
+        wait_until(lambda: rig.controller.store.events.count("rejected") > rejected, 20,
                    "the old key's command refused")
-        rows = {r.id: r for r in rig.controller.store.fleet_rows()}
+        rows = {r.id: r for r in rig.controller.store.clusters.fleet_rows()}
         assert "retired at" in (rows["r-01"].last_rejection or "")
         assert "old-key-after" not in "".join(p.name for p in rig.wav_dir.glob("*.wav"))
 
