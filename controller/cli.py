@@ -7,13 +7,13 @@ import getpass
 import json
 import logging
 import sys
-import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from controller.text_table import format_table
 from protocol.yamlload import ConfigError, suggest
 
 if TYPE_CHECKING:
@@ -35,26 +35,6 @@ def _setup_logging(verbose: bool, command: str) -> None:
     )
     if not verbose:  # Alembic narrates every step; `db` prints what was done
         logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def _width(text: str) -> int:
-    return sum(0 if unicodedata.combining(ch) else 1 for ch in unicodedata.normalize("NFC", text))
-
-
-def _pad(text: str, width: int) -> str:
-    return text + " " * max(0, width - _width(text))
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [_width(h) for h in headers]
-    for row in rows:
-        widths = [max(w, _width(cell)) for w, cell in zip(widths, row, strict=True)]
-    lines = ["  ".join(_pad(h, w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend(
-        "  ".join(_pad(c, w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
-    return "\n".join(lines)
 
 
 def _local(at: datetime, tz: tzinfo) -> str:
