@@ -465,7 +465,9 @@ def cmd_approve(args: argparse.Namespace) -> int:
     by = args.by or getpass.getuser()
     store = Store(sources.config.store_url)
     try:
-        state = Approvals(store).approve(programme, by, datetime.now(tz))
+        state = Approvals(store).approve(
+            programme, by, datetime.now(tz), fleet=sources.fleet, source="cli"
+        )
     finally:
         store.close()
     print(f"'{programme.id}' ({programme.name}) is now {state.describe(tz)}.")
@@ -473,7 +475,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
         files = ", ".join(p.name for p in bulletin.audio())
         print(f"  {bulletin.title or programme.name}: {files} (content {digest[:12]})")
     print(f"next airing: {_next_airing(programme, tz)}. If a bulletin's audio changes, "
-          "it needs approval again.")
+          "it needs approval again. Written to the audit log.")
     return 0
 
 

@@ -104,7 +104,10 @@ def test_the_preview_lists_what_the_scheduler_fires(
         timedelta(days=3)
     )
     rig = Rig(tmp_path, ManualClock((start - LEAD).astimezone(UTC)))
-    rig.approvals.approve(rig.playlists.programmes["phap-luat"], "Cán bộ A", rig.clock.now())
+    rig.approvals.approve(
+        rig.playlists.programmes["phap-luat"], "Cán bộ A", rig.clock.now(), fleet=rig.fleet,
+        source="cli",
+    )
     cfg = config(tmp_path, rig.fleet_path, rig.playlist_path.parent)
     code, out, _ = run(capsys, "schedule", "--config", str(cfg), "--from", "2026-11-27",
                        "--to", "+3d", "--json")

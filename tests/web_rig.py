@@ -22,7 +22,8 @@ from controller.config import CapConfig
 from controller.main import Controller, Settings
 from controller.samples import tone
 from controller.users import User, hash_password, save_users
-from controller.web.app import WebContext, create_app
+from controller.web.app import create_app
+from controller.web.context import WebContext
 from controller.web.server import WebServer, build_context
 from device_agent.agent import Agent
 from device_agent.output import NullBackend
