@@ -6,18 +6,18 @@ controller.urgent.UrgentService, which enforces each user's scope; the routes on
 users in, check CSRF tokens, and turn the service's answers into pages or JSON.
 
 Around the routes, outermost first: TrustedProxies (the client's address and scheme,
-from X-Forwarded-* only when a configured proxy sends them), BodyLimits (every body has
-a size limit, refused with 413 before it is read whole), and the security headers
-(HSTS when served over TLS).
+from X-Forwarded-* only when a configured proxy sends them), SecurityHeaders (CSP and
+the like, HSTS when served over TLS, the language cookie), BodyLimits (every body has a
+size limit, refused with 413 before it is read whole). All three are plain ASGI
+middleware: nothing between the server and the routes reads a body or wraps an error.
 
 The package reads top-down: context (what routes work with) and the pieces under it
-(security, limiter, signin, uploads, errors, limits, proxies, i18n), then auth (who is
-asking), approvals, then the routes (api, pages), then this module, then server.
+(security, limiter, signin, uploads, errors, limits, proxies, headers, i18n), then auth
+(who is asking), approvals, then the routes (api, pages), then this module, then server.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
@@ -26,16 +26,14 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from controller.web import api, pages
-from controller.web.auth import over_tls, secure_cookies
 from controller.web.context import WebContext
 from controller.web.errors import ApiError
-from controller.web.i18n import LANGS, t
+from controller.web.headers import SecurityHeaders
+from controller.web.i18n import t
 from controller.web.limits import BodyLimits, BodyTooLarge, too_large
 from controller.web.proxies import TrustedProxies
 
 HERE = Path(__file__).resolve().parent
-#: Strict-Transport-Security over TLS: browsers keep to HTTPS for a year.
-HSTS = "max-age=31536000"
 
 
 def create_app(ctx: WebContext) -> FastAPI:
@@ -56,28 +54,9 @@ def create_app(ctx: WebContext) -> FastAPI:
     templates.env.globals["t"] = t
     app.state.templates = templates
 
-    @app.middleware("http")
-    async def headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "same-origin"
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; media-src 'self' blob:; img-src 'self' data:; "
-            "frame-ancestors 'none'; form-action 'self'"
-        )
-        if over_tls(request):
-            response.headers["Strict-Transport-Security"] = HSTS
-        wanted = request.query_params.get("lang")
-        if wanted in LANGS:
-            response.set_cookie("lang", wanted, max_age=365 * 86400, samesite="lax",
-                                secure=secure_cookies(ctx, request))
-        return response
-
     # Added innermost first: TrustedProxies ends up outermost.
     app.add_middleware(BodyLimits)
+    app.add_middleware(SecurityHeaders, secure_cookies=ctx.secure_cookies)
     app.add_middleware(TrustedProxies, proxies=ctx.trusted_proxies)
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
