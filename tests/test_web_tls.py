@@ -7,8 +7,8 @@ over plain HTTP neither (unless `secure_cookies`). `loa-controller urgent` reach
 peer that is not a configured proxy are ignored (the limit counts the peer's own
 address, however the header is rotated); from a configured one they are believed.
 The config refuses a certificate without its key, and a proxy entry that is not an
-address or network, saying what to write; a broken pair stops the start with the files
-named.
+address or network, saying what to write; a broken pair stops `loa-controller run` at
+start with the files named.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import BrokerUnderTest
+from conftest import BrokerUnderTest, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,6 +30,7 @@ from web_rig import PASSWORD, WebRig
 from controller.cli import main
 from controller.config import load_controller_config
 from controller.web.server import TlsFilesError, check_tls
+from protocol.signing import generate_keypair
 from protocol.yamlload import ConfigError
 
 
@@ -247,3 +248,28 @@ def test_a_certificate_that_cannot_be_used_stops_the_start_naming_the_files(
         check_tls(cert, other_key)
     with pytest.raises(TlsFilesError, match="does not exist"):
         check_tls(tmp_path / "missing.crt", key)
+
+
+def test_loa_controller_run_refuses_a_key_of_another_certificate(
+    tmp_path: Path, broker: BrokerUnderTest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, _ = self_signed(tmp_path / "tls")
+    _, other_key = self_signed(tmp_path / "other")
+    generate_keypair(tmp_path / "controller.key", tmp_path / "controller.pub")
+    (tmp_path / "fleet.yaml").write_text(
+        "province:\n  id: tinh-t\n  name: Tỉnh Thử\n  communes:\n"
+        "    - {id: xa-a, name: Xã An, clusters: [{id: a-01, name: Chợ}]}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "playlists").mkdir()
+    config = tmp_path / "controller.yaml"
+    config.write_text(
+        f"broker_url: {broker.url}\nstore_url: sqlite:///controller.db\n" + CONFIG
+        + f"  port: {free_port()}\n  tls_cert_file: {cert}\n  tls_key_file: {other_key}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(SystemExit) as ended:
+        main(["run", "--config", str(config)])
+    _, err = capsys.readouterr()
+    assert ended.value.code == 1
+    assert f"web.tls_cert_file {cert} with web.tls_key_file {other_key}: cannot be used" in err
