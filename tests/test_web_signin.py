@@ -7,7 +7,8 @@ not keep the rightful user out from another address, nor other users at the gues
 a held-back answer says how long to wait.
 
 On controller.web.limiter.SignInLimiter with a clock the test moves: the waits double
-from 1 s to a cap of 60 s and are forgotten after 15 minutes; one address trying many
+from 1 s to a cap of 60 s and are forgotten after 15 minutes; a user who mistyped while
+guessers elsewhere keep failing waits five minutes at most; one address trying many
 names waits after ten; a success forgets the name, not the address; IPv6 counts per /64;
 100,000 random names leave the limiter within its bounds.
 """
@@ -142,6 +143,25 @@ def test_a_guessed_name_waits_longer_each_time_up_to_a_minute() -> None:
     clock.now += 2
     limiter.failed("can-bo-a", "198.51.100.1")
     assert limiter.retry_after("can-bo-a", "198.51.100.1") == 0
+
+
+def test_a_user_who_mistyped_during_an_attack_waits_five_minutes_at_most() -> None:
+    """Guessers at ever new addresses fail on the user's name every 30 s, so the name's
+    wait never runs out; the user, who mistyped once, is held back only until their own
+    failure is five minutes old."""
+    clock = Clock()
+    limiter = SignInLimiter(clock=clock)
+    for i in range(5):
+        limiter.failed("can-bo-a", f"198.51.100.{i + 1}")
+    limiter.failed("can-bo-a", "203.0.113.9")  # the user mistypes
+    mistyped = clock.now
+    held = []
+    for i in range(20):
+        clock.now += 30
+        limiter.failed("can-bo-a", f"192.0.2.{i + 1}")  # a guesser's first try is free
+        held.append(limiter.retry_after("can-bo-a", "203.0.113.9") > 0)
+    assert held == [True] * 10 + [False] * 10  # 30 s each: released once past 300 s
+    assert clock.now - mistyped > 300
 
 
 def test_one_address_trying_many_names_waits_after_ten() -> None:

@@ -7,12 +7,15 @@ Failed sign-ins are counted per user name (across addresses), per client address
   failure, doubling with each further failure, at most `cap_s`. This slows one address
   trying many names (and many passwords);
 - its **name** has failed `name_free` times or more, *and this address has itself
-  failed for this name*: the same doubling wait, at most `cap_s`. An address that has
-  not failed for a name is never held back by other addresses' failures for it, so the
-  rightful user, signing in from their own phone, gets in at once while a guesser
-  elsewhere is slowed; once the user mistypes, they wait at most `cap_s`.
+  failed for this name within `pair_forget_s`*: the same doubling wait from the name's
+  last failure, at most `cap_s`. An address that has not failed for a name is never held
+  back by other addresses' failures for it, so the rightful user, signing in from their
+  own phone, gets in at once while a guesser elsewhere is slowed. Once the user
+  mistypes, they wait at most `cap_s`; if guessers elsewhere keep failing on the name
+  meanwhile, at most `pair_forget_s` after their own last failure.
 
-A count is forgotten `forget_s` after its last failure; a successful sign-in forgets
+A count is forgotten `forget_s` after its last failure (a pair `pair_forget_s` after
+it); a successful sign-in forgets
 the name's count and its pair with that address (not the address's own count: a
 guesser holding one account must not clear its address's count by signing in with it).
 Only failures are counted: an attempt refused for waiting verifies no password and
@@ -51,6 +54,9 @@ class Backoff:
     cap_s: float = 60.0
     #: A count is forgotten this long after its last failure.
     forget_s: float = 900.0
+    #: An address has stopped failing a name this long after its last failure for it:
+    #: the longest a rightful user who mistyped waits while others keep guessing.
+    pair_forget_s: float = 300.0
     #: Entries kept per table (names, addresses, pairs).
     capacity: int = 10_000
 
@@ -141,7 +147,7 @@ class SignInLimiter:
         b = self.backoff
         self._names = _Table(b.capacity, b.forget_s)
         self._addresses = _Table(b.capacity, b.forget_s)
-        self._pairs = _Table(b.capacity, b.forget_s)
+        self._pairs = _Table(b.capacity, b.pair_forget_s)
 
     def __len__(self) -> int:
         """Entries kept, in all three tables."""

@@ -41,7 +41,9 @@ class Refused:
 class RefusalLog:
     """Sign-in refusals, logged at most once per `every_s` with how many there were."""
 
-    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._every = every_s
         self._clock = clock
         self._lock = threading.Lock()
