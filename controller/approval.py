@@ -8,7 +8,9 @@ recording) and the programme needs approval again. The schedule and targets are 
 part of it: they are the playlist's business, checked by `loa-controller check`.
 
 Approvals are kept in the store (who, when, which content), so the CLI (`loa-controller
-approve`, `loa-controller pending`) and the running controller see the same ones.
+approve`, `loa-controller pending`) and the running controller see the same ones. Every
+approval, whoever gives it (the CLI, the approvals page, the API), goes through
+`Approvals.approve`, which also writes it to the audit log (controller.audit).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
 
+from controller.audit import AuditLog
+from controller.fleet import Fleet
 from controller.playlist import Bulletin, Programme
 from controller.store import Approval, Store
 
@@ -96,9 +100,12 @@ class ApprovalState:
 class Approvals:
     """Approvals of programmes' current content, kept in the store."""
 
-    def __init__(self, store: Store, hashes: FileHashes | None = None) -> None:
+    def __init__(
+        self, store: Store, hashes: FileHashes | None = None, audit: AuditLog | None = None
+    ) -> None:
         self._store = store
         self._hashes = hashes or FileHashes()
+        self._audit = audit or AuditLog(store)
 
     def content(self, programme: Programme) -> list[str]:
         """The content hashes of the programme's bulletins, in order."""
@@ -120,8 +127,21 @@ class Approvals:
         except ContentUnreadableError:
             return False  # unreadable audio: the dispatch reports it when preparing
 
-    def approve(self, programme: Programme, by: str, at: datetime) -> ApprovalState:
-        """Approve the programme's current content."""
+    def approve(
+        self, programme: Programme, by: str, at: datetime, *, fleet: Fleet, source: str
+    ) -> ApprovalState:
+        """Approve the programme's current content, and write that to the audit log: who
+        (`by`), when, the content hashes, its targets and the clusters they reach in
+        `fleet` now, and where it came from (`source`: cli, web, api)."""
         content = self.content(programme)
         self._store.approvals.add(programme.id, content, by, at)
+        try:
+            clusters = fleet.resolve(programme.targets, programme.exclude)
+        except KeyError:  # a target the fleet no longer has: `check` names it
+            clusters = []
+        self._audit.record(
+            at=at, user=by[:64], action="approve", subject=programme.id, title=programme.name,
+            text=" ".join(content), targets=list(programme.targets), clusters=clusters,
+            detail=f"source={source}",
+        )
         return self.state(programme)

@@ -7,13 +7,13 @@ import getpass
 import json
 import logging
 import sys
-import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from controller.text_table import format_table
 from protocol.yamlload import ConfigError, suggest
 
 if TYPE_CHECKING:
@@ -35,26 +35,6 @@ def _setup_logging(verbose: bool, command: str) -> None:
     )
     if not verbose:  # Alembic narrates every step; `db` prints what was done
         logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def _width(text: str) -> int:
-    return sum(0 if unicodedata.combining(ch) else 1 for ch in unicodedata.normalize("NFC", text))
-
-
-def _pad(text: str, width: int) -> str:
-    return text + " " * max(0, width - _width(text))
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [_width(h) for h in headers]
-    for row in rows:
-        widths = [max(w, _width(cell)) for w, cell in zip(widths, row, strict=True)]
-    lines = ["  ".join(_pad(h, w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend(
-        "  ".join(_pad(c, w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
-    return "\n".join(lines)
 
 
 def _local(at: datetime, tz: tzinfo) -> str:
@@ -485,7 +465,9 @@ def cmd_approve(args: argparse.Namespace) -> int:
     by = args.by or getpass.getuser()
     store = Store(sources.config.store_url)
     try:
-        state = Approvals(store).approve(programme, by, datetime.now(tz))
+        state = Approvals(store).approve(
+            programme, by, datetime.now(tz), fleet=sources.fleet, source="cli"
+        )
     finally:
         store.close()
     print(f"'{programme.id}' ({programme.name}) is now {state.describe(tz)}.")
@@ -493,7 +475,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
         files = ", ".join(p.name for p in bulletin.audio())
         print(f"  {bulletin.title or programme.name}: {files} (content {digest[:12]})")
     print(f"next airing: {_next_airing(programme, tz)}. If a bulletin's audio changes, "
-          "it needs approval again.")
+          "it needs approval again. Written to the audit log.")
     return 0
 
 

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import secrets
+import ssl
 import sys
 import time
 import urllib.error
@@ -108,8 +109,9 @@ class ApiFailure(Exception):
 
 
 def _call(
-    url: str, *, token: str | None = None, body: Any = None, data: bytes | None = None,
-    content_type: str | None = None, method: str | None = None,
+    url: str, *, tls: ssl.SSLContext | None = None, token: str | None = None,
+    body: Any = None, data: bytes | None = None, content_type: str | None = None,
+    method: str | None = None,
 ) -> Any:
     headers = {"Accept": "application/json"}
     if token:
@@ -124,7 +126,7 @@ def _call(
     # suspicious-url-open-usage: the scheme is checked just above.
     request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=120, context=tls) as response:  # noqa: S310
             raw = response.read()
     except urllib.error.HTTPError as exc:
         try:
@@ -133,6 +135,9 @@ def _call(
             message = str(exc)
         raise ApiFailure(exc.code, message) from None
     except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLCertVerificationError):
+            raise ApiFailure(0, f"{url}: the web app's certificate is not trusted "
+                             f"({exc.reason.verify_message}); give it with --ca-file") from None
         raise ApiFailure(0, f"cannot reach the controller at {url}: {exc.reason}; "
                          "is `loa-controller run` running with a web: section?") from None
     return json.loads(raw) if raw else None
@@ -149,21 +154,37 @@ def _multipart(field: str, path: Path) -> tuple[bytes, str]:
     )
 
 
-def _base_url(args: argparse.Namespace) -> str:
+def _base_url(args: argparse.Namespace) -> tuple[str, ssl.SSLContext | None]:
+    """The web app's address, and for https:// the TLS context that checks its certificate
+    (the system's CAs, and --ca-file or the config's web.tls_cert_file)."""
+    ca_file = args.ca_file
     if args.url:
-        return str(args.url).rstrip("/")
-    from controller.config import load_controller_config
+        base = str(args.url).rstrip("/")
+    else:
+        from controller.config import load_controller_config
 
-    config = load_controller_config(Path(args.config))
-    if config.web is None:
-        raise ValueError(f"{args.config} has no web: section; give --url http://host:port")
-    host = config.web.listen
-    try:
-        if ipaddress.ip_address(host).is_unspecified:  # listening everywhere: use loopback
-            host = "127.0.0.1"
-    except ValueError:
-        pass  # a host name
-    return f"http://{host}:{config.web.port}"
+        config = load_controller_config(Path(args.config))
+        if config.web is None:
+            raise ValueError(f"{args.config} has no web: section; give --url http://host:port")
+        host = config.web.listen
+        try:
+            if ipaddress.ip_address(host).is_unspecified:  # listening everywhere: use loopback
+                host = "127.0.0.1"
+        except ValueError:
+            pass  # a host name
+        scheme = "http" if config.web.tls is None else "https"
+        base = f"{scheme}://{host}:{config.web.port}"
+        ca_file = ca_file or config.web.tls_cert_file
+    if not base.startswith("https://"):
+        return base, None
+    tls = ssl.create_default_context()
+    if ca_file:
+        try:
+            tls.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"--ca-file {ca_file}: cannot read a PEM certificate from it "
+                             f"({exc})") from None
+    return base, tls
 
 
 def _password(user: str) -> str:
@@ -182,17 +203,18 @@ def _line(c: dict[str, Any]) -> str:
 def cmd_urgent(args: argparse.Namespace) -> int:
     if bool(args.audio) == bool(args.text):
         raise ValueError("give either --audio FILE or --text TEXT")
-    base = _base_url(args)
+    base, tls = _base_url(args)
     user = args.user or os.environ.get("LOA_USER") or getpass.getuser()
     try:
-        login = _call(f"{base}/api/v1/login", body={"name": user, "password": _password(user)})
+        login = _call(f"{base}/api/v1/login", tls=tls,
+                      body={"name": user, "password": _password(user)})
         token = login["token"]
         audio_id = None
         if args.audio:
             data, ctype = _multipart("audio", Path(args.audio))
-            audio_id = _call(f"{base}/api/v1/audio", token=token, data=data,
+            audio_id = _call(f"{base}/api/v1/audio", tls=tls, token=token, data=data,
                              content_type=ctype)["audio_id"]
-        sent = _call(f"{base}/api/v1/announcements", token=token, body={
+        sent = _call(f"{base}/api/v1/announcements", tls=tls, token=token, body={
             "targets": args.target, "level": args.level, "text": args.text,
             "audio_id": audio_id, "repeat": args.repeat, "gap_s": args.gap,
             "title": args.title,
@@ -219,7 +241,7 @@ def cmd_urgent(args: argparse.Namespace) -> int:
             break
         time.sleep(0.5)
         try:
-            status = _call(f"{base}/api/v1/announcements/{sent['id']}", token=token)
+            status = _call(f"{base}/api/v1/announcements/{sent['id']}", tls=tls, token=token)
         except ApiFailure as exc:
             print(f"loa-controller urgent: lost the controller: {exc}", file=sys.stderr)
             return 1
@@ -267,6 +289,8 @@ def register(sub: Any, default_config: str) -> None:
                    help="follow every cluster; exit 0 only if every reachable one played it")
     p.add_argument("--timeout", type=float, help="seconds to wait (default: length + 120)")
     p.add_argument("--url", help="the controller's web app (default: from the config)")
+    p.add_argument("--ca-file", help="for https://: the certificate (or its CA) to trust, "
+                   "besides the system's (default: the config's web.tls_cert_file)")
     p.add_argument("--user", help=f"sign in as (default: $LOA_USER); password: ${SIGN_IN_ENV}")
     p.add_argument("--config", default=default_config, help="controller config YAML")
     p.set_defaults(func=cmd_urgent)

@@ -11,6 +11,7 @@ folder on first use).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import zoneinfo
 from datetime import timedelta
@@ -143,23 +144,70 @@ class CapConfig(_Strict):
     """Addresses polled for CAP alerts: a CAP document, or an Atom or RSS feed of them."""
 
 
+def _proxy_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value)
+    except ValueError:
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an address or a network: write e.g. 127.0.0.1, ::1 or "
+                "10.8.0.0/24 (the proxy's address as the controller sees it)"
+            ) from None
+        raise ValueError(f"{value!r} has bits set past its prefix: write {net}") from None
+    return value
+
+
 class WebConfig(_Strict):
     """The web app and JSON API for urgent announcements, served by `loa-controller run`."""
 
     listen: str = "127.0.0.1"
-    """The address to listen on; 0.0.0.0 for every interface (put TLS in front of it)."""
+    """The address to listen on; 0.0.0.0 for every interface (serve it over TLS then)."""
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     """The TCP port of the web app."""
     users_file: ConfigPath
     """The users and their roles (`loa-controller user add` writes it)."""
     work_dir: ConfigPath
     """Where uploads and speech are kept while an announcement is prepared."""
+    tls_cert_file: ConfigPath | None = None
+    """The web app's TLS certificate (PEM, its chain after it); with tls_key_file the app is
+    served over HTTPS only."""
+    tls_key_file: ConfigPath | None = None
+    """The private key of tls_cert_file (PEM, readable by the controller only)."""
+    trusted_proxies: list[Annotated[str, AfterValidator(_proxy_network)]] = []
+    """Addresses or networks of reverse proxies in front of the app: their X-Forwarded-For
+    and X-Forwarded-Proto are believed, nobody else's. None by default."""
     secure_cookies: bool = False
-    """true when the app is served over HTTPS (a reverse proxy): cookies only over TLS."""
+    """true: cookies carry Secure even on requests that came over plain HTTP (a proxy that
+    ends TLS but is not in trusted_proxies). Over HTTPS they always do."""
     tts_voice: str = "vi"
     """The espeak-ng voice that speaks typed announcements."""
     cap: CapConfig | None = None
     """CAP 1.2 alert intake; left out: off."""
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WebConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (
+                ("tls_cert_file", "tls_key_file") if self.tls_key_file is None
+                else ("tls_key_file", "tls_cert_file")
+            )
+            raise ValueError(
+                f"{given} is set but {missing} is not: give both to serve HTTPS, or neither"
+            )
+        return self
+
+    @property
+    def tls(self) -> tuple[Path, Path] | None:
+        """(certificate, key) when the app is served over HTTPS."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return self.tls_cert_file, self.tls_key_file
+
+    @property
+    def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(p) for p in self.trusted_proxies]
 
 
 def _agent_broker_url(value: str) -> str:

@@ -32,6 +32,7 @@ from controller.main import Controller, Settings
 from controller.samples import demo_bulletin, demo_urgent
 from controller.schedule import Occurrence
 from controller.store import FINAL_KINDS
+from controller.text_table import format_table
 from device_agent.agent import Agent
 from device_agent.output import NullBackend
 from protocol.clock import OffsetClock
@@ -319,8 +320,6 @@ def _report(result: DemoResult, as_json: bool, out: TextIO) -> None:
         )
         out.write("\n")
         return
-    from controller.cli import format_table
-
     by_commune: dict[str, list[dict[str, str]]] = {}
     for row in result.clusters:
         by_commune.setdefault(row["commune"], []).append(row)

@@ -372,7 +372,11 @@ def run(config: ControllerConfig) -> None:
     if config.web is not None:  # the web app and API (controller/web), same process
         from controller.web.server import start_web
 
-        web = start_web(controller, config.web)
+        try:
+            web = start_web(controller, config.web)
+        except BaseException:  # a certificate it cannot use, a port taken: stop, then say so
+            controller.stop()
+            raise
         intake = web.app.state.ctx.cap  # controller.cap.CapIntake when web.cap is set
         if config.web.cap is not None and config.web.cap.feeds and intake is not None:
             from controller.cap_feed import CapFeed  # CAP alerts pulled from feeds

@@ -32,6 +32,7 @@ import os
 import re
 import tempfile
 import threading
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -48,6 +49,13 @@ ROLES: tuple[Role, ...] = ("operator", "manager")
 MIN_PASSWORD_LENGTH = 8
 
 _hasher = PasswordHasher()  # Argon2id, RFC 9106 low-memory profile
+
+
+def normal_name(typed: str) -> str:
+    """A sign-in name as typed, in the form the users file keeps names: Unicode NFC,
+    without surrounding white space, case-folded (names are lower-case). The sign-in and
+    its limit both work on this form, computed once (controller.web.signin)."""
+    return unicodedata.normalize("NFC", typed).strip().casefold()
 
 
 def _user_name(value: str) -> str:

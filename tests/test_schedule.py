@@ -33,7 +33,10 @@ def occ(rig: Rig, programme: str, start: datetime) -> Occurrence:
 
 
 def approve(rig: Rig, programme: str) -> None:
-    rig.approvals.approve(rig.playlists.programmes[programme], "Cán bộ A", rig.clock.now())
+    rig.approvals.approve(
+        rig.playlists.programmes[programme], "Cán bộ A", rig.clock.now(), fleet=rig.fleet,
+        source="cli",
+    )
 
 
 # --- the preview agrees with what fires ----------------------------------------------------

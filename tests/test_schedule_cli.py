@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from schedule_support import HCM, LEAD, Rig
 
+from controller.audit import AuditLog
 from controller.cli import main
 from controller.preview import parse_when
 from controller.samples import tone
 from controller.schedule import plan
+from controller.store import Store
 from protocol.clock import ManualClock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +106,10 @@ def test_the_preview_lists_what_the_scheduler_fires(
         timedelta(days=3)
     )
     rig = Rig(tmp_path, ManualClock((start - LEAD).astimezone(UTC)))
-    rig.approvals.approve(rig.playlists.programmes["phap-luat"], "Cán bộ A", rig.clock.now())
+    rig.approvals.approve(
+        rig.playlists.programmes["phap-luat"], "Cán bộ A", rig.clock.now(), fleet=rig.fleet,
+        source="cli",
+    )
     cfg = config(tmp_path, rig.fleet_path, rig.playlist_path.parent)
     code, out, _ = run(capsys, "schedule", "--config", str(cfg), "--from", "2026-11-27",
                        "--to", "+3d", "--json")
@@ -236,8 +241,20 @@ def test_pending_then_approve_then_changed_audio_is_pending_again(
         "'phap-luat-hang-tuan' (Phổ biến giáo dục pháp luật) is now approved by Nguyễn Văn A at "
     )
     assert "Pháp luật và đời sống: nhac-hieu.wav, pho-bien-phap-luat.wav (content " in out
+    assert "Written to the audit log." in out
     code, out, _ = run(capsys, "pending", "--config", str(examples))
     assert (code, out) == (0, "nothing waits for approval.\n")
+    # The approval is in the audit log, as one from the web app would be (docs/web.md).
+    store = Store(f"sqlite:///{examples.parent / 'controller.db'}")
+    try:
+        [entry] = AuditLog(store).entries()
+    finally:
+        store.close()
+    assert (entry.user, entry.action, entry.subject, entry.detail) == (
+        "Nguyễn Văn A", "approve", "phap-luat-hang-tuan", "source=cli"
+    )
+    assert entry.title == "Phổ biến giáo dục pháp luật"
+    assert entry.clusters  # the clusters its targets reach, for the managers' view
 
     # next week's recording replaces the file: approval is needed again
     tone(examples.parent / "playlists" / "audio" / "pho-bien-phap-luat.wav", 1.0, freq=520)

@@ -55,7 +55,7 @@ def follow(c: httpx.Client, auth: dict[str, str], aid: str, until: set[str],
 def test_sign_in_is_rate_limited(rig: WebRig) -> None:
     with rig.client() as c:
         assert c.get("/api/v1/me").status_code == 401
-        for _ in range(5):
+        for _ in range(3):  # a name's free tries (controller.web.limiter.Backoff)
             r = c.post("/api/v1/login", json={"name": "can-bo-a", "password": "wrong-one"})
             assert r.status_code == 401
             assert r.json()["error"] == "wrong user name or password"
@@ -220,3 +220,37 @@ def test_without_a_speech_engine_the_user_is_told_plainly(rig: WebRig) -> None:
         assert 'id="no-tts"' in send_page
         assert "Máy chủ chưa có bộ chuyển văn bản thành giọng nói" in send_page
         assert 'name="text"' not in send_page
+
+
+def test_approvals_through_the_api_and_the_page_are_audited(rig: WebRig) -> None:
+    """One service approves, whoever asks: each approval is a row of the audit log,
+    saying where it came from (loa-controller approve: tests/test_schedule_cli.py)."""
+    manager = sign_in(rig, "quan-ly")
+    officer = sign_in(rig, "can-bo-a")
+    with rig.client() as c:
+        [row] = c.get("/api/v1/approvals", headers=manager).json()
+        assert (row["programme"], row["approved"], row["clusters"]) == ("luat-tuan", False, 3)
+        assert row["describe"] == "pending: never approved"
+        assert c.post("/api/v1/approvals/luat-tuan", headers=officer).status_code == 403
+        assert c.get("/api/v1/approvals", headers=officer).status_code == 403
+        r = c.post("/api/v1/approvals/nothing-such", headers=manager)
+        assert r.status_code == 404
+        assert "no programme 'nothing-such' needing approval" in r.json()["error"]
+        r = c.post("/api/v1/approvals/luat-tuan", headers=manager)
+        assert r.status_code == 200, r.text
+        assert r.json()["approved"] is True
+        assert r.json()["describe"].startswith("approved by quan-ly at ")
+        # Then through the page, as a manager's browser does.
+        page = c.get("/login")
+        token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+        c.post("/login", data={"name": "quan-ly", "password": PASSWORD, "csrf_token": token})
+        csrf = c.get("/approvals").text.split('name="csrf_token" value="')[1].split('"')[0]
+        assert c.post("/approvals/luat-tuan", data={"csrf_token": "forged"}).status_code == 403
+        r = c.post("/approvals/luat-tuan", data={"csrf_token": csrf})
+        assert r.status_code == 303
+        entries = [e for e in c.get("/api/v1/audit", headers=manager).json()
+                   if e["action"] == "approve"]
+    assert [(e["user"], e["subject"], e["detail"]) for e in entries] == [
+        ("quan-ly", "luat-tuan", "source=web"), ("quan-ly", "luat-tuan", "source=api"),
+    ]
+    assert entries[0]["clusters"] == ["a-01", "a-02", "a-03"]

@@ -9,7 +9,9 @@ tinh-t with commune xa-a (villages ap-a1: a-01, a-02; ap-a2: a-03) and commune x
 from __future__ import annotations
 
 import shutil
+import ssl
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,7 +24,9 @@ from controller.config import CapConfig
 from controller.main import Controller, Settings
 from controller.samples import tone
 from controller.users import User, hash_password, save_users
-from controller.web.app import WebContext, create_app
+from controller.web.app import create_app
+from controller.web.context import WebContext
+from controller.web.proxies import Network
 from controller.web.server import WebServer, build_context
 from device_agent.agent import Agent
 from device_agent.output import NullBackend
@@ -81,7 +85,17 @@ USERS = [
 
 
 class WebRig:
-    def __init__(self, tmp: Path, broker: BrokerAddress, cap: CapConfig | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        broker: BrokerAddress,
+        cap: CapConfig | None = None,
+        *,
+        tls: tuple[Path, Path] | None = None,
+        trusted_proxies: Sequence[Network] = (),
+    ) -> None:
+        """`tls`: (certificate, key) to serve HTTPS with; `trusted_proxies`: the app's
+        web.trusted_proxies."""
         require("ffmpeg", shutil.which("ffmpeg") is not None, "apt-get install ffmpeg")
         self.tmp = tmp
         generate_keypair(tmp / "controller.key", tmp / "controller.pub")
@@ -104,6 +118,8 @@ class WebRig:
         self.broker = broker
         self.agents: dict[str, Agent] = {}
         self.cap = cap
+        self.tls = tls
+        self.trusted_proxies = trusted_proxies
         #: Seconds added to the wall clock the web sessions are measured on.
         self.clock_skew = 0.0
         self.ctx, self.app = self._web()
@@ -113,6 +129,7 @@ class WebRig:
         ctx = build_context(
             self.controller, self.users_file, self.tmp / "web", tz=TZ,
             session_clock=lambda: time.time() + self.clock_skew,
+            trusted_proxies=self.trusted_proxies,
         )
         if self.cap is not None:
             from controller.cap import CapIntake
@@ -129,7 +146,7 @@ class WebRig:
         for cid in agents if agents is not None else sorted(self.controller.fleet.clusters):
             self.start_agent(cid)
         if web:
-            self.server = WebServer(self.app, "127.0.0.1", free_port())
+            self.server = WebServer(self.app, "127.0.0.1", free_port(), tls=self.tls)
             self.server.start()
 
     def restart(self) -> None:
@@ -143,7 +160,7 @@ class WebRig:
         self.controller = Controller(self.settings)
         self.ctx, self.app = self._web()
         self.controller.start()
-        self.server = WebServer(self.app, "127.0.0.1", port)
+        self.server = WebServer(self.app, "127.0.0.1", port, tls=self.tls)
         self.server.start()
 
     @property
@@ -152,8 +169,12 @@ class WebRig:
         return self.server.url
 
     def client(self) -> httpx.Client:
-        """An HTTP client of the running web app (a generous timeout: CI is slow)."""
-        return httpx.Client(base_url=self.url, timeout=60)
+        """An HTTP client of the running web app (a generous timeout: CI is slow); over
+        HTTPS it trusts the rig's certificate only."""
+        if self.tls is None:
+            return httpx.Client(base_url=self.url, timeout=60)
+        return httpx.Client(base_url=self.url, timeout=60,
+                            verify=ssl.create_default_context(cafile=str(self.tls[0])))
 
     def start_agent(self, cid: str) -> Agent:
         fleet = self.controller.fleet

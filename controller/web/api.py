@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.audio import AudioError
+from controller.approval import ContentUnreadableError
 from controller.audit import to_csv
-from controller.fleet import UnknownTargetError
-from controller.tts import TtsUnavailableError
+from controller.cap import CapError
 from controller.urgent import (
     MAX_GAP_S,
     MAX_REPEAT,
@@ -27,24 +26,16 @@ from controller.urgent import (
     UrgentError,
 )
 from controller.users import User
-from controller.web.app import (
-    MAX_UPLOAD_BYTES,
-    WebContext,
-    by_bearer,
-    client_address,
-    session_of,
-)
+from controller.web.approvals import ApprovalRow, approval_rows
+from controller.web.approvals import approve as approve_programme
+from controller.web.auth import by_bearer, client_address, session_of
+from controller.web.context import WebContext, context
+from controller.web.errors import SERVICE_ERRORS, ApiError, service_error
 from controller.web.security import Session, csrf_ok
+from controller.web.signin import Refused, sign_in
+from controller.web.uploads import save_upload
 
 router = APIRouter(prefix="/api/v1", tags=["urgent announcements"])
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
 
 
 # --- models (the OpenAPI schema) ------------------------------------------------------------
@@ -55,8 +46,8 @@ class _Model(BaseModel):
 
 
 class LoginIn(_Model):
-    name: str
-    password: str
+    name: str = Field(max_length=200)
+    password: str = Field(max_length=1024)
 
 
 class LoginOut(_Model):
@@ -148,6 +139,14 @@ class AuditOut(_Model):
     detail: str | None
 
 
+class ApprovalOut(_Model):
+    programme: str
+    name: str
+    approved: bool
+    describe: str = Field(description="approved by whom and when, or why it is pending")
+    clusters: int
+
+
 class CapOut(_Model):
     identifier: str
     msg_type: str
@@ -157,11 +156,6 @@ class CapOut(_Model):
 
 
 # --- dependencies -------------------------------------------------------------------------
-
-
-def context(request: Request) -> WebContext:
-    ctx: WebContext = request.app.state.ctx
-    return ctx
 
 
 Ctx = Annotated[WebContext, Depends(context)]
@@ -174,7 +168,10 @@ def signed_in(request: Request, ctx: Ctx) -> tuple[Session, User]:
     return found
 
 
-def acting(request: Request, found: Annotated[tuple[Session, User], Depends(signed_in)]) -> User:
+SignedIn = Annotated[tuple[Session, User], Depends(signed_in)]
+
+
+def acting(request: Request, found: SignedIn) -> User:
     """The user, for a state-changing call: cookie sessions must carry the CSRF token."""
     session, user = found
     if not by_bearer(request) and not csrf_ok(session, request.headers.get("x-csrf-token")):
@@ -182,7 +179,7 @@ def acting(request: Request, found: Annotated[tuple[Session, User], Depends(sign
     return user
 
 
-def reader(found: Annotated[tuple[Session, User], Depends(signed_in)]) -> User:
+def reader(found: SignedIn) -> User:
     return found[1]
 
 
@@ -190,31 +187,21 @@ Acting = Annotated[User, Depends(acting)]
 Reader = Annotated[User, Depends(reader)]
 
 
-def manager(user: User) -> None:
+def managing(user: Acting) -> User:
+    """A manager, for a state-changing call."""
     if user.role != "manager":
         raise ApiError(403, "only a manager may do this")
+    return user
 
 
-def outcome_of(ctx: WebContext, play_id: str | None) -> str:
-    if not play_id or not play_id.startswith("urgent-"):
-        return ""
-    clusters = ctx.service.progress(play_id, ctx.service.clusters_of(play_id))
-    counts: dict[str, int] = {}
-    for p in clusters:
-        counts[p.status] = counts.get(p.status, 0) + 1
-    return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+def reading_manager(user: Reader) -> User:
+    if user.role != "manager":
+        raise ApiError(403, "only a manager may do this")
+    return user
 
 
-def service_error(exc: Exception) -> ApiError:
-    if isinstance(exc, UrgentError):
-        return ApiError(exc.status, str(exc))
-    if isinstance(exc, UnknownTargetError):
-        return ApiError(400, str(exc))
-    if isinstance(exc, TtsUnavailableError):
-        return ApiError(400, str(exc))
-    if isinstance(exc, AudioError):
-        return ApiError(400, str(exc))
-    raise exc
+Managing = Annotated[User, Depends(managing)]
+ManagerReader = Annotated[User, Depends(reading_manager)]
 
 
 # --- routes ---------------------------------------------------------------------------------
@@ -222,29 +209,27 @@ def service_error(exc: Exception) -> ApiError:
 
 @router.post("/login", response_model=LoginOut, tags=["session"])
 def login(body: LoginIn, request: Request, ctx: Ctx) -> LoginOut:
-    """Sign in; the token is a session (8 hours without use ends it)."""
-    address = client_address(request)
-    wait = ctx.limiter.retry_after(body.name, address)
-    if wait:
-        raise ApiError(
-            429, f"too many failed sign-ins; try again in {wait} s", {"Retry-After": str(wait)}
-        )
-    user = ctx.users.authenticate(body.name, body.password)
-    if user is None:
-        ctx.limiter.failed(body.name, address)
+    """Sign in; the token is a session (8 hours without use ends it). Failed sign-ins
+    make further ones wait (429 with Retry-After; docs/web.md, Sign-in limit)."""
+    found = sign_in(
+        ctx.users, ctx.limiter, ctx.sessions, name=body.name, password=body.password,
+        address=client_address(request), refusals=ctx.refusals,
+    )
+    if isinstance(found, Refused):
+        if found.status == 429:
+            raise ApiError(
+                429, f"too many failed sign-ins; try again in {found.retry_after} s",
+                {"Retry-After": str(found.retry_after)},
+            )
         raise ApiError(401, "wrong user name or password")
-    ctx.limiter.succeeded(body.name)
-    session = ctx.sessions.create(user.name)
     return LoginOut(
-        token=session.id, csrf_token=session.csrf, name=user.name, role=user.role,
-        scope=user.scope,
+        token=found.session.id, csrf_token=found.session.csrf, name=found.user.name,
+        role=found.user.role, scope=found.user.scope,
     )
 
 
 @router.post("/logout", status_code=204, tags=["session"])
-def logout(
-    request: Request, ctx: Ctx, found: Annotated[tuple[Session, User], Depends(signed_in)]
-) -> Response:
+def logout(request: Request, ctx: Ctx, found: SignedIn) -> Response:
     acting(request, found)
     ctx.sessions.drop(found[0].id)
     return Response(status_code=204)
@@ -262,21 +247,6 @@ def me(user: Reader, ctx: Ctx) -> MeOut:
 def targets(user: Reader, ctx: Ctx) -> list[TargetOut]:
     """The part of the fleet tree this user may target."""
     return [TargetOut(**e.__dict__) for e in ctx.service.tree(user)]
-
-
-async def save_upload(upload: UploadFile, path: Any) -> int:
-    size = 0
-    with open(path, "wb") as out:
-        while chunk := await upload.read(1 << 20):
-            size += len(chunk)
-            if size > MAX_UPLOAD_BYTES:
-                raise ApiError(
-                    413, f"the audio file is larger than {MAX_UPLOAD_BYTES >> 20} MB"
-                )
-            out.write(chunk)
-    if size == 0:
-        raise ApiError(400, "the audio file is empty")
-    return size
 
 
 @router.post("/audio", response_model=AudioOut, status_code=201)
@@ -307,7 +277,7 @@ async def send(body: AnnouncementIn, user: Acting, ctx: Ctx) -> AnnouncementOut:
     )
     try:
         found = await asyncio.to_thread(ctx.service.send, user, req, source="api")
-    except (UrgentError, UnknownTargetError, TtsUnavailableError, AudioError) as exc:
+    except SERVICE_ERRORS as exc:
         raise service_error(exc) from None
     if body.audio_id:
         ctx.uploads.discard(body.audio_id)
@@ -338,44 +308,62 @@ def stop(announcement_id: str, user: Acting, ctx: Ctx) -> AnnouncementOut:
 
 
 @router.get("/audit", response_model=list[AuditOut], tags=["audit"])
-def audit(user: Reader, ctx: Ctx, limit: int = 200) -> list[AuditOut]:
+def audit(user: ManagerReader, ctx: Ctx, limit: int = 200) -> list[AuditOut]:
     """The audit log, newest first (managers; entries within their subtree)."""
-    manager(user)
     entries = ctx.service.audit_entries(user, min(max(limit, 1), 5000))
     return [
         AuditOut(
             at=e.at, user=e.user, action=e.action, subject=e.subject, level=e.level,
             title=e.title, text=e.text, audio_sha256=e.audio_sha256, targets=e.targets,
-            clusters=e.clusters, outcome=outcome_of(ctx, e.subject), detail=e.detail,
+            clusters=e.clusters, outcome=ctx.outcome_of(e.subject), detail=e.detail,
         )
         for e in entries
     ]
 
 
 @router.get("/audit.csv", tags=["audit"], response_class=Response)
-def audit_csv(user: Reader, ctx: Ctx) -> Response:
-    manager(user)
+def audit_csv(user: ManagerReader, ctx: Ctx) -> Response:
     entries = ctx.service.audit_entries(user, 5000)
-    text = to_csv(entries, lambda e: outcome_of(ctx, e.subject))
+    text = to_csv(entries, lambda e: ctx.outcome_of(e.subject))
     return Response(
         text, media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="loa-audit.csv"'},
     )
 
 
+def _approval_out(row: ApprovalRow) -> ApprovalOut:
+    return ApprovalOut(programme=row.programme.id, name=row.programme.name,
+                       approved=row.approved, describe=row.describe, clusters=row.clusters)
+
+
+@router.get("/approvals", response_model=list[ApprovalOut], tags=["approvals"])
+def approvals(user: ManagerReader, ctx: Ctx) -> list[ApprovalOut]:
+    """Programmes that need approval within the manager's subtree, pending or approved."""
+    return [_approval_out(r) for r in approval_rows(ctx, user)]
+
+
+@router.post("/approvals/{programme_id}", response_model=ApprovalOut, tags=["approvals"])
+def approve(programme_id: str, user: Managing, ctx: Ctx) -> ApprovalOut:
+    """Approve the programme's current bulletins so it may air (written to the audit log)."""
+    try:
+        row = approve_programme(ctx, user, programme_id, "api")
+    except ContentUnreadableError as exc:
+        raise ApiError(400, str(exc)) from None
+    if row is None:
+        raise ApiError(404, f"no programme {programme_id!r} needing approval within your scope")
+    return _approval_out(row)
+
+
 @router.post("/cap", response_model=CapOut, tags=["CAP"])
-async def cap(request: Request, user: Acting, ctx: Ctx) -> CapOut:
-    """Take in a CAP 1.2 alert (XML body); see docs/web.md for the policy."""
-    manager(user)
+async def cap(request: Request, user: Managing, ctx: Ctx) -> CapOut:
+    """Take in a CAP 1.2 alert (XML body, at most 512 KiB); see docs/web.md for the policy."""
     if ctx.cap is None:
         raise ApiError(404, "CAP intake is not enabled in the controller config (web.cap)")
-    raw = await request.body()
-    from controller.cap import CapError
-
+    raw = await request.body()  # bounded by controller.web.limits (CAP_BYTES)
     try:
         result = await asyncio.to_thread(ctx.cap.take, raw, user)
     except CapError as exc:
         raise ApiError(400, str(exc)) from None
-    except (UrgentError, UnknownTargetError, TtsUnavailableError, AudioError) as exc:
+    except SERVICE_ERRORS as exc:
         raise service_error(exc) from None
     return CapOut(**result.__dict__)

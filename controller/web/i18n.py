@@ -24,6 +24,10 @@ TEXT: dict[str, dict[Lang, str]] = {
         "vi": "Đăng nhập sai quá nhiều lần. Thử lại sau {s} giây.",
         "en": "Too many failed sign-ins. Try again in {s} seconds.",
     },
+    "too_large": {
+        "vi": "Nội dung gửi lên quá lớn (tối đa {size}).",
+        "en": "What was sent is too large (at most {size}).",
+    },
     "csrf": {
         "vi": "Phiên làm việc đã hết hạn hoặc biểu mẫu không hợp lệ. Tải lại trang và thử lại.",
         "en": "Your session expired or the form is not valid. Reload the page and try again.",
@@ -107,6 +111,12 @@ TEXT: dict[str, dict[Lang, str]] = {
     "clusters_n": {"vi": "{n} cụm loa", "en": "{n} clusters"},
     "language": {"vi": "English", "en": "Tiếng Việt"},
 }
+
+
+def lang_in(asked: str | None, remembered: str | None) -> Lang:
+    """The page's language: asked for (?lang=), else remembered (cookie), else Vietnamese."""
+    wanted = asked or remembered or "vi"
+    return "en" if wanted == "en" else "vi"
 
 
 def t(lang: Lang, key: str, **values: object) -> str:

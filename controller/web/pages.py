@@ -4,6 +4,11 @@ Every page works without JavaScript (plain forms, a refresh link on the status p
 with it, the status page updates itself every second from the JSON API and the send
 page can record from the phone's microphone. Every form carries the session's CSRF
 token; the sign-in form carries a token of its own (double-submit cookie).
+
+What every page asks first is a dependency: `SignedIn` (else to the sign-in page),
+`Manager` (else 403), and for a form that changes something `Acting` / `Managing`
+(the same, with the form's CSRF token checked). A dependency that refuses raises
+`PageAnswer` with the page to show instead.
 """
 
 from __future__ import annotations
@@ -16,38 +21,55 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.datastructures import FormData
 from starlette.templating import Jinja2Templates
 
-from controller.audio import AudioError
+from controller.approval import ContentUnreadableError
 from controller.audit import to_csv
-from controller.fleet import UnknownTargetError
-from controller.tts import TtsUnavailableError
+from controller.cap import CapError
 from controller.urgent import AnnouncementRequest, TargetForbiddenError, UrgentError
 from controller.users import User
-from controller.web.api import ApiError, outcome_of, save_upload
-from controller.web.app import WebContext, client_address, lang_of, session_of
+from controller.web.approvals import approval_rows
+from controller.web.approvals import approve as approve_programme
+from controller.web.auth import client_address, lang_of, secure_cookies, session_of
+from controller.web.context import WebContext, context
+from controller.web.errors import SERVICE_ERRORS, ApiError
 from controller.web.i18n import Lang, t
 from controller.web.security import SESSION_COOKIE, Session, csrf_ok
+from controller.web.signin import Refused, sign_in
+from controller.web.uploads import save_upload
 
 router = APIRouter(include_in_schema=False)
 LOGIN_CSRF_COOKIE = "loa_login_csrf"
 
+Ctx = Annotated[WebContext, Depends(context)]
+Found = tuple[Session, User]
 
-def _ctx(request: Request) -> WebContext:
-    ctx: WebContext = request.app.state.ctx
-    return ctx
+
+class PageAnswer(Exception):
+    """What a page's dependency answers in the page's place: the sign-in page, a refusal."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+async def page_answer(_request: Request, exc: Exception) -> Response:
+    """The app's handler of PageAnswer."""
+    assert isinstance(exc, PageAnswer)
+    return exc.response
 
 
 def _render(
     request: Request,
     template: str,
-    found: tuple[Session, User] | None,
+    found: Found | None,
     status_code: int = 200,
     **values: Any,
 ) -> HTMLResponse:
-    ctx = _ctx(request)
+    ctx = context(request)
     lang = lang_of(request)
     templates: Jinja2Templates = request.app.state.templates
     session, user = found if found else (None, None)
@@ -66,20 +88,63 @@ def _render(
     )
 
 
-def _signed_in(request: Request) -> tuple[Session, User] | None:
-    return session_of(_ctx(request), request)
+def _error(request: Request, found: Found | None, status_code: int, key: str) -> HTMLResponse:
+    return _render(request, "error.html", found, status_code,
+                   message=t(lang_of(request), key))
 
 
 def _to_login() -> RedirectResponse:
     return RedirectResponse("/login", status_code=303)
 
 
+# --- what every page asks first --------------------------------------------------------------
+
+
+def _maybe_signed_in(request: Request, ctx: Ctx) -> Found | None:
+    return session_of(ctx, request)
+
+
+MaybeSignedIn = Annotated[Found | None, Depends(_maybe_signed_in)]
+
+
+def _signed_in(found: MaybeSignedIn) -> Found:
+    if found is None:
+        raise PageAnswer(_to_login())
+    return found
+
+
+SignedIn = Annotated[Found, Depends(_signed_in)]
+
+
+def _manager(request: Request, found: SignedIn) -> Found:
+    if found[1].role != "manager":
+        raise PageAnswer(_error(request, found, 403, "manager_only"))
+    return found
+
+
+Manager = Annotated[Found, Depends(_manager)]
+
+
+def _acting(request: Request, found: SignedIn, csrf_token: Annotated[str, Form()] = "") -> Found:
+    if not csrf_ok(found[0], csrf_token):
+        raise PageAnswer(_error(request, found, 403, "csrf"))
+    return found
+
+
+def _managing(request: Request, found: Manager, csrf_token: Annotated[str, Form()] = "") -> Found:
+    return _acting(request, found, csrf_token)
+
+
+Acting = Annotated[Found, Depends(_acting)]
+Managing = Annotated[Found, Depends(_managing)]
+
+
 # --- sign in and out -------------------------------------------------------------------------
 
 
 @router.get("/")
-def home(request: Request) -> Response:
-    return RedirectResponse("/send" if _signed_in(request) else "/login", status_code=303)
+def home(found: MaybeSignedIn) -> Response:
+    return RedirectResponse("/send" if found else "/login", status_code=303)
 
 
 def _login_page(
@@ -91,14 +156,14 @@ def _login_page(
     )
     response.set_cookie(
         LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict",
-        secure=_ctx(request).secure_cookies,
+        secure=secure_cookies(context(request), request),
     )
     return response
 
 
 @router.get("/login")
-def login_form(request: Request) -> Response:
-    if _signed_in(request):
+def login_form(request: Request, found: MaybeSignedIn) -> Response:
+    if found:
         return RedirectResponse("/send", status_code=303)
     return _login_page(request)
 
@@ -106,41 +171,40 @@ def login_form(request: Request) -> Response:
 @router.post("/login")
 def login(
     request: Request,
+    ctx: Ctx,
     name: Annotated[str, Form()],
     password: Annotated[str, Form()],
     csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
-    ctx = _ctx(request)
     lang = lang_of(request)
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not expected or not secrets.compare_digest(expected, csrf_token):
         return _login_page(request, t(lang, "csrf"), 403)
-    address = client_address(request)
-    wait = ctx.limiter.retry_after(name, address)
-    if wait:
-        response = _login_page(request, t(lang, "too_many", s=wait), 429)
-        response.headers["Retry-After"] = str(wait)
-        return response
-    user = ctx.users.authenticate(name.strip(), password)
-    if user is None:
-        ctx.limiter.failed(name, address)
+    found = sign_in(
+        ctx.users, ctx.limiter, ctx.sessions, name=name, password=password,
+        address=client_address(request), refusals=ctx.refusals,
+    )
+    if isinstance(found, Refused):
+        if found.status == 429:
+            response = _login_page(request, t(lang, "too_many", s=found.retry_after), 429)
+            response.headers["Retry-After"] = str(found.retry_after)
+            return response
         return _login_page(request, t(lang, "bad_login"), 401)
-    ctx.limiter.succeeded(name)
-    session = ctx.sessions.create(user.name)
     redirect = RedirectResponse("/send", status_code=303)
     redirect.set_cookie(
-        SESSION_COOKIE, session.id, httponly=True, samesite="lax",
-        secure=ctx.secure_cookies,
+        SESSION_COOKIE, found.session.id, httponly=True, samesite="lax",
+        secure=secure_cookies(ctx, request),
     )
     redirect.delete_cookie(LOGIN_CSRF_COOKIE)
     return redirect
 
 
 @router.post("/logout")
-def logout(request: Request, csrf_token: Annotated[str, Form()] = "") -> Response:
-    found = _signed_in(request)
+def logout(ctx: Ctx, found: MaybeSignedIn, csrf_token: Annotated[str, Form()] = "") -> Response:
+    """Signing out never shows an error: the cookie goes whatever; the session ends when
+    the form's token is the session's."""
     if found and csrf_ok(found[0], csrf_token):
-        _ctx(request).sessions.drop(found[0].id)
+        ctx.sessions.drop(found[0].id)
     response = _to_login()
     response.delete_cookie(SESSION_COOKIE)
     return response
@@ -151,13 +215,13 @@ def logout(request: Request, csrf_token: Annotated[str, Form()] = "") -> Respons
 
 def _send_page(
     request: Request,
-    found: tuple[Session, User],
+    found: Found,
     *,
     error: str | None = None,
     status_code: int = 200,
     form: dict[str, Any] | None = None,
 ) -> HTMLResponse:
-    ctx = _ctx(request)
+    ctx = context(request)
     user = found[1]
     return _render(
         request, "send.html", found, status_code=status_code,
@@ -169,11 +233,29 @@ def _send_page(
     )
 
 
+def _kept(form: FormData) -> dict[str, Any]:
+    """What the officer filled in, to show the form again as it was."""
+    return {
+        "targets": form.getlist("targets"), "level": form.get("level", "emergency"),
+        "repeat": form.get("repeat", 1), "gap_s": form.get("gap_s", 3),
+        "text": form.get("text", ""), "title": form.get("title", ""),
+    }
+
+
+async def _sending(
+    request: Request, found: SignedIn, csrf_token: Annotated[str, Form()] = ""
+) -> Found:
+    """Acting, for the send form: refused, it is shown again as filled in (a warning
+    typed on a phone is not lost to an expired form)."""
+    if not csrf_ok(found[0], csrf_token):
+        form = _kept(await request.form())
+        raise PageAnswer(_send_page(request, found, error=t(lang_of(request), "csrf"),
+                                    status_code=403, form=form))
+    return found
+
+
 @router.get("/send")
-def send_form(request: Request) -> Response:
-    found = _signed_in(request)
-    if found is None:
-        return _to_login()
+def send_form(request: Request, found: SignedIn) -> Response:
     return _send_page(request, found)
 
 
@@ -188,7 +270,8 @@ def _explain(lang: Lang, exc: Exception) -> tuple[str, int]:
 @router.post("/send")
 async def send(
     request: Request,
-    csrf_token: Annotated[str, Form()] = "",
+    ctx: Ctx,
+    found: Annotated[Found, Depends(_sending)],
     targets: Annotated[list[str] | None, Form()] = None,
     level: Annotated[str, Form()] = "emergency",
     text: Annotated[str, Form()] = "",
@@ -197,16 +280,9 @@ async def send(
     title: Annotated[str, Form()] = "",
     audio: Annotated[UploadFile | None, File()] = None,
 ) -> Response:
-    found = _signed_in(request)
-    if found is None:
-        return _to_login()
-    session, user = found
-    lang = lang_of(request)
+    user = found[1]
     form = {"targets": targets or [], "level": level, "repeat": repeat, "gap_s": gap_s,
             "text": text, "title": title}
-    if not csrf_ok(session, csrf_token):
-        return _send_page(request, found, error=t(lang, "csrf"), status_code=403, form=form)
-    ctx = _ctx(request)
     with tempfile.TemporaryDirectory(dir=ctx.work_dir, prefix="form-") as tmp:
         audio_path: Path | None = None
         try:
@@ -222,8 +298,8 @@ async def send(
         except ApiError as exc:
             return _send_page(request, found, error=exc.message, status_code=exc.status,
                               form=form)
-        except (UrgentError, UnknownTargetError, TtsUnavailableError, AudioError) as exc:
-            message, code = _explain(lang, exc)
+        except SERVICE_ERRORS as exc:
+            message, code = _explain(lang_of(request), exc)
             return _send_page(request, found, error=message, status_code=code, form=form)
     return RedirectResponse(f"/announcements/{sent.id}", status_code=303)
 
@@ -232,77 +308,42 @@ async def send(
 
 
 @router.get("/announcements/{announcement_id}")
-def announcement(request: Request, announcement_id: str) -> Response:
-    found = _signed_in(request)
-    if found is None:
-        return _to_login()
+def announcement(request: Request, ctx: Ctx, found: SignedIn, announcement_id: str) -> Response:
     try:
-        item = _ctx(request).service.get(found[1], announcement_id)
+        item = ctx.service.get(found[1], announcement_id)
     except UrgentError:
-        return _render(request, "error.html", found, 404, message=t(lang_of(request), "not_found"))
+        return _error(request, found, 404, "not_found")
     return _render(request, "announcement.html", found, item=item)
 
 
 @router.post("/announcements/{announcement_id}/stop")
-def stop(
-    request: Request, announcement_id: str, csrf_token: Annotated[str, Form()] = ""
-) -> Response:
-    found = _signed_in(request)
-    if found is None:
-        return _to_login()
-    lang = lang_of(request)
-    if not csrf_ok(found[0], csrf_token):
-        return _render(request, "error.html", found, 403, message=t(lang, "csrf"))
+def stop(request: Request, ctx: Ctx, found: Acting, announcement_id: str) -> Response:
     try:
-        _ctx(request).service.stop(found[1], announcement_id)
+        ctx.service.stop(found[1], announcement_id)
     except UrgentError:
-        return _render(request, "error.html", found, 404, message=t(lang, "not_found"))
+        return _error(request, found, 404, "not_found")
     return RedirectResponse(f"/announcements/{announcement_id}", status_code=303)
 
 
 @router.get("/announcements")
-def history(request: Request) -> Response:
-    found = _signed_in(request)
-    if found is None:
-        return _to_login()
-    return _render(
-        request, "history.html", found, items=_ctx(request).service.recent(found[1], 100)
-    )
+def history(request: Request, ctx: Ctx, found: SignedIn) -> Response:
+    return _render(request, "history.html", found, items=ctx.service.recent(found[1], 100))
 
 
 # --- managers: audit and approvals -------------------------------------------------------------
 
 
-def _manager(request: Request) -> tuple[Session, User] | Response:
-    found = _signed_in(request)
-    if found is None:
-        return _to_login()
-    if found[1].role != "manager":
-        return _render(request, "error.html", found, 403,
-                       message=t(lang_of(request), "manager_only"))
-    return found
-
-
 @router.get("/audit")
-def audit(request: Request) -> Response:
-    found = _manager(request)
-    if isinstance(found, Response):
-        return found
-    ctx = _ctx(request)
+def audit(request: Request, ctx: Ctx, found: Manager) -> Response:
     entries = ctx.service.audit_entries(found[1], 500)
     return _render(
-        request, "audit.html", found,
-        entries=[(e, outcome_of(ctx, e.subject)) for e in entries],
+        request, "audit.html", found, entries=[(e, ctx.outcome_of(e.subject)) for e in entries],
     )
 
 
 @router.get("/audit.csv")
-def audit_csv(request: Request) -> Response:
-    found = _manager(request)
-    if isinstance(found, Response):
-        return found
-    ctx = _ctx(request)
-    text = to_csv(ctx.service.audit_entries(found[1], 5000), lambda e: outcome_of(ctx, e.subject))
+def audit_csv(ctx: Ctx, found: Manager) -> Response:
+    text = to_csv(ctx.service.audit_entries(found[1], 5000), lambda e: ctx.outcome_of(e.subject))
     return Response(
         text, media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="loa-audit.csv"'},
@@ -310,91 +351,35 @@ def audit_csv(request: Request) -> Response:
 
 
 @router.get("/approvals")
-def approvals(request: Request) -> Response:
-    found = _manager(request)
-    if isinstance(found, Response):
-        return found
-    ctx = _ctx(request)
+def approvals(request: Request, ctx: Ctx, found: Manager) -> Response:
     alerts = ctx.cap.pending() if ctx.cap is not None else []
     reach = ctx.service.reach(found[1])
     alerts = [a for a in alerts if set(json.loads(a["clusters"])) <= reach]
-    return _render(request, "approvals.html", found, rows=_approval_rows(ctx, found[1]),
+    return _render(request, "approvals.html", found, rows=approval_rows(ctx, found[1]),
                    enabled=ctx.approvals is not None, alerts=alerts)
-
-
-def _approval_rows(ctx: WebContext, user: User) -> list[dict[str, Any]]:
-    if ctx.approvals is None or ctx.playlists is None:
-        return []
-    from controller.approval import ContentUnreadableError
-
-    reach = ctx.service.reach(user)
-    fleet = ctx.service.fleet()
-    rows = []
-    for programme in sorted(ctx.playlists().programmes.values(), key=lambda p: p.id):
-        if not programme.requires_approval:
-            continue
-        try:
-            clusters = fleet.resolve(programme.targets, programme.exclude)
-        except KeyError:
-            continue
-        if not set(clusters) <= reach:
-            continue
-        try:
-            state = ctx.approvals.state(programme)
-            rows.append({"programme": programme, "approved": state.approved,
-                         "describe": state.describe(ctx.tz), "clusters": len(clusters)})
-        except ContentUnreadableError as exc:
-            rows.append({"programme": programme, "approved": False, "describe": str(exc),
-                         "clusters": len(clusters)})
-    return rows
 
 
 @router.post("/cap/send")
 def send_cap_alert(
-    request: Request, ref: Annotated[str, Form()], csrf_token: Annotated[str, Form()] = ""
+    request: Request, ctx: Ctx, found: Managing, ref: Annotated[str, Form()]
 ) -> Response:
     """A manager's go-ahead for a CAP alert kept pending (policy: approve)."""
-    found = _manager(request)
-    if isinstance(found, Response):
-        return found
-    ctx = _ctx(request)
-    lang = lang_of(request)
-    if not csrf_ok(found[0], csrf_token):
-        return _render(request, "error.html", found, 403, message=t(lang, "csrf"))
-    from controller.cap import CapError
-
     if ctx.cap is None:
-        return _render(request, "error.html", found, 404, message=t(lang, "not_found"))
+        return _error(request, found, 404, "not_found")
     try:
         announcement_id = ctx.cap.send(ref, found[1])
     except (CapError, UrgentError) as exc:
-        message, code = _explain(lang, exc)
+        message, code = _explain(lang_of(request), exc)
         return _render(request, "error.html", found, code, message=message)
     return RedirectResponse(f"/announcements/{announcement_id}", status_code=303)
 
 
 @router.post("/approvals/{programme_id}")
-def approve(
-    request: Request, programme_id: str, csrf_token: Annotated[str, Form()] = ""
-) -> Response:
-    found = _manager(request)
-    if isinstance(found, Response):
-        return found
-    ctx = _ctx(request)
-    lang = lang_of(request)
-    if not csrf_ok(found[0], csrf_token):
-        return _render(request, "error.html", found, 403, message=t(lang, "csrf"))
-    rows = {r["programme"].id: r for r in _approval_rows(ctx, found[1])}
-    if programme_id not in rows or ctx.approvals is None:
-        return _render(request, "error.html", found, 404, message=t(lang, "not_found"))
-    programme = rows[programme_id]["programme"]
-    now = ctx.service.now()
-    state = ctx.approvals.approve(programme, found[1].name, now)
-    fleet = ctx.service.fleet()
-    ctx.service.audit.record(
-        at=now, user=found[1].name, action="approve", subject=programme.id,
-        title=programme.name, text=" ".join(state.content),
-        targets=list(programme.targets),
-        clusters=fleet.resolve(programme.targets, programme.exclude),
-    )
+def approve(request: Request, ctx: Ctx, found: Managing, programme_id: str) -> Response:
+    try:
+        row = approve_programme(ctx, found[1], programme_id, "web")
+    except ContentUnreadableError as exc:
+        return _render(request, "error.html", found, 400, message=str(exc))
+    if row is None:
+        return _error(request, found, 404, "not_found")
     return RedirectResponse("/approvals", status_code=303)

@@ -2,51 +2,84 @@
 
 `start_web(controller, config)` builds the urgent service on the running controller's
 parts (fleet, store, content store, distributor, clock), the user directory and the app,
-and serves it; `WebServer.stop()` ends it. Signals stay with the controller's main
-thread (uvicorn installs no handlers off the main thread).
+and serves it, over HTTPS when the config gives a certificate and key; `WebServer.stop()`
+ends it. Signals stay with the controller's main thread (uvicorn installs no handlers off
+the main thread). uvicorn's own reading of X-Forwarded-* is off: the app believes them
+only from `web.trusted_proxies` (controller.web.proxies).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import uvicorn
 from fastapi import FastAPI
 
+from controller.cap import CapFolder, CapIntake
 from controller.tts import EspeakNg
 from controller.urgent import UrgentService, service_for
 from controller.users import UserDirectory
-from controller.web.app import WebContext, create_app
+from controller.web.app import create_app
+from controller.web.context import WebContext
+from controller.web.proxies import Network
 from controller.web.security import StoredSessions
-
-if TYPE_CHECKING:
-    from controller.cap import CapFolder
 
 log = logging.getLogger(__name__)
 
 
+class TlsFilesError(OSError):
+    """The configured certificate or key cannot be used; the message says which and why."""
+
+
+def check_tls(cert: Path, key: Path) -> None:
+    """Load the certificate and key as the server will, to refuse a bad pair at start with
+    a message naming the files (uvicorn would fail on its thread, less clearly)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise TlsFilesError(
+            f"web.tls_cert_file/tls_key_file: {exc.filename or cert} does not exist"
+        ) from None
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsFilesError(
+            f"web.tls_cert_file {cert} with web.tls_key_file {key}: cannot be used ({exc}); "
+            "they must be PEM files, the key the certificate's own (docs/operations.md, HTTPS)"
+        ) from None
+
+
 class WebServer:
     def __init__(
-        self, app: FastAPI, host: str, port: int, *, cap_folder: CapFolder | None = None
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        *,
+        cap_folder: CapFolder | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.app = app
         self._cap_folder = cap_folder
+        cert, key = tls if tls is not None else (None, None)
         self._server = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                           lifespan="off")
+                           lifespan="off", proxy_headers=False,
+                           ssl_certfile=cert, ssl_keyfile=key)
         )
         self._thread: threading.Thread | None = None
         self.host, self.port = host, port
+        self.scheme = "https" if tls is not None else "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
         self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
@@ -78,6 +111,7 @@ def build_context(
     tz: ZoneInfo,
     voice: str = "vi",
     secure_cookies: bool = False,
+    trusted_proxies: Sequence[Network] = (),
     session_clock: Callable[[], float] = time.time,
 ) -> WebContext:
     """The web app's context on a controller.main.Controller; its sessions are kept in the
@@ -91,23 +125,26 @@ def build_context(
         approvals=getattr(controller, "approvals", None),
         playlists=lambda: controller.playlists,
         secure_cookies=secure_cookies,
+        trusted_proxies=trusted_proxies,
         sessions=StoredSessions(controller.store, clock=session_clock),
     )
 
 
 def start_web(controller: Any, config: Any) -> WebServer:
     """Serve the web app for a running controller, as configured (controller.config.WebConfig)."""
+    if config.tls is not None:
+        check_tls(*config.tls)
     ctx = build_context(
         controller, config.users_file, config.work_dir, tz=controller.settings.timezone,
         voice=config.tts_voice, secure_cookies=config.secure_cookies,
+        trusted_proxies=config.proxy_networks,
     )
     folder = None
     if config.cap is not None:
-        from controller.cap import CapFolder, CapIntake
-
         ctx.cap = CapIntake(ctx.service, config.cap)
         if config.cap.watch_dir is not None:
             folder = CapFolder(ctx.cap, config.cap.watch_dir, controller.fleet.province.id)
-    server = WebServer(create_app(ctx), config.listen, config.port, cap_folder=folder)
+    server = WebServer(create_app(ctx), config.listen, config.port, cap_folder=folder,
+                       tls=config.tls)
     server.start()
     return server

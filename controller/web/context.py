@@ -1,0 +1,69 @@
+"""What the pages and the API work with (`WebContext`), and how a route gets it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fastapi import Request
+
+from controller.approval import Approvals
+from controller.playlist import Playlists
+from controller.urgent import UrgentService
+from controller.users import UserDirectory
+from controller.web.limiter import SignInLimiter
+from controller.web.proxies import Network
+from controller.web.security import Sessions, SessionStore, password_fingerprint
+from controller.web.signin import RefusalLog
+from controller.web.uploads import Uploads
+
+
+@dataclass
+class WebContext:
+    """What the pages and the API work with."""
+
+    service: UrgentService
+    users: UserDirectory
+    tz: ZoneInfo
+    work_dir: Path
+    sessions: SessionStore = field(default_factory=Sessions)
+    limiter: SignInLimiter = field(default_factory=SignInLimiter)
+    refusals: RefusalLog = field(default_factory=RefusalLog)
+    approvals: Approvals | None = None
+    playlists: Callable[[], Playlists] | None = None
+    cap: Any = None  # controller.cap.CapIntake, when configured
+    #: Cookies marked Secure even on a request that came over plain HTTP (a proxy not in
+    #: trusted_proxies ends TLS); over HTTPS they always are.
+    secure_cookies: bool = False
+    #: Reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed.
+    trusted_proxies: Sequence[Network] = ()
+    uploads: Uploads = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.uploads = Uploads(self.work_dir / "uploads")
+        self.sessions.fingerprint_of = self.fingerprint_of
+
+    def fingerprint_of(self, name: str) -> str:
+        """What a new session of this user remembers of its password (see session_of)."""
+        user = self.users.get(name)
+        return password_fingerprint(user.password) if user is not None else ""
+
+    def outcome_of(self, play_id: str | None) -> str:
+        """An announcement's per-cluster states as counts (`finished=3 offline=1`), for
+        the audit log; empty for anything else."""
+        if not play_id or not play_id.startswith("urgent-"):
+            return ""
+        clusters = self.service.progress(play_id, self.service.clusters_of(play_id))
+        counts: dict[str, int] = {}
+        for p in clusters:
+            counts[p.status] = counts.get(p.status, 0) + 1
+        return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
+def context(request: Request) -> WebContext:
+    """The app's WebContext (a dependency of every route)."""
+    ctx: WebContext = request.app.state.ctx
+    return ctx
