@@ -118,7 +118,7 @@ class AudioSettings:
 
 @dataclass(frozen=True)
 class PreparedAudio:
-    """One encoded bulletin in the content store."""
+    """One encoded bulletin in the audio library."""
 
     sha256: str
     path: Path
@@ -297,8 +297,9 @@ def _temp_in(folder: Path, suffix: str) -> Iterator[Path]:
         temp.unlink(missing_ok=True)
 
 
-class ContentStore:
-    """Prepared bulletins on disk, named by their SHA-256, with a cache of what made them."""
+class AudioLibrary:
+    """Prepared audio (bulletins, announcements) on disk, named by its SHA-256, with an
+    index of what made each, so the same sources are never encoded twice."""
 
     def __init__(self, root: Path, settings: AudioSettings | None = None) -> None:
         self.root = root
@@ -380,7 +381,7 @@ class ContentStore:
             data = path.read_bytes()
         except FileNotFoundError:
             raise KeyError(
-                f"{path}: no prepared audio with SHA-256 {sha256} in the content store; "
+                f"{path}: no prepared audio with SHA-256 {sha256} in the audio library; "
                 "prepare the bulletin again"
             ) from None
         if hashlib.sha256(data).hexdigest() != sha256:

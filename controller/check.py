@@ -14,7 +14,7 @@ from datetime import datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from controller.audio import AudioError, AudioSettings, ContentStore
+from controller.audio import AudioError, AudioLibrary, AudioSettings
 from controller.config import ControllerConfig, load_controller_config
 from controller.fleet import Fleet, load_fleet
 from controller.overlap import HORIZON, overlaps
@@ -40,7 +40,7 @@ def _audio(
 ) -> dict[Path, float]:
     """Decode every audio file once; return the durations of those that decode."""
     with tempfile.TemporaryDirectory(prefix="loa-check-") as scratch:
-        store = ContentStore(Path(scratch), AudioSettings(bitrate_kbps=bitrate_kbps))
+        library = AudioLibrary(Path(scratch), AudioSettings(bitrate_kbps=bitrate_kbps))
         checked: dict[Path, str | None] = {}
         durations: dict[Path, float] = {}
         for programme in playlists.programmes.values():
@@ -48,7 +48,7 @@ def _audio(
                 for audio in bulletin.audio():
                     if audio not in checked:
                         try:
-                            durations[audio] = store.probe(audio)
+                            durations[audio] = library.probe(audio)
                             checked[audio] = None
                         except AudioError as exc:
                             checked[audio] = str(exc)

@@ -43,7 +43,7 @@ class PlaySender(Protocol):
 
 
 class AudioPreparer(Protocol):
-    """What the dispatcher needs from controller.audio.ContentStore."""
+    """What the dispatcher needs from controller.audio.AudioLibrary."""
 
     def prepare(
         self, sources: list[Path], intro: Path | None = None, outro: Path | None = None
@@ -56,7 +56,7 @@ class Dispatcher:
         *,
         store: Store,
         distributor: PlaySender,
-        content: AudioPreparer,
+        library: AudioPreparer,
         clock: Clock,
         state: Callable[[], tuple[Playlists, Fleet]],
         is_approved: Callable[[Programme], bool],
@@ -64,7 +64,7 @@ class Dispatcher:
     ) -> None:
         self._store = store
         self._distributor = distributor
-        self._content = content
+        self._library = library
         self._clock = clock
         self._state = state
         self._is_approved = is_approved
@@ -90,7 +90,7 @@ class Dispatcher:
 
     def prepare(self, programme: Programme) -> list[PreparedAudio]:
         return [
-            self._content.prepare(list(b.files), intro=b.intro, outro=b.outro)
+            self._library.prepare(list(b.files), intro=b.intro, outro=b.outro)
             for b in programme.bulletins
         ]
 

@@ -52,7 +52,7 @@ PLAY_TTL_MARGIN = timedelta(minutes=5)
 
 
 class Audio(Protocol):
-    """Prepared audio as the content store hands it out."""
+    """Prepared audio as the audio library hands it out."""
 
     @property
     def sha256(self) -> str: ...

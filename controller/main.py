@@ -27,7 +27,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from controller.approval import Approvals
-from controller.audio import AudioSettings, ContentStore, PreparedAudio
+from controller.audio import AudioLibrary, AudioSettings, PreparedAudio
 from controller.config import ControllerConfig
 from controller.credentials import controller_login
 from controller.dispatch import Dispatcher
@@ -127,7 +127,7 @@ class Controller:
         self._sync_fleet()
         self.approvals = Approvals(self.store)
         self.signer = Signer(load_private_key(settings.private_key))
-        self.content = ContentStore(settings.content_dir, settings.audio)
+        self.library = AudioLibrary(settings.content_dir, settings.audio)
         self.link: Link = link or MqttLink(
             settings.broker, settings.client_id, clean_session=False
         )
@@ -143,7 +143,7 @@ class Controller:
         self.dispatcher = Dispatcher(
             store=self.store,
             distributor=self.distributor,
-            content=self.content,
+            library=self.library,
             clock=self.clock,
             state=self.state,
             is_approved=self.approvals.is_approved,
@@ -325,7 +325,7 @@ class Controller:
         )
 
     def _content_path(self, sha256: str) -> Path | None:
-        found = self.content.get(sha256)
+        found = self.library.get(sha256)
         return found.path if found else None
 
     # --- urgent announcements ---------------------------------------------------------------
@@ -343,7 +343,7 @@ class Controller:
         clusters = self.fleet.resolve(targets, exclude)
         if not clusters:
             raise ValueError(f"targets {', '.join(targets)} contain no cluster")
-        prepared = audio if isinstance(audio, PreparedAudio) else self.content.prepare(list(audio))
+        prepared = audio if isinstance(audio, PreparedAudio) else self.library.prepare(list(audio))
         now = self.clock.now()
         spec = PlaySpec(
             play_id=new_play_id("urgent"),

@@ -16,7 +16,7 @@ from datetime import datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from controller.audio import AudioError, AudioSettings, ContentStore
+from controller.audio import AudioError, AudioLibrary, AudioSettings
 from controller.fleet import ALL, TAG_PREFIX, Fleet
 from controller.overlap import programme_seconds
 from controller.playlist import Playlists, Programme
@@ -123,14 +123,14 @@ def measure(programmes: Iterable[Programme], bitrate_kbps: int = 24) -> dict[Pat
     durations: dict[Path, float] = {}
     failed: set[Path] = set()
     with tempfile.TemporaryDirectory(prefix="loa-schedule-") as scratch:
-        store = ContentStore(Path(scratch), AudioSettings(bitrate_kbps=bitrate_kbps))
+        library = AudioLibrary(Path(scratch), AudioSettings(bitrate_kbps=bitrate_kbps))
         for programme in programmes:
             for bulletin in programme.bulletins:
                 for path in bulletin.audio():
                     if path in durations or path in failed:
                         continue
                     try:
-                        durations[path] = store.probe(path)
+                        durations[path] = library.probe(path)
                     except AudioError:
                         failed.add(path)
     return durations

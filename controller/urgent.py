@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol
 from sqlalchemy import insert, select, update
 
 from controller import ffmpeg
-from controller.audio import ContentStore, PreparedAudio
+from controller.audio import AudioLibrary, PreparedAudio
 from controller.audit import AuditEntry, AuditLog
 from controller.distribution import PlaySpec, new_play_id
 from controller.fleet import Fleet
@@ -233,7 +233,7 @@ class UrgentService:
         *,
         fleet: Callable[[], Fleet],
         store: Store,
-        content: ContentStore,
+        library: AudioLibrary,
         sender: Sender,
         clock: Clock,
         tts: TextToSpeech,
@@ -242,7 +242,7 @@ class UrgentService:
     ) -> None:
         self._fleet = fleet
         self._store = store
-        self._content = content
+        self._library = library
         self._sender = sender
         self._clock = clock
         self.tts = tts
@@ -360,10 +360,10 @@ class UrgentService:
             source = self.tts.speak(req.text, scratch / "speech.wav")
         if req.repeat > 1:
             source = self._repeated(source, req.repeat, req.gap_s, scratch / "repeated.wav")
-        return self._content.prepare([source])
+        return self._library.prepare([source])
 
     def _repeated(self, source: Path, times: int, gap_s: float, out: Path) -> Path:
-        rate = self._content.settings.sample_rate
+        rate = self._library.settings.sample_rate
         try:
             decoded = ffmpeg.decode_pcm(source, sample_rate=rate)
         except ffmpeg.FfmpegError as exc:
@@ -551,7 +551,7 @@ def service_for(controller: Any, tts: TextToSpeech, work_dir: Path) -> UrgentSer
     return UrgentService(
         fleet=lambda: controller.fleet,
         store=controller.store,
-        content=controller.content,
+        library=controller.library,
         sender=controller.distributor,
         clock=controller.clock,
         tts=tts,

@@ -72,8 +72,9 @@ REPLAY_WITHIN = timedelta(hours=1)
 StopCause = Literal["preempted", "stopped", "shutdown"]
 
 
-class ContentStore(Protocol):
-    """What the player needs from the content cache."""
+class AudioCache(Protocol):
+    """What the player needs from the agent's audio cache (device_agent.cache.Cache): whether
+    a bulletin's audio is held, where its file is, and which chunks are still missing."""
 
     def has(self, sha256: str) -> bool: ...
     def path(self, sha256: str) -> Path: ...
@@ -244,7 +245,7 @@ class Player:
     def __init__(
         self,
         output: OutputBackend,
-        content: ContentStore,
+        cache: AudioCache,
         clock: Clock,
         state: StateTable | None,
         *,
@@ -271,7 +272,7 @@ class Player:
         self._log = log or module_log
         self._content_activity = content_activity
         self._output = output
-        self._content = content
+        self._cache = cache
         self._clock = clock
         self._file = state
         self._report = report
@@ -399,7 +400,7 @@ class Player:
                 for record in self._plays.values()
                 if record.state == "scheduled"
                 for item in record.body.items
-                if not self._content.has(item.sha256)
+                if not self._cache.has(item.sha256)
             ]
 
     def needed_content(self) -> set[str]:
@@ -543,7 +544,7 @@ class Player:
         )
         self._emit("playing", record, None)
         self._commit()  # on disk before the first sound: a crash now cannot replay it
-        items = [self._content.path(item.sha256) for item in record.body.items]
+        items = [self._cache.path(item.sha256) for item in record.body.items]
         work = (record, items, self._stop_event, self._volume(record))
         if self._file is not None:  # the sound starts once the save is committed
             self._file.after_commit(lambda: self._to_play.put(work))
@@ -673,7 +674,7 @@ class Player:
                 f"{clock_time(record.body.latest_start)}"
             )
         total = sum(item.chunks for item in record.body.items)
-        missing = sum(len(self._content.missing(item)) for item in record.body.items)
+        missing = sum(len(self._cache.missing(item)) for item in record.body.items)
         if missing:
             return f"audio incomplete: {missing} of {total} chunks missing"
         if self._current is not None:
@@ -685,11 +686,11 @@ class Player:
 
     def _all_held(self, record: PlayRecord) -> bool:
         if not record.held:
-            record.held = all(self._content.has(item.sha256) for item in record.body.items)
+            record.held = all(self._cache.has(item.sha256) for item in record.body.items)
         return record.held
 
     def _request_due(self, record: PlayRecord, now: datetime) -> bool:
-        missing = sum(len(self._content.missing(item)) for item in record.body.items)
+        missing = sum(len(self._cache.missing(item)) for item in record.body.items)
         if record.seen_missing is None or record.progress_at is None:
             record.progress_at = record.received_at
         elif missing < record.seen_missing:
@@ -709,7 +710,7 @@ class Player:
     def _request_missing(self, record: PlayRecord, now: datetime) -> None:
         record.last_request_at = now
         for item in record.body.items:
-            missing = self._content.missing(item)
+            missing = self._cache.missing(item)
             if missing:
                 self._log.info(
                     "play %s: content %s lacks %d of %d chunks; asking the controller",

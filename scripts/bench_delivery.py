@@ -3,7 +3,7 @@
 The bulletin is made for the run (controller.samples: a chime and Vietnamese speech
 from espeak-ng repeated, or tones; a different short tone in front for each trial, so
 that each trial's audio is new to the agents) and prepared by the controller's
-ContentStore (decode, trim, loudness, Opus). Each trial then:
+AudioLibrary (decode, trim, loudness, Opus). Each trial then:
 
 1. raw broker: a bare paho client publishes the same bytes (a command of the same size,
    then every chunk) to N bare paho subscribers in the same process layout; timed until
@@ -65,14 +65,14 @@ Counters = dict[str, dict[str, int]]
 
 
 def make_bulletins(rig: Rig, minutes: float, count: int) -> tuple[list[PreparedAudio], bool]:
-    """count different bulletins of about `minutes`, prepared by the ContentStore."""
+    """count different bulletins of about `minutes`, prepared by the AudioLibrary."""
     wav = rig.work / "ban-tin.wav"
     spoken = demo_bulletin(wav, max(1.0, minutes * 60))
     bulletins = []
     for k in range(count):
         intro = rig.work / f"intro-{k}.wav"
         tone(intro, 0.3, freq=500 + 50 * k)
-        bulletins.append(rig.controller.content.prepare([wav], intro=intro))
+        bulletins.append(rig.controller.library.prepare([wav], intro=intro))
     return bulletins, spoken
 
 

@@ -1,7 +1,7 @@
 """`bench.py urgent`: an urgent announcement to the whole province, until every agent plays.
 
 A 30-second message is made (controller.samples: a warble and Vietnamese speech from
-espeak-ng, or tones) and prepared by the controller's ContentStore before the clock
+espeak-ng, or tones) and prepared by the controller's AudioLibrary before the clock
 starts, as an uploaded recording would be. Each trial then:
 
 1. raw broker: a bare paho client publishes the same bytes (one signed command of the
@@ -139,7 +139,7 @@ def run(agents: int, trials: int, per_process: int | None, verbose: bool, keep: 
         for k in range(trials):
             intro = rig.work / f"intro-{k}.wav"
             tone(intro, 0.5, freq=700 + 50 * k)
-            messages_audio.append(rig.controller.content.prepare([wav], intro=intro))
+            messages_audio.append(rig.controller.library.prepare([wav], intro=intro))
         audio = messages_audio[0]
         say(
             f"{audio.duration_s:.0f} s message ({'espeak-ng speech' if spoken else 'tones'}): "

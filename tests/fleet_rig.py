@@ -97,7 +97,7 @@ class FleetRig:
 
     def audio(self, seconds: float, freq: float = 440) -> PreparedAudio:
         source = tone(self.tmp / f"tone-{seconds:g}-{freq:g}.wav", seconds, freq=freq)
-        return self.ctl.content.prepare([source])
+        return self.ctl.library.prepare([source])
 
     def send(
         self,

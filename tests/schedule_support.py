@@ -1,7 +1,7 @@
 """A controller's scheduling parts on an injected clock, for the scheduling tests.
 
 `Rig` builds what `controller.main.Controller` builds for scheduling — the store (a real
-SQLite file), the content store (real ffmpeg), approvals, the dispatcher and the
+SQLite file), the audio library (real ffmpeg), approvals, the dispatcher and the
 scheduler — around a `ManualClock`, with a distributor that records what it would
 publish instead of publishing it. APScheduler is not started: `run()` moves the clock
 step by step, re-plans every REPLAN_EVERY as the running scheduler does, and fires each
@@ -24,7 +24,7 @@ from textwrap import dedent
 from zoneinfo import ZoneInfo
 
 from controller.approval import Approvals
-from controller.audio import ContentStore
+from controller.audio import AudioLibrary
 from controller.dispatch import Dispatcher
 from controller.distribution import PlaySpec
 from controller.fleet import Fleet
@@ -149,7 +149,7 @@ class Rig:
         tone(folder / "playlists" / "tin.wav", 0.4)
         tone(folder / "playlists" / "luat.wav", 0.4, freq=660)
         self.store_url = f"sqlite:///{folder / 'controller.db'}"
-        self.content = ContentStore(folder / "content")
+        self.library = AudioLibrary(folder / "content")
         self.distributor = RecordingDistributor(clock)
         self.fleet, self.playlists = self.load()
         self._last_replan: datetime | None = None
@@ -165,7 +165,7 @@ class Rig:
         self.dispatcher = Dispatcher(
             store=self.store,
             distributor=self.distributor,
-            content=self.content,
+            library=self.library,
             clock=self.clock,
             state=lambda: (self.playlists, self.fleet),
             is_approved=self.approvals.is_approved,

@@ -26,8 +26,8 @@ T0 = datetime(2026, 5, 1, 6, 0, tzinfo=UTC)
 ME = "hg-phung-hiep-07"
 
 
-class FakeContent:
-    """Content held by hash; a ref is either wholly held or has `lacking` chunks missing."""
+class FakeCache:
+    """Audio held by hash; a ref is either wholly held or has `lacking` chunks missing."""
 
     def __init__(self) -> None:
         self.held: set[str] = set()
@@ -50,7 +50,7 @@ class Rig:
         self.keys = Keys()
         self.clock = ManualClock(T0)
         self.output = FakeOutput()
-        self.content = FakeContent()
+        self.cache = FakeCache()
         self.reports = Reports()
         self.requests: list[tuple[str, list[int]]] = []
         self.state = state
@@ -61,7 +61,7 @@ class Rig:
 
     def new_player(self) -> Player:
         return Player(
-            self.output, self.content, self.clock, self.state,
+            self.output, self.cache, self.clock, self.state,
             report=self._report, request_chunks=self._request, request_interval_s=10,
             amplifier=self.amplifier, default_volume=80,
             content_activity=lambda: self.content_arrived,
@@ -85,7 +85,7 @@ class Rig:
     ) -> Command:
         c = content()
         if held:
-            self.content.held.add(c.ref.sha256)
+            self.cache.held.add(c.ref.sha256)
         start = self.clock.now() + timedelta(seconds=start_in)
         body = play_body(play_id, [c.ref], start, level=level, window=window)
         if replay or volume is not None:
@@ -145,7 +145,7 @@ def test_delivered_only_when_all_audio_is_held(rig: Rig) -> None:
     assert rig.kinds("p1") == ["received"]
     assert isinstance(cmd.body, PlayBody)
     sha = cmd.body.items[0].sha256
-    rig.content.held.add(sha)
+    rig.cache.held.add(sha)
     assert rig.player.content_ready(sha)
     rig.player.tick()  # what the agent does next: the report goes out with the save
     assert rig.kinds("p1") == ["received", "delivered"]
@@ -223,7 +223,7 @@ def test_audio_that_never_came_is_requested_ahead_of_the_start_then_missed(rig: 
     cmd = rig.play("p1", start_in=30, held=False, window=timedelta(seconds=25))
     assert isinstance(cmd.body, PlayBody)
     ref = cmd.body.items[0]
-    rig.content.lacking[ref.sha256] = 3
+    rig.cache.lacking[ref.sha256] = 3
     rig.player.tick()
     assert rig.requests == []  # its chunks may be on their way
     rig.clock.advance(2)
@@ -255,7 +255,7 @@ def test_audio_completing_in_the_window_still_plays(rig: Rig) -> None:
     rig.player.tick()
     assert rig.requests
     rig.clock.advance(20)
-    rig.content.held.add(cmd.body.items[0].sha256)
+    rig.cache.held.add(cmd.body.items[0].sha256)
     rig.player.content_ready(cmd.body.items[0].sha256)
     rig.player.tick()
     assert rig.kinds("p1") == ["received", "delivered", "playing"]
@@ -267,7 +267,7 @@ def test_chunks_arriving_but_still_queued_count_as_progress(rig: Rig) -> None:
     cmd = rig.play("p1", start_in=60, held=False)
     assert isinstance(cmd.body, PlayBody)
     ref = cmd.body.items[0]
-    rig.content.lacking[ref.sha256] = ref.chunks
+    rig.cache.lacking[ref.sha256] = ref.chunks
     rig.player.tick()
     for _ in range(5):
         rig.clock.advance(2)
@@ -283,11 +283,11 @@ def test_chunks_still_arriving_are_waited_for_not_requested(rig: Rig) -> None:
     cmd = rig.play("urgent", held=False, level="emergency")
     assert isinstance(cmd.body, PlayBody)
     ref = cmd.body.items[0]
-    rig.content.lacking[ref.sha256] = ref.chunks
+    rig.cache.lacking[ref.sha256] = ref.chunks
     rig.player.tick()  # the agent ticks after every message, this command's included
     for left in range(ref.chunks - 1, 0, -1):
         rig.clock.advance(2.5)
-        rig.content.lacking[ref.sha256] = left
+        rig.cache.lacking[ref.sha256] = left
         assert rig.player.tick() == rig.clock.now() + timedelta(seconds=3)
     assert rig.requests == []
     rig.clock.advance(3)
@@ -351,7 +351,7 @@ def test_output_error_is_reported_failed(rig: Rig) -> None:
 
 def test_a_command_arriving_after_its_latest_start_is_missed(rig: Rig) -> None:
     c = content()
-    rig.content.held.add(c.ref.sha256)
+    rig.cache.held.add(c.ref.sha256)
     body = play_body("late", [c.ref], T0 - timedelta(minutes=10))
     cmd = command(rig.keys.signer, body, T0 - timedelta(minutes=10), clusters=[ME])
     rig.player.accept(cmd)

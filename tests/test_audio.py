@@ -1,4 +1,4 @@
-"""Audio preparation, the content store and generated samples, with real ffmpeg."""
+"""Audio preparation, the audio library and generated samples, with real ffmpeg."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from conftest import require
 
 from controller import audio, samples
-from controller.audio import AudioError, AudioSettings, ContentStore, PreparedAudio
+from controller.audio import AudioError, AudioLibrary, AudioSettings, PreparedAudio
 from controller.check import check
 from controller.ffmpeg import (
     FfmpegError,
@@ -47,8 +47,8 @@ def ffmpeg_found() -> Iterator[None]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ContentStore:
-    return ContentStore(tmp_path / "content", AudioSettings())
+def library(tmp_path: Path) -> AudioLibrary:
+    return AudioLibrary(tmp_path / "content", AudioSettings())
 
 
 def convert(source: Path, target: Path, *args: str) -> Path:
@@ -67,16 +67,16 @@ def opus_channels(data: bytes) -> int:
     return data[head + 9]
 
 
-def assert_stored_opus(store: ContentStore, prepared: PreparedAudio, seconds: float) -> None:
+def assert_stored_opus(library: AudioLibrary, prepared: PreparedAudio, seconds: float) -> None:
     data = prepared.path.read_bytes()
-    assert prepared.path == store.root / f"{prepared.sha256}.opus"
+    assert prepared.path == library.root / f"{prepared.sha256}.opus"
     assert hashlib.sha256(data).hexdigest() == prepared.sha256
     assert prepared.size == len(data)
     assert data[:4] == b"OggS"
     assert opus_channels(data) == 1
     assert prepared.duration_s == pytest.approx(seconds, abs=TOLERANCE_S)
     # An independent decode of what was stored agrees.
-    assert store.probe(prepared.path) == pytest.approx(seconds, abs=TOLERANCE_S)
+    assert library.probe(prepared.path) == pytest.approx(seconds, abs=TOLERANCE_S)
 
 
 # --- every input format becomes mono Opus ---------------------------------------------------
@@ -92,11 +92,13 @@ FORMATS = {
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
-def test_every_format_prepares_to_mono_opus(fmt: str, tmp_path: Path, store: ContentStore) -> None:
+def test_every_format_prepares_to_mono_opus(
+    fmt: str, tmp_path: Path, library: AudioLibrary
+) -> None:
     name, args = FORMATS[fmt]
     source = convert(samples.tone(tmp_path / "tone.wav", 1.5), tmp_path / name, *args)
-    prepared = store.prepare([source])
-    assert_stored_opus(store, prepared, 1.5)
+    prepared = library.prepare([source])
+    assert_stored_opus(library, prepared, 1.5)
 
 
 def test_works_with_the_imageio_ffmpeg_alone(
@@ -114,8 +116,8 @@ def test_works_with_the_imageio_ffmpeg_alone(
     ffprobe_exe.cache_clear()
     assert ffprobe_exe() is None
     assert "imageio_ffmpeg" in ffmpeg_exe()
-    store = ContentStore(tmp_path / "content")
-    assert_stored_opus(store, store.prepare([source]), 1.0)
+    library = AudioLibrary(tmp_path / "content")
+    assert_stored_opus(library, library.prepare([source]), 1.0)
 
 
 def test_leading_and_trailing_silence_is_trimmed(tmp_path: Path) -> None:
@@ -124,26 +126,28 @@ def test_leading_and_trailing_silence_is_trimmed(tmp_path: Path) -> None:
         "sine=frequency=440:sample_rate=48000:duration=1",
         "-af", "adelay=600:all=1,apad=pad_dur=0.6",
     )  # fmt: skip
-    trimmed = ContentStore(tmp_path / "a").prepare([padded])
-    untrimmed = ContentStore(tmp_path / "b", AudioSettings(trim_silence=False)).prepare([padded])
+    trimmed = AudioLibrary(tmp_path / "a").prepare([padded])
+    untrimmed = AudioLibrary(tmp_path / "b", AudioSettings(trim_silence=False)).prepare([padded])
     assert trimmed.duration_s == pytest.approx(1.0, abs=TOLERANCE_S)
     assert untrimmed.duration_s == pytest.approx(2.2, abs=TOLERANCE_S)
 
 
-def test_intro_sources_and_outro_are_joined_with_gaps(tmp_path: Path, store: ContentStore) -> None:
+def test_intro_sources_and_outro_are_joined_with_gaps(
+    tmp_path: Path, library: AudioLibrary
+) -> None:
     intro = samples.tone(tmp_path / "intro.wav", 0.5, freq=660)
     first = samples.tone(tmp_path / "first.wav", 1.0, freq=440)
     second = convert(samples.tone(tmp_path / "second.wav", 1.0, freq=550), tmp_path / "second.mp3")
     outro = samples.tone(tmp_path / "outro.wav", 0.5, freq=330)
-    prepared = store.prepare([first, second], intro=intro, outro=outro)
+    prepared = library.prepare([first, second], intro=intro, outro=outro)
     gaps = 3 * audio.GAP_MS / 1000
-    assert_stored_opus(store, prepared, 0.5 + 1.0 + 1.0 + 0.5 + gaps)
+    assert_stored_opus(library, prepared, 0.5 + 1.0 + 1.0 + 0.5 + gaps)
 
 
-def test_same_input_gives_the_same_sha256_in_any_store(tmp_path: Path) -> None:
+def test_same_input_gives_the_same_sha256_in_any_library(tmp_path: Path) -> None:
     source = samples.tone(tmp_path / "tone.wav", 1.0)
-    one = ContentStore(tmp_path / "one").prepare([source])
-    two = ContentStore(tmp_path / "two").prepare([source])
+    one = AudioLibrary(tmp_path / "one").prepare([source])
+    two = AudioLibrary(tmp_path / "two").prepare([source])
     assert one.sha256 == two.sha256
 
 
@@ -195,7 +199,7 @@ def hiss_with_clicks(
 
 
 def short_hiss_with_clicks(tmp_path: Path) -> Path:
-    return hiss_with_clicks(tmp_path, 1.8, (0.4, 1.2))  # the store below allows 2 s
+    return hiss_with_clicks(tmp_path, 1.8, (0.4, 1.2))  # the library below allows 2 s
 
 
 def pip(tmp_path: Path) -> Path:
@@ -208,7 +212,7 @@ def pip(tmp_path: Path) -> Path:
 
 
 def too_long(tmp_path: Path) -> Path:
-    return samples.tone(tmp_path / "long.wav", 2.5)  # the store below allows 2 s
+    return samples.tone(tmp_path / "long.wav", 2.5)  # the library below allows 2 s
 
 
 def missing(tmp_path: Path) -> Path:
@@ -233,28 +237,28 @@ def test_unusable_audio_is_refused_naming_the_file(case: str, tmp_path: Path) ->
     make, reason = REFUSALS[case]
     bad = make(tmp_path)
     good = samples.tone(tmp_path / "good.wav", 0.5)
-    store = ContentStore(tmp_path / "content", AudioSettings(max_duration_s=2.0))
+    library = AudioLibrary(tmp_path / "content", AudioSettings(max_duration_s=2.0))
 
     with pytest.raises(AudioError) as prepared:
-        store.prepare([good, bad])
+        library.prepare([good, bad])
     with pytest.raises(AudioError) as probed:
-        store.probe(bad)
+        library.probe(bad)
 
     for error in (prepared.value, probed.value):
         assert error.path == bad
         assert str(error).startswith(f"{bad}: ")
         assert reason in str(error)
-    assert not list(store.root.glob("*.opus"))
+    assert not list(library.root.glob("*.opus"))
 
 
 def test_a_click_in_hiss_is_refused_saying_what_was_heard_and_what_to_do(
-    tmp_path: Path, store: ContentStore
+    tmp_path: Path, library: AudioLibrary
 ) -> None:
     bad = hiss_with_clicks(tmp_path)
     decoded = segment_from_pcm(decode_pcm(bad, sample_rate=48000).pcm, 48000)
     assert decoded.dBFS < audio.SILENCE_DBFS < decoded.max_dBFS  # quiet, but for two clicks
     with pytest.raises(AudioError) as refused:
-        store.prepare([bad])
+        library.prepare([bad])
     message = str(refused.value)
     assert re.fullmatch(
         re.escape(f"{bad}: no audible sound (nothing louder than -50 dBFS for 0.25 s; peak ")
@@ -262,7 +266,7 @@ def test_a_click_in_hiss_is_refused_saying_what_was_heard_and_what_to_do(
         + re.escape("Check the recording level, or pick another file"),
         message,
     ), message
-    assert not list(store.root.glob("*.opus"))
+    assert not list(library.root.glob("*.opus"))
 
 
 def test_check_reports_an_inaudible_file_at_its_programme(
@@ -296,36 +300,36 @@ def test_quiet_speech_is_accepted_and_brought_to_the_target_loudness(tmp_path: P
     assert segment_from_pcm(decode_pcm(quiet, sample_rate=48000).pcm, 48000).dBFS == (
         pytest.approx(-40, abs=0.1)
     )
-    store = ContentStore(tmp_path / "store", AudioSettings(target_lufs=-16.0))
-    assert store.probe(quiet) == pytest.approx(3.0, abs=0.01)
-    prepared = store.prepare([quiet])
+    library = AudioLibrary(tmp_path / "library", AudioSettings(target_lufs=-16.0))
+    assert library.probe(quiet) == pytest.approx(3.0, abs=0.01)
+    prepared = library.prepare([quiet])
     assert prepared.duration_s == pytest.approx(2.78, abs=TOLERANCE_S)  # the last pause trimmed
     found = loudness(prepared.path)
     assert abs(found.integrated_lufs - -16.0) <= 1.0, found
 
 
 @pytest.mark.parametrize("seconds", [0.3, 0.6])
-def test_a_short_tone_is_accepted(seconds: float, tmp_path: Path, store: ContentStore) -> None:
+def test_a_short_tone_is_accepted(seconds: float, tmp_path: Path, library: AudioLibrary) -> None:
     chime = lavfi(
         tmp_path / "short.wav",
         f"sine=frequency=880:sample_rate=48000:duration={seconds}",
         "-af", "adelay=1000:all=1,apad=pad_dur=1",
     )  # fmt: skip
-    assert store.probe(chime) == pytest.approx(seconds + 2, abs=0.01)
-    assert_stored_opus(store, store.prepare([chime]), seconds)
+    assert library.probe(chime) == pytest.approx(seconds + 2, abs=0.01)
+    assert_stored_opus(library, library.prepare([chime]), seconds)
 
 
 def test_a_bulletin_longer_than_allowed_in_total_is_refused(tmp_path: Path) -> None:
     parts = [samples.tone(tmp_path / f"part{n}.wav", 0.8) for n in range(3)]
-    store = ContentStore(tmp_path / "content", AudioSettings(max_duration_s=2.0))
+    library = AudioLibrary(tmp_path / "content", AudioSettings(max_duration_s=2.0))
     with pytest.raises(AudioError, match="more than the 2 s allowed") as refused:
-        store.prepare(parts)
+        library.prepare(parts)
     assert all(str(part) in str(refused.value) for part in parts)
 
 
-def test_probe_reports_the_duration(tmp_path: Path, store: ContentStore) -> None:
+def test_probe_reports_the_duration(tmp_path: Path, library: AudioLibrary) -> None:
     source = convert(samples.tone(tmp_path / "tone.wav", 2.0), tmp_path / "in.flac")
-    assert store.probe(source) == pytest.approx(2.0, abs=0.05)
+    assert library.probe(source) == pytest.approx(2.0, abs=0.05)
 
 
 @pytest.mark.parametrize(
@@ -353,8 +357,8 @@ def test_loudness_is_normalised_measured_after_encoding(
     source = lavfi(
         tmp_path / "src.wav", f"sine=frequency={freq}:duration=6", "-af", f"volume={gain_db}dB"
     )
-    store = ContentStore(tmp_path / "store", AudioSettings(target_lufs=-16.0))
-    prepared = store.prepare([source])
+    library = AudioLibrary(tmp_path / "library", AudioSettings(target_lufs=-16.0))
+    prepared = library.prepare([source])
     found = loudness(prepared.path)
     assert abs(found.integrated_lufs - -16.0) <= 1.0, found
     assert found.true_peak_dbtp <= -1.0 + 0.5, found  # Opus adds a little overshoot
@@ -363,19 +367,19 @@ def test_loudness_is_normalised_measured_after_encoding(
 def test_normalisation_can_be_turned_off(tmp_path: Path) -> None:
     # About -41 dBFS RMS: quiet, but above the silence threshold, so it is all kept.
     source = lavfi(tmp_path / "src.wav", "sine=frequency=440:duration=4", "-af", "volume=-20dB")
-    store = ContentStore(tmp_path / "store", AudioSettings(target_lufs=None))
-    prepared = store.prepare([source])
+    library = AudioLibrary(tmp_path / "library", AudioSettings(target_lufs=None))
+    prepared = library.prepare([source])
     assert prepared.duration_s == pytest.approx(4.0, abs=TOLERANCE_S)
     found = loudness(prepared.path)
     assert found.integrated_lufs < -30, found
 
 
-# --- the cache and the store ------------------------------------------------------------------
+# --- the cache and the library -----------------------------------------------------------------
 
 
 @pytest.fixture
 def encodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Every Opus encode the store runs, by output file."""
+    """Every Opus encode the library runs, by output file."""
     calls: list[Path] = []
     real = audio.encode_opus
 
@@ -394,45 +398,45 @@ def test_the_same_sources_and_settings_are_encoded_once(
     second = samples.tone(tmp_path / "second.wav", 0.7, freq=550)
     root = tmp_path / "content"
 
-    made = ContentStore(root).prepare([first, second])
+    made = AudioLibrary(root).prepare([first, second])
     mtime = made.path.stat().st_mtime_ns
-    assert ContentStore(root).prepare([first, second]) == made  # a new store reads the index
+    assert AudioLibrary(root).prepare([first, second]) == made  # a new library reads the index
     assert len(encodes) == 1
     assert made.path.stat().st_mtime_ns == mtime
 
-    louder = ContentStore(root, AudioSettings(bitrate_kbps=32)).prepare([first, second])
+    louder = AudioLibrary(root, AudioSettings(bitrate_kbps=32)).prepare([first, second])
     assert len(encodes) == 2
     assert louder.sha256 != made.sha256
 
     samples.tone(first, 0.7, freq=880)  # same name, new content
-    changed = ContentStore(root).prepare([first, second])
+    changed = AudioLibrary(root).prepare([first, second])
     assert len(encodes) == 3
     assert changed.sha256 != made.sha256
 
     changed.path.unlink()  # the index alone is not trusted
-    assert ContentStore(root).prepare([first, second]) == changed
+    assert AudioLibrary(root).prepare([first, second]) == changed
     assert len(encodes) == 4
     assert changed.path.exists()
 
 
-def test_get_and_read_return_what_was_stored(tmp_path: Path, store: ContentStore) -> None:
-    prepared = store.prepare([samples.tone(tmp_path / "tone.wav", 0.5)])
-    assert store.get(prepared.sha256) == prepared
-    assert store.get("0" * 64) is None
-    data = store.read(prepared.sha256)
+def test_get_and_read_return_what_was_stored(tmp_path: Path, library: AudioLibrary) -> None:
+    prepared = library.prepare([samples.tone(tmp_path / "tone.wav", 0.5)])
+    assert library.get(prepared.sha256) == prepared
+    assert library.get("0" * 64) is None
+    data = library.read(prepared.sha256)
     assert hashlib.sha256(data).hexdigest() == prepared.sha256
     with pytest.raises(KeyError, match="0000"):
-        store.read("0" * 64)
+        library.read("0" * 64)
 
     prepared.path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped on disk
     with pytest.raises(AudioError, match="no longer matches") as damaged:
-        store.read(prepared.sha256)
+        library.read(prepared.sha256)
     assert damaged.value.path == prepared.path
 
 
 def test_content_ref_describes_the_chunks(tmp_path: Path) -> None:
-    store = ContentStore(tmp_path / "content", AudioSettings(chunk_size=1000))
-    prepared = store.prepare([samples.tone(tmp_path / "tone.wav", 1.0)])
+    library = AudioLibrary(tmp_path / "content", AudioSettings(chunk_size=1000))
+    prepared = library.prepare([samples.tone(tmp_path / "tone.wav", 1.0)])
     ref = prepared.content_ref()
     assert isinstance(ref, ContentRef)
     assert (ref.sha256, ref.size, ref.duration_s) == (
@@ -454,31 +458,31 @@ def wav_seconds(path: Path) -> float:
         return wav.getnframes() / wav.getframerate()
 
 
-def test_tone_and_chime_are_audible_wavs(tmp_path: Path, store: ContentStore) -> None:
+def test_tone_and_chime_are_audible_wavs(tmp_path: Path, library: AudioLibrary) -> None:
     tone = samples.tone(tmp_path / "tone.wav", 1.25, freq=1000)
     chime = samples.chime(tmp_path / "chime.wav")
     assert wav_seconds(tone) == pytest.approx(1.25, abs=0.001)
     assert 0.5 < wav_seconds(chime) < 2.0
-    assert store.probe(tone) == pytest.approx(1.25, abs=0.01)
-    assert store.probe(chime) > 0.5  # not silent: probe would refuse it
+    assert library.probe(tone) == pytest.approx(1.25, abs=0.01)
+    assert library.probe(chime) > 0.5  # not silent: probe would refuse it
 
 
-def test_speech_with_espeak_ng(tmp_path: Path, store: ContentStore) -> None:
+def test_speech_with_espeak_ng(tmp_path: Path, library: AudioLibrary) -> None:
     require("espeak-ng", samples.espeak_ng_available(), "apt-get install espeak-ng")
     spoken = tmp_path / "speech.wav"
     assert samples.speech(spoken, "Xin chào bà con.") is True
-    assert store.probe(spoken) > 0.5
+    assert library.probe(spoken) > 0.5
     bulletin = tmp_path / "demo.wav"
     assert samples.demo_bulletin(bulletin, 4.0) is True
     assert wav_seconds(bulletin) == pytest.approx(4.0, abs=0.01)
     urgent = tmp_path / "urgent.wav"
     assert samples.demo_urgent(urgent, 3.0) is True
     assert wav_seconds(urgent) == pytest.approx(3.0, abs=0.01)
-    assert store.probe(urgent) > 2.5
+    assert library.probe(urgent) > 2.5
 
 
 def test_without_espeak_ng_the_demo_falls_back_to_tones(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: ContentStore
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, library: AudioLibrary
 ) -> None:
     empty = tmp_path / "empty-path"
     empty.mkdir()
@@ -489,7 +493,7 @@ def test_without_espeak_ng_the_demo_falls_back_to_tones(
     bulletin = tmp_path / "demo.wav"
     assert samples.demo_bulletin(bulletin, 3.0) is False
     assert wav_seconds(bulletin) == pytest.approx(3.0, abs=0.01)
-    assert store.probe(bulletin) == pytest.approx(3.0, abs=0.05)
+    assert library.probe(bulletin) == pytest.approx(3.0, abs=0.05)
     urgent = tmp_path / "urgent.wav"
     assert samples.demo_urgent(urgent, 2.0) is False
-    assert store.probe(urgent) == pytest.approx(2.0, abs=0.05)
+    assert library.probe(urgent) == pytest.approx(2.0, abs=0.05)

@@ -108,7 +108,7 @@ def wait_held(rig: WebRig, audio: PreparedAudio, clusters: list[str]) -> None:
 def test_a_repeat_sends_no_audio_and_a_newcomer_gets_it_on_its_own_topic(rig: WebRig) -> None:
     wire = WireCounter(rig)
     controller = rig.controller
-    bulletin = controller.content.prepare([tone(rig.tmp / "bulletin.wav", 20.0)])
+    bulletin = controller.library.prepare([tone(rig.tmp / "bulletin.wav", 20.0)])
     chunks = bulletin.content_ref().chunks
     assert chunks >= 2
 
@@ -139,7 +139,7 @@ def test_a_repeat_sends_no_audio_and_a_newcomer_gets_it_on_its_own_topic(rig: We
 
     # 3. New audio held by one village (a-01, a-02), then sent to the whole commune: only
     # a-03 lacks it, so it alone gets the chunks, on its own topic.
-    notice = controller.content.prepare([tone(rig.tmp / "notice.wav", 8.0, freq=660)])
+    notice = controller.library.prepare([tone(rig.tmp / "notice.wav", 8.0, freq=660)])
     before = wire.snapshot()
     send(rig, "thong-bao-1", notice, ["a-01", "a-02"])
     wait_held(rig, notice, ["a-01", "a-02"])
@@ -159,7 +159,7 @@ def test_a_stale_holding_is_dropped_when_the_agent_asks_for_the_chunks(rig: WebR
     play goes without chunks, the agent asks for them, gets them and plays; the holding
     is dropped on the request and learnt again from the delivery."""
     controller = rig.controller
-    audio = controller.content.prepare([tone(rig.tmp / "old.wav", 3.0, freq=550)])
+    audio = controller.library.prepare([tone(rig.tmp / "old.wav", 3.0, freq=550)])
     controller.holdings.add("a-03", [audio.sha256], controller.clock.now())
     resent = controller.distributor.stats.resent_chunks
     send(rig, "cu-1", audio, ["a-03"])
@@ -193,8 +193,8 @@ def test_a_full_cache_evicts_on_delivery_and_a_stale_holding_heals(
         r.agents[cid] = agent
         wait_until(lambda: r.state(cid) == "online", 20, "b-01 online")
         cache = agent._cache
-        first = r.controller.content.prepare([tone(r.tmp / "first.wav", 2.0)])
-        second = r.controller.content.prepare([tone(r.tmp / "second.wav", 2.0, freq=330)])
+        first = r.controller.library.prepare([tone(r.tmp / "first.wav", 2.0)])
+        second = r.controller.library.prepare([tone(r.tmp / "second.wav", 2.0, freq=330)])
 
         send(r, "mot", first, [cid])
         assert cache.has(first.sha256)  # over quota, but scheduled: kept
@@ -238,7 +238,7 @@ def test_fleet_shows_content_held_and_a_transfer_under_way(
     rig: WebRig, capsys: pytest.CaptureFixture[str]
 ) -> None:
     controller = rig.controller
-    bulletin = controller.content.prepare([tone(rig.tmp / "bulletin.wav", 3.0)])
+    bulletin = controller.library.prepare([tone(rig.tmp / "bulletin.wav", 3.0)])
     send(rig, "ban-tin", bulletin, XA_A)
     wait_held(rig, bulletin, XA_A)
     before = fleet_json(rig, capsys)

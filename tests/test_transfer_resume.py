@@ -391,7 +391,7 @@ def resume_and_play(rig: Rig, agent: Agent, audio: PreparedAudio, spec: PlaySpec
 
 def bulletin(rig: Rig) -> tuple[PreparedAudio, int]:
     """Two seconds of tone as Opus (several chunks) and how many the agent gets first."""
-    audio = rig.controller.content.prepare([tone(rig.tmp / "bulletin.wav", 2.0)])
+    audio = rig.controller.library.prepare([tone(rig.tmp / "bulletin.wav", 2.0)])
     count = audio.content_ref().chunks
     assert count >= 4, count
     return audio, count // 2

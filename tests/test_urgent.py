@@ -70,7 +70,7 @@ def test_an_urgent_announcement_preempts_the_bulletin_on_its_targets_only(rig: W
     the bulletin is interrupted and the announcement plays; elsewhere the bulletin goes on."""
     controller = rig.controller
     bulletin_wav = tone(rig.tmp / "bulletin.wav", 30.0)
-    bulletin = controller.content.prepare([bulletin_wav])
+    bulletin = controller.library.prepare([bulletin_wav])
     now = controller.clock.now()
     normal = PlaySpec(
         play_id="ban-tin-thu", bulletin="Bản tin", level="normal", start_at=now,
