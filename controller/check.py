@@ -20,7 +20,7 @@ from controller.fleet import Fleet, load_fleet
 from controller.overlap import HORIZON, overlaps
 from controller.playlist import Playlists, load_playlists
 from controller.sources import DEFAULT_CONFIG, DEFAULT_FLEET, DEFAULT_PLAYLISTS, DEFAULT_TIMEZONE
-from protocol.yamlload import ConfigError, Problem
+from protocol.config_errors import ConfigError, Problem
 
 
 def _config(path: Path | None, problems: list[Problem]) -> ControllerConfig | None:

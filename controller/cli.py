@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from controller.text_table import format_table
-from protocol.yamlload import ConfigError, suggest
+from protocol.config_errors import ConfigError
+from protocol.validation import suggest
 
 if TYPE_CHECKING:
     from controller.playlist import Playlists, Programme

@@ -130,7 +130,7 @@ def _when(at: datetime, tz: Any) -> str:
 
 def _overlap(text: str) -> timedelta:
     """7d, 36h, 90m, 1h30m."""
-    from protocol.yamlload import parse_duration
+    from protocol.durations import parse_duration
 
     days = re.fullmatch(r"\s*(\d+)\s*d\s*", text)
     if days:

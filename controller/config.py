@@ -28,9 +28,12 @@ from pydantic import (
     model_validator,
 )
 
+from protocol.config_errors import ConfigError
+from protocol.durations import Duration
 from protocol.mqtt import BrokerAddress
 from protocol.topics import check_id
-from protocol.yamlload import ConfigError, Duration, load_yaml, suggest, validate
+from protocol.validation import suggest, validate
+from protocol.yamlload import load_yaml
 
 
 def _relative_to_config(value: Path, info: ValidationInfo) -> Path:

@@ -36,9 +36,11 @@ from typing import Annotated
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from protocol.config_errors import ConfigError
 from protocol.files import PRIVATE, write_atomic
 from protocol.topics import ID_PATTERN
-from protocol.yamlload import ConfigError, load_yaml, validate
+from protocol.validation import validate
+from protocol.yamlload import load_yaml
 
 log = logging.getLogger(__name__)
 

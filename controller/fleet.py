@@ -45,16 +45,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from protocol.config_errors import ConfigError, Problem
 from protocol.topics import check_id
-from protocol.yamlload import (
-    ConfigError,
-    LocationMap,
-    NodePath,
-    Problem,
-    load_yaml,
-    suggest,
-    validate,
-)
+from protocol.validation import suggest, validate
+from protocol.yamlload import LocationMap, NodePath, load_yaml
 
 Kind = Literal["province", "district", "commune", "village"]
 

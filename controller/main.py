@@ -42,10 +42,10 @@ from controller.schedule import HORIZON, Scheduler, plan
 from controller.sources import load_together
 from controller.store import Store
 from protocol.clock import Clock, SystemClock
+from protocol.config_errors import ConfigError, Problem
 from protocol.messages import Level
 from protocol.mqtt import BrokerAddress, Link, MqttLink
 from protocol.signing import Signer, load_private_key
-from protocol.yamlload import ConfigError, Problem
 
 log = logging.getLogger(__name__)
 

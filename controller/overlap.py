@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from controller.audio import GAP_MS
 from controller.fleet import Fleet
 from controller.playlist import Playlists, Programme
-from protocol.yamlload import Problem
+from protocol.config_errors import Problem
 
 HORIZON = timedelta(days=366)
 SHOWN_CLUSTERS = 3

@@ -63,18 +63,12 @@ from pydantic import (
 from controller.config import json_schema as config_json_schema
 from controller.fleet import ALL, TAG_PREFIX, Fleet
 from controller.fleet import json_schema as fleet_json_schema
+from protocol.config_errors import ConfigError, Problem
+from protocol.durations import Duration
 from protocol.messages import Level
 from protocol.topics import check_id
-from protocol.yamlload import (
-    ConfigError,
-    Duration,
-    LocationMap,
-    NodePath,
-    Problem,
-    load_yaml,
-    suggest,
-    validate,
-)
+from protocol.validation import suggest, validate
+from protocol.yamlload import LocationMap, NodePath, load_yaml
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -21,7 +21,7 @@ from controller.fleet import ALL, TAG_PREFIX, Fleet
 from controller.overlap import programme_seconds
 from controller.playlist import Playlists, Programme
 from controller.schedule import Occurrence, plan
-from protocol.yamlload import suggest
+from protocol.validation import suggest
 
 MAX_WINDOW = timedelta(days=366)
 

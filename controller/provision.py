@@ -35,7 +35,7 @@ from controller.credentials import Account, BrokerCredentials
 from controller.fleet import Fleet
 from protocol.files import PRIVATE, PUBLIC, write_atomic
 from protocol.signing import load_private_key, public_pem
-from protocol.yamlload import suggest
+from protocol.validation import suggest
 
 AGENT_CONFIG = "agent.yaml"
 PASSWORD_FILE = "broker.password"  # noqa: S105  # a file name, not a password

@@ -42,7 +42,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from protocol.yamlload import ConfigError, Problem, load_yaml, validate
+from protocol.config_errors import ConfigError, Problem
+from protocol.validation import validate
+from protocol.yamlload import load_yaml
 
 Role = Literal["operator", "manager"]
 ROLES: tuple[Role, ...] = ("operator", "manager")

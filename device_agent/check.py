@@ -48,6 +48,7 @@ from device_agent.output import FileBackend
 from device_agent.relays import RelayError, open_relay
 from device_agent.tone import play_tone
 from protocol import topics
+from protocol.config_errors import ConfigError
 from protocol.messages import Command, KeyRotationBody, MembershipBody, MessageError
 from protocol.mqtt import MqttLink, UnreadableCa, describe_tls_failure, tls_context
 from protocol.signing import (
@@ -58,7 +59,6 @@ from protocol.signing import (
     key_text,
     load_public_key,
 )
-from protocol.yamlload import ConfigError
 
 Status = Literal["PASS", "WARN", "FAIL"]
 

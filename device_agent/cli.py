@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from protocol.yamlload import ConfigError
+from protocol.config_errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/loa/agent.yaml")
 

@@ -39,9 +39,11 @@ from pydantic import (
 
 from device_agent.output import OPUSDEC_DEVICE_HELP, parse_device
 from device_agent.relays.config import RelayConfig
+from protocol.config_errors import ConfigError, Problem
 from protocol.mqtt import BrokerAddress
 from protocol.topics import check_id
-from protocol.yamlload import ConfigError, LocationMap, Problem, load_yaml, validate
+from protocol.validation import validate
+from protocol.yamlload import LocationMap, load_yaml
 
 log = logging.getLogger(__name__)
 

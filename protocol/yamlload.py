@@ -1,9 +1,10 @@
-"""YAML with file:line:col kept for every node, and pydantic errors mapped back to them.
+"""YAML with file:line:col kept for every node.
 
 Shared by the controller (fleet, playlists, controller config) and the agent (its
-config). Managers edit these files by hand, so every problem is reported as
-``file:line:col: what is wrong; what to write instead``, all of them at once, and
-bad YAML is never turned into an empty document.
+config). Managers edit these files by hand, so a problem in the YAML itself is reported
+as ``file:line:col: what is wrong; what to write instead`` (protocol/config_errors.py),
+and bad YAML is never turned into an empty document. The `LocationMap` a load returns
+places the models' errors too (protocol/validation.py).
 
 The loader follows the YAML 1.2 core schema rather than PyYAML's YAML 1.1 default, so
 that what a manager writes is what they get:
@@ -18,56 +19,19 @@ that what a manager writes is what they get:
 
 from __future__ import annotations
 
-import difflib
 import re
-import types
-import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ValidationError, WithJsonSchema
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-Severity = Literal["error", "warning"]
+from protocol.config_errors import ConfigError, Problem, Severity
+
 PathPart = str | int
 NodePath = tuple[PathPart, ...]
-
-M = TypeVar("M", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong in one file, at a 1-based line and column."""
-
-    file: str
-    line: int
-    col: int
-    message: str
-    severity: Severity = "error"
-
-    def __str__(self) -> str:
-        prefix = "warning: " if self.severity == "warning" else ""
-        return f"{self.file}:{self.line}:{self.col}: {prefix}{self.message}"
-
-
-def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
-    """Problems in reading order: by file, line, column; duplicates dropped."""
-    return sorted(set(problems), key=lambda p: (p.file, p.line, p.col, p.message))
-
-
-class ConfigError(Exception):
-    """One or more errors in configuration files; str() lists them one per line."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems: list[Problem] = sort_problems(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
-
-    def __str__(self) -> str:
-        return "\n".join(str(p) for p in self.problems)
 
 
 @dataclass(frozen=True)
@@ -97,6 +61,10 @@ class LocationMap:
 
     def __contains__(self, path: NodePath) -> bool:
         return path in self._values
+
+    def named(self, file: str) -> LocationMap:
+        """The same locations, with file as the name problems give."""
+        return LocationMap(file, self._values, self._keys)
 
     def value(self, path: Sequence[PathPart]) -> Location:
         """Where the value at path starts, or that of its nearest existing parent."""
@@ -393,290 +361,3 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, LocationMap]:
     if data is None:
         raise ConfigError([Problem(file, 1, 1, "the file has no content, only comments")])
     return data, LocationMap(file, locator.values, locator.keys)
-
-
-# --- pydantic errors, located -----------------------------------------------------------
-
-
-def _unwrap(annotation: Any) -> list[Any]:
-    """The concrete types an annotation may hold (Optional, Annotated and unions opened)."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
-    if origin is Union or origin is types.UnionType:
-        out: list[Any] = []
-        for arg in typing.get_args(annotation):
-            out.extend(_unwrap(arg))
-        return out
-    return [annotation]
-
-
-def _step(annotation: Any, part: PathPart) -> list[Any]:
-    """The annotations one loc step below annotation."""
-    out: list[Any] = []
-    for t in _unwrap(annotation):
-        origin = typing.get_origin(t)
-        args = typing.get_args(t)
-        if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str):
-            for name, field in t.model_fields.items():
-                if part in (name, field.alias):
-                    out.append(field.annotation)
-        elif origin in (list, tuple, set, frozenset, Sequence) and isinstance(part, int) and args:
-            out.append(args[0])
-        elif origin is dict and len(args) == 2:
-            out.append(args[1])
-    return out
-
-
-def _keys_at(model: type[BaseModel], loc: Sequence[PathPart]) -> list[str]:
-    """The field names (aliases) of the model found at loc, for "did you mean"."""
-    current: list[Any] = [model]
-    for part in loc:
-        current = [a for t in current for a in _step(t, part)]
-    names: list[str] = []
-    for t in current:
-        for c in _unwrap(t):
-            if isinstance(c, type) and issubclass(c, BaseModel):
-                names.extend(f.alias or n for n, f in c.model_fields.items())
-    return sorted(set(names))
-
-
-def suggest(word: str, choices: Iterable[str]) -> str | None:
-    """The closest choice to word, if any is close enough to be a likely typo."""
-    pool = list(choices)
-    matches = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
-    if not matches:
-        lowered = {c.lower(): c for c in pool}
-        matches = [lowered[m] for m in difflib.get_close_matches(word.lower(), lowered, 1, 0.6)]
-    return matches[0] if matches else None
-
-
-_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
-    (bool, "true/false ({v})"),
-    ((int, float), "a number ({v})"),
-    (str, "the text {v!r}"),
-    (list, "a list"),
-    (dict, "a mapping (key: value lines)"),
-)
-
-
-def _yaml_kind(value: Any) -> str:
-    """What a manager wrote, in YAML terms, for "expected X, found Y"."""
-    if value is None:
-        return "nothing (an empty value)"
-    for types_, text in _KINDS:
-        if isinstance(value, types_):
-            return text.format(v=str(value).lower() if isinstance(value, bool) else value)
-    return type(value).__name__
-
-
-_EXPECTED: dict[str, str] = {
-    "string_type": "text",
-    "int_type": "a whole number",
-    "int_parsing": "a whole number",
-    "int_from_float": "a whole number",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "list_type": "a list (lines starting with '- ', or [a, b])",
-    "tuple_type": "a list (lines starting with '- ', or [a, b])",
-    "set_type": "a list (lines starting with '- ', or [a, b])",
-    "dict_type": "a mapping (key: value lines)",
-    "model_type": "a mapping (key: value lines)",
-    "model_attributes_type": "a mapping (key: value lines)",
-    "date_type": "a date written YYYY-MM-DD",
-    "date_parsing": "a date written YYYY-MM-DD",
-    "date_from_datetime_parsing": "a date written YYYY-MM-DD",
-    "date_from_datetime_inexact": "a date written YYYY-MM-DD",
-    "time_type": "a time written HH:MM",
-    "time_parsing": "a time written HH:MM",
-    "timedelta_type": "a duration such as 90s, 10m or 1h30m",
-    "timedelta_parsing": "a duration such as 90s, 10m or 1h30m",
-    "path_type": "a file path",
-}
-
-
-def _label(loc: Sequence[PathPart]) -> str:
-    """The key an error is about: the last named key, and the list item within it."""
-    items: list[int] = []
-    name = "the document"
-    for part in reversed(loc):
-        if isinstance(part, int):
-            items.append(part + 1)
-        else:
-            # Fields named after Python keywords carry a trailing "_" (from_ for `from`).
-            name = part.rstrip("_") or part
-            break
-    return name + "".join(f" (item {i})" for i in reversed(items))
-
-
-_Error = dict[str, Any]
-
-
-def _unknown_key(model: type[BaseModel], error: _Error, label: str) -> str:
-    loc = tuple(error["loc"])
-    key = str(loc[-1]) if loc else "?"
-    allowed = _keys_at(model, loc[:-1])
-    close = suggest(key, allowed)
-    if close:
-        return f"unknown key {key!r}; did you mean {close!r}?"
-    listing = ", ".join(allowed) if allowed else "none"
-    return f"unknown key {key!r}; the keys allowed here are: {listing}"
-
-
-def _missing(model: type[BaseModel], error: _Error, label: str) -> str:
-    key = str(error["loc"][-1]) if error["loc"] else "?"
-    return f"missing key {key!r}: add a line `{key}: ...` here"
-
-
-def _choice(model: type[BaseModel], error: _Error, label: str) -> str:
-    value = error.get("input")
-    expected = str((error.get("ctx") or {}).get("expected", ""))
-    text = f"{label}: {_yaml_kind(value)} is not allowed; write one of {expected}"
-    close = suggest(value, re.findall(r"'([^']*)'", expected)) if isinstance(value, str) else None
-    return text + (f" (did you mean {close!r}?)" if close else "")
-
-
-def _custom(model: type[BaseModel], error: _Error, label: str) -> str:
-    msg = re.sub(r"^(Value error|Assertion failed), ", "", str(error["msg"]))
-    return f"{label}: {msg}"
-
-
-def _wrong_type(model: type[BaseModel], error: _Error, label: str) -> str:
-    ctx = error.get("ctx") or {}
-    detail = f" ({ctx['error']})" if "error" in ctx else ""
-    found = _yaml_kind(error.get("input"))
-    return f"{label}: expected {_EXPECTED[error['type']]}, found {found}{detail}"
-
-
-def _length(model: type[BaseModel], error: _Error, label: str) -> str:
-    ctx = error.get("ctx") or {}
-    if error["type"] == "too_short":
-        return f"{label}: needs at least {ctx.get('min_length', 1)} item(s)"
-    return f"{label}: at most {ctx.get('max_length', '?')} item(s) are allowed"
-
-
-def _range(model: type[BaseModel], error: _Error, label: str) -> str:
-    rule = str(error["msg"]).removeprefix("Input should be ")
-    return f"{label}: {_yaml_kind(error.get('input'))} is out of range; it must be {rule}"
-
-
-def _text_rule(model: type[BaseModel], error: _Error, label: str) -> str:
-    if error["type"] == "string_too_short":
-        return f"{label}: must not be empty"
-    if error["type"] == "string_too_long":
-        limit = (error.get("ctx") or {}).get("max_length", "?")
-        return f"{label}: too long; at most {limit} characters"
-    return f"{label}: {_yaml_kind(error.get('input'))} is not in the expected form"
-
-
-_Explain = typing.Callable[[type[BaseModel], _Error, str], str]
-
-_EXPLAIN: dict[str, _Explain] = {
-    "extra_forbidden": _unknown_key,
-    "missing": _missing,
-    "literal_error": _choice,
-    "enum": _choice,
-    "value_error": _custom,
-    "assertion_error": _custom,
-    "too_short": _length,
-    "too_long": _length,
-    "greater_than": _range,
-    "greater_than_equal": _range,
-    "less_than": _range,
-    "less_than_equal": _range,
-    "string_too_short": _text_rule,
-    "string_too_long": _text_rule,
-    "string_pattern_mismatch": _text_rule,
-    **dict.fromkeys(_EXPECTED, _wrong_type),
-}
-
-
-def _message(model: type[BaseModel], error: _Error) -> str:
-    """Friendly text for one pydantic error."""
-    label = _label(tuple(error["loc"]))
-    explain = _EXPLAIN.get(error["type"])
-    if explain is None:
-        return f"{label}: {error['msg']}"
-    return explain(model, error, label)
-
-
-def located_problems(
-    model: type[BaseModel], exc: ValidationError, locations: LocationMap
-) -> list[Problem]:
-    """Every error of exc, at the file:line:col of the node it is about."""
-    errors = exc.errors()
-    # A misspelt key ('tagets') also makes the right one ('targets') missing: the
-    # "did you mean" says it all, so the missing-key error is left out.
-    misspelt = set()
-    for error in errors:
-        loc = tuple(error["loc"])
-        if error["type"] == "extra_forbidden" and loc:
-            close = suggest(str(loc[-1]), _keys_at(model, loc[:-1]))
-            misspelt.add((*loc[:-1], close))
-    problems: list[Problem] = []
-    for error in errors:
-        loc = tuple(error["loc"])
-        if error["type"] == "missing" and loc in misspelt:
-            continue
-        message = _message(model, dict(error))
-        at_key = error["type"] == "extra_forbidden"
-        problems.append(locations.problem(loc, message, at_key=at_key))
-    return sort_problems(problems)
-
-
-def validate(
-    model: type[M],
-    data: Any,
-    locations: LocationMap,
-    file: str | None = None,
-    *,
-    context: dict[str, Any] | None = None,
-) -> M | list[Problem]:
-    """Validate data as model; on failure, every error as a located Problem.
-
-    file overrides the file name of locations in the messages (normally the same).
-    context is passed to the model's validators (e.g. the directory to resolve paths in).
-    """
-    try:
-        return model.model_validate(data, context=context)
-    except ValidationError as exc:
-        where = locations
-        if file is not None and file != locations.file:
-            where = LocationMap(file, locations._values, locations._keys)
-        return located_problems(model, exc, where)
-
-
-# --- value types shared by every configuration file ---------------------------------------
-
-_DURATION = re.compile(r"(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?")
-
-
-def parse_duration(value: Any) -> Any:
-    """ "90s", "10m", "2h", "1h30m" as a timedelta; other types are left to pydantic."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError(f"{value} has no unit: write e.g. {value}s or {value}m")
-    if not isinstance(value, str):
-        return value
-    match = _DURATION.fullmatch(value.strip())
-    if not value.strip() or not match:
-        raise ValueError(f"{value!r} is not a duration: write e.g. 90s, 10m, 2h or 1h30m")
-    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return timedelta(hours=hours, minutes=minutes, seconds=seconds)
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^\s*(\d+\s*h)?\s*(\d+\s*m)?\s*(\d+\s*s)?\s*$",
-            "description": "a duration: 90s, 10m, 2h, 1h30m",
-            "examples": ["10m", "1h30m"],
-        }
-    ),
-]

@@ -14,7 +14,7 @@ from device_agent.config import load_agent_config
 from device_agent.localdb import LocalDatabase
 from protocol.chunks import Chunk
 from protocol.clock import ManualClock
-from protocol.yamlload import ConfigError
+from protocol.config_errors import ConfigError
 
 
 def test_chunks_in_any_order_complete_the_content(tmp_path: Path) -> None:

@@ -16,10 +16,10 @@ from conftest import MosquittoBroker, wait_until
 from device_agent.config import load_agent_config
 from device_agent.main import single_instance
 from protocol import topics
+from protocol.config_errors import ConfigError
 from protocol.messages import State, parse
 from protocol.mqtt import MqttLink
 from protocol.signing import public_pem
-from protocol.yamlload import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

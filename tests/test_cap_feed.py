@@ -33,7 +33,7 @@ from controller.cap import system_sender
 from controller.cap_feed import CapFeed, FeedOutcome, Remembered, http_opener, read_feed
 from controller.config import CapFeedConfig, load_controller_config
 from controller.urgent import Announcement
-from protocol.yamlload import ConfigError
+from protocol.config_errors import ConfigError
 
 FLOOD_REF = "kttv@example.vn,{},2026-10-20T06:00:00+07:00"
 NEAR_B01 = "<circle>9.50,105.50 5</circle>"  # commune xa-b's only cluster

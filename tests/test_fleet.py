@@ -9,8 +9,8 @@ from textwrap import dedent
 import pytest
 
 from controller.fleet import Fleet, UnknownTargetError, json_schema, load_fleet
+from protocol.config_errors import ConfigError
 from protocol.topics import check_id
-from protocol.yamlload import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 FLEET = ROOT / "config" / "fleet.yaml"

@@ -20,7 +20,9 @@ from controller.playlist import (
     load_playlists,
     write_schemas,
 )
-from protocol.yamlload import ConfigError, Problem, load_yaml_text, validate
+from protocol.config_errors import ConfigError, Problem
+from protocol.validation import validate
+from protocol.yamlload import load_yaml_text
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAYLISTS = ROOT / "playlists"

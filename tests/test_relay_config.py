@@ -8,7 +8,9 @@ from textwrap import dedent
 from pydantic import BaseModel, ConfigDict
 
 from device_agent.relays import RelayConfig
-from protocol.yamlload import Problem, load_yaml_text, validate
+from protocol.config_errors import Problem
+from protocol.validation import validate
+from protocol.yamlload import load_yaml_text
 
 
 class AgentSection(BaseModel):

@@ -30,8 +30,8 @@ from web_rig import PASSWORD, WebRig
 from controller.cli import main
 from controller.config import load_controller_config
 from controller.web.server import TlsFilesError, check_tls
+from protocol.config_errors import ConfigError
 from protocol.signing import generate_keypair
-from protocol.yamlload import ConfigError
 
 
 def self_signed(folder: Path, name: str = "loa-test") -> tuple[Path, Path]:

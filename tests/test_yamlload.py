@@ -11,15 +11,10 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from controller.config import ControllerConfig, load_controller_config
-from protocol.yamlload import (
-    ConfigError,
-    Duration,
-    LocationMap,
-    Problem,
-    load_yaml,
-    load_yaml_text,
-    validate,
-)
+from protocol.config_errors import ConfigError, Problem
+from protocol.durations import Duration
+from protocol.validation import validate
+from protocol.yamlload import LocationMap, load_yaml, load_yaml_text
 
 ROOT = Path(__file__).resolve().parent.parent
 

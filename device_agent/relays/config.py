@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from protocol.yamlload import Duration
+from protocol.durations import Duration
 
 RelayDriver = Literal["lcus", "ascii", "modbus", "none"]
 
