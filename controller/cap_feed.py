@@ -54,12 +54,12 @@ from controller.cap import (
     CapAlert,
     CapError,
     CapIntake,
-    declares_dtd,
     parse_cap,
     system_sender,
     take_and_log,
 )
 from controller.config import CapFeedConfig
+from controller.untrusted_xml import RefusedXmlError, parse_untrusted
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +197,10 @@ class Entry:
 
 def read_feed(url: str, body: bytes) -> list[Entry] | None:
     """The entries of an Atom or RSS feed; None when the body is a CAP alert itself."""
-    if declares_dtd(body):
-        raise FeedError("it has a DTD or entity declaration, which is not accepted")
     try:
-        # suspicious-xml-element-tree-usage: DTDs and entities are refused just above.
-        root = ET.fromstring(body)  # noqa: S314
+        root = parse_untrusted(body)
+    except RefusedXmlError as exc:
+        raise FeedError(f"not accepted: {exc}") from None
     except ET.ParseError as exc:
         raise FeedError(
             f"the answer is not XML ({exc}): perhaps a web page about the feed, not the "

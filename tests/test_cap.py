@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,15 @@ from typing import Any
 import httpx
 import pytest
 from conftest import cap_xml
+from hostile_xml import (
+    ATTACKS,
+    ENCODINGS,
+    OPENS,
+    SPEC_EXAMPLES,
+    Attack,
+    Encoding,
+    hostile,
+)
 from web_rig import PASSWORD, WebRig
 
 from controller.cap import Area, CapError, clusters_in_area, parse_cap
@@ -32,6 +42,81 @@ def test_documents_that_are_not_cap_are_refused() -> None:
         parse_cap(b"<alert")
     with pytest.raises(CapError, match="polygon or circle"):
         parse_cap(cap_xml(area="<circle>9.8 105.8</circle>"))
+
+
+# --- XML from outside: DTDs and entities refused whatever the encoding -----------------
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_an_alert_with_a_dtd_is_refused_whatever_its_encoding(
+    attack: Attack, encoding: Encoding, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("mat-khau-may-chu", encoding="utf-8")
+    document = hostile(attack, encoding, secret)
+    assert b"<!DOCTYPE" not in document.upper() or encoding == "utf-8"
+    started = time.monotonic()
+    with OPENS.watching(secret) as opened, pytest.raises(CapError) as refused:
+        parse_cap(document)
+    assert time.monotonic() - started < 1.0  # refused, not expanded
+    message = str(refused.value)
+    assert message.startswith("not accepted as a CAP alert: the document declares a DTD, "
+                              "<!DOCTYPE alert ...>")
+    assert "send the document without a <!DOCTYPE ...> declaration" in message
+    assert opened == []
+    assert "mat-khau-may-chu" not in message
+
+
+def test_the_open_watch_sees_a_file_being_read(tmp_path: Path) -> None:
+    """What the refusal tests rely on to say a file was not read."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("mat-khau-may-chu", encoding="utf-8")
+    with OPENS.watching(secret) as opened:
+        secret.read_text(encoding="utf-8")
+    assert opened == [str(secret)]
+
+
+def test_the_external_dtd_a_refusal_names_is_never_fetched(tmp_path: Path) -> None:
+    dtd = tmp_path / "cap.dtd"
+    dtd.write_text('<!ENTITY where "ở Xã An">', encoding="utf-8")
+    document = hostile("external-dtd", "utf-16-le", tmp_path / "unused", dtd.as_uri())
+    with OPENS.watching(dtd) as opened, pytest.raises(CapError, match=re.escape(dtd.as_uri())):
+        parse_cap(document)
+    assert opened == []
+
+
+SPEC = {  # file: identifier, msgType, the text spoken, areas (geocodes, polygons, circles)
+    "homeland-security.xml": ("43b080713727", "Alert", "Homeland Security Sets Code ORANGE",
+                              [(0, 0, 0)]),
+    "thunderstorm.xml": ("KSTO1055887203", "Alert", "SEVERE THUNDERSTORM WARNING",
+                         [(3, 1, 0)]),
+    "earthquake.xml": ("TRI13970876.2", "Update", "EQ 3.4 Imperial County CA", [(0, 0, 1)]),
+    "amber-alert.xml": ("KAR0-0306112239-SW", "Alert", "Amber Alert in Los Angeles County",
+                        [(1, 0, 0)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPEC))
+def test_the_cap_specification_s_example_alerts_are_read(name: str) -> None:
+    identifier, msg_type, headline, areas = SPEC[name]
+    alert = parse_cap((SPEC_EXAMPLES / name).read_bytes())
+    assert (alert.identifier, alert.msg_type, alert.status) == (identifier, msg_type, "Actual")
+    assert alert.text.startswith(headline + ". ") or alert.text == headline + "."
+    assert [(len(a.geocodes), len(a.polygons), len(a.circles)) for a in alert.areas] == areas
+
+
+def test_the_specification_s_examples_in_detail() -> None:
+    storm = parse_cap((SPEC_EXAMPLES / "thunderstorm.xml").read_bytes())
+    assert storm.areas[0].geocodes == ["006109", "006009", "006003"]
+    assert storm.areas[0].polygons[0][0] == (38.47, -120.14)
+    assert storm.text == ("SEVERE THUNDERSTORM WARNING. TAKE COVER IN A SUBSTANTIAL SHELTER "
+                          "UNTIL THE STORM PASSES.")
+    quake = parse_cap((SPEC_EXAMPLES / "earthquake.xml").read_bytes())
+    assert quake.references == ["trinet@caltech.edu,TRI13970876.1,2003-06-11T20:30:00-07:00"]
+    assert quake.areas[0].circles == [(32.9525, -115.5527, 0.0)]
+    amber = parse_cap((SPEC_EXAMPLES / "amber-alert.xml").read_bytes())
+    assert amber.headline == "Amber Alert in Los Angeles County"  # no vi info: the first
 
 
 def test_areas_match_clusters_by_code_polygon_and_circle(tmp_path: Path) -> None:
@@ -102,6 +187,29 @@ def test_an_alert_for_our_commune_is_sent_at_once_and_cancel_stops_it(cap_rig: W
         nowhere = _post(c, auth, cap_xml(identifier="far",
                                           area="<circle>21.0,105.8 10</circle>"))
         assert nowhere["action"] == "no-clusters"
+
+
+@pytest.mark.parametrize("cap_rig", ["send"], indirect=True)
+def test_the_api_refuses_alerts_with_a_dtd_and_takes_the_specification_s_examples(
+    cap_rig: WebRig, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("mat-khau-may-chu", encoding="utf-8")
+    with cap_rig.client() as c, OPENS.watching(secret) as opened:
+        auth = _manager_auth(c)
+        for attack in ATTACKS:
+            for encoding in ("utf-16-le", "utf-16-be"):
+                r = c.post("/api/v1/cap", content=hostile(attack, encoding, secret),
+                           headers={**auth, "Content-Type": "application/xml"})
+                assert r.status_code == 400, (attack, encoding, r.text)
+                assert r.json()["error"].startswith(
+                    "not accepted as a CAP alert: the document declares a DTD"), r.text
+                assert "mat-khau-may-chu" not in r.text
+        for name in sorted(SPEC):
+            taken = _post(c, auth, (SPEC_EXAMPLES / name).read_bytes())
+            assert (taken["identifier"], taken["action"]) == (SPEC[name][0], "no-clusters")
+    assert opened == []
+    assert cap_rig.service.recent(cap_rig.user("quan-ly")) == []
 
 
 @pytest.mark.parametrize("cap_rig", ["approve"], indirect=True)

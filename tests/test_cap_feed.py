@@ -12,6 +12,7 @@ import hashlib
 import html
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -27,10 +28,18 @@ from typing import cast
 
 import pytest
 from conftest import BrokerUnderTest, cap_xml, free_port, wait_until
+from hostile_xml import ATTACKS, OPENS, SPEC_EXAMPLES, hostile
 from web_rig import WebRig
 
 from controller.cap import system_sender
-from controller.cap_feed import CapFeed, FeedOutcome, Remembered, http_opener, read_feed
+from controller.cap_feed import (
+    CapFeed,
+    FeedError,
+    FeedOutcome,
+    Remembered,
+    http_opener,
+    read_feed,
+)
 from controller.config import CapFeedConfig, load_controller_config
 from controller.urgent import Announcement
 from protocol.config_errors import ConfigError
@@ -468,6 +477,57 @@ def test_a_bad_entry_does_not_stop_the_others_and_is_tried_again(
                                                                  ["b-01"]]
 
 
+def test_alerts_and_feeds_with_a_dtd_are_refused_and_nothing_they_name_is_read(
+    cap_rig: WebRig, site: Site, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """UTF-16 documents, where no "<!DOCTYPE" is to be found byte for byte: bare, linked
+    from a feed and embedded in one; neither the local file nor the DTD they name is read,
+    and the good entry beside them is taken."""
+    caplog.set_level(logging.INFO, logger="controller")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("mat-khau-may-chu", encoding="utf-8")
+    site.put("cap.dtd", b'<!ENTITY where "o Xa An">')
+    for attack in ATTACKS:
+        site.put(f"{attack}.xml", hostile(attack, "utf-16-le", secret, site.url("cap.dtd")))
+    site.put("good.xml", cap_xml(identifier="good-1"))
+    entries = [linked(f"urn:kttv:{a}", f"{a}.xml") for a in ATTACKS]
+    site.put("kttv.atom", atom(*entries, linked("urn:kttv:good", "good.xml")))
+    site.put("bare.xml", hostile("internal-entity", "utf-16-be", secret))
+    feed = feed_for(cap_rig, site.url("kttv.atom"), site.url("bare.xml"))
+
+    with OPENS.watching(secret) as opened:
+        outcomes = {(o.feed.rsplit("/", 1)[-1], o.entry): o.outcome for o in feed.poll(now=0)}
+    assert opened == []
+    assert outcomes.pop(("kttv.atom", "urn:kttv:good")) == "sent"
+    assert len(outcomes) == len(ATTACKS) + 1  # and the bare one
+    # The feed reader refuses the bare one, the intake those the feed links to.
+    assert outcomes.pop(("bare.xml", "")).startswith(
+        "failed: not accepted: the document declares a DTD, <!DOCTYPE alert ...>")
+    for outcome in outcomes.values():
+        assert outcome.startswith("failed: not accepted as a CAP alert: the document declares "
+                                  "a DTD, <!DOCTYPE alert ...>"), outcome
+    assert "cap.dtd" not in site.paths()
+    assert not any("mat-khau-may-chu" in r.getMessage() for r in caplog.records)
+    refused = [w for w in warnings(caplog) if "declares a DTD" in w]
+    assert any(site.url("bare.xml") in w for w in refused)
+    assert any("urn:kttv:billion-laughs" in w for w in refused)
+    assert [a.clusters for a in cap_announcements(cap_rig)] == [["a-01", "a-02", "a-03"]]
+
+
+def test_the_cap_specification_s_example_alerts_are_taken_from_a_feed(
+    cap_rig: WebRig, site: Site
+) -> None:
+    """They are for places outside the fleet: read and taken, with no cluster to air on."""
+    names = sorted(p.name for p in SPEC_EXAMPLES.glob("*.xml"))
+    assert len(names) == 4
+    for name in names:
+        site.put(name, (SPEC_EXAMPLES / name).read_bytes())
+    site.put("spec.atom", atom(*(linked(f"urn:spec:{n}", n) for n in names)))
+    feed = feed_for(cap_rig, site.url("spec.atom"))
+    assert sorted(got(feed.poll(now=0))) == [(f"urn:spec:{n}", "no-clusters") for n in names]
+    assert cap_announcements(cap_rig) == []
+
+
 def test_a_slow_server_times_out_and_the_other_feeds_go_on(cap_rig: WebRig, site: Site) -> None:
     site.stalled.add("slow.atom")
     site.put("latest.xml", cap_xml(identifier="quick"))
@@ -575,8 +635,20 @@ def test_what_is_remembered_is_bounded() -> None:
 def test_documents_that_are_neither_cap_nor_a_feed_are_told_apart() -> None:
     assert read_feed("http://h/x", cap_xml()) is None
     assert read_feed("http://h/x", atom()) == []
-    with pytest.raises(Exception, match="DTD"):
+    with pytest.raises(FeedError, match="declares a DTD"):
         read_feed("http://h/x", b'<!DOCTYPE feed [<!ENTITY a "b">]><feed/>')
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_a_utf16_feed_with_an_entity_is_refused(encoding: str) -> None:
+    feed = ('<?xml version="1.0" encoding="UTF-16"?>\n'
+            '<!DOCTYPE feed [<!ENTITY kttv "urn:kttv:1">]>\n'
+            '<feed xmlns="http://www.w3.org/2005/Atom"><id>urn:kttv:feed</id>'
+            '<entry><id>&kttv;</id><link href="a1.xml"/></entry></feed>')
+    body = ("\ufeff" + feed).encode(encoding)
+    assert b"<!DOCTYPE" not in body.upper()
+    with pytest.raises(FeedError, match=re.escape("declares a DTD, <!DOCTYPE feed ...>")):
+        read_feed("http://h/x", body)
 
 
 def test_a_feed_address_that_is_not_http_is_a_config_error_at_its_line(tmp_path: Path) -> None:
