@@ -75,7 +75,9 @@ def s(tmp_path: Path) -> Setup:
 def test_a_signed_command_for_this_cluster_is_admitted(s: Setup) -> None:
     payload = s.stop(clusters=[ME])
     cmd = s.guard.admit(CMD, payload)
-    assert isinstance(cmd.body, StopBody)
+    assert cmd.id == json.loads(payload)["id"]
+    assert cmd.body == StopBody(play_id="p1")
+    assert cmd.to.clusters == [ME]
 
 
 def test_unsigned_command_is_refused_with_its_claimed_id(s: Setup) -> None:
@@ -216,7 +218,13 @@ def test_command_for_another_cluster_is_refused(s: Setup) -> None:
 
 def test_command_for_my_group_on_my_group_topic_is_admitted(s: Setup) -> None:
     topic = topics.group_topic("commune-tan-long", "command")
-    s.guard.admit(topic, s.stop(groups=["commune-tan-long"]))
+    payload = s.stop(groups=["commune-tan-long"])
+    cmd = s.guard.admit(topic, payload)
+    assert cmd.id == json.loads(payload)["id"]
+    assert cmd.body == StopBody(play_id="p1")
+    assert cmd.to.groups == ["commune-tan-long"]
+    # Admitted once: the same command again is a replay.
+    assert s.refused(topic, payload).code == "replayed"
 
 
 def test_command_for_another_group_is_refused(s: Setup) -> None:
