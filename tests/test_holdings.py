@@ -10,10 +10,10 @@ table is tested on a store alone, with a manual clock.
 from __future__ import annotations
 
 import json
+import secrets
 import threading
-import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,15 @@ from device_agent.output import NullBackend
 from protocol import topics
 from protocol.clock import ManualClock, SystemClock
 from protocol.messages import Address, Event, State
-from protocol.mqtt import MqttLink, Will
+from protocol.mqtt import Link, MqttLink, Will
 from protocol.signing import Verifier, load_public_key
 
 pytestmark = pytest.mark.slow
 
 XA_A = ["a-01", "a-02", "a-03"]
+
+
+MARKER = "loa/test/wire-counter/marker"
 
 
 class WireCounter:
@@ -49,9 +52,11 @@ class WireCounter:
         self._lock = threading.Lock()
         self.messages: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
+        self._markers: set[bytes] = set()
         self.link = MqttLink(rig.broker, "wire-counter")
         for pattern in ("loa/v1/+/+/content", "loa/v1/+/+/command", "loa/v1/cluster/+/request"):
             self.link.subscribe(pattern, self._count)
+        self.link.subscribe(MARKER, self._marker)
         self.link.start()
         assert self.link.wait_connected(10)
 
@@ -59,6 +64,29 @@ class WireCounter:
         with self._lock:
             self.messages[topic] += 1
             self.bytes[topic] += len(payload)
+
+    def _marker(self, _topic: str, payload: bytes) -> None:
+        with self._lock:
+            self._markers.add(payload)
+
+    def flush(self, links: Iterable[Link]) -> None:
+        """Return once everything these links published so far has been counted.
+
+        Each link publishes a marker after what it already sent; the broker hands one
+        client's messages to a subscriber in the order it received them, so once every
+        marker is here, whatever those links published before is counted too.
+        """
+        tokens = set()
+        for link in links:
+            token = secrets.token_bytes(8)
+            tokens.add(token)
+            link.publish(MARKER, token)
+
+        def arrived() -> bool:
+            with self._lock:
+                return tokens <= self._markers
+
+        wait_until(arrived, 10, "the markers published after everything else")
 
     def snapshot(self) -> tuple[Counter[str], Counter[str]]:
         with self._lock:
@@ -124,7 +152,9 @@ def test_a_repeat_sends_no_audio_and_a_newcomer_gets_it_on_its_own_topic(rig: We
     before = wire.snapshot()
     requests_before = controller.distributor.stats.resent_chunks
     send(rig, "lan-2", bulletin, XA_A)
-    time.sleep(0.5)  # anything published after the command would have arrived by now
+    # Nothing else was published: by the controller (chunks after the command) nor by the
+    # agents (requests for chunks, before they said they hold the audio).
+    wire.flush([controller.link, *(rig.agents[cid]._link for cid in XA_A)])
     assert wire.since(before, "content") == ({}, {})
     assert wire.since(before, "request") == ({}, {})
     assert controller.distributor.stats.resent_chunks == requests_before
