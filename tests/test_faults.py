@@ -13,19 +13,59 @@ Afterwards, the proof of play must be whole:
 
 from __future__ import annotations
 
+import secrets
 import shutil
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import MosquittoBroker, require, wait_until
 from fleet_rig import FleetRig
 
+from protocol import topics
+from protocol.messages import parse_events
+from protocol.mqtt import MqttLink
+
 pytestmark = pytest.mark.slow
 
 ME = "flt-01"
 ON_TIME_S = 1.0
+
+
+class Wire:
+    """What the broker hands a subscriber on some topics, as any agent or controller gets it."""
+
+    def __init__(self, broker: MosquittoBroker, *patterns: str) -> None:
+        self._lock = threading.Lock()
+        self._seen: list[tuple[str, bytes]] = []
+        self.link = MqttLink(broker.address, f"wire-{secrets.token_hex(4)}")
+        for pattern in patterns:
+            self.link.subscribe(pattern, self._got)
+        self.link.start()
+        assert self.link.wait_connected(10)
+
+    def _got(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            self._seen.append((topic, payload))
+
+    def count(self, channel: str) -> int:
+        """Messages on the channel's topics (a cluster's or a group's)."""
+        with self._lock:
+            return sum(1 for t, _ in self._seen if t.endswith("/" + channel))
+
+    def events(self, cluster: str) -> list[tuple[str | None, str]]:
+        """(play id, kind) of every event the cluster published."""
+        with self._lock:
+            payloads = [p for t, p in self._seen if t == topics.cluster_topic(cluster, "event")]
+        return [(e.play_id, e.kind) for p in payloads for e in parse_events(p)[0]]
+
+
+def broker_gone(rig: FleetRig) -> None:
+    """Wait until the controller has seen the broker go (a fault is there to be noticed)."""
+    wait_until(lambda: not rig.ctl.link.connected, 10, "the controller to see the broker go")
 
 
 @pytest.fixture
@@ -72,12 +112,17 @@ def test_broker_killed_during_a_transfer_and_during_playback(
 
     # 1. A transfer in flight when the broker dies: the agent is frozen, so the command
     #    and the audio sit in the broker (and in the agent's socket) when it is killed.
+    wire = Wire(broker, "loa/v1/+/+/command", "loa/v1/+/+/content")
     rig.freeze_agent(ME)
     transfer = rig.send(minute, start_in=12, name="transfer")
-    time.sleep(0.3)
+    wait_until(
+        lambda: wire.count("command") == 1 and wire.count("content") == minute.content_ref().chunks,
+        10, "the broker to hold the command and every chunk",
+    )
+    wire.link.stop()
     broker.kill()
     rig.freeze_agent(ME, frozen=False)
-    time.sleep(1.0)
+    broker_gone(rig)
     broker.start()
     # Whatever was lost is made good: the controller sends the command again when the
     # cluster comes back online, the agent asks for the chunks it lacks.
@@ -98,10 +143,10 @@ def test_broker_killed_during_a_transfer_and_during_playback(
     # 3. The broker killed in the middle of a play, restarted while it still plays.
     playing = rig.send(short, name="playing")
     rig.wait_kind(playing.play_id, ME, "playing", timeout=30)
-    time.sleep(1.0)
     broker.kill()
-    time.sleep(1.0)
+    broker_gone(rig)
     broker.start()
+    restarted = datetime.now(UTC)
 
     assert_proof_of_play_is_whole(rig, {
         transfer.play_id: "interrupted",
@@ -111,6 +156,8 @@ def test_broker_killed_during_a_transfer_and_during_playback(
     late = (rig.at(scheduled.play_id, ME, "playing") - scheduled.start_at).total_seconds()
     print(f"scheduled bulletin started {late * 1000:.0f} ms after its start time, broker down")
     assert 0 <= late < ON_TIME_S
+    # The broker was back before the play ended (it did not just finish unseen).
+    assert rig.at(playing.play_id, ME, "finished") > restarted
 
 
 def test_agent_killed_mid_playback_and_controller_stopped_for_a_while(
@@ -120,7 +167,7 @@ def test_agent_killed_mid_playback_and_controller_stopped_for_a_while(
     #    (cut off), and not played again.
     cut = rig.send(rig.audio(10, freq=330), name="cut")
     rig.wait_kind(cut.play_id, ME, "playing")
-    time.sleep(1.0)
+    wait_until(lambda: rig.wavs(cut.play_id, ME), 10, "its WAV: the play is on air")
     rig.kill_agent(ME)
     rig.start_agent(ME)
     rig.wait_kind(cut.play_id, ME, "interrupted", timeout=30)
@@ -132,8 +179,12 @@ def test_agent_killed_mid_playback_and_controller_stopped_for_a_while(
     later = rig.send(rig.audio(2, freq=440), start_in=3, name="while-away")
     rig.wait_kind(later.play_id, ME, "delivered")
     store_url = rig.ctl.store.url
+    wire = Wire(rig.broker, topics.cluster_topic(ME, "event"))
     rig.stop_controller()
-    time.sleep(6.0)  # it plays (T+3 .. T+5) and reports into the outbox meanwhile
+    # It plays (T+3 .. T+5) and reports it, to nobody: the events stay in its outbox.
+    wait_until(lambda: (later.play_id, "finished") in wire.events(ME), 15,
+               "the agent to report the play's end while the controller is away")
+    wire.link.stop()
     rig.start_controller()
     assert rig.ctl.store.url == store_url
     rig.wait_kind(later.play_id, ME, "finished", timeout=30)
