@@ -164,25 +164,30 @@ def save_users(path: Path, users: Iterable[User]) -> None:
 
 
 class UserDirectory:
-    """The users file, re-read when it changes on disk (mtime and size)."""
+    """The users file, re-read when it changes on disk (its inode, mtime and size).
+
+    `save_users` replaces the file, so every save is a new inode: a change is seen even
+    within one tick of a coarse file-system clock and at the same size (a new password
+    hash is as long as the old one).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._users: dict[str, User] = {}
         self.problem: str | None = None
 
     def _refresh(self) -> None:
         try:
             st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
-            stamp = (0, 0)
+            stamp = (0, 0, 0)
         if stamp == self._stamp:
             return
         self._stamp = stamp
-        if stamp == (0, 0):
+        if stamp == (0, 0, 0):
             self._users, self.problem = {}, f"{self.path}: no users file; add a user first"
             return
         try:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import BrokerUnderTest, require
-from web_rig import PASSWORD, WebRig
+from web_rig import PASSWORD, WebRig, same_tick
 
 from controller.samples import tone
 from controller.users import set_disabled
@@ -184,8 +184,9 @@ def test_a_disabled_user_loses_access_at_once(rig: WebRig) -> None:
     auth = sign_in(rig, "can-bo-a")
     with rig.client() as c:
         assert c.get("/api/v1/me", headers=auth).status_code == 200
-        time.sleep(0.01)  # a new mtime for the users file
+        before = rig.users_file.stat()
         set_disabled(rig.users_file, "can-bo-a")
+        same_tick(rig.users_file, before)
         assert c.get("/api/v1/me", headers=auth).status_code == 401
         r = c.post("/api/v1/login", json={"name": "can-bo-a", "password": PASSWORD})
         assert r.status_code == 401

@@ -15,7 +15,6 @@ the test and dropped after it; skipped where there is no server or driver, excep
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import httpx
 import pytest
 from conftest import BrokerUnderTest, postgres_database
 from sqlalchemy import event, func, select
-from web_rig import PASSWORD, WebRig
+from web_rig import PASSWORD, WebRig, same_tick
 
 from controller.store import Store
 from controller.store.schema import web_sessions
@@ -187,8 +186,9 @@ def test_a_new_password_ends_the_sessions_of_a_running_controller(rig: WebRig) -
     with rig.client() as c:
         bearer = api_sign_in(c, "can-bo-a")
         assert c.get("/api/v1/me", headers=bearer).status_code == 200
-        time.sleep(0.01)  # a new mtime for the users file
+        before = rig.users_file.stat()
         set_password(rig.users_file, "can-bo-a", "mat-khau-moi-456")
+        same_tick(rig.users_file, before)
         assert c.get("/api/v1/me", headers=bearer).status_code == 401
         assert rows(rig) == []
 
