@@ -56,6 +56,7 @@ class Rig:
         self.state = state
         self.amplifier: AmplifierControl | None = None
         self.content_arrived: datetime | None = None
+        self.bodies: dict[str, PlayBody] = {}  # what play() sent, by play id
         self.player = self.new_player()
         self._ids = itertools.count(1)
 
@@ -90,6 +91,7 @@ class Rig:
         body = play_body(play_id, [c.ref], start, level=level, window=window)
         if replay or volume is not None:
             body = body.model_copy(update={"replay_if_interrupted": replay, "volume": volume})
+        self.bodies[play_id] = body
         cmd = command(self.keys.signer, body, self.clock.now(), clusters=[ME])
         assert self.player.accept(cmd)
         return cmd
@@ -141,10 +143,9 @@ def test_a_play_is_saved_again_when_any_field_it_saves_changes(rig: Rig) -> None
 
 
 def test_delivered_only_when_all_audio_is_held(rig: Rig) -> None:
-    cmd = rig.play("p1", start_in=60, held=False)
+    rig.play("p1", start_in=60, held=False)
     assert rig.kinds("p1") == ["received"]
-    assert isinstance(cmd.body, PlayBody)
-    sha = cmd.body.items[0].sha256
+    sha = rig.bodies["p1"].items[0].sha256
     rig.cache.held.add(sha)
     assert rig.player.content_ready(sha)
     rig.player.tick()  # what the agent does next: the report goes out with the save
@@ -220,9 +221,8 @@ def test_a_waiting_play_is_missed_when_its_latest_start_passes(rig: Rig) -> None
 
 
 def test_audio_that_never_came_is_requested_ahead_of_the_start_then_missed(rig: Rig) -> None:
-    cmd = rig.play("p1", start_in=30, held=False, window=timedelta(seconds=25))
-    assert isinstance(cmd.body, PlayBody)
-    ref = cmd.body.items[0]
+    rig.play("p1", start_in=30, held=False, window=timedelta(seconds=25))
+    ref = rig.bodies["p1"].items[0]
     rig.cache.lacking[ref.sha256] = 3
     rig.player.tick()
     assert rig.requests == []  # its chunks may be on their way
@@ -247,16 +247,16 @@ def test_audio_that_never_came_is_requested_ahead_of_the_start_then_missed(rig: 
 
 
 def test_audio_completing_in_the_window_still_plays(rig: Rig) -> None:
-    cmd = rig.play("p1", held=False)
-    assert isinstance(cmd.body, PlayBody)
+    rig.play("p1", held=False)
+    sha = rig.bodies["p1"].items[0].sha256
     rig.player.tick()
     assert rig.requests == []  # its chunks may be on their way: no request yet
     rig.clock.advance(3)
     rig.player.tick()
     assert rig.requests
     rig.clock.advance(20)
-    rig.cache.held.add(cmd.body.items[0].sha256)
-    rig.player.content_ready(cmd.body.items[0].sha256)
+    rig.cache.held.add(sha)
+    rig.player.content_ready(sha)
     rig.player.tick()
     assert rig.kinds("p1") == ["received", "delivered", "playing"]
 
@@ -264,9 +264,8 @@ def test_audio_completing_in_the_window_still_plays(rig: Rig) -> None:
 def test_chunks_arriving_but_still_queued_count_as_progress(rig: Rig) -> None:
     # The link is busy delivering (chunks reach the agent's queue) while the cache has not
     # caught up yet: no request, or the controller would send the same bytes twice.
-    cmd = rig.play("p1", start_in=60, held=False)
-    assert isinstance(cmd.body, PlayBody)
-    ref = cmd.body.items[0]
+    rig.play("p1", start_in=60, held=False)
+    ref = rig.bodies["p1"].items[0]
     rig.cache.lacking[ref.sha256] = ref.chunks
     rig.player.tick()
     for _ in range(5):
@@ -280,9 +279,8 @@ def test_chunks_arriving_but_still_queued_count_as_progress(rig: Rig) -> None:
 
 
 def test_chunks_still_arriving_are_waited_for_not_requested(rig: Rig) -> None:
-    cmd = rig.play("urgent", held=False, level="emergency")
-    assert isinstance(cmd.body, PlayBody)
-    ref = cmd.body.items[0]
+    rig.play("urgent", held=False, level="emergency")
+    ref = rig.bodies["urgent"].items[0]
     rig.cache.lacking[ref.sha256] = ref.chunks
     rig.player.tick()  # the agent ticks after every message, this command's included
     for left in range(ref.chunks - 1, 0, -1):
