@@ -56,10 +56,8 @@ def test_an_alert_with_a_dtd_is_refused_whatever_its_encoding(
     secret.write_text("mat-khau-may-chu", encoding="utf-8")
     document = hostile(attack, encoding, secret)
     assert b"<!DOCTYPE" not in document.upper() or encoding == "utf-8"
-    started = time.monotonic()
     with OPENS.watching(secret) as opened, pytest.raises(CapError) as refused:
         parse_cap(document)
-    assert time.monotonic() - started < 1.0  # refused, not expanded
     message = str(refused.value)
     assert message.startswith("not accepted as a CAP alert: the document declares a DTD, "
                               "<!DOCTYPE alert ...>")
@@ -222,7 +220,6 @@ def test_an_alert_waits_for_a_manager_when_the_policy_says_so(cap_rig: WebRig) -
         assert cap_rig.service.recent(cap_rig.user("quan-ly")) == []
         assert cap_rig.ctx.cap is not None
         [pending] = cap_rig.ctx.cap.pending()
-        time.sleep(0)
         aid = cap_rig.ctx.cap.send(pending["ref"], cap_rig.user("quan-ly"))
         assert cap_rig.ctx.cap.pending() == []
         _wait(cap_rig, aid, ["a-01", "a-02", "a-03"], {"delivered", "playing", "finished"})
