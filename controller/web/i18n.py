@@ -89,7 +89,6 @@ TEXT: dict[str, dict[Lang, str]] = {
     "pending": {"vi": "Chờ duyệt", "en": "Pending"},
     "approved": {"vi": "Đã duyệt", "en": "Approved"},
     "approve": {"vi": "Duyệt", "en": "Approve"},
-    "programme": {"vi": "Chương trình", "en": "Programme"},
     "nothing_pending": {
         "vi": "Không có chương trình nào chờ duyệt.", "en": "Nothing is waiting for approval.",
     },
