@@ -57,6 +57,7 @@ class ControllerSide:
         self.arrivals = 0  # every event that arrived, duplicates included
         self.messages: list[list[str]] = []  # the kinds each event message carried
         self.requests: list[ChunkRequest] = []
+        self.problems: list[str] = []  # events the agent sent that do not parse
         self.states: list[State] = []
         self.bodies: dict[str, PlayBody] = {}  # what play() sent, by play id
         self.link = MqttLink(broker.address, "test-controller")
@@ -68,8 +69,8 @@ class ControllerSide:
 
     def _on_event(self, _topic: str, payload: bytes) -> None:
         events, problems = parse_events(payload)
-        assert not problems, problems
-        with self.lock:
+        with self.lock:  # an assert here would only be logged by the link: kept for the test
+            self.problems += problems
             for event in events:
                 self.events[(event.outbox, event.seq)] = event
             self.arrivals += len(events)
@@ -191,6 +192,7 @@ def world(broker: MosquittoBroker, tmp_path: Path) -> Iterator[World]:
     w = World(broker, tmp_path)
     yield w
     w.close()
+    assert w.controller.problems == [], "the agent sent events that do not parse"
 
 
 FULL_PLAY = ["received", "delivered", "playing", "finished"]
