@@ -28,9 +28,9 @@ from controller.config import load_controller_config
 from controller.main import Settings
 from device_agent.config import load_agent_config
 from protocol import mqtt
+from protocol.config_errors import ConfigError
 from protocol.mqtt import BrokerAddress, ConnectFailure, MqttLink, UnreadableCa
 from protocol.signing import public_pem
-from protocol.yamlload import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
