@@ -1,7 +1,8 @@
 """`loa-controller check`: validate the config, the fleet and every playlist together.
 
 Every problem is collected and reported at once as `file:line:col: message`; nothing is
-started or changed. Audio files are decoded to prove they can be prepared, and their
+started or changed. The province's abbreviation files (speech.abbreviations) are
+checked too. Audio files are decoded to prove they can be prepared, and their
 durations tell whether two programmes of the same level overlap on a cluster in the
 next 366 days (controller.overlap).
 """
@@ -14,6 +15,7 @@ from datetime import datetime, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from controller.abbreviations import dictionary
 from controller.audio import AudioError, AudioLibrary, AudioSettings
 from controller.config import ControllerConfig, load_controller_config
 from controller.fleet import Fleet, load_fleet
@@ -70,8 +72,15 @@ def check(
     fleet_path = config.fleet if config else DEFAULT_FLEET
     playlist_paths = list(paths) or (list(config.playlists) if config else [DEFAULT_PLAYLISTS])
     tz = config.tz if config else None
+    if config is not None:
+        try:
+            dictionary(config.speech.abbreviations)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     try:
-        fleet: Fleet | None = load_fleet(fleet_path)
+        fleet: Fleet | None = load_fleet(
+            fleet_path, config.speech.voice_names() if config else None
+        )
     except ConfigError as exc:
         problems.extend(exc.problems)
         fleet = None

@@ -633,12 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the demo's working directory")
     p.set_defaults(func=cmd_demo)
 
-    from controller.cli_web import register  # `user` and `urgent`: the web app's commands
+    # `user` and `urgent` (the web app's), `provision`, `broker-config`, `keys` (access),
+    # `say` (hear a text before sending it).
+    from controller import cli_access, cli_speech, cli_web
 
-    register(sub, str(DEFAULT_CONFIG))
-    from controller import cli_access  # `provision`, `broker-config`, `keys`: access
-
-    cli_access.register(sub, str(DEFAULT_CONFIG))
+    for commands in (cli_web, cli_access, cli_speech):
+        commands.register(sub, str(DEFAULT_CONFIG))
     return parser
 
 

@@ -28,7 +28,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     from controller.provision import pick_clusters, provision
 
     config = load_controller_config(Path(args.config))
-    fleet = load_fleet(config.fleet)
+    fleet = load_fleet(config.fleet, config.speech.voice_names())
     clusters = pick_clusters(fleet, args.clusters, args.all)
     out = Path(args.out)
     bundles = provision(config, fleet, clusters, out, datetime.now(UTC), rotate=args.rotate)
@@ -74,7 +74,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     from controller.fleet import load_fleet
 
     config = load_controller_config(Path(args.config))
-    fleet = load_fleet(config.fleet)
+    fleet = load_fleet(config.fleet, config.speech.voice_names())
     me = config.provisioning.controller_username
     check_names(fleet, me)
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -179,7 +179,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
 
     overlap = _overlap(args.overlap) if args.overlap else DEFAULT_OVERLAP
-    fleet = load_fleet(config.fleet)
+    fleet = load_fleet(config.fleet, config.speech.voice_names())
     rotation = rotate(config.private_key, fleet.clusters, now, overlap, force=args.force)
     old, new = key_id(rotation.old_key), key_id(rotation.new_key)
     retire = _when(rotation.retire_at, tz)

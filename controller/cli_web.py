@@ -57,7 +57,7 @@ def _check_scope(args: argparse.Namespace, scope: list[str]) -> None:
     from controller.fleet import load_fleet
 
     config = load_controller_config(Path(args.config))
-    fleet = load_fleet(config.fleet)
+    fleet = load_fleet(config.fleet, config.speech.voice_names())
     for node in scope:
         if node not in fleet.nodes and node not in fleet.clusters:
             raise ValueError(fleet.target_problem(node) or f"unknown node {node!r}")

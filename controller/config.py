@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import zoneinfo
 from datetime import timedelta
 from pathlib import Path
@@ -25,11 +26,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
 from protocol.config_errors import ConfigError
 from protocol.durations import Duration
+from controller.voices import PLACEHOLDERS, Voice, catalogue, check_voice_name
 from protocol.mqtt import BrokerAddress
 from protocol.topics import check_id
 from protocol.validation import suggest, validate
@@ -184,8 +187,8 @@ class WebConfig(_Strict):
     secure_cookies: bool = False
     """true: cookies carry Secure even on requests that came over plain HTTP (a proxy that
     ends TLS but is not in trusted_proxies). Over HTTPS they always do."""
-    tts_voice: str = "vi"
-    """The espeak-ng voice that speaks typed announcements."""
+    tts_voice: str | None = Field(None, json_schema_extra={"deprecated": True})
+    """Moved: voices are named in the fleet file and defined under `speech.voices`."""
     cap: CapConfig | None = None
     """CAP 1.2 alert intake; left out: off."""
 
@@ -211,6 +214,95 @@ class WebConfig(_Strict):
     @property
     def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(p) for p in self.trusted_proxies]
+
+
+    @field_validator("tts_voice")
+    @classmethod
+    def _tts_voice_moved(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "tts_voice has moved: name the voice in the fleet file (voice: mien-nam on "
+                "the province or a commune) and remove tts_voice here; other voices are "
+                "defined under `speech.voices` (docs/speech.md)"
+            )
+        return value
+
+
+class VoiceConfig(_Strict):
+    """A voice the fleet file may name (controller.voices)."""
+
+    engine: Literal["espeak-ng", "command"] = "espeak-ng"
+    """espeak-ng, or command: any program that reads the text on its input and writes WAV."""
+    voice: Annotated[str, Field(min_length=1, max_length=64)] = "vi"
+    """espeak-ng's voice: vi (Northern), vi-vn-x-central, vi-vn-x-south; for a command,
+    what {voice} is replaced with."""
+    speed: Annotated[int, Field(ge=80, le=300)] = 150
+    """Words per minute (espeak-ng -s); {speed} for a command."""
+    pitch: Annotated[int, Field(ge=0, le=99)] = 50
+    """0-99 (espeak-ng -p); {pitch} for a command."""
+    command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = (
+        None
+    )
+    """For engine: command, the program and its arguments, e.g. [/opt/tts/speak, --out,
+    "{out}"]; {out} is the WAV file to write (without it, WAV is read from its output),
+    {voice}, {speed} and {pitch} are replaced; the text comes on its standard input."""
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 120
+    """How long the program may take to speak one announcement."""
+
+    @model_validator(mode="after")
+    def _command_engine(self) -> VoiceConfig:
+        if self.engine == "command" and not self.command:
+            raise ValueError(
+                'engine: command needs `command: [program, arguments...]`, e.g. '
+                '[/opt/tts/speak, --out, "{out}"]'
+            )
+        if self.engine == "espeak-ng" and self.command:
+            raise ValueError("`command` is for engine: command; espeak-ng needs only `voice`")
+        for arg in self.command or []:
+            for found in re.findall(r"\{[^{}]*\}", arg):
+                if found not in PLACEHOLDERS:
+                    raise ValueError(
+                        f"command: {found} is not replaced; write one of {', '.join(PLACEHOLDERS)}"
+                    )
+        return self
+
+    def as_voice(self, name: str) -> Voice:
+        return Voice(
+            name=name, engine=self.engine, voice=self.voice, speed=self.speed, pitch=self.pitch,
+            command=tuple(self.command or ()), timeout_s=self.timeout_s,
+        )
+
+
+class NumbersConfig(_Strict):
+    """The number words that differ between regions (controller.vi_numbers)."""
+
+    zero_tens: Literal["linh", "lẻ"] = "linh"
+    """105: một trăm linh năm (linh) or một trăm lẻ năm (lẻ)."""
+    thousand: Literal["nghìn", "ngàn"] = "nghìn"
+    """1.000: một nghìn (nghìn) or một ngàn (ngàn)."""
+
+
+VoiceName = Annotated[str, AfterValidator(check_voice_name)]
+
+
+class SpeechConfig(_Strict):
+    """How typed text is spoken (docs/speech.md)."""
+
+    voices: dict[VoiceName, VoiceConfig] = {}
+    """Voices the fleet file may name, besides the built-in mien-bac, mien-trung and
+    mien-nam (a voice here with one of their names replaces it)."""
+    numbers: NumbersConfig = NumbersConfig()
+    """linh or lẻ, nghìn or ngàn."""
+    abbreviations: list[ConfigPath] = []
+    """Files of the province's abbreviations (abbreviations: {ABBR: words}), read after
+    the shipped dictionary; an entry here replaces the shipped one."""
+
+    def voice_table(self) -> dict[str, Voice]:
+        return {name: v.as_voice(name) for name, v in self.voices.items()}
+
+    def voice_names(self) -> list[str]:
+        """Every voice the fleet file may name: the built-in ones and these."""
+        return sorted(catalogue(self.voice_table()))
 
 
 def _agent_broker_url(value: str) -> str:
@@ -283,6 +375,8 @@ class ControllerConfig(_Strict):
     """The web app and JSON API (urgent announcements); left out: not served."""
     provisioning: ProvisioningConfig = ProvisioningConfig()
     """Cluster bundles and broker accounts (loa-controller provision, broker-config)."""
+    speech: SpeechConfig = SpeechConfig()
+    """Voices, number words and abbreviations for typed announcements (docs/speech.md)."""
 
     @model_validator(mode="after")
     def _ca_file_needs_tls(self) -> ControllerConfig:

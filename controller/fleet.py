@@ -9,7 +9,14 @@ Every node id and cluster id is one MQTT topic level (protocol.topics.check_id) 
 they share one name space, so a target in a playlist is simply "a name": a node id
 (every cluster under that node), a cluster id (that cluster), ``tag:<tag>`` (every
 cluster carrying the tag), or ``all`` (every cluster of the fleet). A node's tags are
-inherited by every cluster under it.
+inherited by every cluster under it. A target may also be a node's statistics code
+("31399") or a node's or cluster's name as people write it, with or without its marks
+and its prefix ("Xã Tân Bình", "xa tan binh", "Tân Bình"); a name that fits several
+places is refused with the ids to choose from (`Fleet.lookup`).
+
+Each node may name the voice that speaks typed announcements there (``voice:
+mien-nam``, controller.voices); a node without one speaks with its parent's voice, the
+province's is the default, and a fleet naming none speaks with ``mien-bac``.
 
 The file, nested the way a manager thinks about it::
 
@@ -17,6 +24,7 @@ The file, nested the way a manager thinks about it::
       id: tinh-hau-giang
       name: Tỉnh Hậu Giang
       code: "93"
+      voice: mien-nam             # espeak-ng's Southern Vietnamese voice
       districts:
         - id: huyen-phung-hiep
           name: Huyện Phụng Hiệp
@@ -45,6 +53,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from controller.folding import exact, fold, without_prefix
+from controller.voices import BUILTIN, check_voice_name
 from protocol.config_errors import ConfigError, Problem
 from protocol.topics import check_id
 from protocol.validation import suggest, validate
@@ -93,6 +103,7 @@ Id = Annotated[str, AfterValidator(_topic_id)]
 Tag = Annotated[str, AfterValidator(_tag)]
 Code = Annotated[str, BeforeValidator(_code_text), AfterValidator(_code)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
+VoiceRef = Annotated[str, AfterValidator(check_voice_name)]
 
 
 class _Strict(BaseModel):
@@ -141,6 +152,9 @@ class CommuneSpec(_Strict):
     """The national statistics code, in quotes, e.g. "31399"."""
     tags: list[Tag] = []
     """Labels playlists can target as tag:<tag>; every cluster below inherits them."""
+    voice: VoiceRef | None = None
+    """The voice typed announcements are spoken with here (mien-bac, mien-trung, mien-nam,
+    or one of speech.voices in the controller config); the parent's if left out."""
     clusters: list[ClusterSpec] = []
     """The speaker clusters that sit directly here."""
     villages: list[VillageSpec] = []
@@ -158,6 +172,9 @@ class DistrictSpec(_Strict):
     """The national statistics code, in quotes, e.g. "31399"."""
     tags: list[Tag] = []
     """Labels playlists can target as tag:<tag>; every cluster below inherits them."""
+    voice: VoiceRef | None = None
+    """The voice typed announcements are spoken with here (mien-bac, mien-trung, mien-nam,
+    or one of speech.voices in the controller config); the parent's if left out."""
     communes: list[CommuneSpec] = []
     """The district's communes."""
 
@@ -173,6 +190,9 @@ class ProvinceSpec(_Strict):
     """The national statistics code, in quotes, e.g. "31399"."""
     tags: list[Tag] = []
     """Labels playlists can target as tag:<tag>; every cluster below inherits them."""
+    voice: VoiceRef | None = None
+    """The voice typed announcements are spoken with here (mien-bac, mien-trung, mien-nam,
+    or one of speech.voices in the controller config); mien-bac if left out."""
     districts: list[DistrictSpec] = []
     """Districts and their communes (before 1 July 2025)."""
     communes: list[CommuneSpec] = []
@@ -206,6 +226,7 @@ class Node:
     code: str | None
     parent: str | None
     tags: tuple[str, ...] = ()
+    voice: str | None = None  # as written on this node; Fleet.node_voice() inherits
 
 
 @dataclass(frozen=True)
@@ -236,6 +257,10 @@ class UnknownTargetError(KeyError):
         return self.message
 
 
+class AmbiguousTargetError(UnknownTargetError):
+    """A target is a name that fits several places."""
+
+
 class Fleet:
     """The tree and its clusters, with target resolution. Immutable once built."""
 
@@ -259,6 +284,17 @@ class Fleet:
         for c in clusters.values():
             for tag in c.tags:
                 self._tags[tag] = self._tags.get(tag, frozenset()) | {c.id}
+        self._codes = {n.code: n.id for n in nodes.values() if n.code}
+        # Names as written (marks kept) and folded (marks dropped), each also without
+        # the place's prefix (xã, ấp...), to the ids they may mean.
+        self._names: list[dict[str, list[str]]] = [{}, {}, {}, {}]
+        for ident, name in [*((n.id, n.name) for n in nodes.values()),
+                            *((c.id, c.name) for c in clusters.values())]:
+            bare = without_prefix(name)
+            keys = [exact(name), bare, fold(name), fold(bare) if bare else None]
+            for table, key in zip(self._names, keys, strict=True):
+                if key and ident not in table.setdefault(key, []):
+                    table[key].append(ident)
 
     def _collect(self, node_id: str) -> frozenset[str]:
         found = set(self._direct[node_id])
@@ -308,6 +344,46 @@ class Fleet:
     def communes(self) -> list[Node]:
         return sorted((n for n in self.nodes.values() if n.kind == "commune"), key=lambda n: n.id)
 
+    # --- voices -------------------------------------------------------------------------
+
+    def node_voice(self, node_id: str) -> str | None:
+        """The voice of a node or cluster: its own, else the nearest one above it."""
+        at: str | None = self.clusters[node_id].node if node_id in self.clusters else node_id
+        while at is not None:
+            node = self.node(at)
+            if node.voice:
+                return node.voice
+            at = node.parent
+        return None
+
+    def common_ancestor(self, cluster_ids: Iterable[str]) -> str:
+        """The lowest node above every one of these clusters (the province if none)."""
+        common: list[str] | None = None
+        for cid in cluster_ids:
+            chain = list(reversed(self.groups_of(cid)))  # province first
+            if common is None:
+                common = chain
+            else:
+                i = 0
+                while i < min(len(common), len(chain)) and common[i] == chain[i]:
+                    i += 1
+                common = common[:i]
+        return common[-1] if common else self.province.id
+
+    def voice_for(self, cluster_ids: Iterable[str]) -> str | None:
+        """The voice an announcement to these clusters is spoken with.
+
+        One recording goes to every targeted cluster, so one voice speaks it: the
+        clusters' own voice when they all have the same, else the voice of their lowest
+        common ancestor (a district or the province: the voice that speaks for all of
+        them). None: the fleet names no voice there (the speech default applies).
+        """
+        clusters = list(cluster_ids)
+        voices = {self.node_voice(cid) for cid in clusters}
+        if len(voices) == 1:
+            return voices.pop()
+        return self.node_voice(self.common_ancestor(clusters)) if clusters else None
+
     def _cluster(self, cluster_id: str) -> Cluster:
         try:
             return self.clusters[cluster_id]
@@ -316,38 +392,77 @@ class Fleet:
 
     # --- targets ------------------------------------------------------------------------
 
-    def target_problem(self, target: str) -> str | None:
-        """None if target names something in this fleet, else what is wrong with it."""
+    def lookup(self, target: str) -> str:
+        """The id (or tag:<tag>, or all) a target means; UnknownTargetError if none,
+        AmbiguousTargetError if it is a name that fits several places.
+
+        In turn: all, tag:<tag>, a node or cluster id, a node's statistics code, a name
+        as written (case and spacing aside), the same without its prefix (Tân Bình for
+        Xã Tân Bình), then both without the marks (xa tan binh); the first that fits
+        exactly one place wins.
+        """
         if target == ALL or target in self.nodes or target in self.clusters:
-            return None
+            return target
         if target.startswith(TAG_PREFIX):
             tag = target.removeprefix(TAG_PREFIX)
             if tag in self._tags:
-                return None
+                return target
             close = suggest(tag, self._tags)
             hint = f"; did you mean '{TAG_PREFIX}{close}'?" if close else ""
-            return f"no cluster carries the tag {tag!r}{hint}"
-        return self._unknown(target, "target")
+            raise UnknownTargetError(target, f"no cluster carries the tag {tag!r}{hint}")
+        written = target.strip()
+        if written in self._codes:
+            return self._codes[written]
+        keys = [exact(written), exact(written), fold(written), fold(written)]
+        for table, key in zip(self._names, keys, strict=True):
+            found = table.get(key) if key else None
+            if found and len(found) == 1:
+                return found[0]
+            if found:
+                raise AmbiguousTargetError(target, self._ambiguous(target, found))
+        raise UnknownTargetError(target, self._unknown(target, "target"))
+
+    def target_problem(self, target: str) -> str | None:
+        """None if target names something in this fleet, else what is wrong with it."""
+        try:
+            self.lookup(target)
+        except UnknownTargetError as exc:
+            return exc.message
+        return None
+
+    def _where(self, ident: str) -> str:
+        """A place's name and what it is in, for telling places of one name apart."""
+        if ident in self.clusters:
+            cluster = self.clusters[ident]
+            return f"{cluster.name}, {self.nodes[cluster.node].name}"
+        node = self.nodes[ident]
+        parent = self.nodes[node.parent].name if node.parent else ""
+        return f"{node.name}, {parent}" if parent else node.name
+
+    def _ambiguous(self, target: str, found: list[str]) -> str:
+        places = [f"{ident} ({self._where(ident)})" for ident in sorted(found)]
+        choice = ", ".join(places[:-1]) + " or " + places[-1]
+        return (
+            f"{target!r} fits {len(found)} places; did you mean {choice}? Write its id or "
+            "its full name"
+        )
 
     def _unknown(self, name: str, what: str) -> str:
         pool = list(self.nodes) + list(self.clusters)
         close = suggest(name, pool)
         if close is None:
-            by_name = {n.name.lower(): n.id for n in self.nodes.values()}
-            by_name.update({c.name.lower(): c.id for c in self.clusters.values()})
-            spoken = suggest(name.lower(), by_name)
-            close = by_name[spoken] if spoken else None
+            folded = self._names[2]
+            spoken = suggest(fold(name), folded)
+            close = folded[spoken][0] if spoken and len(folded[spoken]) == 1 else None
         if close is not None:
             return f"unknown {what} {name!r}; did you mean {close!r}?"
         return (
-            f"unknown {what} {name!r}: write a node or cluster id from the fleet file, "
-            f"'{TAG_PREFIX}<tag>', or '{ALL}'"
+            f"unknown {what} {name!r}: write a node or cluster id, a statistics code or a "
+            f"name from the fleet file, '{TAG_PREFIX}<tag>', or '{ALL}'"
         )
 
     def _expand(self, target: str) -> frozenset[str]:
-        problem = self.target_problem(target)
-        if problem is not None:
-            raise UnknownTargetError(target, problem)
+        target = self.lookup(target)
         if target == ALL:
             return frozenset(self.clusters)
         if target.startswith(TAG_PREFIX):
@@ -418,8 +533,9 @@ class Fleet:
 class _Builder:
     """Turns a validated FleetFile into nodes and clusters, collecting duplicate ids."""
 
-    def __init__(self, locations: LocationMap) -> None:
+    def __init__(self, locations: LocationMap, voices: Iterable[str]) -> None:
         self.locations = locations
+        self.voices = sorted(voices)
         self.nodes: dict[str, Node] = {}
         self.clusters: dict[str, Cluster] = {}
         self.seen: dict[str, NodePath] = {}
@@ -450,6 +566,15 @@ class _Builder:
         if not self._claim(spec.id, path):
             return None
         inherited = parent.tags if parent else ()
+        voice = getattr(spec, "voice", None)
+        if voice is not None and voice not in self.voices:
+            close = suggest(voice, self.voices)
+            hint = f"did you mean {close!r}? " if close else ""
+            self.problems.append(self.locations.problem(
+                (*path, "voice"),
+                f"no voice {voice!r}: {hint}write one of {', '.join(self.voices)}, or define "
+                "it under speech.voices in the controller config",
+            ))
         node = Node(
             id=spec.id,
             name=spec.name,
@@ -457,6 +582,7 @@ class _Builder:
             code=spec.code,
             parent=parent.id if parent else None,
             tags=tuple(sorted({*inherited, *spec.tags})),
+            voice=voice,
         )
         self.nodes[node.id] = node
         return node
@@ -511,13 +637,17 @@ class _Builder:
             )
 
 
-def load_fleet(path: Path) -> Fleet:
-    """Load and check a fleet file; raise ConfigError listing every problem."""
+def load_fleet(path: Path, voices: Iterable[str] | None = None) -> Fleet:
+    """Load and check a fleet file; raise ConfigError listing every problem.
+
+    voices: the voice names a node may name (the built-in ones if not given; pass the
+    controller config's, controller.voices.catalogue, when it defines more).
+    """
     data, locations = load_yaml(path)
     spec = validate(FleetFile, data, locations)
     if isinstance(spec, list):
         raise ConfigError(spec)
-    builder = _Builder(locations)
+    builder = _Builder(locations, BUILTIN if voices is None else voices)
     builder.province(spec.province)
     if builder.problems:
         raise ConfigError(builder.problems)

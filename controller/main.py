@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 from controller.approval import Approvals
 from controller.audio import AudioLibrary, AudioSettings, PreparedAudio
-from controller.config import ControllerConfig
+from controller.config import ControllerConfig, SpeechConfig
 from controller.credentials import controller_login
 from controller.dispatch import Dispatcher
 from controller.distribution import Distributor, PlaySpec, new_play_id
@@ -69,6 +69,8 @@ class Settings:
     # How often the playlists and the fleet are looked at for edits; 0: never (reload()
     # is still there to call).
     reload_interval_s: float = DEFAULT_INTERVAL_S
+    #: Voices, number words and abbreviations for typed announcements.
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
 
     @classmethod
     def from_config(cls, config: ControllerConfig) -> Settings:
@@ -96,6 +98,7 @@ class Settings:
                 true_peak_dbtp=config.audio.true_peak_dbtp,
             ),
             client_id=config.client_id,
+            speech=config.speech,
         )
 
 
@@ -220,6 +223,7 @@ class Controller:
             self.settings.playlist_paths,
             tz=tz,
             today=self.clock.now().astimezone(tz).date(),
+            voices=self.settings.speech.voice_names(),
         )
 
     def _record_status(self, warnings: list[Problem]) -> None:

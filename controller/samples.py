@@ -72,14 +72,22 @@ def espeak_ng_available() -> bool:
     return shutil.which("espeak-ng") is not None
 
 
-def speech(path: Path, text: str, voice: str = "vi") -> bool:
-    """Speak text into a WAV at path with espeak-ng; False (nothing written) if not installed."""
+def speech(
+    path: Path, text: str, voice: str = "vi", *, speed: int | None = None,
+    pitch: int | None = None,
+) -> bool:
+    """Speak text into a WAV at path with espeak-ng; False (nothing written) if not installed.
+
+    speed: words per minute (espeak-ng -s, its default 175); pitch: 0-99 (-p, default 50).
+    """
     exe = shutil.which("espeak-ng")
     if exe is None:
         return False
+    options = [*(["-s", str(speed)] if speed else []), *(["-p", str(pitch)] if pitch is not None
+                                                          else [])]
     try:
         proc = subprocess.run(
-            [exe, "-v", voice, "-w", str(path), "--stdin"],
+            [exe, "-v", voice, *options, "-w", str(path), "--stdin"],
             input=text.encode("utf-8"),
             capture_output=True,
             timeout=60,

@@ -30,13 +30,15 @@ def load_together(
     *,
     tz: ZoneInfo | None = None,
     today: date | None = None,
+    voices: Sequence[str] | None = None,
 ) -> tuple[Fleet, Playlists]:
     """The fleet, then the playlists checked against it; ConfigError lists every problem.
 
     Playlist targets name the fleet's nodes, so a broken fleet stops there: its own
-    problems are reported, the playlists are checked once it loads.
+    problems are reported, the playlists are checked once it loads. voices: the voice
+    names the fleet may use (the config's speech.voice_names(); the built-in ones if None).
     """
-    fleet = load_fleet(fleet_path)
+    fleet = load_fleet(fleet_path, voices)
     return fleet, load_playlists(playlist_paths, fleet, tz=tz, today=today)
 
 
@@ -80,5 +82,6 @@ def load_sources(
     tz = config.tz if config else ZoneInfo(DEFAULT_TIMEZONE)
     fleet_path = config.fleet if config else DEFAULT_FLEET
     paths = list(playlist_paths) or (list(config.playlists) if config else [DEFAULT_PLAYLISTS])
-    fleet, playlists = load_together(fleet_path, paths, tz=tz, today=today)
+    voices = config.speech.voice_names() if config else None
+    fleet, playlists = load_together(fleet_path, paths, tz=tz, today=today, voices=voices)
     return Sources(config, fleet, playlists, tz)

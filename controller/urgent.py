@@ -8,8 +8,11 @@ the rules hold whichever door was used:
   with any cluster outside the scope refuses the whole announcement
   (`TargetForbiddenError`, shown as HTTP 403) and nothing is sent.
 - **Audio.** An uploaded or recorded file, or text spoken by the offline text-to-speech
-  engine (controller.tts). Repeats are joined into one recording with the chosen gap
-  of silence, then prepared once as Opus (controller.audio) like any bulletin.
+  engine (controller.tts) with the voice of the targeted clusters (their own when they
+  share one, else their lowest common ancestor's: controller.fleet.Fleet.voice_for).
+  Repeats are joined into one recording with the chosen gap of silence, then prepared
+  once as Opus (controller.audio) like any bulletin. `preview()` makes the same audio
+  for listening first, and keeps and sends nothing.
 - **Send.** One play at `priority` or `emergency` level, starting now; a higher level
   preempts what the agents are playing (a normal bulletin is reported `interrupted`).
 - **Progress.** Per targeted cluster, from the status events the intake stores:
@@ -351,16 +354,51 @@ class UrgentService:
         if req.title is not None and len(req.title) > MAX_TITLE:
             raise UrgentError(f"the title has more than {MAX_TITLE} characters")
 
-    def prepare(self, req: AnnouncementRequest, scratch: Path) -> PreparedAudio:
-        """The announcement's audio, repeated with its gaps, prepared as Opus."""
+    def voice_for(self, clusters: Sequence[str]) -> str | None:
+        """The voice that speaks a text to these clusters (controller.fleet.Fleet.voice_for:
+        theirs when they share one, else their lowest common ancestor's)."""
+        return self._fleet().voice_for(clusters)
+
+    def prepare(
+        self, req: AnnouncementRequest, scratch: Path, *, voice: str | None = None,
+        library: AudioLibrary | None = None,
+    ) -> PreparedAudio:
+        """The announcement's audio, repeated with its gaps, prepared as Opus.
+
+        voice: the voice a text is spoken with; library: where the Opus is kept (the
+        library the clusters are sent from, unless a preview gives another).
+        """
         if req.audio is not None:
             source = req.audio
         else:
             assert req.text is not None
-            source = self.tts.speak(req.text, scratch / "speech.wav")
+            source = self.tts.speak(req.text, scratch / "speech.wav", voice=voice)
         if req.repeat > 1:
             source = self._repeated(source, req.repeat, req.gap_s, scratch / "repeated.wav")
-        return self._library.prepare([source])
+        return (library or self._library).prepare([source])
+
+    def preview(self, who: Principal, req: AnnouncementRequest) -> bytes:
+        """The Opus of a text as the clusters would get it, once, sent nowhere ("Nghe thử").
+
+        The same checks as sending: the targets (if any are chosen yet) must be within
+        the user's reach, and choose the voice; without targets the voice of the user's
+        own area speaks. Nothing is recorded, audited or kept.
+        """
+        if not (req.text and req.text.strip()):
+            raise UrgentError("write the text to listen to first")
+        targets = [t for t in req.targets if t.strip()]
+        clusters = self.authorize(who, targets) if targets else sorted(self.reach(who))
+        once = AnnouncementRequest(targets=targets, level=req.level, text=req.text)
+        with tempfile.TemporaryDirectory(dir=self._work, prefix="preview-") as tmp:
+            scratch = Path(tmp)
+            store = AudioLibrary(scratch / "content", self._library.settings)
+            prepared = self.prepare(once, scratch, voice=self.voice_for(clusters), library=store)
+            return store.read(prepared.sha256)
+
+    @property
+    def library(self) -> AudioLibrary:
+        """The prepared audio the clusters are sent from."""
+        return self._library
 
     def _repeated(self, source: Path, times: int, gap_s: float, out: Path) -> Path:
         rate = self._library.settings.sample_rate
@@ -383,8 +421,9 @@ class UrgentService:
         """Check, prepare and send an announcement now; record it and audit it."""
         self._check(req)
         clusters = self.authorize(who, req.targets)
+        voice = self.voice_for(clusters) if req.text else None
         with tempfile.TemporaryDirectory(dir=self._work, prefix="announcement-") as tmp:
-            prepared = self.prepare(req, Path(tmp))
+            prepared = self.prepare(req, Path(tmp), voice=voice)
         now = self._clock.now()
         title = (req.title or "").strip() or _title_from(req)
         play_id = new_play_id("urgent")
@@ -409,7 +448,7 @@ class UrgentService:
             at=now, user=who.name, action="send", subject=play_id, level=req.level,
             title=title, text=req.text, audio_sha256=prepared.sha256, targets=req.targets,
             clusters=clusters, detail=f"source={source} repeat={req.repeat} gap_s={req.gap_s:g}"
-            + (f" ref={req.ref}" if req.ref else ""),
+            + (f" ref={req.ref}" if req.ref else "") + (f" voice={voice}" if voice else ""),
         )
         return self.get(who, play_id)
 

@@ -182,7 +182,7 @@ def test_resolve_joins_targets_and_removes_exclusions(fleet: Fleet) -> None:
         ("xa-tan-bnh", "did you mean 'xa-tan-binh'?"),
         ("tag:chợ", "did you mean 'tag:cho'?"),
         ("kinh-cung-1", "did you mean 'kinh-cung-01'?"),
-        ("Xã Tân Bình", "did you mean 'xa-tan-binh'?"),
+        ("Xã Tân Bìh", "did you mean 'xa-tan-binh'?"),
         ("zzzzzz", "write a node or cluster id"),
     ],
 )

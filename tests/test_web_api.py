@@ -195,10 +195,10 @@ def test_a_disabled_user_loses_access_at_once(rig: WebRig) -> None:
 class NoEngine:
     name = "none"
 
-    def available(self) -> str | None:
+    def available(self, voice: str | None = None) -> str | None:
         return "no text-to-speech engine is installed on the controller (apt-get install espeak-ng)"
 
-    def speak(self, text: str, out: Path) -> Path:
+    def speak(self, text: str, out: Path, voice: str | None = None) -> Path:
         from controller.tts import TtsUnavailableError
 
         raise TtsUnavailableError(self.available() or "")

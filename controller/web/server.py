@@ -23,7 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from controller.cap import CapFolder, CapIntake
-from controller.tts import EspeakNg
+from controller.tts import TextToSpeech, speech_for
 from controller.urgent import UrgentService, service_for
 from controller.users import UserDirectory
 from controller.web.app import create_app
@@ -109,14 +109,17 @@ def build_context(
     work_dir: Path,
     *,
     tz: ZoneInfo,
-    voice: str = "vi",
+    tts: TextToSpeech | None = None,
     secure_cookies: bool = False,
     trusted_proxies: Sequence[Network] = (),
     session_clock: Callable[[], float] = time.time,
 ) -> WebContext:
     """The web app's context on a controller.main.Controller; its sessions are kept in the
-    controller's store (wall-clock `session_clock`)."""
-    service: UrgentService = service_for(controller, EspeakNg(voice), work_dir / "announcements")
+    controller's store (wall-clock `session_clock`). tts: the controller's speech
+    settings (controller.tts.speech_for) if not given."""
+    if tts is None:
+        tts = speech_for(controller.settings.speech)
+    service: UrgentService = service_for(controller, tts, work_dir / "announcements")
     return WebContext(
         service=service,
         users=UserDirectory(users_file),
@@ -136,7 +139,7 @@ def start_web(controller: Any, config: Any) -> WebServer:
         check_tls(*config.tls)
     ctx = build_context(
         controller, config.users_file, config.work_dir, tz=controller.settings.timezone,
-        voice=config.tts_voice, secure_cookies=config.secure_cookies,
+        secure_cookies=config.secure_cookies,
         trusted_proxies=config.proxy_networks,
     )
     folder = None
