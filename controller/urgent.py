@@ -258,6 +258,11 @@ class UrgentService:
     def store(self) -> Store:
         return self._store
 
+    @property
+    def work_dir(self) -> Path:
+        """Where announcements are spoken and joined while they are prepared."""
+        return self._work
+
     def fleet(self) -> Fleet:
         """The fleet as it is now (it changes on reload)."""
         return self._fleet()

@@ -129,6 +129,8 @@ def _label(loc: Sequence[PathPart]) -> str:
     items: list[int] = []
     name = "the document"
     for part in reversed(loc):
+        if part == "[key]":  # the key of a mapping itself is wrong: name that key
+            continue
         if isinstance(part, int):
             items.append(part + 1)
         else:

@@ -5,7 +5,9 @@ A real broker, the controller, and one in-process agent (null output) per cluste
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +19,7 @@ from web_rig import WebRig
 from controller.distribution import PlaySpec
 from controller.fleet import UnknownTargetError
 from controller.samples import tone
+from controller.tts import Speech
 from controller.urgent import AnnouncementRequest, TargetForbiddenError, UrgentError
 
 
@@ -135,6 +138,54 @@ def test_text_is_spoken_repeated_and_can_be_stopped(rig: WebRig) -> None:
     assert sent_entry.text == "Thử loa."
     assert sent_entry.audio_sha256 == three.audio_sha256
     assert sent_entry.clusters == ["a-01", "a-02"]
+
+
+def _spoken(rig: WebRig, text: str, voice: str) -> str:
+    """The SHA-256 of text spoken with voice and prepared as the clusters get it."""
+    with tempfile.TemporaryDirectory(dir=rig.tmp) as tmp:
+        wav = Speech().speak(text, Path(tmp) / "speech.wav", voice=voice)
+        return rig.controller.library.prepare([wav]).sha256
+
+
+def test_a_text_is_spoken_with_the_voice_of_its_targets(rig: WebRig) -> None:
+    """xa-b speaks Central, the rest of the province Southern; both at once: the voice of
+    their common ancestor, the province."""
+    require("espeak-ng", shutil.which("espeak-ng") is not None, "apt-get install espeak-ng")
+    manager = rig.user("quan-ly")
+    text = "Lúc 14h30, nước sông lên 1,5 m."
+    central, southern = _spoken(rig, text, "mien-trung"), _spoken(rig, text, "mien-nam")
+    assert central != southern
+    one = rig.service.send(manager, AnnouncementRequest(targets=["b-01"], text=text))
+    both = rig.service.send(manager, AnnouncementRequest(targets=["a-01", "b-01"], text=text))
+    assert one.audio_sha256 == central
+    assert both.audio_sha256 == southern
+    details = {e.subject: e.detail for e in rig.service.audit_entries(manager)}
+    assert "voice=mien-trung" in (details[one.id] or "")
+    assert "voice=mien-nam" in (details[both.id] or "")
+
+
+def test_listening_first_prepares_what_would_be_sent_and_sends_nothing(rig: WebRig) -> None:
+    require("espeak-ng", shutil.which("espeak-ng") is not None, "apt-get install espeak-ng")
+    officer = rig.user("can-bo-b")
+    text = "Cúp điện từ 7h30 đến 16h00 ngày 10/12."
+    held = set(rig.controller.library.root.iterdir())
+    heard = rig.service.preview(officer, AnnouncementRequest(targets=["b-01"], text=text))
+    assert heard[:4] == b"OggS"
+    # Without targets chosen yet: the voice of the officer's own commune.
+    assert rig.service.preview(officer, AnnouncementRequest(targets=[], text=text)) == heard
+    # Nothing sent, recorded, audited or kept.
+    assert set(rig.controller.library.root.iterdir()) == held
+    assert not any(rig.service.work_dir.iterdir())
+    assert rig.controller.store.events.count() == 0
+    assert rig.service.recent(rig.user("quan-ly")) == []
+    assert rig.service.audit_entries(rig.user("quan-ly")) == []
+    # What the clusters would get: the Central voice, prepared as any announcement.
+    assert hashlib.sha256(heard).hexdigest() == _spoken(rig, text, "mien-trung")
+    # The same scope rule as sending.
+    with pytest.raises(TargetForbiddenError):
+        rig.service.preview(officer, AnnouncementRequest(targets=["a-01"], text=text))
+    with pytest.raises(UrgentError, match="write the text"):
+        rig.service.preview(officer, AnnouncementRequest(targets=["b-01"], text=" "))
 
 
 def test_an_offline_cluster_is_shown_offline(rig: WebRig) -> None:

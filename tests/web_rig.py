@@ -2,8 +2,9 @@
 
 Shared by the urgent-service, API, CLI, CAP and browser tests. The fleet: province
 tinh-t with commune xa-a (villages ap-a1: a-01, a-02; ap-a2: a-03) and commune xa-b
-(b-01). Users: can-bo-a (operator of xa-a), can-bo-b (operator of xa-b), quan-ly
-(manager of the province); every password is PASSWORD.
+(b-01); the province speaks with the Southern voice, xa-b with the Central one. Users:
+can-bo-a (operator of xa-a), can-bo-b (operator of xa-b), quan-ly (manager of the
+province); every password is PASSWORD.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ province:
   id: tinh-t
   name: Tỉnh Thử
   code: "93"
+  voice: mien-nam
   communes:
     - id: xa-a
       name: Xã An
@@ -69,6 +71,7 @@ province:
     - id: xa-b
       name: Xã Bình
       code: "31400"
+      voice: mien-trung
       clusters:
         - {id: b-01, name: Trụ sở Bình, lat: 9.50, lon: 105.50}
 """
