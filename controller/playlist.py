@@ -16,7 +16,8 @@ files played in order, with an optional chime before (intro) and after (outro)::
         schedule:
           times: ["06:00"]
           weekdays: daily             # daily | workdays | weekend | [mon, wed, fri]
-        targets: [all]                # node or cluster ids, tag:<tag>, all
+                                      # | [thứ hai, thứ tư] | [T2, T4, CN] | T2-T6
+        targets: [all]                # node or cluster ids, codes, names, tag:<tag>, all
         exclude: [kinh-cung-03]
         lateness: 10m                 # a play may still start this late
 
@@ -63,6 +64,7 @@ from pydantic import (
 from controller.config import json_schema as config_json_schema
 from controller.fleet import ALL, TAG_PREFIX, Fleet
 from controller.fleet import json_schema as fleet_json_schema
+from controller.folding import fold
 from protocol.config_errors import ConfigError, Problem
 from protocol.durations import Duration
 from protocol.messages import Level
@@ -124,6 +126,72 @@ def _parse_date(value: Any) -> Any:
     return date(year, month, day)
 
 
+#: Vietnamese day names as people write them, folded (controller.folding.fold):
+#: thứ hai / thứ 2 / T2 ... chủ nhật / CN.
+_VI_DAYS: dict[str, Weekday] = {}
+for _weekday, _word, _digit in zip(
+    WEEKDAYS, ("hai", "ba", "tu", "nam", "sau", "bay"), "234567", strict=False
+):
+    _VI_DAYS.update({f"thu {_word}": _weekday, f"thu {_digit}": _weekday, f"t{_digit}": _weekday})
+_VI_DAYS.update({"chu nhat": "sun", "cn": "sun"})
+_VI_SETS: dict[str, tuple[Weekday, ...]] = {
+    "hang ngay": DAY_SETS["daily"],
+    "moi ngay": DAY_SETS["daily"],
+    "ngay lam viec": DAY_SETS["workdays"],
+    "cuoi tuan": DAY_SETS["weekend"],
+}
+_DAY_HELP = (
+    "write daily, workdays (mon-fri), weekend (sat, sun), a list such as [mon, wed, fri] "
+    "or [thứ hai, thứ tư, thứ sáu] (also T2 ... T7, CN), or a range such as T2-T6"
+)
+
+
+def _day(value: str) -> Weekday | None:
+    """One day, in English (mon) or Vietnamese (thứ hai, thu 2, T2, chủ nhật, CN)."""
+    word = value.strip().lower()
+    if word in WEEKDAYS:
+        return WEEKDAYS[WEEKDAYS.index(word)]
+    return _VI_DAYS.get(fold(value))
+
+
+#: How the Vietnamese names are shown in a "did you mean", by their folded form.
+_VI_SHOWN = {
+    fold(name): name
+    for name in (
+        "thứ hai", "thứ ba", "thứ tư", "thứ năm", "thứ sáu", "thứ bảy", "chủ nhật",
+        "T2", "T3", "T4", "T5", "T6", "T7", "CN", "hằng ngày", "ngày làm việc", "cuối tuần",
+    )
+}
+
+
+def _not_a_day(value: str) -> ValueError:
+    close = suggest(fold(value), [*DAY_SETS, *WEEKDAYS, *_VI_SHOWN])
+    close = _VI_SHOWN.get(close, close) if close else None
+    hint = f"did you mean {close!r}? " if close else ""
+    return ValueError(f"{value!r} is not a day: {hint}{_DAY_HELP}")
+
+
+def _day_item(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # pydantic says what type it expected
+    day = _day(value)
+    if day is None:
+        raise _not_a_day(value)
+    return day
+
+
+def _day_range(value: str) -> tuple[Weekday, ...] | None:
+    """T2-T6, thứ hai - thứ sáu, thứ hai đến thứ sáu, mon-fri: the days from one to the other."""
+    parts = re.split(r"\s*-\s*|\s+(?:đến|den|to)\s+", value.strip(), maxsplit=1)
+    if len(parts) != 2:
+        return None
+    first, last = _day(parts[0]), _day(parts[1])
+    if first is None or last is None:
+        return None
+    i, j = WEEKDAYS.index(first), WEEKDAYS.index(last)
+    return WEEKDAYS[i:j + 1] if i <= j else (*WEEKDAYS[i:], *WEEKDAYS[:j + 1])
+
+
 def _parse_weekdays(value: Any) -> Any:
     if value is None:
         return None
@@ -131,16 +199,15 @@ def _parse_weekdays(value: Any) -> Any:
         word = value.strip().lower()
         if word in DAY_SETS:
             return DAY_SETS[word]
-        if word in WEEKDAYS:
-            return (word,)
-        close = suggest(word, [*DAY_SETS, *WEEKDAYS])
-        hint = f"did you mean {close!r}? " if close else ""
-        raise ValueError(
-            f"{value!r} is not a day: {hint}write daily, workdays (mon-fri), weekend "
-            "(sat, sun), or a list such as [mon, wed, fri]"
-        )
-    if isinstance(value, list | tuple):
-        return [v.strip().lower() if isinstance(v, str) else v for v in value]
+        if fold(value) in _VI_SETS:
+            return _VI_SETS[fold(value)]
+        day = _day(value)
+        if day is not None:
+            return (day,)
+        days = _day_range(value)
+        if days is not None:
+            return days
+        raise _not_a_day(value)
     return value
 
 
@@ -165,17 +232,20 @@ _DATE_SCHEMA: dict[str, Any] = {
 }
 _WEEKDAYS_SCHEMA: dict[str, Any] = {
     "anyOf": [
-        {"type": "string", "enum": [*DAY_SETS, *WEEKDAYS]},
-        {"type": "array", "items": {"type": "string", "enum": list(WEEKDAYS)}, "minItems": 1},
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
     ],
     "default": "daily",
-    "description": "daily, workdays (mon-fri), weekend (sat, sun), or a list of days",
+    "description": "daily, workdays (mon-fri), weekend (sat, sun), a list of days (mon ... "
+    "sun, or thứ hai ... chủ nhật, T2 ... T7, CN), or a range such as T2-T6",
+    "examples": ["daily", "workdays", ["mon", "wed", "fri"], ["thứ hai", "thứ năm"], "T2-T6"],
 }
 
 TimeOfDay = Annotated[time, BeforeValidator(_parse_time), WithJsonSchema(_TIME_SCHEMA)]
 LocalDate = Annotated[date, BeforeValidator(_parse_date), WithJsonSchema(_DATE_SCHEMA)]
+DayName = Annotated[Weekday, BeforeValidator(_day_item)]
 Weekdays = Annotated[
-    tuple[Weekday, ...] | None,
+    tuple[DayName, ...] | None,
     BeforeValidator(_parse_weekdays),
     AfterValidator(_sorted_days),
     WithJsonSchema(_WEEKDAYS_SCHEMA),
@@ -214,13 +284,19 @@ def _programme_id(value: str) -> str:
 
 
 def _target(value: str) -> str:
+    """A node or cluster id, a statistics code, a name (checked against the fleet by
+    the loader, controller.fleet.Fleet.lookup), tag:<tag> or all."""
     if value == ALL:
         return value
     if value.startswith(TAG_PREFIX):
         if not value.removeprefix(TAG_PREFIX):
             raise ValueError(f"write the tag after '{TAG_PREFIX}', e.g. {TAG_PREFIX}cho")
         return value
-    return check_id(value, "target")
+    if not value.strip():
+        raise ValueError("an empty target: write a node or cluster id, a name, or all")
+    if len(value) > 200:
+        raise ValueError("a target is at most 200 characters")
+    return value
 
 
 Target = Annotated[str, AfterValidator(_target)]
@@ -302,7 +378,8 @@ class Schedule(_Strict):
     times: Annotated[list[TimeOfDay], Field(min_length=1, max_length=96)]
     """Local times of day, "HH:MM" in quotes."""
     weekdays: Annotated[Weekdays, Field(json_schema_extra={"default": "daily"})] = None
-    """daily (the default), workdays, weekend, or a list of mon, tue, wed, thu, fri, sat, sun."""
+    """daily (the default), workdays, weekend, a list of mon ... sun or thứ hai ... chủ nhật
+    (T2 ... T7, CN), or a range such as T2-T6."""
     dates: list[LocalDate] = []
     """Air on these dates only (instead of weekdays)."""
     every_weeks: Annotated[int, Field(ge=1, le=52)] | None = None
@@ -496,7 +573,8 @@ class Programme(_Strict):
     schedule: Schedule
     """When it airs."""
     targets: Annotated[Targets, Field(min_length=1)]
-    """Where it airs: node or cluster ids from the fleet, tag:<tag>, or all."""
+    """Where it airs: node or cluster ids, statistics codes or names from the fleet (Xã Tân
+    Bình, with or without marks), tag:<tag>, or all."""
     exclude: Targets = []
     """Clusters to leave out of the targets: ids, tag:<tag>."""
     lateness: Annotated[

@@ -384,6 +384,93 @@ def test_weekdays_choose_the_local_day() -> None:
     ]  # 06:00 local is 23:00 UTC the day before: Sunday 4 January's is outside the window
 
 
+@pytest.mark.parametrize(
+    ("written", "days"),
+    [
+        ("[thứ hai, thứ tư, thứ sáu]", "Mon Wed Fri"),
+        ("[Thứ Hai, Thu Tu, thu sau]", "Mon Wed Fri"),
+        ("[T2, T4, T6]", "Mon Wed Fri"),
+        ("[thứ 2, thứ 4, thứ 6]", "Mon Wed Fri"),
+        ("[thứ bảy, chủ nhật]", "Sat Sun"),
+        ("[T7, CN]", "Sat Sun"),
+        ("chủ nhật", "Sun"),
+        ("CN", "Sun"),
+        ("T2-T6", "Mon Tue Wed Thu Fri"),
+        ("thứ hai - thứ sáu", "Mon Tue Wed Thu Fri"),
+        ("thứ bảy đến chủ nhật", "Sat Sun"),
+        ("T6-T2", "Mon Fri Sat Sun"),
+        ("hằng ngày", "Mon Tue Wed Thu Fri Sat Sun"),
+        ("cuối tuần", "Sat Sun"),
+        ("[mon, thứ tư, T6]", "Mon Wed Fri"),
+    ],
+)
+def test_weekdays_written_in_vietnamese(written: str, days: str) -> None:
+    p = programme(f'times: ["12:00"]\nweekdays: {written}')
+    got = list(p.occurrences(utc(2026, 1, 5), utc(2026, 1, 12), HCM))  # Mon 5 to Mon 12
+    assert " ".join(local(got, HCM)[i][:3] for i in range(len(got))) == days
+
+
+def test_a_vietnamese_day_that_is_none_says_what_to_write(folder: Path, fleet: Fleet) -> None:
+    path = write(folder, GOOD.replace(
+        'times: ["06:00"]', 'times: ["06:00"]\n      weekdays: [thứ hai, thứ tám, chu nhut]'
+    ))
+    found = problems([path], fleet)
+    assert [(p.line, p.col) for p in found] == [(8, 27), (8, 36)]
+    assert "'thứ tám' is not a day: did you mean 'thứ năm'?" in found[0].message
+    assert "did you mean 'chủ nhật'?" in found[1].message
+    assert "T2 ... T7, CN" in found[1].message
+
+
+@pytest.mark.parametrize(
+    ("target", "clusters"),
+    [
+        ("Xã Tân Bình", ["tan-binh-01", "tan-binh-02"]),
+        ("xa tan binh", ["tan-binh-01", "tan-binh-02"]),
+        ("Tân Bình", ["tan-binh-01", "tan-binh-02"]),
+        ("31399", ["tan-binh-01", "tan-binh-02"]),
+        ("Ấp Tân Lợi", ["tan-binh-02"]),
+        ("Chợ Tân Bình", ["tan-binh-02"]),
+        ("Thị trấn Kinh Cùng", ["kinh-cung-01", "kinh-cung-02", "kinh-cung-03"]),
+        ("HUYỆN CHÂU THÀNH A", ["bay-ngan-01", "bay-ngan-02", "mot-ngan-01", "mot-ngan-02",
+                                "nhon-nghia-a-01", "rach-goi-01", "tan-hoa-01", "tan-hoa-02",
+                                "thanh-xuan-01", "thanh-xuan-02", "truong-long-tay-01",
+                                "truong-long-tay-02", "truong-long-tay-03"]),
+    ],
+)
+def test_targets_by_name_or_code(
+    folder: Path, fleet: Fleet, target: str, clusters: list[str]
+) -> None:
+    path = write(folder, GOOD.replace("[xa-tan-binh]", f'["{target}"]'))
+    p = load_playlists([path], fleet).programmes["tin-sang"]
+    assert fleet.resolve(p.targets, p.exclude) == clusters
+
+
+def test_a_name_of_several_places_asks_which_one(folder: Path, fleet: Fleet) -> None:
+    path = write(folder, GOOD.replace(
+        "[xa-tan-binh]", "[Phụng Hiệp, Tân Bình]\n    exclude: [cho tan binh]"
+    ))
+    [problem] = problems([path], fleet)
+    assert (problem.line, problem.col) == (8, 15)
+    assert problem.message == (
+        "targets: 'Phụng Hiệp' fits 2 places; did you mean huyen-phung-hiep (Huyện Phụng "
+        "Hiệp, Tỉnh Hậu Giang) or xa-phung-hiep (Xã Phụng Hiệp, Huyện Phụng Hiệp)? Write its "
+        "id or its full name"
+    )
+    fixed = write(folder, GOOD.replace(
+        "[xa-tan-binh]", "[Xã Phụng Hiệp, Tân Bình]\n    exclude: [cho tan binh]"
+    ))
+    p = load_playlists([fixed], fleet).programmes["tin-sang"]
+    assert fleet.resolve(p.targets, p.exclude) == ["phung-hiep-01", "phung-hiep-02",
+                                                    "tan-binh-01"]
+
+
+def test_a_misspelt_name_suggests_the_place(folder: Path, fleet: Fleet) -> None:
+    path = write(folder, GOOD.replace("[xa-tan-binh]", '["Xã Tân Bìh"]'))
+    [problem] = problems([path], fleet)
+    assert (problem.line, problem.col) == (8, 15)
+    assert "unknown target 'Xã Tân Bìh'; did you mean 'xa-tan-binh'?" in problem.message
+
+
 def test_every_two_weeks_counts_from_the_anchor_week() -> None:
     p = programme('times: ["19:00"]\nweekdays: [sat]\nevery_weeks: 2\nfrom: 2026-01-07')
     got = list(p.occurrences(utc(2025, 12, 20), utc(2026, 2, 10), HCM))
