@@ -30,9 +30,9 @@ from pydantic import (
     model_validator,
 )
 
+from controller.voices import PLACEHOLDERS, Voice, catalogue, check_voice_name
 from protocol.config_errors import ConfigError
 from protocol.durations import Duration
-from controller.voices import PLACEHOLDERS, Voice, catalogue, check_voice_name
 from protocol.mqtt import BrokerAddress
 from protocol.topics import check_id
 from protocol.validation import suggest, validate

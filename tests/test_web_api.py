@@ -255,3 +255,27 @@ def test_approvals_through_the_api_and_the_page_are_audited(rig: WebRig) -> None
         ("quan-ly", "luat-tuan", "source=web"), ("quan-ly", "luat-tuan", "source=api"),
     ]
     assert entries[0]["clusters"] == ["a-01", "a-02", "a-03"]
+
+
+def test_listening_first_through_the_api_sends_nothing(rig: WebRig) -> None:
+    require("espeak-ng", shutil.which("espeak-ng") is not None, "apt-get install espeak-ng")
+    auth = sign_in(rig, "can-bo-b")
+    with rig.client() as c:
+        r = c.post("/api/v1/preview", headers=auth,
+                   json={"text": "Cúp điện lúc 7h30.", "targets": ["Xã Bình"]})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("audio/ogg")
+        assert r.content[:4] == b"OggS"
+        forbidden = c.post("/api/v1/preview", headers=auth,
+                           json={"text": "Thử", "targets": ["xa-a"]})
+        assert forbidden.status_code == 403
+        assert c.post("/api/v1/preview", headers=auth, json={"text": ""}).status_code == 422
+        # A cookie session needs the CSRF header, as for sending.
+        login = c.post("/api/v1/login", json={"name": "can-bo-b", "password": PASSWORD})
+        c.cookies.set("loa_session", login.json()["token"])
+        assert c.post("/api/v1/preview", json={"text": "Thử"}).status_code == 403
+        ok = c.post("/api/v1/preview", json={"text": "Thử"},
+                    headers={"X-CSRF-Token": login.json()["csrf_token"]})
+        assert ok.status_code == 200
+    assert rig.controller.store.events.count() == 0
+    assert rig.service.recent(rig.user("quan-ly")) == []

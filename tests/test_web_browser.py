@@ -3,8 +3,9 @@ controller with real agents on a real broker.
 
 A commune officer signs in, sends a typed announcement to one village, watches the
 clusters go delivered -> playing live, stops it and sees them interrupted; the same
-officer forging a target in another commune is refused in the page; English on demand;
-a signed-in page stays signed in across a restart of the controller.
+officer forging a target in another commune is refused in the page; "Nghe thử" plays
+the text in the page and sends nothing; a manager hears a programme before approving it;
+English on demand; a signed-in page stays signed in across a restart of the controller.
 """
 
 from __future__ import annotations
@@ -151,6 +152,66 @@ def test_pages_in_english_and_managers_pages(rig: WebRig, browser: Any) -> None:
     sign_in(officer, rig, "can-bo-a")
     response = officer.goto(f"{rig.url}/audit")
     assert response.status == 403
+
+
+PLAYED = """() => {
+    const a = document.getElementById('listen-audio');
+    return a && !a.hidden && a.duration > 1 && a.currentTime > 0;
+}"""
+
+
+def test_listen_first_plays_the_text_in_the_page_and_sends_nothing(
+    rig: WebRig, browser: Any
+) -> None:
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    sign_in(page, rig, "can-bo-a")
+    listen = page.locator("#listen")
+    assert listen.inner_text() == "Nghe thử"
+    page.check("input[name=targets][value=ap-a1]")
+    page.fill("textarea[name=text]", "Lúc 14h30 ngày 6/12, nước sông lên 1,5 m. Gọi 0912 345 678.")
+    with page.expect_response(lambda r: r.url.endswith("/send/preview")) as answer:
+        listen.click()
+    assert answer.value.status == 200
+    assert answer.value.headers["content-type"].startswith("audio/ogg")
+    page.wait_for_function(PLAYED)  # playing in the page
+    assert page.url == f"{rig.url}/send"
+    # Nothing went anywhere.
+    assert rig.controller.store.events.count() == 0
+    assert rig.service.recent(rig.user("quan-ly")) == []
+    assert rig.service.audit_entries(rig.user("quan-ly")) == []
+    # A target outside the officer's commune is refused as sending would be, beside the button.
+    page.evaluate("""() => {
+        const box = document.createElement('input');
+        box.type = 'checkbox'; box.name = 'targets'; box.value = 'xa-b'; box.checked = true;
+        document.getElementById('send-form').appendChild(box);
+    }""")
+    with page.expect_response(lambda r: r.url.endswith("/send/preview")) as refused:
+        listen.click()
+    assert refused.value.status == 403
+    page.wait_for_selector("#listen-note:has-text('Không được phép')")
+
+
+def test_the_approval_page_plays_a_programmes_bulletin(rig: WebRig, browser: Any) -> None:
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    sign_in(page, rig, "quan-ly")
+    page.goto(f"{rig.url}/approvals")
+    item = page.locator('li[data-programme="luat-tuan"]')
+    assert "Nghe bản tin 1" in item.inner_text()
+    with page.expect_response(lambda r: "/approvals/luat-tuan/audio/1" in r.url) as answer:
+        item.locator("audio").evaluate("a => a.play()")
+    assert answer.value.status in (200, 206)
+    assert answer.value.headers["content-type"].startswith("audio/ogg")
+    page.wait_for_function(
+        """() => { const a = document.querySelector('li[data-programme="luat-tuan"] audio');
+                   return a.duration > 0.5 && a.currentTime > 0; }"""
+    )
+    assert "Chờ duyệt" in item.inner_text()  # listening approves nothing
+    # A commune officer may not fetch it.
+    officer = browser.new_page()
+    sign_in(officer, rig, "can-bo-a")
+    assert officer.goto(f"{rig.url}/approvals/luat-tuan/audio/1").status == 403
 
 
 def test_a_signed_in_page_stays_signed_in_across_a_controller_restart(

@@ -13,7 +13,8 @@ middleware: nothing between the server and the routes reads a body or wraps an e
 
 The package reads top-down: context (what routes work with) and the pieces under it
 (security, limiter, signin, uploads, errors, limits, proxies, headers, i18n), then auth
-(who is asking), approvals, then the routes (api, pages), then this module, then server.
+(who is asking), approvals, then the routes (api, listen, pages), then this module, then
+server.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from controller.web import api, pages
+from controller.web import api, listen, pages
 from controller.web.context import WebContext
 from controller.web.errors import ApiError
 from controller.web.headers import SecurityHeaders
@@ -61,6 +62,8 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api.router)
+    app.include_router(listen.api)
+    app.include_router(listen.router)
     app.include_router(pages.router)
 
     @app.exception_handler(ApiError)

@@ -109,6 +109,14 @@ TEXT: dict[str, dict[Lang, str]] = {
     "kind_cluster": {"vi": "cụm loa", "en": "cluster"},
     "clusters_n": {"vi": "{n} cụm loa", "en": "{n} clusters"},
     "language": {"vi": "English", "en": "Tiếng Việt"},
+    "listen": {"vi": "Nghe thử", "en": "Listen first"},
+    "listen_busy": {"vi": "Đang chuẩn bị âm thanh…", "en": "Preparing the audio…"},
+    "listen_help": {
+        "vi": "Nghe trước trên máy này; chưa phát ra loa.",
+        "en": "Hear it here first; nothing goes to the speakers.",
+    },
+    "listen_bulletin": {"vi": "Nghe bản tin {n}", "en": "Listen to bulletin {n}"},
+
 }
 
 
