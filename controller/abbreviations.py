@@ -58,7 +58,7 @@ def _check_key(key: Any) -> str | None:
 
 def _check_words(key: str, value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
-        return f"{key}: write how it is read, in words, e.g. {key}: ủy ban nhân dân"
+        return f"{key}: write how it is read, in words, after the colon (UBND: ủy ban nhân dân)"
     if len(value) > MAX_WORDS:
         return f"{key}: at most {MAX_WORDS} characters"
     if any(c.isdigit() for c in value):
