@@ -108,7 +108,11 @@ def target_label(fleet: Fleet, name: str) -> str:
         return fleet.nodes[name].name
     if name in fleet.clusters:
         return f"{fleet.clusters[name].name} ({name})"
-    return name
+    try:  # a statistics code or a name written another way: the place's own name
+        found = fleet.lookup(name)
+    except KeyError:
+        return name
+    return target_label(fleet, found) if found != name else name
 
 
 def where(fleet: Fleet, programme: Programme) -> str:

@@ -214,3 +214,37 @@ def test_an_airing_lasts_its_audio_with_the_gaps_between_parts(tmp_path: Path) -
     assert programme_seconds(playlists.programmes["p"], durations) == pytest.approx(43.0)
     assert programme_seconds(playlists.programmes["p"], {}) is None
     assert [span(s) for s in (4, 60, 200, 3900)] == ["4s", "1m", "3m20s", "1h05m"]
+
+
+def test_check_reads_the_speech_section_with_the_fleet(tmp_path: Path) -> None:
+    """The province's abbreviation file is checked, and the fleet may name a voice the
+    config defines (and none it does not)."""
+    from controller.check import check as check_all
+
+    shutil.copytree(ROOT / "playlists", tmp_path / "playlists")
+    fleet = (ROOT / "config" / "fleet.yaml").read_text(encoding="utf-8")
+    fleet = fleet.replace("name: Xã Tân Bình\n", "name: Xã Tân Bình\n          voice: giong-tinh\n")
+    (tmp_path / "fleet.yaml").write_text(fleet, encoding="utf-8")
+    (tmp_path / "abbreviations.yaml").write_text(
+        "abbreviations:\n  HTX: hợp tác xã\n  BCH:\n", encoding="utf-8"
+    )
+    config = tmp_path / "controller.yaml"
+    config.write_text(
+        "fleet: fleet.yaml\nplaylists: [playlists]\nprivate_key: k\ncontent_dir: c\n"
+        "speech:\n  abbreviations: [abbreviations.yaml]\n  voices:\n"
+        "    giong-tinh: {voice: vi-vn-x-south, speed: 130}\n",
+        encoding="utf-8",
+    )
+    found = [str(p) for p in check_all(config, [], today=datetime(2026, 11, 27, tzinfo=HCM))
+             if p.severity == "error"]
+    assert found == [
+        f"{tmp_path / 'abbreviations.yaml'}:3:7: BCH: write how it is read, in words, after "
+        "the colon (UBND: ủy ban nhân dân)"
+    ]
+    config.write_text(config.read_text(encoding="utf-8").replace("giong-tinh:", "giong-khac:"),
+                      encoding="utf-8")
+    found = [str(p) for p in check_all(config, [], today=datetime(2026, 11, 27, tzinfo=HCM))
+             if p.severity == "error"]
+    assert len(found) == 2
+    assert found[1].startswith(f"{tmp_path / 'fleet.yaml'}:69:18: no voice 'giong-tinh'")
+    assert "write one of giong-khac, mien-bac, mien-nam, mien-trung" in found[1]
