@@ -365,6 +365,9 @@ class Controller:
 
 def run(config: ControllerConfig) -> None:
     """Run the controller daemon until SIGTERM or SIGINT."""
+    from controller.tts import speech_for
+
+    speech = speech_for(config.speech)  # the abbreviation files: refused before anything starts
     controller = Controller(Settings.from_config(config))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -377,7 +380,7 @@ def run(config: ControllerConfig) -> None:
         from controller.web.server import start_web
 
         try:
-            web = start_web(controller, config.web)
+            web = start_web(controller, config.web, tts=speech)
         except BaseException:  # a certificate it cannot use, a port taken: stop, then say so
             controller.stop()
             raise

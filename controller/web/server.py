@@ -133,13 +133,13 @@ def build_context(
     )
 
 
-def start_web(controller: Any, config: Any) -> WebServer:
+def start_web(controller: Any, config: Any, *, tts: TextToSpeech | None = None) -> WebServer:
     """Serve the web app for a running controller, as configured (controller.config.WebConfig)."""
     if config.tls is not None:
         check_tls(*config.tls)
     ctx = build_context(
         controller, config.users_file, config.work_dir, tz=controller.settings.timezone,
-        secure_cookies=config.secure_cookies,
+        tts=tts, secure_cookies=config.secure_cookies,
         trusted_proxies=config.proxy_networks,
     )
     folder = None
