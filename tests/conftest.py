@@ -4,10 +4,20 @@
 not under CI, which must install it), it falls back to the embedded amqtt broker with
 the same interface, so the suite still runs on a machine with only Python.
 `mosquitto_broker` and `embedded_broker` pin one or the other.
+
+Persistence is real: mosquitto 2.0 started as root (as CI runs the suite) drops to the
+`mosquitto` user, which cannot write its persistence file into a 0700 test folder, so
+the config names the user running the tests (`user`; ignored when not root). Fixtures
+whose tests kill the broker check that it saves (`check_persistence`: the file is there
+after a clean stop) before the test relies on it. `mosquitto_broker` autosaves every
+second; `mosquitto_default_autosave` keeps mosquitto's default (30 minutes), as a
+field broker configured with `persistence true` alone: killed -9, it has saved nothing
+since it started.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 import secrets
 import shutil
@@ -115,7 +125,9 @@ class BrokerUnderTest(Protocol):
 class MosquittoBroker:
     """A private mosquitto on a free loopback port that a test may stop, kill and restart."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, autosave_interval: int | None = 1) -> None:
+        """autosave_interval: seconds between saves of the in-memory state (None:
+        mosquitto's default, 1800)."""
         self.port = free_port()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -123,14 +135,32 @@ class MosquittoBroker:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # As root, mosquitto drops to this user: the one who can write workdir.
+            f"user {getpass.getuser()}\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
-            "autosave_interval 1\n"
-            "max_queued_messages 100000\n"
+            + (f"autosave_interval {autosave_interval}\n" if autosave_interval else "")
+            + "max_queued_messages 100000\n"
             "max_inflight_messages 1000\n"
             "log_dest stderr\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def persistence_file(self) -> Path:
+        return self.workdir / "mosquitto.db"
+
+    def check_persistence(self) -> None:
+        """Stop cleanly (mosquitto saves then), check that it wrote its persistence file,
+        and start again: a test may then rely on what the broker saves."""
+        self.stop()
+        if not self.persistence_file.is_file() or self.persistence_file.stat().st_size == 0:
+            log = (self.workdir / "mosquitto.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(
+                f"mosquitto saved nothing to {self.persistence_file} on a clean stop: its "
+                f"persistence does not work here (user, folder rights?). Its log:\n{log}"
+            )
+        self.start()
 
     @property
     def address(self) -> BrokerAddress:
@@ -213,10 +243,14 @@ def have_mosquitto() -> bool:
     return shutil.which("mosquitto") is not None
 
 
-def _mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(tmp_path / "broker")
+def _mosquitto(
+    tmp_path: Path, *, autosave_interval: int | None = 1, persistence_checked: bool = False
+) -> Iterator[MosquittoBroker]:
+    b = MosquittoBroker(tmp_path / "broker", autosave_interval=autosave_interval)
     b.start()
     try:
+        if persistence_checked:
+            b.check_persistence()
         yield b
     finally:
         b.kill()
@@ -243,8 +277,18 @@ def broker(tmp_path: Path) -> Iterator[BrokerUnderTest]:
 
 @pytest.fixture
 def mosquitto_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """mosquitto saving its state every second, its persistence checked."""
     require("mosquitto", have_mosquitto(), "apt-get install mosquitto")
-    yield from _mosquitto(tmp_path)
+    yield from _mosquitto(tmp_path, persistence_checked=True)
+
+
+@pytest.fixture
+def mosquitto_default_autosave(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """mosquitto as docs/operations.md configures it (`persistence true`, the default
+    autosave of 30 minutes), its persistence checked: what it saves on a clean stop
+    comes back, what it took since its last start is lost when killed -9."""
+    require("mosquitto", have_mosquitto(), "apt-get install mosquitto")
+    yield from _mosquitto(tmp_path, autosave_interval=None, persistence_checked=True)
 
 
 @pytest.fixture

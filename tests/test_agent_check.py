@@ -260,7 +260,7 @@ def test_bad_credentials_are_told_apart(tmp_path: Path) -> None:
                    timeout=10)
     broker.conf.write_text(
         broker.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
-        + f"password_file {passwords}\nuser root\n"
+        + f"password_file {passwords}\n"
     )
     broker.start()
     try:

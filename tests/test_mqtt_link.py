@@ -362,7 +362,7 @@ def test_a_refused_login_is_told_and_a_later_accepted_one_clears_it(
     set_password("old")
     broker.conf.write_text(
         broker.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
-        + f"password_file {passwords}\nuser root\n"
+        + f"password_file {passwords}\n"
     )
     login_refusals = {
         Refusal(Refusal.BAD_USERNAME_OR_PASSWORD, "Bad user name or password"),

@@ -95,10 +95,8 @@ class Authority:
 
 
 def tls_mosquitto(workdir: Path, cert: Path, key: Path) -> MosquittoBroker:
-    """A private mosquitto (not started) whose one listener speaks TLS with cert and key.
-    Running as root, mosquitto would drop to its own user, which cannot read them here."""
+    """A private mosquitto (not started) whose one listener speaks TLS with cert and key
+    (readable: the fixture's config runs the broker as the user running the tests)."""
     broker = MosquittoBroker(workdir)
-    broker.conf.write_text(
-        broker.conf.read_text() + f"certfile {cert}\nkeyfile {key}\nuser root\n"
-    )
+    broker.conf.write_text(broker.conf.read_text() + f"certfile {cert}\nkeyfile {key}\n")
     return broker
