@@ -117,6 +117,12 @@ class Link(Protocol):
     def wait_connected(self, timeout: float) -> bool: ...
     @property
     def connected(self) -> bool: ...
+    @property
+    def session_present(self) -> bool:
+        """Whether the broker still held this client's session at the last connection
+        (CONNACK's flag): False after a broker restart that lost it, or at a first
+        connection."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -255,6 +261,7 @@ class MqttLink:
         self._listeners: list[ConnectionListener] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self._session_present = False
         self._refusal: Refusal | None = None
         self._failure: ConnectFailure | None = None
         self._handshake_failure: ConnectFailure | None = None  # of the attempt under way
@@ -287,6 +294,10 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def session_present(self) -> bool:
+        return self._session_present
 
     @property
     def last_refusal(self) -> Refusal | None:
@@ -419,7 +430,12 @@ class MqttLink:
         )
 
     def _on_connect(
-        self, client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+        self,
+        client: paho.Client,
+        _userdata: Any,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        _props: Any,
     ) -> None:
         self._failure = None
         if reason.is_failure:
@@ -431,6 +447,7 @@ class MqttLink:
                 )
             return
         self._refusal = None
+        self._session_present = bool(flags.session_present)
         self._failures.reset()
         with self._lock:
             subs = list(self._subs.items())

@@ -172,6 +172,10 @@ class MeteredLink:
     def connected(self) -> bool:
         return self._inner.connected
 
+    @property
+    def session_present(self) -> bool:
+        return self._inner.session_present
+
 
 # --- the worker processes -------------------------------------------------------------------
 

@@ -36,6 +36,10 @@ class DownLink:
     def connected(self) -> bool:
         return False
 
+    @property
+    def session_present(self) -> bool:
+        return False
+
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         self.handlers[topic_filter] = handler
 

@@ -170,6 +170,10 @@ class StopBeforeChunk:
     def connected(self) -> bool:
         return self._link.connected
 
+    @property
+    def session_present(self) -> bool:
+        return self._link.session_present
+
 
 @dataclass(frozen=True)
 class Seen:
