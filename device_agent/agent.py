@@ -16,6 +16,16 @@ heartbeat (QoS 0) every `heartbeat_s`, on connecting and when the relay fails or
 A new membership command means the controller (re)started: events it has not
 acknowledged are sent again at once, not at their next resend time. A key rotation
 (device_agent/trust.py) changes the controller keys it trusts, on disk.
+
+A play this cluster already holds that arrives again (the broker delivering a command
+twice, or the controller sending a play it has no confirmation of: a new command with
+the same play id) is never scheduled twice; it is answered with the play's `received`,
+so the controller learns that the cluster has it: the same event again (same outbox
+sequence number: the controller keeps it once) while that one still waits for the
+controller's acknowledgement. Once it has been acknowledged, the controller holds it; if
+the controller asks all the same (a new command: it lost its record), a new `received`
+says when the play first came and what became of it. A copy of the same command after
+the acknowledgement needs no answer.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from typing import Any
 from device_agent.amplifier import Amplifier, amplifier_from_config
 from device_agent.cache import Cache, ChunkOutcome
 from device_agent.guard import (
+    Duplicate,
     Guard,
     Ignored,
     Membership,
@@ -44,7 +55,7 @@ from device_agent.health import ClockOffset, cpu_temperature, disk_free, folder_
 from device_agent.localdb import LocalDatabase
 from device_agent.outbox import Outbox
 from device_agent.output import OutputBackend
-from device_agent.player import Player, PlayRecord, PlayView
+from device_agent.player import Player, PlayRecord, PlayView, clock_time
 from device_agent.relays import RelayConfig
 from device_agent.trust import ControllerKeys
 from device_agent.workers import WAKE, Item, Mailboxes, OwnThread
@@ -85,6 +96,8 @@ PRUNE_EVERY = timedelta(hours=1)
 # Chunks waiting for the worker beyond this are dropped (they are asked for again when
 # their play is due), so a burst of content cannot exhaust a small box's memory.
 MAX_QUEUED_CONTENT_BYTES = 64 * 1024 * 1024
+# A play received again is answered at most this often (copies in a burst: one answer).
+ANSWER_AGAIN_EVERY = timedelta(seconds=5)
 
 
 class ClusterLog(logging.LoggerAdapter[logging.Logger]):
@@ -205,6 +218,7 @@ class Agent:
         self._cache_dir = data_dir / "content"
         self._max_content_bytes = max_content_bytes
         self._arriving: set[str] = set()  # content of the play command being admitted
+        self._answered: dict[str, datetime] = {}  # play id -> last answer to a copy of it
         self._cache = cache or Cache(
             self._cache_dir,
             durable=durable,
@@ -500,6 +514,10 @@ class Agent:
             return self._handle_chunk(topic, payload) != "complete"
         try:
             command = self._guard.admit(topic, payload)
+        except Duplicate as exc:
+            if isinstance(exc.command.body, PlayBody):
+                self._answer_again(exc.command, same_command=True)
+            return False
         except Ignored as exc:
             self._log.debug("ignored command %s on %s: %s", exc.command_id, topic, exc.reason)
             return False
@@ -526,7 +544,8 @@ class Agent:
             try:
                 for ref in body.items:
                     self._cache.expect(ref)
-                self._player.accept(command)
+                if not self._player.accept(command):
+                    self._answer_again(command, same_command=False)
             finally:
                 self._arriving = set()
         elif isinstance(body, StopBody):
@@ -555,6 +574,45 @@ class Agent:
         membership = topics.cluster_topic(self.cluster_id, "membership")
         self._link.unsubscribe(membership)
         self._link.subscribe(membership, self._on_message)
+
+    def _answer_again(self, command: Command, *, same_command: bool) -> None:
+        """A play this cluster holds came again: tell the controller it has it."""
+        body = command.body
+        assert isinstance(body, PlayBody)
+        now = self._clock.now()
+        last = self._answered.get(body.play_id)
+        if last is not None and last <= now < last + ANSWER_AGAIN_EVERY:
+            return
+        if len(self._answered) >= 256:  # bounded: forget answers older than the interval
+            self._answered = {
+                p: at for p, at in self._answered.items() if at + ANSWER_AGAIN_EVERY > now
+            }
+        self._answered[body.play_id] = now
+        waiting = self._outbox.unacked_of(body.play_id, "received")
+        if waiting is not None:
+            self._log.info(
+                "play %s received again (command %s): sending its `received` again",
+                body.play_id, command.id,
+            )
+            if self._link.connected:
+                self._send([waiting])
+            return
+        known = self._player.known(body.play_id)
+        if same_command or known is None:
+            self._log.debug("play %s received again; the controller has its `received`",
+                            body.play_id)
+            return
+        first_command, received_at, state = known
+        self._log.info(
+            "play %s received again in a new command %s: the controller asks; answering "
+            "`received` again (it is %s)", body.play_id, command.id, state,
+        )
+        self._add_event(
+            "received", ref=command.id, play_id=body.play_id, bulletin=body.bulletin,
+            level=body.level,
+            reason=f"received again: first received at {clock_time(received_at)} (command "
+            f"{first_command}); it is {state}, not scheduled twice",
+        )
 
     def _apply_membership(self, command: Command) -> None:
         before = set(self._membership.current().groups)

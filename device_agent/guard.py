@@ -15,7 +15,16 @@ through `Guard.admit` before it can have any effect. In order:
    `to.groups`, and the topic the command came on must be the cluster's own topic or one
    of its groups' topics; membership commands only on the cluster's own topics;
 5. replay: a command id seen before (remembered on disk across restarts, until that
-   command expires) is rejected as replayed.
+   command expires) is not obeyed again. A play or an ack command seen before is the
+   same command delivered again (QoS 1 is at least once: a broker resends what it has no
+   PUBACK for after a reconnection), not an attack: it raises `Duplicate` (an `Ignored`),
+   and the agent answers a play with its `received` again, so that a controller that
+   asks learns of it (device_agent/agent.py). A stop seen before is rejected as
+   replayed: stopping "everything" again could cut a later play.
+
+The controller sends a play a cluster has not confirmed again as a new command (new id,
+same play id, docs/protocol.md): the guard admits it as any fresh command, and the
+player schedules a play id once, answering it as a duplicate too.
 
 Key rotations (device_agent/trust.py) come only on the cluster's own `key` topic and
 must be signed by the key they retire; the retained copy of one already applied is
@@ -72,6 +81,15 @@ class Ignored(Rejected):
 
     def __init__(self, reason: str, command_id: str | None = None) -> None:
         super().__init__(reason, command_id, "ignored")
+
+
+class Duplicate(Ignored):
+    """A play or ack command admitted before, delivered again: not obeyed twice, not a
+    refusal either. `command` is the command, verified and addressed to this cluster."""
+
+    def __init__(self, command: Command) -> None:
+        super().__init__(f"{command.body.kind} command already received once", command.id)
+        self.command = command
 
 
 @dataclass(frozen=True)
@@ -303,6 +321,8 @@ class Guard:
         self._check_address(topic, command, current, is_membership)
 
         if self._seen.seen(command.id):
+            if command.body.kind in ("play", "ack"):
+                raise Duplicate(command)
             raise Rejected(
                 "replayed: this command was already received once", command.id, "replayed"
             )

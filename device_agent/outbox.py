@@ -15,6 +15,7 @@ controller does not mistake them for duplicates of the old ones.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterable
@@ -134,6 +135,19 @@ class Outbox:
         """Every event not acknowledged yet, oldest first."""
         rows = self._db.query("SELECT payload FROM events ORDER BY seq")
         return [parse(Event, bytes(row[0])) for row in rows]
+
+    def unacked_of(self, play_id: str, kind: EventKind) -> Event | None:
+        """The unacknowledged event of this kind about this play, if there is one."""
+        needle = json.dumps({"play_id": play_id}, ensure_ascii=False, separators=(",", ":"))
+        rows = self._db.query(  # the JSON payload names the play: look at those only
+            "SELECT payload FROM events WHERE instr(CAST(payload AS TEXT), ?) > 0 ORDER BY seq",
+            (needle[1:-1],),
+        )
+        for row in rows:
+            event = parse(Event, bytes(row[0]))
+            if event.play_id == play_id and event.kind == kind:
+                return event
+        return None
 
     def due(self) -> list[Event]:
         """Events never sent, or whose resend delay has passed, oldest first."""

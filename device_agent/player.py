@@ -347,6 +347,14 @@ class Player:
             self._commit()
             return True
 
+    def known(self, play_id: str) -> tuple[str, datetime, PlayState] | None:
+        """A play this cluster holds: (the command it came in, when, its state)."""
+        with self._lock:
+            record = self._plays.get(play_id)
+            if record is None:
+                return None
+            return record.command_id, record.received_at, record.state
+
     def stop(self, play_id: str | None) -> int:
         """Stop one play, or (None) what is playing and every due play waiting; how many."""
         with self._lock:

@@ -12,6 +12,7 @@ import pytest
 from agent_support import Keys, command, content, play_body
 
 from device_agent.guard import (
+    Duplicate,
     Guard,
     Ignored,
     MembershipState,
@@ -152,7 +153,7 @@ def test_acks_are_remembered_in_memory_only(s: Setup) -> None:
         s.keys.signer, AckBody(outbox="ob", seqs=[1]), s.clock.now(), clusters=[ME]
     ).to_json()
     s.guard.admit(CMD, ack)
-    assert s.refused(CMD, ack).code == "replayed"  # still refused within this run
+    assert isinstance(s.refused(CMD, ack), Duplicate)  # not obeyed twice within this run
     s.restart()
     s.guard.admit(CMD, ack)  # after a restart: harmless, and admitted
 
