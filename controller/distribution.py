@@ -98,7 +98,17 @@ class PlayRecorder(Protocol):
         body: str | None = None,
     ) -> None: ...
 
-    def unheard(self, cluster: str, now: datetime) -> list[str]: ...
+
+
+class DeliveryTracker(Protocol):
+    """What the distributor tells controller.confirmations.Confirmations."""
+
+    def expect(
+        self, play_id: str, cluster_ids: Collection[str], latest_start: datetime,
+        command_id: str, now: datetime,
+    ) -> None: ...
+
+    def withdraw(self, play_id: str | None, cluster_ids: Collection[str], now: datetime) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,7 @@ def new_play_id(prefix: str) -> str:
 @dataclass
 class DistributionStats:
     commands: int = 0
+    resent_commands: int = 0  # plays sent again to a cluster that had not confirmed them
     chunks: int = 0
     chunk_bytes: int = 0
     resent_chunks: int = 0
@@ -149,11 +160,15 @@ class Distributor:
         chunk_size: int = chunks.DEFAULT_CHUNK_SIZE,
         holdings: HoldingsView | None = None,
         own_topics_below: float = 0.5,
+        tracker: DeliveryTracker | None = None,
     ) -> None:
         """holdings: what each cluster holds (None: send every item to every destination).
         own_topics_below: when fewer than this share of a group's targeted clusters lack
-        an item, send it to their own content topics rather than to the whole group."""
+        an item, send it to their own content topics rather than to the whole group.
+        tracker: told of every play before it is published, and of every stop, so that
+        what a cluster does not confirm is sent again (controller/confirmations.py)."""
         self._link = link
+        self._tracker = tracker
         self._holdings = holdings
         self._own_topics_below = own_topics_below
         self._signer = signer
@@ -202,6 +217,8 @@ class Distributor:
             cluster_ids=sorted(spec.clusters), urgent=spec.urgent, sent_at=now,
             body=body.model_dump_json(),
         )
+        if self._tracker is not None:
+            self._tracker.expect(spec.play_id, spec.clusters, spec.latest_start, cmd.id, now)
         for scope, name in destinations:
             self._link.publish(self._topic(scope, name, "command"), payload)
             self.stats.commands += 1
@@ -224,39 +241,36 @@ class Distributor:
         )
         return to
 
-    def catch_up(self, cluster: str) -> int:
-        """Send a cluster that just came online the plays it missed while away.
-
-        Group topics reach only agents subscribed at that moment: an agent that was
-        offline without a persistent session, or is newly installed, never saw a play sent
-        before it connected. Each play still to start that it has not reported on goes
-        again to its own command topic (same play_id: an agent that did get it ignores
-        the copy). The audio is not pushed: the agent asks for exactly the chunks it lacks.
-        """
+    def resend_play(self, cluster: str, body_json: str) -> str | None:
+        """Send a play again to one cluster that has not confirmed it, on its own command
+        topic: a new command (new id, signed now, addressed to that cluster alone) with the
+        same body and play id, so an agent that has it answers `received` again and plays
+        it once. The audio is not pushed: the agent asks for exactly the chunks it lacks.
+        Returns the new command's id (None: the stored play is unreadable)."""
+        try:
+            body = PlayBody.model_validate_json(body_json)
+        except ValueError as exc:
+            log.warning("stored play body for %s is unreadable (%s); not sent again", cluster,
+                        exc)
+            return None
         now = self._clock.now()
-        sent = 0
-        for raw in self._recorder.unheard(cluster, now):
-            try:
-                body = PlayBody.model_validate_json(raw)
-            except ValueError:
-                log.exception("stored play body for %s is unreadable; not resent", cluster)
-                continue
-            ttl = max(body.latest_start - now, timedelta(0)) + PLAY_TTL_MARGIN
-            cmd = self._signer.command(body, Address(clusters=[cluster]), now, ttl)
-            self._link.publish(topics.cluster_topic(cluster, "command"), cmd.to_json())
-            self.stats.commands += 1
-            sent += 1
-        if sent:
-            log.info("cluster %s came online: sent it %d play(s) it had missed", cluster, sent)
-        return sent
+        ttl = max(body.latest_start - now, timedelta(0)) + PLAY_TTL_MARGIN
+        cmd = self._signer.command(body, Address(clusters=[cluster]), now, ttl)
+        self._link.publish(topics.cluster_topic(cluster, "command"), cmd.to_json())
+        self.stats.commands += 1
+        self.stats.resent_commands += 1
+        return cmd.id
 
     def send_stop(self, play_id: str | None, cluster_ids: Sequence[str]) -> None:
         """Tell these clusters to stop a play now (or everything, with play_id None)."""
         if not cluster_ids:
             return
+        now = self._clock.now()
+        if self._tracker is not None:  # not sent again to those that never confirmed it
+            self._tracker.withdraw(play_id, cluster_ids, now)
         groups, leftovers = self._fleet().cover(list(cluster_ids))
         to = Address(groups=groups, clusters=leftovers)
-        cmd = self._signer.command(StopBody(play_id=play_id), to, self._clock.now(), STOP_TTL)
+        cmd = self._signer.command(StopBody(play_id=play_id), to, now, STOP_TTL)
         payload = cmd.to_json()
         for g in groups:
             self._link.publish(topics.group_topic(g, "command"), payload)

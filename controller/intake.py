@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from controller.silence import SilenceWatch
 from controller.store import Store
@@ -57,6 +58,16 @@ ACK_TTL = timedelta(hours=6)
 SWEEP_S = 0.5
 # Events of one cluster within this are acknowledged together (monotonic seconds).
 ACK_DELAY_S = 1.0
+
+
+
+class DueWork(Protocol):
+    """Work the writer thread does at its own deadlines, between batches (the resends of
+    controller/confirmations.py): it waits no longer than `next_due()`."""
+
+    def next_due(self) -> datetime | None: ...
+    def run_due(self, now: datetime | None = None) -> None: ...
+
 
 # (cluster, state, the agent's connect time for "online")
 Availability = tuple[str, str, datetime | None]
@@ -97,6 +108,7 @@ class Intake:
         self._event_listeners: list[EventListener] = []
         self._batch_listeners: list[BatchListener] = []
         self._state_listeners: list[StateListener] = []
+        self._due_work: list[DueWork] = []
         self._thread: threading.Thread | None = None
         self.stats = IntakeStats()
         self._idle = threading.Event()
@@ -115,6 +127,10 @@ class Intake:
 
     def add_state_listener(self, listener: StateListener) -> None:
         self._state_listeners.append(listener)
+
+    def add_due_work(self, work: DueWork) -> None:
+        """Run work on the writer thread whenever its deadline comes (before start())."""
+        self._due_work.append(work)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
@@ -203,9 +219,11 @@ class Intake:
     def _wait_s(self) -> float:
         """How long the writer may wait for a message before the next silence is due."""
         wait = SWEEP_S
-        due = self._silence.next_due()
-        if due is not None:
-            wait = min(wait, max(0.01, (due - self._clock.now()).total_seconds()))
+        now = self._clock.now()
+        dues = [self._silence.next_due(), *(work.next_due() for work in self._due_work)]
+        for due in dues:
+            if due is not None:
+                wait = min(wait, max(0.01, (due - now).total_seconds()))
         if self._ack_due is not None:
             wait = min(wait, max(0.0, self._ack_due - time.monotonic()))
         return wait
@@ -217,6 +235,7 @@ class Intake:
             except queue.Empty:
                 self._idle.set()
                 self._sweep_safely()
+                self._run_due_work()
                 self._send_acks()
                 continue
             if first is None:
@@ -238,6 +257,7 @@ class Intake:
                 self.stats.last_error = str(exc)
                 log.exception("could not store %d status messages; agents will resend", len(batch))
             self._sweep_safely()
+            self._run_due_work()
             self._send_acks()
             if self._queue.empty():
                 self._idle.set()
@@ -248,6 +268,18 @@ class Intake:
         except Exception as exc:  # the store is down: the next sweep tries again
             self.stats.last_error = str(exc)
             log.exception("could not mark silent clusters offline")
+
+    def _run_due_work(self) -> None:
+        now = self._clock.now()
+        for work in self._due_work:
+            due = work.next_due()
+            if due is None or due > now:
+                continue
+            try:
+                work.run_due(now)
+            except Exception as exc:  # the store is down: its deadline comes again
+                self.stats.last_error = str(exc)
+                log.exception("work due on the intake thread failed; trying again")
 
     def _sweep(self) -> None:
         """Mark offline every cluster silent for 1.5 × its keepalive."""

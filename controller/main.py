@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 from controller.approval import Approvals
 from controller.audio import AudioLibrary, AudioSettings, PreparedAudio
 from controller.config import ControllerConfig, SpeechConfig
+from controller.confirmations import Confirmations, ResendPolicy
 from controller.credentials import controller_login
 from controller.dispatch import Dispatcher
 from controller.distribution import Distributor, PlaySpec, new_play_id
@@ -37,6 +38,7 @@ from controller.holdings import Holdings
 from controller.intake import Intake
 from controller.keys import publish_rotation
 from controller.playlist import Playlists
+from controller.reconnect import BrokerWatch, ReconnectAction, Reconnection
 from controller.reload import DEFAULT_INTERVAL_S, FileWatcher, signature, watched_files
 from controller.schedule import HORIZON, Scheduler, plan
 from controller.sources import load_together
@@ -71,6 +73,8 @@ class Settings:
     reload_interval_s: float = DEFAULT_INTERVAL_S
     #: Voices, number words and abbreviations for typed announcements.
     speech: SpeechConfig = field(default_factory=SpeechConfig)
+    # When plays a cluster has not confirmed are sent again, and given up on.
+    resend: ResendPolicy = field(default_factory=ResendPolicy)
 
     @classmethod
     def from_config(cls, config: ControllerConfig) -> Settings:
@@ -135,14 +139,23 @@ class Controller:
             settings.broker, settings.client_id, clean_session=False
         )
         self.holdings = Holdings(self.store, clock=self.clock)
+        self.confirmations = Confirmations(
+            self.store.engine, self.clock, resend=self._resend_play,
+            connected=lambda: self.link.connected, tz=settings.timezone, policy=settings.resend,
+        )
         self.distributor = Distributor(
             self.link, self.signer, self.store.plays, lambda: self.fleet, self.clock,
             self._content_path,
             chunk_size=settings.audio.chunk_size, holdings=self.holdings,
+            tracker=self.confirmations,
         )
         self.intake = Intake(self.link, self.store, self.signer, self.clock)
         self.intake.add_batch_listener(self.holdings.record_delivered)
+        self.intake.add_batch_listener(self.confirmations.confirm)
+        self.intake.add_due_work(self.confirmations)
         self.intake.add_state_listener(self._on_cluster_state)
+        self.broker_watch = BrokerWatch(self.link, settings.client_id, self.clock)
+        self.on_reconnect(self._resend_unconfirmed)
         self.dispatcher = Dispatcher(
             store=self.store,
             distributor=self.distributor,
@@ -171,6 +184,7 @@ class Controller:
     def start(self, connect_timeout: float = 10.0) -> None:
         self.intake.start()
         self.distributor.start()
+        self.broker_watch.start()
         self.link.start()
         if not self.link.wait_connected(connect_timeout):
             log.warning(
@@ -199,9 +213,25 @@ class Controller:
     def stop(self) -> None:
         self.watcher.stop()
         self.scheduler.shutdown()
+        self.broker_watch.stop()
         self.intake.stop()
         self.link.stop()
         self.store.close()
+
+    def on_reconnect(self, action: ReconnectAction) -> None:
+        """Run action after every connection of the controller to the broker, the first one
+        included, with what the broker still held (controller/reconnect.py: its session,
+        its retained messages). Register before start(). The action runs on the link's
+        network thread: queue the work, do not block."""
+        self.broker_watch.on_reconnect(action)
+
+    def _resend_unconfirmed(self, _found: Reconnection) -> None:
+        # Whatever the broker held may be gone: every play a cluster has not confirmed, and
+        # that can still start, goes again now (on the intake's thread).
+        self.confirmations.resend_now()
+
+    def _resend_play(self, cluster: str, body_json: str) -> str | None:
+        return self.distributor.resend_play(cluster, body_json)
 
     def state(self) -> tuple[Playlists, Fleet]:
         with self._state_lock:
@@ -319,8 +349,8 @@ class Controller:
         return result
 
     def _on_cluster_state(self, cluster: str, state: str) -> None:
-        if state == "online":
-            self.distributor.catch_up(cluster)
+        if state == "online":  # what it has not confirmed goes again, at once
+            self.confirmations.catch_up(cluster)
 
     def _sync_fleet(self) -> None:
         fleet = self.fleet

@@ -13,6 +13,8 @@ Layout (version in the prefix, so v2 can run beside v1 during an upgrade):
     loa/v1/cluster/<cluster>/enrol       agent -> controller       (asks to join)
     loa/v1/group/<group>/command         controller -> agents of a group
     loa/v1/group/<group>/content         controller -> agents of a group
+    loa/v1/controller/<controller>/canary  controller -> itself (retained: did the
+                                         broker keep its retained messages?)
 
 A broker ACL can therefore confine an agent logged in as <cluster> to reading
 loa/v1/cluster/<cluster>/{key,command,content,membership} (TO_AGENT) and its groups'
@@ -39,6 +41,7 @@ ClusterChannel = Literal[
     "enrol",
 ]
 GroupChannel = Literal["command", "content"]
+ControllerChannel = Literal["canary"]
 
 # The agent subscribes in this order: the broker hands retained messages over in the
 # order of the subscriptions, so a key rotation is known before the membership it signs.
@@ -63,6 +66,11 @@ def cluster_topic(cluster: str, channel: ClusterChannel) -> str:
 
 def group_topic(group: str, channel: GroupChannel) -> str:
     return f"{PREFIX}/group/{check_id(group, 'group id')}/{channel}"
+
+
+def controller_topic(controller: str, channel: ControllerChannel) -> str:
+    """A topic of the controller's own (its retained canary: controller/reconnect.py)."""
+    return f"{PREFIX}/controller/{check_id(controller, 'controller id')}/{channel}"
 
 
 def all_clusters(channel: ClusterChannel) -> str:

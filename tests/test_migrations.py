@@ -48,6 +48,8 @@ T0 = datetime(2026, 11, 25, 23, 0, tzinfo=UTC)
 # What releases before 6cc7da1 lacked: columns added at start-up, tables made on first use.
 LATE_COLUMNS = {"clusters": ["state_reason"], "cap_alerts": ["msg_type", "outcome"]}
 LATE_TABLES = ["web_sessions", "heartbeats", "cap_alerts", "holdings"]
+# Tables the revisions after the baseline add (empty after an upgrade).
+NEW_TABLES = {"confirmations": "0002"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -176,7 +178,7 @@ def test_a_database_from_the_last_release_is_upgraded_in_place_with_every_row(
     build_old_store(engine)
     before = fill(engine)
     assert all(len(rows) == 2 for rows in before.values()), before.keys()
-    assert len(before) == len(metadata.tables)
+    assert len(before) == len(metadata.tables) - len(NEW_TABLES)
     config = write_config(tmp_path, url)
 
     current = cli("db", "current", config=config)
@@ -195,7 +197,7 @@ def test_a_database_from_the_last_release_is_upgraded_in_place_with_every_row(
     upgraded = cli("db", "upgrade", config=config)
     assert upgraded.returncode == 0, upgraded
     assert f"to revision {head()} (head); every row kept" in upgraded.stdout
-    assert read(engine) == before
+    assert read(engine) == {**before, **{table: [] for table in NEW_TABLES}}
     assert differences(engine) == []
     again = cli("db", "current", config=config)
     assert (again.returncode, again.stdout.strip().endswith("up to date.")) == (0, True), again
@@ -334,3 +336,37 @@ def test_every_migration_file_is_package_data() -> None:
     assert "store/migrations/versions/0001_baseline.py" in shipped
     unshipped = [f for f in shipped if not any(fnmatch(f, pat) for pat in patterns)]
     assert unshipped == []
+
+
+def test_a_database_at_the_baseline_is_upgraded_to_confirmations_with_its_rows(
+    url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """Revision 0002 adds the table of which cluster confirmed which play; a database the
+    first release with migrations made (at 0001) gets it, every row kept."""
+    from alembic import command
+
+    from controller.store.migrate import _config
+
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), "0001")
+    assert state_of(engine).revision == "0001"
+    assert "confirmations" not in inspect(engine).get_table_names()
+    before = fill(engine)
+    with engine.begin() as conn:  # fill() wrote rows in alembic_version too: one again
+        conn.execute(text("DELETE FROM alembic_version"))
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES ('0001')"))
+    with pytest.raises(SchemaBehindError, match="db upgrade"):
+        Store(url)
+
+    upgraded = cli("db", "upgrade", config=write_config(tmp_path, url))
+    assert upgraded.returncode == 0, upgraded
+    assert state_of(engine).revision == head() == "0002"
+    assert read(engine) == {**before, "confirmations": []}
+    assert differences(engine) == []
+    store = Store(url)
+    try:
+        from controller.confirmations import ConfirmationRecords
+
+        assert ConfirmationRecords(store.engine).waiting_by_cluster() == {}
+    finally:
+        store.close()

@@ -1,5 +1,5 @@
 """The plays sent to clusters: what, when, to whom, and the body to send again to a
-cluster that missed it (offline or new when it was sent)."""
+cluster that has not confirmed it (controller/confirmations.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import insert, select
 
 from controller.store.engine import Database, utc
-from controller.store.schema import events, plays
+from controller.store.schema import plays
 
 
 class PlayRepository:
@@ -48,28 +48,6 @@ class PlayRepository:
                     sent_at=utc(sent_at), body=body,
                 )
             )
-
-    def unheard(self, cluster: str, now: datetime) -> list[str]:
-        """PlayBody JSON of plays still to start that target cluster and that it never
-        reported on (it was offline, or new, when they were sent)."""
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                select(plays.c.play_id, plays.c.clusters, plays.c.body).where(
-                    plays.c.latest_start > utc(now), plays.c.body.is_not(None)
-                ).order_by(plays.c.start_at)
-            ).all()
-            wanted = [(pid, body) for pid, targets, body in rows if cluster in json.loads(targets)]
-            if not wanted:
-                return []
-            heard = {
-                r[0] for r in conn.execute(
-                    select(events.c.play_id).where(
-                        events.c.cluster == cluster,
-                        events.c.play_id.in_([pid for pid, _ in wanted]),
-                    )
-                )
-            }
-        return [body for pid, body in wanted if pid not in heard]
 
     def clusters_of(self, play_id: str) -> list[str]:
         """The clusters a play was sent to (none if it is unknown)."""

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -228,4 +229,28 @@ holdings = Table(
     Column("cluster", String(64), primary_key=True),
     Column("sha256", String(64), primary_key=True, index=True),
     Column("since", DateTime(timezone=True), nullable=False),
+)
+
+
+# --- which cluster confirmed which play (controller.confirmations) -------------------
+
+# A row per play and targeted cluster: pending until the cluster reports on the play
+# (confirmed), or missed ("not received") past its latest start, or withdrawn when the
+# controller stopped the play first. The play's own times and body are in `plays`.
+confirmations = Table(
+    "confirmations",
+    metadata,
+    Column("play_id", String(128), primary_key=True),
+    Column("cluster", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),  # pending | confirmed | missed | withdrawn
+    Column("sends", Integer, nullable=False),  # the first send and every resend
+    Column("last_sent", DateTime(timezone=True)),  # None: only the first send (plays.sent_at)
+    Column("command_id", String(64)),  # the command last sent to it for this play
+    Column("confirmed_at", DateTime(timezone=True)),
+    Column("refusal", Text),  # the cluster refused one of those commands: its reason
+    Column("missed_at", DateTime(timezone=True)),
+    Column("reason", Text),  # why missed
+    Index("ix_confirmations_cluster_state", "cluster", "state"),
+    Index("ix_confirmations_state", "state", "play_id"),
+    Index("ix_confirmations_command", "command_id"),
 )
