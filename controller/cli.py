@@ -18,11 +18,14 @@ from protocol.config_errors import ConfigError
 from protocol.validation import suggest
 
 if TYPE_CHECKING:
+    from controller.confirmations import NotReceived
     from controller.playlist import Playlists, Programme
     from controller.store import ConfigStatus, Store
 
 DEFAULT_CONFIG = Path("config/controller.yaml")
 DEFAULT_LEAD_TIME = timedelta(minutes=30)
+# `fleet` counts the plays not received by their cluster over this window.
+NOT_RECEIVED_WINDOW = timedelta(hours=24)
 
 
 def _setup_logging(verbose: bool, command: str) -> None:
@@ -212,6 +215,7 @@ def heartbeat_summary(beat: dict[str, Any] | None, received: datetime | None,
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     from controller.config import load_controller_config
+    from controller.confirmations import ConfirmationRecords
     from controller.holdings import Holdings, content_view, describe_content
     from controller.store import Store
 
@@ -223,6 +227,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     status = store.config_status.get()
     health = store.clusters.health()
     held = Holdings(store).content_status(now)
+    records = ConfirmationRecords(store.engine)
+    waiting = records.waiting_by_cluster()  # plays sent, not confirmed yet
+    not_received = records.latest_not_received()  # per cluster, the latest
+    not_received_today = records.count_not_received(now - NOT_RECEIVED_WINDOW)
     store.close()
     content = {
         r.id: content_view(
@@ -253,6 +261,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
                 ),
                 "heartbeat": health[r.id].heartbeat if r.id in health else None,
                 "content": content[r.id],
+                "unconfirmed": waiting.get(r.id, 0),
+                "last_not_received": _not_received_json(not_received.get(r.id)),
             }
             for r in rows
         ], ensure_ascii=False, indent=2))
@@ -270,6 +280,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             result = f"{r.last_result}: {r.last_result_bulletin or '?'}"
             if r.last_result_reason and r.last_result != "finished":
                 result += f" ({r.last_result_reason})"
+        missed = not_received.get(r.id)
+        if missed is not None and (r.last_result_at is None or missed.at > r.last_result_at):
+            result = f"missed: {missed.bulletin or missed.play_id} ({missed.reason})"
         rejected = f"{when(r.last_rejection_at)} {r.last_rejection}" if r.last_rejection else "-"
         found = health.get(r.id)
         state = r.state
@@ -280,19 +293,34 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         beat = heartbeat_summary(
             found.heartbeat if found else None, found.heartbeat_at if found else None, now
         )
+        unconfirmed = waiting.get(r.id, 0)
         table.append([
             r.id, r.commune_name, state, when(r.last_seen), r.playing or "-",
-            describe_content(content[r.id]), result, rejected, beat,
+            describe_content(content[r.id]),
+            f"{unconfirmed} waiting" if unconfirmed else "-", result, rejected, beat,
         ])
     print(format_table(
-        ["cluster", "commune", "online", "last seen", "playing", "content", "last result",
-         "last rejected command", "last heartbeat"],
+        ["cluster", "commune", "online", "last seen", "playing", "content", "unconfirmed",
+         "last result", "last rejected command", "last heartbeat"],
         table,
     ))
     online = sum(1 for r in rows if r.state == "online")
     print(f"\n{len(rows)} clusters, {online} online, {len(rows) - online} offline or never seen "
           f"(times in {config.timezone})")
+    print(f"{sum(waiting.values())} play(s) sent and waiting for their cluster's confirmation; "
+          f"{not_received_today} not received by their cluster in the last 24 h "
+          "(no confirmation by the latest start: recorded as missed)")
     return 0
+
+
+def _not_received_json(found: NotReceived | None) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    return {
+        "play_id": found.play_id, "bulletin": found.bulletin,
+        "latest_start": found.latest_start.isoformat(), "recorded_at": found.at.isoformat(),
+        "reason": found.reason,
+    }
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -137,6 +137,9 @@ class _Watch:
     # Clusters sent it within confirm_within (a catch-up) are left out of a round, except
     # in the round after a reconnection: what went out before it may be lost.
     skip_recent: bool = True
+    # Not given up on before this (a play found pending when the controller started: the
+    # agents' outboxes send their backlog first).
+    not_before: datetime | None = None
 
 
 def not_received_reason(latest_start: datetime, tz: tzinfo, refusal: str | None = None) -> str:
@@ -197,6 +200,30 @@ class ConfirmationRecords:
             NotReceived(play_id, cluster, bulletin, aware(latest), aware(at), reason or "")
             for play_id, cluster, bulletin, latest, at, reason in rows
         ]
+
+    def latest_not_received(self) -> dict[str, NotReceived]:
+        """Per cluster, the latest play it was recorded not to have received."""
+        c = confirmations.c
+        latest = (
+            select(c.cluster, func.max(c.missed_at).label("at"))
+            .where(c.state == MISSED).group_by(c.cluster).subquery()
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(c.play_id, c.cluster, plays.c.bulletin, c.latest_start, c.missed_at,
+                       c.reason)
+                .select_from(
+                    confirmations
+                    .join(latest, and_(latest.c.cluster == c.cluster, latest.c.at == c.missed_at))
+                    .outerjoin(plays, plays.c.play_id == c.play_id)
+                )
+                .where(c.state == MISSED)
+            ).all()
+        return {
+            cluster: NotReceived(play_id, cluster, bulletin, aware(latest_start), aware(at),
+                                 reason or "")
+            for play_id, cluster, bulletin, latest_start, at, reason in rows
+        }
 
     def count_not_received(self, since: datetime) -> int:
         c = confirmations.c
@@ -445,13 +472,18 @@ class Confirmations(ConfirmationRecords):
             ).all()
         with self._lock:
             for play_id, latest in rows:
+                self._watches[play_id] = _Watch(
+                    play_id, aware(latest), self.policy.confirm_within,
+                    due=self._started + self.policy.confirm_within,
+                    not_before=self._started + self.policy.start_grace,
+                )
                 self._arm(play_id, aware(latest), self._started + self.policy.confirm_within)
         if rows:
             log.info("watching %d play(s) not yet confirmed by all their clusters", len(rows))
 
     def _give_up_at(self, watch: _Watch) -> datetime:
-        return max(watch.latest_start + self.policy.miss_grace,
-                   self._started + self.policy.start_grace)
+        at = watch.latest_start + self.policy.miss_grace
+        return max(at, watch.not_before) if watch.not_before is not None else at
 
     def _arm(self, play_id: str, latest_start: datetime, due: datetime, *,
              fresh: bool = False) -> None:
@@ -519,6 +551,9 @@ class Confirmations(ConfirmationRecords):
 
     def _resend_round(self, watch: _Watch, now: datetime, budget: int) -> int:
         """Send the play again to its pending clusters that are not offline; how many."""
+        if now > watch.latest_start:  # it can no longer start: only its miss is left
+            self._rearm(watch, self._give_up_at(watch))
+            return 0
         c = confirmations.c
         started = watch.round_started or now
         with self._sending:
@@ -552,8 +587,8 @@ class Confirmations(ConfirmationRecords):
         else:
             watch.round_started = None
             watch.skip_recent = True
-            self._rearm(watch, now + watch.wait)
             watch.wait = min(watch.wait * 2, self.policy.max_wait)
+            self._rearm(watch, now + watch.wait)
         if sent:
             log.info(
                 "play %s: sent again to %d cluster(s) that have not confirmed it: %s "

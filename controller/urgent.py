@@ -18,7 +18,10 @@ the rules hold whichever door was used:
 - **Progress.** Per targeted cluster, from the status events the intake stores:
   sent → received → delivered → playing → finished, or interrupted / missed / failed with
   the agent's reason; a cluster known to be offline shows as offline (it still gets the
-  announcement if it comes back before the announcement's latest start).
+  announcement if it comes back before the announcement's latest start). A cluster that
+  never confirmed it by its latest start shows as missed, "not received: no confirmation
+  from the cluster by ..." (controller/confirmations.py); until then, how many times it
+  was sent.
 - **Stop.** A signed stop to the announcement's clusters.
 - **Audit.** Every send and stop is written to the audit log (controller.audit).
 """
@@ -39,6 +42,7 @@ from sqlalchemy import insert, select, update
 from controller import ffmpeg
 from controller.audio import AudioLibrary, PreparedAudio
 from controller.audit import AuditEntry, AuditLog
+from controller.confirmations import MISSED, PENDING, ConfirmationRecords
 from controller.distribution import PlaySpec, new_play_id
 from controller.fleet import Fleet
 from controller.store import FINAL_KINDS, Store, aware
@@ -253,6 +257,7 @@ class UrgentService:
         self._work = work_dir
         self._lock = threading.Lock()
         work_dir.mkdir(parents=True, exist_ok=True)
+        self._confirmations = ConfirmationRecords(store.engine)
 
     @property
     def store(self) -> Store:
@@ -540,6 +545,7 @@ class UrgentService:
                     continue
             latest[cluster] = (kind, r["reason"], _aware(r["at"]))
         states = {row.id: row for row in self._store.clusters.fleet_rows()}
+        confirmations = self._confirmations.of_play(play_id)
         out = []
         for cid in clusters:
             known = fleet.clusters.get(cid)
@@ -549,17 +555,25 @@ class UrgentService:
                 kind, reason, at = latest[cid]
                 out.append(ClusterProgress(cid, name, commune, kind, reason, at))  # type: ignore[arg-type]
                 continue
+            state, sends, missed_reason, missed_at = confirmations.get(
+                cid, (PENDING, 1, None, None)
+            )
+            if state == MISSED:  # never confirmed by its latest start: not received
+                out.append(ClusterProgress(cid, name, commune, "missed", missed_reason, missed_at))
+                continue
+            again = f"sent {sends} times, not confirmed yet" if sends > 1 else None
             row = states.get(cid)
             if row is None or row.state != "online":
                 since = row.last_seen if row else None
                 out.append(ClusterProgress(
                     cid, name, commune, "offline",
                     "not connected" + (f" since {since.isoformat(timespec='seconds')}"
-                                       if since else " (never seen)"),
+                                       if since else " (never seen)")
+                    + (f"; {again}" if again else ""),
                     since,
                 ))
             else:
-                out.append(ClusterProgress(cid, name, commune, "sent"))
+                out.append(ClusterProgress(cid, name, commune, "sent", again))
         return out
 
 

@@ -10,6 +10,7 @@ and started again. Plays are sent through the controller's own distributor.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from sqlalchemy import select
 
 from controller.audio import PreparedAudio
 from controller.config import load_controller_config
+from controller.confirmations import ResendPolicy
 from controller.distribution import PlaySpec, new_play_id
 from controller.main import Controller, Settings
 from controller.samples import tone
@@ -49,11 +51,23 @@ def aware(value: datetime) -> datetime:
 
 class FleetRig:
     def __init__(
-        self, tmp: Path, broker: MosquittoBroker, clusters: list[str], *, keepalive: int = 5
+        self,
+        tmp: Path,
+        broker: MosquittoBroker,
+        clusters: list[str],
+        *,
+        keepalive: int = 5,
+        controller_extra: str = "",
+        broker_urls: dict[str, str] | None = None,
+        resend: ResendPolicy | None = None,
     ) -> None:
+        """controller_extra: more lines of the controller's config; broker_urls: where an
+        agent connects instead of the broker (a relay); resend: the controller's
+        ResendPolicy instead of the default."""
         self.tmp = tmp
         self.broker = broker
         self.clusters = clusters
+        self.resend = resend
         generate_keypair(tmp / "controller.key", tmp / "controller.pub")
         (tmp / "fleet.yaml").write_text(fleet_yaml(clusters), encoding="utf-8")
         (tmp / "playlists").mkdir()
@@ -61,12 +75,13 @@ class FleetRig:
         self.controller_config.write_text(
             f"broker_url: {broker.url}\nfleet: fleet.yaml\nplaylists: [playlists]\n"
             "store_url: sqlite:///controller.db\nprivate_key: controller.key\n"
-            "content_dir: content\n",
+            "content_dir: content\n" + controller_extra,
             encoding="utf-8",
         )
         for cluster in clusters:
+            url = (broker_urls or {}).get(cluster, broker.url)
             (tmp / f"{cluster}.yaml").write_text(
-                f"cluster_id: {cluster}\nbroker_url: {broker.url}\n"
+                f"cluster_id: {cluster}\nbroker_url: {url}\n"
                 "controller_public_key: controller.pub\n"
                 f"data_dir: data-{cluster}\ngroups: [{COMMUNE}]\n"
                 f"keepalive: {keepalive}\noutbox_resend_s: 1\n"
@@ -80,8 +95,10 @@ class FleetRig:
     # --- the controller ---------------------------------------------------------------------
 
     def start_controller(self) -> Controller:
-        config = load_controller_config(self.controller_config)
-        self.controller = Controller(Settings.from_config(config))
+        settings = Settings.from_config(load_controller_config(self.controller_config))
+        if self.resend is not None:
+            settings = dataclasses.replace(settings, resend=self.resend)
+        self.controller = Controller(settings)
         self.controller.start()
         return self.controller
 

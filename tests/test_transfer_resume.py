@@ -16,9 +16,7 @@ One ManualClock for the controller and the agent: the agent asks for missing chu
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +24,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import MosquittoBroker, free_port, require, wait_until
+from conftest import MosquittoBroker, require, wait_until
+from net_relay import Relay
 
 from controller.audio import AudioSettings, PreparedAudio
 from controller.distribution import Distributor, PlaySpec
@@ -59,76 +58,6 @@ province:
         - {{id: {ME}, name: Cụm Một}}
         - {{id: {NEIGHBOUR}, name: Cụm Hai}}
 """
-
-
-class Relay:
-    """A TCP relay in front of the broker for one client. `cut()` closes every connection
-    through it, as a dropped 4G link would (no MQTT DISCONNECT: the broker publishes the
-    client's Last Will), and refuses new ones until `restore()`."""
-
-    def __init__(self, upstream: BrokerAddress) -> None:
-        self._upstream = (upstream.host, upstream.port)
-        self._listener = socket.create_server(("127.0.0.1", free_port()))
-        self.address = BrokerAddress(host="127.0.0.1", port=self._listener.getsockname()[1])
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        self._blocked = False
-        self._accepting = threading.Thread(target=self._accept, name="relay", daemon=True)
-        self._accepting.start()
-
-    def cut(self) -> None:
-        with self._lock:
-            self._blocked = True
-            doomed, self._open = self._open, set()
-        for sock in doomed:
-            _close(sock)
-
-    def restore(self) -> None:
-        with self._lock:
-            self._blocked = False
-
-    def close(self) -> None:
-        self.cut()
-        _close(self._listener)
-        self._accepting.join(5)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            with self._lock:
-                blocked = self._blocked
-            if blocked:
-                _close(client)
-                continue
-            try:
-                server = socket.create_connection(self._upstream, timeout=5)
-            except OSError:
-                _close(client)
-                continue
-            server.settimeout(None)
-            with self._lock:
-                self._open.update((client, server))
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _close(source)
-            _close(sink)
-
-
-def _close(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # not connected, or already shut
-        sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
 
 
 class StopBeforeChunk:

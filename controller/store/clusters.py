@@ -37,6 +37,7 @@ class ClusterRow:
     last_result_reason: str | None
     last_rejection: str | None
     last_rejection_at: datetime | None
+    last_result_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class ClusterRepository:
                     last_result_reason=r["last_result_reason"],
                     last_rejection=r["last_rejection"],
                     last_rejection_at=aware_or_none(r["last_rejection_at"]),
+                    last_result_at=aware_or_none(r["last_result_at"]),
                 )
                 for r in rows
             ]
