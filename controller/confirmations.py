@@ -133,7 +133,8 @@ class _Watch:
     latest_start: datetime
     wait: timedelta  # before the next resend
     due: datetime
-    round_started: datetime | None = None  # a round of resends cut short by the budget
+    # A round of resends cut short by the pass's budget: the clusters it has done.
+    round_done: set[str] | None = None
     # Clusters sent it within confirm_within (a catch-up) are left out of a round, except
     # in the round after a reconnection: what went out before it may be lost.
     skip_recent: bool = True
@@ -329,7 +330,7 @@ class Confirmations(ConfirmationRecords):
         with self._lock:
             for watch in self._watches.values():
                 watch.wait = self.policy.confirm_within
-                watch.round_started = None
+                watch.round_done = None
                 watch.skip_recent = False
                 watch.due = min(now, self._give_up_at(watch))
                 heapq.heappush(self._heap, (watch.due, next(self._order), watch.play_id))
@@ -555,7 +556,7 @@ class Confirmations(ConfirmationRecords):
             self._rearm(watch, self._give_up_at(watch))
             return 0
         c = confirmations.c
-        started = watch.round_started or now
+        done = watch.round_done or set()
         with self._sending:
             with self._engine.connect() as conn:
                 pending = conn.execute(
@@ -570,10 +571,11 @@ class Confirmations(ConfirmationRecords):
                 body = conn.execute(
                     select(plays.c.body).where(plays.c.play_id == watch.play_id)
                 ).scalar()
-            recent = now - self.policy.confirm_within if watch.skip_recent else started
+            recent = now - self.policy.confirm_within
             due = [
                 cluster for cluster, last in pending
-                if aware(last) < started and aware(last) <= recent and cluster not in offline
+                if cluster not in done and cluster not in offline
+                and (not watch.skip_recent or aware(last) <= recent)
             ]
             now_sent = due[:budget]
             sent = [
@@ -582,10 +584,10 @@ class Confirmations(ConfirmationRecords):
             ]
             self._record_sends(((watch.play_id, cl, cid) for cl, cid in sent), now)
         if len(due) > budget:  # the rest in the next pass, at once
-            watch.round_started = started
+            watch.round_done = done | set(now_sent)
             self._rearm(watch, now)
         else:
-            watch.round_started = None
+            watch.round_done = None
             watch.skip_recent = True
             watch.wait = min(watch.wait * 2, self.policy.max_wait)
             self._rearm(watch, now + watch.wait)
