@@ -125,14 +125,15 @@ class FleetRig:
         window: timedelta = timedelta(minutes=5),
         replay: bool = False,
         name: str | None = None,
+        clusters: list[str] | None = None,
     ) -> PlaySpec:
-        """Send one play to every cluster, through the controller's distributor."""
+        """Send one play to every cluster (or these), through the controller's distributor."""
         start = datetime.now(UTC) + timedelta(seconds=start_in)
         play_id = new_play_id(name or level)
         spec = PlaySpec(
             play_id=play_id, bulletin=name or f"{level} {play_id}", level=level,
             start_at=start, latest_start=start + window, items=[audio],
-            clusters=list(self.clusters), replay_if_interrupted=replay,
+            clusters=list(clusters or self.clusters), replay_if_interrupted=replay,
         )
         self.ctl.distributor.send_play(spec)
         self.sent[play_id] = spec

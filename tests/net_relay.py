@@ -86,11 +86,12 @@ class Relay:
     def _pump(self, source: socket.socket, sink: socket.socket, to_client: bool) -> None:
         try:
             while data := source.recv(65536):
+                hold = False
                 if to_client:
-                    data = self._allowed(data)
+                    data, hold = self._allowed(data)
                 if data:
                     sink.sendall(data)
-                if to_client and self.held.is_set():
+                if hold:
                     self._gate.wait()  # read nothing more from the broker until cut()
                     return
         except OSError:
@@ -99,15 +100,17 @@ class Relay:
             _close(source)
             _close(sink)
 
-    def _allowed(self, data: bytes) -> bytes:
+    def _allowed(self, data: bytes) -> tuple[bytes, bool]:
+        """What of data may go to the client, and whether to hold from now on."""
         with self._lock:
             if self._budget is None:
-                return data
+                return data, False
             allowed = data[: max(self._budget, 0)]
             self._budget -= len(allowed)
-            if self._budget <= 0:
-                self.held.set()
-            return allowed
+            if self._budget > 0:
+                return allowed, False
+        self.held.set()
+        return allowed, True
 
 
 def _close(sock: socket.socket) -> None:
