@@ -97,7 +97,7 @@ PRUNE_EVERY = timedelta(hours=1)
 # their play is due), so a burst of content cannot exhaust a small box's memory.
 MAX_QUEUED_CONTENT_BYTES = 64 * 1024 * 1024
 # A play received again is answered at most this often (copies in a burst: one answer).
-ANSWER_AGAIN_EVERY = timedelta(seconds=5)
+ANSWER_AGAIN_EVERY = timedelta(seconds=1)
 
 
 class ClusterLog(logging.LoggerAdapter[logging.Logger]):

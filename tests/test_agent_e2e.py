@@ -9,6 +9,7 @@ public half the agent trusts, and cuts content into chunks as the controller doe
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -254,6 +255,46 @@ def test_unsigned_commands_are_reported_and_replayed_ones_play_nothing(world: Wo
     assert world.controller.kinds("p-forged") == []
     assert world.controller.kinds("p-valid") == FULL_PLAY
     assert [r.ref for r in world.controller.rejected()] == ["forged-0000000001"]
+
+
+def test_a_play_sent_again_is_answered_with_its_received_and_plays_once(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="device_agent.agent")
+    agent = world.start_agent()
+    world.controller.wait_online()
+    first = world.controller.play("p-again", content(duration_s=0.2), start_in=2.0)
+    world.controller.wait_kinds("p-again", ["received", "delivered"])
+    assert isinstance(first.body, PlayBody)
+    own_topic = topics.cluster_topic(ME, "command")
+
+    # 1. Its `received` still waits for an ack when the controller sends the play again (a
+    #    new command, same play id, on the cluster's own topic): the answer is the same
+    #    event again, at once; no second event, no second play.
+    asked = command(world.keys.signer, first.body, now(), clusters=[ME])
+    world.controller.send(own_topic, asked.to_json())
+    wait_until(lambda: "sending its `received` again" in caplog.text, 10, "the answer")
+    world.controller.wait_kinds("p-again", FULL_PLAY)
+
+    # 2. Acknowledged, and asked again all the same (a controller that lost its record):
+    #    a new `received` says when it first came and what became of it.
+    world.controller.ack_everything()
+    wait_until(lambda: agent.status().outbox_pending == 0, 10, "the acks")
+    asked_again = command(world.keys.signer, first.body, now(), clusters=[ME])
+    world.controller.send(own_topic, asked_again.to_json())
+    world.controller.wait_kinds("p-again", [*FULL_PLAY, "received"])
+    answer = [e for e in world.controller.all_events() if e.play_id == "p-again"][-1]
+    assert answer.ref == asked_again.id
+    assert answer.reason is not None
+    assert answer.reason.startswith("received again: first received at ")
+    assert f"(command {first.id}); it is finished, not scheduled twice" in answer.reason
+
+    # 3. That same command once more (a broker's redelivery): no answer, no refusal.
+    world.controller.send(own_topic, asked_again.to_json())
+    world.controller.play("p-after", content(duration_s=0.1), start_in=0.1, via_group=False)
+    world.controller.wait_kinds("p-after", FULL_PLAY)
+    assert world.controller.kinds("p-again") == [*FULL_PLAY, "received"]
+    assert world.controller.rejected() == []
 
 
 def test_a_flood_of_garbage_is_reported_ten_times_a_minute(world: World) -> None:

@@ -147,6 +147,25 @@ def test_replay_is_refused_even_after_a_restart(s: Setup) -> None:
     assert s.refused(CMD, payload).code == "replayed"
 
 
+def test_a_play_admitted_before_is_a_duplicate_not_a_replay(s: Setup) -> None:
+    """The same play command again (a broker's redelivery): not obeyed twice, not refused;
+    the guard hands it back so that the agent can answer it."""
+    body = play_body("p1", [content().ref], T0 + timedelta(minutes=1))
+    cmd = command(s.keys.signer, body, T0, groups=["commune-tan-long"])
+    topic = topics.group_topic("commune-tan-long", "command")
+    s.guard.admit(topic, cmd.to_json())
+    for _ in range(2):  # the same within this run, and after a restart
+        again = s.refused(topic, cmd.to_json())
+        assert isinstance(again, Duplicate)
+        assert again.code == "ignored"
+        assert again.command.id == cmd.id
+        assert again.command.body == body
+        s.restart()
+    # Still checked like any command first: a copy that is no longer valid is refused.
+    s.clock.advance(timedelta(hours=2))
+    assert s.refused(topic, cmd.to_json()).code == "expired"
+
+
 def test_acks_are_remembered_in_memory_only(s: Setup) -> None:
     # A replayed ack repeats what the controller already said; no disk write per ack.
     ack = command(
