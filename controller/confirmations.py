@@ -27,11 +27,18 @@ event, or any later one. Then:
 - **Withdrawn.** A play the controller stops (a reload withdrew it, an operator stopped
   an announcement) is no longer sent to the clusters that have not confirmed it.
 
+The rows of a play are written once it is published (after its audio: nothing holds up
+an announcement); a `received` stored before them is found in the events table, which is
+looked at before anything is sent again or given up on: the agents' events are the
+record, the rows a summary of it. A controller that starts writes the rows missing for
+plays whose latest start is less than an hour ago (it stopped in between, or an older
+controller sent them).
+
 Bounded work: one deadline per play in a heap (not one per cluster); a pass looks at no
 more than MAX_PLAYS_PER_PASS plays and sends no more than MAX_SENDS_PER_PASS commands,
 then hands the intake's writer thread (which runs it) back to the events; what is left is
-due at once. Rows are confirmed by `received` events (one per play and cluster), and by
-other events only for plays still watched.
+due at once. As events come in, rows are confirmed by `received` events (one per play
+and cluster), and by other events only for plays still watched.
 
 Threads: `run_due`, `confirm` and `catch_up` run on the intake's writer thread; `expect`
 and `withdraw` on the dispatcher's or the web app's; `resend_now` on the link's. The
@@ -43,6 +50,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -79,6 +87,9 @@ MAX_PLAYS_PER_PASS = 50
 MAX_SENDS_PER_PASS = 200
 #: Plays sent again to one cluster that comes back online, at most (the most urgent).
 CATCH_UP_MAX = 100
+#: Plays with a latest start up to this long ago are watched by a controller that starts
+#: and finds no record of their confirmations.
+BACKFILL_WITHIN = timedelta(hours=1)
 #: Clusters named in one log line, at most.
 NAMED_IN_LOG = 10
 
@@ -190,9 +201,9 @@ class ConfirmationRecords:
         c = confirmations.c
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(c.play_id, c.cluster, plays.c.bulletin, c.latest_start, c.missed_at,
-                       c.reason)
-                .select_from(confirmations.outerjoin(plays, plays.c.play_id == c.play_id))
+                select(c.play_id, c.cluster, plays.c.bulletin, plays.c.latest_start,
+                       c.missed_at, c.reason)
+                .select_from(confirmations.join(plays, plays.c.play_id == c.play_id))
                 .where(c.state == MISSED, c.missed_at >= utc(since))
                 .order_by(c.missed_at.desc())
                 .limit(limit)
@@ -211,12 +222,12 @@ class ConfirmationRecords:
         )
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(c.play_id, c.cluster, plays.c.bulletin, c.latest_start, c.missed_at,
-                       c.reason)
+                select(c.play_id, c.cluster, plays.c.bulletin, plays.c.latest_start,
+                       c.missed_at, c.reason)
                 .select_from(
                     confirmations
                     .join(latest, and_(latest.c.cluster == c.cluster, latest.c.at == c.missed_at))
-                    .outerjoin(plays, plays.c.play_id == c.play_id)
+                    .join(plays, plays.c.play_id == c.play_id)
                 )
                 .where(c.state == MISSED)
             ).all()
@@ -274,8 +285,8 @@ class Confirmations(ConfirmationRecords):
         command_id: str,
         now: datetime,
     ) -> None:
-        """A play is about to be published to these clusters (before it is: a fast
-        agent's `received` must find its row)."""
+        """A play was published to these clusters. A `received` that beat this here is
+        found in the events before anything is sent again (`_heard`)."""
         c = confirmations.c
         wanted = list(dict.fromkeys(cluster_ids))
         with self._engine.begin() as conn:
@@ -283,13 +294,10 @@ class Confirmations(ConfirmationRecords):
                 row[0] for row in conn.execute(select(c.cluster).where(c.play_id == play_id))
             }
             new = [cluster for cluster in wanted if cluster not in known]
-            if new:
+            if new:  # nothing but short strings per row: 1,000 clusters cost milliseconds
                 conn.execute(insert(confirmations), [
-                    {
-                        "play_id": play_id, "cluster": cluster, "state": PENDING,
-                        "latest_start": utc(latest_start), "first_sent": utc(now),
-                        "last_sent": utc(now), "sends": 1, "command_id": command_id,
-                    }
+                    {"play_id": play_id, "cluster": cluster, "state": PENDING, "sends": 1,
+                     "command_id": command_id}
                     for cluster in new
                 ])
             if known:  # the same play sent again (a restart between sending and recording)
@@ -443,12 +451,22 @@ class Confirmations(ConfirmationRecords):
                     select(c.play_id, plays.c.body)
                     .select_from(confirmations.join(plays, plays.c.play_id == c.play_id))
                     .where(c.cluster == cluster, c.state == PENDING,
-                           c.latest_start > utc(now), plays.c.body.is_not(None))
-                    .order_by(c.latest_start)
+                           plays.c.latest_start > utc(now), plays.c.body.is_not(None))
+                    .order_by(plays.c.latest_start)
                     .limit(CATCH_UP_MAX)
                 ).all()
+                heard = {
+                    row[0] for row in conn.execute(
+                        select(events.c.play_id).distinct().where(
+                            events.c.cluster == cluster,
+                            events.c.play_id.in_([play_id for play_id, _ in rows]),
+                        )
+                    )
+                } if rows else set()
+            for play_id in heard:
+                self._mark_confirmed(play_id, {cluster}, now)
             sent = [
-                (play_id, command_id) for play_id, body in rows
+                (play_id, command_id) for play_id, body in rows if play_id not in heard
                 if (command_id := self._send_one(cluster, play_id, body)) is not None
             ]
             self._record_sends(((play_id, cluster, cid) for play_id, cid in sent), now)
@@ -465,11 +483,13 @@ class Confirmations(ConfirmationRecords):
 
     def _load(self) -> None:
         """Watch again the plays with clusters pending (the controller restarted)."""
+        self._backfill()
         c = confirmations.c
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(c.play_id, func.max(c.latest_start))
-                .where(c.state == PENDING).group_by(c.play_id)
+                select(plays.c.play_id, plays.c.latest_start).where(
+                    plays.c.play_id.in_(select(c.play_id).where(c.state == PENDING).distinct())
+                )
             ).all()
         with self._lock:
             for play_id, latest in rows:
@@ -481,6 +501,36 @@ class Confirmations(ConfirmationRecords):
                 self._arm(play_id, aware(latest), self._started + self.policy.confirm_within)
         if rows:
             log.info("watching %d play(s) not yet confirmed by all their clusters", len(rows))
+
+    def _backfill(self) -> None:
+        """Rows for the clusters of plays sent without them (the controller stopped between
+        sending a play and writing its rows, or a controller older than this table sent
+        it) whose latest start is less than BACKFILL_WITHIN ago: confirmed where the
+        events say so, pending otherwise."""
+        c = confirmations.c
+        with self._engine.begin() as conn:
+            found = conn.execute(
+                select(plays.c.play_id, plays.c.clusters).where(
+                    plays.c.latest_start > utc(self._started - BACKFILL_WITHIN),
+                    plays.c.play_id.not_in(select(c.play_id).distinct()),
+                )
+            ).all()
+            for play_id, raw in found:
+                try:
+                    targets = [str(cluster) for cluster in json.loads(raw)]
+                except (TypeError, ValueError):
+                    log.warning("play %s names its clusters unreadably; not watched", play_id)
+                    continue
+                heard = _heard(conn, play_id, targets)
+                if targets:
+                    conn.execute(insert(confirmations), [
+                        {"play_id": play_id, "cluster": cluster, "sends": 1,
+                         "state": CONFIRMED if cluster in heard else PENDING}
+                        for cluster in dict.fromkeys(targets)
+                    ])
+        if found:
+            log.info("%d play(s) sent without a record of their confirmations now have one",
+                     len(found))
 
     def _give_up_at(self, watch: _Watch) -> datetime:
         at = watch.latest_start + self.policy.miss_grace
@@ -535,6 +585,18 @@ class Confirmations(ConfirmationRecords):
                 self.stats.resent += 1
         return command_id
 
+    def _mark_confirmed(self, play_id: str, cluster_ids: Collection[str], now: datetime) -> None:
+        c = confirmations.c
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(confirmations)
+                .where(c.play_id == play_id, c.cluster.in_(list(cluster_ids)),
+                       c.state.in_((PENDING, MISSED)))
+                .values(state=CONFIRMED, confirmed_at=utc(now))
+            )
+        with self._lock:
+            self.stats.confirmed += len(cluster_ids)
+
     def _record_sends(self, sent: Iterable[tuple[str, str, str]], now: datetime) -> None:
         rows = [{"b_play": p, "b_cluster": c, "b_command": cid} for p, c, cid in sent]
         if not rows:
@@ -559,23 +621,32 @@ class Confirmations(ConfirmationRecords):
         done = watch.round_done or set()
         with self._sending:
             with self._engine.connect() as conn:
-                pending = conn.execute(
-                    select(c.cluster, c.last_sent)
-                    .where(c.play_id == watch.play_id, c.state == PENDING)
-                    .order_by(c.last_sent, c.cluster)
-                ).all()
+                play = conn.execute(
+                    select(plays.c.sent_at, plays.c.body).where(plays.c.play_id == watch.play_id)
+                ).first()
+                sent_at, body = (aware(play[0]), play[1]) if play is not None else (now, None)
+                pending = [
+                    (cluster, aware(last) if last is not None else sent_at)
+                    for cluster, last in conn.execute(
+                        select(c.cluster, c.last_sent)
+                        .where(c.play_id == watch.play_id, c.state == PENDING)
+                        .order_by(c.cluster)
+                    )
+                ]
+                heard = _heard(conn, watch.play_id, [row[0] for row in pending])
+                pending = [row for row in pending if row[0] not in heard]
                 if not pending:
                     self._drop(watch)  # every cluster confirmed it (or it was withdrawn)
-                    return 0
                 offline = _offline(conn, [row[0] for row in pending])
-                body = conn.execute(
-                    select(plays.c.body).where(plays.c.play_id == watch.play_id)
-                ).scalar()
             recent = now - self.policy.confirm_within
+            if heard:  # reported on before its row was written, or a listener failed
+                self._mark_confirmed(watch.play_id, heard, now)
+            if not pending:
+                return 0
             due = [
                 cluster for cluster, last in pending
                 if cluster not in done and cluster not in offline
-                and (not watch.skip_recent or aware(last) <= recent)
+                and (not watch.skip_recent or last <= recent)
             ]
             now_sent = due[:budget]
             sent = [
@@ -604,19 +675,12 @@ class Confirmations(ConfirmationRecords):
         c = confirmations.c
         with self._sending, self._engine.begin() as conn:
             pending = conn.execute(
-                select(c.cluster, c.refusal, c.latest_start)
+                select(c.cluster, c.refusal)
                 .where(c.play_id == watch.play_id, c.state == PENDING)
             ).all()
             if pending:
                 # One last look at the record: an event may have slipped past.
-                heard = {
-                    row[0] for row in conn.execute(
-                        select(events.c.cluster).distinct().where(
-                            events.c.play_id == watch.play_id,
-                            events.c.cluster.in_([row[0] for row in pending]),
-                        )
-                    )
-                }
+                heard = _heard(conn, watch.play_id, [row[0] for row in pending])
                 if heard:
                     conn.execute(
                         update(confirmations)
@@ -626,9 +690,9 @@ class Confirmations(ConfirmationRecords):
                 missed = [
                     {
                         "b_cluster": cluster,
-                        "b_reason": not_received_reason(aware(latest), self._tz, refusal),
+                        "b_reason": not_received_reason(watch.latest_start, self._tz, refusal),
                     }
-                    for cluster, refusal, latest in pending if cluster not in heard
+                    for cluster, refusal in pending if cluster not in heard
                 ]
                 if missed:
                     conn.execute(
@@ -651,6 +715,21 @@ class Confirmations(ConfirmationRecords):
             watch.play_id, len(missed), _names(names),
             not_received_reason(watch.latest_start, self._tz),
         )
+
+
+def _heard(conn: Any, play_id: str, cluster_ids: Sequence[str]) -> set[str]:
+    """Which of these clusters have reported on the play (the events are the record)."""
+    found: set[str] = set()
+    for start in range(0, len(cluster_ids), 500):
+        part = list(cluster_ids[start : start + 500])
+        found.update(
+            row[0] for row in conn.execute(
+                select(events.c.cluster).distinct().where(
+                    events.c.play_id == play_id, events.c.cluster.in_(part)
+                )
+            )
+        )
+    return found
 
 
 def _offline(conn: Any, cluster_ids: Sequence[str]) -> set[str]:

@@ -165,7 +165,7 @@ class Distributor:
         """holdings: what each cluster holds (None: send every item to every destination).
         own_topics_below: when fewer than this share of a group's targeted clusters lack
         an item, send it to their own content topics rather than to the whole group.
-        tracker: told of every play before it is published, and of every stop, so that
+        tracker: told of every play once it is published, and of every stop, so that
         what a cluster does not confirm is sent again (controller/confirmations.py)."""
         self._link = link
         self._tracker = tracker
@@ -217,8 +217,6 @@ class Distributor:
             cluster_ids=sorted(spec.clusters), urgent=spec.urgent, sent_at=now,
             body=body.model_dump_json(),
         )
-        if self._tracker is not None:
-            self._tracker.expect(spec.play_id, spec.clusters, spec.latest_start, cmd.id, now)
         for scope, name in destinations:
             self._link.publish(self._topic(scope, name, "command"), payload)
             self.stats.commands += 1
@@ -234,6 +232,8 @@ class Distributor:
                 data = item.path.read_bytes()
                 for topic in content_topics:
                     self._publish_chunks(topic, data)
+        if self._tracker is not None:  # after the audio: nothing holds up an announcement
+            self._tracker.expect(spec.play_id, spec.clusters, spec.latest_start, cmd.id, now)
         log.info(
             "sent %s %r (%s) to %d clusters via %d groups and %d single clusters, start %s",
             spec.play_id, spec.bulletin, spec.level, len(spec.clusters), len(groups),

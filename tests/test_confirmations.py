@@ -67,8 +67,9 @@ class Rig:
             connected=lambda: self.sent.connected, tz=HCM, policy=ResendPolicy(),
         )
 
-    def send(self, play_id: str, clusters: list[str], latest: datetime = LATEST) -> None:
-        """What Distributor.send_play does: record the play, then expect its clusters."""
+    def send(self, play_id: str, clusters: list[str], latest: datetime = LATEST,
+             *, expect: bool = True) -> None:
+        """What Distributor.send_play does: record the play, (publish,) expect its clusters."""
         now = self.clock.now()
         body = {"play_id": play_id}
         self.store.plays.record(
@@ -76,7 +77,8 @@ class Rig:
             start_at=latest - timedelta(minutes=10), latest_start=latest, duration_s=1.0,
             items=[], cluster_ids=clusters, urgent=False, sent_at=now, body=json.dumps(body),
         )
-        self.tracker.expect(play_id, clusters, latest, "cmd-original", now)
+        if expect:
+            self.tracker.expect(play_id, clusters, latest, "cmd-original", now)
 
     def report(self, cluster: str, play_id: str | None, kind: EventKind = "received",
                ref: str | None = None, reason: str | None = None) -> None:
@@ -231,3 +233,25 @@ def test_one_pass_sends_a_bounded_number_of_commands(rig: Rig) -> None:
     rig.tracker.run_due()
     assert len(set(rig.sent.take())) == 50  # the others, not the same ones again
     assert rig.tracker.next_due() == T0 + timedelta(seconds=30)
+
+
+def test_a_received_that_comes_before_the_rows_is_found_in_the_events(rig: Rig) -> None:
+    """Rows are written once the play is published: a fast agent's `received` can be
+    stored first. It is found in the events before anything is sent again."""
+    rig.send("p1", ["a-01", "a-02"], expect=False)
+    rig.report("a-01", "p1")  # stored before the tracker heard of the play
+    rig.tracker.expect("p1", ["a-01", "a-02"], LATEST, "cmd-original", rig.clock.now())
+    assert rig.at(T0 + timedelta(seconds=10)) == [("a-02", "p1")]
+    assert rig.states("p1") == {"a-01": CONFIRMED, "a-02": PENDING}
+
+
+def test_plays_sent_without_a_record_are_watched_after_a_restart(rig: Rig) -> None:
+    """The controller stopped between sending a play and writing its rows (or an older
+    controller sent it): the next one starts watching it, from the events."""
+    rig.send("p1", ["a-01", "a-02"], expect=False)
+    rig.send("old", ["a-01"], latest=T0 - timedelta(hours=2), expect=False)
+    rig.report("a-01", "p1")
+    rig.tracker = rig.new_tracker()
+    assert rig.states("p1") == {"a-01": CONFIRMED, "a-02": PENDING}
+    assert rig.states("old") == {}  # long past: not dug up
+    assert rig.at(T0 + timedelta(seconds=10)) == [("a-02", "p1")]
