@@ -9,7 +9,8 @@ and read what"):
   controller topics (`loa/v1/cluster/<itself>/{key,command,content,membership}`) and its
   groups' (`loa/v1/group/<group>/{command,content}`);
 - the controller may publish every controller topic of every cluster and group, and read
-  every agent topic; nobody else may do either;
+  every agent topic; nobody else may do either. It may also publish and read its own
+  canary (`loa/v1/controller/<id>/canary`, controller/reconnect.py);
 - anonymous clients are refused.
 
 The topic lists come from protocol/topics.py (`TO_AGENT`, `FROM_AGENT`, `GROUP_CHANNELS`),
@@ -69,11 +70,13 @@ def cluster_access(fleet: Fleet, cluster: str) -> Access:
 
 def controller_access(username: str) -> Access:
     every = "+"
+    # Its own canary (controller/reconnect.py): published and read back by itself alone.
+    own = tuple(f"{topics.PREFIX}/controller/{every}/{c}" for c in topics.CONTROLLER_CHANNELS)
     return Access(
         username,
         tuple(f"{topics.PREFIX}/cluster/{every}/{c}" for c in topics.TO_AGENT)
-        + tuple(f"{topics.PREFIX}/group/{every}/{c}" for c in topics.GROUP_CHANNELS),
-        tuple(f"{topics.PREFIX}/cluster/{every}/{c}" for c in topics.FROM_AGENT),
+        + tuple(f"{topics.PREFIX}/group/{every}/{c}" for c in topics.GROUP_CHANNELS) + own,
+        tuple(f"{topics.PREFIX}/cluster/{every}/{c}" for c in topics.FROM_AGENT) + own,
     )
 
 
@@ -153,8 +156,9 @@ def mosquitto_conf(
         lines += [f"certfile {tls.certfile.resolve()}", f"keyfile {tls.keyfile.resolve()}"]
     lines += [
         "",
-        "# Agents and the controller use persistent sessions: keep what they have not",
-        "# received across a restart of the broker.",
+        "# Agents and the controller use persistent sessions: what they have not received",
+        "# is saved on a clean stop and every autosave_interval (30 min by default), so a",
+        "# crash loses what came since; Loa sends again what its clusters do not confirm.",
         "persistence true",
         "max_queued_messages 10000",
     ]

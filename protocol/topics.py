@@ -42,6 +42,7 @@ ClusterChannel = Literal[
 ]
 GroupChannel = Literal["command", "content"]
 ControllerChannel = Literal["canary"]
+CONTROLLER_CHANNELS: tuple[ControllerChannel, ...] = ("canary",)
 
 # The agent subscribes in this order: the broker hands retained messages over in the
 # order of the subscriptions, so a key rotation is known before the membership it signs.

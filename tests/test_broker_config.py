@@ -230,6 +230,18 @@ def test_the_controller_publishes_commands_and_reads_events(rig: MosquittoRig) -
         b01.publish(topic, b"from b-01")
     wait_until(lambda: all(controller.got(t, b"from b-01") for t in own), 10,
                "every agent topic of b-01 at the controller")
+    # The controller's own canary (controller/reconnect.py): its alone to write and read.
+    canary = "loa/v1/controller/loa-controller/canary"
+    controller.subscribe("loa/v1/controller/+/canary")
+    b01.subscribe("loa/v1/controller/+/canary")
+    b01.publish(canary, b"forged canary")  # acknowledged, and dropped
+    controller.publish(canary, b"canary")
+    controller.publish("loa/v1/cluster/b-01/command", b"after the canary")
+    wait_until(lambda: controller.got(canary, b"canary"), 10, "the canary at the controller")
+    assert not controller.got(canary, b"forged canary")
+    wait_until(lambda: b01.got("loa/v1/cluster/b-01/command", b"after the canary"), 10,
+               "the command after the canary at b-01")
+    assert not b01.got(canary, b"canary")  # not the cluster's to read either
     b01.drop()  # its Last Will, on its own state topic, goes through
     wait_until(lambda: controller.got("loa/v1/cluster/b-01/state", b"offline"), 10,
                "b-01's Last Will")

@@ -68,7 +68,7 @@ def fleet(
 
 
 def wait_offline(rig: FleetRig, cluster: str) -> None:
-    wait_until(lambda: rig.ctl.store.cluster_health()[cluster].state == "offline", 20,
+    wait_until(lambda: rig.ctl.store.clusters.health()[cluster].state == "offline", 20,
                f"{cluster} offline (its Last Will)")
 
 
