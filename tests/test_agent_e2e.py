@@ -265,13 +265,13 @@ def test_a_play_sent_again_is_answered_with_its_received_and_plays_once(
     world.controller.wait_online()
     first = world.controller.play("p-again", content(duration_s=0.2), start_in=2.0)
     world.controller.wait_kinds("p-again", ["received", "delivered"])
-    assert isinstance(first.body, PlayBody)
+    body = world.controller.bodies["p-again"]
     own_topic = topics.cluster_topic(ME, "command")
 
     # 1. Its `received` still waits for an ack when the controller sends the play again (a
     #    new command, same play id, on the cluster's own topic): the answer is the same
     #    event again, at once; no second event, no second play.
-    asked = command(world.keys.signer, first.body, now(), clusters=[ME])
+    asked = command(world.keys.signer, body, now(), clusters=[ME])
     world.controller.send(own_topic, asked.to_json())
     wait_until(lambda: "sending its `received` again" in caplog.text, 10, "the answer")
     world.controller.wait_kinds("p-again", FULL_PLAY)
@@ -280,7 +280,7 @@ def test_a_play_sent_again_is_answered_with_its_received_and_plays_once(
     #    a new `received` says when it first came and what became of it.
     world.controller.ack_everything()
     wait_until(lambda: agent.status().outbox_pending == 0, 10, "the acks")
-    asked_again = command(world.keys.signer, first.body, now(), clusters=[ME])
+    asked_again = command(world.keys.signer, body, now(), clusters=[ME])
     world.controller.send(own_topic, asked_again.to_json())
     world.controller.wait_kinds("p-again", [*FULL_PLAY, "received"])
     answer = [e for e in world.controller.all_events() if e.play_id == "p-again"][-1]
