@@ -33,7 +33,7 @@ from controller.confirmations import CONFIRMED, MISSED, ResendPolicy
 from controller.distribution import PlaySpec
 from controller.samples import tone
 from controller.store import FINAL_KINDS
-from controller.tts import EspeakNg
+from controller.tts import speech_for
 from controller.urgent import AnnouncementRequest, SystemPrincipal, service_for
 
 pytestmark = pytest.mark.slow
@@ -215,7 +215,7 @@ def test_an_urgent_announcement_under_way_survives_the_broker(
         rig.kill_agent("u-03")
         wait_offline(rig, "u-03")
 
-        service = service_for(rig.ctl, EspeakNg(), tmp_path / "urgent")
+        service = service_for(rig.ctl, speech_for(), tmp_path / "urgent")
         manager = SystemPrincipal(name="quan-ly", role="manager", scope=["tinh-rig"])
         sent = service.send(manager, AnnouncementRequest(
             targets=[COMMUNE], audio=tone(tmp_path / "khan.wav", 4.0, freq=880),

@@ -31,7 +31,7 @@ from live_support import ROOT, LiveRig
 from controller.confirmations import CONFIRMED, MISSED, PENDING, not_received_reason
 from controller.distribution import PlaySpec
 from controller.samples import tone
-from controller.tts import EspeakNg
+from controller.tts import speech_for
 from controller.urgent import AnnouncementRequest, SystemPrincipal, service_for
 from protocol import topics
 from protocol.clock import ManualClock
@@ -126,7 +126,7 @@ def test_a_cluster_that_never_answers_is_sent_it_again_then_recorded_not_receive
     rig.agent("a-01", ["xa-a", "tinh-thu"])  # a-02 has no agent: nothing will answer
     spy = CommandSpy(broker, ["a-01", "a-02"])
     try:
-        service = service_for(controller, EspeakNg(), tmp_path / "urgent")
+        service = service_for(controller, speech_for(), tmp_path / "urgent")
         sent = service.send(MANAGER, AnnouncementRequest(
             targets=["xa-a"], audio=tone(tmp_path / "bao.wav", 1.0), title="Báo lũ",
         ))
