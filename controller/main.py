@@ -31,7 +31,7 @@ from controller.audio import AudioLibrary, AudioSettings, PreparedAudio
 from controller.config import ControllerConfig, SpeechConfig
 from controller.credentials import controller_login
 from controller.dispatch import Dispatcher
-from controller.distribution import Distributor, PlaySpec, new_play_id
+from controller.distribution import Distributor, PlaySpec, new_play_id, per_profile
 from controller.fleet import Fleet
 from controller.holdings import Holdings
 from controller.intake import Intake
@@ -90,13 +90,7 @@ class Settings:
             content_dir=config.content_dir,
             timezone=ZoneInfo(config.timezone),
             lead_time=config.lead_time,
-            audio=AudioSettings(
-                bitrate_kbps=config.audio.bitrate_kbps,
-                sample_rate=config.audio.sample_rate_hz,
-                chunk_size=config.audio.chunk_size_kb * 1024,
-                target_lufs=config.audio.loudness_lufs,
-                true_peak_dbtp=config.audio.true_peak_dbtp,
-            ),
+            audio=AudioSettings.from_config(config.audio),
             client_id=config.client_id,
             speech=config.speech,
         )
@@ -342,12 +336,19 @@ class Controller:
         title: str,
         level: Level = "emergency",
         exclude: Sequence[str] = (),
-    ) -> PlaySpec:
-        """Send an announcement now to every cluster under the targets."""
+    ) -> list[PlaySpec]:
+        """Send an announcement now to every cluster under the targets: one play, or one
+        per audio profile among them (controller.distribution.per_profile), each with the
+        files prepared for that profile. Audio already prepared goes as it is to all."""
         clusters = self.fleet.resolve(targets, exclude)
         if not clusters:
             raise ValueError(f"targets {', '.join(targets)} contain no cluster")
-        prepared = audio if isinstance(audio, PreparedAudio) else self.library.prepare(list(audio))
+        if isinstance(audio, PreparedAudio):
+            by_profile = {audio.profile: clusters}
+            items = {audio.profile: [audio]}
+        else:
+            by_profile = self.fleet.by_profile(clusters)
+            items = {p: [self.library.prepare(list(audio), profile=p)] for p in by_profile}
         now = self.clock.now()
         spec = PlaySpec(
             play_id=new_play_id("urgent"),
@@ -355,12 +356,14 @@ class Controller:
             level=level,
             start_at=now,
             latest_start=now + URGENT_LATENESS,
-            items=[prepared],
+            items=[],
             clusters=clusters,
             urgent=True,
         )
-        self.distributor.send_play(spec)
-        return spec
+        sent = per_profile(spec, by_profile, items)
+        for part in sent:
+            self.distributor.send_play(part)
+        return sent
 
 
 def run(config: ControllerConfig) -> None:
