@@ -632,6 +632,7 @@ class AudioLibrary:
         """
         settings = self.settings
         rate = settings.sample_rate
+        seconds = len(pcm) / (ffmpeg.SAMPLE_WIDTH * rate)
         target = settings.target_lufs if settings.target_lufs is not None else source_lufs
 
         def chain(gain_out: float, ceiling: float | None) -> str:
@@ -647,7 +648,7 @@ class AudioLibrary:
             tried: list[tuple[float, float, float]] = []  # (gain, ceiling, LUFS heard)
             for attempt in range(1, ENCODES + 1):
                 self._encode(pcm, out, chain(gain_out, ceiling), chosen.opus_application)
-                heard = ffmpeg.loudness(out)
+                heard = ffmpeg.loudness(out, seconds=seconds)
                 log.debug(
                     "%s, try %d: gain %.2f dB, limiter %.2f dBTP: %.2f LUFS, %.2f dBTP",
                     what, attempt, gain_out, ceiling, heard.integrated_lufs,

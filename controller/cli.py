@@ -464,7 +464,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     import tempfile
 
     from controller.audio import AudioError, AudioLibrary
-    from controller.ffmpeg import FfmpegError, loudness
+    from controller.ffmpeg import FfmpegError, decode_pcm
 
     settings, origin = _prepare_settings(args)
     sources = [Path(p) for p in args.files]
@@ -490,11 +490,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     for role, path in (("intro", intro), *(("source", p) for p in sources), ("outro", outro)):
         if path is None:
             continue
-        try:
-            found = loudness(path)
+        try:  # as prepare measured it: mono, at the encoding rate
+            found = decode_pcm(path, sample_rate=settings.sample_rate, measure=True).loudness
         except FfmpegError as exc:  # decoded by prepare already; say so rather than fail
             raise AudioError(path, f"its loudness could not be measured ({exc})",
                              "Check the ffmpeg build") from None
+        assert found is not None  # asked for with measure=True
         rows.append([role, str(path), f"{found.integrated_lufs:.1f} LUFS",
                      f"{found.range_lu:.1f} LU", f"{found.true_peak_dbtp:.1f} dBTP", ""])
     heard = prepared.measured

@@ -10,8 +10,10 @@ decodes every source to raw PCM and pydub gets that (`segment_from_pcm`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
+import math
 import re
 import shutil
 import subprocess
@@ -173,12 +175,17 @@ def decode_pcm(
         args += ["-t", f"{limit_s:.3f}"]
     args += ["-c:a", "pcm_s16le", "-f", "s16le", "-"]
     proc = run_ffmpeg(args, what=str(path), loglevel="info")
-    return DecodedPcm(
+    decoded = DecodedPcm(
         pcm=proc.stdout,
         sample_rate=sample_rate,
         declared_s=_declared_duration(proc.stderr.decode(errors="replace")),
         loudness=_summary(proc.stderr, str(path)) if measure else None,
     )
+    if measure and decoded.pcm and repeats_to_measure(decoded.duration_s) > 1:
+        # Too short for the meter as it came: measured again, repeated.
+        level = measure_pcm(decoded.pcm, sample_rate, what=str(path))
+        decoded = dataclasses.replace(decoded, loudness=level)
+    return decoded
 
 
 def pydub_audio_segment() -> Any:
@@ -214,6 +221,17 @@ _EBUR128_PEAK = re.compile(r"Peak:\s+(-?[\d.]+|-inf)\s+dBFS")
 EBUR128 = "ebur128=peak=true:framelog=verbose"
 #: What ebur128 reports for audio with nothing above its absolute gate (-70 LUFS).
 SILENT_LUFS = -70.0
+#: Audio shorter than this is measured repeated to this length: BS.1770 integrates
+#: 400 ms blocks, and ebur128 reports -70 LUFS (nothing) for a sound shorter than one.
+#: Its loudness range (which compares 3 s windows) is then 0.
+MIN_MEASURE_S = 3.0
+
+
+def repeats_to_measure(seconds: float) -> int:
+    """How many times audio of this length is played to be measured (1: as it is)."""
+    if seconds <= 0 or seconds >= MIN_MEASURE_S:
+        return 1
+    return math.ceil(MIN_MEASURE_S / seconds)
 
 
 @dataclass(frozen=True)
@@ -230,7 +248,7 @@ class Loudness:
     range_lu: float = 0.0
 
 
-def _summary(stderr: bytes, what: str) -> Loudness:
+def _summary(stderr: bytes, what: str, *, repeated: bool = False) -> Loudness:
     text = stderr.decode(errors="replace")
     summary = text[text.rfind("Summary:"):] if "Summary:" in text else ""
     found = [
@@ -239,7 +257,7 @@ def _summary(stderr: bytes, what: str) -> Loudness:
     if not all(found):
         raise FfmpegError(f"measuring loudness of {what}: ffmpeg printed no summary")
     integrated, peak, lra = (float(values[-1]) for values in found)
-    return Loudness(integrated, peak, lra)
+    return Loudness(integrated, peak, 0.0 if repeated else lra)
 
 
 def _pcm_input(sample_rate: int) -> list[str]:
@@ -249,19 +267,27 @@ def _pcm_input(sample_rate: int) -> list[str]:
 def measure_pcm(
     pcm: bytes, sample_rate: int, *, what: str, graph: str | None = None
 ) -> Loudness:
-    """Loudness of mono s16le PCM, after the filter graph when one is given."""
+    """Loudness of mono s16le PCM (repeated if short: MIN_MEASURE_S), after the filter
+    graph when one is given."""
     chain = f"{graph}," if graph else ""
+    repeats = repeats_to_measure(len(pcm) / (SAMPLE_WIDTH * sample_rate))
     proc = run_ffmpeg(
         [*_pcm_input(sample_rate), "-af", f"{chain}{EBUR128}", "-f", "null", "-"],
-        input_data=pcm, what=f"measuring loudness of {what}", loglevel="info",
+        input_data=pcm * repeats, what=f"measuring loudness of {what}", loglevel="info",
     )
-    return _summary(proc.stderr, what)
+    return _summary(proc.stderr, what, repeated=repeats > 1)
 
 
-def loudness(path: Path) -> Loudness:
-    """Loudness, loudness range and true peak of a file, decoded as ffmpeg decodes it."""
+def loudness(path: Path, *, seconds: float | None = None) -> Loudness:
+    """Loudness, loudness range and true peak of a file, decoded as ffmpeg decodes it.
+
+    seconds: how long it lasts, when known; a file shorter than MIN_MEASURE_S is then
+    measured played over and over to that length.
+    """
+    repeats = repeats_to_measure(seconds) if seconds is not None else 1
+    loop = ["-stream_loop", str(repeats - 1)] if repeats > 1 else []
     proc = run_ffmpeg(
-        ["-i", str(path), "-af", EBUR128, "-f", "null", "-"],
+        [*loop, "-i", str(path), "-af", EBUR128, "-f", "null", "-"],
         what=f"measuring loudness of {path}", loglevel="info",
     )
-    return _summary(proc.stderr, str(path))
+    return _summary(proc.stderr, str(path), repeated=repeats > 1)

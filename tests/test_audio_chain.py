@@ -306,6 +306,24 @@ def test_quiet_speech_is_kept_whole_and_brought_up(corpus: Corpus, library: Audi
     assert_on_target(prepared.measured, "speech at -40 dBFS peak")
 
 
+@pytest.mark.parametrize("seconds", [0.3, 1.0])
+def test_a_sound_shorter_than_the_meter_is_measured_repeated(
+    seconds: float, library: AudioLibrary, tmp_path: Path
+) -> None:
+    """BS.1770 integrates 400 ms blocks: ebur128 finds nothing in a 0.3 s chime, which
+    must neither be refused as silent nor brought up 54 dB."""
+    chime = tmp_path / "chime.wav"
+    run_ffmpeg(["-f", "lavfi", "-i", f"sine=frequency=880:sample_rate=48000:duration={seconds}",
+                "-af", "volume=-6dB", "-y", str(chime)], what=str(chime))
+    if seconds < 0.4:
+        assert loudness(chime).integrated_lufs == -70.0  # the meter alone: nothing
+    prepared = library.prepare([chime])
+    assert prepared.measured is not None
+    assert_on_target(prepared.measured, f"a {seconds} s chime")
+    assert prepared.measured == loudness(prepared.path, seconds=prepared.duration_s)
+    assert prepared.measured.range_lu == 0
+
+
 def test_the_silence_threshold_follows_the_loudness_and_the_noise_floor(corpus: Corpus) -> None:
     def threshold(path: Path) -> float:
         decoded = decode_pcm(path, sample_rate=48000, measure=True)
