@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from controller.audio_chain import PROFILE_NAMES
 from protocol import chunks, topics
 from protocol.clock import Clock
 from protocol.messages import (
@@ -162,10 +163,23 @@ def per_profile(
     ]
 
 
-def play_ids(play_id: str, profiles: Collection[str]) -> list[str]:
+def play_ids(play_id: str) -> list[str]:
     """Every id a play sent through per_profile may have gone out under: its own, or its
-    own with each of these profiles."""
-    return [play_id, *(f"{play_id}{PROFILE_MARK}{profile}" for profile in profiles)]
+    own with each audio profile."""
+    return [play_id, *(f"{play_id}{PROFILE_MARK}{profile}" for profile in PROFILE_NAMES)]
+
+
+def sent_as(
+    play_id: str, clusters_of: Callable[[str], Sequence[str]]
+) -> list[tuple[str, list[str]]]:
+    """The plays a play went out as, with their clusters: itself, or one per audio profile
+    (per_profile). clusters_of: a play's clusters as recorded (none: never sent)."""
+    found = []
+    for each in play_ids(play_id):
+        clusters = list(clusters_of(each))
+        if clusters:
+            found.append((each, clusters))
+    return found
 
 
 @dataclass

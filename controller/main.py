@@ -31,7 +31,7 @@ from controller.audio import AudioLibrary, AudioSettings, PreparedAudio
 from controller.config import ControllerConfig, SpeechConfig
 from controller.credentials import controller_login
 from controller.dispatch import Dispatcher
-from controller.distribution import Distributor, PlaySpec, new_play_id, per_profile
+from controller.distribution import Distributor, PlaySpec, new_play_id, per_profile, sent_as
 from controller.fleet import Fleet
 from controller.holdings import Holdings
 from controller.intake import Intake
@@ -293,12 +293,11 @@ class Controller:
             sent = self.store.dispatches.outcome(occ.programme, occ.start) == "sent"
             if occ.play_id in kept or not sent:
                 continue
-            clusters = [
-                c for c in self.store.plays.clusters_of(occ.play_id) if c in fleet.clusters
-            ]
-            self.distributor.send_stop(occ.play_id, clusters)
-            withdrawn.append(occ.play_id)
-            log.info("withdrew %s: the edited playlists no longer have it", occ.play_id)
+            # The occurrence's play, or its plays per audio profile (per_profile).
+            for play_id, clusters in sent_as(occ.play_id, self.store.plays.clusters_of):
+                self.distributor.send_stop(play_id, [c for c in clusters if c in fleet.clusters])
+                withdrawn.append(play_id)
+                log.info("withdrew %s: the edited playlists no longer have it", play_id)
         return withdrawn
 
     def _refuse(self, problems: list[Problem]) -> ReloadResult:

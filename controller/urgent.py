@@ -42,9 +42,16 @@ from sqlalchemy import insert, select, update
 
 from controller import ffmpeg
 from controller.audio import AudioLibrary, PreparedAudio
-from controller.audio_chain import DEFAULT_PROFILE, PROFILE_NAMES
+from controller.audio_chain import DEFAULT_PROFILE
 from controller.audit import AuditEntry, AuditLog
-from controller.distribution import PROFILE_MARK, PlaySpec, new_play_id, per_profile, play_ids
+from controller.distribution import (
+    PROFILE_MARK,
+    PlaySpec,
+    new_play_id,
+    per_profile,
+    play_ids,
+    sent_as,
+)
 from controller.fleet import Fleet
 from controller.store import FINAL_KINDS, Store, aware
 from controller.store.schema import urgent_announcements as announcements
@@ -529,12 +536,7 @@ class UrgentService:
     def _plays(self, announcement_id: str) -> list[tuple[str, list[str]]]:
         """The plays an announcement went out as, with their clusters: its own id, or one
         per audio profile among its clusters."""
-        found = []
-        for play_id in play_ids(announcement_id, PROFILE_NAMES):
-            clusters = self._store.plays.clusters_of(play_id)
-            if clusters:
-                found.append((play_id, clusters))
-        return found
+        return sent_as(announcement_id, self._store.plays.clusters_of)
 
     def clusters_of(self, play_id: str) -> list[str]:
         return sorted({c for _, clusters in self._plays(play_id) for c in clusters})
@@ -594,7 +596,7 @@ class UrgentService:
         latest: dict[str, tuple[str, str | None, datetime | None]] = {}
         rows = sorted(
             (
-                row for each in play_ids(play_id, PROFILE_NAMES)
+                row for each in play_ids(play_id)
                 for row in self._store.events.of_play(each)
             ),
             key=lambda r: (_aware(r["at"]), r["seq"]),
