@@ -98,6 +98,12 @@ ENCODES = 4
 #: When the decoded result still peaks over the ceiling, the limiter is lowered by the
 #: excess and this much more.
 PEAK_MARGIN_DB = 0.2
+#: The limiter takes at most this much off the highest peak. Audio whose peaks stand
+#: further above its loudness (a bell, clicks, a beeping signal) is left under the
+#: target rather than crushed into a buzz: the true peak is a ceiling, the loudness a
+#: target. Speech takes up to about 14 dB (espeak-ng's peaky voice, a loud sentence
+#: among quiet ones, brought to -16 LUFS for full-range speakers, uncompressed).
+MAX_LIMITING_DB = 15.0
 #: Sample rates the Opus encoder takes.
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 INDEX_NAME = "index.json"
@@ -643,8 +649,12 @@ class AudioLibrary:
 
         try:
             shaped = ffmpeg.measure_pcm(pcm, rate, what=what, graph=chain(0.0, None))
-            gain_out = target - shaped.integrated_lufs
             ceiling = settings.true_peak_dbtp - audio_chain.OPUS_HEADROOM_DB
+
+            def most(ceiling: float) -> float:  # the gain that limits MAX_LIMITING_DB
+                return ceiling + MAX_LIMITING_DB - shaped.true_peak_dbtp
+
+            gain_out = min(target - shaped.integrated_lufs, most(ceiling))
             tried: list[tuple[float, float, float]] = []  # (gain, ceiling, LUFS heard)
             for attempt in range(1, ENCODES + 1):
                 self._encode(pcm, out, chain(gain_out, ceiling), chosen.opus_application)
@@ -656,12 +666,15 @@ class AudioLibrary:
                 )
                 over = heard.true_peak_dbtp - settings.true_peak_dbtp
                 miss = target - heard.integrated_lufs
-                if over <= 0 and abs(miss) <= LOUDNESS_TOLERANCE_LU:
+                held = over <= 0
+                if held and abs(miss) <= LOUDNESS_TOLERANCE_LU:
                     return heard
+                if held and miss > 0 and gain_out >= most(ceiling):
+                    break  # as loud as it gets without crushing it
                 tried.append((gain_out, ceiling, heard.integrated_lufs))
-                gain_out += _gain_step(tried, miss)
                 if over > 0:
                     ceiling -= over + PEAK_MARGIN_DB
+                gain_out = min(gain_out + _gain_step(tried, miss), most(ceiling))
         except ffmpeg.FfmpegError as exc:
             raise AudioError(
                 None, f"processing {what} failed ({exc})",
@@ -677,6 +690,14 @@ class AudioLibrary:
                 "Report it with the files; lowering true_peak_dbtp in the controller config "
                 "leaves the limiter more room meanwhile",
             )
+        if miss > 0 and gain_out >= most(ceiling):
+            log.warning(
+                "%s: prepared at %.1f LUFS, %.1f LU under the %.1f LUFS aimed at: its peaks "
+                "stand so far above its loudness (short, sharp sounds) that more would crush "
+                "them under the %.1f dBTP ceiling", what, heard.integrated_lufs, miss, target,
+                settings.true_peak_dbtp,
+            )
+            return heard
         log.log(
             logging.WARNING if abs(miss) > 2 * LOUDNESS_TOLERANCE_LU else logging.INFO,
             "%s: prepared at %.1f LUFS, %.1f LU from the %.1f LUFS aimed at (true peak "

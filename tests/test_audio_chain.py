@@ -9,6 +9,7 @@ levels, shouted, over street noise, and a music bed.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -196,6 +197,27 @@ def test_a_shouted_source_clipped_above_full_scale_is_brought_down(
     assert before.integrated_lufs > TARGET + 4
     heard = loudness(library.prepare([corpus.shouted]).path)
     assert_on_target(heard, "shouted")
+
+
+def test_short_sharp_sounds_are_left_under_the_target_rather_than_crushed(
+    library: AudioLibrary, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bell struck four times a second: to reach -16 LUFS its strikes would lose more
+    than 15 dB to the limiter and come out a buzz (the Chromium microphone's beeps in the
+    browser test were such a source). Its true peak is held; its loudness is left under."""
+    bell = tmp_path / "bell.wav"
+    run_ffmpeg(["-f", "lavfi", "-i", "aevalsrc='0.5*sin(2*PI*1000*t)*exp(-mod(t,0.25)*150)'"
+                ":s=48000:d=4", "-y", str(bell)], what=str(bell))
+    with caplog.at_level(logging.WARNING, logger="controller.audio"):
+        prepared = library.prepare([bell])
+    heard = prepared.measured
+    assert heard is not None
+    assert heard.true_peak_dbtp <= CEILING, heard
+    assert heard.integrated_lufs < TARGET - 2, heard
+    assert heard == loudness(prepared.path, seconds=prepared.duration_s)
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "controller.audio"]
+    assert f"{bell}: prepared at {heard.integrated_lufs:.1f} LUFS" in warning
+    assert "short, sharp sounds" in warning
 
 
 # --- the horn profile, measured ----------------------------------------------------------
