@@ -9,6 +9,7 @@ levels, shouted, over street noise, and a music bed.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -382,3 +383,27 @@ def test_what_is_really_silent_or_too_quiet_is_refused_naming_the_file(
         library.prepare([corpus.speech(0.0), source])
     assert str(refused.value).startswith(f"{source}: {says}"), str(refused.value)
     assert refused.value.path == source
+
+
+def test_say_prepares_an_ogg_for_the_audio_profile_of_its_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.cli_speech import _profile
+
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "province:\n  id: tinh-x\n  name: Tỉnh X\n  communes:\n"
+        "    - {id: xa-a, name: Xã A, clusters: [{id: a-01, name: Chợ A}, {id: a-02, name: B}]}\n"
+        "    - {id: xa-b, name: Xã B, audio_profile: full-range,\n"
+        "       clusters: [{id: b-01, name: Hội trường}]}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setattr("controller.sources.DEFAULT_FLEET", fleet)
+
+    def profile(*targets: str) -> str:
+        return _profile(argparse.Namespace(target=list(targets) or None), None)
+
+    assert profile() == "horn"
+    assert profile("xa-b") == "full-range"
+    assert profile("xa-a") == "horn"
+    assert profile("all") == "horn"  # most of them
