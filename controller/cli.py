@@ -18,6 +18,7 @@ from protocol.config_errors import ConfigError
 from protocol.validation import suggest
 
 if TYPE_CHECKING:
+    from controller.audio import AudioSettings
     from controller.confirmations import NotReceived
     from controller.playlist import Playlists, Programme
     from controller.store import ConfigStatus, Store
@@ -30,8 +31,9 @@ NOT_RECEIVED_WINDOW = timedelta(hours=24)
 
 def _setup_logging(verbose: bool, command: str) -> None:
     # The demo runs 73 agents in one process: it tells its own story on stderr and
-    # shows only warnings from the parts, unless asked for more.
-    quiet = command == "demo"
+    # shows only warnings from the parts, unless asked for more; prepare prints its own
+    # measurements.
+    quiet = command in ("demo", "prepare")
     logging.basicConfig(
         level=logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -473,6 +475,75 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_settings(args: argparse.Namespace) -> tuple[AudioSettings, str]:
+    """The audio settings prepare uses, and where they come from: the controller config
+    (--config, else config/controller.yaml where it exists), else the defaults."""
+    from controller.audio import AudioSettings
+    from controller.config import AudioConfig, load_controller_config
+
+    path = _config_path(args) or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    if path is None:
+        return AudioSettings.from_config(AudioConfig()), "the default audio settings"
+    return AudioSettings.from_config(load_controller_config(path).audio), f"the audio: of {path}"
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from controller.audio import AudioError, AudioLibrary
+    from controller.ffmpeg import FfmpegError, decode_pcm
+
+    settings, origin = _prepare_settings(args)
+    sources = [Path(p) for p in args.files]
+    intro = Path(args.intro) if args.intro else None
+    outro = Path(args.outro) if args.outro else None
+    for path in (intro, *sources, outro):
+        if path is not None and not path.exists():
+            raise ValueError(f"{path}: no such file; check the name and the folder")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(
+            f"--out {out} is a folder: give the file to write, e.g. {out / 'bulletin.opus'}"
+        )
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    with tempfile.TemporaryDirectory(prefix="loa-prepare-") as scratch:
+        prepared = AudioLibrary(Path(scratch), settings).prepare(
+            sources, intro=intro, outro=outro, profile=args.profile
+        )
+        assert prepared.measured is not None  # just prepared: measured
+        shutil.copyfile(prepared.path, out)
+    rows = []
+    for role, path in (("intro", intro), *(("source", p) for p in sources), ("outro", outro)):
+        if path is None:
+            continue
+        try:  # as prepare measured it: mono, at the encoding rate
+            found = decode_pcm(path, sample_rate=settings.sample_rate, measure=True).loudness
+        except FfmpegError as exc:  # decoded by prepare already; say so rather than fail
+            raise AudioError(path, f"its loudness could not be measured ({exc})",
+                             "Check the ffmpeg build") from None
+        assert found is not None  # asked for with measure=True
+        rows.append([role, str(path), f"{found.integrated_lufs:.1f} LUFS",
+                     f"{found.range_lu:.1f} LU", f"{found.true_peak_dbtp:.1f} dBTP", ""])
+    heard = prepared.measured
+    rows.append(["bulletin", str(out), f"{heard.integrated_lufs:.1f} LUFS",
+                 f"{heard.range_lu:.1f} LU", f"{heard.true_peak_dbtp:.1f} dBTP",
+                 f"{prepared.duration_s:.1f} s"])
+    print(format_table(
+        ["", "file", "loudness", "range", "true peak", "duration"], rows
+    ))
+    target = "as it came" if settings.target_lufs is None else f"{settings.target_lufs:g} LUFS"
+    print(
+        f"\nwrote {out}: {prepared.size} bytes of Ogg/Opus ({settings.bitrate_kbps} kb/s, "
+        f"{settings.sample_rate} Hz, profile {prepared.profile}), SHA-256 {prepared.sha256}.\n"
+        f"The bulletin is measured decoded again, as the agents decode it (EBU R128: "
+        f"integrated loudness, loudness range, true peak). Target {target}, true peak at "
+        f"most {settings.true_peak_dbtp:g} dBTP, from {origin}."
+    )
+    return 0
+
+
 def _next_airing(programme: Programme, tz: ZoneInfo) -> str:
     upcoming = programme.next_after(datetime.now(tz), tz)
     return _local(upcoming, tz) if upcoming else "never again"
@@ -588,6 +659,40 @@ def _add_db_parser(sub: Any) -> None:
         q.add_argument("--config", default=str(DEFAULT_CONFIG), help="controller config YAML")
 
 
+def _add_prepare(sub: Any) -> None:
+    from controller.audio_chain import DEFAULT_PROFILE, PROFILE_NAMES
+
+    p = sub.add_parser(
+        "prepare", help="prepare audio as the clusters get it, and measure it",
+        description="Prepare one bulletin from audio files (joined in order, with a short "
+        "gap) exactly as the controller prepares it for the clusters, write it to OUT, and "
+        "print each file's and the result's loudness, loudness range and true peak, "
+        "measured on the result decoded again as the agents decode it.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="the audio files, in order")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="the Ogg/Opus file to write (e.g. bulletin.opus)")
+    p.add_argument("--profile", choices=PROFILE_NAMES, default=DEFAULT_PROFILE,
+                   help="the speakers it is for: horn (outdoor horns, the default) or "
+                   "full-range (indoor or full-range speakers); see docs/audio.md")
+    p.add_argument("--intro", metavar="FILE", help="played before the files")
+    p.add_argument("--outro", metavar="FILE", help="played after the files")
+    p.add_argument("--config", help="controller config YAML whose audio: settings to use "
+                   "(default: config/controller.yaml if present, else the defaults)")
+    p.set_defaults(func=cmd_prepare)
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="the whole path in miniature: 73 simulated clusters")
+    p.add_argument("--broker", help="use this broker (mqtt://host:port, or mqtts://host:port "
+                   "for TLS) instead of an embedded one")
+    p.add_argument("--ca-file", metavar="PEM", help="for an mqtts:// broker: the CA certificate "
+                   "that signed its certificate; only it is trusted (default: the system's CAs)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the results")
+    p.add_argument("--keep", action="store_true", help="keep the demo's working directory")
+    p.set_defaults(func=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loa-controller",
@@ -652,14 +757,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_pending)
 
-    p = sub.add_parser("demo", help="the whole path in miniature: 73 simulated clusters")
-    p.add_argument("--broker", help="use this broker (mqtt://host:port, or mqtts://host:port "
-                   "for TLS) instead of an embedded one")
-    p.add_argument("--ca-file", metavar="PEM", help="for an mqtts:// broker: the CA certificate "
-                   "that signed its certificate; only it is trusted (default: the system's CAs)")
-    p.add_argument("--json", action="store_true", help="print one JSON object with the results")
-    p.add_argument("--keep", action="store_true", help="keep the demo's working directory")
-    p.set_defaults(func=cmd_demo)
+    _add_prepare(sub)
+
+    _add_demo(sub)
 
     # `user` and `urgent` (the web app's), `provision`, `broker-config`, `keys` (access),
     # `say` (hear a text before sending it).

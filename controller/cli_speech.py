@@ -50,6 +50,22 @@ def _voice(args: argparse.Namespace, config: Any) -> str | None:
     return fleet.node_voice(fleet.province.id)
 
 
+def _profile(args: argparse.Namespace, config: Any) -> str:
+    """The audio profile an .ogg is prepared for: the one most clusters of --target have
+    (docs/audio.md), else the default (horns)."""
+    from controller.audio_chain import DEFAULT_PROFILE
+
+    if not args.target:
+        return DEFAULT_PROFILE
+    from controller.fleet import load_fleet
+    from controller.sources import DEFAULT_FLEET
+
+    fleet = load_fleet(config.fleet if config else DEFAULT_FLEET,
+                       config.speech.voice_names() if config else None)
+    by_profile = fleet.by_profile(fleet.resolve(args.target))
+    return max(by_profile, key=lambda p: len(by_profile[p]), default=DEFAULT_PROFILE)
+
+
 def cmd_say(args: argparse.Namespace) -> int:
     from controller.sources import find_config
     from controller.tts import speech_for
@@ -69,15 +85,18 @@ def cmd_say(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     if out.suffix.lower() in OPUS_SUFFIXES:
-        _say_as_sent(speech, text, voice.name, out, config)
+        _say_as_sent(speech, text, voice.name, out, config, _profile(args, config))
     else:
         speech.speak(text, out, voice=voice.name)
     print(f"wrote {out} ({voice.describe()})", file=sys.stderr)
     return 0
 
 
-def _say_as_sent(speech: Any, text: str, voice: str, out: Path, config: Any) -> None:
-    """Speak, then prepare as a bulletin (loudness, Opus) like the clusters receive it."""
+def _say_as_sent(
+    speech: Any, text: str, voice: str, out: Path, config: Any, profile: str
+) -> None:
+    """Speak, then prepare as a bulletin (the audio profile's processing, loudness, true
+    peak, Opus) like the clusters of that profile receive it."""
     from controller.audio import AudioLibrary
     from controller.main import Settings
 
@@ -85,7 +104,7 @@ def _say_as_sent(speech: Any, text: str, voice: str, out: Path, config: Any) -> 
     with tempfile.TemporaryDirectory(prefix="loa-say-") as tmp:
         wav = speech.speak(text, Path(tmp) / "speech.wav", voice=voice)
         store = AudioLibrary(Path(tmp) / "content", settings)
-        prepared = store.prepare([wav])
+        prepared = store.prepare([wav], profile=profile)
         out.write_bytes(store.read(prepared.sha256))
 
 
@@ -102,7 +121,8 @@ def register(sub: Any, default_config: str) -> None:
                    "(default: the voice of --target, else the province's)")
     p.add_argument("--target", action="append", metavar="NODE",
                    help="speak with the voice an announcement to this node, cluster or name "
-                   "would have (repeat for several)")
+                   "would have, and prepare an .ogg for its speakers' audio profile (repeat "
+                   "for several)")
     p.add_argument("--out", metavar="FILE",
                    help="write the speech: FILE.wav as the engine makes it, FILE.ogg as the "
                    "clusters get it (Opus, loudness)")

@@ -103,7 +103,7 @@ class AudioConfig(_Strict):
     loudness_lufs: Annotated[float, Field(ge=-40, le=-5)] | None = -16.0
     """Integrated loudness (EBU R128) every bulletin is brought to; null keeps it as it came."""
     true_peak_dbtp: Annotated[float, Field(ge=-9, le=0)] = -1.0
-    """True-peak ceiling after normalisation, in dBTP."""
+    """True-peak ceiling (dBTP), measured on the encoded audio decoded again."""
 
 
 def _feed_url(value: str) -> str:

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 from controller.audio import AudioSettings
 from controller.broker import EmbeddedBroker
+from controller.distribution import PROFILE_MARK
 from controller.fleet import Fleet, load_fleet
 from controller.main import Controller, Settings
 from controller.samples import demo_bulletin, demo_urgent
@@ -83,7 +84,9 @@ def _playlist(directory: Path, province: str, audio: Path) -> Path:
 
 
 class Tracker:
-    """Follows the events of the demo's two plays as the controller stores them."""
+    """Follows the events of the demo's two plays as the controller stores them; a play
+    sent as one per audio profile (controller.distribution.per_profile) is followed as
+    one."""
 
     def __init__(self) -> None:
         self.lock = threading.Condition()
@@ -93,7 +96,7 @@ class Tracker:
         if ev.play_id is None:
             return
         with self.lock:
-            per_play = self.state.setdefault(ev.play_id, {})
+            per_play = self.state.setdefault(ev.play_id.partition(PROFILE_MARK)[0], {})
             prev = per_play.get(ev.cluster)
             if prev in FINAL_KINDS:
                 return
@@ -265,16 +268,17 @@ def run_demo(
         _say(f"bulletin: {playing.get('playing', 0)} of {len(everyone)} clusters playing")
 
         urgent_targets = communes[:URGENT_COMMUNES]
-        spec = controller.send_urgent(
+        sent = controller.send_urgent(
             urgent_targets, [urgent_audio], title="Thông báo khẩn: triều cường",
             level="emergency",
         )
-        targeted = sorted(spec.clusters)
+        urgent_id = sent[0].play_id.partition(PROFILE_MARK)[0]
+        targeted = sorted(c for spec in sent for c in spec.clusters)
         _say(f"urgent announcement sent to {len(urgent_targets)} communes "
              f"({len(targeted)} clusters); it preempts the bulletin there")
-        tracker.wait(spec.play_id, targeted, FINAL_KINDS, 20)
+        tracker.wait(urgent_id, targeted, FINAL_KINDS, 20)
         tracker.wait(play_id, everyone, FINAL_KINDS, BULLETIN_S + 20)
-        result = _outcomes(fleet, tracker.of(play_id), tracker.of(spec.play_id), targeted)
+        result = _outcomes(fleet, tracker.of(play_id), tracker.of(urgent_id), targeted)
         result.elapsed_s = round(time.monotonic() - started, 1)
         _report(result, as_json, out or sys.stdout)
         return result

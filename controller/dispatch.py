@@ -9,9 +9,11 @@ closer), and by its sweep for occurrences whose latest start has passed. In orde
 3. a programme that needs approval and has none for its current content → not sent;
    the scheduler tries again until it is approved or too late (then missed);
 4. targets are resolved against the fleet as it is now (a merged commune's clusters
-   answer to the new commune), audio is prepared (cached), the play is sent, and the
-   occurrence is recorded as sent. Sending before recording means a crash in between
-   sends the same play id again after a restart, which agents drop as a duplicate.
+   answer to the new commune), audio is prepared (cached) for the audio profile of each
+   of their clusters, the play is sent (one per profile, when they differ:
+   controller.distribution.per_profile), and the occurrence is recorded as sent.
+   Sending before recording means a crash in between sends the same play id again
+   after a restart, which agents drop as a duplicate.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from controller.distribution import PlaySpec
+from controller.distribution import PlaySpec, per_profile
 from controller.schedule import Occurrence, Outcome
 from controller.store import Store
 from protocol.clock import Clock
@@ -46,7 +48,11 @@ class AudioPreparer(Protocol):
     """What the dispatcher needs from controller.audio.AudioLibrary."""
 
     def prepare(
-        self, sources: list[Path], intro: Path | None = None, outro: Path | None = None
+        self,
+        sources: list[Path],
+        intro: Path | None = None,
+        outro: Path | None = None,
+        profile: str = ...,
     ) -> PreparedAudio: ...
 
 
@@ -88,9 +94,10 @@ class Dispatcher:
             return "missed"
         return "skipped"
 
-    def prepare(self, programme: Programme) -> list[PreparedAudio]:
+    def prepare(self, programme: Programme, profile: str) -> list[PreparedAudio]:
+        """The programme's bulletins prepared for clusters of this audio profile."""
         return [
-            self._library.prepare(list(b.files), intro=b.intro, outro=b.outro)
+            self._library.prepare(list(b.files), intro=b.intro, outro=b.outro, profile=profile)
             for b in programme.bulletins
         ]
 
@@ -146,25 +153,26 @@ class Dispatcher:
             return self._missed(occ, f"targets no longer resolve: {exc}")
         if not clusters:
             return self._missed(occ, "its targets contain no cluster")
-        try:
-            items = self.prepare(programme)
+        by_profile = fleet.by_profile(clusters)
+        try:  # every profile's audio before anything is sent: all of the play, or none
+            items = {profile: self.prepare(programme, profile) for profile in by_profile}
         except ValueError as exc:  # AudioError: the reason names the file
             return self._missed(occ, f"audio refused: {exc}")
         volume = next((b.volume for b in programme.bulletins if b.volume is not None), None)
-        self._distributor.send_play(
-            PlaySpec(
-                play_id=occ.play_id,
-                bulletin=programme.name,
-                level=programme.level,
-                start_at=occ.start,
-                latest_start=occ.latest_start,
-                items=items,
-                clusters=clusters,
-                programme=programme.id,
-                volume=volume,
-                replay_if_interrupted=programme.replay_if_interrupted,
-            )
+        play = PlaySpec(
+            play_id=occ.play_id,
+            bulletin=programme.name,
+            level=programme.level,
+            start_at=occ.start,
+            latest_start=occ.latest_start,
+            items=[],
+            clusters=clusters,
+            programme=programme.id,
+            volume=volume,
+            replay_if_interrupted=programme.replay_if_interrupted,
         )
+        for spec in per_profile(play, by_profile, items):
+            self._distributor.send_play(spec)
         self._store.dispatches.claim(occ.programme, occ.start, "sent", None, now)
         return "sent"
 

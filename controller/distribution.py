@@ -13,20 +13,27 @@ than half of them lack it (`own_topics_below`), the chunks go to those clusters'
 content topics; otherwise once to the group's content topic. Agents that already hold a
 content hash ignore its chunks; an agent that missed chunks (or whose holding was stale)
 asks for exactly those on its request topic and gets them on its own content topic.
+
+A play carries one audio for all its clusters. Clusters of different audio profiles
+(controller.audio_chain: horns outdoors, full-range speakers indoors) need different
+audio, so a play whose clusters differ is sent as one play per profile (`per_profile`),
+each with its own id: the play's id and ``+<profile>``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from controller.audio_chain import PROFILE_NAMES
 from protocol import chunks, topics
 from protocol.clock import Clock
 from protocol.messages import (
@@ -132,6 +139,57 @@ class PlaySpec:
 
 def new_play_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+#: Between a play's id and the audio profile of one part of it (see per_profile).
+PROFILE_MARK = "+"
+
+
+def per_profile(
+    spec: PlaySpec,
+    by_profile: Mapping[str, Sequence[str]],
+    items: Mapping[str, Sequence[Audio]],
+) -> list[PlaySpec]:
+    """The play, split by the audio profile of its clusters.
+
+    by_profile: {profile: clusters} (controller.fleet.Fleet.by_profile); items: the audio
+    prepared for each of those profiles. When every cluster shares one profile, this is
+    the play itself with that profile's audio. Otherwise each profile's clusters get a
+    play of their own, whose id is the play's with PROFILE_MARK and the profile
+    (`play_ids`): confirmations, resends, stops and reports all go by play id, and a play
+    names one audio for every cluster it reaches.
+    """
+    if not by_profile:
+        raise ValueError(f"play {spec.play_id} targets no cluster")
+    split = len(by_profile) > 1
+    return [
+        dataclasses.replace(
+            spec,
+            play_id=f"{spec.play_id}{PROFILE_MARK}{profile}" if split else spec.play_id,
+            items=list(items[profile]),
+            clusters=list(clusters),
+        )
+        for profile, clusters in by_profile.items()
+    ]
+
+
+def play_ids(play_id: str) -> list[str]:
+    """Every id a play sent through per_profile may have gone out under: its own, or its
+    own with each audio profile."""
+    return [play_id, *(f"{play_id}{PROFILE_MARK}{profile}" for profile in PROFILE_NAMES)]
+
+
+def sent_as(
+    play_id: str, clusters_of: Callable[[str], Sequence[str]]
+) -> list[tuple[str, list[str]]]:
+    """The plays a play went out as, with their clusters: itself, or one per audio profile
+    (per_profile). clusters_of: a play's clusters as recorded (none: never sent)."""
+    found = []
+    for each in play_ids(play_id):
+        clusters = list(clusters_of(each))
+        if clusters:
+            found.append((each, clusters))
+    return found
 
 
 @dataclass

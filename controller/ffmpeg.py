@@ -10,8 +10,8 @@ decodes every source to raw PCM and pydub gets that (`segment_from_pcm`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-import json
 import logging
 import math
 import re
@@ -146,27 +146,46 @@ class DecodedPcm:
     pcm: bytes
     sample_rate: int
     declared_s: float | None  # what the file says it lasts; None if unknown
+    loudness: Loudness | None = None  # of the decoded PCM, when asked for
 
     @property
     def duration_s(self) -> float:
         return len(self.pcm) / (SAMPLE_WIDTH * self.sample_rate)
 
 
-def decode_pcm(path: Path, *, sample_rate: int, limit_s: float | None = None) -> DecodedPcm:
-    """Decode the first audio stream of path to mono s16le PCM (at most limit_s seconds).
+def decode_pcm(
+    path: Path, *, sample_rate: int, limit_s: float | None = None, measure: bool = False
+) -> DecodedPcm:
+    """Decode the first audio stream of path to mono s16le PCM (at most limit_s seconds),
+    measuring its loudness on the way when asked to (the same run of ffmpeg).
 
     Raises FfmpegError with ffmpeg's reason when it cannot read the file.
     """
-    args = ["-i", str(path), "-map", "0:a:0", "-vn", "-sn", "-dn"]
+    args = ["-i", str(path)]
+    if measure:
+        args += [
+            "-filter_complex",
+            f"[0:a:0]aformat=sample_fmts=s16:sample_rates={sample_rate}:channel_layouts=mono,"
+            f"asplit[pcm][level];[level]{EBUR128},anullsink",
+            "-map", "[pcm]",
+        ]  # fmt: skip
+    else:
+        args += ["-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(sample_rate)]
     if limit_s is not None:
         args += ["-t", f"{limit_s:.3f}"]
-    args += ["-ac", "1", "-ar", str(sample_rate), "-c:a", "pcm_s16le", "-f", "s16le", "-"]
+    args += ["-c:a", "pcm_s16le", "-f", "s16le", "-"]
     proc = run_ffmpeg(args, what=str(path), loglevel="info")
-    return DecodedPcm(
+    decoded = DecodedPcm(
         pcm=proc.stdout,
         sample_rate=sample_rate,
         declared_s=_declared_duration(proc.stderr.decode(errors="replace")),
+        loudness=_summary(proc.stderr, str(path)) if measure else None,
     )
+    if measure and decoded.pcm and repeats_to_measure(decoded.duration_s) > 1:
+        # Too short for the meter as it came: measured again, repeated.
+        level = measure_pcm(decoded.pcm, sample_rate, what=str(path))
+        decoded = dataclasses.replace(decoded, loudness=level)
+    return decoded
 
 
 def pydub_audio_segment() -> Any:
@@ -195,61 +214,80 @@ def segment_from_pcm(pcm: bytes, sample_rate: int) -> Any:
 
 # --- loudness (EBU R128) -------------------------------------------------------------------
 
-_LOUDNORM_JSON = re.compile(r"\{[^{}]*\"input_i\"[^{}]*\}", re.S)
 _EBUR128_I = re.compile(r"I:\s+(-?[\d.]+|-inf)\s+LUFS")
+_EBUR128_LRA = re.compile(r"LRA:\s+(-?[\d.]+|-inf)\s+LU\b")
 _EBUR128_PEAK = re.compile(r"Peak:\s+(-?[\d.]+|-inf)\s+dBFS")
+#: The meter: true peak on, the per-100 ms lines it prints at the info level off.
+EBUR128 = "ebur128=peak=true:framelog=verbose"
+#: What ebur128 reports for audio with nothing above its absolute gate (-70 LUFS).
+SILENT_LUFS = -70.0
+#: Audio shorter than this is measured repeated to this length: BS.1770 integrates
+#: 400 ms blocks, and ebur128 reports -70 LUFS (nothing) for a sound shorter than one.
+#: Its loudness range (which compares 3 s windows) is then 0.
+MIN_MEASURE_S = 3.0
+
+
+def repeats_to_measure(seconds: float) -> int:
+    """How many times audio of this length is played to be measured (1: as it is)."""
+    if seconds <= 0 or seconds >= MIN_MEASURE_S:
+        return 1
+    return math.ceil(MIN_MEASURE_S / seconds)
 
 
 @dataclass(frozen=True)
 class Loudness:
+    """What ffmpeg's ebur128 filter measures (EBU R128 / ITU-R BS.1770).
+
+    integrated_lufs: programme loudness (-70.0: nothing above the absolute gate);
+    true_peak_dbtp: the highest peak between samples, at 4x oversampling;
+    range_lu: loudness range (LRA), the spread of the 3 s loudness, 10th to 95th percentile.
+    """
+
     integrated_lufs: float
     true_peak_dbtp: float
+    range_lu: float = 0.0
 
 
-def normalise_pcm(
-    pcm: bytes, sample_rate: int, *, target_lufs: float, true_peak_dbtp: float, what: str
-) -> bytes:
-    """Mono s16le PCM brought to target_lufs with its true peak at most true_peak_dbtp.
-
-    Two passes of ffmpeg's loudnorm: the first measures, the second applies the measured
-    values (linear gain where the peak allows it, else loudnorm's dynamic mode).
-    """
-    common = ["-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"]
-    target = f"I={target_lufs}:TP={true_peak_dbtp}:LRA=11"
-    first = run_ffmpeg(
-        [*common, "-af", f"loudnorm={target}:print_format=json", "-f", "null", "-"],
-        input_data=pcm, what=f"measuring loudness of {what}", loglevel="info",
-    )
-    found = _LOUDNORM_JSON.search(first.stderr.decode(errors="replace"))
-    if found is None:
-        raise FfmpegError(f"measuring loudness of {what}: ffmpeg printed no measurement")
-    measured = json.loads(found.group(0))
-    if not all(math.isfinite(float(measured[k])) for k in ("input_i", "input_tp")):
-        return pcm  # digital silence: nothing to normalise (refused elsewhere as silent)
-    second = run_ffmpeg(
-        [
-            *common, "-af",
-            f"loudnorm={target}:measured_I={measured['input_i']}"
-            f":measured_TP={measured['input_tp']}:measured_LRA={measured['input_lra']}"
-            f":measured_thresh={measured['input_thresh']}"
-            f":offset={measured['target_offset']}:linear=true",
-            "-ar", str(sample_rate), "-ac", "1", "-f", "s16le", "pipe:1",
-        ],
-        input_data=pcm, what=f"normalising loudness of {what}",
-    )  # fmt: skip
-    return second.stdout
+def _summary(stderr: bytes, what: str, *, repeated: bool = False) -> Loudness:
+    text = stderr.decode(errors="replace")
+    summary = text[text.rfind("Summary:"):] if "Summary:" in text else ""
+    found = [
+        pattern.findall(summary) for pattern in (_EBUR128_I, _EBUR128_PEAK, _EBUR128_LRA)
+    ]
+    if not all(found):
+        raise FfmpegError(f"measuring loudness of {what}: ffmpeg printed no summary")
+    integrated, peak, lra = (float(values[-1]) for values in found)
+    return Loudness(integrated, peak, 0.0 if repeated else lra)
 
 
-def loudness(path: Path) -> Loudness:
-    """Integrated loudness and true peak of a file, as ffmpeg's ebur128 filter reports them."""
+def _pcm_input(sample_rate: int) -> list[str]:
+    return ["-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"]
+
+
+def measure_pcm(
+    pcm: bytes, sample_rate: int, *, what: str, graph: str | None = None
+) -> Loudness:
+    """Loudness of mono s16le PCM (repeated if short: MIN_MEASURE_S), after the filter
+    graph when one is given."""
+    chain = f"{graph}," if graph else ""
+    repeats = repeats_to_measure(len(pcm) / (SAMPLE_WIDTH * sample_rate))
     proc = run_ffmpeg(
-        ["-i", str(path), "-af", "ebur128=peak=true", "-f", "null", "-"],
+        [*_pcm_input(sample_rate), "-af", f"{chain}{EBUR128}", "-f", "null", "-"],
+        input_data=pcm * repeats, what=f"measuring loudness of {what}", loglevel="info",
+    )
+    return _summary(proc.stderr, what, repeated=repeats > 1)
+
+
+def loudness(path: Path, *, seconds: float | None = None) -> Loudness:
+    """Loudness, loudness range and true peak of a file, decoded as ffmpeg decodes it.
+
+    seconds: how long it lasts, when known; a file shorter than MIN_MEASURE_S is then
+    measured played over and over to that length.
+    """
+    repeats = repeats_to_measure(seconds) if seconds is not None else 1
+    loop = ["-stream_loop", str(repeats - 1)] if repeats > 1 else []
+    proc = run_ffmpeg(
+        [*loop, "-i", str(path), "-af", EBUR128, "-f", "null", "-"],
         what=f"measuring loudness of {path}", loglevel="info",
     )
-    text = proc.stderr.decode(errors="replace")
-    summary = text[text.rfind("Summary:"):] if "Summary:" in text else text
-    i_match = _EBUR128_I.findall(summary)
-    p_match = _EBUR128_PEAK.findall(summary)
-    if not i_match or not p_match:
-        raise FfmpegError(f"measuring loudness of {path}: ffmpeg printed no summary")
-    return Loudness(float(i_match[-1]), float(p_match[-1]))
+    return _summary(proc.stderr, str(path), repeated=repeats > 1)

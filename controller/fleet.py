@@ -18,6 +18,12 @@ Each node may name the voice that speaks typed announcements there (``voice:
 mien-nam``, controller.voices); a node without one speaks with its parent's voice, the
 province's is the default, and a fleet naming none speaks with ``mien-bac``.
 
+Each cluster has an audio profile (controller.audio_chain: ``horn`` for the outdoor horns,
+the default, or ``full-range`` for indoor or full-range speakers), which decides how its
+audio is prepared. It is written on any node or cluster (``audio_profile:``) and holds
+for everything under it that does not say otherwise: set the province's once, and a
+commune's, a village's or a single cluster's where its speakers differ.
+
 The file, nested the way a manager thinks about it::
 
     province:
@@ -53,6 +59,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from controller.audio_chain import DEFAULT_PROFILE, ProfileName
 from controller.folding import exact, fold, without_prefix
 from controller.voices import BUILTIN, check_voice_name
 from protocol.config_errors import ConfigError, Problem
@@ -124,6 +131,9 @@ class ClusterSpec(_Strict):
     """Longitude in degrees (WGS 84); with lat, or neither."""
     tags: list[Tag] = []
     """Labels playlists can target as tag:<tag>."""
+    audio_profile: ProfileName | None = None
+    """How its audio is prepared: horn (outdoor horn speakers) or full-range (indoor or
+    full-range speakers); left out, the nearest node above decides (horn at the top)."""
 
 
 class VillageSpec(_Strict):
@@ -137,6 +147,10 @@ class VillageSpec(_Strict):
     """The national statistics code, in quotes, e.g. "31399"."""
     tags: list[Tag] = []
     """Labels playlists can target as tag:<tag>; every cluster below inherits them."""
+    audio_profile: ProfileName | None = None
+    """How audio is prepared for the clusters below: horn (outdoor horn speakers) or
+    full-range (indoor or full-range speakers); left out, the node above decides (horn at
+    the top)."""
     clusters: list[ClusterSpec] = []
     """The speaker clusters that sit directly here."""
 
@@ -155,6 +169,10 @@ class CommuneSpec(_Strict):
     voice: VoiceRef | None = None
     """The voice typed announcements are spoken with here (mien-bac, mien-trung, mien-nam,
     or one of speech.voices in the controller config); the parent's if left out."""
+    audio_profile: ProfileName | None = None
+    """How audio is prepared for the clusters below: horn (outdoor horn speakers) or
+    full-range (indoor or full-range speakers); left out, the node above decides (horn at
+    the top)."""
     clusters: list[ClusterSpec] = []
     """The speaker clusters that sit directly here."""
     villages: list[VillageSpec] = []
@@ -175,6 +193,10 @@ class DistrictSpec(_Strict):
     voice: VoiceRef | None = None
     """The voice typed announcements are spoken with here (mien-bac, mien-trung, mien-nam,
     or one of speech.voices in the controller config); the parent's if left out."""
+    audio_profile: ProfileName | None = None
+    """How audio is prepared for the clusters below: horn (outdoor horn speakers) or
+    full-range (indoor or full-range speakers); left out, the node above decides (horn at
+    the top)."""
     communes: list[CommuneSpec] = []
     """The district's communes."""
 
@@ -193,6 +215,10 @@ class ProvinceSpec(_Strict):
     voice: VoiceRef | None = None
     """The voice typed announcements are spoken with here (mien-bac, mien-trung, mien-nam,
     or one of speech.voices in the controller config); mien-bac if left out."""
+    audio_profile: ProfileName | None = None
+    """How audio is prepared for the clusters below: horn (outdoor horn speakers) or
+    full-range (indoor or full-range speakers); left out, the node above decides (horn at
+    the top)."""
     districts: list[DistrictSpec] = []
     """Districts and their communes (before 1 July 2025)."""
     communes: list[CommuneSpec] = []
@@ -227,13 +253,15 @@ class Node:
     parent: str | None
     tags: tuple[str, ...] = ()
     voice: str | None = None  # as written on this node; Fleet.node_voice() inherits
+    audio_profile: str = DEFAULT_PROFILE  # its own, or the nearest node's above
 
 
 @dataclass(frozen=True)
 class Cluster:
     """A speaker cluster. node: the commune or village it sits in; commune: its commune.
 
-    tags: its own tags and those of every node above it, sorted.
+    tags: its own tags and those of every node above it, sorted. audio_profile: its own,
+    or the nearest node's above it.
     """
 
     id: str
@@ -243,6 +271,7 @@ class Cluster:
     lat: float | None
     lon: float | None
     tags: tuple[str, ...]
+    audio_profile: str = DEFAULT_PROFILE
 
 
 class UnknownTargetError(KeyError):
@@ -337,6 +366,14 @@ class Fleet:
             out.append(at)
             at = self.nodes[at].parent
         return out
+
+    def by_profile(self, cluster_ids: Iterable[str]) -> dict[str, list[str]]:
+        """The clusters grouped by audio profile: {profile: sorted cluster ids}, profiles
+        sorted by name."""
+        found: dict[str, list[str]] = {}
+        for cid in sorted(set(cluster_ids)):
+            found.setdefault(self._cluster(cid).audio_profile, []).append(cid)
+        return dict(sorted(found.items()))
 
     def commune_of(self, cluster_id: str) -> Node:
         return self.nodes[self._cluster(cluster_id).commune]
@@ -575,6 +612,7 @@ class _Builder:
                 f"no voice {voice!r}: {hint}write one of {', '.join(self.voices)}, or define "
                 "it under speech.voices in the controller config",
             ))
+        above = parent.audio_profile if parent else DEFAULT_PROFILE
         node = Node(
             id=spec.id,
             name=spec.name,
@@ -583,6 +621,7 @@ class _Builder:
             parent=parent.id if parent else None,
             tags=tuple(sorted({*inherited, *spec.tags})),
             voice=voice,
+            audio_profile=spec.audio_profile or above,
         )
         self.nodes[node.id] = node
         return node
@@ -600,6 +639,7 @@ class _Builder:
             lat=spec.lat,
             lon=spec.lon,
             tags=tuple(sorted({*at.tags, *spec.tags})),
+            audio_profile=spec.audio_profile or at.audio_profile,
         )
 
     def commune(self, spec: CommuneSpec, parent: Node, path: NodePath) -> None:

@@ -32,7 +32,7 @@ from controller.config import ControllerConfig, SpeechConfig
 from controller.confirmations import Confirmations, ResendPolicy
 from controller.credentials import controller_login
 from controller.dispatch import Dispatcher
-from controller.distribution import Distributor, PlaySpec, new_play_id
+from controller.distribution import Distributor, PlaySpec, new_play_id, per_profile, sent_as
 from controller.fleet import Fleet
 from controller.holdings import Holdings
 from controller.intake import Intake
@@ -94,13 +94,7 @@ class Settings:
             content_dir=config.content_dir,
             timezone=ZoneInfo(config.timezone),
             lead_time=config.lead_time,
-            audio=AudioSettings(
-                bitrate_kbps=config.audio.bitrate_kbps,
-                sample_rate=config.audio.sample_rate_hz,
-                chunk_size=config.audio.chunk_size_kb * 1024,
-                target_lufs=config.audio.loudness_lufs,
-                true_peak_dbtp=config.audio.true_peak_dbtp,
-            ),
+            audio=AudioSettings.from_config(config.audio),
             client_id=config.client_id,
             speech=config.speech,
         )
@@ -329,12 +323,11 @@ class Controller:
             sent = self.store.dispatches.outcome(occ.programme, occ.start) == "sent"
             if occ.play_id in kept or not sent:
                 continue
-            clusters = [
-                c for c in self.store.plays.clusters_of(occ.play_id) if c in fleet.clusters
-            ]
-            self.distributor.send_stop(occ.play_id, clusters)
-            withdrawn.append(occ.play_id)
-            log.info("withdrew %s: the edited playlists no longer have it", occ.play_id)
+            # The occurrence's play, or its plays per audio profile (per_profile).
+            for play_id, clusters in sent_as(occ.play_id, self.store.plays.clusters_of):
+                self.distributor.send_stop(play_id, [c for c in clusters if c in fleet.clusters])
+                withdrawn.append(play_id)
+                log.info("withdrew %s: the edited playlists no longer have it", play_id)
         return withdrawn
 
     def _refuse(self, problems: list[Problem]) -> ReloadResult:
@@ -372,12 +365,19 @@ class Controller:
         title: str,
         level: Level = "emergency",
         exclude: Sequence[str] = (),
-    ) -> PlaySpec:
-        """Send an announcement now to every cluster under the targets."""
+    ) -> list[PlaySpec]:
+        """Send an announcement now to every cluster under the targets: one play, or one
+        per audio profile among them (controller.distribution.per_profile), each with the
+        files prepared for that profile. Audio already prepared goes as it is to all."""
         clusters = self.fleet.resolve(targets, exclude)
         if not clusters:
             raise ValueError(f"targets {', '.join(targets)} contain no cluster")
-        prepared = audio if isinstance(audio, PreparedAudio) else self.library.prepare(list(audio))
+        if isinstance(audio, PreparedAudio):
+            by_profile = {audio.profile: clusters}
+            items = {audio.profile: [audio]}
+        else:
+            by_profile = self.fleet.by_profile(clusters)
+            items = {p: [self.library.prepare(list(audio), profile=p)] for p in by_profile}
         now = self.clock.now()
         spec = PlaySpec(
             play_id=new_play_id("urgent"),
@@ -385,12 +385,14 @@ class Controller:
             level=level,
             start_at=now,
             latest_start=now + URGENT_LATENESS,
-            items=[prepared],
+            items=[],
             clusters=clusters,
             urgent=True,
         )
-        self.distributor.send_play(spec)
-        return spec
+        sent = per_profile(spec, by_profile, items)
+        for part in sent:
+            self.distributor.send_play(part)
+        return sent
 
 
 def run(config: ControllerConfig) -> None:

@@ -11,10 +11,14 @@ the rules hold whichever door was used:
   engine (controller.tts) with the voice of the targeted clusters (their own when they
   share one, else their lowest common ancestor's: controller.fleet.Fleet.voice_for).
   Repeats are joined into one recording with the chosen gap of silence, then prepared
-  once as Opus (controller.audio) like any bulletin. `preview()` makes the same audio
-  for listening first, and keeps and sends nothing.
+  as Opus (controller.audio) like any bulletin: once for each audio profile among the
+  targeted clusters (horns outdoors, full-range indoors). `preview()` makes the same
+  audio for listening first, and keeps and sends nothing.
 - **Send.** One play at `priority` or `emergency` level, starting now; a higher level
   preempts what the agents are playing (a normal bulletin is reported `interrupted`).
+  Clusters of different audio profiles get a play each (controller.distribution.
+  per_profile), under the announcement's id with `+<profile>`; progress, stop and the
+  listen buttons cover them all.
 - **Progress.** Per targeted cluster, from the status events the intake stores:
   sent → received → delivered → playing → finished, or interrupted / missed / failed with
   the agent's reason; a cluster known to be offline shows as offline (it still gets the
@@ -41,9 +45,17 @@ from sqlalchemy import insert, select, update
 
 from controller import ffmpeg
 from controller.audio import AudioLibrary, PreparedAudio
+from controller.audio_chain import DEFAULT_PROFILE
 from controller.audit import AuditEntry, AuditLog
 from controller.confirmations import MISSED, PENDING, ConfirmationRecords
-from controller.distribution import PlaySpec, new_play_id
+from controller.distribution import (
+    PROFILE_MARK,
+    PlaySpec,
+    new_play_id,
+    per_profile,
+    play_ids,
+    sent_as,
+)
 from controller.fleet import Fleet
 from controller.store import FINAL_KINDS, Store, aware
 from controller.store.schema import urgent_announcements as announcements
@@ -159,6 +171,9 @@ class Announcement:
     stopped_by: str | None
     ref: str | None
     progress: list[ClusterProgress] = field(default_factory=list)
+    #: What the clusters were sent: (audio profile, SHA-256 of the prepared audio), one
+    #: per profile among them.
+    audio: list[tuple[str, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -187,6 +202,7 @@ class Announcement:
             "text": self.text,
             "level": self.level,
             "audio_sha256": self.audio_sha256,
+            "audio": [{"profile": profile, "sha256": sha256} for profile, sha256 in self.audio],
             "duration_s": round(self.duration_s, 2),
             "repeat": self.repeat,
             "gap_s": self.gap_s,
@@ -370,10 +386,11 @@ class UrgentService:
         return self._fleet().voice_for(clusters)
 
     def prepare(
-        self, req: AnnouncementRequest, scratch: Path, *, voice: str | None = None,
-        library: AudioLibrary | None = None,
-    ) -> PreparedAudio:
-        """The announcement's audio, repeated with its gaps, prepared as Opus.
+        self, req: AnnouncementRequest, scratch: Path, profiles: Iterable[str], *,
+        voice: str | None = None, library: AudioLibrary | None = None,
+    ) -> dict[str, PreparedAudio]:
+        """The announcement's audio, repeated with its gaps, prepared as Opus for each of
+        these audio profiles.
 
         voice: the voice a text is spoken with; library: where the Opus is kept (the
         library the clusters are sent from, unless a preview gives another).
@@ -385,24 +402,30 @@ class UrgentService:
             source = self.tts.speak(req.text, scratch / "speech.wav", voice=voice)
         if req.repeat > 1:
             source = self._repeated(source, req.repeat, req.gap_s, scratch / "repeated.wav")
-        return (library or self._library).prepare([source])
+        library = library or self._library
+        return {profile: library.prepare([source], profile=profile) for profile in profiles}
 
     def preview(self, who: Principal, req: AnnouncementRequest) -> bytes:
         """The Opus of a text as the clusters would get it, once, sent nowhere ("Nghe thử").
 
         The same checks as sending: the targets (if any are chosen yet) must be within
-        the user's reach, and choose the voice; without targets the voice of the user's
-        own area speaks. Nothing is recorded, audited or kept.
+        the user's reach, and choose the voice and the audio profile (the one most of
+        them have); without targets, the user's own area's. Nothing is recorded, audited
+        or kept.
         """
         if not (req.text and req.text.strip()):
             raise UrgentError("write the text to listen to first")
         targets = [t for t in req.targets if t.strip()]
         clusters = self.authorize(who, targets) if targets else sorted(self.reach(who))
+        by_profile = self._fleet().by_profile(clusters)
+        profile = max(by_profile, key=lambda p: len(by_profile[p]), default=DEFAULT_PROFILE)
         once = AnnouncementRequest(targets=targets, level=req.level, text=req.text)
         with tempfile.TemporaryDirectory(dir=self._work, prefix="preview-") as tmp:
             scratch = Path(tmp)
             store = AudioLibrary(scratch / "content", self._library.settings)
-            prepared = self.prepare(once, scratch, voice=self.voice_for(clusters), library=store)
+            prepared = self.prepare(
+                once, scratch, [profile], voice=self.voice_for(clusters), library=store
+            )[profile]
             return store.read(prepared.sha256)
 
     @property
@@ -432,14 +455,16 @@ class UrgentService:
         self._check(req)
         clusters = self.authorize(who, req.targets)
         voice = self.voice_for(clusters) if req.text else None
+        by_profile = self._fleet().by_profile(clusters)
         with tempfile.TemporaryDirectory(dir=self._work, prefix="announcement-") as tmp:
-            prepared = self.prepare(req, Path(tmp), voice=voice)
+            each = self.prepare(req, Path(tmp), by_profile, voice=voice)
+        prepared = next(iter(each.values()))  # the one recorded; audio() gives them all
         now = self._clock.now()
         title = (req.title or "").strip() or _title_from(req)
         play_id = new_play_id("urgent")
         spec = PlaySpec(
             play_id=play_id, bulletin=title, level=req.level, start_at=now,
-            latest_start=now + URGENT_LATENESS, items=[prepared], clusters=clusters,
+            latest_start=now + URGENT_LATENESS, items=[], clusters=clusters,
             urgent=True,
         )
         with self._lock, self._store.engine.begin() as conn:
@@ -453,7 +478,8 @@ class UrgentService:
                     ref=req.ref,
                 )
             )
-        self._sender.send_play(spec)
+        for part in per_profile(spec, by_profile, {p: [a] for p, a in each.items()}):
+            self._sender.send_play(part)
         self.audit.record(
             at=now, user=who.name, action="send", subject=play_id, level=req.level,
             title=title, text=req.text, audio_sha256=prepared.sha256, targets=req.targets,
@@ -465,7 +491,8 @@ class UrgentService:
     def stop(self, who: Principal, announcement_id: str) -> Announcement:
         found = self.get(who, announcement_id)
         now = self._clock.now()
-        self._sender.send_stop(found.id, found.clusters)
+        for play_id, clusters in self._plays(found.id) or [(found.id, found.clusters)]:
+            self._sender.send_stop(play_id, clusters)
         with self._lock, self._store.engine.begin() as conn:
             conn.execute(
                 update(announcements)
@@ -493,10 +520,50 @@ class UrgentService:
         if found.created_by != who.name and not self.may_see(who, found.clusters):
             # Not a 403: whether it exists is none of this user's business.
             raise NotFoundError(f"no announcement {announcement_id!r}")
-        return _with_progress(found, self.progress(found.id, found.clusters))
+        return _with_progress(
+            found, self.progress(found.id, found.clusters), self.audio(found.id)
+        )
+
+    def audio_file(self, who: Principal, announcement_id: str, sha256: str) -> Path:
+        """The prepared audio an announcement this user may see was sent as: the very file
+        the clusters were sent, for the listen buttons. NotFoundError otherwise."""
+        found = self.get(who, announcement_id)
+        if sha256 not in {digest for _, digest in found.audio}:
+            raise NotFoundError(f"announcement {announcement_id!r} has no audio {sha256!r}")
+        prepared = self._library.get(sha256)
+        if prepared is None:
+            raise NotFoundError(
+                f"the audio of announcement {announcement_id!r} is no longer in the audio "
+                "library"
+            )
+        return prepared.path
+
+    def _plays(self, announcement_id: str) -> list[tuple[str, list[str]]]:
+        """The plays an announcement went out as, with their clusters: its own id, or one
+        per audio profile among its clusters."""
+        return sent_as(announcement_id, self._store.plays.clusters_of)
 
     def clusters_of(self, play_id: str) -> list[str]:
-        return self._store.plays.clusters_of(play_id)
+        return sorted({c for _, clusters in self._plays(play_id) for c in clusters})
+
+    def audio(self, announcement_id: str) -> list[tuple[str, str]]:
+        """(audio profile, SHA-256) of what each profile's clusters were sent."""
+        wanted = {pid: pid.partition(PROFILE_MARK)[2] for pid, _ in self._plays(announcement_id)}
+        if not wanted:
+            return []
+        fleet = self._fleet()
+        out: list[tuple[str, str]] = []
+        for play_id in sorted(wanted):
+            profile = wanted[play_id] or self._profile_of(fleet, announcement_id)
+            out.extend((profile, sha256) for sha256 in self._store.plays.items_of(play_id))
+        return out
+
+    def _profile_of(self, fleet: Fleet, play_id: str) -> str:
+        """The audio profile a play not split by profile went out for (its clusters')."""
+        profiles = fleet.by_profile(
+            c for c in self._store.plays.clusters_of(play_id) if c in fleet.clusters
+        )
+        return next(iter(profiles), "?")
 
     def audit_entries(self, who: Principal, limit: int = 500) -> list[AuditEntry]:
         """The audit log as this user may read it: its own actions and its subtree's."""
@@ -533,7 +600,11 @@ class UrgentService:
         fleet = self._fleet()
         latest: dict[str, tuple[str, str | None, datetime | None]] = {}
         rows = sorted(
-            self._store.events.of_play(play_id), key=lambda r: (_aware(r["at"]), r["seq"])
+            (
+                row for each in play_ids(play_id)
+                for row in self._store.events.of_play(each)
+            ),
+            key=lambda r: (_aware(r["at"]), r["seq"]),
         )
         for r in rows:
             cluster, kind = r["cluster"], r["kind"]
@@ -545,7 +616,9 @@ class UrgentService:
                     continue
             latest[cluster] = (kind, r["reason"], _aware(r["at"]))
         states = {row.id: row for row in self._store.clusters.fleet_rows()}
-        confirmations = self._confirmations.of_play(play_id)
+        confirmations: dict[str, tuple[str, int, str | None, datetime | None]] = {}
+        for each in play_ids(play_id):  # one play per audio profile (per_profile)
+            confirmations.update(self._confirmations.of_play(each))
         out = []
         for cid in clusters:
             known = fleet.clusters.get(cid)
@@ -600,8 +673,14 @@ def _announcement(row: Any) -> Announcement:
     )
 
 
-def _with_progress(found: Announcement, progress: list[ClusterProgress]) -> Announcement:
-    return Announcement(**{**found.__dict__, "progress": progress})
+def _with_progress(
+    found: Announcement,
+    progress: list[ClusterProgress],
+    audio: list[tuple[str, str]] | None = None,
+) -> Announcement:
+    return Announcement(
+        **{**found.__dict__, "progress": progress, "audio": audio if audio else found.audio}
+    )
 
 
 def service_for(controller: Any, tts: TextToSpeech, work_dir: Path) -> UrgentService:

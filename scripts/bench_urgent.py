@@ -88,7 +88,7 @@ def trial(rig: Rig, audio: PreparedAudio, messages: list[tuple[str, bytes]], tim
     link2 = relay.stats() if relay else None
     cpu0 = rig.cpu()
     started = time.time()
-    spec = rig.controller.send_urgent([rig.province.province], audio, title=TITLE)
+    [spec] = rig.controller.send_urgent([rig.province.province], audio, title=TITLE)
     playing = rig.sightings.wait(spec.play_id, "playing", n, timeout)
     loa_cpu = cpu_used(cpu0, rig.cpu())
     link3 = relay.stats() if relay else None

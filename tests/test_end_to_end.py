@@ -182,7 +182,7 @@ def test_a_signed_play_plays_and_forgeries_play_nothing(rig: Rig, broker: Mosqui
     wait_until(lambda: sniffer.connected, 5, "the sniffer to subscribe")
 
     # 1. A real announcement: signed, delivered, played, reported finished.
-    spec = rig.controller.send_urgent(["xa-a"], [rig.tmp / "urgent.wav"], title="Thử loa")
+    [spec] = rig.controller.send_urgent(["xa-a"], [rig.tmp / "urgent.wav"], title="Thử loa")
     assert spec.clusters == [CLUSTER]
     wait_until(
         lambda: rig.controller.store.events.play_states(spec.play_id).get(CLUSTER) == "finished",

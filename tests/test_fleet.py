@@ -152,6 +152,67 @@ def test_node_tags_are_inherited_by_clusters(fleet: Fleet) -> None:
     assert fleet.clusters["mot-ngan-01"].tags == ("chau-thanh-a",)
 
 
+def test_the_audio_profile_is_set_on_a_node_and_holds_below_it(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        province:
+          id: tinh-x
+          name: Tỉnh X
+          communes:
+            - id: xa-a
+              name: Xã A
+              audio_profile: full-range
+              clusters:
+                - {id: a-hall, name: Hội trường xã}
+                - {id: a-street, name: Ngã ba, audio_profile: horn}
+              villages:
+                - id: ap-a1
+                  name: Ấp Một
+                  clusters:
+                    - {id: a1-01, name: Nhà văn hóa ấp}
+            - id: xa-b
+              name: Xã B
+              clusters:
+                - {id: b-01, name: Chợ B}
+                - {id: b-school, name: Trường B, audio_profile: full-range}
+    """)
+    fleet = load_fleet(path)
+    profiles = {cid: c.audio_profile for cid, c in fleet.clusters.items()}
+    assert profiles == {
+        "a-hall": "full-range",  # from its commune
+        "a-street": "horn",  # its own
+        "a1-01": "full-range",  # from its village's commune
+        "b-01": "horn",  # nothing said anywhere: horns
+        "b-school": "full-range",
+    }
+    assert fleet.node("ap-a1").audio_profile == "full-range"
+    assert fleet.by_profile(["b-school", "a-street", "b-01", "a1-01"]) == {
+        "full-range": ["a1-01", "b-school"],
+        "horn": ["a-street", "b-01"],
+    }
+    assert fleet.by_profile(["b-01"]) == {"horn": ["b-01"]}
+
+
+def test_the_example_fleet_is_horns_throughout(fleet: Fleet) -> None:
+    assert fleet.by_profile(fleet.clusters) == {"horn": sorted(fleet.clusters)}
+
+
+def test_an_unknown_audio_profile_is_reported_at_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        province:
+          id: tinh-x
+          name: Tỉnh X
+          communes:
+            - id: xa-a
+              name: Xã A
+              clusters:
+                - {id: a-01, name: Hội trường, audio_profile: indoor}
+    """)
+    [(line, message)] = problems_of(path)
+    assert line == 8
+    assert "audio_profile" in message
+    assert "'horn' or 'full-range'" in message
+
+
 # --- targets --------------------------------------------------------------------------------
 
 

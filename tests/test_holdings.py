@@ -136,7 +136,8 @@ def wait_held(rig: WebRig, audio: PreparedAudio, clusters: list[str]) -> None:
 def test_a_repeat_sends_no_audio_and_a_newcomer_gets_it_on_its_own_topic(rig: WebRig) -> None:
     wire = WireCounter(rig)
     controller = rig.controller
-    bulletin = controller.library.prepare([tone(rig.tmp / "bulletin.wav", 20.0)])
+    # 30 s at 24 kb/s: two chunks of 64 KiB.
+    bulletin = controller.library.prepare([tone(rig.tmp / "bulletin.wav", 30.0)])
     chunks = bulletin.content_ref().chunks
     assert chunks >= 2
 

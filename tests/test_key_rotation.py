@@ -347,7 +347,7 @@ class RotationRig:
     def urgent(self) -> PlaySpec:
         """An announcement through the controller (signed with the key it loaded)."""
         before = self.wavs()
-        spec = self.controller.send_urgent(["r-01"], [self.tmp / "urgent.wav"], title="Thử")
+        [spec] = self.controller.send_urgent(["r-01"], [self.tmp / "urgent.wav"], title="Thử")
         wait_until(lambda: self.wavs() > before, 30, "the announcement to play")
         return spec
 

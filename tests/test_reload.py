@@ -229,3 +229,41 @@ def test_an_edit_withdraws_a_play_already_sent_for_an_occurrence_it_moves(
         assert store.dispatches.outcome("tin-sang", utc_of(5, 20)) == "sent"
     finally:
         live.stop()
+
+
+def test_an_edit_withdraws_every_play_of_an_occurrence_sent_per_audio_profile(
+    tmp_path: Path, broker: BrokerUnderTest
+) -> None:
+    """xa-b's cluster has full-range speakers, xa-a's horns: the occurrence went out as a
+    play per profile, and moving it withdraws both."""
+    playlists = tmp_path / "playlists"
+    playlists.mkdir()
+    tone(playlists / "tin.wav", 0.3)
+    playlist = playlists / "tin.yaml"
+    playlist.write_text(MORNING.replace("05:45", "05:20"), encoding="utf-8")
+    fleet = FLEET.replace("{id: b-01, name: Cụm B1}", "{id: b-01, name: Cụm B1, "
+                          "audio_profile: full-range}")
+    live = LiveRig(tmp_path, broker, fleet=fleet, playlists=playlists,
+                   clock=ManualClock(utc_of(5, 0)), reload_interval_s=0)
+    try:
+        live.agent("a-01", ["xa-a", "tinh-thu"])
+        live.agent("b-01", ["xa-b", "tinh-thu"])
+        controller = live.start()
+        store = controller.store
+        old = job_id("tin-sang", 5, 20).removeprefix("occ:")
+        parts = {"a-01": f"{old}+horn", "b-01": f"{old}+full-range"}
+
+        def reached(cluster: str, kind: str) -> Callable[[], bool]:
+            return lambda: store.events.play_states(parts[cluster]).get(cluster) == kind
+
+        for cluster, play_id in parts.items():
+            wait_until(reached(cluster, "delivered"), 15, f"{cluster} to hold {play_id}")
+
+        playlist.write_text(MORNING.replace("05:45", "05:25"), encoding="utf-8")
+        result = controller.reload()
+        assert result.ok
+        assert result.withdrawn == [parts["a-01"], parts["b-01"]]
+        for cluster, play_id in parts.items():
+            wait_until(reached(cluster, "interrupted"), 15, f"{cluster} to drop {play_id}")
+    finally:
+        live.stop()

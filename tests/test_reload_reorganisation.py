@@ -129,7 +129,7 @@ def test_merged_communes_keep_their_schedules_and_answer_to_the_new_commune(
 
     # A play to the new commune reaches the merged communes' clusters.
     audio = tone(tmp_path / "thong-bao.wav", 0.5)
-    spec = controller.send_urgent([NEW_COMMUNE], [audio], title="Thông báo xã Tân Bình")
+    [spec] = controller.send_urgent([NEW_COMMUNE], [audio], title="Thông báo xã Tân Bình")
     assert sorted(spec.clusters) == sorted([*merged, *stayed])
     wait_until(
         lambda: controller.store.events.play_states(spec.play_id)

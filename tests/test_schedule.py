@@ -12,7 +12,7 @@ from textwrap import dedent
 from zoneinfo import ZoneInfo
 
 import pytest
-from schedule_support import HCM, LEAD, PLAYLIST, Rig, local
+from schedule_support import FLEET, HCM, LEAD, PLAYLIST, Rig, local
 
 from controller.schedule import APPROVAL_RETRY, REPLAN_EVERY, Occurrence, plan
 from protocol.clock import ManualClock
@@ -123,6 +123,44 @@ def test_a_restart_within_the_lateness_still_sends_late_rather_than_lose_it(
     [sent] = rig.distributor.sent
     assert sent.spec.play_id == occ(rig, "tin-sang", local(FRI, 6, 0)).play_id
     assert sent.at == local(FRI, 6, 4)
+
+
+# --- audio profiles ------------------------------------------------------------------------
+
+
+def test_clusters_of_two_audio_profiles_get_one_play_each_with_their_own_audio(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, clock_at(local(FRI, 5, 30)))
+    hall = "    - id: xa-b\n      name: Xã B\n"
+    assert hall in FLEET
+    rig.fleet_path.write_text(
+        FLEET.replace(hall, hall + "      audio_profile: full-range\n"), encoding="utf-8"
+    )
+    rig.reload()
+
+    morning = occ(rig, "tin-sang", local(FRI, 6, 0))  # targets: all
+    assert rig.dispatcher(morning) == "sent"
+    sent = {s.spec.play_id: s.spec for s in rig.distributor.sent}
+    horn, full = sent[f"{morning.play_id}+horn"], sent[f"{morning.play_id}+full-range"]
+    assert len(sent) == 2
+    assert (horn.clusters, full.clusters) == (["a-01", "a-02"], ["b-01"])
+    [horn_audio], [full_audio] = horn.items, full.items
+    source = rig.folder / "playlists" / "tin.wav"
+    # The same file, prepared for each: the library's horn and full-range preparations.
+    assert horn_audio.sha256 == rig.library.prepare([source], profile="horn").sha256
+    assert full_audio.sha256 == rig.library.prepare([source], profile="full-range").sha256
+    assert horn_audio.sha256 != full_audio.sha256
+    assert (horn.start_at, horn.level, horn.bulletin) == (full.start_at, full.level, full.bulletin)
+    assert rig.outcome("tin-sang", local(FRI, 6, 0)) == ("sent", None)  # one occurrence
+
+    # Clusters that share one profile get one play under the occurrence's own id.
+    rig.distributor.sent.clear()
+    campaign = occ(rig, "chien-dich", local(FRI, 7, 0))  # targets: xa-b
+    assert rig.dispatcher(campaign) == "sent"
+    [only] = [s.spec for s in rig.distributor.sent]
+    assert only.play_id == campaign.play_id
+    assert [item.sha256 for item in only.items] == [full_audio.sha256]
 
 
 # --- no double plays, no silent skips, restarts ---------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BrokerUnderTest, require, wait_until
-from web_rig import WebRig
+from web_rig import FLEET, WebRig
 
 from controller.distribution import PlaySpec
 from controller.fleet import UnknownTargetError
@@ -186,6 +186,54 @@ def test_listening_first_prepares_what_would_be_sent_and_sends_nothing(rig: WebR
         rig.service.preview(officer, AnnouncementRequest(targets=["a-01"], text=text))
     with pytest.raises(UrgentError, match="write the text"):
         rig.service.preview(officer, AnnouncementRequest(targets=["b-01"], text=" "))
+
+
+def test_horns_and_a_hall_each_get_their_own_audio_and_are_followed_as_one(
+    tmp_path: Path, broker: BrokerUnderTest
+) -> None:
+    """b-01 is a hall with full-range speakers; the villages' clusters are horns. One
+    announcement to both goes as a play per audio profile, each with the audio prepared
+    for it; the page follows, stops and plays back all of it under the one id."""
+    plain = "{id: b-01, name: Trụ sở Bình, lat: 9.50, lon: 105.50}"
+    assert plain in FLEET
+    hall = plain.replace("}", ", audio_profile: full-range}")
+    rig = WebRig(tmp_path, broker.address, fleet=FLEET.replace(plain, hall))
+    rig.start(web=False)
+    try:
+        manager = rig.user("quan-ly")
+        sent = rig.service.send(manager, AnnouncementRequest(
+            targets=["ap-a1", "b-01"], audio=tone(rig.tmp / "short.wav", 1.5), level="emergency",
+        ))
+        assert sent.clusters == ["a-01", "a-02", "b-01"]
+        audio = dict(sent.audio)
+        assert sorted(audio) == ["full-range", "horn"]
+        assert audio["horn"] != audio["full-range"]
+        rig.wait_states(f"{sent.id}+horn", {"a-01": {"finished"}, "a-02": {"finished"}})
+        rig.wait_states(f"{sent.id}+full-range", {"b-01": {"finished"}})
+        for cluster, profile in (("a-01", "horn"), ("a-02", "horn"), ("b-01", "full-range")):
+            held = {p.stem for p in (rig.tmp / "agents" / cluster / "content").glob("*.opus")}
+            assert audio[profile] in held, cluster
+            assert audio[next(p for p in audio if p != profile)] not in held, cluster
+        done = rig.service.get(manager, sent.id)
+        assert [p.status for p in done.progress] == ["finished"] * 3
+        assert done.all_played
+        # The listen buttons play the very files the clusters were sent.
+        for sha256 in audio.values():
+            path = rig.service.audio_file(manager, sent.id, sha256)
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+
+        longer = rig.service.send(manager, AnnouncementRequest(
+            targets=["ap-a1", "b-01"], audio=tone(rig.tmp / "long.wav", 30.0), level="emergency",
+        ))
+        rig.wait_states(f"{longer.id}+horn", {"a-01": {"playing"}, "a-02": {"playing"}})
+        rig.wait_states(f"{longer.id}+full-range", {"b-01": {"playing"}})
+        rig.service.stop(manager, longer.id)
+        rig.wait_states(f"{longer.id}+horn", {"a-01": {"interrupted"}, "a-02": {"interrupted"}})
+        rig.wait_states(f"{longer.id}+full-range", {"b-01": {"interrupted"}})
+        stopped = rig.service.get(manager, longer.id)
+        assert [p.status for p in stopped.progress] == ["interrupted"] * 3
+    finally:
+        rig.stop()
 
 
 def test_an_offline_cluster_is_shown_offline(rig: WebRig) -> None:

@@ -272,3 +272,56 @@ def test_record_in_the_browser_and_send_it(rig: WebRig) -> None:
             page.wait_for_selector('tr[data-cluster="a-03"] td.status[data-status=finished]')
         finally:
             b.close()
+
+
+LISTEN = """async (audio) => {
+    // What the listen button plays: its duration as Chromium decodes it, and the SHA-256
+    // of the bytes it fetches.
+    if (audio.readyState < 1) {
+        await new Promise((ok, fail) => {
+            audio.addEventListener("loadedmetadata", ok, {once: true});
+            audio.addEventListener("error", () => fail(String(audio.error && audio.error.code)),
+                                   {once: true});
+            audio.load();
+        });
+    }
+    const bytes = await (await fetch(audio.currentSrc)).arrayBuffer();
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+    return {
+        duration: audio.duration,
+        sha256: Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join(""),
+    };
+}"""
+
+
+def test_the_listen_buttons_play_what_the_clusters_are_sent(rig: WebRig, browser: Any) -> None:
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    sign_in(page, rig, "quan-ly")
+    page.check("input[name=targets][value=b-01]")
+    page.fill("textarea[name=text]", "Thông báo khẩn. Nước sông đang lên.")
+    page.click("#send")
+    page.wait_for_url(f"{rig.url}/announcements/urgent-*")
+    announcement = rig.service.get(rig.user("quan-ly"), page.url.rsplit("/", 1)[-1])
+    [(profile, sha256)] = announcement.audio
+    assert (profile, sha256) == ("horn", announcement.audio_sha256)
+    player = page.locator("p.listen audio")
+    assert "Nghe thử (loa nén ngoài trời)" in page.locator("p.listen").inner_text()
+    heard = player.evaluate(LISTEN)
+    assert heard["sha256"] == sha256  # the prepared Opus the clusters got, byte for byte
+    assert heard["duration"] == pytest.approx(announcement.duration_s, abs=0.1)
+
+    # A programme awaiting approval: its bulletin as dispatch will prepare and send it.
+    page.goto(f"{rig.url}/approvals")
+    item = page.locator('li[data-programme="luat-tuan"]')
+    heard = item.locator("audio").evaluate(LISTEN)
+    programme = rig.controller.playlists.programmes["luat-tuan"]
+    [bulletin] = rig.controller.dispatcher.prepare(programme, "horn")
+    assert heard["sha256"] == bulletin.sha256
+    assert heard["duration"] == pytest.approx(bulletin.duration_s, abs=0.1)
+
+    # Another commune's officer may not listen to it.
+    officer = browser.new_page()
+    sign_in(officer, rig, "can-bo-a")
+    response = officer.goto(f"{rig.url}/announcements/{announcement.id}/audio/{sha256}")
+    assert response.status == 404

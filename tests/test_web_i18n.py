@@ -22,6 +22,7 @@ import jinja2
 import pytest
 from jinja2 import nodes
 
+from controller.audio_chain import ProfileName
 from controller.fleet import Kind
 from controller.urgent import ClusterStatus
 from controller.web.i18n import LANGS, TEXT
@@ -34,6 +35,7 @@ DYNAMIC: dict[str, tuple[str, ...]] = {
     "st_": get_args(ClusterStatus),  # an announcement's per-cluster status
     "level_": get_args(Level),
     "kind_": (*get_args(Kind), "cluster"),  # the target picker's TreeEntry.kind
+    "profile_": get_args(ProfileName),  # the audio profile of a listen button
 }
 
 

@@ -102,15 +102,16 @@ class WebRig:
         broker: BrokerAddress,
         cap: CapConfig | None = None,
         *,
+        fleet: str = FLEET,
         tls: tuple[Path, Path] | None = None,
         trusted_proxies: Sequence[Network] = (),
     ) -> None:
         """`tls`: (certificate, key) to serve HTTPS with; `trusted_proxies`: the app's
-        web.trusted_proxies."""
+        web.trusted_proxies; `fleet`: the fleet file's text."""
         require("ffmpeg", shutil.which("ffmpeg") is not None, "apt-get install ffmpeg")
         self.tmp = tmp
         generate_keypair(tmp / "controller.key", tmp / "controller.pub")
-        (tmp / "fleet.yaml").write_text(FLEET, encoding="utf-8")
+        (tmp / "fleet.yaml").write_text(fleet, encoding="utf-8")
         (tmp / "playlists").mkdir()
         (tmp / "playlists" / "luat.yaml").write_text(PLAYLIST, encoding="utf-8")
         tone(tmp / "playlists" / "tone.wav", 1.0)

@@ -54,3 +54,9 @@ class PlayRepository:
         with self._engine.connect() as conn:
             raw = conn.execute(select(plays.c.clusters).where(plays.c.play_id == play_id)).scalar()
         return list(json.loads(raw)) if raw else []
+
+    def items_of(self, play_id: str) -> list[str]:
+        """The SHA-256 of each item a play carried, in order (none if it is unknown)."""
+        with self._engine.connect() as conn:
+            raw = conn.execute(select(plays.c["items"]).where(plays.c.play_id == play_id)).scalar()
+        return list(json.loads(raw)) if raw else []

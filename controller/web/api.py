@@ -101,6 +101,12 @@ class ClusterOut(_Model):
     at: datetime | None
 
 
+class PreparedAudioOut(_Model):
+    profile: str = Field(description="the audio profile of the clusters it went to: horn "
+                         "(outdoor horns) or full-range (indoor speakers)")
+    sha256: str = Field(description="the prepared Ogg/Opus those clusters were sent")
+
+
 class AnnouncementOut(_Model):
     id: str
     created_at: datetime
@@ -110,6 +116,9 @@ class AnnouncementOut(_Model):
     text: str | None
     level: str
     audio_sha256: str
+    audio: list[PreparedAudioOut] = Field(
+        description="what each audio profile's clusters were sent (docs/audio.md)"
+    )
     duration_s: float
     repeat: int
     gap_s: float

@@ -18,6 +18,9 @@ class ApprovalRow:
     approved: bool
     describe: str
     clusters: int
+    #: The audio profiles among its clusters (controller.audio_chain): each bulletin has a
+    #: listen button per profile, the bulletin as those clusters will get it.
+    profiles: tuple[str, ...] = ()
 
 
 def approval_rows(ctx: WebContext, user: User) -> list[ApprovalRow]:
@@ -37,12 +40,13 @@ def approval_rows(ctx: WebContext, user: User) -> list[ApprovalRow]:
             continue
         if not set(clusters) <= reach:
             continue
+        profiles = tuple(fleet.by_profile(clusters))
         try:
             state = ctx.approvals.state(programme)
             rows.append(ApprovalRow(programme, state.approved, state.describe(ctx.tz),
-                                    len(clusters)))
+                                    len(clusters), profiles))
         except ContentUnreadableError as exc:
-            rows.append(ApprovalRow(programme, False, str(exc), len(clusters)))
+            rows.append(ApprovalRow(programme, False, str(exc), len(clusters), profiles))
     return rows
 
 

@@ -116,7 +116,8 @@ TEXT: dict[str, dict[Lang, str]] = {
         "en": "Hear it here first; nothing goes to the speakers.",
     },
     "listen_bulletin": {"vi": "Nghe bản tin {n}", "en": "Listen to bulletin {n}"},
-
+    "profile_horn": {"vi": "loa nén ngoài trời", "en": "outdoor horn speakers"},
+    "profile_full-range": {"vi": "loa toàn dải trong nhà", "en": "indoor full-range speakers"},
 }
 
 

@@ -6,9 +6,10 @@
   prepared as the clusters would get it (Ogg/Opus, once), through
   controller.urgent.UrgentService.preview: the same scope rules as sending, and nothing
   is sent, recorded or kept.
-- ``GET /approvals/{programme}/audio/{n}`` (a `Manager`): the n-th bulletin (1 for the
-  first) of a programme the manager may approve, as the clusters will get it, for the
-  approval page's player. Preparing it is what the dispatch does anyway; it is kept in
+- ``GET /approvals/{programme}/audio/{n}?profile=P`` (a `Manager`): the n-th bulletin
+  (1 for the first) of a programme the manager may approve, as its clusters of audio
+  profile P (horn, the default, or full-range; docs/audio.md) will get it, for the
+  approval page's players. Preparing it is what the dispatch does anyway; it is kept in
   the audio library like any bulletin.
 
 A refusal the service gives comes back as plain text (the page shows it beside the
@@ -25,6 +26,7 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.audio import AudioError
+from controller.audio_chain import DEFAULT_PROFILE
 from controller.tts import MAX_TEXT_CHARS
 from controller.urgent import AnnouncementRequest, TargetForbiddenError, UrgentError
 from controller.users import User
@@ -96,18 +98,23 @@ async def api_preview(body: PreviewIn, user: json_api.Acting, ctx: json_api.Ctx)
 
 @router.get("/approvals/{programme_id}/audio/{number}")
 async def approval_audio(
-    request: Request, ctx: pages.Ctx, found: pages.Manager, programme_id: str, number: int
+    request: Request, ctx: pages.Ctx, found: pages.Manager, programme_id: str, number: int,
+    profile: str = DEFAULT_PROFILE,
 ) -> Response:
-    """A bulletin of a programme the manager may approve, as the clusters will get it."""
-    rows = {r.programme.id: r.programme for r in approval_rows(ctx, found[1])}
-    programme = rows.get(programme_id)
-    if programme is None or not 1 <= number <= len(programme.bulletins):
+    """A bulletin of a programme the manager may approve, as its clusters of this audio
+    profile will get it."""
+    rows = {r.programme.id: r for r in approval_rows(ctx, found[1])}
+    row = rows.get(programme_id)
+    if (
+        row is None or not 1 <= number <= len(row.programme.bulletins)
+        or profile not in row.profiles
+    ):
         return PlainTextResponse(t(lang_of(request), "not_found"), status_code=404)
-    bulletin = programme.bulletins[number - 1]
+    bulletin = row.programme.bulletins[number - 1]
     library = ctx.service.library
     try:
         prepared = await asyncio.to_thread(
-            library.prepare, list(bulletin.files), bulletin.intro, bulletin.outro
+            library.prepare, list(bulletin.files), bulletin.intro, bulletin.outro, profile
         )
         data = await asyncio.to_thread(library.read, prepared.sha256)
     except (AudioError, KeyError) as exc:

@@ -1,5 +1,8 @@
 """The server-rendered pages: sign in, send, follow and stop, history, audit, approvals.
 
+The listen buttons (nghe thử) on the announcement and approval pages play the prepared
+Opus itself: the file the clusters are sent, not the upload or the source.
+
 Every page works without JavaScript (plain forms, a refresh link on the status page);
 with it, the status page updates itself every second from the JSON API and the send
 page can record from the phone's microphone. Every form carries the session's CSRF
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData
 from starlette.templating import Jinja2Templates
 
@@ -314,6 +317,18 @@ def announcement(request: Request, ctx: Ctx, found: SignedIn, announcement_id: s
     except UrgentError:
         return _error(request, found, 404, "not_found")
     return _render(request, "announcement.html", found, item=item)
+
+
+@router.get("/announcements/{announcement_id}/audio/{sha256}")
+def announcement_audio(
+    request: Request, ctx: Ctx, found: SignedIn, announcement_id: str, sha256: str
+) -> Response:
+    """What the announcement's clusters were sent, for its listen button."""
+    try:
+        path = ctx.service.audio_file(found[1], announcement_id, sha256)
+    except UrgentError:
+        return _error(request, found, 404, "not_found")
+    return FileResponse(path, media_type="audio/ogg")
 
 
 @router.post("/announcements/{announcement_id}/stop")
