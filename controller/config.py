@@ -369,6 +369,12 @@ class ControllerConfig(_Strict):
         Field(gt=timedelta(0), le=timedelta(days=7), json_schema_extra={"default": "2h"}),
     ] = timedelta(hours=2)
     """How long a command stays valid after it is issued."""
+    membership_republish: Annotated[
+        Duration,
+        Field(ge=timedelta(0), le=timedelta(days=1), json_schema_extra={"default": "10m"}),
+    ] = timedelta(minutes=10)
+    """How often every cluster's membership is published again on the broker (it is also
+    published after every reconnection); 0s: only then."""
     audio: AudioConfig = AudioConfig()
     """Audio preparation."""
     web: WebConfig | None = None

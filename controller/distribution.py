@@ -18,6 +18,16 @@ A play carries one audio for all its clusters. Clusters of different audio profi
 (controller.audio_chain: horns outdoors, full-range speakers indoors) need different
 audio, so a play whose clusters differ is sent as one play per profile (`per_profile`),
 each with its own id: the play's id and ``+<profile>``.
+
+Resends are bounded, since anyone who can publish on the broker can ask, and each byte
+resent is a byte of the cluster's paid 4G data: a request from a cluster the fleet
+names, for content this controller holds, gets at most the chunks it asked for (indexes
+the content has, each once); a (cluster, content) gets them at most once per
+RESEND_INTERVAL_S, and at most RESEND_FACTOR times the content's size per RESEND_WINDOW_S;
+a cluster at most MAX_CLUSTER_RESEND_BYTES per RESEND_WINDOW_S. What is kept to enforce
+that is pruned once its window is over and capped (MAX_RESEND_KEYS pairs). A request
+never drops the cluster's holding: a cluster that lost the audio gets what it asked
+for, reports it delivered, and holds it again.
 """
 
 from __future__ import annotations
@@ -27,11 +37,12 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from controller.audio_chain import PROFILE_NAMES
 from protocol import chunks, topics
@@ -41,18 +52,38 @@ from protocol.messages import (
     ChunkRequest,
     ContentRef,
     Level,
-    MembershipBody,
     MessageError,
     PlayBody,
     StopBody,
     parse,
 )
 from protocol.mqtt import Link
+from protocol.ratelimit import LogLimiter
 from protocol.signing import Signer
 
 log = logging.getLogger(__name__)
 
-MEMBERSHIP_TTL = timedelta(days=400)
+#: A (cluster, content) gets its asked-for chunks again at most once in this (seconds);
+#: an agent asks again every 10 s while nothing arrives.
+RESEND_INTERVAL_S = 30.0
+#: The window of the byte budgets below (seconds).
+RESEND_WINDOW_S = 3600.0
+#: A (cluster, content) gets at most this many times the content's size per window.
+RESEND_FACTOR = 3
+#: A cluster gets at most this many bytes of resent chunks per window.
+MAX_CLUSTER_RESEND_BYTES = 64 * 1024 * 1024
+#: Most (cluster, content) pairs whose resends are counted; new pairs beyond it wait.
+MAX_RESEND_KEYS = 10_000
+
+
+@dataclass
+class _Resent:
+    """Resends within the current window: to a (cluster, content), or to a cluster."""
+
+    window_start: float
+    last_at: float
+    sent_bytes: int = 0
+
 STOP_TTL = timedelta(minutes=10)
 # A play command stays valid a little past its latest start, for agents that reconnect.
 PLAY_TTL_MARGIN = timedelta(minutes=5)
@@ -82,7 +113,6 @@ class HoldingsView(Protocol):
     def held_by(
         self, sha256s: Collection[str], clusters: Collection[str]
     ) -> dict[str, set[str]]: ...
-    def forget(self, cluster: str, sha256: str) -> bool: ...
 
 
 class PlayRecorder(Protocol):
@@ -199,6 +229,10 @@ class DistributionStats:
     chunks: int = 0
     chunk_bytes: int = 0
     resent_chunks: int = 0
+    resent_bytes: int = 0
+    # Chunk requests not answered: invalid, from a cluster not in the fleet, for content
+    # not held, or within RESEND_INTERVAL_S of the last resend of the same pair.
+    requests_refused: int = 0
     # Items not sent to a destination because every targeted cluster there held them.
     held_items: int = 0
     # Items sent to single clusters' own topics instead of their group's.
@@ -219,12 +253,23 @@ class Distributor:
         holdings: HoldingsView | None = None,
         own_topics_below: float = 0.5,
         tracker: DeliveryTracker | None = None,
+        known: Callable[[str], bool] | None = None,
+        resend_interval_s: float = RESEND_INTERVAL_S,
+        max_resend_keys: int = MAX_RESEND_KEYS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """holdings: what each cluster holds (None: send every item to every destination).
         own_topics_below: when fewer than this share of a group's targeted clusters lack
         an item, send it to their own content topics rather than to the whole group.
         tracker: told of every play once it is published, and of every stop, so that
-        what a cluster does not confirm is sent again (controller/confirmations.py)."""
+        what a cluster does not confirm is sent again (controller/confirmations.py).
+        known(cluster): whether the fleet names it (None: any cluster may ask for chunks).
+        resend_interval_s, max_resend_keys: the bounds on resends (module docstring)."""
+        self._known = known
+        self._resend_interval_s = resend_interval_s
+        self._max_resend_keys = max_resend_keys
+        self._monotonic = monotonic
+        self._refusals = LogLimiter(log)
         self._link = link
         self._tracker = tracker
         self._holdings = holdings
@@ -236,7 +281,10 @@ class Distributor:
         self._content_path = content_path
         self._chunk_size = chunk_size
         self._resend_lock = threading.Lock()
-        self._last_resend: dict[tuple[str, str], float] = {}
+        # (cluster, sha256) -> its resends in this window, and the same per cluster;
+        # oldest window first
+        self._resent: OrderedDict[tuple[str, str], _Resent] = OrderedDict()
+        self._resent_to: OrderedDict[str, _Resent] = OrderedDict()
         self.stats = DistributionStats()
 
     def start(self) -> None:
@@ -337,16 +385,6 @@ class Distributor:
         self.stats.commands += len(groups) + len(leftovers)
         log.info("sent stop for %s to %d clusters", play_id or "everything", len(cluster_ids))
 
-    def publish_memberships(self, memberships: Sequence[tuple[str, str | None, list[str]]]) -> None:
-        """Retained, signed: (cluster, commune, groups) so agents subscribe to their groups."""
-        now = self._clock.now()
-        for cluster, commune, groups in memberships:
-            body = MembershipBody(cluster=cluster, commune=commune, groups=groups)
-            cmd = self._signer.command(body, Address(clusters=[cluster]), now, MEMBERSHIP_TTL)
-            self._link.publish(
-                topics.cluster_topic(cluster, "membership"), cmd.to_json(), retain=True
-            )
-
     # --- helpers ----------------------------------------------------------------------------
 
     def _content_topics(
@@ -380,41 +418,110 @@ class Distributor:
             return topics.group_topic(name, channel)
         return topics.cluster_topic(name, channel)
 
-    def _publish_chunks(self, topic: str, data: bytes, only: set[int] | None = None) -> None:
+    def _publish_chunks(self, topic: str, data: bytes, only: set[int] | None = None) -> int:
+        """Publish the chunks of data (only these indexes, if given); the bytes sent."""
+        sent = 0
         for index, frame in enumerate(chunks.split(data, self._chunk_size)):
             if only is not None and index not in only:
                 continue
             self._link.publish(topic, frame)
             self.stats.chunks += 1
             self.stats.chunk_bytes += len(frame)
+            sent += len(frame)
+        return sent
+
+    def resend_state_size(self) -> int:
+        """(cluster, content) pairs and clusters whose resends are counted (bounded)."""
+        with self._resend_lock:
+            return len(self._resent) + len(self._resent_to)
+
+    def _refuse_request(self, kind: str, topic: str, reason: object) -> None:
+        self.stats.requests_refused += 1
+        self._refusals.warning(kind, "did not answer %s on %s: %s", kind, topic, reason)
 
     def _on_request(self, topic: str, payload: bytes) -> None:
         parsed = topics.parse(topic)
         try:
             req = parse(ChunkRequest, payload)
         except MessageError as exc:
-            log.warning("dropped an invalid chunk request on %s: %s", topic, exc)
+            self._refuse_request("an invalid chunk request", topic, exc)
             return
         if parsed is None or parsed.name != req.cluster:
-            log.warning("dropped a chunk request for %s on %s", req.cluster, topic)
+            self._refuse_request("a chunk request on another cluster's topic", topic,
+                                 f"it claims cluster {req.cluster}")
             return
-        key = (req.cluster, req.sha256)
-        with self._resend_lock:
-            last = self._last_resend.get(key, 0.0)
-            if time.monotonic() - last < 2.0:
-                return  # asked again before the last resend could arrive
-            self._last_resend[key] = time.monotonic()
-        if self._holdings is not None and self._holdings.forget(req.cluster, req.sha256):
-            log.info("cluster %s no longer holds content %s (it asked for its chunks)",
-                     req.cluster, req.sha256[:12])
+        if self._known is not None and not self._known(req.cluster):
+            self._refuse_request("a chunk request from a cluster not in the fleet", topic,
+                                 f"cluster {req.cluster} is not in the fleet")
+            return
         path = self._content_path(req.sha256)
         if path is None:
-            log.warning("cluster %s asked for content %s that this controller does not hold",
-                        req.cluster, req.sha256[:12])
+            self._refuse_request(
+                "a chunk request for content this controller does not hold", topic,
+                f"content {req.sha256[:12]}",
+            )
             return
-        self._publish_chunks(
-            topics.cluster_topic(req.cluster, "content"), path.read_bytes(), set(req.missing)
+        data = path.read_bytes()
+        count = chunks.chunk_count(len(data), self._chunk_size)
+        asked = {index for index in req.missing if index < count}
+        size = sum(
+            min(self._chunk_size, len(data) - i * self._chunk_size) + chunks.HEADER_SIZE
+            for i in asked
         )
-        self.stats.resent_chunks += len(req.missing)
-        log.info("resent %d chunks of %s to cluster %s", len(req.missing), req.sha256[:12],
+        whole = len(data) + count * chunks.HEADER_SIZE  # every chunk once, on the wire
+        refusal = self._reserve_resend(req.cluster, req.sha256, whole, size)
+        if refusal is not None:
+            self._refuse_request("a chunk request beyond the resend bounds", topic, refusal)
+            return
+        sent = self._publish_chunks(topics.cluster_topic(req.cluster, "content"), data, asked)
+        self.stats.resent_chunks += len(asked)
+        self.stats.resent_bytes += sent
+        log.info("resent %d chunks of %s to cluster %s", len(asked), req.sha256[:12],
                  req.cluster)
+
+    def _reserve_resend(
+        self, cluster: str, sha256: str, content_size: int, size: int
+    ) -> str | None:
+        """Count a resend of `size` bytes of this content (`content_size` bytes with every
+        chunk's header) to this cluster if the bounds allow it (None); else say why not."""
+        now = self._monotonic()
+        with self._resend_lock:
+            _prune(self._resent, now)
+            _prune(self._resent_to, now)
+            pair = self._resent.get((cluster, sha256))
+            to = self._resent_to.get(cluster)
+            if pair is not None and now - pair.last_at < self._resend_interval_s:
+                return (
+                    f"content {sha256[:12]} was resent to {cluster} {now - pair.last_at:.1f} s "
+                    f"ago (at most once per {self._resend_interval_s:g} s)"
+                )
+            if pair is not None and pair.sent_bytes + size > RESEND_FACTOR * content_size:
+                return (
+                    f"{cluster} has had {pair.sent_bytes} bytes of content {sha256[:12]} "
+                    f"({content_size} bytes) resent within the hour; at most {RESEND_FACTOR} "
+                    "times its size"
+                )
+            if to is not None and to.sent_bytes + size > MAX_CLUSTER_RESEND_BYTES:
+                return (
+                    f"{cluster} has had {to.sent_bytes} bytes resent within the hour; at most "
+                    f"{MAX_CLUSTER_RESEND_BYTES // (1024 * 1024)} MB"
+                )
+            if pair is None and len(self._resent) >= self._max_resend_keys:
+                return f"resends to {len(self._resent)} other (cluster, content) pairs this hour"
+            if pair is None:
+                pair = self._resent[(cluster, sha256)] = _Resent(now, now)
+            if to is None:
+                to = self._resent_to[cluster] = _Resent(now, now)
+            pair.last_at = to.last_at = now
+            pair.sent_bytes += size
+            to.sent_bytes += size
+        return None
+
+
+def _prune(kept: OrderedDict[Any, _Resent], now: float) -> None:
+    """Drop the counts whose window is over (the oldest windows come first)."""
+    while kept:
+        oldest, resent = next(iter(kept.items()))
+        if now - resent.window_start < RESEND_WINDOW_S:
+            return
+        del kept[oldest]

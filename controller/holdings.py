@@ -7,7 +7,9 @@ plays table) are held, verified, by the cluster that reported it delivered. The 
 A holding can go stale: the agent's cache may evict the content (least recently used,
 beyond its quota) or the box may be reinstalled. That costs a little time, never a
 play: an agent given a play whose audio it lacks asks for the chunks (`request` topic),
-and that request also drops the holding here, so the next play sends the audio again.
+gets them on its own topic, reports the play delivered, and holds the audio again. A
+request does not drop the holding: anyone who can publish on the broker can send one,
+and a forged request must not make the next play of that audio go out again in full.
 
 The table is pruned, so that it does not grow with every bulletin ever delivered:
 holdings of clusters taken out of the fleet go, and so do holdings of content that no
@@ -135,7 +137,8 @@ class Holdings:
         return len(fresh)
 
     def forget(self, cluster: str, sha256: str) -> bool:
-        """The cluster turned out not to hold this content (it asked for its chunks)."""
+        """The cluster does not hold this content after all (tools; a chunk request alone
+        never calls it)."""
         with self._write, self._engine.begin() as conn:
             gone = conn.execute(
                 delete(holdings).where(holdings.c.cluster == cluster, holdings.c.sha256 == sha256)

@@ -1,12 +1,17 @@
 """Status intake: every event and availability change the agents publish, stored once.
 
-The MQTT network thread only parses and queues. One writer thread drains the queue in
-batches, stores the new events (duplicates from resends are dropped by the store),
-acknowledges every event it holds, new or duplicate, with a signed ack command on the
-cluster's command topic, and tells listeners about what is new. Acks wait up to
-ACK_DELAY_S so that one ack covers what a cluster sent in a burst (received, delivered,
-playing): a third of the signatures to make and of the ones each agent checks. An
-agent resends only after 10 s, so the wait costs nothing.
+The MQTT network thread only queues what arrives, as it arrived (bytes are the smallest
+form of a message), within bounds: at most MAX_QUEUED_BYTES_PER_CLUSTER from one cluster
+and MAX_QUEUED_BYTES in all wait; beyond, a message is dropped, not acknowledged (an
+agent sends its events again), so a flood costs bounded memory and one flooded cluster
+cannot crowd the others out. One writer thread drains the queue in batches (of at most
+`batch_max` events, heartbeats and states), parses them, stores the new events
+(duplicates from resends are dropped by the store), acknowledges every event it holds,
+new or duplicate, with a signed ack command on the cluster's command topic, and tells
+listeners about what is new. Acks wait up to ACK_DELAY_S so that one ack covers what a
+cluster sent in a burst (received, delivered, playing): a third of the signatures to
+make and of the ones each agent checks. An agent resends only after 10 s, so the wait
+costs nothing.
 
 Heartbeats (QoS 0, health) are not acknowledged: the latest one of each cluster in a
 batch replaces the stored one. Availability: an agent's retained "online" (with its
@@ -17,6 +22,15 @@ Silence (controller/silence.py): a cluster whose heartbeat tells its keepalive, 
 which nothing has come for 1.5 × that keepalive, is marked offline by the writer thread
 itself, with the reason, without waiting for the broker's Last Will; anything heard from
 it again (a late heartbeat, an event) brings it back online from that moment.
+
+Hostile input (anyone who can publish on the broker can write on these topics): every
+field is range-checked before anything is stored (protocol/messages.py bounds numbers,
+sizes and times; here, times more than MAX_AHEAD past the controller's clock are
+refused too); messages from clusters the fleet does not name (`known`) are counted
+(`stats.unknown`), not stored; one event the store refuses never fails its batch (the
+batch is split until the bad one is alone: the others are stored and acknowledged, it
+is not); and every refusal is logged with a rate limit (protocol/ratelimit.py), one line
+without a traceback.
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ from protocol.messages import (
     parse_events,
 )
 from protocol.mqtt import Link
+from protocol.ratelimit import LogLimiter
 from protocol.signing import Signer
 
 log = logging.getLogger(__name__)
@@ -58,6 +73,17 @@ ACK_TTL = timedelta(hours=6)
 SWEEP_S = 0.5
 # Events of one cluster within this are acknowledged together (monotonic seconds).
 ACK_DELAY_S = 1.0
+#: An agent's time this far past the controller's clock is a broken clock or a forgery.
+MAX_AHEAD = timedelta(days=1)
+#: Most store attempts for one batch of events split to find the ones the store refuses;
+#: the rest wait for the agents to send them again.
+STORE_ATTEMPTS = 64
+#: Bytes of messages waiting for the writer, from one cluster and in all (see above).
+#: An event is about 200 bytes: 2,500 of one cluster's, 20,000 in all.
+MAX_QUEUED_BYTES_PER_CLUSTER = 512 * 1024
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
+#: What a waiting message costs beyond its bytes (the objects that hold it).
+MESSAGE_OVERHEAD = 200
 
 
 
@@ -72,6 +98,8 @@ class DueWork(Protocol):
 # (cluster, state, the agent's connect time for "online")
 Availability = tuple[str, str, datetime | None]
 Intook = Event | Heartbeat | Availability
+# A message as it arrived: (channel, cluster, topic, payload)
+Arrived = tuple[str, str, str, bytes]
 
 
 @dataclass
@@ -79,6 +107,9 @@ class IntakeStats:
     events: int = 0
     duplicates: int = 0
     invalid: int = 0
+    unknown: int = 0  # messages from clusters the fleet does not name (not stored)
+    dropped: int = 0  # messages dropped with the writer too far behind (MAX_QUEUED_...)
+    refused_by_store: int = 0  # events the store could not take (not acknowledged)
     states: int = 0
     heartbeats: int = 0
     silent: int = 0  # clusters marked offline for silence
@@ -98,13 +129,20 @@ class Intake:
         clock: Clock,
         *,
         batch_max: int = 2000,
+        known: Callable[[str], bool] | None = None,
     ) -> None:
+        """known(cluster): whether the fleet names this cluster (None: take every one)."""
+        self._known = known
+        self._refusals = LogLimiter(log)
         self._link = link
         self._store = store
         self._signer = signer
         self._clock = clock
         self._batch_max = batch_max
-        self._queue: queue.Queue[Intook | None] = queue.Queue()
+        self._queue: queue.Queue[Arrived | None] = queue.Queue()
+        self._queued_lock = threading.Lock()
+        self._queued: dict[str, int] = {}  # bytes waiting, per cluster
+        self._queued_total = 0
         self._event_listeners: list[EventListener] = []
         self._batch_listeners: list[BatchListener] = []
         self._state_listeners: list[StateListener] = []
@@ -157,62 +195,148 @@ class Intake:
         parsed = topics.parse(topic)
         return parsed.name if parsed and parsed.scope == "cluster" else None
 
+    def _refuse(self, kind: str, topic: str, reason: object, *, invalid: bool = True) -> None:
+        """Count and log (rate-limited) a refused message; an invalid one (not merely
+        misplaced) is also the latest error."""
+        self.stats.invalid += 1
+        if invalid:
+            self.stats.last_error = f"{topic}: {reason}"
+        self._refusals.warning(kind, "dropped %s on %s: %s", kind, topic, reason)
+
+    def _from_known(self, cluster: str | None, topic: str) -> bool:
+        """Whether the cluster of this topic is in the fleet; counts (and logs, rate
+        limited) those that are not."""
+        if cluster is None:
+            self._refuse("a message on a topic that names no cluster", topic, "not a Loa topic")
+            return False
+        if self._known is None or self._known(cluster):
+            return True
+        self.stats.unknown += 1
+        self._refusals.warning(
+            "messages from clusters not in the fleet",
+            "dropped a message on %s: cluster %s is not in the fleet (counted, not stored; "
+            "add it to fleet.yaml if it is one of ours)", topic, cluster,
+        )
+        return False
+
+    def _too_far_ahead(self, at: datetime | None, topic: str) -> bool:
+        if at is None or at <= self._clock.now() + MAX_AHEAD:
+            return False
+        self._refuse(
+            "a message dated ahead of the controller's clock", topic,
+            f"dated {at.isoformat()}, more than {MAX_AHEAD} ahead of the controller's clock "
+            "(check the cluster's clock and NTP)",
+        )
+        return True
+
     def _on_event(self, topic: str, payload: bytes) -> None:
         """One event, or several the agent committed (or sends again) together."""
+        self._enqueue("event", topic, payload)
+
+    def _on_state(self, topic: str, payload: bytes) -> None:
+        if payload:  # empty: a cleared retained message
+            self._enqueue("state", topic, payload)
+
+    def _on_heartbeat(self, topic: str, payload: bytes) -> None:
+        self._enqueue("heartbeat", topic, payload)
+
+    def _enqueue(self, channel: str, topic: str, payload: bytes) -> None:
+        """Hand a message to the writer, as it arrived, within the bounds on what waits."""
         cluster = self._cluster_of(topic)
+        if not self._from_known(cluster, topic):
+            return
+        assert cluster is not None
+        cost = len(payload) + MESSAGE_OVERHEAD
+        with self._queued_lock:
+            mine = self._queued.get(cluster, 0)
+            full = (mine + cost > MAX_QUEUED_BYTES_PER_CLUSTER
+                    or self._queued_total + cost > MAX_QUEUED_BYTES)  # fmt: skip
+            if not full:
+                self._queued[cluster] = mine + cost
+                self._queued_total += cost
+        if full:
+            self.stats.dropped += 1
+            self._refusals.warning(
+                "messages dropped with the writer behind",
+                "dropped a message on %s: %d KB from cluster %s and %d KB in all wait to be "
+                "stored (a flood?); an agent sends its events again", topic, mine // 1024,
+                cluster, self._queued_total // 1024,
+            )
+            return
+        self._idle.clear()
+        self._queue.put((channel, cluster, topic, payload))
+
+    def _taken(self, arrived: Arrived) -> None:
+        """The writer took this message off the queue."""
+        _, cluster, _, payload = arrived
+        cost = len(payload) + MESSAGE_OVERHEAD
+        with self._queued_lock:
+            left = self._queued.get(cluster, 0) - cost
+            if left > 0:
+                self._queued[cluster] = left
+            else:
+                self._queued.pop(cluster, None)
+            self._queued_total -= cost
+
+    # --- writer thread: reading what arrived ------------------------------------------------
+
+    def _read(self, arrived: Arrived) -> list[Intook]:
+        """The events, heartbeat or state in a message, each checked; refusals counted."""
+        channel, cluster, topic, payload = arrived
+        if channel == "event":
+            return list(self._read_events(cluster, topic, payload))
+        if channel == "state":
+            state = self._read_state(cluster, topic, payload)
+            return [state] if state is not None else []
+        beat = self._read_heartbeat(cluster, topic, payload)
+        return [beat] if beat is not None else []
+
+    def _read_events(self, cluster: str, topic: str, payload: bytes) -> list[Event]:
         try:
             evs, problems = parse_events(payload)
         except MessageError as exc:
-            self.stats.invalid += 1
-            self.stats.last_error = f"{topic}: {exc}"
-            log.warning("dropped an invalid event message on %s: %s", topic, exc)
-            return
+            self._refuse("an invalid event message", topic, exc)
+            return []
         for problem in problems:  # the valid ones of the message are still taken
-            self.stats.invalid += 1
-            self.stats.last_error = f"{topic}: {problem}"
-            log.warning("dropped an invalid event on %s: %s", topic, problem)
+            self._refuse("an invalid event", topic, problem)
+        taken = []
         for ev in evs:
             if ev.cluster != cluster:
-                self.stats.invalid += 1
-                log.warning(
-                    "dropped an event claiming cluster %s that arrived on %s's topic %s",
-                    ev.cluster, cluster, topic,
+                self._refuse(
+                    "an event on another cluster's topic", topic,
+                    f"it claims cluster {ev.cluster}", invalid=False,
                 )
-                continue
-            self._idle.clear()
-            self._queue.put(ev)
+            elif not self._too_far_ahead(ev.at, topic):
+                taken.append(ev)
+        return taken
 
-    def _on_state(self, topic: str, payload: bytes) -> None:
-        cluster = self._cluster_of(topic)
-        if not payload:  # a cleared retained message
-            return
+    def _read_state(self, cluster: str, topic: str, payload: bytes) -> Availability | None:
         try:
             st = parse(State, payload)
         except MessageError as exc:
-            self.stats.invalid += 1
-            log.warning("dropped an invalid state message on %s: %s", topic, exc)
-            return
-        if cluster is None or st.cluster != cluster:
-            self.stats.invalid += 1
-            log.warning("dropped a state message for %s on %s", st.cluster, topic)
-            return
-        self._idle.clear()
-        self._queue.put((cluster, st.state, st.at if st.state == "online" else None))
+            self._refuse("an invalid state message", topic, exc)
+            return None
+        if st.cluster != cluster:
+            self._refuse("a state message on another cluster's topic", topic,
+                         f"it claims cluster {st.cluster}", invalid=False)
+            return None
+        if self._too_far_ahead(st.at, topic):
+            return None
+        return (cluster, st.state, st.at if st.state == "online" else None)
 
-    def _on_heartbeat(self, topic: str, payload: bytes) -> None:
-        cluster = self._cluster_of(topic)
+    def _read_heartbeat(self, cluster: str, topic: str, payload: bytes) -> Heartbeat | None:
         try:
             beat = parse(Heartbeat, payload)
         except MessageError as exc:
-            self.stats.invalid += 1
-            log.warning("dropped an invalid heartbeat on %s: %s", topic, exc)
-            return
+            self._refuse("an invalid heartbeat", topic, exc)
+            return None
         if beat.cluster != cluster:
-            self.stats.invalid += 1
-            log.warning("dropped a heartbeat for %s on %s", beat.cluster, topic)
-            return
-        self._idle.clear()
-        self._queue.put(beat)
+            self._refuse("a heartbeat on another cluster's topic", topic,
+                         f"it claims cluster {beat.cluster}", invalid=False)
+            return None
+        if self._too_far_ahead(beat.at, topic):
+            return None
+        return beat
 
     # --- writer thread --------------------------------------------------------------------
 
@@ -237,37 +361,53 @@ class Intake:
                 self._sweep_safely()
                 self._run_due_work()
                 self._send_acks()
+                self._refusals.flush()
                 continue
             if first is None:
                 self._send_acks(now=True)
                 return
-            batch: list[Intook] = [first]
-            while len(batch) < self._batch_max:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                batch.append(item)
+            batch = self._read_batch(first)
             try:
                 self._process(batch)
             except Exception as exc:  # the store is down: keep going, agents will resend
                 self.stats.last_error = str(exc)
-                log.exception("could not store %d status messages; agents will resend", len(batch))
+                self._refusals.warning(
+                    "failures to store status messages",
+                    "could not store %d status messages (%s: %s); the agents will send them "
+                    "again", len(batch), type(exc).__name__, exc,
+                )
             self._sweep_safely()
             self._run_due_work()
             self._send_acks()
             if self._queue.empty():
                 self._idle.set()
 
+    def _read_batch(self, first: Arrived) -> list[Intook]:
+        """What arrived, read and checked, until batch_max items or nothing waits."""
+        self._taken(first)
+        batch = self._read(first)
+        while len(batch) < self._batch_max:
+            try:
+                arrived = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if arrived is None:
+                self._queue.put(None)
+                break
+            self._taken(arrived)
+            batch += self._read(arrived)
+        return batch
+
     def _sweep_safely(self) -> None:
         try:
             self._sweep()
         except Exception as exc:  # the store is down: the next sweep tries again
             self.stats.last_error = str(exc)
-            log.exception("could not mark silent clusters offline")
+            self._refusals.warning(
+                "failures to mark silent clusters offline",
+                "could not mark silent clusters offline (%s: %s); trying again at the next "
+                "sweep", type(exc).__name__, exc,
+            )
 
     def _run_due_work(self) -> None:
         now = self._clock.now()
@@ -327,38 +467,30 @@ class Intake:
         evs = [item for item in batch if isinstance(item, Event)]
         latest: dict[str, Heartbeat] = {}
         for item in batch:
-            self._heard(item, now)
+            try:
+                self._heard(item, now)
+            except Exception as exc:  # this one only: the rest of the batch goes on
+                self._store_refused("a cluster heard again", exc)
             if isinstance(item, Heartbeat):
                 latest[item.cluster] = item
             elif isinstance(item, tuple):
-                cluster, state, since = item
-                before, before_at = self._store.clusters.set_state(cluster, state, now, since)
-                self.stats.states += 1
-                if state == "online" and before == "offline" and before_at is not None:
-                    away = (since or now) - before_at
-                    log.info(
-                        "cluster %s is back online after %s offline", cluster, _span(away)
-                    )
-                else:
-                    log.info("cluster %s is %s", cluster, state)
-                for slistener in self._state_listeners:
-                    slistener(cluster, state)
+                self._take_state(item, now)
         if latest:
-            self._store.clusters.set_heartbeats(
-                [(b.cluster, b.at, b.model_dump_json(exclude_none=True)) for b in latest.values()],
-                now,
-            )
-            self.stats.heartbeats += len(latest)
+            self._take_heartbeats(list(latest.values()), now)
         if not evs:
             return
-        fresh = self._store.events.add(evs, now)
+        fresh, stored = self._store_events(evs, now)
         self.stats.batches += 1
         self.stats.events += len(fresh)
-        self.stats.duplicates += len(evs) - len(fresh)
+        self.stats.duplicates += len(stored) - len(fresh)
+        evs = stored
         for ev in fresh:
             self.stats.by_kind[ev.kind] = self.stats.by_kind.get(ev.kind, 0) + 1
             if ev.kind == "rejected":
-                log.warning("cluster %s rejected a command: %s", ev.cluster, ev.reason)
+                self._refusals.warning(
+                    "commands the clusters rejected",
+                    "cluster %s rejected a command: %s", ev.cluster, ev.reason,
+                )
         self._acknowledge(evs)
         for blistener in self._batch_listeners:
             try:
@@ -371,6 +503,89 @@ class Intake:
                     listener(ev)
                 except Exception:
                     log.exception("event listener failed")
+
+    def _take_state(self, item: Availability, now: datetime) -> None:
+        cluster, state, since = item
+        try:
+            before, before_at = self._store.clusters.set_state(cluster, state, now, since)
+        except Exception as exc:  # this one only: the rest of the batch goes on
+            self._store_refused(f"the {state} state of cluster {cluster}", exc)
+            return
+        self.stats.states += 1
+        if state == "online" and before == "offline" and before_at is not None:
+            away = (since or now) - before_at
+            log.info("cluster %s is back online after %s offline", cluster, _span(away))
+        elif state != before:
+            log.info("cluster %s is %s", cluster, state)
+        else:  # a retained copy heard again, or a repeat
+            log.debug("cluster %s is still %s", cluster, state)
+        for slistener in self._state_listeners:
+            slistener(cluster, state)
+
+    def _take_heartbeats(self, beats: list[Heartbeat], now: datetime) -> None:
+        rows = [(b.cluster, b.at, b.model_dump_json(exclude_none=True)) for b in beats]
+        try:
+            self._store.clusters.set_heartbeats(rows, now)
+        except Exception:
+            for row in rows:  # one by one: a refused one spoils only itself
+                try:
+                    self._store.clusters.set_heartbeats([row], now)
+                except Exception as exc:
+                    self._store_refused(f"the heartbeat of cluster {row[0]}", exc)
+                    continue
+                self.stats.heartbeats += 1
+            return
+        self.stats.heartbeats += len(rows)
+
+    def _store_events(self, evs: list[Event], now: datetime) -> tuple[list[Event], list[Event]]:
+        """Store a batch of events: (the new ones, every one stored or found stored). If
+        the store refuses the batch, it is split until what it refuses is alone, within
+        STORE_ATTEMPTS; what was not stored is not acknowledged (agents send it again)."""
+        fresh: list[Event] = []
+        stored: list[Event] = []
+        attempts = 0
+        left_out = 0
+        last_error: Exception | None = None
+
+        def attempt(part: list[Event]) -> None:
+            nonlocal attempts, left_out, last_error
+            if attempts >= STORE_ATTEMPTS:
+                left_out += len(part)
+                return
+            attempts += 1
+            try:
+                fresh.extend(self._store.events.add(part, now))
+            except Exception as exc:
+                last_error = exc
+                if len(part) == 1:
+                    ev = part[0]
+                    self.stats.refused_by_store += 1
+                    self._store_refused(
+                        f"event {ev.outbox}/{ev.seq} ({ev.kind}) of cluster {ev.cluster}", exc
+                    )
+                    return
+                middle = len(part) // 2
+                attempt(part[:middle])
+                attempt(part[middle:])
+                return
+            stored.extend(part)
+
+        attempt(evs)
+        if left_out:
+            self._refusals.warning(
+                "failures to store status messages",
+                "could not store %d events (%s: %s); the agents will send them again",
+                left_out, type(last_error).__name__, last_error,
+            )
+        return fresh, stored
+
+    def _store_refused(self, what: str, exc: Exception) -> None:
+        self.stats.last_error = f"{what}: {exc}"
+        self._refusals.warning(
+            "status messages the store refused",
+            "the store refused %s (%s: %s); dropped, not acknowledged", what,
+            type(exc).__name__, str(exc)[:300],
+        )
 
     def _acknowledge(self, evs: list[Event]) -> None:
         """Acknowledge these stored events within ACK_DELAY_S, with the ones after them."""

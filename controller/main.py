@@ -12,6 +12,11 @@ touched. Otherwise both are swapped at once, the scheduler re-plans, the store's
 cluster list follows the fleet, clusters whose commune or groups changed get their
 new membership (retained) so they answer to the new tree, and plays already sent for
 occurrences the edit removed or moved (still to start) are withdrawn with a stop.
+
+Memberships (controller/membership.py) are published when the controller starts, for
+the clusters a reload changed, and again after every reconnection to the broker and
+every `membership_republish`, so that a retained membership overwritten or lost on the
+broker comes back.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from controller.fleet import Fleet
 from controller.holdings import Holdings
 from controller.intake import Intake
 from controller.keys import publish_rotation
+from controller.membership import DEFAULT_REPUBLISH_S, MembershipPublisher
 from controller.playlist import Playlists
 from controller.reconnect import BrokerWatch, ReconnectAction, Reconnection
 from controller.reload import DEFAULT_INTERVAL_S, FileWatcher, signature, watched_files
@@ -75,6 +81,9 @@ class Settings:
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     # When plays a cluster has not confirmed are sent again, and given up on.
     resend: ResendPolicy = field(default_factory=ResendPolicy)
+    # How often every cluster's membership is published again (besides after every
+    # reconnection to the broker); 0: only then.
+    membership_republish_s: float = DEFAULT_REPUBLISH_S
 
     @classmethod
     def from_config(cls, config: ControllerConfig) -> Settings:
@@ -97,6 +106,7 @@ class Settings:
             audio=AudioSettings.from_config(config.audio),
             client_id=config.client_id,
             speech=config.speech,
+            membership_republish_s=config.membership_republish.total_seconds(),
         )
 
 
@@ -142,14 +152,23 @@ class Controller:
             self._content_path,
             chunk_size=settings.audio.chunk_size, holdings=self.holdings,
             tracker=self.confirmations,
+            known=lambda cluster: cluster in self.fleet.clusters,
         )
-        self.intake = Intake(self.link, self.store, self.signer, self.clock)
+        self.memberships_publisher = MembershipPublisher(
+            self.link, self.signer, self.clock, self.memberships,
+            interval_s=settings.membership_republish_s,
+        )
+        self.intake = Intake(
+            self.link, self.store, self.signer, self.clock,
+            known=lambda cluster: cluster in self.fleet.clusters,
+        )
         self.intake.add_batch_listener(self.holdings.record_delivered)
         self.intake.add_batch_listener(self.confirmations.confirm)
         self.intake.add_due_work(self.confirmations)
         self.intake.add_state_listener(self._on_cluster_state)
         self.broker_watch = BrokerWatch(self.link, settings.client_id, self.clock)
         self.on_reconnect(self._resend_unconfirmed)
+        self.on_reconnect(self.memberships_publisher.on_reconnect)
         self.dispatcher = Dispatcher(
             store=self.store,
             distributor=self.distributor,
@@ -179,6 +198,7 @@ class Controller:
         self.intake.start()
         self.distributor.start()
         self.broker_watch.start()
+        self.memberships_publisher.start()
         self.link.start()
         if not self.link.wait_connected(connect_timeout):
             log.warning(
@@ -190,7 +210,7 @@ class Controller:
             self.link, self.settings.private_key, self.signer.public_key,
             sorted(self.fleet.clusters),
         )
-        self.distributor.publish_memberships(self.memberships())
+        self.memberships_publisher.publish_all()
         self.scheduler.swap(self.playlists)
         self.scheduler.start()
         self._record_status(self.playlists.warnings)
@@ -208,6 +228,7 @@ class Controller:
         self.watcher.stop()
         self.scheduler.shutdown()
         self.broker_watch.stop()
+        self.memberships_publisher.stop()
         self.intake.stop()
         self.link.stop()
         self.store.close()
@@ -285,7 +306,7 @@ class Controller:
             # A cluster taken out of the fleet leaves its groups.
             changed += [(cid, None, []) for cid in sorted(before.keys() - after.keys())]
             if changed:
-                self.distributor.publish_memberships(changed)
+                self.memberships_publisher.publish(changed)
                 log.warning(
                     "%d clusters were added to the fleet, moved or taken out (%s): where the "
                     "broker's logins and rules come from `loa-controller broker-config`, "

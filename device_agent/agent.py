@@ -8,6 +8,15 @@ runs on one short-lived thread while it plays. The worker is a thread of the age
 own (device_agent/workers.py), or, where one process runs hundreds of simulated agents,
 mailboxes on a pool they share (given by the simulator).
 
+Commands before chunks: audio chunks wait in their own inbox (device_agent/inbox.py),
+not in the worker's mailbox with the commands. A step handles every command, connection
+change and call it took from the mailbox first, then chunks for at most CHUNK_SLICE_S
+(chunks of content a play waits for before any other); if chunks are left, it asks for
+another step behind whatever reached the mailbox meanwhile. So a flood of forged chunks
+delays a command by one slice at most, never by the flood. The mailbox itself holds at
+most MAX_QUEUED_COMMAND_BYTES of commands (per topic, and in all): each costs a
+signature check, and a flood of forged ones must cost bounded memory.
+
 Topics (see protocol/topics.py): the agent reads its cluster's key, command, content and
 membership topics and its groups' command and content topics; it writes events
 (QoS 1, from the outbox), its retained online/offline state, chunk requests, and a
@@ -52,6 +61,7 @@ from device_agent.guard import (
     SeenStore,
 )
 from device_agent.health import ClockOffset, cpu_temperature, disk_free, folder_size, system_uptime
+from device_agent.inbox import ChunkInbox
 from device_agent.localdb import LocalDatabase
 from device_agent.outbox import Outbox
 from device_agent.output import OutputBackend
@@ -81,6 +91,7 @@ from protocol.messages import (
     encode_events,
 )
 from protocol.mqtt import Link
+from protocol.ratelimit import LogLimiter
 from protocol.signing import Verifier
 
 # Longest the worker sleeps without a reason: bounds the effect of a wall clock jump
@@ -93,11 +104,19 @@ OFFLINE_REMINDER = timedelta(minutes=10)
 # cache_max_mb); checked when a download completes and this often.
 MAX_CONTENT_BYTES = 1024 * 1024 * 1024
 PRUNE_EVERY = timedelta(hours=1)
-# Chunks waiting for the worker beyond this are dropped (they are asked for again when
-# their play is due), so a burst of content cannot exhaust a small box's memory.
-MAX_QUEUED_CONTENT_BYTES = 64 * 1024 * 1024
 # A play received again is answered at most this often (copies in a burst: one answer).
 ANSWER_AGAIN_EVERY = timedelta(seconds=1)
+# Longest a step spends on chunks before it looks at the mailbox (commands) again.
+CHUNK_SLICE_S = 0.02
+# Commands waiting for the worker (each checked for its signature, which a small box does
+# a few thousand times a second at most): at most this many bytes from one topic and in
+# all; beyond, a command is dropped (and counted), so that a flood of forged commands
+# costs bounded memory, and one flooded topic cannot crowd the others out. The
+# controller's own commands are a few a minute.
+MAX_QUEUED_COMMAND_BYTES_PER_TOPIC = 512 * 1024
+MAX_QUEUED_COMMAND_BYTES = 2 * 1024 * 1024
+# What a waiting command costs beyond its bytes (the objects that hold it).
+COMMAND_OVERHEAD = 300
 
 
 class ClusterLog(logging.LoggerAdapter[logging.Logger]):
@@ -123,6 +142,7 @@ _STOP = ("stop",)
 
 
 _HEARTBEAT = ("heartbeat",)
+_CHUNKS = ("chunks",)  # chunks wait in the chunk inbox: take a slice of them
 
 
 class Agent:
@@ -172,13 +192,17 @@ class Agent:
         self.data_dir = data_dir
         name = f"agent-{cluster_id}"
         self._queue = pool.mailbox(name, self._step) if pool else OwnThread(name, self._step)
-        self._content_lock = threading.Lock()
         # Events committed in this step, published together once it is committed.
         self._outgoing: list[Event] = []
         self._outgoing_lock = threading.Lock()
-        self._content_arrived_at: datetime | None = None  # set by the network thread
-        self._queued_content_bytes = 0
-        self._dropped_content = 0
+        # When a chunk a play waits for last arrived (set by the network thread).
+        self._content_arrived_at: datetime | None = None
+        # Bytes of commands waiting for the worker, per topic and in all; those dropped.
+        self._commands_lock = threading.Lock()
+        self._queued_commands: dict[str, int] = {}
+        self._queued_command_bytes = 0
+        self._dropped_commands = 0
+        self._refusals = LogLimiter(self._log)
         self._offline_since = clock.now()
         self._offline_warned_at: datetime | None = None
         self._online = threading.Event()  # the worker has handled the current connection
@@ -239,6 +263,7 @@ class Agent:
             default_volume=default_volume,
             content_activity=lambda: self._content_arrived_at,
         )
+        self._inbox = ChunkInbox(self._cache.downloading)
         self._cache.add_listener(self._on_content)
         for ref in self._player.wanted_content():
             self._cache.expect(ref)
@@ -345,16 +370,34 @@ class Agent:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic.endswith("/content"):
-            self._content_arrived_at = self._clock.now()
-            with self._content_lock:
-                if self._queued_content_bytes + len(payload) > MAX_QUEUED_CONTENT_BYTES:
-                    self._dropped_content += 1
-                    return
-                self._queued_content_bytes += len(payload)
-            self._queue.put(("message", topic, payload))
+            arrival = self._inbox.put(topic, payload)
+            if arrival.wanted:
+                self._content_arrived_at = self._clock.now()
+            if arrival.wake:
+                self._queue.put(_CHUNKS)
             return
+        cost = len(payload) + COMMAND_OVERHEAD
+        with self._commands_lock:
+            on_topic = self._queued_commands.get(topic, 0)
+            if (on_topic + cost > MAX_QUEUED_COMMAND_BYTES_PER_TOPIC
+                    or self._queued_command_bytes + cost > MAX_QUEUED_COMMAND_BYTES):
+                self._dropped_commands += 1
+                return
+            self._queued_commands[topic] = on_topic + cost
+            self._queued_command_bytes += cost
         # When it arrived, for the clock offset (the worker may get to it later).
         self._queue.put(("message", topic, payload, self._clock.now(), time.monotonic()))
+
+    def _command_taken(self, topic: str, payload: bytes) -> None:
+        """The worker took a command off the mailbox (see MAX_QUEUED_COMMAND_BYTES)."""
+        cost = len(payload) + COMMAND_OVERHEAD
+        with self._commands_lock:
+            left = self._queued_commands.get(topic, 0) - cost
+            if left > 0:
+                self._queued_commands[topic] = left
+            else:
+                self._queued_commands.pop(topic, None)
+            self._queued_command_bytes -= cost
 
     def _on_connection(self, up: bool) -> None:
         self._queue.put(("connection", up))
@@ -378,16 +421,22 @@ class Agent:
     def _step(self, batch: list[Item]) -> float | None:
         """Handle what arrived, then what is due; seconds until the next look (None: stop).
 
-        A batch of audio chunks that completed no content changes nothing that is due:
-        the housekeeping is skipped until the time it asked for, so a chunk costs the
-        same however many plays the agent holds."""
+        Commands first: chunks are taken after everything else in the batch, for one
+        slice (`_take_chunks`). A slice of audio chunks that completed no content changes
+        nothing that is due: the housekeeping is skipped until the time it asked for, so
+        a chunk costs the same however many plays the agent holds."""
         with self._db.batch():  # one commit for the step; publishes after it
             quiet = True
+            chunks_waiting = False
             for item in batch:
                 if item is _STOP:
                     return None
+                if item is _CHUNKS:
+                    chunks_waiting = True
+                    continue
                 try:
                     if item[0] == "message":
+                        self._command_taken(item[1], item[2])
                         quiet = self._handle_message(item[1], item[2], *item[3:]) and quiet
                     elif item[0] == "connection":
                         quiet = False
@@ -402,6 +451,8 @@ class Agent:
                 except Exception:
                     quiet = False
                     self._log.exception("unexpected error in the agent worker; carrying on")
+            if chunks_waiting:
+                quiet = self._take_chunks() and quiet
             now = self._clock.now()
             if not quiet or self._wake_at is None or self._wake_at <= now:
                 try:
@@ -448,14 +499,30 @@ class Agent:
         times.append(self._next_prune if self._owns_cache else None)
         if self._owns_cache:
             self._cache.flush(force=False)
-        with self._content_lock:
-            dropped, self._dropped_content = self._dropped_content, 0
-        if dropped:
-            self._log.warning(
-                "dropped %d audio chunks: more than %d MB waiting to be stored; they will be "
-                "asked for again when their play is due",
-                dropped, MAX_QUEUED_CONTENT_BYTES // (1024 * 1024),
+            self._cache.expire_early()
+        with self._commands_lock:
+            dropped_commands, self._dropped_commands = self._dropped_commands, 0
+        if dropped_commands:
+            self._refusals.warning(
+                "commands dropped unread",
+                "dropped %d commands unread: more were waiting to be checked than the agent "
+                "keeps (a flood of forged commands?); the controller's next ones get through "
+                "once it is over", dropped_commands,
             )
+        dropped = self._inbox.take_dropped()
+        if dropped.wanted:
+            self._log.warning(
+                "dropped %d audio chunks of plays: too many chunks waiting to be stored; "
+                "they will be asked for again when their play notices them missing",
+                dropped.wanted,
+            )
+        if dropped.unsure:
+            self._refusals.warning(
+                "audio chunks dropped unread",
+                "dropped %d audio chunks no play waits for: more were waiting than the "
+                "agent takes from one topic (a flood of forged chunks?)", dropped.unsure,
+            )
+        self._refusals.flush()
         return min((t for t in times if t is not None), default=None)
 
     def _warn_if_offline(self) -> datetime | None:
@@ -506,12 +573,7 @@ class Agent:
         received_at: datetime | None = None,
         received_mono: float | None = None,
     ) -> bool:
-        """Take one message; True if it was a chunk that completed nothing (quiet)."""
-        where = topics.parse(topic)
-        if where is not None and where.channel == "content":
-            with self._content_lock:
-                self._queued_content_bytes -= len(payload)
-            return self._handle_chunk(topic, payload) != "complete"
+        """Take one command (or membership); False: not quiet (housekeeping runs)."""
         try:
             command = self._guard.admit(topic, payload)
         except Duplicate as exc:
@@ -523,10 +585,19 @@ class Agent:
             return False
         except Rejected as exc:
             if self._limiter.allow():
-                self._log.warning(
-                    "refused command %s on %s: %s. Nothing was played.",
-                    exc.command_id or "(no id)", topic, exc.reason,
-                )
+                if topic.endswith("/membership"):
+                    kept = self._membership.current()
+                    self._log.warning(
+                        "ignored the membership on %s: %s. Still in groups %s; waiting for "
+                        "the controller's signed membership (it publishes it again after "
+                        "every reconnection and every few minutes)",
+                        topic, exc.reason, ", ".join(kept.groups) or "(none yet)",
+                    )
+                else:
+                    self._log.warning(
+                        "refused command %s on %s: %s. Nothing was played.",
+                        exc.command_id or "(no id)", topic, exc.reason,
+                    )
                 self._add_event("rejected", ref=exc.command_id, reason=exc.reason)
             return False
         if received_at is not None and not isinstance(
@@ -534,16 +605,18 @@ class Agent:
         ):
             # Retained ones were signed long before they are delivered: not samples.
             self.clock_offset.add(command.issued_at, received_at, received_mono)
-        self._obey(command)
+        self._obey(command, payload)
         return False
 
-    def _obey(self, command: Command) -> None:
+    def _obey(self, command: Command, payload: bytes | None = None) -> None:
         body = command.body
         if isinstance(body, PlayBody):
             self._arriving = {ref.sha256 for ref in body.items}
             try:
                 for ref in body.items:
-                    self._cache.expect(ref)
+                    if not self._cache.expect(ref):
+                        # its chunks that came first wait no longer behind other chunks
+                        self._inbox.promote(ref.sha256)
                 if not self._player.accept(command):
                     self._answer_again(command, same_command=False)
             finally:
@@ -555,7 +628,7 @@ class Agent:
                 command.id, body.play_id or "everything playing or due", count,
             )
         elif isinstance(body, MembershipBody):
-            self._apply_membership(command)
+            self._apply_membership(command, payload)
         elif isinstance(body, AckBody):
             self._outbox.ack(body.outbox, body.seqs)
         elif isinstance(body, KeyRotationBody) and self._trust is not None:
@@ -614,9 +687,9 @@ class Agent:
             f"{first_command}); it is {state}, not scheduled twice",
         )
 
-    def _apply_membership(self, command: Command) -> None:
+    def _apply_membership(self, command: Command, payload: bytes | None) -> None:
         before = set(self._membership.current().groups)
-        now = self._membership.apply(command)
+        now = self._membership.apply(command, payload)
         after = set(now.groups)
         for group in sorted(before - after):
             self._link.unsubscribe(topics.group_topic(group, "command"))
@@ -637,14 +710,38 @@ class Agent:
             )
             self._send(pending, reconnected=True)
 
+    def _take_chunks(self) -> bool:
+        """Store waiting chunks for at most CHUNK_SLICE_S, wanted ones first; if some are
+        left, another slice is queued behind what the mailbox holds. True (quiet) if none
+        completed a content."""
+        quiet = True
+        deadline = time.monotonic() + CHUNK_SLICE_S
+        try:
+            while time.monotonic() < deadline:
+                waiting = self._inbox.take()
+                if waiting is None:
+                    break
+                try:
+                    outcome = self._handle_chunk(waiting.topic, waiting.payload)
+                except Exception:
+                    self._log.exception("unexpected error storing a chunk; carrying on")
+                    outcome = None
+                quiet = quiet and outcome != "complete"
+        finally:
+            if self._inbox.end_slice():
+                self._queue.put(_CHUNKS)
+        return quiet
+
     def _handle_chunk(self, topic: str, payload: bytes) -> ChunkOutcome | None:
         try:
             chunk = chunks.decode(payload)
         except chunks.ChunkError as exc:
-            if self._limiter.allow():
-                self._log.warning("dropped a payload on %s: %s", topic, exc)
+            self._refusals.warning(
+                "payloads on content topics that are not chunks",
+                "dropped a payload on %s: %s", topic, exc,
+            )
             return None
-        outcome = self._cache.add_chunk(chunk)
+        outcome = self._cache.add_chunk(chunk, topic)
         if outcome == "corrupt":
             ref = self._cache.manifest(chunk.sha256)
             if ref is not None:

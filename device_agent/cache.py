@@ -13,8 +13,19 @@ A play command carries the manifest (`ContentRef`: hash, size, chunk size and co
 each item; `expect(ref)` tells the cache about it. Usually the command comes first and
 its chunks follow: each is written in place into one file, which costs no file system
 metadata update per chunk. Chunks may also arrive before the command (they travel on
-another topic); those are kept one file each, within a budget (`max_early_bytes`,
-oldest dropped first), and moved into the download when the manifest arrives.
+another topic); those are kept one file each and moved into the download when the
+manifest arrives.
+
+Early chunks are what anyone who can publish on a content topic can send, so each one
+costs O(1) (running totals, no sums over what is kept) and they are bounded four ways:
+a budget per content (`max_early_content_bytes`: further chunks of it are refused), per
+topic they came on (`max_early_topic_bytes` and `max_early_topic_contents`: a flood on
+one group's topic drops that topic's oldest early content, not another's), in all
+(`max_early_bytes` and `max_early_contents`, oldest dropped first), and in time
+(`early_ttl`: content no play command named for that long is dropped). Every chunk
+counts at least a file system block, and a content two more (its folder and its count);
+the counts of contents bound the memory their bookkeeping takes (a flood of one-chunk
+contents is small on disk, not in memory). A play has at most 64 items.
 
 Once every chunk is in, the size and SHA-256 are checked against the signed manifest and
 the content is moved into place atomically (the hash is taken as the chunks arrive, in
@@ -33,14 +44,15 @@ without. Content without a recorded use counts as used when its file was written
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
 import shutil
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,12 +60,23 @@ from device_agent.localdb import StateDocument
 from protocol.chunks import Chunk
 from protocol.clock import Clock, SystemClock
 from protocol.messages import ContentRef
+from protocol.ratelimit import LogLimiter
 
 module_log = logging.getLogger(__name__)
 
 DEFAULT_MAX_EARLY_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_EARLY_TOPIC_BYTES = 64 * 1024 * 1024
+# An hour of speech at 24 kb/s is 11 MB.
+DEFAULT_MAX_EARLY_CONTENT_BYTES = 32 * 1024 * 1024
+# A play command follows its chunks within seconds; what waits longer waits for nothing.
+DEFAULT_EARLY_TTL = timedelta(minutes=30)
+# Early contents kept, from one topic and in all.
+DEFAULT_MAX_EARLY_TOPIC_CONTENTS = 128
+DEFAULT_MAX_EARLY_CONTENTS = 512
 # Every stored early chunk costs at least a file system block, however small its data.
 BLOCK = 4096
+# A content's folder and its `count` file.
+EARLY_CONTENT_COST = 2 * BLOCK
 # The last uses of content go to disk at most this often (and when the agent stops).
 USES_SAVE_EVERY_S = 60.0
 
@@ -73,12 +96,10 @@ class _Early:
     """Chunks of a content no play command has named yet, one file each."""
 
     count: int
+    topic: str  # where its first chunk came from ("" when loaded from disk)
+    touched: datetime  # its latest chunk
     sizes: dict[int, int] = field(default_factory=dict)
-    order: int = 0  # larger: touched more recently
-
-    @property
-    def cost(self) -> int:
-        return sum(max(size, BLOCK) for size in self.sizes.values())
+    cost: int = EARLY_CONTENT_COST  # counted against the budgets: see the module docstring
 
 
 @dataclass
@@ -114,14 +135,21 @@ class Cache:
         directory: Path,
         *,
         max_early_bytes: int = DEFAULT_MAX_EARLY_BYTES,
+        max_early_topic_bytes: int = DEFAULT_MAX_EARLY_TOPIC_BYTES,
+        max_early_content_bytes: int = DEFAULT_MAX_EARLY_CONTENT_BYTES,
+        max_early_topic_contents: int = DEFAULT_MAX_EARLY_TOPIC_CONTENTS,
+        max_early_contents: int = DEFAULT_MAX_EARLY_CONTENTS,
+        early_ttl: timedelta = DEFAULT_EARLY_TTL,
         durable: bool = True,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
         uses: StateDocument | None = None,
         clock: Clock | None = None,
     ) -> None:
         """durable: sync completed content to the SD card before it counts as held.
-        uses: where the last use of each content is kept (None: in memory only)."""
+        uses: where the last use of each content is kept (None: in memory only).
+        max_early_*, early_ttl: the bounds on chunks no play command named yet."""
         self._log = log or module_log
+        self._refusals = LogLimiter(self._log)
         self._clock = clock or SystemClock()
         self._uses_doc = uses
         self._uses: dict[str, float] = {}
@@ -141,13 +169,22 @@ class Cache:
         self._partial_dir = directory / "partial"
         self._partial_dir.mkdir(parents=True, exist_ok=True)
         self._max_early_bytes = max_early_bytes
+        self._max_early_topic_bytes = min(max_early_topic_bytes, max_early_bytes)
+        self._max_early_content_bytes = min(max_early_content_bytes, self._max_early_topic_bytes)
+        self._max_early_contents = max_early_contents
+        self._max_early_topic_contents = min(max_early_topic_contents, max_early_contents)
+        self._early_ttl = early_ttl
         self._durable = durable
         self._lock = threading.Lock()
         self._manifests: dict[str, ContentRef] = {}
         self._downloads: dict[str, _Download] = {}
-        self._early: dict[str, _Early] = {}
+        # Early content, least recently touched first; and the same per topic.
+        self._early: OrderedDict[str, _Early] = OrderedDict()
+        self._early_by_topic: dict[str, OrderedDict[str, None]] = {}
+        self._early_bytes = 0
+        self._early_topic_bytes: dict[str, int] = {}
+        self._early_dropped = 0  # early contents dropped (budget or age), since the start
         self._listeners: list[CompletionListener] = []
-        self._order = itertools.count(1)
         self._load()
 
     # --- queries ----------------------------------------------------------------------------
@@ -193,9 +230,19 @@ class Cache:
             return self._uses.get(sha256)
 
     def early_bytes(self) -> int:
-        """Disk taken by chunks that came before their play command."""
+        """Disk taken by chunks that came before their play command (as budgeted)."""
         with self._lock:
-            return sum(p.cost for p in self._early.values())
+            return self._early_bytes
+
+    def early_stats(self) -> tuple[int, int, int]:
+        """Early contents kept, their chunks, and early contents dropped since the start."""
+        with self._lock:
+            chunks = sum(len(e.sizes) for e in self._early.values())
+            return len(self._early), chunks, self._early_dropped
+
+    def downloading(self, sha256: str) -> bool:
+        """Whether a play command named this content and it is not complete yet."""
+        return sha256 in self._downloads  # one dict lookup: safe without the lock
 
     def add_listener(self, listener: CompletionListener) -> None:
         self._listeners.append(listener)
@@ -228,8 +275,9 @@ class Cache:
             self._notify(ref.sha256)
         return outcome == "complete"
 
-    def add_chunk(self, chunk: Chunk) -> ChunkOutcome:
-        """Store one chunk; join and verify the content when it was the last one missing."""
+    def add_chunk(self, chunk: Chunk, topic: str = "") -> ChunkOutcome:
+        """Store one chunk; join and verify the content when it was the last one missing.
+        topic: where it came from (the early-chunk budget is kept per topic)."""
         with self._lock:
             # A download under way is content not complete yet: no look at the disk.
             download = self._downloads.get(chunk.sha256)
@@ -240,10 +288,15 @@ class Cache:
             elif self.has(chunk.sha256):
                 return "duplicate"
             else:
-                outcome = self._keep_early(chunk)
+                outcome = self._keep_early(chunk, topic)
         if outcome == "complete":
             self._notify(chunk.sha256)
         return outcome
+
+    def expire_early(self) -> int:
+        """Drop early content no chunk came for within early_ttl; how many went."""
+        with self._lock:
+            return self._expire_early(self._clock.now())
 
     def touch(self, sha256s: Iterable[str]) -> None:
         """Record a use (delivery, play start) of these contents, for eviction order."""
@@ -365,7 +418,7 @@ class Cache:
             raise
         download.fd = fd  # kept open for the chunks to come
         self._downloads[ref.sha256] = download
-        early = self._early.pop(ref.sha256, None)
+        early = self._forget_early(ref.sha256)
         if early is not None:
             self._adopt(download, early)
         return download
@@ -387,14 +440,16 @@ class Cache:
     def _write(self, download: _Download, chunk: Chunk) -> ChunkOutcome:
         sha = download.sha256
         if chunk.count != download.chunks:
-            self._log.warning(
+            self._refusals.warning(
+                "chunks that do not fit their manifest",
                 "chunk %d of content %s says %d chunks, its manifest %d; dropped",
                 chunk.index, sha[:12], chunk.count, download.chunks,
             )
             return "refused"
         expected = download.expected_length(chunk.index)
         if len(chunk.data) != expected:
-            self._log.warning(
+            self._refusals.warning(
+                "chunks that do not fit their manifest",
                 "chunk %d of content %s has %d bytes, its manifest says %d; dropped",
                 chunk.index, sha[:12], len(chunk.data), expected,
             )
@@ -482,45 +537,120 @@ class Cache:
 
     # --- early chunks (lock held) -----------------------------------------------------------
 
-    def _keep_early(self, chunk: Chunk) -> ChunkOutcome:
+    def _keep_early(self, chunk: Chunk, topic: str) -> ChunkOutcome:
+        """Keep a chunk no play command named yet: O(1) whatever is kept already."""
+        now = self._clock.now()
+        self._expire_early(now)
         sha = chunk.sha256
         early = self._early.get(sha)
         if early is not None and early.count != chunk.count:
-            self._log.warning(
+            self._refusals.warning(
+                "early chunks that contradict the ones before them",
                 "chunk %d of content %s says %d chunks, earlier ones said %d; dropped",
                 chunk.index, sha[:12], chunk.count, early.count,
             )
             return "refused"
+        if early is not None and chunk.index in early.sizes:
+            self._touch_early(sha, early, now)
+            return "duplicate"
+        cost = max(len(chunk.data), BLOCK)
+        if (early.cost if early is not None else EARLY_CONTENT_COST) + cost > (
+            self._max_early_content_bytes
+        ):
+            self._refusals.warning(
+                "early chunks beyond the budget of their content",
+                "content %s: its chunks that came before any play command named it exceed "
+                "%s; chunk %d dropped (it is asked for again if a play needs it)",
+                sha[:12], _size(self._max_early_content_bytes), chunk.index,
+            )
+            return "refused"
         folder = self._partial_dir / sha
         if early is None:
-            early = self._early[sha] = _Early(count=chunk.count)
+            early = _Early(count=chunk.count, topic=topic, touched=now)
             folder.mkdir(exist_ok=True)
             (folder / "count").write_text(str(chunk.count))
-        early.order = next(self._order)
-        if chunk.index in early.sizes:
-            return "duplicate"
+            self._early[sha] = early
+            self._early_by_topic.setdefault(topic, OrderedDict())[sha] = None
+            self._early_bytes += early.cost
+            self._early_topic_bytes[topic] = self._early_topic_bytes.get(topic, 0) + early.cost
+        self._touch_early(sha, early, now)
         (folder / str(chunk.index)).write_bytes(chunk.data)
         early.sizes[chunk.index] = len(chunk.data)
-        self._keep_within_budget(keep=sha)
+        early.cost += cost
+        self._early_bytes += cost
+        self._early_topic_bytes[early.topic] += cost
+        self._keep_within_budget(early.topic)
         return "stored"
 
-    def _keep_within_budget(self, keep: str) -> None:
-        total = sum(p.cost for p in self._early.values())
-        if total <= self._max_early_bytes:
-            return
-        victims = sorted((s for s in self._early if s != keep), key=lambda s: self._early[s].order)
-        victims.append(keep)
-        for sha in victims:
-            if total <= self._max_early_bytes:
-                break
-            early = self._early.pop(sha)
-            total -= early.cost
+    def _touch_early(self, sha: str, early: _Early, now: datetime) -> None:
+        early.touched = now
+        self._early.move_to_end(sha)
+        self._early_by_topic[early.topic].move_to_end(sha)
+
+    def _forget_early(self, sha: str) -> _Early | None:
+        """Take a content out of the early bookkeeping (its files stay)."""
+        early = self._early.pop(sha, None)
+        if early is None:
+            return None
+        self._early_bytes -= early.cost
+        mine = self._early_by_topic[early.topic]
+        del mine[sha]
+        left = self._early_topic_bytes[early.topic] - early.cost
+        if mine:
+            self._early_topic_bytes[early.topic] = left
+        else:  # no entry kept for a topic with nothing early: bounded by what is kept
+            del self._early_by_topic[early.topic]
+            del self._early_topic_bytes[early.topic]
+        return early
+
+    def _drop_early(self, sha: str) -> _Early | None:
+        early = self._forget_early(sha)
+        if early is not None:
             shutil.rmtree(self._partial_dir / sha, ignore_errors=True)
-            self._log.warning(
-                "chunks that came before their play command exceed %d MB: dropped the %d "
-                "chunks of content %s",
-                self._max_early_bytes // (1024 * 1024), len(early.sizes), sha[:12],
+            self._early_dropped += 1
+        return early
+
+    def _keep_within_budget(self, topic: str) -> None:
+        """Drop the oldest early content of this topic while the topic is over its budget,
+        then the oldest of all while all of it is over the total budget."""
+        dropped = 0
+        mine = self._early_by_topic.get(topic)
+        while mine and (self._early_topic_bytes[topic] > self._max_early_topic_bytes
+                        or len(mine) > self._max_early_topic_contents):
+            self._drop_early(next(iter(mine)))
+            dropped += 1
+            mine = self._early_by_topic.get(topic)
+        while self._early and (self._early_bytes > self._max_early_bytes
+                               or len(self._early) > self._max_early_contents):
+            self._drop_early(next(iter(self._early)))
+            dropped += 1
+        if dropped:
+            self._refusals.warning(
+                "early content dropped beyond the budgets",
+                "chunks that came before their play command exceed their budget (%s or %d "
+                "contents on %s, %s or %d contents in all): dropped the oldest %d contents "
+                "of them", _size(self._max_early_topic_bytes), self._max_early_topic_contents,
+                topic or "(from disk)", _size(self._max_early_bytes), self._max_early_contents,
+                dropped,
             )
+
+    def _expire_early(self, now: datetime) -> int:
+        """Drop early content untouched for early_ttl: the oldest first, O(what goes)."""
+        limit = now - self._early_ttl
+        gone = 0
+        while self._early:
+            sha, early = next(iter(self._early.items()))
+            if early.touched > limit:
+                break
+            self._drop_early(sha)
+            gone += 1
+        if gone:
+            self._refusals.info(
+                "early content expired",
+                "dropped %d contents whose chunks came more than %d min ago and that no play "
+                "command has named since", gone, int(self._early_ttl.total_seconds() // 60),
+            )
+        return gone
 
     # --- the rest ---------------------------------------------------------------------------
 
@@ -541,6 +671,7 @@ class Cache:
                 self._load_download(entry)
             else:
                 entry.unlink(missing_ok=True)
+        self._keep_within_budget("")  # budgets may have been lowered since
 
     def _load_early(self, folder: Path) -> None:
         sha = folder.name
@@ -553,10 +684,15 @@ class Cache:
             for piece in folder.iterdir():
                 if piece.name.isdigit() and int(piece.name) < count:
                     sizes[int(piece.name)] = piece.stat().st_size
-        if sizes:
-            self._early[sha] = _Early(count=count, sizes=sizes, order=next(self._order))
-        else:
+        if not sizes:
             shutil.rmtree(folder, ignore_errors=True)
+            return
+        early = _Early(count=count, topic="", touched=self._clock.now(), sizes=sizes)
+        early.cost += sum(max(size, BLOCK) for size in sizes.values())
+        self._early[sha] = early
+        self._early_by_topic.setdefault("", OrderedDict())[sha] = None
+        self._early_bytes += early.cost
+        self._early_topic_bytes[""] = self._early_topic_bytes.get("", 0) + early.cost
 
     def _load_download(self, part: Path) -> None:
         try:
@@ -573,3 +709,7 @@ class Cache:
             return
         held = {i for i, mark in enumerate(marks) if mark == 1}
         self._downloads[sha] = _Download(sha, size, chunk_size, chunks, held)
+
+
+def _size(count: int) -> str:
+    return f"{count // (1024 * 1024)} MB" if count >= 1024 * 1024 else f"{count // 1024} KB"

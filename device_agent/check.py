@@ -11,7 +11,9 @@ what to try. The checks, in order:
   and the broker accepts this cluster's user name and password (MQTT CONNECT); each
   stage fails with its own reason;
 - membership: the controller's retained membership for this cluster is on the broker
-  and signed with the configured key (a wrong key or a misspelt cluster_id shows here);
+  and signed with the configured key (a wrong key or a misspelt cluster_id shows here;
+  so does a membership another client overwrote, which the agent ignores: the advice
+  then is about the broker, not the key);
 - clock: not obviously wrong (before 2024, or behind the time the controller signed the
   membership), and synchronised by NTP according to the kernel. The offset to the
   controller itself is measured by the running agent from signed commands (see
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import shutil
 import socket
 import tempfile
@@ -364,6 +367,19 @@ def _mqtt_login(ctx: _Context, username: str | None) -> CheckResult:
     )
 
 
+REPUBLISHED = (
+    "the controller publishes every cluster's membership when it starts, after every "
+    "reconnection to the broker and every membership_republish (10 minutes by default)"
+)
+OVERWRITTEN = (
+    "the agent ignores it: a running agent keeps the last signed membership it had, a "
+    f"new one uses the groups of its config and waits. {REPUBLISHED[0].upper()}"
+    f"{REPUBLISHED[1:]}: run this check again after that, or restart loa-controller. "
+    "Make the broker refuse membership topics to everyone but the controller (its ACL: "
+    "loa-controller broker-config, docs/operations.md)"
+)
+
+
 def _check_membership(ctx: _Context) -> CheckResult:
     cluster = ctx.config.cluster_id
     payload = ctx.membership_payload
@@ -374,8 +390,7 @@ def _check_membership(ctx: _Context) -> CheckResult:
         return CheckResult(
             "membership", "WARN", f"the broker holds no membership for cluster {cluster!r}",
             "check that cluster_id is spelt exactly as in the controller's fleet.yaml and that "
-            "loa-controller runs (it publishes every cluster's groups); the groups in this "
-            "config are used meanwhile",
+            f"loa-controller runs ({REPUBLISHED}); the groups in this config are used meanwhile",
         )
     if ctx.key is None:
         return CheckResult("membership", "WARN", "found on the broker, but not verified",
@@ -400,13 +415,33 @@ def _check_membership(ctx: _Context) -> CheckResult:
             )
     try:
         command = Verifier(ctx.key).verify(payload)
-    except (SignatureError, MessageError) as exc:
+    except SignatureError as exc:
+        if "unsigned" in str(exc):
+            return CheckResult(
+                "membership", "FAIL",
+                f"the membership on the broker for {cluster} is not signed at all: another "
+                "client overwrote the controller's",
+                OVERWRITTEN,
+            )
+        key_file = ctx.config.controller_public_key
+        try:
+            digest = hashlib.sha256(key_file.read_bytes()).hexdigest()[:16]
+        except OSError:
+            digest = "?"
         return CheckResult(
             "membership", "FAIL",
-            f"the controller's membership for {cluster} is not signed with "
-            f"{ctx.config.controller_public_key} ({exc})",
-            "this cluster would refuse every command: copy the controller.pub of the "
-            "controller that uses this broker",
+            f"the controller's membership for {cluster} is not signed with {key_file} ({exc})",
+            "either this key is not the one of the controller that uses this broker (this "
+            "cluster would refuse every command): compare `sha256sum controller.pub` on the "
+            f"controller with this one's ({digest}...) and copy the controller's; or another "
+            f"client overwrote the membership, and {OVERWRITTEN[0].lower()}{OVERWRITTEN[1:]}",
+        )
+    except MessageError as exc:
+        return CheckResult(
+            "membership", "FAIL",
+            f"what the broker holds as membership for {cluster} is not a command ({exc}): "
+            "another client overwrote the controller's",
+            OVERWRITTEN,
         )
     return _membership_result(ctx, command, "")
 
@@ -427,13 +462,21 @@ def _rotation(ctx: _Context, key: Ed25519PublicKey) -> tuple[Ed25519PublicKey, d
 
 
 def _membership_result(ctx: _Context, command: Command, how: str) -> CheckResult:
+    cluster = ctx.config.cluster_id
     body = command.body
-    groups = ", ".join(body.groups) if isinstance(body, MembershipBody) else "?"
+    if not isinstance(body, MembershipBody) or body.cluster != cluster:
+        return CheckResult(
+            "membership", "FAIL",
+            f"the broker holds a signed {body.kind} command on {cluster}'s membership topic: "
+            "someone copied it there",
+            OVERWRITTEN,
+        )
     ctx.membership_issued_at = command.issued_at
     return CheckResult(
         "membership", "PASS",
         f"signed by the controller{f' ({how})' if how else ''} at "
-        f"{command.issued_at:%Y-%m-%d %H:%M:%S} UTC: groups {groups}",
+        f"{command.issued_at:%Y-%m-%d %H:%M:%S} UTC (version {body.version or 0}): groups "
+        f"{', '.join(body.groups) or '(none)'}",
     )
 
 

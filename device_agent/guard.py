@@ -7,8 +7,11 @@ through `Guard.admit` before it can have any effect. In order:
    in the agent config (`protocol.signing.Verifier`); unsigned, badly signed, non-JSON
    and malformed payloads are rejected;
 2. membership bookkeeping: membership commands are retained, so the broker hands the
-   current one over again on every reconnect. The same membership command again, or one
-   older than the current one, is ignored silently (`Ignored`), not reported;
+   current one over again on every reconnect, and the controller publishes it again
+   after each of its reconnections and every few minutes. The same membership command
+   again, or one older than the current one (a lower `version`, or the same version
+   issued earlier), is ignored silently (`Ignored`), not reported. Memberships are
+   ordered by version, so they are not remembered as seen (a replay is older);
 3. time: a command past its `expires_at` is rejected as expired; one issued more than
    five minutes in this cluster's future is rejected (a clock problem or a forgery);
 4. addressing: the cluster id must be in `to.clusters`, or one of its groups in
@@ -100,6 +103,18 @@ class Membership:
     command_id: str | None = None
     issued_at: datetime | None = None
     commune: str | None = None
+    version: int = 0  # MembershipBody.version (0: none, or the groups of the config)
+    signed: str | None = None  # the signed command, as received (for `loa-agent check`)
+
+    def older_than(self, command: Command) -> bool | None:
+        """Whether this membership is older than a membership command (None: the same)."""
+        body = command.body
+        version = body.version or 0 if isinstance(body, MembershipBody) else 0
+        if command.id == self.command_id:
+            return None
+        if self.issued_at is None:
+            return True
+        return (self.version, self.issued_at) <= (version, command.issued_at)
 
 
 class MembershipState:
@@ -117,11 +132,14 @@ class MembershipState:
         if isinstance(saved, dict):
             try:
                 issued = saved.get("issued_at")
+                signed = saved.get("signed")
                 self._current = Membership(
                     groups=tuple(str(g) for g in saved["groups"]),
                     command_id=saved.get("command_id"),
                     issued_at=datetime.fromisoformat(issued) if issued else None,
                     commune=saved.get("commune"),
+                    version=int(saved.get("version") or 0),
+                    signed=signed if isinstance(signed, str) else None,
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 log.error(
@@ -133,8 +151,9 @@ class MembershipState:
     def current(self) -> Membership:
         return self._current
 
-    def apply(self, command: Command) -> Membership:
-        """Make an admitted membership command the current membership, on disk first."""
+    def apply(self, command: Command, signed: bytes | None = None) -> Membership:
+        """Make an admitted membership command the current membership, on disk first.
+        signed: the payload as received (kept, so that it can be verified again)."""
         body = command.body
         if not isinstance(body, MembershipBody):
             raise TypeError(f"command {command.id} is a {body.kind} command, not a membership")
@@ -143,6 +162,8 @@ class MembershipState:
             command_id=command.id,
             issued_at=command.issued_at,
             commune=body.commune,
+            version=body.version or 0,
+            signed=signed.decode("utf-8", "replace") if signed is not None else None,
         )
         if self._file:
             self._file.save(
@@ -151,6 +172,8 @@ class MembershipState:
                     "command_id": new.command_id,
                     "issued_at": command.issued_at.isoformat(),
                     "commune": new.commune,
+                    "version": new.version,
+                    "signed": new.signed,
                 }
             )
         self._current = new
@@ -292,12 +315,15 @@ class Guard:
         current = self._membership()
         is_membership = isinstance(command.body, MembershipBody)
         if is_membership:
-            if command.id == current.command_id:
+            newer = current.older_than(command)
+            if newer is None:
                 raise Ignored("membership unchanged (retained copy of the current one)", command.id)
-            if current.issued_at is not None and command.issued_at < current.issued_at:
+            if not newer:
+                assert current.issued_at is not None
                 raise Ignored(
-                    f"membership issued {_short(command.issued_at)} is older than the current "
-                    f"one ({_short(current.issued_at)})",
+                    f"membership version {getattr(command.body, 'version', None) or 0} issued "
+                    f"{_short(command.issued_at)} is older than the current one (version "
+                    f"{current.version}, issued {_short(current.issued_at)})",
                     command.id,
                 )
 
@@ -319,6 +345,8 @@ class Guard:
             )
 
         self._check_address(topic, command, current, is_membership)
+        if is_membership:  # ordered by version and time: a replay is older, not new
+            return command
 
         if self._seen.seen(command.id):
             if command.body.kind in ("play", "ack"):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from protocol.topics import ID_PATTERN
 
@@ -24,6 +24,42 @@ LEVEL_RANK: dict[str, int] = {level: rank for rank, level in enumerate(LEVELS)}
 
 ClusterId = Annotated[str, Field(pattern=f"^{ID_PATTERN}$")]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+# --- bounds on what the network may say ----------------------------------------------------
+# Whatever an agent reports is stored, compared and shown: every number and time in it is
+# bounded before anything else looks at it (docs/protocol.md, "Bounds").
+
+#: Largest payload parsed as JSON (a chunk request of 100,000 indexes is about 700 KB).
+MAX_JSON_BYTES = 1024 * 1024
+#: Longest integer a JSON payload may carry, in digits: 2**63 has 19. Longer ones are
+#: not turned into an int (which takes quadratic time, and fails beyond 4,300 digits
+#: with an error of its own): they read as TOO_LONG, which no integer field allows.
+MAX_NUMBER_DIGITS = 20
+TOO_LONG: int = 10**MAX_NUMBER_DIGITS
+#: Largest event sequence number (the store's column is a 32-bit integer everywhere).
+MAX_SEQ = 2**31 - 1
+#: Agents' times are taken between these (UTC); anything else is a broken clock or a
+#: forgery, and 9999-12-31 at offset -23:59 is not even a time in UTC.
+EARLIEST_TIME = datetime(2020, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _sane_time(value: datetime) -> datetime:
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value.isoformat()} is out of range in UTC") from None
+    if not EARLIEST_TIME <= utc < LATEST_TIME:
+        raise ValueError(
+            f"{value.isoformat()} is not between {EARLIEST_TIME:%Y-%m-%d} and "
+            f"{LATEST_TIME:%Y-%m-%d} (UTC)"
+        )
+    return value
+
+
+#: A time an agent reports: with an offset, and between EARLIEST_TIME and LATEST_TIME.
+SaneTime = Annotated[AwareDatetime, AfterValidator(_sane_time)]
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
 
 
 class WireModel(BaseModel):
@@ -44,10 +80,10 @@ class ContentRef(WireModel):
     """One piece of audio, addressed by its SHA-256; the manifest of its chunks."""
 
     sha256: Sha256Hex
-    size: int = Field(gt=0)
-    duration_s: float = Field(gt=0)
-    chunk_size: int = Field(gt=0)
-    chunks: int = Field(gt=0)
+    size: int = Field(gt=0, le=2**40)
+    duration_s: float = Field(gt=0, le=1e7)
+    chunk_size: int = Field(gt=0, le=2**20)
+    chunks: int = Field(gt=0, le=2**32)
     codec: Literal["opus"] = "opus"
 
 
@@ -76,12 +112,18 @@ class StopBody(WireModel):
 
 
 class MembershipBody(WireModel):
-    """The groups (tree nodes) a cluster belongs to, so it subscribes to their topics."""
+    """The groups (tree nodes) a cluster belongs to, so it subscribes to their topics.
+
+    `version` grows whenever the controller changes what it says (milliseconds since
+    1970 when the controller took in the fleet revision that gave this membership): an
+    agent keeps the membership of the highest version it has verified, and the latest
+    issued of that version. Left out by controllers older than the field (version 0)."""
 
     kind: Literal["membership"] = "membership"
     cluster: ClusterId
     commune: str | None = None
     groups: Annotated[list[ClusterId], Field(max_length=32)]
+    version: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
 # An Ed25519 public key on the wire: the base64 of its 32 raw bytes.
@@ -103,7 +145,9 @@ class AckBody(WireModel):
 
     kind: Literal["ack"] = "ack"
     outbox: Annotated[str, Field(min_length=1, max_length=64)]
-    seqs: Annotated[list[int], Field(min_length=1, max_length=10_000)]
+    seqs: Annotated[
+        list[Annotated[int, Field(ge=1, le=MAX_SEQ)]], Field(min_length=1, max_length=10_000)
+    ]
 
 
 CommandBody = Annotated[
@@ -149,12 +193,13 @@ class Event(WireModel):
     v: Literal[1] = VERSION
     cluster: ClusterId
     outbox: Annotated[str, Field(min_length=1, max_length=64)]
-    seq: int = Field(ge=1)
-    at: AwareDatetime
+    seq: int = Field(ge=1, le=MAX_SEQ)
+    at: SaneTime
     kind: EventKind
-    ref: str | None = None  # the id of the command this event answers
-    play_id: str | None = None
-    bulletin: str | None = None
+    # the id of the command this event answers
+    ref: Annotated[str, Field(max_length=64)] | None = None
+    play_id: Annotated[str, Field(max_length=128)] | None = None
+    bulletin: Annotated[str, Field(max_length=200)] | None = None
     level: Level | None = None
     reason: Annotated[str, Field(max_length=500)] | None = None
 
@@ -165,25 +210,25 @@ class State(WireModel):
     v: Literal[1] = VERSION
     cluster: ClusterId
     state: Literal["online", "offline"]
-    at: AwareDatetime | None = None
-    version: str | None = None
+    at: SaneTime | None = None
+    version: Annotated[str, Field(max_length=64)] | None = None
 
 
 class NowPlaying(WireModel):
     """The play on the output when a heartbeat was sent."""
 
-    play_id: str
-    bulletin: str
+    play_id: Annotated[str, Field(max_length=128)]
+    bulletin: Annotated[str, Field(max_length=200)]
     level: Level
-    started_at: AwareDatetime | None = None
+    started_at: SaneTime | None = None
 
 
 class Transfer(WireModel):
     """A download under way when a heartbeat was sent: chunks held of how many."""
 
     sha256: Sha256Hex
-    held: int = Field(ge=0)
-    chunks: int = Field(gt=0)
+    held: int = Field(ge=0, le=2**32)
+    chunks: int = Field(gt=0, le=2**32)
 
 
 class Heartbeat(WireModel):
@@ -195,20 +240,20 @@ class Heartbeat(WireModel):
 
     v: Literal[1] = VERSION
     cluster: ClusterId
-    at: AwareDatetime
-    version: str | None = None
-    uptime_s: float = Field(ge=0)  # since the agent started
-    system_uptime_s: float | None = Field(default=None, ge=0)  # since the box booted
-    disk_free_bytes: int | None = Field(default=None, ge=0)  # on the data_dir's file system
-    cache_bytes: int | None = Field(default=None, ge=0)  # audio held in the content cache
-    cpu_temp_c: float | None = None
+    at: SaneTime
+    version: Annotated[str, Field(max_length=64)] | None = None
+    uptime_s: float = Field(ge=0, le=1e10)  # since the agent started
+    system_uptime_s: float | None = Field(default=None, ge=0, le=1e10)  # since the box booted
+    disk_free_bytes: Count | None = None  # on the data_dir's file system
+    cache_bytes: Count | None = None  # audio held in the content cache
+    cpu_temp_c: float | None = Field(default=None, ge=-100, le=200)
     relay: Annotated[str, Field(max_length=1000)] | None = None  # on, off, none, fault: ...
     volume: Annotated[int, Field(ge=0, le=100)] | None = None  # of the current play, or default
     # Agent clock minus controller clock (s), from signed commands; see docs/protocol.md.
-    clock_offset_s: float | None = None
+    clock_offset_s: float | None = Field(default=None, ge=-1e10, le=1e10)
     playing: NowPlaying | None = None
-    queued: int = Field(default=0, ge=0)  # plays scheduled and not yet started
-    outbox_pending: int = Field(default=0, ge=0)  # events not yet acknowledged
+    queued: Count = 0  # plays scheduled and not yet started
+    outbox_pending: Count = 0  # events not yet acknowledged
     # Downloads under way (left out when there are none); see docs/protocol.md.
     transfers: Annotated[list[Transfer], Field(max_length=64)] | None = None
     # The agent's MQTT keepalive (s); it heartbeats at least this often, and the controller
@@ -222,7 +267,9 @@ class ChunkRequest(WireModel):
     v: Literal[1] = VERSION
     cluster: ClusterId
     sha256: Sha256Hex
-    missing: Annotated[list[int], Field(min_length=1, max_length=100_000)]
+    missing: Annotated[
+        list[Annotated[int, Field(ge=0, lt=2**32)]], Field(min_length=1, max_length=100_000)
+    ]
 
 
 M = TypeVar("M", bound=WireModel)
@@ -237,14 +284,29 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
+def _bounded_int(text: str) -> int:
+    """A JSON integer; one longer than MAX_NUMBER_DIGITS is not converted (int() of a long
+    string takes quadratic time) but read as ±10**MAX_NUMBER_DIGITS, beyond the bounds
+    of every integer field: the field is refused, not the whole message."""
+    digits = len(text) - (text[0] == "-")
+    if digits > MAX_NUMBER_DIGITS:
+        return -TOO_LONG if text[0] == "-" else TOO_LONG
+    return int(text)
+
+
 def _load_json(payload: bytes) -> Any:
-    """Parse a payload as JSON, or raise MessageError saying why not."""
+    """Parse a payload as JSON, or raise MessageError saying why not. Sizes and numbers
+    are bounded first (MAX_JSON_BYTES, MAX_NUMBER_DIGITS)."""
+    if len(payload) > MAX_JSON_BYTES:
+        raise MessageError(f"{len(payload)} bytes; at most {MAX_JSON_BYTES} are read as JSON")
     try:
-        return json.loads(payload)
+        return json.loads(payload, parse_int=_bounded_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError(f"not JSON: {exc}") from None
     except RecursionError:
         raise MessageError("not JSON: nested too deeply") from None
+    except ValueError as exc:  # int() and float() of what the scanner took for a number
+        raise MessageError(f"not JSON: {exc}") from None
 
 
 def decode_json(payload: bytes) -> dict[str, Any]:
