@@ -49,14 +49,18 @@ def mosquitto_version() -> str:
 class PrivateMosquitto:
     """mosquitto on 127.0.0.1 and a free port, configured with TUNING."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, tuning: tuple[tuple[str, str], ...] = TUNING
+    ) -> None:
+        """tuning: the configuration lines that differ from mosquitto's defaults."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        self._tuning = tuning
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
-        lines += [f"{key} {value}" for key, value in TUNING]
+        lines += [f"{key} {value}" for key, value in tuning]
         lines += ["log_dest stderr", "log_type error", "log_type warning"]
         self.conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -67,7 +71,12 @@ class PrivateMosquitto:
 
     @staticmethod
     def tuning() -> dict[str, str]:
+        """The benches' tuning (what bench.py writes with its figures)."""
         return dict(TUNING)
+
+    def own_tuning(self) -> dict[str, str]:
+        """This broker's tuning."""
+        return dict(self._tuning)
 
     def start(self) -> None:
         with self.log.open("ab") as log:

@@ -3,7 +3,8 @@
 Each bench owns one section of docs/benchmarks.md, between `<!-- bench:<section>:begin -->`
 and `<!-- bench:<section>:end -->` (the section is the mode's name, or `urgent-4g` for
 `urgent --link 4g`); a run rewrites its own section and leaves the others as they are.
-Nothing in that file is written by hand.
+scripts/fuzz.py writes its sections (`fuzz-agent`, `fuzz-flood`, `fuzz-intake`) the same
+way. Nothing in that file is written by hand.
 """
 
 from __future__ import annotations
@@ -23,13 +24,19 @@ SECTIONS = {
     "urgent-4g": "urgent --link 4g",
     "delivery": "delivery",
     "agent": "agent",
+    "fuzz-agent": "agent",
+    "fuzz-flood": "flood",
+    "fuzz-intake": "intake",
 }
+# The script that writes a section, where it is not bench.py.
+SCRIPTS = {"fuzz-agent": "fuzz.py", "fuzz-flood": "fuzz.py", "fuzz-intake": "fuzz.py"}
 
 HEADER = """\
 # Benchmarks
 
-Every figure below is written by `scripts/bench.py` from its own run (`make bench`, or
-one mode at a time); nothing here is typed by hand. The targets come from the project's
+Every figure below is written by `scripts/bench.py` (or, for the fuzz sections at the
+end, `scripts/fuzz.py`) from its own run (`make bench`, or one mode at a time); nothing
+here is typed by hand. The targets come from the project's
 targets table. Each bench starts a private mosquitto on a free loopback port and, in the
 same run, measures the raw broker doing the same work with bare paho clients, so that
 results read as a ratio to what the broker itself can do on the same (shared, noisy)
@@ -44,7 +51,9 @@ on loopback; `urgent --link 4g`, the same with every agent (and every bare subsc
 behind an emulated 4G link (scripts/link_relay.py: a relay delaying each direction of
 each connection by 100 ms ± 50 ms one way, a round trip of 100 to 300 ms, and losing 1 %
 of its packets as TCP sees it; run on its own, not by `make bench`); `delivery`, a
-bulletin to every agent, then a repeat; `agent`, one real agent process, idle and playing.
+bulletin to every agent, then a repeat; `agent`, one real agent process, idle and playing;
+`fuzz.py agent`, `fuzz.py flood` and `fuzz.py intake`, hostile payloads at a real agent
+or controller process (not run by `make bench`).
 
 Run one mode with `--json` to get the figures as one JSON object instead.
 """
@@ -143,9 +152,9 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def command_line(argv: Sequence[str]) -> str:
-    """The command that writes this result's section: bench.py with the arguments of this
-    mode's run (argv), less --json and --doc, which only say where the figures went."""
+def command_line(argv: Sequence[str], script: str = "bench.py") -> str:
+    """The command that writes this result's section: the script with the arguments of
+    this mode's run (argv), less --json and --doc, which only say where the figures went."""
     args: list[str] = []
     skip = False
     for arg in argv:
@@ -155,7 +164,7 @@ def command_line(argv: Sequence[str]) -> str:
             skip = True
         elif arg != "--json" and not arg.startswith("--doc="):
             args.append(arg)
-    return "python scripts/bench.py " + " ".join(args)
+    return f"python scripts/{script} " + " ".join(args)
 
 
 def run_line(result: dict[str, Any]) -> str:
@@ -180,8 +189,10 @@ def _markers(section: str) -> tuple[str, str]:
 def _placeholder(section: str) -> str:
     begin, end = _markers(section)
     command = SECTIONS[section]
+    script = SCRIPTS.get(section, "bench.py")
+    title = command if script == "bench.py" else f"{script} {command}"
     return (
-        f"{begin}\n## `{command}`\n\nNot run yet: `python scripts/bench.py {command}`.\n"
+        f"{begin}\n## `{title}`\n\nNot run yet: `python scripts/{script} {command}`.\n"
         f"{end}\n"
     )
 
