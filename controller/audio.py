@@ -101,9 +101,10 @@ PEAK_MARGIN_DB = 0.2
 #: The limiter takes at most this much off the highest peak. Audio whose peaks stand
 #: further above its loudness (a bell, clicks, a beeping signal) is left under the
 #: target rather than crushed into a buzz: the true peak is a ceiling, the loudness a
-#: target. Speech takes up to about 14 dB (espeak-ng's peaky voice, a loud sentence
-#: among quiet ones, brought to -16 LUFS for full-range speakers, uncompressed).
-MAX_LIMITING_DB = 15.0
+#: target. Speech takes up to about 19 dB: espeak-ng's voices are peaky (a sharp pulse
+#: in every pitch period), the Central one most, and limiting a peak every few
+#: milliseconds lowers the whole syllable, so each dB of gain brings a third of a dB.
+MAX_LIMITING_DB = 20.0
 #: Sample rates the Opus encoder takes.
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 INDEX_NAME = "index.json"
@@ -658,7 +659,7 @@ class AudioLibrary:
             tried: list[tuple[float, float, float]] = []  # (gain, ceiling, LUFS heard)
             for attempt in range(1, ENCODES + 1):
                 self._encode(pcm, out, chain(gain_out, ceiling), chosen.opus_application)
-                heard = ffmpeg.loudness(out, seconds=seconds)
+                heard = ffmpeg.loudness(out, seconds=seconds, opus=True)
                 log.debug(
                     "%s, try %d: gain %.2f dB, limiter %.2f dBTP: %.2f LUFS, %.2f dBTP",
                     what, attempt, gain_out, ceiling, heard.integrated_lufs,
@@ -672,9 +673,10 @@ class AudioLibrary:
                 if held and miss > 0 and gain_out >= most(ceiling):
                     break  # as loud as it gets without crushing it
                 tried.append((gain_out, ceiling, heard.integrated_lufs))
+                limiting = shaped.true_peak_dbtp + gain_out - ceiling
                 if over > 0:
                     ceiling -= over + PEAK_MARGIN_DB
-                gain_out = min(gain_out + _gain_step(tried, miss), most(ceiling))
+                gain_out = min(gain_out + _gain_step(tried, miss, limiting), most(ceiling))
         except ffmpeg.FfmpegError as exc:
             raise AudioError(
                 None, f"processing {what} failed ({exc})",
@@ -731,16 +733,17 @@ def _joined_loudness(levels: list[tuple[float, float]]) -> float:
     return 10 * math.log10(power)
 
 
-def _gain_step(tried: list[tuple[float, float, float]], miss: float) -> float:
+def _gain_step(tried: list[tuple[float, float, float]], miss: float, limiting: float) -> float:
     """How much to change the gain before the limiter to close a loudness miss (LU).
 
-    The first step assumes loudness follows the gain; later ones use the slope between the
-    last two tries at the same limiter setting, since a limiter working harder gives back
-    less of each dB (kept between 0.3 and 1 dB per dB).
+    A limiter working harder gives back less of each dB: the slope between the last two
+    tries at the same limiter setting says how much (kept between 0.25 and 1 dB per dB).
+    Without two such tries: 1 dB per dB, or half that when the limiter already takes more
+    than 3 dB (limiting) off the highest peak.
     """
+    slope = 0.5 if limiting > 3 else 1.0
     if len(tried) >= 2:
         (gain_a, ceiling_a, heard_a), (gain_b, ceiling_b, heard_b) = tried[-2:]
         if ceiling_a == ceiling_b and gain_a != gain_b:
-            slope = min(1.0, max(0.3, (heard_b - heard_a) / (gain_b - gain_a)))
-            return miss / slope
-    return miss
+            slope = min(1.0, max(0.25, (heard_b - heard_a) / (gain_b - gain_a)))
+    return miss / slope

@@ -7,6 +7,8 @@ session makes the corpus once (the `corpus` fixture of test_audio_chain.py).
 
 - `speech(peak_dbfs)`: a warning read out, its sample peak at peak_dbfs (0, -18, -30,
   and the quiet -40 and -48 of the quiet-source tests);
+- `central`, `southern`: the warning in espeak-ng's Central and Southern Vietnamese
+  voices (the fleet's mien-trung and mien-nam), peaking at -6 dBFS: peakier than `vi`;
 - `varying`: three sentences at very different levels (-1, -15 and -6 dBFS peaks), as
   when the speaker turns from the microphone: a wide loudness range;
 - `shouted`: the warning shouted into a hot microphone: 18 dB too loud, compressed and
@@ -48,6 +50,14 @@ class Corpus:
         return self.folder / f"speech-peak{peak_dbfs:g}dBFS.wav"
 
     @property
+    def central(self) -> Path:
+        return self.folder / "central.wav"
+
+    @property
+    def southern(self) -> Path:
+        return self.folder / "southern.wav"
+
+    @property
     def varying(self) -> Path:
         return self.folder / "varying.wav"
 
@@ -87,6 +97,10 @@ def make(folder: Path) -> Corpus:
     speech(spoken, WARNING)
     for peak in PEAKS:
         _at_peak(spoken, peak, corpus.speech(peak))
+    for voice, out in (("vi-vn-x-central", corpus.central), ("vi-vn-x-south", corpus.southern)):
+        said = folder / f"{voice}.wav"
+        speech(said, WARNING, voice=voice)
+        _at_peak(said, -6.0, out)
 
     parts = []
     for n, (sentence, peak) in enumerate(zip(SENTENCES, VARYING_PEAKS, strict=True)):

@@ -246,5 +246,6 @@ def test_check_reads_the_speech_section_with_the_fleet(tmp_path: Path) -> None:
     found = [str(p) for p in check_all(config, [], today=datetime(2026, 11, 27, tzinfo=HCM))
              if p.severity == "error"]
     assert len(found) == 2
-    assert found[1].startswith(f"{tmp_path / 'fleet.yaml'}:69:18: no voice 'giong-tinh'")
+    line = fleet.splitlines().index("          voice: giong-tinh") + 1
+    assert found[1].startswith(f"{tmp_path / 'fleet.yaml'}:{line}:18: no voice 'giong-tinh'")
     assert "write one of giong-khac, mien-bac, mien-nam, mien-trung" in found[1]

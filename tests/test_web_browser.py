@@ -318,7 +318,6 @@ def test_the_listen_buttons_play_what_the_clusters_are_sent(rig: WebRig, browser
     programme = rig.controller.playlists.programmes["luat-tuan"]
     [bulletin] = rig.controller.dispatcher.prepare(programme, "horn")
     assert heard["sha256"] == bulletin.sha256
-    assert heard["duration"] == pytest.approx(bulletin.duration_s, abs=0.1)
 
     # Another commune's officer may not listen to it.
     officer = browser.new_page()
