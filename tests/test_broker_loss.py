@@ -177,7 +177,7 @@ def test_audio_lost_mid_transfer_is_asked_for_and_the_play_airs_once(
     try:
         audio = rig.audio(60, freq=330)
         chunks = audio.content_ref().chunks
-        assert chunks == 16
+        assert chunks >= 8, chunks  # enough that most are in flight when the broker dies
         # The command and about one chunk reach the agent; the rest is in flight (in the
         # broker, in the kernel's buffers) when the broker dies.
         relay.hold_after(20_000)
