@@ -1,4 +1,6 @@
-"""The audit log (nhật ký thao tác): every urgent action and approval, who and when.
+"""The audit log (nhật ký thao tác): every urgent action and approval, and every step of
+a cluster's enrolment (a token issued, a key registered, approved, rejected, replaced),
+who and when.
 
 One row per action: the user, the time, what was done (send, stop, approve, a CAP
 alert taken in), the announcement or programme it was about, its level, text and audio
@@ -25,7 +27,11 @@ from sqlalchemy import insert, select
 from controller.store import Store, aware
 from controller.store.schema import audit_log
 
-Action = Literal["send", "stop", "approve", "cap-alert", "cap-cancel", "sign-in-refused"]
+Action = Literal[
+    "send", "stop", "approve", "cap-alert", "cap-cancel", "sign-in-refused",
+    # cluster identities (controller/identities.py); subject: the cluster
+    "enrol-token", "enrol-replace", "enrol-register", "enrol-approve", "enrol-reject",
+]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ file (controller/credentials.py), so they agree with each other however often th
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -23,15 +24,39 @@ from typing import Any
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
+    from controller.cli_enrol import parse_ttl
     from controller.config import load_controller_config
     from controller.fleet import load_fleet
+    from controller.identities import Identities
     from controller.provision import pick_clusters, provision
+    from controller.store import Store
 
     config = load_controller_config(Path(args.config))
     fleet = load_fleet(config.fleet, config.speech.voice_names())
     clusters = pick_clusters(fleet, args.clusters, args.all)
     out = Path(args.out)
-    bundles = provision(config, fleet, clusters, out, datetime.now(UTC), rotate=args.rotate)
+    now = datetime.now(UTC)
+    ttl = parse_ttl(args.ttl)
+    by = args.by or getpass.getuser()
+    store = Store(config.store_url)
+    try:
+        identities = Identities(store)
+        registered = {c for c in clusters if identities.active_key(c) is not None}
+
+        def token(cluster: str) -> str:
+            """The cluster's one-time enrolment token, issued now (stored hashed)."""
+            if cluster in registered and not args.replace:
+                return ""  # its box has a key; a new box in its place needs --replace
+            return identities.issue_token(
+                cluster, by=by, now=now, ttl=ttl, auto_approve=args.auto_approve,
+                purpose="replace" if cluster in registered else "enrol",
+            ).token
+
+        bundles = provision(
+            config, fleet, clusters, out, now, rotate=args.rotate, enrolment_token=token
+        )
+    finally:
+        store.close()
     if args.json:
         print(json.dumps([
             {"cluster": b.cluster, "username": b.username, "password": b.password,
@@ -42,6 +67,15 @@ def cmd_provision(args: argparse.Namespace) -> int:
     for b in bundles:
         login = "new login" if b.new_password else "login unchanged"
         print(f"wrote {b.folder}/ for cluster {b.cluster} ({login}): {', '.join(b.files)}")
+    keyed = sorted(registered - {b.cluster for b in bundles if "enrolment.token" in b.files})
+    if keyed:
+        print(f"{', '.join(keyed)}: a key is registered, so no enrolment token in the bundle; "
+              "for a new box in place of the old one write it again with --replace (the "
+              "old key is retired when the new one is registered).")
+    approve = "register at once" if args.auto_approve else (
+        "wait for `loa-controller enrol approve CLUSTER` (or the web app's enrolment page)"
+    )
+    print(f"Enrolment tokens are single use, valid for {args.ttl}; the boxes' keys {approve}.")
     new = [b.cluster for b in bundles if b.new_password]
     print(f"\n{len(bundles)} bundle(s) in {out}/; the logins are kept in "
           f"{config.credentials_file} (mode 0600).")
@@ -217,6 +251,12 @@ def register(sub: Any, default_config: str) -> None:
                    help="give these clusters new broker passwords")
     p.add_argument("--json", action="store_true",
                    help="print cluster, username, password and bundle of each as JSON")
+    p.add_argument("--auto-approve", action="store_true",
+                   help="the bundles' enrolment tokens register the box's key at once")
+    p.add_argument("--ttl", default="14d", help="how long the enrolment tokens are valid (14d)")
+    p.add_argument("--replace", action="store_true",
+                   help="bundles for boxes replacing registered ones (enrol replace)")
+    p.add_argument("--by", help="who provisions (default: your login name), for the audit log")
     p.add_argument("--config", default=default_config, help="controller config YAML")
     p.set_defaults(func=cmd_provision)
 

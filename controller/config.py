@@ -383,6 +383,10 @@ class ControllerConfig(_Strict):
     """Cluster bundles and broker accounts (loa-controller provision, broker-config)."""
     speech: SpeechConfig = SpeechConfig()
     """Voices, number words and abbreviations for typed announcements (docs/speech.md)."""
+    require_signed_events: bool = True
+    """Store only what a cluster's registered key signed. false only while upgrading from
+    agents that did not sign: unsigned messages of clusters with no registered key are
+    then taken, with a warning (docs/operations.md, Upgrading to signed events)."""
 
     @model_validator(mode="after")
     def _ca_file_needs_tls(self) -> ControllerConfig:

@@ -3,10 +3,11 @@
 An embedded broker (or --broker URL; mqtts:// with --ca-file for TLS), the example fleet
 of config/fleet.yaml (73 clusters in 40 communes), a simulated agent for every cluster
 (the real agent code with the `null` output backend, each on its own link and thread, as
-on a pole), one scheduled bulletin from a playlist at 06:00 to the whole province, and
-one urgent announcement that preempts it in a few communes. The demo runs on a clock set
-to a few seconds before 06:00 local time, so the bulletin fires almost at once;
-everything else is as in production.
+on a pole, each with its own key, which the demo registers with the controller as a
+manager approving it would), one scheduled bulletin from a playlist at 06:00 to the whole
+province, and one urgent announcement that preempts it in a few communes. The demo runs
+on a clock set to a few seconds before 06:00 local time, so the bulletin fires almost at
+once; everything else is as in production.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from controller.schedule import Occurrence
 from controller.store import FINAL_KINDS
 from controller.text_table import format_table
 from device_agent.agent import Agent
+from device_agent.identity import AgentIdentity
 from device_agent.output import NullBackend
 from protocol.clock import OffsetClock
 from protocol.messages import Event
-from protocol.mqtt import BrokerAddress, MqttLink, Will, tls_context
+from protocol.mqtt import BrokerAddress, MqttLink, tls_context
 from protocol.signing import Verifier, generate_keypair, load_public_key
 
 log = logging.getLogger(__name__)
@@ -125,16 +127,13 @@ class Tracker:
 def _start_agents(
     fleet: Fleet, broker: BrokerAddress, verifier: Verifier, clock: OffsetClock, root: Path
 ) -> list[Agent]:
-    from protocol import topics
-    from protocol.messages import State
-
     agents = []
     for cid in sorted(fleet.clusters):
-        will = Will(
-            topics.cluster_topic(cid, "state"),
-            State(cluster=cid, state="offline").to_json(),
+        identity = AgentIdentity.load_or_create(root / cid)
+        started = clock.now()
+        link = MqttLink(
+            broker, f"loa-agent-{cid}", will=identity.will(cid, started), clean_session=True
         )
-        link = MqttLink(broker, f"loa-agent-{cid}", will=will, clean_session=True)
         agent = Agent(
             cluster_id=cid,
             link=link,
@@ -144,6 +143,7 @@ def _start_agents(
             data_dir=root / cid,
             groups=fleet.groups_of(cid),
             durable=False,  # a simulated fleet on one disk: no fsync per event
+            identity=identity,
         )
         agent.start()
         agents.append(agent)
@@ -219,6 +219,11 @@ class Demo:
             audio=AudioSettings(),
         )
         self.controller = Controller(settings, clock=clock)
+        for agent in self.agents:  # as a manager approving each cluster's key would
+            self.controller.identities.register_key(
+                agent.cluster_id, agent.identity.public_key, agent.identity.key_id,
+                by="demo", now=clock.now(),
+            )
         self.controller.intake.add_listener(self.tracker.on_event)
         self.controller.start()
         return self.controller

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from controller.audio_chain import PROFILE_NAMES
+from controller.trust import ClusterKeys, Refused
 from protocol import chunks, topics
 from protocol.clock import Clock
 from protocol.messages import (
@@ -257,6 +258,7 @@ class Distributor:
         resend_interval_s: float = RESEND_INTERVAL_S,
         max_resend_keys: int = MAX_RESEND_KEYS,
         monotonic: Callable[[], float] = time.monotonic,
+        keys: ClusterKeys,
     ) -> None:
         """holdings: what each cluster holds (None: send every item to every destination).
         own_topics_below: when fewer than this share of a group's targeted clusters lack
@@ -264,7 +266,10 @@ class Distributor:
         tracker: told of every play once it is published, and of every stop, so that
         what a cluster does not confirm is sent again (controller/confirmations.py).
         known(cluster): whether the fleet names it (None: any cluster may ask for chunks).
-        resend_interval_s, max_resend_keys: the bounds on resends (module docstring)."""
+        resend_interval_s, max_resend_keys: the bounds on resends (module docstring).
+        keys: the registered key of each cluster: only chunk requests it signed are
+        answered."""
+        self._keys = keys
         self._known = known
         self._resend_interval_s = resend_interval_s
         self._max_resend_keys = max_resend_keys
@@ -441,18 +446,26 @@ class Distributor:
 
     def _on_request(self, topic: str, payload: bytes) -> None:
         parsed = topics.parse(topic)
-        try:
-            req = parse(ChunkRequest, payload)
+        if parsed is None or parsed.scope != "cluster":
+            self._refuse_request("a chunk request on a topic that names no cluster", topic,
+                                 "not a Loa topic")
+            return
+        if self._known is not None and not self._known(parsed.name):
+            self._refuse_request("a chunk request from a cluster not in the fleet", topic,
+                                 f"cluster {parsed.name} is not in the fleet")
+            return
+        try:  # only what the cluster's registered key signed (controller/trust.py)
+            opened = self._keys.open(parsed.name, "request", payload)
+            req = parse(ChunkRequest, opened.body)
+        except Refused:  # logged, rate-limited, by the check
+            self.stats.requests_refused += 1
+            return
         except MessageError as exc:
             self._refuse_request("an invalid chunk request", topic, exc)
             return
-        if parsed is None or parsed.name != req.cluster:
+        if parsed.name != req.cluster:
             self._refuse_request("a chunk request on another cluster's topic", topic,
                                  f"it claims cluster {req.cluster}")
-            return
-        if self._known is not None and not self._known(req.cluster):
-            self._refuse_request("a chunk request from a cluster not in the fleet", topic,
-                                 f"cluster {req.cluster} is not in the fleet")
             return
         path = self._content_path(req.sha256)
         if path is None:

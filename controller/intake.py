@@ -1,5 +1,14 @@
 """Status intake: every event and availability change the agents publish, stored once.
 
+Only what the cluster's registered key signed is taken (controller/trust.py): a forged
+event, state or heartbeat is refused, counted and logged (rate-limited). Events are
+judged within the identity that signed them: a resend of the same event is a duplicate,
+a different event under a number already taken is a conflict, kept apart
+(store.event_conflicts), logged and acknowledged. A heartbeat or an `online` state the
+key signed before the newest one taken from it (its envelope's (boot, count), not its
+clock) is a replay, refused; an `offline` of the same or a later start always counts
+(the Last Will is signed when the agent starts).
+
 The MQTT network thread only queues what arrives, as it arrived (bytes are the smallest
 form of a message), within bounds: at most MAX_QUEUED_BYTES_PER_CLUSTER from one cluster
 and MAX_QUEUED_BYTES in all wait; beyond, a message is dropped, not acknowledged (an
@@ -46,6 +55,8 @@ from typing import Protocol
 
 from controller.silence import SilenceWatch
 from controller.store import Store
+from controller.store.events import SignedEvent
+from controller.trust import ClusterKeys, Opened, Refused
 from protocol import topics
 from protocol.clock import Clock
 from protocol.messages import (
@@ -60,7 +71,7 @@ from protocol.messages import (
 )
 from protocol.mqtt import Link
 from protocol.ratelimit import LogLimiter
-from protocol.signing import Signer
+from protocol.signing import Channel, Signer
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +95,8 @@ MAX_QUEUED_BYTES_PER_CLUSTER = 512 * 1024
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
 #: What a waiting message costs beyond its bytes (the objects that hold it).
 MESSAGE_OVERHEAD = 200
+#: Clusters whose latest heartbeat and online state are remembered (against replays).
+MAX_REMEMBERED = 100_000
 
 
 
@@ -97,16 +110,34 @@ class DueWork(Protocol):
 
 # (cluster, state, the agent's connect time for "online")
 Availability = tuple[str, str, datetime | None]
-Intook = Event | Heartbeat | Availability
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """An event, and the id of the key that signed it (None: unsigned, while upgrading)."""
+
+    event: Event
+    key: str | None
+
+    @property
+    def cluster(self) -> str:
+        return self.event.cluster
+
+
+Intook = Reported | Heartbeat | Availability
 # A message as it arrived: (channel, cluster, topic, payload)
 Arrived = tuple[str, str, str, bytes]
 
 
 @dataclass
 class IntakeStats:
+    received: int = 0  # messages on event, state and heartbeat topics, whatever they were
     events: int = 0
     duplicates: int = 0
     invalid: int = 0
+    refused: int = 0  # not signed by the cluster's registered key
+    replays: int = 0  # a heartbeat or online state signed before one already taken
+    conflicts: int = 0  # a different event under a (key, outbox, seq) already taken
     unknown: int = 0  # messages from clusters the fleet does not name (not stored)
     dropped: int = 0  # messages dropped with the writer too far behind (MAX_QUEUED_...)
     refused_by_store: int = 0  # events the store could not take (not acknowledged)
@@ -128,10 +159,17 @@ class Intake:
         signer: Signer,
         clock: Clock,
         *,
+        keys: ClusterKeys,
         batch_max: int = 2000,
         known: Callable[[str], bool] | None = None,
     ) -> None:
-        """known(cluster): whether the fleet names this cluster (None: take every one)."""
+        """keys: the registered key of each cluster, what is taken is checked against.
+        known(cluster): whether the fleet names this cluster (None: take every one)."""
+        self._keys = keys
+        # The newest online state and heartbeat taken from each cluster, as (key, boot,
+        # count) (writer thread).
+        self._latest_online: dict[str, tuple[str, int, int]] = {}
+        self._latest_beat: dict[str, tuple[str, int, int]] = {}
         self._known = known
         self._refusals = LogLimiter(log)
         self._link = link
@@ -242,6 +280,7 @@ class Intake:
 
     def _enqueue(self, channel: str, topic: str, payload: bytes) -> None:
         """Hand a message to the writer, as it arrived, within the bounds on what waits."""
+        self.stats.received += 1
         cluster = self._cluster_of(topic)
         if not self._from_known(cluster, topic):
             return
@@ -291,9 +330,55 @@ class Intake:
         beat = self._read_heartbeat(cluster, topic, payload)
         return [beat] if beat is not None else []
 
-    def _read_events(self, cluster: str, topic: str, payload: bytes) -> list[Event]:
+    def _open(self, cluster: str, channel: Channel, topic: str, payload: bytes) -> Opened | None:
+        """The message, if the cluster's registered key signed it (refusals counted)."""
         try:
-            evs, problems = parse_events(payload)
+            return self._keys.open(cluster, channel, payload)
+        except Refused:  # logged, rate-limited, by the check
+            self.stats.refused += 1
+        except MessageError as exc:
+            self._refuse(f"an invalid {channel} message", topic, exc)
+        return None
+
+    def _replayed(
+        self,
+        taken: dict[str, tuple[str, int, int]],
+        cluster: str,
+        topic: str,
+        message: Opened,
+        offline: bool = False,
+    ) -> bool:
+        """True (counted, logged) if the cluster's key signed this before the newest of
+        its kind taken (heartbeats, online states). An offline state counts if it is of
+        the same start (boot) as the newest online or a later one: the Last Will is
+        signed when the agent starts."""
+        if message.key is None or message.n is None:  # unsigned, while upgrading
+            return False
+        boot, count = message.n
+        latest = taken.get(cluster)
+        if latest is not None and latest[0] == message.key:
+            old = boot < latest[1] if offline else (boot, count) <= (latest[1], latest[2])
+            if old:
+                self.stats.replays += 1
+                self._refusals.warning(
+                    "old signed messages sent again",
+                    "dropped a message on %s: signed as message %d of start %d of key %s, "
+                    "and message %d of start %d was taken already: an old one sent again",
+                    topic, count, boot, message.key, latest[2], latest[1],
+                )
+                return True
+        if not offline:
+            if len(taken) >= MAX_REMEMBERED and cluster not in taken:
+                taken.clear()  # bounded memory; only replays of the forgotten pass
+            taken[cluster] = (message.key, boot, count)
+        return False
+
+    def _read_events(self, cluster: str, topic: str, payload: bytes) -> list[Reported]:
+        message = self._open(cluster, "event", topic, payload)
+        if message is None:
+            return []
+        try:
+            evs, problems = parse_events(message.body)
         except MessageError as exc:
             self._refuse("an invalid event message", topic, exc)
             return []
@@ -307,12 +392,15 @@ class Intake:
                     f"it claims cluster {ev.cluster}", invalid=False,
                 )
             elif not self._too_far_ahead(ev.at, topic):
-                taken.append(ev)
+                taken.append(Reported(ev, message.key))
         return taken
 
     def _read_state(self, cluster: str, topic: str, payload: bytes) -> Availability | None:
+        message = self._open(cluster, "state", topic, payload)
+        if message is None:
+            return None
         try:
-            st = parse(State, payload)
+            st = parse(State, message.body)
         except MessageError as exc:
             self._refuse("an invalid state message", topic, exc)
             return None
@@ -320,13 +408,18 @@ class Intake:
             self._refuse("a state message on another cluster's topic", topic,
                          f"it claims cluster {st.cluster}", invalid=False)
             return None
-        if self._too_far_ahead(st.at, topic):
+        if self._too_far_ahead(st.at, topic) or self._replayed(
+            self._latest_online, cluster, topic, message, st.state == "offline"
+        ):
             return None
         return (cluster, st.state, st.at if st.state == "online" else None)
 
     def _read_heartbeat(self, cluster: str, topic: str, payload: bytes) -> Heartbeat | None:
+        message = self._open(cluster, "heartbeat", topic, payload)
+        if message is None:
+            return None
         try:
-            beat = parse(Heartbeat, payload)
+            beat = parse(Heartbeat, message.body)
         except MessageError as exc:
             self._refuse("an invalid heartbeat", topic, exc)
             return None
@@ -334,7 +427,9 @@ class Intake:
             self._refuse("a heartbeat on another cluster's topic", topic,
                          f"it claims cluster {beat.cluster}", invalid=False)
             return None
-        if self._too_far_ahead(beat.at, topic):
+        if self._too_far_ahead(beat.at, topic) or self._replayed(
+            self._latest_beat, cluster, topic, message
+        ):
             return None
         return beat
 
@@ -464,7 +559,7 @@ class Intake:
 
     def _process(self, batch: list[Intook]) -> None:
         now = self._clock.now()
-        evs = [item for item in batch if isinstance(item, Event)]
+        reported = [item for item in batch if isinstance(item, Reported)]
         latest: dict[str, Heartbeat] = {}
         for item in batch:
             try:
@@ -477,12 +572,20 @@ class Intake:
                 self._take_state(item, now)
         if latest:
             self._take_heartbeats(list(latest.values()), now)
-        if not evs:
+        if not reported:
             return
-        fresh, stored = self._store_events(evs, now)
+        fresh, stored, conflicts = self._store_events(reported, now)
         self.stats.batches += 1
         self.stats.events += len(fresh)
-        self.stats.duplicates += len(stored) - len(fresh)
+        self.stats.conflicts += len(conflicts)
+        self.stats.duplicates += len(stored) - len(fresh) - len(conflicts)
+        for ev, key in conflicts:
+            self._refusals.warning(
+                "events in conflict with a stored one",
+                "cluster %s sent a different event under outbox %s seq %d (key %s) than the "
+                "one stored: kept apart as a conflict (event_conflicts), not as proof of play",
+                ev.cluster, ev.outbox, ev.seq, key or "unsigned",
+            )
         evs = stored
         for ev in fresh:
             self.stats.by_kind[ev.kind] = self.stats.by_kind.get(ev.kind, 0) + 1
@@ -537,28 +640,32 @@ class Intake:
             return
         self.stats.heartbeats += len(rows)
 
-    def _store_events(self, evs: list[Event], now: datetime) -> tuple[list[Event], list[Event]]:
-        """Store a batch of events: (the new ones, every one stored or found stored). If
-        the store refuses the batch, it is split until what it refuses is alone, within
-        STORE_ATTEMPTS; what was not stored is not acknowledged (agents send it again)."""
+    def _store_events(
+        self, evs: list[Reported], now: datetime
+    ) -> tuple[list[Event], list[Event], list[SignedEvent]]:
+        """Store a batch of events: (the new ones, every one stored or found stored, those
+        in conflict with a stored one, kept apart). If the store refuses the batch, it is
+        split until what it refuses is alone, within STORE_ATTEMPTS; what was not stored
+        is not acknowledged (agents send it again)."""
         fresh: list[Event] = []
         stored: list[Event] = []
+        conflicts: list[SignedEvent] = []
         attempts = 0
         left_out = 0
         last_error: Exception | None = None
 
-        def attempt(part: list[Event]) -> None:
+        def attempt(part: list[Reported]) -> None:
             nonlocal attempts, left_out, last_error
             if attempts >= STORE_ATTEMPTS:
                 left_out += len(part)
                 return
             attempts += 1
             try:
-                fresh.extend(self._store.events.add(part, now))
+                result = self._store.events.store([(r.event, r.key) for r in part], now)
             except Exception as exc:
                 last_error = exc
                 if len(part) == 1:
-                    ev = part[0]
+                    ev = part[0].event
                     self.stats.refused_by_store += 1
                     self._store_refused(
                         f"event {ev.outbox}/{ev.seq} ({ev.kind}) of cluster {ev.cluster}", exc
@@ -568,7 +675,9 @@ class Intake:
                 attempt(part[:middle])
                 attempt(part[middle:])
                 return
-            stored.extend(part)
+            fresh.extend(result.fresh)
+            conflicts.extend(result.conflicts)
+            stored.extend(r.event for r in part)
 
         attempt(evs)
         if left_out:
@@ -577,7 +686,7 @@ class Intake:
                 "could not store %d events (%s: %s); the agents will send them again",
                 left_out, type(last_error).__name__, last_error,
             )
-        return fresh, stored
+        return fresh, stored, conflicts
 
     def _store_refused(self, what: str, exc: Exception) -> None:
         self.stats.last_error = f"{what}: {exc}"

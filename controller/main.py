@@ -38,8 +38,10 @@ from controller.confirmations import Confirmations, ResendPolicy
 from controller.credentials import controller_login
 from controller.dispatch import Dispatcher
 from controller.distribution import Distributor, PlaySpec, new_play_id, per_profile, sent_as
+from controller.enrolment import EnrolmentDesk
 from controller.fleet import Fleet
 from controller.holdings import Holdings
+from controller.identities import Identities
 from controller.intake import Intake
 from controller.keys import publish_rotation
 from controller.membership import DEFAULT_REPUBLISH_S, MembershipPublisher
@@ -49,6 +51,7 @@ from controller.reload import DEFAULT_INTERVAL_S, FileWatcher, signature, watche
 from controller.schedule import HORIZON, Scheduler, plan
 from controller.sources import load_together
 from controller.store import Store
+from controller.trust import ClusterKeys
 from protocol.clock import Clock, SystemClock
 from protocol.config_errors import ConfigError, Problem
 from protocol.messages import Level
@@ -84,6 +87,9 @@ class Settings:
     # How often every cluster's membership is published again (besides after every
     # reconnection to the broker); 0: only then.
     membership_republish_s: float = DEFAULT_REPUBLISH_S
+    # False only while upgrading from agents that did not sign: unsigned messages from
+    # clusters with no registered key are then taken (docs/operations.md).
+    require_signed_events: bool = True
 
     @classmethod
     def from_config(cls, config: ControllerConfig) -> Settings:
@@ -107,6 +113,7 @@ class Settings:
             client_id=config.client_id,
             speech=config.speech,
             membership_republish_s=config.membership_republish.total_seconds(),
+            require_signed_events=config.require_signed_events,
         )
 
 
@@ -143,6 +150,13 @@ class Controller:
             settings.broker, settings.client_id, clean_session=False
         )
         self.holdings = Holdings(self.store, clock=self.clock)
+        self.identities = Identities(self.store)
+        self.keys = ClusterKeys(require_signed=settings.require_signed_events)
+        self.keys.replace_all(self.identities.active_keys())
+        self.enrolment = EnrolmentDesk(
+            self.link, self.identities, self.keys, self.signer, self.clock,
+            in_fleet=lambda cluster: cluster in self.fleet.clusters,
+        )
         self.confirmations = Confirmations(
             self.store.engine, self.clock, resend=self._resend_play,
             connected=lambda: self.link.connected, tz=settings.timezone, policy=settings.resend,
@@ -152,14 +166,14 @@ class Controller:
             self._content_path,
             chunk_size=settings.audio.chunk_size, holdings=self.holdings,
             tracker=self.confirmations,
-            known=lambda cluster: cluster in self.fleet.clusters,
+            known=lambda cluster: cluster in self.fleet.clusters, keys=self.keys,
         )
         self.memberships_publisher = MembershipPublisher(
             self.link, self.signer, self.clock, self.memberships,
             interval_s=settings.membership_republish_s,
         )
         self.intake = Intake(
-            self.link, self.store, self.signer, self.clock,
+            self.link, self.store, self.signer, self.clock, keys=self.keys,
             known=lambda cluster: cluster in self.fleet.clusters,
         )
         self.intake.add_batch_listener(self.holdings.record_delivered)
@@ -195,6 +209,13 @@ class Controller:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self, connect_timeout: float = 10.0) -> None:
+        if not self.settings.require_signed_events:
+            log.warning(
+                "require_signed_events is false: unsigned messages from clusters with no "
+                "registered key are taken (an upgrade in progress); set it to true once "
+                "`loa-controller enrol list` shows every cluster registered"
+            )
+        self.enrolment.start()
         self.intake.start()
         self.distributor.start()
         self.broker_watch.start()
@@ -229,6 +250,7 @@ class Controller:
         self.scheduler.shutdown()
         self.broker_watch.stop()
         self.memberships_publisher.stop()
+        self.enrolment.stop()
         self.intake.stop()
         self.link.stop()
         self.store.close()

@@ -16,8 +16,10 @@ anywhere (`/etc/loa/` by default). Writing a bundle again gives the same login (
 the credentials file, controller/credentials.py) unless it is rotated.
 
 The enrolment token comes from a callable (`EnrolmentTokens`): by default a random token
-for each bundle; the enrolment service passes its own, which records the token it
-returns for the cluster.
+for each bundle; `loa-controller provision` passes one that issues the cluster's token
+(controller/identities.py, stored hashed). An empty token means none: a cluster whose
+key is registered gets a bundle without `enrolment.token` unless it is for a box
+replacing it (`--replace`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ PUBLIC_KEY_FILE = "controller.pub"
 CA_FILE = "broker-ca.pem"
 TOKEN_FILE = "enrolment.token"  # noqa: S105  # a file name, not a token
 
-# cluster id -> the token to write into its bundle (one call per bundle written)
+# cluster id -> the token to write into its bundle (one call per bundle written; "": none)
 EnrolmentTokens = Callable[[str], str]
 
 
@@ -97,7 +99,8 @@ def _one_line(text: str) -> str:
 
 
 def agent_yaml(
-    fleet: Fleet, cluster: str, source: BundleSource, username: str, now: datetime
+    fleet: Fleet, cluster: str, source: BundleSource, username: str, now: datetime,
+    *, token: bool = True,
 ) -> str:
     """The complete agent.yaml of one cluster's bundle."""
     spec = fleet.clusters[cluster]
@@ -111,7 +114,7 @@ def agent_yaml(
     settings |= {
         "username": username,
         "password_file": PASSWORD_FILE,
-        "enrolment_token_file": TOKEN_FILE,
+        **({"enrolment_token_file": TOKEN_FILE} if token else {}),
         "controller_public_key": PUBLIC_KEY_FILE,
         "data_dir": "/var/lib/loa-agent",
         "groups": fleet.groups_of(cluster),
@@ -157,11 +160,14 @@ def write_bundle(
     elif (folder / CA_FILE).exists():  # written when the broker was reached over TLS
         (folder / CA_FILE).unlink()
     token = source.enrolment_token(cluster).strip()
-    if not token or "\n" in token:
-        raise ValueError(f"the enrolment token for {cluster} must be one non-empty line")
-    write_atomic(folder / TOKEN_FILE, (token + "\n").encode(), PRIVATE)
-    files.append(TOKEN_FILE)
-    text = agent_yaml(fleet, cluster, source, username, now)
+    if "\n" in token:
+        raise ValueError(f"the enrolment token for {cluster} must be one line")
+    if token:
+        write_atomic(folder / TOKEN_FILE, (token + "\n").encode(), PRIVATE)
+        files.append(TOKEN_FILE)
+    elif (folder / TOKEN_FILE).exists():  # from a bundle written before the key registered
+        (folder / TOKEN_FILE).unlink()
+    text = agent_yaml(fleet, cluster, source, username, now, token=bool(token))
     write_atomic(folder / AGENT_CONFIG, text.encode(), PUBLIC)
     return Bundle(cluster, username, account.password, folder, tuple(files), new_password)
 

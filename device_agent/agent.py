@@ -35,6 +35,14 @@ controller's acknowledgement. Once it has been acknowledged, the controller hold
 the controller asks all the same (a new command: it lost its record), a new `received`
 says when the play first came and what became of it. A copy of the same command after
 the acknowledgement needs no answer.
+
+Identity (device_agent/identity.py): everything the agent publishes is signed with the
+cluster's own key. Until the controller has registered that key, an agent given an
+enrolment token sends a join request on its `enrol` topic at every connection and
+again after `join_retry_s` (doubling, up to 10 minutes) until the controller answers
+on its command topic: registered (its state, a heartbeat and every unacknowledged event
+go out again at once, now to be stored), pending (a manager has to approve it; asked
+again every 10 minutes) or refused (logged with the reason; no more requests).
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ from device_agent.guard import (
     SeenStore,
 )
 from device_agent.health import ClockOffset, cpu_temperature, disk_free, folder_size, system_uptime
+from device_agent.identity import AgentIdentity, JoinSchedule
 from device_agent.inbox import ChunkInbox
 from device_agent.localdb import LocalDatabase
 from device_agent.outbox import Outbox
@@ -77,9 +86,11 @@ from protocol.messages import (
     ChunkRequest,
     Command,
     ContentRef,
+    EnrolmentBody,
     Event,
     EventKind,
     Heartbeat,
+    JoinRequest,
     KeyRotationBody,
     Level,
     MembershipBody,
@@ -88,7 +99,7 @@ from protocol.messages import (
     State,
     StopBody,
     Transfer,
-    encode_events,
+    events_body,
 )
 from protocol.mqtt import Link
 from protocol.ratelimit import LogLimiter
@@ -170,6 +181,9 @@ class Agent:
         max_content_bytes: int = MAX_CONTENT_BYTES,
         pool: Mailboxes | None = None,
         keepalive_s: int | None = None,
+        identity: AgentIdentity,
+        enrolment_token: str | None = None,
+        join_retry_s: float = 30.0,
     ) -> None:
         """durable=False skips every fsync: state then survives a crash of the process, not
         a power cut. cache: a content cache shared by the agents of a simulated fleet in
@@ -182,7 +196,11 @@ class Agent:
         plays still scheduled or playing. pool: run the worker on this pool shared with
         other agents of the process instead of a thread of its own (a simulated fleet).
         keepalive_s: the link's MQTT keepalive, sent in each heartbeat: the controller
-        declares the cluster offline after 1.5 x that without hearing from it."""
+        declares the cluster offline after 1.5 x that without hearing from it. identity:
+        the cluster's key, which signs everything published (its Last Will too: build the
+        link with `identity.will(cluster_id, started_at)`). enrolment_token: the one-time
+        token to ask with for that key to be registered, until it is; join_retry_s:
+        seconds before a join request left unanswered is sent again (doubling)."""
         self.cluster_id = topics.check_id(cluster_id, "cluster id")
         self._link = link
         self._clock = clock
@@ -218,6 +236,10 @@ class Agent:
             )
         self._heartbeat_s = heartbeat_s
         self._keepalive_s = keepalive_s
+        self._identity = identity
+        self._join = JoinSchedule(  # with a token, until the key is registered or refused
+            enrolment_token, timedelta(seconds=join_retry_s), registered=identity.registered()
+        )
         self._next_heartbeat: datetime | None = None
         self.clock_offset = ClockOffset()
 
@@ -284,6 +306,26 @@ class Agent:
             ", ".join(self._membership.current().groups) or "(none yet)", self.data_dir,
             self._outbox.pending(),
         )
+        self._say_identity()
+
+    def _say_identity(self) -> None:
+        key = self._identity.key_id
+        found = self._identity.enrolment()
+        if found is not None and found.status == "registered":
+            self._log.info("this cluster's key %s is registered with the controller", key)
+        elif self._join.asking:
+            self._log.info(
+                "this cluster's key %s is not registered yet: asking the controller with "
+                "the enrolment token", key,
+            )
+        else:
+            self._log.warning(
+                "this cluster's key %s is not registered with the controller, and there is "
+                "no enrolment token: the controller stores nothing this cluster reports "
+                "(unless it still accepts unsigned clusters while upgrading). Ask for a "
+                "token (loa-controller enrol token %s), name its file in "
+                "enrolment_token_file, and restart the agent", key, self.cluster_id,
+            )
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop playing (reported as interrupted), switch the amplifier off, say offline,
@@ -314,6 +356,14 @@ class Agent:
             outbox_id=self._outbox.outbox_id,
             outbox_pending=self._outbox.pending(),
         )
+
+    @property
+    def identity(self) -> AgentIdentity:
+        return self._identity
+
+    def registered(self) -> bool:
+        """True once the controller has said this cluster's key is registered."""
+        return self._identity.registered()
 
     def ready(self) -> bool:
         """Connected, subscribed, and said online (its backlog of events sent again)."""
@@ -471,6 +521,7 @@ class Agent:
         if self._amplifier is not None:
             times.append(self._amplifier.tick())
         times.append(self._heartbeat_due())
+        times.append(self._join_due())
         if self._link.connected:  # offline, the outbox waits for the next connection
             due = self._outbox.due()
             if due:
@@ -558,6 +609,7 @@ class Agent:
             )
             return
         self._publish_state("online")
+        self._join.connected()  # ask at once on every connection, until registered
         pending = self._outbox.unacked()
         self._log.info(
             "connected to the broker; sending %d unacknowledged events", len(pending)
@@ -633,6 +685,8 @@ class Agent:
             self._outbox.ack(body.outbox, body.seqs)
         elif isinstance(body, KeyRotationBody) and self._trust is not None:
             self._apply_rotation(command, body)
+        elif isinstance(body, EnrolmentBody):
+            self._apply_enrolment(body)
 
     def _apply_rotation(self, command: Command, body: KeyRotationBody) -> None:
         assert self._trust is not None
@@ -686,6 +740,46 @@ class Agent:
             reason=f"received again: first received at {clock_time(received_at)} (command "
             f"{first_command}); it is {state}, not scheduled twice",
         )
+
+    def _apply_enrolment(self, body: EnrolmentBody) -> None:
+        """The controller's answer to a join request."""
+        me = self._identity.key_id
+        if body.cluster != self.cluster_id or body.key != me:
+            self._log.info(
+                "ignored an enrolment answer about key %s (this cluster's key is %s)",
+                body.key, me,
+            )
+            return
+        now = self._clock.now()
+        before = self._identity.enrolment()
+        self._identity.record(body.status, now, body.reason)
+        if body.status == "registered":
+            self._join.done()
+            if before is None or before.status != "registered":
+                self._log.info(
+                    "the controller registered this cluster's key %s: from now on what it "
+                    "reports is stored", me,
+                )
+            if self._link.connected:  # what it refused before is taken now
+                self._publish_state("online")
+                self._send_heartbeat()
+                self._send(self._outbox.unacked(), reconnected=True)
+        elif body.status == "pending":
+            self._join.waiting(now)
+            if before is None or before.status != "pending":
+                self._log.warning(
+                    "the join request of key %s waits for a manager's approval: "
+                    "`loa-controller enrol approve %s`, or the web app's enrolment page",
+                    me, self.cluster_id,
+                )
+        else:
+            self._join.done()
+            self._log.error(
+                "the controller refused to register this cluster's key %s: %s. Ask for a "
+                "new token (loa-controller enrol token %s, or enrol replace %s for a "
+                "replaced box), put it in the enrolment_token_file and restart the agent",
+                me, body.reason or "no reason given", self.cluster_id, self.cluster_id,
+            )
 
     def _apply_membership(self, command: Command, payload: bytes | None) -> None:
         before = set(self._membership.current().groups)
@@ -763,12 +857,37 @@ class Agent:
             self._send_heartbeat()
         return self._next_heartbeat
 
+    def _join_due(self) -> datetime | None:
+        """Send a join request if one is due; when the next one is."""
+        token = self._join.token
+        if not self._join.asking or not self._link.connected or token is None:
+            return None
+        now = self._clock.now()
+        if self._join.due(now):
+            request = JoinRequest(
+                cluster=self.cluster_id, public_key=self._identity.public_key,
+                token=token, at=now, version=self._version,
+            )
+            self._publish(
+                topics.cluster_topic(self.cluster_id, "enrol"),
+                self._identity.seal("enrol", _body(request)), qos=1,
+            )
+            if self._identity.enrolment() is None:
+                self._identity.record("requested", now)
+            self._join.sent(now)
+            self._log.info(
+                "asked the controller to register this cluster's key %s",
+                self._identity.key_id,
+            )
+        return self._join.next_at
+
     def _send_heartbeat(self) -> None:
         if self._heartbeat_s is None or not self._link.connected:
             return
         beat = self.heartbeat()
         self._publish(
-            topics.cluster_topic(self.cluster_id, "heartbeat"), beat.to_json(), qos=0
+            topics.cluster_topic(self.cluster_id, "heartbeat"),
+            self._identity.seal("heartbeat", _body(beat)), qos=0,
         )
         self._next_heartbeat = beat.at + timedelta(seconds=self._heartbeat_s)
 
@@ -780,7 +899,8 @@ class Agent:
             version=self._version,
         )
         self._publish(
-            topics.cluster_topic(self.cluster_id, "state"), message.to_json(), qos=1, retain=True
+            topics.cluster_topic(self.cluster_id, "state"),
+            self._identity.seal("state", _body(message)), qos=1, retain=True,
         )
 
     def _report_play(self, kind: EventKind, record: PlayRecord, reason: str | None) -> None:
@@ -831,11 +951,11 @@ class Agent:
         self._outbox.mark_sent((event.seq for event in events), reconnected=reconnected)
 
     def _publish_events(self, events: Sequence[Event]) -> None:
-        """Now: as few messages as MAX_EVENTS_PER_MESSAGE allows."""
+        """Now, signed: as few messages as MAX_EVENTS_PER_MESSAGE allows."""
         topic = topics.cluster_topic(self.cluster_id, "event")
         for start in range(0, len(events), MAX_EVENTS_PER_MESSAGE):
-            payload = encode_events(events[start : start + MAX_EVENTS_PER_MESSAGE])
-            self._link.publish(topic, payload, qos=1)
+            body = events_body(events[start : start + MAX_EVENTS_PER_MESSAGE])
+            self._link.publish(topic, self._identity.seal("event", body), qos=1)
 
     def _publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish once the step's writes are committed: nothing goes out that a crash
@@ -849,5 +969,11 @@ class Agent:
             cluster=self.cluster_id, sha256=ref.sha256, missing=missing[:100_000]
         )
         self._publish(
-            topics.cluster_topic(self.cluster_id, "request"), request.to_json(), qos=1
+            topics.cluster_topic(self.cluster_id, "request"),
+            self._identity.seal("request", _body(request)), qos=1,
         )
+
+
+def _body(message: JoinRequest | Heartbeat | State | ChunkRequest) -> dict[str, Any]:
+    """A message as the JSON object its signed envelope carries."""
+    return message.model_dump(mode="json", exclude_none=True)

@@ -6,6 +6,9 @@ what to try. The checks, in order:
 - config: the file loads (every error as file:line:col, as `loa-agent run` reports it);
 - controller key: controller_public_key is there and is an Ed25519 public key;
 - data_dir: exists, is a folder, and the agent can write in it;
+- identity: this cluster's own key (made by the agent in data_dir at its first start)
+  and what the controller said of it: registered, waiting for a manager's approval,
+  refused, or not asked yet (with the enrolment token the config names);
 - disk space: room for the audio cache on data_dir's file system;
 - broker: the host resolves (DNS), the port answers (TCP), TLS verifies (mqtts://),
   and the broker accepts this cluster's user name and password (MQTT CONNECT); each
@@ -46,7 +49,8 @@ from typing import Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from device_agent.config import AgentConfig, load_agent_config
-from device_agent.main import build_output
+from device_agent.identity import KEY_FILE, IdentityError, read_key, read_status
+from device_agent.main import build_output, read_token
 from device_agent.output import FileBackend
 from device_agent.relays import RelayError, open_relay
 from device_agent.tone import play_tone
@@ -142,7 +146,8 @@ def run_checks(
     ))
     ctx = _Context(config, click, timeout_s)
     for check in (
-        _check_key, _check_data_dir, _check_disk, _check_broker, _check_membership,
+        _check_key, _check_data_dir, _check_identity, _check_disk, _check_broker,
+        _check_membership,
         _check_clock, _check_relay, _check_output,
     ):
         emit(check(ctx))
@@ -197,6 +202,84 @@ def _check_data_dir(ctx: _Context) -> CheckResult:
             "(sudo -u loa loa-agent check)",
         )
     return CheckResult("data_dir", "PASS", f"{folder} is writable")
+
+
+def _check_identity(ctx: _Context) -> CheckResult:
+    config = ctx.config
+    cid = config.cluster_id
+    path = config.data_dir / KEY_FILE
+    ask = (
+        f"ask the controller's operator for a token (loa-controller enrol token {cid}; "
+        f"for a box replacing another: loa-controller enrol replace {cid}), copy it to this "
+        "box, name its file in enrolment_token_file and restart the agent"
+    )
+    token: str | None = None
+    token_problem: str | None = None
+    try:
+        token = read_token(config.enrolment_token_file)
+    except ValueError as exc:
+        token_problem = str(exc)
+    if not path.exists():
+        if token is not None:
+            return CheckResult(
+                "identity", "WARN",
+                f"no key yet: the agent makes {path} at its first start and asks the "
+                "controller to register it with the enrolment token",
+                "start the agent (systemctl start loa-agent), then run the check again",
+            )
+        return CheckResult(
+            "identity", "FAIL",
+            f"no key yet, and {token_problem or 'no enrolment_token_file in the config'}",
+            ask,
+        )
+    try:
+        ident = key_id(read_key(path).public_key())
+    except IdentityError as exc:
+        problem, _, fix = str(exc).partition("; ")
+        return CheckResult(
+            "identity", "FAIL", problem, fix or "move the file away and restart the agent"
+        )
+    found = read_status(config.data_dir)
+    if found is not None and found.key != ident:
+        found = None  # an answer about a key this box no longer has
+    if found is not None and found.status == "registered":
+        return CheckResult(
+            "identity", "PASS",
+            f"key {ident} is registered with the controller (since "
+            f"{found.at.isoformat(timespec='seconds')})",
+        )
+    if found is not None and found.status == "pending":
+        return CheckResult(
+            "identity", "WARN",
+            f"key {ident} waits for a manager's approval (asked "
+            f"{found.at.isoformat(timespec='seconds')}); nothing this cluster reports is "
+            "stored until then",
+            f"ask a manager to approve it: loa-controller enrol approve {cid} (key {ident}), "
+            "or on the web app's enrolment page",
+        )
+    if found is not None and found.status == "refused":
+        return CheckResult(
+            "identity", "FAIL", f"the controller refused key {ident}: {found.reason}", ask
+        )
+    if token is not None:
+        asked = (
+            f"asked {found.at.isoformat(timespec='seconds')}, no answer yet"
+            if found is not None else "not asked yet"
+        )
+        return CheckResult(
+            "identity", "WARN",
+            f"key {ident} is not registered yet ({asked}); the agent asks with the "
+            "enrolment token at every connection",
+            "check that the controller runs on the same broker (loa-controller enrol list "
+            "shows the request)",
+        )
+    return CheckResult(
+        "identity", "FAIL",
+        f"key {ident} is not registered with the controller, and "
+        f"{token_problem or 'no enrolment_token_file in the config'}: the controller "
+        "stores nothing this cluster reports",
+        ask,
+    )
 
 
 def _check_disk(ctx: _Context) -> CheckResult:

@@ -5,6 +5,7 @@
     username: hg-phung-hiep-07
     password_file: broker.password # the broker password, in a file of its own (0640 root:loa)
     controller_public_key: controller.pub
+    enrolment_token_file: enrolment.token   # from the provisioning bundle
     data_dir: /var/lib/loa-agent
     groups: [commune-tan-long]     # until the controller's membership arrives
     output:
@@ -155,12 +156,14 @@ class AgentConfig(_Strict):
     password_file: Annotated[ConfigPath, AfterValidator(_readable_secret)] | None = None
     """A file whose first line is the broker password (the provisioning bundle's
     broker.password); readable by the agent's user only."""
-    enrolment_token_file: ConfigPath | None = None
-    """The one-time enrolment token of the provisioning bundle (enrolment.token)."""
     controller_public_key: ConfigPath
     """The controller's public key (controller.pub): only commands signed with it play."""
+    enrolment_token_file: ConfigPath | None = None
+    """The one-time enrolment token of this cluster (a file of the provisioning bundle):
+    with it the agent asks the controller to register the key it made in data_dir. Once
+    registered the file is no longer read and may be deleted."""
     data_dir: ConfigPath = Path("/var/lib/loa-agent")
-    """Where the schedule, the outbox and the audio cache are kept."""
+    """Where the schedule, the outbox, the audio cache and this cluster's key are kept."""
     groups: Annotated[list[TopicId], Field(max_length=32)] = []
     """Groups to listen to until the controller's membership arrives."""
     output: OutputConfig = OutputConfig()

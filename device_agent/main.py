@@ -1,10 +1,11 @@
 """Composition root of `loa-agent run`: the one place the agent's real parts are built.
 
-From the configuration: the MQTT link (client id `loa-agent-<cluster>`, a persistent
-session so QoS 1 commands wait at the broker while the cluster is offline, and the
-retained "offline" state as Last Will), the verifier of the controller's public key,
-the output backend, the system clock, and the agent that wires them together with the
-amplifier relay of the config's `relay:` section.
+From the configuration: the cluster's identity (its key, made in data_dir at the first
+start), the MQTT link (client id `loa-agent-<cluster>`, a persistent session so QoS 1
+commands wait at the broker while the cluster is offline, and the retained "offline"
+state, signed, as Last Will), the verifier of the controller's public key, the output
+backend, the system clock, the enrolment token if the config names one, and the agent
+that wires them together with the amplifier relay of the config's `relay:` section.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig
+from device_agent.identity import AgentIdentity
 from device_agent.output import OutputBackend, make_backend
-from protocol import topics
 from protocol.clock import Clock, SystemClock
-from protocol.messages import State
-from protocol.mqtt import MqttLink, Will
+from protocol.mqtt import MqttLink
 from protocol.signing import Verifier, load_public_key
 
 log = logging.getLogger(__name__)
@@ -37,22 +38,36 @@ def agent_version() -> str:
         return "unknown (not installed)"
 
 
-def build_link(config: AgentConfig) -> MqttLink:
+def build_link(config: AgentConfig, identity: AgentIdentity, started_at: datetime) -> MqttLink:
     cluster = config.cluster_id
-    will = Will(
-        topic=topics.cluster_topic(cluster, "state"),
-        payload=State(cluster=cluster, state="offline").to_json(),
-        qos=1,
-        retain=True,
-    )
     return MqttLink(
         config.broker(),
         f"loa-agent-{cluster}",
-        will=will,
+        will=identity.will(cluster, started_at),
         clean_session=False,
         keepalive=config.keepalive,
         ca_setting="broker_ca_file",
     )
+
+
+def read_token(path: Path | None) -> str | None:
+    """The enrolment token in path (None: no file named); ValueError saying what to do."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(
+            f"enrolment_token_file {path}: cannot read it ({exc.strerror}); copy the "
+            "provisioning bundle's token there, or leave the setting out once the "
+            "cluster is registered"
+        ) from None
+    if not 16 <= len(token) <= 128 or not token.isprintable():
+        raise ValueError(
+            f"enrolment_token_file {path}: does not hold a token (one line of 16 to 128 "
+            "characters, as `loa-controller enrol token` prints it)"
+        )
+    return token
 
 
 def build_output(config: AgentConfig) -> OutputBackend:
@@ -66,6 +81,16 @@ def build_output(config: AgentConfig) -> OutputBackend:
 def build_agent(config: AgentConfig, clock: Clock | None = None) -> Agent:
     """Every real part, from the configuration; raises ValueError naming what is wrong."""
     verifier = Verifier(load_public_key(config.controller_public_key))
+    clock = clock or SystemClock()
+    identity = AgentIdentity.load_or_create(config.data_dir)
+    token = None
+    if not identity.registered():
+        try:
+            token = read_token(config.enrolment_token_file)
+        except ValueError as exc:  # it still plays what the controller signs
+            log.error("%s. Until this cluster's key is registered, the controller stores "
+                      "nothing it reports; `loa-agent check` says what to do", exc)
+    started_at = clock.now()
     output = build_output(config)
     problem = output.check()
     if problem:
@@ -76,10 +101,10 @@ def build_agent(config: AgentConfig, clock: Clock | None = None) -> Agent:
         )
     return Agent(
         config.cluster_id,
-        build_link(config),
+        build_link(config, identity, started_at),
         verifier,
         output,
-        clock or SystemClock(),
+        clock,
         config.data_dir,
         groups=config.groups,
         outbox_resend_s=config.outbox_resend_s,
@@ -89,6 +114,8 @@ def build_agent(config: AgentConfig, clock: Clock | None = None) -> Agent:
         default_volume=config.output.volume,
         max_content_bytes=config.cache_max_mb * 1024 * 1024,
         keepalive_s=config.keepalive,
+        identity=identity,
+        enrolment_token=token,
     )
 
 

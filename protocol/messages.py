@@ -150,8 +150,25 @@ class AckBody(WireModel):
     ]
 
 
+KeyId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+EnrolmentStatus = Literal["registered", "pending", "refused"]
+
+
+class EnrolmentBody(WireModel):
+    """The controller's answer to a cluster's join request (docs/protocol.md, Enrolment):
+    its key `key` is registered (its signed messages are stored from now on), waits for a
+    manager's approval, or is refused (`reason` says why and what to do)."""
+
+    kind: Literal["enrolment"] = "enrolment"
+    cluster: ClusterId
+    key: KeyId
+    status: EnrolmentStatus
+    reason: Annotated[str, Field(max_length=500)] | None = None
+
+
 CommandBody = Annotated[
-    PlayBody | StopBody | MembershipBody | AckBody | KeyRotationBody, Field(discriminator="kind")
+    PlayBody | StopBody | MembershipBody | AckBody | KeyRotationBody | EnrolmentBody,
+    Field(discriminator="kind"),
 ]
 
 
@@ -272,6 +289,19 @@ class ChunkRequest(WireModel):
     ]
 
 
+class JoinRequest(WireModel):
+    """A cluster asks to have its key registered, with the one-time enrolment token its
+    provisioning bundle brought. Sent signed with that very key (the envelope's `key` is
+    the key id of `public_key`), so the controller knows the sender holds it."""
+
+    v: Literal[1] = VERSION
+    cluster: ClusterId
+    public_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$")]  # raw Ed25519, base64
+    token: Annotated[str, Field(min_length=16, max_length=128)]
+    at: AwareDatetime
+    version: Annotated[str, Field(max_length=64)] | None = None
+
+
 M = TypeVar("M", bound=WireModel)
 
 
@@ -309,6 +339,11 @@ def _load_json(payload: bytes) -> Any:
         raise MessageError(f"not JSON: {exc}") from None
 
 
+def load_json(payload: bytes) -> Any:
+    """Parse a payload as any JSON value, or raise MessageError saying why not."""
+    return _load_json(payload)
+
+
 def decode_json(payload: bytes) -> dict[str, Any]:
     """Parse a payload as a JSON object, or raise MessageError saying why not."""
     obj = _load_json(payload)
@@ -340,11 +375,21 @@ def encode_events(events: Sequence[Event]) -> bytes:
     return b"[" + b",".join(event.to_json() for event in events) + b"]"
 
 
-def parse_events(payload: bytes) -> tuple[list[Event], list[str]]:
-    """An event message: the valid events, and what was wrong with each invalid one
-    ("event 2: ..."). Raises MessageError if the payload is neither an Event object nor
-    an array of 1 to MAX_EVENTS_PER_MESSAGE objects."""
-    obj = _load_json(payload)
+def events_body(events: Sequence[Event]) -> dict[str, Any] | list[dict[str, Any]]:
+    """What encode_events() writes, as JSON values: the body of a signed event message."""
+    if not 1 <= len(events) <= MAX_EVENTS_PER_MESSAGE:
+        raise ValueError(f"an event message carries 1 to {MAX_EVENTS_PER_MESSAGE} events")
+    if len(events) == 1:
+        return events[0].model_dump(mode="json", exclude_none=True)
+    return [event.model_dump(mode="json", exclude_none=True) for event in events]
+
+
+def parse_events(payload: bytes | Any) -> tuple[list[Event], list[str]]:
+    """An event message (its bytes, or its JSON value: the body of a signed one): the
+    valid events, and what was wrong with each invalid one ("event 2: ..."). Raises
+    MessageError if it is neither an Event object nor an array of 1 to
+    MAX_EVENTS_PER_MESSAGE objects."""
+    obj = _load_json(bytes(payload)) if isinstance(payload, bytes | bytearray) else payload
     if isinstance(obj, dict):
         return [parse(Event, obj)], []
     if not isinstance(obj, list):

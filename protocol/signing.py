@@ -1,9 +1,23 @@
-"""Ed25519 signatures over canonical JSON: only the controller's commands make a speaker speak.
+"""Ed25519 signatures over canonical JSON: only the controller's commands make a speaker
+speak, and only what a cluster's own key signed counts as its word.
 
 A command is signed over its canonical form: the JSON object without its `sig` key,
 keys sorted, no insignificant white space, UTF-8. The signature travels in `sig` as
 base64. Agents verify against the controller's public key pinned in their config, so a
 client that can publish on the broker but lacks the private key cannot forge a command.
+
+The other way, every message an agent publishes (events, state, heartbeat, chunk
+requests, its join request) travels in a signed envelope (`seal`, `unseal`):
+`{"v": 1, "ch": <channel>, "key": <key id>, "n": [<boot>, <count>], "body": <the
+message>, "sig": <base64>}`, signed over the canonical form of the envelope without
+`sig`, with the key the agent made on its box (device_agent/identity.py). The controller
+checks it against the key registered for that cluster (controller/identities.py). A key
+id is the first 16 hex digits of the SHA-256 of the raw 32-byte public key. The payload
+is that canonical form with `,"sig":"<base64>"` put before its closing brace, so the
+controller checks the signature over the payload's own bytes and reads the message from
+them, without writing the JSON again. `n` orders what one key signed: `boot` counts the
+agent's starts, `count` its messages since, so an old message sent again (a replay) is
+told from a new one without trusting clocks.
 """
 
 from __future__ import annotations
@@ -14,20 +28,29 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protocol.files import PRIVATE, PUBLIC, write_atomic
-from protocol.messages import Address, Command, CommandBody, MessageError, decode_json, parse
+from protocol.messages import (
+    Address,
+    Command,
+    CommandBody,
+    MessageError,
+    decode_json,
+    load_json,
+    parse,
+)
 
 
 class SignatureError(ValueError):
-    """A command whose signature is missing or does not verify."""
+    """A command (or an agent's envelope) whose signature is missing or does not verify."""
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
@@ -163,6 +186,122 @@ def key_id(key: Ed25519PublicKey) -> str:
     SHA-256 of its raw bytes."""
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+# --- what agents sign: the envelope ---------------------------------------------------------
+
+#: The channels an agent signs for (protocol.topics: what it publishes).
+Channel = Literal["event", "state", "heartbeat", "request", "enrol"]
+CHANNELS: tuple[Channel, ...] = ("event", "state", "heartbeat", "request", "enrol")
+KEY_ID_LENGTH = 16
+#: The largest boot or message count in `n` (what JSON numbers hold exactly).
+MAX_COUNT = 2**53 - 1
+
+
+def seal(
+    key: Ed25519PrivateKey, key_ident: str, channel: Channel, body: Any, n: tuple[int, int]
+) -> bytes:
+    """The payload of a message an agent publishes: body (a JSON value) in a signed
+    envelope, n = (boot, count) its place among what this key signed. The envelope without
+    `sig` is written in canonical form, so the signed bytes are the payload up to `sig`."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return seal_json(key, key_ident, channel, text.encode(), n)
+
+
+def seal_json(
+    key: Ed25519PrivateKey, key_ident: str, channel: Channel, body: bytes, n: tuple[int, int]
+) -> bytes:
+    """seal() of a body already written as JSON (canonical, for the controller to write
+    it the same way if it ever had to): the envelope's keys come in sorted order."""
+    signed = (
+        b'{"body":' + body + b',"ch":"' + channel.encode() + b'","key":"'
+        + key_ident.encode() + b'","n":[' + str(n[0]).encode() + b"," + str(n[1]).encode()
+        + b'],"v":1}'
+    )
+    sig = base64.b64encode(key.sign(signed))
+    return signed[:-1] + b',"sig":"' + sig + b'"}'
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A signed envelope read off the network, not yet checked against any key."""
+
+    channel: str
+    key: str  # the key id the sender claims to have signed with
+    n: tuple[int, int]  # (boot, count): later messages of a key have a larger n
+    body: Any
+    signed: bytes  # the canonical form the signature covers
+    sig: bytes
+
+    def verify(self, key: Ed25519PublicKey) -> None:
+        """Raise SignatureError unless key made this signature."""
+        try:
+            key.verify(self.sig, self.signed)
+        except InvalidSignature:
+            raise SignatureError(f"bad signature: not made by key {self.key}") from None
+
+
+#: How a signed payload ends: `,"sig":"` + 88 base64 characters + `"}`.
+_SIG_HEAD = b',"sig":"'
+_TAIL = len(_SIG_HEAD) + 88 + 2
+
+
+@dataclass(frozen=True)
+class Unsigned:
+    """A payload with no signature at all (as agents before signing sent): its JSON value."""
+
+    body: Any
+
+
+def unseal(payload: bytes) -> Sealed | Unsigned:
+    """The signed envelope of a payload (not yet checked against any key), or the payload
+    as Unsigned when it carries no signature. MessageError if it is not JSON, or claims a
+    signature (`sig`) but is not an envelope as `seal` writes it.
+
+    The signature covers the payload up to `,"sig"` (closed with `}`), and the message is
+    read from those very bytes: nothing outside what the key signed is ever taken."""
+    if len(payload) > _TAIL and payload[-_TAIL:-_TAIL + len(_SIG_HEAD)] == _SIG_HEAD:
+        if not payload.endswith(b'"}'):
+            raise MessageError("a signed message ends with its signature: ,\"sig\":\"...\"}")
+        try:
+            raw = base64.b64decode(payload[-90:-2], validate=True)
+        except (binascii.Error, ValueError):
+            raise MessageError("'sig' is not valid base64") from None
+        signed = payload[:-_TAIL] + b"}"
+        return _envelope(load_json(signed), signed, raw)
+    obj = load_json(payload)
+    if isinstance(obj, dict) and "sig" in obj:
+        raise MessageError(
+            "a signed message is written as `seal` writes it: the canonical envelope, "
+            "then ,\"sig\":\"<88 base64 characters>\"}"
+        )
+    return Unsigned(obj)
+
+
+def _envelope(obj: Any, signed: bytes, sig: bytes) -> Sealed:
+    if not isinstance(obj, dict) or set(obj) != {"v", "ch", "key", "n", "body"} or obj["v"] != 1:
+        got = ", ".join(sorted(str(k)[:20] for k in obj)[:8]) if isinstance(obj, dict) else "?"
+        raise MessageError(
+            f"a signed message has exactly v (1), ch, key, n, body and sig; got {got}"
+        )
+    n = obj["n"]
+    if (
+        not isinstance(n, list) or len(n) != 2
+        or not all(type(x) is int and 0 <= x <= MAX_COUNT for x in n)
+    ):
+        raise MessageError("'n' must be [boot, count], two whole numbers from 0")
+    channel, ident = obj["ch"], obj["key"]
+    if channel not in CHANNELS:
+        raise MessageError(f"unknown channel {str(channel)[:20]!r} in a signed message")
+    if not isinstance(ident, str) or len(ident) != KEY_ID_LENGTH or not _is_hex(ident):
+        raise MessageError(f"'key' must be {KEY_ID_LENGTH} lowercase hex digits")
+    return Sealed(
+        channel=channel, key=ident, n=(n[0], n[1]), body=obj["body"], signed=signed, sig=sig
+    )
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 # --- key files ----------------------------------------------------------------------------

@@ -146,11 +146,14 @@ def _pct(used: CpuTimes, seconds: float) -> float:
 
 @contextlib.contextmanager
 def agent_process(work: Path, broker: PrivateMosquitto, province: Province, output: str,
-                  cid: str) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
-    """`loa-agent run` for cluster cid on a generated config; ended with SIGTERM (then
-    SIGKILL)."""
+                  cid: str, token: str) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+    """`loa-agent run` for cluster cid on a generated config, enrolling with token;
+    ended with SIGTERM (then SIGKILL)."""
     config = work / f"agent-{output}.yaml"
+    token_file = work / f"agent-{output}.token"
+    token_file.write_text(token + "\n", encoding="utf-8")
     lines = [
+        f"enrolment_token_file: {json.dumps(str(token_file))}",
         f"cluster_id: {cid}",
         f"broker_url: mqtt://127.0.0.1:{broker.port}",
         f"controller_public_key: {json.dumps(str(province.public_key))}",
@@ -275,7 +278,11 @@ def measure_output(work: Path, broker: PrivateMosquitto, province: Province,
                    play_s: float) -> dict[str, Any]:  # fmt: skip
     states.cluster = cid
     states.online.clear()
-    with agent_process(work, broker, province, output, cid) as proc:
+    # The agent enrols as a new box does: its token approves itself.
+    token = controller.identities.issue_token(
+        cid, by="bench", now=controller.clock.now(), auto_approve=True
+    ).token
+    with agent_process(work, broker, province, output, cid, token) as proc:
         if not states.online.wait(30):
             raise RuntimeError(
                 f"the {output} agent did not come online in 30 s; see {work}/agent-{output}.log"

@@ -256,11 +256,9 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
 
     from device_agent.agent import Agent
     from device_agent.cache import Cache
+    from device_agent.identity import AgentIdentity
     from device_agent.output import NullBackend
-    from protocol import topics
     from protocol.clock import SystemClock
-    from protocol.messages import State
-    from protocol.mqtt import Will
     from protocol.signing import Verifier, load_public_key
 
     _setup_worker_logging(spec)
@@ -282,16 +280,18 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
     agents: list[Agent] = []
     links: dict[str, MeteredLink] = {}
     for cid, groups in spec.members:
-        offline = State(cluster=cid, state="offline").to_json()
-        will = Will(topics.cluster_topic(cid, "state"), offline)
+        # The key the rig made in the agent's folder and registered (register_fleet_keys).
+        identity = AgentIdentity.load_or_create(data / cid)
+        started = clock.now()
         inner = FleetLink(
-            spec.broker, f"loa-agent-{cid}", will=will, clean_session=True, loop=network
+            spec.broker, f"loa-agent-{cid}", will=identity.will(cid, started),
+            clean_session=True, loop=network,
         )
         link = links[cid] = MeteredLink(inner, cid, out.note)
         agents.append(Agent(
             cid, link, verifier, NullBackend(), clock, data / cid, groups=groups,
             durable=False,  # a simulated fleet on one disk: no fsync per event
-            cache=shared, pool=pool,
+            cache=shared, pool=pool, identity=identity,
         ))  # fmt: skip
     for agent in agents:
         agent.start()
@@ -680,6 +680,23 @@ def raw_filters(agent_groups: list[str]) -> list[str]:
     for group in agent_groups:
         filters += [f"raw/group/{group}/command", f"raw/group/{group}/content"]
     return filters
+
+
+def register_fleet_keys(specs: list[WorkerSpec], controller: Any) -> list[WorkerSpec]:
+    """Make each simulated agent's key in its folder, as the agent would at its first
+    start, and register them all with the controller (controller.main.Controller), as a
+    manager approving them would: the agents then sign what the controller takes. The
+    specs, to start the workers with."""
+    from device_agent.identity import AgentIdentity
+
+    keys = []
+    for spec in specs:
+        for cid, _groups in spec.members:
+            identity = AgentIdentity.load_or_create(Path(spec.data_dir) / cid)
+            keys.append((cid, identity.public_key, identity.key_id))
+    controller.identities.register_keys(keys, by="bench", now=controller.clock.now())
+    controller.enrolment.refresh()
+    return specs
 
 
 def fleet_specs(

@@ -26,7 +26,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench_broker import PrivateMosquitto
-from bench_fleet import METER_FIELDS, RawBaseline, Sightings, Workers, fleet_specs
+from bench_fleet import (
+    METER_FIELDS,
+    RawBaseline,
+    Sightings,
+    Workers,
+    fleet_specs,
+    register_fleet_keys,
+)
 from bench_proc import NO_CPU, CpuTimes, cpu_times, total_cpu
 from bench_province import Province, make_province, start_controller
 from link_relay import LinkParams, LinkRelay
@@ -234,7 +241,7 @@ def fleet_rig(
         raw = Workers(sightings, "raw subscribers")
         stack.callback(raw.stop)
         stack.callback(fleet.stop)
-        fleet.start(agent_specs)
+        fleet.start(register_fleet_keys(agent_specs, controller))
         raw.start(raw_specs)
         ready_s = 60.0 + 0.1 * agents
         fleet.wait_ready(ready_s)

@@ -134,12 +134,16 @@ if [[ $FIRST_INSTALL == 1 ]]; then
     cat <<EOF
 1. Install this cluster's bundle (made on the controller: loa-controller provision CLUSTER
    --out bundles): from its folder, install -o root -g loa -m 0640 * $ETC/
-   Edit $ETC/agent.yaml: output and relay, as this box is wired.
+   Edit $ETC/agent.yaml: output and relay, as this box is wired. The bundle's
+   enrolment.token lets the agent ask the controller to register the key it makes.
 2. Without a bundle: edit $ETC/agent.yaml (cluster_id, broker_url, username,
    password_file, output, relay) and copy the controller's public key:
-   scp controller:/etc/loa/keys/controller.pub $ETC/
+   scp controller:/etc/loa/keys/controller.pub $ETC/ and this cluster's one-time token
+   (loa-controller enrol token CLUSTER --out FILE) to $ETC/enrolment.token
+   (install -o root -g $SERVICE_USER -m 0640 FILE $ETC/enrolment.token)
 3. Check everything, as the service user:  sudo -u $SERVICE_USER loa-agent check --click
-4. Start it:  systemctl start loa-agent   (then: journalctl -u loa-agent -f)
+4. Start it:  systemctl start loa-agent   (then: journalctl -u loa-agent -f); the
+   identity line of loa-agent check then says whether its key is registered
 EOF
 else
     echo "Upgraded and restarted. Check it: sudo -u $SERVICE_USER loa-agent check"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import MosquittoBroker, wait_until
+from identity_support import token_file
 from sqlalchemy import select
 
 from controller.audio import PreparedAudio
@@ -84,10 +85,13 @@ class FleetRig:
                 f"cluster_id: {cluster}\nbroker_url: {url}\n"
                 "controller_public_key: controller.pub\n"
                 f"data_dir: data-{cluster}\ngroups: [{COMMUNE}]\n"
+                f"enrolment_token_file: {cluster}.token\n"
                 f"keepalive: {keepalive}\noutbox_resend_s: 1\n"
                 f"output:\n  kind: file\n  out_dir: played-{cluster}\n",
                 encoding="utf-8",
             )
+            # Each box enrols with a token that approves itself.
+            token_file(f"sqlite:///{tmp / 'controller.db'}", cluster, tmp / f"{cluster}.token")
         self.controller: Controller | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.sent: dict[str, PlaySpec] = {}

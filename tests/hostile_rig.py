@@ -2,7 +2,10 @@
 
 Anyone who can publish on the broker can write on every topic the controller reads
 (events, states, heartbeats, chunk requests) and overwrite retained messages: these
-tests play that client. The fleet: commune xa-h with clusters h-01 and h-02.
+tests play that client. What it writes as h-01 and h-02 is signed with their registered
+keys (a box gone wrong, or whoever took one: what signatures do not keep out); the
+forgeries signatures keep out are tests/test_identity_intake.py's. The fleet: commune
+xa-h with clusters h-01 and h-02.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from conftest import MosquittoBroker
+from identity_support import registered_identity
 
 from controller.audio import AudioSettings
 from controller.main import Controller, Settings
 from controller.samples import tone
+from device_agent.identity import AgentIdentity
 from protocol import topics
 from protocol.mqtt import MqttLink
-from protocol.signing import generate_keypair
+from protocol.signing import Channel, generate_keypair
 
 FLEET = """\
 province:
@@ -36,6 +41,8 @@ province:
         - {id: h-02, name: Cụm 2}
 """
 CLUSTERS = ("h-01", "h-02")
+# The channels on which what a cluster publishes is signed.
+SIGNED: dict[str, Channel] = {c: c for c in ("event", "state", "heartbeat", "request")}
 
 
 def event(cluster: str = "h-01", seq: int = 1, outbox: str = "ob-1", **changes: Any
@@ -56,6 +63,8 @@ class Wire:
     link: MqttLink
     lock: threading.Lock = field(default_factory=threading.Lock)
     seen: dict[str, list[bytes]] = field(default_factory=dict)
+    #: The registered keys it signs with, per cluster (what a cluster publishes is signed).
+    keys: dict[str, AgentIdentity] = field(default_factory=dict)
 
     def watch(self, topic_filter: str) -> None:
         self.link.subscribe(topic_filter, self._keep)
@@ -71,6 +80,11 @@ class Wire:
     def send(self, topic: str, payload: bytes | dict[str, Any] | list[Any], *, qos: int = 1,
              retain: bool = False) -> None:  # fmt: skip
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        where = topics.parse(topic)
+        signer = self.keys.get(where.name) if where is not None else None
+        channel = SIGNED.get(where.channel) if where is not None else None
+        if signer is not None and channel is not None:
+            data = signer.seal_json(channel, data)
         self.link.publish(topic, data, qos=qos, retain=retain)
 
     def events(self, cluster: str, payload: bytes | dict[str, Any] | list[Any]) -> None:
@@ -98,6 +112,10 @@ class HostileRig:
 
     def start(self) -> HostileRig:
         self.controller.start()
+        for cluster in CLUSTERS:
+            self.wire.keys[cluster] = registered_identity(
+                self.controller, cluster, self.tmp / "keys" / cluster
+            )
         self.wire.link.start()
         assert self.wire.link.wait_connected(10)
         return self

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from conftest import BrokerUnderTest, wait_until
+from identity_support import registered_identity
 from sim_network import FleetLink, NetworkLoop
 from sim_workers import WorkerPool
 
@@ -22,10 +23,8 @@ from controller.config import load_controller_config
 from controller.main import Controller, Settings
 from device_agent.agent import Agent
 from device_agent.output import NullBackend
-from protocol import topics
 from protocol.clock import Clock, SystemClock
-from protocol.messages import State
-from protocol.mqtt import MqttLink, Will
+from protocol.mqtt import MqttLink
 from protocol.signing import Verifier, generate_keypair, load_public_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,8 +80,10 @@ class LiveRig:
         return self.controller
 
     def agent(self, cluster: str, groups: Sequence[str] = ()) -> Agent:
-        will = Will(topics.cluster_topic(cluster, "state"),
-                    State(cluster=cluster, state="offline").to_json())
+        data_dir = self.folder / "agents" / cluster
+        identity = registered_identity(self.controller, cluster, data_dir)
+        started = self.clock.now()
+        will = identity.will(cluster, started)
         client_id = f"loa-agent-{cluster}"
         link = (
             MqttLink(self.broker.address, client_id, will=will)
@@ -91,8 +92,8 @@ class LiveRig:
         )
         agent = Agent(
             cluster_id=cluster, link=link, verifier=self.verifier, output=NullBackend(),
-            clock=self.clock, data_dir=self.folder / "agents" / cluster, groups=groups,
-            durable=False, pool=self.pool,
+            clock=self.clock, data_dir=data_dir, groups=groups,
+            durable=False, pool=self.pool, identity=identity,
         )
         agent.start()
         self.agents.append(agent)

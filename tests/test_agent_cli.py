@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from agent_support import Keys
 from conftest import MosquittoBroker, wait_until
+from identity_support import body_of
 
 from device_agent.config import load_agent_config
 from device_agent.main import single_instance
@@ -201,7 +202,7 @@ def test_runs_until_sigterm_and_the_last_will_says_offline(
 
     def on_state(_topic: str, payload: bytes) -> None:
         with lock:
-            states.append(parse(State, payload))
+            states.append(parse(State, body_of(payload)))
 
     def last() -> str | None:
         with lock:

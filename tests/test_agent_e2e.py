@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from agent_support import Content, Keys, command, content, play_body
 from conftest import MosquittoBroker, wait_until
+from identity_support import body_of
 
 from device_agent.agent import Agent
 from device_agent.config import AgentConfig, OutputConfig
@@ -69,7 +70,7 @@ class ControllerSide:
         assert self.link.wait_connected(10)
 
     def _on_event(self, _topic: str, payload: bytes) -> None:
-        events, problems = parse_events(payload)
+        events, problems = parse_events(body_of(payload))
         with self.lock:  # an assert here would only be logged by the link: kept for the test
             self.problems += problems
             for event in events:
@@ -79,11 +80,11 @@ class ControllerSide:
 
     def _on_request(self, _topic: str, payload: bytes) -> None:
         with self.lock:
-            self.requests.append(parse(ChunkRequest, payload))
+            self.requests.append(parse(ChunkRequest, body_of(payload)))
 
     def _on_state(self, _topic: str, payload: bytes) -> None:
         with self.lock:
-            self.states.append(parse(State, payload))
+            self.states.append(parse(State, body_of(payload)))
 
     # --- reading what the agent said --------------------------------------------------------
 

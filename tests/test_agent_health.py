@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from agent_support import Keys, command, content, play_body
 from conftest import MosquittoBroker, wait_until
+from identity_support import body_of
 from relay_sim import SimulatedBoard
 
 from controller.config import load_controller_config
@@ -101,7 +102,7 @@ class Beats:
 
     def _on(self, _topic: str, payload: bytes) -> None:
         with self.lock:
-            self.items.append(parse(Heartbeat, payload))
+            self.items.append(parse(Heartbeat, body_of(payload)))
 
     def last(self) -> Heartbeat | None:
         with self.lock:
@@ -232,10 +233,15 @@ def test_the_controller_keeps_heartbeats_sees_a_silent_agent_go_offline_and_come
     agent_config.write_text(
         f"cluster_id: hb-02\nbroker_url: {mosquitto_broker.url}\n"
         "controller_public_key: controller.pub\ndata_dir: agent-data\n"
+        "enrolment_token_file: enrolment.token\n"
         f"keepalive: {KEEPALIVE}\nheartbeat_s: {HEARTBEAT_S}\noutput: {{kind: null}}\n",
         encoding="utf-8",
     )
     controller = Controller(Settings.from_config(load_controller_config(controller_config)))
+    issued = controller.identities.issue_token(
+        "hb-02", by="test", now=controller.clock.now(), auto_approve=True
+    )
+    (tmp_path / "enrolment.token").write_text(issued.token + "\n", encoding="utf-8")
     controller.start()
     store = controller.store
     proc = _agent(agent_config, tmp_path / "agent.log")

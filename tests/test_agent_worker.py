@@ -15,6 +15,7 @@ from conftest import wait_until
 from sim_workers import WorkerPool
 
 from device_agent.agent import Agent
+from device_agent.identity import AgentIdentity
 from device_agent.output import make_backend
 from device_agent.workers import Item, Mailbox, OwnThread, Step
 from protocol import topics
@@ -65,7 +66,10 @@ class DownLink:
 def test_offline_the_outbox_waits_and_the_worker_does_not_spin(tmp_path: Path) -> None:
     clock = ManualClock(T0)
     link = DownLink()
-    agent = Agent(ME, link, Keys().verifier, make_backend("null"), clock, tmp_path)
+    agent = Agent(
+        ME, link, Keys().verifier, make_backend("null"), clock, tmp_path,
+        identity=AgentIdentity.load_or_create(tmp_path),
+    )
     # A refused command leaves an event in the outbox that cannot be sent.
     agent._handle_message(topics.cluster_topic(ME, "command"), b"not a command")
     assert agent.status().outbox_pending == 1

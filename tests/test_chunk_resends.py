@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pytest
 from conftest import MosquittoBroker, wait_until
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hostile_rig import HostileRig, Wire, hostile_rig
 
 from controller.distribution import RESEND_FACTOR, Distributor
 from controller.fleet import load_fleet
 from controller.store import Store
+from controller.trust import ClusterKeys
+from device_agent.identity import AgentIdentity
 from protocol import chunks, topics
 from protocol.clock import SystemClock
 from protocol.messages import ChunkRequest
@@ -80,15 +83,18 @@ def test_a_cluster_gets_a_content_again_at_most_three_times_an_hour(
     link = MqttLink(mosquitto_broker.address, "distributor-under-test")
     fleet = load_fleet(rig.settings.fleet_path)
     store = Store(rig.settings.store_url)
+    box = AgentIdentity(Ed25519PrivateKey.generate())  # h-01's registered key
+    keys = ClusterKeys()
+    keys.replace_all({"h-01": (box.key_id, box.public_key)})
     distributor = Distributor(
         link, Signer(load_private_key(rig.settings.private_key)), store.plays, lambda: fleet,
         SystemClock(), lambda sha: audio.path if sha == audio.sha256 else None,
         chunk_size=rig.settings.audio.chunk_size, known=fleet.clusters.__contains__,
-        monotonic=lambda: now[0],
+        monotonic=lambda: now[0], keys=keys,
     )  # fmt: skip
     distributor.start()
     link.start()
-    wire = Wire(MqttLink(mosquitto_broker.address, "hostile-client"))
+    wire = Wire(MqttLink(mosquitto_broker.address, "hostile-client"), keys={"h-01": box})
     wire.link.start()
     try:
         assert link.wait_connected(10)

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import MosquittoBroker, require, wait_until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from identity_support import token_file
 
 from controller.main import Controller, Settings
 from controller.samples import tone
@@ -100,6 +101,7 @@ class Rig:
             f"broker_url: {broker.url}\n"
             "controller_public_key: controller.pub\n"
             "data_dir: agent-data\n"
+            "enrolment_token_file: enrolment.token\n"
             "groups: [xa-a, tinh-e2e]\n"
             "output:\n"
             "  kind: file\n"
@@ -111,6 +113,7 @@ class Rig:
         self.controller = Controller(
             Settings.from_config(load_controller_config(self.controller_config))
         )
+        token_file(self.controller.store.url, CLUSTER, tmp / "enrolment.token")
         self.agent_log = tmp / "agent.log"
         self.agent: subprocess.Popen[bytes] | None = None
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from agent_support import CHUNK_SIZE, content, play_body
 from conftest import MosquittoBroker, wait_until
+from identity_support import registered_identity
 from web_rig import WebRig
 
 from controller.audio import PreparedAudio
@@ -33,8 +34,8 @@ from device_agent.agent import Agent
 from device_agent.output import NullBackend
 from protocol import topics
 from protocol.clock import ManualClock, SystemClock
-from protocol.messages import Address, Event, State
-from protocol.mqtt import Link, MqttLink, Will
+from protocol.messages import Address, Event
+from protocol.mqtt import Link, MqttLink
 from protocol.signing import Verifier, load_public_key
 
 pytestmark = pytest.mark.slow
@@ -211,14 +212,15 @@ def test_a_full_cache_evicts_on_delivery_and_a_stale_holding_heals(
     try:
         cid = "b-01"
         fleet = r.controller.fleet
-        offline = State(cluster=cid, state="offline").to_json()
+        identity = registered_identity(r.controller, cid, r.tmp / "agents" / cid)
+        started = SystemClock().now()
         agent = Agent(
             cluster_id=cid,
-            link=MqttLink(r.broker, f"loa-agent-{cid}",
-                          will=Will(topics.cluster_topic(cid, "state"), offline)),
+            link=MqttLink(r.broker, f"loa-agent-{cid}", will=identity.will(cid, started)),
             verifier=Verifier(load_public_key(r.tmp / "controller.pub")),
             output=NullBackend(), clock=SystemClock(), data_dir=r.tmp / "agents" / cid,
             groups=fleet.groups_of(cid), durable=False, max_content_bytes=1,
+            identity=identity,
         )
         agent.start()
         r.agents[cid] = agent

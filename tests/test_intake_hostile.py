@@ -22,6 +22,8 @@ from hostile_rig import CLUSTERS, HostileRig, event, hostile_rig
 from controller.intake import Intake
 from controller.store import Store
 from controller.store.events import EventRepository
+from controller.trust import ClusterKeys
+from device_agent.identity import AgentIdentity
 from protocol import topics
 from protocol.clock import SystemClock
 from protocol.messages import Event
@@ -124,7 +126,10 @@ def test_what_the_store_refuses_spoils_only_itself(
     store = Store(f"sqlite:///{tmp_path / 'c.db'}")
     store.events = Refusing(store.db)
     link = MqttLink(mosquitto_broker.address, "intake-under-test")
-    intake = Intake(link, store, Signer(Ed25519PrivateKey.generate()), SystemClock())
+    box = AgentIdentity(Ed25519PrivateKey.generate())  # h-01's registered key
+    keys = ClusterKeys()
+    keys.replace_all({"h-01": (box.key_id, box.public_key)})
+    intake = Intake(link, store, Signer(Ed25519PrivateKey.generate()), SystemClock(), keys=keys)
     wire = MqttLink(mosquitto_broker.address, "agent-like")
     acks: list[bytes] = []
     wire.subscribe(topics.cluster_topic("h-01", "command"), lambda _t, p: acks.append(p))
@@ -136,7 +141,7 @@ def test_what_the_store_refuses_spoils_only_itself(
         assert wire.wait_connected(10)
         batch = [event(seq=n, outbox="ok") for n in range(1, 100)]
         batch.insert(37, event(seq=1, outbox="too-long-for-postgres"))
-        wire.publish(topics.cluster_topic("h-01", "event"), json.dumps(batch).encode())
+        wire.publish(topics.cluster_topic("h-01", "event"), box.seal("event", batch))
         wait_until(lambda: store.events.count() == 99, 15, "the 99 others to be stored")
         wait_until(lambda: acks, 10, "their acknowledgement")
         assert intake.stats.refused_by_store == 1

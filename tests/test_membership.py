@@ -19,6 +19,7 @@ from hostile_rig import HostileRig, hostile_rig
 
 from device_agent.agent import Agent
 from device_agent.check import run_checks
+from device_agent.identity import AgentIdentity
 from device_agent.output import NullBackend
 from protocol import topics
 from protocol.clock import SystemClock
@@ -72,7 +73,7 @@ def fresh_agent(rig: HostileRig, cluster: str) -> Agent:
         link=MqttLink(rig.broker.address, f"loa-agent-{cluster}"),
         verifier=Verifier(load_public_key(rig.tmp / "controller.pub")),
         output=NullBackend(), clock=SystemClock(), data_dir=rig.tmp / "agents" / cluster,
-        durable=False,
+        durable=False, identity=AgentIdentity.load_or_create(rig.tmp / "agents" / cluster),
     )  # fmt: skip
     agent.start()
     return agent

@@ -41,6 +41,7 @@ import controller.main
 import controller.web.server  # noqa: F401 - its tables are compared with the database
 from controller.store import SchemaAheadError, SchemaBehindError, Store, metadata
 from controller.store.migrate import head, state_of
+from protocol.messages import Event
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parent.parent
@@ -48,8 +49,14 @@ T0 = datetime(2026, 11, 25, 23, 0, tzinfo=UTC)
 # What releases before 6cc7da1 lacked: columns added at start-up, tables made on first use.
 LATE_COLUMNS = {"clusters": ["state_reason"], "cap_alerts": ["msg_type", "outcome"]}
 LATE_TABLES = ["web_sessions", "heartbeats", "cap_alerts", "holdings"]
-# Tables the revisions after the baseline add (empty after an upgrade).
-NEW_TABLES = {"confirmations": "0002"}
+# Tables the revisions after the baseline add (empty after an upgrade), and columns they
+# add to existing tables with the value an existing row gets.
+NEW_TABLES = {
+    "confirmations": "0002",
+    "event_conflicts": "0003", "cluster_keys": "0003", "enrolment_tokens": "0003",
+    "enrolments": "0003",
+}
+NEW_COLUMNS = {"events": {"key_id": "", "digest": None}}  # 0003
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -107,6 +114,22 @@ def fill(engine: Engine, rows: int = 2) -> dict[str, list[tuple[Any, ...]]]:
                 {c.name: value(c, row) for c in table.columns} for row in range(1, rows + 1)
             ])
     return read(engine)
+
+
+def columns_of(engine: Engine) -> dict[str, list[str]]:
+    """The columns of every table there."""
+    found = MetaData()
+    found.reflect(engine)
+    return {t.name: [c.name for c in t.columns] for t in found.sorted_tables}
+
+
+def assert_new_columns(engine: Engine, rows: int) -> None:
+    """The columns later revisions add to existing tables hold, in each of the `rows`
+    existing rows, the value an existing row gets."""
+    with engine.connect() as conn:
+        for table, added in NEW_COLUMNS.items():
+            got = conn.execute(text(f"SELECT {', '.join(added)} FROM {table}")).all()
+            assert [tuple(r) for r in got] == [tuple(added.values())] * rows
 
 
 def read(
@@ -179,6 +202,7 @@ def test_a_database_from_the_last_release_is_upgraded_in_place_with_every_row(
     before = fill(engine)
     assert all(len(rows) == 2 for rows in before.values()), before.keys()
     assert len(before) == len(metadata.tables) - len(NEW_TABLES)
+    kept = columns_of(engine)
     config = write_config(tmp_path, url)
 
     current = cli("db", "current", config=config)
@@ -197,7 +221,8 @@ def test_a_database_from_the_last_release_is_upgraded_in_place_with_every_row(
     upgraded = cli("db", "upgrade", config=config)
     assert upgraded.returncode == 0, upgraded
     assert f"to revision {head()} (head); every row kept" in upgraded.stdout
-    assert read(engine) == {**before, **{table: [] for table in NEW_TABLES}}
+    assert read(engine, kept) == {**before, **{table: [] for table in NEW_TABLES}}
+    assert_new_columns(engine, rows=2)
     assert differences(engine) == []
     again = cli("db", "current", config=config)
     assert (again.returncode, again.stdout.strip().endswith("up to date.")) == (0, True), again
@@ -227,13 +252,14 @@ def test_a_database_from_an_older_release_gets_what_it_lacked_and_keeps_its_rows
     before = fill(engine)
     assert not set(LATE_TABLES) & before.keys()
 
+    kept = columns_of(engine)
     upgraded = cli("db", "upgrade", config=write_config(tmp_path, url))
     assert upgraded.returncode == 0, upgraded
-    kept = {t: [c.name for c in metadata.tables[t].columns
-                if c.name not in LATE_COLUMNS.get(t, [])] for t in before}
     after = read(engine, kept)
     assert {table: after[table] for table in before} == before
     assert {table: after[table] for table in LATE_TABLES} == {table: [] for table in LATE_TABLES}
+    assert {table: after[table] for table in NEW_TABLES} == {table: [] for table in NEW_TABLES}
+    assert_new_columns(engine, rows=2)
     assert differences(engine) == []
     with engine.connect() as conn:
         added = conn.execute(text("SELECT state_reason FROM clusters")).scalars().all()
@@ -352,6 +378,7 @@ def test_a_database_at_the_baseline_is_upgraded_to_confirmations_with_its_rows(
     assert state_of(engine).revision == "0001"
     assert "confirmations" not in inspect(engine).get_table_names()
     before = fill(engine)
+    kept = columns_of(engine)
     with engine.begin() as conn:  # fill() wrote rows in alembic_version too: one again
         conn.execute(text("DELETE FROM alembic_version"))
         conn.execute(text("INSERT INTO alembic_version (version_num) VALUES ('0001')"))
@@ -360,8 +387,8 @@ def test_a_database_at_the_baseline_is_upgraded_to_confirmations_with_its_rows(
 
     upgraded = cli("db", "upgrade", config=write_config(tmp_path, url))
     assert upgraded.returncode == 0, upgraded
-    assert state_of(engine).revision == head() == "0002"
-    assert read(engine) == {**before, "confirmations": []}
+    assert state_of(engine).revision == head()
+    assert read(engine, kept) == {**before, **{table: [] for table in NEW_TABLES}}
     assert differences(engine) == []
     store = Store(url)
     try:
@@ -370,3 +397,43 @@ def test_a_database_at_the_baseline_is_upgraded_to_confirmations_with_its_rows(
         assert ConfirmationRecords(store.engine).waiting_by_cluster() == {}
     finally:
         store.close()
+
+
+def test_a_database_at_confirmations_gets_cluster_identities_with_its_rows(
+    url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """Revision 0003 adds cluster keys, enrolment tokens and requests and event conflicts,
+    and keys events by the cluster key that signed them: a database at 0002 keeps every
+    row, its events as unsigned ones; the same number under a key is a new event."""
+    from alembic import command
+
+    from controller.store.migrate import _config
+
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), "0002")
+    assert "cluster_keys" not in inspect(engine).get_table_names()
+    before = fill(engine)
+    kept = columns_of(engine)
+    with engine.begin() as conn:  # fill() wrote rows in alembic_version too: one again
+        conn.execute(text("DELETE FROM alembic_version"))
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES ('0002')"))
+
+    upgraded = cli("db", "upgrade", config=write_config(tmp_path, url))
+    assert upgraded.returncode == 0, upgraded
+    assert state_of(engine).revision == head() == "0003"
+    new = [table for table, revision in NEW_TABLES.items() if revision == "0003"]
+    assert read(engine, kept) == {**before, **{table: [] for table in new}}
+    assert_new_columns(engine, rows=2)
+    assert differences(engine) == []
+    store = Store(url)
+    try:
+        old = store.events.of_play("play_id-1")[0]
+        again = Event(cluster=old["cluster"], outbox=old["outbox"], seq=old["seq"],
+                      at=T0, kind="finished", play_id="play_id-1")  # fmt: skip
+        assert store.events.store([(again, "0123456789abcdef")], T0).fresh == [again]
+        # Unsigned, that number is taken by a row stored before digests: a duplicate.
+        assert store.events.add([again], T0) == []
+        assert store.events.count_conflicts() == 0
+    finally:
+        store.close()
+

@@ -27,6 +27,7 @@ from controller.credentials import BrokerCredentials
 from controller.fleet import load_fleet
 from controller.provision import provision
 from device_agent.config import load_agent_config
+from device_agent.identity import AgentIdentity
 from protocol.signing import load_private_key, load_public_key, public_pem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,7 +209,7 @@ def test_a_provisioned_agent_and_the_controller_log_in_to_the_generated_broker(
                               "mosquitto")
     try:
         agent = load_agent_config(tmp_path / "b" / "a-01" / "agent.yaml")
-        link = build_link(agent)
+        link = build_link(agent, AgentIdentity.load_or_create(tmp_path / "box"), NOW)
         link.start()
         try:
             assert link.wait_connected(10), link.last_refusal
@@ -258,7 +259,7 @@ def test_over_tls_a_bundle_logs_in_to_the_generated_tls_listener(
         assert agent.broker_url == f"mqtts://localhost:{port}"
         assert agent.broker_ca_file == tmp_path / "b" / "b-01" / "broker-ca.pem"
         assert agent.broker_ca_file.read_bytes() == authority.cert.read_bytes()
-        link = build_link(agent)
+        link = build_link(agent, AgentIdentity.load_or_create(tmp_path / "box"), NOW)
         link.start()
         try:
             assert link.wait_connected(10), link.last_refusal
@@ -266,3 +267,46 @@ def test_over_tls_a_bundle_logs_in_to_the_generated_tls_listener(
             link.stop()
     finally:
         broker.stop()
+
+
+def test_a_bundle_token_is_the_clusters_enrolment_token_and_a_registered_cluster_gets_none(
+    tmp_path: Path,
+) -> None:
+    """The token is issued as `enrol token` issues it (stored hashed): a box joining with
+    it is registered (--auto-approve). Provisioning again a cluster whose key is
+    registered gives no token, unless for a box replacing it (--replace)."""
+    from controller.identities import Identities
+    from controller.store import Store
+
+    config = controller_folder(tmp_path, "mqtt://127.0.0.1:1883")
+    result = loa_controller("provision", "a-01", "--auto-approve", "--out",
+                            str(tmp_path / "b"), "--config", str(config))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "valid for 14d; the boxes' keys register at once" in result.stdout
+    token = (tmp_path / "b" / "a-01" / "enrolment.token").read_text().strip()
+    box = AgentIdentity.load_or_create(tmp_path / "box")
+    store = Store(f"sqlite:///{tmp_path / 'controller.db'}")
+    try:
+        identities = Identities(store)
+        assert token not in (tmp_path / "controller.db").read_bytes().decode(errors="replace")
+        outcome = identities.join("a-01", box.key_id, box.public_key, token, datetime.now(UTC))
+        assert outcome.status == "registered"
+    finally:
+        store.close()
+    again = loa_controller("provision", "a-01", "--out", str(tmp_path / "again"),
+                           "--config", str(config))  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert not (tmp_path / "again" / "a-01" / "enrolment.token").exists()
+    rewritten = load_agent_config(tmp_path / "again" / "a-01" / "agent.yaml")
+    assert rewritten.enrolment_token_file is None
+    assert "a-01: a key is registered, so no enrolment token" in again.stdout
+    replaced = loa_controller("provision", "a-01", "--replace", "--out", str(tmp_path / "new"),
+                              "--config", str(config))  # fmt: skip
+    assert replaced.returncode == 0, replaced.stderr
+    assert (tmp_path / "new" / "a-01" / "enrolment.token").exists()
+    store = Store(f"sqlite:///{tmp_path / 'controller.db'}")
+    try:
+        assert [t.purpose for t in Identities(store).tokens("a-01")] == ["enrol", "replace"]
+    finally:
+        store.close()
+

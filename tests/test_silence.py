@@ -19,14 +19,18 @@ from pathlib import Path
 import pytest
 from agent_support import Keys
 from conftest import MosquittoBroker, wait_until
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controller.intake import Intake
 from controller.silence import SilenceWatch
 from controller.store import Store
+from controller.trust import ClusterKeys
+from device_agent.identity import AgentIdentity
 from protocol import topics
 from protocol.clock import ManualClock
 from protocol.messages import Event, Heartbeat, State
 from protocol.mqtt import MqttLink
+from protocol.signing import Channel
 
 T0 = datetime(2026, 5, 1, 6, 0, tzinfo=UTC)
 
@@ -91,10 +95,16 @@ class Rig:
     clock: ManualClock
     agent: MqttLink
     states: list[tuple[str, str]]
+    identity: AgentIdentity  # c1's registered key
+
+    def send(self, channel: Channel, body: object, qos: int = 1) -> None:
+        """Publish on c1's topic what its agent would: body, signed with its key."""
+        payload = self.identity.seal(channel, body)
+        self.agent.publish(topics.cluster_topic("c1", channel), payload, qos=qos)
 
     def beat(self, keepalive_s: int | None = 10) -> None:
         beat = Heartbeat(cluster="c1", at=self.clock.now(), uptime_s=1.0, keepalive_s=keepalive_s)
-        self.agent.publish(topics.cluster_topic("c1", "heartbeat"), beat.to_json(), qos=0)
+        self.send("heartbeat", beat.model_dump(mode="json", exclude_none=True), qos=0)
 
     def settle(self) -> None:
         """Wait until what was sent is stored and the writer has looked for silence since."""
@@ -114,7 +124,10 @@ def rig(mosquitto_broker: MosquittoBroker, tmp_path: Path) -> Iterator[Rig]:
     clock = ManualClock(T0)
     store = Store(f"sqlite:///{tmp_path / 'controller.db'}")
     link = MqttLink(mosquitto_broker.address, "test-controller")
-    intake = Intake(link, store, Keys().signer, clock)
+    identity = AgentIdentity(Ed25519PrivateKey.generate())
+    keys = ClusterKeys()
+    keys.replace_all({"c1": (identity.key_id, identity.public_key)})
+    intake = Intake(link, store, Keys().signer, clock, keys=keys)
     states: list[tuple[str, str]] = []
     lock = threading.Lock()
 
@@ -130,7 +143,7 @@ def rig(mosquitto_broker: MosquittoBroker, tmp_path: Path) -> Iterator[Rig]:
     assert link.wait_connected(10)
     assert agent.wait_connected(10)
     try:
-        yield Rig(intake, store, clock, agent, states)
+        yield Rig(intake, store, clock, agent, states, identity)
     finally:
         agent.stop()
         intake.stop()
@@ -149,7 +162,7 @@ def online(rig: Rig, keepalive_s: int | None = 10) -> None:
             return True
         if time.monotonic() - last >= 0.25:
             state = State(cluster="c1", state="online", at=rig.clock.now())
-            rig.agent.publish(topics.cluster_topic("c1", "state"), state.to_json())
+            rig.send("state", state.model_dump(mode="json"))
             rig.beat(keepalive_s)
             last = time.monotonic()
         return False
@@ -186,7 +199,7 @@ def test_an_event_counts_as_a_sign_of_life(rig: Rig) -> None:
     rig.clock.advance(10)
     event = Event(cluster="c1", outbox="o1", seq=1, kind="received", play_id="p-1",
                   at=rig.clock.now())  # fmt: skip
-    rig.agent.publish(topics.cluster_topic("c1", "event"), event.to_json())
+    rig.send("event", json.loads(event.to_json()))
     wait_until(lambda: rig.intake.stats.events == 1, 5, "the event stored")
     rig.clock.advance(14.9)  # 24.9 s after the heartbeat, 14.9 s after the event
     rig.settle()
@@ -207,7 +220,7 @@ def test_an_event_message_of_several_events_stores_the_valid_ones(rig: Rig) -> N
     ]  # fmt: skip
     events.insert(1, {**events[0], "seq": -1})
     events.append({**events[0], "cluster": "c2"})  # another cluster's, on c1's topic
-    rig.agent.publish(topics.cluster_topic("c1", "event"), json.dumps(events).encode())
+    rig.send("event", events)
     wait_until(lambda: rig.intake.stats.events == 3, 5, "the three valid events stored")
     assert rig.intake.stats.invalid == 2
     assert "event 1: invalid Event: seq" in (rig.intake.stats.last_error or "")
@@ -220,7 +233,7 @@ def test_the_last_will_first_keeps_its_time_and_has_no_reason(rig: Rig) -> None:
     online(rig)
     rig.clock.advance(3)
     will = State(cluster="c1", state="offline")
-    rig.agent.publish(topics.cluster_topic("c1", "state"), will.to_json())
+    rig.send("state", json.loads(will.to_json()))
     wait_until(lambda: rig.state()[0] == "offline", 5, "the Last Will")
     rig.clock.advance(60)
     rig.settle()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MosquittoBroker, require, wait_until
+from identity_support import body_of, registered_identity
 from net_relay import Relay
 
 from controller.audio import AudioSettings, PreparedAudio
@@ -35,8 +36,8 @@ from device_agent.agent import Agent
 from device_agent.output import NullBackend
 from protocol import chunks, topics
 from protocol.clock import ManualClock
-from protocol.messages import ChunkRequest, Event, MessageError, State, parse, parse_events
-from protocol.mqtt import BrokerAddress, ConnectionListener, Handler, Link, MqttLink, Will
+from protocol.messages import ChunkRequest, Event, MessageError, parse, parse_events
+from protocol.mqtt import BrokerAddress, ConnectionListener, Handler, Link, MqttLink
 from protocol.signing import Verifier, generate_keypair, load_public_key
 
 pytestmark = pytest.mark.slow
@@ -140,14 +141,14 @@ class Wire:
 
     def _request(self, topic: str, payload: bytes) -> None:
         try:
-            request = parse(ChunkRequest, payload)
+            request = parse(ChunkRequest, body_of(payload))
         except MessageError:
             request = None
         with self._lock:
             self._seen.append(Seen(topic, request=request))
 
     def _event(self, topic: str, payload: bytes) -> None:
-        events, problems = parse_events(payload)
+        events, problems = parse_events(body_of(payload))
         assert not problems, problems
         with self._lock:
             self._seen.extend(Seen(topic, event=event) for event in events)
@@ -197,14 +198,16 @@ class Rig:
 
     def start_agent(self) -> Agent:
         """The agent of ME, connected through the relay, on its data folder."""
-        offline = State(cluster=ME, state="offline").to_json()
+        identity = registered_identity(self.controller, ME, self.tmp / "agents" / ME)
+        started = self.clock.now()
         agent = Agent(
             cluster_id=ME,
             link=MqttLink(self.relay.address, f"loa-agent-{ME}",
-                          will=Will(topics.cluster_topic(ME, "state"), offline)),
+                          will=identity.will(ME, started)),
             verifier=Verifier(load_public_key(self.tmp / "controller.pub")),
             output=NullBackend(), clock=self.clock, data_dir=self.tmp / "agents" / ME,
             groups=self.controller.fleet.groups_of(ME), durable=False,
+            identity=identity,
         )
         agent.start()
         self.agent = agent
@@ -249,6 +252,7 @@ class Rig:
             StopBeforeChunk(self.publisher, held, before), self.controller.signer,
             self.controller.store.plays, lambda: self.controller.fleet, self.clock,
             lambda _sha: None, chunk_size=CHUNK_SIZE, holdings=self.controller.holdings,
+            keys=self.controller.keys,
         )
         now = self.clock.now()
         spec = PlaySpec(

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import httpx
 from conftest import free_port, require, wait_until
 from fastapi import FastAPI
+from identity_support import registered_identity
 
 from controller.config import CapConfig
 from controller.main import Controller, Settings
@@ -32,10 +33,8 @@ from controller.web.proxies import Network
 from controller.web.server import WebServer, build_context
 from device_agent.agent import Agent
 from device_agent.output import NullBackend
-from protocol import topics
 from protocol.clock import SystemClock
-from protocol.messages import State
-from protocol.mqtt import BrokerAddress, MqttLink, Will
+from protocol.mqtt import BrokerAddress, MqttLink
 from protocol.signing import Verifier, generate_keypair, load_public_key
 
 PASSWORD = "mat-khau-thu-123"
@@ -190,14 +189,17 @@ class WebRig:
 
     def start_agent(self, cid: str) -> Agent:
         fleet = self.controller.fleet
-        offline = State(cluster=cid, state="offline").to_json()
-        will = Will(topics.cluster_topic(cid, "state"), offline)
+        data_dir = self.tmp / "agents" / cid
+        identity = registered_identity(self.controller, cid, data_dir)
+        clock = SystemClock()
+        started = clock.now()
         agent = Agent(
             cluster_id=cid,
-            link=MqttLink(self.broker, f"loa-agent-{cid}", will=will, clean_session=True),
+            link=MqttLink(self.broker, f"loa-agent-{cid}", will=identity.will(cid, started),
+                          clean_session=True),
             verifier=Verifier(load_public_key(self.tmp / "controller.pub")),
-            output=NullBackend(), clock=SystemClock(), data_dir=self.tmp / "agents" / cid,
-            groups=fleet.groups_of(cid), durable=False,
+            output=NullBackend(), clock=clock, data_dir=data_dir,
+            groups=fleet.groups_of(cid), durable=False, identity=identity,
         )
         agent.start()
         self.agents[cid] = agent

@@ -1,22 +1,60 @@
 """The status events the clusters report (received, delivered, playing, finished, ...).
 
-Events are unique per (cluster, outbox, seq): an agent resends until acknowledged, so
-duplicates are expected and dropped here. Storing new events also updates their
-clusters' rows (controller.store.clusters.summarise), in the same transaction.
+Events are unique per (cluster, key, outbox, seq), `key` being the id of the cluster key
+that signed them ('' for unsigned ones, taken only while upgrading): an agent resends
+until acknowledged, so duplicates are expected and dropped here, but only when they are
+the same event (the same SHA-256 of its JSON, `digest`). A different event under a
+number already taken is a conflict: kept in `event_conflicts`, not among the events.
+Storing new events also updates their clusters' rows
+(controller.store.clusters.summarise), in the same transaction.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy.engine import Connection
 
 from controller.store.clusters import FINAL_KINDS, summarise
 from controller.store.engine import Database, utc
-from controller.store.schema import events
+from controller.store.schema import event_conflicts, events
 from protocol.messages import Event
+
+#: An event and the id of the key that signed it (None: unsigned, while upgrading).
+SignedEvent = tuple[Event, str | None]
+
+
+@dataclass(frozen=True)
+class StoredEvents:
+    """What became of a batch of events: new ones, and different events under numbers
+    already taken (kept apart); the rest were duplicates."""
+
+    fresh: list[Event]
+    conflicts: list[SignedEvent]
+
+
+def event_digest(ev: Event) -> str:
+    """The SHA-256 of an event's JSON: the same event resent has the same digest."""
+    return hashlib.sha256(ev.to_json()).hexdigest()
+
+
+def _keep_conflicts(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Each conflicting event once (it is sent again until acknowledged)."""
+    c = event_conflicts.c
+    columns = (c.cluster, c.key_id, c.outbox, c.seq, c.digest)
+    by_key = {(r["cluster"], r["key_id"], r["outbox"], r["seq"], r["digest"]): r for r in rows}
+    keys = list(by_key)
+    for start in range(0, len(keys), 200):
+        part = keys[start : start + 200]
+        for r in conn.execute(select(*columns).where(tuple_(*columns).in_(part))):
+            by_key.pop((r[0], r[1], r[2], r[3], r[4]), None)
+    if by_key:
+        conn.execute(insert(event_conflicts), list(by_key.values()))
 
 
 class EventRepository:
@@ -27,26 +65,49 @@ class EventRepository:
         self._engine = db.engine
 
     def add(self, batch: Sequence[Event], received_at: datetime) -> list[Event]:
-        """Store a batch of events; return those that were new (duplicates are dropped)."""
+        """Store a batch of unsigned events; return those that were new."""
+        return self.store([(ev, None) for ev in batch], received_at).fresh
+
+    def store(self, batch: Sequence[SignedEvent], received_at: datetime) -> StoredEvents:
+        """Store a batch of events, each with the id of the key that signed it. An event
+        is new unless its (cluster, key, outbox, seq) is taken: by the same event (a
+        resend: dropped), or by a different one (a conflict: kept in event_conflicts)."""
         if not batch:
-            return []
-        unique: dict[tuple[str, str, int], Event] = {}
-        for ev in batch:
-            unique.setdefault((ev.cluster, ev.outbox, ev.seq), ev)
+            return StoredEvents([], [])
+        unique: dict[tuple[str, str, str, int], tuple[Event, str]] = {}
+        conflicts: list[SignedEvent] = []
+        conflict_rows: list[dict[str, Any]] = []
+
+        def conflict(ev: Event, key: str, digest: str) -> None:
+            conflicts.append((ev, key or None))
+            conflict_rows.append({
+                "cluster": ev.cluster, "key_id": key, "outbox": ev.outbox, "seq": ev.seq,
+                "digest": digest, "received_at": utc(received_at), "body": ev.to_json().decode(),
+            })
+
+        for ev, signer in batch:
+            key = (ev.cluster, signer or "", ev.outbox, ev.seq)
+            digest = event_digest(ev)
+            if key not in unique:
+                unique[key] = (ev, digest)
+            elif unique[key][1] != digest:
+                conflict(ev, key[1], digest)
         with self._db.write, self._engine.begin() as conn:
-            seen: set[tuple[str, str, int]] = set()
+            seen: dict[tuple[str, str, str, int], str | None] = {}
             keys = list(unique)
-            for start in range(0, len(keys), 300):
-                part = keys[start : start + 300]
-                seen.update(
-                    (r[0], r[1], r[2])
-                    for r in conn.execute(
-                        select(events.c.cluster, events.c.outbox, events.c.seq).where(
-                            tuple_(events.c.cluster, events.c.outbox, events.c.seq).in_(part)
-                        )
-                    )
-                )
-            fresh = [ev for key, ev in unique.items() if key not in seen]
+            columns = (events.c.cluster, events.c.key_id, events.c.outbox, events.c.seq)
+            for start in range(0, len(keys), 250):
+                part = keys[start : start + 250]
+                for r in conn.execute(
+                    select(*columns, events.c.digest).where(tuple_(*columns).in_(part))
+                ):
+                    seen[(r[0], r[1], r[2], r[3])] = r[4]
+            fresh: list[tuple[Event, str, str]] = []
+            for key, (ev, digest) in unique.items():
+                if key not in seen:
+                    fresh.append((ev, key[1], digest))
+                elif seen[key] is not None and seen[key] != digest:
+                    conflict(ev, key[1], digest)  # stored before digests: a duplicate
             if fresh:
                 conn.execute(
                     insert(events),
@@ -55,13 +116,22 @@ class EventRepository:
                             "cluster": ev.cluster, "outbox": ev.outbox, "seq": ev.seq,
                             "at": utc(ev.at), "received_at": utc(received_at), "kind": ev.kind,
                             "ref": ev.ref, "play_id": ev.play_id, "bulletin": ev.bulletin,
-                            "level": ev.level, "reason": ev.reason,
+                            "level": ev.level, "reason": ev.reason, "key_id": signer,
+                            "digest": digest,
                         }
-                        for ev in fresh
+                        for ev, signer, digest in fresh
                     ],
                 )
-                summarise(conn, fresh, received_at)
-        return fresh
+                summarise(conn, [ev for ev, _, _ in fresh], received_at)
+            if conflict_rows:
+                _keep_conflicts(conn, conflict_rows)
+        return StoredEvents([ev for ev, _, _ in fresh], conflicts)
+
+    def count_conflicts(self) -> int:
+        """How many events conflicted with a stored one (kept in event_conflicts)."""
+        with self._engine.connect() as conn:
+            query = select(func.count()).select_from(event_conflicts)
+            return int(conn.execute(query).scalar() or 0)
 
     def of_play(self, play_id: str) -> list[dict[str, Any]]:
         """Every event about one play, in the order they were stored."""

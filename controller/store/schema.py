@@ -62,7 +62,26 @@ events = Table(
     Column("bulletin", String(200)),
     Column("level", String(16)),
     Column("reason", Text),
-    UniqueConstraint("cluster", "outbox", "seq", name="uq_event_origin"),
+    # The id of the cluster key that signed it ('' unsigned), and the SHA-256 of its JSON.
+    Column("key_id", String(16), nullable=False, server_default=""),
+    Column("digest", String(64)),
+    UniqueConstraint("cluster", "key_id", "outbox", "seq", name="uq_event_origin"),
+)
+
+# Events whose (cluster, key, outbox, seq) was already taken by a different event: a
+# restored copy of an agent's data, or a forgery while unsigned events were still taken.
+event_conflicts = Table(
+    "event_conflicts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("cluster", String(64), nullable=False, index=True),
+    Column("key_id", String(16), nullable=False),
+    Column("outbox", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("body", Text, nullable=False),  # the event as JSON
+    UniqueConstraint("cluster", "key_id", "outbox", "seq", "digest", name="uq_event_conflict"),
 )
 
 plays = Table(
@@ -253,4 +272,57 @@ confirmations = Table(
     Index("ix_confirmations_cluster_state", "cluster", "state"),
     Index("ix_confirmations_state", "state", "play_id"),
     Index("ix_confirmations_command", "command_id"),
+)
+
+# --- cluster identities (controller.identities) -------------------------------------
+
+# Every key ever registered for a cluster; one `active` at a time, the ones before it
+# `retired` (a replaced box), with who and when.
+cluster_keys = Table(
+    "cluster_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("cluster", String(64), nullable=False, index=True),
+    Column("key_id", String(16), nullable=False),
+    Column("public_key", String(44), nullable=False),  # raw Ed25519, base64
+    Column("status", String(16), nullable=False),  # active | retired
+    Column("registered_at", DateTime(timezone=True), nullable=False),
+    Column("registered_by", String(64), nullable=False),
+    Column("retired_at", DateTime(timezone=True)),
+    Column("retired_by", String(64)),
+    UniqueConstraint("cluster", "key_id", name="uq_cluster_key"),
+)
+
+# One-time enrolment tokens, kept as the SHA-256 of the token (shown once, never stored).
+enrolment_tokens = Table(
+    "enrolment_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("cluster", String(64), nullable=False, index=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("purpose", String(16), nullable=False),  # enrol | replace
+    Column("auto_approve", Boolean, nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("issued_by", String(64), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),
+    Column("used_by_key", String(16)),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+# Join requests that came with a valid token: pending until a manager decides.
+enrolments = Table(
+    "enrolments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("cluster", String(64), nullable=False, index=True),
+    Column("key_id", String(16), nullable=False),
+    Column("public_key", String(44), nullable=False),
+    Column("token_id", Integer, nullable=False),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("agent_version", String(64)),
+    Column("status", String(16), nullable=False),  # pending | registered | rejected
+    Column("decided_at", DateTime(timezone=True)),
+    Column("decided_by", String(64)),
+    Column("answered", Boolean, nullable=False, default=False),  # the agent was told
 )

@@ -36,6 +36,22 @@ TEXT: dict[str, dict[Lang, str]] = {
     "history": {"vi": "Thông báo đã gửi", "en": "Sent announcements"},
     "audit": {"vi": "Nhật ký thao tác", "en": "Audit log"},
     "approvals": {"vi": "Phê duyệt", "en": "Approvals"},
+    "enrolments": {"vi": "Đăng ký thiết bị", "en": "Device enrolment"},
+    "enrol_help": {
+        "vi": "Thiết bị thu mới xin đăng ký định danh (khóa) của mình. Chỉ duyệt khi kỹ thuật "
+              "viên xác nhận mã khóa hiện trên thiết bị (lệnh loa-agent check).",
+        "en": "New receiver boxes ask to have their identity (key) registered. Approve only "
+              "when the technician confirms the key shown on the box (loa-agent check).",
+    },
+    "key": {"vi": "Mã khóa", "en": "Key"},
+    "asked_at": {"vi": "Lúc xin", "en": "Asked at"},
+    "replaces_box": {"vi": "thay thiết bị cũ", "en": "replaces the old box"},
+    "reject": {"vi": "Từ chối", "en": "Reject"},
+    "registered_n": {
+        "vi": "{n} trên {total} cụm loa đã đăng ký thiết bị.",
+        "en": "{n} of {total} clusters registered.",
+    },
+    "not_registered": {"vi": "Chưa đăng ký", "en": "Not registered"},
     "your_scope": {"vi": "Phạm vi của bạn", "en": "Your area"},
     "targets": {"vi": "Nơi phát", "en": "Targets"},
     "targets_help": {

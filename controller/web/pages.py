@@ -32,6 +32,7 @@ from starlette.templating import Jinja2Templates
 from controller.approval import ContentUnreadableError
 from controller.audit import to_csv
 from controller.cap import CapError
+from controller.identities import EnrolmentError
 from controller.urgent import AnnouncementRequest, TargetForbiddenError, UrgentError
 from controller.users import User
 from controller.web.approvals import approval_rows
@@ -398,3 +399,44 @@ def approve(request: Request, ctx: Ctx, found: Managing, programme_id: str) -> R
     if row is None:
         return _error(request, found, 404, "not_found")
     return RedirectResponse("/approvals", status_code=303)
+
+
+# --- managers: device enrolment ---------------------------------------------------------------
+
+
+@router.get("/enrolments")
+def enrolments(request: Request, ctx: Ctx, found: Manager) -> Response:
+    """Join requests waiting for a manager, in the manager's area."""
+    if ctx.enrolment is None:
+        return _error(request, found, 404, "not_found")
+    reach = ctx.service.reach(found[1])
+    identities = ctx.enrolment.identities
+    pending = [r for r in identities.requests(pending_only=True) if r.cluster in reach]
+    registered = set(identities.active_keys())
+    names = {cid: c.name for cid, c in ctx.service.fleet().clusters.items()}
+    return _render(
+        request, "enrolments.html", found, pending=pending, names=names,
+        registered=len(reach & registered), total=len(reach),
+        unregistered=sorted(reach - registered),
+    )
+
+
+@router.post("/enrolments/{cluster}/{decision}")
+def decide_enrolment(
+    request: Request, ctx: Ctx, found: Managing, cluster: str, decision: str,
+    key: Annotated[str, Form()] = "",
+) -> Response:
+    """A manager approves or rejects one waiting join request of a cluster in its area."""
+    desk = ctx.enrolment
+    if desk is None or cluster not in ctx.service.reach(found[1]) or decision not in (
+        "approve", "reject"
+    ):
+        return _error(request, found, 404, "not_found")
+    try:
+        if decision == "approve":
+            desk.approve(cluster, found[1].name, key or None)
+        else:
+            desk.reject(cluster, found[1].name, key or None)
+    except EnrolmentError as exc:
+        return _render(request, "error.html", found, 409, message=str(exc))
+    return RedirectResponse("/enrolments", status_code=303)

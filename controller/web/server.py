@@ -130,6 +130,7 @@ def build_context(
         secure_cookies=secure_cookies,
         trusted_proxies=trusted_proxies,
         sessions=StoredSessions(controller.store, clock=session_clock),
+        enrolment=getattr(controller, "enrolment", None),
     )
 
 
