@@ -22,6 +22,7 @@ from relay_sim import SimulatedBoard
 from tls_support import Authority, tls_mosquitto
 
 from device_agent.check import CheckResult, run_checks
+from device_agent.identity import AgentIdentity
 from protocol import topics
 from protocol.messages import Address, KeyRotationBody, MembershipBody
 from protocol.signing import key_id, key_text, public_pem
@@ -84,6 +85,8 @@ def setup(tmp_path: Path, mosquitto_broker: MosquittoBroker) -> Iterator[Setup]:
     keys = Keys()
     (tmp_path / "controller.pub").write_bytes(public_pem(keys.private.public_key()))
     (tmp_path / "data").mkdir()
+    # A box whose key the controller has registered (what the agent keeps once told).
+    AgentIdentity.load_or_create(tmp_path / "data").record("registered", datetime.now(UTC))
     membership = keys.signer.command(
         MembershipBody(cluster=ME, groups=GROUPS), Address(clusters=[ME]),
         datetime.now(UTC), timedelta(days=400),
@@ -104,8 +107,8 @@ def test_a_good_setup_passes_every_line_and_click_switches_the_relay(setup: Setu
     assert result.returncode == 0, result.stdout + result.stderr
     by_name = {line.split(":")[0].split("  ", 1)[1]: line for line in lines if "  " in line}
     assert list(by_name) == [
-        "config", "controller key", "data_dir", "disk space", "broker", "membership", "clock",
-        "relay", "output",
+        "config", "controller key", "data_dir", "identity", "disk space", "broker",
+        "membership", "clock", "relay", "output",
     ], lines
     for name, line in by_name.items():
         if name == "clock" and line.startswith("WARN"):
@@ -121,7 +124,8 @@ def test_a_good_setup_passes_every_line_and_click_switches_the_relay(setup: Setu
     assert str(wav) in by_name["output"]
     with wave.open(str(wav), "rb") as audio:
         assert abs(audio.getnframes() / audio.getframerate() - 1.0) < 0.05
-    assert lines[-1].startswith("9 checks: ")
+    assert "is registered with the controller" in by_name["identity"]
+    assert lines[-1].startswith("10 checks: ")
     assert lines[-1].endswith("ready")
     assert result.stderr == ""  # no log noise around the report
 
