@@ -99,13 +99,14 @@ class Meter:
         return tuple(getattr(self, name) for name in METER_FIELDS)
 
 
-# Commands and events are compact JSON (pydantic): the fields the meter needs are found
-# without parsing the whole payload, which would cost the agents' processes as much as a
-# good part of what is measured.
+# Commands are compact JSON (pydantic), events canonical JSON in their signed envelope
+# (keys sorted): the fields the meter needs are found without parsing the whole payload,
+# which would cost the agents' processes as much as a good part of what is measured.
 _PLAY_KIND = b'"kind":"play"'
 _EVENT_KIND = re.compile(rb'"kind":"([a-z_]+)"')
 _EVENT_PLAY = re.compile(rb'"play_id":"([^"\\]+)"')
-_EVENT_SPLIT = re.compile(rb'(?=\{"v":)')  # where each event object of an array starts
+# Where each event object starts: "at" is the first of an event's keys, sorted.
+_EVENT_SPLIT = re.compile(rb'(?=\{"at":)')
 
 
 EventNote = Callable[[str, str, str, float], None]  # (play_id, kind, cluster, time)

@@ -17,6 +17,7 @@ from access_support import controller_folder
 from agent_support import Keys, command
 from conftest import MosquittoBroker, require, wait_until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from identity_support import token_file
 
 from controller.config import load_controller_config
 from controller.distribution import PlaySpec
@@ -302,9 +303,12 @@ class RotationRig:
         self.agent_config.write_text(
             f"cluster_id: r-01\nbroker_url: {broker.url}\n"
             "controller_public_key: controller.pub\ndata_dir: data\ngroups: [xa-r, tinh-r]\n"
+            "enrolment_token_file: enrolment.token\n"
             "keepalive: 5\noutput:\n  kind: file\n  out_dir: played\n",
             encoding="utf-8",
         )
+        # The box enrols with a token that approves itself.
+        token_file(f"sqlite:///{tmp / 'controller.db'}", "r-01", agent_dir / "enrolment.token")
         self.wav_dir = agent_dir / "played"
         self.log_file = tmp / "agent.log"
         self.agent: subprocess.Popen[bytes] | None = None
