@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from controller.audit import AuditEntry
 from controller.identities import Identities
 from controller.main import Controller
 from controller.store import Store
@@ -37,6 +38,11 @@ def token_file(store_url: str, cluster: str, path: Path, *, auto_approve: bool =
         store.close()
     path.write_text(issued.token + "\n", encoding="utf-8")
     return path
+
+
+def enrolments_aside(entries: list[AuditEntry]) -> list[AuditEntry]:
+    """Audit entries, less those of the rig registering its agents' keys."""
+    return [e for e in entries if not e.action.startswith("enrol-")]
 
 
 def body_of(payload: bytes) -> Any:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import MosquittoBroker, require, wait_until
 from fleet_rig import FleetRig
+from identity_support import body_of
 
 from protocol import topics
 from protocol.messages import parse_events
@@ -60,7 +61,7 @@ class Wire:
         """(play id, kind) of every event the cluster published."""
         with self._lock:
             payloads = [p for t, p in self._seen if t == topics.cluster_topic(cluster, "event")]
-        return [(e.play_id, e.kind) for p in payloads for e in parse_events(p)[0]]
+        return [(e.play_id, e.kind) for p in payloads for e in parse_events(body_of(p))[0]]
 
 
 def broker_gone(rig: FleetRig) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BrokerUnderTest, require, wait_until
+from identity_support import enrolments_aside
 from web_rig import FLEET, WebRig
 
 from controller.distribution import PlaySpec
@@ -178,7 +179,7 @@ def test_listening_first_prepares_what_would_be_sent_and_sends_nothing(rig: WebR
     assert not any(rig.service.work_dir.iterdir())
     assert rig.controller.store.events.count() == 0
     assert rig.service.recent(rig.user("quan-ly")) == []
-    assert rig.service.audit_entries(rig.user("quan-ly")) == []
+    assert enrolments_aside(rig.service.audit_entries(rig.user("quan-ly"))) == []
     # What the clusters would get: the Central voice, prepared as any announcement.
     assert hashlib.sha256(heard).hexdigest() == _spoken(rig, text, "mien-trung")
     # The same scope rule as sending.
