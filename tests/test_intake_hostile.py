@@ -21,12 +21,11 @@ from hostile_rig import CLUSTERS, HostileRig, event, hostile_rig
 
 from controller.intake import Intake
 from controller.store import Store
-from controller.store.events import EventRepository
+from controller.store.events import EventRepository, SignedEvent, StoredEvents
 from controller.trust import ClusterKeys
 from device_agent.identity import AgentIdentity
 from protocol import topics
 from protocol.clock import SystemClock
-from protocol.messages import Event
 from protocol.mqtt import MqttLink
 from protocol.signing import Signer
 
@@ -112,10 +111,10 @@ class Refusing(EventRepository):
     """The real events repository, refusing the events of one outbox the way a column too
     narrow for them would (PostgreSQL refuses what SQLite takes)."""
 
-    def add(self, batch: Sequence[Event], received_at: datetime) -> list[Event]:
-        if any(ev.outbox == "too-long-for-postgres" for ev in batch):
+    def store(self, batch: Sequence[SignedEvent], received_at: datetime) -> StoredEvents:
+        if any(ev.outbox == "too-long-for-postgres" for ev, _key in batch):
             raise OverflowError("value out of range for the column")
-        return super().add(batch, received_at)
+        return super().store(batch, received_at)
 
 
 def test_what_the_store_refuses_spoils_only_itself(
