@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from agent_support import CHUNK_SIZE, Keys, command, content, play_body
 from conftest import MosquittoBroker, wait_until
+from identity_support import body_of
 
 from device_agent.agent import Agent
 from device_agent.cache import BLOCK, EARLY_CONTENT_COST, Cache
@@ -171,7 +172,7 @@ class Controller:
         assert self.link.wait_connected(10)
 
     def _on_event(self, _topic: str, payload: bytes) -> None:
-        events, _problems = parse_events(payload)
+        events, _problems = parse_events(body_of(payload))
         with self.lock:
             self.events += [(time.monotonic(), event) for event in events]
 
