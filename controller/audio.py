@@ -657,6 +657,7 @@ class AudioLibrary:
 
             gain_out = min(target - shaped.integrated_lufs, most(ceiling))
             tried: list[tuple[float, float, float]] = []  # (gain, ceiling, LUFS heard)
+            kept: list[tuple[float, float, float]] = []  # tries under the ceiling: (|miss|, ...)
             for attempt in range(1, ENCODES + 1):
                 self._encode(pcm, out, chain(gain_out, ceiling), chosen.opus_application)
                 heard = ffmpeg.loudness(out, seconds=seconds, opus=True)
@@ -673,10 +674,25 @@ class AudioLibrary:
                 if held and miss > 0 and gain_out >= most(ceiling):
                     break  # as loud as it gets without crushing it
                 tried.append((gain_out, ceiling, heard.integrated_lufs))
+                if held:
+                    kept.append((abs(miss), gain_out, ceiling))
                 limiting = shaped.true_peak_dbtp + gain_out - ceiling
                 if over > 0:
                     ceiling -= over + PEAK_MARGIN_DB
                 gain_out = min(gain_out + _gain_step(tried, miss, limiting), most(ceiling))
+            if over > 0:
+                # The last try went over the ceiling. The peak rule wins over loudness:
+                # take the try that held it and came nearest the target, or else this
+                # one turned down by its overshoot, and encode that once more.
+                if kept:
+                    _, gain_out, ceiling = min(kept)
+                else:
+                    gain_out -= over + PEAK_MARGIN_DB
+                    ceiling -= over + PEAK_MARGIN_DB
+                self._encode(pcm, out, chain(gain_out, ceiling), chosen.opus_application)
+                heard = ffmpeg.loudness(out, seconds=seconds, opus=True)
+                over = heard.true_peak_dbtp - settings.true_peak_dbtp
+                miss = target - heard.integrated_lufs
         except ffmpeg.FfmpegError as exc:
             raise AudioError(
                 None, f"processing {what} failed ({exc})",
