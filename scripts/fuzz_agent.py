@@ -49,7 +49,7 @@ from protocol.messages import (
     parse_events,
 )
 from protocol.mqtt import MqttLink
-from protocol.signing import Signer, generate_keypair, load_private_key
+from protocol.signing import Signer, generate_keypair, load_private_key, unseal
 
 CLUSTER = "fuzz-01"
 OTHER = "fuzz-02"
@@ -153,7 +153,8 @@ class AgentRig:
             self.seen.online.set()
 
     def _on_events(self, _topic: str, payload: bytes) -> None:
-        events, _problems = parse_events(payload)
+        sealed = unseal(payload)  # the agent signs its events; read, as the controller would
+        events, _problems = parse_events(sealed.body)
         now = time.monotonic()
         with self.seen.lock:
             self.seen.events += [(now, e.play_id or "", e.kind) for e in events]

@@ -4,7 +4,9 @@ The controller is `loa-controller run --config FILE` (as `python -m controller.c
 own process, on a fleet of ten clusters, a SQLite store, and one prepared bulletin
 (so that chunk requests for it can be answered), against a private mosquitto. The
 fuzzer can publish anything on every topic the controller reads (events, states,
-heartbeats and chunk requests of every cluster, known or not) but holds no key.
+heartbeats and chunk requests of every cluster, known or not) but holds no key: neither
+the controller's nor any cluster's. The clusters' own keys are registered before the
+controller starts, and sign the warm-up and the valid event, as their agents would.
 
 First --warm-up valid events (WARM_UP_EVENTS by default) are stored: the baseline is the
 memory of a controller that has stored events before. Then N payloads are drawn with a
@@ -33,10 +35,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fuzz_rig import Watched, fuzz_broker, say
 
 from controller.audio import AudioLibrary, AudioSettings
+from controller.identities import Identities
 from controller.samples import tone
+from controller.store import Store
+from device_agent.identity import AgentIdentity
 from protocol import topics
 from protocol.messages import MAX_SEQ
 from protocol.mqtt import MqttLink
@@ -53,7 +59,7 @@ KINDS: dict[str, int] = {
     "event-array-mixed": 10,  # arrays of up to 100 events, a few of them poisoned
     "event-unknown-cluster": 10,  # well-formed, from a cluster the fleet does not name
     "event-misplaced": 5,  # a cluster's event on another cluster's topic
-    "event-plausible": 5,  # well-formed, from a known cluster (stored: no keys yet)
+    "event-plausible": 5,  # well-formed, from a known cluster, unsigned: refused
     "state-forged": 8,
     "heartbeat-forged": 12,
     "request-random": 15,  # chunk requests for content nobody holds, any cluster id
@@ -218,6 +224,17 @@ class ControllerRig:
             "private_key: controller.key\ncontent_dir: content\n",
             encoding="utf-8",
         )
+        # The clusters' keys, registered as a manager approving them would: what they
+        # sign is taken, what the fuzzer writes without them is not.
+        self.keys = {c: AgentIdentity(Ed25519PrivateKey.generate()) for c in CLUSTERS}
+        store = Store(f"sqlite:///{self.db}")
+        try:
+            Identities(store).register_keys(
+                [(c, k.public_key, k.key_id) for c, k in self.keys.items()], by="fuzz",
+                now=datetime.now(UTC),
+            )
+        finally:
+            store.close()
         self.lock = threading.Lock()
         self.resent_bytes = 0
         self.memberships = threading.Event()
@@ -274,7 +291,8 @@ def warm_up(rig: ControllerRig, count: int = WARM_UP_EVENTS) -> None:
         events = [{"v": 1, "cluster": cluster, "outbox": "warm-up", "seq": seq + 1, "at": now,
                    "kind": "finished", "play_id": "warm-up"}
                   for seq in range(start, start + 100)]  # fmt: skip
-        rig.client.publish(topics.cluster_topic(cluster, "event"), json.dumps(events).encode())
+        rig.client.publish(topics.cluster_topic(cluster, "event"),
+                           rig.keys[cluster].seal("event", events))  # fmt: skip
         if start % 1000 == 900 or start + 100 >= count:
             _wait_stored(rig, min(start + 100, count))
 
@@ -316,7 +334,8 @@ def run_intake(work: Path, count: int, seed: int, verbose: bool,
         valid = {"v": 1, "cluster": CLUSTERS[0], "outbox": "valid-after", "seq": 1,
                  "at": datetime.now(UTC).isoformat(), "kind": "received", "play_id": "valid"}
         sent_at = time.monotonic()
-        rig.client.publish(topics.cluster_topic(CLUSTERS[0], "event"), json.dumps(valid).encode())
+        rig.client.publish(topics.cluster_topic(CLUSTERS[0], "event"),
+                           rig.keys[CLUSTERS[0]].seal("event", valid))  # fmt: skip
         stored_at = None
         while time.monotonic() - sent_at < 60 and proc.alive():
             if rig.query("SELECT count(*) FROM events WHERE outbox = 'valid-after'"):

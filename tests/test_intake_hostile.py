@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -80,8 +81,11 @@ def test_huge_numbers_are_refused_cheaply_without_tracebacks(
     assert tracebacks == []
     lines = [r for r in caplog.records
              if r.levelno >= logging.WARNING and r.name in ("controller.intake", "protocol.mqtt")]
-    assert len(lines) <= 10  # the rate limit: 10 a minute, the rest counted
-    assert "seq" in lines[0].getMessage()
+    # The rate limit: 10 a minute of each kind, the rest counted. (With each message's
+    # signature checked, the writer may fall behind: drops are a kind of their own.)
+    kinds = Counter(r.getMessage().split(" on ")[0] for r in lines)
+    assert max(kinds.values()) <= 10, kinds
+    assert any("seq" in r.getMessage() for r in lines)
 
 
 def test_clusters_the_fleet_does_not_name_are_counted_not_stored(rig: HostileRig) -> None:
