@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -164,18 +163,12 @@ def _when(at: datetime, tz: Any) -> str:
 
 def _overlap(text: str) -> timedelta:
     """7d, 36h, 90m, 1h30m."""
-    from protocol.durations import parse_duration
+    from protocol.durations import parse_span
 
-    days = re.fullmatch(r"\s*(\d+)\s*d\s*", text)
-    if days:
-        return timedelta(days=int(days.group(1)))
     try:
-        value = parse_duration(text)
+        return parse_span(text)
     except ValueError:
-        value = None
-    if not isinstance(value, timedelta):
-        raise ValueError(f"--overlap {text!r}: write a duration such as 7d, 36h or 90m")
-    return value
+        raise ValueError(f"--overlap {text!r}: write a duration such as 7d, 36h or 90m") from None
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

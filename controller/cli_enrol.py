@@ -21,7 +21,6 @@ import argparse
 import getpass
 import json
 import os
-import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,18 +33,12 @@ if TYPE_CHECKING:
 
 def parse_ttl(text: str) -> timedelta:
     """"14d", "36h", "90m", "2h30m": how long a token stays valid."""
-    from protocol.durations import parse_duration
+    from protocol.durations import parse_span
 
-    days = re.fullmatch(r"\s*(\d+)\s*d\s*", text)
-    if days:
-        return timedelta(days=int(days.group(1)))
     try:
-        value = parse_duration(text)
+        return parse_span(text)
     except ValueError:
-        value = None
-    if not isinstance(value, timedelta):
-        raise ValueError(f"--ttl {text!r}: write a duration such as 14d, 36h or 90m")
-    return value
+        raise ValueError(f"--ttl {text!r}: write a duration such as 14d, 36h or 90m") from None
 
 
 def _open(args: argparse.Namespace) -> tuple[Store, Identities, Any]:

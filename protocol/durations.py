@@ -30,6 +30,21 @@ def parse_duration(value: Any) -> Any:
     return timedelta(hours=hours, minutes=minutes, seconds=seconds)
 
 
+_DAYS = re.compile(r"\s*(\d+)\s*d\s*")
+
+
+def parse_span(text: str) -> timedelta:
+    """ "14d", "36h", "90m", "1h30m": a duration as a command-line option takes it, whole
+    days allowed. Raises ValueError for anything else."""
+    days = _DAYS.fullmatch(text)
+    if days:
+        return timedelta(days=int(days.group(1)))
+    value = parse_duration(text)
+    if not isinstance(value, timedelta):
+        raise ValueError(f"{text!r} is not a duration")
+    return value
+
+
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
