@@ -691,11 +691,14 @@ def register_fleet_keys(specs: list[WorkerSpec], controller: Any) -> list[Worker
     from device_agent.identity import AgentIdentity
 
     keys = []
+    now = controller.clock.now()
     for spec in specs:
         for cid, _groups in spec.members:
             identity = AgentIdentity.load_or_create(Path(spec.data_dir) / cid)
             keys.append((cid, identity.public_key, identity.key_id))
-    controller.identities.register_keys(keys, by="bench", now=controller.clock.now())
+            # What the controller's answer to a join request would leave in the folder.
+            identity.record("registered", now)
+    controller.identities.register_keys(keys, by="bench", now=now)
     controller.enrolment.refresh()
     return specs
 
