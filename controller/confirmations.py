@@ -65,11 +65,11 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    tuple_,
     update,
 )
 
 from controller.store import aware, utc
+from controller.store.engine import KEYS_PER_LOOKUP, keys_in
 from controller.store.schema import clusters, confirmations, events, plays
 from protocol.clock import Clock
 from protocol.messages import Event
@@ -399,12 +399,12 @@ class Confirmations(ConfirmationRecords):
         with self._engine.begin() as conn:
             found: list[tuple[str, str, str]] = []
             keys = list(pairs)
-            for start in range(0, len(keys), 300):
-                part = keys[start : start + 300]
+            for start in range(0, len(keys), KEYS_PER_LOOKUP):
+                part = keys[start : start + KEYS_PER_LOOKUP]
                 found.extend(
                     (row[0], row[1], row[2]) for row in conn.execute(
                         select(c.play_id, c.cluster, c.state).where(
-                            tuple_(c.play_id, c.cluster).in_(part),
+                            keys_in((c.play_id, c.cluster), part),
                             c.state.in_((PENDING, MISSED)),
                         )
                     )

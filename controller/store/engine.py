@@ -13,11 +13,12 @@ datetimes, so what is read is made aware again (`aware`).
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import ColumnElement, Engine, and_, create_engine, event, or_
 
 
 class Database:
@@ -33,6 +34,31 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+#: The most keys one keys_in() clause matches; callers look up more in parts of this size.
+KEYS_PER_LOOKUP = 256
+
+
+def keys_in(
+    columns: Sequence[ColumnElement[Any]], keys: Sequence[tuple[Any, ...]]
+) -> ColumnElement[bool]:
+    """Rows whose columns equal one of the keys (at most KEYS_PER_LOOKUP), written so that
+    the index on those columns is used: `(a = ? AND b = ?) OR (a = ? AND b = ?) ...`.
+
+    Not `tuple_(a, b).in_(keys)`: SQLite does not use an index for a row value IN a
+    list, and scans the whole table for each lookup (58 ms for 250 keys in 200,000
+    events, against 0.8 ms this way), so each batch would cost more as the table grows.
+    The list is padded (its last key repeated) to the next power of two, so that only a
+    few statement shapes exist for the drivers' statement caches."""
+    if not 1 <= len(keys) <= KEYS_PER_LOOKUP:
+        raise ValueError(f"keys_in() takes 1 to {KEYS_PER_LOOKUP} keys, not {len(keys)}")
+    size = 1 << (len(keys) - 1).bit_length()
+    padded = [*keys, *([keys[-1]] * (size - len(keys)))]
+    return or_(*(
+        and_(*(column == value for column, value in zip(columns, key, strict=True)))
+        for key in padded
+    ))
 
 
 def make_parent_dir(url: str) -> None:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy import func, insert, select
 from sqlalchemy.engine import Connection
 
 from controller.store.clusters import FINAL_KINDS, summarise
-from controller.store.engine import Database, utc
+from controller.store.engine import KEYS_PER_LOOKUP, Database, keys_in, utc
 from controller.store.schema import event_conflicts, events
 from protocol.messages import Event
 
@@ -49,9 +49,9 @@ def _keep_conflicts(conn: Connection, rows: list[dict[str, Any]]) -> None:
     columns = (c.cluster, c.key_id, c.outbox, c.seq, c.digest)
     by_key = {(r["cluster"], r["key_id"], r["outbox"], r["seq"], r["digest"]): r for r in rows}
     keys = list(by_key)
-    for start in range(0, len(keys), 200):
-        part = keys[start : start + 200]
-        for r in conn.execute(select(*columns).where(tuple_(*columns).in_(part))):
+    for start in range(0, len(keys), KEYS_PER_LOOKUP):
+        part = keys[start : start + KEYS_PER_LOOKUP]
+        for r in conn.execute(select(*columns).where(keys_in(columns, part))):
             by_key.pop((r[0], r[1], r[2], r[3], r[4]), None)
     if by_key:
         conn.execute(insert(event_conflicts), list(by_key.values()))
@@ -96,10 +96,10 @@ class EventRepository:
             seen: dict[tuple[str, str, str, int], str | None] = {}
             keys = list(unique)
             columns = (events.c.cluster, events.c.key_id, events.c.outbox, events.c.seq)
-            for start in range(0, len(keys), 250):
-                part = keys[start : start + 250]
+            for start in range(0, len(keys), KEYS_PER_LOOKUP):
+                part = keys[start : start + KEYS_PER_LOOKUP]
                 for r in conn.execute(
-                    select(*columns, events.c.digest).where(tuple_(*columns).in_(part))
+                    select(*columns, events.c.digest).where(keys_in(columns, part))
                 ):
                     seen[(r[0], r[1], r[2], r[3])] = r[4]
             fresh: list[tuple[Event, str, str]] = []
