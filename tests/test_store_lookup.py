@@ -28,7 +28,7 @@ GROWING = ("events", "event_conflicts", "confirmations")
 
 def ev(cluster: str, seq: int, kind: str = "playing") -> Event:
     return Event(cluster=cluster, outbox="ob", seq=seq, at=T0 + timedelta(seconds=seq),
-                 kind=kind, play_id=f"p-{seq}", bulletin="Bản tin")  # type: ignore[arg-type]  # kind: an EventKind literal
+                 kind=kind, play_id=f"p-{seq}", bulletin="Bản tin")
 
 
 @pytest.fixture
