@@ -4,6 +4,7 @@
     python scripts/bench.py urgent   [--agents N] [--trials K] [--link loopback|4g] [--json]
     python scripts/bench.py delivery [--agents N] [--minutes M] [--trials K] [--json]
     python scripts/bench.py agent    [--minutes M] [--idle-s S] [--play-s S] [--json]
+    python scripts/bench.py intake   [--clusters N] [--events E] [--store URL] [--json]
     python scripts/bench.py          # every section at its defaults (make bench)
 
 Every mode starts its own mosquitto on a free port of 127.0.0.1 (mosquitto and ffmpeg
@@ -14,8 +15,10 @@ for Loa's figures.
 `urgent --link 4g` puts those agents and subscribers behind an emulated 4G link
 (scripts/link_relay.py, a delaying, lossy TCP relay: 100 ms ± 50 ms one way in each
 direction, 1 % packet loss; the controller stays on the broker's side) and writes its
-own section (`urgent-4g`). `make bench` writes every section: each mode at its defaults,
-and urgent over 4G too.
+own section (`urgent-4g`). `intake` runs one real controller process and plays a fleet
+of signed event messages at it (scripts/bench_intake.py); with --store URL, on a
+PostgreSQL server, in its own section (`intake-postgresql`). `make bench` writes every
+section: each mode at its defaults, and urgent over 4G too.
 
 With --json a mode prints one JSON object on stdout; without, it rewrites its own
 section of docs/benchmarks.md (or of --doc FILE; --doc with --json does both).
@@ -71,6 +74,8 @@ def link_params(args: argparse.Namespace) -> LinkParams | None:
 
 def section(args: argparse.Namespace) -> str:
     """The part of docs/benchmarks.md this run writes."""
+    if args.mode == "intake":
+        return "intake-postgresql" if args.store else "intake"
     return f"{args.mode}-4g" if link_params(args) is not None else str(args.mode)
 
 
@@ -96,9 +101,19 @@ def run_agent(args: argparse.Namespace) -> dict[str, Any]:
     return bench_agent.run(args.minutes, args.idle_s, args.play_s, args.outputs, args.keep)
 
 
+def run_intake(args: argparse.Namespace) -> dict[str, Any]:
+    import bench_intake
+
+    return bench_intake.run(
+        args.clusters, args.events, tuple(args.per_message), args.trials, args.store,
+        args.verbose, args.keep,
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     import bench_agent
     import bench_delivery
+    import bench_intake
     import bench_report
     import bench_urgent
 
@@ -106,6 +121,7 @@ def markdown(result: dict[str, Any]) -> str:
         "urgent": bench_urgent.markdown,
         "delivery": bench_delivery.markdown,
         "agent": bench_agent.markdown,
+        "intake": bench_intake.markdown,
     }
     return writers[result["bench"]](
         result, bench_report.run_line(result), bench_report.broker_line(result)
@@ -116,10 +132,13 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "urgent": run_urgent,
     "delivery": run_delivery,
     "agent": run_agent,
+    "intake": run_intake,
 }
 
 #: What `make bench` runs: each mode at its defaults, and urgent over the emulated 4G link.
-EVERY_SECTION = (["urgent"], ["urgent", "--link", "4g"], ["delivery"], ["agent"])
+EVERY_SECTION = (
+    ["urgent"], ["urgent", "--link", "4g"], ["delivery"], ["agent"], ["intake"],
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -176,6 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="outputs to measure: null, opusdec, ffmpeg (device null) "
                        "(default all three)")
     _common(agent)
+
+    intake = sub.add_parser(
+        "intake", help="status events one controller process stores and acknowledges"
+    )
+    intake.add_argument("--clusters", type=int, default=1000, metavar="N",
+                        help="clusters in the fleet, each with its key (default 1000)")
+    intake.add_argument("--events", type=int, default=30000, metavar="E",
+                        help="events a trial (default 30000)")
+    intake.add_argument("--per-message", type=int, nargs="+", default=[1, 3], metavar="K",
+                        help="events per message, a run of trials for each; the first is "
+                        "judged against the target (default: 1 3)")
+    intake.add_argument("--trials", type=int, default=3, metavar="K",
+                        help="repetitions; medians are reported (default 3)")
+    intake.add_argument("--store", metavar="URL",
+                        help="a PostgreSQL server (postgresql+psycopg://user:pw@host/db): "
+                        "the bench makes a database of its own there, and drops it after; "
+                        "written to its own section (default: a SQLite file)")
+    _common(intake)
     return parser
 
 

@@ -24,6 +24,8 @@ SECTIONS = {
     "urgent-4g": "urgent --link 4g",
     "delivery": "delivery",
     "agent": "agent",
+    "intake": "intake",
+    "intake-postgresql": "intake --store URL",
     "fuzz-agent": "agent",
     "fuzz-flood": "flood",
     "fuzz-intake": "intake",
