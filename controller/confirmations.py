@@ -401,12 +401,13 @@ class Confirmations(ConfirmationRecords):
             keys = list(pairs)
             for start in range(0, len(keys), KEYS_PER_LOOKUP):
                 part = keys[start : start + KEYS_PER_LOOKUP]
+                clause, values = keys_in((c.play_id, c.cluster), part)
                 found.extend(
                     (row[0], row[1], row[2]) for row in conn.execute(
                         select(c.play_id, c.cluster, c.state).where(
-                            keys_in((c.play_id, c.cluster), part),
-                            c.state.in_((PENDING, MISSED)),
-                        )
+                            clause, c.state.in_((PENDING, MISSED)),
+                        ),
+                        values,
                     )
                 )
             if found:

@@ -13,6 +13,10 @@ hands back the message with the id of the key that signed it. Refused, and count
   that did not sign) and the cluster has no registered key yet: then it is taken as
   before, unsigned, with a warning per cluster every hour.
 
+Signatures are checked with libsodium (PyNaCl), not OpenSSL (cryptography, which the
+agent uses): the intake checks one per message, and libsodium's Ed25519 check takes
+about a third of the time here (scripts/bench.py intake).
+
 Refusals are logged at most LOG_PER_MINUTE times a minute, then counted and summed up
 in one line a minute: a flood of forgeries cannot fill the log. Memory is bounded: the
 keys of the fleet's clusters, and at most MAX_WARNED clusters warned about.
@@ -27,9 +31,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 
-from protocol.signing import Channel, SignatureError, Unsigned, key_from_text, unseal
+from protocol.signing import Channel, Unsigned, key_from_text, unseal
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +101,8 @@ class ClusterKeys:
 
     def __init__(self, *, require_signed: bool = True) -> None:
         self.require_signed = require_signed
-        self._keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
+        self._keys: dict[str, tuple[str, VerifyKey]] = {}
+        self._texts: dict[str, str] = {}  # the keys as registered (base64), to see changes
         self._warned: dict[str, float] = {}  # unsigned clusters taken: when last warned
         self.refused = 0
         self.unsigned = 0  # unsigned messages taken (upgrading)
@@ -103,13 +110,20 @@ class ClusterKeys:
 
     def replace_all(self, keys: Mapping[str, tuple[str, str]]) -> None:
         """The registered keys now: cluster -> (key id, public key as base64)."""
-        loaded: dict[str, tuple[str, Ed25519PublicKey]] = {}
+        loaded: dict[str, tuple[str, VerifyKey]] = {}
+        texts: dict[str, str] = {}
         for cluster, (ident, text) in keys.items():
+            same = self._keys.get(cluster)
+            if same is not None and same[0] == ident and self._texts.get(cluster) == text:
+                loaded[cluster], texts[cluster] = same, text  # unchanged: not read again
+                continue
             try:
-                loaded[cluster] = (ident, key_from_text(text))
+                raw = key_from_text(text).public_bytes(Encoding.Raw, PublicFormat.Raw)
+                loaded[cluster], texts[cluster] = (ident, VerifyKey(raw)), text
             except ValueError as exc:
                 log.error("the registered key of cluster %s is damaged (%s)", cluster, exc)
         self._keys = loaded  # one assignment: readers see the old or the new dict
+        self._texts = texts
 
     def key_of(self, cluster: str) -> str | None:
         found = self._keys.get(cluster)
@@ -147,9 +161,10 @@ class ClusterKeys:
                 f"loa-controller enrol replace {cluster})",
             )
         try:
-            sealed.verify(registered[1])
-        except SignatureError as exc:
-            raise self._refuse(cluster, channel, str(exc)) from None
+            registered[1].verify(sealed.signed, sealed.sig)
+        except (BadSignatureError, ValueError):
+            why = f"bad signature: not made by key {sealed.key}"
+            raise self._refuse(cluster, channel, why) from None
         return Opened(sealed.body, sealed.key, sealed.n)
 
     def _refuse(self, cluster: str, channel: str, why: str) -> Refused:

@@ -4,6 +4,7 @@ what clusters sign (controller/trust.py), and `loa-agent check`'s identity line.
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 from collections.abc import Iterator
@@ -264,6 +265,25 @@ def test_only_the_registered_key_of_the_cluster_is_believed() -> None:
         with pytest.raises(Refused):
             keys.open(cluster, "event", payload)
     assert keys.refused == 4
+
+
+def test_a_message_changed_after_signing_or_with_a_malformed_signature_is_refused() -> None:
+    """The registered key's id, but bytes it did not sign: the signature check itself."""
+    box = identity()
+    keys = ClusterKeys()
+    keys.replace_all({"c1": (box.key_id, box.public_key)})
+    good = box.seal("event", {"kind": "finished", "play_id": "p1"})
+    tampered = good.replace(b'"p1"', b'"p2"')
+    sig = good[-90:-2]
+    flipped = good[:-90] + (b"B" if sig[:1] == b"A" else b"A") + good[-89:]
+    # 88 base64 characters with no padding: 66 bytes, not a 64-byte signature.
+    long_sig = good[:-90] + base64.b64encode(b"x" * 66) + b'"}'
+    for payload, why in ((tampered, "bad signature"), (flipped, "bad signature"),
+                         (long_sig, "bad signature")):  # fmt: skip
+        with pytest.raises(Refused, match=why):
+            keys.open("c1", "event", payload)
+    assert keys.refused == 3
+    assert keys.open("c1", "event", good).body["play_id"] == "p1"
 
 
 def test_while_upgrading_unsigned_is_taken_from_clusters_without_a_key_only() -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import ColumnElement, Select, func, insert, select
 from sqlalchemy.engine import Connection
 
 from controller.store.clusters import FINAL_KINDS, summarise
@@ -51,10 +51,25 @@ def _keep_conflicts(conn: Connection, rows: list[dict[str, Any]]) -> None:
     keys = list(by_key)
     for start in range(0, len(keys), KEYS_PER_LOOKUP):
         part = keys[start : start + KEYS_PER_LOOKUP]
-        for r in conn.execute(select(*columns).where(keys_in(columns, part))):
+        clause, values = keys_in(columns, part)
+        for r in conn.execute(select(*columns).where(clause), values):
             by_key.pop((r[0], r[1], r[2], r[3], r[4]), None)
     if by_key:
         conn.execute(insert(event_conflicts), list(by_key.values()))
+
+
+_LOOKUPS: dict[int, Select[Any]] = {}
+
+
+def _stored_lookup(clause: ColumnElement[bool]) -> Select[Any]:
+    """The query for the stored events of a keys_in() clause, made once per clause (a
+    statement SQLAlchemy has seen keeps its cache key: not worked out again per batch)."""
+    found = _LOOKUPS.get(id(clause))
+    if found is None:
+        columns = (events.c.cluster, events.c.key_id, events.c.outbox, events.c.seq)
+        query: Select[Any] = select(*columns, events.c.digest).where(clause)
+        found = _LOOKUPS[id(clause)] = query
+    return found
 
 
 class EventRepository:
@@ -98,9 +113,8 @@ class EventRepository:
             columns = (events.c.cluster, events.c.key_id, events.c.outbox, events.c.seq)
             for start in range(0, len(keys), KEYS_PER_LOOKUP):
                 part = keys[start : start + KEYS_PER_LOOKUP]
-                for r in conn.execute(
-                    select(*columns, events.c.digest).where(keys_in(columns, part))
-                ):
+                clause, values = keys_in(columns, part)
+                for r in conn.execute(_stored_lookup(clause), values):
                     seen[(r[0], r[1], r[2], r[3])] = r[4]
             fresh: list[tuple[Event, str, str]] = []
             for key, (ev, digest) in unique.items():
