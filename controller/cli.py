@@ -233,6 +233,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     waiting = records.waiting_by_cluster()  # plays sent, not confirmed yet
     not_received = records.latest_not_received()  # per cluster, the latest
     not_received_today = records.count_not_received(now - NOT_RECEIVED_WINDOW)
+    keys = _key_status(store)
     store.close()
     content = {
         r.id: content_view(
@@ -265,6 +266,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
                 "content": content[r.id],
                 "unconfirmed": waiting.get(r.id, 0),
                 "last_not_received": _not_received_json(not_received.get(r.id)),
+                "key": keys.get(r.id, {"status": "not registered", "id": None}),
             }
             for r in rows
         ], ensure_ascii=False, indent=2))
@@ -300,10 +302,11 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             r.id, r.commune_name, state, when(r.last_seen), r.playing or "-",
             describe_content(content[r.id]),
             f"{unconfirmed} waiting" if unconfirmed else "-", result, rejected, beat,
+            _key_cell(keys.get(r.id)),
         ])
     print(format_table(
         ["cluster", "commune", "online", "last seen", "playing", "content", "unconfirmed",
-         "last result", "last rejected command", "last heartbeat"],
+         "last result", "last rejected command", "last heartbeat", "key"],
         table,
     ))
     online = sum(1 for r in rows if r.state == "online")
@@ -312,7 +315,38 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     print(f"{sum(waiting.values())} play(s) sent and waiting for their cluster's confirmation; "
           f"{not_received_today} not received by their cluster in the last 24 h "
           "(no confirmation by the latest start: recorded as missed)")
+    registered = sum(1 for r in rows if keys.get(r.id, {}).get("status") == "registered")
+    asking = sum(1 for r in rows if keys.get(r.id, {}).get("status") == "waiting approval")
+    line = f"{registered} of {len(rows)} clusters have a registered key"
+    if asking:
+        line += f"; {asking} waiting for a manager's approval (loa-controller enrol list)"
+    if registered < len(rows):
+        line += ("; the controller stores nothing a cluster without a registered key reports "
+                 "(docs/operations.md, section 5: enrolment)")
+    print(line)
     return 0
+
+
+def _key_status(store: Any) -> dict[str, dict[str, str | None]]:
+    """Per cluster: its registered key, or the key it asks to have registered."""
+    from controller.identities import Identities
+
+    identities = Identities(store)
+    found: dict[str, dict[str, str | None]] = {
+        r.cluster: {"status": "waiting approval", "id": r.key_id}
+        for r in identities.requests(pending_only=True)
+    }
+    for cluster, (ident, _text) in identities.active_keys().items():
+        found[cluster] = {"status": "registered", "id": ident}
+    return found
+
+
+def _key_cell(found: dict[str, str | None] | None) -> str:
+    if found is None:
+        return "not registered"
+    if found["status"] == "registered":
+        return str(found["id"])
+    return f"{found['id']} waiting approval"
 
 
 def _not_received_json(found: NotReceived | None) -> dict[str, Any] | None:

@@ -337,3 +337,42 @@ def test_check_says_what_the_controller_made_of_this_clusters_key(tmp_path: Path
     assert "already used" in refused.message
     box.record("registered", T0)
     assert _check(tmp_path, token=False).status == "PASS"
+
+
+def test_fleet_shows_each_clusters_key_registered_waiting_or_missing(
+    tmp_path: Path, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A manager sees in `fleet` which clusters the controller takes reports from."""
+    from controller.cli import main as cli_main
+
+    store.clusters.sync_fleet([(c, c, "xa-a", "Xã A") for c in ("c1", "c2", "c3")])
+    ids = Identities(store)
+    registered, asking = identity(), identity()
+    ids.register_key("c1", registered.public_key, registered.key_id, by="quan-ly", now=T0)
+    token = ids.issue_token("c2", by="quan-ly", now=T0).token
+    assert _join(ids, asking, token, cluster="c2")[0] == "pending"
+    config = tmp_path / "controller.yaml"
+    config.write_text(
+        "broker_url: mqtt://127.0.0.1:1883\nfleet: fleet.yaml\nplaylists: [playlists]\n"
+        f"store_url: sqlite:///{tmp_path / 'controller.db'}\nprivate_key: controller.key\n"
+        "content_dir: content\n",
+        encoding="utf-8",
+    )
+    outputs = []
+    for args in (["--json"], []):
+        with pytest.raises(SystemExit) as done:
+            cli_main(["fleet", "--config", str(config), *args])
+        assert done.value.code == 0
+        outputs.append(capsys.readouterr().out)
+    keys = {row["cluster"]: row["key"] for row in json.loads(outputs[0])}
+    assert keys == {
+        "c1": {"status": "registered", "id": registered.key_id},
+        "c2": {"status": "waiting approval", "id": asking.key_id},
+        "c3": {"status": "not registered", "id": None},
+    }
+    lines = {line.split()[0]: line for line in outputs[1].splitlines()
+             if line[:3] in ("c1 ", "c2 ", "c3 ")}  # fmt: skip
+    assert lines["c1"].rstrip().endswith(registered.key_id)
+    assert lines["c2"].rstrip().endswith(f"{asking.key_id} waiting approval")
+    assert lines["c3"].rstrip().endswith("not registered")
+    assert "1 of 3 clusters have a registered key; 1 waiting for a manager's approval" in outputs[1]
