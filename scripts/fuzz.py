@@ -67,6 +67,8 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                              "none"))  # fmt: skip
         checks.append(target("events out of range stored", result["out_of_range_stored"], 0,
                              "none"))  # fmt: skip
+        checks.append(target("the fuzzer's events stored (it holds no cluster's key)",
+                             result["fuzz_events_stored"], 0, "none"))  # fmt: skip
     else:
         checks.append(target("unsigned plays", result["plays_unsigned"], 0, "none"))
         checks.append(target("relay switches", result["relay_switches"], 0, "none"))
@@ -132,10 +134,11 @@ def markdown(result: dict[str, Any]) -> str:
             f"baseline), published in {r['send_s']} s: {kinds}. Then, once the "
             f"controller was quiet ({r['quiet_after_s']} s after the last), a valid event "
             "of a known cluster, timed from its publication until it is in the store. "
-            f"Events stored: {r['events_stored']} (well-formed ones of known clusters: "
-            "nothing tells them from an agent's until events are signed); chunks resent "
-            f"for requests: {r['resent_bytes']} bytes, {r['resend_amplification']} × the "
-            "bytes of the requests."
+            f"Events stored: {r['events_stored']}, of them {r['fuzz_events_stored']} of the "
+            "fuzzer's (the rest: the warm-up and the valid event, signed by their clusters' "
+            f"keys); chunks resent for requests: {r['resent_bytes']} bytes, "
+            f"{r['resend_amplification']} × the bytes of the requests (a request the "
+            "cluster's key did not sign is refused)."
         )
     figures = [
         ["sent", value(r["sent"])], ["crashes", value(r["crashes"])],

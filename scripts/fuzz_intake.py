@@ -373,6 +373,9 @@ def run_intake(work: Path, count: int, seed: int, verbose: bool,
                 "OR at < '2020-01-01 00:00:00' OR at >= '2100-01-01 00:00:00' "
                 "OR length(play_id) > 128", MAX_SEQ),
             "events_stored": rig.query("SELECT count(*) FROM events"),
+            "fuzz_events_stored": rig.query(
+                "SELECT count(*) FROM events WHERE outbox NOT IN ('warm-up', 'valid-after')"
+            ),
             "resent_bytes": resent,
             "resend_amplification": round(resent / request_bytes, 2),
             "by_kind": by_kind,

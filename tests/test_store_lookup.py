@@ -80,12 +80,13 @@ def test_keys_in_finds_exactly_the_keys_asked_for_by_the_index(store: Store, cou
         conn.execute(confirmations.insert(), rows)
     wanted = [(f"p{n}", f"c{n % 7}") for n in range(0, 2 * count, 2)]
     wanted[-1] = ("p1", "c0")  # not stored: p1 is on c1
-    query = select(c.play_id, c.cluster).where(keys_in((c.play_id, c.cluster), wanted))
+    clause, values = keys_in((c.play_id, c.cluster), wanted)
+    query = select(c.play_id, c.cluster).where(clause)
     with store.engine.connect() as conn:
-        found = {(r[0], r[1]) for r in conn.execute(query)}
+        found = {(r[0], r[1]) for r in conn.execute(query, values)}
         compiled = query.compile(conn)
         statement = str(compiled)
-        parameters = tuple(compiled.params[name] for name in compiled.positiontup or ())
+        parameters = tuple(values[name] for name in compiled.positiontup or ())
     assert found == set(wanted[:-1])
     assert _scans(store, statement, parameters) == []
     # Padded to a power of two: a few statement shapes, not one per batch size.
