@@ -314,17 +314,21 @@ def cmd_fleet(args: argparse.Namespace) -> int:
           f"(times in {config.timezone})")
     print(f"{sum(waiting.values())} play(s) sent and waiting for their cluster's confirmation; "
           f"{not_received_today} not received by their cluster in the last 24 h "
-          "(no confirmation by the latest start: recorded as missed)")
-    registered = sum(1 for r in rows if keys.get(r.id, {}).get("status") == "registered")
-    asking = sum(1 for r in rows if keys.get(r.id, {}).get("status") == "waiting approval")
-    line = f"{registered} of {len(rows)} clusters have a registered key"
+          "(no confirmation by the latest start: recorded as missed)\n"
+          + _key_footer([r.id for r in rows], keys))
+    return 0
+
+
+def _key_footer(cluster_ids: list[str], keys: dict[str, dict[str, str | None]]) -> str:
+    statuses = [keys.get(cid, {}).get("status") for cid in cluster_ids]
+    registered, asking = statuses.count("registered"), statuses.count("waiting approval")
+    line = f"{registered} of {len(cluster_ids)} clusters have a registered key"
     if asking:
         line += f"; {asking} waiting for a manager's approval (loa-controller enrol list)"
-    if registered < len(rows):
+    if registered < len(cluster_ids):
         line += ("; the controller stores nothing a cluster without a registered key reports "
                  "(docs/operations.md, section 5: enrolment)")
-    print(line)
-    return 0
+    return line
 
 
 def _key_status(store: Any) -> dict[str, dict[str, str | None]]:
@@ -796,10 +800,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
 
     # `user` and `urgent` (the web app's), `provision`, `broker-config`, `keys` (access),
-    # `say` (hear a text before sending it), `enrol` (cluster identities).
-    from controller import cli_access, cli_enrol, cli_speech, cli_web
+    # `say` (hear a text before sending it), `enrol` (cluster identities), `cap check`.
+    from controller import cli_access, cli_cap, cli_enrol, cli_speech, cli_web
 
-    for commands in (cli_web, cli_access, cli_speech, cli_enrol):
+    for commands in (cli_web, cli_access, cli_speech, cli_enrol, cli_cap):
         commands.register(sub, str(DEFAULT_CONFIG))
     return parser
 
