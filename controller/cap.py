@@ -35,134 +35,49 @@ import logging
 import math
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
+from controller.cap_message import (
+    ACTING_STATUS,
+    MAX_CAP_BYTES,
+    Area,
+    CapAlert,
+    CapError,
+    Info,
+    parse_cap,
+)
+from controller.cap_policy import Decision, decide, sender_entry
 from controller.config import CapConfig
 from controller.fleet import Fleet
 from controller.store import aware
 from controller.store.schema import cap_alerts
-from controller.untrusted_xml import RefusedXmlError, parse_untrusted
 from controller.urgent import AnnouncementRequest, Principal, SystemPrincipal, UrgentService
 
 log = logging.getLogger(__name__)
 
-NS = "{urn:oasis:names:tc:emergency:cap:1.2}"
-MAX_CAP_BYTES = 512 * 1024
-
-# Per CAP 1.2, Exercise, Test, System and Draft messages must not act on real alerts.
-ACTING_STATUS = "Actual"
-
-
-class CapError(ValueError):
-    """The posted document is not a CAP 1.2 alert we can act on; says why."""
-
-
-@dataclass(frozen=True)
-class Area:
-    geocodes: list[str]
-    polygons: list[list[tuple[float, float]]]
-    circles: list[tuple[float, float, float]]
-
-
-@dataclass(frozen=True)
-class CapAlert:
-    identifier: str
-    sender: str
-    sent: str
-    status: str
-    msg_type: str
-    references: list[str]  # "sender,identifier,sent"
-    headline: str
-    instruction: str
-    description: str
-    areas: list[Area]
-
-    @property
-    def ref(self) -> str:
-        return f"{self.sender},{self.identifier},{self.sent}"
-
-    @property
-    def text(self) -> str:
-        parts = [p.strip().rstrip(".") for p in (self.headline, self.instruction) if p.strip()]
-        return ". ".join(parts) + "." if parts else ""
+# What the intake's callers and tests take from here, read from controller/cap_message.py.
+__all__ = [
+    "ACTING_STATUS", "MAX_CAP_BYTES", "Area", "CapAlert", "CapError", "CapFolder",
+    "CapIntake", "CapResult", "Info", "Preview", "check_signature", "clusters_in_area",
+    "parse_cap", "preview", "system_sender", "take_and_log",
+]
 
 
 @dataclass(frozen=True)
 class CapResult:
     identifier: str
     msg_type: str
-    action: str  # sent | pending | cancelled | ignored | no-clusters | already-taken
+    # sent | pending | held | expired | refused | cancelled | ignored | no-clusters |
+    # already-taken
+    action: str
     announcements: list[str]
     detail: str
-
-
-def _text(el: ET.Element | None, name: str) -> str:
-    if el is None:
-        return ""
-    found = el.find(NS + name)
-    return (found.text or "").strip() if found is not None else ""
-
-
-def _point(text: str) -> tuple[float, float]:
-    lat, lon = text.split(",")
-    return float(lat), float(lon)
-
-
-def parse_cap(raw: bytes) -> CapAlert:
-    if len(raw) > MAX_CAP_BYTES:
-        raise CapError(f"the alert is larger than {MAX_CAP_BYTES // 1024} KiB")
-    try:
-        root = parse_untrusted(raw)
-    except RefusedXmlError as exc:
-        raise CapError(f"not accepted as a CAP alert: {exc}") from None
-    except ET.ParseError as exc:
-        raise CapError(f"not well-formed XML: {exc}") from None
-    if root.tag != NS + "alert":
-        raise CapError(
-            f"the root element is {root.tag!r}, not a CAP 1.2 <alert> "
-            "(namespace urn:oasis:names:tc:emergency:cap:1.2)"
-        )
-    missing = [n for n in ("identifier", "sender", "sent", "status", "msgType")
-               if not _text(root, n)]
-    if missing:
-        raise CapError(f"the alert lacks {', '.join('<' + m + '>' for m in missing)}")
-    infos = root.findall(NS + "info")
-    info = next((i for i in infos if _text(i, "language").lower().startswith("vi")), None)
-    info = info if info is not None else (infos[0] if infos else None)
-    areas: list[Area] = []
-    try:
-        for area in info.findall(NS + "area") if info is not None else []:
-            geocodes = [_text(g, "value") for g in area.findall(NS + "geocode")]
-            polygons = [
-                [_point(p) for p in (poly.text or "").split()]
-                for poly in area.findall(NS + "polygon")
-            ]
-            circles = []
-            for circle in area.findall(NS + "circle"):
-                centre, radius = (circle.text or "").split()
-                lat, lon = _point(centre)
-                circles.append((lat, lon, float(radius)))
-            areas.append(Area([g for g in geocodes if g], polygons, circles))
-    except ValueError:
-        raise CapError(
-            "an <area> has a polygon or circle that is not 'lat,lon lat,lon ...' or "
-            "'lat,lon radius_km'"
-        ) from None
-    return CapAlert(
-        identifier=_text(root, "identifier"), sender=_text(root, "sender"),
-        sent=_text(root, "sent"), status=_text(root, "status"), msg_type=_text(root, "msgType"),
-        references=_text(root, "references").split(),
-        headline=_text(info, "headline") or _text(info, "event"),
-        instruction=_text(info, "instruction"), description=_text(info, "description"),
-        areas=areas,
-    )
 
 
 def _inside(lat: float, lon: float, polygon: list[tuple[float, float]]) -> bool:
@@ -203,15 +118,87 @@ def clusters_in_area(fleet: Fleet, areas: list[Area]) -> list[str]:
     return sorted(found)
 
 
+def other_provinces(fleet: Fleet, areas: list[Area]) -> list[str]:
+    """Province statistics codes (two digits) the areas name, other than the fleet's own."""
+    ours = fleet.province.code
+    return sorted({code for area in areas for code in area.geocodes
+                   if len(code) == 2 and code.isdigit() and code != ours})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What taking an alert would do (`loa-controller cap check`, and the intake itself)."""
+
+    alert: CapAlert
+    clusters: list[str]  # the fleet's clusters in its areas
+    decision: Decision | None  # None: nothing to air (not Actual, a Cancel, no cluster)
+
+
+def preview(alert: CapAlert, fleet: Fleet, config: CapConfig, now: datetime) -> Preview:
+    clusters = clusters_in_area(fleet, alert.areas)
+    if alert.msg_type not in ("Alert", "Update") or alert.status != ACTING_STATUS:
+        return Preview(alert, clusters, None)
+    if not clusters:
+        return Preview(alert, clusters, None)
+    decision = decide(
+        alert, config, now=now, matched=len(clusters), fleet_size=len(fleet.clusters),
+        other_provinces=other_provinces(fleet, alert.areas),
+    )
+    return Preview(alert, clusters, decision)
+
+
+def check_signature(raw: bytes, alert: CapAlert, config: CapConfig) -> bytes:
+    """The signed alert's bytes, checked against its sender's certificate; CapError if the
+    sender must sign and did not, or the signature fails. Unsigned alerts from senders
+    without a certificate pass as they are."""
+    entry = sender_entry(config, alert.sender)
+    certificate = entry.certificate if entry is not None else None
+    if certificate is None:
+        return raw
+    if not alert.signed:
+        raise CapError(
+            f"the sender {alert.sender} signs its alerts (cap.senders names its certificate "
+            f"{certificate}), and this one carries no XML Signature: refused"
+        )
+    from signxml.exceptions import InvalidInput, InvalidSignature
+    from signxml.verifier import (  # lxml: loaded only for signed alerts
+        SignatureConfiguration,
+        XMLVerifier,
+    )
+
+    try:
+        pem = certificate.read_text(encoding="ascii")
+    except (OSError, ValueError) as exc:
+        raise CapError(f"cannot read the certificate {certificate} of {alert.sender}: {exc}; "
+                       "correct cap.senders in controller.yaml") from None  # fmt: skip
+    try:
+        verified = XMLVerifier().verify(
+            raw, x509_cert=pem,
+            expect_config=SignatureConfiguration(location="./", require_x509=False),
+        )
+    except (InvalidSignature, InvalidInput) as exc:
+        raise CapError(
+            f"the alert's XML Signature does not verify with the certificate of "
+            f"{alert.sender} ({certificate}): {exc}; refused, nothing aired"
+        ) from None
+    first = verified[0] if isinstance(verified, list) else verified
+    return bytes(first.signed_data)
+
+
 class CapIntake:
     def __init__(self, service: UrgentService, config: CapConfig) -> None:
         self._service = service
         self._config = config
         self._lock = threading.Lock()
         self._taking = threading.Lock()  # one message at a time: check, act, remember
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def take(self, raw: bytes, who: Principal) -> CapResult:
         alert = parse_cap(raw)
+        signed = check_signature(raw, alert, self._config)
+        if signed is not raw:  # what the key signed, and nothing else, is taken
+            alert = parse_cap(signed)
         with self._taking:
             before = self._row(alert.ref)
             if before is not None:
@@ -226,10 +213,12 @@ class CapIntake:
         if alert.msg_type in ("Cancel", "Update") and alert.status != ACTING_STATUS:
             return self._not_actual(alert, who, now)
         clusters: list[str] = []
+        decision: Decision | None = None
         if alert.msg_type != "Cancel" and alert.status == ACTING_STATUS:
+            seen = preview(alert, self._service.fleet(), self._config, now)
             reach = self._service.reach(who)
-            clusters = [c for c in clusters_in_area(self._service.fleet(), alert.areas)
-                        if c in reach]
+            clusters = [c for c in seen.clusters if c in reach]
+            decision = seen.decision
             if clusters and not alert.text:  # refused before anything is done
                 raise CapError("the alert has neither a headline nor an instruction to speak")
         if alert.msg_type in ("Cancel", "Update"):
@@ -245,23 +234,43 @@ class CapIntake:
         if alert.status != ACTING_STATUS:  # an Alert: Cancels and Updates returned above
             return CapResult(alert.identifier, alert.msg_type, "ignored", [],
                              f"status {alert.status}: only Actual alerts are aired")
-        if not clusters:
+        if not clusters or decision is None:
             if alert.msg_type == "Update":
                 self._remember(alert, who, now, "ignored")
             return CapResult(alert.identifier, alert.msg_type, "no-clusters", [],
                              "no cluster of ours lies in the alert's area")
+        return self._act(alert, who, now, clusters, decision)
+
+    def _act(self, alert: CapAlert, who: Principal, now: datetime, clusters: list[str],
+             decision: Decision) -> CapResult:  # fmt: skip
+        why = decision.why
         self._service.audit.record(
-            at=now, user=who.name, action="cap-alert", subject=alert.identifier, level="emergency",
-            title=alert.headline[:200], text=alert.text, clusters=clusters,
-            detail=f"ref={alert.ref} policy={self._config.policy}",
+            at=now, user=who.name, action="cap-alert", subject=alert.identifier,
+            level=decision.level, title=alert.headline[:200], text=alert.text,
+            clusters=clusters, detail=f"ref={alert.ref}; {decision.action}: {why}",
         )
-        self._remember(alert, who, now, "pending", clusters)
-        if self._config.policy == "approve":
+        if decision.action in ("expired", "refuse"):
+            state = "expired" if decision.action == "expired" else "refused"
+            self._remember(alert, who, now, state, clusters, outcome=f"{state}: {why}",
+                           decision=decision)  # fmt: skip
+            log.warning("CAP alert %s from %s not aired: %s", alert.identifier, alert.sender,
+                        why)  # fmt: skip
+            return CapResult(alert.identifier, alert.msg_type, "refused"
+                             if state == "refused" else "expired", [], why)  # fmt: skip
+        if decision.action == "hold":
+            self._remember(alert, who, now, "scheduled", clusters, decision=decision,
+                           due=decision.air_at)  # fmt: skip
+            return CapResult(alert.identifier, alert.msg_type, "held", [],
+                             f"{why}; {len(clusters)} clusters")
+        self._remember(alert, who, now, "pending", clusters, decision=decision,
+                       outcome=f"waiting: {why}" if decision.action == "approve" else None)
+        if decision.action == "approve":
             return CapResult(alert.identifier, alert.msg_type, "pending", [],
-                             f"waiting for a manager's approval; {len(clusters)} clusters")
+                             f"waiting for a manager's approval: {why}; {len(clusters)} "
+                             "clusters")  # fmt: skip
         sent = self.send(alert.ref, who)
         return CapResult(alert.identifier, alert.msg_type, "sent", [sent],
-                         f"sent to {len(clusters)} clusters")
+                         f"sent to {len(clusters)} clusters ({why})")
 
     def _not_actual(self, alert: CapAlert, who: Principal, now: datetime) -> CapResult:
         """A Cancel or Update that is an exercise, a test, a system message or a draft:
@@ -285,26 +294,102 @@ class CapIntake:
     def _remember(
         self, alert: CapAlert, who: Principal, now: datetime, state: str,
         clusters: list[str] | None = None, outcome: str | None = None,
+        decision: Decision | None = None, due: datetime | None = None,
     ) -> None:
+        values: dict[str, Any] = {}
+        if decision is not None:
+            values = {
+                "level": decision.level,
+                "repeat": decision.repeat or self._config.repeat,
+                "every_s": int(decision.every.total_seconds()) if decision.every else None,
+                "expires_at": decision.expires_at.astimezone(UTC)
+                if decision.expires_at else None,
+                "due_at": due.astimezone(UTC) if due else None,
+            }
         with self._lock, self._service.store.engine.begin() as conn:
             conn.execute(insert(cap_alerts).values(
                 ref=alert.ref, received_at=now.astimezone(UTC), received_by=who.name,
                 state=state, text=alert.text, clusters=json.dumps(clusters or []),
                 headline=alert.headline[:200], msg_type=alert.msg_type, outcome=outcome,
+                **values,
             ))
 
-    def send(self, ref: str, who: Principal) -> str:
-        """Send a pending alert (policy approve: a manager's go-ahead)."""
+    def send(self, ref: str, who: Principal, now: datetime | None = None) -> str:
+        """Air an alert now: a pending one a manager approves, a held one whose time has
+        come, or a repeat (`now`: the time it is aired at, the clock's by default). An
+        alert past its expiry is not aired (recorded as expired)."""
         row = self._row(ref)
-        if row is None or row["state"] != "pending":
+        if row is None or row["state"] not in ("pending", "scheduled", "sent"):
             raise CapError(f"no pending CAP alert {ref!r}")
+        now = now or self._service.now()
+        expires = aware(row["expires_at"]) if row.get("expires_at") else None
+        if expires is not None and expires <= now:
+            self._set(ref, "expired", row["announcement"], due=None)
+            raise CapError(
+                f"CAP alert {ref} expired at {expires.isoformat()}: not aired"
+            )
         req = AnnouncementRequest(
-            targets=list(json.loads(row["clusters"])), level="emergency", text=row["text"],
-            repeat=self._config.repeat, gap_s=3.0, title=row["headline"] or None, ref=ref,
+            targets=list(json.loads(row["clusters"])), level=row.get("level") or "emergency",
+            text=row["text"], repeat=row.get("repeat") or self._config.repeat, gap_s=3.0,
+            title=row["headline"] or None, ref=ref, expires_at=expires,
         )
         sent = self._service.send(who, req, source="cap")
-        self._set(ref, "sent", sent.id)
+        again = None
+        if row.get("every_s") and expires is not None:
+            at = now + timedelta(seconds=int(row["every_s"]))
+            again = at if at < expires else None
+        self._set(ref, "sent", sent.id, due=again)
         return sent.id
+
+    def next_due(self) -> datetime | None:
+        with self._service.store.engine.connect() as conn:
+            found = conn.execute(
+                select(func.min(cap_alerts.c.due_at))
+                .where(cap_alerts.c.state.in_(("scheduled", "sent")))
+            ).scalar()
+        return aware(found) if found is not None else None
+
+    def run_due(self, now: datetime | None = None) -> list[str]:
+        """Air what is due: held alerts whose time has come, and repeats; their ids."""
+        now = now or self._service.now()
+        with self._service.store.engine.connect() as conn:
+            refs = [r[0] for r in conn.execute(
+                select(cap_alerts.c.ref).where(
+                    cap_alerts.c.state.in_(("scheduled", "sent")),
+                    cap_alerts.c.due_at <= now.astimezone(UTC),
+                ).order_by(cap_alerts.c.due_at)
+            )]  # fmt: skip
+        who = system_sender(self._service.fleet().province.id)
+        aired = []
+        for ref in refs:
+            with self._taking:
+                try:
+                    aired.append(self.send(ref, who, now))
+                except CapError as exc:
+                    log.warning("%s", exc)
+                    self._set(ref, None, None, due=None)
+                except Exception:  # the store or the audio failed: try again shortly
+                    log.exception("could not air CAP alert %s now; trying again", ref)
+        return aired
+
+    def start(self) -> None:
+        """Air held alerts and repeats when they are due (a thread; stop() ends it)."""
+        self._thread = threading.Thread(target=self._run, name="cap-due", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                due = self.next_due()
+                if due is not None and due <= self._service.now():
+                    self.run_due()
+            except Exception:
+                log.exception("looking for CAP alerts due failed; trying again")
 
     def pending(self) -> list[dict[str, Any]]:
         with self._service.store.engine.connect() as conn:
@@ -326,17 +411,22 @@ class CapIntake:
             row = conn.execute(select(cap_alerts).where(cap_alerts.c.ref == ref)).mappings().first()
         return dict(row) if row else None
 
-    def _set(self, ref: str, state: str, announcement: str | None = None) -> None:
+    def _set(self, ref: str, state: str | None, announcement: str | None = None, *,
+             due: datetime | None = None) -> None:  # fmt: skip
+        values: dict[str, Any] = {"due_at": due.astimezone(UTC) if due else None}
+        if state is not None:
+            values.update(state=state, announcement=announcement)
         with self._lock, self._service.store.engine.begin() as conn:
-            conn.execute(update(cap_alerts).where(cap_alerts.c.ref == ref).values(
-                state=state, announcement=announcement))
+            conn.execute(update(cap_alerts).where(cap_alerts.c.ref == ref).values(**values))
 
     def _cancel(self, references: list[str], who: Principal) -> list[str]:
         stopped: list[str] = []
         for ref in references:
             row = self._row(ref)
-            if row is not None and row["state"] == "pending":
-                self._set(ref, "cancelled")
+            if row is not None and row["state"] in ("pending", "scheduled"):
+                self._set(ref, "cancelled", row["announcement"])
+            elif row is not None and row["state"] == "sent":
+                self._set(ref, "sent", row["announcement"], due=None)  # no more repeats
             for announcement in self._service.find_by_ref(ref):
                 self._service.stop(who, announcement)
                 stopped.append(announcement)

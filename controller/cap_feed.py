@@ -48,16 +48,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from controller.cap import (
-    MAX_CAP_BYTES,
-    NS,
-    CapAlert,
-    CapError,
-    CapIntake,
-    parse_cap,
-    system_sender,
-    take_and_log,
-)
+from controller.cap import CapIntake, system_sender, take_and_log
+from controller.cap_message import MAX_CAP_BYTES, NS, CapAlert, CapError, parse_cap
 from controller.config import CapFeedConfig
 from controller.untrusted_xml import RefusedXmlError, parse_untrusted
 

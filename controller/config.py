@@ -135,13 +135,84 @@ class CapFeedConfig(_Strict):
     """Seconds to wait for the server before giving up until the next poll."""
 
 
+SEVERITIES = ("Extreme", "Severe", "Moderate", "Minor", "Unknown")
+URGENCIES = ("Immediate", "Expected", "Future", "Past", "Unknown")
+CERTAINTIES = ("Observed", "Likely", "Possible", "Unlikely", "Unknown")
+
+
+def _cap_values(allowed: tuple[str, ...]) -> Any:
+    def check(values: list[str]) -> list[str]:
+        wrong = [v for v in values if v != "*" and v not in allowed]
+        if wrong:
+            raise ValueError(
+                f"{', '.join(map(repr, wrong))}: CAP 1.2 knows {', '.join(allowed)} (or * "
+                "for any)"
+            )
+        return values
+
+    return AfterValidator(check)
+
+
+class CapRule(_Strict):
+    """One row of the CAP policy: alerts whose severity, urgency and certainty are listed
+    (CAP 1.2's words; * for any) are aired at this level, so many times, this often."""
+
+    severity: Annotated[list[str], Field(min_length=1), _cap_values(SEVERITIES)]
+    urgency: Annotated[list[str], Field(min_length=1), _cap_values(URGENCIES)]
+    certainty: Annotated[list[str], Field(min_length=1), _cap_values(CERTAINTIES)]
+    action: Literal["send", "approve"]
+    """send: aired at once (or when it takes effect); approve: waits for a manager."""
+    level: Literal["emergency", "priority"] = "emergency"
+    repeat: Annotated[int, Field(ge=1, le=10)] | None = None
+    """Times the text is spoken in one airing (default: the cap section's repeat)."""
+    every: Duration | None = None
+    """Aired again this often until the alert's <expires> (none: once)."""
+
+
+def _default_cap_rules() -> list[CapRule]:
+    return [
+        CapRule(severity=["Extreme", "Severe"], urgency=["Immediate", "Expected"],
+                certainty=["Observed", "Likely"], action="send", level="emergency"),
+        CapRule(severity=["*"], urgency=["*"], certainty=["*"], action="approve",
+                level="priority"),
+    ]  # fmt: skip
+
+
+class CapSender(_Strict):
+    """A warning authority the province takes alerts from."""
+
+    sender: Annotated[str, Field(min_length=1, max_length=200)]
+    """Its CAP <sender>, or a pattern of them (shell-style: *, ?), e.g. *@kttv.gov.vn."""
+    wide_areas: bool = False
+    """Trusted to send alerts over more than max_share of the fleet, or several provinces,
+    without a manager's approval."""
+    certificate: ConfigPath | None = None
+    """A PEM certificate: its alerts must carry an XML Signature this certificate made."""
+
+
 class CapConfig(_Strict):
     """CAP 1.2 alerts taken in by POST /api/v1/cap (controller.cap)."""
 
-    policy: Literal["send", "approve"] = "approve"
-    """send: an alert for our area goes out at once; approve: it waits for a manager."""
+    policy: Literal["send", "approve"] = "send"
+    """send: each alert does what the rules say (at once, when it takes effect, or after a
+    manager's approval); approve: every alert waits for a manager."""
     repeat: Annotated[int, Field(ge=1, le=10)] = 2
-    """How many times the alert's text is spoken."""
+    """How many times the alert's text is spoken, where a rule does not say."""
+    rules: Annotated[list[CapRule], Field(min_length=1)] = Field(
+        default_factory=_default_cap_rules
+    )
+    """The policy table, first match wins (docs/cap.md); an alert no rule matches waits
+    for a manager."""
+    senders: list[CapSender] = Field(default_factory=list)
+    """The warning authorities taken in (none listed: any sender, none trusted for wide
+    areas)."""
+    unknown_senders: Literal["refuse", "approve"] = "refuse"
+    """When senders are listed, what an alert from another sender gets."""
+    max_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """An alert whose area takes more than this share of the fleet waits for a manager,
+    unless its sender is trusted for wide areas."""
+    future: Literal["hold", "now"] = "hold"
+    """An alert whose <effective> or <onset> is ahead: held until then, or aired at once."""
     watch_dir: ConfigPath | None = None
     """A folder where a feed fetcher (or a person) drops CAP XML files to take in."""
     feeds: Annotated[list[CapFeedConfig], AfterValidator(_distinct_feeds)] = Field(

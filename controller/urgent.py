@@ -139,6 +139,8 @@ class AnnouncementRequest:
     gap_s: float = 3.0
     title: str | None = None
     ref: str | None = None
+    # No cluster starts it after this (a CAP alert's <expires>), nor after URGENT_LATENESS.
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -464,7 +466,8 @@ class UrgentService:
         play_id = new_play_id("urgent")
         spec = PlaySpec(
             play_id=play_id, bulletin=title, level=req.level, start_at=now,
-            latest_start=now + URGENT_LATENESS, items=[], clusters=clusters,
+            latest_start=min(now + URGENT_LATENESS, req.expires_at or now + URGENT_LATENESS),
+            items=[], clusters=clusters,
             urgent=True,
         )
         with self._lock, self._store.engine.begin() as conn:

@@ -352,7 +352,8 @@ def cap_rig(
 
     require("espeak-ng", shutil.which("espeak-ng") is not None, "apt-get install espeak-ng")
     policy = getattr(request, "param", "send")
-    r = WebRig(tmp_path, broker.address, cap=CapConfig(policy=policy, repeat=1))
+    # The test fleet is four clusters: a commune is 75 % of it, over the wide-area share.
+    r = WebRig(tmp_path, broker.address, cap=CapConfig(policy=policy, repeat=1, max_share=1.0))
     r.start()
     try:
         yield r

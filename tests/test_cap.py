@@ -286,7 +286,7 @@ def test_a_cancel_taken_again_does_nothing_also_after_a_restart(cap_rig: WebRig)
         assert _actions(cap_rig) == done
 
     # A restarted intake on the same database remembers it, from the folder too.
-    restarted = CapIntake(cap_rig.service, CapConfig(policy="send", repeat=1))
+    restarted = CapIntake(cap_rig.service, CapConfig(policy="send", repeat=1, max_share=1.0))
     assert restarted.known("kttv@example.vn,VN-KTTV-2026-002,2026-10-20T08:00:00+07:00")
     assert restarted.take(cancel_xml, cap_rig.user("quan-ly")).action == "already-taken"
     inbox = cap_rig.tmp / "cap-inbox"
@@ -320,7 +320,7 @@ def test_an_update_taken_again_stops_and_sends_nothing_more(cap_rig: WebRig) -> 
     assert [a for a in done if a[0] == "stop"] == [("stop", "quan-ly", second),
                                                    ("stop", "quan-ly", first)]
 
-    restarted = CapIntake(cap_rig.service, CapConfig(policy="send", repeat=1))
+    restarted = CapIntake(cap_rig.service, CapConfig(policy="send", repeat=1, max_share=1.0))
     for intake_now in (intake, restarted):
         for message in (update, moved):
             assert intake_now.take(message, manager).action == "already-taken"

@@ -595,7 +595,7 @@ def test_a_cancel_still_in_the_feed_is_not_applied_again_after_a_restart(
         ("cap-cancel", "flood-3-cancel"), ("stop", sent.id)
     ]
     # A restart: a new intake on the same database, a feed that remembers nothing.
-    cap_rig.ctx.cap = CapIntake(cap_rig.service, CapConfig(policy="send", repeat=1))
+    cap_rig.ctx.cap = CapIntake(cap_rig.service, CapConfig(policy="send", repeat=1, max_share=1.0))
     restarted = feed_for(cap_rig, site.url("kttv.atom"))
     assert got(restarted.poll(now=0)) == [
         ("urn:kttv:flood", "already taken"), ("urn:kttv:cancel", "already taken")

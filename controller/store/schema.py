@@ -219,6 +219,14 @@ cap_alerts = Table(
     Column("msg_type", String(16)),
     # why a message changed nothing ("ignored: status Test; ..."); NULL otherwise
     Column("outcome", Text),
+    # What its policy decided (controller/cap_policy.py): the level and times spoken of
+    # its airings, how often it is aired again (seconds), when it expires, and when it is
+    # next aired (held until it takes effect, or a repeat); NULL in older rows.
+    Column("level", String(16)),
+    Column("repeat", Integer),
+    Column("every_s", Integer),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("due_at", DateTime(timezone=True), index=True),
 )
 
 # --- the audit log (controller.audit): rows are only ever added ---------------------

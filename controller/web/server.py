@@ -63,10 +63,12 @@ class WebServer:
         port: int,
         *,
         cap_folder: CapFolder | None = None,
+        cap: CapIntake | None = None,
         tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.app = app
         self._cap_folder = cap_folder
+        self._cap = cap  # airs held CAP alerts and repeats when due
         cert, key = tls if tls is not None else (None, None)
         self._server = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
@@ -92,12 +94,16 @@ class WebServer:
                 raise OSError(f"the web app did not start on {self.host}:{self.port}")
             time.sleep(0.02)
         log.info("web app and API on %s", self.url)
+        if self._cap is not None:
+            self._cap.start()
         if self._cap_folder is not None:
             self._cap_folder.start()
 
     def stop(self) -> None:
         if self._cap_folder is not None:
             self._cap_folder.stop()
+        if self._cap is not None:
+            self._cap.stop()
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
@@ -149,6 +155,6 @@ def start_web(controller: Any, config: Any, *, tts: TextToSpeech | None = None) 
         if config.cap.watch_dir is not None:
             folder = CapFolder(ctx.cap, config.cap.watch_dir, controller.fleet.province.id)
     server = WebServer(create_app(ctx), config.listen, config.port, cap_folder=folder,
-                       tls=config.tls)
+                       cap=ctx.cap, tls=config.tls)
     server.start()
     return server
