@@ -2,30 +2,21 @@
 
 These check that the benchmarks run, clean up and report what they promise (keys, sane
 values, the results file); the figures themselves are scripts/bench.py's business at
-full size, never asserted here. The emulated 4G link (scripts/link_relay.py) is also
-checked on its own, in front of a TCP echo server: its delays, its order and its losses.
+full size, never asserted here. The emulated 4G link (scripts/link_relay.py) is checked
+on its own in test_link_relay.py.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import socket
-import socketserver
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import have_mosquitto, require
-from link_relay import Counts, Direction, LinkParams, LinkRelay  # scripts/: pytest's pythonpath
-
-from protocol.mqtt import BrokerAddress
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "scripts" / "bench.py"
@@ -161,62 +152,6 @@ def test_urgent_over_4g_goes_through_the_link_and_writes_its_own_section(tmp_pat
     assert "**one way**" in text[begin:]
 
 
-# --- the emulated link on its own -------------------------------------------------------------
-
-
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-
-
-@pytest.fixture
-def echo_server() -> Iterator[BrokerAddress]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield BrokerAddress(host="127.0.0.1", port=int(server.server_address[1]))
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def relay_for(echo_server: BrokerAddress) -> Iterator[Any]:
-    relays: list[LinkRelay] = []
-
-    def start(params: LinkParams) -> LinkRelay:
-        relay = LinkRelay(params, echo_server)
-        relays.append(relay)
-        relay.start()
-        return relay
-
-    yield start
-    for relay in relays:
-        relay.stop()
-
-
-def _connect(relay: LinkRelay) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def _read(sock: socket.socket, size: int, deadline: float, at: list[tuple[int, float]]
-          ) -> bytes:  # fmt: skip
-    """size bytes from sock by the deadline, noting (bytes so far, time) as they come."""
-    data = b""
-    while len(data) < size:
-        left = deadline - time.monotonic()
-        assert left > 0, f"only {len(data)} of {size} bytes came back in time"
-        sock.settimeout(left)
-        piece = sock.recv(65536)
-        assert piece, "the relay closed the connection"
-        data += piece
-        at.append((len(data), time.monotonic()))
-    return data
-
-
 def test_make_bench_writes_every_section_urgent_over_4g_included(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -290,83 +225,3 @@ def test_fleets_take_one_process_per_core_and_the_open_files_they_need(
     limits["now"] = (1024, 1500)
     with pytest.raises(ValueError, match=r"allows 1500 \(ulimit -Hn\): use --per-process 359"):
         bench_fleet.allow_open_files(500)
-
-
-def test_link_model_delays_in_bounds_keeps_order_and_loses_whole_packets() -> None:
-    params = LinkParams(delay_s=0.1, jitter_s=0.05, loss=0.0, seed=3)
-    counts = Counts()
-    model = Direction(params, random.Random(3), counts)
-    previous = 0.0
-    for k in range(200):
-        now = 10.0 + 0.001 * k  # pieces read a millisecond apart: the draws overlap
-        segments = model.plan(now, 100)
-        assert len(segments) == 1
-        at, size = segments[0]
-        assert size == 100
-        assert now + 0.05 <= at <= now + 0.15
-        assert at >= previous  # never before the piece read before it
-        previous = at
-    # Pieces read a second apart: each its own draw, spread over the whole range.
-    delays = [model.plan(20.0 + k, 1)[0][0] - (20.0 + k) for k in range(20)]
-    assert min(delays) < 0.1 < max(delays)
-    assert counts == Counts(bytes=200 * 100 + 20, packets=220, lost=0)
-
-    lossy = Direction(LinkParams(loss=1.0), random.Random(1), lossy_counts := Counts())
-    segments = lossy.plan(0.0, 3000)  # three packets: 1448, 1448, 104 bytes
-    assert sum(size for _at, size in segments) == 3000
-    assert all(0.05 + 0.2 + 0.05 <= at <= 0.15 + 0.2 + 0.15 for at, _size in segments)
-    assert [at for at, _size in segments] == sorted(at for at, _size in segments)
-    assert lossy_counts == Counts(bytes=3000, packets=3, lost=3)
-
-
-def test_relay_delays_each_direction_and_keeps_the_order(relay_for: Any) -> None:
-    relay = relay_for(LinkParams(delay_s=0.1, jitter_s=0.05, loss=0.0, seed=7))
-    records = 60
-    sent_at: list[float] = []
-    arrivals: list[tuple[int, float]] = []
-    with _connect(relay) as sock:
-
-        def send() -> None:
-            for i in range(records):
-                sent_at.append(time.monotonic())
-                sock.sendall(i.to_bytes(4, "big"))
-                # Pieces a few milliseconds apart, so that the relay reads them apart and
-                # draws each its own delay (this paces the load; it waits for nothing).
-                time.sleep(0.004)
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        data = _read(sock, 4 * records, time.monotonic() + 10, arrivals)
-        sender.join(10)
-    assert [int.from_bytes(data[i : i + 4], "big") for i in range(0, len(data), 4)] == list(
-        range(records)
-    )  # in the order sent, whatever each piece drew
-    for i, sent in enumerate(sent_at):
-        back = next(at for size, at in arrivals if size >= 4 * (i + 1))
-        # up 50-150 ms, then down 50-150 ms; the slack is for a busy machine
-        assert 0.1 - 0.002 <= back - sent <= 0.3 + 0.2, (i, back - sent)
-    stats = relay.stats()
-    assert stats["connections"] == 1
-    assert stats["up"]["bytes"] == stats["down"]["bytes"] == 4 * records
-    assert stats["up"]["packets"] >= records // 3  # the relay did read the pieces apart
-    assert stats["up"]["lost"] == stats["down"]["lost"] == 0
-
-
-def test_relay_with_every_packet_lost_still_delivers_everything_an_rto_late(
-    relay_for: Any,
-) -> None:
-    relay = relay_for(LinkParams(delay_s=0.1, jitter_s=0.05, loss=1.0, seed=1))
-    payload = bytes(range(256)) * 12  # 3072 bytes: three packets
-    at: list[tuple[int, float]] = []
-    with _connect(relay) as sock:
-        started = time.monotonic()
-        sock.sendall(payload)
-        data = _read(sock, len(payload), started + 10, at)
-    assert data == payload
-    # Each way: a one-way delay, the RTO, and another one-way delay (at least 50 ms each).
-    first = at[0][1] - started
-    assert first >= 2 * (0.05 + 0.2 + 0.05) - 0.002
-    stats = relay.stats()
-    assert stats["up"] == {"bytes": 3072, "packets": 3, "lost": 3}
-    assert stats["down"]["bytes"] == 3072
-    assert stats["down"]["lost"] == stats["down"]["packets"] >= 3
