@@ -89,8 +89,15 @@ def test_delivery_counts_each_agents_bytes_and_writes_its_section(tmp_path: Path
     assert r["repeat_bytes_per_agent"] > 0
     assert r["store_s"] > 0
     assert r["store_cpu_s"] >= 0
+    # On loopback the delivery time is a figure, not a target.
+    assert r["deliver_ratio"] > 0
+    assert [t["what"] for t in r["targets"]] == [
+        "agents holding the bulletin", "bytes on the wire per agent", "repeat bytes per agent"
+    ]  # fmt: skip
+    assert "link" not in r
     text = doc.read_text(encoding="utf-8")
     assert "Storing alone, without the network" in text
+    assert "figures, not a target" in text
     assert "<!-- bench:delivery:begin -->" in text
     assert "<!-- bench:delivery:end -->" in text
     assert "Not run yet: `python scripts/bench.py urgent`" in text
@@ -128,7 +135,9 @@ def test_urgent_over_4g_goes_through_the_link_and_writes_its_own_section(tmp_pat
     check_common(r, "urgent")
     assert r["link"] == "4g"
     assert r["link_params"] == {
-        "delay_s": 0.1, "jitter_s": 0.05, "loss": 0.01, "rto_s": 0.2, "mss": 1448, "seed": 1
+        "delay_s": 0.1, "jitter_s": 0.05, "loss": 0.01, "rto_s": 0.2, "mss": 1448, "seed": 1,
+        "down_kbit": 0.0, "up_kbit": 0.0, "burst_bytes": 14480, "window_bytes": 262144,
+        "quantum_s": 0.05,
     }  # fmt: skip
     assert r["played"] == 5
     # The agents and the raw subscribers (5 each) connected through the relay, and what
@@ -152,12 +161,54 @@ def test_urgent_over_4g_goes_through_the_link_and_writes_its_own_section(tmp_pat
     assert "**one way**" in text[begin:]
 
 
-def test_make_bench_writes_every_section_urgent_over_4g_included(
+@pytest.mark.usefixtures("_components")
+def test_delivery_over_4g_limits_each_connection_and_judges_against_the_raw_broker(
+    tmp_path: Path,
+) -> None:
+    doc = tmp_path / "benchmarks.md"
+    loopback = "<!-- bench:delivery:begin -->\nloopback, kept\n<!-- bench:delivery:end -->"
+    doc.write_text(f"# Benchmarks\n\n{loopback}\n\n<!-- bench:agent:begin -->\n"
+                   "<!-- bench:agent:end -->\n", encoding="utf-8")  # fmt: skip
+    # 400 kbit/s down: 50,000 bytes a second for each connection.
+    r = bench("delivery", "--link", "4g", "--agents", "5", "--minutes", "0.2", "--trials", "1",
+              "--link-down-kbit", "400", "--doc", str(doc))  # fmt: skip
+    check_common(r, "delivery")
+    assert r["link"] == "4g"
+    assert r["link_params"]["down_kbit"] == 400
+    assert r["link_params"]["up_kbit"] == 500  # the default
+    assert r["delivered"] == r["repeat_delivered"] == 5
+    # Agents and raw subscribers (5 each) came through the relay, and neither side had the
+    # bulletin sooner than the downlink could carry it.
+    assert r["link_totals"]["connections"] == 10
+    burst = r["link_params"]["burst_bytes"]
+    line = 8 * (r["wire_bytes_per_agent"] - burst) / 400_000 + 0.05  # the shortest delay
+    assert r["line_s"] == pytest.approx(line, abs=2e-3)
+    assert r["line_s"] < r["raw_fanout_s"]
+    assert r["line_s"] < r["deliver_s"]
+    assert r["link_window"]["loa"]["down"]["bytes"] >= 5 * r["encoded_bytes"]
+    assert r["link_window"]["raw"]["down"]["bytes"] >= 5 * r["encoded_bytes"]
+    assert r["relay_busy_pct"]["loa"] is not None
+    assert r["relay_busy_pct"]["loa"] >= 0
+    assert r["relay_ms_per_mb"] is not None
+    assert r["relay_ms_per_mb"] >= 0
+    assert r["cpu"]["raw"]["link_relay"]["user_s"] >= 0
+    ratio_target = next(t for t in r["targets"] if t["what"] == "deliver_s / raw_fanout_s")
+    assert ratio_target["limit"] == 1.25
+    text = doc.read_text(encoding="utf-8")
+    assert loopback in text  # the loopback section is left as it was
+    begin = text.index("<!-- bench:delivery-4g:begin -->")
+    assert text.index("<!-- bench:delivery:end -->") < begin < text.index("bench:agent:begin")
+    assert "over an emulated 4G link" in text[begin:]
+    assert "400 kbit/s towards the agent" in text[begin:]
+    assert "What the emulated link itself cost" in text[begin:]
+
+
+def test_make_bench_writes_every_section_4g_included(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`bench.py` with no mode (make bench) runs each mode at its defaults and the urgent
-    bench over the emulated 4G link, which has a section of its own; the worst status
-    is its own."""
+    and delivery benches over the emulated 4G link, each with a section of its own; the
+    worst status is its own."""
     import bench
     import bench_report
 
@@ -171,14 +222,25 @@ def test_make_bench_writes_every_section_urgent_over_4g_included(
 
     monkeypatch.setattr(bench, "run_mode", run_mode)
     assert bench.main([]) == 3
-    assert ran == [("urgent", "loopback"), ("urgent", "4g"), ("delivery", None), ("agent", None)]
+    assert ran == [
+        ("urgent", "loopback"), ("urgent", "4g"), ("delivery", "loopback"), ("delivery", "4g"),
+        ("agent", None),
+    ]  # fmt: skip
     assert commands == [  # what each section says made it
         "python scripts/bench.py urgent", "python scripts/bench.py urgent --link 4g",
-        "python scripts/bench.py delivery", "python scripts/bench.py agent",
-    ]
+        "python scripts/bench.py delivery", "python scripts/bench.py delivery --link 4g",
+        "python scripts/bench.py agent",
+    ]  # fmt: skip
     parser = bench.build_parser()
     sections = {bench.section(parser.parse_args(argv)) for argv in bench.EVERY_SECTION}
-    assert sections == {"urgent", "urgent-4g", "delivery", "agent"}
+    assert sections == {"urgent", "urgent-4g", "delivery", "delivery-4g", "agent"}
+    # Delivery over 4G limits each connection's bandwidth by default; urgent does not.
+    delivery = bench.link_params(parser.parse_args(["delivery", "--link", "4g"]))
+    assert delivery is not None
+    assert (delivery.down_kbit, delivery.up_kbit) == (2000, 500)
+    urgent = bench.link_params(parser.parse_args(["urgent", "--link", "4g"]))
+    assert urgent is not None
+    assert (urgent.down_kbit, urgent.up_kbit) == (0, 0)
 
 
 def test_storing_alone_writes_every_copy_whole_and_never_over_an_earlier_one(

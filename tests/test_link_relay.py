@@ -171,14 +171,15 @@ def test_link_model_paces_packets_through_a_token_bucket() -> None:
     assert times == sorted(times)
     # The last byte leaves once the rate has paid for what the full bucket did not.
     assert times[-1] == pytest.approx((size - params.burst_bytes) / rate + 0.05, abs=1e-6)
-    # Written in slices about a quantum apart (20 ms: 13 packets), not one per packet.
+    # Written in slices about a quantum apart (50 ms: 34 packets), not one per packet.
     assert 0.9 * size / rate / params.quantum_s <= len(segments) <= 2 + size / rate / 0.02
     assert all(n % params.mss == 0 for _at, n in segments[:-1])
     gaps = [b - a for a, b in itertools.pairwise(times[1:-1])]  # full slices
-    assert all(0.015 <= gap <= params.quantum_s + 1e-9 for gap in gaps), gaps
+    assert all(0.8 * params.quantum_s <= gap <= params.quantum_s + 1e-9 for gap in gaps), gaps
     # Read again later, after the link went idle: the bucket refilled, up to its depth.
-    again = model.plan(10.0, params.burst_bytes)
-    assert again == [(pytest.approx(10.05), params.burst_bytes)]
+    [(at, size_again)] = model.plan(10.0, params.burst_bytes)
+    assert at == pytest.approx(10.05)
+    assert size_again == params.burst_bytes
     assert counts.lost == 0
     # The other way, unlimited, delivers a read at once (after the delay).
     up = Direction(params, random.Random(1), Counts(), params.up_kbit)
