@@ -544,32 +544,26 @@ def _link_rows(r: dict[str, Any]) -> list[list[str]]:
 
 
 def _relay_text(r: dict[str, Any]) -> str:
-    """What the relay process cost, and whether it, rather than the emulated radio, may
-    have set the pace."""
+    """What the relay process cost, whether it or the emulated radio set the pace, and
+    how far each column was from the time the downlink alone needs."""
     busy = r["relay_busy_pct"]
     loa, raw = busy["loa"], busy["raw"]
     if loa is None or raw is None:
         return ""
     cpu_loa = r["cpu"]["loa"]["link_relay"]
     cpu_raw = r["cpu"]["raw"]["link_relay"]
-    worst = max(loa, raw, 100 * (r.get("relay_cores_at_line_rate") or 0.0))
+    worst = max(loa, raw)
     if worst >= 85:
         judgement = (
-            "The relay, one single-threaded process, was at or near the end of what it "
-            "can do: it, not the emulated radio, set (or nearly set) the pace, and the "
+            "The relay, one single-threaded process, was at or near a whole core in at "
+            "least one window: there it, not the emulated radio, set the pace, and the "
             "ratio says less about Loa than it should; a smaller fleet (--agents) keeps "
             "the relay within a core."
         )
     elif worst >= 60:
-        judgement = (
-            "The relay had headroom, though not much: on a busier machine it could start "
-            "to set the pace."
-        )
+        judgement = "The relay had headroom in both windows, though not much."
     else:
-        judgement = (
-            "The relay had headroom: the emulated radio, not the relay, set the pace of "
-            "both columns."
-        )
+        judgement = "The relay had headroom in both windows: it did not set the pace."
     need = ""
     if r.get("relay_ms_per_mb") and r.get("relay_cores_at_line_rate") is not None:
         need = (
@@ -579,13 +573,28 @@ def _relay_text(r: dict[str, Any]) -> str:
             f"{r['relay_cores_at_line_rate']:.2f} cores' worth of CPU, and it can use one "
             "core at most."
         )
+    pace = ""
+    line_s, raw_s, loa_s = r.get("line_s"), r["raw_fanout_s"], r["deliver_s"]
+    if line_s and raw_s and loa_s:
+        pace = (
+            f" Against the {seconds(line_s)} the downlink alone needs, the raw fan-out took "
+            f"{raw_s / line_s:.2f} × and Loa {loa_s / line_s:.2f} ×"
+        )
+        if raw_s <= 1.15 * line_s:
+            pace += ": the emulated radio set the raw broker's pace."
+        else:
+            pace += (
+                ": beyond the radio, the raw round waited for the machine (the relay, the "
+                "broker and the subscribers share its cores with everything else running; "
+                "see the load average above)."
+            )
     return (
         f"What the emulated link itself cost: the relay process (Python, asyncio, one "
         f"thread) used {cpu_loa['user_s']:.2f} + {cpu_loa['system_s']:.2f} CPU seconds "
         f"during Loa's delivery, {loa:.0f} % of one core over its {seconds(r['deliver_s'])}, "
         f"and {cpu_raw['user_s']:.2f} + {cpu_raw['system_s']:.2f} during the raw round, "
         f"{raw:.0f} % of one core over its {seconds(r['raw_fanout_s'])} (medians over "
-        f"trials).{need} {judgement}"
+        f"trials).{need} {judgement}{pace}"
     )
 
 
