@@ -325,6 +325,15 @@ def _busy_pct(cpu: dict[str, dict[str, float]], part: str, wall_s: float | None)
     return rounded(100 * (used["user_s"] + used["system_s"]) / wall_s, 1)
 
 
+def _link_worst_s(link: LinkParams, wire_bytes: int) -> float | None:
+    if link.down_kbit <= 0:
+        return None
+    on_line = max(0, wire_bytes - link.burst_bytes) + link.loss * wire_bytes
+    return rounded(
+        8 * on_line / (1000 * link.down_kbit) + 2 * (link.delay_s + link.jitter_s) + link.rto_s
+    )
+
+
 def _over_link(s: dict[str, Any], link: LinkParams, totals: dict[str, Any] | None
                ) -> dict[str, Any]:  # fmt: skip
     """The 4G run: the link, what it carried, what the relay cost, and its own target."""
@@ -356,6 +365,11 @@ def _over_link(s: dict[str, Any], link: LinkParams, totals: dict[str, Any] | Non
             )
             if link.down_kbit > 0 else None
         ),
+        # About the most the link alone explains for the slowest connection: the line
+        # time, the retransmissions' own time on the line, the longest one-way delay, and
+        # a packet lost near the end (its retransmission timeout and another one-way delay
+        # at the longest).
+        "link_worst_s": _link_worst_s(link, s["wire_bytes_per_agent"]),
         # The relay process's CPU as a share of one core, in each timed window: near 100,
         # it, not the emulated radio, set the pace.
         "relay_busy_pct": {
@@ -575,18 +589,21 @@ def _relay_text(r: dict[str, Any]) -> str:
         )
     pace = ""
     line_s, raw_s, loa_s = r.get("line_s"), r["raw_fanout_s"], r["deliver_s"]
-    if line_s and raw_s and loa_s:
+    worst_s = r.get("link_worst_s")
+    if line_s and worst_s and raw_s and loa_s:
         pace = (
             f" Against the {seconds(line_s)} the downlink alone needs, the raw fan-out took "
-            f"{raw_s / line_s:.2f} × and Loa {loa_s / line_s:.2f} ×"
+            f"{raw_s / line_s:.2f} × and Loa {loa_s / line_s:.2f} ×; the link itself explains "
+            f"about {seconds(worst_s)} for the slowest connection (retransmissions, the "
+            "longest one-way delay, and a packet lost near the end)"
         )
-        if raw_s <= 1.15 * line_s:
-            pace += ": the emulated radio set the raw broker's pace."
+        if raw_s <= 1.05 * worst_s:
+            pace += ", so the emulated radio set the raw broker's pace."
         else:
             pace += (
-                ": beyond the radio, the raw round waited for the machine (the relay, the "
-                "broker and the subscribers share its cores with everything else running; "
-                "see the load average above)."
+                ": beyond that, the raw round waited for the machine (the relay, the broker "
+                "and the subscribers share its cores with everything else running; see the "
+                "load average above), and the yardstick is slower than the radio alone."
             )
     return (
         f"What the emulated link itself cost: the relay process (Python, asyncio, one "

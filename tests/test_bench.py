@@ -183,6 +183,7 @@ def test_delivery_over_4g_limits_each_connection_and_judges_against_the_raw_brok
     burst = r["link_params"]["burst_bytes"]
     line = 8 * (r["wire_bytes_per_agent"] - burst) / 400_000 + 0.05  # the shortest delay
     assert r["line_s"] == pytest.approx(line, abs=2e-3)
+    assert r["line_s"] < r["link_worst_s"]
     assert r["line_s"] < r["raw_fanout_s"]
     assert r["line_s"] < r["deliver_s"]
     assert r["link_window"]["loa"]["down"]["bytes"] >= 5 * r["encoded_bytes"]
