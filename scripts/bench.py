@@ -2,7 +2,8 @@
 """Loa's benchmarks, measured against the project's targets; they write docs/benchmarks.md.
 
     python scripts/bench.py urgent   [--agents N] [--trials K] [--link loopback|4g] [--json]
-    python scripts/bench.py delivery [--agents N] [--minutes M] [--trials K] [--json]
+    python scripts/bench.py delivery [--agents N] [--minutes M] [--trials K]
+                                     [--link loopback|4g] [--json]
     python scripts/bench.py agent    [--minutes M] [--idle-s S] [--play-s S] [--json]
     python scripts/bench.py intake   [--clusters N] [--events E] [--store URL] [--json]
     python scripts/bench.py          # every section at its defaults (make bench)
@@ -12,13 +13,16 @@ must be on PATH) and, for the fleet benches, N simulated agents in worker proces
 (by default one per core, at most 500 agents each) plus, in the same run, N bare paho
 subscribers laid out the same way: the raw broker doing the same work, the yardstick
 for Loa's figures.
-`urgent --link 4g` puts those agents and subscribers behind an emulated 4G link
+`--link 4g` puts those agents and subscribers behind an emulated 4G link
 (scripts/link_relay.py, a delaying, lossy TCP relay: 100 ms ± 50 ms one way in each
-direction, 1 % packet loss; the controller stays on the broker's side) and writes its
-own section (`urgent-4g`). `intake` runs one real controller process and plays a fleet
-of signed event messages at it (scripts/bench_intake.py); with --store URL, on a
-PostgreSQL server, in its own section (`intake-postgresql`). `make bench` writes every
-section: each mode at its defaults, and urgent over 4G too.
+direction, 1 % packet loss; the controller stays on the broker's side) and writes the
+mode's own 4G section (`urgent-4g`, `delivery-4g`). `delivery --link 4g` also limits
+each connection's bandwidth (by default 2 Mbit/s down, 0.5 Mbit/s up:
+--link-down-kbit, --link-up-kbit); `urgent --link 4g` does not unless asked. `intake`
+runs one real controller process and plays a fleet of signed event messages at it
+(scripts/bench_intake.py); with --store URL, on a PostgreSQL server, in its own section
+(`intake-postgresql`). `make bench` writes every section: each mode at its defaults,
+and urgent and delivery over 4G too.
 
 With --json a mode prints one JSON object on stdout; without, it rewrites its own
 section of docs/benchmarks.md (or of --doc FILE; --doc with --json does both).
@@ -69,6 +73,7 @@ def link_params(args: argparse.Namespace) -> LinkParams | None:
     return link_relay.LinkParams(
         delay_s=args.link_delay_ms / 1000, jitter_s=args.link_jitter_ms / 1000,
         loss=args.link_loss_pct / 100, seed=args.link_seed,
+        down_kbit=args.link_down_kbit, up_kbit=args.link_up_kbit,
     )  # fmt: skip
 
 
@@ -91,7 +96,8 @@ def run_delivery(args: argparse.Namespace) -> dict[str, Any]:
     import bench_delivery
 
     return bench_delivery.run(
-        args.agents, args.minutes, args.trials, args.per_process, args.verbose, args.keep
+        args.agents, args.minutes, args.trials, args.per_process, args.verbose, args.keep,
+        link_params(args),
     )
 
 
@@ -135,10 +141,12 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "intake": run_intake,
 }
 
-#: What `make bench` runs: each mode at its defaults, and urgent over the emulated 4G link.
+#: What `make bench` runs: each mode at its defaults, and urgent and delivery over the
+#: emulated 4G link.
 EVERY_SECTION = (
-    ["urgent"], ["urgent", "--link", "4g"], ["delivery"], ["agent"], ["intake"],
-)
+    ["urgent"], ["urgent", "--link", "4g"], ["delivery"], ["delivery", "--link", "4g"],
+    ["agent"], ["intake"],
+)  # fmt: skip
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -160,6 +168,27 @@ def _fleet(p: argparse.ArgumentParser, trials: int) -> None:
                    "processes as cores)")
 
 
+def _link(p: argparse.ArgumentParser, down_kbit: float, up_kbit: float) -> None:
+    """The emulated link's options; the bandwidths' defaults are the mode's."""
+    p.add_argument("--link", choices=("loopback", "4g"), default="loopback",
+                   help="the agents' link to the broker: loopback (default), or an "
+                   "emulated 4G link, written to its own section")
+    p.add_argument("--link-delay-ms", type=float, default=100.0, metavar="MS",
+                   help="4g: one-way delay in each direction (default 100)")
+    p.add_argument("--link-jitter-ms", type=float, default=50.0, metavar="MS",
+                   help="4g: the one-way delay is uniform in delay ± jitter (default 50)")
+    p.add_argument("--link-loss-pct", type=float, default=1.0, metavar="PCT",
+                   help="4g: packets lost, in percent (default 1)")
+    p.add_argument("--link-seed", type=int, default=1, metavar="N",
+                   help="4g: seed of the link's random draws (default 1)")
+    p.add_argument("--link-down-kbit", type=float, default=down_kbit, metavar="KBIT",
+                   help="4g: each connection's bandwidth towards the agent, kbit/s; 0: "
+                   f"not limited (default {down_kbit:g})")
+    p.add_argument("--link-up-kbit", type=float, default=up_kbit, metavar="KBIT",
+                   help="4g: each connection's bandwidth towards the broker, kbit/s; 0: "
+                   f"not limited (default {up_kbit:g})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench.py", description="Loa's benchmarks against its targets."
@@ -167,22 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="mode", metavar="MODE")
     urgent = sub.add_parser("urgent", help="urgent announcement: trigger → every agent playing")
     _fleet(urgent, trials=3)
-    urgent.add_argument("--link", choices=("loopback", "4g"), default="loopback",
-                        help="the agents' link to the broker: loopback (default), or an "
-                        "emulated 4G link, written to its own section")
-    urgent.add_argument("--link-delay-ms", type=float, default=100.0, metavar="MS",
-                        help="4g: one-way delay in each direction (default 100)")
-    urgent.add_argument("--link-jitter-ms", type=float, default=50.0, metavar="MS",
-                        help="4g: the one-way delay is uniform in delay ± jitter (default 50)")
-    urgent.add_argument("--link-loss-pct", type=float, default=1.0, metavar="PCT",
-                        help="4g: packets lost, in percent (default 1)")
-    urgent.add_argument("--link-seed", type=int, default=1, metavar="N",
-                        help="4g: seed of the link's random draws (default 1)")
+    _link(urgent, down_kbit=0.0, up_kbit=0.0)
     _common(urgent)
     delivery = sub.add_parser("delivery", help="a bulletin to every agent, then a repeat")
     _fleet(delivery, trials=3)
     delivery.add_argument("--minutes", type=float, default=5.0, metavar="M",
                           help="bulletin length in minutes (default 5)")
+    _link(delivery, down_kbit=2000.0, up_kbit=500.0)
     _common(delivery)
     agent = sub.add_parser("agent", help="one real agent process: idle and playing footprint")
     agent.add_argument("--minutes", type=float, default=60.0, metavar="M",

@@ -1,8 +1,9 @@
 """Figures and where they go: statistics, the machine, targets, and docs/benchmarks.md.
 
 Each bench owns one section of docs/benchmarks.md, between `<!-- bench:<section>:begin -->`
-and `<!-- bench:<section>:end -->` (the section is the mode's name, or `urgent-4g` for
-`urgent --link 4g`); a run rewrites its own section and leaves the others as they are.
+and `<!-- bench:<section>:end -->` (the section is the mode's name, or `urgent-4g` and
+`delivery-4g` for `urgent --link 4g` and `delivery --link 4g`); a run rewrites its own
+section and leaves the others as they are.
 scripts/fuzz.py writes its sections (`fuzz-agent`, `fuzz-flood`, `fuzz-intake`) the same
 way. Nothing in that file is written by hand.
 """
@@ -23,6 +24,7 @@ SECTIONS = {
     "urgent": "urgent",
     "urgent-4g": "urgent --link 4g",
     "delivery": "delivery",
+    "delivery-4g": "delivery --link 4g",
     "agent": "agent",
     "intake": "intake",
     "intake-postgresql": "intake --store URL",
@@ -52,10 +54,13 @@ The sections: `urgent`, an urgent announcement to a whole province of simulated 
 on loopback; `urgent --link 4g`, the same with every agent (and every bare subscriber)
 behind an emulated 4G link (scripts/link_relay.py: a relay delaying each direction of
 each connection by 100 ms ± 50 ms one way, a round trip of 100 to 300 ms, and losing 1 %
-of its packets as TCP sees it; run on its own, not by `make bench`); `delivery`, a
-bulletin to every agent, then a repeat; `agent`, one real agent process, idle and playing;
-`fuzz.py agent`, `fuzz.py flood` and `fuzz.py intake`, hostile payloads at a real agent
-or controller process (not run by `make bench`).
+of its packets as TCP sees it); `delivery`, a bulletin to every agent, then a repeat, on
+loopback, where its time is a figure, not a target; `delivery --link 4g`, the same
+behind the emulated 4G link with a bandwidth per connection (2 Mbit/s down, 0.5 Mbit/s
+up), where delivery is judged against the raw broker over the same links; `agent`, one
+real agent process, idle and playing; `fuzz.py agent`, `fuzz.py flood` and `fuzz.py
+intake`, hostile payloads at a real agent or controller process (not run by `make
+bench`).
 
 Run one mode with `--json` to get the figures as one JSON object instead.
 """

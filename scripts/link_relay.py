@@ -14,9 +14,22 @@ both directions (towards the broker, "up", and towards the agent, "down"):
   lost with probability `loss`; a lost packet arrives one retransmission timeout later
   (Linux's minimum RTO, 200 ms) plus a fresh one-way delay, and, TCP delivering in order,
   everything after it on the connection waits for it. A retransmission is not lost again
-  (at 1 % that would be one packet in 10,000);
-- bandwidth is not limited, and connecting is not delayed (the benches time what happens
-  once every agent is connected).
+  (at 1 % that would be one packet in 10,000). Which packets are lost is drawn as the
+  gap to the next lost one (geometric), not packet by packet: the same odds, and a
+  megabyte planned in a handful of steps;
+- bandwidth, if asked for (`down_kbit`, `up_kbit`: each connection's own, as each box
+  on a pole has its own radio): packets leave through a token bucket per connection and
+  direction, filled at the rate and `burst_bytes` deep, and arrive a one-way delay after
+  they left; a lost packet spends its size again when it is retransmitted. Packets
+  leaving within `quantum_s` (50 ms) of each other are written in one go, when the last
+  of them is due, so that the relay makes tens of writes a second per busy connection
+  rather than one per packet;
+- a window: one direction of a connection holds at most `window_bytes` (256 KB) read and
+  not yet delivered; past that the relay stops reading from the sender until half is
+  out, as a full TCP window would stop it, so the sender (the broker) keeps what it has
+  not sent, and the relay's memory stays bounded;
+- connecting is not delayed (the benches time what happens once every agent is
+  connected).
 
 The random draws are seeded (per connection and direction, from `seed` and the order the
 connections arrived in), so a run given the same reads draws the same delays and losses.
@@ -32,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import multiprocessing
 import random
 import threading
@@ -46,11 +60,22 @@ MSS = 1448  # bytes of TCP payload per packet (1500-byte MTU less IP and TCP hea
 MIN_RTO_S = 0.2  # Linux's minimum retransmission timeout (TCP_RTO_MIN)
 READ_SIZE = 256 * 1024
 LISTEN_BACKLOG = 4096
+# With a bandwidth limit: the token bucket's depth (ten packets may leave at once after
+# a pause), and how close in time packets must leave to be delivered in one write (at
+# 2 Mbit/s, 50 ms is 8 packets: measured, 20 ms cost the relay a quarter more CPU).
+BURST_BYTES = 10 * MSS
+QUANTUM_S = 0.05
+# Bytes one direction of a connection holds, read but not yet delivered, before the
+# relay stops reading from the sender (as a full TCP window would stop it) until half
+# of them are delivered.
+WINDOW_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
 class LinkParams:
-    """A link's character. delay_s and jitter_s are one way, applied in each direction."""
+    """A link's character. delay_s and jitter_s are one way, applied in each direction;
+    down_kbit and up_kbit are each connection's bandwidth towards the client and towards
+    the broker, in kbit/s (1000 bits a second; 0: not limited)."""
 
     delay_s: float = 0.100
     jitter_s: float = 0.050
@@ -58,6 +83,11 @@ class LinkParams:
     rto_s: float = MIN_RTO_S
     mss: int = MSS
     seed: int = 1
+    down_kbit: float = 0.0
+    up_kbit: float = 0.0
+    burst_bytes: int = BURST_BYTES
+    window_bytes: int = WINDOW_BYTES
+    quantum_s: float = QUANTUM_S
 
     def __post_init__(self) -> None:
         if not 0 <= self.jitter_s <= self.delay_s:
@@ -66,16 +96,41 @@ class LinkParams:
             raise ValueError("link loss: a probability, 0 to 1")
         if self.rto_s < 0 or self.mss < 1:
             raise ValueError("link RTO must be at least 0 and MSS at least 1")
+        if self.down_kbit < 0 or self.up_kbit < 0:
+            raise ValueError("link bandwidth: kbit/s, 0 (not limited) or more")
+        if self.burst_bytes < self.mss or self.window_bytes < self.mss:
+            raise ValueError("link burst and window: at least one packet (MSS) each")
+        if not 0 <= self.quantum_s <= 1:
+            raise ValueError("link quantum: 0 to 1 s")
+
+    @property
+    def limited(self) -> bool:
+        return self.down_kbit > 0 or self.up_kbit > 0
 
     def describe(self) -> str:
-        return (
+        text = (
             f"{1000 * self.delay_s:.0f} ms ± {1000 * self.jitter_s:.0f} ms one way in each "
             f"direction, {100 * self.loss:g} % of {self.mss}-byte packets lost "
             f"(RTO {1000 * self.rto_s:.0f} ms)"
         )
+        if self.limited:
+            text += (
+                f", {kbit_text(self.down_kbit)} down and {kbit_text(self.up_kbit)} up per "
+                f"connection"
+            )
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def kbit_text(kbit: float) -> str:
+    """A bandwidth as people write it: '2 Mbit/s', '500 kbit/s', 'unlimited'."""
+    if kbit <= 0:
+        return "unlimited"
+    if kbit >= 1000:
+        return f"{kbit / 1000:g} Mbit/s"
+    return f"{kbit:g} kbit/s"
 
 
 FOUR_G = LinkParams()
@@ -115,36 +170,95 @@ def counts_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, A
 
 
 class Direction:
-    """One direction of one connection: when each byte read is delivered."""
+    """One direction of one connection: when each byte read is delivered.
 
-    def __init__(self, params: LinkParams, rng: random.Random, counts: Counts) -> None:
+    With a bandwidth (kbit > 0), packets leave through a token bucket: it fills at the
+    rate, holds at most `burst_bytes`, and a packet leaves once the bucket holds its size
+    (then spends it). A lost packet crosses the link twice: its retransmission spends its
+    size again, which delays what follows. Packets leaving within `quantum_s` of each
+    other are delivered together, when the last of them is due (never early)."""
+
+    def __init__(self, params: LinkParams, rng: random.Random, counts: Counts,
+                 kbit: float = 0.0) -> None:  # fmt: skip
         self.params = params
         self.rng = rng
         self.counts = counts
+        self.rate = kbit * 1000 / 8  # bytes a second; 0: not limited
         self.last = 0.0  # when the latest piece planned is delivered
+        self.tokens = float(params.burst_bytes)  # the bucket, full at the start...
+        self.tokens_at = -math.inf  # ...as of this time
+        self.until_loss = self._draw_gap()  # packets that pass before the next one lost
 
     def _one_way(self) -> float:
         p = self.params
         return self.rng.uniform(p.delay_s - p.jitter_s, p.delay_s + p.jitter_s)
 
+    def _draw_gap(self) -> float:
+        """Packets until the next lost one (geometric: each lost with probability loss)."""
+        loss = self.params.loss
+        if loss <= 0:
+            return math.inf
+        if loss >= 1:
+            return 0
+        return math.floor(math.log(1.0 - self.rng.random()) / math.log(1.0 - loss))
+
+    def _leave(self, now: float, size: int) -> float:
+        """size bytes enter the bucket's queue at now: when the last of them has left."""
+        if self.rate <= 0:
+            return now
+        burst = self.params.burst_bytes
+        start = max(now, self.tokens_at)
+        tokens = min(burst, self.tokens + (start - self.tokens_at) * self.rate)
+        wait = max(0.0, size - tokens) / self.rate
+        self.tokens_at = start + wait
+        self.tokens = tokens + wait * self.rate - size
+        return self.tokens_at
+
+    def _group(self) -> int:
+        """Bytes of whole packets that leave together, within one quantum."""
+        p = self.params
+        if self.rate <= 0:
+            return 1 << 62
+        return max(1, int((self.rate * p.quantum_s) // p.mss)) * p.mss
+
     def plan(self, now: float, size: int) -> list[tuple[float, int]]:
         """size bytes read at now: (deliver at, bytes) segments, in order, times rising."""
         p = self.params
-        base = now + self._one_way()
+        delay = self._one_way()
         segments: list[tuple[float, int]] = []
-        for start in range(0, size, p.mss):
-            packet = min(p.mss, size - start)
-            at = base
-            self.counts.packets += 1
-            if self.rng.random() < p.loss:
-                self.counts.lost += 1
-                at += p.rto_s + self._one_way()
+
+        def deliver(at: float, nbytes: int) -> None:
+            if nbytes <= 0:
+                return
             at = max(at, self.last)  # in order: never before what was read earlier
             self.last = at
             if segments and segments[-1][0] == at:
-                segments[-1] = (at, segments[-1][1] + packet)
+                segments[-1] = (at, segments[-1][1] + nbytes)
             else:
-                segments.append((at, packet))
+                segments.append((at, nbytes))
+
+        group = self._group()
+        start = 0
+        while start < size:
+            nbytes = min(group, size - start)
+            packets = -(-nbytes // p.mss)
+            left = self._leave(now, nbytes)
+            arrives = left + delay
+            done = 0  # packets of this group planned
+            while self.until_loss < packets - done:
+                lost = done + int(self.until_loss)  # this packet is lost
+                deliver(arrives, min(lost * p.mss, nbytes) - min(done * p.mss, nbytes))
+                packet = min(p.mss, nbytes - lost * p.mss)
+                self.counts.lost += 1
+                if self.rate > 0:  # its retransmission crosses the link again
+                    self.tokens -= packet
+                deliver(arrives + p.rto_s + self._one_way(), packet)
+                done = lost + 1
+                self.until_loss = self._draw_gap()
+            deliver(arrives, nbytes - min(done * p.mss, nbytes))
+            self.until_loss -= packets - done
+            self.counts.packets += packets
+            start += nbytes
         self.counts.bytes += size
         return segments
 
@@ -153,24 +267,33 @@ class Direction:
 
 
 class _Pipe:
-    """One direction of one relayed connection: the data in flight, written when due."""
+    """One direction of one relayed connection: the data in flight, written when due.
+
+    It holds at most about `window_bytes` read and not yet delivered: past that, it stops
+    its source reading until half of them are out."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, model: Direction) -> None:
         self.loop = loop
         self.model = model
-        self.queue: deque[tuple[float, bytes | None]] = deque()  # None: close after the rest
+        self.queue: deque[tuple[float, memoryview | None]] = deque()  # None: close after
+        self.queued = 0  # bytes in the queue
         self.timer: asyncio.TimerHandle | None = None
         self.dest: asyncio.Transport | None = None
+        self.source: _Side | None = None  # the side this pipe's data is read from
 
     def feed(self, data: bytes) -> None:
         segments = self.model.plan(self.loop.time(), len(data))
+        view = memoryview(data)
         if len(segments) == 1:
-            self.queue.append((segments[0][0], data))
+            self.queue.append((segments[0][0], view))
         else:
             offset = 0
             for at, size in segments:
-                self.queue.append((at, data[offset : offset + size]))
+                self.queue.append((at, view[offset : offset + size]))
                 offset += size
+        self.queued += len(data)
+        if self.queued > self.model.params.window_bytes and self.source is not None:
+            self.source.hold("window")
         self._arm()
 
     def close_after(self) -> None:
@@ -194,11 +317,15 @@ class _Pipe:
             _at, data = self.queue.popleft()
             if dest is None or dest.is_closing():
                 self.queue.clear()
+                self.queued = 0
                 return
             if data is None:
                 dest.close()  # after what is buffered in the transport
             else:
                 dest.write(data)
+                self.queued -= len(data)
+        if self.queued <= self.model.params.window_bytes // 2 and self.source is not None:
+            self.source.release("window")
         self._arm()
 
     def cancel(self) -> None:
@@ -206,6 +333,7 @@ class _Pipe:
             self.timer.cancel()
             self.timer = None
         self.queue.clear()
+        self.queued = 0
 
 
 class _Side(asyncio.Protocol):
@@ -214,14 +342,18 @@ class _Side(asyncio.Protocol):
     def __init__(self, outgoing: _Pipe, incoming: _Pipe, relay: _Relay) -> None:
         self.outgoing = outgoing  # what this side reads, on its way to the other side
         self.incoming = incoming  # what the other side read, to be written here
+        outgoing.source = self
         self.relay = relay
         self.transport: asyncio.Transport | None = None
         self.peer: _Side | None = None
+        self.holds: set[str] = set()  # why reading is paused: "window", "peer"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.relay.transports.add(transport)
+        if self.holds:
+            transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         self.outgoing.feed(data)
@@ -236,15 +368,28 @@ class _Side(asyncio.Protocol):
         self.incoming.cancel()
         self.outgoing.close_after()
 
+    def hold(self, reason: str) -> None:
+        """Stop reading from this socket (for reason) until released."""
+        if not self.holds and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.holds.add(reason)
+
+    def release(self, reason: str) -> None:
+        if reason not in self.holds:
+            return
+        self.holds.discard(reason)
+        if not self.holds and self.transport is not None and not self.transport.is_closing():
+            with contextlib.suppress(RuntimeError):
+                self.transport.resume_reading()
+
     # The other side's writes pile up: stop reading here until they drain.
     def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
+        if self.peer is not None:
+            self.peer.hold("peer")
 
     def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            with contextlib.suppress(RuntimeError):
-                self.peer.transport.resume_reading()
+        if self.peer is not None:
+            self.peer.release("peer")
 
 
 class _Relay:
@@ -256,8 +401,11 @@ class _Relay:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def _direction(self, n: int, way: str) -> Direction:
-        rng = random.Random(f"{self.params.seed}/{n}/{way}")
-        return Direction(self.params, rng, self.counts.up if way == "up" else self.counts.down)
+        p = self.params
+        rng = random.Random(f"{p.seed}/{n}/{way}")
+        if way == "up":
+            return Direction(p, rng, self.counts.up, p.up_kbit)
+        return Direction(p, rng, self.counts.down, p.down_kbit)
 
     def accept(self) -> _Side:
         """A client connected: its side, and the connection to the broker on its way."""

@@ -2,30 +2,21 @@
 
 These check that the benchmarks run, clean up and report what they promise (keys, sane
 values, the results file); the figures themselves are scripts/bench.py's business at
-full size, never asserted here. The emulated 4G link (scripts/link_relay.py) is also
-checked on its own, in front of a TCP echo server: its delays, its order and its losses.
+full size, never asserted here. The emulated 4G link (scripts/link_relay.py) is checked
+on its own in test_link_relay.py.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import socket
-import socketserver
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import have_mosquitto, require
-from link_relay import Counts, Direction, LinkParams, LinkRelay  # scripts/: pytest's pythonpath
-
-from protocol.mqtt import BrokerAddress
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "scripts" / "bench.py"
@@ -98,8 +89,15 @@ def test_delivery_counts_each_agents_bytes_and_writes_its_section(tmp_path: Path
     assert r["repeat_bytes_per_agent"] > 0
     assert r["store_s"] > 0
     assert r["store_cpu_s"] >= 0
+    # On loopback the delivery time is a figure, not a target.
+    assert r["deliver_ratio"] > 0
+    assert [t["what"] for t in r["targets"]] == [
+        "agents holding the bulletin", "bytes on the wire per agent", "repeat bytes per agent"
+    ]  # fmt: skip
+    assert "link" not in r
     text = doc.read_text(encoding="utf-8")
     assert "Storing alone, without the network" in text
+    assert "figures, not a target" in text
     assert "<!-- bench:delivery:begin -->" in text
     assert "<!-- bench:delivery:end -->" in text
     assert "Not run yet: `python scripts/bench.py urgent`" in text
@@ -137,7 +135,9 @@ def test_urgent_over_4g_goes_through_the_link_and_writes_its_own_section(tmp_pat
     check_common(r, "urgent")
     assert r["link"] == "4g"
     assert r["link_params"] == {
-        "delay_s": 0.1, "jitter_s": 0.05, "loss": 0.01, "rto_s": 0.2, "mss": 1448, "seed": 1
+        "delay_s": 0.1, "jitter_s": 0.05, "loss": 0.01, "rto_s": 0.2, "mss": 1448, "seed": 1,
+        "down_kbit": 0.0, "up_kbit": 0.0, "burst_bytes": 14480, "window_bytes": 262144,
+        "quantum_s": 0.05,
     }  # fmt: skip
     assert r["played"] == 5
     # The agents and the raw subscribers (5 each) connected through the relay, and what
@@ -161,68 +161,55 @@ def test_urgent_over_4g_goes_through_the_link_and_writes_its_own_section(tmp_pat
     assert "**one way**" in text[begin:]
 
 
-# --- the emulated link on its own -------------------------------------------------------------
+@pytest.mark.usefixtures("_components")
+def test_delivery_over_4g_limits_each_connection_and_judges_against_the_raw_broker(
+    tmp_path: Path,
+) -> None:
+    doc = tmp_path / "benchmarks.md"
+    loopback = "<!-- bench:delivery:begin -->\nloopback, kept\n<!-- bench:delivery:end -->"
+    doc.write_text(f"# Benchmarks\n\n{loopback}\n\n<!-- bench:agent:begin -->\n"
+                   "<!-- bench:agent:end -->\n", encoding="utf-8")  # fmt: skip
+    # 400 kbit/s down: 50,000 bytes a second for each connection.
+    r = bench("delivery", "--link", "4g", "--agents", "5", "--minutes", "0.2", "--trials", "1",
+              "--link-down-kbit", "400", "--doc", str(doc))  # fmt: skip
+    check_common(r, "delivery")
+    assert r["link"] == "4g"
+    assert r["link_params"]["down_kbit"] == 400
+    assert r["link_params"]["up_kbit"] == 500  # the default
+    assert r["delivered"] == r["repeat_delivered"] == 5
+    # Agents and raw subscribers (5 each) came through the relay, and neither side had the
+    # bulletin sooner than the downlink could carry it.
+    assert r["link_totals"]["connections"] == 10
+    burst = r["link_params"]["burst_bytes"]
+    line = 8 * (r["wire_bytes_per_agent"] - burst) / 400_000 + 0.05  # the shortest delay
+    assert r["line_s"] == pytest.approx(line, abs=2e-3)
+    assert r["line_s"] < r["link_worst_s"]
+    assert r["line_s"] < r["raw_fanout_s"]
+    assert r["line_s"] < r["deliver_s"]
+    assert r["link_window"]["loa"]["down"]["bytes"] >= 5 * r["encoded_bytes"]
+    assert r["link_window"]["raw"]["down"]["bytes"] >= 5 * r["encoded_bytes"]
+    assert r["relay_busy_pct"]["loa"] is not None
+    assert r["relay_busy_pct"]["loa"] >= 0
+    assert r["relay_ms_per_mb"] is not None
+    assert r["relay_ms_per_mb"] >= 0
+    assert r["cpu"]["raw"]["link_relay"]["user_s"] >= 0
+    ratio_target = next(t for t in r["targets"] if t["what"] == "deliver_s / raw_fanout_s")
+    assert ratio_target["limit"] == 1.25
+    text = doc.read_text(encoding="utf-8")
+    assert loopback in text  # the loopback section is left as it was
+    begin = text.index("<!-- bench:delivery-4g:begin -->")
+    assert text.index("<!-- bench:delivery:end -->") < begin < text.index("bench:agent:begin")
+    assert "over an emulated 4G link" in text[begin:]
+    assert "400 kbit/s towards the agent" in text[begin:]
+    assert "What the emulated link itself cost" in text[begin:]
 
 
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-
-
-@pytest.fixture
-def echo_server() -> Iterator[BrokerAddress]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield BrokerAddress(host="127.0.0.1", port=int(server.server_address[1]))
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def relay_for(echo_server: BrokerAddress) -> Iterator[Any]:
-    relays: list[LinkRelay] = []
-
-    def start(params: LinkParams) -> LinkRelay:
-        relay = LinkRelay(params, echo_server)
-        relays.append(relay)
-        relay.start()
-        return relay
-
-    yield start
-    for relay in relays:
-        relay.stop()
-
-
-def _connect(relay: LinkRelay) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def _read(sock: socket.socket, size: int, deadline: float, at: list[tuple[int, float]]
-          ) -> bytes:  # fmt: skip
-    """size bytes from sock by the deadline, noting (bytes so far, time) as they come."""
-    data = b""
-    while len(data) < size:
-        left = deadline - time.monotonic()
-        assert left > 0, f"only {len(data)} of {size} bytes came back in time"
-        sock.settimeout(left)
-        piece = sock.recv(65536)
-        assert piece, "the relay closed the connection"
-        data += piece
-        at.append((len(data), time.monotonic()))
-    return data
-
-
-def test_make_bench_writes_every_section_urgent_over_4g_included(
+def test_make_bench_writes_every_section_4g_included(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`bench.py` with no mode (make bench) runs each mode at its defaults and the urgent
-    bench over the emulated 4G link, which has a section of its own; the worst status
-    is its own."""
+    and delivery benches over the emulated 4G link, each with a section of its own; the
+    worst status is its own."""
     import bench
     import bench_report
 
@@ -236,14 +223,25 @@ def test_make_bench_writes_every_section_urgent_over_4g_included(
 
     monkeypatch.setattr(bench, "run_mode", run_mode)
     assert bench.main([]) == 3
-    assert ran == [("urgent", "loopback"), ("urgent", "4g"), ("delivery", None), ("agent", None)]
+    assert ran == [
+        ("urgent", "loopback"), ("urgent", "4g"), ("delivery", "loopback"), ("delivery", "4g"),
+        ("agent", None), ("intake", None),
+    ]  # fmt: skip
     assert commands == [  # what each section says made it
         "python scripts/bench.py urgent", "python scripts/bench.py urgent --link 4g",
-        "python scripts/bench.py delivery", "python scripts/bench.py agent",
-    ]
+        "python scripts/bench.py delivery", "python scripts/bench.py delivery --link 4g",
+        "python scripts/bench.py agent", "python scripts/bench.py intake",
+    ]  # fmt: skip
     parser = bench.build_parser()
     sections = {bench.section(parser.parse_args(argv)) for argv in bench.EVERY_SECTION}
-    assert sections == {"urgent", "urgent-4g", "delivery", "agent"}
+    assert sections == {"urgent", "urgent-4g", "delivery", "delivery-4g", "agent", "intake"}
+    # Delivery over 4G limits each connection's bandwidth by default; urgent does not.
+    delivery = bench.link_params(parser.parse_args(["delivery", "--link", "4g"]))
+    assert delivery is not None
+    assert (delivery.down_kbit, delivery.up_kbit) == (2000, 500)
+    urgent = bench.link_params(parser.parse_args(["urgent", "--link", "4g"]))
+    assert urgent is not None
+    assert (urgent.down_kbit, urgent.up_kbit) == (0, 0)
 
 
 def test_storing_alone_writes_every_copy_whole_and_never_over_an_earlier_one(
@@ -290,83 +288,3 @@ def test_fleets_take_one_process_per_core_and_the_open_files_they_need(
     limits["now"] = (1024, 1500)
     with pytest.raises(ValueError, match=r"allows 1500 \(ulimit -Hn\): use --per-process 359"):
         bench_fleet.allow_open_files(500)
-
-
-def test_link_model_delays_in_bounds_keeps_order_and_loses_whole_packets() -> None:
-    params = LinkParams(delay_s=0.1, jitter_s=0.05, loss=0.0, seed=3)
-    counts = Counts()
-    model = Direction(params, random.Random(3), counts)
-    previous = 0.0
-    for k in range(200):
-        now = 10.0 + 0.001 * k  # pieces read a millisecond apart: the draws overlap
-        segments = model.plan(now, 100)
-        assert len(segments) == 1
-        at, size = segments[0]
-        assert size == 100
-        assert now + 0.05 <= at <= now + 0.15
-        assert at >= previous  # never before the piece read before it
-        previous = at
-    # Pieces read a second apart: each its own draw, spread over the whole range.
-    delays = [model.plan(20.0 + k, 1)[0][0] - (20.0 + k) for k in range(20)]
-    assert min(delays) < 0.1 < max(delays)
-    assert counts == Counts(bytes=200 * 100 + 20, packets=220, lost=0)
-
-    lossy = Direction(LinkParams(loss=1.0), random.Random(1), lossy_counts := Counts())
-    segments = lossy.plan(0.0, 3000)  # three packets: 1448, 1448, 104 bytes
-    assert sum(size for _at, size in segments) == 3000
-    assert all(0.05 + 0.2 + 0.05 <= at <= 0.15 + 0.2 + 0.15 for at, _size in segments)
-    assert [at for at, _size in segments] == sorted(at for at, _size in segments)
-    assert lossy_counts == Counts(bytes=3000, packets=3, lost=3)
-
-
-def test_relay_delays_each_direction_and_keeps_the_order(relay_for: Any) -> None:
-    relay = relay_for(LinkParams(delay_s=0.1, jitter_s=0.05, loss=0.0, seed=7))
-    records = 60
-    sent_at: list[float] = []
-    arrivals: list[tuple[int, float]] = []
-    with _connect(relay) as sock:
-
-        def send() -> None:
-            for i in range(records):
-                sent_at.append(time.monotonic())
-                sock.sendall(i.to_bytes(4, "big"))
-                # Pieces a few milliseconds apart, so that the relay reads them apart and
-                # draws each its own delay (this paces the load; it waits for nothing).
-                time.sleep(0.004)
-
-        sender = threading.Thread(target=send)
-        sender.start()
-        data = _read(sock, 4 * records, time.monotonic() + 10, arrivals)
-        sender.join(10)
-    assert [int.from_bytes(data[i : i + 4], "big") for i in range(0, len(data), 4)] == list(
-        range(records)
-    )  # in the order sent, whatever each piece drew
-    for i, sent in enumerate(sent_at):
-        back = next(at for size, at in arrivals if size >= 4 * (i + 1))
-        # up 50-150 ms, then down 50-150 ms; the slack is for a busy machine
-        assert 0.1 - 0.002 <= back - sent <= 0.3 + 0.2, (i, back - sent)
-    stats = relay.stats()
-    assert stats["connections"] == 1
-    assert stats["up"]["bytes"] == stats["down"]["bytes"] == 4 * records
-    assert stats["up"]["packets"] >= records // 3  # the relay did read the pieces apart
-    assert stats["up"]["lost"] == stats["down"]["lost"] == 0
-
-
-def test_relay_with_every_packet_lost_still_delivers_everything_an_rto_late(
-    relay_for: Any,
-) -> None:
-    relay = relay_for(LinkParams(delay_s=0.1, jitter_s=0.05, loss=1.0, seed=1))
-    payload = bytes(range(256)) * 12  # 3072 bytes: three packets
-    at: list[tuple[int, float]] = []
-    with _connect(relay) as sock:
-        started = time.monotonic()
-        sock.sendall(payload)
-        data = _read(sock, len(payload), started + 10, at)
-    assert data == payload
-    # Each way: a one-way delay, the RTO, and another one-way delay (at least 50 ms each).
-    first = at[0][1] - started
-    assert first >= 2 * (0.05 + 0.2 + 0.05) - 0.002
-    stats = relay.stats()
-    assert stats["up"] == {"bytes": 3072, "packets": 3, "lost": 3}
-    assert stats["down"]["bytes"] == 3072
-    assert stats["down"]["lost"] == stats["down"]["packets"] >= 3
