@@ -105,6 +105,27 @@ def test_delivery_counts_each_agents_bytes_and_writes_its_section(tmp_path: Path
 
 
 @pytest.mark.usefixtures("_components")
+def test_intake_stores_and_acknowledges_signed_events_and_writes_its_section(
+    tmp_path: Path,
+) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n", encoding="utf-8")
+    r = bench("intake", "--clusters", "20", "--events", "300", "--trials", "1",
+              "--doc", str(doc))  # fmt: skip
+    check_common(r, "intake")
+    assert (r["store"], r["clusters"], r["events_per_trial"]) == ("sqlite", 20, 300)
+    for shape in ("1", "3"):
+        [trial] = r["shapes"][shape]["trials"]
+        assert trial["events"] == 300
+        assert trial["acked"] == trial["messages"]  # every message acknowledged
+        assert 0 < trial["p50_ack_s"] <= trial["p99_ack_s"]
+        assert trial["events_per_cpu_s"] > 0
+        assert trial["raw_messages_per_s"] > 0
+    assert r["events_per_cpu_s"] == r["shapes"]["1"]["events_per_cpu_s"]
+    assert "<!-- bench:intake:begin -->" in doc.read_text(encoding="utf-8")
+
+
+@pytest.mark.usefixtures("_components")
 def test_agent_footprint_idle_and_playing(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\nkept as it is\n", encoding="utf-8")
