@@ -233,6 +233,10 @@ class _Throttle:
             self._last, self._held = None, 0
 
 
+#: Topics whose handlers a link remembers (then it forgets them all and starts again).
+MAX_ROUTES = 50_000
+
+
 class MqttLink:
     """Link over paho-mqtt 2.x, MQTT 3.1.1, with automatic reconnect, on a network thread
     of its own."""
@@ -258,6 +262,7 @@ class MqttLink:
         self._ca_setting = ca_setting
         self._subs: dict[str, tuple[Handler, int]] = {}
         self._wildcards: dict[str, tuple[str, ...]] = {}  # filters with + or #, split
+        self._routes: dict[str, tuple[Handler, ...]] = {}  # topic -> its handlers
         self._listeners: list[ConnectionListener] = []
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -313,6 +318,7 @@ class MqttLink:
 
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         with self._lock:
+            self._routes.clear()
             self._subs[topic_filter] = (handler, qos)
             if "+" in topic_filter or "#" in topic_filter:
                 self._wildcards[topic_filter] = tuple(topic_filter.split("/"))
@@ -322,6 +328,7 @@ class MqttLink:
 
     def unsubscribe(self, topic_filter: str) -> None:
         with self._lock:
+            self._routes.clear()
             known = self._subs.pop(topic_filter, None)
             self._wildcards.pop(topic_filter, None)
         if known and self.connected:
@@ -481,16 +488,22 @@ class MqttLink:
         self._dispatch(topic, bytes(msg.payload))
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
-        """A message to the handlers of every filter its topic matches."""
+        """A message to the handlers of every filter its topic matches (worked out once per
+        topic: a controller hears thousands of topics, a few filters each)."""
         with self._lock:
-            exact = self._subs.get(topic)
-            handlers = [exact[0]] if exact else []
-            if self._wildcards:
-                levels = topic.split("/")
-                handlers.extend(
-                    self._subs[flt][0] for flt, parts in self._wildcards.items()
-                    if _filter_matches(parts, levels)
-                )
+            handlers = self._routes.get(topic)
+            if handlers is None:
+                exact = self._subs.get(topic)
+                found = [exact[0]] if exact else []
+                if self._wildcards:
+                    levels = topic.split("/")
+                    found.extend(
+                        self._subs[flt][0] for flt, parts in self._wildcards.items()
+                        if _filter_matches(parts, levels)
+                    )
+                if len(self._routes) >= MAX_ROUTES:  # bounded, whatever topics arrive
+                    self._routes.clear()
+                handlers = self._routes[topic] = tuple(found)
         for handler in handlers:
             try:
                 handler(topic, payload)

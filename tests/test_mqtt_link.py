@@ -485,3 +485,30 @@ def test_wildcard_matching_agrees_with_paho(topic_filter: str, topic: str) -> No
 
     expected = paho.topic_matches_sub(topic_filter, topic)
     assert _filter_matches(tuple(topic_filter.split("/")), topic.split("/")) == expected
+
+
+def test_routes_follow_subscriptions_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handlers a topic reaches are remembered per topic; subscribing or unsubscribing
+    starts again, and however many topics arrive the memory is bounded."""
+    from protocol import mqtt
+
+    link = MqttLink(mqtt.BrokerAddress(host="127.0.0.1", port=1), "routes")  # never started
+    got: list[tuple[str, str]] = []
+    link.subscribe("loa/v1/cluster/+/event", lambda t, _p: got.append(("events", t)))
+    link._dispatch("loa/v1/cluster/c1/event", b"1")
+    link._dispatch("loa/v1/cluster/c1/state", b"2")  # no handler: remembered as none
+    link.subscribe("loa/v1/cluster/c1/#", lambda t, _p: got.append(("c1", t)))
+    link._dispatch("loa/v1/cluster/c1/event", b"3")
+    link._dispatch("loa/v1/cluster/c1/state", b"4")
+    link.unsubscribe("loa/v1/cluster/+/event")
+    link._dispatch("loa/v1/cluster/c1/event", b"5")
+    assert got == [
+        ("events", "loa/v1/cluster/c1/event"),
+        ("events", "loa/v1/cluster/c1/event"), ("c1", "loa/v1/cluster/c1/event"),
+        ("c1", "loa/v1/cluster/c1/state"),
+        ("c1", "loa/v1/cluster/c1/event"),
+    ]  # fmt: skip
+    monkeypatch.setattr(mqtt, "MAX_ROUTES", 100)
+    for n in range(1000):
+        link._dispatch(f"loa/v1/cluster/x{n}/event", b"")
+    assert len(link._routes) <= 100
