@@ -412,6 +412,11 @@ class ControllerConfig(_Strict):
 
     broker_url: Annotated[str, AfterValidator(_broker_url)] = "mqtt://127.0.0.1:1883"
     """mqtt://[user[:password]@]host[:port], or mqtts:// for TLS."""
+    broker_fallback_urls: Annotated[
+        list[Annotated[str, AfterValidator(_broker_url)]], Field(max_length=16)
+    ] = Field(default_factory=list)
+    """Other nodes of the same broker cluster, tried in turn when the one in use cannot
+    be reached (broker_url's login and CA; docs/operations.md, broker clusters)."""
     broker_ca_file: ConfigPath | None = None
     """For mqtts://: the CA certificate (PEM) that signed the broker's certificate; only
     it is trusted. The system's CAs if left out."""

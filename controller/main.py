@@ -90,6 +90,8 @@ class Settings:
     # False only while upgrading from agents that did not sign: unsigned messages from
     # clusters with no registered key are then taken (docs/operations.md).
     require_signed_events: bool = True
+    # Other nodes of the broker's cluster (same login and CA), tried when one fails.
+    broker_fallbacks: list[BrokerAddress] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: ControllerConfig) -> Settings:
@@ -100,8 +102,13 @@ class Settings:
             )
             if login is not None:
                 broker = dataclasses.replace(broker, username=login[0], password=login[1])
+        fallbacks = [
+            dataclasses.replace(broker, host=a.host, port=a.port, tls=a.tls)
+            for a in map(BrokerAddress.from_url, config.broker_fallback_urls)
+        ]
         return cls(
             broker=broker,
+            broker_fallbacks=fallbacks,
             fleet_path=config.fleet,
             playlist_paths=list(config.playlists),
             store_url=config.store_url,
@@ -147,7 +154,8 @@ class Controller:
         self.signer = Signer(load_private_key(settings.private_key))
         self.library = AudioLibrary(settings.content_dir, settings.audio)
         self.link: Link = link or MqttLink(
-            settings.broker, settings.client_id, clean_session=False
+            settings.broker, settings.client_id, clean_session=False,
+            fallbacks=settings.broker_fallbacks,
         )
         self.holdings = Holdings(self.store, clock=self.clock)
         self.identities = Identities(self.store)

@@ -22,6 +22,7 @@ resolved against the folder of the configuration file.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -146,6 +147,11 @@ class AgentConfig(_Strict):
     """This cluster's id, exactly as in the controller's fleet file."""
     broker_url: Annotated[str, AfterValidator(_broker_url)]
     """mqtt://host[:port], or mqtts://host[:port] for TLS."""
+    broker_fallback_urls: Annotated[
+        list[Annotated[str, AfterValidator(_broker_url)]], Field(max_length=16)
+    ] = []
+    """Other nodes of the same broker cluster, tried in turn when the one in use cannot
+    be reached (same login and CA as broker_url; docs/operations.md, broker clusters)."""
     broker_ca_file: ConfigPath | None = None
     """For mqtts://: the CA certificate (PEM) that signed the broker's certificate; only
     it is trusted. The system's CAs if left out."""
@@ -207,6 +213,14 @@ class AgentConfig(_Strict):
         if self.heartbeat_s is None:
             return float(self.keepalive)
         return min(self.heartbeat_s, float(self.keepalive))
+
+    def fallback_brokers(self) -> list[BrokerAddress]:
+        """broker_fallback_urls, each with broker()'s login and CA."""
+        first = self.broker()
+        return [
+            dataclasses.replace(first, host=a.host, port=a.port, tls=a.tls)
+            for a in map(BrokerAddress.from_url, self.broker_fallback_urls)
+        ]
 
     def broker(self) -> BrokerAddress:
         """The broker address, with the credentials of this file."""

@@ -47,6 +47,7 @@ def build_link(config: AgentConfig, identity: AgentIdentity, started_at: datetim
         clean_session=False,
         keepalive=config.keepalive,
         ca_setting="broker_ca_file",
+        fallbacks=config.fallback_brokers(),
     )
 
 

@@ -23,7 +23,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -254,10 +254,17 @@ class MqttLink:
         keepalive: int = 30,
         max_inflight: int = 200,
         ca_setting: str = CA_SETTING,
+        fallbacks: Sequence[BrokerAddress] = (),
     ) -> None:
-        """ca_setting: where the CA is given, for what a TLS failure says to do. Raises
-        UnreadableCa (a ValueError) when broker.ca_file cannot be read."""
+        """ca_setting: where the CA is given, for what a TLS failure says to do;
+        fallbacks: other nodes of the same broker cluster, tried in turn (after broker)
+        whenever an attempt to connect fails, so that the link moves to a node that
+        answers when its own dies (the nodes share the sessions: NATS, EMQX, HiveMQ and
+        VerneMQ clusters do). They share broker's login and CA. Raises UnreadableCa (a
+        ValueError) when broker.ca_file cannot be read."""
         self.broker = broker
+        self._brokers = [broker, *fallbacks]
+        self._at = 0  # the index in _brokers of the node tried last
         self.client_id = client_id
         self._ca_setting = ca_setting
         self._subs: dict[str, tuple[Handler, int]] = {}
@@ -423,17 +430,24 @@ class MqttLink:
             tls=False,
         )
         self._failure = failure
-        held = self._failures.allow(failure.reason)
+        failed = self.broker
+        if len(self._brokers) > 1 and not self._stopping:  # the next node, next time
+            self._at = (self._at + 1) % len(self._brokers)
+            self.broker = self._brokers[self._at]
+            self._client.connect_async(self.broker.host, self.broker.port,
+                                       keepalive=self._keepalive)  # fmt: skip
+        held = self._failures.allow(f"{failed.url()}: {failure.reason}")
         if held is None or self._stopping:
             return
         trusting = ""
         if failure.tls:
-            trusting = f" (trusting {self.broker.ca_file or 'the system CAs'})"
+            trusting = f" (trusting {failed.ca_file or 'the system CAs'})"
         again = f"; {held} more attempts failed the same way" if held else ""
+        following = f"trying {self.broker.url()} next" if self.broker is not failed else "retrying"
         log.warning(
-            "cannot connect to broker %s as %s: %s%s%s. %s; retrying",
-            self.broker.url(), self.client_id, failure.reason, trusting, again,
-            _sentence(failure.hint),
+            "cannot connect to broker %s as %s: %s%s%s. %s; %s",
+            failed.url(), self.client_id, failure.reason, trusting, again,
+            _sentence(failure.hint), following,
         )
 
     def _on_connect(
@@ -461,7 +475,11 @@ class MqttLink:
         if subs:
             client.subscribe([(flt, qos) for flt, (_h, qos) in subs])
         self._connected.set()
-        log.debug("connected to %s as %s", self.broker.url(), self.client_id)
+        if len(self._brokers) > 1:
+            log.info("connected to broker %s as %s (session %s)", self.broker.url(),
+                     self.client_id, "kept" if self._session_present else "new")  # fmt: skip
+        else:
+            log.debug("connected to %s as %s", self.broker.url(), self.client_id)
         self._notify(True)
 
     def _on_disconnect(

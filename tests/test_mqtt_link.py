@@ -512,3 +512,32 @@ def test_routes_follow_subscriptions_and_stay_bounded(monkeypatch: pytest.Monkey
     for n in range(1000):
         link._dispatch(f"loa/v1/cluster/x{n}/event", b"")
     assert len(link._routes) <= 100
+
+
+def test_a_link_moves_to_the_next_node_when_its_broker_dies(tmp_path: Path) -> None:
+    """Two brokers stand for two nodes of a cluster: killed under it, the link connects to
+    the other, subscribes again and takes messages there; the log says where it went."""
+    require("mosquitto", have_mosquitto(), "apt-get install mosquitto")
+    first, second = MosquittoBroker(tmp_path / "a"), MosquittoBroker(tmp_path / "b")
+    first.start()
+    second.start()
+    link = MqttLink(first.address, "moving", fallbacks=[second.address])
+    other = MqttLink(second.address, "publisher")
+    inbox = Inbox()
+    try:
+        link.subscribe("loa/test/+/event", inbox)
+        link.start()
+        assert link.wait_connected(10)
+        assert link.broker == first.address
+        first.kill()
+        wait_until(lambda: link.connected and link.broker == second.address, 30,
+                   "the link to connect to the second broker")  # fmt: skip
+        other.start()
+        assert other.wait_connected(10)
+        publish_until(other, "loa/test/c1/event", b"after", lambda: inbox.payloads(
+            "loa/test/c1/event"))  # fmt: skip
+    finally:
+        link.stop()
+        other.stop()
+        first.stop()
+        second.stop()
