@@ -50,6 +50,7 @@ from controller.store import aware
 from controller.store.schema import cap_alerts
 from controller.untrusted_xml import RefusedXmlError, parse_untrusted
 from controller.urgent import AnnouncementRequest, Principal, SystemPrincipal, UrgentService
+from protocol.l10n import Text
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,7 @@ class CapIntake:
         """Send a pending alert (policy approve: a manager's go-ahead)."""
         row = self._row(ref)
         if row is None or row["state"] != "pending":
-            raise CapError(f"no pending CAP alert {ref!r}")
+            raise CapError(Text("no pending CAP alert {ref!r}", ref=ref))
         req = AnnouncementRequest(
             targets=list(json.loads(row["clusters"])), level="emergency", text=row["text"],
             repeat=self._config.repeat, gap_s=3.0, title=row["headline"] or None, ref=ref,

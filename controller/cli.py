@@ -378,7 +378,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         if approvals is None:
             return "pending: needs approval (no store to ask)"
         try:
-            return approvals.state(programme).describe(tz)
+            return str(approvals.state(programme).describe(tz))
         except ContentUnreadableError as exc:
             return f"pending: {exc}"
 
@@ -599,7 +599,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
         else:
             if state is not None and state.approved:
                 continue
-            detail = state.describe(tz) if state else "pending: never approved"
+            detail = str(state.describe(tz)) if state else "pending: never approved"
         upcoming = programme.next_after(datetime.now(tz), tz)
         rows.append({
             "programme": programme.id,
