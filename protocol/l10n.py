@@ -24,13 +24,15 @@ Log lines stay English (operators grep them and the docs quote them).
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import string
 from collections.abc import Mapping
 from datetime import datetime, tzinfo
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Lang = Literal["vi", "en"]
 LANGS: tuple[Lang, ...] = ("vi", "en")
@@ -86,6 +88,17 @@ def lang_from_env(env: Mapping[str, str] | None = None) -> Lang:
 def choose(asked: str | None, env: Mapping[str, str] | None = None) -> Lang:
     """The language of a command line: --lang if given, else the locale's."""
     return lang_of(asked) or lang_from_env(env)
+
+
+def add_lang_option(parser: argparse.ArgumentParser, *, top: bool = True) -> None:
+    """--lang vi|en on a command line: on the program (top) and on each of its commands
+    (not top: the command's own only when given, so `prog --lang vi cmd` and
+    `prog cmd --lang vi` both work)."""
+    parser.add_argument(
+        "--lang", choices=LANGS, default=None if top else argparse.SUPPRESS,
+        help="the language of the output and errors: vi or en (default: the locale's: "
+             "LC_ALL, LC_MESSAGES, LANG)",
+    )
 
 
 # --- the catalogs -----------------------------------------------------------------------------
@@ -155,11 +168,25 @@ def translate(msgid: str, lang: Lang | None = None) -> str:
     return catalog(lang or _Process.lang).get(msgid, msgid)
 
 
+class _Numbers(string.Formatter):
+    """str.format, with Vietnamese decimal commas: 1,5 GB (a float's point, never an
+    integer's or a text's)."""
+
+    def __init__(self, lang: Lang) -> None:
+        self.lang = lang
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        written: str = super().format_field(value, format_spec)
+        if self.lang == "vi" and isinstance(value, float):
+            return written.replace(".", ",")
+        return written
+
+
 def _fill(text: str, lang: Lang, values: Mapping[str, object]) -> str:
     if not values:
         return text
     shown = {k: v.in_(lang) if isinstance(v, Text | When) else v for k, v in values.items()}
-    return text.format(**shown)
+    return _Numbers(lang).format(text, **shown)
 
 
 def when(at: datetime, lang: Lang, tz: tzinfo | None = None, *, seconds: bool = False) -> str:

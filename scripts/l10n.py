@@ -27,8 +27,14 @@ HEADER = '''# Loa: the Vietnamese of what the command lines and the web app's se
 # in step with the sources. Use the words of the project glossary.
 msgid ""
 msgstr ""
-"Content-Type: text/plain; charset=UTF-8\\n"
+"Project-Id-Version: loa\\n"
+"PO-Revision-Date: 2026-12-06 00:00+0700\\n"
+"Last-Translator: Loa <loa@localhost>\\n"
+"Language-Team: Vietnamese\\n"
 "Language: vi\\n"
+"MIME-Version: 1.0\\n"
+"Content-Type: text/plain; charset=UTF-8\\n"
+"Content-Transfer-Encoding: 8bit\\n"
 '''
 
 

@@ -6,7 +6,9 @@ broken part fails its own line with what to try."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import string
 import subprocess
 import sys
 import wave
@@ -21,9 +23,10 @@ from conftest import MosquittoBroker, free_port, require
 from relay_sim import SimulatedBoard
 from tls_support import Authority, tls_mosquitto
 
-from device_agent.check import CheckResult, run_checks
+from device_agent.check import NAMES, CheckResult, run_checks
 from device_agent.identity import AgentIdentity
 from protocol import topics
+from protocol.l10n import LOCALE_VARIABLES, catalog
 from protocol.messages import Address, KeyRotationBody, MembershipBody
 from protocol.signing import key_id, key_text, public_pem
 
@@ -32,10 +35,14 @@ ME = "chk-01"
 GROUPS = ["xa-tan-binh", "tinh-hau-giang"]
 
 
-def loa_agent(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def loa_agent(
+    *args: str, timeout: float = 60, locale: str = "C.UTF-8"
+) -> subprocess.CompletedProcess[str]:
+    """loa-agent in a process of its own, under this locale (LANG; the others unset)."""
+    env = {k: v for k, v in os.environ.items() if k not in LOCALE_VARIABLES}
     return subprocess.run(
         [sys.executable, "-m", "device_agent.cli", *args],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**env, "PYTHONPATH": str(ROOT), "LANG": locale},
         capture_output=True, text=True, timeout=timeout, check=False,
     )
 
@@ -128,6 +135,41 @@ def test_a_good_setup_passes_every_line_and_click_switches_the_relay(setup: Setu
     assert lines[-1].startswith("10 checks: ")
     assert lines[-1].endswith("ready")
     assert result.stderr == ""  # no log noise around the report
+
+
+def english_fragments() -> set[str]:
+    """The English the catalog knows, as the pieces between placeholders of three words
+    or more: what a Vietnamese report must not contain (derived, not a hand list)."""
+    pieces: set[str] = set()
+    for msgid in catalog("vi"):
+        for literal, *_rest in string.Formatter().parse(msgid):
+            for piece in re.split(r"[;:()]", literal):
+                if len(piece.split()) >= 3:
+                    pieces.add(piece.strip())
+    return pieces
+
+
+def test_the_report_speaks_vietnamese_under_a_vietnamese_locale(setup: Setup) -> None:
+    config = setup.write(relay="\n  driver: none")
+    result = loa_agent("check", "--config", str(config), locale="vi_VN.UTF-8")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    vi = catalog("vi")
+    heads = [line.split(": ")[0] for line in lines[:-1] if not line.startswith(" ")]
+    assert [h.split("  ", 1)[1] for h in heads] == [vi[name] for name in NAMES], lines
+    assert {h.split("  ", 1)[0] for h in heads} <= {"ĐẠT", "CHÚ Ý"}, lines
+    assert heads[0] == "ĐẠT  cấu hình"
+    assert lines[-1].startswith("10 mục kiểm tra: "), lines[-1]
+    assert lines[-1].endswith("sẵn sàng"), lines[-1]
+    assert "đã ghi tiếng thử vào" in result.stdout
+    english = sorted(p for p in english_fragments() if p in result.stdout)
+    assert english == [], english
+    # --lang wins over the locale, either side of the command.
+    for args in (("--lang", "en", "check"), ("check", "--lang", "en")):
+        again = loa_agent(*args, "--config", str(config), locale="vi_VN.UTF-8")
+        assert again.stdout.splitlines()[0].startswith("PASS  config: "), again.stdout
+    failed = loa_agent("check", "--config", str(setup.write(keepalive="fast")), "--lang", "vi")
+    assert failed.stdout.startswith(f"LỖI  cấu hình: {config} có 1 lỗi. Cách xử lý: sửa từng")
 
 
 def test_a_bad_config_line_fails_with_file_line_and_exit_1(setup: Setup) -> None:

@@ -9,12 +9,15 @@ call with a literal English text), not from what a test happened to print.
 
 from __future__ import annotations
 
+import shutil
 import string
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import require
 from l10n import PO, extract
 
 from protocol import l10n
@@ -60,6 +63,19 @@ def test_no_translation_is_kept_that_nothing_says() -> None:
 @pytest.mark.parametrize("msgid", sorted(CATALOG))
 def test_each_translation_has_the_placeholders_of_its_english(msgid: str) -> None:
     assert _placeholders(CATALOG[msgid]) == _placeholders(msgid)
+
+
+def test_gettext_reads_the_catalog_as_it_is(tmp_path: Path) -> None:
+    """The catalog is a standard one: msgfmt compiles it without a complaint."""
+    msgfmt = shutil.which("msgfmt")
+    require("msgfmt", msgfmt is not None, "apt-get install gettext")
+    assert msgfmt is not None
+    done = subprocess.run(
+        [msgfmt, "--check", "-o", str(tmp_path / "vi.mo"), str(PO)],
+        capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
 
 
 def test_the_catalog_has_no_fuzzy_entries() -> None:
