@@ -112,7 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loa-agent", description="The agent of one loudspeaker cluster."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
-    l10n.add_lang_option(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="receive, cache and play what the controller sends")
     run.add_argument(
@@ -148,8 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     tone.set_defaults(func=cmd_test_tone)
     version = sub.add_parser("version", help="print the agent version")
     version.set_defaults(func=cmd_version)
-    for command in (run, check, tone, version):
-        l10n.add_lang_option(command, top=False)
+    l10n.add_lang_option(parser)
     return parser
 
 

@@ -91,14 +91,18 @@ def choose(asked: str | None, env: Mapping[str, str] | None = None) -> Lang:
 
 
 def add_lang_option(parser: argparse.ArgumentParser, *, top: bool = True) -> None:
-    """--lang vi|en on a command line: on the program (top) and on each of its commands
-    (not top: the command's own only when given, so `prog --lang vi cmd` and
+    """--lang vi|en on a command line: on the program (top) and on each of its commands,
+    however deep (theirs set it only when given, so `prog --lang vi cmd` and
     `prog cmd --lang vi` both work)."""
     parser.add_argument(
         "--lang", choices=LANGS, default=None if top else argparse.SUPPRESS,
         help="the language of the output and errors: vi or en (default: the locale's: "
              "LC_ALL, LC_MESSAGES, LANG)",
     )
+    for action in parser._actions:  # argparse lists a parser's commands only there
+        if isinstance(action, argparse._SubParsersAction):
+            for command in dict.fromkeys(action.choices.values()):  # aliases once
+                add_lang_option(command, top=False)
 
 
 # --- the catalogs -----------------------------------------------------------------------------

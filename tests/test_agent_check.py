@@ -6,9 +6,7 @@ broken part fails its own line with what to try."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import string
 import subprocess
 import sys
 import wave
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 from agent_support import Keys
 from conftest import MosquittoBroker, free_port, require
+from l10n_support import english_fragments_in
 from relay_sim import SimulatedBoard
 from tls_support import Authority, tls_mosquitto
 
@@ -137,18 +136,6 @@ def test_a_good_setup_passes_every_line_and_click_switches_the_relay(setup: Setu
     assert result.stderr == ""  # no log noise around the report
 
 
-def english_fragments() -> set[str]:
-    """The English the catalog knows, as the pieces between placeholders of three words
-    or more: what a Vietnamese report must not contain (derived, not a hand list)."""
-    pieces: set[str] = set()
-    for msgid in catalog("vi"):
-        for literal, *_rest in string.Formatter().parse(msgid):
-            for piece in re.split(r"[;:()]", literal):
-                if len(piece.split()) >= 3:
-                    pieces.add(piece.strip())
-    return pieces
-
-
 def test_the_report_speaks_vietnamese_under_a_vietnamese_locale(setup: Setup) -> None:
     config = setup.write(relay="\n  driver: none")
     result = loa_agent("check", "--config", str(config), locale="vi_VN.UTF-8")
@@ -162,8 +149,7 @@ def test_the_report_speaks_vietnamese_under_a_vietnamese_locale(setup: Setup) ->
     assert lines[-1].startswith("10 mục kiểm tra: "), lines[-1]
     assert lines[-1].endswith("sẵn sàng"), lines[-1]
     assert "đã ghi tiếng thử vào" in result.stdout
-    english = sorted(p for p in english_fragments() if p in result.stdout)
-    assert english == [], english
+    assert english_fragments_in(result.stdout) == []
     # --lang wins over the locale, either side of the command.
     for args in (("--lang", "en", "check"), ("check", "--lang", "en")):
         again = loa_agent(*args, "--config", str(config), locale="vi_VN.UTF-8")

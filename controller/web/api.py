@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller.approval import ContentUnreadableError
 from controller.audit import to_csv
 from controller.cap import CapError
+from controller.reasons import shown
 from controller.urgent import (
     MAX_GAP_S,
     MAX_REPEAT,
@@ -31,7 +32,6 @@ from controller.web.approvals import approve as approve_programme
 from controller.web.auth import by_bearer, client_address, session_of
 from controller.web.context import WebContext, context
 from controller.web.errors import SERVICE_ERRORS, ApiError, service_error
-from controller.web.reasons import shown
 from controller.web.security import Session, csrf_ok
 from controller.web.signin import Refused, sign_in
 from controller.web.uploads import save_upload

@@ -34,6 +34,7 @@ from controller.audit import CSV_HEADER, to_csv
 from controller.cap import CapError
 from controller.fleet import UnknownTargetError
 from controller.identities import EnrolmentError
+from controller.reasons import audit_detail, shown
 from controller.tts import TtsUnavailableError
 from controller.urgent import AnnouncementRequest, TargetForbiddenError, UrgentError
 from controller.users import User
@@ -44,7 +45,6 @@ from controller.web.context import WebContext, context
 from controller.web.errors import SERVICE_ERRORS, ApiError
 from controller.web.i18n import Lang, t
 from controller.web.limits import MAX_UPLOAD_BYTES, size_text
-from controller.web.reasons import audit_detail, shown
 from controller.web.security import SESSION_COOKIE, Session, csrf_ok
 from controller.web.signin import Refused, sign_in
 from controller.web.uploads import save_upload
