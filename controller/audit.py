@@ -120,7 +120,8 @@ def to_csv(
     """The entries as CSV (UTF-8, one row each); outcome gives the per-cluster result.
 
     For a reader rather than a program (the web app's download): header, the column
-    names; word(column, value), an action's or a level's name; at, a time.
+    names; word(column, value), an action's or a level's name, or the detail as it
+    reads; at, a time.
     """
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -130,6 +131,6 @@ def to_csv(
             at(e.at), e.user, word("action", e.action), e.subject or "",
             word("level", e.level) if e.level else "", e.title or "",
             e.text or "", e.audio_sha256 or "", " ".join(e.targets), " ".join(e.clusters),
-            outcome(e), e.detail or "",
+            outcome(e), word("detail", e.detail) if e.detail else "",
         ])
     return buf.getvalue()

@@ -143,10 +143,24 @@ def shown(reason: str | None, lang: Lang, tz: tzinfo) -> Shown:
     return found
 
 
+#: The keys of an audit row's key=value details (controller/urgent.py, approval.py, cap.py).
+DETAIL_KEYS: dict[str, Text] = {
+    "source": Text("source"), "repeat": Text("times"), "gap_s": Text("gap (s)"),
+    "voice": Text("voice"), "ref": Text("reference"), "policy": Text("policy"),
+}
+_KEY_VALUES = re.compile(r"\w+=\S+(?: \w+=\S+)*")
+
+
 def audit_detail(detail: str | None, lang: Lang, tz: tzinfo) -> Shown:
-    """What the audit log says of an enrolment step, in this language."""
+    """What the audit log says of an action (an enrolment step, or key=value details of a
+    send or an approval), in this language."""
     if not detail or lang == "en":
         return Shown(detail or "")
+    if _KEY_VALUES.fullmatch(detail):
+        pairs = [pair.partition("=") for pair in detail.split()]
+        return Shown(", ".join(
+            f"{DETAIL_KEYS[k].in_(lang) if k in DETAIL_KEYS else k}: {v}" for k, _eq, v in pairs
+        ))
     found = _apply(AUDIT_RULES, detail, lang, tz)
     if found.original is not None:
         return Shown(Text("see the English record").in_(lang), detail)

@@ -464,11 +464,15 @@ class UrgentService:
         return out
 
     def checked(self, who: Principal, req: AnnouncementRequest) -> list[str]:
-        """The clusters an announcement would go to, after every check sending makes
-        before the audio is prepared (the send page's confirmation); UrgentError if any
-        fails."""
+        """The clusters an announcement would go to, after the checks sending makes
+        before the audio is prepared, and an audio file decoded and checked as preparing
+        it would (the send page's confirmation): UrgentError, or AudioError for the
+        file, if any fails."""
         self._check(req)
-        return self.authorize(who, req.targets)
+        clusters = self.authorize(who, req.targets)
+        if req.audio is not None:
+            self._library.probe(req.audio)
+        return clusters
 
     def send(
         self, who: Principal, req: AnnouncementRequest, *, source: Source = "web"

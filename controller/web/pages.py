@@ -20,7 +20,8 @@ import asyncio
 import json
 import logging
 import secrets
-from datetime import datetime
+from datetime import datetime, tzinfo
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -36,7 +37,7 @@ from controller.fleet import UnknownTargetError
 from controller.identities import EnrolmentError
 from controller.reasons import audit_detail, shown
 from controller.tts import TtsUnavailableError
-from controller.urgent import AnnouncementRequest, TargetForbiddenError, UrgentError
+from controller.urgent import MAX_TITLE, AnnouncementRequest, TargetForbiddenError, UrgentError
 from controller.users import User
 from controller.web.approvals import approval_rows
 from controller.web.approvals import approve as approve_programme
@@ -336,6 +337,9 @@ async def send(
             audio_id, path = ctx.uploads.new_path(user.name, audio.filename)
             await save_upload(audio, path)
             form["audio_id"] = audio_id
+            # Untitled, it is called as the officer's file was (not as it is kept here).
+            title = title.strip() or Path(audio.filename).stem[:MAX_TITLE]
+            form["title"] = title
         audio_path = ctx.uploads.path_of(user.name, audio_id) if audio_id else None
         if audio_id and audio_path is None:
             form["audio_id"] = ""
@@ -347,7 +351,7 @@ async def send(
             gap_s=gap_s, title=title or None,
         )
         if not confirmed:
-            clusters = ctx.service.checked(user, req)
+            clusters = await asyncio.to_thread(ctx.service.checked, user, req)
             picked = {e.id: e for e in ctx.service.tree(user)}
             return _render(
                 request, "confirm.html", found, form=form, clusters=len(clusters),
@@ -417,10 +421,13 @@ def audit(request: Request, ctx: Ctx, found: Manager) -> Response:
     )
 
 
-def _csv_word(lang: Lang, column: str, value: str) -> str:
-    """An action's or a level's name in the audit log's CSV."""
+def _csv_word(lang: Lang, tz: tzinfo, column: str, value: str) -> str:
+    """An action's or a level's name, or a row's detail, in the audit log's CSV."""
     if column == "action":
         return t(lang, "act_" + value)
+    if column == "detail":
+        said = audit_detail(value, lang, tz)
+        return said.text if said.original is None else value  # unknown: as recorded
     return t(lang, "level_" + value)
 
 
@@ -432,7 +439,7 @@ def audit_csv(request: Request, ctx: Ctx, found: Manager) -> Response:
     text = to_csv(
         ctx.service.audit_entries(found[1], 5000), lambda e: ctx.outcome_of(e.subject, lang),
         header=[t(lang, "csv_" + column) for column in CSV_HEADER],
-        word=lambda column, value: _csv_word(lang, column, value),
+        word=lambda column, value: _csv_word(lang, ctx.tz, column, value),
         at=lambda at: l10n.when(at, lang, ctx.tz, seconds=True),
     )
     return Response(
