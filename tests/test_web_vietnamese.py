@@ -122,6 +122,7 @@ def test_an_officer_and_a_manager_see_no_english(rig: WebRig, browser: Any) -> N
     page.wait_for_url(f"{rig.url}/announcements/urgent-*")
     for cid in ("a-01", "a-02"):
         page.wait_for_selector(f'tr[data-cluster="{cid}"] td.status[data-status=playing]')
+    assert "· Xã An" in page.locator("main p.muted").first.inner_text()  # not xa-a
     offline = page.locator('tr[data-cluster="a-03"] td.reason')
     assert offline.inner_text().startswith("mất kết nối từ ")
     assert re.search(r"\d\d:\d\d ngày \d\d/\d\d/\d{4}", visible(page))

@@ -35,6 +35,7 @@ from controller.audit import CSV_HEADER, to_csv
 from controller.cap import CapError
 from controller.fleet import UnknownTargetError
 from controller.identities import EnrolmentError
+from controller.preview import target_label
 from controller.reasons import audit_detail, shown
 from controller.tts import TtsUnavailableError
 from controller.urgent import MAX_TITLE, AnnouncementRequest, TargetForbiddenError, UrgentError
@@ -96,11 +97,18 @@ def _render(
             "csrf": session.csrf if session else "", "when": when,
             "reason": lambda text: shown(text, lang, ctx.tz),
             "detail": lambda text: audit_detail(text, lang, ctx.tz),
+            "places": lambda targets: _places(ctx, targets),
             "say": lambda x: say_in(lang, x),
             "other_lang": "en" if lang == "vi" else "vi", **values,
         },
         status_code=status_code,
     )
+
+
+def _places(ctx: WebContext, targets: list[str]) -> str:
+    """Targets as people name them (Xã An, Chợ An (a-01)), not as the fleet file keys them."""
+    fleet = ctx.service.fleet()
+    return ", ".join(target_label(fleet, target) for target in targets)
 
 
 def _error(request: Request, found: Found | None, status_code: int, key: str) -> HTMLResponse:
