@@ -323,7 +323,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         if found is not None and found.state_at is not None:
             state = _("{state} since {at}", state=state, at=when(found.state_at))
         if found is not None and found.state_reason and r.state == "offline":
-            state += f" ({found.state_reason})"
+            state += f" ({_reason(found.state_reason)})"
         beat = heartbeat_summary(
             found.heartbeat if found else None, found.heartbeat_at if found else None, now
         )

@@ -3,10 +3,11 @@
 The reasons beside a cluster's state are English on the wire and in the store: agents
 write them (device_agent/player.py: preempted, stopped, missed because ...) and so does
 the controller (controller/urgent.py and controller/confirmations.py: not connected, not
-confirmed, not received). The page shows each one it knows as a sentence of the catalog,
-its times in the fleet's time zone; one it does not know (a new agent's, an output's own
-error) as a plain "the receiver box reported a problem", the English kept for the
-technician in the cell's title.
+confirmed, not received; controller/silence.py: nothing heard). The page and
+`loa-controller fleet` show each one they know as a sentence of the catalog, its times in
+the fleet's time zone; one they do not know (a new agent's, an output's own error) as a
+plain "the receiver box reported a problem", the English kept for the technician (the
+cell's tooltip on the page).
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ RULES: list[Rule] = [
     (re.compile(r"not played again after its interruption: the output was busy.*"),
      lambda p, tz: Text("not played again after its interruption: the speakers were busy "
                         "until too late")),
+    (re.compile(r"nothing heard for (?P<s>[\d.]+) s \(more than 1\.5 × its keepalive of "
+                r"(?P<keepalive>[\d.]+) s\)"),
+     lambda p, tz: Text("nothing heard for {s:g} s (more than 1.5 × its keepalive of "
+                        "{keepalive:g} s)", s=float(p["s"]), keepalive=float(p["keepalive"]))),
     (re.compile(r"could not start by its latest start (?P<at>\S+)"),
      lambda p, tz: Text("could not start by {at}", at=p["at"])),
 ]
