@@ -46,9 +46,10 @@ def _users_file(args: argparse.Namespace) -> Path:
 
     config = load_controller_config(Path(args.config))
     if config.web is None:
-        raise ValueError(
-            f"{args.config} has no web: section; add one with users_file, or give --users FILE"
-        )
+        raise ValueError(_(
+            "{config} has no web: section; add one with users_file, or give --users FILE",
+            config=args.config,
+        ))
     return config.web.users_file
 
 
@@ -63,15 +64,15 @@ def _check_scope(args: argparse.Namespace, scope: list[str]) -> None:
     fleet = load_fleet(config.fleet, config.speech.voice_names())
     for node in scope:
         if node not in fleet.nodes and node not in fleet.clusters:
-            raise ValueError(fleet.target_problem(node) or f"unknown node {node!r}")
+            raise ValueError(fleet.target_problem(node) or _("unknown node {node!r}", node=node))
 
 
 def _new_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass("New password: ")
-    if getpass.getpass("Again: ") != first:
-        raise ValueError("the two passwords differ; nothing was changed")
+    first = getpass.getpass(_("New password: "))
+    if getpass.getpass(_("Again: ")) != first:
+        raise ValueError(_("the two passwords differ; nothing was changed"))
     return first
 
 
@@ -86,7 +87,9 @@ def cmd_user(args: argparse.Namespace) -> int:
         return 0
     if args.action == "add":
         if not args.scope:
-            raise ValueError("give the user's scope: --scope NODE (a commune id for commune staff)")
+            raise ValueError(
+                _("give the user's scope: --scope NODE (a commune id for commune staff)")
+            )
         _check_scope(args, args.scope)
         role: Role = args.role
         user = users.add_user(path, args.name, role, args.scope, _new_password(args),
@@ -319,5 +322,5 @@ def register(sub: Any, default_config: str) -> None:
 
 def _user_with_name(args: argparse.Namespace) -> int:
     if args.action != "list" and not args.name:
-        raise ValueError(f"user {args.action}: give the user's name")
+        raise ValueError(_("user {action}: give the user's name", action=args.action))
     return cmd_user(args)
