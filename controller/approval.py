@@ -26,10 +26,15 @@ from controller.audit import AuditLog
 from controller.fleet import Fleet
 from controller.playlist import Bulletin, Programme
 from controller.store import Approval, Store
+from protocol.l10n import Text, When
 
 
 class ContentUnreadableError(OSError):
     """A bulletin's audio file cannot be read, so its content cannot be approved."""
+
+    def __init__(self, path: Path, why: str | None) -> None:
+        super().__init__(Text("{path}: cannot read it ({why})", path=path, why=why))
+        self.path = path
 
 
 class FileHashes:
@@ -43,7 +48,7 @@ class FileHashes:
         try:
             stat = path.stat()
         except OSError as exc:
-            raise ContentUnreadableError(f"{path}: cannot read it ({exc.strerror})") from None
+            raise ContentUnreadableError(path, exc.strerror) from None
         with self._lock:
             known = self._known.get(path)
         if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
@@ -54,7 +59,7 @@ class FileHashes:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     digest.update(block)
         except OSError as exc:
-            raise ContentUnreadableError(f"{path}: cannot read it ({exc.strerror})") from None
+            raise ContentUnreadableError(path, exc.strerror) from None
         value = digest.hexdigest()
         with self._lock:
             self._known[path] = (stat.st_size, stat.st_mtime_ns, value)
@@ -83,18 +88,15 @@ class ApprovalState:
     def approved(self) -> bool:
         return self.approval is not None
 
-    def describe(self, tz: tzinfo | None = None) -> str:
-        def when(at: datetime) -> str:
-            return at.astimezone(tz).strftime("%Y-%m-%d %H:%M")
-
+    def describe(self, tz: tzinfo | None = None) -> Text:
+        """Approved by whom and when, or why it is pending (str(): the process's language)."""
         if self.approval is not None:
-            return f"approved by {self.approval.approved_by} at {when(self.approval.approved_at)}"
+            return Text("approved by {who} at {at}", who=self.approval.approved_by,
+                        at=When(self.approval.approved_at, tz))
         if self.previous is not None:
-            return (
-                f"pending: its audio changed since {self.previous.approved_by} approved it "
-                f"at {when(self.previous.approved_at)}"
-            )
-        return "pending: never approved"
+            return Text("pending: its audio changed since {who} approved it at {at}",
+                        who=self.previous.approved_by, at=When(self.previous.approved_at, tz))
+        return Text("pending: never approved")
 
 
 class Approvals:

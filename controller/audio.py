@@ -43,6 +43,7 @@ from controller import audio_chain, ffmpeg
 from controller.audio_chain import DEFAULT_PROFILE, OpusApplication, Profile
 from controller.ffmpeg import Loudness
 from protocol.chunks import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, chunk_count
+from protocol.l10n import Text
 from protocol.messages import ContentRef
 
 if TYPE_CHECKING:
@@ -114,11 +115,19 @@ SUFFIX = ".opus"
 class AudioError(ValueError):
     """An audio file the controller cannot use: the text names it, says why and what to do."""
 
-    def __init__(self, path: Path | None, reason: str, advice: str) -> None:
+    def __init__(
+        self, path: Path | None, reason: Text | str, advice: Text | str,
+        detail: str | None = None,
+    ) -> None:
+        """reason, advice: for whoever reads it (the web app shows them in the page's
+        language, never the path); detail: what a tool said, for the operator only."""
         where = str(path) if path is not None else "bulletin"
-        super().__init__(f"{where}: {reason}. {advice}")
+        said = f" ({detail})" if detail else ""
+        super().__init__(f"{where}: {reason}{said}. {advice}")
         self.path = path
         self.reason = reason
+        self.advice = advice
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -203,34 +212,40 @@ def _check_file(path: Path) -> None:
         size = path.stat().st_size
     except FileNotFoundError:
         raise AudioError(
-            path, "file not found", "Check the file name and folder in the playlist"
+            path, Text("file not found"),
+            Text("Check the file name and folder in the playlist"),
         ) from None
     except OSError as exc:
         raise AudioError(
-            path, f"cannot be read ({exc.strerror})", "Check the path and its permissions"
+            path, Text("cannot be read ({why})", why=exc.strerror),
+            Text("Check the path and its permissions"),
         ) from None
     if not path.is_file():
-        raise AudioError(path, "is not a file", "Give the path of an audio file")
+        raise AudioError(path, Text("is not a file"), Text("Give the path of an audio file"))
     if size == 0:
-        raise AudioError(path, "the file is empty (0 bytes)", "Copy or export the recording again")
+        raise AudioError(
+            path, Text("the file is empty (0 bytes)"), Text("Copy or export the recording again")
+        )
     if not os.access(path, os.R_OK):
         raise AudioError(
             path,
-            "cannot be read (permission denied)",
-            "Give the controller's user read access to it",
+            Text("cannot be read (permission denied)"),
+            Text("Give the controller's user read access to it"),
         )
 
 
 def _undecodable(path: Path, exc: ffmpeg.FfmpegError) -> AudioError:
     if "matches no streams" in exc.stderr_tail:
         return AudioError(
-            path, "the file holds no audio stream", "Choose the sound recording itself"
+            path, Text("the file holds no audio stream"),
+            Text("Choose the sound recording itself"),
         )
     return AudioError(
         path,
-        f"ffmpeg cannot decode it as audio (ffmpeg said: {exc.stderr_tail or exc})",
-        "Check that it is a complete sound recording; if so, export it again as MP3, "
-        "WAV, OGG, M4A or FLAC",
+        Text("ffmpeg cannot decode it as audio"),
+        Text("Check that it is a complete sound recording; if so, export it again as MP3, "
+             "WAV, OGG, M4A or FLAC"),
+        detail=f"ffmpeg said: {exc.stderr_tail or exc}",
     )
 
 
@@ -239,23 +254,26 @@ def _check_audio(path: Path, duration_s: float, declared_s: float | None, max_s:
     if duration_s > max_s:
         raise AudioError(
             path,
-            f"it lasts more than {max_s:g} s, the longest bulletin allowed (max_duration_s)",
-            "Cut it into shorter bulletins, or raise max_duration_s in the controller config",
+            Text("it lasts more than {max_s:g} s, the longest bulletin allowed "
+                 "(max_duration_s)", max_s=max_s),
+            Text("Cut it into shorter bulletins, or raise max_duration_s in the controller "
+                 "config"),
         )
     if duration_s <= 0:
         raise AudioError(
             path,
-            "no audio could be decoded from it (0 s)",
-            "Check that it is a complete sound recording, and export it again",
+            Text("no audio could be decoded from it (0 s)"),
+            Text("Check that it is a complete sound recording, and export it again"),
         )
     if declared_s is not None and declared_s - duration_s > max(
         TRUNCATED_MIN_S, TRUNCATED_FRACTION * declared_s
     ):
         raise AudioError(
             path,
-            f"the file is cut short: it declares {declared_s:.1f} s but only "
-            f"{duration_s:.1f} s could be decoded (an incomplete copy or download?)",
-            "Copy the file again from the original",
+            Text("the file is cut short: it declares {declared_s:.1f} s but only "
+                 "{duration_s:.1f} s could be decoded (an incomplete copy or download?)",
+                 declared_s=declared_s, duration_s=duration_s),
+            Text("Copy the file again from the original"),
         )
 
 
@@ -265,23 +283,23 @@ def _check_loud_enough(path: Path, level: Loudness, peak_dbfs: float) -> None:
         return
     if peak_dbfs == -math.inf:
         raise AudioError(
-            path, "the audio is silent (no sound at all)",
-            "Check the recording level, or that this is the right file",
+            path, Text("the audio is silent (no sound at all)"),
+            Text("Check the recording level, or that this is the right file"),
         )
     if level.integrated_lufs <= ffmpeg.SILENT_LUFS:
         raise AudioError(
             path,
-            f"the audio is silent (peak {peak_dbfs:.1f} dBFS; loudness under "
-            f"{ffmpeg.SILENT_LUFS:g} LUFS)",
-            "Check the recording level, or that this is the right file",
+            Text("the audio is silent (peak {peak:.1f} dBFS; loudness under {lufs:g} LUFS)",
+                 peak=peak_dbfs, lufs=ffmpeg.SILENT_LUFS),
+            Text("Check the recording level, or that this is the right file"),
         )
     raise AudioError(
         path,
-        f"the audio is too quiet to use (loudness {level.integrated_lufs:.1f} LUFS, peak "
-        f"{peak_dbfs:.1f} dBFS; under {MIN_SOURCE_LUFS:g} LUFS its hiss would be brought up "
-        "with it)",
-        "Record it again nearer the microphone or with more input gain, or raise its level "
-        "in an audio editor",
+        Text("the audio is too quiet to use (loudness {lufs:.1f} LUFS, peak {peak:.1f} dBFS; "
+             "under {least:g} LUFS its hiss would be brought up with it)",
+             lufs=level.integrated_lufs, peak=peak_dbfs, least=MIN_SOURCE_LUFS),
+        Text("Record it again nearer the microphone or with more input gain, or raise its "
+             "level in an audio editor"),
     )
 
 
@@ -340,9 +358,10 @@ def _check_audible(path: Path, segment: Any, threshold: float) -> None:
             peak_at, peak = start, window.max
     raise AudioError(
         path,
-        f"no audible sound (nothing louder than {threshold:.0f} dBFS for "
-        f"{MIN_SOUND_MS / 1000:g} s; peak {segment.max_dBFS:.1f} dBFS at {peak_at / 1000:.2f} s)",
-        "Check the recording level, or pick another file",
+        Text("no audible sound (nothing louder than {threshold:.0f} dBFS for {least:g} s; "
+             "peak {peak:.1f} dBFS at {at:.2f} s)", threshold=threshold,
+             least=MIN_SOUND_MS / 1000, peak=segment.max_dBFS, at=peak_at / 1000),
+        Text("Check the recording level, or pick another file"),
     )
 
 
@@ -497,8 +516,8 @@ class AudioLibrary:
         if hashlib.sha256(data).hexdigest() != sha256:
             raise AudioError(
                 path,
-                "the stored audio no longer matches its SHA-256 (damaged on disk)",
-                "Delete the file and prepare the bulletin again",
+                Text("the stored audio no longer matches its SHA-256 (damaged on disk)"),
+                Text("Delete the file and prepare the bulletin again"),
             )
         return data
 
@@ -553,7 +572,9 @@ class AudioLibrary:
         profile (controller.audio_chain); reuse it if already made."""
         chosen = audio_chain.profile(profile)
         if not sources:
-            raise AudioError(None, "no source audio given", "List at least one audio file")
+            raise AudioError(
+                None, Text("no source audio given"), Text("List at least one audio file")
+            )
         parts = [("source", path) for path in sources]
         if intro is not None:
             parts.insert(0, ("intro", intro))
@@ -589,9 +610,11 @@ class AudioLibrary:
         if duration_s > settings.max_duration_s:
             raise AudioError(
                 None,
-                f"the bulletin made of {names} lasts {duration_s:.0f} s, more than the "
-                f"{settings.max_duration_s:g} s allowed (max_duration_s)",
-                "Split it into shorter bulletins, or raise max_duration_s in the controller config",
+                Text("the bulletin made of {names} lasts {duration_s:.0f} s, more than the "
+                     "{most:g} s allowed (max_duration_s)", names=names,
+                     duration_s=duration_s, most=settings.max_duration_s),
+                Text("Split it into shorter bulletins, or raise max_duration_s in the "
+                     "controller config"),
             )
 
         with _temp_in(self.root, ".opus.tmp") as temp:
@@ -695,18 +718,20 @@ class AudioLibrary:
                 miss = target - heard.integrated_lufs
         except ffmpeg.FfmpegError as exc:
             raise AudioError(
-                None, f"processing {what} failed ({exc})",
-                "Check the ffmpeg build: it needs the ebur128, alimiter, acompressor, "
-                "equalizer and highpass filters and libopus (ffmpeg -filters; ffmpeg "
-                "-encoders)",
+                None, Text("processing {what} failed", what=what),
+                Text("Check the ffmpeg build: it needs the ebur128, alimiter, acompressor, "
+                     "equalizer and highpass filters and libopus (ffmpeg -filters; ffmpeg "
+                     "-encoders)"),
+                detail=str(exc),
             ) from None
         if over > 0:
             raise AudioError(
                 None,
-                f"the bulletin made of {what} still peaks at {heard.true_peak_dbtp:.1f} dBTP "
-                f"after {ENCODES} tries, over the {settings.true_peak_dbtp:g} dBTP allowed",
-                "Report it with the files; lowering true_peak_dbtp in the controller config "
-                "leaves the limiter more room meanwhile",
+                Text("the bulletin made of {what} still peaks at {peak:.1f} dBTP after {tries} "
+                     "tries, over the {most:g} dBTP allowed", what=what,
+                     peak=heard.true_peak_dbtp, tries=ENCODES, most=settings.true_peak_dbtp),
+                Text("Report it with the files; lowering true_peak_dbtp in the controller "
+                     "config leaves the limiter more room meanwhile"),
             )
         if miss > 0 and gain_out >= most(ceiling):
             log.warning(
@@ -733,8 +758,9 @@ class AudioLibrary:
         except ffmpeg.FfmpegError as exc:
             raise AudioError(
                 None,
-                f"encoding to Opus failed ({exc})",
-                "Check that this ffmpeg has libopus (ffmpeg -encoders | grep opus)",
+                Text("encoding to Opus failed"),
+                Text("Check that this ffmpeg has libopus (ffmpeg -encoders | grep opus)"),
+                detail=str(exc),
             ) from None
 
 

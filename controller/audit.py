@@ -109,15 +109,28 @@ CSV_HEADER = [
 ]
 
 
-def to_csv(entries: Sequence[AuditEntry], outcome: Callable[[AuditEntry], str]) -> str:
-    """The entries as CSV (UTF-8, one row each); outcome gives the per-cluster result."""
+def to_csv(
+    entries: Sequence[AuditEntry],
+    outcome: Callable[[AuditEntry], str],
+    *,
+    header: Sequence[str] = CSV_HEADER,
+    word: Callable[[str, str], str] = lambda _column, value: value,
+    at: Callable[[datetime], str] = datetime.isoformat,
+) -> str:
+    """The entries as CSV (UTF-8, one row each); outcome gives the per-cluster result.
+
+    For a reader rather than a program (the web app's download): header, the column
+    names; word(column, value), an action's or a level's name, or the detail as it
+    reads; at, a time.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(CSV_HEADER)
+    writer.writerow(header)
     for e in entries:
         writer.writerow([
-            e.at.isoformat(), e.user, e.action, e.subject or "", e.level or "", e.title or "",
+            at(e.at), e.user, word("action", e.action), e.subject or "",
+            word("level", e.level) if e.level else "", e.title or "",
             e.text or "", e.audio_sha256 or "", " ".join(e.targets), " ".join(e.clusters),
-            outcome(e), e.detail or "",
+            outcome(e), word("detail", e.detail) if e.detail else "",
         ])
     return buf.getvalue()

@@ -58,6 +58,7 @@ from controller.fleet import Fleet
 from controller.store import aware
 from controller.store.schema import cap_alerts
 from controller.urgent import AnnouncementRequest, Principal, SystemPrincipal, UrgentService
+from protocol.l10n import Text
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ class CapIntake:
         alert past its expiry is not aired (recorded as expired)."""
         row = self._row(ref)
         if row is None or row["state"] not in ("pending", "scheduled", "sent"):
-            raise CapError(f"no pending CAP alert {ref!r}")
+            raise CapError(Text("no pending CAP alert {ref!r}", ref=ref))
         now = now or self._service.now()
         expires = aware(row["expires_at"]) if row.get("expires_at") else None
         if expires is not None and expires <= now:

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from controller.text_table import format_table
+from protocol import l10n
 from protocol.config_errors import ConfigError
+from protocol.l10n import N_, _
 from protocol.validation import suggest
 
 if TYPE_CHECKING:
@@ -44,7 +46,35 @@ def _setup_logging(verbose: bool, command: str) -> None:
 
 
 def _local(at: datetime, tz: tzinfo) -> str:
-    return at.astimezone(tz).strftime("%Y-%m-%d %H:%M %a")
+    """A time in the table of `schedule`: "2026-12-06 14:30 Sun", "14:30 CN 06/12/2026"."""
+    local = at.astimezone(tz)
+    if l10n.current() == "vi":
+        return f"{local:%H:%M} {WEEKDAYS_VI[local.weekday()]} {local:%d/%m/%Y}"
+    return local.strftime("%Y-%m-%d %H:%M %a")
+
+
+#: Monday to Sunday as a Vietnamese calendar writes them.
+WEEKDAYS_VI = ("T2", "T3", "T4", "T5", "T6", "T7", "CN")
+
+#: The words of `fleet` and `schedule` for the states and levels they show.
+WORDS = {
+    "online": N_("online"), "offline": N_("offline"), "unknown": N_("never seen"),
+    "finished": N_("finished"), "interrupted": N_("interrupted"), "missed": N_("missed"),
+    "failed": N_("failed"), "normal": N_("normal"), "priority": N_("priority"),
+    "emergency": N_("emergency"),
+}
+
+
+def _word(code: str | None) -> str:
+    """A state's, a result's or a level's name in the process's language."""
+    return _(WORDS[code]) if code in WORDS else (code or "")
+
+
+def _reason(text: str | None) -> str:
+    """A cluster's reason (English on the wire) in the process's language."""
+    from controller.reasons import shown
+
+    return shown(text, l10n.current(), UTC).text
 
 
 def _existing_store(url: str) -> Store | None:
@@ -166,12 +196,12 @@ def _status_banner(status: ConfigStatus | None, when: Callable[[datetime], str])
     if status is None:
         return []
     if status.status != "error":
-        return [f"playlists and fleet: loaded at {when(status.at)}, ok", ""]
+        return [_("playlists and fleet: loaded at {at}, ok", at=when(status.at)), ""]
     lines = status.problems.splitlines()
     errors = sum(1 for line in lines if ": warning: " not in line)
     return [
-        f"PLAYLISTS/FLEET EDIT REFUSED at {when(status.at)} ({errors} error(s)); the previous "
-        "schedule keeps running. Fix these and save again:",
+        _("PLAYLISTS/FLEET EDIT REFUSED at {at} ({n} error(s)); the previous schedule keeps "
+          "running. Fix these and save again:", at=when(status.at), n=errors),
         *(f"  {line}" for line in lines),
         "",
     ]
@@ -190,28 +220,28 @@ def heartbeat_summary(beat: dict[str, Any] | None, received: datetime | None,
 
     def span(seconds: float) -> str:
         if seconds < 120:
-            return f"{seconds:.0f} s"
+            return _("{n:.0f} s", n=seconds)
         if seconds < 7200:
-            return f"{seconds / 60:.0f} min"
+            return _("{n:.0f} min", n=seconds / 60)
         if seconds < 172800:
-            return f"{seconds / 3600:.0f} h"
-        return f"{seconds / 86400:.0f} d"
+            return _("{n:.0f} h", n=seconds / 3600)
+        return _("{n:.0f} d", n=seconds / 86400)
 
-    parts = [f"{span(max((now - received).total_seconds(), 0))} ago"]
-    parts.append(f"up {span(float(beat.get('uptime_s', 0)))}")
+    parts = [_("{span} ago", span=span(max((now - received).total_seconds(), 0)))]
+    parts.append(_("up {span}", span=span(float(beat.get("uptime_s", 0)))))
     if beat.get("cpu_temp_c") is not None:
         parts.append(f"{float(beat['cpu_temp_c']):.0f}°C")
     if beat.get("disk_free_bytes") is not None:
-        parts.append(f"disk {int(beat['disk_free_bytes']) / 1e9:.1f} GB free")
+        parts.append(_("disk {gb:.1f} GB free", gb=int(beat["disk_free_bytes"]) / 1e9))
     if beat.get("relay") is not None:
-        parts.append(f"relay {beat['relay']}")
+        parts.append(_("relay {state}", state=beat["relay"]))
     if beat.get("clock_offset_s") is not None:  # the agent's estimate, from commands
-        parts.append(f"clock {float(beat['clock_offset_s']):+.3f} s")
+        parts.append(_("clock {s:+.3f} s", s=float(beat["clock_offset_s"])))
     elif beat.get("at"):  # none yet (no command lately): from this heartbeat's own time
         sent = datetime.fromisoformat(str(beat["at"]))
-        parts.append(f"clock ≈{(sent - received).total_seconds():+.3f} s")
+        parts.append(_("clock ≈{s:+.3f} s", s=(sent - received).total_seconds()))
     if beat.get("volume") is not None:
-        parts.append(f"vol {beat['volume']}")
+        parts.append(_("vol {volume}", volume=beat["volume"]))
     return ", ".join(parts)
 
 
@@ -243,7 +273,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     }
 
     def when(value: datetime | None) -> str:
-        return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if value else "never"
+        return l10n.when(value, l10n.current(), tz, seconds=True) if value else _("never")
 
     banner = _status_banner(status, when)
     if args.json:
@@ -274,26 +304,28 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     for line in banner:
         print(line)
     if not rows:
-        print(f"no clusters in {config.store_url}; has `loa-controller run` started yet?")
+        print(_("no clusters in {store}; has `loa-controller run` started yet?",
+                store=config.store_url))
         return 0
 
     table = []
     for r in rows:
         result = "-"
         if r.last_result:
-            result = f"{r.last_result}: {r.last_result_bulletin or '?'}"
+            result = f"{_word(r.last_result)}: {r.last_result_bulletin or '?'}"
             if r.last_result_reason and r.last_result != "finished":
-                result += f" ({r.last_result_reason})"
+                result += f" ({_reason(r.last_result_reason)})"
         missed = not_received.get(r.id)
         if missed is not None and (r.last_result_at is None or missed.at > r.last_result_at):
-            result = f"missed: {missed.bulletin or missed.play_id} ({missed.reason})"
+            result = (f"{_word('missed')}: {missed.bulletin or missed.play_id} "
+                      f"({_reason(missed.reason)})")
         rejected = f"{when(r.last_rejection_at)} {r.last_rejection}" if r.last_rejection else "-"
         found = health.get(r.id)
-        state = r.state
+        state = _word(r.state)
         if found is not None and found.state_at is not None:
-            state += f" since {when(found.state_at)}"
+            state = _("{state} since {at}", state=state, at=when(found.state_at))
         if found is not None and found.state_reason and r.state == "offline":
-            state += f" ({found.state_reason})"
+            state += f" ({_reason(found.state_reason)})"
         beat = heartbeat_summary(
             found.heartbeat if found else None, found.heartbeat_at if found else None, now
         )
@@ -301,33 +333,37 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         table.append([
             r.id, r.commune_name, state, when(r.last_seen), r.playing or "-",
             describe_content(content[r.id]),
-            f"{unconfirmed} waiting" if unconfirmed else "-", result, rejected, beat,
+            _("{n} waiting", n=unconfirmed) if unconfirmed else "-", result, rejected, beat,
             _key_cell(keys.get(r.id)),
         ])
     print(format_table(
-        ["cluster", "commune", "online", "last seen", "playing", "content", "unconfirmed",
-         "last result", "last rejected command", "last heartbeat", "key"],
+        [_("cluster"), _("commune"), _("online"), _("last seen"), _("playing"), _("content"),
+         _("unconfirmed"), _("last result"), _("last rejected command"), _("last heartbeat"),
+         _("key")],
         table,
     ))
     online = sum(1 for r in rows if r.state == "online")
-    print(f"\n{len(rows)} clusters, {online} online, {len(rows) - online} offline or never seen "
-          f"(times in {config.timezone})")
-    print(f"{sum(waiting.values())} play(s) sent and waiting for their cluster's confirmation; "
-          f"{not_received_today} not received by their cluster in the last 24 h "
-          "(no confirmation by the latest start: recorded as missed)\n"
-          + _key_footer([r.id for r in rows], keys))
+    print("\n" + _("{n} clusters, {online} online, {offline} offline or never seen (times in "
+                   "{tz})", n=len(rows), online=online, offline=len(rows) - online,
+                   tz=config.timezone))
+    print(_("{waiting} play(s) sent and waiting for their cluster's confirmation; {missed} not "
+            "received by their cluster in the last 24 h (no confirmation by the latest start: "
+            "recorded as missed)", waiting=sum(waiting.values()), missed=not_received_today)
+          + "\n" + _key_footer([r.id for r in rows], keys))
     return 0
 
 
 def _key_footer(cluster_ids: list[str], keys: dict[str, dict[str, str | None]]) -> str:
     statuses = [keys.get(cid, {}).get("status") for cid in cluster_ids]
     registered, asking = statuses.count("registered"), statuses.count("waiting approval")
-    line = f"{registered} of {len(cluster_ids)} clusters have a registered key"
+    line = _("{n} of {total} clusters have a registered key", n=registered,
+             total=len(cluster_ids))
     if asking:
-        line += f"; {asking} waiting for a manager's approval (loa-controller enrol list)"
+        line += "; " + _("{n} waiting for a manager's approval (loa-controller enrol list)",
+                         n=asking)
     if registered < len(cluster_ids):
-        line += ("; the controller stores nothing a cluster without a registered key reports "
-                 "(docs/operations.md, section 5: enrolment)")
+        line += "; " + _("the controller stores nothing a cluster without a registered key "
+                         "reports (docs/operations.md, section 5: enrolment)")
     return line
 
 
@@ -347,10 +383,10 @@ def _key_status(store: Any) -> dict[str, dict[str, str | None]]:
 
 def _key_cell(found: dict[str, str | None] | None) -> str:
     if found is None:
-        return "not registered"
+        return _("not registered")
     if found["status"] == "registered":
         return str(found["id"])
-    return f"{found['id']} waiting approval"
+    return _("{key} waiting approval", key=found["id"])
 
 
 def _not_received_json(found: NotReceived | None) -> dict[str, Any] | None:
@@ -371,10 +407,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     for problem in problems:
         print(problem)
     if errors:
-        print(f"{len(errors)} error(s); nothing was changed. Fix them and run check again.",
-              file=sys.stderr)
+        print(_("{n} error(s); nothing was changed. Fix them and run check again.",
+                n=len(errors)), file=sys.stderr)
         return 1
-    print("ok: config, fleet and playlists are valid", file=sys.stderr)
+    print(_("ok: config, fleet and playlists are valid"), file=sys.stderr)
     return 0
 
 
@@ -399,26 +435,27 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         hours=24
     )
     if end <= start:
-        raise ValueError(
-            f"--to {args.end!r} ({_local(end, tz)}) is not after --from ({_local(start, tz)}); "
-            "write a later --to, or a duration such as --to +6h"
-        )
+        raise ValueError(_(
+            "--to {to!r} ({end}) is not after --from ({start}); write a later --to, or a "
+            "duration such as --to +6h", to=args.end, end=_local(end, tz),
+            start=_local(start, tz),
+        ))
     if end - start > MAX_WINDOW:
-        raise ValueError(
-            f"--from {_local(start, tz)} --to {_local(end, tz)} spans more than "
-            f"{MAX_WINDOW.days} days; ask for a shorter window"
-        )
+        raise ValueError(_(
+            "--from {start} --to {end} spans more than {days} days; ask for a shorter window",
+            start=_local(start, tz), end=_local(end, tz), days=MAX_WINDOW.days,
+        ))
     only = only_clusters(sources.fleet, args.cluster, args.target)
     store = _existing_store(config.store_url) if config else None
     approvals = Approvals(store) if store else None
 
     def approval(programme: Programme) -> str:
         if approvals is None:
-            return "pending: needs approval (no store to ask)"
+            return _("pending: needs approval (no store to ask)")
         try:
-            return approvals.state(programme).describe(tz)
+            return str(approvals.state(programme).describe(tz))
         except ContentUnreadableError as exc:
-            return f"pending: {exc}"
+            return _("pending: {why}", why=exc)
 
     shown = {o.programme for o in plan(sources.playlists, start, end, tz)}
     durations = measure(
@@ -461,40 +498,41 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
     scope = ""
     if args.cluster:
-        scope = f" on cluster {args.cluster}"
+        scope = _(" on cluster {cluster}", cluster=args.cluster)
     elif args.target:
-        scope = f" on {args.target} ({len(only or ())} clusters)"
-    print(f"Schedule{scope} from {_local(start, tz)} to {_local(end, tz)} ({tz.key}); each "
-          f"play is sent to its clusters {span(lead.total_seconds())} before it starts.")
+        scope = _(" on {target} ({n} clusters)", target=args.target, n=len(only or ()))
+    print(_("Schedule{scope} from {start} to {end} ({tz}); each play is sent to its clusters "
+            "{lead} before it starts.", scope=scope, start=_local(start, tz),
+            end=_local(end, tz), tz=tz.key, lead=span(lead.total_seconds())))
     if not rows:
-        print("nothing plays in this window.")
+        print(_("nothing plays in this window."))
         return 0
     table = []
     for r in rows:
-        count = f"{len(r.clusters)} of {r.all_clusters}" if only is not None else str(
-            r.all_clusters
-        )
+        count = _("{n} of {total}", n=len(r.clusters), total=r.all_clusters) if (
+            only is not None
+        ) else str(r.all_clusters)
         table.append([
             _local(r.occurrence.start, tz),
             r.programme.id,
-            r.programme.level,
+            _word(r.programme.level),
             " + ".join(b.title or r.programme.name for b in r.programme.bulletins),
             span(r.seconds) if r.seconds is not None else "?",
             f"{count}: {where(sources.fleet, r.programme)}",
             "-" if r.approval is None else (
-                "PENDING APPROVAL" if r.pending else r.approval
+                _("PENDING APPROVAL") if r.pending else r.approval
             ),
         ])
     print(format_table(
-        ["when (local)", "programme", "level", "bulletins", "lasts", "clusters: targets",
-         "approval"],
+        [_("when (local)"), _("programme"), _("level"), _("bulletins"), _("lasts"),
+         _("clusters: targets"), _("approval")],
         table,
     ))
     pending = sorted({r.programme.id for r in rows if r.pending})
-    print(f"\n{len(rows)} plays.", end="")
+    print("\n" + _("{n} plays.", n=len(rows)), end="")
     if pending:
-        print(f" Waiting for approval: {', '.join(pending)} "
-              "(loa-controller approve PROGRAMME; loa-controller pending).", end="")
+        print(" " + _("Waiting for approval: {ids} (loa-controller approve PROGRAMME; "
+                      "loa-controller pending).", ids=", ".join(pending)), end="")
     print()
     return 0
 
@@ -637,7 +675,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
         else:
             if state is not None and state.approved:
                 continue
-            detail = state.describe(tz) if state else "pending: never approved"
+            detail = str(state.describe(tz)) if state else "pending: never approved"
         upcoming = programme.next_after(datetime.now(tz), tz)
         rows.append({
             "programme": programme.id,
@@ -805,21 +843,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     for commands in (cli_web, cli_access, cli_speech, cli_enrol, cli_cap):
         commands.register(sub, str(DEFAULT_CONFIG))
+    l10n.add_lang_option(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    l10n.use(l10n.choose(args.lang))
     _setup_logging(args.verbose, args.command)
     try:
         code = int(args.func(args))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        done = "started" if args.command == "run" else "done"
-        print(f"{len(exc.problems)} error(s); nothing was {done}.", file=sys.stderr)
+        if args.command == "run":
+            print(_("{n} error(s); nothing was started.", n=len(exc.problems)), file=sys.stderr)
+        else:
+            print(_("{n} error(s); nothing was done.", n=len(exc.problems)), file=sys.stderr)
         code = 1
     except (ValueError, OSError) as exc:
-        print(f"loa-controller {args.command}: {exc}", file=sys.stderr)
+        print(f"loa-controller {args.command}: {l10n.say(exc)}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         code = 130

@@ -19,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from protocol.l10n import _
+
 # --- provision -----------------------------------------------------------------------------
 
 
@@ -111,7 +113,9 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     me = config.provisioning.controller_username
     check_names(fleet, me)
     if (args.tls_cert is None) != (args.tls_key is None):
-        raise ValueError("give both --tls-cert and --tls-key (the broker's certificate and key)")
+        raise ValueError(
+            _("give both --tls-cert and --tls-key (the broker's certificate and key)")
+        )
     tls = Tls(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
     port = args.port or (8883 if tls else 1883)
     now = datetime.now(UTC)
@@ -168,7 +172,8 @@ def _overlap(text: str) -> timedelta:
     try:
         return parse_span(text)
     except ValueError:
-        raise ValueError(f"--overlap {text!r}: write a duration such as 7d, 36h or 90m") from None
+        raise ValueError(_("--overlap {text!r}: write a duration such as 7d, 36h or 90m",
+                           text=text)) from None
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

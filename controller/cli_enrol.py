@@ -26,6 +26,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from protocol.l10n import _
+
 if TYPE_CHECKING:
     from controller.identities import Identities, IssuedToken
     from controller.store import Store
@@ -38,7 +40,8 @@ def parse_ttl(text: str) -> timedelta:
     try:
         return parse_span(text)
     except ValueError:
-        raise ValueError(f"--ttl {text!r}: write a duration such as 14d, 36h or 90m") from None
+        raise ValueError(_("--ttl {text!r}: write a duration such as 14d, 36h or 90m",
+                           text=text)) from None
 
 
 def _open(args: argparse.Namespace) -> tuple[Store, Identities, Any]:
@@ -59,11 +62,11 @@ def _known(fleet: Any, cluster: str) -> None:
     from protocol.validation import suggest
 
     close = suggest(cluster, fleet.clusters)
-    hint = f"did you mean {close!r}? " if close else ""
-    raise ValueError(
-        f"no cluster {cluster!r} in the fleet; {hint}write a cluster id as the fleet file "
-        "has it (loa-controller fleet lists them)"
-    )
+    hint = _("did you mean {close!r}? ", close=close) if close else ""
+    raise ValueError(_(
+        "no cluster {cluster!r} in the fleet; {hint}write a cluster id as the fleet file "
+        "has it (loa-controller fleet lists them)", cluster=cluster, hint=hint,
+    ))
 
 
 def _by(args: argparse.Namespace) -> str:

@@ -23,14 +23,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from protocol.l10n import _
+
 OPUS_SUFFIXES = (".ogg", ".opus")
 
 
 def _text(args: argparse.Namespace) -> str:
     text: str = sys.stdin.read() if args.text == "-" else args.text
     if not text.strip():
-        raise ValueError("the text is empty: write what the speakers should say, or - to read it "
-                         "from standard input")
+        raise ValueError(_("the text is empty: write what the speakers should say, or - to "
+                           "read it from standard input"))
     return text
 
 
@@ -71,8 +73,8 @@ def cmd_say(args: argparse.Namespace) -> int:
     from controller.tts import speech_for
 
     if not args.out and not args.print_text:
-        raise ValueError("say what? give --out FILE to write the speech (.wav, or .ogg as the "
-                         "clusters get it), --print-text to see the words, or both")
+        raise ValueError(_("say what? give --out FILE to write the speech (.wav, or .ogg as "
+                           "the clusters get it), --print-text to see the words, or both"))
     if not args.verbose:  # the file written is said below; preparing it needs no story
         logging.getLogger("controller.audio").setLevel(logging.WARNING)
     text = _text(args)

@@ -25,6 +25,9 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from protocol import l10n
+from protocol.l10n import N_, _
+
 if TYPE_CHECKING:
     from controller.users import Role
 
@@ -43,9 +46,10 @@ def _users_file(args: argparse.Namespace) -> Path:
 
     config = load_controller_config(Path(args.config))
     if config.web is None:
-        raise ValueError(
-            f"{args.config} has no web: section; add one with users_file, or give --users FILE"
-        )
+        raise ValueError(_(
+            "{config} has no web: section; add one with users_file, or give --users FILE",
+            config=args.config,
+        ))
     return config.web.users_file
 
 
@@ -60,15 +64,15 @@ def _check_scope(args: argparse.Namespace, scope: list[str]) -> None:
     fleet = load_fleet(config.fleet, config.speech.voice_names())
     for node in scope:
         if node not in fleet.nodes and node not in fleet.clusters:
-            raise ValueError(fleet.target_problem(node) or f"unknown node {node!r}")
+            raise ValueError(fleet.target_problem(node) or _("unknown node {node!r}", node=node))
 
 
 def _new_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass("New password: ")
-    if getpass.getpass("Again: ") != first:
-        raise ValueError("the two passwords differ; nothing was changed")
+    first = getpass.getpass(_("New password: "))
+    if getpass.getpass(_("Again: ")) != first:
+        raise ValueError(_("the two passwords differ; nothing was changed"))
     return first
 
 
@@ -83,7 +87,9 @@ def cmd_user(args: argparse.Namespace) -> int:
         return 0
     if args.action == "add":
         if not args.scope:
-            raise ValueError("give the user's scope: --scope NODE (a commune id for commune staff)")
+            raise ValueError(
+                _("give the user's scope: --scope NODE (a commune id for commune staff)")
+            )
         _check_scope(args, args.scope)
         role: Role = args.role
         user = users.add_user(path, args.name, role, args.scope, _new_password(args),
@@ -113,7 +119,8 @@ def _call(
     body: Any = None, data: bytes | None = None, content_type: str | None = None,
     method: str | None = None,
 ) -> Any:
-    headers = {"Accept": "application/json"}
+    # The API's errors in the language of this command line (English unless Vietnamese).
+    headers = {"Accept": "application/json", "Accept-Language": l10n.current()}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if body is not None:
@@ -122,7 +129,7 @@ def _call(
     if content_type:
         headers["Content-Type"] = content_type
     if not url.startswith(("http://", "https://")):
-        raise ApiFailure(0, f"{url}: give the web app's address as http://host:port")
+        raise ApiFailure(0, _("{url}: give the web app's address as http://host:port", url=url))
     # suspicious-url-open-usage: the scheme is checked just above.
     request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
     try:
@@ -136,10 +143,12 @@ def _call(
         raise ApiFailure(exc.code, message) from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ssl.SSLCertVerificationError):
-            raise ApiFailure(0, f"{url}: the web app's certificate is not trusted "
-                             f"({exc.reason.verify_message}); give it with --ca-file") from None
-        raise ApiFailure(0, f"cannot reach the controller at {url}: {exc.reason}; "
-                         "is `loa-controller run` running with a web: section?") from None
+            raise ApiFailure(0, _("{url}: the web app's certificate is not trusted ({why}); "
+                                  "give it with --ca-file", url=url,
+                                  why=exc.reason.verify_message)) from None
+        raise ApiFailure(0, _("cannot reach the controller at {url}: {why}; is `loa-controller "
+                              "run` running with a web: section?", url=url,
+                              why=exc.reason)) from None
     return json.loads(raw) if raw else None
 
 
@@ -165,7 +174,8 @@ def _base_url(args: argparse.Namespace) -> tuple[str, ssl.SSLContext | None]:
 
         config = load_controller_config(Path(args.config))
         if config.web is None:
-            raise ValueError(f"{args.config} has no web: section; give --url http://host:port")
+            raise ValueError(_("{config} has no web: section; give --url http://host:port",
+                               config=args.config))
         host = config.web.listen
         try:
             if ipaddress.ip_address(host).is_unspecified:  # listening everywhere: use loopback
@@ -182,8 +192,8 @@ def _base_url(args: argparse.Namespace) -> tuple[str, ssl.SSLContext | None]:
         try:
             tls.load_verify_locations(cafile=str(ca_file))
         except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"--ca-file {ca_file}: cannot read a PEM certificate from it "
-                             f"({exc})") from None
+            raise ValueError(_("--ca-file {file}: cannot read a PEM certificate from it ({why})",
+                               file=ca_file, why=exc)) from None
     return base, tls
 
 
@@ -191,18 +201,29 @@ def _password(user: str) -> str:
     if SIGN_IN_ENV in os.environ:
         return os.environ[SIGN_IN_ENV]
     if not sys.stdin.isatty():
-        raise ValueError(f"set {SIGN_IN_ENV} or run from a terminal to type {user}'s password")
-    return getpass.getpass(f"Password for {user}: ")
+        raise ValueError(_("set {env} or run from a terminal to type {user}'s password",
+                           env=SIGN_IN_ENV, user=user))
+    return getpass.getpass(_("Password for {user}: ", user=user))
+
+
+#: An announcement's per-cluster states, as `urgent --wait` prints them.
+STATES = {
+    "sent": N_("sent"), "offline": N_("offline"), "received": N_("received"),
+    "delivered": N_("delivered"), "playing": N_("playing"), "finished": N_("finished"),
+    "interrupted": N_("interrupted"), "missed": N_("missed"), "failed": N_("failed"),
+}
 
 
 def _line(c: dict[str, Any]) -> str:
-    reason = f" ({c['reason']})" if c.get("reason") else ""
-    return f"{time.strftime('%H:%M:%S')}  {c['cluster']:24} {c['status']}{reason}"
+    said = c.get("reason_text") or c.get("reason")
+    reason = f" ({said})" if said else ""
+    state = _(STATES[c["status"]]) if c["status"] in STATES else c["status"]
+    return f"{time.strftime('%H:%M:%S')}  {c['cluster']:24} {state}{reason}"
 
 
 def cmd_urgent(args: argparse.Namespace) -> int:
     if bool(args.audio) == bool(args.text):
-        raise ValueError("give either --audio FILE or --text TEXT")
+        raise ValueError(_("give either --audio FILE or --text TEXT"))
     base, tls = _base_url(args)
     user = args.user or os.environ.get("LOA_USER") or getpass.getuser()
     try:
@@ -220,13 +241,13 @@ def cmd_urgent(args: argparse.Namespace) -> int:
             "title": args.title,
         })
     except ApiFailure as exc:
-        print(f"loa-controller urgent: refused ({exc.status or 'no answer'}): {exc}",
-              file=sys.stderr)
+        print(_("loa-controller urgent: refused ({status}): {why}",
+                status=exc.status or _("no answer"), why=exc), file=sys.stderr)
         return 1
-    print(f"sent {sent['id']} ({sent['level']}, {sent['duration_s']:.1f} s) to "
-          f"{len(sent['clusters'])} clusters")
+    print(_("sent {id} ({level}, {s:.1f} s) to {n} clusters", id=sent["id"],
+            level=_(sent["level"]), s=float(sent["duration_s"]), n=len(sent["clusters"])))
     if not args.wait:
-        print(f"follow it: {base}/announcements/{sent['id']}")
+        print(_("follow it: {url}", url=f"{base}/announcements/{sent['id']}"))
         return 0
     timeout = args.timeout or (sent["duration_s"] + 120)
     deadline = time.monotonic() + timeout
@@ -241,21 +262,24 @@ def cmd_urgent(args: argparse.Namespace) -> int:
             break
         time.sleep(0.5)
         try:
-            status = _call(f"{base}/api/v1/announcements/{sent['id']}", tls=tls, token=token)
+            status = _call(f"{base}/api/v1/announcements/{sent['id']}?lang={l10n.current()}",
+                           tls=tls, token=token)
         except ApiFailure as exc:
-            print(f"loa-controller urgent: lost the controller: {exc}", file=sys.stderr)
+            print(_("loa-controller urgent: lost the controller: {why}", why=exc),
+                  file=sys.stderr)
             return 1
     clusters = status["clusters"]
     offline = [c["cluster"] for c in clusters if c["status"] == "offline"]
     played = [c["cluster"] for c in clusters if c["status"] == "finished"]
     other = [c for c in clusters if c["status"] not in ("finished", "offline")]
-    print(f"played on {len(played)} of {len(clusters) - len(offline)} reachable clusters")
+    print(_("played on {n} of {reachable} reachable clusters", n=len(played),
+            reachable=len(clusters) - len(offline)))
     if offline:
-        print(f"offline ({len(offline)}): {' '.join(offline)}")
+        print(_("offline ({n}): {clusters}", n=len(offline), clusters=" ".join(offline)))
     for c in other:
-        print(f"not played: {_line(c)}")
+        print(_("not played: {line}", line=_line(c)))
     if not status["done"]:
-        print(f"gave up waiting after {timeout:.0f} s", file=sys.stderr)
+        print(_("gave up waiting after {s:.0f} s", s=float(timeout)), file=sys.stderr)
     return 0 if status["all_played"] else 1
 
 
@@ -298,5 +322,5 @@ def register(sub: Any, default_config: str) -> None:
 
 def _user_with_name(args: argparse.Namespace) -> int:
     if args.action != "list" and not args.name:
-        raise ValueError(f"user {args.action}: give the user's name")
+        raise ValueError(_("user {action}: give the user's name", action=args.action))
     return cmd_user(args)

@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection
 from controller.audit import AuditLog
 from controller.store import Store, aware
 from controller.store.schema import cluster_keys, enrolment_tokens, enrolments
+from protocol.l10n import Text
 from protocol.messages import EnrolmentStatus
 
 DEFAULT_TOKEN_TTL = timedelta(days=14)
@@ -307,9 +308,8 @@ class Identities:
                 if active is not None:
                     if active["key_id"] == key_id:
                         continue
-                    raise EnrolmentError(
-                        f"cluster {cluster} already has key {active['key_id']}"
-                    )
+                    raise EnrolmentError(Text("cluster {cluster} already has key {key}",
+                                              cluster=cluster, key=active["key_id"]))
                 conn.execute(insert(cluster_keys).values(
                     cluster=cluster, key_id=key_id, public_key=public_key, status="active",
                     registered_at=now.astimezone(UTC), registered_by=by,
@@ -335,10 +335,11 @@ class Identities:
         retired = None
         if active is not None:
             if request["purpose"] != "replace":
-                raise EnrolmentError(
-                    f"cluster {cluster} has registered key {active['key_id']} meanwhile; "
-                    f"a new box in its place needs `loa-controller enrol replace {cluster}`"
-                )
+                raise EnrolmentError(Text(
+                    "cluster {cluster} has registered key {key} meanwhile; a new box in its "
+                    "place needs `loa-controller enrol replace {cluster}`",
+                    cluster=cluster, key=active["key_id"],
+                ))
             conn.execute(
                 update(cluster_keys).where(cluster_keys.c.id == active["id"]).values(
                     status="retired", retired_at=now.astimezone(UTC), retired_by=by,
@@ -459,9 +460,11 @@ def _pending(conn: Connection, cluster: str, key: str | None) -> Any:
         rows = [r for r in rows if r["key_id"] == key]
     if not rows:
         raise EnrolmentError(
-            f"no join request from cluster {cluster}"
-            + (f" with key {key}" if key else "")
-            + " waits for approval; `loa-controller enrol list` shows those that do"
+            Text("no join request from cluster {cluster} with key {key} waits for approval; "
+                 "`loa-controller enrol list` shows those that do", cluster=cluster, key=key)
+            if key else
+            Text("no join request from cluster {cluster} waits for approval; "
+                 "`loa-controller enrol list` shows those that do", cluster=cluster)
         )
     if len(rows) > 1:
         raise EnrolmentError(

@@ -21,6 +21,7 @@ from controller.fleet import ALL, TAG_PREFIX, Fleet
 from controller.overlap import programme_seconds
 from controller.playlist import Playlists, Programme
 from controller.schedule import Occurrence, plan
+from protocol.l10n import N_, _
 from protocol.validation import suggest
 
 MAX_WINDOW = timedelta(days=366)
@@ -28,7 +29,7 @@ MAX_WINDOW = timedelta(days=366)
 _RELATIVE = re.compile(r"([+-])\s*(?:(\d+)\s*d)?\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?")
 _DATE_TIME = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})(?:[ T](\d{1,2}):(\d{2}))?")
 
-WHEN_HELP = (
+WHEN_HELP = N_(
     'write a local date and time such as "2026-11-27 06:00", a date such as 2026-11-27 '
     "(its midnight), now, or a time from now such as +2h, +30m or +1d"
 )
@@ -55,8 +56,9 @@ def parse_when(text: str, *, now: datetime, tz: ZoneInfo, base: datetime | None 
             at = time(int(hour or 0), int(minute or 0))
             return datetime(int(year), int(month), int(day), at.hour, at.minute, tzinfo=tz)
         except ValueError as exc:
-            raise ValueError(f"{text!r} is not a real date and time ({exc}); {WHEN_HELP}") from None
-    raise ValueError(f"{text!r} is not a time: {WHEN_HELP}")
+            raise ValueError(_("{text!r} is not a real date and time ({why}); {help}", text=text,
+                               why=exc, help=_(WHEN_HELP))) from None
+    raise ValueError(_("{text!r} is not a time: {help}", text=text, help=_(WHEN_HELP)))
 
 
 @dataclass(frozen=True)
@@ -78,17 +80,18 @@ def only_clusters(fleet: Fleet, cluster: str | None, target: str | None) -> set[
     if cluster is not None:
         if cluster in fleet.nodes:
             node = fleet.nodes[cluster]
-            raise ValueError(
-                f"--cluster {cluster!r} is a {node.kind} ({node.name}), not a cluster: "
-                f"write --target {cluster}"
-            )
+            raise ValueError(_(
+                "--cluster {cluster!r} is a {kind} ({name}), not a cluster: write --target "
+                "{cluster}", cluster=cluster, kind=node.kind, name=node.name,
+            ))
         if cluster not in fleet.clusters:
             close = suggest(cluster, fleet.clusters)
-            hint = f"did you mean {close!r}? " if close else ""
-            raise ValueError(
-                f"--cluster {cluster!r}: no such cluster in the fleet; {hint}write a cluster "
-                "id from the fleet file, or use --target for a commune, village or tag"
-            )
+            hint = _("did you mean {close!r}? ", close=close) if close else ""
+            raise ValueError(_(
+                "--cluster {cluster!r}: no such cluster in the fleet; {hint}write a cluster "
+                "id from the fleet file, or use --target for a commune, village or tag",
+                cluster=cluster, hint=hint,
+            ))
         return {cluster}
     if target is not None:
         problem = fleet.target_problem(target)
@@ -101,7 +104,7 @@ def only_clusters(fleet: Fleet, cluster: str | None, target: str | None) -> set[
 def target_label(fleet: Fleet, name: str) -> str:
     """A target as a manager reads it: the node's or cluster's name, a tag, or all."""
     if name == ALL:
-        return "all"
+        return _("all")
     if name.startswith(TAG_PREFIX):
         return name
     if name in fleet.nodes:
@@ -118,7 +121,8 @@ def target_label(fleet: Fleet, name: str) -> str:
 def where(fleet: Fleet, programme: Programme) -> str:
     text = ", ".join(target_label(fleet, t) for t in programme.targets)
     if programme.exclude:
-        text += "; less " + ", ".join(target_label(fleet, t) for t in programme.exclude)
+        text += _("; less {targets}",
+                  targets=", ".join(target_label(fleet, t) for t in programme.exclude))
     return text
 
 

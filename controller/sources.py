@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from controller.config import ControllerConfig, load_controller_config
 from controller.fleet import Fleet, load_fleet
 from controller.playlist import Playlists, load_playlists
+from protocol.l10n import _
 
 DEFAULT_CONFIG = Path("config/controller.yaml")
 DEFAULT_FLEET = Path("config/fleet.yaml")
@@ -51,14 +52,15 @@ def find_config(path: Path | None, *, required: bool = False) -> ControllerConfi
         if DEFAULT_CONFIG.exists():
             path = DEFAULT_CONFIG
         elif required:
-            raise FileNotFoundError(
-                f"{DEFAULT_CONFIG} not found: copy config/controller.example.yaml to it, or "
-                "name the config with --config FILE"
-            )
+            raise FileNotFoundError(_(
+                "{path} not found: copy config/controller.example.yaml to it, or name the "
+                "config with --config FILE", path=DEFAULT_CONFIG,
+            ))
         else:
             return None
     elif not path.exists():
-        raise FileNotFoundError(f"{path}: no such config file; check the --config path")
+        raise FileNotFoundError(_("{path}: no such config file; check the --config path",
+                                  path=path))
     return load_controller_config(path)
 
 

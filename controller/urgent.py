@@ -33,6 +33,7 @@ the rules hold whichever door was used:
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -61,7 +62,10 @@ from controller.store import FINAL_KINDS, Store, aware
 from controller.store.schema import urgent_announcements as announcements
 from controller.tts import TextToSpeech
 from protocol.clock import Clock
+from protocol.l10n import Text
 from protocol.messages import Level
+
+log = logging.getLogger(__name__)
 
 URGENT_LEVELS: tuple[Level, ...] = ("priority", "emergency")
 #: How long after it is sent an announcement may still start (a cluster that comes back
@@ -116,10 +120,10 @@ class TargetForbiddenError(UrgentError):
         self.user = user
         self.outside = outside
         self.scope_names = scope_names
-        super().__init__(
-            f"{', '.join(outside)} is outside what {user} may reach "
-            f"({', '.join(scope_names)}); nothing was sent"
-        )
+        super().__init__(Text(
+            "{targets} is outside what {user} may reach ({scope}); nothing was sent",
+            targets=", ".join(outside), user=user, scope=", ".join(scope_names),
+        ))
 
 
 class NotFoundError(UrgentError):
@@ -345,7 +349,9 @@ class UrgentService:
         """
         targets = [t.strip() for t in targets if t.strip()]
         if not targets:
-            raise UrgentError("choose at least one target: the commune, villages or clusters")
+            raise UrgentError(
+                Text("choose at least one target: the commune, villages or clusters")
+            )
         fleet = self._fleet()
         allowed = self.reach(who)
         clusters: set[str] = set()
@@ -358,7 +364,8 @@ class UrgentService:
         if outside:
             raise TargetForbiddenError(who.name, outside, self.scope_names(who))
         if not clusters:
-            raise UrgentError(f"the targets {', '.join(targets)} contain no speaker cluster")
+            raise UrgentError(Text("the targets {targets} contain no speaker cluster",
+                                   targets=", ".join(targets)))
         return sorted(clusters)
 
     def may_see(self, who: Principal, clusters: Iterable[str]) -> bool:
@@ -369,18 +376,23 @@ class UrgentService:
 
     def _check(self, req: AnnouncementRequest) -> None:
         if req.level not in URGENT_LEVELS:
-            raise UrgentError(
-                f"level {req.level!r}: an urgent announcement is 'priority' or 'emergency'"
-            )
+            raise UrgentError(Text(
+                "level {level!r}: an urgent announcement is 'priority' or 'emergency'",
+                level=req.level,
+            ))
         if not 1 <= req.repeat <= MAX_REPEAT:
-            raise UrgentError(f"repeat {req.repeat}: write 1 to {MAX_REPEAT}")
+            raise UrgentError(Text("repeat {repeat}: write 1 to {most}", repeat=req.repeat,
+                                   most=MAX_REPEAT))
         if not 0 <= req.gap_s <= MAX_GAP_S:
-            raise UrgentError(f"gap {req.gap_s:g} s: write 0 to {MAX_GAP_S:g} seconds")
+            raise UrgentError(Text("gap {gap:g} s: write 0 to {most:g} seconds", gap=req.gap_s,
+                                   most=MAX_GAP_S))
         has_text = bool(req.text and req.text.strip())
         if has_text == (req.audio is not None):
-            raise UrgentError("give either a text to speak or an audio file, not both or neither")
+            raise UrgentError(
+                Text("give either a text to speak or an audio file, not both or neither")
+            )
         if req.title is not None and len(req.title) > MAX_TITLE:
-            raise UrgentError(f"the title has more than {MAX_TITLE} characters")
+            raise UrgentError(Text("the title has more than {most} characters", most=MAX_TITLE))
 
     def voice_for(self, clusters: Sequence[str]) -> str | None:
         """The voice that speaks a text to these clusters (controller.fleet.Fleet.voice_for:
@@ -416,7 +428,7 @@ class UrgentService:
         or kept.
         """
         if not (req.text and req.text.strip()):
-            raise UrgentError("write the text to listen to first")
+            raise UrgentError(Text("write the text to listen to first"))
         targets = [t for t in req.targets if t.strip()]
         clusters = self.authorize(who, targets) if targets else sorted(self.reach(who))
         by_profile = self._fleet().by_profile(clusters)
@@ -440,7 +452,10 @@ class UrgentService:
         try:
             decoded = ffmpeg.decode_pcm(source, sample_rate=rate)
         except ffmpeg.FfmpegError as exc:
-            raise UrgentError(f"the audio cannot be decoded: {exc}") from None
+            log.warning("an announcement's audio cannot be decoded: %s", exc)
+            raise UrgentError(Text(
+                "the audio cannot be decoded: check that it is a complete sound recording"
+            )) from None
         once = ffmpeg.segment_from_pcm(decoded.pcm, rate)
         gap = ffmpeg.pydub_audio_segment().silent(duration=round(gap_s * 1000), frame_rate=rate)
         whole = once
@@ -449,6 +464,17 @@ class UrgentService:
         with out.open("wb") as f:
             whole.export(f, format="wav")
         return out
+
+    def checked(self, who: Principal, req: AnnouncementRequest) -> list[str]:
+        """The clusters an announcement would go to, after the checks sending makes
+        before the audio is prepared, and an audio file decoded and checked as preparing
+        it would (the send page's confirmation): UrgentError, or AudioError for the
+        file, if any fails."""
+        self._check(req)
+        clusters = self.authorize(who, req.targets)
+        if req.audio is not None:
+            self._library.probe(req.audio)
+        return clusters
 
     def send(
         self, who: Principal, req: AnnouncementRequest, *, source: Source = "web"
@@ -518,11 +544,11 @@ class UrgentService:
                 select(announcements).where(announcements.c.id == announcement_id)
             ).mappings().first()
         if row is None:
-            raise NotFoundError(f"no announcement {announcement_id!r}")
+            raise NotFoundError(Text("no announcement {id!r}", id=announcement_id))
         found = _announcement(row)
         if found.created_by != who.name and not self.may_see(who, found.clusters):
             # Not a 403: whether it exists is none of this user's business.
-            raise NotFoundError(f"no announcement {announcement_id!r}")
+            raise NotFoundError(Text("no announcement {id!r}", id=announcement_id))
         return _with_progress(
             found, self.progress(found.id, found.clusters), self.audio(found.id)
         )

@@ -56,6 +56,7 @@ from device_agent.relays import RelayError, open_relay
 from device_agent.tone import play_tone
 from protocol import topics
 from protocol.config_errors import ConfigError
+from protocol.l10n import N_, When, _
 from protocol.messages import Command, KeyRotationBody, MembershipBody, MessageError
 from protocol.mqtt import MqttLink, UnreadableCa, describe_tls_failure, tls_context
 from protocol.signing import (
@@ -92,13 +93,21 @@ class CheckResult:
     details: tuple[str, ...] = field(default=())  # e.g. the config's file:line errors
 
     def lines(self) -> list[str]:
-        head = f"{self.status}  {self.name}: {self.message}"
+        """The result as printed, in the process's language (protocol.l10n)."""
+        head = f"{_(STATUS_WORDS[self.status])}  {_(self.name)}: {self.message}"
         if self.fix:
-            head += f". Try: {self.fix}"
+            head += _(". Try: {fix}", fix=self.fix)
         return [head, *(f"      {d}" for d in self.details)]
 
 
 Report = Callable[[CheckResult], None]
+
+#: What a line's status and the checks' names say (the messages are written with _()).
+STATUS_WORDS: dict[Status, str] = {"PASS": N_("PASS"), "WARN": N_("WARN"), "FAIL": N_("FAIL")}
+NAMES = (
+    N_("config"), N_("controller key"), N_("data_dir"), N_("identity"), N_("disk space"),
+    N_("broker"), N_("membership"), N_("clock"), N_("relay"), N_("output"),
+)
 
 
 @dataclass
@@ -127,22 +136,23 @@ def run_checks(
         config = load_agent_config(config_path)
     except ConfigError as exc:
         emit(CheckResult(
-            "config", "FAIL", f"{config_path} has {len(exc.problems)} error(s)",
-            "correct each line below, then run the check again",
+            "config", "FAIL", _("{path} has {n} error(s)", path=config_path, n=len(exc.problems)),
+            _("correct each line below, then run the check again"),
             details=tuple(str(p) for p in exc.problems),
         ))
         return results
     except OSError as exc:
         emit(CheckResult(
-            "config", "FAIL", f"cannot read {config_path} ({exc.strerror})",
-            "give the path of the agent's config with --config (default /etc/loa/agent.yaml); "
-            "install-agent.sh writes one from config/agent.example.yaml",
+            "config", "FAIL", _("cannot read {path} ({why})", path=config_path, why=exc.strerror),
+            _("give the path of the agent's config with --config (default /etc/loa/agent.yaml); "
+              "install-agent.sh writes one from config/agent.example.yaml"),
         ))
         return results
     emit(CheckResult(
         "config", "PASS",
-        f"{config_path} is valid (cluster {config.cluster_id}, output {config.output.kind}, "
-        f"relay {config.relay.driver})",
+        _("{path} is valid (cluster {cluster}, output {output}, relay {relay})",
+          path=config_path, cluster=config.cluster_id, output=config.output.kind,
+          relay=config.relay.driver),
     ))
     ctx = _Context(config, click, timeout_s)
     for check in (
@@ -156,11 +166,12 @@ def run_checks(
 
 def summary(results: list[CheckResult]) -> str:
     counts = {s: sum(1 for r in results if r.status == s) for s in ("PASS", "WARN", "FAIL")}
-    verdict = "not ready: fix the FAIL lines" if counts["FAIL"] else "ready"
-    warnings = "1 warning" if counts["WARN"] == 1 else f"{counts['WARN']} warnings"
-    return (
-        f"{len(results)} checks: {counts['PASS']} passed, {warnings}, "
-        f"{counts['FAIL']} failed; {verdict}"
+    verdict = _("not ready: fix the FAIL lines") if counts["FAIL"] else _("ready")
+    warnings = _("1 warning") if counts["WARN"] == 1 else _("{n} warnings", n=counts["WARN"])
+    return _(
+        "{n} checks: {passed} passed, {warnings}, {failed} failed; {verdict}",
+        n=len(results), passed=counts["PASS"], warnings=warnings, failed=counts["FAIL"],
+        verdict=verdict,
     )
 
 
@@ -169,49 +180,52 @@ def summary(results: list[CheckResult]) -> str:
 
 def _check_key(ctx: _Context) -> CheckResult:
     path = ctx.config.controller_public_key
-    fix = (
-        f"copy controller.pub from the controller (/etc/loa/keys/controller.pub, made by "
-        f"`loa-controller keygen`) to {path}"
+    fix = _(
+        "copy controller.pub from the controller (/etc/loa/keys/controller.pub, made by "
+        "`loa-controller keygen`) to {path}", path=path,
     )
     try:
         ctx.key = load_public_key(path)
     except (ValueError, OSError) as exc:
         return CheckResult("controller key", "FAIL", str(exc).rstrip("."), fix)
-    return CheckResult("controller key", "PASS", f"{path} is an Ed25519 public key")
+    return CheckResult("controller key", "PASS", _("{path} is an Ed25519 public key", path=path))
 
 
 def _check_data_dir(ctx: _Context) -> CheckResult:
     folder = ctx.config.data_dir
-    own = "make it writable by the agent's user (chown -R loa:loa " + str(folder) + ")"
     if not folder.exists():
         return CheckResult(
-            "data_dir", "FAIL", f"{folder} does not exist",
-            f"create it: install -d -o loa -g loa -m 0750 {folder} (install-agent.sh does)",
+            "data_dir", "FAIL", _("{folder} does not exist", folder=folder),
+            _("create it: install -d -o loa -g loa -m 0750 {folder} (install-agent.sh does)",
+              folder=folder),
         )
     if not folder.is_dir():
         return CheckResult(
-            "data_dir", "FAIL", f"{folder} is not a folder", "set data_dir to a folder"
+            "data_dir", "FAIL", _("{folder} is not a folder", folder=folder),
+            _("set data_dir to a folder"),
         )
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".loa-check-"):
             pass
     except OSError as exc:
         return CheckResult(
-            "data_dir", "FAIL", f"{folder} is not writable ({exc.strerror})",
-            f"{own}, or set data_dir to a writable folder; run the check as that user "
-            "(sudo -u loa loa-agent check)",
+            "data_dir", "FAIL", _("{folder} is not writable ({why})", folder=folder,
+                                  why=exc.strerror),
+            _("make it writable by the agent's user (chown -R loa:loa {folder}), or set "
+              "data_dir to a writable folder; run the check as that user "
+              "(sudo -u loa loa-agent check)", folder=folder),
         )
-    return CheckResult("data_dir", "PASS", f"{folder} is writable")
+    return CheckResult("data_dir", "PASS", _("{folder} is writable", folder=folder))
 
 
 def _check_identity(ctx: _Context) -> CheckResult:
     config = ctx.config
     cid = config.cluster_id
     path = config.data_dir / KEY_FILE
-    ask = (
-        f"ask the controller's operator for a token (loa-controller enrol token {cid}; "
-        f"for a box replacing another: loa-controller enrol replace {cid}), copy it to this "
-        "box, name its file in enrolment_token_file and restart the agent"
+    ask = _(
+        "ask the controller's operator for a token (loa-controller enrol token {cid}; "
+        "for a box replacing another: loa-controller enrol replace {cid}), copy it to this "
+        "box, name its file in enrolment_token_file and restart the agent", cid=cid,
     )
     token: str | None = None
     token_problem: str | None = None
@@ -223,21 +237,22 @@ def _check_identity(ctx: _Context) -> CheckResult:
         if token is not None:
             return CheckResult(
                 "identity", "WARN",
-                f"no key yet: the agent makes {path} at its first start and asks the "
-                "controller to register it with the enrolment token",
-                "start the agent (systemctl start loa-agent), then run the check again",
+                _("no key yet: the agent makes {path} at its first start and asks the "
+                  "controller to register it with the enrolment token", path=path),
+                _("start the agent (systemctl start loa-agent), then run the check again"),
             )
         return CheckResult(
             "identity", "FAIL",
-            f"no key yet, and {token_problem or 'no enrolment_token_file in the config'}",
+            _("no key yet, and {problem}",
+              problem=token_problem or _("no enrolment_token_file in the config")),
             ask,
         )
     try:
         ident = key_id(read_key(path).public_key())
     except IdentityError as exc:
-        problem, _, fix = str(exc).partition("; ")
+        problem, _sep, fix = str(exc).partition("; ")
         return CheckResult(
-            "identity", "FAIL", problem, fix or "move the file away and restart the agent"
+            "identity", "FAIL", problem, fix or _("move the file away and restart the agent")
         )
     found = read_status(config.data_dir)
     if found is not None and found.key != ident:
@@ -245,39 +260,40 @@ def _check_identity(ctx: _Context) -> CheckResult:
     if found is not None and found.status == "registered":
         return CheckResult(
             "identity", "PASS",
-            f"key {ident} is registered with the controller (since "
-            f"{found.at.isoformat(timespec='seconds')})",
+            _("key {key} is registered with the controller (since {at})", key=ident,
+              at=When(found.at)),
         )
     if found is not None and found.status == "pending":
         return CheckResult(
             "identity", "WARN",
-            f"key {ident} waits for a manager's approval (asked "
-            f"{found.at.isoformat(timespec='seconds')}); nothing this cluster reports is "
-            "stored until then",
-            f"ask a manager to approve it: loa-controller enrol approve {cid} (key {ident}), "
-            "or on the web app's enrolment page",
+            _("key {key} waits for a manager's approval (asked {at}); nothing this cluster "
+              "reports is stored until then", key=ident, at=When(found.at)),
+            _("ask a manager to approve it: loa-controller enrol approve {cid} (key {key}), "
+              "or on the web app's enrolment page", cid=cid, key=ident),
         )
     if found is not None and found.status == "refused":
         return CheckResult(
-            "identity", "FAIL", f"the controller refused key {ident}: {found.reason}", ask
+            "identity", "FAIL",
+            _("the controller refused key {key}: {reason}", key=ident, reason=found.reason),
+            ask,
         )
     if token is not None:
         asked = (
-            f"asked {found.at.isoformat(timespec='seconds')}, no answer yet"
-            if found is not None else "not asked yet"
+            _("asked {at}, no answer yet", at=When(found.at))
+            if found is not None else _("not asked yet")
         )
         return CheckResult(
             "identity", "WARN",
-            f"key {ident} is not registered yet ({asked}); the agent asks with the "
-            "enrolment token at every connection",
-            "check that the controller runs on the same broker (loa-controller enrol list "
-            "shows the request)",
+            _("key {key} is not registered yet ({asked}); the agent asks with the "
+              "enrolment token at every connection", key=ident, asked=asked),
+            _("check that the controller runs on the same broker (loa-controller enrol list "
+              "shows the request)"),
         )
     return CheckResult(
         "identity", "FAIL",
-        f"key {ident} is not registered with the controller, and "
-        f"{token_problem or 'no enrolment_token_file in the config'}: the controller "
-        "stores nothing this cluster reports",
+        _("key {key} is not registered with the controller, and {problem}: the controller "
+          "stores nothing this cluster reports", key=ident,
+          problem=token_problem or _("no enrolment_token_file in the config")),
         ask,
     )
 
@@ -287,16 +303,19 @@ def _check_disk(ctx: _Context) -> CheckResult:
     try:
         free = shutil.disk_usage(folder).free
     except OSError as exc:
-        return CheckResult("disk space", "FAIL", f"cannot measure free space in {folder} "
-                           f"({exc.strerror})", "check that data_dir exists")
-    text = f"{free / 1e9:.1f} GB free in {folder}"
-    fix = (
+        return CheckResult(
+            "disk space", "FAIL", _("cannot measure free space in {folder} ({why})",
+                                    folder=folder, why=exc.strerror),
+            _("check that data_dir exists"),
+        )
+    text = _("{gb:.1f} GB free in {folder}", gb=free / 1e9, folder=folder)
+    fix = _(
         "free some space (journalctl --vacuum-size=50M, apt-get clean) or use a larger "
         "SD card: the agent keeps up to 1 GB of audio"
     )
     if free < FAIL_FREE:
-        return CheckResult("disk space", "FAIL", f"only {free // (1024 * 1024)} MB free in "
-                           f"{folder}", fix)
+        return CheckResult("disk space", "FAIL", _("only {mb} MB free in {folder}",
+                                                   mb=free // (1024 * 1024), folder=folder), fix)
     if free < WARN_FREE:
         return CheckResult("disk space", "WARN", text, fix)
     return CheckResult("disk space", "PASS", text)
@@ -328,37 +347,40 @@ def _check_broker(ctx: _Context) -> CheckResult:
     address = ctx.config.broker()
     host, port, t = address.host, address.port, ctx.timeout_s
     where = f"{host}:{port}"
-    data_fix = "check the modem's data connection (ip route; ping 1.1.1.1)"
+    data_fix = _("check the modem's data connection (ip route; ping 1.1.1.1)")
     try:
         _resolve(host, port, t)
     except socket.gaierror as exc:
         return CheckResult(
-            "broker", "FAIL", f"cannot resolve the broker's name {host!r} (DNS: {exc.strerror})",
-            f"check the host name in broker_url, then DNS (cat /etc/resolv.conf) and {data_fix}",
+            "broker", "FAIL", _("cannot resolve the broker's name {host!r} (DNS: {why})",
+                                host=host, why=exc.strerror),
+            _("check the host name in broker_url, then DNS (cat /etc/resolv.conf) and {more}",
+              more=data_fix),
         )
     except TimeoutError:
         return CheckResult(
-            "broker", "FAIL", f"no DNS answer for {host!r} within {t:g} s",
-            f"{data_fix}; or write the broker's IP address in broker_url",
+            "broker", "FAIL", _("no DNS answer for {host!r} within {s:g} s", host=host, s=t),
+            _("{more}; or write the broker's IP address in broker_url", more=data_fix),
         )
     try:
         sock = socket.create_connection((host, port), timeout=t)
     except ConnectionRefusedError:
         return CheckResult(
-            "broker", "FAIL", f"{where} refused the connection",
-            "the broker is not running there, or listens on another port: check broker_url's "
-            "port (1883 for mqtt://, 8883 for mqtts://) and the broker (systemctl status "
-            "mosquitto)",
+            "broker", "FAIL", _("{where} refused the connection", where=where),
+            _("the broker is not running there, or listens on another port: check "
+              "broker_url's port (1883 for mqtt://, 8883 for mqtts://) and the broker "
+              "(systemctl status mosquitto)"),
         )
     except TimeoutError:
         return CheckResult(
-            "broker", "FAIL", f"no answer from {where} within {t:g} s",
-            f"a firewall drops the connection, the address is wrong, or there is no data "
-            f"connection: {data_fix}",
+            "broker", "FAIL", _("no answer from {where} within {s:g} s", where=where, s=t),
+            _("a firewall drops the connection, the address is wrong, or there is no data "
+              "connection: {more}", more=data_fix),
         )
     except OSError as exc:
         return CheckResult(
-            "broker", "FAIL", f"cannot reach {where} ({exc.strerror})", data_fix,
+            "broker", "FAIL", _("cannot reach {where} ({why})", where=where, why=exc.strerror),
+            data_fix,
         )
     with sock:
         if address.tls:
@@ -373,17 +395,19 @@ def _tls_problem(sock: socket.socket, host: str, ca_file: str | None) -> CheckRe
         context = tls_context(ca_file)
     except UnreadableCa as exc:
         return CheckResult(
-            "broker", "FAIL", f"cannot read broker_ca_file {ca_file} ({exc.detail})",
-            "set broker_ca_file to the broker's CA certificate (PEM)",
+            "broker", "FAIL", _("cannot read broker_ca_file {file} ({why})", file=ca_file,
+                                why=exc.detail),
+            _("set broker_ca_file to the broker's CA certificate (PEM)"),
         )
     try:
         with context.wrap_socket(sock, server_hostname=host):
             return None
     except OSError as exc:  # ssl.SSLError among them
         failure = describe_tls_failure(exc, host, "broker_ca_file")
-        trusting = ca_file or "the system CAs"
+        trusting = ca_file or _("the system CAs")
         return CheckResult(
-            "broker", "FAIL", f"TLS with {host}: {failure.reason} (trusting {trusting})",
+            "broker", "FAIL", _("TLS with {host}: {reason} (trusting {trusting})", host=host,
+                                reason=failure.reason, trusting=trusting),
             failure.hint,
         )
 
@@ -391,7 +415,8 @@ def _tls_problem(sock: socket.socket, host: str, ca_file: str | None) -> CheckRe
 def _mqtt_login(ctx: _Context, username: str | None) -> CheckResult:
     config = ctx.config
     address = config.broker()
-    who = f"user {username!r}" if username else "an anonymous client (no username)"
+    who = (_("user {name!r}", name=username) if username
+           else _("an anonymous client (no username)"))
     got_membership = threading.Event()
 
     def on_membership(_topic: str, payload: bytes) -> None:
@@ -406,8 +431,8 @@ def _mqtt_login(ctx: _Context, username: str | None) -> CheckResult:
         link = MqttLink(address, f"loa-check-{config.cluster_id}", keepalive=30,
                         ca_setting="broker_ca_file")
     except (OSError, ValueError) as exc:
-        return CheckResult("broker", "FAIL", f"cannot set up the connection: {exc}",
-                           "check broker_url and broker_ca_file")
+        return CheckResult("broker", "FAIL", _("cannot set up the connection: {why}", why=exc),
+                           _("check broker_url and broker_ca_file"))
     # The key topic first: its retained rotation arrives before the membership it signs.
     link.subscribe(topics.cluster_topic(config.cluster_id, "key"), on_rotation)
     link.subscribe(topics.cluster_topic(config.cluster_id, "membership"), on_membership)
@@ -428,56 +453,65 @@ def _mqtt_login(ctx: _Context, username: str | None) -> CheckResult:
     if connected:
         ctx.logged_in = True
         return CheckResult(
-            "broker", "PASS", f"logged in to {address.url()} as {who} in {took * 1000:.0f} ms"
+            "broker", "PASS", _("logged in to {url} as {who} in {ms:.0f} ms",
+                                url=address.url(), who=who, ms=took * 1000),
         )
     if refusal is not None:
         if refusal.login:
             return CheckResult(
-                "broker", "FAIL", f"the broker refused the login of {who}: {refusal.reason}",
-                "check username and password_file in the config against the cluster's "
-                "bundle (loa-controller provision), and that the broker's password file and "
-                "ACL were generated after the cluster was added (loa-controller broker-config)",
+                "broker", "FAIL", _("the broker refused the login of {who}: {reason}", who=who,
+                                    reason=refusal.reason),
+                _("check username and password_file in the config against the cluster's "
+                  "bundle (loa-controller provision), and that the broker's password file and "
+                  "ACL were generated after the cluster was added "
+                  "(loa-controller broker-config)"),
             )
         return CheckResult(
-            "broker", "FAIL", f"the broker refused the connection: {refusal.reason}",
-            "look at the broker's log for the reason",
+            "broker", "FAIL", _("the broker refused the connection: {reason}",
+                                reason=refusal.reason),
+            _("look at the broker's log for the reason"),
         )
     return CheckResult(
-        "broker", "FAIL", f"{address.host}:{address.port} answers but no MQTT login within "
-        f"{ctx.timeout_s:g} s",
-        "is it an MQTT broker's port? a TLS port reached with mqtt:// stays silent: write "
-        "mqtts://",
+        "broker", "FAIL", _("{where} answers but no MQTT login within {s:g} s",
+                            where=f"{address.host}:{address.port}", s=ctx.timeout_s),
+        _("is it an MQTT broker's port? a TLS port reached with mqtt:// stays silent: write "
+          "mqtts://"),
     )
 
 
-REPUBLISHED = (
-    "the controller publishes every cluster's membership when it starts, after every "
-    "reconnection to the broker and every membership_republish (10 minutes by default)"
-)
-OVERWRITTEN = (
-    "the agent ignores it: a running agent keeps the last signed membership it had, a "
-    f"new one uses the groups of its config and waits. {REPUBLISHED[0].upper()}"
-    f"{REPUBLISHED[1:]}: run this check again after that, or restart loa-controller. "
-    "Make the broker refuse membership topics to everyone but the controller (its ACL: "
-    "loa-controller broker-config, docs/operations.md)"
-)
+def _republished() -> str:
+    return _("the controller publishes every cluster's membership when it starts, after "
+             "every reconnection to the broker and every membership_republish (10 minutes "
+             "by default)")
+
+
+def _overwritten() -> str:
+    return _("the agent ignores it: a running agent keeps the last signed membership it "
+             "had, a new one uses the groups of its config and waits. The controller "
+             "publishes every cluster's membership when it starts, after every reconnection "
+             "to the broker and every membership_republish (10 minutes by default): run this "
+             "check again after that, or restart loa-controller. Make the broker refuse "
+             "membership topics to everyone but the controller (its ACL: loa-controller "
+             "broker-config, docs/operations.md)")
 
 
 def _check_membership(ctx: _Context) -> CheckResult:
     cluster = ctx.config.cluster_id
     payload = ctx.membership_payload
     if not ctx.logged_in:
-        return CheckResult("membership", "WARN", "not checked: no login to the broker",
-                           "fix the broker line first")
+        return CheckResult("membership", "WARN", _("not checked: no login to the broker"),
+                           _("fix the broker line first"))
     if payload is None:
         return CheckResult(
-            "membership", "WARN", f"the broker holds no membership for cluster {cluster!r}",
-            "check that cluster_id is spelt exactly as in the controller's fleet.yaml and that "
-            f"loa-controller runs ({REPUBLISHED}); the groups in this config are used meanwhile",
+            "membership", "WARN",
+            _("the broker holds no membership for cluster {cluster!r}", cluster=cluster),
+            _("check that cluster_id is spelt exactly as in the controller's fleet.yaml and "
+              "that loa-controller runs ({why}); the groups in this config are used meanwhile",
+              why=_republished()),
         )
     if ctx.key is None:
-        return CheckResult("membership", "WARN", "found on the broker, but not verified",
-                           "fix the controller key first")
+        return CheckResult("membership", "WARN", _("found on the broker, but not verified"),
+                           _("fix the controller key first"))
     rotated = _rotation(ctx, ctx.key)
     if rotated is not None:
         try:
@@ -485,16 +519,18 @@ def _check_membership(ctx: _Context) -> CheckResult:
         except (SignatureError, MessageError):
             pass
         else:
-            return _membership_result(ctx, command, f"with key {key_id(rotated[0])}, which the "
-                                      f"controller rotated to from {key_id(ctx.key)}")
+            return _membership_result(ctx, command, _(
+                "with key {new}, which the controller rotated to from {old}",
+                new=key_id(rotated[0]), old=key_id(ctx.key),
+            ))
         if rotated[1] <= datetime.now(UTC):
             # past the overlap, only the new key counts
             return CheckResult(
                 "membership", "FAIL",
-                f"the controller's membership for {cluster} is not signed with key "
-                f"{key_id(rotated[0])}, the one it rotated to (the old key is refused since "
-                f"{rotated[1]:%Y-%m-%d %H:%M} UTC)",
-                "restart the controller: it still signs with its old key",
+                _("the controller's membership for {cluster} is not signed with key {key}, the "
+                  "one it rotated to (the old key is refused since {at})", cluster=cluster,
+                  key=key_id(rotated[0]), at=When(rotated[1])),
+                _("restart the controller: it still signs with its old key"),
             )
     try:
         command = Verifier(ctx.key).verify(payload)
@@ -502,9 +538,9 @@ def _check_membership(ctx: _Context) -> CheckResult:
         if "unsigned" in str(exc):
             return CheckResult(
                 "membership", "FAIL",
-                f"the membership on the broker for {cluster} is not signed at all: another "
-                "client overwrote the controller's",
-                OVERWRITTEN,
+                _("the membership on the broker for {cluster} is not signed at all: another "
+                  "client overwrote the controller's", cluster=cluster),
+                _overwritten(),
             )
         key_file = ctx.config.controller_public_key
         try:
@@ -513,18 +549,20 @@ def _check_membership(ctx: _Context) -> CheckResult:
             digest = "?"
         return CheckResult(
             "membership", "FAIL",
-            f"the controller's membership for {cluster} is not signed with {key_file} ({exc})",
-            "either this key is not the one of the controller that uses this broker (this "
-            "cluster would refuse every command): compare `sha256sum controller.pub` on the "
-            f"controller with this one's ({digest}...) and copy the controller's; or another "
-            f"client overwrote the membership, and {OVERWRITTEN[0].lower()}{OVERWRITTEN[1:]}",
+            _("the controller's membership for {cluster} is not signed with {file} ({why})",
+              cluster=cluster, file=key_file, why=exc),
+            _("either this key is not the one of the controller that uses this broker (this "
+              "cluster would refuse every command): compare `sha256sum controller.pub` on the "
+              "controller with this one's ({digest}...) and copy the controller's; or another "
+              "client overwrote the membership: {overwritten}", digest=digest,
+              overwritten=_overwritten()),
         )
     except MessageError as exc:
         return CheckResult(
             "membership", "FAIL",
-            f"what the broker holds as membership for {cluster} is not a command ({exc}): "
-            "another client overwrote the controller's",
-            OVERWRITTEN,
+            _("what the broker holds as membership for {cluster} is not a command ({why}): "
+              "another client overwrote the controller's", cluster=cluster, why=exc),
+            _overwritten(),
         )
     return _membership_result(ctx, command, "")
 
@@ -550,16 +588,16 @@ def _membership_result(ctx: _Context, command: Command, how: str) -> CheckResult
     if not isinstance(body, MembershipBody) or body.cluster != cluster:
         return CheckResult(
             "membership", "FAIL",
-            f"the broker holds a signed {body.kind} command on {cluster}'s membership topic: "
-            "someone copied it there",
-            OVERWRITTEN,
+            _("the broker holds a signed {kind} command on {cluster}'s membership topic: "
+              "someone copied it there", kind=body.kind, cluster=cluster),
+            _overwritten(),
         )
     ctx.membership_issued_at = command.issued_at
     return CheckResult(
         "membership", "PASS",
-        f"signed by the controller{f' ({how})' if how else ''} at "
-        f"{command.issued_at:%Y-%m-%d %H:%M:%S} UTC (version {body.version or 0}): groups "
-        f"{', '.join(body.groups) or '(none)'}",
+        _("signed by the controller{how} at {at} (version {version}): groups {groups}",
+          how=f" ({how})" if how else "", at=When(command.issued_at, seconds=True),
+          version=body.version or 0, groups=", ".join(body.groups) or _("(none)")),
     )
 
 
@@ -595,59 +633,61 @@ def kernel_clock_sync() -> tuple[bool, float] | None:
 
 def _check_clock(ctx: _Context) -> CheckResult:
     now = datetime.now(UTC)
-    ntp_fix = (
+    ntp_fix = _(
         "turn on time sync (timedatectl set-ntp true, or install chrony) and check the data "
         "connection; commands from the controller are refused when the clocks differ by "
         "more than 5 minutes"
     )
     if now < EARLIEST_SANE:
-        return CheckResult("clock", "FAIL", f"this box's clock says {now:%Y-%m-%d %H:%M} UTC",
-                           ntp_fix)
+        return CheckResult("clock", "FAIL", _("this box's clock says {at} UTC",
+                                              at=When(now, UTC)), ntp_fix)
     issued = ctx.membership_issued_at
     if issued is not None and issued > now + MAX_BEHIND:
         behind = (issued - now).total_seconds() / 60
         return CheckResult(
             "clock", "FAIL",
-            f"at least {behind:.0f} min behind the controller's (its membership was signed at "
-            f"{issued:%Y-%m-%d %H:%M} UTC, this box says {now:%H:%M})", ntp_fix,
+            _("at least {minutes:.0f} min behind the controller's (its membership was signed "
+              "at {at} UTC, this box says {now:%H:%M})", minutes=behind, at=When(issued, UTC),
+              now=now), ntp_fix,
         )
-    how = (
+    how = _(
         "the agent measures its offset to the controller from signed commands and shows "
         "it in its heartbeat (loa-controller fleet)"
     )
     sync = kernel_clock_sync()
     if sync is None:
-        return CheckResult("clock", "WARN", f"cannot ask the kernel whether NTP keeps the "
-                           f"clock; {how}", ntp_fix)
+        return CheckResult("clock", "WARN", _("cannot ask the kernel whether NTP keeps the "
+                                              "clock; {how}", how=how), ntp_fix)
     synced, error_s = sync
     if not synced:
-        return CheckResult("clock", "WARN", f"the kernel says the clock is not synchronised "
-                           f"(no NTP); {how}", ntp_fix)
-    return CheckResult("clock", "PASS", f"synchronised by NTP (estimated error "
-                       f"±{error_s * 1000:.0f} ms); {how}")
+        return CheckResult("clock", "WARN", _("the kernel says the clock is not synchronised "
+                                              "(no NTP); {how}", how=how), ntp_fix)
+    return CheckResult("clock", "PASS", _("synchronised by NTP (estimated error ±{ms:.0f} ms); "
+                                          "{how}", ms=error_s * 1000, how=how))
 
 
 def _check_relay(ctx: _Context) -> CheckResult:
     relay_config = ctx.config.relay
     if relay_config.driver == "none":
-        return CheckResult("relay", "PASS", "none configured (relay.driver: none): the "
-                           "amplifier is taken to be always on")
-    where = f"{relay_config.driver} board on {relay_config.url}"
+        return CheckResult("relay", "PASS", _("none configured (relay.driver: none): the "
+                                              "amplifier is taken to be always on"))
+    where = _("{driver} board on {url}", driver=relay_config.driver, url=relay_config.url)
     try:
         relay = open_relay(relay_config)
     except RelayError as exc:
         return CheckResult("relay", "FAIL", str(exc))
     try:
         state = relay.state()
-        said = {True: "on", False: "off", None: "state not reported"}[state]
+        said = {True: _("relay on"), False: _("relay off"),
+                None: _("relay state not reported")}[state]
         if not ctx.click:
-            return CheckResult("relay", "PASS", f"{where} answers (relay {said}); "
-                               "--click switches it on and off")
+            return CheckResult("relay", "PASS", _("{where} answers ({said}); --click switches "
+                                                  "it on and off", where=where, said=said))
         relay.switch(True)
         time.sleep(CLICK_S)
         relay.switch(False)
-        return CheckResult("relay", "PASS", f"{where} switched on, then off after "
-                           f"{CLICK_S:g} s (listen for the click)")
+        return CheckResult("relay", "PASS", _("{where} switched on, then off after {s:g} s "
+                                              "(listen for the click)", where=where, s=CLICK_S))
     except RelayError as exc:
         return CheckResult("relay", "FAIL", str(exc))
     finally:
@@ -659,11 +699,11 @@ def _check_output(ctx: _Context) -> CheckResult:
     try:
         output = build_output(config)
     except ValueError as exc:
-        return CheckResult("output", "FAIL", str(exc), "fix the output section of the config")
+        return CheckResult("output", "FAIL", str(exc), _("fix the output section of the config"))
     if config.output.kind == "null":
         return CheckResult(
-            "output", "WARN", "null output: plays nothing (simulation)",
-            "for speakers set output.kind: opusdec and output.device (e.g. alsa:default)",
+            "output", "WARN", _("null output: plays nothing (simulation)"),
+            _("for speakers set output.kind: opusdec and output.device (e.g. alsa:default)"),
         )
     problem = output.check()
     if problem is not None:
@@ -673,18 +713,20 @@ def _check_output(ctx: _Context) -> CheckResult:
                            volume=config.output.volume)
     outcome = result.outcome
     if outcome.error or not outcome.completed:
-        return CheckResult("output", "FAIL", f"the test tone did not play: "
-                           f"{outcome.error or 'stopped'}")
+        return CheckResult("output", "FAIL", _("the test tone did not play: {why}",
+                                               why=outcome.error or _("stopped")))
     if isinstance(output, FileBackend):
         wav = result.wav
         if wav is None:
-            return CheckResult("output", "FAIL", f"the test tone left no WAV in {output.out_dir}")
+            return CheckResult("output", "FAIL", _("the test tone left no WAV in {folder}",
+                                                   folder=output.out_dir))
         with wave.open(str(wav), "rb") as audio:
             seconds = audio.getnframes() / audio.getframerate()
-        return CheckResult("output", "PASS", f"file: test tone written to {wav} "
-                           f"({seconds:.1f} s)")
+        return CheckResult("output", "PASS", _("file: test tone written to {wav} ({s:.1f} s)",
+                                               wav=wav, s=seconds))
     device = config.output.device or "alsa:default"
     return CheckResult(
-        "output", "PASS", f"{output.name}: {device} opened and played a {TONE_S:g} s test tone "
-        "(the amplifier stays off: loa-agent test-tone powers it to listen)",
+        "output", "PASS", _("{name}: {device} opened and played a {s:g} s test tone (the "
+                            "amplifier stays off: loa-agent test-tone powers it to listen)",
+                            name=output.name, device=device, s=TONE_S),
     )

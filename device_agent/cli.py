@@ -5,6 +5,9 @@
     loa-agent test-tone --config /etc/loa/agent.yaml [--seconds 5]
     loa-agent version
 
+Output and errors follow the locale (LANG=vi_VN.UTF-8, or LC_ALL, LC_MESSAGES,
+LANGUAGE) or --lang vi|en: Vietnamese or English (protocol.l10n); logs stay English.
+
 Exit codes: run: 0 after a clean stop, 2 when the agent cannot start (bad
 configuration, missing key file, data directory in use); check: 1 when any check
 FAILs; test-tone: 1 when the tone did not play; 130 on Ctrl-C.
@@ -18,7 +21,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from protocol import l10n
 from protocol.config_errors import ConfigError
+from protocol.l10n import _
 
 DEFAULT_CONFIG = Path("/etc/loa/agent.yaml")
 
@@ -69,9 +74,11 @@ def cmd_test_tone(args: argparse.Namespace) -> int:
     relay = config.relay
     amplifier = None if relay.driver == "none" else amplifier_from_config(relay, SystemClock())
     if amplifier is not None:
-        print(f"switching the amplifier on through the {relay.driver} relay on {relay.url} "
-              f"(warm-up {amplifier.warm_up_s:g} s)", flush=True)
-    print(f"playing a {args.seconds:g} s test tone (1 kHz) through {output.name}", flush=True)
+        print(_("switching the amplifier on through the {driver} relay on {url} (warm-up "
+                "{s:g} s)", driver=relay.driver, url=relay.url, s=amplifier.warm_up_s),
+              flush=True)
+    print(_("playing a {s:g} s test tone (1 kHz) through {output}", s=args.seconds,
+            output=output.name), flush=True)
     try:
         with tempfile.TemporaryDirectory(prefix="loa-tone-") as folder:
             result = play_tone(
@@ -82,12 +89,14 @@ def cmd_test_tone(args: argparse.Namespace) -> int:
         if amplifier is not None:
             amplifier.close()
     if result.relay_fault:
-        print(f"the amplifier relay failed: {result.relay_fault}", file=sys.stderr)
+        print(_("the amplifier relay failed: {why}", why=result.relay_fault), file=sys.stderr)
     if not result.ok:
-        print(f"the test tone did not play: {result.outcome.error or 'stopped'}", file=sys.stderr)
+        print(_("the test tone did not play: {why}", why=result.outcome.error or _("stopped")),
+              file=sys.stderr)
         return 1
     where = f": {result.wav}" if result.wav else ""
-    print(f"played {result.outcome.played_s:.1f} s of test tone through {output.name}{where}")
+    print(_("played {s:.1f} s of test tone through {output}{where}",
+            s=result.outcome.played_s, output=output.name, where=where))
     return 0
 
 
@@ -138,20 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     tone.set_defaults(func=cmd_test_tone)
     version = sub.add_parser("version", help="print the agent version")
     version.set_defaults(func=cmd_version)
+    l10n.add_lang_option(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    l10n.use(l10n.choose(args.lang))
     _setup_logging(args.verbose, args.command)
     try:
         code = int(args.func(args))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        print(f"{len(exc.problems)} error(s) in the configuration; not started.", file=sys.stderr)
+        print(_("{n} error(s) in the configuration; not started.", n=len(exc.problems)),
+              file=sys.stderr)
         code = 2
     except (ValueError, OSError, RuntimeError) as exc:
-        print(f"loa-agent {args.command}: {exc}", file=sys.stderr)
+        print(f"loa-agent {args.command}: {l10n.say(exc)}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         code = 130

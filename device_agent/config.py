@@ -42,6 +42,7 @@ from pydantic import (
 from device_agent.output import OPUSDEC_DEVICE_HELP, parse_device
 from device_agent.relays.config import RelayConfig
 from protocol.config_errors import ConfigError, Problem
+from protocol.l10n import _
 from protocol.mqtt import BrokerAddress
 from protocol.topics import check_id
 from protocol.validation import validate
@@ -77,15 +78,16 @@ def read_secret(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(
-            f"cannot read {path} ({exc.strerror}): it must exist and be readable by the "
-            "agent's user (install -o root -g loa -m 0640)"
-        ) from None
+        raise ValueError(_(
+            "cannot read {path} ({why}): it must exist and be readable by the agent's user "
+            "(install -o root -g loa -m 0640)", path=path, why=exc.strerror,
+        )) from None
     except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text") from None
+        raise ValueError(_("{path} is not UTF-8 text", path=path)) from None
     secret = text.splitlines()[0] if text else ""
     if not secret:
-        raise ValueError(f"{path} is empty: copy the file from the cluster's bundle again")
+        raise ValueError(_("{path} is empty: copy the file from the cluster's bundle again",
+                           path=path))
     return secret
 
 
@@ -134,7 +136,7 @@ class OutputConfig(_Strict):
     @model_validator(mode="after")
     def _file_needs_a_folder(self) -> OutputConfig:
         if self.kind == "file" and self.out_dir is None:
-            raise ValueError("the file output needs a folder: add `out_dir: /some/folder`")
+            raise ValueError(_("the file output needs a folder: add `out_dir: /some/folder`"))
         if self.kind == "opusdec" and self.device and parse_device(self.device)[0] == "pulse":
             raise ValueError(f"device {self.device!r}: {OPUSDEC_DEVICE_HELP}")
         return self
@@ -191,19 +193,20 @@ class AgentConfig(_Strict):
     @model_validator(mode="after")
     def _ca_file_needs_tls(self) -> AgentConfig:
         if self.broker_ca_file is not None and not BrokerAddress.from_url(self.broker_url).tls:
-            raise ValueError(
-                f"broker_ca_file is set but broker_url {self.broker_url!r} is plain MQTT: "
-                "write mqtts://host:8883 to connect over TLS, or leave broker_ca_file out"
-            )
+            raise ValueError(_(
+                "broker_ca_file is set but broker_url {url!r} is plain MQTT: write "
+                "mqtts://host:8883 to connect over TLS, or leave broker_ca_file out",
+                url=self.broker_url,
+            ))
         return self
 
     @model_validator(mode="after")
     def _one_password(self) -> AgentConfig:
         if self.password is not None and self.password_file is not None:
-            raise ValueError(
+            raise ValueError(_(
                 "password and password_file are both set: keep password_file (the bundle's "
                 "broker.password) and remove the password line"
-            )
+            ))
         return self
 
     @property

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import topics
+from protocol.l10n import _
 from protocol.messages import EnrolmentStatus, State
 from protocol.mqtt import Will
 from protocol.signing import Channel, key_id, key_text, seal, seal_json
@@ -120,10 +121,10 @@ class AgentIdentity:
         except FileExistsError:
             return cls(read_key(path), data_dir)
         except OSError as exc:
-            raise IdentityError(
-                f"{path}: cannot make this cluster's key ({exc.strerror}); the agent's "
-                "user must be able to write in its data_dir"
-            ) from None
+            raise IdentityError(_(
+                "{path}: cannot make this cluster's key ({why}); the agent's user must be "
+                "able to write in its data_dir", path=path, why=exc.strerror,
+            )) from None
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -191,10 +192,10 @@ class AgentIdentity:
             temporary.write_text(json.dumps(document), encoding="utf-8")
             os.replace(temporary, path)
         except OSError as exc:
-            raise IdentityError(
-                f"{path}: cannot write it ({exc.strerror}); the agent's user must be able "
-                "to write in its data_dir"
-            ) from None
+            raise IdentityError(_(
+                "{path}: cannot write it ({why}); the agent's user must be able to write in "
+                "its data_dir", path=path, why=exc.strerror,
+            )) from None
 
 
 def read_key(path: Path) -> Ed25519PrivateKey:
@@ -209,15 +210,17 @@ def read_key(path: Path) -> Ed25519PrivateKey:
             )
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
-        raise IdentityError(f"{path}: cannot read this cluster's key ({exc.strerror})") from None
+        raise IdentityError(_("{path}: cannot read this cluster's key ({why})", path=path,
+                              why=exc.strerror)) from None
     except ValueError as exc:
-        raise IdentityError(
-            f"{path}: not a PEM private key ({exc}); if it is damaged, move it away: the "
+        raise IdentityError(_(
+            "{path}: not a PEM private key ({why}); if it is damaged, move it away: the "
             "agent makes a new key, which must then be registered again "
-            "(loa-controller enrol replace CLUSTER gives the token)"
-        ) from None
+            "(loa-controller enrol replace CLUSTER gives the token)", path=path, why=exc,
+        )) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise IdentityError(f"{path}: not an Ed25519 key; move it away and start the agent")
+        raise IdentityError(_("{path}: not an Ed25519 key; move it away and start the agent",
+                              path=path))
     return key
 
 

@@ -25,6 +25,7 @@ from device_agent.config import AgentConfig
 from device_agent.identity import AgentIdentity
 from device_agent.output import OutputBackend, make_backend
 from protocol.clock import Clock, SystemClock
+from protocol.l10n import _
 from protocol.mqtt import MqttLink
 from protocol.signing import Verifier, load_public_key
 
@@ -58,16 +59,16 @@ def read_token(path: Path | None) -> str | None:
     try:
         token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ValueError(
-            f"enrolment_token_file {path}: cannot read it ({exc.strerror}); copy the "
-            "provisioning bundle's token there, or leave the setting out once the "
-            "cluster is registered"
-        ) from None
+        raise ValueError(_(
+            "enrolment_token_file {path}: cannot read it ({why}); copy the provisioning "
+            "bundle's token there, or leave the setting out once the cluster is registered",
+            path=path, why=exc.strerror,
+        )) from None
     if not 16 <= len(token) <= 128 or not token.isprintable():
-        raise ValueError(
-            f"enrolment_token_file {path}: does not hold a token (one line of 16 to 128 "
-            "characters, as `loa-controller enrol token` prints it)"
-        )
+        raise ValueError(_(
+            "enrolment_token_file {path}: does not hold a token (one line of 16 to 128 "
+            "characters, as `loa-controller enrol token` prints it)", path=path,
+        ))
     return token
 
 
@@ -129,10 +130,10 @@ def single_instance(data_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(
-                f"another loa-agent is already running with data_dir {data_dir}; stop it "
-                "first (systemctl stop loa-agent) or give this one its own data_dir"
-            ) from None
+            raise RuntimeError(_(
+                "another loa-agent is already running with data_dir {folder}; stop it first "
+                "(systemctl stop loa-agent) or give this one its own data_dir", folder=data_dir,
+            )) from None
         yield
 
 

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protocol.files import PRIVATE, PUBLIC, write_atomic
+from protocol.l10n import Text
 from protocol.messages import (
     Address,
     Command,
@@ -359,13 +360,17 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
-        raise ValueError(
-            f"{path}: controller private key not found; create it with `loa-controller keygen`"
-        ) from None
+        raise ValueError(Text(
+            "{path}: controller private key not found; create it with `loa-controller keygen`",
+            path=path,
+        )) from None
     except ValueError as exc:
-        raise ValueError(f"{path}: not a PEM private key ({exc})") from None
+        raise ValueError(Text("{path}: not a PEM private key ({why})", path=path,
+                              why=exc)) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path}: not an Ed25519 key; create one with `loa-controller keygen`")
+        raise ValueError(Text(
+            "{path}: not an Ed25519 key; create one with `loa-controller keygen`", path=path
+        ))
     return key
 
 
@@ -373,11 +378,13 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except FileNotFoundError:
-        raise ValueError(
-            f"{path}: controller public key not found; copy controller.pub from the controller"
-        ) from None
+        raise ValueError(Text(
+            "{path}: controller public key not found; copy controller.pub from the controller",
+            path=path,
+        )) from None
     except ValueError as exc:
-        raise ValueError(f"{path}: not a PEM public key ({exc})") from None
+        raise ValueError(Text("{path}: not a PEM public key ({why})", path=path,
+                              why=exc)) from None
     if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{path}: not an Ed25519 public key")
+        raise ValueError(Text("{path}: not an Ed25519 public key", path=path))
     return key

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, Union
 from pydantic import BaseModel, ValidationError
 
 from protocol.config_errors import Problem, sort_problems
+from protocol.l10n import N_, _
 from protocol.yamlload import LocationMap, PathPart
 
 M = TypeVar("M", bound=BaseModel)
@@ -79,55 +80,57 @@ def suggest(word: str, choices: Iterable[str]) -> str | None:
 
 
 _KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
-    (bool, "true/false ({v})"),
-    ((int, float), "a number ({v})"),
-    (str, "the text {v!r}"),
-    (list, "a list"),
-    (dict, "a mapping (key: value lines)"),
+    (bool, N_("true/false ({v})")),
+    ((int, float), N_("a number ({v})")),
+    (str, N_("the text {v!r}")),
+    (list, N_("a list")),
+    (dict, N_("a mapping (key: value lines)")),
 )
 
 
 def _yaml_kind(value: Any) -> str:
-    """What a manager wrote, in YAML terms, for "expected X, found Y"."""
+    """What a manager wrote, in YAML terms, for "expected X, found Y" (in the process's
+    language, protocol.l10n, as every message here)."""
     if value is None:
-        return "nothing (an empty value)"
+        return _("nothing (an empty value)")
     for types_, text in _KINDS:
         if isinstance(value, types_):
-            return text.format(v=str(value).lower() if isinstance(value, bool) else value)
+            shown = str(value).lower() if isinstance(value, bool) else value
+            return _(text, v=shown)
     return type(value).__name__
 
 
 _EXPECTED: dict[str, str] = {
-    "string_type": "text",
-    "int_type": "a whole number",
-    "int_parsing": "a whole number",
-    "int_from_float": "a whole number",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "list_type": "a list (lines starting with '- ', or [a, b])",
-    "tuple_type": "a list (lines starting with '- ', or [a, b])",
-    "set_type": "a list (lines starting with '- ', or [a, b])",
-    "dict_type": "a mapping (key: value lines)",
-    "model_type": "a mapping (key: value lines)",
-    "model_attributes_type": "a mapping (key: value lines)",
-    "date_type": "a date written YYYY-MM-DD",
-    "date_parsing": "a date written YYYY-MM-DD",
-    "date_from_datetime_parsing": "a date written YYYY-MM-DD",
-    "date_from_datetime_inexact": "a date written YYYY-MM-DD",
-    "time_type": "a time written HH:MM",
-    "time_parsing": "a time written HH:MM",
-    "timedelta_type": "a duration such as 90s, 10m or 1h30m",
-    "timedelta_parsing": "a duration such as 90s, 10m or 1h30m",
-    "path_type": "a file path",
+    "string_type": N_("text"),
+    "int_type": N_("a whole number"),
+    "int_parsing": N_("a whole number"),
+    "int_from_float": N_("a whole number"),
+    "float_type": N_("a number"),
+    "float_parsing": N_("a number"),
+    "bool_type": N_("true or false"),
+    "bool_parsing": N_("true or false"),
+    "list_type": N_("a list (lines starting with '- ', or [a, b])"),
+    "tuple_type": N_("a list (lines starting with '- ', or [a, b])"),
+    "set_type": N_("a list (lines starting with '- ', or [a, b])"),
+    "dict_type": N_("a mapping (key: value lines)"),
+    "model_type": N_("a mapping (key: value lines)"),
+    "model_attributes_type": N_("a mapping (key: value lines)"),
+    "date_type": N_("a date written YYYY-MM-DD"),
+    "date_parsing": N_("a date written YYYY-MM-DD"),
+    "date_from_datetime_parsing": N_("a date written YYYY-MM-DD"),
+    "date_from_datetime_inexact": N_("a date written YYYY-MM-DD"),
+    "time_type": N_("a time written HH:MM"),
+    "time_parsing": N_("a time written HH:MM"),
+    "timedelta_type": N_("a duration such as 90s, 10m or 1h30m"),
+    "timedelta_parsing": N_("a duration such as 90s, 10m or 1h30m"),
+    "path_type": N_("a file path"),
 }
 
 
 def _label(loc: Sequence[PathPart]) -> str:
     """The key an error is about: the last named key, and the list item within it."""
     items: list[int] = []
-    name = "the document"
+    name = _("the document")
     for part in reversed(loc):
         if part == "[key]":  # the key of a mapping itself is wrong: name that key
             continue
@@ -137,7 +140,7 @@ def _label(loc: Sequence[PathPart]) -> str:
             # Fields named after Python keywords carry a trailing "_" (from_ for `from`).
             name = part.rstrip("_") or part
             break
-    return name + "".join(f" (item {i})" for i in reversed(items))
+    return name + "".join(_(" (item {i})", i=i) for i in reversed(items))
 
 
 _Error = dict[str, Any]
@@ -149,22 +152,24 @@ def _unknown_key(model: type[BaseModel], error: _Error, label: str) -> str:
     allowed = _keys_at(model, loc[:-1])
     close = suggest(key, allowed)
     if close:
-        return f"unknown key {key!r}; did you mean {close!r}?"
-    listing = ", ".join(allowed) if allowed else "none"
-    return f"unknown key {key!r}; the keys allowed here are: {listing}"
+        return _("unknown key {key!r}; did you mean {close!r}?", key=key, close=close)
+    listing = ", ".join(allowed) if allowed else _("none")
+    return _("unknown key {key!r}; the keys allowed here are: {listing}", key=key,
+             listing=listing)
 
 
 def _missing(model: type[BaseModel], error: _Error, label: str) -> str:
     key = str(error["loc"][-1]) if error["loc"] else "?"
-    return f"missing key {key!r}: add a line `{key}: ...` here"
+    return _("missing key {key!r}: add a line `{key}: ...` here", key=key)
 
 
 def _choice(model: type[BaseModel], error: _Error, label: str) -> str:
     value = error.get("input")
     expected = str((error.get("ctx") or {}).get("expected", ""))
-    text = f"{label}: {_yaml_kind(value)} is not allowed; write one of {expected}"
+    text = _("{label}: {found} is not allowed; write one of {expected}", label=label,
+             found=_yaml_kind(value), expected=expected.replace(" or ", _(" or ")))
     close = suggest(value, re.findall(r"'([^']*)'", expected)) if isinstance(value, str) else None
-    return text + (f" (did you mean {close!r}?)" if close else "")
+    return text + (_(" (did you mean {close!r}?)", close=close) if close else "")
 
 
 def _custom(model: type[BaseModel], error: _Error, label: str) -> str:
@@ -176,28 +181,45 @@ def _wrong_type(model: type[BaseModel], error: _Error, label: str) -> str:
     ctx = error.get("ctx") or {}
     detail = f" ({ctx['error']})" if "error" in ctx else ""
     found = _yaml_kind(error.get("input"))
-    return f"{label}: expected {_EXPECTED[error['type']]}, found {found}{detail}"
+    return _("{label}: expected {expected}, found {found}{detail}", label=label,
+             expected=_(_EXPECTED[error["type"]]), found=found, detail=detail)
 
 
 def _length(model: type[BaseModel], error: _Error, label: str) -> str:
     ctx = error.get("ctx") or {}
     if error["type"] == "too_short":
-        return f"{label}: needs at least {ctx.get('min_length', 1)} item(s)"
-    return f"{label}: at most {ctx.get('max_length', '?')} item(s) are allowed"
+        return _("{label}: needs at least {n} item(s)", label=label, n=ctx.get("min_length", 1))
+    return _("{label}: at most {n} item(s) are allowed", label=label,
+             n=ctx.get("max_length", "?"))
+
+
+#: The bound of each range error, as the rule it sets.
+_BOUNDS = {
+    "greater_than": ("gt", N_("greater than {n}")),
+    "greater_than_equal": ("ge", N_("greater than or equal to {n}")),
+    "less_than": ("lt", N_("less than {n}")),
+    "less_than_equal": ("le", N_("less than or equal to {n}")),
+}
 
 
 def _range(model: type[BaseModel], error: _Error, label: str) -> str:
-    rule = str(error["msg"]).removeprefix("Input should be ")
-    return f"{label}: {_yaml_kind(error.get('input'))} is out of range; it must be {rule}"
+    key, rule = _BOUNDS[error["type"]]
+    ctx = error.get("ctx") or {}
+    bound = _(rule, n=ctx[key]) if key in ctx else str(error["msg"]).removeprefix(
+        "Input should be "
+    )
+    return _("{label}: {found} is out of range; it must be {rule}", label=label,
+             found=_yaml_kind(error.get("input")), rule=bound)
 
 
 def _text_rule(model: type[BaseModel], error: _Error, label: str) -> str:
     if error["type"] == "string_too_short":
-        return f"{label}: must not be empty"
+        return _("{label}: must not be empty", label=label)
     if error["type"] == "string_too_long":
         limit = (error.get("ctx") or {}).get("max_length", "?")
-        return f"{label}: too long; at most {limit} characters"
-    return f"{label}: {_yaml_kind(error.get('input'))} is not in the expected form"
+        return _("{label}: too long; at most {n} characters", label=label, n=limit)
+    return _("{label}: {found} is not in the expected form", label=label,
+             found=_yaml_kind(error.get("input")))
 
 
 _Explain = typing.Callable[[type[BaseModel], _Error, str], str]

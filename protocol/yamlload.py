@@ -29,6 +29,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from protocol.config_errors import ConfigError, Problem, Severity
+from protocol.l10n import _
 
 PathPart = str | int
 NodePath = tuple[PathPart, ...]
@@ -326,13 +327,16 @@ def load_yaml(path: Path | str) -> tuple[Any, LocationMap]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([Problem(file, 1, 1, "file not found; check the path")]) from None
+        raise ConfigError([Problem(file, 1, 1, _("file not found; check the path"))]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            [Problem(file, 1, 1, f"not UTF-8 text ({exc.reason}); save the file as UTF-8")]
+            [Problem(file, 1, 1, _("not UTF-8 text ({why}); save the file as UTF-8",
+                                   why=exc.reason))]
         ) from None
     except OSError as exc:
-        raise ConfigError([Problem(file, 1, 1, f"cannot read this file: {exc.strerror}")]) from None
+        raise ConfigError(
+            [Problem(file, 1, 1, _("cannot read this file: {why}", why=exc.strerror))]
+        ) from None
     return load_yaml_text(text, file)
 
 
@@ -344,7 +348,7 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, LocationMap]:
         root = loader.get_single_node()
         if root is None:
             raise ConfigError(
-                [Problem(file, 1, 1, "the file is empty; it needs at least one key: value")]
+                [Problem(file, 1, 1, _("the file is empty; it needs at least one key: value"))]
             )
         locator.walk(root, ())
         if locator.problems:
@@ -359,5 +363,5 @@ def load_yaml_text(text: str, file: str) -> tuple[Any, LocationMap]:
     finally:
         loader.dispose()
     if data is None:
-        raise ConfigError([Problem(file, 1, 1, "the file has no content, only comments")])
+        raise ConfigError([Problem(file, 1, 1, _("the file has no content, only comments"))])
     return data, LocationMap(file, locator.values, locator.keys)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 import pytest
 
 from controller.broker import EmbeddedBroker
+from protocol import l10n
 from protocol.mqtt import BrokerAddress
 
 if TYPE_CHECKING:  # web_rig imports this module: at run time it is imported where used
@@ -359,3 +360,12 @@ def cap_rig(
         yield r
     finally:
         r.stop()
+
+
+@pytest.fixture(autouse=True)
+def english_first() -> Iterator[None]:
+    """Every test starts and ends with the process in English: a command line's main()
+    run in the test's process sets the language for what follows (protocol.l10n)."""
+    l10n.use("en")
+    yield
+    l10n.use("en")

@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 from agent_support import Keys
 from conftest import MosquittoBroker, free_port, require
+from l10n_support import english_fragments_in
 from relay_sim import SimulatedBoard
 from tls_support import Authority, tls_mosquitto
 
-from device_agent.check import CheckResult, run_checks
+from device_agent.check import NAMES, CheckResult, run_checks
 from device_agent.identity import AgentIdentity
 from protocol import topics
+from protocol.l10n import LOCALE_VARIABLES, catalog
 from protocol.messages import Address, KeyRotationBody, MembershipBody
 from protocol.signing import key_id, key_text, public_pem
 
@@ -32,10 +34,14 @@ ME = "chk-01"
 GROUPS = ["xa-tan-binh", "tinh-hau-giang"]
 
 
-def loa_agent(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def loa_agent(
+    *args: str, timeout: float = 60, locale: str = "C.UTF-8"
+) -> subprocess.CompletedProcess[str]:
+    """loa-agent in a process of its own, under this locale (LANG; the others unset)."""
+    env = {k: v for k, v in os.environ.items() if k not in LOCALE_VARIABLES}
     return subprocess.run(
         [sys.executable, "-m", "device_agent.cli", *args],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**env, "PYTHONPATH": str(ROOT), "LANG": locale},
         capture_output=True, text=True, timeout=timeout, check=False,
     )
 
@@ -128,6 +134,28 @@ def test_a_good_setup_passes_every_line_and_click_switches_the_relay(setup: Setu
     assert lines[-1].startswith("10 checks: ")
     assert lines[-1].endswith("ready")
     assert result.stderr == ""  # no log noise around the report
+
+
+def test_the_report_speaks_vietnamese_under_a_vietnamese_locale(setup: Setup) -> None:
+    config = setup.write(relay="\n  driver: none")
+    result = loa_agent("check", "--config", str(config), locale="vi_VN.UTF-8")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    vi = catalog("vi")
+    heads = [line.split(": ")[0] for line in lines[:-1] if not line.startswith(" ")]
+    assert [h.split("  ", 1)[1] for h in heads] == [vi[name] for name in NAMES], lines
+    assert {h.split("  ", 1)[0] for h in heads} <= {"ĐẠT", "CHÚ Ý"}, lines
+    assert heads[0] == "ĐẠT  cấu hình"
+    assert lines[-1].startswith("10 mục kiểm tra: "), lines[-1]
+    assert lines[-1].endswith("sẵn sàng"), lines[-1]
+    assert "đã ghi tiếng thử vào" in result.stdout
+    assert english_fragments_in(result.stdout) == []
+    # --lang wins over the locale, either side of the command.
+    for args in (("--lang", "en", "check"), ("check", "--lang", "en")):
+        again = loa_agent(*args, "--config", str(config), locale="vi_VN.UTF-8")
+        assert again.stdout.splitlines()[0].startswith("PASS  config: "), again.stdout
+    failed = loa_agent("check", "--config", str(setup.write(keepalive="fast")), "--lang", "vi")
+    assert failed.stdout.startswith(f"LỖI  cấu hình: {config} có 1 lỗi. Cách xử lý: sửa từng")
 
 
 def test_a_bad_config_line_fails_with_file_line_and_exit_1(setup: Setup) -> None:

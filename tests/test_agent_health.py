@@ -318,6 +318,17 @@ def test_the_controller_keeps_heartbeats_sees_a_silent_agent_go_offline_and_come
         local = back_since.astimezone(controller.settings.timezone)
         assert f"online since {local:%Y-%m-%d %H:%M:%S}" in line, out
         assert " ago, up " in line, out
+        # The same table for a Vietnamese reader (--lang vi, or LANG=vi_VN.UTF-8).
+        out = subprocess.run(
+            [sys.executable, "-m", "controller.cli", "fleet", "--lang", "vi", "--config",
+             str(controller_config)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+        line = next(x for x in out.splitlines() if x.startswith("hb-02"))
+        assert f"trực tuyến từ {local:%H:%M:%S ngày %d/%m/%Y}" in line, out
+        assert " trước, đã chạy " in line, out
+        assert any(x.startswith("cụm loa ") for x in out.splitlines()), out  # the header
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)

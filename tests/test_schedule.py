@@ -374,7 +374,7 @@ def test_a_changed_bulletin_needs_approval_again(tmp_path: Path) -> None:
     assert not rig.approvals.is_approved(weekly)
     state = rig.approvals.state(weekly)
     assert state.previous is not None
-    assert state.describe(HCM).startswith("pending: its audio changed since Cán bộ A approved")
+    assert str(state.describe(HCM)).startswith("pending: its audio changed since Cán bộ A approved")
     # approvals are per programme: another programme is not approved by it
     assert rig.approvals.is_approved(rig.playlists.programmes["tin-sang"])  # needs none
 

@@ -78,11 +78,21 @@ def test_send_to_one_village_watch_it_play_and_stop_it(rig: WebRig, browser: Any
     assert offered == ["xa-a", "ap-a1", "a-01", "a-02", "ap-a2", "a-03"]
 
     page.check("input[name=targets][value=ap-a1]")
+    # Emergency interrupts everything: it is chosen, never the level a form starts with.
+    assert page.is_checked("input[name=level][value=priority]")
+    assert not page.is_checked("input[name=level][value=emergency]")
     page.check("input[name=level][value=emergency]")
     page.fill("textarea[name=text]", "Bão sắp vào. Bà con ở trong nhà, tránh xa bờ sông.")
     page.fill("input[name=repeat]", "5")
     page.fill("input[name=gap_s]", "2")
     page.click("#send")
+    # Nothing is sent before the officer confirms, on a page naming where it goes.
+    page.wait_for_selector("#confirm-targets")
+    assert "Ấp Một" in page.locator("#confirm-targets").inner_text()
+    assert "2 cụm loa" in page.locator("#confirm-what").inner_text()
+    assert "Khẩn cấp" in page.locator("#confirm-what").inner_text()
+    assert rig.controller.store.events.count() == 0
+    page.click("#confirm")
     page.wait_for_url(f"{rig.url}/announcements/urgent-*")
 
     rows = page.locator("#clusters tbody tr")
@@ -269,6 +279,7 @@ def test_record_in_the_browser_and_send_it(rig: WebRig) -> None:
             page.wait_for_selector("#recorded:not([hidden])")
             assert page.locator("#audio-file").evaluate("e => e.files.length") == 1
             page.click("#send")
+            page.click("#confirm")  # the recording waits on the server meanwhile
             page.wait_for_url(f"{rig.url}/announcements/urgent-*")
             page.wait_for_selector('tr[data-cluster="a-03"] td.status[data-status=finished]')
         finally:
@@ -302,6 +313,7 @@ def test_the_listen_buttons_play_what_the_clusters_are_sent(rig: WebRig, browser
     page.check("input[name=targets][value=b-01]")
     page.fill("textarea[name=text]", "Thông báo khẩn. Nước sông đang lên.")
     page.click("#send")
+    page.click("#confirm")
     page.wait_for_url(f"{rig.url}/announcements/urgent-*")
     announcement = rig.service.get(rig.user("quan-ly"), page.url.rsplit("/", 1)[-1])
     [(profile, sha256)] = announcement.audio

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BrokerUnderTest, wait_until
+from l10n_support import english_fragments_in
 from web_rig import PASSWORD, WebRig
 
 from controller.cli import main
@@ -116,6 +117,31 @@ def test_urgent_to_another_commune_is_refused(
                           "--text", "Thử"], capsys)
     assert code == 1
     assert "refused (401)" in err
+
+
+def test_urgent_speaks_vietnamese_with_lang_vi(
+    rig: WebRig, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command's own words and the controller's refusal (asked for in Vietnamese with
+    Accept-Language) alike."""
+    monkeypatch.setenv("LOA_PASSWORD", PASSWORD)
+    code, _, err = run(["urgent", "--lang", "vi", "--url", rig.url, "--user", "can-bo-a",
+                        "--target", "xa-b", "--text", "Thử"], capsys)
+    assert code == 1
+    assert err.startswith("loa-controller urgent: bị từ chối (403): xa-b nằm ngoài phạm vi "
+                          "của can-bo-a (Xã An); không có gì được gửi"), err
+    code, _, err = run(["urgent", "--lang", "vi", "--url", rig.url, "--user", "can-bo-a",
+                        "--target", "xa-a", "--text", "Thử", "--repeat", "11"], capsys)
+    assert code == 1
+    assert "bị từ chối (422)" in err or "bị từ chối (400)" in err
+    audio = tone(rig.tmp / "thong-bao.wav", 1.5)
+    code, out, err = run(["urgent", "--lang", "vi", "--url", rig.url, "--user", "can-bo-a",
+                          "--target", "ap-a2", "--audio", str(audio), "--level", "priority"],
+                         capsys)
+    assert code == 0, err
+    assert "(ưu tiên, 1,5 giây) tới 1 cụm loa" in out
+    assert "theo dõi tại: http" in out
+    assert english_fragments_in(out + err) == []
 
 
 def test_urgent_exits_1_when_a_reachable_cluster_did_not_play_it(

@@ -5,9 +5,10 @@ The keys are read from the source, not from pages a test happened to render: the
 templates are parsed (every `tr(...)` and `t(lang, ...)` call), and so is the Python of
 controller/web/ (every `t(lang, ...)`, and every call of a function that hands its
 argument on to `t()` as the key). A key built from a prefix and a value
-(`tr("st_" + status)`) stands for the prefix with every value the domain allows, taken
-from the type that holds it. The static scripts use no keys: their labels come from the
-page (announcement.html's `labels`), which the templates cover.
+(`tr("st_" + status)`, `t(lang, "act_" + action)`) stands for the prefix with every
+value the domain allows, taken from the type that holds it. The static scripts use no
+keys: their labels come from the page (announcement.html's `labels`), which the
+templates cover.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from jinja2 import nodes
 
 from controller.audio_chain import ProfileName
+from controller.audit import CSV_HEADER, Action
 from controller.fleet import Kind
 from controller.urgent import ClusterStatus
 from controller.web.i18n import LANGS, TEXT
@@ -36,6 +38,8 @@ DYNAMIC: dict[str, tuple[str, ...]] = {
     "level_": get_args(Level),
     "kind_": (*get_args(Kind), "cluster"),  # the target picker's TreeEntry.kind
     "profile_": get_args(ProfileName),  # the audio profile of a listen button
+    "act_": get_args(Action),  # an audit log row's action
+    "csv_": tuple(CSV_HEADER),  # the audit log CSV's columns
 }
 
 
@@ -78,6 +82,13 @@ def _is_t(node: ast.AST) -> TypeGuard[ast.Call]:
     return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "t"
 
 
+def _called(call: ast.Call) -> str | None:
+    """The name of the function a call calls (f() or module.f()), if it is written so."""
+    if isinstance(call.func, ast.Name):
+        return call.func.id
+    return call.func.attr if isinstance(call.func, ast.Attribute) else None
+
+
 def _passes_a_parameter(call: ast.Call, params: list[str]) -> str | None:
     """The parameter call hands to t() as the key, if it is one of params."""
     key = call.args[1] if len(call.args) > 1 else None
@@ -115,8 +126,8 @@ def _python_uses() -> tuple[list[Use], list[str]]:
             if _is_t(call):
                 key = call.args[1] if len(call.args) > 1 else None
                 values = {k.arg for k in call.keywords if k.arg}
-            elif isinstance(call.func, ast.Name) and call.func.id in forwarders:
-                position, param = forwarders[call.func.id]
+            elif (called := _called(call)) in forwarders:  # error_page(), pages.error_page()
+                position, param = forwarders[called]
                 named = [k.value for k in call.keywords if k.arg == param]
                 key = named[0] if named else (
                     call.args[position] if len(call.args) > position else None
@@ -126,6 +137,14 @@ def _python_uses() -> tuple[list[Use], list[str]]:
                 continue
             if isinstance(key, ast.Constant) and isinstance(key.value, str):
                 uses.append(Use(f"{name}:{call.lineno}", key.value, values))
+            elif (
+                isinstance(key, ast.BinOp)
+                and isinstance(key.op, ast.Add)
+                and isinstance(key.left, ast.Constant)
+                and key.left.value in DYNAMIC
+            ):
+                prefix = key.left.value
+                uses += [Use(f"{name}:{call.lineno}", prefix + v, None) for v in DYNAMIC[prefix]]
             else:
                 unreadable.append(f"{name}:{call.lineno}")
     return uses, unreadable

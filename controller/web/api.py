@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller.approval import ContentUnreadableError
 from controller.audit import to_csv
 from controller.cap import CapError
+from controller.reasons import shown
 from controller.urgent import (
     MAX_GAP_S,
     MAX_REPEAT,
@@ -34,6 +35,7 @@ from controller.web.errors import SERVICE_ERRORS, ApiError, service_error
 from controller.web.security import Session, csrf_ok
 from controller.web.signin import Refused, sign_in
 from controller.web.uploads import save_upload
+from protocol.l10n import Text
 
 router = APIRouter(prefix="/api/v1", tags=["urgent announcements"])
 
@@ -98,6 +100,9 @@ class ClusterOut(_Model):
         "missed or failed"
     )
     reason: str | None
+    reason_text: str | None = Field(
+        None, description="the reason as the pages show it, when asked for with ?lang=vi|en"
+    )
     at: datetime | None
 
 
@@ -173,7 +178,7 @@ Ctx = Annotated[WebContext, Depends(context)]
 def signed_in(request: Request, ctx: Ctx) -> tuple[Session, User]:
     found = session_of(ctx, request)
     if found is None:
-        raise ApiError(401, "not signed in: POST /api/v1/login, then send the token")
+        raise ApiError(401, Text("not signed in: POST /api/v1/login, then send the token"))
     return found
 
 
@@ -184,7 +189,7 @@ def acting(request: Request, found: SignedIn) -> User:
     """The user, for a state-changing call: cookie sessions must carry the CSRF token."""
     session, user = found
     if not by_bearer(request) and not csrf_ok(session, request.headers.get("x-csrf-token")):
-        raise ApiError(403, "missing or wrong X-CSRF-Token header")
+        raise ApiError(403, Text("missing or wrong X-CSRF-Token header"))
     return user
 
 
@@ -199,13 +204,13 @@ Reader = Annotated[User, Depends(reader)]
 def managing(user: Acting) -> User:
     """A manager, for a state-changing call."""
     if user.role != "manager":
-        raise ApiError(403, "only a manager may do this")
+        raise ApiError(403, Text("only a manager may do this"))
     return user
 
 
 def reading_manager(user: Reader) -> User:
     if user.role != "manager":
-        raise ApiError(403, "only a manager may do this")
+        raise ApiError(403, Text("only a manager may do this"))
     return user
 
 
@@ -227,10 +232,10 @@ def login(body: LoginIn, request: Request, ctx: Ctx) -> LoginOut:
     if isinstance(found, Refused):
         if found.status == 429:
             raise ApiError(
-                429, f"too many failed sign-ins; try again in {found.retry_after} s",
+                429, Text("too many failed sign-ins; try again in {s} s", s=found.retry_after),
                 {"Retry-After": str(found.retry_after)},
             )
-        raise ApiError(401, "wrong user name or password")
+        raise ApiError(401, Text("wrong user name or password"))
     return LoginOut(
         token=found.session.id, csrf_token=found.session.csrf, name=found.user.name,
         role=found.user.role, scope=found.user.scope,
@@ -279,7 +284,7 @@ async def send(body: AnnouncementIn, user: Acting, ctx: Ctx) -> AnnouncementOut:
     if body.audio_id:
         audio = ctx.uploads.path_of(user.name, body.audio_id)
         if audio is None:
-            raise ApiError(400, f"no uploaded audio {body.audio_id!r} of yours")
+            raise ApiError(400, Text("no uploaded audio {id!r} of yours", id=body.audio_id))
     req = AnnouncementRequest(
         targets=body.targets, level=body.level, text=body.text, audio=audio,
         repeat=body.repeat, gap_s=body.gap_s, title=body.title,
@@ -299,12 +304,19 @@ def recent(user: Reader, ctx: Ctx, limit: int = 20) -> list[AnnouncementOut]:
 
 
 @router.get("/announcements/{announcement_id}", response_model=AnnouncementOut)
-def status(announcement_id: str, user: Reader, ctx: Ctx) -> AnnouncementOut:
-    """The announcement and where it stands on every targeted cluster (poll it)."""
+def status(
+    announcement_id: str, user: Reader, ctx: Ctx, lang: Literal["vi", "en"] | None = None
+) -> AnnouncementOut:
+    """The announcement and where it stands on every targeted cluster (poll it); with
+    ?lang=, each cluster's reason also as the page shows it (reason_text)."""
     try:
-        return _out(ctx.service.get(user, announcement_id))
+        out = _out(ctx.service.get(user, announcement_id))
     except UrgentError as exc:
         raise service_error(exc) from None
+    if lang is not None:
+        for cluster in out.clusters:
+            cluster.reason_text = shown(cluster.reason, lang, ctx.tz).text
+    return out
 
 
 @router.post("/announcements/{announcement_id}/stop", response_model=AnnouncementOut)
@@ -342,7 +354,8 @@ def audit_csv(user: ManagerReader, ctx: Ctx) -> Response:
 
 def _approval_out(row: ApprovalRow) -> ApprovalOut:
     return ApprovalOut(programme=row.programme.id, name=row.programme.name,
-                       approved=row.approved, describe=row.describe, clusters=row.clusters)
+                       approved=row.approved, describe=row.describe.in_("en"),
+                       clusters=row.clusters)
 
 
 @router.get("/approvals", response_model=list[ApprovalOut], tags=["approvals"])
@@ -357,9 +370,10 @@ def approve(programme_id: str, user: Managing, ctx: Ctx) -> ApprovalOut:
     try:
         row = approve_programme(ctx, user, programme_id, "api")
     except ContentUnreadableError as exc:
-        raise ApiError(400, str(exc)) from None
+        raise ApiError(400, exc.args[0]) from None
     if row is None:
-        raise ApiError(404, f"no programme {programme_id!r} needing approval within your scope")
+        raise ApiError(404, Text("no programme {id!r} needing approval within your scope",
+                                 id=programme_id))
     return _approval_out(row)
 
 
@@ -367,12 +381,12 @@ def approve(programme_id: str, user: Managing, ctx: Ctx) -> ApprovalOut:
 async def cap(request: Request, user: Managing, ctx: Ctx) -> CapOut:
     """Take in a CAP 1.2 alert (XML body, at most 512 KiB); see docs/web.md for the policy."""
     if ctx.cap is None:
-        raise ApiError(404, "CAP intake is not enabled in the controller config (web.cap)")
+        raise ApiError(404, Text("CAP intake is not enabled in the controller config (web.cap)"))
     raw = await request.body()  # bounded by controller.web.limits (CAP_BYTES)
     try:
         result = await asyncio.to_thread(ctx.cap.take, raw, user)
     except CapError as exc:
-        raise ApiError(400, str(exc)) from None
+        raise ApiError(400, exc.args[0]) from None
     except SERVICE_ERRORS as exc:
         raise service_error(exc) from None
     return CapOut(**result.__dict__)

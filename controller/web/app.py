@@ -22,13 +22,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller.web import api, listen, pages
 from controller.web.context import WebContext
-from controller.web.errors import ApiError
+from controller.web.errors import ApiError, api_lang
 from controller.web.headers import SecurityHeaders
 from controller.web.i18n import t
 from controller.web.limits import BodyLimits, BodyTooLarge, too_large
@@ -68,14 +74,42 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        lang = api_lang(request.headers.get("accept-language"))
         return JSONResponse(
-            {"error": exc.message, "status": exc.status}, status_code=exc.status,
+            {"error": exc.in_(lang), "status": exc.status}, status_code=exc.status,
             headers=exc.headers,
         )
 
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(request: Request, exc: BodyTooLarge) -> Response:
         return too_large(request, exc.limit)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """A status no route answered itself (an unknown address, a wrong method): JSON
+        under /api/, else a page in the reader's language."""
+        if request.url.path.startswith("/api/"):
+            return await http_exception_handler(request, exc)
+        if exc.status_code in (404, 405):
+            return pages.error_page(request, exc.status_code, "not_found")
+        return pages.error_page(request, exc.status_code, "server_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        """A form or query that does not parse: FastAPI's own answer for the API, a page
+        in the reader's language for the pages."""
+        if request.url.path.startswith("/api/"):
+            return await request_validation_exception_handler(request, exc)
+        return pages.error_page(request, 422, "bad_form")
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> Response:
+        """An error of the server's own (logged by the server with its traceback): the
+        reader gets a page in its language, never the traceback."""
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "internal error; see the controller's log",
+                                 "status": 500}, status_code=500)
+        return pages.error_page(request, 500, "server_error")
 
     app.add_exception_handler(pages.PageAnswer, pages.page_answer)
     return app

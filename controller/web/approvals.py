@@ -10,13 +10,15 @@ from controller.approval import ContentUnreadableError
 from controller.playlist import Programme
 from controller.users import User
 from controller.web.context import WebContext
+from protocol.l10n import Text
 
 
 @dataclass(frozen=True)
 class ApprovalRow:
     programme: Programme
     approved: bool
-    describe: str
+    #: Approved by whom and when, or why it is pending (shown in the reader's language).
+    describe: Text
     clusters: int
     #: The audio profiles among its clusters (controller.audio_chain): each bulletin has a
     #: listen button per profile, the bulletin as those clusters will get it.
@@ -46,7 +48,8 @@ def approval_rows(ctx: WebContext, user: User) -> list[ApprovalRow]:
             rows.append(ApprovalRow(programme, state.approved, state.describe(ctx.tz),
                                     len(clusters), profiles))
         except ContentUnreadableError as exc:
-            rows.append(ApprovalRow(programme, False, str(exc), len(clusters), profiles))
+            why = Text("pending: the audio file {file} cannot be read", file=exc.path.name)
+            rows.append(ApprovalRow(programme, False, why, len(clusters), profiles))
     return rows
 
 

@@ -14,6 +14,7 @@ from controller.approval import Approvals
 from controller.playlist import Playlists
 from controller.urgent import UrgentService
 from controller.users import UserDirectory
+from controller.web.i18n import Lang, t
 from controller.web.limiter import SignInLimiter
 from controller.web.proxies import Network
 from controller.web.security import Sessions, SessionStore, password_fingerprint
@@ -52,16 +53,19 @@ class WebContext:
         user = self.users.get(name)
         return password_fingerprint(user.password) if user is not None else ""
 
-    def outcome_of(self, play_id: str | None) -> str:
-        """An announcement's per-cluster states as counts (`finished=3 offline=1`), for
-        the audit log; empty for anything else."""
+    def outcome_of(self, play_id: str | None, lang: Lang | None = None) -> str:
+        """An announcement's per-cluster states as counts, for the audit log: in a
+        language (`đã phát xong: 3, mất kết nối: 1`), or as codes for programs
+        (`finished=3 offline=1`, lang None); empty for anything else."""
         if not play_id or not play_id.startswith("urgent-"):
             return ""
         clusters = self.service.progress(play_id, self.service.clusters_of(play_id))
         counts: dict[str, int] = {}
         for p in clusters:
             counts[p.status] = counts.get(p.status, 0) + 1
-        return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        if lang is None:
+            return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        return ", ".join(f"{t(lang, 'st_' + k)}: {v}" for k, v in sorted(counts.items()))
 
 
 def context(request: Request) -> WebContext:

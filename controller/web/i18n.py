@@ -134,6 +134,87 @@ TEXT: dict[str, dict[Lang, str]] = {
     "listen_bulletin": {"vi": "Nghe bản tin {n}", "en": "Listen to bulletin {n}"},
     "profile_horn": {"vi": "loa nén ngoài trời", "en": "outdoor horn speakers"},
     "profile_full-range": {"vi": "loa toàn dải trong nhà", "en": "indoor full-range speakers"},
+    "level_help": {
+        "vi": "Chỉ chọn Khẩn cấp khi có nguy hiểm ngay: nó ngắt mọi thứ đang phát.",
+        "en": "Choose Emergency only for immediate danger: it interrupts everything playing.",
+    },
+    "audio_kept": {
+        "vi": "Đã có tệp âm thanh của bạn; chọn tệp khác nếu muốn thay.",
+        "en": "Your audio file is kept; choose another to replace it.",
+    },
+    "audio_unusable": {
+        "vi": "Không dùng được tệp âm thanh: {reason}. {advice}",
+        "en": "The audio file cannot be used: {reason}. {advice}",
+    },
+    "tts_failed": {
+        "vi": "Máy chủ không chuyển được văn bản này thành giọng nói. Thử lại, hoặc tải tệp "
+              "âm thanh lên hay ghi âm; báo cho kỹ thuật viên nếu lỗi còn lặp lại.",
+        "en": "The controller could not turn this text into speech. Try again, or upload or "
+              "record audio; tell the technician if it happens again.",
+    },
+    "unknown_target": {
+        "vi": "Không có nơi phát {t} (danh sách cụm loa vừa thay đổi?). Tải lại trang và "
+              "chọn lại.",
+        "en": "There is no target {t} (the fleet just changed?). Reload the page and choose "
+              "again.",
+    },
+    "content_unreadable": {
+        "vi": "Không đọc được tệp âm thanh {file} của chương trình; báo cho người soạn "
+              "danh sách phát.",
+        "en": "The programme's audio file {file} cannot be read; tell whoever edits the "
+              "playlist.",
+    },
+    "upload_gone": {
+        "vi": "Tệp âm thanh đã tải lên không còn nữa; hãy chọn lại tệp.",
+        "en": "The uploaded audio file is gone; choose the file again.",
+    },
+    "upload_empty": {"vi": "Tệp âm thanh trống.", "en": "The audio file is empty."},
+    "bad_form": {
+        "vi": "Thông tin gửi lên không hợp lệ (một ô số bị bỏ trống hoặc viết sai?). Quay "
+              "lại, kiểm tra và gửi lại.",
+        "en": "What was sent is not valid (a number left empty or mistyped?). Go back, "
+              "check and send again.",
+    },
+    "server_error": {
+        "vi": "Máy chủ gặp lỗi; chưa có gì được gửi. Thử lại sau ít phút; nếu vẫn lỗi, "
+              "báo cho kỹ thuật viên.",
+        "en": "The controller ran into an error; nothing was sent. Try again in a few "
+              "minutes; if it persists, tell the technician.",
+    },
+    "confirm_title": {"vi": "Xác nhận phát ngay", "en": "Confirm sending now"},
+    "confirm_to": {
+        "vi": "sẽ phát ngay trên {n} cụm loa ở:",
+        "en": "goes out now on {n} clusters in:",
+    },
+    "confirm_audio": {
+        "vi": "Nội dung: tệp âm thanh đã chọn.", "en": "Content: the chosen audio file.",
+    },
+    "confirm_repeat": {"vi": "Phát {n} lần.", "en": "Played {n} times."},
+    "confirm_yes": {"vi": "Xác nhận, phát ngay", "en": "Yes, send now"},
+    "confirm_back": {"vi": "Quay lại sửa", "en": "Back to the form"},
+    "act_send": {"vi": "phát thông báo khẩn", "en": "send"},
+    "act_stop": {"vi": "dừng phát", "en": "stop"},
+    "act_approve": {"vi": "phê duyệt", "en": "approve"},
+    "act_cap-alert": {"vi": "nhận cảnh báo CAP", "en": "CAP alert"},
+    "act_cap-cancel": {"vi": "hủy theo cảnh báo CAP", "en": "CAP cancel"},
+    "act_sign-in-refused": {"vi": "đăng nhập bị từ chối", "en": "sign-in refused"},
+    "act_enrol-token": {"vi": "cấp mã đăng ký thiết bị", "en": "enrolment token"},
+    "act_enrol-replace": {"vi": "cấp mã thay thiết bị", "en": "replacement token"},
+    "act_enrol-register": {"vi": "đăng ký thiết bị", "en": "key registered"},
+    "act_enrol-approve": {"vi": "duyệt đăng ký thiết bị", "en": "enrolment approved"},
+    "act_enrol-reject": {"vi": "từ chối đăng ký thiết bị", "en": "enrolment rejected"},
+    "csv_at": {"vi": "Thời điểm", "en": "At"},
+    "csv_user": {"vi": "Người thực hiện", "en": "User"},
+    "csv_action": {"vi": "Thao tác", "en": "Action"},
+    "csv_subject": {"vi": "Đối tượng", "en": "Subject"},
+    "csv_level": {"vi": "Mức", "en": "Level"},
+    "csv_title": {"vi": "Tiêu đề", "en": "Title"},
+    "csv_text": {"vi": "Văn bản", "en": "Text"},
+    "csv_audio_sha256": {"vi": "Mã âm thanh (SHA-256)", "en": "Audio SHA-256"},
+    "csv_targets": {"vi": "Nơi phát", "en": "Targets"},
+    "csv_clusters": {"vi": "Cụm loa", "en": "Clusters"},
+    "csv_outcome": {"vi": "Kết quả", "en": "Outcome"},
+    "csv_detail": {"vi": "Chi tiết", "en": "Detail"},
 }
 
 

@@ -19,6 +19,7 @@ button) with the status sending would have; the prologues answer as for any page
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller.audio import AudioError
 from controller.audio_chain import DEFAULT_PROFILE
 from controller.tts import MAX_TEXT_CHARS
-from controller.urgent import AnnouncementRequest, TargetForbiddenError, UrgentError
+from controller.urgent import AnnouncementRequest
 from controller.users import User
 from controller.web import api as json_api
 from controller.web import pages
@@ -38,6 +39,7 @@ from controller.web.context import WebContext
 from controller.web.errors import SERVICE_ERRORS, ApiError, service_error
 from controller.web.i18n import t
 
+log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 api = APIRouter(prefix="/api/v1", tags=["urgent announcements"])
 OPUS = "audio/ogg; codecs=opus"
@@ -63,13 +65,9 @@ async def send_page_preview(
     """The send page's "Nghe thử": the form's text and targets, nothing sent."""
     try:
         return _audio(await _preview(ctx, found[1], list(targets or []), text))
-    except TargetForbiddenError as exc:
-        message = t(lang_of(request), "forbidden", t=", ".join(exc.outside),
-                    s=", ".join(exc.scope_names))
-        return PlainTextResponse(message, status_code=403)
     except (*SERVICE_ERRORS, ValueError) as exc:
-        status = exc.status if isinstance(exc, UrgentError) else 400
-        return PlainTextResponse(str(exc), status_code=status)
+        message, status = pages.explain(lang_of(request), exc)
+        return PlainTextResponse(message, status_code=status)
 
 
 class PreviewIn(BaseModel):
@@ -117,6 +115,9 @@ async def approval_audio(
             library.prepare, list(bulletin.files), bulletin.intro, bulletin.outro, profile
         )
         data = await asyncio.to_thread(library.read, prepared.sha256)
-    except (AudioError, KeyError) as exc:
-        return PlainTextResponse(str(exc), status_code=422)
+    except AudioError as exc:
+        return PlainTextResponse(pages.explain(lang_of(request), exc)[0], status_code=422)
+    except KeyError as exc:  # the library lost what it just prepared
+        log.warning("approval audio of %s: %s", programme_id, exc)
+        return PlainTextResponse(t(lang_of(request), "server_error"), status_code=422)
     return _audio(data)

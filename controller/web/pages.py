@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
-import tempfile
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,10 +30,15 @@ from starlette.datastructures import FormData
 from starlette.templating import Jinja2Templates
 
 from controller.approval import ContentUnreadableError
-from controller.audit import to_csv
+from controller.audio import AudioError
+from controller.audit import CSV_HEADER, to_csv
 from controller.cap import CapError
+from controller.fleet import UnknownTargetError
 from controller.identities import EnrolmentError
-from controller.urgent import AnnouncementRequest, TargetForbiddenError, UrgentError
+from controller.preview import target_label
+from controller.reasons import audit_detail, shown
+from controller.tts import TtsUnavailableError
+from controller.urgent import MAX_TITLE, AnnouncementRequest, TargetForbiddenError, UrgentError
 from controller.users import User
 from controller.web.approvals import approval_rows
 from controller.web.approvals import approve as approve_programme
@@ -41,11 +46,15 @@ from controller.web.auth import client_address, lang_of, secure_cookies, session
 from controller.web.context import WebContext, context
 from controller.web.errors import SERVICE_ERRORS, ApiError
 from controller.web.i18n import Lang, t
+from controller.web.limits import MAX_UPLOAD_BYTES, size_text
 from controller.web.security import SESSION_COOKIE, Session, csrf_ok
 from controller.web.signin import Refused, sign_in
 from controller.web.uploads import save_upload
+from protocol import l10n
+from protocol.l10n import say
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
 LOGIN_CSRF_COOKIE = "loa_login_csrf"
 
 Ctx = Annotated[WebContext, Depends(context)]
@@ -79,17 +88,27 @@ def _render(
     session, user = found if found else (None, None)
 
     def when(at: datetime | None) -> str:
-        return at.astimezone(ctx.tz).strftime("%d/%m/%Y %H:%M:%S") if at else ""
+        return l10n.when(at, lang, ctx.tz) if at else ""
 
     return templates.TemplateResponse(
         request, template,
         {
             "lang": lang, "tr": lambda key, **kw: t(lang, key, **kw), "user": user,
             "csrf": session.csrf if session else "", "when": when,
+            "reason": lambda text: shown(text, lang, ctx.tz),
+            "detail": lambda text: audit_detail(text, lang, ctx.tz),
+            "places": lambda targets: _places(ctx, targets),
+            "say": lambda x: say_in(lang, x),
             "other_lang": "en" if lang == "vi" else "vi", **values,
         },
         status_code=status_code,
     )
+
+
+def _places(ctx: WebContext, targets: list[str]) -> str:
+    """Targets as people name them (Xã An, Chợ An (a-01)), not as the fleet file keys them."""
+    fleet = ctx.service.fleet()
+    return ", ".join(target_label(fleet, target) for target in targets)
 
 
 def _error(request: Request, found: Found | None, status_code: int, key: str) -> HTMLResponse:
@@ -231,18 +250,23 @@ def _send_page(
         request, "send.html", found, status_code=status_code,
         tree=ctx.service.tree(user), scope_names=ctx.service.scope_names(user),
         tts_problem=ctx.service.tts.available(), error=error,
-        form=form or {"targets": [], "level": "emergency", "repeat": 1, "gap_s": 3, "text": "",
-                      "title": ""},
+        form=form or {"targets": [], "level": DEFAULT_LEVEL, "repeat": 1, "gap_s": 3,
+                      "text": "", "title": "", "audio_id": ""},
         recent=ctx.service.recent(user, 10),
     )
+
+
+#: The level the send page starts with: emergency must be chosen, never fallen into.
+DEFAULT_LEVEL = "priority"
 
 
 def _kept(form: FormData) -> dict[str, Any]:
     """What the officer filled in, to show the form again as it was."""
     return {
-        "targets": form.getlist("targets"), "level": form.get("level", "emergency"),
+        "targets": form.getlist("targets"), "level": form.get("level", DEFAULT_LEVEL),
         "repeat": form.get("repeat", 1), "gap_s": form.get("gap_s", 3),
         "text": form.get("text", ""), "title": form.get("title", ""),
+        "audio_id": form.get("audio_id", ""),
     }
 
 
@@ -263,12 +287,32 @@ def send_form(request: Request, found: SignedIn) -> Response:
     return _send_page(request, found)
 
 
-def _explain(lang: Lang, exc: Exception) -> tuple[str, int]:
+def say_in(lang: Lang, said: object) -> str:
+    """What the service said (a Text, or a str the catalog may have), in this language."""
+    if isinstance(said, l10n.Text):
+        return said.in_(lang)
+    return l10n.translate(str(said), lang)
+
+
+def explain(lang: Lang, exc: Exception) -> tuple[str, int]:
+    """What the page says when the service refuses, and the status: in the page's
+    language, and never a path on the server or what a tool printed (logged instead)."""
     if isinstance(exc, TargetForbiddenError):
         return t(lang, "forbidden", t=", ".join(exc.outside), s=", ".join(exc.scope_names)), 403
     if isinstance(exc, UrgentError):
-        return str(exc), exc.status
-    return str(exc), 400
+        return say(exc, lang), exc.status
+    if isinstance(exc, AudioError):
+        log.info("audio refused: %s", exc)
+        return t(lang, "audio_unusable", reason=say_in(lang, exc.reason),
+                 advice=say_in(lang, exc.advice)), 400
+    if isinstance(exc, TtsUnavailableError):
+        log.warning("text-to-speech failed: %s", exc)
+        return t(lang, "tts_failed"), 400
+    if isinstance(exc, UnknownTargetError):
+        return t(lang, "unknown_target", t=exc.target), 400
+    if isinstance(exc, ContentUnreadableError):
+        return t(lang, "content_unreadable", file=exc.path.name), 400
+    return say(exc, lang), 400
 
 
 @router.post("/send")
@@ -277,34 +321,60 @@ async def send(
     ctx: Ctx,
     found: Annotated[Found, Depends(_sending)],
     targets: Annotated[list[str] | None, Form()] = None,
-    level: Annotated[str, Form()] = "emergency",
+    level: Annotated[str, Form()] = DEFAULT_LEVEL,
     text: Annotated[str, Form()] = "",
     repeat: Annotated[int, Form()] = 1,
     gap_s: Annotated[float, Form()] = 3.0,
     title: Annotated[str, Form()] = "",
     audio: Annotated[UploadFile | None, File()] = None,
+    audio_id: Annotated[str, Form()] = "",
+    confirmed: Annotated[str, Form()] = "",
+    back: Annotated[str, Form()] = "",
 ) -> Response:
+    """Sending takes two posts: the form, answered with a confirmation page that names
+    the targets (an uploaded recording is kept meanwhile, as audio_id), then that page's
+    "confirmed" (or "back", to the form as filled in)."""
     user = found[1]
+    lang = lang_of(request)
     form = {"targets": targets or [], "level": level, "repeat": repeat, "gap_s": gap_s,
-            "text": text, "title": title}
-    with tempfile.TemporaryDirectory(dir=ctx.work_dir, prefix="form-") as tmp:
-        audio_path: Path | None = None
-        try:
-            if audio is not None and audio.filename:
-                audio_path = Path(tmp) / ("upload" + Path(audio.filename).suffix[:10])
-                await save_upload(audio, audio_path)
-            req = AnnouncementRequest(
-                targets=list(targets or []), level=level,  # type: ignore[arg-type]
-                text=text if text.strip() else None, audio=audio_path, repeat=repeat,
-                gap_s=gap_s, title=title or None,
-            )
-            sent = await asyncio.to_thread(ctx.service.send, user, req, source="web")
-        except ApiError as exc:
-            return _send_page(request, found, error=exc.message, status_code=exc.status,
+            "text": text, "title": title, "audio_id": audio_id}
+    if back:
+        return _send_page(request, found, form=form)
+    try:
+        if audio is not None and audio.filename:
+            audio_id, path = ctx.uploads.new_path(user.name, audio.filename)
+            await save_upload(audio, path)
+            form["audio_id"] = audio_id
+            # Untitled, it is called as the officer's file was (not as it is kept here).
+            title = title.strip() or Path(audio.filename).stem[:MAX_TITLE]
+            form["title"] = title
+        audio_path = ctx.uploads.path_of(user.name, audio_id) if audio_id else None
+        if audio_id and audio_path is None:
+            form["audio_id"] = ""
+            return _send_page(request, found, error=t(lang, "upload_gone"), status_code=400,
                               form=form)
-        except SERVICE_ERRORS as exc:
-            message, code = _explain(lang_of(request), exc)
-            return _send_page(request, found, error=message, status_code=code, form=form)
+        req = AnnouncementRequest(
+            targets=list(targets or []), level=level,  # type: ignore[arg-type]
+            text=text if text.strip() else None, audio=audio_path, repeat=repeat,
+            gap_s=gap_s, title=title or None,
+        )
+        if not confirmed:
+            clusters = await asyncio.to_thread(ctx.service.checked, user, req)
+            picked = {e.id: e for e in ctx.service.tree(user)}
+            return _render(
+                request, "confirm.html", found, form=form, clusters=len(clusters),
+                targets=[picked.get(target, target) for target in req.targets],
+            )
+        sent = await asyncio.to_thread(ctx.service.send, user, req, source="web")
+    except ApiError as exc:  # save_upload: too large, or empty
+        message = (t(lang, "too_large", size=size_text(MAX_UPLOAD_BYTES)) if exc.status == 413
+                   else t(lang, "upload_empty"))
+        return _send_page(request, found, error=message, status_code=exc.status, form=form)
+    except SERVICE_ERRORS as exc:
+        message, code = explain(lang, exc)
+        return _send_page(request, found, error=message, status_code=code, form=form)
+    if audio_id:
+        ctx.uploads.discard(audio_id)
     return RedirectResponse(f"/announcements/{sent.id}", status_code=303)
 
 
@@ -352,14 +422,34 @@ def history(request: Request, ctx: Ctx, found: SignedIn) -> Response:
 @router.get("/audit")
 def audit(request: Request, ctx: Ctx, found: Manager) -> Response:
     entries = ctx.service.audit_entries(found[1], 500)
+    lang = lang_of(request)
     return _render(
-        request, "audit.html", found, entries=[(e, ctx.outcome_of(e.subject)) for e in entries],
+        request, "audit.html", found,
+        entries=[(e, ctx.outcome_of(e.subject, lang)) for e in entries],
     )
 
 
+def _csv_word(lang: Lang, tz: tzinfo, column: str, value: str) -> str:
+    """An action's or a level's name, or a row's detail, in the audit log's CSV."""
+    if column == "action":
+        return t(lang, "act_" + value)
+    if column == "detail":
+        said = audit_detail(value, lang, tz)
+        return said.text if said.original is None else value  # unknown: as recorded
+    return t(lang, "level_" + value)
+
+
 @router.get("/audit.csv")
-def audit_csv(ctx: Ctx, found: Manager) -> Response:
-    text = to_csv(ctx.service.audit_entries(found[1], 5000), lambda e: ctx.outcome_of(e.subject))
+def audit_csv(request: Request, ctx: Ctx, found: Manager) -> Response:
+    """The audit log as the page shows it (in its language, times in the fleet's zone);
+    /api/v1/audit.csv gives it to programs, with codes and ISO times."""
+    lang = lang_of(request)
+    text = to_csv(
+        ctx.service.audit_entries(found[1], 5000), lambda e: ctx.outcome_of(e.subject, lang),
+        header=[t(lang, "csv_" + column) for column in CSV_HEADER],
+        word=lambda column, value: _csv_word(lang, ctx.tz, column, value),
+        at=lambda at: l10n.when(at, lang, ctx.tz, seconds=True),
+    )
     return Response(
         text, media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="loa-audit.csv"'},
@@ -385,7 +475,7 @@ def send_cap_alert(
     try:
         announcement_id = ctx.cap.send(ref, found[1])
     except (CapError, UrgentError) as exc:
-        message, code = _explain(lang_of(request), exc)
+        message, code = explain(lang_of(request), exc)
         return _render(request, "error.html", found, code, message=message)
     return RedirectResponse(f"/announcements/{announcement_id}", status_code=303)
 
@@ -395,7 +485,8 @@ def approve(request: Request, ctx: Ctx, found: Managing, programme_id: str) -> R
     try:
         row = approve_programme(ctx, found[1], programme_id, "web")
     except ContentUnreadableError as exc:
-        return _render(request, "error.html", found, 400, message=str(exc))
+        message, code = explain(lang_of(request), exc)
+        return _render(request, "error.html", found, code, message=message)
     if row is None:
         return _error(request, found, 404, "not_found")
     return RedirectResponse("/approvals", status_code=303)
@@ -438,5 +529,15 @@ def decide_enrolment(
         else:
             desk.reject(cluster, found[1].name, key or None)
     except EnrolmentError as exc:
-        return _render(request, "error.html", found, 409, message=str(exc))
+        return _render(request, "error.html", found, 409, message=say(exc, lang_of(request)))
     return RedirectResponse("/enrolments", status_code=303)
+
+
+# --- errors outside the routes -----------------------------------------------------------------
+
+
+def error_page(request: Request, status_code: int, key: str) -> HTMLResponse:
+    """An error page in the page's language, signed in or not (an unknown address, a
+    form that does not parse, an error of the server's own)."""
+    found = session_of(context(request), request)
+    return _render(request, "error.html", found, status_code, message=t(lang_of(request), key))

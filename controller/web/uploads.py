@@ -12,6 +12,7 @@ from fastapi import UploadFile
 
 from controller.web.errors import ApiError
 from controller.web.limits import MAX_UPLOAD_BYTES
+from protocol.l10n import Text
 
 #: Uploads one user may have waiting; a new one beyond them removes the oldest.
 PENDING_PER_USER = 5
@@ -66,9 +67,9 @@ async def save_upload(upload: UploadFile, path: Path) -> int:
             size += len(chunk)
             if size > MAX_UPLOAD_BYTES:
                 raise ApiError(
-                    413, f"the audio file is larger than {MAX_UPLOAD_BYTES >> 20} MB"
+                    413, Text("the audio file is larger than {mb} MB", mb=MAX_UPLOAD_BYTES >> 20)
                 )
             out.write(chunk)
     if size == 0:
-        raise ApiError(400, "the audio file is empty")
+        raise ApiError(400, Text("the audio file is empty"))
     return size

@@ -4,6 +4,7 @@
   if (!table) { return; }
   var labels = JSON.parse(document.getElementById("labels").textContent);
   var id = table.dataset.id;
+  var lang = document.documentElement.lang === "en" ? "en" : "vi";
   var quietAfterDone = 5;
   function render(data) {
     data.clusters.forEach(function (c) {
@@ -18,7 +19,10 @@
         span.textContent = labels[c.status] || c.status;
         cell.appendChild(span);
       }
-      row.querySelector(".reason").textContent = c.reason || "";
+      var reason = row.querySelector(".reason");
+      reason.textContent = c.reason_text || "";
+      // The English the cluster wrote, for the technician, where the page translated it.
+      reason.title = c.reason && c.reason_text !== c.reason ? c.reason : "";
     });
     var summary = document.getElementById("summary");
     summary.innerHTML = "";
@@ -33,7 +37,8 @@
     document.getElementById("all-played").hidden = !data.all_played;
   }
   function poll() {
-    fetch("/api/v1/announcements/" + encodeURIComponent(id), { credentials: "same-origin" })
+    fetch("/api/v1/announcements/" + encodeURIComponent(id) + "?lang=" + lang,
+          { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (data) {
         if (data) { render(data); if (data.done) { quietAfterDone -= 1; } }
