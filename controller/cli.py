@@ -233,6 +233,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     waiting = records.waiting_by_cluster()  # plays sent, not confirmed yet
     not_received = records.latest_not_received()  # per cluster, the latest
     not_received_today = records.count_not_received(now - NOT_RECEIVED_WINDOW)
+    listening = _listening(store, tz, now)
     store.close()
     content = {
         r.id: content_view(
@@ -244,9 +245,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     def when(value: datetime | None) -> str:
         return value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if value else "never"
 
-    banner = _status_banner(status, when)
+    # the controller's own fault first, not the clusters'
+    banner = ([f"NOTE: {listening}."] if listening else []) + _status_banner(status, when)
     if args.json:
-        for line in banner if status is not None and status.status == "error" else []:
+        for line in banner if listening or (status and status.status == "error") else []:
             print(line, file=sys.stderr)
         print(json.dumps([
             {
@@ -307,12 +309,23 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         table,
     ))
     online = sum(1 for r in rows if r.state == "online")
-    print(f"\n{len(rows)} clusters, {online} online, {len(rows) - online} offline or never seen "
-          f"(times in {config.timezone})")
+    print(f"\n{len(rows)} clusters, {online} online, {len(rows) - online} offline or never seen"
+          f"{' when the controller last heard them' if listening else ''} (times in "
+          f"{config.timezone})")
     print(f"{sum(waiting.values())} play(s) sent and waiting for their cluster's confirmation; "
           f"{not_received_today} not received by their cluster in the last 24 h "
           "(no confirmation by the latest start: recorded as missed)")
     return 0
+
+
+def _listening(store: Any, tz: ZoneInfo, now: datetime) -> str | None:
+    """Why the controller hears nothing now (disconnected, stopped), from its marks."""
+    from controller.broker_state import CONNECTED, DISCONNECTED, STOPPED, describe_marks
+
+    marks = store.marks
+    return describe_marks(
+        marks.get(CONNECTED), marks.get(DISCONNECTED), marks.get(STOPPED), tz, now
+    )
 
 
 def _not_received_json(found: NotReceived | None) -> dict[str, Any] | None:

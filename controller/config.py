@@ -375,6 +375,13 @@ class ControllerConfig(_Strict):
     ] = timedelta(minutes=10)
     """How often every cluster's membership is published again on the broker (it is also
     published after every reconnection); 0s: only then."""
+    urgent_expiry: Annotated[
+        Duration,
+        Field(ge=timedelta(seconds=1), le=timedelta(hours=1), json_schema_extra={"default": "3m"}),
+    ] = timedelta(minutes=3)
+    """How long after it is sent an urgent announcement may still start: its command
+    expires then, and a cluster that gets it later (it was offline, the broker was down)
+    reports it `expired` and plays nothing."""
     audio: AudioConfig = AudioConfig()
     """Audio preparation."""
     web: WebConfig | None = None

@@ -145,6 +145,7 @@ class IntakeStats:
     heartbeats: int = 0
     silent: int = 0  # clusters marked offline for silence
     sweeps: int = 0  # looks for silent clusters
+    deaf_sweeps: int = 0  # sweeps not made: the controller's link was down
     acks: int = 0
     batches: int = 0
     last_error: str | None = None
@@ -190,6 +191,9 @@ class Intake:
         self._idle = threading.Event()
         self._silence = SilenceWatch()
         self._silenced: set[str] = set()  # marked offline for silence, not heard since
+        # When the link to the broker last came up (set on the network thread): clusters
+        # are silent only once they have had their time since (controller/silence.py).
+        self._listening_since: datetime | None = None
         # Stored events not acknowledged yet, by (cluster, outbox); when the oldest came.
         self._unacked: dict[tuple[str, str], set[int]] = {}
         self._ack_due: float | None = None
@@ -211,6 +215,7 @@ class Intake:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
         self._thread.start()
+        self._link.add_connection_listener(self._on_link)
         self._link.subscribe(topics.all_clusters("event"), self._on_event)
         self._link.subscribe(topics.all_clusters("state"), self._on_state)
         self._link.subscribe(topics.all_clusters("heartbeat"), self._on_heartbeat, qos=0)
@@ -228,6 +233,10 @@ class Intake:
         return self._queue.empty() and self._idle.is_set()
 
     # --- network thread -------------------------------------------------------------------
+
+    def _on_link(self, up: bool) -> None:
+        if up:
+            self._listening_since = self._clock.now()
 
     def _cluster_of(self, topic: str) -> str | None:
         parsed = topics.parse(topic)
@@ -439,7 +448,8 @@ class Intake:
         """How long the writer may wait for a message before the next silence is due."""
         wait = SWEEP_S
         now = self._clock.now()
-        dues = [self._silence.next_due(), *(work.next_due() for work in self._due_work)]
+        silence = self._silence.next_due() if self._link.connected else None
+        dues = [silence, *(work.next_due() for work in self._due_work)]
         for due in dues:
             if due is not None:
                 wait = min(wait, max(0.01, (due - now).total_seconds()))
@@ -517,13 +527,19 @@ class Intake:
                 log.exception("work due on the intake thread failed; trying again")
 
     def _sweep(self) -> None:
-        """Mark offline every cluster silent for 1.5 × its keepalive."""
+        """Mark offline every cluster silent for 1.5 × its keepalive, from what was last
+        heard from it. Not while the controller's own link is down: nothing can be heard
+        then, and that is not the clusters' doing (`loa-controller fleet` says the
+        controller is disconnected instead)."""
         now = self._clock.now()
+        if not self._link.connected:
+            self.stats.deaf_sweeps += 1
+            return
         self.stats.sweeps += 1
-        for silent in self._silence.due(now):
+        for silent in self._silence.due(now, self._listening_since):
             reason = silent.reason(now)
             before, _ = self._store.clusters.set_state(
-                silent.cluster, "offline", now, reason=reason
+                silent.cluster, "offline", now, since=silent.last_heard, reason=reason
             )
             if before == "offline":  # the Last Will came first
                 continue

@@ -33,7 +33,12 @@ from controller.approval import ContentUnreadableError
 from controller.audit import to_csv
 from controller.cap import CapError
 from controller.identities import EnrolmentError
-from controller.urgent import AnnouncementRequest, TargetForbiddenError, UrgentError
+from controller.urgent import (
+    AnnouncementRequest,
+    NotSentError,
+    TargetForbiddenError,
+    UrgentError,
+)
 from controller.users import User
 from controller.web.approvals import approval_rows
 from controller.web.approvals import approve as approve_programme
@@ -86,7 +91,8 @@ def _render(
         {
             "lang": lang, "tr": lambda key, **kw: t(lang, key, **kw), "user": user,
             "csrf": session.csrf if session else "", "when": when,
-            "other_lang": "en" if lang == "vi" else "vi", **values,
+            "other_lang": "en" if lang == "vi" else "vi", "broker_down": ctx.broker_down_text(),
+            **values,
         },
         status_code=status_code,
     )
@@ -264,6 +270,8 @@ def send_form(request: Request, found: SignedIn) -> Response:
 
 
 def _explain(lang: Lang, exc: Exception) -> tuple[str, int]:
+    if isinstance(exc, NotSentError):
+        return t(lang, "not_sent"), exc.status
     if isinstance(exc, TargetForbiddenError):
         return t(lang, "forbidden", t=", ".join(exc.outside), s=", ".join(exc.scope_names)), 403
     if isinstance(exc, UrgentError):

@@ -15,6 +15,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -131,7 +132,15 @@ def build_context(
         trusted_proxies=trusted_proxies,
         sessions=StoredSessions(controller.store, clock=session_clock),
         enrolment=getattr(controller, "enrolment", None),
+        broker_down=getattr(controller, "broker_state", _Connected()).down_since,
     )
+
+
+class _Connected:
+    """A controller without a broker state (a test's): always connected."""
+
+    def down_since(self) -> datetime | None:
+        return None
 
 
 def start_web(controller: Any, config: Any, *, tts: TextToSpeech | None = None) -> WebServer:
