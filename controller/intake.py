@@ -48,6 +48,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -150,6 +151,8 @@ class IntakeStats:
     batches: int = 0
     last_error: str | None = None
     by_kind: dict[str, int] = field(default_factory=dict)
+    # New events by (kind, level) since the start (level "" where the event has none).
+    by_kind_level: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class Intake:
@@ -181,6 +184,7 @@ class Intake:
         self._queue: queue.Queue[Arrived | None] = queue.Queue()
         self._queued_lock = threading.Lock()
         self._queued: dict[str, int] = {}  # bytes waiting, per cluster
+        self._arrivals: deque[float] = deque()  # monotonic, of each message waiting, in order
         self._queued_total = 0
         self._event_listeners: list[EventListener] = []
         self._batch_listeners: list[BatchListener] = []
@@ -227,6 +231,12 @@ class Intake:
         self._queue.put(None)
         if self._thread:
             self._thread.join(10)
+
+    def lag_s(self) -> float:
+        """How long the oldest message waiting for the writer has waited (0: none waits)."""
+        with self._queued_lock:
+            oldest = self._arrivals[0] if self._arrivals else None
+        return 0.0 if oldest is None else max(time.monotonic() - oldest, 0.0)
 
     def drained(self) -> bool:
         """True when everything received so far has been stored (for tests and tools)."""
@@ -312,13 +322,17 @@ class Intake:
             )
             return
         self._idle.clear()
-        self._queue.put((channel, cluster, topic, payload))
+        with self._queued_lock:
+            self._arrivals.append(time.monotonic())
+            self._queue.put((channel, cluster, topic, payload))
 
     def _taken(self, arrived: Arrived) -> None:
         """The writer took this message off the queue."""
         _, cluster, _, payload = arrived
         cost = len(payload) + MESSAGE_OVERHEAD
         with self._queued_lock:
+            if self._arrivals:
+                self._arrivals.popleft()
             left = self._queued.get(cluster, 0) - cost
             if left > 0:
                 self._queued[cluster] = left
@@ -605,6 +619,8 @@ class Intake:
         evs = stored
         for ev in fresh:
             self.stats.by_kind[ev.kind] = self.stats.by_kind.get(ev.kind, 0) + 1
+            pair = (ev.kind, ev.level or "")
+            self.stats.by_kind_level[pair] = self.stats.by_kind_level.get(pair, 0) + 1
             if ev.kind == "rejected":
                 self._refusals.warning(
                     "commands the clusters rejected",

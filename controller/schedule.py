@@ -173,6 +173,10 @@ class Scheduler:
     def lead_time(self) -> timedelta:
         return self._lead
 
+    @property
+    def running(self) -> bool:
+        return bool(self._aps.running)
+
     def start(self) -> None:
         self._aps.start()
         self._aps.add_job(

@@ -45,6 +45,10 @@ class WebContext:
     #: Since when the controller cannot reach its broker; None while it can
     #: (controller.broker_state.BrokerState.down_since).
     broker_down: Callable[[], datetime | None] = lambda: None
+    #: The controller's metrics (controller.metrics.registry_for), for /metrics.
+    metrics: Any = None
+    #: The readiness checks (controller.metrics.readiness), for /readyz.
+    ready: Callable[[], dict[str, str | None]] | None = None
     uploads: Uploads = field(init=False)
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from controller.cap import CapFolder, CapIntake
+from controller.metrics import SignIns, readiness, registry_for
 from controller.tts import TextToSpeech, speech_for
 from controller.urgent import UrgentService, service_for
 from controller.users import UserDirectory
@@ -121,7 +122,7 @@ def build_context(
     if tts is None:
         tts = speech_for(controller.settings.speech)
     service: UrgentService = service_for(controller, tts, work_dir / "announcements")
-    return WebContext(
+    ctx = WebContext(
         service=service,
         users=UserDirectory(users_file),
         tz=tz,
@@ -134,6 +135,13 @@ def build_context(
         enrolment=getattr(controller, "enrolment", None),
         broker_down=getattr(controller, "broker_state", _Connected()).down_since,
     )
+    if hasattr(controller, "broker_state"):  # a running controller.main.Controller
+        refusals = ctx.refusals
+        ctx.metrics = registry_for(controller, lambda: SignIns(
+            refusals.signed_in, refusals.wrong, refusals.limited
+        ))
+        ctx.ready = lambda: readiness(controller)
+    return ctx
 
 
 class _Connected:
