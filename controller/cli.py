@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from controller.text_table import format_table
+from protocol import logs
 from protocol.config_errors import ConfigError
 from protocol.validation import suggest
 
@@ -29,18 +29,12 @@ DEFAULT_LEAD_TIME = timedelta(minutes=30)
 NOT_RECEIVED_WINDOW = timedelta(hours=24)
 
 
-def _setup_logging(verbose: bool, command: str) -> None:
+def _setup_logging(args: argparse.Namespace) -> None:
     # The demo runs 73 agents in one process: it tells its own story on stderr and
     # shows only warnings from the parts, unless asked for more; prepare prints its own
-    # measurements.
-    quiet = command in ("demo", "prepare")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not verbose:  # Alembic narrates every step; `db` prints what was done
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    # measurements. Alembic and APScheduler stay at warning unless debugging
+    # (protocol/logs.py); `db` prints what was done.
+    logs.setup(args, "warning" if args.command in ("demo", "prepare") else "info")
 
 
 def _local(at: datetime, tz: tzinfo) -> str:
@@ -712,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Loa controller: schedules bulletins and sends them to speaker clusters.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    logs.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the controller daemon")
@@ -785,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose, args.command)
+    _setup_logging(args)
     try:
         code = int(args.func(args))
     except ConfigError as exc:

@@ -71,7 +71,10 @@ class WebServer:
         self._cap_folder = cap_folder
         cert, key = tls if tls is not None else (None, None)
         self._server = uvicorn.Server(
+            # log_config None: uvicorn's lines go through the controller's own handler
+            # (protocol/logs.py: text or JSON, the time with its zone).
             uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                           log_config=None,
                            lifespan="off", proxy_headers=False,
                            ssl_certfile=cert, ssl_keyfile=key)
         )
