@@ -123,7 +123,10 @@ def cmd_db(args: argparse.Namespace) -> int:
     from controller.config import load_controller_config
     from controller.store.migrate import head, state_of, upgrade
 
-    url = load_controller_config(Path(args.config)).store_url
+    config = load_controller_config(Path(args.config))
+    url = config.store_url
+    if args.db_command in ("backup", "restore", "prune"):
+        return _db_keep(args, config)
     if args.db_command == "current":
         missing = _missing_sqlite_file(url)
         if missing is not None:
@@ -153,6 +156,64 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(f"{after.where}: upgraded from {was} to revision {after.revision} (head); "
               "every row kept.")
     return 0
+
+
+def _db_keep(args: argparse.Namespace, config: Any) -> int:
+    """db backup, restore, prune (controller/store/backup.py, retention.py)."""
+    from controller.broker_state import CONNECTED, DISCONNECTED, STOPPED
+    from controller.store import Store
+    from controller.store.backup import BackupError, backup, restore
+    from controller.store.retention import prune
+
+    url = config.store_url
+    try:
+        if args.db_command == "backup":
+            print(backup(url, Path(args.file)).what)
+            return 0
+        if args.db_command == "restore":
+            if not args.force and _missing_sqlite_file(url) is None:
+                marks = _marks(url, (CONNECTED, DISCONNECTED, STOPPED))
+                running, stopped = max((m for m in marks[:2] if m), default=None), marks[2]
+                if running is not None and (stopped is None or stopped < running):
+                    print("loa-controller db restore: the controller has not recorded a clean "
+                          "stop since it last ran: stop it first (systemctl stop "
+                          "loa-controller), or give --force if it crashed", file=sys.stderr)
+                    return 1
+            print(restore(url, Path(args.file)).what)
+            return 0
+    except BackupError as exc:
+        print(f"loa-controller db {args.db_command}: {exc}", file=sys.stderr)
+        return 1
+    store = Store(url)
+    try:
+        done = prune(
+            store.db, datetime.now(UTC), timedelta(days=config.events_retention_days),
+            config.tz, archive=Path(args.archive) if args.archive else None,
+            dry_run=args.dry_run,
+        )
+    finally:
+        store.close()
+    print(done.describe(config.tz, args.dry_run))
+    return 0
+
+
+def _marks(url: str, names: Sequence[str]) -> list[datetime | None]:
+    """The store's marks by name, read as they are (whatever its schema revision)."""
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from controller.store import aware
+    from controller.store.schema import marks
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = dict(conn.execute(select(marks.c.name, marks.c.at)).all())
+    except SQLAlchemyError:  # no such table: not a store a controller ran on
+        found = {}
+    finally:
+        engine.dispose()
+    return [aware(found[n]) if found.get(n) is not None else None for n in names]
 
 
 def _status_banner(status: ConfigStatus | None, when: Callable[[datetime], str]) -> list[str]:
@@ -661,9 +722,24 @@ def _add_db_parser(sub: Any) -> None:
          "it is behind or ahead of this release)"),
         ("upgrade", "bring the database to this release's revision, in place, keeping "
          "every row (back it up first)"),
+        ("backup", "write a consistent copy of the database to FILE while the controller "
+         "runs (SQLite: its online backup; PostgreSQL: pg_dump)"),
+        ("restore", "replace the database with the backup FILE (stop the controller first; "
+         "SQLite: its backup API; PostgreSQL: pg_restore)"),
+        ("prune", "delete the status events older than events_retention_days (whole "
+         "months), after writing them to --archive FILE"),
     ):
         q = db.add_parser(action, help=text, description=text)
         q.add_argument("--config", default=str(DEFAULT_CONFIG), help="controller config YAML")
+        if action in ("backup", "restore"):
+            q.add_argument("file", metavar="FILE", help="the backup file")
+        if action == "restore":
+            q.add_argument("--force", action="store_true", help="restore although the "
+                           "controller did not record a clean stop")
+        if action == "prune":
+            q.add_argument("--archive", metavar="FILE", help="write the events deleted to "
+                           "this file first (JSON lines, gzip), e.g. events-2021.jsonl.gz")
+            q.add_argument("--dry-run", action="store_true", help="only count them")
 
 
 def _add_prepare(sub: Any) -> None:
@@ -700,12 +776,23 @@ def _add_demo(sub: Any) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("loa")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: run from a source tree)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loa-controller",
         description="Loa controller: schedules bulletins and sends them to speaker clusters.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"loa-controller {_version()}",
+                        help="print the version and exit")
     logs.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

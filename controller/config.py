@@ -382,6 +382,10 @@ class ControllerConfig(_Strict):
     """How long after it is sent an urgent announcement may still start: its command
     expires then, and a cluster that gets it later (it was offline, the broker was down)
     reports it `expired` and plays nothing."""
+    events_retention_days: Annotated[int, Field(ge=31, le=36500)] = 1827
+    """How long status events (the proof of play) are kept, in days: `loa-controller db
+    prune` deletes only those before the first day of the month this many days back, so
+    a report of the period stays whole (five years by default)."""
     audio: AudioConfig = AudioConfig()
     """Audio preparation."""
     web: WebConfig | None = None
