@@ -700,11 +700,32 @@ def cmd_pending(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import signal
+
     from controller.demo import run_demo
 
-    result = run_demo(
-        broker_url=args.broker, ca_file=args.ca_file, as_json=args.json, keep=args.keep
-    )
+    address = None
+    if args.config:  # the broker, its CA and the login as `run` takes them
+        from controller.config import load_controller_config
+        from controller.main import Settings
+
+        if args.broker or args.ca_file:
+            raise ValueError("give either --config or --broker/--ca-file, not both")
+        address = Settings.from_config(load_controller_config(Path(args.config))).broker
+
+    def interrupted(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt  # stops the demo through its cleanup, as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        result = run_demo(
+            broker_url=args.broker, ca_file=args.ca_file, as_json=args.json, keep=args.keep,
+            address=address,
+        )
+    except KeyboardInterrupt:
+        print("demo interrupted (what it left on the broker is said above)",
+              file=sys.stderr)
+        raise
     return 0 if result.ok else 1
 
 
@@ -771,6 +792,8 @@ def _add_demo(sub: Any) -> None:
                    "for TLS) instead of an embedded one")
     p.add_argument("--ca-file", metavar="PEM", help="for an mqtts:// broker: the CA certificate "
                    "that signed its certificate; only it is trusted (default: the system's CAs)")
+    p.add_argument("--config", help="use the broker, CA and login of this controller config, "
+                   "as `run` does (the demo still uses topics and client ids of its own)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
     p.add_argument("--keep", action="store_true", help="keep the demo's working directory")
     p.set_defaults(func=cmd_demo)

@@ -368,9 +368,12 @@ class MqttLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def wait_published(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 30) -> bool:
+    def wait_published(
+        self, topic: str, payload: bytes, qos: int = 1, timeout: float = 30, *,
+        retain: bool = False,
+    ) -> bool:
         """Publish and wait for the broker's acknowledgement (for tools and benchmarks)."""
-        info = self._client.publish(topic, payload, qos=qos)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
         self._network_queued()
         info.wait_for_publish(timeout)
         return info.is_published()
