@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -206,3 +207,22 @@ def test_an_interrupted_demo_still_removes_its_retained_messages(
     assert "demo interrupted" in rest
     assert "Traceback" not in rest
     assert retained(mosquitto_broker) == {}  # nothing of the demo's left
+
+
+def make_dry_run(target: str, venv: Path) -> list[str]:
+    """The pip installs `make TARGET` would run in a new virtual environment (make -n)."""
+    require("make", shutil.which("make") is not None, "apt-get install make")
+    done = subprocess.run(["make", "-n", "-B", target, f"VENV={venv}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return [line for line in done.stdout.splitlines() if " -m pip install " in line
+            and "--upgrade pip" not in line]
+
+
+def test_make_demo_installs_the_controller_only_and_make_test_and_lint_the_tools(
+    tmp_path: Path,
+) -> None:
+    venv = tmp_path / "venv"
+    assert [line.split()[-1] for line in make_dry_run("demo", venv)] == ["'.[controller]'"]
+    for target in ("test", "lint", "venv"):
+        installs = [line.split()[-1] for line in make_dry_run(target, venv)]
+        assert installs[-1] == "'.[controller,test,dev]'", (target, installs)
