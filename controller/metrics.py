@@ -65,8 +65,8 @@ class ControllerCollector(Collector):
         sent.add_metric(["first"], dist.chunk_bytes)
         sent.add_metric(["resent"], dist.resent_bytes)
         yield sent
-        yield _counter("loa_commands_sent", "Signed commands published (plays, stops, acks "
-                       "excluded)", dist.commands)
+        yield _counter("loa_commands_sent", "Signed play and stop commands published, resends "
+                       "included (acknowledgements are not counted)", dist.commands)
         yield from self._broker()
         yield from self._scheduler()
         yield from self._web()

@@ -502,11 +502,11 @@ class MqttLink:
         if held is not None:
             log.error(
                 "broker %s keeps closing the connection of client id %r right after "
-                "accepting it (%d times in %.0f s%s): another client is connecting with the "
-                "same client id, and the broker gives the id to the newest connection, so the "
-                "two take it from each other. Find the other process using client id %r (a "
-                "second controller or agent with the same config, a demo pointed at this "
-                "broker) and stop it, or give one of them its own client id",
+                "accepting it (%d times in %.0f s%s): most likely another client is connecting "
+                "with the same client id: the broker gives the id to the newest connection, so "
+                "the two take it from each other. Find the other process using client id %r (a "
+                "second controller or agent with the same config) and stop it, or give one of "
+                "them its own client id; the broker's log names the id it disconnected",
                 self.broker.url(), self.client_id, len(self._short_drops),
                 now - self._short_drops[0], f"; {held} more since the last warning"
                 if held else "", self.client_id,
