@@ -2,8 +2,9 @@
 # `make test` and `make demo` build the virtual environment first.
 #
 #   make venv    .venv with Loa installed editable, with the controller, test and dev extras
-#   make demo    the demo: embedded broker, simulated clusters, one bulletin, one urgent
-#   make test    the test suite
+#   make demo    the demo: embedded broker, simulated clusters, one bulletin, one urgent;
+#                installs only what it needs (Loa with the controller extra)
+#   make test    the test suite (installs the test and dev extras first)
 #   make lint    ruff and mypy --strict; either failing fails the build
 #   make bench   scripts/bench.py, which writes docs/benchmarks.md
 #   make clean   remove the virtual environment and caches
@@ -11,7 +12,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Re-install only when the package metadata changes.
+# Re-install only when the package metadata changes: the controller alone (what the
+# demo needs), then the test and dev tools on top (what `make test` and `make lint` need).
+BASE_STAMP := $(VENV)/.installed-controller
 STAMP := $(VENV)/.installed
 # What Debian and Ubuntu split out of python3: venv (with ensurepip) and pip.
 APT_PACKAGES := python3-venv python3-pip
@@ -20,7 +23,7 @@ APT_PACKAGES := python3-venv python3-pip
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(BASE_STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
 	  echo "Loa needs Python 3.11 or newer; '$(PYTHON)' is: $$($(PYTHON) -V 2>&1)." >&2; \
 	  echo "Install a newer python3 and run: make PYTHON=python3.11 $(MAKECMDGOALS)" >&2; \
@@ -46,12 +49,17 @@ $(STAMP): setup.cfg pyproject.toml
 	    fi; \
 	  fi; \
 	fi
-	@echo "== installing Loa and its controller, test and dev dependencies into $(VENV)"
+	@echo "== installing Loa and its controller dependencies into $(VENV)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[controller]'
+	@touch $@
+
+$(STAMP): $(BASE_STAMP)
+	@echo "== installing the test and dev dependencies into $(VENV)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[controller,test,dev]'
 	@touch $@
 
-demo: venv
+demo: $(BASE_STAMP)
 	$(BIN)/loa-controller demo
 
 test: venv

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from controller.text_table import format_table
-from protocol import l10n
+from protocol import l10n, logs
 from protocol.config_errors import ConfigError
 from protocol.l10n import N_, _
 from protocol.validation import suggest
@@ -31,18 +30,12 @@ DEFAULT_LEAD_TIME = timedelta(minutes=30)
 NOT_RECEIVED_WINDOW = timedelta(hours=24)
 
 
-def _setup_logging(verbose: bool, command: str) -> None:
+def _setup_logging(args: argparse.Namespace) -> None:
     # The demo runs 73 agents in one process: it tells its own story on stderr and
     # shows only warnings from the parts, unless asked for more; prepare prints its own
-    # measurements.
-    quiet = command in ("demo", "prepare")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not verbose:  # Alembic narrates every step; `db` prints what was done
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    # measurements. Alembic and APScheduler stay at warning unless debugging
+    # (protocol/logs.py); `db` prints what was done.
+    logs.setup(args, "warning" if args.command in ("demo", "prepare") else "info")
 
 
 def _local(at: datetime, tz: tzinfo) -> str:
@@ -159,7 +152,10 @@ def cmd_db(args: argparse.Namespace) -> int:
     from controller.config import load_controller_config
     from controller.store.migrate import head, state_of, upgrade
 
-    url = load_controller_config(Path(args.config)).store_url
+    config = load_controller_config(Path(args.config))
+    url = config.store_url
+    if args.db_command in ("backup", "restore", "prune"):
+        return _db_keep(args, config)
     if args.db_command == "current":
         missing = _missing_sqlite_file(url)
         if missing is not None:
@@ -189,6 +185,64 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(f"{after.where}: upgraded from {was} to revision {after.revision} (head); "
               "every row kept.")
     return 0
+
+
+def _db_keep(args: argparse.Namespace, config: Any) -> int:
+    """db backup, restore, prune (controller/store/backup.py, retention.py)."""
+    from controller.broker_state import CONNECTED, DISCONNECTED, STOPPED
+    from controller.store import Store
+    from controller.store.backup import BackupError, backup, restore
+    from controller.store.retention import prune
+
+    url = config.store_url
+    try:
+        if args.db_command == "backup":
+            print(backup(url, Path(args.file)).what)
+            return 0
+        if args.db_command == "restore":
+            if not args.force and _missing_sqlite_file(url) is None:
+                marks = _marks(url, (CONNECTED, DISCONNECTED, STOPPED))
+                running, stopped = max((m for m in marks[:2] if m), default=None), marks[2]
+                if running is not None and (stopped is None or stopped < running):
+                    print("loa-controller db restore: the controller has not recorded a clean "
+                          "stop since it last ran: stop it first (systemctl stop "
+                          "loa-controller), or give --force if it crashed", file=sys.stderr)
+                    return 1
+            print(restore(url, Path(args.file)).what)
+            return 0
+    except BackupError as exc:
+        print(f"loa-controller db {args.db_command}: {exc}", file=sys.stderr)
+        return 1
+    store = Store(url)
+    try:
+        done = prune(
+            store.db, datetime.now(UTC), timedelta(days=config.events_retention_days),
+            config.tz, archive=Path(args.archive) if args.archive else None,
+            dry_run=args.dry_run,
+        )
+    finally:
+        store.close()
+    print(done.describe(config.tz, args.dry_run))
+    return 0
+
+
+def _marks(url: str, names: Sequence[str]) -> list[datetime | None]:
+    """The store's marks by name, read as they are (whatever its schema revision)."""
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from controller.store import aware
+    from controller.store.schema import marks
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = dict(conn.execute(select(marks.c.name, marks.c.at)).all())
+    except SQLAlchemyError:  # no such table: not a store a controller ran on
+        found = {}
+    finally:
+        engine.dispose()
+    return [aware(found[n]) if found.get(n) is not None else None for n in names]
 
 
 def _status_banner(status: ConfigStatus | None, when: Callable[[datetime], str]) -> list[str]:
@@ -264,6 +318,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     not_received = records.latest_not_received()  # per cluster, the latest
     not_received_today = records.count_not_received(now - NOT_RECEIVED_WINDOW)
     keys = _key_status(store)
+    listening = _listening(store, tz, now)
     store.close()
     content = {
         r.id: content_view(
@@ -275,9 +330,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     def when(value: datetime | None) -> str:
         return l10n.when(value, l10n.current(), tz, seconds=True) if value else _("never")
 
-    banner = _status_banner(status, when)
+    # the controller's own fault first, not the clusters'
+    banner = ([f"NOTE: {listening}."] if listening else []) + _status_banner(status, when)
     if args.json:
-        for line in banner if status is not None and status.status == "error" else []:
+        for line in banner if listening or (status and status.status == "error") else []:
             print(line, file=sys.stderr)
         print(json.dumps([
             {
@@ -342,15 +398,25 @@ def cmd_fleet(args: argparse.Namespace) -> int:
          _("key")],
         table,
     ))
-    online = sum(1 for r in rows if r.state == "online")
-    print("\n" + _("{n} clusters, {online} online, {offline} offline or never seen (times in "
-                   "{tz})", n=len(rows), online=online, offline=len(rows) - online,
-                   tz=config.timezone))
-    print(_("{waiting} play(s) sent and waiting for their cluster's confirmation; {missed} not "
-            "received by their cluster in the last 24 h (no confirmation by the latest start: "
-            "recorded as missed)", waiting=sum(waiting.values()), missed=not_received_today)
-          + "\n" + _key_footer([r.id for r in rows], keys))
+    print(_fleet_footer(
+        [r.state for r in rows], config.timezone, listening is not None,
+        sum(waiting.values()), not_received_today, _key_footer([r.id for r in rows], keys),
+    ))
     return 0
+
+
+def _fleet_footer(states: list[str], tz: str, deaf: bool, waiting: int, missed: int,
+                  keys: str) -> str:  # fmt: skip
+    online = states.count("online")
+    counts = {"n": len(states), "online": online, "offline": len(states) - online, "tz": tz}
+    heard = (_("{n} clusters, {online} online, {offline} offline or never seen when the "
+               "controller last heard them (times in {tz})", **counts) if deaf else
+             _("{n} clusters, {online} online, {offline} offline or never seen (times in "
+               "{tz})", **counts))  # fmt: skip
+    sent = _("{waiting} play(s) sent and waiting for their cluster's confirmation; {missed} "
+             "not received by their cluster in the last 24 h (no confirmation by the latest "
+             "start: recorded as missed)", waiting=waiting, missed=missed)
+    return f"\n{heard}\n{sent}\n{keys}"
 
 
 def _key_footer(cluster_ids: list[str], keys: dict[str, dict[str, str | None]]) -> str:
@@ -387,6 +453,16 @@ def _key_cell(found: dict[str, str | None] | None) -> str:
     if found["status"] == "registered":
         return str(found["id"])
     return _("{key} waiting approval", key=found["id"])
+
+
+def _listening(store: Any, tz: ZoneInfo, now: datetime) -> str | None:
+    """Why the controller hears nothing now (disconnected, stopped), from its marks."""
+    from controller.broker_state import CONNECTED, DISCONNECTED, STOPPED, describe_marks
+
+    marks = store.marks
+    return describe_marks(
+        marks.get(CONNECTED), marks.get(DISCONNECTED), marks.get(STOPPED), tz, now
+    )
 
 
 def _not_received_json(found: NotReceived | None) -> dict[str, Any] | None:
@@ -708,11 +784,32 @@ def cmd_pending(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import signal
+
     from controller.demo import run_demo
 
-    result = run_demo(
-        broker_url=args.broker, ca_file=args.ca_file, as_json=args.json, keep=args.keep
-    )
+    address = None
+    if args.config:  # the broker, its CA and the login as `run` takes them
+        from controller.config import load_controller_config
+        from controller.main import Settings
+
+        if args.broker or args.ca_file:
+            raise ValueError("give either --config or --broker/--ca-file, not both")
+        address = Settings.from_config(load_controller_config(Path(args.config))).broker
+
+    def interrupted(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt  # stops the demo through its cleanup, as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        result = run_demo(
+            broker_url=args.broker, ca_file=args.ca_file, as_json=args.json, keep=args.keep,
+            address=address,
+        )
+    except KeyboardInterrupt:
+        print("demo interrupted (what it left on the broker is said above)",
+              file=sys.stderr)
+        raise
     return 0 if result.ok else 1
 
 
@@ -730,9 +827,24 @@ def _add_db_parser(sub: Any) -> None:
          "it is behind or ahead of this release)"),
         ("upgrade", "bring the database to this release's revision, in place, keeping "
          "every row (back it up first)"),
+        ("backup", "write a consistent copy of the database to FILE while the controller "
+         "runs (SQLite: its online backup; PostgreSQL: pg_dump)"),
+        ("restore", "replace the database with the backup FILE (stop the controller first; "
+         "SQLite: its backup API; PostgreSQL: pg_restore)"),
+        ("prune", "delete the status events older than events_retention_days (whole "
+         "months), after writing them to --archive FILE"),
     ):
         q = db.add_parser(action, help=text, description=text)
         q.add_argument("--config", default=str(DEFAULT_CONFIG), help="controller config YAML")
+        if action in ("backup", "restore"):
+            q.add_argument("file", metavar="FILE", help="the backup file")
+        if action == "restore":
+            q.add_argument("--force", action="store_true", help="restore although the "
+                           "controller did not record a clean stop")
+        if action == "prune":
+            q.add_argument("--archive", metavar="FILE", help="write the events deleted to "
+                           "this file first (JSON lines, gzip), e.g. events-2021.jsonl.gz")
+            q.add_argument("--dry-run", action="store_true", help="only count them")
 
 
 def _add_prepare(sub: Any) -> None:
@@ -764,9 +876,20 @@ def _add_demo(sub: Any) -> None:
                    "for TLS) instead of an embedded one")
     p.add_argument("--ca-file", metavar="PEM", help="for an mqtts:// broker: the CA certificate "
                    "that signed its certificate; only it is trusted (default: the system's CAs)")
+    p.add_argument("--config", help="use the broker, CA and login of this controller config, "
+                   "as `run` does (the demo still uses topics and client ids of its own)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
     p.add_argument("--keep", action="store_true", help="keep the demo's working directory")
     p.set_defaults(func=cmd_demo)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("loa")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: run from a source tree)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -775,6 +898,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Loa controller: schedules bulletins and sends them to speaker clusters.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"loa-controller {_version()}",
+                        help="print the version and exit")
+    logs.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the controller daemon")
@@ -850,7 +976,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     l10n.use(l10n.choose(args.lang))
-    _setup_logging(args.verbose, args.command)
+    _setup_logging(args)
     try:
         code = int(args.func(args))
     except ConfigError as exc:

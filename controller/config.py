@@ -451,6 +451,17 @@ class ControllerConfig(_Strict):
     ] = timedelta(minutes=10)
     """How often every cluster's membership is published again on the broker (it is also
     published after every reconnection); 0s: only then."""
+    urgent_expiry: Annotated[
+        Duration,
+        Field(ge=timedelta(seconds=1), le=timedelta(hours=1), json_schema_extra={"default": "3m"}),
+    ] = timedelta(minutes=3)
+    """How long after it is sent an urgent announcement may still start: its command
+    expires then, and a cluster that gets it later (it was offline, the broker was down)
+    reports it `expired` and plays nothing."""
+    events_retention_days: Annotated[int, Field(ge=31, le=36500)] = 1827
+    """How long status events (the proof of play) are kept, in days: `loa-controller db
+    prune` deletes only those before the first day of the month this many days back, so
+    a report of the period stays whole (five years by default)."""
     audio: AudioConfig = AudioConfig()
     """Audio preparation."""
     web: WebConfig | None = None

@@ -8,12 +8,22 @@ manager approving it would), one scheduled bulletin from a playlist at 06:00 to 
 province, and one urgent announcement that preempts it in a few communes. The demo runs
 on a clock set to a few seconds before 06:00 local time, so the bulletin fires almost at
 once; everything else is as in production.
+
+On a broker of its own (`--broker`, or `--config` for the broker, CA and login of a
+controller config, as `run` takes them) the demo cannot harm a real fleet there: every
+topic it uses is under a root of its own (`loa-demo-<run>/v1`, not `loa/v1`), every
+client id is its own (`loa-demo-<run>-...`, so no real session is taken over), its
+controller keeps no persistent session, its store is a temporary file, and before it
+exits, also when interrupted (Ctrl-C, SIGTERM), it removes every retained message under
+its root. A failure is one line (`demo failed: <reason>`), or `{"ok": false, "reason":
+...}` with `--json`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shutil
 import sys
 import tempfile
@@ -38,6 +48,7 @@ from controller.text_table import format_table
 from device_agent.agent import Agent
 from device_agent.identity import AgentIdentity
 from device_agent.output import NullBackend
+from protocol import topics
 from protocol.clock import OffsetClock
 from protocol.messages import Event
 from protocol.mqtt import BrokerAddress, MqttLink, tls_context
@@ -55,12 +66,17 @@ STARTS_IN = timedelta(seconds=6)
 URGENT_COMMUNES = 4
 
 
+#: How long the cleanup waits for the broker (to connect, to hand over what it retains).
+CLEANUP_TIMEOUT_S = 15.0
+
+
 @dataclass
 class DemoResult:
     ok: bool
     clusters: list[dict[str, str]] = field(default_factory=list)
     elapsed_s: float = 0.0
     problems: list[str] = field(default_factory=list)
+    reason: str | None = None  # why it failed, in one line
 
 
 def _say(message: str) -> None:
@@ -125,14 +141,16 @@ class Tracker:
 
 
 def _start_agents(
-    fleet: Fleet, broker: BrokerAddress, verifier: Verifier, clock: OffsetClock, root: Path
+    fleet: Fleet, broker: BrokerAddress, verifier: Verifier, clock: OffsetClock, root: Path,
+    client_prefix: str,
 ) -> list[Agent]:
     agents = []
     for cid in sorted(fleet.clusters):
         identity = AgentIdentity.load_or_create(root / cid)
         started = clock.now()
         link = MqttLink(
-            broker, f"loa-agent-{cid}", will=identity.will(cid, started), clean_session=True
+            broker, f"{client_prefix}-{cid}", will=identity.will(cid, started),
+            clean_session=True,
         )
         agent = Agent(
             cluster_id=cid,
@@ -153,16 +171,29 @@ def _start_agents(
 class Demo:
     """The demo's parts, set up and torn down in order."""
 
-    def __init__(self, broker_url: str | None, work: Path, ca_file: str | None = None) -> None:
+    def __init__(
+        self, broker_url: str | None, work: Path, ca_file: str | None = None, *,
+        address: BrokerAddress | None = None, run_id: str | None = None,
+    ) -> None:
+        """address: the broker as a controller config gives it (URL, CA and login)."""
         self.broker_url = broker_url
         self.ca_file = ca_file
+        self.address = address
         self.work = work
+        self.run_id = run_id or secrets.token_hex(3)
+        self.client_prefix = f"loa-demo-{self.run_id}"
         self.embedded: EmbeddedBroker | None = None
+        self.external: BrokerAddress | None = None
         self.agents: list[Agent] = []
         self.controller: Controller | None = None
         self.tracker = Tracker()
 
     def broker(self) -> BrokerAddress:
+        if self.address is not None:
+            tls = f", TLS with the CA of {self.address.ca_file}" if self.address.ca_file else ""
+            _say(f"using broker {self.address.url()}{tls} (from the config)")
+            self.external = self.address
+            return self.reachable(self.address)
         if self.broker_url:
             broker = BrokerAddress.from_url(self.broker_url, ca_file=self.ca_file)
             if self.ca_file and not broker.tls:
@@ -174,7 +205,8 @@ class Demo:
                 tls_context(self.ca_file)  # an unreadable CA file: said now, not at connect
             tls = f", TLS with the CA of {self.ca_file}" if self.ca_file else ""
             _say(f"using broker {broker.url()}{tls}")
-            return broker
+            self.external = broker
+            return self.reachable(broker)
         if self.ca_file:
             raise ValueError("--ca-file needs --broker mqtts://host:port (the embedded broker "
                              "speaks plain MQTT)")
@@ -182,6 +214,25 @@ class Demo:
         self.embedded.start()
         _say(f"started an embedded MQTT broker on {self.embedded.address.url()}")
         return self.embedded.address
+
+    def reachable(self, broker: BrokerAddress) -> BrokerAddress:
+        """The broker, once a connection with the demo's own client id was made; else
+        DemoError with the reason (refused login, TLS, nothing listening)."""
+        link = MqttLink(broker, f"{self.client_prefix}-check", clean_session=True)
+        try:
+            link.start()
+            if not link.wait_connected(CLEANUP_TIMEOUT_S):
+                refusal, failure = link.last_refusal, link.last_failure
+                if refusal is not None:
+                    why = f"it refused the login ({refusal.reason})"
+                elif failure is not None:
+                    why = f"{failure.reason}; {failure.hint}"
+                else:
+                    why = f"no answer within {CLEANUP_TIMEOUT_S:g} s"
+                raise DemoError(f"cannot connect to broker {broker.url()}: {why}")
+        finally:
+            link.stop()
+        return broker
 
     def audio(self) -> tuple[Path, Path]:
         (self.work / "playlists").mkdir()
@@ -197,7 +248,9 @@ class Demo:
         self, fleet: Fleet, broker: BrokerAddress, clock: OffsetClock
     ) -> None:
         verifier = Verifier(load_public_key(self.work / "keys" / "controller.pub"))
-        self.agents = _start_agents(fleet, broker, verifier, clock, self.work / "agents")
+        self.agents = _start_agents(
+            fleet, broker, verifier, clock, self.work / "agents", self.client_prefix
+        )
         deadline = time.monotonic() + 20
         while not all(a.ready() for a in self.agents):
             if time.monotonic() > deadline:
@@ -217,8 +270,11 @@ class Demo:
             content_dir=self.work / "content",
             timezone=TZ,
             audio=AudioSettings(),
+            client_id=f"{self.client_prefix}-controller",
         )
-        self.controller = Controller(settings, clock=clock)
+        # No persistent session left behind on the broker: a clean session.
+        link = MqttLink(broker, settings.client_id, clean_session=True)
+        self.controller = Controller(settings, clock=clock, link=link)
         for agent in self.agents:  # as a manager approving each cluster's key would
             self.controller.identities.register_key(
                 agent.cluster_id, agent.identity.public_key, agent.identity.key_id,
@@ -228,13 +284,75 @@ class Demo:
         self.controller.start()
         return self.controller
 
-    def close(self) -> None:
+    def close(self) -> list[str]:
+        """Stop everything; on a broker of its own, remove every retained message under
+        the demo's root. What could not be done, as problems."""
+        problems: list[str] = []
         for agent in self.agents:
             agent.stop()
+        self.agents = []
         if self.controller is not None:
             self.controller.stop()
+            self.controller = None
+        if self.external is not None:
+            try:
+                cleared = clear_retained(self.external, topics.PREFIX,
+                                         f"{self.client_prefix}-cleanup")
+                _say(f"removed the demo's {cleared} retained messages from the broker "
+                     f"(under {topics.PREFIX}/)")
+            except DemoError as exc:
+                problems.append(str(exc))
         if self.embedded is not None:
             self.embedded.stop()
+            self.embedded = None
+        return problems
+
+
+class DemoError(RuntimeError):
+    """The demo cannot go on; the message says why, in one line."""
+
+
+def clear_retained(broker: BrokerAddress, root: str, client_id: str) -> int:
+    """Remove every retained message under root/ on the broker; how many there were.
+
+    The broker hands a new subscription the retained messages of its filter before it
+    handles a message published after the subscription: a probe coming back means every
+    retained message has arrived. Each is then cleared (an empty retained message)."""
+    found: dict[str, bool] = {}
+    nonce = secrets.token_hex(8)
+    probe = f"{root}/probe/{nonce}"
+    back = threading.Event()
+    lock = threading.Lock()
+
+    def on_message(topic: str, payload: bytes) -> None:
+        if topic == probe:
+            back.set()
+        elif payload and not back.is_set():
+            with lock:
+                found[topic] = True
+
+    link = MqttLink(broker, client_id, clean_session=True)
+    try:
+        link.subscribe(f"{root}/#", on_message)
+        link.start()
+        if not link.wait_connected(CLEANUP_TIMEOUT_S):
+            raise DemoError(f"could not reconnect to broker {broker.url()} to remove the "
+                            f"demo's retained messages under {root}/")
+        deadline = time.monotonic() + CLEANUP_TIMEOUT_S
+        while not back.wait(0.5):  # the subscription may reach the broker after a probe
+            if time.monotonic() > deadline:
+                raise DemoError(f"broker {broker.url()} did not hand over the retained "
+                                f"messages under {root}/; some may be left there")
+            link.publish(probe, nonce.encode())
+        with lock:
+            retained = sorted(found)
+        for topic in retained:
+            if not link.wait_published(topic, b"", retain=True, timeout=CLEANUP_TIMEOUT_S):
+                raise DemoError(f"broker {broker.url()} did not acknowledge removing the "
+                                f"retained message on {topic}")
+        return len(retained)
+    finally:
+        link.stop()
 
 
 def run_demo(
@@ -243,56 +361,82 @@ def run_demo(
     as_json: bool = False,
     keep: bool = False,
     out: TextIO | None = None,
+    *,
+    address: BrokerAddress | None = None,
 ) -> DemoResult:
+    """Run the demo and report it. address: the broker of a controller config (URL, CA,
+    login), instead of broker_url and ca_file. A failure is a result (ok False, reason),
+    reported in one line; an interruption still removes the demo's retained messages."""
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="loa-demo-"))
-    demo = Demo(broker_url, work, ca_file)
+    demo = Demo(broker_url, work, ca_file, address=address)
     try:
-        broker = demo.broker()
-        generate_keypair(work / "keys" / "controller.key", work / "keys" / "controller.pub")
-        fleet = load_fleet(FLEET)
-        communes = [n.id for n in fleet.communes()]
-        _say(f"loaded {FLEET.relative_to(ROOT)}: {len(fleet.clusters)} clusters in "
-             f"{len(communes)} communes")
-        bulletin_audio, urgent_audio = demo.audio()
-        playlist = _playlist(work / "playlists", fleet.province.id, bulletin_audio)
-
-        # The demo day: local time reads 06:00 minus a few seconds right now.
-        real_now = datetime.now(TZ)
-        six = real_now.replace(hour=6, minute=0, second=0, microsecond=0)
-        clock = OffsetClock(six - STARTS_IN - real_now)
-        demo.start_agents(fleet, broker, clock)
-        controller = demo.start_controller(broker, playlist, clock)
-
-        tracker = demo.tracker
-        play_id = Occurrence("ban-tin-sang", six.astimezone(UTC), six.astimezone(UTC)).play_id
-        everyone = sorted(fleet.clusters)
-        _say("06:00 'Bản tin sáng' is scheduled for the whole province; waiting for it to start")
-        tracker.wait(play_id, everyone, FINAL_KINDS | {"playing"}, 30)
-        playing = Counter(tracker.of(play_id).values())
-        _say(f"bulletin: {playing.get('playing', 0)} of {len(everyone)} clusters playing")
-
-        urgent_targets = communes[:URGENT_COMMUNES]
-        sent = controller.send_urgent(
-            urgent_targets, [urgent_audio], title="Thông báo khẩn: triều cường",
-            level="emergency",
-        )
-        urgent_id = sent[0].play_id.partition(PROFILE_MARK)[0]
-        targeted = sorted(c for spec in sent for c in spec.clusters)
-        _say(f"urgent announcement sent to {len(urgent_targets)} communes "
-             f"({len(targeted)} clusters); it preempts the bulletin there")
-        tracker.wait(urgent_id, targeted, FINAL_KINDS, 20)
-        tracker.wait(play_id, everyone, FINAL_KINDS, BULLETIN_S + 20)
-        result = _outcomes(fleet, tracker.of(play_id), tracker.of(urgent_id), targeted)
-        result.elapsed_s = round(time.monotonic() - started, 1)
-        _report(result, as_json, out or sys.stdout)
-        return result
+        with topics.prefix(f"{demo.client_prefix}/v1"):
+            try:
+                result = _run(demo, work, started)
+            except (DemoError, ValueError, OSError) as exc:
+                result = DemoResult(ok=False, reason=_one_line(exc))
+            except Exception as exc:  # anything else, still one line for the reader
+                log.debug("the demo failed", exc_info=True)
+                result = DemoResult(ok=False, reason=f"{type(exc).__name__}: {_one_line(exc)}")
+            finally:
+                left = demo.close()
     finally:
-        demo.close()
         if keep:
             _say(f"demo files kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    if left:  # the demo's messages could not all be removed: say so, whatever it played
+        result.ok = False
+        result.reason = "; ".join(([result.reason] if result.reason else []) + left)
+    result.elapsed_s = round(time.monotonic() - started, 1)
+    _report(result, as_json, out or sys.stdout)
+    return result
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _run(demo: Demo, work: Path, started: float) -> DemoResult:
+    broker = demo.broker()
+    generate_keypair(work / "keys" / "controller.key", work / "keys" / "controller.pub")
+    fleet = load_fleet(FLEET)
+    communes = [n.id for n in fleet.communes()]
+    _say(f"loaded {FLEET.relative_to(ROOT)}: {len(fleet.clusters)} clusters in "
+         f"{len(communes)} communes")
+    bulletin_audio, urgent_audio = demo.audio()
+    playlist = _playlist(work / "playlists", fleet.province.id, bulletin_audio)
+
+    # The demo day: local time reads 06:00 minus a few seconds right now.
+    real_now = datetime.now(TZ)
+    six = real_now.replace(hour=6, minute=0, second=0, microsecond=0)
+    clock = OffsetClock(six - STARTS_IN - real_now)
+    demo.start_agents(fleet, broker, clock)
+    controller = demo.start_controller(broker, playlist, clock)
+
+    tracker = demo.tracker
+    play_id = Occurrence("ban-tin-sang", six.astimezone(UTC), six.astimezone(UTC)).play_id
+    everyone = sorted(fleet.clusters)
+    _say("06:00 'Bản tin sáng' is scheduled for the whole province; waiting for it to start")
+    tracker.wait(play_id, everyone, FINAL_KINDS | {"playing"}, 30)
+    playing = Counter(tracker.of(play_id).values())
+    _say(f"bulletin: {playing.get('playing', 0)} of {len(everyone)} clusters playing")
+
+    urgent_targets = communes[:URGENT_COMMUNES]
+    sent = controller.send_urgent(
+        urgent_targets, [urgent_audio], title="Thông báo khẩn: triều cường",
+        level="emergency",
+    )
+    urgent_id = sent[0].play_id.partition(PROFILE_MARK)[0]
+    targeted = sorted(c for spec in sent for c in spec.clusters)
+    _say(f"urgent announcement sent to {len(urgent_targets)} communes "
+         f"({len(targeted)} clusters); it preempts the bulletin there")
+    tracker.wait(urgent_id, targeted, FINAL_KINDS, 20)
+    tracker.wait(play_id, everyone, FINAL_KINDS, BULLETIN_S + 20)
+    result = _outcomes(fleet, tracker.of(play_id), tracker.of(urgent_id), targeted)
+    result.elapsed_s = round(time.monotonic() - started, 1)
+    return result
 
 
 def _outcomes(
@@ -321,10 +465,19 @@ def _outcomes(
 
 
 def _report(result: DemoResult, as_json: bool, out: TextIO) -> None:
+    if result.reason is not None and not result.clusters:  # it failed before any play
+        if as_json:
+            json.dump({"ok": False, "reason": result.reason, "elapsed_s": result.elapsed_s},
+                      out, ensure_ascii=False)
+            out.write("\n")
+        else:
+            _say(f"demo failed: {result.reason}")
+        return
     if as_json:
         json.dump(
             {"ok": result.ok, "elapsed_s": result.elapsed_s, "clusters": result.clusters,
-             "problems": result.problems},
+             "problems": result.problems,
+             **({"reason": result.reason} if result.reason else {})},
             out, ensure_ascii=False, indent=2,
         )
         out.write("\n")
@@ -362,3 +515,5 @@ def _report(result: DemoResult, as_json: bool, out: TextIO) -> None:
     )
     if result.problems:
         out.write("PROBLEMS:\n" + "\n".join(f"  {p}" for p in result.problems) + "\n")
+    if result.reason:
+        _say(f"demo failed: {result.reason}")

@@ -90,6 +90,15 @@ STOP_TTL = timedelta(minutes=10)
 PLAY_TTL_MARGIN = timedelta(minutes=5)
 
 
+def play_ttl(body: PlayBody, now: datetime) -> timedelta:
+    """How long a play command signed now stays valid. A scheduled play: a margin past its
+    latest start (an agent that gets it then reports it missed, by the lateness rule). An
+    urgent one expires at its latest start (the controller's `urgent_expiry` after it was
+    sent): an agent that gets it later reports it `expired` and plays nothing."""
+    margin = timedelta(0) if body.urgent else PLAY_TTL_MARGIN
+    return max(body.latest_start - now, timedelta(0)) + margin
+
+
 class Audio(Protocol):
     """Prepared audio as the audio library hands it out."""
 
@@ -317,8 +326,7 @@ class Distributor:
             replay_if_interrupted=spec.replay_if_interrupted,
             urgent=spec.urgent,
         )
-        ttl = max(spec.latest_start - now, timedelta(0)) + PLAY_TTL_MARGIN
-        cmd = self._signer.command(body, to, now, ttl)
+        cmd = self._signer.command(body, to, now, play_ttl(body, now))
         payload = cmd.to_json()
         destinations = [("group", g) for g in groups] + [("cluster", c) for c in leftovers]
         self._recorder.record(
@@ -365,8 +373,7 @@ class Distributor:
                         exc)
             return None
         now = self._clock.now()
-        ttl = max(body.latest_start - now, timedelta(0)) + PLAY_TTL_MARGIN
-        cmd = self._signer.command(body, Address(clusters=[cluster]), now, ttl)
+        cmd = self._signer.command(body, Address(clusters=[cluster]), now, play_ttl(body, now))
         self._link.publish(topics.cluster_topic(cluster, "command"), cmd.to_json())
         self.stats.commands += 1
         self.stats.resent_commands += 1

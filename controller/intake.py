@@ -48,6 +48,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -145,10 +146,13 @@ class IntakeStats:
     heartbeats: int = 0
     silent: int = 0  # clusters marked offline for silence
     sweeps: int = 0  # looks for silent clusters
+    deaf_sweeps: int = 0  # sweeps not made: the controller's link was down
     acks: int = 0
     batches: int = 0
     last_error: str | None = None
     by_kind: dict[str, int] = field(default_factory=dict)
+    # New events by (kind, level) since the start (level "" where the event has none).
+    by_kind_level: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class Intake:
@@ -180,6 +184,7 @@ class Intake:
         self._queue: queue.Queue[Arrived | None] = queue.Queue()
         self._queued_lock = threading.Lock()
         self._queued: dict[str, int] = {}  # bytes waiting, per cluster
+        self._arrivals: deque[float] = deque()  # monotonic, of each message waiting, in order
         self._queued_total = 0
         self._event_listeners: list[EventListener] = []
         self._batch_listeners: list[BatchListener] = []
@@ -190,6 +195,9 @@ class Intake:
         self._idle = threading.Event()
         self._silence = SilenceWatch()
         self._silenced: set[str] = set()  # marked offline for silence, not heard since
+        # When the link to the broker last came up (set on the network thread): clusters
+        # are silent only once they have had their time since (controller/silence.py).
+        self._listening_since: datetime | None = None
         # Stored events not acknowledged yet, by (cluster, outbox); when the oldest came.
         self._unacked: dict[tuple[str, str], set[int]] = {}
         self._ack_due: float | None = None
@@ -211,6 +219,7 @@ class Intake:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
         self._thread.start()
+        self._link.add_connection_listener(self._on_link)
         self._link.subscribe(topics.all_clusters("event"), self._on_event)
         self._link.subscribe(topics.all_clusters("state"), self._on_state)
         self._link.subscribe(topics.all_clusters("heartbeat"), self._on_heartbeat, qos=0)
@@ -223,11 +232,21 @@ class Intake:
         if self._thread:
             self._thread.join(10)
 
+    def lag_s(self) -> float:
+        """How long the oldest message waiting for the writer has waited (0: none waits)."""
+        with self._queued_lock:
+            oldest = self._arrivals[0] if self._arrivals else None
+        return 0.0 if oldest is None else max(time.monotonic() - oldest, 0.0)
+
     def drained(self) -> bool:
         """True when everything received so far has been stored (for tests and tools)."""
         return self._queue.empty() and self._idle.is_set()
 
     # --- network thread -------------------------------------------------------------------
+
+    def _on_link(self, up: bool) -> None:
+        if up:
+            self._listening_since = self._clock.now()
 
     def _cluster_of(self, topic: str) -> str | None:
         parsed = topics.parse(topic)
@@ -303,13 +322,17 @@ class Intake:
             )
             return
         self._idle.clear()
-        self._queue.put((channel, cluster, topic, payload))
+        with self._queued_lock:
+            self._arrivals.append(time.monotonic())
+            self._queue.put((channel, cluster, topic, payload))
 
     def _taken(self, arrived: Arrived) -> None:
         """The writer took this message off the queue."""
         _, cluster, _, payload = arrived
         cost = len(payload) + MESSAGE_OVERHEAD
         with self._queued_lock:
+            if self._arrivals:
+                self._arrivals.popleft()
             left = self._queued.get(cluster, 0) - cost
             if left > 0:
                 self._queued[cluster] = left
@@ -439,7 +462,8 @@ class Intake:
         """How long the writer may wait for a message before the next silence is due."""
         wait = SWEEP_S
         now = self._clock.now()
-        dues = [self._silence.next_due(), *(work.next_due() for work in self._due_work)]
+        silence = self._silence.next_due() if self._link.connected else None
+        dues = [silence, *(work.next_due() for work in self._due_work)]
         for due in dues:
             if due is not None:
                 wait = min(wait, max(0.01, (due - now).total_seconds()))
@@ -517,13 +541,19 @@ class Intake:
                 log.exception("work due on the intake thread failed; trying again")
 
     def _sweep(self) -> None:
-        """Mark offline every cluster silent for 1.5 × its keepalive."""
+        """Mark offline every cluster silent for 1.5 × its keepalive, from what was last
+        heard from it. Not while the controller's own link is down: nothing can be heard
+        then, and that is not the clusters' doing (`loa-controller fleet` says the
+        controller is disconnected instead)."""
         now = self._clock.now()
+        if not self._link.connected:
+            self.stats.deaf_sweeps += 1
+            return
         self.stats.sweeps += 1
-        for silent in self._silence.due(now):
+        for silent in self._silence.due(now, self._listening_since):
             reason = silent.reason(now)
             before, _ = self._store.clusters.set_state(
-                silent.cluster, "offline", now, reason=reason
+                silent.cluster, "offline", now, since=silent.last_heard, reason=reason
             )
             if before == "offline":  # the Last Will came first
                 continue
@@ -589,6 +619,8 @@ class Intake:
         evs = stored
         for ev in fresh:
             self.stats.by_kind[ev.kind] = self.stats.by_kind.get(ev.kind, 0) + 1
+            pair = (ev.kind, ev.level or "")
+            self.stats.by_kind_level[pair] = self.stats.by_kind_level.get(pair, 0) + 1
             if ev.kind == "rejected":
                 self._refusals.warning(
                     "commands the clusters rejected",

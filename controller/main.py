@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 from controller.approval import Approvals
 from controller.audio import AudioLibrary, AudioSettings, PreparedAudio
+from controller.broker_state import BrokerState
 from controller.config import ControllerConfig, SpeechConfig
 from controller.confirmations import Confirmations, ResendPolicy
 from controller.credentials import controller_login
@@ -52,6 +53,7 @@ from controller.schedule import HORIZON, Scheduler, plan
 from controller.sources import load_together
 from controller.store import Store
 from controller.trust import ClusterKeys
+from controller.urgent import DEFAULT_URGENT_EXPIRY, NotSentError
 from protocol.clock import Clock, SystemClock
 from protocol.config_errors import ConfigError, Problem
 from protocol.messages import Level
@@ -59,8 +61,6 @@ from protocol.mqtt import BrokerAddress, Link, MqttLink
 from protocol.signing import Signer, load_private_key
 
 log = logging.getLogger(__name__)
-
-URGENT_LATENESS = timedelta(minutes=5)
 
 
 @dataclass
@@ -92,6 +92,9 @@ class Settings:
     require_signed_events: bool = True
     # Other nodes of the broker's cluster (same login and CA), tried when one fails.
     broker_fallbacks: list[BrokerAddress] = field(default_factory=list)
+    # How long after it is sent an urgent announcement may still start; a cluster that
+    # gets it later reports it expired and plays nothing.
+    urgent_expiry: timedelta = DEFAULT_URGENT_EXPIRY
 
     @classmethod
     def from_config(cls, config: ControllerConfig) -> Settings:
@@ -121,6 +124,7 @@ class Settings:
             speech=config.speech,
             membership_republish_s=config.membership_republish.total_seconds(),
             require_signed_events=config.require_signed_events,
+            urgent_expiry=config.urgent_expiry,
         )
 
 
@@ -179,6 +183,7 @@ class Controller:
         self.memberships_publisher = MembershipPublisher(
             self.link, self.signer, self.clock, self.memberships,
             interval_s=settings.membership_republish_s,
+            after_reconnect=self._publish_rotation,
         )
         self.intake = Intake(
             self.link, self.store, self.signer, self.clock, keys=self.keys,
@@ -188,7 +193,12 @@ class Controller:
         self.intake.add_batch_listener(self.confirmations.confirm)
         self.intake.add_due_work(self.confirmations)
         self.intake.add_state_listener(self._on_cluster_state)
-        self.broker_watch = BrokerWatch(self.link, settings.client_id, self.clock)
+        self.broker_state = BrokerState(
+            self.link, self.clock, settings.timezone, marks=self.store.marks.set
+        )
+        self.broker_watch = BrokerWatch(
+            self.link, settings.client_id, self.clock, outage=self.broker_state.outage_text
+        )
         self.on_reconnect(self._resend_unconfirmed)
         self.on_reconnect(self.memberships_publisher.on_reconnect)
         self.dispatcher = Dispatcher(
@@ -223,6 +233,7 @@ class Controller:
                 "registered key are taken (an upgrade in progress); set it to true once "
                 "`loa-controller enrol list` shows every cluster registered"
             )
+        self.broker_state.start()  # first: the other listeners may ask it
         self.enrolment.start()
         self.intake.start()
         self.distributor.start()
@@ -235,10 +246,7 @@ class Controller:
                 self.settings.broker.url(),
             )
         # A key rotation first: the memberships that follow are signed with the new key.
-        publish_rotation(
-            self.link, self.settings.private_key, self.signer.public_key,
-            sorted(self.fleet.clusters),
-        )
+        self._publish_rotation()
         self.memberships_publisher.publish_all()
         self.scheduler.swap(self.playlists)
         self.scheduler.start()
@@ -261,6 +269,7 @@ class Controller:
         self.enrolment.stop()
         self.intake.stop()
         self.link.stop()
+        self.broker_state.stop()
         self.store.close()
 
     def on_reconnect(self, action: ReconnectAction) -> None:
@@ -269,6 +278,14 @@ class Controller:
         its retained messages). Register before start(). The action runs on the link's
         network thread: queue the work, do not block."""
         self.broker_watch.on_reconnect(action)
+
+    def _publish_rotation(self) -> int:
+        """The kept key rotation, retained, to every cluster (at the start, and again
+        after every reconnection, with the memberships)."""
+        return publish_rotation(
+            self.link, self.settings.private_key, self.signer.public_key,
+            sorted(self.fleet.clusters),
+        )
 
     def _resend_unconfirmed(self, _found: Reconnection) -> None:
         # Whatever the broker held may be gone: every play a cluster has not confirmed, and
@@ -423,6 +440,9 @@ class Controller:
         clusters = self.fleet.resolve(targets, exclude)
         if not clusters:
             raise ValueError(f"targets {', '.join(targets)} contain no cluster")
+        why = self.broker_state.unreachable()
+        if why is not None:
+            raise NotSentError(f"not sent: {why}")
         if isinstance(audio, PreparedAudio):
             by_profile = {audio.profile: clusters}
             items = {audio.profile: [audio]}
@@ -435,7 +455,7 @@ class Controller:
             bulletin=title,
             level=level,
             start_at=now,
-            latest_start=now + URGENT_LATENESS,
+            latest_start=now + self.settings.urgent_expiry,
             items=[],
             clusters=clusters,
             urgent=True,

@@ -65,9 +65,14 @@ class MembershipPublisher:
         memberships: Callable[[], Sequence[MembershipRow]],
         *,
         interval_s: float = DEFAULT_REPUBLISH_S,
+        after_reconnect: Callable[[], object] = lambda: None,
     ) -> None:
         """memberships: every cluster's (cluster, commune, groups) now. interval_s: how
-        often every membership is published again (0: only after a reconnection)."""
+        often every membership is published again (0: only after a reconnection).
+        after_reconnect: the controller's other retained messages published again first,
+        on this thread, after a reconnection (the key rotation, whose new key signs the
+        memberships)."""
+        self._after_reconnect = after_reconnect
         self._link = link
         self._signer = signer
         self._clock = clock
@@ -155,6 +160,8 @@ class MembershipPublisher:
             if self._stopping.is_set():
                 return
             try:
+                if woken:
+                    self._after_reconnect()
                 count = self.publish_all()
             except Exception as exc:  # the next round tries again
                 log.error("could not publish the memberships again: %s", exc)

@@ -112,7 +112,11 @@ class BrokerWatch:
         clock: Clock,
         *,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
+        outage: Callable[[], str] = lambda: "",
     ) -> None:
+        """outage(): how long the link was down before this connection, as the log line
+        says it (controller.broker_state.BrokerState.outage_text)."""
+        self._outage = outage
         self._link = link
         self._clock = clock
         self._id = canary_id(client_id)
@@ -200,10 +204,11 @@ class BrokerWatch:
         self.seen.append(found)
         if found.broker_lost_state:
             log.warning(
-                "connected to the broker again, and it has lost what it held (%s): it was "
+                "connected to the broker again%s, and it has lost what it held (%s): it was "
                 "restarted without saving its state, or restored from an old backup. "
-                "Commands not confirmed yet by their clusters are sent again",
-                found.describe(),
+                "Commands not confirmed yet by their clusters and every retained message "
+                "of the controller are sent again",
+                self._outage(), found.describe(),
             )
         elif found.first:
             log.info(
@@ -213,8 +218,8 @@ class BrokerWatch:
             )
         else:
             log.info(
-                "connected to the broker again (%s); commands not confirmed yet by their "
-                "clusters are sent again", found.describe(),
+                "connected to the broker again%s (%s); commands not confirmed yet by their "
+                "clusters are sent again", self._outage(), found.describe(),
             )
         for action in actions:
             try:

@@ -159,6 +159,7 @@ class Scheduler:
         self._lock = threading.RLock()
         self._playlists: Playlists | None = None
         self._planned: dict[str, PlannedJob] = {}
+        self._stopping = False
         self._aps = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(4)},
@@ -173,6 +174,10 @@ class Scheduler:
     def lead_time(self) -> timedelta:
         return self._lead
 
+    @property
+    def running(self) -> bool:
+        return bool(self._aps.running)
+
     def start(self) -> None:
         self._aps.start()
         self._aps.add_job(
@@ -181,6 +186,7 @@ class Scheduler:
         self.replan()
 
     def shutdown(self) -> None:
+        self._stopping = True
         if self._aps.running:
             self._aps.shutdown(wait=False)
 
@@ -283,9 +289,14 @@ class Scheduler:
     def _call(self, occ: Occurrence, down_since: datetime | None = None) -> Outcome | None:
         try:
             return self._dispatch(occ, down_since=down_since)
-        except Exception:
-            # Not recorded: planned again at the next re-plan while it can still start,
-            # then swept as missed.
+        except Exception as exc:
+            # Not recorded: planned again at the next re-plan (or start) while it can still
+            # start, then swept as missed.
+            if self._stopping:  # the store or the link went away under it: no fault
+                log.info("dispatch of %s cut short by the controller stopping (%s); it is "
+                         "dispatched at the next start while it can still start",
+                         occ.play_id, type(exc).__name__)
+                return None
             log.exception("dispatch of %s failed", occ.play_id)
             return None
 

@@ -71,8 +71,12 @@ class SilenceWatch:
     def next_due(self) -> datetime | None:
         return self._heap[0][0] if self._heap else None
 
-    def due(self, now: datetime) -> list[Silent]:
-        """The clusters silent at `now`; they are no longer watched until heard again."""
+    def due(self, now: datetime, listening_since: datetime | None = None) -> list[Silent]:
+        """The clusters silent at `now`; they are no longer watched until heard again.
+
+        listening_since: when the controller's link to the broker last came up. Nothing
+        could be heard before that, so a cluster is silent only once it has had its full
+        time after it; its `last_heard` stays what was heard."""
         found: list[Silent] = []
         while self._heap and self._heap[0][0] <= now:
             _, cluster = heapq.heappop(self._heap)
@@ -81,8 +85,9 @@ class SilenceWatch:
             if last is None:  # forgotten
                 continue
             keepalive = self._keepalive[cluster]
-            if last + _limit(keepalive) > now:  # heard since this deadline was set
-                self._push(cluster, last, keepalive)
+            basis = max(last, listening_since) if listening_since is not None else last
+            if basis + _limit(keepalive) > now:  # heard (or listening again) since
+                self._push(cluster, basis, keepalive)
                 continue
             del self._heard[cluster]
             found.append(Silent(cluster, last, keepalive))

@@ -68,9 +68,10 @@ from protocol.messages import Level
 log = logging.getLogger(__name__)
 
 URGENT_LEVELS: tuple[Level, ...] = ("priority", "emergency")
-#: How long after it is sent an announcement may still start (a cluster that comes back
-#: online later than this does not play it).
-URGENT_LATENESS = timedelta(minutes=5)
+#: How long after it is sent an announcement may still start, by default (the config's
+#: `urgent_expiry`): its command expires then, and a cluster that gets it later (it was
+#: offline, or the broker was down) reports it `expired` and plays nothing.
+DEFAULT_URGENT_EXPIRY = timedelta(minutes=3)
 MAX_REPEAT = 10
 MAX_GAP_S = 60.0
 MAX_TITLE = 200
@@ -78,7 +79,7 @@ MAX_TITLE = 200
 Source = Literal["web", "api", "cli", "cap"]
 ClusterStatus = Literal[
     "sent", "offline", "received", "delivered", "playing", "finished", "interrupted",
-    "missed", "failed",
+    "missed", "failed", "expired",
 ]
 FINAL: frozenset[str] = frozenset(FINAL_KINDS)
 _ORDER = {"sent": 0, "offline": 0, "received": 1, "delivered": 2, "playing": 3}
@@ -128,6 +129,14 @@ class TargetForbiddenError(UrgentError):
 
 class NotFoundError(UrgentError):
     status = 404
+
+
+class NotSentError(UrgentError):
+    """The controller cannot reach its broker: nothing was sent, and it says so at once
+    (an announcement queued for a broker that is down would play whenever the broker is
+    back, or expire unheard)."""
+
+    status = 503
 
 
 # --- what is asked and what is shown -----------------------------------------------------
@@ -268,7 +277,14 @@ class UrgentService:
         tts: TextToSpeech,
         audit: AuditLog,
         work_dir: Path,
+        expiry: timedelta = DEFAULT_URGENT_EXPIRY,
+        unreachable: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """expiry: how long after it is sent an announcement may still start (config
+        `urgent_expiry`). unreachable(): why the broker cannot be reached now (None: it
+        can), from controller.broker_state.BrokerState."""
+        self.expiry = expiry
+        self._unreachable = unreachable
         self._fleet = fleet
         self._store = store
         self._library = library
@@ -479,20 +495,25 @@ class UrgentService:
     def send(
         self, who: Principal, req: AnnouncementRequest, *, source: Source = "web"
     ) -> Announcement:
-        """Check, prepare and send an announcement now; record it and audit it."""
+        """Check, prepare and send an announcement now; record it and audit it.
+
+        NotSentError (nothing recorded, nothing sent) while the broker cannot be reached,
+        asked before the audio is prepared and again before it is sent."""
         self._check(req)
         clusters = self.authorize(who, req.targets)
+        self._reachable()
         voice = self.voice_for(clusters) if req.text else None
         by_profile = self._fleet().by_profile(clusters)
         with tempfile.TemporaryDirectory(dir=self._work, prefix="announcement-") as tmp:
             each = self.prepare(req, Path(tmp), by_profile, voice=voice)
+        self._reachable()
         prepared = next(iter(each.values()))  # the one recorded; audio() gives them all
         now = self._clock.now()
         title = (req.title or "").strip() or _title_from(req)
         play_id = new_play_id("urgent")
         spec = PlaySpec(
             play_id=play_id, bulletin=title, level=req.level, start_at=now,
-            latest_start=min(now + URGENT_LATENESS, req.expires_at or now + URGENT_LATENESS),
+            latest_start=min(now + self.expiry, req.expires_at or now + self.expiry),
             items=[], clusters=clusters,
             urgent=True,
         )
@@ -516,6 +537,14 @@ class UrgentService:
             + (f" ref={req.ref}" if req.ref else "") + (f" voice={voice}" if voice else ""),
         )
         return self.get(who, play_id)
+
+    def _reachable(self) -> None:
+        why = self._unreachable()
+        if why is not None:
+            raise NotSentError(
+                f"not sent: {why}. Nothing was recorded; send it again once the broker is "
+                "back (the page's banner goes away)"
+            )
 
     def stop(self, who: Principal, announcement_id: str) -> Announcement:
         found = self.get(who, announcement_id)
@@ -723,4 +752,7 @@ def service_for(controller: Any, tts: TextToSpeech, work_dir: Path) -> UrgentSer
         tts=tts,
         audit=AuditLog(controller.store),
         work_dir=work_dir,
+        expiry=getattr(controller.settings, "urgent_expiry", DEFAULT_URGENT_EXPIRY),
+        unreachable=getattr(getattr(controller, "broker_state", None), "unreachable",
+                            lambda: None),
     )

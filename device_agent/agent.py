@@ -60,6 +60,7 @@ from device_agent.amplifier import Amplifier, amplifier_from_config
 from device_agent.cache import Cache, ChunkOutcome
 from device_agent.guard import (
     Duplicate,
+    Expired,
     Guard,
     Ignored,
     Membership,
@@ -264,7 +265,8 @@ class Agent:
         self._cache_dir = data_dir / "content"
         self._max_content_bytes = max_content_bytes
         self._arriving: set[str] = set()  # content of the play command being admitted
-        self._answered: dict[str, datetime] = {}  # play id -> last answer to a copy of it
+        # play id -> last answer to a copy of it (or its report as expired)
+        self._answered: dict[str, datetime] = {}
         self._cache = cache or Cache(
             self._cache_dir,
             durable=durable,
@@ -635,6 +637,17 @@ class Agent:
         except Ignored as exc:
             self._log.debug("ignored command %s on %s: %s", exc.command_id, topic, exc.reason)
             return False
+        except Expired as exc:
+            if isinstance(exc.command.body, PlayBody):
+                self._expired(exc.command, exc.reason)
+                return False
+            if self._limiter.allow():
+                self._log.warning(
+                    "refused command %s on %s: %s. Nothing was played.",
+                    exc.command_id, topic, exc.reason,
+                )
+                self._add_event("rejected", ref=exc.command_id, reason=exc.reason)
+            return False
         except Rejected as exc:
             if self._limiter.allow():
                 if topic.endswith("/membership"):
@@ -701,6 +714,27 @@ class Agent:
         membership = topics.cluster_topic(self.cluster_id, "membership")
         self._link.unsubscribe(membership)
         self._link.subscribe(membership, self._on_message)
+
+    def _expired(self, command: Command, reason: str) -> None:
+        """A play command that came after its expiry: played nothing, reported `expired`,
+        unless this cluster has the play already (a copy delivered again after the
+        expiry: the play was answered when it came in time)."""
+        body = command.body
+        assert isinstance(body, PlayBody)
+        if self._player.known(body.play_id) is not None:
+            self._answer_again(command, same_command=False)
+            return
+        if body.play_id in self._answered:
+            return  # another copy (a group's and its own topic's): reported once
+        self._answered[body.play_id] = self._clock.now()
+        self._log.warning(
+            "play %s (%s, %s) came too late: %s. Nothing was played; reported as expired",
+            body.play_id, body.bulletin, body.level, reason,
+        )
+        self._add_event(
+            "expired", ref=command.id, play_id=body.play_id, bulletin=body.bulletin,
+            level=body.level, reason=reason,
+        )
 
     def _answer_again(self, command: Command, *, same_command: bool) -> None:
         """A play this cluster holds came again: tell the controller it has it."""

@@ -16,26 +16,20 @@ FAILs; test-tone: 1 when the tone did not play; 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from protocol import l10n
+from protocol import l10n, logs
 from protocol.config_errors import ConfigError
 from protocol.l10n import _
 
 DEFAULT_CONFIG = Path("/etc/loa/agent.yaml")
 
 
-def _setup_logging(verbose: bool, command: str) -> None:
+def _setup_logging(args: argparse.Namespace) -> None:
     # check and test-tone print their own report; the parts' logs only add noise there.
-    quiet = command in ("check", "test-tone")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else (logging.ERROR if quiet else logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(args, "error" if args.command in ("check", "test-tone") else "info")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -112,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loa-agent", description="The agent of one loudspeaker cluster."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    logs.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="receive, cache and play what the controller sends")
     run.add_argument(
@@ -154,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     l10n.use(l10n.choose(args.lang))
-    _setup_logging(args.verbose, args.command)
+    _setup_logging(args)
     try:
         code = int(args.func(args))
     except ConfigError as exc:

@@ -12,8 +12,10 @@ through `Guard.admit` before it can have any effect. In order:
    again, or one older than the current one (a lower `version`, or the same version
    issued earlier), is ignored silently (`Ignored`), not reported. Memberships are
    ordered by version, so they are not remembered as seen (a replay is older);
-3. time: a command past its `expires_at` is rejected as expired; one issued more than
-   five minutes in this cluster's future is rejected (a clock problem or a forgery);
+3. time: a command past its `expires_at` is rejected as expired (`Expired`, carrying the
+   verified command once its address is checked: a play is then reported as `expired`);
+   one issued more than five minutes in this cluster's future is rejected (a clock
+   problem or a forgery);
 4. addressing: the cluster id must be in `to.clusters`, or one of its groups in
    `to.groups`, and the topic the command came on must be the cluster's own topic or one
    of its groups' topics; membership commands only on the cluster's own topics;
@@ -92,6 +94,16 @@ class Duplicate(Ignored):
 
     def __init__(self, command: Command) -> None:
         super().__init__(f"{command.body.kind} command already received once", command.id)
+        self.command = command
+
+
+class Expired(Rejected):
+    """A command signed by the controller and addressed to this cluster that came after its
+    `expires_at` (held up by a broker that was down, or by this cluster's link): not
+    obeyed. `command` is the command, verified; a play is reported as `expired`."""
+
+    def __init__(self, reason: str, command: Command) -> None:
+        super().__init__(reason, command.id, "expired")
         self.command = command
 
 
@@ -329,11 +341,12 @@ class Guard:
 
         now = self._clock.now()
         if command.expires_at <= now:
-            raise Rejected(
+            # Addressed elsewhere is the graver fault; else it is this cluster's, too late.
+            self._check_address(topic, command, current, is_membership)
+            raise Expired(
                 f"expired at {_short(command.expires_at)} (this cluster's clock says "
                 f"{_short(now)})",
-                command.id,
-                "expired",
+                command,
             )
         if command.issued_at > now + self._max_skew:
             raise Rejected(

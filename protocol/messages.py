@@ -200,6 +200,7 @@ EventKind = Literal[
     "missed",  # could not start before latest_start
     "failed",  # could not play (reason says why)
     "rejected",  # a command was refused (bad signature, expired, replayed, misaddressed)
+    "expired",  # a play command came after its expires_at: nothing was played
 ]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 

@@ -23,6 +23,7 @@ import logging
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -243,6 +244,13 @@ class MqttLink:
 
     # A failure that stays the same is logged again after this long.
     REPEAT_WARNING_S = 600.0
+    # A connection the broker closes within SHORT_LIVED_S of accepting it, TAKEOVER_DROPS
+    # times within TAKEOVER_WINDOW_S: another client is taking the same client id (MQTT
+    # 3.1.1 has the broker close the older connection without a word; only MQTT 5 says
+    # "session taken over"), and the two take it from each other for ever.
+    SHORT_LIVED_S = 30.0
+    TAKEOVER_DROPS = 3
+    TAKEOVER_WINDOW_S = 120.0
 
     def __init__(
         self,
@@ -279,6 +287,11 @@ class MqttLink:
         self._handshake_failure: ConnectFailure | None = None  # of the attempt under way
         self._failures = _Throttle(self.REPEAT_WARNING_S)
         self._bad_topics = _Throttle(self.REPEAT_WARNING_S)
+        self._takeover_warnings = _Throttle(self.REPEAT_WARNING_S)
+        self._connected_at = 0.0  # monotonic, of the last CONNACK accepted
+        self._short_drops: deque[float] = deque(maxlen=self.TAKEOVER_DROPS)
+        #: Times the connection looked taken over by another client with the same id.
+        self.takeovers = 0
         self._stopping = False
         client = self._network_client(
             client_id=client_id, clean_session=clean_session,
@@ -369,9 +382,12 @@ class MqttLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def wait_published(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 30) -> bool:
+    def wait_published(
+        self, topic: str, payload: bytes, qos: int = 1, timeout: float = 30, *,
+        retain: bool = False,
+    ) -> bool:
         """Publish and wait for the broker's acknowledgement (for tools and benchmarks)."""
-        info = self._client.publish(topic, payload, qos=qos)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
         self._network_queued()
         info.wait_for_publish(timeout)
         return info.is_published()
@@ -474,6 +490,7 @@ class MqttLink:
             subs = list(self._subs.items())
         if subs:
             client.subscribe([(flt, qos) for flt, (_h, qos) in subs])
+        self._connected_at = time.monotonic()
         self._connected.set()
         if len(self._brokers) > 1:
             log.info("connected to broker %s as %s (session %s)", self.broker.url(),
@@ -487,12 +504,39 @@ class MqttLink:
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
-        if not self._stopping and was:
+        if not self._stopping and was and not self._taken_over(str(reason)):
             log.warning(
                 "lost connection to broker %s (%s); reconnecting", self.broker.url(), reason
             )
         if was:
             self._notify(False)
+
+    def _taken_over(self, reason: str) -> bool:
+        """Whether this drop looks like another client taking this client id; if so, say
+        it (at most every REPEAT_WARNING_S) instead of "lost connection"."""
+        now = time.monotonic()
+        if "Keep alive" in reason or now - self._connected_at > self.SHORT_LIVED_S:
+            self._short_drops.clear()
+            return False
+        self._short_drops.append(now)
+        if (len(self._short_drops) < self.TAKEOVER_DROPS
+                or now - self._short_drops[0] > self.TAKEOVER_WINDOW_S):
+            return False
+        self.takeovers += 1
+        held = self._takeover_warnings.allow("taken over")
+        if held is not None:
+            log.error(
+                "broker %s keeps closing the connection of client id %r right after "
+                "accepting it (%d times in %.0f s%s): most likely another client is connecting "
+                "with the same client id: the broker gives the id to the newest connection, so "
+                "the two take it from each other. Find the other process using client id %r (a "
+                "second controller or agent with the same config) and stop it, or give one of "
+                "them its own client id; the broker's log names the id it disconnected",
+                self.broker.url(), self.client_id, len(self._short_drops),
+                now - self._short_drops[0], f"; {held} more since the last warning"
+                if held else "", self.client_id,
+            )
+        return True
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         try:

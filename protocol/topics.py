@@ -26,10 +26,13 @@ configuration is generated from these lists (controller/broker_config.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 PREFIX = "loa/v1"
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}/v1")
 
 # Cluster and group ids are single topic levels: no '/', '+', '#', spaces or NUL.
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
@@ -49,6 +52,23 @@ CONTROLLER_CHANNELS: tuple[ControllerChannel, ...] = ("canary",)
 TO_AGENT: tuple[ClusterChannel, ...] = ("key", "command", "content", "membership")
 FROM_AGENT: tuple[ClusterChannel, ...] = ("event", "state", "request", "heartbeat", "enrol")
 GROUP_CHANNELS: tuple[GroupChannel, ...] = ("command", "content")
+
+
+@contextmanager
+def prefix(root: str) -> Iterator[str]:
+    """Every topic built and parsed in this process under `root` (two levels, the second
+    `v1`, as `loa/v1`) within the block; the previous prefix after it. The demo's own
+    root on a broker a real fleet uses (controller/demo.py): its controller and agents,
+    in one process, never meet the real ones."""
+    global PREFIX  # noqa: PLW0603 (one process, one root: set by the demo for its whole run)
+    if not _PREFIX_RE.fullmatch(root):
+        raise ValueError(f"topic root {root!r}: write <name>/v1, the name in letters, digits, "
+                         "'.', '_' or '-'")
+    before, PREFIX = PREFIX, root
+    try:
+        yield root
+    finally:
+        PREFIX = before
 
 
 def check_id(value: str, what: str = "id") -> str:

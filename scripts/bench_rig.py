@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench_broker import PrivateMosquitto
@@ -39,7 +39,7 @@ from bench_province import Province, make_province, start_controller
 from link_relay import LinkParams, LinkRelay
 
 from controller.audio import AudioSettings, PreparedAudio
-from controller.distribution import PLAY_TTL_MARGIN
+from controller.distribution import play_ttl
 from controller.main import Controller
 from protocol import chunks
 from protocol.messages import Address, Event, PlayBody
@@ -139,7 +139,7 @@ def raw_messages(rig: Rig, body: PlayBody, audio: PreparedAudio) -> list[tuple[s
     """What the distributor publishes for a play to the whole province (the command,
     signed the same way, then the audio chunks), on topics only raw subscribers take."""
     now = datetime.now(UTC)
-    ttl = max(body.latest_start - now, timedelta(0)) + PLAY_TTL_MARGIN
+    ttl = play_ttl(body, now)
     group = rig.province.province
     command = rig.controller.signer.command(body, Address(groups=[group]), now, ttl)
     messages = [(f"raw/group/{group}/command", command.to_json())]

@@ -55,8 +55,8 @@ from link_relay import LinkParams, counts_between
 
 from controller.audio import PreparedAudio
 from controller.distribution import new_play_id
-from controller.main import URGENT_LATENESS
 from controller.samples import demo_urgent, tone
+from controller.urgent import DEFAULT_URGENT_EXPIRY
 from protocol.messages import PlayBody
 
 MESSAGE_S = 30.0
@@ -150,7 +150,7 @@ def run(agents: int, trials: int, per_process: int | None, verbose: bool, keep: 
             now = datetime.now(UTC)
             messages = raw_messages(rig, PlayBody(
                 play_id=new_play_id("urgent"), bulletin=TITLE, level="emergency",
-                start_at=now, latest_start=now + URGENT_LATENESS,
+                start_at=now, latest_start=now + DEFAULT_URGENT_EXPIRY,
                 items=[message.content_ref()], urgent=True,
             ), message)  # fmt: skip
             result = trial(rig, message, messages, timeout)

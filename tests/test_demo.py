@@ -3,19 +3,30 @@ the same against a mosquitto over TLS (`--broker mqtts://... --ca-file`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
-from conftest import have_mosquitto, require
+from conftest import MosquittoBroker, free_port, have_mosquitto, require
+from fleet_rig import FleetRig
+from paho.mqtt.enums import CallbackAPIVersion
 from tls_support import Authority, tls_mosquitto
 
+from controller.store.clusters import ClusterRow
+
 ROOT = Path(__file__).resolve().parent.parent
+#: A cluster of the demo's fleet (config/fleet.yaml), run here as a real one.
+SHARED_CLUSTER = "kinh-cung-01"
 
 
 def demo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -81,3 +92,137 @@ def check_outcomes(proc: subprocess.CompletedProcess[str]) -> None:
     for c in clusters:
         assert (c["bulletin"] == "interrupted") == (c["urgent"] == "finished"), c
     assert "73 simulated agents" in proc.stderr
+
+
+def retained(broker: MosquittoBroker) -> dict[str, bytes]:
+    """Every retained message on the broker: what a new subscription to # is handed
+    before a probe published after it comes back."""
+    got: dict[str, bytes] = {}
+    back = threading.Event()
+    probe = f"probe/{os.getpid()}/{time.monotonic_ns()}"
+
+    def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+        if msg.topic == probe:
+            back.set()
+        elif msg.retain and msg.payload:
+            got[msg.topic] = bytes(msg.payload)
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"snapshot-{os.getpid()}")
+    client.on_message = on_message
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        client.subscribe("#", qos=1)
+        deadline = time.monotonic() + 10
+        while not back.wait(0.3):
+            assert time.monotonic() < deadline, "the probe did not come back"
+            client.publish(probe, b"x", qos=1)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return got
+
+
+def test_the_demo_on_a_broker_a_real_fleet_uses_leaves_it_untouched(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> None:
+    """A real controller and a real agent process (a cluster id the demo's fleet has too,
+    with the production client ids) on mosquitto; `loa-controller demo --broker` on the
+    same broker: the real store, the real sessions and the real retained messages are
+    as they were, and the demo leaves no retained message of its own."""
+    rig = FleetRig(tmp_path / "real", mosquitto_broker, [SHARED_CLUSTER])
+    try:
+        ctl = rig.start_controller()
+        rig.start_agent(SHARED_CLUSTER)
+        rig.wait_online(SHARED_CLUSTER)
+        before = retained(mosquitto_broker)
+        assert f"loa/v1/cluster/{SHARED_CLUSTER}/membership" in before
+        assert f"loa/v1/cluster/{SHARED_CLUSTER}/state" in before
+        events, rows = ctl.store.events.count(), summary(ctl.store.clusters.fleet_rows())
+
+        proc = demo("--json", "--broker", mosquitto_broker.url)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        check_outcomes(proc)
+        assert "removed the demo's" in proc.stderr
+
+        after = retained(mosquitto_broker)
+        assert after == before  # theirs untouched, none of the demo's left
+        assert ctl.broker_state.connections == 1  # never lost its session to the demo
+        assert ctl.link.connected
+        assert getattr(ctl.link, "takeovers", 0) == 0
+        assert "lost connection" not in rig.log(SHARED_CLUSTER)
+        assert ctl.store.events.count() == events  # nothing of the demo's stored
+        assert summary(ctl.store.clusters.fleet_rows()) == rows  # last_seen moves on
+        assert [r.id for r in ctl.store.clusters.fleet_rows()] == [SHARED_CLUSTER]
+        assert ctl.intake.stats.unknown == 0  # the demo's 73 clusters were never heard
+    finally:
+        rig.close()
+
+
+def summary(rows: list[ClusterRow]) -> list[ClusterRow]:
+    return [dataclasses.replace(r, last_seen=None) for r in rows]
+
+
+def test_a_demo_that_cannot_reach_its_broker_says_so_in_one_line(tmp_path: Path) -> None:
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    proc = demo("--broker", url)
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"demo failed: cannot connect to broker {url}: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = demo("--json", "--broker", url)
+    assert proc.returncode == 1
+    answer = json.loads(proc.stdout)
+    assert answer["ok"] is False
+    assert answer["reason"].startswith(f"cannot connect to broker {url}: ")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_demo_still_removes_its_retained_messages(
+    mosquitto_broker: MosquittoBroker, how: signal.Signals
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "demo", "--broker", mosquitto_broker.url],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert proc.stderr is not None
+        said = []
+        for line in proc.stderr:  # until the controller has published the memberships
+            said.append(line)
+            if "waiting for it to start" in line:
+                break
+        else:
+            raise AssertionError("".join(said))
+        assert any(t.startswith("loa-demo-") for t in retained(mosquitto_broker))
+        proc.send_signal(how)
+        _out, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, rest
+    assert "demo interrupted" in rest
+    assert "Traceback" not in rest
+    assert retained(mosquitto_broker) == {}  # nothing of the demo's left
+
+
+def make_dry_run(target: str, venv: Path) -> list[str]:
+    """The pip installs `make TARGET` would run in a new virtual environment (make -n)."""
+    require("make", shutil.which("make") is not None, "apt-get install make")
+    done = subprocess.run(["make", "-n", "-B", target, f"VENV={venv}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return [line for line in done.stdout.splitlines() if " -m pip install " in line
+            and "--upgrade pip" not in line]
+
+
+def test_make_demo_installs_the_controller_only_and_make_test_and_lint_the_tools(
+    tmp_path: Path,
+) -> None:
+    venv = tmp_path / "venv"
+    assert [line.split()[-1] for line in make_dry_run("demo", venv)] == ["'.[controller]'"]
+    for target in ("test", "lint", "venv"):
+        installs = [line.split()[-1] for line in make_dry_run(target, venv)]
+        assert installs[-1] == "'.[controller,test,dev]'", (target, installs)

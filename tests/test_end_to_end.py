@@ -6,8 +6,9 @@ output, so every play leaves a WAV decoded by the real ffmpeg. Then the attacks 
 public megaphone must shrug off: a hand-written unsigned command (mosquitto_pub), a
 replay of a captured valid command, a command signed with another key, one expired,
 one addressed to another cluster. Each plays nothing; the forgeries show in the agent's
-log and in `loa-controller fleet`, while the replay is the same command again (as a
-broker's redelivery would be): not played twice, not reported as an attack.
+log and in `loa-controller fleet`, the expired play is reported `expired`, while the
+replay is the same command again (as a broker's redelivery would be): not played twice,
+not reported as an attack.
 """
 
 from __future__ import annotations
@@ -220,14 +221,17 @@ def test_a_signed_play_plays_and_forgeries_play_nothing(rig: Rig, broker: Mosqui
     wait_until(lambda: rig.rejections() >= 2, 15, "the stranger's command's rejection")
     assert "signature" in (rig.row().last_rejection or "")
 
-    # 5. Signed by the controller but expired (captured long ago, say).
+    # 5. Signed by the controller but expired (captured long ago, or held up by a broker
+    #    that was down): reported as the play `expired`, not aired.
     old = rig.controller.signer.command(
         body.model_copy(update={"play_id": "hijack-3"}), Address(clusters=[CLUSTER]),
         now - timedelta(hours=3), timedelta(hours=1),
     )
     mosquitto_pub(broker, own_topic, old.to_json())
-    wait_until(lambda: rig.rejections() >= 3, 15, "the expired command's rejection")
-    assert "expired" in (rig.row().last_rejection or "")
+    wait_until(lambda: rig.controller.store.events.count("expired") == 1, 15,
+               "the expired command's report")
+    assert rig.row().last_result == "expired"
+    assert (rig.row().last_result_reason or "").startswith("expired at ")
 
     # 6. Signed and fresh, but for another cluster, pushed onto this one's topic.
     elsewhere = rig.controller.signer.command(
@@ -235,18 +239,20 @@ def test_a_signed_play_plays_and_forgeries_play_nothing(rig: Rig, broker: Mosqui
         now, timedelta(hours=1),
     )
     mosquitto_pub(broker, own_topic, elsewhere.to_json())
-    wait_until(lambda: rig.rejections() >= 4, 15, "the misaddressed command's rejection")
+    wait_until(lambda: rig.rejections() >= 3, 15, "the misaddressed command's rejection")
     assert "another cluster" in (rig.row().last_rejection or "")
 
     # None of them played: still the one WAV, and no play of theirs reached the output.
     assert len(rig.wavs()) == 1
-    for hijack in ("hijack-1", "hijack-2", "hijack-3", "hijack-4"):
+    for hijack in ("hijack-1", "hijack-2", "hijack-4"):
         assert rig.controller.store.events.play_states(hijack) == {}
+    assert rig.controller.store.events.play_states("hijack-3") == {CLUSTER: "expired"}
     kinds = [e["kind"] for e in rig.controller.store.events.of_play(spec.play_id)]
     assert kinds.count("received") == 1, kinds
     assert kinds.count("playing") == 1, kinds
     log = rig.log()
-    assert log.count("refused command") == 4, log
+    assert log.count("refused command") == 3, log
+    assert log.count("came too late") == 1, log
 
     # The fleet view shows the cluster and its last rejection.
     out = subprocess.run(

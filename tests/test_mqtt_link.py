@@ -9,6 +9,7 @@ quarter second until the message is in or the deadline passes (`publish_until`).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -541,3 +542,31 @@ def test_a_link_moves_to_the_next_node_when_its_broker_dies(tmp_path: Path) -> N
         other.stop()
         first.stop()
         second.stop()
+
+
+def test_two_clients_with_one_client_id_are_named_as_such(
+    mosquitto_broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two processes with the same client id (a second controller with the same config):
+    the broker gives the id to the newest connection, so they take it from each other
+    every second. The log says so, with what to do, instead of "lost connection"."""
+    first = MqttLink(mosquitto_broker.address, "loa-controller")
+    second = MqttLink(mosquitto_broker.address, "loa-controller")
+    with ExitStack() as stack, caplog.at_level(logging.WARNING, logger="protocol.mqtt"):
+        stack.callback(first.stop)
+        stack.callback(second.stop)
+        first.start()
+        assert first.wait_connected(10)
+        second.start()
+
+        def named() -> bool:
+            return any("another client is connecting" in r.message
+                       for r in caplog.records)
+
+        wait_until(named, 30, "the takeover to be named in the log")
+    [said] = [r for r in caplog.records if "same client id" in r.message][:1]
+    assert said.levelno == logging.ERROR
+    assert "'loa-controller'" in said.message
+    assert "stop it, or give one of them its own client id" in said.message
+    assert "with the same client id" in said.message
+    assert first.takeovers + second.takeovers >= 1

@@ -1,6 +1,8 @@
 """The controller's silence watch: a cluster from which nothing has come for 1.5 × its
 keepalive is marked offline, with the reason, without waiting for the broker's Last
-Will; anything heard from it again brings it back online from that moment.
+Will, offline from when it was last heard; anything heard from it again brings it back
+online from that moment. While the controller's own link is down nobody is silent: the
+controller hears nothing because of itself.
 
 The watch alone on plain times, then the intake on a real mosquitto and a real store with
 the clock moved by hand. tests/test_agent_health.py freezes a real agent process.
@@ -75,6 +77,17 @@ def test_clusters_without_a_keepalive_and_forgotten_ones_are_not_watched() -> No
     assert watch.due(at(1000)) == []
 
 
+def test_a_cluster_has_its_full_time_after_the_controller_listens_again() -> None:
+    watch = SilenceWatch()
+    watch.heard("c1", at(0), keepalive_s=10)
+    # The controller's link came up again at 40 s: nothing could be heard before.
+    assert watch.due(at(50), listening_since=at(40)) == []
+    assert watch.next_due() == at(55)
+    [silent] = watch.due(at(55), listening_since=at(40))
+    assert silent.last_heard == at(0)  # what was heard, for the offline time
+    assert silent.reason(at(55)).startswith("nothing heard for 55.0 s")
+
+
 def test_the_heap_holds_one_entry_per_cluster_whatever_the_traffic() -> None:
     watch = SilenceWatch()
     for second in range(60):
@@ -96,6 +109,7 @@ class Rig:
     agent: MqttLink
     states: list[tuple[str, str]]
     identity: AgentIdentity  # c1's registered key
+    link: MqttLink  # the controller's
 
     def send(self, channel: Channel, body: object, qos: int = 1) -> None:
         """Publish on c1's topic what its agent would: body, signed with its key."""
@@ -143,7 +157,7 @@ def rig(mosquitto_broker: MosquittoBroker, tmp_path: Path) -> Iterator[Rig]:
     assert link.wait_connected(10)
     assert agent.wait_connected(10)
     try:
-        yield Rig(intake, store, clock, agent, states, identity)
+        yield Rig(intake, store, clock, agent, states, identity, link)
     finally:
         agent.stop()
         intake.stop()
@@ -180,7 +194,7 @@ def test_silence_marks_a_cluster_offline_with_the_reason_and_a_late_heartbeat_br
     rig.clock.advance(0.1)
     wait_until(lambda: rig.state()[0] == "offline", 5, "offline for silence")
     _, since, reason = rig.state()
-    assert since == at(15)
+    assert since == at(0)  # offline from what was last heard, not from when it was noticed
     assert reason == "nothing heard for 15.0 s (more than 1.5 × its keepalive of 10 s)"
     # The listeners hear of it just after the store has it.
     wait_until(lambda: rig.states[-1:] == [("c1", "offline")], 5, "the state listeners")
@@ -248,3 +262,28 @@ def test_an_agent_without_a_keepalive_in_its_heartbeat_is_left_to_the_last_will(
     rig.clock.advance(3600)
     rig.settle()
     assert rig.state()[0] == "online"
+
+
+def test_while_the_controller_cannot_hear_no_cluster_is_silent(
+    rig: Rig, mosquitto_broker: MosquittoBroker
+) -> None:
+    """The broker goes away for longer than the cluster's silence limit: the controller
+    hears nothing, through no fault of the cluster, which stays online; once the link is
+    back, the cluster has its full time to be heard again."""
+    online(rig)
+    mosquitto_broker.stop()
+    wait_until(lambda: not rig.link.connected, 10, "the controller's link down")
+    rig.clock.advance(60)  # four times the silence limit
+    deaf = rig.intake.stats.deaf_sweeps
+    wait_until(lambda: rig.intake.stats.deaf_sweeps > deaf + 1, 5, "two sweeps while deaf")
+    assert rig.state()[0] == "online"
+    mosquitto_broker.start()
+    wait_until(lambda: rig.link.connected, 15, "the controller's link back")
+    rig.settle()
+    assert rig.state()[0] == "online"  # 60 s unheard, but the controller only now listens
+    rig.clock.advance(15)
+    wait_until(lambda: rig.state()[0] == "offline", 5, "offline 15 s after listening again")
+    _, since, reason = rig.state()
+    assert since == at(0)  # the time offline is counted from what was heard
+    assert reason is not None
+    assert reason.startswith("nothing heard for 75.0 s")

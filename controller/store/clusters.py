@@ -20,7 +20,7 @@ from controller.store.engine import Database, aware_or_none, utc
 from controller.store.schema import clusters, heartbeats
 from protocol.messages import Event
 
-FINAL_KINDS = frozenset({"finished", "interrupted", "missed", "failed"})
+FINAL_KINDS = frozenset({"finished", "interrupted", "missed", "failed", "expired"})
 
 
 @dataclass(frozen=True)

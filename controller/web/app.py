@@ -13,8 +13,8 @@ middleware: nothing between the server and the routes reads a body or wraps an e
 
 The package reads top-down: context (what routes work with) and the pieces under it
 (security, limiter, signin, uploads, errors, limits, proxies, headers, i18n), then auth
-(who is asking), approvals, then the routes (api, listen, pages), then this module, then
-server.
+(who is asking), approvals, then the routes (api, listen, pages, health), then this
+module, then server.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controller.web import api, listen, pages
+from controller.web import api, health, listen, pages
 from controller.web.context import WebContext
 from controller.web.errors import ApiError, api_lang
 from controller.web.headers import SecurityHeaders
@@ -71,6 +71,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(listen.api)
     app.include_router(listen.router)
     app.include_router(pages.router)
+    app.include_router(health.router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -42,6 +43,13 @@ class WebContext:
     secure_cookies: bool = False
     #: Reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed.
     trusted_proxies: Sequence[Network] = ()
+    #: Since when the controller cannot reach its broker; None while it can
+    #: (controller.broker_state.BrokerState.down_since).
+    broker_down: Callable[[], datetime | None] = lambda: None
+    #: The controller's metrics (controller.metrics.registry_for), for /metrics.
+    metrics: Any = None
+    #: The readiness checks (controller.metrics.readiness), for /readyz.
+    ready: Callable[[], dict[str, str | None]] | None = None
     uploads: Uploads = field(init=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +60,15 @@ class WebContext:
         """What a new session of this user remembers of its password (see session_of)."""
         user = self.users.get(name)
         return password_fingerprint(user.password) if user is not None else ""
+
+    def broker_down_text(self) -> str | None:
+        """Since when the broker is unreachable (HH:MM, local), for the pages' banner."""
+        since = self.broker_down()
+        if since is None:
+            return None
+        now = datetime.now(self.tz)
+        local = since.astimezone(self.tz)
+        return local.strftime("%H:%M" if local.date() == now.date() else "%d/%m/%Y %H:%M")
 
     def outcome_of(self, play_id: str | None, lang: Lang | None = None) -> str:
         """An announcement's per-cluster states as counts, for the audit log: in a

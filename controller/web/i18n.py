@@ -118,6 +118,20 @@ TEXT: dict[str, dict[Lang, str]] = {
     "st_interrupted": {"vi": "bị ngắt", "en": "interrupted"},
     "st_missed": {"vi": "bị lỡ", "en": "missed"},
     "st_failed": {"vi": "lỗi", "en": "failed"},
+    "st_expired": {"vi": "quá hạn, không phát", "en": "expired, not played"},
+    "broker_down": {
+        "vi": "Hệ thống quản lý mất kết nối tới máy chủ MQTT (broker) từ {since}: chưa gửi được "
+              "thông báo khẩn cho tới khi kết nối lại. Các lượt phát đã gửi vẫn phát đúng giờ.",
+        "en": "The controller has been unable to reach its broker since {since}: urgent "
+              "announcements cannot be sent until it is back. Plays already sent still air "
+              "on time.",
+    },
+    "not_sent": {
+        "vi": "Chưa gửi: hệ thống quản lý mất kết nối tới máy chủ MQTT (broker). Không có gì "
+              "được ghi lại; hãy gửi lại khi kết nối được khôi phục.",
+        "en": "Not sent: the controller cannot reach its broker. Nothing was recorded; send "
+              "it again once the connection is back.",
+    },
     "kind_province": {"vi": "tỉnh", "en": "province"},
     "kind_district": {"vi": "huyện", "en": "district"},
     "kind_commune": {"vi": "xã", "en": "commune"},

@@ -38,7 +38,13 @@ from controller.identities import EnrolmentError
 from controller.preview import target_label
 from controller.reasons import audit_detail, shown
 from controller.tts import TtsUnavailableError
-from controller.urgent import MAX_TITLE, AnnouncementRequest, TargetForbiddenError, UrgentError
+from controller.urgent import (
+    MAX_TITLE,
+    AnnouncementRequest,
+    NotSentError,
+    TargetForbiddenError,
+    UrgentError,
+)
 from controller.users import User
 from controller.web.approvals import approval_rows
 from controller.web.approvals import approve as approve_programme
@@ -99,7 +105,8 @@ def _render(
             "detail": lambda text: audit_detail(text, lang, ctx.tz),
             "places": lambda targets: _places(ctx, targets),
             "say": lambda x: say_in(lang, x),
-            "other_lang": "en" if lang == "vi" else "vi", **values,
+            "other_lang": "en" if lang == "vi" else "vi", "broker_down": ctx.broker_down_text(),
+            **values,
         },
         status_code=status_code,
     )
@@ -297,6 +304,8 @@ def say_in(lang: Lang, said: object) -> str:
 def explain(lang: Lang, exc: Exception) -> tuple[str, int]:
     """What the page says when the service refuses, and the status: in the page's
     language, and never a path on the server or what a tool printed (logged instead)."""
+    if isinstance(exc, NotSentError):
+        return t(lang, "not_sent"), exc.status
     if isinstance(exc, TargetForbiddenError):
         return t(lang, "forbidden", t=", ".join(exc.outside), s=", ".join(exc.scope_names)), 403
     if isinstance(exc, UrgentError):

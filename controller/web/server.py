@@ -15,6 +15,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from controller.cap import CapFolder, CapIntake
+from controller.metrics import SignIns, readiness, registry_for
 from controller.tts import TextToSpeech, speech_for
 from controller.urgent import UrgentService, service_for
 from controller.users import UserDirectory
@@ -71,7 +73,10 @@ class WebServer:
         self._cap = cap  # airs held CAP alerts and repeats when due
         cert, key = tls if tls is not None else (None, None)
         self._server = uvicorn.Server(
+            # log_config None: uvicorn's lines go through the controller's own handler
+            # (protocol/logs.py: text or JSON, the time with its zone).
             uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                           log_config=None,
                            lifespan="off", proxy_headers=False,
                            ssl_certfile=cert, ssl_keyfile=key)
         )
@@ -126,7 +131,7 @@ def build_context(
     if tts is None:
         tts = speech_for(controller.settings.speech)
     service: UrgentService = service_for(controller, tts, work_dir / "announcements")
-    return WebContext(
+    ctx = WebContext(
         service=service,
         users=UserDirectory(users_file),
         tz=tz,
@@ -137,7 +142,22 @@ def build_context(
         trusted_proxies=trusted_proxies,
         sessions=StoredSessions(controller.store, clock=session_clock),
         enrolment=getattr(controller, "enrolment", None),
+        broker_down=getattr(controller, "broker_state", _Connected()).down_since,
     )
+    if hasattr(controller, "broker_state"):  # a running controller.main.Controller
+        refusals = ctx.refusals
+        ctx.metrics = registry_for(controller, lambda: SignIns(
+            refusals.signed_in, refusals.wrong, refusals.limited
+        ))
+        ctx.ready = lambda: readiness(controller)
+    return ctx
+
+
+class _Connected:
+    """A controller without a broker state (a test's): always connected."""
+
+    def down_since(self) -> datetime | None:
+        return None
 
 
 def start_web(controller: Any, config: Any, *, tts: TextToSpeech | None = None) -> WebServer:

@@ -50,14 +50,24 @@ class RefusalLog:
         self._next = float("-inf")
         self._failed = 0
         self._held = 0
+        # Since the start, for /metrics: sign-ins, wrong names or passwords, held back.
+        self.signed_in = 0
+        self.wrong = 0
+        self.limited = 0
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.signed_in += 1
 
     def note(self, refused: Refused, address: str) -> None:
         now = self._clock()
         with self._lock:
             if refused.status == 429:
                 self._held += 1
+                self.limited += 1
             else:
                 self._failed += 1
+                self.wrong += 1
             if now < self._next:
                 return
             self._next = now + self._every
@@ -89,6 +99,8 @@ def sign_in(
         user = users.authenticate(name, password)
         if user is not None:
             limiter.succeeded(name, address)
+            if refusals is not None:
+                refusals.succeeded()
             return SignedIn(sessions.create(user.name), user)
         limiter.failed(name, address)
         answer = Refused(401)
