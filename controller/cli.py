@@ -762,10 +762,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
 
     # `user` and `urgent` (the web app's), `provision`, `broker-config`, `keys` (access),
-    # `say` (hear a text before sending it), `enrol` (cluster identities).
-    from controller import cli_access, cli_enrol, cli_speech, cli_web
+    # `say` (hear a text before sending it), `enrol` (cluster identities), `live`.
+    from controller import cli_access, cli_enrol, cli_live, cli_speech, cli_web
 
-    for commands in (cli_web, cli_access, cli_speech, cli_enrol):
+    for commands in (cli_web, cli_access, cli_speech, cli_enrol, cli_live):
         commands.register(sub, str(DEFAULT_CONFIG))
     return parser
 

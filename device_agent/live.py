@@ -287,7 +287,8 @@ class LiveSession:
                         out.append(packet)
                     else:
                         self._silent(slot, "missing", "no audio came in time (link or source)")
-                        out.append(frames.SILENCE_PACKET)
+                        if self.started:  # the output starts with the first audio
+                            out.append(frames.SILENCE_PACKET)
                     if self.handed is not None:
                         self.handed.append((slot, handed_at))
                 elif airing:

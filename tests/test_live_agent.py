@@ -7,24 +7,35 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import MosquittoBroker, require, wait_until
-from fuzz_rig import Watched
-from live_wire_support import LiveSender, ffmpeg_exe, opus_packets, rms, wav_samples
+from live_wire_support import (
+    CLUSTER,
+    Controller,
+    LiveSender,
+    agent_rig,
+    ended,
+    ffmpeg_exe,
+    opus_packets,
+    rms,
+    wav_samples,
+)
 
 from protocol import live as frames
 from protocol import topics
-from protocol.messages import Address, Event, MembershipBody, parse_events
-from protocol.mqtt import MqttLink
+from protocol.messages import Address
 from protocol.ogg import OggReader, OggWriter
-from protocol.signing import Signer, generate_keypair, load_private_key, unseal
+from protocol.signing import generate_keypair
 
-CLUSTER = "c-live-01"
+
+@pytest.fixture
+def rig(mosquitto_broker: MosquittoBroker, tmp_path: Path) -> Iterator[tuple[Controller, Path]]:
+    with agent_rig(mosquitto_broker, tmp_path) as made:
+        yield made
 
 # --- the wire --------------------------------------------------------------------------------
 
@@ -85,83 +96,6 @@ def test_the_silence_packet_decodes_to_twenty_milliseconds_of_silence(tmp_path: 
 # --- a real agent process ------------------------------------------------------------------
 
 
-class Controller:
-    """The controller's side: its key, a link, the agent's events as they come."""
-
-    def __init__(self, broker: MosquittoBroker, work: Path) -> None:
-        generate_keypair(work / "controller.key", work / "controller.pub")
-        self.signer = Signer(load_private_key(work / "controller.key"))
-        generate_keypair(work / "stranger.key", work / "stranger.pub")
-        self.stranger = Signer(load_private_key(work / "stranger.key"))
-        self.lock = threading.Lock()
-        self.events: dict[tuple[str, int], Event] = {}
-        self.online = threading.Event()
-        self.link = MqttLink(broker.address, "live-controller")
-        self.link.subscribe(topics.cluster_topic(CLUSTER, "event"), self._on_events)
-        self.link.subscribe(topics.cluster_topic(CLUSTER, "state"), self._on_state)
-        self.link.start()
-        assert self.link.wait_connected(10)
-        self.sender = LiveSender(self.link, self.signer, CLUSTER)
-
-    def _on_state(self, _topic: str, payload: bytes) -> None:
-        if b'"online"' in payload:
-            self.online.set()
-
-    def _on_events(self, _topic: str, payload: bytes) -> None:
-        sealed = unseal(payload)
-        events, _problems = parse_events(sealed.body)
-        with self.lock:
-            for event in events:
-                self.events[(event.outbox, event.seq)] = event
-
-    def of(self, play_id: str) -> list[Event]:
-        with self.lock:
-            return sorted(
-                (e for e in self.events.values() if e.play_id == play_id), key=lambda e: e.seq
-            )
-
-    def kinds(self, play_id: str) -> list[str]:
-        return [e.kind for e in self.of(play_id)]
-
-    def rejected(self) -> list[Event]:
-        with self.lock:
-            return [e for e in self.events.values() if e.kind == "rejected"]
-
-    def membership(self) -> None:
-        now = datetime.now(UTC)
-        body = MembershipBody(cluster=CLUSTER, groups=["commune-live"],
-                              version=int(now.timestamp() * 1000))  # fmt: skip
-        cmd = self.signer.command(body, Address(clusters=[CLUSTER]), now, timedelta(days=1))
-        self.link.publish(topics.cluster_topic(CLUSTER, "membership"), cmd.to_json(), retain=True)
-
-
-@pytest.fixture
-def rig(mosquitto_broker: MosquittoBroker, tmp_path: Path) -> Iterator[tuple[Controller, Path]]:
-    controller = Controller(mosquitto_broker, tmp_path)
-    controller.membership()
-    played = tmp_path / "played"
-    config = tmp_path / "agent.yaml"
-    config.write_text(
-        f"cluster_id: {CLUSTER}\nbroker_url: {mosquitto_broker.url}\n"
-        "controller_public_key: controller.pub\ndata_dir: agent-data\nkeepalive: 30\n"
-        f"output: {{kind: file, out_dir: {played}, ffmpeg: {ffmpeg_exe()}}}\n",
-        encoding="utf-8",
-    )
-    agent = Watched("device_agent.cli", config, tmp_path / "agent.log")
-    try:
-        assert controller.online.wait(30), (tmp_path / "agent.log").read_text()
-        yield controller, played
-    finally:
-        agent.stop()
-        controller.link.stop()
-        assert agent.tracebacks() == 0, (tmp_path / "agent.log").read_text()
-
-
-def _ended(controller: Controller, session: str) -> bool:
-    return any(k in ("finished", "missed", "interrupted", "failed")
-               for k in controller.kinds(session))  # fmt: skip
-
-
 def test_a_signed_session_airs_on_its_timeline_and_is_reported(
     rig: tuple[Controller, Path],
 ) -> None:
@@ -169,7 +103,7 @@ def test_a_signed_session_airs_on_its_timeline_and_is_reported(
     tone, pre_skip = opus_packets(["-f", "lavfi", "-i", "sine=f=440:r=48000"], 2.0)
     body = controller.sender.start(pre_skip=pre_skip)
     controller.sender.stream(body, tone)
-    wait_until(lambda: _ended(controller, body.session_id), 15, "the end of the session")
+    wait_until(lambda: ended(controller, body.session_id), 15, "the end of the session")
     events = controller.of(body.session_id)
     assert [e.kind for e in events] == ["playing", "finished"], events
     assert events[-1].seconds is not None
@@ -190,7 +124,7 @@ def test_forged_and_replayed_frames_play_nothing(
     tone, pre_skip = opus_packets(["-f", "lavfi", "-i", "sine=f=440:r=48000"], 1.0)
     first = controller.sender.start(pre_skip=pre_skip)
     controller.sender.stream(first, tone)
-    wait_until(lambda: _ended(controller, first.session_id), 15, "the first session's end")
+    wait_until(lambda: ended(controller, first.session_id), 15, "the first session's end")
     genuine = list(controller.sender.sent)
 
     def mosquitto_pub(topic: str, payload: bytes) -> None:
@@ -222,7 +156,7 @@ def test_forged_and_replayed_frames_play_nothing(
     forged_sender.stream(second, loud)
     for payload in forged_sender.sent:  # and once more through mosquitto_pub
         mosquitto_pub(live_topic, payload)
-    wait_until(lambda: _ended(controller, second.session_id), 15, "the forged session's end")
+    wait_until(lambda: ended(controller, second.session_id), 15, "the forged session's end")
     end = controller.of(second.session_id)[-1]
     assert end.kind == "missed", controller.of(second.session_id)
     assert end.seconds == 0
