@@ -327,6 +327,9 @@ def live_input_args(source: str) -> list[str]:
     if re.match(r"^[a-z][a-z0-9+.-]*://", source):
         return [
             "-rw_timeout", str(LIVE_RW_TIMEOUT_S * 1_000_000), "-fflags", "+nobuffer",
+            # Probing a paced stream waits for its bytes: 64 KB by default, seconds of
+            # audio. A few KB tell MP3, AAC, Ogg and HLS apart.
+            "-formatprobesize", "2048", "-probesize", "8192", "-analyzeduration", "500000",
             "-i", source,
         ]  # fmt: skip
     return ["-re", "-i", source]

@@ -102,7 +102,8 @@ class LivePlan:
 class LiveSettings:
     delay_ms: int = 1500
     frame_packets: int = 25  # 0.5 s a frame
-    stall_s: float = 3.0
+    stall_s: float = 3.0  # no audio this long once it came: the input has failed
+    first_audio_s: float = 8.0  # ... or this long after opening it (connect, probe, look-ahead)
     idle_end_s: float = 10.0
     lead_s: float = 0.2
     profile: str = "horn"
@@ -254,14 +255,12 @@ class LiveBroadcast:
 
     def _run_inputs(self) -> None:
         while not self._over():
-            any_ended = False
             for source in self.plan.inputs:
                 outcome = self._relay(source)
                 if outcome in ("stopped", "over"):
                     return
-                if outcome == "ended" and not is_stream(source):
+                if outcome == "ended":
                     return  # a file or stdin came to its end: so does the programme
-                any_ended = any_ended or outcome == "ended"
                 if self._over():
                     return
             if self.plan.fallback is not None and self.report.fallback is None:
@@ -296,6 +295,8 @@ class LiveBroadcast:
         started = False
         try:
             outcome, entry.outcome, started = self._carry(stream)
+            if outcome == "ended" and is_stream(source):  # a station does not end
+                outcome, entry.outcome = "failed", "failed: the stream ended"
         finally:
             stream.close()
         if started:
@@ -317,8 +318,9 @@ class LiveBroadcast:
                 self._send_start()
             data = stream.read(0.2)
             if data is None:
-                if time.monotonic() - last_audio > self.settings.stall_s:
-                    return "failed", f"failed: no audio for {self.settings.stall_s:g} s", started
+                limit = self.settings.stall_s if started else self.settings.first_audio_s
+                if time.monotonic() - last_audio > limit:
+                    return "failed", f"failed: no audio for {limit:g} s", started
                 continue
             if data == b"":
                 why = stream.failure()
