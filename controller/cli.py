@@ -406,6 +406,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
                 "name": r.programme.name,
                 "level": r.programme.level,
                 "bulletins": [b.title or r.programme.name for b in r.programme.bulletins],
+                "rebroadcast": _rebroadcast_json(r.programme),
                 "duration_s": round(r.seconds, 1) if r.seconds is not None else None,
                 "targets": list(r.programme.targets),
                 "exclude": list(r.programme.exclude),
@@ -440,7 +441,10 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             _local(r.occurrence.start, tz),
             r.programme.id,
             r.programme.level,
-            " + ".join(b.title or r.programme.name for b in r.programme.bulletins),
+            " + ".join(
+                (b.title or r.programme.name) + (" (live)" if b.rebroadcast else "")
+                for b in r.programme.bulletins
+            ),
             span(r.seconds) if r.seconds is not None else "?",
             f"{count}: {where(sources.fleet, r.programme)}",
             "-" if r.approval is None else (
@@ -459,6 +463,16 @@ def cmd_schedule(args: argparse.Namespace) -> int:
               "(loa-controller approve PROGRAMME; loa-controller pending).", end="")
     print()
     return 0
+
+
+def _rebroadcast_json(programme: Programme) -> dict[str, Any] | None:
+    relay = programme.rebroadcast()
+    if relay is None:
+        return None
+    return {
+        "inputs": relay.inputs(),
+        "fallback": str(relay.fallback) if relay.fallback else None,
+    }
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
