@@ -319,11 +319,21 @@ def loudness(path: Path, *, seconds: float | None = None, opus: bool = False) ->
 LIVE_RW_TIMEOUT_S = 5
 
 
+#: The source of a LiveEncoding fed by its owner (`feed`): a browser's recording as it comes.
+FED = "pipe:"
+
+
 def live_input_args(source: str) -> list[str]:
     """ffmpeg's input options for a live source: an http(s) stream (Icecast, HLS) read as
-    it comes, `-` (this process's stdin), or a local file or device read at real-time pace."""
+    it comes, `-` (this process's stdin), FED (what `feed` gives it), or a local file or
+    device read at real-time pace."""
     if source == "-":
         return ["-i", "pipe:0"]
+    if source == FED:
+        return [
+            "-fflags", "+nobuffer", "-formatprobesize", "2048", "-probesize", "8192",
+            "-analyzeduration", "0", "-i", "pipe:0",
+        ]  # fmt: skip
     if re.match(r"^[a-z][a-z0-9+.-]*://", source):
         return [
             "-rw_timeout", str(LIVE_RW_TIMEOUT_S * 1_000_000), "-fflags", "+nobuffer",
@@ -353,7 +363,10 @@ class LiveEncoding:
         log.debug("running %s", argv)
         try:
             self._proc = subprocess.Popen(
-                argv, stdin=None if source == "-" else subprocess.DEVNULL,
+                argv,
+                stdin=subprocess.PIPE if source == FED else (
+                    None if source == "-" else subprocess.DEVNULL
+                ),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )  # fmt: skip
         except OSError as exc:
@@ -376,6 +389,20 @@ class LiveEncoding:
         for line in stderr:
             self._err.append(line)
             del self._err[:-TAIL_LINES * 2]
+
+    def feed(self, data: bytes) -> None:
+        """Give a FED encoding more of its input (OSError once ffmpeg has gone)."""
+        stdin = self._proc.stdin
+        if stdin is None:
+            raise OSError("this encoding reads its own input")
+        stdin.write(data)
+        stdin.flush()
+
+    def end_input(self) -> None:
+        """No more input: ffmpeg encodes what it has, then ends."""
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
 
     def read(self, timeout: float) -> bytes | None:
         """What ffmpeg wrote since; b"" once it has ended; None if nothing came in timeout."""
@@ -402,7 +429,7 @@ class LiveEncoding:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        for pipe in (self._proc.stdout, self._proc.stderr):
+        for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()

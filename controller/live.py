@@ -51,8 +51,11 @@ log = logging.getLogger(__name__)
 #: (about a second of look-ahead, a gain that follows the programme within seconds), so
 #: a station that comes in quiet or loud airs at the target.
 LEVELLER = "dynaudnorm=f=150:g=15:p=0.7:m=8"
-#: The source may fall this far behind the wall clock before slots are left out.
-MAX_LAG_S = 0.3
+#: An input's first packet takes the slot this far ahead of the wall clock, so that the
+#: jitter of its source (a browser's pieces, an encoder's bursts) is absorbed...
+PLACE_AHEAD_S = 0.3
+#: ... and it may fall this far behind the wall clock before slots are left out.
+MAX_LAG_S = 0.5
 #: ... and run this far ahead of it before it is held back.
 MAX_LEAD_S = 1.0
 #: The start command is sent again this often, for clusters joining late.
@@ -347,8 +350,8 @@ class LiveBroadcast:
         return (self._clock.now() - self.body.origin).total_seconds() * 1000 / frames.SLOT_MS
 
     def _place(self) -> int:
-        """The slot a new input's first packet takes: the next one, or now."""
-        wall = math.floor(self._wall_slot())
+        """The slot a new input's first packet takes: the next one, or just ahead of now."""
+        wall = math.floor(self._wall_slot() + PLACE_AHEAD_S * 1000 / frames.SLOT_MS)
         if self._next_slot < wall:
             self._flush()
             self._next_slot = wall

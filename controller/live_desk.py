@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from controller.live import LiveBroadcast, LivePlan, LiveReport, LiveSettings
+from controller.live import LiveBroadcast, LivePlan, LiveReport, LiveSettings, OpenSource
 from protocol.clock import Clock
 from protocol.mqtt import Link
 from protocol.signing import Signer
@@ -87,19 +87,22 @@ class LiveDesk:
 
         threading.Thread(target=wait_then_run, name=f"live-{key}", daemon=True).start()
 
-    def start(self, plan: LivePlan, by: str | None = None) -> LiveBroadcast:
+    def start(
+        self, plan: LivePlan, by: str | None = None, open_source: OpenSource | None = None
+    ) -> LiveBroadcast:
         """Start a live session now, on a thread of its own; the broadcast is returned
-        (its session id, `stop`)."""
-        broadcast = self._broadcast(plan)
+        (its session id, `stop`). open_source: how its inputs open (a microphone's feed),
+        ffmpeg's if None."""
+        broadcast = self._broadcast(plan, open_source)
         threading.Thread(
             target=self._run, args=(plan, by, broadcast), name="live-now", daemon=True
         ).start()
         return broadcast
 
-    def _broadcast(self, plan: LivePlan) -> LiveBroadcast:
+    def _broadcast(self, plan: LivePlan, open_source: OpenSource | None = None) -> LiveBroadcast:
         return LiveBroadcast(
             plan, link=self._link, signer=self._signer, cover=self._cover, clock=self._clock,
-            settings=self.settings,
+            settings=self.settings, open_source=open_source,
         )  # fmt: skip
 
     def _run(self, plan: LivePlan, by: str | None, made: LiveBroadcast | None = None) -> None:

@@ -297,8 +297,8 @@ class LiveSession:
                     cause, why = self._why_off_air()
                     self._silent(slot, cause, why)
                 self.next_slot += 1
-        if first_sound:
-            self.report("playing", self, None, None)
+        if first_sound:  # the reason says it is live, and what: rebroadcast, microphone
+            self.report("playing", self, self.body.source, None)
         if out and self._sink is not None:
             try:
                 self._sink.write(out)

@@ -93,6 +93,8 @@ programmes:
 
         wait_until(lambda: states() == {"a-01": "playing", "a-02": "playing"}, 20,
                    "both clusters airing the station")  # fmt: skip
+        playing = {r.id: r.playing for r in controller.store.clusters.fleet_rows()}
+        assert playing == {"a-01": "relaying: Tiếp sóng VOV1", "a-02": "relaying: Tiếp sóng VOV1"}
         threading.Event().wait(3.0)  # three seconds of the station on air
         primary.kill()
         killed = time.monotonic()

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from controller.web import api, listen, pages
+from controller.web import api, listen, live, pages
 from controller.web.context import WebContext
 from controller.web.errors import ApiError
 from controller.web.headers import SecurityHeaders
@@ -64,6 +64,8 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(api.router)
     app.include_router(listen.api)
     app.include_router(listen.router)
+    app.include_router(live.api)
+    app.include_router(live.router)
     app.include_router(pages.router)
 
     @app.exception_handler(ApiError)

@@ -134,6 +134,29 @@ TEXT: dict[str, dict[Lang, str]] = {
     "listen_bulletin": {"vi": "Nghe bản tin {n}", "en": "Listen to bulletin {n}"},
     "profile_horn": {"vi": "loa nén ngoài trời", "en": "outdoor horn speakers"},
     "profile_full-range": {"vi": "loa toàn dải trong nhà", "en": "indoor full-range speakers"},
+    # Phát trực tiếp (controller/web/live.py)
+    "live": {"vi": "Phát trực tiếp", "en": "Speak live"},
+    "live_help": {
+        "vi": "Chọn nơi phát và mức, bấm Phát trực tiếp rồi nói vào micrô; bấm Dừng phát "
+              "để kết thúc. Đóng trang cũng kết thúc phiên phát.",
+        "en": "Choose where and the level, press Speak live and talk into the microphone; "
+              "press Stop to end. Closing the page ends it too.",
+    },
+    "live_on_air": {"vi": "Đang phát trực tiếp", "en": "Live now"},
+    "live_none": {"vi": "Không có phiên phát trực tiếp nào.", "en": "Nothing is live."},
+    "live_cut": {"vi": "Ngắt", "en": "Cut"},
+    "live_rebroadcast": {"vi": "tiếp sóng", "en": "rebroadcast"},
+    "live_microphone": {"vi": "phát trực tiếp", "en": "microphone"},
+    "live_unavailable": {
+        "vi": "Máy chủ quản lý này không phát trực tiếp được.",
+        "en": "This controller carries no live sessions.",
+    },
+    "live_no_mic": {
+        "vi": "Không dùng được micrô trên trình duyệt này.",
+        "en": "The microphone cannot be used in this browser.",
+    },
+    "live_speaking": {"vi": "Đang phát trực tiếp tới {n} cụm loa", "en": "Live to {n} clusters"},
+    "live_ended": {"vi": "Đã kết thúc phiên phát trực tiếp.", "en": "The live session has ended."},
 }
 
 

@@ -131,7 +131,18 @@ def build_context(
         trusted_proxies=trusted_proxies,
         sessions=StoredSessions(controller.store, clock=session_clock),
         enrolment=getattr(controller, "enrolment", None),
+        microphones=_microphones(controller, service),
     )
+
+
+def _microphones(controller: Any, service: UrgentService) -> Any:
+    """The web app's live sessions, over the controller's live desk (if it has one)."""
+    desk = getattr(controller, "live", None)
+    if desk is None:
+        return None
+    from controller.microphone import MicrophoneDesk
+
+    return MicrophoneDesk(service, desk)
 
 
 def start_web(controller: Any, config: Any, *, tts: TextToSpeech | None = None) -> WebServer:
