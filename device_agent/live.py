@@ -57,9 +57,11 @@ from protocol.ratelimit import LogLimiter
 module_log = logging.getLogger(__name__)
 
 SLOT = timedelta(milliseconds=frames.SLOT_MS)
-#: How far ahead of their time the slots are handed to the output (the session's thread
-#: wakes this often at most while it holds the output).
+#: How far ahead of their time the slots are handed to the output: HAND_SLOTS at a
+#: time, at the same instants on every cluster (origin + delay + a multiple of
+#: HAND_SLOTS slots - LOOKAHEAD_S), so that they hand the same packet at the same time.
 LOOKAHEAD_S = 0.06
+HAND_SLOTS = 3
 #: Frames for slots further ahead than this are refused (the buffer's bound).
 MAX_AHEAD_S = 30.0
 #: Behind by more than this (the box was busy), the output skips ahead to the timeline.
@@ -267,7 +269,9 @@ class LiveSession:
         self._follow_output()
         with self._lock:
             ended = self._ending(now)
-            horizon = math.floor(_slot_of(self.body, now + timedelta(seconds=LOOKAHEAD_S)))
+            # Whole groups of HAND_SLOTS whose first slot is due within LOOKAHEAD_S.
+            due_now = math.floor(_slot_of(self.body, now + timedelta(seconds=LOOKAHEAD_S)))
+            horizon = (due_now // HAND_SLOTS + 1) * HAND_SLOTS - 1
             if ended is not None:
                 last = ended[2]
                 horizon = min(horizon, last - 1)
@@ -309,8 +313,9 @@ class LiveSession:
         if ended is not None and self.next_slot >= ended[2]:
             self._finish((ended[0], ended[1]))
             return None
-        if self._sink is not None or self.granted:
-            return LOOKAHEAD_S
+        if self._sink is not None or self.granted:  # at the next group's instant
+            at = self.due(self.next_slot) - timedelta(seconds=LOOKAHEAD_S)
+            return max(0.0, min(0.5, (at - self.clock.now()).total_seconds()))
         return 0.5
 
     def _ending(self, now: datetime) -> tuple[EndKind, str, int] | None:

@@ -14,13 +14,14 @@ Binary layout (big-endian), docs/protocol.md "Live audio":
     offset size
     0      2    magic b"LV"
     2      1    version (1)
-    3      1    flags (bit 0: the last frame of the session)
+    3      1    flags (bit 0: the last frame of the session; bit 1: lengths in 1 byte)
     4      16   session id (the 32 hex digits of LiveBody.session_id, as bytes)
     20     4    seq: frame number in the session, from 0
     24     4    slot: slot of the frame's first packet (its capture time is
                 origin + slot x slot length)
     28     1    n: packets in the frame (0 to MAX_PACKETS)
-    29     2n   each packet's length
+    29     2n   each packet's length (n bytes instead when bit 1 is set: every packet
+                is shorter than 256 bytes, as at speech bitrates)
     ...         the packets
     end-64 64   Ed25519 signature over every byte before it
 
@@ -40,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 MAGIC = b"LV"
 VERSION = 1
 FLAG_END = 0x01
+FLAG_SHORT = 0x02
 HEADER = struct.Struct(">2sBB16sIIB")
 SIGNATURE_BYTES = 64
 #: Packets a frame may carry (at 20 ms, two seconds of audio).
@@ -98,10 +100,10 @@ def encode(
     for packet in packets:
         if not 0 < len(packet) <= MAX_PACKET_BYTES:
             raise ValueError(f"an Opus packet of {len(packet)} bytes (1 to {MAX_PACKET_BYTES})")
-    head = HEADER.pack(
-        MAGIC, VERSION, FLAG_END if end else 0, bytes.fromhex(session), seq, slot, len(packets)
-    )
-    lengths = struct.pack(f">{len(packets)}H", *(len(p) for p in packets))
+    short = all(len(p) < 256 for p in packets)
+    flags = (FLAG_END if end else 0) | (FLAG_SHORT if short else 0)
+    head = HEADER.pack(MAGIC, VERSION, flags, bytes.fromhex(session), seq, slot, len(packets))
+    lengths = struct.pack(f">{len(packets)}{'B' if short else 'H'}", *(len(p) for p in packets))
     signed = head + lengths + b"".join(packets)
     return signed + sign(signed)
 
@@ -119,10 +121,11 @@ def decode(payload: bytes) -> Frame:
         raise FrameError(f"frame version {version}; this agent reads version {VERSION}")
     if count > MAX_PACKETS:
         raise FrameError(f"{count} packets; a frame carries at most {MAX_PACKETS}")
-    body = HEADER.size + 2 * count
+    short = bool(flags & FLAG_SHORT)
+    body = HEADER.size + (1 if short else 2) * count
     if len(payload) < body + SIGNATURE_BYTES:
         raise FrameError("the frame ends inside its packet lengths")
-    lengths = struct.unpack_from(f">{count}H", payload, HEADER.size)
+    lengths = struct.unpack_from(f">{count}{'B' if short else 'H'}", payload, HEADER.size)
     if body + sum(lengths) + SIGNATURE_BYTES != len(payload):
         raise FrameError(
             f"packet lengths add up to {sum(lengths)} bytes, the frame holds "

@@ -4,6 +4,7 @@
     python scripts/bench.py urgent   [--agents N] [--trials K] [--link loopback|4g] [--json]
     python scripts/bench.py delivery [--agents N] [--minutes M] [--trials K] [--json]
     python scripts/bench.py agent    [--minutes M] [--idle-s S] [--play-s S] [--json]
+    python scripts/bench.py live     [--agents N] [--seconds S] [--link loopback|4g] [--json]
     python scripts/bench.py          # every section at its defaults (make bench)
 
 Every mode starts its own mosquitto on a free port of 127.0.0.1 (mosquitto and ffmpeg
@@ -90,6 +91,14 @@ def run_delivery(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def run_live(args: argparse.Namespace) -> dict[str, Any]:
+    import bench_live
+
+    return bench_live.run(
+        args.agents, args.seconds, args.per_process, args.verbose, args.keep, link_params(args)
+    )
+
+
 def run_agent(args: argparse.Namespace) -> dict[str, Any]:
     import bench_agent
 
@@ -99,6 +108,7 @@ def run_agent(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     import bench_agent
     import bench_delivery
+    import bench_live
     import bench_report
     import bench_urgent
 
@@ -106,6 +116,7 @@ def markdown(result: dict[str, Any]) -> str:
         "urgent": bench_urgent.markdown,
         "delivery": bench_delivery.markdown,
         "agent": bench_agent.markdown,
+        "live": bench_live.markdown,
     }
     return writers[result["bench"]](
         result, bench_report.run_line(result), bench_report.broker_line(result)
@@ -116,10 +127,14 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "urgent": run_urgent,
     "delivery": run_delivery,
     "agent": run_agent,
+    "live": run_live,
 }
 
 #: What `make bench` runs: each mode at its defaults, and urgent over the emulated 4G link.
-EVERY_SECTION = (["urgent"], ["urgent", "--link", "4g"], ["delivery"], ["agent"])
+EVERY_SECTION = (
+    ["urgent"], ["urgent", "--link", "4g"], ["delivery"], ["agent"], ["live"],
+    ["live", "--link", "4g"],
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -141,6 +156,20 @@ def _fleet(p: argparse.ArgumentParser, trials: int) -> None:
                    "processes as cores)")
 
 
+def _link(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--link", choices=("loopback", "4g"), default="loopback",
+                   help="the agents' link to the broker: loopback (default), or an "
+                   "emulated 4G link, written to its own section")
+    p.add_argument("--link-delay-ms", type=float, default=100.0, metavar="MS",
+                   help="4g: one-way delay in each direction (default 100)")
+    p.add_argument("--link-jitter-ms", type=float, default=50.0, metavar="MS",
+                   help="4g: the one-way delay is uniform in delay ± jitter (default 50)")
+    p.add_argument("--link-loss-pct", type=float, default=1.0, metavar="PCT",
+                   help="4g: packets lost, in percent (default 1)")
+    p.add_argument("--link-seed", type=int, default=1, metavar="N",
+                   help="4g: seed of the link's random draws (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench.py", description="Loa's benchmarks against its targets."
@@ -148,18 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="mode", metavar="MODE")
     urgent = sub.add_parser("urgent", help="urgent announcement: trigger → every agent playing")
     _fleet(urgent, trials=3)
-    urgent.add_argument("--link", choices=("loopback", "4g"), default="loopback",
-                        help="the agents' link to the broker: loopback (default), or an "
-                        "emulated 4G link, written to its own section")
-    urgent.add_argument("--link-delay-ms", type=float, default=100.0, metavar="MS",
-                        help="4g: one-way delay in each direction (default 100)")
-    urgent.add_argument("--link-jitter-ms", type=float, default=50.0, metavar="MS",
-                        help="4g: the one-way delay is uniform in delay ± jitter (default 50)")
-    urgent.add_argument("--link-loss-pct", type=float, default=1.0, metavar="PCT",
-                        help="4g: packets lost, in percent (default 1)")
-    urgent.add_argument("--link-seed", type=int, default=1, metavar="N",
-                        help="4g: seed of the link's random draws (default 1)")
+    _link(urgent)
     _common(urgent)
+    live = sub.add_parser("live", help="a live session to every agent for a fixed time")
+    _fleet(live, trials=1)
+    live.add_argument("--seconds", type=float, default=60.0, metavar="S",
+                      help="how long the session lasts (default 60)")
+    _link(live)
+    _common(live)
     delivery = sub.add_parser("delivery", help="a bulletin to every agent, then a repeat")
     _fleet(delivery, trials=3)
     delivery.add_argument("--minutes", type=float, default=5.0, metavar="M",

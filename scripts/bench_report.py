@@ -24,6 +24,8 @@ SECTIONS = {
     "urgent-4g": "urgent --link 4g",
     "delivery": "delivery",
     "agent": "agent",
+    "live": "live",
+    "live-4g": "live --link 4g",
     "fuzz-agent": "agent",
     "fuzz-flood": "flood",
     "fuzz-intake": "intake",
@@ -52,6 +54,7 @@ behind an emulated 4G link (scripts/link_relay.py: a relay delaying each directi
 each connection by 100 ms ± 50 ms one way, a round trip of 100 to 300 ms, and losing 1 %
 of its packets as TCP sees it; run on its own, not by `make bench`); `delivery`, a
 bulletin to every agent, then a repeat; `agent`, one real agent process, idle and playing;
+`live` and `live --link 4g`, a live session streamed to every agent for a minute;
 `fuzz.py agent`, `fuzz.py flood` and `fuzz.py intake`, hostile payloads at a real agent
 or controller process (not run by `make bench`).
 
