@@ -31,6 +31,8 @@ Action = Literal[
     "send", "stop", "approve", "cap-alert", "cap-cancel", "sign-in-refused",
     # cluster identities (controller/identities.py); subject: the cluster
     "enrol-token", "enrol-replace", "enrol-register", "enrol-approve", "enrol-reject",
+    # live sessions from the web app (controller/microphone.py); subject: the session
+    "live-start", "live-stop",
 ]
 
 

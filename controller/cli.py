@@ -557,6 +557,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
                 "name": r.programme.name,
                 "level": r.programme.level,
                 "bulletins": [b.title or r.programme.name for b in r.programme.bulletins],
+                "rebroadcast": _rebroadcast_json(r.programme),
                 "duration_s": round(r.seconds, 1) if r.seconds is not None else None,
                 "targets": list(r.programme.targets),
                 "exclude": list(r.programme.exclude),
@@ -592,7 +593,10 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             _local(r.occurrence.start, tz),
             r.programme.id,
             _word(r.programme.level),
-            " + ".join(b.title or r.programme.name for b in r.programme.bulletins),
+            " + ".join(
+                (b.title or r.programme.name) + (_(" (live)") if b.rebroadcast else "")
+                for b in r.programme.bulletins
+            ),
             span(r.seconds) if r.seconds is not None else "?",
             f"{count}: {where(sources.fleet, r.programme)}",
             "-" if r.approval is None else (
@@ -611,6 +615,16 @@ def cmd_schedule(args: argparse.Namespace) -> int:
                       "loa-controller pending).", ids=", ".join(pending)), end="")
     print()
     return 0
+
+
+def _rebroadcast_json(programme: Programme) -> dict[str, Any] | None:
+    relay = programme.rebroadcast()
+    if relay is None:
+        return None
+    return {
+        "inputs": relay.inputs(),
+        "fallback": str(relay.fallback) if relay.fallback else None,
+    }
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -964,10 +978,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
 
     # `user` and `urgent` (the web app's), `provision`, `broker-config`, `keys` (access),
-    # `say` (hear a text before sending it), `enrol` (cluster identities), `cap check`.
-    from controller import cli_access, cli_cap, cli_enrol, cli_speech, cli_web
+    # `say` (hear a text before sending it), `enrol` (cluster identities), `cap check`,
+    # `live`.
+    from controller import cli_access, cli_cap, cli_enrol, cli_live, cli_speech, cli_web
 
-    for commands in (cli_web, cli_access, cli_speech, cli_enrol, cli_cap):
+    for commands in (cli_web, cli_access, cli_speech, cli_enrol, cli_cap, cli_live):
         commands.register(sub, str(DEFAULT_CONFIG))
     l10n.add_lang_option(parser)
     return parser

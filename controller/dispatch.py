@@ -14,6 +14,8 @@ closer), and by its sweep for occurrences whose latest start has passed. In orde
    controller.distribution.per_profile), and the occurrence is recorded as sent.
    Sending before recording means a crash in between sends the same play id again
    after a restart, which agents drop as a duplicate.
+   A rebroadcast programme is handed to the live desk (controller/live_desk.py), which
+   carries the stream live from its start; it is recorded as sent.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from controller.distribution import PlaySpec, per_profile
+from controller.live import LivePlan
 from controller.schedule import Occurrence, Outcome
 from controller.store import Store
 from protocol.clock import Clock
@@ -33,7 +36,7 @@ from protocol.clock import Clock
 if TYPE_CHECKING:
     from controller.audio import PreparedAudio
     from controller.fleet import Fleet
-    from controller.playlist import Playlists, Programme
+    from controller.playlist import Playlists, Programme, Rebroadcast
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,12 @@ class AudioPreparer(Protocol):
     ) -> PreparedAudio: ...
 
 
+class LiveStarter(Protocol):
+    """What the dispatcher needs from controller.live_desk.LiveDesk."""
+
+    def schedule(self, key: str, plan: LivePlan, start_at: datetime) -> None: ...
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -67,6 +76,7 @@ class Dispatcher:
         state: Callable[[], tuple[Playlists, Fleet]],
         is_approved: Callable[[Programme], bool],
         tz: tzinfo = UTC,
+        live: LiveStarter | None = None,
     ) -> None:
         self._store = store
         self._distributor = distributor
@@ -75,6 +85,7 @@ class Dispatcher:
         self._state = state
         self._is_approved = is_approved
         self._tz = tz
+        self._live = live
         self._busy_lock = threading.Lock()
         self._busy: set[str] = set()
 
@@ -99,6 +110,7 @@ class Dispatcher:
         return [
             self._library.prepare(list(b.files), intro=b.intro, outro=b.outro, profile=profile)
             for b in programme.bulletins
+            if b.rebroadcast is None
         ]
 
     def __call__(self, occ: Occurrence, *, down_since: datetime | None = None) -> Outcome:
@@ -153,6 +165,9 @@ class Dispatcher:
             return self._missed(occ, f"targets no longer resolve: {exc}")
         if not clusters:
             return self._missed(occ, "its targets contain no cluster")
+        rebroadcast = programme.rebroadcast()
+        if rebroadcast is not None:
+            return self._rebroadcast(occ, programme, rebroadcast, clusters, now)
         by_profile = fleet.by_profile(clusters)
         try:  # every profile's audio before anything is sent: all of the play, or none
             items = {profile: self.prepare(programme, profile) for profile in by_profile}
@@ -173,6 +188,27 @@ class Dispatcher:
         )
         for spec in per_profile(play, by_profile, items):
             self._distributor.send_play(spec)
+        self._store.dispatches.claim(occ.programme, occ.start, "sent", None, now)
+        return "sent"
+
+    def _rebroadcast(self, occ: Occurrence, programme: Programme, rebroadcast: Rebroadcast,
+                     clusters: list[str], now: datetime) -> Outcome:  # fmt: skip
+        if self._live is None:
+            return self._missed(occ, "this controller carries no live sessions")
+        bulletin = programme.bulletins[0]
+        self._live.schedule(occ.play_id, LivePlan(
+            bulletin=bulletin.title or programme.name,
+            inputs=rebroadcast.inputs(),
+            clusters=clusters,
+            source="rebroadcast",
+            level=programme.level,
+            programme=programme.id,
+            duration_s=rebroadcast.duration.total_seconds(),
+            fallback=rebroadcast.fallback,
+            volume=bulletin.volume,
+        ), occ.start)  # fmt: skip
+        log.info("%s: rebroadcast of %s handed to the live desk for %s", occ.play_id,
+                 rebroadcast.url, self._when(occ.start))  # fmt: skip
         self._store.dispatches.claim(occ.programme, occ.start, "sent", None, now)
         return "sent"
 

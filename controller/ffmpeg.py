@@ -14,9 +14,12 @@ import dataclasses
 import functools
 import logging
 import math
+import os
+import queue
 import re
 import shutil
 import subprocess
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,3 +310,126 @@ def loudness(path: Path, *, seconds: float | None = None, opus: bool = False) ->
         what=f"measuring loudness of {path}", loglevel="info",
     )
     return _summary(proc.stderr, str(path), repeated=repeats > 1)
+
+
+# --- live encoding ----------------------------------------------------------------------------
+
+#: Seconds ffmpeg waits on a network read before it gives up on a stream (its own timeout,
+#: beside the caller's stall detection).
+LIVE_RW_TIMEOUT_S = 5
+
+
+#: The source of a LiveEncoding fed by its owner (`feed`): a browser's recording as it comes.
+FED = "pipe:"
+
+
+def live_input_args(source: str) -> list[str]:
+    """ffmpeg's input options for a live source: an http(s) stream (Icecast, HLS) read as
+    it comes, `-` (this process's stdin), FED (what `feed` gives it), or a local file or
+    device read at real-time pace."""
+    if source == "-":
+        return ["-i", "pipe:0"]
+    if source == FED:
+        return [
+            "-fflags", "+nobuffer", "-formatprobesize", "2048", "-probesize", "8192",
+            "-analyzeduration", "0", "-i", "pipe:0",
+        ]  # fmt: skip
+    if re.match(r"^[a-z][a-z0-9+.-]*://", source):
+        return [
+            "-rw_timeout", str(LIVE_RW_TIMEOUT_S * 1_000_000), "-fflags", "+nobuffer",
+            # Probing a paced stream waits for its bytes: 64 KB by default, seconds of
+            # audio. A few KB tell MP3, AAC, Ogg and HLS apart.
+            "-formatprobesize", "2048", "-probesize", "8192", "-analyzeduration", "500000",
+            "-i", source,
+        ]  # fmt: skip
+    return ["-re", "-i", source]
+
+
+class LiveEncoding:
+    """One ffmpeg that reads a live source, runs the chain and writes Ogg/Opus in pages of
+    one packet (20 ms) to its stdout, read on a thread of its own: `read(timeout)` hands
+    over what came, so that a source that stalls is seen as a read that times out."""
+
+    def __init__(self, source: str, graph: str, *, bitrate_kbps: int, application: str,
+                 what: str) -> None:  # fmt: skip
+        self.what = what
+        argv = [
+            ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "error",
+            *live_input_args(source), "-vn", "-ac", "1", "-ar", "48000", "-af", graph,
+            "-c:a", "libopus", "-b:a", f"{bitrate_kbps}k", "-vbr", "constrained",
+            "-frame_duration", "20", "-application", application,
+            "-f", "ogg", "-page_duration", "20000", "-flush_packets", "1", "pipe:1",
+        ]  # fmt: skip
+        log.debug("running %s", argv)
+        try:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if source == FED else (
+                    None if source == "-" else subprocess.DEVNULL
+                ),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )  # fmt: skip
+        except OSError as exc:
+            raise FfmpegError(f"{what}: cannot start ffmpeg ({exc.strerror})") from None
+        self._out: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._err: list[bytes] = []
+        threading.Thread(target=self._pump, name="live-encoder", daemon=True).start()
+        threading.Thread(target=self._drain, name="live-encoder-log", daemon=True).start()
+
+    def _pump(self) -> None:
+        stdout = self._proc.stdout
+        assert stdout is not None
+        while data := os.read(stdout.fileno(), 65536):
+            self._out.put(data)
+        self._out.put(b"")  # the end
+
+    def _drain(self) -> None:
+        stderr = self._proc.stderr
+        assert stderr is not None
+        for line in stderr:
+            self._err.append(line)
+            del self._err[:-TAIL_LINES * 2]
+
+    def feed(self, data: bytes) -> None:
+        """Give a FED encoding more of its input (OSError once ffmpeg has gone)."""
+        stdin = self._proc.stdin
+        if stdin is None:
+            raise OSError("this encoding reads its own input")
+        stdin.write(data)
+        stdin.flush()
+
+    def end_input(self) -> None:
+        """No more input: ffmpeg encodes what it has, then ends."""
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+
+    def read(self, timeout: float) -> bytes | None:
+        """What ffmpeg wrote since; b"" once it has ended; None if nothing came in timeout."""
+        try:
+            return self._out.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def failure(self) -> str | None:
+        """Once ended: None if ffmpeg exited with 0, else why (the tail of its log)."""
+        try:
+            code = self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            return "ffmpeg has not exited"
+        if code == 0:
+            return None
+        return f"ffmpeg exited with status {code}: {stderr_tail(b''.join(self._err))}"
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(1)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()

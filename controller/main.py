@@ -45,6 +45,8 @@ from controller.holdings import Holdings
 from controller.identities import Identities
 from controller.intake import Intake
 from controller.keys import publish_rotation
+from controller.live import LiveSettings
+from controller.live_desk import LiveDesk
 from controller.membership import DEFAULT_REPUBLISH_S, MembershipPublisher
 from controller.playlist import Playlists
 from controller.reconnect import BrokerWatch, ReconnectAction, Reconnection
@@ -201,6 +203,16 @@ class Controller:
         )
         self.on_reconnect(self._resend_unconfirmed)
         self.on_reconnect(self.memberships_publisher.on_reconnect)
+        self.live = LiveDesk(
+            # The fleet of the moment: a reload replaces self.fleet.
+            self.link, self.signer, lambda clusters: self.fleet.cover(clusters),  # noqa: PLW0108
+            self.clock,
+            LiveSettings(
+                bitrate_kbps=settings.audio.bitrate_kbps,
+                target_lufs=settings.audio.target_lufs or -16.0,
+                true_peak_dbtp=settings.audio.true_peak_dbtp,
+            ),
+        )
         self.dispatcher = Dispatcher(
             store=self.store,
             distributor=self.distributor,
@@ -209,6 +221,7 @@ class Controller:
             state=self.state,
             is_approved=self.approvals.is_approved,
             tz=settings.timezone,
+            live=self.live,
         )
         self.scheduler = Scheduler(
             clock=self.clock,
@@ -264,6 +277,7 @@ class Controller:
     def stop(self) -> None:
         self.watcher.stop()
         self.scheduler.shutdown()
+        self.live.close()
         self.broker_watch.stop()
         self.memberships_publisher.stop()
         self.enrolment.stop()

@@ -30,9 +30,13 @@ SHOWN_CLUSTERS = 3
 
 
 def programme_seconds(programme: Programme, durations: Mapping[Path, float]) -> float | None:
-    """How long one airing lasts, from each audio file's duration; None if one is unknown."""
+    """How long one airing lasts, from each audio file's duration (a rebroadcast's own
+    duration); None if one is unknown."""
     total = 0.0
     for bulletin in programme.bulletins:
+        if bulletin.rebroadcast is not None:
+            total += bulletin.rebroadcast.duration.total_seconds()
+            continue
         parts = bulletin.audio()
         if any(path not in durations for path in parts):
             return None

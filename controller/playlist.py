@@ -2,7 +2,19 @@
 
 A playlist file holds programmes. At each scheduled time a programme's bulletins air
 one after the other, on every cluster its targets name. A bulletin is one or more audio
-files played in order, with an optional chime before (intro) and after (outro)::
+files played in order, with an optional chime before (intro) and after (outro), or a
+rebroadcast (tiếp sóng) of an upper-level station's stream, carried live for its
+duration (controller/live.py), with backup streams and a fallback file::
+
+    bulletins:
+      - title: Thời sự VOV1
+        rebroadcast:
+          url: http://radio.example.vn/vov1.mp3
+          backups: [http://backup.example.vn/vov1.mp3]
+          duration: 30m
+          fallback: audio/thoi-su-sang.wav   # when no stream works; silence if left out
+
+A programme with a rebroadcast has that one bulletin. Files::
 
     # yaml-language-server: $schema=../docs/schema/playlist.schema.json
     programmes:
@@ -317,15 +329,52 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
+def _stream_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value):
+        raise ValueError(
+            f"{value!r} is not a stream URL: write http://host[:port]/path (an Icecast "
+            "mount, an MP3/AAC/Ogg stream, or an HLS .m3u8)"
+        )
+    if len(value) > 500:
+        raise ValueError("a stream URL is at most 500 characters")
+    return value
+
+
+StreamUrl = Annotated[str, AfterValidator(_stream_url)]
+
+
+def _live_duration(value: timedelta) -> timedelta:
+    if not timedelta(minutes=1) <= value <= timedelta(hours=12):
+        raise ValueError("a rebroadcast lasts 1m to 12h")
+    return value
+
+
+class Rebroadcast(_Strict):
+    """A station's stream carried live to the clusters (tiếp sóng) for `duration`."""
+
+    url: StreamUrl
+    """The stream: http(s)://... (Icecast mount, MP3/AAC/Ogg stream, HLS .m3u8)."""
+    backups: Annotated[list[StreamUrl], BeforeValidator(_one_or_many), Field(max_length=8)] = []
+    """Streams tried in order when the one before stalls or fails."""
+    duration: Annotated[Duration, AfterValidator(_live_duration)]
+    """How long the rebroadcast airs (1m to 12h)."""
+    fallback: AudioPath | None = None
+    """A file aired once when no stream works; silence (and new tries) if left out."""
+
+    def inputs(self) -> list[str]:
+        return [self.url, *self.backups]
+
+
 class Bulletin(_Strict):
-    """One bulletin (bản tin): its audio files in order, between optional chimes."""
+    """One bulletin (bản tin): its audio files in order, between optional chimes; or a
+    rebroadcast of a station's stream."""
 
     title: Name | None = None
     """What the bulletin is called in reports; the programme's name if left out."""
     files: Annotated[
         list[AudioPath],
         BeforeValidator(_one_or_many),
-        Field(min_length=1, max_length=32),
+        Field(max_length=32),
         WithJsonSchema(
             {
                 "anyOf": [
@@ -334,14 +383,27 @@ class Bulletin(_Strict):
                 ]
             }
         ),
-    ]
-    """Audio files played in order, relative to this playlist file."""
+    ] = []
+    """Audio files played in order, relative to this playlist file (not with rebroadcast)."""
+    rebroadcast: Rebroadcast | None = None
+    """A station's stream carried live instead of files."""
     intro: AudioPath | None = None
     """A chime played before the files."""
     outro: AudioPath | None = None
     """A chime played after the files."""
     volume: Annotated[int, Field(ge=0, le=100)] | None = None
     """Volume 0-100; the cluster's own setting if left out."""
+
+    @model_validator(mode="after")
+    def _files_or_rebroadcast(self) -> Bulletin:
+        if self.rebroadcast is None and not self.files:
+            raise ValueError("a bulletin needs files (audio to play) or a rebroadcast")
+        if self.rebroadcast is not None and (self.files or self.intro or self.outro):
+            raise ValueError(
+                "a rebroadcast bulletin has no files, intro or outro: put the chimes in a "
+                "programme of their own, just before"
+            )
+        return self
 
     def audio(self) -> list[Path]:
         """Every file this bulletin plays, in order: intro, files, outro."""
@@ -589,9 +651,22 @@ class Programme(_Strict):
 
     _source: Source = PrivateAttr(default=Source("<not from a file>", 0))
 
+    @model_validator(mode="after")
+    def _rebroadcast_alone(self) -> Programme:
+        if len(self.bulletins) > 1 and any(b.rebroadcast for b in self.bulletins):
+            raise ValueError(
+                "a programme with a rebroadcast has that one bulletin: put other bulletins "
+                "in a programme of their own"
+            )
+        return self
+
     @property
     def source(self) -> Source:
         return self._source
+
+    def rebroadcast(self) -> Rebroadcast | None:
+        """The stream this programme carries live, if it is a rebroadcast."""
+        return self.bulletins[0].rebroadcast
 
     def occurrences(self, start: datetime, end: datetime, tz: ZoneInfo) -> Iterator[datetime]:
         """Every airing in [start, end), aware UTC datetimes, in order, repeats included."""

@@ -17,8 +17,9 @@ delays a command by one slice at most, never by the flood. The mailbox itself ho
 most MAX_QUEUED_COMMAND_BYTES of commands (per topic, and in all): each costs a
 signature check, and a flood of forged ones must cost bounded memory.
 
-Topics (see protocol/topics.py): the agent reads its cluster's key, command, content and
-membership topics and its groups' command and content topics; it writes events
+Topics (see protocol/topics.py): the agent reads its cluster's key, command, content,
+live and membership topics and its groups' command, content and live topics (live
+frames go to device_agent/live.py, after the commands of their step); it writes events
 (QoS 1, from the outbox), its retained online/offline state, chunk requests, and a
 heartbeat (QoS 0) every `heartbeat_s`, on connecting and when the relay fails or recovers.
 
@@ -72,6 +73,7 @@ from device_agent.guard import (
 from device_agent.health import ClockOffset, cpu_temperature, disk_free, folder_size, system_uptime
 from device_agent.identity import AgentIdentity, JoinSchedule
 from device_agent.inbox import ChunkInbox
+from device_agent.live import LiveChannel, LiveSession, PlayerControl
 from device_agent.localdb import LocalDatabase
 from device_agent.outbox import Outbox
 from device_agent.output import OutputBackend
@@ -94,6 +96,7 @@ from protocol.messages import (
     JoinRequest,
     KeyRotationBody,
     Level,
+    LiveBody,
     MembershipBody,
     NowPlaying,
     PlayBody,
@@ -247,15 +250,9 @@ class Agent:
         self._db = LocalDatabase(data_dir / "agent.sqlite", durable=durable)
         self._outbox = Outbox(self._db, cluster_id, clock, resend_after_s=outbox_resend_s)
         self._membership = MembershipState(self._db.document("membership"), groups)
-        # The key of the verifier given is the one pinned in the config; rotations add to
-        # it (kept in the database). A verifier over other keys is used as it is.
-        pinned = verifier.pinned
-        self._trust = (
-            ControllerKeys(pinned, self._db.document("controller-keys"), clock)
-            if pinned is not None else None
-        )
+        self._trust, self._verifier = self._trusted(verifier)
         self._guard = Guard(
-            Verifier(self._trust) if self._trust is not None else verifier,
+            self._verifier,
             cluster_id, self._membership.current, clock,
             SeenStore(self._db.table("seen-commands")),
             rotation_applied=self._trust.already_applied if self._trust is not None else None,
@@ -287,10 +284,35 @@ class Agent:
             default_volume=default_volume,
             content_activity=lambda: self._content_arrived_at,
         )
+        self._live = self._live_channel(output, default_volume)
         self._inbox = ChunkInbox(self._cache.downloading)
         self._cache.add_listener(self._on_content)
         for ref in self._player.wanted_content():
             self._cache.expect(ref)
+
+    def _trusted(self, verifier: Verifier) -> tuple[ControllerKeys | None, Verifier]:
+        """The controller keys trusted, and the verifier over them: the key of the verifier
+        given is the one pinned in the config; rotations add to it (kept in the database).
+        A verifier over other keys is used as it is."""
+        pinned = verifier.pinned
+        if pinned is None:
+            return None, verifier
+        trust = ControllerKeys(pinned, self._db.document("controller-keys"), self._clock)
+        return trust, Verifier(trust)
+
+    def _live_channel(self, output: OutputBackend, default_volume: int) -> LiveChannel:
+        return LiveChannel(
+            output, self._clock, self._verifier.keys,
+            PlayerControl(
+                claim=self._player.live_claim,
+                done=lambda s: self._run_on_worker(lambda: self._live_ended(s)),
+                released=self._player.live_released,
+            ),
+            self._report_live,
+            amplifier=self._amplifier,
+            default_volume=default_volume,
+            log=ClusterLog(logging.getLogger("device_agent.live"), {"cluster": self.cluster_id}),
+        )
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -332,6 +354,7 @@ class Agent:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop playing (reported as interrupted), switch the amplifier off, say offline,
         disconnect, close the outbox."""
+        self._live.close(timeout)
         self._player.close(timeout)
         self._queue.put(_STOP)
         self._queue.join(timeout)
@@ -380,6 +403,19 @@ class Agent:
         player = self._player.status()
         current = player.current
         now = self._clock.now()
+        live = self._live.on_air()
+        if current is None and live is not None:
+            playing: NowPlaying | None = NowPlaying(
+                play_id=live.session_id, bulletin=live.body.bulletin, level=live.body.level,
+                live=live.body.source,
+            )
+        else:
+            playing = NowPlaying(
+                play_id=current.play_id,
+                bulletin=current.bulletin,
+                level=current.level,
+                started_at=current.started_at,
+            ) if current is not None else None
         return Heartbeat(
             cluster=self.cluster_id,
             at=now,
@@ -392,12 +428,7 @@ class Agent:
             relay=self._amplifier.state()[:1000] if self._amplifier is not None else None,
             volume=current.volume if current is not None else self._player.default_volume,
             clock_offset_s=self.clock_offset.estimate(now),
-            playing=NowPlaying(
-                play_id=current.play_id,
-                bulletin=current.bulletin,
-                level=current.level,
-                started_at=current.started_at,
-            ) if current is not None else None,
+            playing=playing,
             queued=len(player.queue),
             outbox_pending=self._outbox.pending(),
             transfers=self._transfers(),
@@ -627,12 +658,18 @@ class Agent:
         received_at: datetime | None = None,
         received_mono: float | None = None,
     ) -> bool:
-        """Take one command (or membership); False: not quiet (housekeeping runs)."""
+        """Take one command (or membership, or live frame); False: not quiet
+        (housekeeping runs)."""
+        if topic.endswith("/live"):
+            self._live.frame(topic, payload)
+            return True
         try:
             command = self._guard.admit(topic, payload)
         except Duplicate as exc:
             if isinstance(exc.command.body, PlayBody):
                 self._answer_again(exc.command, same_command=True)
+            elif isinstance(exc.command.body, LiveBody):
+                self._live_start(exc.command)
             return False
         except Ignored as exc:
             self._log.debug("ignored command %s on %s: %s", exc.command_id, topic, exc.reason)
@@ -686,8 +723,11 @@ class Agent:
                     self._answer_again(command, same_command=False)
             finally:
                 self._arriving = set()
+        elif isinstance(body, LiveBody):
+            self._live_start(command)
         elif isinstance(body, StopBody):
             count = self._player.stop(body.play_id)
+            count += self._live.stop(body.play_id, "stopped by the controller")
             self._log.info(
                 "stop command %s for %s: stopped %d plays",
                 command.id, body.play_id or "everything playing or due", count,
@@ -820,8 +860,8 @@ class Agent:
         now = self._membership.apply(command, payload)
         after = set(now.groups)
         for group in sorted(before - after):
-            self._link.unsubscribe(topics.group_topic(group, "command"))
-            self._link.unsubscribe(topics.group_topic(group, "content"))
+            for channel in topics.GROUP_CHANNELS:
+                self._link.unsubscribe(topics.group_topic(group, channel))
         for group in sorted(after - before):
             self._subscribe_group(group)
         if before != after:
@@ -879,8 +919,8 @@ class Agent:
     # --- outgoing ---------------------------------------------------------------------------
 
     def _subscribe_group(self, group: str) -> None:
-        self._link.subscribe(topics.group_topic(group, "command"), self._on_message)
-        self._link.subscribe(topics.group_topic(group, "content"), self._on_message)
+        for channel in topics.GROUP_CHANNELS:
+            self._link.subscribe(topics.group_topic(group, channel), self._on_message)
 
     def _heartbeat_due(self) -> datetime | None:
         """Send the heartbeat if it is due; when the next one is."""
@@ -949,6 +989,37 @@ class Agent:
             reason=reason,
         )
 
+    def _report_live(
+        self, kind: EventKind, session: LiveSession, reason: str | None, seconds: float | None
+    ) -> None:
+        """A live session's report (from its thread): into the outbox on the worker."""
+        body = session.body
+        self._run_on_worker(lambda: self._add_event(
+            kind, ref=session.command_id, play_id=body.session_id, bulletin=body.bulletin,
+            level=body.level, reason=reason, seconds=seconds,
+        ))  # fmt: skip
+
+    def _live_start(self, command: Command) -> None:
+        """Start a live session; a start for one that has ended here is a replay: refused
+        and reported (a copy for one still live is the same start again: nothing to do)."""
+        body = command.body
+        assert isinstance(body, LiveBody)
+        if self._live.ended_before(body.session_id):
+            reason = (
+                f"replayed: the live session {body.session_id} has already ended on this "
+                "cluster; not aired again"
+            )
+            if self._limiter.allow():
+                self._log.warning("refused command %s: %s", command.id, reason)
+                self._add_event("rejected", ref=command.id, play_id=body.session_id,
+                                reason=reason)  # fmt: skip
+            return
+        self._live.start(command)
+
+    def _live_ended(self, session: LiveSession) -> None:
+        self._live.ended(session)
+        self._player.live_done(session)
+
     def _add_event(
         self,
         kind: EventKind,
@@ -958,13 +1029,14 @@ class Agent:
         bulletin: str | None = None,
         level: Level | None = None,
         reason: str | None = None,
+        seconds: float | None = None,
     ) -> None:
         """Commit the event to the outbox, then publish it if the broker is reachable:
         the events a step commits go out together, in one message."""
         online = self._link.connected
         event = self._outbox.add(
             kind, ref=ref, play_id=play_id, bulletin=bulletin, level=level, reason=reason,
-            sending=online,
+            sending=online, seconds=seconds,
         )
         if online:
             with self._outgoing_lock:

@@ -89,7 +89,7 @@ class Ignored(Rejected):
 
 
 class Duplicate(Ignored):
-    """A play or ack command admitted before, delivered again: not obeyed twice, not a
+    """A play, live or ack command admitted before, delivered again: not obeyed twice, not a
     refusal either. `command` is the command, verified and addressed to this cluster."""
 
     def __init__(self, command: Command) -> None:
@@ -362,7 +362,7 @@ class Guard:
             return command
 
         if self._seen.seen(command.id):
-            if command.body.kind in ("play", "ack"):
+            if command.body.kind in ("play", "ack", "live"):
                 raise Duplicate(command)
             raise Rejected(
                 "replayed: this command was already received once", command.id, "replayed"

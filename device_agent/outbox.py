@@ -98,6 +98,7 @@ class Outbox:
         level: Level | None = None,
         reason: str | None = None,
         sending: bool = False,
+        seconds: float | None = None,
     ) -> Event:
         """Number and store an event (committed when this returns); publish it afterwards.
 
@@ -119,6 +120,7 @@ class Outbox:
             bulletin=bulletin,
             level=level,
             reason=reason,
+            seconds=round(seconds, 3) if seconds is not None else None,
         )
         self._db.write(
             "INSERT INTO events (seq, payload, last_sent, next_send, sends) VALUES (?, ?, ?, ?, ?)",

@@ -1,6 +1,8 @@
 """Output backends: where a cluster's audio goes.
 
-One small interface, four implementations chosen by the agent config:
+One small interface, four implementations chosen by the agent config (each also opens a
+live sink: a stream of 20 ms Opus packets handed over as they are due, see
+device_agent/live.py):
 - `opusdec` (the default): decodes the Ogg/Opus items with opusdec (opus-tools) and
   plays them with aplay (alsa-utils) on an ALSA device: two small programs, a few MB;
 - `ffmpeg`: streams the bulletin through ffmpeg to the sound card (ALSA or PulseAudio);
@@ -29,10 +31,13 @@ import time
 import wave
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import IO, Literal, Protocol
+
+from protocol.live import SLOT_SAMPLES
+from protocol.ogg import OggWriter
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,77 @@ class OutputBackend(Protocol):
         """None if the output can play now, else what is wrong and what to try."""
         ...
 
+    def open_live(self, label: str, pre_skip: int, volume: int = 100) -> LiveSink:
+        """A sink for a live session's audio (raises OSError if it cannot start)."""
+        ...
+
+
+class LiveSink(Protocol):
+    """Where a live session's audio goes while it holds the output: 20 ms Opus packets of
+    consecutive slots (silence packets in the gaps), written as they fall due."""
+
+    def write(self, packets: Sequence[bytes]) -> None:
+        """Hand these packets over (the output plays them after those written before);
+        raises OSError if the output has gone."""
+        ...
+
+    def close(self) -> str | None:
+        """Finish (what was written still plays out); None, or what went wrong."""
+        ...
+
+
+class CountingSink:
+    """A live sink that plays nothing: it counts what it was handed (null output)."""
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.bytes = 0
+
+    def write(self, packets: Sequence[bytes]) -> None:
+        self.packets += len(packets)
+        self.bytes += sum(len(p) for p in packets)
+
+    def close(self) -> str | None:
+        return None
+
+
+class _OggPipeSink:
+    """A live sink feeding an Ogg/Opus stream to a program's stdin (ffmpeg, opusdec),
+    a page per packet, so that nothing waits in a page."""
+
+    def __init__(self, children: list[_Child], stdin: IO[bytes], pre_skip: int,
+                 where: str, done: Callable[[], None] | None = None) -> None:  # fmt: skip
+        self._children = children
+        self._stdin = stdin
+        self._where = where
+        self._done = done
+        self._ogg = OggWriter()
+        self._granule = 0
+        self._stdin.write(self._ogg.head(1, pre_skip))
+
+    def write(self, packets: Sequence[bytes]) -> None:
+        pages = []
+        for packet in packets:
+            self._granule += SLOT_SAMPLES
+            pages.append(self._ogg.packet(packet, self._granule))
+        self._stdin.write(b"".join(pages))
+        self._stdin.flush()
+
+    def close(self) -> str | None:
+        with contextlib.suppress(OSError):
+            self._stdin.close()
+        failure: str | None = None
+        for child in self._children:
+            try:
+                child.proc.wait(CHECK_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.end()
+            child.end()
+            failure = failure or child.failure()
+        if failure is None and self._done is not None:
+            self._done()
+        return f"{self._where}: {failure}" if failure else None
+
 
 class NullBackend:
     """Plays nothing; takes the audio's duration, or less when stopped."""
@@ -84,6 +160,9 @@ class NullBackend:
 
     def check(self) -> str | None:
         return None
+
+    def open_live(self, label: str, pre_skip: int, volume: int = 100) -> LiveSink:
+        return CountingSink()
 
 
 # --- the ffmpeg edge -----------------------------------------------------------------------
@@ -159,6 +238,21 @@ def _concat(items: list[Path], volume: int = 100) -> tuple[list[str], str]:
     if volume != 100:
         graph += f",volume={max(0, min(volume, 100)) / 100:.2f}"
     return inputs, graph
+
+
+def _live_input(exe: str) -> list[str]:
+    """ffmpeg reading a live session's Ogg/Opus stream on its stdin, as it comes."""
+    return [
+        exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error",
+        "-probesize", "32", "-analyzeduration", "0", "-fflags", "+nobuffer",
+        "-f", "ogg", "-i", "pipe:0",
+    ]  # fmt: skip
+
+
+def _volume_filter(volume: int) -> list[str]:
+    if volume == 100:
+        return []
+    return ["-af", f"volume={max(0, min(volume, 100)) / 100:.2f}"]
 
 
 def _safe_label(label: str) -> str:
@@ -300,6 +394,17 @@ class FfmpegBackend:
         played = _capped(run.elapsed(), duration_s)
         return _ended(stopped, played, run.failure, f"{label} on {self.device}")
 
+    def open_live(self, label: str, pre_skip: int, volume: int = 100) -> LiveSink:
+        exe = shutil.which(self.ffmpeg)
+        if exe is None:
+            raise OSError(_ffmpeg_missing(self.ffmpeg))
+        argv = [
+            *_live_input(exe), *_volume_filter(volume), *self._output_args(),
+        ]
+        child = _Child(argv, "ffmpeg", stdin=subprocess.PIPE)
+        assert child.proc.stdin is not None
+        return _OggPipeSink([child], child.proc.stdin, pre_skip, f"{label} on {self.device}")
+
     def check(self) -> str | None:
         exe = shutil.which(self.ffmpeg)
         if exe is None:
@@ -432,6 +537,31 @@ class FileBackend:
         started = time.monotonic()
         stopped = stop.wait(seconds)
         return PlayOutcome(completed=not stopped, played_s=min(seconds, time.monotonic() - started))
+
+    def open_live(self, label: str, pre_skip: int, volume: int = 100) -> LiveSink:
+        """The session's audio as `<label>.wav`, written as it comes (renamed into place
+        when the session lets the output go)."""
+        exe = shutil.which(self.ffmpeg)
+        if exe is None:
+            raise OSError(_ffmpeg_missing(self.ffmpeg))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.out_dir, prefix=".", suffix=".wav.tmp")
+        os.close(fd)
+        temp = Path(name)
+        argv = [
+            *_live_input(exe), *_volume_filter(volume),
+            "-ac", "1", "-ar", str(OUTPUT_RATE), "-c:a", "pcm_s16le",
+            "-fflags", "+bitexact", "-f", "wav", "-y", str(temp),
+        ]  # fmt: skip
+        child = _Child(argv, "ffmpeg", stdin=subprocess.PIPE)
+        assert child.proc.stdin is not None
+
+        def done() -> None:
+            temp.replace(self.free_path_for(label))
+
+        return _OggPipeSink(
+            [child], child.proc.stdin, pre_skip, f"{label} to {self.out_dir}", done
+        )
 
     def _not_writable(self, reason: str | None) -> str:
         return (
@@ -674,6 +804,28 @@ class OpusdecBackend:
         stopped = run.wait()
         played = _capped(run.player.elapsed(), duration_s)
         return _ended(stopped, played, run.failure, f"{label} on {self.device}")
+
+    def open_live(self, label: str, pre_skip: int, volume: int = 100) -> LiveSink:
+        """opusdec reading the session's Ogg stream on its stdin, into aplay."""
+        programs = self._programs()
+        if isinstance(programs, str):
+            raise OSError(programs)
+        opusdec, aplay = programs
+        gain = gain_db(volume)
+        decoder = _Child([
+            opusdec, "--quiet", "--rate", str(OUTPUT_RATE), "--force-stereo",
+            *(["--gain", f"{gain:.2f}"] if gain is not None else []), "-", "-",
+        ], "opusdec", stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        assert decoder.proc.stdin is not None
+        assert decoder.proc.stdout is not None
+        player = _Child(
+            [aplay, "-q", "-D", self.alsa_device, *RAW_FORMAT, "-"], "aplay",
+            stdin=decoder.proc.stdout.fileno(),
+        )
+        decoder.proc.stdout.close()  # aplay holds it now
+        return _OggPipeSink(
+            [decoder, player], decoder.proc.stdin, pre_skip, f"{label} on {self.device}"
+        )
 
     def check(self) -> str | None:
         programs = self._programs()

@@ -23,7 +23,13 @@ Rules, in the words of Circular 39/2020's three levels:
 - a play id already received is never scheduled twice;
 - the amplifier (device_agent/amplifier.py), when there is one, is switched on for each
   play, and ahead of a scheduled play by its warm-up, so that the first sample goes out
-  at the start time and not a warm-up later.
+  at the start time and not a warm-up later;
+- a live session (device_agent/live.py) takes the same one output by the same rules: it
+  claims it (`live_claim`) from its warm-up before its first sample is due; a higher
+  level interrupts it, and it interrupts lower levels. A live session that loses the
+  output goes on receiving and takes the output back, live, once it is free (never where
+  it was); the player grants (`LiveClaim.grant`) and takes back (`LiveClaim.revoke`),
+  and the session says when it has let the output go (`live_released`).
 
 Every state change is reported through `report` (the agent turns it into an outbox
 event): received, delivered, playing, finished, interrupted, missed, failed.
@@ -228,6 +234,26 @@ class PlayerStatus:
     queue: list[PlayView]  # scheduled plays, by start time
 
 
+class LiveClaim(Protocol):
+    """A live session as the player arbitrates it (device_agent/live.py)."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def rank(self) -> int: ...
+    @property
+    def claim_from(self) -> datetime:
+        """When it wants the output: its warm-up before its first sample is due."""
+        ...
+    def describe(self) -> str: ...
+    def grant(self) -> None:
+        """It may play now (called with the player's lock held: only flags and wakes)."""
+        ...
+    def revoke(self, reason: str) -> None:
+        """It must let the output go; it calls live_released once it has."""
+        ...
+
+
 ReportFn = Callable[[EventKind, PlayRecord, str | None], None]
 RequestFn = Callable[[ContentRef, list[int]], None]
 
@@ -300,6 +326,10 @@ class Player:
         self._dirty = False
         self._pending: list[tuple[EventKind, PlayRecord, str | None]] = []
         self._written: dict[str, str] = {}  # each play's text as last saved
+        # The live session that wants the output, and whether it has it: off, on (granted),
+        # or yielding (revoked, not yet released).
+        self._live: LiveClaim | None = None
+        self._live_state: Literal["off", "on", "yielding"] = "off"
         self.up_since = clock.now()
         self._load()
         self._thread.start()
@@ -421,6 +451,45 @@ class Player:
                 for item in record.body.items
             }
 
+    # --- live sessions ------------------------------------------------------------------
+
+    def live_claim(self, claim: LiveClaim) -> None:
+        """A live session wants the output from claim.claim_from on (it replaces any other
+        live session's claim: one session at a time on a cluster, the newest)."""
+        with self._lock:
+            old = self._live
+            if old is not None and old is not claim and self._live_state == "on":
+                old.revoke(f"replaced by {claim.describe()}")
+                self._live_state = "yielding"
+            self._live = claim
+
+    def live_done(self, claim: LiveClaim) -> None:
+        """The live session has ended (and let the output go, if it had it)."""
+        with self._lock:
+            if self._live is claim:
+                self._live = None
+                self._live_state = "off"
+            self._tick()
+
+    def live_released(self, claim: LiveClaim) -> None:
+        """The live session let the output go after a revoke (any thread)."""
+
+        def released() -> None:
+            with self._lock:
+                if self._live is claim or self._live_state == "yielding":
+                    self._live_state = "off"
+                self._tick()
+
+        if self._on_worker is not None:
+            self._on_worker(released)
+        else:
+            released()
+
+    def live_on_air(self) -> LiveClaim | None:
+        """The live session holding the output, if one does."""
+        with self._lock:
+            return self._live if self._live_state == "on" else None
+
     # --- time -------------------------------------------------------------------------------
 
     def tick(self) -> datetime | None:
@@ -482,21 +551,55 @@ class Player:
                 waiting.append(record)
             elif self._request_due(record, now):
                 self._request_missing(record, now)
-        if waiting and not self._closing:
-            best = min(waiting, key=lambda r: (-r.rank, r.body.start_at, r.order))
-            current = self._current
-            if current is None:
-                self._start(best, now)
-            elif best.rank > current.rank and self._stop_event and not self._stop_event.is_set():
-                self._stop_reason = f"preempted by {best.describe()}"
-                self._stop_cause = "preempted"
-                self._log.info(
-                    "play %s: %s interrupts %s", best.play_id, best.describe(),
-                    current.describe(),
-                )
-                self._stop_event.set()
+        self._arbitrate(waiting, now)
         self._commit()
-        return self._next_tick(now)
+        nxt = self._next_tick(now)
+        live = self._live
+        if live is not None and self._live_state == "off" and live.claim_from > now:
+            nxt = live.claim_from if nxt is None else min(nxt, live.claim_from)
+        return nxt
+
+    def _arbitrate(self, waiting: list[PlayRecord], now: datetime) -> None:
+        """Give the output to the best of the due plays and the live session: start it,
+        or interrupt what has it if the best is of a higher level."""
+        live = self._live
+        live_wants = (
+            live is not None and self._live_state == "off" and now >= live.claim_from
+        )
+        if (waiting or live_wants) and not self._closing:
+            best = min(waiting, key=lambda r: (-r.rank, r.body.start_at, r.order), default=None)
+            current = self._current
+            if self._live_state != "off":  # a live session has (or is leaving) the output
+                assert live is not None
+                if best is not None and best.rank > live.rank and self._live_state == "on":
+                    self._log.info(
+                        "play %s: %s interrupts the live session %s", best.play_id,
+                        best.describe(), live.describe(),
+                    )
+                    live.revoke(f"preempted by {best.describe()}")
+                    self._live_state = "yielding"
+            elif current is None:
+                assert live is not None or best is not None
+                if live is not None and live_wants and (
+                    best is None or live.rank > best.rank
+                    or (live.rank == best.rank and live.claim_from <= best.body.start_at)
+                ):
+                    self._live_state = "on"
+                    live.grant()
+                elif best is not None:
+                    self._start(best, now)
+            elif self._stop_event and not self._stop_event.is_set():
+                rival = max(
+                    ([(best.rank, best.describe())] if best is not None else [])
+                    + ([(live.rank, f"the live session {live.describe()}")]
+                       if live is not None and live_wants else []),
+                    default=None,
+                )  # fmt: skip
+                if rival is not None and rival[0] > current.rank:
+                    self._stop_reason = f"preempted by {rival[1]}"
+                    self._stop_cause = "preempted"
+                    self._log.info("play %s: %s interrupts it", current.play_id, rival[1])
+                    self._stop_event.set()
 
     def _next_tick(self, now: datetime) -> datetime | None:
         times: list[datetime] = []

@@ -105,10 +105,40 @@ class PlayBody(WireModel):
 
 
 class StopBody(WireModel):
-    """Stop a play now (play_id), or everything that is playing (no play_id)."""
+    """Stop a play or a live session now (play_id: the play's id, or the session's), or
+    everything that is playing (no play_id)."""
 
     kind: Literal["stop"] = "stop"
     play_id: str | None = None
+
+
+SessionId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+LiveSource = Literal["rebroadcast", "microphone"]
+#: Bounds of a live session's playout delay (ms) and of its length.
+MIN_LIVE_DELAY_MS = 100
+MAX_LIVE_DELAY_MS = 30_000
+MAX_LIVE_HOURS = 24
+
+
+class LiveBody(WireModel):
+    """A live session starts (or goes on: sent again to clusters that come online while
+    it airs). Its audio comes in signed frames on the `live` topics (protocol/live.py):
+    slot s, captured at origin + s x 20 ms, plays at that time plus delay_ms on every
+    cluster. It ends with the frame flagged last, a stop command naming the session,
+    idle_end_s without a frame past the slots received, or at ends_by at the latest."""
+
+    kind: Literal["live"] = "live"
+    session_id: SessionId
+    source: LiveSource
+    bulletin: Annotated[str, Field(min_length=1, max_length=200)]
+    programme: Annotated[str, Field(max_length=200)] | None = None
+    level: Level = "normal"
+    origin: AwareDatetime
+    delay_ms: int = Field(ge=MIN_LIVE_DELAY_MS, le=MAX_LIVE_DELAY_MS)
+    ends_by: AwareDatetime
+    idle_end_s: float = Field(default=10.0, ge=1, le=600)
+    pre_skip: int = Field(default=312, ge=0, le=48_000)
+    volume: Annotated[int, Field(ge=0, le=100)] | None = None
 
 
 class MembershipBody(WireModel):
@@ -167,7 +197,8 @@ class EnrolmentBody(WireModel):
 
 
 CommandBody = Annotated[
-    PlayBody | StopBody | MembershipBody | AckBody | KeyRotationBody | EnrolmentBody,
+    PlayBody | StopBody | MembershipBody | AckBody | KeyRotationBody | EnrolmentBody
+    | LiveBody,
     Field(discriminator="kind"),
 ]
 
@@ -201,6 +232,7 @@ EventKind = Literal[
     "failed",  # could not play (reason says why)
     "rejected",  # a command was refused (bad signature, expired, replayed, misaddressed)
     "expired",  # a play command came after its expires_at: nothing was played
+    "gap",  # a live session aired silence for `seconds` (reason says why)
 ]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
@@ -220,6 +252,8 @@ class Event(WireModel):
     bulletin: Annotated[str, Field(max_length=200)] | None = None
     level: Level | None = None
     reason: Annotated[str, Field(max_length=500)] | None = None
+    # Live sessions: seconds of silence (gap), or of audio aired (finished, interrupted).
+    seconds: float | None = Field(default=None, ge=0, le=1e7)
 
 
 class State(WireModel):
@@ -239,6 +273,8 @@ class NowPlaying(WireModel):
     bulletin: Annotated[str, Field(max_length=200)]
     level: Level
     started_at: SaneTime | None = None
+    # A live session on the output: what it carries (play_id is then the session's id).
+    live: LiveSource | None = None
 
 
 class Transfer(WireModel):

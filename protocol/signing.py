@@ -90,6 +90,10 @@ class Signer:
     def public_key(self) -> Ed25519PublicKey:
         return self._key.public_key()
 
+    def sign_raw(self, data: bytes) -> bytes:
+        """The Ed25519 signature of bytes (a live frame: protocol/live.py)."""
+        return self._key.sign(data)
+
     def command(
         self,
         body: CommandBody,
@@ -130,6 +134,12 @@ class Verifier:
     def pinned(self) -> Ed25519PublicKey | None:
         """The one key this verifier was made with, if it was made with one key."""
         return self._keys if isinstance(self._keys, Ed25519PublicKey) else None
+
+    def keys(self) -> Sequence[Ed25519PublicKey]:
+        """The controller keys trusted now (what a live frame must be signed with)."""
+        if isinstance(self._keys, Ed25519PublicKey):
+            return [self._keys]
+        return self._keys.trusted()
 
     def verify(self, payload: bytes) -> Command:
         """Return the command if its signature verifies; raise SignatureError or MessageError."""

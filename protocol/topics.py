@@ -5,6 +5,7 @@ Layout (version in the prefix, so v2 can run beside v1 during an upgrade):
     loa/v1/cluster/<cluster>/key         controller -> one agent   (signed key rotation, retained)
     loa/v1/cluster/<cluster>/command     controller -> one agent   (signed commands)
     loa/v1/cluster/<cluster>/content     controller -> one agent   (audio chunks)
+    loa/v1/cluster/<cluster>/live        controller -> one agent   (live audio frames, QoS 0)
     loa/v1/cluster/<cluster>/membership  controller -> one agent   (signed, retained)
     loa/v1/cluster/<cluster>/event       agent -> controller       (status events)
     loa/v1/cluster/<cluster>/state       agent -> controller       (retained, Last Will)
@@ -13,12 +14,13 @@ Layout (version in the prefix, so v2 can run beside v1 during an upgrade):
     loa/v1/cluster/<cluster>/enrol       agent -> controller       (asks to join)
     loa/v1/group/<group>/command         controller -> agents of a group
     loa/v1/group/<group>/content         controller -> agents of a group
+    loa/v1/group/<group>/live            controller -> agents of a group (live audio frames)
     loa/v1/controller/<controller>/canary  controller -> itself (retained: did the
                                          broker keep its retained messages?)
 
 A broker ACL can therefore confine an agent logged in as <cluster> to reading
-loa/v1/cluster/<cluster>/{key,command,content,membership} (TO_AGENT) and its groups'
-loa/v1/group/<group>/{command,content} (GROUP_CHANNELS), and to writing only
+loa/v1/cluster/<cluster>/{key,command,content,live,membership} (TO_AGENT) and its groups'
+loa/v1/group/<group>/{command,content,live} (GROUP_CHANNELS), and to writing only
 loa/v1/cluster/<cluster>/{event,state,request,heartbeat,enrol} (FROM_AGENT). The broker
 configuration is generated from these lists (controller/broker_config.py).
 """
@@ -40,18 +42,18 @@ ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _ID_RE = re.compile(ID_PATTERN)
 
 ClusterChannel = Literal[
-    "key", "command", "content", "membership", "event", "state", "request", "heartbeat",
-    "enrol",
+    "key", "command", "content", "live", "membership", "event", "state", "request",
+    "heartbeat", "enrol",
 ]
-GroupChannel = Literal["command", "content"]
+GroupChannel = Literal["command", "content", "live"]
 ControllerChannel = Literal["canary"]
 CONTROLLER_CHANNELS: tuple[ControllerChannel, ...] = ("canary",)
 
 # The agent subscribes in this order: the broker hands retained messages over in the
 # order of the subscriptions, so a key rotation is known before the membership it signs.
-TO_AGENT: tuple[ClusterChannel, ...] = ("key", "command", "content", "membership")
+TO_AGENT: tuple[ClusterChannel, ...] = ("key", "command", "content", "live", "membership")
 FROM_AGENT: tuple[ClusterChannel, ...] = ("event", "state", "request", "heartbeat", "enrol")
-GROUP_CHANNELS: tuple[GroupChannel, ...] = ("command", "content")
+GROUP_CHANNELS: tuple[GroupChannel, ...] = ("command", "content", "live")
 
 
 @contextmanager
@@ -114,6 +116,6 @@ def parse(topic: str) -> ParsedTopic | None:
     scope, name, channel = parts[2], parts[3], parts[4]
     if scope == "cluster" and channel in TO_AGENT + FROM_AGENT and _ID_RE.fullmatch(name):
         return ParsedTopic("cluster", name, channel)
-    if scope == "group" and channel in ("command", "content") and _ID_RE.fullmatch(name):
+    if scope == "group" and channel in GROUP_CHANNELS and _ID_RE.fullmatch(name):
         return ParsedTopic("group", name, channel)
     return None

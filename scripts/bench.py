@@ -6,6 +6,7 @@
                                      [--link loopback|4g] [--json]
     python scripts/bench.py agent    [--minutes M] [--idle-s S] [--play-s S] [--json]
     python scripts/bench.py intake   [--clusters N] [--events E] [--store URL] [--json]
+    python scripts/bench.py live     [--agents N] [--seconds S] [--link loopback|4g] [--json]
     python scripts/bench.py          # every section at its defaults (make bench)
 
 Every mode starts its own mosquitto on a free port of 127.0.0.1 (mosquitto and ffmpeg
@@ -101,6 +102,14 @@ def run_delivery(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def run_live(args: argparse.Namespace) -> dict[str, Any]:
+    import bench_live
+
+    return bench_live.run(
+        args.agents, args.seconds, args.per_process, args.verbose, args.keep, link_params(args)
+    )
+
+
 def run_agent(args: argparse.Namespace) -> dict[str, Any]:
     import bench_agent
 
@@ -120,6 +129,7 @@ def markdown(result: dict[str, Any]) -> str:
     import bench_agent
     import bench_delivery
     import bench_intake
+    import bench_live
     import bench_report
     import bench_urgent
 
@@ -128,6 +138,7 @@ def markdown(result: dict[str, Any]) -> str:
         "delivery": bench_delivery.markdown,
         "agent": bench_agent.markdown,
         "intake": bench_intake.markdown,
+        "live": bench_live.markdown,
     }
     return writers[result["bench"]](
         result, bench_report.run_line(result), bench_report.broker_line(result)
@@ -139,13 +150,14 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "delivery": run_delivery,
     "agent": run_agent,
     "intake": run_intake,
+    "live": run_live,
 }
 
-#: What `make bench` runs: each mode at its defaults, and urgent and delivery over the
-#: emulated 4G link.
+#: What `make bench` runs: each mode at its defaults, and urgent, delivery and live over
+#: the emulated 4G link.
 EVERY_SECTION = (
     ["urgent"], ["urgent", "--link", "4g"], ["delivery"], ["delivery", "--link", "4g"],
-    ["agent"], ["intake"],
+    ["agent"], ["intake"], ["live"], ["live", "--link", "4g"],
 )  # fmt: skip
 
 
@@ -198,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     _fleet(urgent, trials=3)
     _link(urgent, down_kbit=0.0, up_kbit=0.0)
     _common(urgent)
+    live = sub.add_parser("live", help="a live session to every agent for a fixed time")
+    _fleet(live, trials=1)
+    live.add_argument("--seconds", type=float, default=60.0, metavar="S",
+                      help="how long the session lasts (default 60)")
+    _link(live, down_kbit=0.0, up_kbit=0.0)
+    _common(live)
     delivery = sub.add_parser("delivery", help="a bulletin to every agent, then a repeat")
     _fleet(delivery, trials=3)
     delivery.add_argument("--minutes", type=float, default=5.0, metavar="M",

@@ -36,10 +36,11 @@ import multiprocessing
 import os
 import re
 import resource
+import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -258,7 +259,6 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
     from device_agent.agent import Agent
     from device_agent.cache import Cache
     from device_agent.identity import AgentIdentity
-    from device_agent.output import NullBackend
     from protocol.clock import SystemClock
     from protocol.signing import Verifier, load_public_key
 
@@ -280,6 +280,7 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
     pool.start()
     agents: list[Agent] = []
     links: dict[str, MeteredLink] = {}
+    live = LiveMeter()
     for cid, groups in spec.members:
         # The key the rig made in the agent's folder and registered (register_fleet_keys).
         identity = AgentIdentity.load_or_create(data / cid)
@@ -290,7 +291,7 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
         )
         link = links[cid] = MeteredLink(inner, cid, out.note)
         agents.append(Agent(
-            cid, link, verifier, NullBackend(), clock, data / cid, groups=groups,
+            cid, link, verifier, metered_output(live, cid), clock, data / cid, groups=groups,
             durable=False,  # a simulated fleet on one disk: no fsync per event
             cache=shared, pool=pool, identity=identity,
         ))  # fmt: skip
@@ -312,13 +313,86 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
                             [cid for cid, _groups in spec.members])  # fmt: skip
 
     try:
-        _serve(conn, out, spec.index, {"counters": counters, "store": store})
+        _serve(conn, out, spec.index,
+               {"counters": counters, "store": store, "live": live.report})  # fmt: skip
     finally:
         with ThreadPoolExecutor(16) as stopping:
             list(stopping.map(stop, agents))
         pool.stop()
         network.stop()
         out.close()
+
+
+#: The synthetic live packets of `bench.py live`: the capture time (time.time()) and the
+#: packet's number, then padding to the size of a 20 ms Opus packet at 24 kb/s.
+LIVE_PACKET = struct.Struct(">dI")
+#: Latency histogram bins (ms) kept by the live meter.
+LIVE_BINS = 20_000
+
+
+class LiveMeter:
+    """The live packets the agents of one worker handed to their outputs: per agent how
+    many, a histogram of capture → hand-over latencies, and per packet the earliest and
+    latest hand-over across these agents (the spread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.handed: dict[str, int] = {}
+        self.histogram = [0] * LIVE_BINS
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+
+    def take(self, cid: str, packets: Sequence[bytes]) -> None:
+        at = time.time()
+        count = 0
+        with self.lock:
+            for packet in packets:
+                if len(packet) < LIVE_PACKET.size:
+                    continue  # a silence packet: a gap
+                captured, number = LIVE_PACKET.unpack_from(packet)
+                count += 1
+                ms = min(LIVE_BINS - 1, max(0, int((at - captured) * 1000)))
+                self.histogram[ms] += 1
+                if number not in self.first or at < self.first[number]:
+                    self.first[number] = at
+                if number not in self.last or at > self.last[number]:
+                    self.last[number] = at
+            self.handed[cid] = self.handed.get(cid, 0) + count
+
+    def report(self) -> dict[str, Any]:
+        with self.lock:
+            out = {
+                "handed": dict(self.handed), "histogram": list(self.histogram),
+                "first": dict(self.first), "last": dict(self.last),
+            }
+            self.handed.clear()
+            self.histogram = [0] * LIVE_BINS
+            self.first.clear()
+            self.last.clear()
+        return out
+
+
+class _MeteredSink:
+    def __init__(self, meter: LiveMeter, cid: str) -> None:
+        self.meter = meter
+        self.cid = cid
+
+    def write(self, packets: Sequence[bytes]) -> None:
+        self.meter.take(self.cid, packets)
+
+    def close(self) -> str | None:
+        return None
+
+
+def metered_output(meter: LiveMeter, cid: str) -> Any:
+    """The null output, its live sink metered (the agent's output in the fleet benches)."""
+    from device_agent.output import NullBackend
+
+    class MeteredNull(NullBackend):
+        def open_live(self, label: str, pre_skip: int, volume: int = 100) -> _MeteredSink:
+            return _MeteredSink(meter, cid)
+
+    return MeteredNull()
 
 
 def store_copies(content: Path, chunk_size: int, folder: Path, names: list[str]

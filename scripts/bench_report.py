@@ -28,6 +28,8 @@ SECTIONS = {
     "agent": "agent",
     "intake": "intake",
     "intake-postgresql": "intake --store URL",
+    "live": "live",
+    "live-4g": "live --link 4g",
     "fuzz-agent": "agent",
     "fuzz-flood": "flood",
     "fuzz-intake": "intake",
@@ -58,7 +60,8 @@ of its packets as TCP sees it); `delivery`, a bulletin to every agent, then a re
 loopback, where its time is a figure, not a target; `delivery --link 4g`, the same
 behind the emulated 4G link with a bandwidth per connection (2 Mbit/s down, 0.5 Mbit/s
 up), where delivery is judged against the raw broker over the same links; `agent`, one
-real agent process, idle and playing; `fuzz.py agent`, `fuzz.py flood` and `fuzz.py
+real agent process, idle and playing; `live` and `live --link 4g`, a live session
+streamed to every agent for a minute; `fuzz.py agent`, `fuzz.py flood` and `fuzz.py
 intake`, hostile payloads at a real agent or controller process (not run by `make
 bench`).
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device_agent.output import PlayOutcome
+from device_agent.output import CountingSink, LiveSink, PlayOutcome
 from protocol import chunks
 from protocol.messages import (
     Address,
@@ -127,6 +127,9 @@ class FakeOutput:
                     return PlayOutcome(completed=True, played_s=duration_s)
             if stop.wait(0.005):
                 return PlayOutcome(completed=False, played_s=0.1)
+
+    def open_live(self, label: str, pre_skip: int, volume: int = 100) -> LiveSink:
+        return CountingSink()
 
     def finish(self, play_id: str, error: str | None = None) -> None:
         with self._lock:

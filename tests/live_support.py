@@ -22,7 +22,7 @@ from sim_workers import WorkerPool
 from controller.config import load_controller_config
 from controller.main import Controller, Settings
 from device_agent.agent import Agent
-from device_agent.output import NullBackend
+from device_agent.output import NullBackend, OutputBackend
 from protocol.clock import Clock, SystemClock
 from protocol.mqtt import MqttLink
 from protocol.signing import Verifier, generate_keypair, load_public_key
@@ -79,7 +79,9 @@ class LiveRig:
         self.controller.start()
         return self.controller
 
-    def agent(self, cluster: str, groups: Sequence[str] = ()) -> Agent:
+    def agent(
+        self, cluster: str, groups: Sequence[str] = (), output: OutputBackend | None = None
+    ) -> Agent:
         data_dir = self.folder / "agents" / cluster
         identity = registered_identity(self.controller, cluster, data_dir)
         started = self.clock.now()
@@ -91,7 +93,8 @@ class LiveRig:
             else FleetLink(self.broker.address, client_id, will=will, loop=self.loop)
         )
         agent = Agent(
-            cluster_id=cluster, link=link, verifier=self.verifier, output=NullBackend(),
+            cluster_id=cluster, link=link, verifier=self.verifier,
+            output=output or NullBackend(),
             clock=self.clock, data_dir=data_dir, groups=groups,
             durable=False, pool=self.pool, identity=identity,
         )

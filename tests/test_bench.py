@@ -56,6 +56,22 @@ def check_common(result: dict[str, Any], mode: str) -> None:
 
 
 @pytest.mark.usefixtures("_components")
+def test_live_every_agent_listens_on_one_timeline_beside_the_raw_broker() -> None:
+    r = bench("live", "--agents", "10", "--seconds", "5", "--per-process", "5")
+    check_common(r, "live")
+    assert r["agents"] == 10
+    assert r["processes"] == 2
+    assert r["listening"] == 10
+    assert r["lost_frames_max"] == 0
+    # The agents hand each packet over at capture + the session's delay (less the
+    # look-ahead), all at the same instants.
+    assert r["delay_ms"] / 1000 < r["latency_p50_s"] <= r["latency_p99_s"] < 2.0
+    assert r["spread_p95_ms"] < 100
+    assert 1.0 < r["wire_ratio"] < 1.3
+    assert r["raw_fanout_s"] is not None
+
+
+@pytest.mark.usefixtures("_components")
 def test_urgent_every_agent_plays_and_the_raw_baseline_is_measured() -> None:
     r = bench("urgent", "--agents", "20", "--trials", "1", "--per-process", "10")
     check_common(r, "urgent")
@@ -246,16 +262,18 @@ def test_make_bench_writes_every_section_4g_included(
     assert bench.main([]) == 3
     assert ran == [
         ("urgent", "loopback"), ("urgent", "4g"), ("delivery", "loopback"), ("delivery", "4g"),
-        ("agent", None), ("intake", None),
+        ("agent", None), ("intake", None), ("live", "loopback"), ("live", "4g"),
     ]  # fmt: skip
     assert commands == [  # what each section says made it
         "python scripts/bench.py urgent", "python scripts/bench.py urgent --link 4g",
         "python scripts/bench.py delivery", "python scripts/bench.py delivery --link 4g",
         "python scripts/bench.py agent", "python scripts/bench.py intake",
+        "python scripts/bench.py live", "python scripts/bench.py live --link 4g",
     ]  # fmt: skip
     parser = bench.build_parser()
     sections = {bench.section(parser.parse_args(argv)) for argv in bench.EVERY_SECTION}
-    assert sections == {"urgent", "urgent-4g", "delivery", "delivery-4g", "agent", "intake"}
+    assert sections == {"urgent", "urgent-4g", "delivery", "delivery-4g", "agent", "intake",
+                        "live", "live-4g"}
     # Delivery over 4G limits each connection's bandwidth by default; urgent does not.
     delivery = bench.link_params(parser.parse_args(["delivery", "--link", "4g"]))
     assert delivery is not None

@@ -57,7 +57,7 @@ NEW_TABLES = {
     "enrolments": "0003",
 }
 NEW_COLUMNS: dict[str, dict[str, Any]] = {
-    "events": {"key_id": "", "digest": None},  # 0003
+    "events": {"key_id": "", "digest": None, "seconds": None},  # 0003, 0005
     "cap_alerts": dict.fromkeys(("level", "repeat", "every_s", "expires_at", "due_at")),  # 0007
 }
 
@@ -447,3 +447,42 @@ def test_a_database_at_confirmations_gets_cluster_identities_with_its_rows(
     finally:
         store.close()
 
+
+
+def test_a_database_at_cluster_identities_gets_the_seconds_of_live_events_with_its_rows(
+    url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """Revision 0005 adds the seconds of an event (a live session's gap, or its audio aired);
+    a database at 0003 keeps every row, its events without seconds."""
+    from alembic import command
+
+    from controller.store.migrate import _config
+
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), "0003")
+    before = fill(engine)
+    kept = columns_of(engine)
+    with engine.begin() as conn:  # fill() wrote rows in alembic_version too: one again
+        conn.execute(text("DELETE FROM alembic_version"))
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES ('0003')"))
+
+    upgraded = cli("db", "upgrade", config=write_config(tmp_path, url))
+    assert upgraded.returncode == 0, upgraded
+    assert state_of(engine).revision == head()
+    assert read(engine, kept) == before
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT seconds FROM events")).all() == [(None,)] * 2
+    assert differences(engine) == []
+    if engine.dialect.name == "postgresql":  # fill() gave the ids: move the sequence on
+        with engine.begin() as conn:
+            conn.execute(text(
+                "SELECT setval(pg_get_serial_sequence('events', 'id'), MAX(id)) FROM events"
+            ))
+    store = Store(url)
+    try:
+        gap = Event(cluster="c-1", outbox="o-live", seq=1, at=T0, kind="gap",
+                    play_id="ab" * 16, reason="1.20 s of silence", seconds=1.2)  # fmt: skip
+        assert store.events.store([(gap, "0123456789abcdef")], T0).fresh == [gap]
+        assert store.events.of_play("ab" * 16)[0]["seconds"] == 1.2
+    finally:
+        store.close()

@@ -84,7 +84,8 @@ def test_the_example_playlists_load_against_both_fleets(fleet_file: str) -> None
     fleet = load_fleet(ROOT / "config" / fleet_file)
     playlists = load_playlists([PLAYLISTS], fleet, tz=HCM, today=date(2026, 11, 26))
     assert set(playlists.programmes) == {
-        "thoi-su-sang", "thoi-su-chieu", "phap-luat-hang-tuan", "sot-xuat-huyet-2027"
+        "thoi-su-sang", "thoi-su-chieu", "tiep-song-vov1-trua", "phap-luat-hang-tuan",
+        "sot-xuat-huyet-2027",
     }
     assert playlists.warnings == []
     for p in playlists.programmes.values():
@@ -606,3 +607,46 @@ def test_next_after_finds_a_start_far_ahead_and_none_after_the_end() -> None:
     p = programme('times: ["06:00"]\nvalid_from: 2029-01-01\nvalid_until: 2029-01-02')
     assert p.next_after(utc(2026, 1, 1), HCM) == utc(2028, 12, 31, 23)
     assert p.next_after(utc(2029, 1, 1, 23), HCM) is None
+
+
+# --- rebroadcasts ----------------------------------------------------------------------------
+
+
+def test_a_rebroadcast_bulletin_carries_a_stream_its_backups_and_duration() -> None:
+    fleet = load_fleet(ROOT / "config" / "fleet.yaml")
+    playlists = load_playlists([PLAYLISTS], fleet, tz=HCM, today=date(2026, 11, 26))
+    relay = playlists.programmes["tiep-song-vov1-trua"].rebroadcast()
+    assert relay is not None
+    assert relay.inputs() == [
+        "http://radio.vov.example.vn:8000/vov1.mp3",
+        "http://radio-du-phong.example.vn:8000/vov1.mp3",
+    ]
+    assert relay.duration == timedelta(minutes=30)
+    assert relay.fallback is not None
+    assert relay.fallback.is_file()
+
+
+@pytest.mark.parametrize(("bulletin", "says"), [
+    ("{rebroadcast: {url: 'ftp://x/y', duration: 30m}}", "is not a stream URL"),
+    ("{rebroadcast: {url: 'http://x/y.mp3', duration: 30s}}", "a rebroadcast lasts 1m to 12h"),
+    ("{rebroadcast: {url: 'http://x/y.mp3'}}", "duration"),
+    ("{rebroadcast: {url: 'http://x/y.mp3', duration: 30m}, files: [a.wav]}",
+     "a rebroadcast bulletin has no files"),
+    ("{title: nothing}", "a bulletin needs files"),
+])  # fmt: skip
+def test_a_wrong_rebroadcast_is_refused_with_where_and_what_to_write(
+    tmp_path: Path, bulletin: str, says: str
+) -> None:
+    fleet = load_fleet(ROOT / "config" / "fleet.yaml")
+    (tmp_path / "a.wav").write_bytes(b"RIFF")  # there: only the rebroadcast is wrong
+    playlist = tmp_path / "relay.yaml"
+    playlist.write_text(
+        "programmes:\n  - id: relay\n    name: Tiếp sóng\n"
+        f"    bulletins: [{bulletin}]\n"
+        "    schedule: {times: ['11:00']}\n    targets: [all]\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_playlists([playlist], fleet, tz=HCM, today=date(2026, 11, 26))
+    assert f"{playlist}:4:" in str(caught.value)
+    assert says in str(caught.value)

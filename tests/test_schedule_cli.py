@@ -140,11 +140,14 @@ def test_the_preview_table_of_the_examples(
         "play is sent to its clusters 30m before it starts."
     )
     rows = [x for x in lines if x.startswith("2026-11-28")]
-    assert [r.split()[3] for r in rows] == ["thoi-su-sang", "thoi-su-chieu", "phap-luat-hang-tuan"]
+    assert [r.split()[3] for r in rows] == [
+        "thoi-su-sang", "tiep-song-vov1-trua", "thoi-su-chieu", "phap-luat-hang-tuan"
+    ]
     assert "73: all" in rows[0]
-    assert rows[2].rstrip().endswith("PENDING APPROVAL")
-    assert "17: tag:phung-hiep; less tag:cho" in rows[2]
-    assert lines[-1].startswith("3 plays. Waiting for approval: phap-luat-hang-tuan")
+    assert "Thời sự VOV1 buổi trưa (live)  30m" in rows[1]  # a rebroadcast, for its duration
+    assert rows[3].rstrip().endswith("PENDING APPROVAL")
+    assert "17: tag:phung-hiep; less tag:cho" in rows[3]
+    assert lines[-1].startswith("4 plays. Waiting for approval: phap-luat-hang-tuan")
 
 
 def test_the_preview_for_one_cluster_and_for_one_commune(
@@ -157,14 +160,15 @@ def test_the_preview_for_one_cluster_and_for_one_commune(
         return [r["programme"] for r in json.loads(out)]
 
     # a market cluster of Phụng Hiệp: not in the law programme (it excludes tag:cho)
-    assert programmes("--cluster", "binh-thanh-02") == ["thoi-su-sang", "thoi-su-chieu"]
+    relay = "tiep-song-vov1-trua"
+    assert programmes("--cluster", "binh-thanh-02") == ["thoi-su-sang", relay, "thoi-su-chieu"]
     assert programmes("--cluster", "binh-thanh-01") == [
-        "thoi-su-sang", "thoi-su-chieu", "phap-luat-hang-tuan"
+        "thoi-su-sang", relay, "thoi-su-chieu", "phap-luat-hang-tuan"
     ]
     assert programmes("--target", "xa-binh-thanh") == [
-        "thoi-su-sang", "thoi-su-chieu", "phap-luat-hang-tuan"
+        "thoi-su-sang", relay, "thoi-su-chieu", "phap-luat-hang-tuan"
     ]
-    assert programmes("--target", "tt-mot-ngan") == ["thoi-su-sang", "thoi-su-chieu"]
+    assert programmes("--target", "tt-mot-ngan") == ["thoi-su-sang", relay, "thoi-su-chieu"]
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from controller.web.context import WebContext
 from controller.web.proxies import Network
 from controller.web.server import WebServer, build_context
 from device_agent.agent import Agent
-from device_agent.output import NullBackend
+from device_agent.output import NullBackend, OutputBackend
 from protocol.clock import SystemClock
 from protocol.mqtt import BrokerAddress, MqttLink
 from protocol.signing import Verifier, generate_keypair, load_public_key
@@ -128,6 +128,8 @@ class WebRig:
         self.controller = Controller(self.settings)
         self.broker = broker
         self.agents: dict[str, Agent] = {}
+        #: The output of an agent started after this is set (null if not named here).
+        self.outputs: dict[str, OutputBackend] = {}
         self.cap = cap
         self.tls = tls
         self.trusted_proxies = trusted_proxies
@@ -198,7 +200,7 @@ class WebRig:
             link=MqttLink(self.broker, f"loa-agent-{cid}", will=identity.will(cid, started),
                           clean_session=True),
             verifier=Verifier(load_public_key(self.tmp / "controller.pub")),
-            output=NullBackend(), clock=clock, data_dir=data_dir,
+            output=self.outputs.get(cid) or NullBackend(), clock=clock, data_dir=data_dir,
             groups=fleet.groups_of(cid), durable=False, identity=identity,
         )
         agent.start()

@@ -207,7 +207,7 @@ def summarise(conn: Connection, fresh: Sequence[Event], received_at: datetime) -
             if ev.kind == "playing":
                 current = ev.play_id
                 values["playing_play_id"] = ev.play_id
-                values["playing_bulletin"] = ev.bulletin
+                values["playing_bulletin"] = _on_air(ev)
             elif ev.kind in FINAL_KINDS:
                 if ev.play_id == current:
                     current = None
@@ -231,6 +231,17 @@ def summarise(conn: Connection, fresh: Sequence[Event], received_at: datetime) -
             .values({col: bindparam(f"b_{col}") for col in columns})
         )
         conn.execute(statement, params)
+
+
+#: What a live session's `playing` event says it is (its reason), as `fleet` shows it.
+LIVE_SHOWN = {"rebroadcast": "relaying", "microphone": "live"}
+
+
+def _on_air(ev: Event) -> str | None:
+    """What the cluster plays, as `fleet` shows it: the bulletin, or for a live session
+    "relaying: ..." (a rebroadcast) or "live: ..." (a microphone)."""
+    shown = LIVE_SHOWN.get(ev.reason or "") if ev.bulletin else None
+    return f"{shown}: {ev.bulletin}"[:200] if shown else ev.bulletin
 
 
 def _ensure_cluster(conn: Connection, cluster: str) -> None:

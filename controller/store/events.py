@@ -131,6 +131,7 @@ class EventRepository:
                             "at": utc(ev.at), "received_at": utc(received_at), "kind": ev.kind,
                             "ref": ev.ref, "play_id": ev.play_id, "bulletin": ev.bulletin,
                             "level": ev.level, "reason": ev.reason, "key_id": signer,
+                            "seconds": ev.seconds,
                             "digest": digest,
                         }
                         for ev, signer, digest in fresh
@@ -166,6 +167,8 @@ class EventRepository:
                 .order_by(events.c.at, events.c.seq)
             )
             for cluster, kind in rows:
+                if kind == "gap":  # a live session's silence: it is still playing
+                    continue
                 prev = state.get(cluster)
                 if prev in FINAL_KINDS and kind not in FINAL_KINDS:
                     continue

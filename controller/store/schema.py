@@ -62,6 +62,8 @@ events = Table(
     Column("bulletin", String(200)),
     Column("level", String(16)),
     Column("reason", Text),
+    # Live sessions: seconds of silence (a gap), or of audio aired (their end).
+    Column("seconds", Float),
     # The id of the cluster key that signed it ('' unsigned), and the SHA-256 of its JSON.
     Column("key_id", String(16), nullable=False, server_default=""),
     Column("digest", String(64)),

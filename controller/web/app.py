@@ -32,7 +32,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controller.web import api, health, listen, pages
+from controller.web import api, health, listen, live, pages
 from controller.web.context import WebContext
 from controller.web.errors import ApiError, api_lang
 from controller.web.headers import SecurityHeaders
@@ -70,6 +70,8 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(api.router)
     app.include_router(listen.api)
     app.include_router(listen.router)
+    app.include_router(live.api)
+    app.include_router(live.router)
     app.include_router(pages.router)
     app.include_router(health.router)
 

@@ -38,6 +38,7 @@ class WebContext:
     playlists: Callable[[], Playlists] | None = None
     cap: Any = None  # controller.cap.CapIntake, when configured
     enrolment: Any = None  # controller.enrolment.EnrolmentDesk of the running controller
+    microphones: Any = None  # controller.microphone.MicrophoneDesk ("Phát trực tiếp")
     #: Cookies marked Secure even on a request that came over plain HTTP (a proxy not in
     #: trusted_proxies ends TLS); over HTTPS they always are.
     secure_cookies: bool = False

@@ -229,6 +229,29 @@ TEXT: dict[str, dict[Lang, str]] = {
     "csv_clusters": {"vi": "Cụm loa", "en": "Clusters"},
     "csv_outcome": {"vi": "Kết quả", "en": "Outcome"},
     "csv_detail": {"vi": "Chi tiết", "en": "Detail"},
+    # Phát trực tiếp (controller/web/live.py)
+    "live": {"vi": "Phát trực tiếp", "en": "Speak live"},
+    "live_help": {
+        "vi": "Chọn nơi phát và mức, bấm Phát trực tiếp rồi nói vào micrô; bấm Dừng phát "
+              "để kết thúc. Đóng trang cũng kết thúc phiên phát.",
+        "en": "Choose where and the level, press Speak live and talk into the microphone; "
+              "press Stop to end. Closing the page ends it too.",
+    },
+    "live_on_air": {"vi": "Đang phát trực tiếp", "en": "Live now"},
+    "live_none": {"vi": "Không có phiên phát trực tiếp nào.", "en": "Nothing is live."},
+    "live_cut": {"vi": "Ngắt", "en": "Cut"},
+    "live_rebroadcast": {"vi": "tiếp sóng", "en": "rebroadcast"},
+    "live_microphone": {"vi": "phát trực tiếp", "en": "microphone"},
+    "live_unavailable": {
+        "vi": "Máy chủ quản lý này không phát trực tiếp được.",
+        "en": "This controller carries no live sessions.",
+    },
+    "live_no_mic": {
+        "vi": "Không dùng được micrô trên trình duyệt này.",
+        "en": "The microphone cannot be used in this browser.",
+    },
+    "live_speaking": {"vi": "Đang phát trực tiếp tới {n} cụm loa", "en": "Live to {n} clusters"},
+    "live_ended": {"vi": "Đã kết thúc phiên phát trực tiếp.", "en": "The live session has ended."},
 }
 
 

@@ -118,6 +118,10 @@ def _places(ctx: WebContext, targets: list[str]) -> str:
     return ", ".join(target_label(fleet, target) for target in targets)
 
 
+#: For the route modules beside this one (controller/web/live.py).
+render = _render
+
+
 def _error(request: Request, found: Found | None, status_code: int, key: str) -> HTMLResponse:
     return _render(request, "error.html", found, status_code,
                    message=t(lang_of(request), key))

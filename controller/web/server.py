@@ -143,6 +143,7 @@ def build_context(
         sessions=StoredSessions(controller.store, clock=session_clock),
         enrolment=getattr(controller, "enrolment", None),
         broker_down=getattr(controller, "broker_state", _Connected()).down_since,
+        microphones=_microphones(controller, service),
     )
     if hasattr(controller, "broker_state"):  # a running controller.main.Controller
         refusals = ctx.refusals
@@ -158,6 +159,16 @@ class _Connected:
 
     def down_since(self) -> datetime | None:
         return None
+
+
+def _microphones(controller: Any, service: UrgentService) -> Any:
+    """The web app's live sessions, over the controller's live desk (if it has one)."""
+    desk = getattr(controller, "live", None)
+    if desk is None:
+        return None
+    from controller.microphone import MicrophoneDesk
+
+    return MicrophoneDesk(service, desk)
 
 
 def start_web(controller: Any, config: Any, *, tts: TextToSpeech | None = None) -> WebServer:
