@@ -19,9 +19,16 @@ from controller.abbreviations import dictionary
 from controller.audio import AudioError, AudioLibrary, AudioSettings
 from controller.config import ControllerConfig, load_controller_config
 from controller.fleet import Fleet, load_fleet
+from controller.holidays import HolidayCalendar, load_holidays
 from controller.overlap import HORIZON, overlaps
 from controller.playlist import Playlists, load_playlists
-from controller.sources import DEFAULT_CONFIG, DEFAULT_FLEET, DEFAULT_PLAYLISTS, DEFAULT_TIMEZONE
+from controller.sources import (
+    DEFAULT_CONFIG,
+    DEFAULT_FLEET,
+    DEFAULT_PLAYLISTS,
+    DEFAULT_TIMEZONE,
+    holidays_path,
+)
 from protocol.config_errors import ConfigError, Problem
 
 
@@ -84,12 +91,21 @@ def check(
     except ConfigError as exc:
         problems.extend(exc.problems)
         fleet = None
+    calendar: HolidayCalendar | None = None
+    calendar_path = holidays_path(config)
+    if calendar_path is not None:
+        try:
+            calendar = load_holidays(calendar_path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            return problems
     if fleet is None:
         return problems
     try:
         playlists = load_playlists(
             playlist_paths, fleet, tz=tz,
             today=(today or datetime.now(tz)).date() if tz else None,
+            holidays=calendar,
         )
     except ConfigError as exc:
         problems.extend(exc.problems)

@@ -378,6 +378,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     from controller.approval import Approvals, ContentUnreadableError
     from controller.preview import (
         MAX_WINDOW,
+        holiday_notes,
         measure,
         only_clusters,
         parse_when,
@@ -462,6 +463,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         scope = f" on {args.target} ({len(only or ())} clusters)"
     print(f"Schedule{scope} from {_local(start, tz)} to {_local(end, tz)} ({tz.key}); each "
           f"play is sent to its clusters {span(lead.total_seconds())} before it starts.")
+    for note in holiday_notes(sources.playlists, start, end, tz):
+        print(f"Holiday: {note}")
     if not rows:
         print("nothing plays in this window.")
         return 0

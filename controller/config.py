@@ -350,6 +350,9 @@ class ControllerConfig(_Strict):
     """The fleet file: the administrative tree and its clusters."""
     playlists: Annotated[list[ConfigPath], Field(min_length=1)]
     """Playlist files, or folders of them."""
+    holidays: ConfigPath | None = None
+    """The holiday calendar file (lịch nghỉ lễ) that playlists skip or air on
+    (`skip: holidays`); none if left out."""
     timezone: Annotated[str, AfterValidator(_timezone)] = "Asia/Ho_Chi_Minh"
     """The IANA time zone of the times in the playlists."""
     # Four slashes: an absolute path (three would be relative to this file's folder).

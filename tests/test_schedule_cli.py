@@ -41,6 +41,7 @@ def config(folder: Path, fleet: Path, playlists: Path) -> Path:
     path.write_text(
         f"fleet: {fleet}\n"
         f"playlists: [{playlists}]\n"
+        f"holidays: {ROOT / 'config' / 'holidays.yaml'}\n"
         f"store_url: sqlite:///{folder / 'controller.db'}\n"
         "private_key: controller.key\n"
         "content_dir: content\n",
@@ -205,7 +206,7 @@ def test_schema_writes_the_schemas_the_examples_point_at(
 ) -> None:
     code, out, _ = run(capsys, "schema", "--out", str(tmp_path / "schema"))
     assert code == 0
-    for name in ("playlist", "fleet", "controller"):
+    for name in ("playlist", "fleet", "controller", "holidays"):
         written = tmp_path / "schema" / f"{name}.schema.json"
         assert f"wrote {written}" in out
         # the committed copy is current
