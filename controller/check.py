@@ -1,5 +1,9 @@
 """`loa-controller check`: validate the config, the fleet and every playlist together.
 
+Files named on the command line are drafts: checked with the live playlists, overlaps
+with what is already scheduled included (controller.drafts); `--alone` checks them as
+the whole playlist set instead.
+
 Every problem is collected and reported at once as `file:line:col: message`; nothing is
 started or changed. The province's abbreviation files (speech.abbreviations) are
 checked too. Audio files are decoded to prove they can be prepared, and their
@@ -18,6 +22,7 @@ from zoneinfo import ZoneInfo
 from controller.abbreviations import dictionary
 from controller.audio import AudioError, AudioLibrary, AudioSettings
 from controller.config import ControllerConfig, load_controller_config
+from controller.drafts import load_with_draft
 from controller.fleet import Fleet, load_fleet
 from controller.holidays import HolidayCalendar, load_holidays
 from controller.overlap import HORIZON, overlaps
@@ -71,13 +76,22 @@ def _audio(
 
 
 def check(
-    config_path: Path | None, paths: Sequence[Path], *, today: datetime | None = None
+    config_path: Path | None,
+    paths: Sequence[Path],
+    *,
+    today: datetime | None = None,
+    alone: bool = False,
 ) -> list[Problem]:
-    """Every problem of the config, fleet and playlists (playlists from paths, else config)."""
+    """Every problem of the config, fleet and playlists.
+
+    paths: draft playlist files, checked together with the live playlists (the config's,
+    else playlists/; controller.drafts), overlaps with them included. alone: check paths
+    on their own instead, as the whole playlist set.
+    """
     problems: list[Problem] = []
     config = _config(config_path, problems)
     fleet_path = config.fleet if config else DEFAULT_FLEET
-    playlist_paths = list(paths) or (list(config.playlists) if config else [DEFAULT_PLAYLISTS])
+    live_paths = list(config.playlists) if config else [DEFAULT_PLAYLISTS]
     tz = config.tz if config else None
     if config is not None:
         try:
@@ -101,12 +115,16 @@ def check(
             return problems
     if fleet is None:
         return problems
+    day = (today or datetime.now(tz)).date() if tz else None
     try:
-        playlists = load_playlists(
-            playlist_paths, fleet, tz=tz,
-            today=(today or datetime.now(tz)).date() if tz else None,
-            holidays=calendar,
-        )
+        if paths and not alone:
+            playlists, _ = load_with_draft(
+                live_paths, list(paths), fleet, tz=tz, today=day, holidays=calendar
+            )
+        else:
+            playlists = load_playlists(
+                list(paths) or live_paths, fleet, tz=tz, today=day, holidays=calendar
+            )
     except ConfigError as exc:
         problems.extend(exc.problems)
         return problems

@@ -362,7 +362,10 @@ def _not_received_json(found: NotReceived | None) -> dict[str, Any] | None:
 def cmd_check(args: argparse.Namespace) -> int:
     from controller.check import check
 
-    problems = check(Path(args.config) if args.config else None, [Path(p) for p in args.paths])
+    problems = check(
+        Path(args.config) if args.config else None, [Path(p) for p in args.paths],
+        alone=args.alone,
+    )
     errors = [p for p in problems if p.severity == "error"]
     for problem in problems:
         print(problem)
@@ -372,6 +375,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     print("ok: config, fleet and playlists are valid", file=sys.stderr)
     return 0
+
+
+def _with_drafts(sources: Any, drafts: list[str], now: datetime) -> tuple[set[str], list[str]]:
+    """Put the draft playlists into sources.playlists (in memory only); the ids of the
+    drafts' programmes, and a note for each that replaces a live one."""
+    if not drafts:
+        return set(), []
+    from controller.drafts import draft_only, merge
+    from controller.playlist import load_playlists
+
+    draft = load_playlists(
+        draft_only(sources.playlists.files, [Path(p) for p in drafts]), sources.fleet,
+        tz=sources.tz, today=now.date(), holidays=sources.playlists.holidays,
+    )
+    sources.playlists, notes = merge(sources.playlists, draft)
+    return set(draft.programmes), [str(n) for n in notes]
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -391,6 +410,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     sources = load_sources(_config_path(args))
     tz, config = sources.tz, sources.config
     now = datetime.now(tz)
+    drafted, draft_notes = _with_drafts(sources, args.draft or [], now)
     start = parse_when(args.start, now=now, tz=tz)
     end = parse_when(args.end, now=now, tz=tz, base=start) if args.end else start + timedelta(
         hours=24
@@ -449,6 +469,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
                 "requires_approval": r.programme.requires_approval,
                 "approval": r.approval,
                 "source": str(r.programme.source),
+                "draft": r.programme.id in drafted,
             }
             for r in rows
         ], ensure_ascii=False, indent=2))
@@ -463,8 +484,13 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         scope = f" on {args.target} ({len(only or ())} clusters)"
     print(f"Schedule{scope} from {_local(start, tz)} to {_local(end, tz)} ({tz.key}); each "
           f"play is sent to its clusters {span(lead.total_seconds())} before it starts.")
-    for note in holiday_notes(sources.playlists, start, end, tz):
-        print(f"Holiday: {note}")
+    if args.draft:
+        print(f"With the draft {', '.join(args.draft)} (not published; its programmes are "
+              f"marked *): {', '.join(sorted(drafted)) or 'no programmes'}.")
+    for note in [*draft_notes, *(f"Holiday: {n}" for n in holiday_notes(
+        sources.playlists, start, end, tz
+    ))]:
+        print(note)
     if not rows:
         print("nothing plays in this window.")
         return 0
@@ -475,7 +501,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         )
         table.append([
             _local(r.occurrence.start, tz),
-            r.programme.id,
+            r.programme.id + (" *" if r.programme.id in drafted else ""),
             r.programme.level,
             " + ".join(b.title or r.programme.name for b in r.programme.bulletins),
             span(r.seconds) if r.seconds is not None else "?",
@@ -755,7 +781,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fleet)
 
     p = sub.add_parser("check", help="validate config, fleet and playlists; report every error")
-    p.add_argument("paths", nargs="*", help="playlist files or directories (default: config's)")
+    p.add_argument("paths", nargs="*", help="draft playlist files or directories, checked "
+                   "with the live playlists (the config's) and their overlaps")
+    p.add_argument("--alone", action="store_true",
+                   help="check PATHS on their own, as the whole playlist set")
     p.add_argument("--config", help="controller config YAML (default: config/controller.yaml)")
     p.set_defaults(func=cmd_check)
 
@@ -776,6 +805,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "tag:<tag>, all)")
     p.add_argument("--config", help="controller config YAML (default: config/controller.yaml "
                    "if present, else config/fleet.yaml and playlists/)")
+    p.add_argument("--with", dest="draft", action="append", metavar="FILE",
+                   help="preview with this draft playlist added to the live ones, without "
+                   "publishing it (a programme with a live one's id replaces it); repeatable")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_schedule)
 
