@@ -105,14 +105,11 @@ def check(
     except ConfigError as exc:
         problems.extend(exc.problems)
         fleet = None
-    calendar: HolidayCalendar | None = None
-    calendar_path = holidays_path(config)
-    if calendar_path is not None:
-        try:
-            calendar = load_holidays(calendar_path)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            return problems
+    try:
+        calendar: HolidayCalendar = load_holidays(holidays_path(config))
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return problems
     if fleet is None:
         return problems
     day = (today or datetime.now(tz)).date() if tz else None

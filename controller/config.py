@@ -352,7 +352,7 @@ class ControllerConfig(_Strict):
     """Playlist files, or folders of them."""
     holidays: ConfigPath | None = None
     """The holiday calendar file (lịch nghỉ lễ) that playlists skip or air on
-    (`skip: holidays`); none if left out."""
+    (`skip: holidays`); the national public holidays built into Loa if left out."""
     timezone: Annotated[str, AfterValidator(_timezone)] = "Asia/Ho_Chi_Minh"
     """The IANA time zone of the times in the playlists."""
     # Four slashes: an absolute path (three would be relative to this file's folder).

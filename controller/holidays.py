@@ -1,7 +1,9 @@
 """The holiday calendar (lịch nghỉ lễ): days off that programmes skip or air on.
 
 One file for the province, named by ``holidays:`` in the controller config
-(config/holidays.yaml without a config)::
+(config/holidays.yaml without a config file). When the config names none, the national
+public holidays shipped with Loa are used (controller/data/holidays.yaml, the same as
+the example)::
 
     # yaml-language-server: $schema=../docs/schema/holidays.schema.json
     holidays:
@@ -53,6 +55,8 @@ from protocol.yamlload import load_yaml
 
 #: Vietnam's civil time, hours east of UTC: the meridian the lunar calendar is drawn for.
 VIETNAM_UTC_OFFSET_H = 7.0
+#: The national public holidays (Labour Code 2019, Article 112), when no file is named.
+BUILTIN_HOLIDAYS = Path(__file__).resolve().parent / "data" / "holidays.yaml"
 #: What `skip:` and `on_holidays:` say to mean every holiday of the calendar.
 EVERY_HOLIDAY = "holidays"
 MAX_SPAN_DAYS = 15

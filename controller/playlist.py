@@ -817,9 +817,9 @@ class _Checker:
         if self.holidays is None:
             self.problems.append(where.problem(
                 path,
-                f"{key}: there is no holiday calendar to take the holidays from: name the "
-                "file with `holidays: holidays.yaml` in the controller config (an example is "
-                "config/holidays.yaml)",
+                f"{key}: there is no holiday calendar to take the holidays from: load the "
+                "playlists with one (`holidays: holidays.yaml` in the controller config; an "
+                "example is config/holidays.yaml)",
             ))
             return
         items = _holiday_choice(value)

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from controller.config import ControllerConfig, load_controller_config
 from controller.fleet import Fleet, load_fleet
-from controller.holidays import HolidayCalendar, load_holidays
+from controller.holidays import BUILTIN_HOLIDAYS, HolidayCalendar, load_holidays
 from controller.playlist import Playlists, load_playlists
 from protocol.config_errors import ConfigError, Problem
 
@@ -43,7 +43,7 @@ def load_together(
     so a broken fleet or calendar stops there: its own problems are reported, the
     playlists are checked once both load. voices: the voice names the fleet may use (the
     config's speech.voice_names(); the built-in ones if None). holidays: the holiday
-    calendar file, if there is one.
+    calendar file (the built-in national holidays if None).
     """
     problems: list[Problem] = []
     fleet: Fleet | None = None
@@ -52,22 +52,23 @@ def load_together(
         fleet = load_fleet(fleet_path, voices)
     except ConfigError as exc:
         problems.extend(exc.problems)
-    if holidays is not None:
-        try:
-            calendar = load_holidays(holidays)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+    try:
+        calendar = load_holidays(holidays or BUILTIN_HOLIDAYS)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     if problems or fleet is None:
         raise ConfigError(problems)
     return fleet, load_playlists(playlist_paths, fleet, tz=tz, today=today, holidays=calendar)
 
 
-def holidays_path(config: ControllerConfig | None) -> Path | None:
-    """The holiday calendar: the config's `holidays:`, else config/holidays.yaml when there
-    is no config file and that file is there."""
-    if config is not None:
+def holidays_path(config: ControllerConfig | None) -> Path:
+    """The holiday calendar: the config's `holidays:`; without a config file,
+    config/holidays.yaml when it is there; else the built-in national holidays."""
+    if config is not None and config.holidays is not None:
         return config.holidays
-    return DEFAULT_HOLIDAYS if DEFAULT_HOLIDAYS.is_file() else None
+    if config is None and DEFAULT_HOLIDAYS.is_file():
+        return DEFAULT_HOLIDAYS
+    return BUILTIN_HOLIDAYS
 
 
 def find_config(path: Path | None, *, required: bool = False) -> ControllerConfig | None:

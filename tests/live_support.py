@@ -65,7 +65,6 @@ class LiveRig:
             f"client_id: loa-controller-{folder.name[:40]}\n"
             f"fleet: {self.fleet_path}\n"
             f"playlists: [{self.playlists}]\n"
-            f"holidays: {ROOT / 'config' / 'holidays.yaml'}\n"
             "store_url: sqlite:///controller.db\n"
             "private_key: keys/controller.key\n"
             "content_dir: content\n",

@@ -231,7 +231,6 @@ def test_check_reads_the_speech_section_with_the_fleet(tmp_path: Path) -> None:
     config = tmp_path / "controller.yaml"
     config.write_text(
         "fleet: fleet.yaml\nplaylists: [playlists]\nprivate_key: k\ncontent_dir: c\n"
-        f"holidays: {ROOT / 'config' / 'holidays.yaml'}\n"
         "speech:\n  abbreviations: [abbreviations.yaml]\n  voices:\n"
         "    giong-tinh: {voice: vi-vn-x-south, speed: 130}\n",
         encoding="utf-8",

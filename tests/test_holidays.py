@@ -299,3 +299,21 @@ def test_what_fires_over_tet_is_the_preview_without_the_holidays(
 
 def test_an_empty_calendar_skips_nothing() -> None:
     assert not HolidayCalendar().covers(date(2027, 2, 6), None)
+
+
+def test_a_config_naming_no_calendar_gets_the_national_holidays(tmp_path: Path) -> None:
+    from controller.holidays import BUILTIN_HOLIDAYS
+    from controller.sources import load_sources
+
+    cfg = tmp_path / "controller.yaml"
+    cfg.write_text(
+        f"fleet: {FLEET}\nplaylists: [{ROOT / 'playlists'}]\nprivate_key: k\ncontent_dir: c\n",
+        encoding="utf-8",
+    )
+    sources = load_sources(cfg)
+    assert sources.playlists.holidays is not None
+    assert sources.playlists.holidays.file == str(BUILTIN_HOLIDAYS)
+    example = load_holidays(ROOT / "config" / "holidays.yaml")
+    assert sources.playlists.holidays.holidays == example.holidays
+    law = sources.playlists.programmes["phap-luat-hang-tuan"]
+    assert not law.schedule.airs_on(date(2027, 2, 6))  # Saturday, the first day of Tết

@@ -41,7 +41,6 @@ def config(folder: Path, fleet: Path, playlists: Path) -> Path:
     path.write_text(
         f"fleet: {fleet}\n"
         f"playlists: [{playlists}]\n"
-        f"holidays: {ROOT / 'config' / 'holidays.yaml'}\n"
         f"store_url: sqlite:///{folder / 'controller.db'}\n"
         "private_key: controller.key\n"
         "content_dir: content\n",
