@@ -698,7 +698,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from controller.demo import run_demo
 
     result = run_demo(
-        broker_url=args.broker, ca_file=args.ca_file, as_json=args.json, keep=args.keep
+        broker_url=args.broker, ca_file=args.ca_file, as_json=args.json, keep=args.keep,
+        store_url=args.store,
     )
     return 0 if result.ok else 1
 
@@ -753,6 +754,9 @@ def _add_demo(sub: Any) -> None:
                    "that signed its certificate; only it is trusted (default: the system's CAs)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
     p.add_argument("--keep", action="store_true", help="keep the demo's working directory")
+    p.add_argument("--store", metavar="URL", help="keep the controller's store at URL (a new "
+                   "sqlite:///PATH, or an empty database) for `loa-controller report --store "
+                   "URL`")
     p.set_defaults(func=cmd_demo)
 
 
@@ -831,10 +835,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
 
     # `user` and `urgent` (the web app's), `provision`, `broker-config`, `keys` (access),
-    # `say` (hear a text before sending it), `enrol` (cluster identities).
-    from controller import cli_access, cli_enrol, cli_speech, cli_web
+    # `say` (hear a text before sending it), `enrol` (cluster identities), `report`
+    # (proof of play).
+    from controller import cli_access, cli_enrol, cli_report, cli_speech, cli_web
 
-    for commands in (cli_web, cli_access, cli_speech, cli_enrol):
+    for commands in (cli_web, cli_access, cli_speech, cli_enrol, cli_report):
         commands.register(sub, str(DEFAULT_CONFIG))
     return parser
 

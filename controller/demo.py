@@ -206,13 +206,14 @@ class Demo:
         _say(f"started {len(self.agents)} simulated agents (null output), all connected")
 
     def start_controller(
-        self, broker: BrokerAddress, playlist: Path, clock: OffsetClock
+        self, broker: BrokerAddress, playlist: Path, clock: OffsetClock,
+        store_url: str | None = None,
     ) -> Controller:
         settings = Settings(
             broker=broker,
             fleet_path=FLEET,
             playlist_paths=[playlist],
-            store_url=f"sqlite:///{self.work / 'controller.db'}",
+            store_url=store_url or f"sqlite:///{self.work / 'controller.db'}",
             private_key=self.work / "keys" / "controller.key",
             content_dir=self.work / "content",
             timezone=TZ,
@@ -243,7 +244,12 @@ def run_demo(
     as_json: bool = False,
     keep: bool = False,
     out: TextIO | None = None,
+    store_url: str | None = None,
 ) -> DemoResult:
+    """Run the demo. store_url: keep the controller's store there (a new, empty store),
+    so that `loa-controller report --store URL` can be run on it afterwards."""
+    if store_url is not None:
+        _check_new_store(store_url)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="loa-demo-"))
     demo = Demo(broker_url, work, ca_file)
@@ -262,7 +268,7 @@ def run_demo(
         six = real_now.replace(hour=6, minute=0, second=0, microsecond=0)
         clock = OffsetClock(six - STARTS_IN - real_now)
         demo.start_agents(fleet, broker, clock)
-        controller = demo.start_controller(broker, playlist, clock)
+        controller = demo.start_controller(broker, playlist, clock, store_url)
 
         tracker = demo.tracker
         play_id = Occurrence("ban-tin-sang", six.astimezone(UTC), six.astimezone(UTC)).play_id
@@ -286,6 +292,9 @@ def run_demo(
         result = _outcomes(fleet, tracker.of(play_id), tracker.of(urgent_id), targeted)
         result.elapsed_s = round(time.monotonic() - started, 1)
         _report(result, as_json, out or sys.stdout)
+        if store_url is not None:
+            _say(f"the demo's store is kept at {store_url}: loa-controller report --store "
+                 f"{store_url}")
         return result
     finally:
         demo.close()
@@ -293,6 +302,27 @@ def run_demo(
             _say(f"demo files kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_new_store(url: str) -> None:
+    """The demo writes a day of plays: refuse a store that holds plays already (the demo's
+    play of the same day would count as sent, and nothing would air)."""
+    from controller.store import Store
+
+    if url.startswith("sqlite:///"):
+        file = Path(url.removeprefix("sqlite:///"))
+        if file.exists() and file.stat().st_size > 0:
+            raise ValueError(f"{file} exists: give the demo a new store file (it keeps the "
+                             "demo's plays there for `loa-controller report`)")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        return
+    store = Store(url)
+    try:
+        if store.history.first_play() is not None:
+            raise ValueError(f"the store at {url} already holds plays: give the demo an "
+                             "empty database")
+    finally:
+        store.close()
 
 
 def _outcomes(
