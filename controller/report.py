@@ -34,7 +34,7 @@ import calendar
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -300,4 +300,24 @@ def local_range(first: date, last: date, tz: ZoneInfo) -> tuple[datetime, dateti
     return (
         datetime.combine(first, time(0), tz),
         datetime.combine(last + timedelta(days=1), time(0), tz),
+    )
+
+
+def restrict(history: History, clusters: frozenset[str], *, whole_fleet: bool) -> History:
+    """The history as seen by someone whose part of the fleet is `clusters`: their
+    clusters' plays, events and states only. Occurrences never sent reached no cluster:
+    they are kept only for the whole fleet."""
+    plays = [
+        replace(p, clusters=tuple(c for c in p.clusters if c in clusters))
+        for p in history.plays
+    ]
+    plays = [p for p in plays if p.clusters]
+    kept = {p.play_id for p in plays}
+    return History(
+        history.start, history.end, plays,
+        [e for e in history.events if e.cluster in clusters and e.play_id in kept],
+        [c for c in history.confirmations if c.cluster in clusters and c.play_id in kept],
+        history.not_sent if whole_fleet else [],
+        [c for c in history.clusters if c.id in clusters],
+        [s for s in history.state_changes if s.cluster in clusters],
     )

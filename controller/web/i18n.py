@@ -134,6 +134,44 @@ TEXT: dict[str, dict[Lang, str]] = {
     "listen_bulletin": {"vi": "Nghe bản tin {n}", "en": "Listen to bulletin {n}"},
     "profile_horn": {"vi": "loa nén ngoài trời", "en": "outdoor horn speakers"},
     "profile_full-range": {"vi": "loa toàn dải trong nhà", "en": "indoor full-range speakers"},
+    # Proof-of-play reports (controller/web/reports.py)
+    "reports": {"vi": "Báo cáo kết quả phát", "en": "Proof-of-play reports"},
+    "report_from": {"vi": "Từ ngày", "en": "From"},
+    "report_to": {"vi": "Đến ngày", "en": "To"},
+    "report_by": {"vi": "Theo", "en": "By"},
+    "report_show": {"vi": "Xem báo cáo", "en": "Show"},
+    "report_range": {
+        "vi": "Các lượt phát bắt đầu từ ngày {first} đến hết ngày {last} (giờ {tz}).",
+        "en": "Plays starting from {first} to the end of {last} ({tz} time).",
+    },
+    "report_bad_range": {
+        "vi": "Khoảng ngày không hợp lệ: chọn ngày bắt đầu trước ngày kết thúc, tối đa 366 ngày.",
+        "en": "Not a valid range: choose a first day before the last, at most 366 days.",
+    },
+    "report_empty": {
+        "vi": "Không có lượt phát nào trong khoảng này.", "en": "No plays in this range.",
+    },
+    "report_table": {"vi": "Số liệu", "en": "Figures"},
+    "by_cluster": {"vi": "Cụm loa", "en": "Cluster"},
+    "by_commune": {"vi": "Xã", "en": "Commune"},
+    "by_programme": {"vi": "Chương trình", "en": "Programme"},
+    "by_level": {"vi": "Mức", "en": "Level"},
+    "download_xlsx": {"vi": "Tải về Excel (XLSX)", "en": "Download Excel (XLSX)"},
+    "chart_title": {
+        "vi": "Đã phát xong so với theo lịch, theo xã",
+        "en": "Aired in full vs scheduled, by commune",
+    },
+    "col_scheduled": {"vi": "Lượt phát theo lịch", "en": "Scheduled"},
+    "col_aired": {"vi": "Đã phát xong", "en": "Aired in full"},
+    "col_interrupted": {"vi": "Bị ngắt", "en": "Interrupted"},
+    "col_missed": {"vi": "Bị lỡ", "en": "Missed"},
+    "col_failed": {"vi": "Lỗi", "en": "Failed"},
+    "col_no_result": {"vi": "Chưa có kết quả", "en": "No result yet"},
+    "col_seconds": {"vi": "Số giây đã phát", "en": "Seconds aired"},
+    "col_offline": {"vi": "Mất kết nối (giây)", "en": "Offline (seconds)"},
+    "col_not_sent": {"vi": "Không gửi được", "en": "Not sent"},
+    "col_reasons": {"vi": "Lý do bị lỡ, lỗi", "en": "Why missed or failed"},
+    "total": {"vi": "Tổng cộng", "en": "Total"},
 }
 
 

@@ -1,0 +1,152 @@
+"""The report page in headless Chromium on a running controller: the numbers in the
+table and the chart are those of the events the test stored, and the CSV and XLSX the
+page hands out say the same; a commune officer is not shown it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BrokerUnderTest, require
+from report_support import EXPECTED, write_known_history
+from web_rig import PASSWORD, WebRig
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+DAY_QUERY = "from=2026-11-27&to=2026-11-27"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    chromium = shutil.which("chromium")
+    require("chromium", chromium is not None, "apt-get install chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require("playwright", False, "pip install playwright")
+        raise
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, broker: BrokerUnderTest) -> Iterator[WebRig]:
+    require("espeak-ng", shutil.which("espeak-ng") is not None, "apt-get install espeak-ng")
+    r = WebRig(tmp_path, broker.address)
+    r.start()
+    write_known_history(r.controller.store, states_directly=True)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def sign_in(page: Any, rig: WebRig, name: str) -> None:
+    page.goto(f"{rig.url}/login")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{rig.url}/send")
+
+
+def table(page: Any) -> dict[str, dict[str, str]]:
+    """The report table's figures, by row key and column."""
+    found: dict[str, dict[str, str]] = page.locator("#report tbody tr").evaluate_all(
+        """rows => Object.fromEntries(rows.map(r => [r.dataset.key, Object.fromEntries(
+             [...r.querySelectorAll('td[data-col]')].map(c => [c.dataset.col,
+                                                               c.textContent.trim()]))]))"""
+    )
+    return found
+
+
+def test_the_report_page_shows_what_the_events_say_and_hands_out_the_same(
+    rig: WebRig, browser: Any, tmp_path: Path
+) -> None:
+    page = browser.new_page(accept_downloads=True)
+    page.set_default_timeout(30_000)
+    sign_in(page, rig, "quan-ly")
+    page.click("a[href='/reports']")
+    assert page.locator("h1").inner_text() == "Báo cáo kết quả phát"
+
+    # Choose the day and the rows in the form, as a manager would.
+    page.fill("input[name=from]", "2026-11-27")
+    page.fill("input[name=to]", "2026-11-27")
+    page.select_option("select[name=by]", "cluster")
+    page.click("#report-form button[type=submit]")
+    page.wait_for_url(f"{rig.url}/reports?{DAY_QUERY}&by=cluster")
+    rows = table(page)
+    assert set(rows) == {"a-01", "a-02", "a-03", "b-01", "total"}
+    for cluster, figures in EXPECTED.items():
+        scheduled, aired, cut, missed, failed, none, seconds, offline, _ = figures
+        assert rows[cluster] == {
+            "scheduled": str(scheduled), "aired": str(aired), "interrupted": str(cut),
+            "missed": str(missed), "failed": str(failed), "no_result": str(none),
+            "seconds": f"{seconds:.1f}", "offline": f"{offline:.0f}",
+            "reasons": rows[cluster]["reasons"],
+        }, cluster
+    assert rows["a-03"]["scheduled"] == "0"
+    assert rows["total"]["scheduled"] == "8"
+    assert rows["b-01"]["reasons"] == "missed: not received ×1"
+
+    # The chart: aired in full against scheduled, per commune, bars to scale.
+    bars = page.locator("#chart g.bar").evaluate_all(
+        """gs => gs.map(g => [g.dataset.commune, g.dataset.aired, g.dataset.scheduled,
+             g.querySelector('rect.aired').getBBox().width,
+             g.querySelector('rect.scheduled').getBBox().width])"""
+    )
+    assert [b[:3] for b in bars] == [["xa-a", "3", "6"], ["xa-b", "0", "2"]]
+    assert bars[0][3] == pytest.approx(bars[0][4] / 2)  # 3 of 6
+    assert bars[1][3] == 0
+    assert bars[1][4] == pytest.approx(bars[0][4] / 3)  # 2 scheduled against 6
+
+    # The downloads say the same, with Vietnamese headers.
+    with page.expect_download() as got:
+        page.click("#csv")
+    text = Path(got.value.path()).read_text(encoding="utf-8-sig")
+    written = {r["Mã cụm loa"]: r for r in csv.DictReader(io.StringIO(text))}
+    assert written["a-02"]["Số giây đã phát"] == "85.0"
+    assert written["b-01"]["Thời gian mất kết nối (giây)"] == "9000.0"
+    assert written["Tổng cộng"]["Lượt phát theo lịch"] == "8"
+    with page.expect_download() as got:
+        page.click("#xlsx")
+    saved = tmp_path / "bao-cao.xlsx"
+    got.value.save_as(saved)
+    from openpyxl import load_workbook
+
+    sheet = load_workbook(saved).worksheets[0]
+    header = [c.value for c in sheet[1]]
+    xlsx = {r[0]: dict(zip(header, r, strict=True)) for r in sheet.iter_rows(min_row=2,
+                                                                            values_only=True)}
+    assert xlsx["a-01"]["Đã phát xong mức khẩn cấp"] == 1
+    assert xlsx["a-01"]["Số giây đã phát"] == 110
+
+    # By programme: the one not sent is there too.
+    page.goto(f"{rig.url}/reports?{DAY_QUERY}&by=programme")
+    rows = table(page)
+    assert rows["phap-luat"]["not_sent"] == "1"
+    assert rows["tin-sang"]["seconds"] == "100.0"
+
+    # A range that is not one is said so, in the page's language.
+    page.goto(f"{rig.url}/reports?from=2026-11-30&to=2026-11-01")
+    assert "Khoảng ngày không hợp lệ" in page.locator("#error").inner_text()
+
+
+def test_a_commune_officer_is_not_shown_the_reports(rig: WebRig, browser: Any) -> None:
+    page = browser.new_page()
+    sign_in(page, rig, "can-bo-a")
+    assert page.locator("a[href='/reports']").count() == 0
+    answer = page.goto(f"{rig.url}/reports?{DAY_QUERY}")
+    assert answer is not None
+    assert answer.status == 403
+    assert page.request.get(f"{rig.url}/reports.csv?{DAY_QUERY}").status == 403
