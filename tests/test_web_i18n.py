@@ -24,9 +24,10 @@ from jinja2 import nodes
 
 from controller.audio_chain import ProfileName
 from controller.fleet import Kind
+from controller.fleet_view import STATES
 from controller.urgent import ClusterStatus
 from controller.web.i18n import LANGS, TEXT
-from protocol.messages import Level
+from protocol.messages import EVENT_KINDS, Level
 
 WEB = Path(__file__).resolve().parent.parent / "controller" / "web"
 
@@ -36,6 +37,8 @@ DYNAMIC: dict[str, tuple[str, ...]] = {
     "level_": get_args(Level),
     "kind_": (*get_args(Kind), "cluster"),  # the target picker's TreeEntry.kind
     "profile_": get_args(ProfileName),  # the audio profile of a listen button
+    "state_": STATES,  # a cluster's availability on the fleet pages
+    "ev_": EVENT_KINDS,  # an event on a cluster's page
 }
 
 

@@ -100,6 +100,19 @@ class History:
     state_changes: list[StateChange]  # in the range, and the last before it per cluster
 
 
+@dataclass(frozen=True)
+class ClusterEvent:
+    """One event a cluster reported, for its page."""
+
+    at: datetime  # the cluster's clock
+    received_at: datetime
+    kind: str
+    play_id: str | None
+    bulletin: str | None
+    level: str | None
+    reason: str | None
+
+
 class HistoryRepository:
     def __init__(self, db: Database) -> None:
         self._engine = db.engine
@@ -118,6 +131,22 @@ class HistoryRepository:
             missed = conn.execute(select(func.max(dispatches.c.occurrence))).scalar()
         found = [aware(t) for t in (last, missed) if t is not None]
         return max(found) if found else None
+
+    def recent_events(self, cluster: str, limit: int = 50) -> list[ClusterEvent]:
+        """The cluster's latest events, newest first."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(events.c.at, events.c.received_at, events.c.kind, events.c.play_id,
+                       events.c.bulletin, events.c.level, events.c.reason)
+                .where(events.c.cluster == cluster)
+                .order_by(events.c.at.desc(), events.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [
+            ClusterEvent(aware(r.at), aware(r.received_at), r.kind, r.play_id, r.bulletin,
+                         r.level, r.reason)
+            for r in rows
+        ]
 
     def between(self, start: datetime, end: datetime) -> History:
         """Everything stored about the plays that start in [start, end)."""

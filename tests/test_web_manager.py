@@ -1,6 +1,10 @@
-"""The report page in headless Chromium on a running controller: the numbers in the
-table and the chart are those of the events the test stored, and the CSV and XLSX the
-page hands out say the same; a commune officer is not shown it."""
+"""The manager's pages in headless Chromium on a running controller with real agents.
+
+Reports: the numbers in the table and the chart are those of the events the test
+stored, and the CSV and XLSX the page hands out say the same; a commune officer is not
+shown them. Fleet: every cluster with its state, filtered by commune and state, on a map
+drawn from the coordinates (no tile server, no network), a cluster going offline seen
+as such, a cluster's page with its events; an officer sees only their commune."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BrokerUnderTest, require
+from conftest import BrokerUnderTest, require, wait_until
 from report_support import EXPECTED, write_known_history
 from web_rig import PASSWORD, WebRig
 
@@ -150,3 +154,80 @@ def test_a_commune_officer_is_not_shown_the_reports(rig: WebRig, browser: Any) -
     assert answer is not None
     assert answer.status == 403
     assert page.request.get(f"{rig.url}/reports.csv?{DAY_QUERY}").status == 403
+
+
+def fleet_rows(page: Any) -> dict[str, str]:
+    found: dict[str, str] = page.locator("#fleet tbody tr[data-cluster]").evaluate_all(
+        "rows => Object.fromEntries(rows.map(r => [r.dataset.cluster, r.dataset.state]))"
+    )
+    return found
+
+
+def dots(page: Any) -> dict[str, tuple[str, float, float]]:
+    found = page.locator("#map circle.dot").evaluate_all(
+        "cs => cs.map(c => [c.dataset.cluster, c.dataset.state, c.cx.baseVal.value, "
+        "c.cy.baseVal.value])"
+    )
+    return {c: (state, x, y) for c, state, x, y in found}
+
+
+def test_the_fleet_page_lists_filters_and_maps_every_cluster(
+    rig: WebRig, browser: Any
+) -> None:
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    sign_in(page, rig, "quan-ly")
+    page.click("a[href='/fleet']")
+    assert page.locator("h1").inner_text() == "Cụm loa"
+    assert fleet_rows(page) == {c: "online" for c in ("a-01", "a-02", "a-03", "b-01")}
+    assert "4 cụm loa: 4 trực tuyến, 0 mất kết nối" in page.locator("#counts").inner_text()
+
+    # The map, from the fleet file's coordinates: north is up, east is right.
+    placed = dots(page)
+    assert set(placed) == {"a-01", "a-02", "a-03", "b-01"}
+    assert placed["a-02"][1] > placed["a-01"][1]  # 105.81 E is east of 105.80 E
+    assert placed["a-02"][2] < placed["a-01"][2]  # 9.81 N is north of 9.80 N
+    assert placed["b-01"][1] < placed["a-03"][1] < placed["a-01"][1]
+    assert placed["b-01"][2] > placed["a-03"][2] > placed["a-01"][2]
+    communes = page.locator("#map polygon.commune").evaluate_all(
+        "ps => ps.map(p => p.dataset.commune)"
+    )
+    assert sorted(communes) == ["xa-a", "xa-b"]
+    assert page.locator("script[src], link[href^='http']").count() == 0  # nothing fetched
+
+    # b-01 goes offline: the page says so, in the table and on the map.
+    rig.agents["b-01"].stop()
+    wait_until(lambda: rig.state("b-01") == "offline", 20, "b-01 to be seen offline")
+    page.select_option("select[name=state]", "offline")
+    page.click("#fleet-filter button[type=submit]")
+    page.wait_for_url(f"{rig.url}/fleet?commune=&state=offline")
+    assert fleet_rows(page) == {"b-01": "offline"}
+    assert dots(page)["b-01"][0] == "offline"
+    assert page.locator("#map circle.dot.offline").count() == 1
+
+    page.goto(f"{rig.url}/fleet?commune=xa-a")
+    assert fleet_rows(page) == {c: "online" for c in ("a-01", "a-02", "a-03")}
+
+    # A cluster's page: its state and its latest events, newest first.
+    page.click("#fleet a[href='/fleet/a-01']")
+    page.wait_for_url(f"{rig.url}/fleet/a-01")
+    assert "trực tuyến" in page.locator("#state").inner_text()
+    kinds = page.locator("#events tbody tr").evaluate_all(
+        "rows => rows.map(r => [r.dataset.kind, r.dataset.play])"
+    )
+    assert kinds[:3] == [["missed", "tin-chieu@1"], ["finished", "tin-sang@1"],
+                         ["playing", "tin-sang@1"]]
+    cut = page.locator("#events tr[data-kind=interrupted]").inner_text()
+    assert "bị ngắt" in cut
+    assert "preempted by Khẩn (emergency)" in cut
+
+
+def test_a_commune_officer_sees_only_their_commune(rig: WebRig, browser: Any) -> None:
+    page = browser.new_page()
+    sign_in(page, rig, "can-bo-b")
+    page.goto(f"{rig.url}/fleet")
+    assert fleet_rows(page) == {"b-01": "online"}
+    assert set(dots(page)) == {"b-01"}
+    answer = page.goto(f"{rig.url}/fleet/a-01")
+    assert answer is not None
+    assert answer.status == 404
