@@ -39,6 +39,7 @@ DYNAMIC: dict[str, tuple[str, ...]] = {
     "profile_": get_args(ProfileName),  # the audio profile of a listen button
     "state_": STATES,  # a cluster's availability on the fleet pages
     "ev_": EVENT_KINDS,  # an event on a cluster's page
+    "weekday_": tuple(str(d) for d in range(7)),  # a day of the calendar, Monday first
 }
 
 

@@ -12,13 +12,16 @@ import csv
 import io
 import shutil
 from collections.abc import Iterator
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import BrokerUnderTest, require, wait_until
 from report_support import EXPECTED, write_known_history
-from web_rig import PASSWORD, WebRig
+from web_rig import PASSWORD, TZ, WebRig
+
+from controller.schedule import plan
 
 CHROMIUM_ARGS = [
     "--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -231,3 +234,42 @@ def test_a_commune_officer_sees_only_their_commune(rig: WebRig, browser: Any) ->
     answer = page.goto(f"{rig.url}/fleet/a-01")
     assert answer is not None
     assert answer.status == 404
+
+
+def test_the_calendar_is_the_plan_the_scheduler_fires_with_approval_and_holidays(
+    rig: WebRig, browser: Any
+) -> None:
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    sign_in(page, rig, "quan-ly")
+    page.click("a[href='/calendar']")
+    assert page.locator("h1").inner_text() == "Lịch phát"
+    # The week of Tết 2027 (Saturday 6 February), for commune xa-a.
+    page.select_option("select[name=target]", "xa-a")
+    page.fill("input[name=day]", "2027-02-03")
+    page.click("#calendar-form button[type=submit]")
+    page.wait_for_url(f"{rig.url}/calendar?target=xa-a&view=week&day=2027-02-03")
+    days = page.locator("#calendar section.day").evaluate_all(
+        "ds => ds.map(d => [d.dataset.day, [...d.querySelectorAll('li.play')].map("
+        "p => [p.dataset.play, p.dataset.level, p.dataset.approval])])"
+    )
+    start = datetime(2027, 2, 1, tzinfo=TZ)
+    planned = plan(rig.controller.playlists, start, start + timedelta(days=7), TZ)
+    assert [d[0] for d in days] == [f"2027-02-0{i}" for i in range(1, 8)]
+    assert [p[0] for d in days for p in d[1]] == [o.play_id for o in planned]
+    assert {tuple(p[1:]) for d in days for p in d[1]} == {("normal", "pending")}
+    tet = page.locator("section.day[data-day='2027-02-06']")
+    assert "Tết Nguyên Đán" in tet.locator(".holiday-name").inner_text()
+    assert "Thứ Bảy 06/02/2027" in tet.locator("h2").inner_text()
+    assert "Chờ duyệt" in tet.locator("li.play").inner_text()
+
+    # Approved, the same plays show approved; xa-b has none of them.
+    rig.controller.approvals.approve(
+        rig.controller.playlists.programmes["luat-tuan"], "Lê Quản Lý",
+        datetime.combine(start.date(), time(0), TZ), fleet=rig.controller.fleet, source="web",
+    )
+    page.goto(f"{rig.url}/calendar?view=day&day=2027-02-06&target=xa-a")
+    [play] = page.locator("li.play").evaluate_all("ps => ps.map(p => p.dataset.approval)")
+    assert play == "approved"
+    page.goto(f"{rig.url}/calendar?view=week&day=2027-02-03&target=xa-b")
+    assert page.locator("li.play").count() == 0

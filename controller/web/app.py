@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from controller.web import api, fleet, listen, pages, reports
+from controller.web import api, calendar, fleet, listen, pages, reports
 from controller.web.context import WebContext
 from controller.web.errors import ApiError
 from controller.web.headers import SecurityHeaders
@@ -67,6 +67,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(reports.router)
     app.include_router(fleet.router)
+    app.include_router(calendar.router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -211,6 +211,25 @@ TEXT: dict[str, dict[Lang, str]] = {
     "ev_missed": {"vi": "bị lỡ", "en": "missed"},
     "ev_failed": {"vi": "lỗi", "en": "failed"},
     "ev_rejected": {"vi": "từ chối lệnh", "en": "refused a command"},
+    # The schedule as a calendar (controller/web/calendar.py)
+    "calendar": {"vi": "Lịch phát", "en": "Schedule"},
+    "calendar_target": {"vi": "Nơi phát", "en": "Where"},
+    "all_my_clusters": {"vi": "Tất cả cụm loa của tôi", "en": "All my clusters"},
+    "calendar_view": {"vi": "Xem theo", "en": "View"},
+    "view_week": {"vi": "Tuần", "en": "Week"},
+    "view_day": {"vi": "Ngày", "en": "Day"},
+    "calendar_day": {"vi": "Ngày", "en": "Day"},
+    "earlier": {"vi": "Trước", "en": "Earlier"},
+    "later": {"vi": "Sau", "en": "Later"},
+    "today": {"vi": "Hôm nay", "en": "Today"},
+    "nothing_scheduled": {"vi": "Không có lượt phát nào.", "en": "Nothing scheduled."},
+    "weekday_0": {"vi": "Thứ Hai", "en": "Monday"},
+    "weekday_1": {"vi": "Thứ Ba", "en": "Tuesday"},
+    "weekday_2": {"vi": "Thứ Tư", "en": "Wednesday"},
+    "weekday_3": {"vi": "Thứ Năm", "en": "Thursday"},
+    "weekday_4": {"vi": "Thứ Sáu", "en": "Friday"},
+    "weekday_5": {"vi": "Thứ Bảy", "en": "Saturday"},
+    "weekday_6": {"vi": "Chủ nhật", "en": "Sunday"},
 }
 
 
