@@ -273,3 +273,94 @@ def test_the_calendar_is_the_plan_the_scheduler_fires_with_approval_and_holidays
     assert play == "approved"
     page.goto(f"{rig.url}/calendar?view=week&day=2027-02-03&target=xa-b")
     assert page.locator("li.play").count() == 0
+
+
+def _png() -> bytes:
+    """A 256 × 256 tile, one colour: a real PNG, as a tile server sends."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" + b"\xdd\xe8\xd0" * 256
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", 256, 256, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(row * 256)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def tile_server() -> Iterator[tuple[str, list[str]]]:
+    """A tile server on this machine: every /{z}/{x}/{y}.png is a tile; the paths asked."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+    tile = _png()
+
+    class Tiles(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(tile)))
+            self.end_headers()
+            self.wfile.write(tile)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Tiles)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_with_a_tile_server_the_map_uses_it_and_the_vendored_library(
+    rig: WebRig, browser: Any, tile_server: tuple[str, list[str]]
+) -> None:
+    from conftest import free_port
+
+    from controller.web.app import create_app
+    from controller.web.server import WebServer
+
+    origin, asked = tile_server
+    rig.ctx.map_tiles = origin + "/{z}/{x}/{y}.png"
+    rig.ctx.map_attribution = "Bản đồ: Sở Thử"
+    server = WebServer(create_app(rig.ctx), "127.0.0.1", free_port())
+    server.start()
+    try:
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        fetched: list[str] = []
+        page.on("request", lambda r: fetched.append(r.url))
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{server.url}/login")
+        page.fill("input[name=name]", "quan-ly")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{server.url}/send")
+        answer = page.goto(f"{server.url}/fleet")
+        assert answer is not None
+        assert f"img-src 'self' data: {origin};" in answer.headers["content-security-policy"]
+        page.wait_for_selector("#tile-map[data-ready=yes]", state="attached", timeout=10_000)
+        assert errors == []
+        markers = page.locator("#tile-map path.cluster-marker").evaluate_all(
+            "ps => ps.map(p => [p.dataset.cluster, p.classList.contains('online')])"
+        )
+        assert sorted(markers) == [[c, True] for c in ("a-01", "a-02", "a-03", "b-01")]
+        assert page.locator("#plain-map").is_hidden()
+        assert "Bản đồ: Sở Thử" in page.locator(".leaflet-control-attribution").inner_text()
+        wait_until(lambda: len(asked) > 0, 10, "the map to ask the tile server for tiles")
+        assert all(p.endswith(".png") and p.count("/") == 3 for p in asked), asked
+        assert {u.split("/")[2] for u in fetched} <= {server.url.split("/")[2],
+                                                      origin.split("/")[2]}
+        assert f"{server.url}/static/vendor/leaflet/leaflet.js" in fetched
+    finally:
+        server.stop()

@@ -20,6 +20,7 @@ server.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -57,7 +58,11 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     # Added innermost first: TrustedProxies ends up outermost.
     app.add_middleware(BodyLimits)
-    app.add_middleware(SecurityHeaders, secure_cookies=ctx.secure_cookies)
+    tiles = urlsplit(ctx.map_tiles.replace("{", "").replace("}", "")) if ctx.map_tiles else None
+    app.add_middleware(
+        SecurityHeaders, secure_cookies=ctx.secure_cookies,
+        img_sources=[f"{tiles.scheme}://{tiles.netloc}"] if tiles else [],
+    )
     app.add_middleware(TrustedProxies, proxies=ctx.trusted_proxies)
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")

@@ -41,6 +41,10 @@ class WebContext:
     secure_cookies: bool = False
     #: Reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed.
     trusted_proxies: Sequence[Network] = ()
+    #: The fleet map's tile server (a URL template with {z}/{x}/{y}) and its credit; None:
+    #: the map is drawn from the coordinates alone.
+    map_tiles: str | None = None
+    map_attribution: str = ""
     uploads: Uploads = field(init=False)
 
     def __post_init__(self) -> None:

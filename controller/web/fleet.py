@@ -36,7 +36,7 @@ def fleet_page(request: Request, ctx: Ctx, found: SignedIn) -> Response:
     return _render(
         request, "fleet.html", found, clusters=shown, all_count=len(clusters),
         communes=communes, commune=commune, state=state, states=STATES, counts=counts,
-        map=plain_map(shown),
+        map=plain_map(shown), map_tiles=ctx.map_tiles, map_attribution=ctx.map_attribution,
     )
 
 
