@@ -117,6 +117,18 @@ def test_the_report_page_shows_what_the_events_say_and_hands_out_the_same(
     assert bars[1][3] == 0
     assert bars[1][4] == pytest.approx(bars[0][4] / 3)  # 2 scheduled against 6
 
+    # The cluster × day heat map: aired in full of scheduled, coloured by the share.
+    heat = page.locator("#heatmap tbody tr").evaluate_all(
+        "rows => Object.fromEntries(rows.map(r => [r.dataset.cluster, [...r.querySelectorAll("
+        "'td[data-day]')].map(c => [c.dataset.day, c.textContent.trim(), c.className])]))"
+    )
+    assert heat == {
+        "a-01": [["2026-11-27", "2/3", "heat-2"]],
+        "a-02": [["2026-11-27", "1/3", "heat-1"]],
+        "a-03": [["2026-11-27", "", "none"]],
+        "b-01": [["2026-11-27", "0/2", "heat-0"]],
+    }
+
     # The downloads say the same, with Vietnamese headers.
     with page.expect_download() as got:
         page.click("#csv")

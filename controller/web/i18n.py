@@ -172,6 +172,12 @@ TEXT: dict[str, dict[Lang, str]] = {
     "col_not_sent": {"vi": "Không gửi được", "en": "Not sent"},
     "col_reasons": {"vi": "Lý do bị lỡ, lỗi", "en": "Why missed or failed"},
     "total": {"vi": "Tổng cộng", "en": "Total"},
+    "heat_title": {
+        "vi": "Cụm loa × ngày: đã phát xong trên số lượt theo lịch",
+        "en": "Cluster × day: plays aired in full of those scheduled",
+    },
+    "heat_legend": {"vi": "Tỉ lệ đã phát xong:", "en": "Share aired in full:"},
+    "heat_none": {"vi": "không có lượt phát", "en": "nothing scheduled"},
     # The fleet pages (controller/web/fleet.py)
     "fleet": {"vi": "Cụm loa", "en": "Fleet"},
     "fleet_counts": {

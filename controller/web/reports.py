@@ -74,6 +74,46 @@ def chart(report: Report) -> list[Bar]:
     ]
 
 
+MAX_HEAT_DAYS = 31
+
+
+@dataclass(frozen=True)
+class HeatCell:
+    day: date
+    scheduled: int
+    aired: int
+    level: str  # none (nothing scheduled), or heat-0 (none aired) ... heat-4 (all aired)
+
+
+@dataclass(frozen=True)
+class HeatRow:
+    cluster: str
+    name: str
+    cells: list[HeatCell]
+
+
+def heat_map(report: Report, clusters: list[tuple[str, str]]) -> tuple[list[date], list[HeatRow]]:
+    """Per cluster and local day: plays aired in full out of those scheduled (the days of
+    the report, at most MAX_HEAT_DAYS of them)."""
+    days = [report.first_day + timedelta(days=i)
+            for i in range((report.last_day - report.first_day).days + 1)][:MAX_HEAT_DAYS]
+    counts: dict[tuple[str, date], list[int]] = {}
+    for p in report.plays:
+        key = (p.cluster, p.start_at.astimezone(report.tz).date())
+        found = counts.setdefault(key, [0, 0])
+        found[0] += 1
+        found[1] += p.outcome == "aired"
+    rows = []
+    for cid, name in clusters:
+        cells = []
+        for day in days:
+            scheduled, aired = counts.get((cid, day), [0, 0])
+            level = "none" if not scheduled else f"heat-{min(4, int(4 * aired / scheduled))}"
+            cells.append(HeatCell(day, scheduled, aired, level))
+        rows.append(HeatRow(cid, name, cells))
+    return days, rows
+
+
 def _by(value: str | None) -> GroupBy:
     for choice in GROUPINGS:
         if value == choice:
@@ -94,11 +134,13 @@ def reports(request: Request, ctx: Ctx, found: Manager) -> Response:
                        groupings=GROUPINGS, query="")
     report = _report(ctx, found[1], first, last, by)
     communes = report if by == "commune" else _report(ctx, found[1], first, last, "commune")
+    per_cluster = report if by == "cluster" else _report(ctx, found[1], first, last, "cluster")
+    days, heat = heat_map(per_cluster, [(r.key, r.name) for r in per_cluster.rows])
     query = f"from={first}&to={last}&by={by}"
     return _render(
         request, "reports.html", found, report=report, bars=chart(communes), by=by,
         first=first, last=last, groupings=GROUPINGS, query=query, error=False,
-        chart_w=CHART_W, row_h=ROW_H,
+        chart_w=CHART_W, row_h=ROW_H, heat_days=days, heat=heat,
     )
 
 
