@@ -376,3 +376,20 @@ def test_with_a_tile_server_the_map_uses_it_and_the_vendored_library(
         assert f"{server.url}/static/vendor/leaflet/leaflet.js" in fetched
     finally:
         server.stop()
+
+
+def test_the_approval_page_shows_the_airings_approving_lets_through(
+    rig: WebRig, browser: Any
+) -> None:
+    page = browser.new_page()
+    sign_in(page, rig, "quan-ly")
+    now = datetime.now(TZ)
+    expected = [o.start.astimezone(TZ).isoformat()
+                for o in plan(rig.controller.playlists, now, now + timedelta(days=7), TZ)
+                if o.programme == "luat-tuan"][:5]
+    page.goto(f"{rig.url}/approvals")
+    item = page.locator("li[data-programme=luat-tuan]")
+    shown = item.locator(".airings time").evaluate_all("ts => ts.map(t => t.dataset.at)")
+    assert shown == expected
+    assert len(shown) == 5
+    assert "Sẽ phát lúc:" in item.locator(".airings").inner_text()

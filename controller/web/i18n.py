@@ -228,6 +228,7 @@ TEXT: dict[str, dict[Lang, str]] = {
     "earlier": {"vi": "Trước", "en": "Earlier"},
     "later": {"vi": "Sau", "en": "Later"},
     "today": {"vi": "Hôm nay", "en": "Today"},
+    "airs_next": {"vi": "Sẽ phát lúc:", "en": "Airs next:"},
     "nothing_scheduled": {"vi": "Không có lượt phát nào.", "en": "Nothing scheduled."},
     "weekday_0": {"vi": "Thứ Hai", "en": "Monday"},
     "weekday_1": {"vi": "Thứ Ba", "en": "Tuesday"},
