@@ -1,5 +1,9 @@
 """`loa-controller check`: validate the config, the fleet and every playlist together.
 
+Files named on the command line are drafts: checked with the live playlists, overlaps
+with what is already scheduled included (controller.drafts); `--alone` checks them as
+the whole playlist set instead.
+
 Every problem is collected and reported at once as `file:line:col: message`; nothing is
 started or changed. The province's abbreviation files (speech.abbreviations) are
 checked too. Audio files are decoded to prove they can be prepared, and their
@@ -18,10 +22,18 @@ from zoneinfo import ZoneInfo
 from controller.abbreviations import dictionary
 from controller.audio import AudioError, AudioLibrary, AudioSettings
 from controller.config import ControllerConfig, load_controller_config
+from controller.drafts import load_with_draft
 from controller.fleet import Fleet, load_fleet
+from controller.holidays import HolidayCalendar, load_holidays
 from controller.overlap import HORIZON, overlaps
 from controller.playlist import Playlists, load_playlists
-from controller.sources import DEFAULT_CONFIG, DEFAULT_FLEET, DEFAULT_PLAYLISTS, DEFAULT_TIMEZONE
+from controller.sources import (
+    DEFAULT_CONFIG,
+    DEFAULT_FLEET,
+    DEFAULT_PLAYLISTS,
+    DEFAULT_TIMEZONE,
+    holidays_path,
+)
 from protocol.config_errors import ConfigError, Problem
 
 
@@ -64,13 +76,22 @@ def _audio(
 
 
 def check(
-    config_path: Path | None, paths: Sequence[Path], *, today: datetime | None = None
+    config_path: Path | None,
+    paths: Sequence[Path],
+    *,
+    today: datetime | None = None,
+    alone: bool = False,
 ) -> list[Problem]:
-    """Every problem of the config, fleet and playlists (playlists from paths, else config)."""
+    """Every problem of the config, fleet and playlists.
+
+    paths: draft playlist files, checked together with the live playlists (the config's,
+    else playlists/; controller.drafts), overlaps with them included. alone: check paths
+    on their own instead, as the whole playlist set.
+    """
     problems: list[Problem] = []
     config = _config(config_path, problems)
     fleet_path = config.fleet if config else DEFAULT_FLEET
-    playlist_paths = list(paths) or (list(config.playlists) if config else [DEFAULT_PLAYLISTS])
+    live_paths = list(config.playlists) if config else [DEFAULT_PLAYLISTS]
     tz = config.tz if config else None
     if config is not None:
         try:
@@ -84,13 +105,23 @@ def check(
     except ConfigError as exc:
         problems.extend(exc.problems)
         fleet = None
+    try:
+        calendar: HolidayCalendar = load_holidays(holidays_path(config))
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return problems
     if fleet is None:
         return problems
+    day = (today or datetime.now(tz)).date() if tz else None
     try:
-        playlists = load_playlists(
-            playlist_paths, fleet, tz=tz,
-            today=(today or datetime.now(tz)).date() if tz else None,
-        )
+        if paths and not alone:
+            playlists, _ = load_with_draft(
+                live_paths, list(paths), fleet, tz=tz, today=day, holidays=calendar
+            )
+        else:
+            playlists = load_playlists(
+                list(paths) or live_paths, fleet, tz=tz, today=day, holidays=calendar
+            )
     except ConfigError as exc:
         problems.extend(exc.problems)
         return problems

@@ -478,7 +478,10 @@ def _not_received_json(found: NotReceived | None) -> dict[str, Any] | None:
 def cmd_check(args: argparse.Namespace) -> int:
     from controller.check import check
 
-    problems = check(Path(args.config) if args.config else None, [Path(p) for p in args.paths])
+    problems = check(
+        Path(args.config) if args.config else None, [Path(p) for p in args.paths],
+        alone=args.alone,
+    )
     errors = [p for p in problems if p.severity == "error"]
     for problem in problems:
         print(problem)
@@ -490,10 +493,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_drafts(sources: Any, drafts: list[str], now: datetime) -> tuple[set[str], list[str]]:
+    """Put the draft playlists into sources.playlists (in memory only); the ids of the
+    drafts' programmes, and a note for each that replaces a live one."""
+    if not drafts:
+        return set(), []
+    from controller.drafts import draft_only, merge
+    from controller.playlist import load_playlists
+
+    draft = load_playlists(
+        draft_only(sources.playlists.files, [Path(p) for p in drafts]), sources.fleet,
+        tz=sources.tz, today=now.date(), holidays=sources.playlists.holidays,
+    )
+    sources.playlists, notes = merge(sources.playlists, draft)
+    return set(draft.programmes), [str(n) for n in notes]
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     from controller.approval import Approvals, ContentUnreadableError
     from controller.preview import (
         MAX_WINDOW,
+        holiday_notes,
         measure,
         only_clusters,
         parse_when,
@@ -506,6 +526,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     sources = load_sources(_config_path(args))
     tz, config = sources.tz, sources.config
     now = datetime.now(tz)
+    drafted, draft_notes = _with_drafts(sources, args.draft or [], now)
     start = parse_when(args.start, now=now, tz=tz)
     end = parse_when(args.end, now=now, tz=tz, base=start) if args.end else start + timedelta(
         hours=24
@@ -566,6 +587,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
                 "requires_approval": r.programme.requires_approval,
                 "approval": r.approval,
                 "source": str(r.programme.source),
+                "draft": r.programme.id in drafted,
             }
             for r in rows
         ], ensure_ascii=False, indent=2))
@@ -581,6 +603,14 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     print(_("Schedule{scope} from {start} to {end} ({tz}); each play is sent to its clusters "
             "{lead} before it starts.", scope=scope, start=_local(start, tz),
             end=_local(end, tz), tz=tz.key, lead=span(lead.total_seconds())))
+    if args.draft:
+        print(_("With the draft {files} (not published; its programmes are marked *): "
+                "{programmes}.", files=", ".join(args.draft),
+                programmes=", ".join(sorted(drafted)) or _("no programmes")))
+    for note in [*draft_notes, *(_("Holiday: {note}", note=n) for n in holiday_notes(
+        sources.playlists, start, end, tz
+    ))]:
+        print(note)
     if not rows:
         print(_("nothing plays in this window."))
         return 0
@@ -591,7 +621,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         ) else str(r.all_clusters)
         table.append([
             _local(r.occurrence.start, tz),
-            r.programme.id,
+            r.programme.id + (" *" if r.programme.id in drafted else ""),
             _word(r.programme.level),
             " + ".join(
                 (b.title or r.programme.name) + (_(" (live)") if b.rebroadcast else "")
@@ -818,7 +848,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         result = run_demo(
             broker_url=args.broker, ca_file=args.ca_file, as_json=args.json, keep=args.keep,
-            address=address,
+            address=address, store_url=args.store,
         )
     except KeyboardInterrupt:
         print("demo interrupted (what it left on the broker is said above)",
@@ -894,6 +924,9 @@ def _add_demo(sub: Any) -> None:
                    "as `run` does (the demo still uses topics and client ids of its own)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
     p.add_argument("--keep", action="store_true", help="keep the demo's working directory")
+    p.add_argument("--store", metavar="URL", help="keep the controller's store at URL (a new "
+                   "sqlite:///PATH, or an empty database) for `loa-controller report --store "
+                   "URL`")
     p.set_defaults(func=cmd_demo)
 
 
@@ -934,7 +967,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fleet)
 
     p = sub.add_parser("check", help="validate config, fleet and playlists; report every error")
-    p.add_argument("paths", nargs="*", help="playlist files or directories (default: config's)")
+    p.add_argument("paths", nargs="*", help="draft playlist files or directories, checked "
+                   "with the live playlists (the config's) and their overlaps")
+    p.add_argument("--alone", action="store_true",
+                   help="check PATHS on their own, as the whole playlist set")
     p.add_argument("--config", help="controller config YAML (default: config/controller.yaml)")
     p.set_defaults(func=cmd_check)
 
@@ -955,6 +991,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "tag:<tag>, all)")
     p.add_argument("--config", help="controller config YAML (default: config/controller.yaml "
                    "if present, else config/fleet.yaml and playlists/)")
+    p.add_argument("--with", dest="draft", action="append", metavar="FILE",
+                   help="preview with this draft playlist added to the live ones, without "
+                   "publishing it (a programme with a live one's id replaces it); repeatable")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_schedule)
 
@@ -979,10 +1018,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `user` and `urgent` (the web app's), `provision`, `broker-config`, `keys` (access),
     # `say` (hear a text before sending it), `enrol` (cluster identities), `cap check`,
-    # `live`.
-    from controller import cli_access, cli_cap, cli_enrol, cli_live, cli_speech, cli_web
+    # `live`, `report` (proof of play).
+    from controller import cli_access, cli_cap, cli_enrol, cli_live, cli_report, cli_speech, cli_web
 
-    for commands in (cli_web, cli_access, cli_speech, cli_enrol, cli_cap, cli_live):
+    for commands in (cli_web, cli_access, cli_speech, cli_enrol, cli_cap, cli_live, cli_report):
         commands.register(sub, str(DEFAULT_CONFIG))
     l10n.add_lang_option(parser)
     return parser

@@ -116,6 +116,18 @@ def _feed_url(value: str) -> str:
     return value
 
 
+def _tile_url(value: str) -> str:
+    parts = urlsplit(value.replace("{", "").replace("}", ""))
+    if parts.scheme not in ("http", "https") or not parts.hostname or not all(
+        key in value for key in ("{z}", "{x}", "{y}")
+    ):
+        raise ValueError(
+            f"{value!r}: write the tile server's URL with {{z}}, {{x}} and {{y}} in it, "
+            "e.g. https://tiles.example.vn/{z}/{x}/{y}.png"
+        )
+    return value
+
+
 def _distinct_feeds(value: list[CapFeedConfig]) -> list[CapFeedConfig]:
     urls = [f.url for f in value]
     twice = sorted({u for u in urls if urls.count(u) > 1})
@@ -262,6 +274,12 @@ class WebConfig(_Strict):
     """Moved: voices are named in the fleet file and defined under `speech.voices`."""
     cap: CapConfig | None = None
     """CAP 1.2 alert intake; left out: off."""
+    map_tiles: Annotated[str, AfterValidator(_tile_url)] | None = None
+    """A tile server for the fleet page's map, as a URL template:
+    https://tiles.example.vn/{z}/{x}/{y}.png. Left out: the map is drawn from the
+    clusters' coordinates alone (no network needed)."""
+    map_attribution: Annotated[str, Field(max_length=300)] = ""
+    """The credit the tile server asks to show on the map."""
 
     @model_validator(mode="after")
     def _tls_pair(self) -> WebConfig:
@@ -426,6 +444,9 @@ class ControllerConfig(_Strict):
     """The fleet file: the administrative tree and its clusters."""
     playlists: Annotated[list[ConfigPath], Field(min_length=1)]
     """Playlist files, or folders of them."""
+    holidays: ConfigPath | None = None
+    """The holiday calendar file (lịch nghỉ lễ) that playlists skip or air on
+    (`skip: holidays`); the national public holidays built into Loa if left out."""
     timezone: Annotated[str, AfterValidator(_timezone)] = "Asia/Ho_Chi_Minh"
     """The IANA time zone of the times in the playlists."""
     # Four slashes: an absolute path (three would be relative to this file's folder).

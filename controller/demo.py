@@ -259,13 +259,14 @@ class Demo:
         _say(f"started {len(self.agents)} simulated agents (null output), all connected")
 
     def start_controller(
-        self, broker: BrokerAddress, playlist: Path, clock: OffsetClock
+        self, broker: BrokerAddress, playlist: Path, clock: OffsetClock,
+        store_url: str | None = None,
     ) -> Controller:
         settings = Settings(
             broker=broker,
             fleet_path=FLEET,
             playlist_paths=[playlist],
-            store_url=f"sqlite:///{self.work / 'controller.db'}",
+            store_url=store_url or f"sqlite:///{self.work / 'controller.db'}",
             private_key=self.work / "keys" / "controller.key",
             content_dir=self.work / "content",
             timezone=TZ,
@@ -363,17 +364,22 @@ def run_demo(
     out: TextIO | None = None,
     *,
     address: BrokerAddress | None = None,
+    store_url: str | None = None,
 ) -> DemoResult:
     """Run the demo and report it. address: the broker of a controller config (URL, CA,
-    login), instead of broker_url and ca_file. A failure is a result (ok False, reason),
-    reported in one line; an interruption still removes the demo's retained messages."""
+    login), instead of broker_url and ca_file; store_url: keep the controller's store
+    there (a new, empty store), so that `loa-controller report --store URL` can be run on
+    it afterwards. A failure is a result (ok False, reason), reported in one line; an
+    interruption still removes the demo's retained messages."""
+    if store_url is not None:
+        _check_new_store(store_url)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="loa-demo-"))
     demo = Demo(broker_url, work, ca_file, address=address)
     try:
         with topics.prefix(f"{demo.client_prefix}/v1"):
             try:
-                result = _run(demo, work, started)
+                result = _run(demo, work, started, store_url)
             except (DemoError, ValueError, OSError) as exc:
                 result = DemoResult(ok=False, reason=_one_line(exc))
             except Exception as exc:  # anything else, still one line for the reader
@@ -391,14 +397,38 @@ def run_demo(
         result.reason = "; ".join(([result.reason] if result.reason else []) + left)
     result.elapsed_s = round(time.monotonic() - started, 1)
     _report(result, as_json, out or sys.stdout)
+    if store_url is not None and result.ok:
+        _say(f"the demo's store is kept at {store_url}: loa-controller report --store "
+             f"{store_url}")
     return result
+
+
+def _check_new_store(url: str) -> None:
+    """The demo writes a day of plays: refuse a store that holds plays already (the demo's
+    play of the same day would count as sent, and nothing would air)."""
+    from controller.store import Store
+
+    if url.startswith("sqlite:///"):
+        file = Path(url.removeprefix("sqlite:///"))
+        if file.exists() and file.stat().st_size > 0:
+            raise ValueError(f"{file} exists: give the demo a new store file (it keeps the "
+                             "demo's plays there for `loa-controller report`)")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        return
+    store = Store(url)
+    try:
+        if store.history.first_play() is not None:
+            raise ValueError(f"the store at {url} already holds plays: give the demo an "
+                             "empty database")
+    finally:
+        store.close()
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _run(demo: Demo, work: Path, started: float) -> DemoResult:
+def _run(demo: Demo, work: Path, started: float, store_url: str | None = None) -> DemoResult:
     broker = demo.broker()
     generate_keypair(work / "keys" / "controller.key", work / "keys" / "controller.pub")
     fleet = load_fleet(FLEET)
@@ -413,7 +443,7 @@ def _run(demo: Demo, work: Path, started: float) -> DemoResult:
     six = real_now.replace(hour=6, minute=0, second=0, microsecond=0)
     clock = OffsetClock(six - STARTS_IN - real_now)
     demo.start_agents(fleet, broker, clock)
-    controller = demo.start_controller(broker, playlist, clock)
+    controller = demo.start_controller(broker, playlist, clock, store_url)
 
     tracker = demo.tracker
     play_id = Occurrence("ban-tin-sang", six.astimezone(UTC), six.astimezone(UTC)).play_id

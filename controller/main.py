@@ -97,6 +97,12 @@ class Settings:
     # How long after it is sent an urgent announcement may still start; a cluster that
     # gets it later reports it expired and plays nothing.
     urgent_expiry: timedelta = DEFAULT_URGENT_EXPIRY
+    # The holiday calendar the playlists skip or air on (config `holidays:`); None: none.
+    holidays_path: Path | None = None
+
+    def watched_paths(self) -> list[Path]:
+        """What a live reload watches besides the fleet: playlists and holiday calendar."""
+        return [*self.playlist_paths, *([self.holidays_path] if self.holidays_path else [])]
 
     @classmethod
     def from_config(cls, config: ControllerConfig) -> Settings:
@@ -116,6 +122,7 @@ class Settings:
             broker_fallbacks=fallbacks,
             fleet_path=config.fleet,
             playlist_paths=list(config.playlists),
+            holidays_path=config.holidays,
             store_url=config.store_url,
             private_key=config.private_key,
             content_dir=config.content_dir,
@@ -149,7 +156,7 @@ class Controller:
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self._loaded_files = signature(watched_files(settings.fleet_path, settings.playlist_paths))
+        self._loaded_files = signature(watched_files(settings.fleet_path, settings.watched_paths()))
         self.fleet, self.playlists = self._load()
         self._state_lock = threading.Lock()
         self._reload_lock = threading.Lock()
@@ -232,7 +239,7 @@ class Controller:
             marks=self.store.marks,
         )
         self.watcher = FileWatcher(
-            lambda: watched_files(settings.fleet_path, settings.playlist_paths),
+            lambda: watched_files(settings.fleet_path, settings.watched_paths()),
             self.reload,
             interval_s=settings.reload_interval_s or DEFAULT_INTERVAL_S,
         )
@@ -330,6 +337,7 @@ class Controller:
             tz=tz,
             today=self.clock.now().astimezone(tz).date(),
             voices=self.settings.speech.voice_names(),
+            holidays=self.settings.holidays_path,
         )
 
     def _record_status(self, warnings: list[Problem]) -> None:

@@ -77,6 +77,8 @@ from controller.config import json_schema as config_json_schema
 from controller.fleet import ALL, TAG_PREFIX, Fleet
 from controller.fleet import json_schema as fleet_json_schema
 from controller.folding import fold
+from controller.holidays import EVERY_HOLIDAY, HolidayCalendar
+from controller.holidays import json_schema as holidays_json_schema
 from protocol.config_errors import ConfigError, Problem
 from protocol.durations import Duration
 from protocol.messages import Level
@@ -321,6 +323,43 @@ Targets = Annotated[
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 
+def _holiday_choice(value: Any) -> Any:
+    """`holidays` (every holiday of the calendar), one holiday id, or a list of them."""
+    if isinstance(value, str) and value.strip() != EVERY_HOLIDAY:
+        return (value,)
+    return value
+
+
+def _holiday_ids(value: Any) -> Any:
+    if isinstance(value, tuple):
+        if not value:
+            raise ValueError("name at least one holiday, or write holidays for all of them")
+        for item in value:
+            check_id(item, "holiday id")
+    return value
+
+
+HolidayChoice = Annotated[
+    Literal["holidays"] | tuple[str, ...],
+    BeforeValidator(_holiday_choice),
+    AfterValidator(_holiday_ids),
+    WithJsonSchema({
+        "anyOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+        ],
+        "description": "holidays (every holiday of the holiday calendar), or holiday ids "
+        "from it, e.g. [tet-nguyen-dan, gio-to-hung-vuong]",
+        "examples": ["holidays", ["tet-nguyen-dan"]],
+    }),
+]
+
+
+def _chosen(choice: str | tuple[str, ...]) -> tuple[str, ...] | None:
+    """The holiday ids a choice names; None for every holiday."""
+    return None if choice == EVERY_HOLIDAY else tuple(choice)
+
+
 # --- models -------------------------------------------------------------------------------
 
 
@@ -453,7 +492,13 @@ class Schedule(_Strict):
     valid_until: LocalDate | None = None
     """Last date it airs (inclusive)."""
     except_: list[LocalDate] = Field([], alias="except")
-    """Dates it does not air (holidays)."""
+    """Dates it does not air."""
+    skip: HolidayChoice | None = None
+    """Holidays it does not air on: holidays (all of the holiday calendar's) or their ids,
+    e.g. [tet-nguyen-dan]."""
+    on_holidays: HolidayChoice | None = None
+    """Air on these holidays' days only (instead of weekdays or dates): holidays (any of
+    them) or their ids, e.g. [tet-nguyen-dan]."""
     repeat: Repeat | None = None
     """Air each start several times: {count: 3, gap: 15m}."""
 
@@ -475,6 +520,20 @@ class Schedule(_Strict):
         if dates and info.data.get("every_weeks") is not None:
             raise ValueError("write either dates or every_weeks, not both")
         return sorted(set(dates))
+
+    _calendar: HolidayCalendar = PrivateAttr(default_factory=HolidayCalendar)
+
+    @field_validator("on_holidays")
+    @classmethod
+    def _holidays_alone(
+        cls, chosen: str | tuple[str, ...] | None, info: ValidationInfo
+    ) -> str | tuple[str, ...] | None:
+        if chosen is None:
+            return chosen
+        for other in ("weekdays", "dates", "every_weeks"):
+            if info.data.get(other):
+                raise ValueError(f"write either on_holidays or {other}, not both")
+        return chosen
 
     @field_validator("from_")
     @classmethod
@@ -515,6 +574,10 @@ class Schedule(_Strict):
             return False
         if day in self.except_:
             return False
+        if self.skip is not None and self._calendar.covers(day, _chosen(self.skip)):
+            return False
+        if self.on_holidays is not None:
+            return self._calendar.covers(day, _chosen(self.on_holidays))
         if self.dates:
             return day in self.dates
         if WEEKDAYS[day.weekday()] not in self.days:
@@ -716,6 +779,7 @@ def write_schemas(directory: Path) -> list[Path]:
         ("playlist", json_schema()),
         ("fleet", fleet_json_schema()),
         ("controller", config_json_schema()),
+        ("holidays", holidays_json_schema()),
     ):
         path = directory / f"{name}.schema.json"
         path.write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -733,6 +797,7 @@ class Playlists:
     programmes: dict[str, Programme]
     files: list[Path]
     warnings: list[Problem] = field(default_factory=list)
+    holidays: HolidayCalendar | None = None
 
 
 def playlist_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
@@ -777,8 +842,15 @@ class _Checker:
     programme with other errors; the warnings need a valid programme.
     """
 
-    def __init__(self, fleet: Fleet, tz: ZoneInfo | None, today: date | None) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        tz: ZoneInfo | None,
+        today: date | None,
+        holidays: HolidayCalendar | None = None,
+    ) -> None:
         self.fleet = fleet
+        self.holidays = holidays
         self.tz = tz
         self.today = today
         self.sources: dict[str, Source] = {}
@@ -807,9 +879,43 @@ class _Checker:
                 message = self.fleet.target_problem(target) if _well_formed_target(target) else None
                 if message:
                     self.problems.append(where.problem((*path, key, i), f"{key}: {message}"))
+        schedule = raw.get("schedule")
+        if isinstance(schedule, dict):
+            for key in ("skip", "on_holidays"):
+                self._holidays_named(schedule.get(key), (*path, "schedule", key), where)
+
+    def _holidays_named(self, value: Any, path: NodePath, where: LocationMap) -> None:
+        """Holidays a schedule names must be in the holiday calendar."""
+        if value is None:
+            return
+        key = path[-1]
+        if self.holidays is None:
+            self.problems.append(where.problem(
+                path,
+                f"{key}: there is no holiday calendar to take the holidays from: load the "
+                "playlists with one (`holidays: holidays.yaml` in the controller config; an "
+                "example is config/holidays.yaml)",
+            ))
+            return
+        items = _holiday_choice(value)
+        if not isinstance(items, (list, tuple)):
+            return  # `holidays`, or a wrong type the model reports
+        for i, ident in enumerate(items):
+            if isinstance(ident, str) and ident not in self.holidays.holidays:
+                close = suggest(ident, self.holidays.holidays)
+                hint = f"did you mean {close!r}? " if close else ""
+                known = ", ".join(self.holidays.holidays) or "none"
+                at = (*path, i) if isinstance(value, list) else path
+                self.problems.append(where.problem(
+                    at,
+                    f"{key}: {ident!r} is not in the holiday calendar {self.holidays.file}: "
+                    f"{hint}its holidays are {known}",
+                ))
 
     def add(self, programme: Programme, path: NodePath, where: LocationMap) -> None:
         programme._source = Source(where.file, where.value(path).line)
+        if self.holidays is not None:
+            programme.schedule._calendar = self.holidays
         if programme.id in self.programmes:
             return  # a duplicate id, reported by written()
         self.programmes[programme.id] = programme
@@ -861,16 +967,18 @@ def load_playlists(
     *,
     tz: ZoneInfo | None = None,
     today: date | None = None,
+    holidays: HolidayCalendar | None = None,
 ) -> Playlists:
     """Load every playlist file; raise ConfigError listing every error of every file.
 
     paths may be files or folders (their *.yaml and *.yml files). Audio paths are
     resolved against each playlist file's folder and must exist. With tz and today,
     warnings also name times that DST moves and schedules that have ended; warnings
-    never stop loading (they are in Playlists.warnings).
+    never stop loading (they are in Playlists.warnings). holidays: the holiday calendar
+    that `skip:` and `on_holidays:` name (none: a schedule naming holidays is an error).
     """
     files, problems = playlist_files(paths)
-    checker = _Checker(fleet, tz, today)
+    checker = _Checker(fleet, tz, today, holidays)
     for file in files:
         try:
             data, where = load_yaml(file)
@@ -894,4 +1002,5 @@ def load_playlists(
         programmes=checker.programmes,
         files=files,
         warnings=sorted(problems, key=lambda p: (p.file, p.line, p.col)),
+        holidays=holidays,
     )

@@ -12,7 +12,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -182,3 +182,41 @@ def preview(
             approval=approvals[occ.programme],
         ))
     return rows
+
+
+def holiday_notes(playlists: Playlists, start: datetime, end: datetime, tz: ZoneInfo) -> list[str]:
+    """One line per holiday in the window: its days and the programmes that skip it."""
+    calendar = playlists.holidays
+    if calendar is None:
+        return []
+    first = start.astimezone(tz).date()
+    last = (end - timedelta(microseconds=1)).astimezone(tz).date()
+    runs: dict[str, list[tuple[date, date]]] = {}
+    for day, ids in calendar.between(first, last):
+        for ident in sorted(ids):
+            spans = runs.setdefault(ident, [])
+            if spans and spans[-1][1] + timedelta(days=1) == day:
+                spans[-1] = (spans[-1][0], day)
+            else:
+                spans.append((day, day))
+    notes = []
+    for ident, spans in runs.items():
+        holiday = calendar.holidays[ident]
+        days = ", ".join(str(a) if a == b else f"{a} to {b}" for a, b in spans)
+        skipping = sorted(
+            p.id for p in playlists.programmes.values()
+            if p.schedule.skip is not None
+            and (p.schedule.skip == "holidays" or ident in p.schedule.skip)
+        )
+        airing = sorted(
+            p.id for p in playlists.programmes.values()
+            if p.schedule.on_holidays is not None
+            and (p.schedule.on_holidays == "holidays" or ident in p.schedule.on_holidays)
+        )
+        note = f"{holiday.name} ({ident}): {days}"
+        if skipping:
+            note += f"; skipped by {', '.join(skipping)}"
+        if airing:
+            note += f"; aired on by {', '.join(airing)}"
+        notes.append(note)
+    return notes

@@ -16,12 +16,15 @@ from zoneinfo import ZoneInfo
 
 from controller.config import ControllerConfig, load_controller_config
 from controller.fleet import Fleet, load_fleet
+from controller.holidays import BUILTIN_HOLIDAYS, HolidayCalendar, load_holidays
 from controller.playlist import Playlists, load_playlists
+from protocol.config_errors import ConfigError, Problem
 from protocol.l10n import _
 
 DEFAULT_CONFIG = Path("config/controller.yaml")
 DEFAULT_FLEET = Path("config/fleet.yaml")
 DEFAULT_PLAYLISTS = Path("playlists")
+DEFAULT_HOLIDAYS = Path("config/holidays.yaml")
 DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
 
 
@@ -32,15 +35,41 @@ def load_together(
     tz: ZoneInfo | None = None,
     today: date | None = None,
     voices: Sequence[str] | None = None,
+    holidays: Path | None = None,
 ) -> tuple[Fleet, Playlists]:
-    """The fleet, then the playlists checked against it; ConfigError lists every problem.
+    """The fleet and the holiday calendar, then the playlists checked against them;
+    ConfigError lists every problem.
 
-    Playlist targets name the fleet's nodes, so a broken fleet stops there: its own
-    problems are reported, the playlists are checked once it loads. voices: the voice
-    names the fleet may use (the config's speech.voice_names(); the built-in ones if None).
+    Playlist targets name the fleet's nodes and their schedules the calendar's holidays,
+    so a broken fleet or calendar stops there: its own problems are reported, the
+    playlists are checked once both load. voices: the voice names the fleet may use (the
+    config's speech.voice_names(); the built-in ones if None). holidays: the holiday
+    calendar file (the built-in national holidays if None).
     """
-    fleet = load_fleet(fleet_path, voices)
-    return fleet, load_playlists(playlist_paths, fleet, tz=tz, today=today)
+    problems: list[Problem] = []
+    fleet: Fleet | None = None
+    calendar: HolidayCalendar | None = None
+    try:
+        fleet = load_fleet(fleet_path, voices)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        calendar = load_holidays(holidays or BUILTIN_HOLIDAYS)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems or fleet is None:
+        raise ConfigError(problems)
+    return fleet, load_playlists(playlist_paths, fleet, tz=tz, today=today, holidays=calendar)
+
+
+def holidays_path(config: ControllerConfig | None) -> Path:
+    """The holiday calendar: the config's `holidays:`; without a config file,
+    config/holidays.yaml when it is there; else the built-in national holidays."""
+    if config is not None and config.holidays is not None:
+        return config.holidays
+    if config is None and DEFAULT_HOLIDAYS.is_file():
+        return DEFAULT_HOLIDAYS
+    return BUILTIN_HOLIDAYS
 
 
 def find_config(path: Path | None, *, required: bool = False) -> ControllerConfig | None:
@@ -85,5 +114,7 @@ def load_sources(
     fleet_path = config.fleet if config else DEFAULT_FLEET
     paths = list(playlist_paths) or (list(config.playlists) if config else [DEFAULT_PLAYLISTS])
     voices = config.speech.voice_names() if config else None
-    fleet, playlists = load_together(fleet_path, paths, tz=tz, today=today, voices=voices)
+    fleet, playlists = load_together(
+        fleet_path, paths, tz=tz, today=today, voices=voices, holidays=holidays_path(config)
+    )
     return Sources(config, fleet, playlists, tz)

@@ -136,6 +136,7 @@ class Rig:
         tz: ZoneInfo = HCM,
         lead: timedelta = LEAD,
         playlist: str = PLAYLIST,
+        holidays: str | None = None,
     ) -> None:
         self.folder = folder
         self.clock = clock
@@ -146,6 +147,10 @@ class Rig:
         self.fleet_path.write_text(FLEET, encoding="utf-8")
         self.playlist_path = folder / "playlists" / "list.yaml"
         self.playlist_path.write_text(dedent(playlist), encoding="utf-8")
+        self.holidays_path: Path | None = None
+        if holidays is not None:
+            self.holidays_path = folder / "holidays.yaml"
+            self.holidays_path.write_text(dedent(holidays), encoding="utf-8")
         tone(folder / "playlists" / "tin.wav", 0.4)
         tone(folder / "playlists" / "luat.wav", 0.4, freq=660)
         self.store_url = f"sqlite:///{folder / 'controller.db'}"
@@ -156,7 +161,9 @@ class Rig:
         self.boot()
 
     def load(self) -> tuple[Fleet, Playlists]:
-        return load_together(self.fleet_path, [self.playlist_path], tz=self.tz)
+        return load_together(
+            self.fleet_path, [self.playlist_path], tz=self.tz, holidays=self.holidays_path
+        )
 
     def boot(self) -> None:
         """Build the parts as Controller does, and plan (a controller start)."""

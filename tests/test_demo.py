@@ -3,7 +3,9 @@ the same against a mosquitto over TLS (`--broker mqtts://... --ca-file`)."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -37,13 +39,41 @@ def demo(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_plays_the_bulletin_everywhere_and_the_urgent_announcement_where_targeted() -> None:
+def test_demo_plays_the_bulletin_everywhere_and_the_urgent_announcement_where_targeted(
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite:///{tmp_path / 'demo.db'}"
     started = time.monotonic()
-    proc = demo("--json")
+    proc = demo("--json", "--store", store)
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_outcomes(proc)
     assert elapsed < 60, f"the demo took {elapsed:.0f} s; it must finish within a minute"
+
+    # The demo's store kept: the report lists every cluster with the seconds it aired,
+    # and the clusters that aired the urgent announcement (emergency level).
+    report = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "report", "--store", store, "--format", "csv"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=60, cwd=ROOT, check=False,
+    )
+    assert report.returncode == 0, report.stderr
+    rows = list(csv.DictReader(io.StringIO(report.stdout.removeprefix("\ufeff"))))
+    clusters = {r["Mã cụm loa"]: r for r in rows if r["Mã cụm loa"] != "Tổng cộng"}
+    outcomes = {c["cluster"]: c for c in json.loads(proc.stdout)["clusters"]}
+    assert set(clusters) == set(outcomes)
+    assert len(clusters) == 73
+    for cid, row in clusters.items():
+        assert float(row["Số giây đã phát"]) > 0, row
+        urgent = outcomes[cid]["urgent"] == "finished"
+        assert row["Đã phát xong mức khẩn cấp"] == ("1" if urgent else "0"), row
+        assert row["Bị ngắt"] == ("1" if urgent else "0"), row
+    aired_urgent = [c for c, r in clusters.items() if r["Đã phát xong mức khẩn cấp"] == "1"]
+    assert len(aired_urgent) == 10
+    # a second demo on the same store is refused: its plays would count as sent already
+    again = demo("--store", store)
+    assert again.returncode == 1
+    assert "give the demo a new store file" in again.stderr
 
 
 def test_the_demo_runs_over_tls_with_a_pinned_ca(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from controller.fleet import Fleet, load_fleet
+from controller.holidays import load_holidays
 from controller.playlist import (
     PlaylistFile,
     Programme,
@@ -26,6 +27,7 @@ from protocol.yamlload import load_yaml_text
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAYLISTS = ROOT / "playlists"
+HOLIDAYS = ROOT / "config" / "holidays.yaml"
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -82,7 +84,9 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> date
 @pytest.mark.parametrize("fleet_file", ["fleet.yaml", "fleet-2025-07-01.yaml"])
 def test_the_example_playlists_load_against_both_fleets(fleet_file: str) -> None:
     fleet = load_fleet(ROOT / "config" / fleet_file)
-    playlists = load_playlists([PLAYLISTS], fleet, tz=HCM, today=date(2026, 11, 26))
+    playlists = load_playlists(
+        [PLAYLISTS], fleet, tz=HCM, today=date(2026, 11, 26), holidays=load_holidays(HOLIDAYS)
+    )
     assert set(playlists.programmes) == {
         "thoi-su-sang", "thoi-su-chieu", "tiep-song-vov1-trua", "phap-luat-hang-tuan",
         "sot-xuat-huyet-2027",
@@ -102,13 +106,16 @@ def test_the_example_playlists_load_against_both_fleets(fleet_file: str) -> None
 
 
 def test_the_example_programmes_air_when_their_comments_say(fleet: Fleet) -> None:
-    playlists = load_playlists([PLAYLISTS], fleet)
+    playlists = load_playlists([PLAYLISTS], fleet, holidays=load_holidays(HOLIDAYS))
     week = (utc(2026, 11, 30), utc(2026, 12, 7))  # Monday to Monday (UTC)
     news = list(playlists.programmes["thoi-su-chieu"].occurrences(*week, HCM))
     assert len(news) == 7
     assert {t.astimezone(HCM).strftime("%H:%M") for t in news} == {"17:30"}
     law = list(playlists.programmes["phap-luat-hang-tuan"].occurrences(*week, HCM))
     assert local(law, HCM) == ["Sat 2026-12-05 19:00"]
+    tet = (utc(2027, 1, 31), utc(2027, 2, 21))  # Tết 2027 is Saturday 6 February
+    law = list(playlists.programmes["phap-luat-hang-tuan"].occurrences(*tet, HCM))
+    assert local(law, HCM) == ["Sat 2027-02-13 19:00", "Sat 2027-02-20 19:00"]
     dengue = playlists.programmes["sot-xuat-huyet-2027"]
     assert dengue.level == "priority"
     first = dengue.next_after(utc(2026, 11, 26), HCM)
@@ -143,7 +150,8 @@ def test_every_example_names_its_schema() -> None:
 def test_the_committed_schemas_are_up_to_date(tmp_path: Path) -> None:
     written = write_schemas(tmp_path)
     assert {p.name for p in written} == {
-        "playlist.schema.json", "fleet.schema.json", "controller.schema.json"
+        "playlist.schema.json", "fleet.schema.json", "controller.schema.json",
+        "holidays.schema.json",
     }
     for path in written:
         committed = ROOT / "docs" / "schema" / path.name

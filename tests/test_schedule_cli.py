@@ -209,7 +209,7 @@ def test_schema_writes_the_schemas_the_examples_point_at(
 ) -> None:
     code, out, _ = run(capsys, "schema", "--out", str(tmp_path / "schema"))
     assert code == 0
-    for name in ("playlist", "fleet", "controller"):
+    for name in ("playlist", "fleet", "controller", "holidays"):
         written = tmp_path / "schema" / f"{name}.schema.json"
         assert f"wrote {written}" in out
         # the committed copy is current

@@ -26,9 +26,10 @@ from jinja2 import nodes
 from controller.audio_chain import ProfileName
 from controller.audit import CSV_HEADER, Action
 from controller.fleet import Kind
+from controller.fleet_view import STATES
 from controller.urgent import ClusterStatus
 from controller.web.i18n import LANGS, TEXT
-from protocol.messages import Level
+from protocol.messages import EVENT_KINDS, Level
 
 WEB = Path(__file__).resolve().parent.parent / "controller" / "web"
 
@@ -40,6 +41,9 @@ DYNAMIC: dict[str, tuple[str, ...]] = {
     "profile_": get_args(ProfileName),  # the audio profile of a listen button
     "act_": get_args(Action),  # an audit log row's action
     "csv_": tuple(CSV_HEADER),  # the audit log CSV's columns
+    "state_": STATES,  # a cluster's availability on the fleet pages
+    "ev_": EVENT_KINDS,  # an event on a cluster's page
+    "weekday_": tuple(str(d) for d in range(7)),  # a day of the calendar, Monday first
 }
 
 

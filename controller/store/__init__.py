@@ -3,8 +3,9 @@
 - engine.py: the engine and the write lock every repository shares; times in UTC.
 - schema.py: the metadata and every table.
 - clusters.py, events.py, plays.py, dispatches.py, approvals.py, status.py (the last
-  reload's outcome, the scheduler's marks), sessions.py (web sessions): the
-  repositories, each a small class over the one `Database`.
+  reload's outcome, the scheduler's marks), sessions.py (web sessions), history.py (what
+  a range of time holds, for reports): the repositories, each a small class over the
+  one `Database`.
 - migrate.py and migrations/: the schema's numbered revisions (Alembic).
 
 `Store` opens the database and hands out the repositories (`store.plays.record(...)`);
@@ -21,6 +22,7 @@ from controller.store.clusters import FINAL_KINDS, ClusterHealth, ClusterReposit
 from controller.store.dispatches import DispatchRepository
 from controller.store.engine import Database, aware, utc
 from controller.store.events import EventRepository
+from controller.store.history import History, HistoryRepository
 from controller.store.migrate import SchemaAheadError, SchemaBehindError, SchemaError, open_schema
 from controller.store.plays import PlayRepository
 from controller.store.schema import metadata
@@ -33,6 +35,7 @@ __all__ = [
     "ClusterHealth",
     "ClusterRow",
     "ConfigStatus",
+    "History",
     "SchemaAheadError",
     "SchemaBehindError",
     "SchemaError",
@@ -64,6 +67,7 @@ class Store:
         self.config_status = ConfigStatusRepository(self.db)
         self.marks = MarkRepository(self.db)
         self.web_sessions = WebSessionRepository(self.db)
+        self.history = HistoryRepository(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from controller.store.engine import Database, aware_or_none, utc
-from controller.store.schema import clusters, heartbeats
+from controller.store.schema import clusters, heartbeats, state_changes
 from protocol.messages import Event
 
 FINAL_KINDS = frozenset({"finished", "interrupted", "missed", "failed", "expired"})
@@ -101,6 +101,11 @@ class ClusterRepository:
             if state != before or before_at is None:
                 values["state_at"] = utc(since or at)
                 values["state_reason"] = reason
+                if state != before:
+                    conn.execute(insert(state_changes).values(
+                        cluster=cluster, state=state, at=utc(since or at),
+                        recorded_at=utc(at), reason=reason,
+                    ))
             elif since is not None and since > before_at:
                 values["state_at"] = utc(since)
             if state == "online":

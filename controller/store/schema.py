@@ -284,6 +284,23 @@ confirmations = Table(
     Index("ix_confirmations_command", "command_id"),
 )
 
+# --- availability history (controller.report) ---------------------------------------
+
+# Every change of a cluster's state (online | offline), at the time it took effect (the
+# agent's connect time, or when the controller marked it offline); `clusters.state` is
+# only the latest. Offline time in a report is counted from these rows.
+state_changes = Table(
+    "state_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("cluster", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text),
+    Index("ix_state_changes_cluster_at", "cluster", "at"),
+)
+
 # --- cluster identities (controller.identities) -------------------------------------
 
 # Every key ever registered for a cluster; one `active` at a time, the ones before it

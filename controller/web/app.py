@@ -20,6 +20,7 @@ module, then server.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import (
@@ -32,7 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controller.web import api, health, listen, live, pages
+from controller.web import api, calendar, fleet, health, listen, live, pages, reports
 from controller.web.context import WebContext
 from controller.web.errors import ApiError, api_lang
 from controller.web.headers import SecurityHeaders
@@ -63,7 +64,11 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     # Added innermost first: TrustedProxies ends up outermost.
     app.add_middleware(BodyLimits)
-    app.add_middleware(SecurityHeaders, secure_cookies=ctx.secure_cookies)
+    tiles = urlsplit(ctx.map_tiles.replace("{", "").replace("}", "")) if ctx.map_tiles else None
+    app.add_middleware(
+        SecurityHeaders, secure_cookies=ctx.secure_cookies,
+        img_sources=[f"{tiles.scheme}://{tiles.netloc}"] if tiles else [],
+    )
     app.add_middleware(TrustedProxies, proxies=ctx.trusted_proxies)
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -74,6 +79,9 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(live.router)
     app.include_router(pages.router)
     app.include_router(health.router)
+    app.include_router(reports.router)
+    app.include_router(fleet.router)
+    app.include_router(calendar.router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:

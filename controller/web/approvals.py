@@ -5,6 +5,7 @@ audit row, are controller.approval.Approvals.approve, as for `loa-controller app
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from controller.approval import ContentUnreadableError
 from controller.playlist import Programme
@@ -23,6 +24,8 @@ class ApprovalRow:
     #: The audio profiles among its clusters (controller.audio_chain): each bulletin has a
     #: listen button per profile, the bulletin as those clusters will get it.
     profiles: tuple[str, ...] = ()
+    #: Its next airings (local times), as plan() has them: what approving lets air.
+    next_airings: tuple[datetime, ...] = ()
 
 
 def approval_rows(ctx: WebContext, user: User) -> list[ApprovalRow]:
@@ -43,14 +46,31 @@ def approval_rows(ctx: WebContext, user: User) -> list[ApprovalRow]:
         if not set(clusters) <= reach:
             continue
         profiles = tuple(fleet.by_profile(clusters))
+        airings = next_airings(ctx, programme)
         try:
             state = ctx.approvals.state(programme)
             rows.append(ApprovalRow(programme, state.approved, state.describe(ctx.tz),
-                                    len(clusters), profiles))
+                                    len(clusters), profiles, airings))
         except ContentUnreadableError as exc:
             why = Text("pending: the audio file {file} cannot be read", file=exc.path.name)
-            rows.append(ApprovalRow(programme, False, why, len(clusters), profiles))
+            rows.append(ApprovalRow(programme, False, why, len(clusters), profiles, airings))
     return rows
+
+
+AIRINGS_SHOWN = 5
+AIRINGS_WITHIN = timedelta(days=62)
+
+
+def next_airings(ctx: WebContext, programme: Programme) -> tuple[datetime, ...]:
+    """The programme's next airings from now (at most AIRINGS_SHOWN, within two months),
+    in local time: the occurrences plan() gives the scheduler."""
+    now = ctx.service.now()
+    found = []
+    for when in programme.occurrences(now, now + AIRINGS_WITHIN, ctx.tz):
+        found.append(when.astimezone(ctx.tz))
+        if len(found) == AIRINGS_SHOWN:
+            break
+    return tuple(found)
 
 
 def approve(ctx: WebContext, user: User, programme_id: str, source: str) -> ApprovalRow | None:

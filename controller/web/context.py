@@ -51,6 +51,10 @@ class WebContext:
     metrics: Any = None
     #: The readiness checks (controller.metrics.readiness), for /readyz.
     ready: Callable[[], dict[str, str | None]] | None = None
+    #: The fleet map's tile server (a URL template with {z}/{x}/{y}) and its credit; None:
+    #: the map is drawn from the coordinates alone.
+    map_tiles: str | None = None
+    map_attribution: str = ""
     uploads: Uploads = field(init=False)
 
     def __post_init__(self) -> None:

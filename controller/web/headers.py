@@ -7,6 +7,7 @@ HTTPS for a year); and `?lang=vi|en` remembered in a cookie (Secure over TLS).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import parse_qs
 
 from starlette.datastructures import MutableHeaders
@@ -31,9 +32,17 @@ LANG_COOKIE_AGE_S = 365 * 86400
 class SecurityHeaders:
     """ASGI middleware: the headers above on every HTTP answer."""
 
-    def __init__(self, app: ASGIApp, secure_cookies: bool = False) -> None:
+    def __init__(
+        self, app: ASGIApp, secure_cookies: bool = False, img_sources: Sequence[str] = ()
+    ) -> None:
+        """img_sources: origins images may also come from (the map's tile server)."""
         self.app = app
         self.secure_cookies = secure_cookies
+        self.headers = dict(HEADERS)
+        if img_sources:
+            self.headers["Content-Security-Policy"] = HEADERS["Content-Security-Policy"].replace(
+                "img-src 'self' data:", "img-src 'self' data: " + " ".join(img_sources)
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,7 +55,7 @@ class SecurityHeaders:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for key, value in HEADERS.items():
+                for key, value in self.headers.items():
                     headers[key] = value
                 if tls:
                     headers["Strict-Transport-Security"] = HSTS

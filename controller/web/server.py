@@ -180,6 +180,7 @@ def start_web(controller: Any, config: Any, *, tts: TextToSpeech | None = None) 
         tts=tts, secure_cookies=config.secure_cookies,
         trusted_proxies=config.proxy_networks,
     )
+    ctx.map_tiles, ctx.map_attribution = config.map_tiles, config.map_attribution
     folder = None
     if config.cap is not None:
         ctx.cap = CapIntake(ctx.service, config.cap)

@@ -3,7 +3,7 @@ its level, times spoken, repeat interval, expiry and next airing. Five nullable 
 on cap_alerts; rows taken before keep NULL (aired as before: emergency, once).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | None = None
 depends_on: str | None = None
 
