@@ -402,6 +402,23 @@ class CapIntake:
             row["received_at"] = aware(row["received_at"])
         return rows
 
+    def not_aired(self, days: int = 7) -> list[dict[str, Any]]:
+        """Alerts taken in the last `days` that were not aired (expired, refused) or wait
+        for their time (held), newest first: what the approvals page shows beside the
+        alerts waiting for a manager."""
+        since = self._service.now() - timedelta(days=days)
+        with self._service.store.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(
+                select(cap_alerts)
+                .where(cap_alerts.c.state.in_(("scheduled", "expired", "refused")),
+                       cap_alerts.c.received_at >= since.astimezone(UTC))
+                .order_by(cap_alerts.c.received_at.desc()).limit(50)
+            ).mappings()]  # fmt: skip
+        for row in rows:
+            for key in ("received_at", "expires_at", "due_at"):
+                row[key] = aware(row[key]) if row.get(key) else None
+        return rows
+
     def known(self, ref: str) -> bool:
         """Whether the message `ref` (sender,identifier,sent: an Alert, Update or Cancel) was
         already acted on and remembered."""

@@ -378,3 +378,26 @@ def test_a_flood_warning_over_several_communes_and_a_province_wide_polygon(
     assert wide.decision is not None
     assert wide.decision.action == "approve"
     assert "takes 4 of the fleet's 4 clusters" in wide.decision.why
+
+
+def test_the_approvals_page_shows_what_was_held_expired_or_refused(cap_rig: WebRig) -> None:
+    from web_rig import PASSWORD
+
+    who = cap_rig.user("quan-ly")
+    assert cap_rig.ctx.cap is not None
+    intake = cap_rig.ctx.cap
+    intake.take(alert(identifier="later", times=f"<onset>{_ahead(30)}</onset>"), who)
+    intake.take(alert(identifier="too-late", times="<expires>2026-10-20T13:00:00+07:00</expires>",
+                      sent="2026-10-20T12:00:00+07:00"), who)  # fmt: skip
+    with cap_rig.client() as c:
+        page = c.get("/login")
+        token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+        c.post("/login", data={"name": "quan-ly", "password": PASSWORD, "csrf_token": token})
+        text = c.get("/approvals").text
+    listed = text.split('id="cap-not-aired"')[1].split("</ul>")[0]
+    assert 'data-state="scheduled"' in listed
+    assert "chờ đến" in listed
+    assert 'data-state="expired"' in listed
+    expired = listed.split('data-state="expired"')[1].split("</li>")[0]
+    assert "đã hết hạn lúc" in expired
+    assert "13:00" in expired  # 06:00 UTC, in the fleet's zone

@@ -103,6 +103,18 @@ TEXT: dict[str, dict[Lang, str]] = {
     "action": {"vi": "Thao tác", "en": "Action"},
     "outcome": {"vi": "Kết quả", "en": "Outcome"},
     "pending": {"vi": "Chờ duyệt", "en": "Pending"},
+    "cap_not_aired": {
+        "vi": "Cảnh báo CAP chưa phát (7 ngày qua)", "en": "CAP alerts not aired (last 7 days)",
+    },
+    "cap_held_until": {"vi": "chờ đến {at} mới phát", "en": "held until {at}"},
+    "cap_expired_at": {
+        "vi": "đã hết hạn lúc {at}, không phát", "en": "expired at {at}, not aired",
+    },
+    "cap_expired": {"vi": "đã hết hạn, không phát", "en": "expired, not aired"},
+    "cap_refused": {
+        "vi": "bị từ chối (người gửi hoặc chữ ký không hợp lệ)",
+        "en": "refused (sender or signature not accepted)",
+    },
     "approved": {"vi": "Đã duyệt", "en": "Approved"},
     "approve": {"vi": "Duyệt", "en": "Approve"},
     "nothing_pending": {

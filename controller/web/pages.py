@@ -474,8 +474,10 @@ def approvals(request: Request, ctx: Ctx, found: Manager) -> Response:
     alerts = ctx.cap.pending() if ctx.cap is not None else []
     reach = ctx.service.reach(found[1])
     alerts = [a for a in alerts if set(json.loads(a["clusters"])) <= reach]
+    others = ctx.cap.not_aired() if ctx.cap is not None else []
+    others = [a for a in others if set(json.loads(a["clusters"])) <= reach]
     return _render(request, "approvals.html", found, rows=approval_rows(ctx, found[1]),
-                   enabled=ctx.approvals is not None, alerts=alerts)
+                   enabled=ctx.approvals is not None, alerts=alerts, not_aired=others)
 
 
 @router.post("/cap/send")
