@@ -62,21 +62,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]  # its stream type is TextIO
+    """The handler configure() installs (so that it can tell its own from others')."""
+
+
 def configure(
     level: str, log_format: LogFormat = "text", *, stream: TextIO | None = None
-) -> logging.Handler:
+) -> logging.Handler | None:
     """Send every log line to stream (stderr) in this format from this level on, the
-    chatty libraries at WARNING unless level is debug. Replaces the root logger's
-    handlers; returns the one it installed."""
+    chatty libraries at WARNING unless level is debug; returns the handler installed.
+
+    As logging.basicConfig: where the root logger already has handlers that are not
+    ours (a test runner's, a program embedding Loa's), nothing is changed and None is
+    returned; a handler of an earlier call is replaced."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"log level {level!r}: write one of {', '.join(LOG_LEVELS)}")
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r}: write text or json")
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
-    for old in list(root.handlers):
+    ours = [h for h in root.handlers if isinstance(h, _Handler)]
+    if len(ours) != len(root.handlers):
+        return None
+    handler = _Handler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    for old in ours:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)

@@ -25,6 +25,7 @@ ZONED = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
+    """Logging as it was after the test (which calls bare() first)."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     chatty = {name: logging.getLogger(name).level for name in logs.CHATTY}
@@ -38,8 +39,16 @@ def restore_logging() -> Iterator[None]:
         logging.getLogger(name).setLevel(was)
 
 
+def bare() -> None:
+    """The root logger as a new process has it: no handler (pytest's taken off)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+
+
 def test_text_lines_carry_the_time_with_its_zone(restore_logging: None) -> None:
     out = io.StringIO()
+    bare()
     logs.configure("info", "text", stream=out)
     logging.getLogger("controller.main").info("controller running: %d clusters", 73)
     logging.getLogger("controller.main").debug("not shown")
@@ -54,6 +63,7 @@ def test_json_lines_parse_with_level_logger_message_and_the_traceback(
     restore_logging: None,
 ) -> None:
     out = io.StringIO()
+    bare()
     logs.configure("warning", "json", stream=out)
     log = logging.getLogger("controller.intake")
     log.info("not shown")
@@ -75,12 +85,23 @@ def test_json_lines_parse_with_level_logger_message_and_the_traceback(
 
 def test_apscheduler_is_kept_at_warning_unless_debugging(restore_logging: None) -> None:
     out = io.StringIO()
+    bare()
     logs.configure("info", "text", stream=out)
     logging.getLogger("apscheduler.scheduler").info('Added job "replan" to job store')
     assert out.getvalue() == ""
     logs.configure("debug", "text", stream=out)
     logging.getLogger("apscheduler.scheduler").info('Added job "replan" to job store')
     assert "Added job" in out.getvalue()
+
+
+def test_handlers_someone_else_installed_are_left_alone(restore_logging: None) -> None:
+    """A test runner's or an embedding program's logging is theirs: configure changes
+    nothing then (as logging.basicConfig)."""
+    bare()
+    theirs = logging.StreamHandler(io.StringIO())
+    logging.getLogger().addHandler(theirs)
+    assert logs.configure("debug", "json", stream=io.StringIO()) is None
+    assert logging.getLogger().handlers == [theirs]
 
 
 def test_a_bad_level_is_refused_with_the_choices() -> None:

@@ -8,6 +8,8 @@ process.
     controller is disconnected, not that the clusters are silent, and they stay online.
 (b) The broker stalls (frozen) while an announcement is sent, and comes back after the
     announcement's expiry: every agent reports it `expired` and plays nothing.
+(c) A broker restarted without its saved state: the controller's retained messages (a
+    key rotation under way, the memberships) are published again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,10 +33,13 @@ from conftest import MosquittoBroker, free_port, require, wait_until
 from fleet_rig import COMMUNE, ROOT, FleetRig
 
 from controller.distribution import sent_as
+from controller.keys import rotate
 from controller.samples import tone
 from controller.users import User, hash_password, save_users
 from controller.web.app import create_app
 from controller.web.server import WebServer, build_context
+from protocol import topics
+from protocol.mqtt import MqttLink
 
 pytestmark = pytest.mark.slow
 
@@ -186,3 +193,54 @@ def test_an_announcement_that_reaches_the_clusters_after_its_expiry_plays_nowher
     status = rig.http.get(f"/api/v1/announcements/{found['id']}").json()
     assert {c["status"] for c in status["clusters"]} == {"expired"}, status
 
+
+
+def test_the_controllers_retained_messages_come_back_after_a_broker_lost_them(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> None:
+    """A key rotation under way and the memberships are retained messages the controller
+    owns: a broker restarted without its saved state has none of them; the controller
+    publishes them all again once it is connected again."""
+    rig = FleetRig(tmp_path, mosquitto_broker, CLUSTERS)
+    rotate(tmp_path / "controller.key", CLUSTERS, datetime.now(UTC), timedelta(days=7))
+    wanted = [topics.cluster_topic(c, channel) for c in CLUSTERS
+              for channel in ("key", "membership")]
+    try:
+        ctl = rig.start_controller()
+        assert set(retained(mosquitto_broker, wanted)) == set(wanted)
+
+        mosquitto_broker.stop()
+        mosquitto_broker.persistence_file.unlink()  # restarted without its state
+        mosquitto_broker.start()
+        # The controller finds its retained canary gone: the broker lost them all.
+        wait_until(lambda: any(r.number >= 2 and r.retained_lost
+                               for r in ctl.broker_watch.seen), 30,
+                   "the controller back, finding the retained messages lost")
+        wait_until(lambda: set(retained(mosquitto_broker, wanted)) == set(wanted), 30,
+                   "the key rotation and the memberships on the broker again")
+    finally:
+        rig.close()
+
+
+def retained(broker: MosquittoBroker, wanted: list[str]) -> dict[str, bytes]:
+    """The retained messages on these topics, as a new subscriber gets them (those that
+    came before a probe, or within 10 s)."""
+    got: dict[str, bytes] = {}
+    probe = topics.controller_topic("retained-probe", "canary")
+    back = threading.Event()
+    link = MqttLink(broker.address, f"reader-{time.monotonic_ns()}")
+    for topic in wanted:
+        link.subscribe(topic, lambda t, p: got.__setitem__(t, p) if p else None)
+    link.subscribe(probe, lambda _t, _p: back.set())
+    link.start()
+    try:
+        assert link.wait_connected(10)
+        deadline = time.monotonic() + 10
+        while not (back.is_set() and len(got) == len(wanted)):
+            if time.monotonic() > deadline:
+                break
+            link.publish(probe, b"x")
+            back.wait(0.3)
+    finally:
+        link.stop()
+    return dict(got)
