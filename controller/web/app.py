@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from controller.web import api, calendar, fleet, listen, pages, reports
+from controller.web import api, audio_files, calendar, fleet, listen, pages, reports
 from controller.web.context import WebContext
 from controller.web.errors import ApiError
 from controller.web.headers import SecurityHeaders
@@ -73,6 +73,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(reports.router)
     app.include_router(fleet.router)
     app.include_router(calendar.router)
+    app.include_router(audio_files.router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from controller.cap import CapFolder, CapIntake
+from controller.content import audio_folder
 from controller.tts import TextToSpeech, speech_for
 from controller.urgent import UrgentService, service_for
 from controller.users import UserDirectory
@@ -131,6 +132,9 @@ def build_context(
         trusted_proxies=trusted_proxies,
         sessions=StoredSessions(controller.store, clock=session_clock),
         enrolment=getattr(controller, "enrolment", None),
+        audio_dir=audio_folder(controller.settings.playlist_paths),
+        library=getattr(controller, "library", None),
+        target_lufs=controller.settings.audio.target_lufs,
     )
 
 
