@@ -393,3 +393,77 @@ def test_the_approval_page_shows_the_airings_approving_lets_through(
     assert shown == expected
     assert len(shown) == 5
     assert "Sẽ phát lúc:" in item.locator(".airings").inner_text()
+
+
+def test_a_manager_uploads_a_programmes_audio_for_a_playlist_to_name(
+    rig: WebRig, browser: Any, tmp_path: Path
+) -> None:
+    import hashlib
+    import wave
+
+    from controller import ffmpeg
+    from controller.playlist import load_playlists
+    from controller.samples import tone
+
+    source = tone(tmp_path / "Bản tin thử.wav", 2.0, freq=330)
+    silent = tmp_path / "im-lang.wav"
+    with wave.open(str(silent), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes(b"\0\0" * 48000 * 2)
+
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    sign_in(page, rig, "quan-ly")
+    page.click("a[href='/content']")
+    assert page.locator("h1").inner_text() == "Nội dung chương trình"
+    page.set_input_files("input[name=audio]", str(source))
+    page.click("#upload button[type=submit]")
+    page.wait_for_selector("#added")
+    assert page.locator("#added-name").inner_text() == "audio/ban-tin-thu.wav"
+    kept = rig.tmp / "playlists" / "audio" / "ban-tin-thu.wav"
+    assert page.locator("#added-sha256").inner_text() == hashlib.sha256(
+        kept.read_bytes()
+    ).hexdigest()
+    profiles = page.locator("#prepared li").evaluate_all("ls => ls.map(l => l.dataset.profile)")
+    assert profiles == ["horn"]
+    # Kept normalised: mono 48 kHz at the fleet's loudness target (-16 LUFS).
+    with wave.open(str(kept)) as w:
+        assert (w.getnchannels(), w.getframerate()) == (1, 48000)
+    level = ffmpeg.decode_pcm(kept, sample_rate=48000, measure=True).loudness
+    assert level is not None
+    assert level.integrated_lufs == pytest.approx(-16.0, abs=1.0)
+    assert page.locator("#files tr[data-name='audio/ban-tin-thu.wav']").count() == 1
+
+    # A playlist can name it as the page says.
+    playlist = rig.tmp / "moi.yaml"
+    playlist.write_text(
+        "programmes:\n  - id: moi\n    name: Mới\n"
+        "    bulletins: [{files: [playlists/audio/ban-tin-thu.wav]}]\n"
+        "    schedule: {times: ['07:00']}\n    targets: [xa-a]\n", encoding="utf-8",
+    )
+    assert "moi" in load_playlists([playlist], rig.controller.fleet).programmes
+
+    # The same name again is refused unless replacing; a silent file is refused; neither
+    # changes what is kept.
+    before = kept.read_bytes()
+    page.set_input_files("input[name=audio]", str(source))
+    page.click("#upload button[type=submit]")
+    assert "already exists" in page.locator("#error").inner_text()
+    page.set_input_files("input[name=audio]", str(silent))
+    page.fill("input[name=name]", "ban-tin-thu")
+    page.check("input[name=replace]")
+    page.click("#upload button[type=submit]")
+    refused = page.locator("#error").inner_text()
+    assert refused.startswith("Tệp không dùng được:")
+    assert "im-lang.wav" in refused
+    assert kept.read_bytes() == before
+    assert not list((rig.tmp / "playlists" / "audio").glob(".upload-*"))
+
+    # A commune officer has no such page.
+    officer = browser.new_page()
+    sign_in(officer, rig, "can-bo-a")
+    answer = officer.goto(f"{rig.url}/content")
+    assert answer is not None
+    assert answer.status == 403

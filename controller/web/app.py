@@ -33,7 +33,17 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controller.web import api, calendar, fleet, health, listen, live, pages, reports
+from controller.web import (
+    api,
+    audio_files,
+    calendar,
+    fleet,
+    health,
+    listen,
+    live,
+    pages,
+    reports,
+)
 from controller.web.context import WebContext
 from controller.web.errors import ApiError, api_lang
 from controller.web.headers import SecurityHeaders
@@ -82,6 +92,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(reports.router)
     app.include_router(fleet.router)
     app.include_router(calendar.router)
+    app.include_router(audio_files.router)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -55,6 +55,11 @@ class WebContext:
     #: the map is drawn from the coordinates alone.
     map_tiles: str | None = None
     map_attribution: str = ""
+    #: The playlists' audio folder, where the content page puts uploaded audio (None:
+    #: no uploads), the controller's audio library, and the loudness target.
+    audio_dir: Path | None = None
+    library: Any = None  # controller.audio.AudioLibrary
+    target_lufs: float | None = -16.0
     uploads: Uploads = field(init=False)
 
     def __post_init__(self) -> None:

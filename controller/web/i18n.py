@@ -362,6 +362,31 @@ TEXT: dict[str, dict[Lang, str]] = {
     "earlier": {"vi": "Trước", "en": "Earlier"},
     "later": {"vi": "Sau", "en": "Later"},
     "today": {"vi": "Hôm nay", "en": "Today"},
+    # The content page (controller/web/audio_files.py)
+    "content_page": {"vi": "Nội dung chương trình", "en": "Programme audio"},
+    "content_help": {
+        "vi": "Tải lên âm thanh của một chương trình: tệp được kiểm tra, chuẩn hóa độ lớn và "
+              "lưu vào thư mục âm thanh của danh sách phát, để danh sách phát ghi tên tệp.",
+        "en": "Upload a programme's audio: it is checked, brought to the fleet's loudness and "
+              "kept in the playlists' audio folder, for a playlist to name.",
+    },
+    "content_disabled": {
+        "vi": "Chưa có thư mục âm thanh của danh sách phát: không tải lên được.",
+        "en": "There is no playlists' audio folder: uploads are off.",
+    },
+    "content_refused": {"vi": "Tệp không dùng được:", "en": "This file cannot be used:"},
+    "content_added": {"vi": "Đã lưu:", "en": "Kept:"},
+    "content_write_as": {"vi": "Ghi trong danh sách phát:", "en": "Write in the playlist:"},
+    "content_loudness": {
+        "vi": "Độ lớn {before} LUFS → {after} LUFS; dài {seconds} giây.",
+        "en": "Loudness {before} LUFS → {after} LUFS; {seconds} seconds long.",
+    },
+    "content_file": {"vi": "Tệp âm thanh", "en": "Audio file"},
+    "content_name": {"vi": "Tên tệp (không dấu)", "en": "File name"},
+    "content_replace": {"vi": "Thay tệp cùng tên", "en": "Replace a file of that name"},
+    "content_upload": {"vi": "Tải lên", "en": "Upload"},
+    "content_files": {"vi": "Các tệp trong thư mục", "en": "Files in the folder"},
+    "content_size": {"vi": "Dung lượng", "en": "Size"},
     "airs_next": {"vi": "Sẽ phát lúc:", "en": "Airs next:"},
     "nothing_scheduled": {"vi": "Không có lượt phát nào.", "en": "Nothing scheduled."},
     "weekday_0": {"vi": "Thứ Hai", "en": "Monday"},

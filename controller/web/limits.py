@@ -28,7 +28,8 @@ SIGN_IN_BYTES = 4 * KIB
 FORM_BYTES = 16 * KIB
 #: A JSON body of the API (an announcement's typed text is the largest part).
 JSON_BYTES = 64 * KIB
-#: An audio upload with the form fields around it (the send page, POST /api/v1/audio).
+#: An audio upload with the form fields around it (the send page, POST /api/v1/audio, a
+#: programme's audio on the content page).
 UPLOAD_BYTES = MAX_UPLOAD_BYTES + 64 * KIB
 #: A CAP alert posted to the API (controller.cap takes no larger one).
 CAP_BYTES = MAX_CAP_BYTES
@@ -38,6 +39,7 @@ ROUTES: dict[str, int] = {
     "/api/v1/login": SIGN_IN_BYTES,
     "/send": UPLOAD_BYTES,
     "/api/v1/audio": UPLOAD_BYTES,
+    "/content": UPLOAD_BYTES,
     "/api/v1/cap": CAP_BYTES,
 }
 

@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from controller.cap import CapFolder, CapIntake
+from controller.content import audio_folder
 from controller.metrics import SignIns, readiness, registry_for
 from controller.tts import TextToSpeech, speech_for
 from controller.urgent import UrgentService, service_for
@@ -144,6 +145,9 @@ def build_context(
         enrolment=getattr(controller, "enrolment", None),
         broker_down=getattr(controller, "broker_state", _Connected()).down_since,
         microphones=_microphones(controller, service),
+        audio_dir=audio_folder(controller.settings.playlist_paths),
+        library=getattr(controller, "library", None),
+        target_lufs=controller.settings.audio.target_lufs,
     )
     if hasattr(controller, "broker_state"):  # a running controller.main.Controller
         refusals = ctx.refusals
