@@ -19,9 +19,10 @@ from fastapi.responses import FileResponse, Response
 
 from controller.audio import AudioError
 from controller.content import AddedAudio, ContentError, add_audio, listing
+from controller.web.auth import lang_of
 from controller.web.context import WebContext
 from controller.web.errors import ApiError
-from controller.web.pages import Ctx, Found, Manager, Managing, _error, _render
+from controller.web.pages import Ctx, Found, Manager, Managing, _error, _render, say_in
 from controller.web.uploads import save_upload
 
 router = APIRouter(include_in_schema=False)
@@ -61,7 +62,8 @@ async def upload_content(
                 list(profiles), replace=bool(replace), target_lufs=ctx.target_lufs,
             )
         except ApiError as exc:
-            return _page(request, ctx, found, exc.status, error=exc.message)
+            return _page(request, ctx, found, exc.status,
+                         error=say_in(lang_of(request), exc.message))
         except (AudioError, ContentError) as exc:
             text = str(exc).replace(str(upload), audio.filename or "upload")
             return _page(request, ctx, found, 400, error=text)
