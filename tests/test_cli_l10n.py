@@ -43,13 +43,14 @@ def test_check_and_schedule_follow_the_locale(
         "lượt phát được gửi tới các cụm loa 30m trước giờ phát."
     )
     assert lines[1].split()[:3] == ["thời", "điểm", "(giờ"]  # the table's header
-    rows = [x for x in lines if x.startswith(("06:", "17:", "19:", "20:"))]
-    assert len(rows) == 3, lines
+    rows = [x for x in lines if x.startswith(("06:", "11:", "17:", "19:", "20:"))]
+    assert len(rows) == 4, lines
     assert "tất cả" in rows[0]
     assert "thông thường" in rows[0]
-    assert "; trừ tag:cho" in rows[2]
-    assert rows[2].rstrip().endswith("chờ duyệt: cần phê duyệt (không có cơ sở dữ liệu để hỏi)")
-    assert lines[-1] == "3 lượt phát."
+    assert "(tiếp sóng)" in rows[1]  # the 11:00 rebroadcast of the provincial station
+    assert "; trừ tag:cho" in rows[3]
+    assert rows[3].rstrip().endswith("chờ duyệt: cần phê duyệt (không có cơ sở dữ liệu để hỏi)")
+    assert lines[-1] == "4 lượt phát."
     assert english_fragments_in(out) == []
 
     # --lang en wins over the locale.
