@@ -622,7 +622,9 @@ def test_next_after_finds_a_start_far_ahead_and_none_after_the_end() -> None:
 
 def test_a_rebroadcast_bulletin_carries_a_stream_its_backups_and_duration() -> None:
     fleet = load_fleet(ROOT / "config" / "fleet.yaml")
-    playlists = load_playlists([PLAYLISTS], fleet, tz=HCM, today=date(2026, 11, 26))
+    playlists = load_playlists(
+        [PLAYLISTS], fleet, tz=HCM, today=date(2026, 11, 26), holidays=load_holidays(HOLIDAYS)
+    )
     relay = playlists.programmes["tiep-song-vov1-trua"].rebroadcast()
     assert relay is not None
     assert relay.inputs() == [
