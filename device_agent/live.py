@@ -470,6 +470,7 @@ class LiveSession:
             why = f"never aired: {self.describe_gaps() or why}"
         summary = self.describe_gaps()
         reason = f"{why}; aired {aired:.1f} s" + (f", silence: {summary}" if summary else "")
+        self.log.info("live session %s %s: %s", self.session_id, kind, reason)
         self.report(kind, self, reason, aired)
 
     def describe_gaps(self) -> str:

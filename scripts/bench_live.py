@@ -107,7 +107,7 @@ def run(agents: int, seconds_: float, per_process: int | None, verbose: bool, ke
                    link=link) as rig:  # fmt: skip
         controller = rig.controller
         tally = TallyLink(controller.link)
-        settings = LiveSettings(delay_ms=delay_ms, idle_end_s=5.0)
+        settings = LiveSettings(delay_ms=delay_ms)
         clusters = sorted(rig.province.groups)
         rig.agents.ask("live")  # nothing yet: a clean meter
         cpu0 = rig.cpu()
