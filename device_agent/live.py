@@ -66,6 +66,9 @@ HAND_SLOTS = 10
 MAX_AHEAD_S = 30.0
 #: Behind by more than this (the box was busy), the output skips ahead to the timeline.
 MAX_BEHIND_S = 0.2
+#: The output is claimed this much before the amplifier's warm-up ahead of the first slot:
+#: time to open the output before the first hand-over.
+OPEN_AHEAD_S = 0.25
 #: Gap events per session; gaps beyond are only counted, in the end event.
 MAX_GAP_EVENTS = 30
 #: Sessions ended are remembered this long, so frames still coming are known as theirs.
@@ -184,7 +187,7 @@ class LiveSession:
 
     @property
     def claim_from(self) -> datetime:
-        return self.due(0) - timedelta(seconds=self.warm_up_s)
+        return self.due(0) - timedelta(seconds=self.warm_up_s + OPEN_AHEAD_S)
 
     def describe(self) -> str:
         return f"{self.body.bulletin} ({self.body.level}, live)"

@@ -4,6 +4,7 @@ live topics; a real agent process airs them through its file output."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import MosquittoBroker, require, wait_until
+from conftest import MosquittoBroker, free_port, require, wait_until
 from live_wire_support import (
     CLUSTER,
     Controller,
@@ -107,3 +108,31 @@ def test_loa_controller_live_carries_a_file_to_a_cluster_from_the_shell(
     assert controller.kinds(session) == ["playing", "finished"]
     aired, rate = wav_samples(played / f"live-{session}.wav")
     assert 2.5 < len(aired) / rate < 3.5
+
+
+def test_when_no_stream_works_the_fallback_file_airs_in_the_session(
+    rig: tuple[Controller, Path], tmp_path: Path
+) -> None:
+    controller, played = rig
+    fallback = tmp_path / "fallback.wav"
+    subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+         "sine=f=660:r=48000", "-t", "2", "-ac", "1", str(fallback)],
+        check=True,
+    )  # fmt: skip
+    nowhere = f"http://127.0.0.1:{free_port()}/vov1.mp3"  # nothing listens there
+    live = broadcast(controller, LivePlan(
+        bulletin="tiếp sóng", inputs=[nowhere, nowhere + "?backup"], clusters=[CLUSTER],
+        duration_s=6.0, fallback=fallback,
+    ))  # fmt: skip
+    report = live.run()
+    assert [i.outcome.split(":")[0] for i in report.inputs] == ["failed", "failed", "ended"]
+    assert report.fallback == str(fallback)
+    wait_until(lambda: ended(controller, live.session_id), 20, "the session's end")
+    assert controller.kinds(live.session_id)[0] == "playing"
+    aired, rate = wav_samples(next(played.glob(f"live-{live.session_id}*.wav")))
+    sounding = [w for w in envelope(aired, rate) if w > 300]
+    assert 1.7 < len(sounding) * 0.02 < 2.3  # the fallback, once (then silence, retrying)
+    tone = aired[rate // 2 : rate * 3 // 2]
+    crossings = sum(1 for a, b in itertools.pairwise(tone) if a < 0 <= b)
+    assert 600 < crossings < 720  # 660 Hz
