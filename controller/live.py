@@ -223,6 +223,7 @@ class LiveBroadcast:
         self._seq = 0
         self._last_start = -math.inf
         self._stop = threading.Event()
+        self._first_slot: int | None = None  # of the input being carried
 
     @property
     def session_id(self) -> str:
@@ -299,16 +300,16 @@ class LiveBroadcast:
             entry.outcome = f"failed: {exc}"
             log.warning("live session %s: %s", self.session_id, entry.outcome)
             return "failed"
-        first_slot = self._next_slot
-        started = False
+        self._first_slot = None
         try:
-            outcome, entry.outcome, started = self._carry(stream)
+            outcome, entry.outcome, _started = self._carry(stream)
             if outcome == "ended" and is_stream(source):  # a station does not end
                 outcome, entry.outcome = "failed", "failed: the stream ended"
         finally:
             stream.close()
-        if started:
-            entry.seconds = (self._next_slot - first_slot) * frames.SLOT_MS / 1000
+            self._flush()  # what this input gave goes out now, not with the next one
+        if self._first_slot is not None:
+            entry.seconds = (self._next_slot - self._first_slot) * frames.SLOT_MS / 1000
         if outcome == "failed":
             log.warning(
                 "live session %s: input %s %s; switching to the next", self.session_id,
@@ -344,7 +345,7 @@ class LiveBroadcast:
             for packet in packets:
                 if not started:
                     started = True
-                    self._place()
+                    self._first_slot = self._place()
                 self._packet(packet.data)
                 if self._over():
                     break

@@ -73,7 +73,7 @@ from device_agent.guard import (
 from device_agent.health import ClockOffset, cpu_temperature, disk_free, folder_size, system_uptime
 from device_agent.identity import AgentIdentity, JoinSchedule
 from device_agent.inbox import ChunkInbox
-from device_agent.live import LiveChannel, LiveSession, PlayerControl
+from device_agent.live import LiveChannel, LiveRunner, LiveSession, PlayerControl
 from device_agent.localdb import LocalDatabase
 from device_agent.outbox import Outbox
 from device_agent.output import OutputBackend
@@ -188,6 +188,7 @@ class Agent:
         identity: AgentIdentity,
         enrolment_token: str | None = None,
         join_retry_s: float = 30.0,
+        live_runner: LiveRunner | None = None,
     ) -> None:
         """durable=False skips every fsync: state then survives a crash of the process, not
         a power cut. cache: a content cache shared by the agents of a simulated fleet in
@@ -204,7 +205,9 @@ class Agent:
         the cluster's key, which signs everything published (its Last Will too: build the
         link with `identity.will(cluster_id, started_at)`). enrolment_token: the one-time
         token to ask with for that key to be registered, until it is; join_retry_s:
-        seconds before a join request left unanswered is sent again (doubling)."""
+        seconds before a join request left unanswered is sent again (doubling).
+        live_runner: what steps the live sessions (a simulated fleet's one thread for
+        all its agents); None: a thread per session."""
         self.cluster_id = topics.check_id(cluster_id, "cluster id")
         self._link = link
         self._clock = clock
@@ -284,7 +287,7 @@ class Agent:
             default_volume=default_volume,
             content_activity=lambda: self._content_arrived_at,
         )
-        self._live = self._live_channel(output, default_volume)
+        self._live = self._live_channel(output, default_volume, live_runner)
         self._inbox = ChunkInbox(self._cache.downloading)
         self._cache.add_listener(self._on_content)
         for ref in self._player.wanted_content():
@@ -300,7 +303,9 @@ class Agent:
         trust = ControllerKeys(pinned, self._db.document("controller-keys"), self._clock)
         return trust, Verifier(trust)
 
-    def _live_channel(self, output: OutputBackend, default_volume: int) -> LiveChannel:
+    def _live_channel(
+        self, output: OutputBackend, default_volume: int, runner: LiveRunner | None
+    ) -> LiveChannel:
         return LiveChannel(
             output, self._clock, self._verifier.keys,
             PlayerControl(
@@ -312,6 +317,7 @@ class Agent:
             amplifier=self._amplifier,
             default_volume=default_volume,
             log=ClusterLog(logging.getLogger("device_agent.live"), {"cluster": self.cluster_id}),
+            runner=runner,
         )
 
     # --- lifecycle --------------------------------------------------------------------------

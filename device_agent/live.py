@@ -61,11 +61,14 @@ SLOT = timedelta(milliseconds=frames.SLOT_MS)
 #: time, at the same instants on every cluster (origin + delay + a multiple of
 #: HAND_SLOTS slots - LOOKAHEAD_S), so that they hand the same packet at the same time.
 LOOKAHEAD_S = 0.06
-HAND_SLOTS = 3
+HAND_SLOTS = 10
 #: Frames for slots further ahead than this are refused (the buffer's bound).
 MAX_AHEAD_S = 30.0
 #: Behind by more than this (the box was busy), the output skips ahead to the timeline.
 MAX_BEHIND_S = 0.2
+#: The output is claimed this much before the amplifier's warm-up ahead of the first slot:
+#: time to open the output before the first hand-over.
+OPEN_AHEAD_S = 0.25
 #: Gap events per session; gaps beyond are only counted, in the end event.
 MAX_GAP_EVENTS = 30
 #: Sessions ended are remembered this long, so frames still coming are known as theirs.
@@ -115,6 +118,13 @@ class PlayerControl:
         self.released = released
 
 
+class LiveRunner(Protocol):
+    """Steps many sessions on one thread (`LiveSession.step`), instead of a thread each."""
+
+    def add(self, session: LiveSession) -> None: ...
+    def poke(self, session: LiveSession) -> None: ...
+
+
 class Amplifier(Protocol):
     """What a session needs from device_agent.amplifier.Amplifier (None: no relay)."""
 
@@ -160,7 +170,10 @@ class LiveSession:
     _gap: _Gap | None = None
     _sink: LiveSink | None = None
     _thread: threading.Thread | None = None
+    _runner: LiveRunner | None = None
+    _done: threading.Event = field(default_factory=threading.Event)
     handed: list[tuple[int, float]] | None = None  # (slot, when) handed over, if asked
+    created: datetime | None = None  # when this cluster took the session's start
 
     # --- the claim the player arbitrates --------------------------------------------------
 
@@ -174,7 +187,7 @@ class LiveSession:
 
     @property
     def claim_from(self) -> datetime:
-        return self.due(0) - timedelta(seconds=self.warm_up_s)
+        return self.due(0) - timedelta(seconds=self.warm_up_s + OPEN_AHEAD_S)
 
     def describe(self) -> str:
         return f"{self.body.bulletin} ({self.body.level}, live)"
@@ -182,11 +195,11 @@ class LiveSession:
     def grant(self) -> None:
         self.granted = True
         self.revoked = None
-        self._wake.set()
+        self._poke()
 
     def revoke(self, reason: str) -> None:
         self.revoked = reason
-        self._wake.set()
+        self._poke()
 
     # --- the timeline --------------------------------------------------------------------
 
@@ -226,7 +239,7 @@ class LiveSession:
             if frame.end:
                 end = frame.slot + len(frame.packets)
                 self.end_slot = end if self.end_slot is None else min(self.end_slot, end)
-        self._wake.set()
+        self._poke()
         return None
 
     def stop(self, kind: EndKind, reason: str) -> None:
@@ -234,11 +247,17 @@ class LiveSession:
         with self._lock:
             if self.stop_reason is None:
                 self.stop_reason = (kind, reason)
-        self._wake.set()
+        self._poke()
 
     # --- the session's thread --------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, runner: LiveRunner | None = None) -> None:
+        """Run the session: on a thread of its own, or (runner) on a runner that steps
+        many sessions (a simulated fleet's: scripts/sim_live.py)."""
+        if runner is not None:
+            self._runner = runner
+            runner.add(self)
+            return
         self._thread = threading.Thread(
             target=self._run, name=f"live-{self.session_id[:8]}", daemon=True
         )
@@ -247,20 +266,33 @@ class LiveSession:
     def join(self, timeout: float) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+        elif self._runner is not None:
+            self._done.wait(timeout)
 
-    def _run(self) -> None:
+    def _poke(self) -> None:
+        """Something changed (granted, revoked, stopped, a frame): look again now."""
+        self._wake.set()
+        if self._runner is not None:
+            self._runner.poke(self)
+
+    def step(self) -> float | None:
+        """Hand over what is due; seconds until the next look, None once it has ended
+        (the player is then told)."""
         try:
-            while True:
-                wait = self.pump(self.clock.now())
-                if wait is None:
-                    break
-                self._wake.wait(wait)
-                self._wake.clear()
+            wait = self.pump(self.clock.now())
         except Exception as exc:
             self.log.exception("live session %s failed", self.session_id)
             self._finish(("failed", f"the agent failed while airing it: {exc}"))
-        finally:
+            wait = None
+        if wait is None:
+            self._done.set()
             self.player.done(self)
+        return wait
+
+    def _run(self) -> None:
+        while (wait := self.step()) is not None:
+            self._wake.wait(wait)
+            self._wake.clear()
 
     def pump(self, now: datetime) -> float | None:
         """Hand over what is due by now + LOOKAHEAD_S, open or close the output as the
@@ -333,7 +365,9 @@ class LiveSession:
             )
         idle = timedelta(seconds=self.body.idle_end_s)
         heard = self.last_heard if self.last_heard is not None else -1
-        quiet_since = self.due(heard + 1)
+        # Quiet since the next slot's time, or since this cluster took the start (a
+        # start that came late, or again to a cluster that joined late).
+        quiet_since = max(self.due(heard + 1), self.created or self.due(0))
         if now >= quiet_since + idle:
             said = "no audio at all" if self.last_heard is None else "no more audio"
             return (
@@ -439,6 +473,7 @@ class LiveSession:
             why = f"never aired: {self.describe_gaps() or why}"
         summary = self.describe_gaps()
         reason = f"{why}; aired {aired:.1f} s" + (f", silence: {summary}" if summary else "")
+        self.log.info("live session %s %s: %s", self.session_id, kind, reason)
         self.report(kind, self, reason, aired)
 
     def describe_gaps(self) -> str:
@@ -466,6 +501,7 @@ class LiveChannel:
         default_volume: int = 100,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
         keep_handed: bool = False,
+        runner: LiveRunner | None = None,
     ) -> None:
         self._output = output
         self._clock = clock
@@ -477,6 +513,7 @@ class LiveChannel:
         self._log = log or module_log
         self._refusals = LogLimiter(self._log)
         self._keep_handed = keep_handed
+        self._runner = runner
         self.sessions: dict[str, LiveSession] = {}
         self._ended_at: dict[str, datetime] = {}
         self.refused = 0  # frames refused, in all
@@ -509,6 +546,7 @@ class LiveChannel:
             amplifier=self._amplifier,
             log=self._log,
             handed=[] if self._keep_handed else None,
+            created=now,
         )
         # Slots already past when the command came are not waited for.
         session.next_slot = max(0, math.floor(_slot_of(body, now)))
@@ -519,7 +557,7 @@ class LiveChannel:
             body.delay_ms, body.ends_by.isoformat(timespec="seconds"),
         )
         self._player.claim(session)
-        session.start()
+        session.start(self._runner)
         return session
 
     def ended_before(self, session_id: str) -> bool:

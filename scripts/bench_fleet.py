@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from sim_live import SharedLiveRunner
 from sim_network import FleetLink, NetworkLoop
 
 from protocol.mqtt import BrokerAddress, ConnectionListener, Handler, MqttLink
@@ -281,6 +282,7 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
     agents: list[Agent] = []
     links: dict[str, MeteredLink] = {}
     live = LiveMeter()
+    runner = SharedLiveRunner(f"live-{spec.index}")
     for cid, groups in spec.members:
         # The key the rig made in the agent's folder and registered (register_fleet_keys).
         identity = AgentIdentity.load_or_create(data / cid)
@@ -293,7 +295,7 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
         agents.append(Agent(
             cid, link, verifier, metered_output(live, cid), clock, data / cid, groups=groups,
             durable=False,  # a simulated fleet on one disk: no fsync per event
-            cache=shared, pool=pool, identity=identity,
+            cache=shared, pool=pool, identity=identity, live_runner=runner,
         ))  # fmt: skip
     for agent in agents:
         agent.start()
@@ -318,6 +320,7 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
     finally:
         with ThreadPoolExecutor(16) as stopping:
             list(stopping.map(stop, agents))
+        runner.stop()
         pool.stop()
         network.stop()
         out.close()

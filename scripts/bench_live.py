@@ -107,8 +107,10 @@ def run(agents: int, seconds_: float, per_process: int | None, verbose: bool, ke
                    link=link) as rig:  # fmt: skip
         controller = rig.controller
         tally = TallyLink(controller.link)
-        settings = LiveSettings(delay_ms=delay_ms, idle_end_s=5.0)
+        settings = LiveSettings(delay_ms=delay_ms)
         clusters = sorted(rig.province.groups)
+        rig.agents.ask("live")  # nothing yet: a clean meter
+        cpu0 = rig.cpu()
         broadcast = LiveBroadcast(
             LivePlan(bulletin="Phát trực tiếp: đo tải", inputs=["synthetic"],
                      clusters=clusters, source="microphone", duration_s=seconds_ + 10),
@@ -116,9 +118,7 @@ def run(agents: int, seconds_: float, per_process: int | None, verbose: bool, ke
             clock=SystemClock(), settings=settings,
             open_source=lambda _source: SyntheticSource(packets),
         )  # fmt: skip
-        rig.agents.ask("live")  # nothing yet: a clean meter
         say(f"live session to {agents} agents for {seconds_:g} s, delay {delay_ms} ms")
-        cpu0 = rig.cpu()
         report = broadcast.run()
         time.sleep(delay_ms / 1000 + 2.0)  # the last frame's delay, then the agents' end
         loa_cpu = cpu_used(cpu0, rig.cpu())

@@ -6,6 +6,8 @@ recording's). A manager sees who is live where while it lasts."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from conftest import BrokerUnderTest, require, wait_until
 from live_wire_support import best_correlation, envelope, ffmpeg_exe, rms, speech_wav, wav_samples
 from test_web_browser import CHROMIUM_ARGS, sign_in
-from web_rig import WebRig
+from web_rig import PASSWORD, WebRig
 
 from device_agent.output import FileBackend
 
@@ -105,3 +107,51 @@ def test_the_officer_speaks_and_the_same_speech_comes_out_of_the_speakers(
     assert sorted(audited) == [
         ("live-start", "can-bo-a", "source=web max_s=1800"), ("live-stop", "can-bo-a", "stopped")
     ]
+
+
+def test_a_page_that_goes_silent_is_ended_cleanly_on_every_cluster(
+    tmp_path: Path, broker: BrokerUnderTest
+) -> None:
+    """The API as the page uses it: a recording sent a piece at a time, then nothing (the
+    page closed, the phone lost its connection): after the grace the session ends, every
+    cluster reports its end, and the audit says why."""
+    rig = WebRig(tmp_path, broker.address)
+    rig.start(agents=["a-01", "a-02"])
+    try:
+        recording = tmp_path / "micro.webm"
+        subprocess.run(
+            [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+             "sine=f=500:r=48000", "-t", "2", "-c:a", "libopus", "-f", "webm", str(recording)],
+            check=True,
+        )  # fmt: skip
+        data = recording.read_bytes()
+        with rig.client() as http:
+            token = http.post("/api/v1/login", json={"name": "can-bo-a", "password": PASSWORD})
+            auth = {"Authorization": f"Bearer {token.json()['token']}"}
+            started = http.post("/api/v1/live", headers=auth,
+                                json={"targets": ["ap-a1"], "level": "priority"})  # fmt: skip
+            assert started.status_code == 201, started.text
+            session = started.json()["session_id"]
+            assert started.json()["clusters"] == ["a-01", "a-02"]
+            pieces = [data[i : i + 2000] for i in range(0, len(data), 2000)]
+            for seq, piece in enumerate(pieces):
+                sent = http.post(f"/api/v1/live/{session}/audio?seq={seq}", headers=auth,
+                                 content=piece)  # fmt: skip
+                assert sent.status_code == 204, sent.text
+                threading.Event().wait(2.0 / len(pieces))  # as the page sends, in its time
+            listed = http.get("/api/v1/live", headers=auth).json()
+            assert [(s["session_id"], s["by"], s["may_cut"]) for s in listed] == [
+                (session, "can-bo-a", True)
+            ]
+            # ... and then nothing more comes.
+            events = rig.controller.store.events
+            wait_until(lambda: events.play_states(session) == {
+                "a-01": "finished", "a-02": "finished"}, 30, "every cluster's end")  # fmt: skip
+            late = http.post(f"/api/v1/live/{session}/audio?seq=999", headers=auth, content=b"x")
+            assert late.status_code == 404
+        audited = {(e.action, e.detail) for e in rig.service.audit_entries(rig.user("quan-ly"))
+                   if e.subject == session}  # fmt: skip
+        assert ("live-stop", "no audio from the page for 5 s (closed, or the connection "
+                "was lost)") in audited
+    finally:
+        rig.stop()
