@@ -61,8 +61,7 @@ from controller.trust import ClusterKeys, Opened, Refused
 from protocol import topics
 from protocol.clock import Clock
 from protocol.messages import (
-    AckBody,
-    Address,
+    MAX_ACK_SEQS,
     Event,
     Heartbeat,
     MessageError,
@@ -747,14 +746,13 @@ class Intake:
     def _sign_acks(self, by_outbox: dict[tuple[str, str], set[int]]) -> None:
         now = self._clock.now()
         for (cluster, outbox), seqs in by_outbox.items():
-            cmd = self._signer.command(
-                AckBody(outbox=outbox, seqs=sorted(set(seqs))),
-                Address(clusters=[cluster]),
-                now,
-                ACK_TTL,
-            )
-            self._link.publish(topics.cluster_topic(cluster, "command"), cmd.to_json())
-            self.stats.acks += 1
+            ordered = sorted(seqs)
+            for start in range(0, len(ordered), MAX_ACK_SEQS):
+                payload = self._signer.ack_payload(
+                    cluster, outbox, ordered[start : start + MAX_ACK_SEQS], now, ACK_TTL
+                )
+                self._link.publish(topics.cluster_topic(cluster, "command"), payload)
+                self.stats.acks += 1
 
 
 def _span(delta: timedelta) -> str:

@@ -16,6 +16,7 @@ from protocol.messages import (
     LEVEL_RANK,
     LEVELS,
     MAX_EVENTS_PER_MESSAGE,
+    AckBody,
     Address,
     Command,
     ContentRef,
@@ -431,3 +432,25 @@ def test_parse_refuses_payloads_that_are_not_objects() -> None:
         parse(Event, b"[1, 2]")
     with pytest.raises(MessageError, match="not JSON"):
         parse(Event, b"\x00\x01")
+
+
+def test_an_ack_written_lean_is_the_command_the_models_make(
+    signer: Signer, verifier: Verifier
+) -> None:
+    """The intake's acks skip the models for speed; an agent must read the same command."""
+    now = datetime(2026, 12, 6, 7, 0, tzinfo=UTC)
+    payload = signer.ack_payload("c1", "ob-1", [3, 4, 9], now, timedelta(hours=6))
+    cmd = verifier.verify(payload)
+    lean = cmd.model_dump(exclude={"id", "sig"})
+    made = signer.command(
+        AckBody(outbox="ob-1", seqs=[3, 4, 9]), Address(clusters=["c1"]), now,
+        timedelta(hours=6),
+    ).model_dump(exclude={"id", "sig"})
+    assert lean == made
+    again = verifier.verify(signer.ack_payload("c1", "ob-1", [3], now, timedelta(hours=6)))
+    assert cmd.id != again.id  # every command its own id
+    tampered = payload.replace(b"[3,4,9]", b"[3,4,10]")
+    with pytest.raises(SignatureError):
+        verifier.verify(tampered)
+    with pytest.raises(ValueError, match="1 to 10000"):
+        signer.ack_payload("c1", "ob-1", [], now, timedelta(hours=6))
