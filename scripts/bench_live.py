@@ -222,7 +222,10 @@ def markdown(r: dict[str, Any], run_line: str, broker_line: str) -> str:
          f"{seconds(r['raw_p50_s'])}, {seconds(r['raw_fanout_s'])}"],
     ]  # fmt: skip
     link = f" over the emulated link ({r['link_description']})" if r.get("link") else ""
+    title = "over an emulated 4G link" if r.get("link") else "on loopback"
     return f"""\
+## A live session, {title}: capture → every agent's output
+
 {run_line}
 {broker_line}
 
