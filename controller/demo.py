@@ -50,6 +50,7 @@ from device_agent.identity import AgentIdentity
 from device_agent.output import NullBackend
 from protocol import topics
 from protocol.clock import OffsetClock
+from protocol.l10n import _
 from protocol.messages import Event
 from protocol.mqtt import BrokerAddress, MqttLink, tls_context
 from protocol.signing import Verifier, generate_keypair, load_public_key
@@ -197,10 +198,10 @@ class Demo:
         if self.broker_url:
             broker = BrokerAddress.from_url(self.broker_url, ca_file=self.ca_file)
             if self.ca_file and not broker.tls:
-                raise ValueError(
-                    f"--ca-file is for a TLS broker; write the broker as mqtts://, not "
-                    f"{self.broker_url}"
-                )
+                raise ValueError(_(
+                    "--ca-file is for a TLS broker; write the broker as mqtts://, not {url}",
+                    url=self.broker_url,
+                ))
             if broker.tls:
                 tls_context(self.ca_file)  # an unreadable CA file: said now, not at connect
             tls = f", TLS with the CA of {self.ca_file}" if self.ca_file else ""
@@ -208,8 +209,8 @@ class Demo:
             self.external = broker
             return self.reachable(broker)
         if self.ca_file:
-            raise ValueError("--ca-file needs --broker mqtts://host:port (the embedded broker "
-                             "speaks plain MQTT)")
+            raise ValueError(_("--ca-file needs --broker mqtts://host:port (the embedded "
+                               "broker speaks plain MQTT)"))
         self.embedded = EmbeddedBroker()
         self.embedded.start()
         _say(f"started an embedded MQTT broker on {self.embedded.address.url()}")
@@ -224,12 +225,14 @@ class Demo:
             if not link.wait_connected(CLEANUP_TIMEOUT_S):
                 refusal, failure = link.last_refusal, link.last_failure
                 if refusal is not None:
-                    why = f"it refused the login ({refusal.reason})"
+                    why = _("it refused the login ({reason})", reason=refusal.reason)
                 elif failure is not None:
                     why = f"{failure.reason}; {failure.hint}"
                 else:
-                    why = f"no answer within {CLEANUP_TIMEOUT_S:g} s"
-                raise DemoError(f"cannot connect to broker {broker.url()}: {why}")
+                    why = _("no answer within {s:g} s", s=CLEANUP_TIMEOUT_S)
+                raise DemoError(
+                    _("cannot connect to broker {url}: {why}", url=broker.url(), why=why)
+                )
         finally:
             link.stop()
         return broker
@@ -254,7 +257,7 @@ class Demo:
         deadline = time.monotonic() + 20
         while not all(a.ready() for a in self.agents):
             if time.monotonic() > deadline:
-                raise RuntimeError("agents could not connect and subscribe within 20 s")
+                raise RuntimeError(_("agents could not connect and subscribe within 20 s"))
             time.sleep(0.05)
         _say(f"started {len(self.agents)} simulated agents (null output), all connected")
 
@@ -337,20 +340,23 @@ def clear_retained(broker: BrokerAddress, root: str, client_id: str) -> int:
         link.subscribe(f"{root}/#", on_message)
         link.start()
         if not link.wait_connected(CLEANUP_TIMEOUT_S):
-            raise DemoError(f"could not reconnect to broker {broker.url()} to remove the "
-                            f"demo's retained messages under {root}/")
+            raise DemoError(_("could not reconnect to broker {url} to remove the "
+                              "demo's retained messages under {root}/", url=broker.url(),
+                              root=root))
         deadline = time.monotonic() + CLEANUP_TIMEOUT_S
         while not back.wait(0.5):  # the subscription may reach the broker after a probe
             if time.monotonic() > deadline:
-                raise DemoError(f"broker {broker.url()} did not hand over the retained "
-                                f"messages under {root}/; some may be left there")
+                raise DemoError(_("broker {url} did not hand over the retained "
+                                  "messages under {root}/; some may be left there",
+                                  url=broker.url(), root=root))
             link.publish(probe, nonce.encode())
         with lock:
             retained = sorted(found)
         for topic in retained:
             if not link.wait_published(topic, b"", retain=True, timeout=CLEANUP_TIMEOUT_S):
-                raise DemoError(f"broker {broker.url()} did not acknowledge removing the "
-                                f"retained message on {topic}")
+                raise DemoError(_("broker {url} did not acknowledge removing the "
+                                  "retained message on {topic}", url=broker.url(),
+                                  topic=topic))
         return len(retained)
     finally:
         link.stop()
@@ -411,15 +417,15 @@ def _check_new_store(url: str) -> None:
     if url.startswith("sqlite:///"):
         file = Path(url.removeprefix("sqlite:///"))
         if file.exists() and file.stat().st_size > 0:
-            raise ValueError(f"{file} exists: give the demo a new store file (it keeps the "
-                             "demo's plays there for `loa-controller report`)")
+            raise ValueError(_("{file} exists: give the demo a new store file (it keeps the "
+                               "demo's plays there for `loa-controller report`)", file=file))
         file.parent.mkdir(parents=True, exist_ok=True)
         return
     store = Store(url)
     try:
         if store.history.first_play() is not None:
-            raise ValueError(f"the store at {url} already holds plays: give the demo an "
-                             "empty database")
+            raise ValueError(_("the store at {url} already holds plays: give the demo an "
+                               "empty database", url=url))
     finally:
         store.close()
 
