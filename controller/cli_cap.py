@@ -18,7 +18,7 @@ from typing import Any
 
 from controller.config import CapConfig
 from protocol import l10n
-from protocol.l10n import N_, _
+from protocol.l10n import N_, Text, _
 
 WHAT = {
     "send": N_("would air now"),
@@ -70,7 +70,7 @@ def cmd_cap_check(args: argparse.Namespace) -> int:
     if decision is None:
         outcome = _no_airing(alert.msg_type, alert.status, bool(seen.clusters))
     else:
-        outcome = _(WHAT[decision.action])
+        outcome = Text(WHAT[decision.action])
     result: dict[str, Any] = {
         "alert": alert.ref, "msg_type": alert.msg_type, "status": alert.status,
         "sender": alert.sender, "severity": alert.severity, "urgency": alert.urgency,
@@ -84,7 +84,7 @@ def cmd_cap_check(args: argparse.Namespace) -> int:
         "every_s": decision.every.total_seconds() if decision and decision.every else None,
         "air_at": decision.air_at.isoformat() if decision and decision.air_at else None,
         "rule": decision.rule if decision else None,
-        "why": decision.reasons if decision else [outcome],
+        "why": decision.reasons if decision else [outcome.in_("en")],  # JSON: English
         "text": alert.text, "signed": alert.signed,
     }
     if args.json:
@@ -94,7 +94,7 @@ def cmd_cap_check(args: argparse.Namespace) -> int:
             type=alert.msg_type, id=alert.identifier, sender=alert.sender,
             status=alert.status, at=now.isoformat(timespec="seconds"),
             outcome=outcome))  # fmt: skip
-    for reason in result["why"]:
+    for reason in decision.reasons if decision else [outcome]:
         print(_("  why: {reason}", reason=reason))
     print(_("  severity {severity}, urgency {urgency}, certainty {certainty}; expires "
             "{expires}; takes effect {starts}", severity=alert.severity,
@@ -114,14 +114,15 @@ def cmd_cap_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _no_airing(msg_type: str, status: str, matched: bool) -> str:
+def _no_airing(msg_type: str, status: str, matched: bool) -> Text:
     if msg_type == "Cancel":
-        return _("a Cancel: it would stop the alerts it references")
+        return Text("a Cancel: it would stop the alerts it references")
     if msg_type not in ("Alert", "Update"):
-        return _("msgType {type} is not aired", type=msg_type)
+        return Text("msgType {type} is not aired", type=msg_type)
     if status != "Actual":
-        return _("status {status}: only Actual alerts are aired", status=status)
-    return _("nothing to air") if matched else _("no cluster of ours lies in the alert's area")
+        return Text("status {status}: only Actual alerts are aired", status=status)
+    return (Text("nothing to air") if matched
+            else Text("no cluster of ours lies in the alert's area"))
 
 
 def _when(text: str | None, tz: Any) -> datetime:
