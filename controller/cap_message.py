@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from controller.untrusted_xml import RefusedXmlError, parse_untrusted
+from protocol.l10n import Text
 
 NS = "{urn:oasis:names:tc:emergency:cap:1.2}"
 DSIG = "{http://www.w3.org/2000/09/xmldsig#}"
@@ -189,22 +190,23 @@ def _areas(info: ET.Element) -> list[Area]:
 
 def parse_cap(raw: bytes) -> CapAlert:
     if len(raw) > MAX_CAP_BYTES:
-        raise CapError(f"the alert is larger than {MAX_CAP_BYTES // 1024} KiB")
+        raise CapError(Text("the alert is larger than {kib} KiB", kib=MAX_CAP_BYTES // 1024))
     try:
         root = parse_untrusted(raw)
     except RefusedXmlError as exc:
-        raise CapError(f"not accepted as a CAP alert: {exc}") from None
+        raise CapError(Text("not accepted as a CAP alert: {exc}", exc=str(exc))) from None
     except ET.ParseError as exc:
-        raise CapError(f"not well-formed XML: {exc}") from None
+        raise CapError(Text("not well-formed XML: {exc}", exc=str(exc))) from None
     if root.tag != NS + "alert":
-        raise CapError(
-            f"the root element is {root.tag!r}, not a CAP 1.2 <alert> "
-            "(namespace urn:oasis:names:tc:emergency:cap:1.2)"
-        )
+        raise CapError(Text(
+            "the root element is {tag!r}, not a CAP 1.2 <alert> "
+            "(namespace urn:oasis:names:tc:emergency:cap:1.2)", tag=root.tag,
+        ))
     missing = [n for n in ("identifier", "sender", "sent", "status", "msgType")
                if not _text(root, n)]
     if missing:
-        raise CapError(f"the alert lacks {', '.join('<' + m + '>' for m in missing)}")
+        raise CapError(Text("the alert lacks {missing}",
+                            missing=", ".join("<" + m + ">" for m in missing)))
     infos = [
         Info(
             language=_text(info, "language") or "en-US",  # CAP 1.2's default

@@ -85,11 +85,12 @@ def _programme(playlists: Playlists, ident: str) -> Programme:
     found = playlists.programmes.get(ident)
     if found is None:
         close = suggest(ident, playlists.programmes)
-        hint = f"did you mean {close!r}? " if close else ""
-        raise ValueError(
-            f"no programme {ident!r} in the playlists; {hint}write a programme id as it "
-            "appears after `id:` (loa-controller pending lists those awaiting approval)"
-        )
+        hint = _("did you mean {close!r}? ", close=close) if close else ""
+        raise ValueError(_(
+            "no programme {ident!r} in the playlists; {hint}write a programme id as it "
+            "appears after `id:` (loa-controller pending lists those awaiting approval)",
+            ident=ident, hint=hint,
+        ))
     return found
 
 
@@ -104,19 +105,20 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     try:
         generate_keypair(private, public, overwrite=args.force)
     except FileExistsError as exc:
-        print(f"loa-controller keygen: {exc}", file=sys.stderr)
+        print(f"loa-controller keygen: {l10n.say(exc)}", file=sys.stderr)
         return 1
-    print(f"wrote {private} (private: keep it on the controller only, mode 0600)")
-    print(f"wrote {public} (public: copy it to every agent as controller_public_key)")
+    print(_("wrote {path} (private: keep it on the controller only, mode 0600)", path=private))
+    print(_("wrote {path} (public: copy it to every agent as controller_public_key)",
+            path=public))
     from controller.keys import rotation_path
 
     stale = rotation_path(private)
     if args.force and stale.exists():  # a rotation to a key that is gone now
         stale.unlink()
-        print(f"removed {stale}: a new key is not a rotation. Clusters installed with the "
-              "old controller.pub refuse every command until they get this one (their "
-              "bundle again: loa-controller provision); to change keys without that, use "
-              "loa-controller keys rotate")
+        print(_("removed {stale}: a new key is not a rotation. Clusters installed with the "
+                "old controller.pub refuse every command until they get this one (their "
+                "bundle again: loa-controller provision); to change keys without that, use "
+                "loa-controller keys rotate", stale=stale))
     return 0
 
 
@@ -129,9 +131,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         run(config)
     except SchemaError as exc:
-        print(f"loa-controller run: {exc}", file=sys.stderr)
-        print(f"For this config: loa-controller db upgrade --config {args.config}\n"
-              "Nothing was started.", file=sys.stderr)
+        print(f"loa-controller run: {l10n.say(exc)}", file=sys.stderr)
+        print(_("For this config: loa-controller db upgrade --config {config}\n"
+                "Nothing was started.", config=args.config), file=sys.stderr)
         return 1
     return 0
 
@@ -159,8 +161,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.db_command == "current":
         missing = _missing_sqlite_file(url)
         if missing is not None:
-            print(f"no database at {missing} yet; this release's schema is revision "
-                  f"{head()}. `loa-controller run` or `loa-controller db upgrade` creates it.")
+            print(_("no database at {missing} yet; this release's schema is revision "
+                    "{head}. `loa-controller run` or `loa-controller db upgrade` creates it.",
+                    missing=missing, head=head()))
             return 0
         engine = create_engine(url)
         try:
@@ -172,18 +175,20 @@ def cmd_db(args: argparse.Namespace) -> int:
     try:
         before, after = upgrade(url)
     except DBAPIError as exc:  # the upgrade's transaction was rolled back
-        print(f"loa-controller db upgrade: the upgrade failed, and was undone: the database "
-              f"is as it was. The database said: {exc.orig}", file=sys.stderr)
+        print(_("loa-controller db upgrade: the upgrade failed, and was undone: the database "
+                "is as it was. The database said: {said}", said=exc.orig), file=sys.stderr)
         return 1
     if before.current:
-        print(f"{after.where}: already at revision {after.revision} (head); nothing to do.")
+        print(_("{where}: already at revision {revision} (head); nothing to do.",
+                where=after.where, revision=after.revision))
     elif before.empty:
-        print(f"{after.where}: created the store's tables at revision {after.revision} (head).")
+        print(_("{where}: created the store's tables at revision {revision} (head).",
+                where=after.where, revision=after.revision))
     else:
-        was = (f"revision {before.revision}" if before.revision
-               else "no schema version (a release before migrations)")
-        print(f"{after.where}: upgraded from {was} to revision {after.revision} (head); "
-              "every row kept.")
+        was = (_("revision {revision}", revision=before.revision) if before.revision
+               else _("no schema version (a release before migrations)"))
+        print(_("{where}: upgraded from {was} to revision {revision} (head); "
+                "every row kept.", where=after.where, was=was, revision=after.revision))
     return 0
 
 
@@ -204,14 +209,14 @@ def _db_keep(args: argparse.Namespace, config: Any) -> int:
                 marks = _marks(url, (CONNECTED, DISCONNECTED, STOPPED))
                 running, stopped = max((m for m in marks[:2] if m), default=None), marks[2]
                 if running is not None and (stopped is None or stopped < running):
-                    print("loa-controller db restore: the controller has not recorded a clean "
-                          "stop since it last ran: stop it first (systemctl stop "
-                          "loa-controller), or give --force if it crashed", file=sys.stderr)
+                    print(_("loa-controller db restore: the controller has not recorded a "
+                            "clean stop since it last ran: stop it first (systemctl stop "
+                            "loa-controller), or give --force if it crashed"), file=sys.stderr)
                     return 1
             print(restore(url, Path(args.file)).what)
             return 0
     except BackupError as exc:
-        print(f"loa-controller db {args.db_command}: {exc}", file=sys.stderr)
+        print(f"loa-controller db {args.db_command}: {l10n.say(exc)}", file=sys.stderr)
         return 1
     store = Store(url)
     try:
@@ -679,8 +684,9 @@ def _prepare_settings(args: argparse.Namespace) -> tuple[AudioSettings, str]:
 
     path = _config_path(args) or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     if path is None:
-        return AudioSettings.from_config(AudioConfig()), "the default audio settings"
-    return AudioSettings.from_config(load_controller_config(path).audio), f"the audio: of {path}"
+        return AudioSettings.from_config(AudioConfig()), _("the default audio settings")
+    return (AudioSettings.from_config(load_controller_config(path).audio),
+            _("the audio: of {path}", path=path))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -696,14 +702,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     outro = Path(args.outro) if args.outro else None
     for path in (intro, *sources, outro):
         if path is not None and not path.exists():
-            raise ValueError(f"{path}: no such file; check the name and the folder")
+            raise ValueError(_("{path}: no such file; check the name and the folder", path=path))
     out = Path(args.out)
     if out.is_dir():
-        raise ValueError(
-            f"--out {out} is a folder: give the file to write, e.g. {out / 'bulletin.opus'}"
-        )
+        raise ValueError(_(
+            "--out {out} is a folder: give the file to write, e.g. {example}", out=out,
+            example=out / "bulletin.opus",
+        ))
     if not out.parent.is_dir():
-        raise ValueError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+        raise ValueError(_(
+            "--out {out}: the folder {folder} does not exist; create it first", out=out,
+            folder=out.parent,
+        ))
     with tempfile.TemporaryDirectory(prefix="loa-prepare-") as scratch:
         prepared = AudioLibrary(Path(scratch), settings).prepare(
             sources, intro=intro, outro=outro, profile=args.profile
@@ -711,38 +721,43 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         assert prepared.measured is not None  # just prepared: measured
         shutil.copyfile(prepared.path, out)
     rows = []
-    for role, path in (("intro", intro), *(("source", p) for p in sources), ("outro", outro)):
+    for role, path in (
+        (_("intro"), intro), *((_("source"), p) for p in sources), (_("outro"), outro)
+    ):
         if path is None:
             continue
         try:  # as prepare measured it: mono, at the encoding rate
             found = decode_pcm(path, sample_rate=settings.sample_rate, measure=True).loudness
         except FfmpegError as exc:  # decoded by prepare already; say so rather than fail
-            raise AudioError(path, f"its loudness could not be measured ({exc})",
-                             "Check the ffmpeg build") from None
+            raise AudioError(path, _("its loudness could not be measured ({exc})", exc=exc),
+                             _("Check the ffmpeg build")) from None
         assert found is not None  # asked for with measure=True
         rows.append([role, str(path), f"{found.integrated_lufs:.1f} LUFS",
                      f"{found.range_lu:.1f} LU", f"{found.true_peak_dbtp:.1f} dBTP", ""])
     heard = prepared.measured
-    rows.append(["bulletin", str(out), f"{heard.integrated_lufs:.1f} LUFS",
+    rows.append([_("bulletin"), str(out), f"{heard.integrated_lufs:.1f} LUFS",
                  f"{heard.range_lu:.1f} LU", f"{heard.true_peak_dbtp:.1f} dBTP",
                  f"{prepared.duration_s:.1f} s"])
     print(format_table(
-        ["", "file", "loudness", "range", "true peak", "duration"], rows
+        ["", _("file"), _("loudness"), _("range"), _("true peak"), _("duration")], rows
     ))
-    target = "as it came" if settings.target_lufs is None else f"{settings.target_lufs:g} LUFS"
-    print(
-        f"\nwrote {out}: {prepared.size} bytes of Ogg/Opus ({settings.bitrate_kbps} kb/s, "
-        f"{settings.sample_rate} Hz, profile {prepared.profile}), SHA-256 {prepared.sha256}.\n"
-        f"The bulletin is measured decoded again, as the agents decode it (EBU R128: "
-        f"integrated loudness, loudness range, true peak). Target {target}, true peak at "
-        f"most {settings.true_peak_dbtp:g} dBTP, from {origin}."
-    )
+    target = (_("as it came") if settings.target_lufs is None
+              else f"{settings.target_lufs:g} LUFS")
+    print(_(
+        "\nwrote {out}: {size} bytes of Ogg/Opus ({kbps} kb/s, "
+        "{rate} Hz, profile {profile}), SHA-256 {sha}.\n"
+        "The bulletin is measured decoded again, as the agents decode it (EBU R128: "
+        "integrated loudness, loudness range, true peak). Target {target}, true peak at "
+        "most {peak:g} dBTP, from {origin}.", out=out, size=prepared.size,
+        kbps=settings.bitrate_kbps, rate=settings.sample_rate, profile=prepared.profile,
+        sha=prepared.sha256, target=target, peak=settings.true_peak_dbtp, origin=origin,
+    ))
     return 0
 
 
 def _next_airing(programme: Programme, tz: ZoneInfo) -> str:
     upcoming = programme.next_after(datetime.now(tz), tz)
-    return _local(upcoming, tz) if upcoming else "never again"
+    return _local(upcoming, tz) if upcoming else _("never again")
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -755,8 +770,9 @@ def cmd_approve(args: argparse.Namespace) -> int:
     tz = sources.tz
     programme = _programme(sources.playlists, args.programme)
     if not programme.requires_approval:
-        print(f"'{programme.id}' ({programme.name}) does not need approval "
-              "(requires_approval is not set): it airs as scheduled. Nothing recorded.")
+        print(_("'{id}' ({name}) does not need approval "
+                "(requires_approval is not set): it airs as scheduled. Nothing recorded.",
+                id=programme.id, name=programme.name))
         return 0
     by = args.by or getpass.getuser()
     store = Store(sources.config.store_url)
@@ -766,12 +782,15 @@ def cmd_approve(args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
-    print(f"'{programme.id}' ({programme.name}) is now {state.describe(tz)}.")
+    print(_("'{id}' ({name}) is now {state}.", id=programme.id, name=programme.name,
+            state=state.describe(tz)))
     for bulletin, digest in zip(programme.bulletins, state.content, strict=True):
         files = ", ".join(p.name for p in bulletin.audio())
-        print(f"  {bulletin.title or programme.name}: {files} (content {digest[:12]})")
-    print(f"next airing: {_next_airing(programme, tz)}. If a bulletin's audio changes, "
-          "it needs approval again. Written to the audit log.")
+        print(_("  {bulletin}: {files} (content {digest})", bulletin=bulletin.title
+                or programme.name, files=files, digest=digest[:12]))
+    print(_("next airing: {next}. If a bulletin's audio changes, "
+            "it needs approval again. Written to the audit log.",
+            next=_next_airing(programme, tz)))
     return 0
 
 
@@ -791,17 +810,17 @@ def cmd_pending(args: argparse.Namespace) -> int:
         try:
             state = approvals.state(programme) if approvals else None
         except ContentUnreadableError as exc:
-            detail = f"pending: {exc}"
+            detail = _("pending: {reason}", reason=l10n.say(exc))
         else:
             if state is not None and state.approved:
                 continue
-            detail = str(state.describe(tz)) if state else "pending: never approved"
+            detail = str(state.describe(tz)) if state else _("pending: never approved")
         upcoming = programme.next_after(datetime.now(tz), tz)
         rows.append({
             "programme": programme.id,
             "name": programme.name,
             "next_airing": upcoming.astimezone(tz).isoformat() if upcoming else None,
-            "next": _local(upcoming, tz) if upcoming else "never again",
+            "next": _local(upcoming, tz) if upcoming else _("never again"),
             "bulletins": [b.title or programme.name for b in programme.bulletins],
             "detail": detail,
             "source": str(programme.source),
@@ -815,15 +834,16 @@ def cmd_pending(args: argparse.Namespace) -> int:
         ))
         return 0
     if not rows:
-        print("nothing waits for approval.")
+        print(_("nothing waits for approval."))
         return 0
     print(format_table(
-        ["programme", "name", "next airing (local)", "bulletins", "state", "written at"],
+        [_("programme"), _("name"), _("next airing (local)"), _("bulletins"), _("state"),
+         _("written at")],
         [[r["programme"], r["name"], r["next"], " + ".join(r["bulletins"]), r["detail"],
           r["source"]] for r in rows],
     ))
-    print(f"\n{len(rows)} programme(s) wait for approval; they do not air until approved: "
-          "loa-controller approve PROGRAMME [--by NAME]")
+    print(_("\n{n} programme(s) wait for approval; they do not air until approved: "
+            "loa-controller approve PROGRAMME [--by NAME]", n=len(rows)))
     return 0
 
 
@@ -838,7 +858,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from controller.main import Settings
 
         if args.broker or args.ca_file:
-            raise ValueError("give either --config or --broker/--ca-file, not both")
+            raise ValueError(_("give either --config or --broker/--ca-file, not both"))
         address = Settings.from_config(load_controller_config(Path(args.config))).broker
 
     def interrupted(_signum: int, _frame: Any) -> None:
@@ -851,7 +871,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             address=address, store_url=args.store,
         )
     except KeyboardInterrupt:
-        print("demo interrupted (what it left on the broker is said above)",
+        print(_("demo interrupted (what it left on the broker is said above)"),
               file=sys.stderr)
         raise
     return 0 if result.ok else 1

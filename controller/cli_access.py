@@ -66,30 +66,34 @@ def cmd_provision(args: argparse.Namespace) -> int:
         ], ensure_ascii=False, indent=2))
         return 0
     for b in bundles:
-        login = "new login" if b.new_password else "login unchanged"
-        print(f"wrote {b.folder}/ for cluster {b.cluster} ({login}): {', '.join(b.files)}")
+        login = _("new login") if b.new_password else _("login unchanged")
+        print(_("wrote {folder}/ for cluster {cluster} ({login}): {files}", folder=b.folder,
+                cluster=b.cluster, login=login, files=", ".join(b.files)))
     keyed = sorted(registered - {b.cluster for b in bundles if "enrolment.token" in b.files})
     if keyed:
-        print(f"{', '.join(keyed)}: a key is registered, so no enrolment token in the bundle; "
-              "for a new box in place of the old one write it again with --replace (the "
-              "old key is retired when the new one is registered).")
-    approve = "register at once" if args.auto_approve else (
+        print(_("{clusters}: a key is registered, so no enrolment token in the bundle; "
+                "for a new box in place of the old one write it again with --replace (the "
+                "old key is retired when the new one is registered).",
+                clusters=", ".join(keyed)))
+    approve = _("register at once") if args.auto_approve else _(
         "wait for `loa-controller enrol approve CLUSTER` (or the web app's enrolment page)"
     )
-    print(f"Enrolment tokens are single use, valid for {args.ttl}; the boxes' keys {approve}.")
+    print(_("Enrolment tokens are single use, valid for {ttl}; the boxes' keys {approve}.",
+            ttl=args.ttl, approve=approve))
     new = [b.cluster for b in bundles if b.new_password]
-    print(f"\n{len(bundles)} bundle(s) in {out}/; the logins are kept in "
-          f"{config.credentials_file} (mode 0600).")
+    print(_("\n{n} bundle(s) in {out}/; the logins are kept in {file} (mode 0600).",
+            n=len(bundles), out=out, file=config.credentials_file))
     if new:
-        print(f"{len(new)} new or rotated login(s): the broker must learn them before these "
-              "boxes can connect. Write its files again and reload it:\n"
-              f"  loa-controller broker-config mosquitto --config {args.config} --out DIR\n"
-              "  systemctl reload mosquitto")
+        print(_("{n} new or rotated login(s): the broker must learn them before these "
+                "boxes can connect. Write its files again and reload it:\n"
+                "  loa-controller broker-config mosquitto --config {config} --out DIR\n"
+                "  systemctl reload mosquitto", n=len(new), config=args.config))
         if args.rotate:
-            print("A box still running with its old password is refused from that reload "
-                  "on: install its new bundle.")
-    print("On each box, from its bundle folder: sudo install -o root -g loa -m 0640 * /etc/loa/ "
-          "then systemctl restart loa-agent (docs/operations.md, \"Provisioning a cluster\").")
+            print(_("A box still running with its old password is refused from that reload "
+                    "on: install its new bundle."))
+    print(_("On each box, from its bundle folder: sudo install -o root -g loa -m 0640 * "
+            "/etc/loa/ then systemctl restart loa-agent (docs/operations.md, "
+            "\"Provisioning a cluster\")."))
     return 0
 
 
@@ -195,19 +199,22 @@ def cmd_keys(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     if args.action == "status":
         key = load_private_key(config.private_key)
-        print(f"controller key {key_id(key.public_key())} ({config.private_key}); clusters "
-              f"installed from now on get {public_key_path(config.private_key)}")
+        print(_("controller key {key} ({file}); clusters installed from now on get {public}",
+                key=key_id(key.public_key()), file=config.private_key,
+                public=public_key_path(config.private_key)))
         rotation = load_rotation(rotation_path(config.private_key))
         if rotation is None:
-            print("no key rotation: the clusters trust the key of their controller.pub")
+            print(_("no key rotation: the clusters trust the key of their controller.pub"))
         elif now < rotation.retire_at:
-            print(f"rotation {rotation.describe()} under way: both keys accepted until "
-                  f"{_when(rotation.retire_at, tz)}, then only {key_id(rotation.new_key)} "
-                  f"({len(rotation.commands)} clusters)")
+            print(_("rotation {rotation} under way: both keys accepted until "
+                    "{until}, then only {new} ({n} clusters)", rotation=rotation.describe(),
+                    until=_when(rotation.retire_at, tz), new=key_id(rotation.new_key),
+                    n=len(rotation.commands)))
         else:
-            print(f"rotation {rotation.describe()} done: {key_id(rotation.old_key)} refused "
-                  f"since {_when(rotation.retire_at, tz)}; the rotation stays published for "
-                  "clusters that were off")
+            print(_("rotation {rotation} done: {old} refused "
+                    "since {since}; the rotation stays published for "
+                    "clusters that were off", rotation=rotation.describe(),
+                    old=key_id(rotation.old_key), since=_when(rotation.retire_at, tz)))
         return 0
 
     overlap = _overlap(args.overlap) if args.overlap else DEFAULT_OVERLAP
@@ -215,22 +222,24 @@ def cmd_keys(args: argparse.Namespace) -> int:
     rotation = rotate(config.private_key, fleet.clusters, now, overlap, force=args.force)
     old, new = key_id(rotation.old_key), key_id(rotation.new_key)
     retire = _when(rotation.retire_at, tz)
-    print(f"controller key rotated: {old} -> {new}")
-    print(f"  new key: {config.private_key} (0600) and {public_key_path(config.private_key)}; "
-          "the old private key is not kept")
-    print(f"  the rotation, signed by the old key for {len(rotation.commands)} clusters: "
-          f"{rotation_path(config.private_key)}")
-    print(f"  the clusters accept both keys until {retire}, then only {new}")
-    print("Next:")
-    print("  1. restart the controller now (systemctl restart loa-controller): it signs with "
-          "the new key and publishes the rotation to every cluster (retained on "
-          "loa/v1/cluster/<id>/key); each agent logs `controller key rotated`")
-    print(f"  2. the running controller signs with the old key until then: restart it before "
-          f"{retire}, or the clusters refuse its commands from then on")
-    print("  3. new bundles (loa-controller provision) carry the new controller.pub; boxes "
-          "installed with the old one move on their own, even after "
-          f"{retire}, when they next connect")
-    print(f"  4. destroy any copy of the old private key (backups) after {retire}")
+    print(_("controller key rotated: {old} -> {new}", old=old, new=new))
+    print(_("  new key: {file} (0600) and {public}; the old private key is not kept",
+            file=config.private_key, public=public_key_path(config.private_key)))
+    print(_("  the rotation, signed by the old key for {n} clusters: {file}",
+            n=len(rotation.commands), file=rotation_path(config.private_key)))
+    print(_("  the clusters accept both keys until {retire}, then only {new}", retire=retire,
+            new=new))
+    print(_("Next:"))
+    print(_("  1. restart the controller now (systemctl restart loa-controller): it signs with "
+            "the new key and publishes the rotation to every cluster (retained on "
+            "loa/v1/cluster/<id>/key); each agent logs `controller key rotated`"))
+    print(_("  2. the running controller signs with the old key until then: restart it before "
+            "{retire}, or the clusters refuse its commands from then on", retire=retire))
+    print(_("  3. new bundles (loa-controller provision) carry the new controller.pub; boxes "
+            "installed with the old one move on their own, even after "
+            "{retire}, when they next connect", retire=retire))
+    print(_("  4. destroy any copy of the old private key (backups) after {retire}",
+            retire=retire))
     return 0
 
 

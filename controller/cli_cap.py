@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import CapConfig
+from protocol import l10n
+from protocol.l10n import N_, Text, _
 
 WHAT = {
-    "send": "would air now",
-    "hold": "would be held, and aired when it takes effect",
-    "approve": "would wait for a manager's approval",
-    "expired": "would not air: it has expired",
-    "refuse": "would be refused",
+    "send": N_("would air now"),
+    "hold": N_("would be held, and aired when it takes effect"),
+    "approve": N_("would wait for a manager's approval"),
+    "expired": N_("would not air: it has expired"),
+    "refuse": N_("would be refused"),
 }
 
 
@@ -56,7 +58,8 @@ def cmd_cap_check(args: argparse.Namespace) -> int:
         if signed is not raw:
             alert = parse_cap(signed)
     except CapError as exc:
-        print(f"{args.file}: would be refused: {exc}", file=sys.stderr)
+        print(_("{file}: would be refused: {reason}", file=args.file, reason=l10n.say(exc)),
+              file=sys.stderr)
         return 1
     seen = preview(alert, sources.fleet, policy, now)
     fleet = sources.fleet
@@ -67,7 +70,7 @@ def cmd_cap_check(args: argparse.Namespace) -> int:
     if decision is None:
         outcome = _no_airing(alert.msg_type, alert.status, bool(seen.clusters))
     else:
-        outcome = WHAT[decision.action]
+        outcome = Text(WHAT[decision.action])
     result: dict[str, Any] = {
         "alert": alert.ref, "msg_type": alert.msg_type, "status": alert.status,
         "sender": alert.sender, "severity": alert.severity, "urgency": alert.urgency,
@@ -81,38 +84,45 @@ def cmd_cap_check(args: argparse.Namespace) -> int:
         "every_s": decision.every.total_seconds() if decision and decision.every else None,
         "air_at": decision.air_at.isoformat() if decision and decision.air_at else None,
         "rule": decision.rule if decision else None,
-        "why": decision.reasons if decision else [outcome],
+        "why": decision.reasons if decision else [outcome.in_("en")],  # JSON: English
         "text": alert.text, "signed": alert.signed,
     }
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return 0
-    print(f"CAP {alert.msg_type} {alert.identifier} from {alert.sender} ({alert.status}), "
-          f"judged at {now.isoformat(timespec='seconds')}: {outcome}.")  # fmt: skip
-    for reason in result["why"]:
-        print(f"  why: {reason}")
-    print(f"  severity {alert.severity}, urgency {alert.urgency}, certainty "
-          f"{alert.certainty}; expires {result['expires'] or 'not given'}; takes effect "
-          f"{result['starts'] or 'at once'}")  # fmt: skip
+    print(_("CAP {type} {id} from {sender} ({status}), judged at {at}: {outcome}.",
+            type=alert.msg_type, id=alert.identifier, sender=alert.sender,
+            status=alert.status, at=now.isoformat(timespec="seconds"),
+            outcome=outcome))  # fmt: skip
+    for reason in decision.reasons if decision else [outcome]:
+        print(_("  why: {reason}", reason=reason))
+    print(_("  severity {severity}, urgency {urgency}, certainty {certainty}; expires "
+            "{expires}; takes effect {starts}", severity=alert.severity,
+            urgency=alert.urgency, certainty=alert.certainty,
+            expires=result["expires"] or _("not given"),
+            starts=result["starts"] or _("at once")))  # fmt: skip
     if decision is not None:
-        again = f", again every {decision.every} until it expires" if decision.every else ""
-        print(f"  level {decision.level}, spoken {decision.repeat} time(s){again}")
-    print(f"  clusters: {len(seen.clusters)}" + ("" if seen.clusters else
-          " (none of the fleet's lies in its area)"))  # fmt: skip
+        again = (_(", again every {every} until it expires", every=decision.every)
+                 if decision.every else "")
+        print(_("  level {level}, spoken {n} time(s){again}", level=decision.level,
+                n=decision.repeat, again=again))
+    print(_("  clusters: {n}", n=len(seen.clusters)) + ("" if seen.clusters else
+          _(" (none of the fleet's lies in its area)")))  # fmt: skip
     for commune, cids in sorted(by_commune.items()):
         print(f"    {commune}: {', '.join(cids)}")
-    print(f"  words: {alert.text or '(none)'}")
+    print(_("  words: {text}", text=alert.text or _("(none)")))
     return 0
 
 
-def _no_airing(msg_type: str, status: str, matched: bool) -> str:
+def _no_airing(msg_type: str, status: str, matched: bool) -> Text:
     if msg_type == "Cancel":
-        return "a Cancel: it would stop the alerts it references"
+        return Text("a Cancel: it would stop the alerts it references")
     if msg_type not in ("Alert", "Update"):
-        return f"msgType {msg_type} is not aired"
+        return Text("msgType {type} is not aired", type=msg_type)
     if status != "Actual":
-        return f"status {status}: only Actual alerts are aired"
-    return "nothing to air" if matched else "no cluster of ours lies in the alert's area"
+        return Text("status {status}: only Actual alerts are aired", status=status)
+    return (Text("nothing to air") if matched
+            else Text("no cluster of ours lies in the alert's area"))
 
 
 def _when(text: str | None, tz: Any) -> datetime:
@@ -121,7 +131,7 @@ def _when(text: str | None, tz: Any) -> datetime:
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(
-            f"--at {text!r} is not a time: write it as 2026-10-20T06:00:00+07:00"
-        ) from None
+        raise ValueError(_(
+            "--at {text!r} is not a time: write it as 2026-10-20T06:00:00+07:00", text=text
+        )) from None
     return at if at.tzinfo is not None else at.replace(tzinfo=tz)

@@ -95,14 +95,18 @@ def _give(issued: IssuedToken, args: argparse.Namespace) -> None:
     if not args.out:
         print(issued.token)
     how = (
-        "its key is registered as soon as the box asks" if issued.auto_approve
-        else f"its join request then waits for `loa-controller enrol approve {issued.cluster}`"
+        _("its key is registered as soon as the box asks") if issued.auto_approve
+        else _("its join request then waits for `loa-controller enrol approve {cluster}`",
+               cluster=issued.cluster)
     )
-    where = f"written to {args.out} (mode 0600)" if args.out else "printed above"
+    where = (_("written to {out} (mode 0600)", out=args.out) if args.out
+             else _("printed above"))
     print(
-        f"token for cluster {issued.cluster} {where}; single use, valid until "
-        f"{issued.expires_at.astimezone(UTC).isoformat(timespec='minutes')}. Put it on the "
-        f"box as the file named by enrolment_token_file in agent.yaml; {how}.",
+        _("token for cluster {cluster} {where}; single use, valid until "
+          "{until}. Put it on the "
+          "box as the file named by enrolment_token_file in agent.yaml; {how}.",
+          cluster=issued.cluster, where=where,
+          until=issued.expires_at.astimezone(UTC).isoformat(timespec="minutes"), how=how),
         file=sys.stderr,
     )
 
@@ -129,12 +133,14 @@ def cmd_decide(args: argparse.Namespace) -> int:
         now = datetime.now(UTC)
         if args.command_name == "approve":
             key = identities.approve(args.cluster, by=_by(args), now=now, key=args.key)
-            print(f"registered key {key} of cluster {args.cluster}; the running controller "
-                  "tells the agent within seconds, and stores what it signs from then on")
+            print(_("registered key {key} of cluster {cluster}; the running controller "
+                    "tells the agent within seconds, and stores what it signs from then on",
+                    key=key, cluster=args.cluster))
         else:
             key = identities.reject(args.cluster, by=_by(args), now=now, key=args.key)
-            print(f"rejected key {key} of cluster {args.cluster}; nothing it signs is stored. "
-                  f"A new token: loa-controller enrol token {args.cluster}")
+            print(_("rejected key {key} of cluster {cluster}; nothing it signs is stored. "
+                    "A new token: loa-controller enrol token {cluster}", key=key,
+                    cluster=args.cluster))
     finally:
         store.close()
     return 0
@@ -187,11 +193,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     if pending:
-        print("Join requests waiting for approval (loa-controller enrol approve CLUSTER):")
+        print(_("Join requests waiting for approval (loa-controller enrol approve CLUSTER):"))
         print(format_table(
-            ["cluster", "key", "asked at", "for", "agent"],
+            [_("cluster"), _("key"), _("asked at"), _("for"), _("agent")],
             [[r.cluster, r.key_id, when(r.requested_at),
-              "a replaced box" if r.purpose == "replace" else "a new box",
+              _("a replaced box") if r.purpose == "replace" else _("a new box"),
               r.agent_version or "-"] for r in pending],
         ))
         print()
@@ -200,20 +206,23 @@ def cmd_list(args: argparse.Namespace) -> int:
         found = active.get(cid)
         token = next((t for t in waiting if t.cluster == cid), None)
         state = (
-            f"registered since {when(found.registered_at)} by {found.registered_by}"
-            if found else "NOT REGISTERED"
+            _("registered since {at} by {by}", at=when(found.registered_at),
+              by=found.registered_by)
+            if found else _("NOT REGISTERED")
         )
         if token is not None:
-            state += (
-                f"; token ({'replace' if token.purpose == 'replace' else 'enrol'}"
-                f"{', approves itself' if token.auto_approve else ''}) until "
-                f"{when(token.expires_at)}"
+            state += _(
+                "; token ({purpose}{auto}) until {until}",
+                purpose=_("replace") if token.purpose == "replace" else _("enrol"),
+                auto=_(", approves itself") if token.auto_approve else "",
+                until=when(token.expires_at),
             )
         rows.append([cid, found.key_id if found else "-", state])
-    print(format_table(["cluster", "key", "state"], rows))
+    print(format_table([_("cluster"), _("key"), _("state")], rows))
     missing = sum(1 for cid in fleet.clusters if cid not in active)
-    print(f"\n{len(fleet.clusters) - missing} of {len(fleet.clusters)} clusters registered, "
-          f"{len(pending)} join request(s) waiting.")
+    print(_("\n{registered} of {total} clusters registered, {pending} join request(s) waiting.",
+            registered=len(fleet.clusters) - missing, total=len(fleet.clusters),
+            pending=len(pending)))
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.durations import parse_span
+from protocol.l10n import _
 
 
 def cmd_live(args: argparse.Namespace) -> int:
@@ -51,8 +52,9 @@ def cmd_live(args: argparse.Namespace) -> int:
     link.start()
     try:
         if not link.wait_connected(10):
-            print(f"loa-controller live: cannot reach the broker {settings.broker.host}:"
-                  f"{settings.broker.port}; check broker_url in {args.config}")  # fmt: skip
+            print(_("loa-controller live: cannot reach the broker {host}:{port}; check "
+                    "broker_url in {config}", host=settings.broker.host,
+                    port=settings.broker.port, config=args.config))  # fmt: skip
             return 1
         broadcast = LiveBroadcast(
             plan, link=link, signer=Signer(load_private_key(settings.private_key)),
@@ -61,15 +63,17 @@ def cmd_live(args: argparse.Namespace) -> int:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, lambda *_: broadcast.stop())
             signal.signal(signal.SIGTERM, lambda *_: broadcast.stop())
-        print(f"live session {broadcast.session_id}: {plan.bulletin} ({plan.level}) to "
-              f"{len(clusters)} clusters; Ctrl-C ends it", flush=True)  # fmt: skip
+        print(_("live session {session}: {bulletin} ({level}) to {n} clusters; Ctrl-C ends "
+                "it", session=broadcast.session_id, bulletin=plan.bulletin, level=plan.level,
+                n=len(clusters)), flush=True)  # fmt: skip
         report = broadcast.run()
     finally:
         link.stop()
     for entry in report.inputs:
-        print(f"  {entry.source}: {entry.seconds:.1f} s, {entry.outcome}")
-    print(f"live session {report.session_id} ended: {report.seconds:.1f} s sent in "
-          f"{report.frames} frames")  # fmt: skip
+        print(_("  {source}: {s:.1f} s, {outcome}", source=entry.source, s=entry.seconds,
+                outcome=entry.outcome))
+    print(_("live session {session} ended: {s:.1f} s sent in {frames} frames",
+            session=report.session_id, s=report.seconds, frames=report.frames))  # fmt: skip
     sent_any = any(entry.seconds > 0 for entry in report.inputs)
     return 0 if sent_any else 1
 

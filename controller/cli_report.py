@@ -10,6 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from controller.report import GROUPINGS, build, local_range, period
+from protocol.l10n import _
 
 FORMATS = ("table", "csv", "xlsx", "json")
 
@@ -21,7 +22,7 @@ def _store_and_zone(args: argparse.Namespace) -> tuple[str, ZoneInfo]:
     tz = config.tz if config else ZoneInfo(DEFAULT_TIMEZONE)
     url = args.store or (config.store_url if config else None)
     if url is None:  # find_config raised already; for mypy
-        raise ValueError("name the store with --store URL or a config with --config FILE")
+        raise ValueError(_("name the store with --store URL or a config with --config FILE"))
     return url, tz
 
 
@@ -33,10 +34,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if url.startswith("sqlite:///"):
         file = url.removeprefix("sqlite:///")
         if file and file != ":memory:" and not Path(file).exists():
-            raise ValueError(f"no store at {file}: check --store (sqlite:///PATH, relative to "
-                             "here; sqlite:////PATH for an absolute path)")
+            raise ValueError(_("no store at {file}: check --store (sqlite:///PATH, relative to "
+                               "here; sqlite:////PATH for an absolute path)", file=file))
     if args.format == "xlsx" and not args.out:
-        raise ValueError("an XLSX report is a file: name it with --out report.xlsx")
+        raise ValueError(_("an XLSX report is a file: name it with --out report.xlsx"))
     first, last = period(first=args.start, last=args.end, day=args.day, week=args.week,
                          month=args.month)
     store = Store(url)
@@ -57,8 +58,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             path.write_bytes(output)
         else:
             path.write_text(output, encoding="utf-8")
-        print(f"wrote {path}: {len(report.rows)} rows by {args.by}, {first} to {last} "
-              f"({tz.key})", file=sys.stderr)
+        print(_("wrote {path}: {n} rows by {by}, {first} to {last} ({tz})", path=path,
+                n=len(report.rows), by=args.by, first=first, last=last, tz=tz.key),
+              file=sys.stderr)
     elif isinstance(output, bytes):  # only xlsx, refused above without --out
         sys.stdout.buffer.write(output)
     else:

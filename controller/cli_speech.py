@@ -90,7 +90,7 @@ def cmd_say(args: argparse.Namespace) -> int:
         _say_as_sent(speech, text, voice.name, out, config, _profile(args, config))
     else:
         speech.speak(text, out, voice=voice.name)
-    print(f"wrote {out} ({voice.describe()})", file=sys.stderr)
+    print(_("wrote {out} ({voice})", out=out, voice=voice.describe()), file=sys.stderr)
     return 0
 
 

@@ -82,7 +82,7 @@ def cmd_user(args: argparse.Namespace) -> int:
     path = _users_file(args)
     if args.action == "list":
         for u in users.load_users(path) if path.exists() else []:
-            state = "disabled" if u.disabled else "active"
+            state = _("disabled") if u.disabled else _("active")
             print(f"{u.name:24} {u.role:9} {state:9} {' '.join(u.scope)}  {u.display_name}")
         return 0
     if args.action == "add":
@@ -94,14 +94,18 @@ def cmd_user(args: argparse.Namespace) -> int:
         role: Role = args.role
         user = users.add_user(path, args.name, role, args.scope, _new_password(args),
                               args.display_name or "")
-        print(f"added {user.name} ({user.role}, scope {' '.join(user.scope)}) to {path}")
+        print(_("added {name} ({role}, scope {scope}) to {path}", name=user.name,
+                role=user.role, scope=" ".join(user.scope), path=path))
     elif args.action == "passwd":
         users.find_user(path, args.name)  # before asking for a password
         users.set_password(path, args.name, _new_password(args))
-        print(f"changed the password of {args.name} in {path}")
+        print(_("changed the password of {name} in {path}", name=args.name, path=path))
     elif args.action in ("disable", "enable"):
         users.set_disabled(path, args.name, args.action == "disable")
-        print(f"{args.action}d {args.name} in {path}")
+        if args.action == "disable":
+            print(_("disabled {name} in {path}", name=args.name, path=path))
+        else:
+            print(_("enabled {name} in {path}", name=args.name, path=path))
     return 0
 
 

@@ -33,6 +33,7 @@ from pydantic import (
 from controller.voices import PLACEHOLDERS, Voice, catalogue, check_voice_name
 from protocol.config_errors import ConfigError
 from protocol.durations import Duration
+from protocol.l10n import N_, _
 from protocol.mqtt import BrokerAddress
 from protocol.topics import check_id
 from protocol.validation import suggest, validate
@@ -61,10 +62,10 @@ def _broker_url(value: str) -> str:
 def _store_url(value: str, info: ValidationInfo) -> str:
     scheme = urlsplit(value).scheme
     if scheme not in ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
-        raise ValueError(
-            f"{value!r}: write sqlite:///relative/file.db, sqlite:////absolute/file.db or "
-            "postgresql://user@host/database"
-        )
+        raise ValueError(_(
+            "{value!r}: write sqlite:///relative/file.db, sqlite:////absolute/file.db or "
+            "postgresql://user@host/database", value=value,
+        ))
     base = (info.context or {}).get("base_dir")
     prefix = "sqlite:///"
     if scheme == "sqlite" and base is not None and value.startswith(prefix):
@@ -79,10 +80,11 @@ def _timezone(value: str) -> str:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         close = suggest(value, zoneinfo.available_timezones())
-        hint = f"did you mean {close!r}? " if close else ""
-        raise ValueError(
-            f"unknown time zone {value!r}: {hint}write an IANA zone such as Asia/Ho_Chi_Minh"
-        ) from None
+        hint = _("did you mean {close!r}? ", close=close) if close else ""
+        raise ValueError(_(
+            "unknown time zone {value!r}: {hint}write an IANA zone such as Asia/Ho_Chi_Minh",
+            value=value, hint=hint,
+        )) from None
     return value
 
 
@@ -109,10 +111,10 @@ class AudioConfig(_Strict):
 def _feed_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            f"{value!r}: a CAP feed is fetched over HTTP; write http://host/path or "
-            "https://host/path (for files on this machine use watch_dir)"
-        )
+        raise ValueError(_(
+            "{value!r}: a CAP feed is fetched over HTTP; write http://host/path or "
+            "https://host/path (for files on this machine use watch_dir)", value=value,
+        ))
     return value
 
 
@@ -121,10 +123,11 @@ def _tile_url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or not all(
         key in value for key in ("{z}", "{x}", "{y}")
     ):
-        raise ValueError(
-            f"{value!r}: write the tile server's URL with {{z}}, {{x}} and {{y}} in it, "
-            "e.g. https://tiles.example.vn/{z}/{x}/{y}.png"
-        )
+        raise ValueError(_(
+            "{value!r}: write the tile server's URL with {z}, {x} and {y} in it, "
+            "e.g. {example}", value=value, z="{z}", x="{x}", y="{y}",
+            example="https://tiles.example.vn/{z}/{x}/{y}.png",
+        ))
     return value
 
 
@@ -132,7 +135,9 @@ def _distinct_feeds(value: list[CapFeedConfig]) -> list[CapFeedConfig]:
     urls = [f.url for f in value]
     twice = sorted({u for u in urls if urls.count(u) > 1})
     if twice:
-        raise ValueError(f"{', '.join(twice)} is listed more than once; keep one entry")
+        raise ValueError(
+            _("{urls} is listed more than once; keep one entry", urls=", ".join(twice))
+        )
     return value
 
 
@@ -156,10 +161,10 @@ def _cap_values(allowed: tuple[str, ...]) -> Any:
     def check(values: list[str]) -> list[str]:
         wrong = [v for v in values if v != "*" and v not in allowed]
         if wrong:
-            raise ValueError(
-                f"{', '.join(map(repr, wrong))}: CAP 1.2 knows {', '.join(allowed)} (or * "
-                "for any)"
-            )
+            raise ValueError(_(
+                "{wrong}: CAP 1.2 knows {allowed} (or * for any)",
+                wrong=", ".join(map(repr, wrong)), allowed=", ".join(allowed),
+            ))
         return values
 
     return AfterValidator(check)
@@ -240,11 +245,13 @@ def _proxy_network(value: str) -> str:
         try:
             net = ipaddress.ip_network(value, strict=False)
         except ValueError:
-            raise ValueError(
-                f"{value!r} is not an address or a network: write e.g. 127.0.0.1, ::1 or "
-                "10.8.0.0/24 (the proxy's address as the controller sees it)"
-            ) from None
-        raise ValueError(f"{value!r} has bits set past its prefix: write {net}") from None
+            raise ValueError(_(
+                "{value!r} is not an address or a network: write e.g. 127.0.0.1, ::1 or "
+                "10.8.0.0/24 (the proxy's address as the controller sees it)", value=value,
+            )) from None
+        raise ValueError(
+            _("{value!r} has bits set past its prefix: write {net}", value=value, net=net)
+        ) from None
     return value
 
 
@@ -288,9 +295,10 @@ class WebConfig(_Strict):
                 ("tls_cert_file", "tls_key_file") if self.tls_key_file is None
                 else ("tls_key_file", "tls_cert_file")
             )
-            raise ValueError(
-                f"{given} is set but {missing} is not: give both to serve HTTPS, or neither"
-            )
+            raise ValueError(_(
+                "{given} is set but {missing} is not: give both to serve HTTPS, or neither",
+                given=given, missing=missing,
+            ))
         return self
 
     @property
@@ -309,11 +317,11 @@ class WebConfig(_Strict):
     @classmethod
     def _tts_voice_moved(cls, value: str | None) -> str | None:
         if value is not None:
-            raise ValueError(
+            raise ValueError(_(
                 "tts_voice has moved: name the voice in the fleet file (voice: mien-nam on "
                 "the province or a commune) and remove tts_voice here; other voices are "
                 "defined under `speech.voices` (docs/speech.md)"
-            )
+            ))
         return value
 
 
@@ -341,18 +349,21 @@ class VoiceConfig(_Strict):
     @model_validator(mode="after")
     def _command_engine(self) -> VoiceConfig:
         if self.engine == "command" and not self.command:
-            raise ValueError(
-                'engine: command needs `command: [program, arguments...]`, e.g. '
-                '[/opt/tts/speak, --out, "{out}"]'
-            )
+            raise ValueError(_(
+                'engine: command needs `command: [program, arguments...]`, e.g. {example}',
+                example='[/opt/tts/speak, --out, "{out}"]',
+            ))
         if self.engine == "espeak-ng" and self.command:
-            raise ValueError("`command` is for engine: command; espeak-ng needs only `voice`")
+            raise ValueError(
+                _("`command` is for engine: command; espeak-ng needs only `voice`")
+            )
         for arg in self.command or []:
             for found in re.findall(r"\{[^{}]*\}", arg):
                 if found not in PLACEHOLDERS:
-                    raise ValueError(
-                        f"command: {found} is not replaced; write one of {', '.join(PLACEHOLDERS)}"
-                    )
+                    raise ValueError(_(
+                        "command: {found} is not replaced; write one of {placeholders}",
+                        found=found, placeholders=", ".join(PLACEHOLDERS),
+                    ))
         return self
 
     def as_voice(self, name: str) -> Voice:
@@ -397,15 +408,15 @@ class SpeechConfig(_Strict):
 def _agent_broker_url(value: str) -> str:
     address = BrokerAddress.from_url(value)  # raises ValueError with an example of a good URL
     if address.username or address.password:
-        raise ValueError(
-            f"{value!r}: write the address only (mqtts://host:port); every cluster gets its own "
-            "login in its bundle"
-        )
+        raise ValueError(_(
+            "{value!r}: write the address only (mqtts://host:port); every cluster gets its own "
+            "login in its bundle", value=value,
+        ))
     return value
 
 
 def _account_name(value: str) -> str:
-    check_id(value, "the controller's broker user name")
+    check_id(value, N_("the controller's broker user name"))
     return value
 
 
@@ -537,10 +548,10 @@ class ControllerConfig(_Strict):
 
 def _check_ca_file(broker_url: str, ca_file: Path | None) -> None:
     if ca_file is not None and not BrokerAddress.from_url(broker_url).tls:
-        raise ValueError(
-            f"broker_ca_file is set but broker_url {broker_url!r} is plain MQTT: write "
-            "mqtts://host:8883 to connect over TLS, or leave broker_ca_file out"
-        )
+        raise ValueError(_(
+            "broker_ca_file is set but broker_url {url!r} is plain MQTT: write "
+            "mqtts://host:8883 to connect over TLS, or leave broker_ca_file out", url=broker_url,
+        ))
 
 
 def json_schema() -> dict[str, Any]:

@@ -50,6 +50,7 @@ from device_agent.identity import AgentIdentity
 from device_agent.output import NullBackend
 from protocol import topics
 from protocol.clock import OffsetClock
+from protocol.l10n import _
 from protocol.messages import Event
 from protocol.mqtt import BrokerAddress, MqttLink, tls_context
 from protocol.signing import Verifier, generate_keypair, load_public_key
@@ -190,29 +191,30 @@ class Demo:
 
     def broker(self) -> BrokerAddress:
         if self.address is not None:
-            tls = f", TLS with the CA of {self.address.ca_file}" if self.address.ca_file else ""
-            _say(f"using broker {self.address.url()}{tls} (from the config)")
+            tls = (_(", TLS with the CA of {file}", file=self.address.ca_file)
+                   if self.address.ca_file else "")
+            _say(_("using broker {url}{tls} (from the config)", url=self.address.url(), tls=tls))
             self.external = self.address
             return self.reachable(self.address)
         if self.broker_url:
             broker = BrokerAddress.from_url(self.broker_url, ca_file=self.ca_file)
             if self.ca_file and not broker.tls:
-                raise ValueError(
-                    f"--ca-file is for a TLS broker; write the broker as mqtts://, not "
-                    f"{self.broker_url}"
-                )
+                raise ValueError(_(
+                    "--ca-file is for a TLS broker; write the broker as mqtts://, not {url}",
+                    url=self.broker_url,
+                ))
             if broker.tls:
                 tls_context(self.ca_file)  # an unreadable CA file: said now, not at connect
-            tls = f", TLS with the CA of {self.ca_file}" if self.ca_file else ""
-            _say(f"using broker {broker.url()}{tls}")
+            tls = _(", TLS with the CA of {file}", file=self.ca_file) if self.ca_file else ""
+            _say(_("using broker {url}{tls}", url=broker.url(), tls=tls))
             self.external = broker
             return self.reachable(broker)
         if self.ca_file:
-            raise ValueError("--ca-file needs --broker mqtts://host:port (the embedded broker "
-                             "speaks plain MQTT)")
+            raise ValueError(_("--ca-file needs --broker mqtts://host:port (the embedded "
+                               "broker speaks plain MQTT)"))
         self.embedded = EmbeddedBroker()
         self.embedded.start()
-        _say(f"started an embedded MQTT broker on {self.embedded.address.url()}")
+        _say(_("started an embedded MQTT broker on {url}", url=self.embedded.address.url()))
         return self.embedded.address
 
     def reachable(self, broker: BrokerAddress) -> BrokerAddress:
@@ -224,12 +226,14 @@ class Demo:
             if not link.wait_connected(CLEANUP_TIMEOUT_S):
                 refusal, failure = link.last_refusal, link.last_failure
                 if refusal is not None:
-                    why = f"it refused the login ({refusal.reason})"
+                    why = _("it refused the login ({reason})", reason=refusal.reason)
                 elif failure is not None:
                     why = f"{failure.reason}; {failure.hint}"
                 else:
-                    why = f"no answer within {CLEANUP_TIMEOUT_S:g} s"
-                raise DemoError(f"cannot connect to broker {broker.url()}: {why}")
+                    why = _("no answer within {s:g} s", s=CLEANUP_TIMEOUT_S)
+                raise DemoError(
+                    _("cannot connect to broker {url}: {why}", url=broker.url(), why=why)
+                )
         finally:
             link.stop()
         return broker
@@ -240,8 +244,9 @@ class Demo:
         spoken = demo_bulletin(bulletin, BULLETIN_S)
         urgent = self.work / "thong-bao-khan.wav"
         demo_urgent(urgent, URGENT_S)
-        _say(f"made demo audio ({'espeak-ng speech' if spoken else 'tones'}): "
-             f"{BULLETIN_S:.0f} s bulletin, {URGENT_S:.0f} s urgent announcement")
+        _say(_("made demo audio ({kind}): {bulletin:.0f} s bulletin, {urgent:.0f} s urgent "
+               "announcement", kind=_("espeak-ng speech") if spoken else _("tones"),
+               bulletin=BULLETIN_S, urgent=URGENT_S))
         return bulletin, urgent
 
     def start_agents(
@@ -254,9 +259,10 @@ class Demo:
         deadline = time.monotonic() + 20
         while not all(a.ready() for a in self.agents):
             if time.monotonic() > deadline:
-                raise RuntimeError("agents could not connect and subscribe within 20 s")
+                raise RuntimeError(_("agents could not connect and subscribe within 20 s"))
             time.sleep(0.05)
-        _say(f"started {len(self.agents)} simulated agents (null output), all connected")
+        _say(_("started {n} simulated agents (null output), all connected",
+               n=len(self.agents)))
 
     def start_controller(
         self, broker: BrokerAddress, playlist: Path, clock: OffsetClock,
@@ -299,8 +305,8 @@ class Demo:
             try:
                 cleared = clear_retained(self.external, topics.PREFIX,
                                          f"{self.client_prefix}-cleanup")
-                _say(f"removed the demo's {cleared} retained messages from the broker "
-                     f"(under {topics.PREFIX}/)")
+                _say(_("removed the demo's {n} retained messages from the broker "
+                       "(under {prefix}/)", n=cleared, prefix=topics.PREFIX))
             except DemoError as exc:
                 problems.append(str(exc))
         if self.embedded is not None:
@@ -337,20 +343,23 @@ def clear_retained(broker: BrokerAddress, root: str, client_id: str) -> int:
         link.subscribe(f"{root}/#", on_message)
         link.start()
         if not link.wait_connected(CLEANUP_TIMEOUT_S):
-            raise DemoError(f"could not reconnect to broker {broker.url()} to remove the "
-                            f"demo's retained messages under {root}/")
+            raise DemoError(_("could not reconnect to broker {url} to remove the "
+                              "demo's retained messages under {root}/", url=broker.url(),
+                              root=root))
         deadline = time.monotonic() + CLEANUP_TIMEOUT_S
         while not back.wait(0.5):  # the subscription may reach the broker after a probe
             if time.monotonic() > deadline:
-                raise DemoError(f"broker {broker.url()} did not hand over the retained "
-                                f"messages under {root}/; some may be left there")
+                raise DemoError(_("broker {url} did not hand over the retained "
+                                  "messages under {root}/; some may be left there",
+                                  url=broker.url(), root=root))
             link.publish(probe, nonce.encode())
         with lock:
             retained = sorted(found)
         for topic in retained:
             if not link.wait_published(topic, b"", retain=True, timeout=CLEANUP_TIMEOUT_S):
-                raise DemoError(f"broker {broker.url()} did not acknowledge removing the "
-                                f"retained message on {topic}")
+                raise DemoError(_("broker {url} did not acknowledge removing the "
+                                  "retained message on {topic}", url=broker.url(),
+                                  topic=topic))
         return len(retained)
     finally:
         link.stop()
@@ -389,7 +398,7 @@ def run_demo(
                 left = demo.close()
     finally:
         if keep:
-            _say(f"demo files kept in {work}")
+            _say(_("demo files kept in {work}", work=work))
         else:
             shutil.rmtree(work, ignore_errors=True)
     if left:  # the demo's messages could not all be removed: say so, whatever it played
@@ -398,8 +407,8 @@ def run_demo(
     result.elapsed_s = round(time.monotonic() - started, 1)
     _report(result, as_json, out or sys.stdout)
     if store_url is not None and result.ok:
-        _say(f"the demo's store is kept at {store_url}: loa-controller report --store "
-             f"{store_url}")
+        _say(_("the demo's store is kept at {url}: loa-controller report --store {url}",
+               url=store_url))
     return result
 
 
@@ -411,15 +420,15 @@ def _check_new_store(url: str) -> None:
     if url.startswith("sqlite:///"):
         file = Path(url.removeprefix("sqlite:///"))
         if file.exists() and file.stat().st_size > 0:
-            raise ValueError(f"{file} exists: give the demo a new store file (it keeps the "
-                             "demo's plays there for `loa-controller report`)")
+            raise ValueError(_("{file} exists: give the demo a new store file (it keeps the "
+                               "demo's plays there for `loa-controller report`)", file=file))
         file.parent.mkdir(parents=True, exist_ok=True)
         return
     store = Store(url)
     try:
         if store.history.first_play() is not None:
-            raise ValueError(f"the store at {url} already holds plays: give the demo an "
-                             "empty database")
+            raise ValueError(_("the store at {url} already holds plays: give the demo an "
+                               "empty database", url=url))
     finally:
         store.close()
 
@@ -433,8 +442,8 @@ def _run(demo: Demo, work: Path, started: float, store_url: str | None = None) -
     generate_keypair(work / "keys" / "controller.key", work / "keys" / "controller.pub")
     fleet = load_fleet(FLEET)
     communes = [n.id for n in fleet.communes()]
-    _say(f"loaded {FLEET.relative_to(ROOT)}: {len(fleet.clusters)} clusters in "
-         f"{len(communes)} communes")
+    _say(_("loaded {file}: {n} clusters in {communes} communes",
+           file=FLEET.relative_to(ROOT), n=len(fleet.clusters), communes=len(communes)))
     bulletin_audio, urgent_audio = demo.audio()
     playlist = _playlist(work / "playlists", fleet.province.id, bulletin_audio)
 
@@ -448,10 +457,12 @@ def _run(demo: Demo, work: Path, started: float, store_url: str | None = None) -
     tracker = demo.tracker
     play_id = Occurrence("ban-tin-sang", six.astimezone(UTC), six.astimezone(UTC)).play_id
     everyone = sorted(fleet.clusters)
-    _say("06:00 'Bản tin sáng' is scheduled for the whole province; waiting for it to start")
+    _say(_("06:00 'Bản tin sáng' is scheduled for the whole province; waiting for it to "
+           "start"))
     tracker.wait(play_id, everyone, FINAL_KINDS | {"playing"}, 30)
     playing = Counter(tracker.of(play_id).values())
-    _say(f"bulletin: {playing.get('playing', 0)} of {len(everyone)} clusters playing")
+    _say(_("bulletin: {n} of {total} clusters playing", n=playing.get("playing", 0),
+           total=len(everyone)))
 
     urgent_targets = communes[:URGENT_COMMUNES]
     sent = controller.send_urgent(
@@ -460,8 +471,9 @@ def _run(demo: Demo, work: Path, started: float, store_url: str | None = None) -
     )
     urgent_id = sent[0].play_id.partition(PROFILE_MARK)[0]
     targeted = sorted(c for spec in sent for c in spec.clusters)
-    _say(f"urgent announcement sent to {len(urgent_targets)} communes "
-         f"({len(targeted)} clusters); it preempts the bulletin there")
+    _say(_("urgent announcement sent to {communes} communes "
+           "({n} clusters); it preempts the bulletin there", communes=len(urgent_targets),
+           n=len(targeted)))
     tracker.wait(urgent_id, targeted, FINAL_KINDS, 20)
     tracker.wait(play_id, everyone, FINAL_KINDS, BULLETIN_S + 20)
     result = _outcomes(fleet, tracker.of(play_id), tracker.of(urgent_id), targeted)
@@ -501,7 +513,7 @@ def _report(result: DemoResult, as_json: bool, out: TextIO) -> None:
                       out, ensure_ascii=False)
             out.write("\n")
         else:
-            _say(f"demo failed: {result.reason}")
+            _say(_("demo failed: {reason}", reason=result.reason))
         return
     if as_json:
         json.dump(
@@ -529,21 +541,23 @@ def _report(result: DemoResult, as_json: bool, out: TextIO) -> None:
             f"{u.get('finished', 0)}/{len(items)}",
         ])
     out.write(format_table(
-        ["commune", "clusters", "bulletin finished", "interrupted", "failed/missing",
-         "urgent finished"],
+        [_("commune"), _("clusters"), _("bulletin finished"), _("interrupted"),
+         _("failed/missing"), _("urgent finished")],
         rows,
     ) + "\n")
     total = len(result.clusters)
     done = sum(1 for r in result.clusters if r["bulletin"] == "finished")
     cut = sum(1 for r in result.clusters if r["bulletin"] == "interrupted")
     urgent = [r for r in result.clusters if r["urgent"] != "not-targeted"]
-    out.write(
-        f"\n{total} clusters: bulletin finished on {done}, interrupted by the urgent "
-        f"announcement on {cut}; urgent announcement finished on "
-        f"{sum(1 for r in urgent if r['urgent'] == 'finished')} of {len(urgent)} targeted. "
-        f"{result.elapsed_s:.1f} s.\n"
-    )
+    out.write(_(
+        "\n{total} clusters: bulletin finished on {done}, interrupted by the urgent "
+        "announcement on {cut}; urgent announcement finished on "
+        "{urgent_done} of {targeted} targeted. {s:.1f} s.\n", total=total, done=done, cut=cut,
+        urgent_done=sum(1 for r in urgent if r["urgent"] == "finished"),
+        targeted=len(urgent), s=result.elapsed_s,
+    ))
     if result.problems:
-        out.write("PROBLEMS:\n" + "\n".join(f"  {p}" for p in result.problems) + "\n")
+        out.write(_("PROBLEMS:") + "\n" + "\n".join(f"  {p}" for p in result.problems)
+                  + "\n")
     if result.reason:
-        _say(f"demo failed: {result.reason}")
+        _say(_("demo failed: {reason}", reason=result.reason))

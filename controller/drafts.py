@@ -21,6 +21,7 @@ from controller.fleet import Fleet
 from controller.holidays import HolidayCalendar
 from controller.playlist import Playlists, load_playlists, playlist_files
 from protocol.config_errors import ConfigError, Problem
+from protocol.l10n import _
 
 
 def draft_only(live_paths: Sequence[Path], draft_paths: Sequence[Path]) -> list[Path]:
@@ -43,7 +44,8 @@ def merge(live: Playlists, draft: Playlists) -> tuple[Playlists, list[Problem]]:
         if replaced is not None:
             notes.append(Problem(
                 programme.source.file, programme.source.line, 1,
-                f"draft: programme {ident!r} replaces the live one at {replaced.source}",
+                _("draft: programme {ident!r} replaces the live one at {source}", ident=ident,
+                  source=replaced.source),
                 "warning",
             ))
         programmes[ident] = programme

@@ -63,6 +63,7 @@ from controller.audio_chain import DEFAULT_PROFILE, ProfileName
 from controller.folding import exact, fold, without_prefix
 from controller.voices import BUILTIN, check_voice_name
 from protocol.config_errors import ConfigError, Problem
+from protocol.l10n import N_, _
 from protocol.topics import check_id
 from protocol.validation import suggest, validate
 from protocol.yamlload import LocationMap, NodePath, load_yaml
@@ -79,16 +80,16 @@ TAG_PREFIX = "tag:"
 def _topic_id(value: str) -> str:
     check_id(value)
     if value == ALL:
-        raise ValueError(f"{ALL!r} is reserved: in targets it means every cluster")
+        raise ValueError(_("{all!r} is reserved: in targets it means every cluster", all=ALL))
     return value
 
 
 def _tag(value: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", value):
-        raise ValueError(
-            f"tag {value!r}: use 1-64 lower-case letters, digits, '-' or '_' "
-            "(no accents or spaces), e.g. ven-song"
-        )
+        raise ValueError(_(
+            "tag {value!r}: use 1-64 lower-case letters, digits, '-' or '_' "
+            "(no accents or spaces), e.g. ven-song", value=value,
+        ))
     return value
 
 
@@ -99,10 +100,10 @@ def _code_text(value: Any) -> Any:
 
 def _code(value: str) -> str:
     if not re.fullmatch(r"[0-9]{2,5}", value):
-        raise ValueError(
-            f"{value!r} is not a national statistics code: 2 digits for a province, 3 for "
-            'a district, 5 for a commune, in quotes, e.g. code: "31399"'
-        )
+        raise ValueError(_(
+            "{value!r} is not a national statistics code: 2 digits for a province, 3 for "
+            'a district, 5 for a commune, in quotes, e.g. code: "31399"', value=value,
+        ))
     return value
 
 
@@ -298,7 +299,9 @@ class Fleet:
         self.clusters = clusters
         provinces = [n for n in nodes.values() if n.parent is None]
         if len(provinces) != 1:
-            raise ValueError(f"a fleet has exactly one province, not {len(provinces)}")
+            raise ValueError(
+                _("a fleet has exactly one province, not {n}", n=len(provinces))
+            )
         self.province = provinces[0]
         self._children: dict[str, list[str]] = {n: [] for n in nodes}
         for n in nodes.values():
@@ -338,7 +341,7 @@ class Fleet:
         try:
             return self.nodes[id]
         except KeyError:
-            raise UnknownTargetError(id, self._unknown(id, "node")) from None
+            raise UnknownTargetError(id, self._unknown(id, N_("node"))) from None
 
     @property
     def tags(self) -> list[str]:
@@ -425,7 +428,9 @@ class Fleet:
         try:
             return self.clusters[cluster_id]
         except KeyError:
-            raise UnknownTargetError(cluster_id, self._unknown(cluster_id, "cluster")) from None
+            raise UnknownTargetError(
+                cluster_id, self._unknown(cluster_id, N_("cluster"))
+            ) from None
 
     # --- targets ------------------------------------------------------------------------
 
@@ -445,8 +450,10 @@ class Fleet:
             if tag in self._tags:
                 return target
             close = suggest(tag, self._tags)
-            hint = f"; did you mean '{TAG_PREFIX}{close}'?" if close else ""
-            raise UnknownTargetError(target, f"no cluster carries the tag {tag!r}{hint}")
+            hint = _("; did you mean '{tag}'?", tag=f"{TAG_PREFIX}{close}") if close else ""
+            raise UnknownTargetError(
+                target, _("no cluster carries the tag {tag!r}{hint}", tag=tag, hint=hint)
+            )
         written = target.strip()
         if written in self._codes:
             return self._codes[written]
@@ -457,7 +464,7 @@ class Fleet:
                 return found[0]
             if found:
                 raise AmbiguousTargetError(target, self._ambiguous(target, found))
-        raise UnknownTargetError(target, self._unknown(target, "target"))
+        raise UnknownTargetError(target, self._unknown(target, N_("target")))
 
     def target_problem(self, target: str) -> str | None:
         """None if target names something in this fleet, else what is wrong with it."""
@@ -478,10 +485,10 @@ class Fleet:
 
     def _ambiguous(self, target: str, found: list[str]) -> str:
         places = [f"{ident} ({self._where(ident)})" for ident in sorted(found)]
-        choice = ", ".join(places[:-1]) + " or " + places[-1]
-        return (
-            f"{target!r} fits {len(found)} places; did you mean {choice}? Write its id or "
-            "its full name"
+        choice = ", ".join(places[:-1]) + _(" or ") + places[-1]
+        return _(
+            "{target!r} fits {n} places; did you mean {choice}? Write its id or "
+            "its full name", target=target, n=len(found), choice=choice,
         )
 
     def _unknown(self, name: str, what: str) -> str:
@@ -492,10 +499,12 @@ class Fleet:
             spoken = suggest(fold(name), folded)
             close = folded[spoken][0] if spoken and len(folded[spoken]) == 1 else None
         if close is not None:
-            return f"unknown {what} {name!r}; did you mean {close!r}?"
-        return (
-            f"unknown {what} {name!r}: write a node or cluster id, a statistics code or a "
-            f"name from the fleet file, '{TAG_PREFIX}<tag>', or '{ALL}'"
+            return _("unknown {what} {name!r}; did you mean {close!r}?", what=_(what),
+                     name=name, close=close)
+        return _(
+            "unknown {what} {name!r}: write a node or cluster id, a statistics code or a "
+            "name from the fleet file, '{prefix}<tag>', or '{all}'", what=_(what), name=name,
+            prefix=TAG_PREFIX, all=ALL,
         )
 
     def _expand(self, target: str) -> frozenset[str]:
@@ -585,8 +594,8 @@ class _Builder:
             self.problems.append(
                 self.locations.problem(
                     (*path, "id"),
-                    f"id {ident!r} is already used at line {line}; every node and cluster "
-                    "needs its own id",
+                    _("id {ident!r} is already used at line {line}; every node and cluster "
+                      "needs its own id", ident=ident, line=line),
                 )
             )
             return False
@@ -606,11 +615,12 @@ class _Builder:
         voice = getattr(spec, "voice", None)
         if voice is not None and voice not in self.voices:
             close = suggest(voice, self.voices)
-            hint = f"did you mean {close!r}? " if close else ""
+            hint = _("did you mean {close!r}? ", close=close) if close else ""
             self.problems.append(self.locations.problem(
                 (*path, "voice"),
-                f"no voice {voice!r}: {hint}write one of {', '.join(self.voices)}, or define "
-                "it under speech.voices in the controller config",
+                _("no voice {voice!r}: {hint}write one of {voices}, or define "
+                  "it under speech.voices in the controller config", voice=voice, hint=hint,
+                  voices=", ".join(self.voices)),
             ))
         above = parent.audio_profile if parent else DEFAULT_PROFILE
         node = Node(
@@ -628,7 +638,9 @@ class _Builder:
 
     def cluster(self, spec: ClusterSpec, at: Node, commune: Node, path: NodePath) -> None:
         if (spec.lat is None) != (spec.lon is None):
-            self.problems.append(self.locations.problem(path, "write both lat and lon, or neither"))
+            self.problems.append(
+                self.locations.problem(path, _("write both lat and lon, or neither"))
+            )
         if not self._claim(spec.id, path):
             return
         self.clusters[spec.id] = Cluster(
@@ -672,7 +684,7 @@ class _Builder:
         if not spec.districts and not spec.communes:
             self.problems.append(
                 self.locations.problem(
-                    root, "the province has no communes: add `communes:` or `districts:`"
+                    root, _("the province has no communes: add `communes:` or `districts:`")
                 )
             )
 

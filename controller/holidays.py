@@ -49,6 +49,7 @@ import lunar_vn
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from protocol.config_errors import ConfigError, Problem
+from protocol.l10n import N_, _
 from protocol.topics import check_id
 from protocol.validation import validate
 from protocol.yamlload import load_yaml
@@ -63,20 +64,35 @@ MAX_SPAN_DAYS = 15
 
 
 def _day_month(value: Any, *, lunar: bool) -> tuple[int, int]:
-    kind = "lunar date" if lunar else "date"
-    example = '"10/3" (the 10th day of the 3rd lunar month)' if lunar else '"30/4", "2/9"'
+    kind = _("lunar date") if lunar else _("date")
+    example = _('"10/3" (the 10th day of the 3rd lunar month)') if lunar else '"30/4", "2/9"'
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a {kind}: write day/month in quotes, e.g. {example}")
+        raise ValueError(_(
+            "{value!r} is not a {kind}: write day/month in quotes, e.g. {example}",
+            value=value, kind=kind, example=example,
+        ))
     match = re.fullmatch(r"\s*(\d{1,2})\s*/\s*(\d{1,2})\s*", value)
     if not match:
-        raise ValueError(f"{value!r} is not a {kind}: write day/month, e.g. {example}")
+        raise ValueError(_(
+            "{value!r} is not a {kind}: write day/month, e.g. {example}",
+            value=value, kind=kind, example=example,
+        ))
     day, month = int(match[1]), int(match[2])
     if not 1 <= month <= 12:
-        raise ValueError(f"{value!r}: there is no month {month} (write day/month, e.g. {example})")
+        raise ValueError(_(
+            "{value!r}: there is no month {month} (write day/month, e.g. {example})",
+            value=value, month=month, example=example,
+        ))
     longest = 30 if lunar else (29 if month == 2 else 30 if month in (4, 6, 9, 11) else 31)
     if not 1 <= day <= longest:
-        raise ValueError(f"{value!r}: month {month} has at most {longest} days (write day/month)")
+        raise ValueError(_(
+            "{value!r}: month {month} has at most {longest} days (write day/month)",
+            value=value, month=month, longest=longest,
+        ))
     return day, month
+
+
+_PYTHON_DATE_ERRORS = (N_("day is out of range for month"), N_("month must be in 1..12"))
 
 
 def _solar(value: Any) -> Any:
@@ -86,7 +102,11 @@ def _solar(value: Any) -> Any:
         try:
             return date(year, month, day)
         except ValueError as exc:
-            raise ValueError(f"{value!r} is not a date: {exc}") from None
+            # Python's own words, translated where the catalog knows them.
+            reason = _(str(exc)) if str(exc) in _PYTHON_DATE_ERRORS else str(exc)
+            raise ValueError(
+                _("{value!r} is not a date: {reason}", value=value, reason=reason)
+            ) from None
     return _day_month(value, lunar=False)
 
 
@@ -96,8 +116,10 @@ def _lunar(value: Any) -> Any:
 
 def _holiday_id(value: str) -> str:
     if value == EVERY_HOLIDAY:
-        raise ValueError(f"{EVERY_HOLIDAY!r} means every holiday in a playlist: choose another id")
-    return check_id(value, "holiday id")
+        raise ValueError(_(
+            "{every!r} means every holiday in a playlist: choose another id", every=EVERY_HOLIDAY
+        ))
+    return check_id(value, N_("holiday id"))
 
 
 def _check_solar(value: str) -> str:
@@ -137,9 +159,9 @@ class Holiday(_Strict):
     @model_validator(mode="after")
     def _one_date(self) -> Holiday:
         if (self.date is None) == (self.lunar is None):
-            raise ValueError(
+            raise ValueError(_(
                 'write either date: (solar, "30/4") or lunar: (âm lịch, "10/3"), one of the two'
-            )
+            ))
         return self
 
     def anchors(self, year: int) -> Iterator[dt.date]:
@@ -248,8 +270,8 @@ def load_holidays(path: Path) -> HolidayCalendar:
     if not path.is_file():
         raise ConfigError([Problem(
             str(path), 1, 1,
-            "holiday calendar not found: create it (see config/holidays.yaml) or correct "
-            "`holidays:` in the controller config",
+            _("holiday calendar not found: create it (see config/holidays.yaml) or correct "
+              "`holidays:` in the controller config"),
         )])
     data, where = load_yaml(path)
     parsed = validate(HolidayFile, data, where)
@@ -262,8 +284,8 @@ def load_holidays(path: Path) -> HolidayCalendar:
             first = where.value(("holidays", [*holidays].index(holiday.id))).line
             problems.append(where.problem(
                 ("holidays", i, "id"),
-                f"holiday id {holiday.id!r} is already used at {where.file}:{first}; "
-                "give this holiday its own id",
+                _("holiday id {id!r} is already used at {file}:{first}; "
+                  "give this holiday its own id", id=holiday.id, file=where.file, first=first),
             ))
             continue
         holidays[holiday.id] = holiday

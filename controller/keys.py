@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from protocol import topics
 from protocol.files import PUBLIC, write_atomic
+from protocol.l10n import _
 from protocol.messages import Address, Command, KeyRotationBody, MessageError, parse
 from protocol.mqtt import Link
 from protocol.signing import (
@@ -75,10 +76,10 @@ def make_rotation(
 ) -> Rotation:
     """One signed key-rotation command per cluster, signed by the old key."""
     if overlap < timedelta(0) or overlap > MAX_OVERLAP:
-        raise ValueError(
-            f"an overlap of {overlap} is out of range: both keys are accepted for between 0 "
-            f"and {MAX_OVERLAP.days} days (e.g. --overlap 7d)"
-        )
+        raise ValueError(_(
+            "an overlap of {overlap} is out of range: both keys are accepted for between 0 "
+            "and {days} days (e.g. --overlap 7d)", overlap=overlap, days=MAX_OVERLAP.days,
+        ))
     retire_at = now + overlap
     body = KeyRotationBody(
         old_key=key_text(old.public_key()), new_key=key_text(new), retire_at=retire_at
@@ -110,13 +111,17 @@ def load_rotation(path: Path) -> Rotation | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the key rotation ({exc})") from None
+        raise ValueError(
+            _("{path}: cannot read the key rotation ({exc})", path=path, exc=exc)
+        ) from None
     try:
         commands = {}
         for cluster, obj in doc["commands"].items():
             command = parse(Command, obj)  # the signed form, as it will be published
             if not isinstance(command.body, KeyRotationBody):
-                raise ValueError(f"the command for {cluster} is not a key rotation")
+                raise ValueError(
+                    _("the command for {cluster} is not a key rotation", cluster=cluster)
+                )
             commands[str(cluster)] = json.dumps(obj, ensure_ascii=False).encode()
         return Rotation(
             key_from_text(doc["old_key"]), key_from_text(doc["new_key"]),
@@ -124,10 +129,10 @@ def load_rotation(path: Path) -> Rotation | None:
             commands,
         )
     except (KeyError, TypeError, AttributeError, ValueError, MessageError) as exc:
-        raise ValueError(
-            f"{path}: the key rotation is damaged ({exc}); make a new one with "
-            "`loa-controller keys rotate --force`"
-        ) from None
+        raise ValueError(_(
+            "{path}: the key rotation is damaged ({exc}); make a new one with "
+            "`loa-controller keys rotate --force`", path=path, exc=exc,
+        )) from None
 
 
 def rotate(
@@ -143,11 +148,12 @@ def rotate(
     kept = rotation_path(private_key)
     earlier = load_rotation(kept)
     if earlier is not None and now < earlier.retire_at and not force:
-        raise ValueError(
-            f"the rotation {earlier.describe()} is under way until "
-            f"{earlier.retire_at.isoformat(timespec='seconds')}; wait for it to end (clusters "
-            "that have not taken it could not follow a second one), or --force"
-        )
+        raise ValueError(_(
+            "the rotation {rotation} is under way until "
+            "{until}; wait for it to end (clusters "
+            "that have not taken it could not follow a second one), or --force",
+            rotation=earlier.describe(), until=earlier.retire_at.isoformat(timespec="seconds"),
+        ))
     new = Ed25519PrivateKey.generate()
     rotation = make_rotation(old, new.public_key(), clusters, now, overlap)
     # The new key first beside the old one, then the rotation naming it, then the swap: an

@@ -24,6 +24,7 @@ from controller.audio import GAP_MS
 from controller.fleet import Fleet
 from controller.playlist import Playlists, Programme
 from protocol.config_errors import Problem
+from protocol.l10n import _, current
 
 HORIZON = timedelta(days=366)
 SHOWN_CLUSTERS = 3
@@ -85,11 +86,15 @@ def _names(clusters: frozenset[str]) -> str:
     ordered = sorted(clusters)
     shown = ", ".join(ordered[:SHOWN_CLUSTERS])
     more = len(ordered) - SHOWN_CLUSTERS
-    return f"{shown} and {more} more" if more > 0 else shown
+    return _("{shown} and {more} more", shown=shown, more=more) if more > 0 else shown
 
 
 def _times(count: int) -> str:
-    return "once" if count == 1 else f"{count} times"
+    return _("once") if count == 1 else _("{count} times", count=count)
+
+
+#: Days of the week as Vietnamese write them in a date (Monday first).
+_WEEKDAYS_VI = ("T2", "T3", "T4", "T5", "T6", "T7", "CN")
 
 
 def overlaps(
@@ -120,7 +125,11 @@ def overlaps(
     problems: list[Problem] = []
 
     def local(at: datetime) -> str:
-        return at.astimezone(tz).strftime("%a %Y-%m-%d %H:%M")
+        """Ends with HH:MM (cut off when both airings fall on one day)."""
+        there = at.astimezone(tz)
+        if current() == "vi":
+            return f"{_WEEKDAYS_VI[there.weekday()]} {there:%d/%m/%Y %H:%M}"
+        return there.strftime("%a %Y-%m-%d %H:%M")
 
     for one in found:
         p = one.programme
@@ -130,11 +139,13 @@ def overlaps(
             x, y = close[0]
             problems.append(Problem(
                 p.source.file, p.source.line, 1,
-                f"programme '{p.id}' lasts {span(one.length.total_seconds())} but airs again "
-                f"{span((y - x).total_seconds())} after it starts (first at {local(x)}; "
-                f"{_times(len(close))} in the next {days} days): the airings overlap on its "
-                f"clusters and the later one may be missed. Space its times or its repeat "
-                f"gap at least {span(one.length.total_seconds())} apart",
+                _("programme '{id}' lasts {length} but airs again "
+                  "{after} after it starts (first at {first}; "
+                  "{times} in the next {days} days): the airings overlap on its "
+                  "clusters and the later one may be missed. Space its times or its repeat "
+                  "gap at least {length} apart", id=p.id, length=span(one.length.total_seconds()),
+                  after=span((y - x).total_seconds()), first=local(x),
+                  times=_times(len(close)), days=days),
             ))
     for i, a in enumerate(found):
         for b in found[i + 1:]:
@@ -155,12 +166,16 @@ def overlaps(
             waits_when = local(waits_at)[-5:] if same_day else local(waits_at)
             problems.append(Problem(
                 waits.source.file, waits.source.line, 1,
-                f"programme '{waits.id}' overlaps programme '{other.id}' at {other.source} "
-                f"(both level {pa.level}) on {len(shared)} cluster(s) ({_names(shared)}): "
-                f"'{other.id}' airs at {local(other_at)} for {span(other_len.total_seconds())} "
-                f"and '{waits.id}' starts at {waits_when} "
-                f"({_times(len(clashes))} in the next {days} days). Same-level airings "
-                f"wait for each other, so '{waits.id}' may be missed: move one of them, "
-                "change its targets, or give one another level",
+                _("programme '{waits}' overlaps programme '{other}' at {source} "
+                  "(both level {level}) on {n} cluster(s) ({names}): "
+                  "'{other}' airs at {other_at} for {length} "
+                  "and '{waits}' starts at {waits_at} "
+                  "({times} in the next {days} days). Same-level airings "
+                  "wait for each other, so '{waits}' may be missed: move one of them, "
+                  "change its targets, or give one another level", waits=waits.id,
+                  other=other.id, source=other.source, level=pa.level, n=len(shared),
+                  names=_names(shared), other_at=local(other_at),
+                  length=span(other_len.total_seconds()), waits_at=waits_when,
+                  times=_times(len(clashes)), days=days),
             ))
     return problems

@@ -81,6 +81,7 @@ from controller.holidays import EVERY_HOLIDAY, HolidayCalendar
 from controller.holidays import json_schema as holidays_json_schema
 from protocol.config_errors import ConfigError, Problem
 from protocol.durations import Duration
+from protocol.l10n import N_, _
 from protocol.messages import Level
 from protocol.topics import check_id
 from protocol.validation import suggest, validate
@@ -106,38 +107,54 @@ def _parse_time(value: Any) -> Any:
     if isinstance(value, time):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        raise ValueError(f'{value} is a number, not a time: write HH:MM in quotes, e.g. "06:00"')
+        raise ValueError(
+            _('{value} is a number, not a time: write HH:MM in quotes, e.g. "06:00"', value=value)
+        )
     if not isinstance(value, str):
         return value  # pydantic says what type it expected
     match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", value)
     if not match:
-        raise ValueError(f'{value!r} is not a time of day: write HH:MM, e.g. "06:00" or "17:30"')
+        raise ValueError(
+            _('{value!r} is not a time of day: write HH:MM, e.g. "06:00" or "17:30"', value=value)
+        )
     hours, minutes = int(match[1]), int(match[2])
     if hours > 23 or minutes > 59:
-        raise ValueError(
-            f"{value!r} is not a time of day: hours go from 00 to 23 and minutes from 00 to 59"
-            ' (write "00:00" for midnight)'
-        )
+        raise ValueError(_(
+            "{value!r} is not a time of day: hours go from 00 to 23 and minutes from 00 to 59"
+            ' (write "00:00" for midnight)', value=value,
+        ))
     return time(hours, minutes)
+
+
+_NOT_A_DATE = N_("{value!r} is not a date: write YYYY-MM-DD, e.g. 2026-05-01")
 
 
 def _parse_date(value: Any) -> Any:
     if isinstance(value, date):
         return value
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a date: write YYYY-MM-DD, e.g. 2026-05-01")
+        raise ValueError(_(_NOT_A_DATE, value=value))
     match = re.fullmatch(r"\s*(\d{4})-(\d{1,2})-(\d{1,2})\s*", value)
     if not match:
-        raise ValueError(f"{value!r} is not a date: write YYYY-MM-DD, e.g. 2026-05-01")
+        raise ValueError(_(_NOT_A_DATE, value=value))
     year, month, day = int(match[1]), int(match[2]), int(match[3])
     if not 1 <= month <= 12:
-        raise ValueError(f"{value!r} is not a date: there is no month {month}")
+        raise ValueError(
+            _("{value!r} is not a date: there is no month {month}", value=value, month=month)
+        )
     last = calendar.monthrange(year, month)[1]
     if not 1 <= day <= last:
-        raise ValueError(
-            f"{value!r} is not a date: {calendar.month_name[month]} {year} has {last} days"
-        )
+        raise ValueError(_(
+            "{value!r} is not a date: {month_name} {year} has {last} days", value=value,
+            month_name=_(_MONTHS[month - 1]), year=year, last=last,
+        ))
     return date(year, month, day)
+
+
+_MONTHS = (
+    N_("January"), N_("February"), N_("March"), N_("April"), N_("May"), N_("June"),
+    N_("July"), N_("August"), N_("September"), N_("October"), N_("November"), N_("December"),
+)
 
 
 #: Vietnamese day names as people write them, folded (controller.folding.fold):
@@ -154,7 +171,7 @@ _VI_SETS: dict[str, tuple[Weekday, ...]] = {
     "ngay lam viec": DAY_SETS["workdays"],
     "cuoi tuan": DAY_SETS["weekend"],
 }
-_DAY_HELP = (
+_DAY_HELP = N_(
     "write daily, workdays (mon-fri), weekend (sat, sun), a list such as [mon, wed, fri] "
     "or [thứ hai, thứ tư, thứ sáu] (also T2 ... T7, CN), or a range such as T2-T6"
 )
@@ -181,8 +198,10 @@ _VI_SHOWN = {
 def _not_a_day(value: str) -> ValueError:
     close = suggest(fold(value), [*DAY_SETS, *WEEKDAYS, *_VI_SHOWN])
     close = _VI_SHOWN.get(close, close) if close else None
-    hint = f"did you mean {close!r}? " if close else ""
-    return ValueError(f"{value!r} is not a day: {hint}{_DAY_HELP}")
+    hint = _("did you mean {close!r}? ", close=close) if close else ""
+    return ValueError(
+        _("{value!r} is not a day: {hint}{help}", value=value, hint=hint, help=_(_DAY_HELP))
+    )
 
 
 def _day_item(value: Any) -> Any:
@@ -229,7 +248,7 @@ def _sorted_days(days: tuple[Weekday, ...] | None) -> tuple[Weekday, ...] | None
     if days is None:
         return None
     if not days:
-        raise ValueError("needs at least one day; leave the key out to mean every day")
+        raise ValueError(_("needs at least one day; leave the key out to mean every day"))
     return tuple(d for d in WEEKDAYS if d in days)
 
 
@@ -274,11 +293,11 @@ def _audio_path(value: Path, info: ValidationInfo) -> Path:
         return value
     path = value if value.is_absolute() else Path(os.path.normpath(Path(base) / value))
     if context.get("check_files", True) and not path.is_file():
-        what = "is a directory, not an audio file" if path.is_dir() else "not found"
-        raise ValueError(
-            f"audio file '{value}' {what} (looked for {path}); paths are relative to "
-            "this playlist file's folder"
-        )
+        what = _("is a directory, not an audio file") if path.is_dir() else _("not found")
+        raise ValueError(_(
+            "audio file '{value}' {what} (looked for {path}); paths are relative to "
+            "this playlist file's folder", value=value, what=what, path=path,
+        ))
     return path
 
 
@@ -294,7 +313,7 @@ def _one_or_many(value: Any) -> Any:
 
 
 def _programme_id(value: str) -> str:
-    return check_id(value, "programme id")
+    return check_id(value, N_("programme id"))
 
 
 def _target(value: str) -> str:
@@ -304,12 +323,14 @@ def _target(value: str) -> str:
         return value
     if value.startswith(TAG_PREFIX):
         if not value.removeprefix(TAG_PREFIX):
-            raise ValueError(f"write the tag after '{TAG_PREFIX}', e.g. {TAG_PREFIX}cho")
+            raise ValueError(
+                _("write the tag after '{prefix}', e.g. {prefix}cho", prefix=TAG_PREFIX)
+            )
         return value
     if not value.strip():
-        raise ValueError("an empty target: write a node or cluster id, a name, or all")
+        raise ValueError(_("an empty target: write a node or cluster id, a name, or all"))
     if len(value) > 200:
-        raise ValueError("a target is at most 200 characters")
+        raise ValueError(_("a target is at most 200 characters"))
     return value
 
 
@@ -333,9 +354,11 @@ def _holiday_choice(value: Any) -> Any:
 def _holiday_ids(value: Any) -> Any:
     if isinstance(value, tuple):
         if not value:
-            raise ValueError("name at least one holiday, or write holidays for all of them")
+            raise ValueError(
+                _("name at least one holiday, or write holidays for all of them")
+            )
         for item in value:
-            check_id(item, "holiday id")
+            check_id(item, N_("holiday id"))
     return value
 
 
@@ -370,12 +393,12 @@ class _Strict(BaseModel):
 
 def _stream_url(value: str) -> str:
     if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value):
-        raise ValueError(
-            f"{value!r} is not a stream URL: write http://host[:port]/path (an Icecast "
-            "mount, an MP3/AAC/Ogg stream, or an HLS .m3u8)"
-        )
+        raise ValueError(_(
+            "{value!r} is not a stream URL: write http://host[:port]/path (an Icecast "
+            "mount, an MP3/AAC/Ogg stream, or an HLS .m3u8)", value=value,
+        ))
     if len(value) > 500:
-        raise ValueError("a stream URL is at most 500 characters")
+        raise ValueError(_("a stream URL is at most 500 characters"))
     return value
 
 
@@ -384,7 +407,7 @@ StreamUrl = Annotated[str, AfterValidator(_stream_url)]
 
 def _live_duration(value: timedelta) -> timedelta:
     if not timedelta(minutes=1) <= value <= timedelta(hours=12):
-        raise ValueError("a rebroadcast lasts 1m to 12h")
+        raise ValueError(_("a rebroadcast lasts 1m to 12h"))
     return value
 
 
@@ -436,12 +459,12 @@ class Bulletin(_Strict):
     @model_validator(mode="after")
     def _files_or_rebroadcast(self) -> Bulletin:
         if self.rebroadcast is None and not self.files:
-            raise ValueError("a bulletin needs files (audio to play) or a rebroadcast")
+            raise ValueError(_("a bulletin needs files (audio to play) or a rebroadcast"))
         if self.rebroadcast is not None and (self.files or self.intro or self.outro):
-            raise ValueError(
+            raise ValueError(_(
                 "a rebroadcast bulletin has no files, intro or outro: put the chimes in a "
                 "programme of their own, just before"
-            )
+            ))
         return self
 
     def audio(self) -> list[Path]:
@@ -464,12 +487,12 @@ class Repeat(_Strict):
     @model_validator(mode="after")
     def _fits_a_day(self) -> Repeat:
         if self.count > 1 and self.gap <= timedelta(0):
-            raise ValueError("gap: write the time between two airings, e.g. gap: 15m")
+            raise ValueError(_("gap: write the time between two airings, e.g. gap: 15m"))
         if (self.count - 1) * self.gap >= MAX_REPEAT_SPAN:
-            raise ValueError(
-                f"{self.count} airings {self.gap} apart span a day or more; use the "
-                "schedule's times for that"
-            )
+            raise ValueError(_(
+                "{count} airings {gap} apart span a day or more; use the "
+                "schedule's times for that", count=self.count, gap=self.gap,
+            ))
         return self
 
 
@@ -508,7 +531,7 @@ class Schedule(_Strict):
         seen: set[time] = set()
         for t in times:
             if t in seen:
-                raise ValueError(f"{t:%H:%M} is listed twice")
+                raise ValueError(_("{t:%H:%M} is listed twice", t=t))
             seen.add(t)
         return sorted(times)
 
@@ -516,9 +539,9 @@ class Schedule(_Strict):
     @classmethod
     def _dates_alone(cls, dates: list[date], info: ValidationInfo) -> list[date]:
         if dates and info.data.get("weekdays") is not None:
-            raise ValueError("write either dates or weekdays, not both")
+            raise ValueError(_("write either dates or weekdays, not both"))
         if dates and info.data.get("every_weeks") is not None:
-            raise ValueError("write either dates or every_weeks, not both")
+            raise ValueError(_("write either dates or every_weeks, not both"))
         return sorted(set(dates))
 
     _calendar: HolidayCalendar = PrivateAttr(default_factory=HolidayCalendar)
@@ -532,7 +555,7 @@ class Schedule(_Strict):
             return chosen
         for other in ("weekdays", "dates", "every_weeks"):
             if info.data.get(other):
-                raise ValueError(f"write either on_holidays or {other}, not both")
+                raise ValueError(_("write either on_holidays or {other}, not both", other=other))
         return chosen
 
     @field_validator("from_")
@@ -542,11 +565,12 @@ class Schedule(_Strict):
             return anchor  # every_weeks itself is wrong, and reported
         every = info.data["every_weeks"]
         if anchor is None and every is not None and every > 1:
-            raise ValueError(
-                f"every_weeks: {every} needs `from: YYYY-MM-DD`, a date in the first week it airs"
-            )
+            raise ValueError(_(
+                "every_weeks: {every} needs `from: YYYY-MM-DD`, a date in the first week it "
+                "airs", every=every,
+            ))
         if anchor is not None and (every is None or every == 1):
-            raise ValueError("`from` only counts weeks for every_weeks: 2 or more")
+            raise ValueError(_("`from` only counts weeks for every_weeks: 2 or more"))
         return anchor
 
     @field_validator("valid_until")
@@ -554,7 +578,7 @@ class Schedule(_Strict):
     def _after_start(cls, until: date | None, info: ValidationInfo) -> date | None:
         start = info.data.get("valid_from")
         if until is not None and start is not None and until < start:
-            raise ValueError(f"{until} is before valid_from ({start})")
+            raise ValueError(_("{until} is before valid_from ({start})", until=until, start=start))
         return until
 
     @property
@@ -660,15 +684,15 @@ def local_time_note(day: date, at: time, tz: ZoneInfo) -> str | None:
     local = datetime.combine(day, at, tzinfo=tz)
     back = local.astimezone(UTC).astimezone(tz)
     if back.replace(tzinfo=None) != local.replace(tzinfo=None):
-        return (
-            f"{at:%H:%M} does not exist on {day} in {tz.key} (clocks go forward); "
-            f"it airs at {back:%H:%M} that day"
+        return _(
+            "{at:%H:%M} does not exist on {day} in {tz} (clocks go forward); "
+            "it airs at {back:%H:%M} that day", at=at, day=day, tz=tz.key, back=back,
         )
     other = local.replace(fold=1)
     if other.utcoffset() != local.utcoffset():
-        return (
-            f"{at:%H:%M} happens twice on {day} in {tz.key} (clocks go back); "
-            "it airs once, at the first"
+        return _(
+            "{at:%H:%M} happens twice on {day} in {tz} (clocks go back); "
+            "it airs once, at the first", at=at, day=day, tz=tz.key,
         )
     return None
 
@@ -717,10 +741,10 @@ class Programme(_Strict):
     @model_validator(mode="after")
     def _rebroadcast_alone(self) -> Programme:
         if len(self.bulletins) > 1 and any(b.rebroadcast for b in self.bulletins):
-            raise ValueError(
+            raise ValueError(_(
                 "a programme with a rebroadcast has that one bulletin: put other bulletins "
                 "in a programme of their own"
-            )
+            ))
         return self
 
     @property
@@ -809,13 +833,14 @@ def playlist_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
             found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
             if not found:
                 problems.append(
-                    Problem(str(path), 1, 1, "no playlist files (*.yaml) in this folder", "warning")
+                    Problem(str(path), 1, 1, _("no playlist files (*.yaml) in this folder"),
+                            "warning")
                 )
             files.extend(p for p in found if p.is_file())
         elif path.exists():
             files.append(path)
         else:
-            problems.append(Problem(str(path), 1, 1, "playlist file or folder not found"))
+            problems.append(Problem(str(path), 1, 1, _("playlist file or folder not found")))
     return files, problems
 
 
@@ -865,8 +890,8 @@ class _Checker:
                 self.problems.append(
                     where.problem(
                         (*path, "id"),
-                        f"programme id {ident!r} is already used at {earlier}; "
-                        "give this programme its own id",
+                        _("programme id {ident!r} is already used at {earlier}; "
+                          "give this programme its own id", ident=ident, earlier=earlier),
                     )
                 )
             else:
@@ -892,9 +917,9 @@ class _Checker:
         if self.holidays is None:
             self.problems.append(where.problem(
                 path,
-                f"{key}: there is no holiday calendar to take the holidays from: load the "
-                "playlists with one (`holidays: holidays.yaml` in the controller config; an "
-                "example is config/holidays.yaml)",
+                _("{key}: there is no holiday calendar to take the holidays from: load the "
+                  "playlists with one (`holidays: holidays.yaml` in the controller config; an "
+                  "example is config/holidays.yaml)", key=key),
             ))
             return
         items = _holiday_choice(value)
@@ -903,13 +928,14 @@ class _Checker:
         for i, ident in enumerate(items):
             if isinstance(ident, str) and ident not in self.holidays.holidays:
                 close = suggest(ident, self.holidays.holidays)
-                hint = f"did you mean {close!r}? " if close else ""
-                known = ", ".join(self.holidays.holidays) or "none"
+                hint = _("did you mean {close!r}? ", close=close) if close else ""
+                known = ", ".join(self.holidays.holidays) or _("none")
                 at = (*path, i) if isinstance(value, list) else path
                 self.problems.append(where.problem(
                     at,
-                    f"{key}: {ident!r} is not in the holiday calendar {self.holidays.file}: "
-                    f"{hint}its holidays are {known}",
+                    _("{key}: {ident!r} is not in the holiday calendar {file}: "
+                      "{hint}its holidays are {known}", key=key, ident=ident,
+                      file=self.holidays.file, hint=hint, known=known),
                 ))
 
     def add(self, programme: Programme, path: NodePath, where: LocationMap) -> None:
@@ -926,7 +952,7 @@ class _Checker:
             self.problems.append(
                 where.problem(
                     (*path, "targets"),
-                    "these targets, less exclude, contain no cluster: it would air nowhere",
+                    _("these targets, less exclude, contain no cluster: it would air nowhere"),
                     severity="warning",
                 )
             )
@@ -941,7 +967,7 @@ class _Checker:
             self.problems.append(
                 where.problem(
                     (*path, "schedule"),
-                    f"this schedule ended on {last}; it will not air again",
+                    _("this schedule ended on {last}; it will not air again", last=last),
                     severity="warning",
                 )
             )

@@ -36,6 +36,7 @@ from controller.config import ControllerConfig
 from controller.credentials import Account, BrokerCredentials
 from controller.fleet import Fleet
 from protocol.files import PRIVATE, PUBLIC, write_atomic
+from protocol.l10n import _
 from protocol.signing import load_private_key, public_pem
 from protocol.validation import suggest
 
@@ -81,10 +82,11 @@ class BundleSource:
     ) -> BundleSource:
         ca_file = config.agent_ca_file
         if ca_file is not None and not ca_file.is_file():
-            raise ValueError(
-                f"{ca_file}: the broker's CA certificate (provisioning.ca_file or "
-                "broker_ca_file) is not there; every bundle for an mqtts:// broker carries it"
-            )
+            raise ValueError(_(
+                "{file}: the broker's CA certificate (provisioning.ca_file or "
+                "broker_ca_file) is not there; every bundle for an mqtts:// broker carries it",
+                file=ca_file,
+            ))
         key = load_private_key(config.private_key)
         return cls(
             broker_url=config.agent_broker_url,
@@ -161,7 +163,7 @@ def write_bundle(
         (folder / CA_FILE).unlink()
     token = source.enrolment_token(cluster).strip()
     if "\n" in token:
-        raise ValueError(f"the enrolment token for {cluster} must be one line")
+        raise ValueError(_("the enrolment token for {cluster} must be one line", cluster=cluster))
     if token:
         write_atomic(folder / TOKEN_FILE, (token + "\n").encode(), PRIVATE)
         files.append(TOKEN_FILE)
@@ -176,20 +178,23 @@ def pick_clusters(fleet: Fleet, names: Sequence[str], every: bool) -> list[str]:
     """The clusters asked for, in fleet order; ValueError naming any unknown one."""
     if every:
         if names:
-            raise ValueError("give cluster ids or --all, not both")
+            raise ValueError(_("give cluster ids or --all, not both"))
         return sorted(fleet.clusters)
     if not names:
-        raise ValueError("name the clusters to provision (cluster ids from the fleet), or --all")
+        raise ValueError(
+            _("name the clusters to provision (cluster ids from the fleet), or --all")
+        )
     unknown = [n for n in names if n not in fleet.clusters]
     if unknown:
         hints = []
         for name in unknown:
             close = suggest(name, fleet.clusters)
-            hints.append(f"{name!r}" + (f" (did you mean {close!r}?)" if close else ""))
-        raise ValueError(
-            f"no cluster {', '.join(hints)} in the fleet; write cluster ids as they appear "
-            "after `id:` under `clusters:` in the fleet file"
-        )
+            hints.append(f"{name!r}" + (_(" (did you mean {close!r}?)", close=close)
+                                        if close else ""))
+        raise ValueError(_(
+            "no cluster {names} in the fleet; write cluster ids as they appear "
+            "after `id:` under `clusters:` in the fleet file", names=", ".join(hints),
+        ))
     return list(dict.fromkeys(names))
 
 
@@ -206,10 +211,11 @@ def provision(
     """Write out/<cluster>/ for each cluster; make (or, with rotate, replace) their logins."""
     controller_user = config.provisioning.controller_username
     if controller_user in clusters:
-        raise ValueError(
-            f"cluster {controller_user!r} has the controller's broker user name: rename the "
-            "cluster, or set provisioning.controller_username to another name"
-        )
+        raise ValueError(_(
+            "cluster {user!r} has the controller's broker user name: rename the "
+            "cluster, or set provisioning.controller_username to another name",
+            user=controller_user,
+        ))
     source = BundleSource.from_config(config, enrolment_token)
     store = BrokerCredentials(config.credentials_file)
     accounts, made = store.ensure(clusters, now, rotate=clusters if rotate else ())

@@ -40,6 +40,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from controller.store.history import History, StoredCluster
+from protocol.l10n import _
 
 Outcome = Literal["aired", "interrupted", "missed", "failed", "unknown"]
 OUTCOMES: tuple[Outcome, ...] = ("aired", "interrupted", "missed", "failed", "unknown")
@@ -165,7 +166,7 @@ def plays_on_clusters(history: History) -> list[PlayOnCluster]:
 def _seconds_aired(reported: list[tuple[str, datetime, str | None]]) -> float:
     total = 0.0
     started: datetime | None = None
-    for kind, at, _ in reported:
+    for kind, at, _reason in reported:
         if kind == "playing":
             started = at
         elif kind in _ENDS_AIRING and started is not None:
@@ -258,9 +259,10 @@ def parse_day(text: str, what: str) -> date:
     try:
         return date.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(
-            f"{what} {text!r} is not a date: write YYYY-MM-DD, e.g. 2026-11-27"
-        ) from None
+        raise ValueError(_(
+            "{what} {text!r} is not a date: write YYYY-MM-DD, e.g. 2026-11-27", what=what,
+            text=text,
+        )) from None
 
 
 def period(
@@ -285,13 +287,15 @@ def period(
     if month:
         found = re.fullmatch(r"\s*(\d{4})-(\d{1,2})\s*", month)
         if not found or not 1 <= int(found[2]) <= 12:
-            raise ValueError(f"--month {month!r}: write YYYY-MM, e.g. 2026-11")
+            raise ValueError(_("--month {month!r}: write YYYY-MM, e.g. 2026-11", month=month))
         year, m = int(found[1]), int(found[2])
         return date(year, m, 1), date(year, m, calendar.monthrange(year, m)[1])
     a = parse_day(first, "--from") if first else None
     b = parse_day(last, "--to") if last else None
     if a and b and b < a:
-        raise ValueError(f"--to {b} is before --from {a}: write the earlier day first")
+        raise ValueError(
+            _("--to {b} is before --from {a}: write the earlier day first", a=a, b=b)
+        )
     return a, b
 
 

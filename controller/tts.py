@@ -32,6 +32,7 @@ from controller.samples import SpeechError, speech
 from controller.speech_text import SpeechText
 from controller.vi_numbers import NumberWords
 from controller.voices import DEFAULT_VOICE, Voice, catalogue
+from protocol.l10n import Text
 from protocol.validation import suggest
 
 #: Longest text spoken in one announcement (about five minutes of speech).
@@ -224,12 +225,12 @@ class Speech:
     def speak(self, text: str, out: Path, voice: str | None = None) -> Path:
         text = " ".join(text.split())
         if not text:
-            raise ValueError("the text is empty: write what the speakers should say")
+            raise ValueError(Text("the text is empty: write what the speakers should say"))
         if len(text) > MAX_TEXT_CHARS:
-            raise ValueError(
-                f"the text has {len(text)} characters; at most {MAX_TEXT_CHARS} are spoken "
-                "in one announcement"
-            )
+            raise ValueError(Text(
+                "the text has {n} characters; at most {max} are spoken "
+                "in one announcement", n=len(text), max=MAX_TEXT_CHARS,
+            ))
         chosen = self.voice(voice)
         engine = self.engines[chosen.engine]
         missing = engine.missing(chosen)

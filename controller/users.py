@@ -43,6 +43,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from protocol.config_errors import ConfigError, Problem
+from protocol.l10n import _
 from protocol.validation import validate
 from protocol.yamlload import load_yaml
 
@@ -62,10 +63,10 @@ def normal_name(typed: str) -> str:
 
 def _user_name(value: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", value):
-        raise ValueError(
-            f"user name {value!r}: use 1-64 lower-case letters, digits, '.', '_' or '-' "
-            "(no accents or spaces), e.g. can-bo-tan-binh"
-        )
+        raise ValueError(_(
+            "user name {value!r}: use 1-64 lower-case letters, digits, '.', '_' or '-' "
+            "(no accents or spaces), e.g. can-bo-tan-binh", value=value,
+        ))
     return value
 
 
@@ -102,7 +103,9 @@ class UsersFile(_Strict):
 
 def hash_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValueError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+        raise ValueError(
+            _("a password needs at least {n} characters", n=MIN_PASSWORD_LENGTH)
+        )
     return _hasher.hash(password)
 
 

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from protocol.l10n import _
+
 EngineName = Literal["espeak-ng", "command"]
 DEFAULT_VOICE = "mien-bac"
 #: espeak-ng's speed (words per minute) and pitch (0-99) for the built-in voices: a
@@ -62,10 +64,10 @@ BUILTIN: dict[str, Voice] = {
 
 def check_voice_name(name: str) -> str:
     if not _NAME.fullmatch(name):
-        raise ValueError(
-            f"voice name {name!r}: use 1-64 lower-case letters, digits, '-' or '_' (no "
-            "accents or spaces), e.g. mien-nam"
-        )
+        raise ValueError(_(
+            "voice name {name!r}: use 1-64 lower-case letters, digits, '-' or '_' (no "
+            "accents or spaces), e.g. mien-nam", name=name,
+        ))
     return name
 
 

@@ -42,7 +42,7 @@ from pydantic import (
 from device_agent.output import OPUSDEC_DEVICE_HELP, parse_device
 from device_agent.relays.config import RelayConfig
 from protocol.config_errors import ConfigError, Problem
-from protocol.l10n import _
+from protocol.l10n import N_, _
 from protocol.mqtt import BrokerAddress
 from protocol.topics import check_id
 from protocol.validation import validate
@@ -62,7 +62,7 @@ ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
 
 
 def _topic_id(value: str) -> str:
-    return check_id(value, "this id")  # ValueError says which characters are allowed
+    return check_id(value, N_("this id"))  # ValueError says which characters are allowed
 
 
 TopicId = Annotated[str, AfterValidator(_topic_id)]
@@ -138,7 +138,8 @@ class OutputConfig(_Strict):
         if self.kind == "file" and self.out_dir is None:
             raise ValueError(_("the file output needs a folder: add `out_dir: /some/folder`"))
         if self.kind == "opusdec" and self.device and parse_device(self.device)[0] == "pulse":
-            raise ValueError(f"device {self.device!r}: {OPUSDEC_DEVICE_HELP}")
+            raise ValueError(_("device {device!r}: {help}", device=self.device,
+                                 help=_(OPUSDEC_DEVICE_HELP)))
         return self
 
 
@@ -264,10 +265,11 @@ def config_warnings(config: AgentConfig, locations: LocationMap) -> list[Problem
     if config.heartbeat_s is not None and config.heartbeat_s > config.keepalive:
         warnings.append(locations.problem(
             ("heartbeat_s",),
-            f"heartbeat_s {config.heartbeat_s:g} is longer than keepalive "
-            f"{config.keepalive}: heartbeats are sent every {config.keepalive} s instead, "
-            "since the controller counts a cluster offline after 1.5 × keepalive without "
-            f"a message; write heartbeat_s: {config.keepalive} or less (or leave it out)",
+            _("heartbeat_s {heartbeat:g} is longer than keepalive "
+              "{keepalive}: heartbeats are sent every {keepalive} s instead, "
+              "since the controller counts a cluster offline after 1.5 × keepalive without "
+              "a message; write heartbeat_s: {keepalive} or less (or leave it out)",
+              heartbeat=config.heartbeat_s, keepalive=config.keepalive),
             severity="warning",
         ))  # fmt: skip
     return warnings

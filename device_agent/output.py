@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
+from protocol.l10n import N_, _
 from protocol.live import SLOT_SAMPLES
 from protocol.ogg import OggWriter
 
@@ -179,7 +180,7 @@ TAIL_LINES = 6
 CHECK_TIMEOUT_S = 10.0
 
 DeviceKind = Literal["alsa", "pulse", "null"]
-DEVICE_HELP = (
+DEVICE_HELP = N_(
     "write alsa:<device> (alsa:default, alsa:plughw:1,0), pulse:<sink> (pulse:default) or null"
 )
 
@@ -194,7 +195,8 @@ def parse_device(device: str) -> tuple[DeviceKind, str]:
             return "alsa", target
         if kind == "pulse":
             return "pulse", target
-    raise ValueError(f"output device {device!r} is not understood: {DEVICE_HELP}")
+    raise ValueError(_("output device {device!r} is not understood: {help}", device=device,
+                       help=_(DEVICE_HELP)))
 
 
 def _ffmpeg_missing(ffmpeg: str) -> str:
@@ -592,7 +594,7 @@ BLOCK_BYTES = APLAY_BYTES_PER_S // 10
 #: opusdec's quietest gain (dB), used for volume 0: far below 16-bit's noise floor.
 MIN_GAIN_DB = -128.0
 RAW_FORMAT = ["-t", "raw", "-f", "S16_LE", "-r", str(OUTPUT_RATE), "-c", str(APLAY_CHANNELS)]
-OPUSDEC_DEVICE_HELP = (
+OPUSDEC_DEVICE_HELP = N_(
     "the opusdec output plays through ALSA: write alsa:<device> (alsa:default, "
     "alsa:plughw:1,0; alsa:pulse for a PulseAudio or PipeWire server) or null, "
     "or set output.kind: ffmpeg to play to pulse:<sink>"
@@ -762,7 +764,8 @@ class OpusdecBackend:
                  aplay: str = "aplay") -> None:  # fmt: skip
         kind, target = parse_device(device)
         if kind == "pulse":
-            raise ValueError(f"output device {device!r}: {OPUSDEC_DEVICE_HELP}")
+            raise ValueError(_("output device {device!r}: {help}", device=device,
+                               help=_(OPUSDEC_DEVICE_HELP)))
         self.device = device
         self.alsa_device = "null" if kind == "null" else target
         self.paced = kind == "null"

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from protocol.l10n import _
+
 Severity = Literal["error", "warning"]
 
 
@@ -27,7 +29,7 @@ class Problem:
     severity: Severity = "error"
 
     def __str__(self) -> str:
-        prefix = "warning: " if self.severity == "warning" else ""
+        prefix = _("warning: ") if self.severity == "warning" else ""
         return f"{self.file}:{self.line}:{self.col}: {prefix}{self.message}"
 
 

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, WithJsonSchema
 
+from protocol.l10n import _
+
 _DURATION = re.compile(r"(?:(\d+)\s*h)?\s*(?:(\d+)\s*m)?\s*(?:(\d+)\s*s)?")
 
 
@@ -20,12 +22,14 @@ def parse_duration(value: Any) -> Any:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError(f"{value} has no unit: write e.g. {value}s or {value}m")
+        raise ValueError(_("{value} has no unit: write e.g. {value}s or {value}m", value=value))
     if not isinstance(value, str):
         return value
     match = _DURATION.fullmatch(value.strip())
     if not value.strip() or not match:
-        raise ValueError(f"{value!r} is not a duration: write e.g. 90s, 10m, 2h or 1h30m")
+        raise ValueError(
+            _("{value!r} is not a duration: write e.g. 90s, 10m, 2h or 1h30m", value=value)
+        )
     hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
     return timedelta(hours=hours, minutes=minutes, seconds=seconds)
 
@@ -41,7 +45,7 @@ def parse_span(text: str) -> timedelta:
         return timedelta(days=int(days.group(1)))
     value = parse_duration(text)
     if not isinstance(value, timedelta):
-        raise ValueError(f"{text!r} is not a duration")
+        raise ValueError(_("{text!r} is not a duration", text=text))
     return value
 
 

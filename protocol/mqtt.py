@@ -33,6 +33,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from protocol.l10n import _
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
@@ -53,16 +55,19 @@ class BrokerAddress:
         """Parse mqtt://[user[:password]@]host[:port] or mqtts://..."""
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(
-                f"broker URL {url!r}: scheme must be mqtt:// or mqtts://, e.g. mqtt://127.0.0.1:1883"
-            )
+            raise ValueError(_(
+                "broker URL {url!r}: scheme must be mqtt:// or mqtts://, e.g. "
+                "mqtt://127.0.0.1:1883", url=url,
+            ))
         if not parts.hostname:
-            raise ValueError(f"broker URL {url!r} has no host, e.g. mqtt://127.0.0.1:1883")
+            raise ValueError(
+                _("broker URL {url!r} has no host, e.g. mqtt://127.0.0.1:1883", url=url)
+            )
         tls = parts.scheme in ("mqtts", "ssl")
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
-            raise ValueError(f"broker URL {url!r}: the port is not a number") from None
+            raise ValueError(_("broker URL {url!r}: the port is not a number", url=url)) from None
         return cls(
             host=parts.hostname,
             port=port,

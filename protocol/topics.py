@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
+from protocol.l10n import N_, _
+
 PREFIX = "loa/v1"
 _PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}/v1")
 
@@ -73,13 +75,14 @@ def prefix(root: str) -> Iterator[str]:
         PREFIX = before
 
 
-def check_id(value: str, what: str = "id") -> str:
-    """Return value if it is a valid single-level id, else raise ValueError naming it."""
+def check_id(value: str, what: str = N_("id")) -> str:
+    """Return value if it is a valid single-level id, else raise ValueError naming it
+    (what: marked with N_ where it is written, translated here)."""
     if not _ID_RE.fullmatch(value):
-        raise ValueError(
-            f"{what} {value!r} cannot be used in an MQTT topic: use 1-64 letters, digits, "
-            "'.', '_' or '-', starting with a letter or digit"
-        )
+        raise ValueError(_(
+            "{what} {value!r} cannot be used in an MQTT topic: use 1-64 letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit", what=_(what), value=value,
+        ))
     return value
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL, make_url
 
 from controller.store.migrate import head
+from protocol.l10n import _
 
 
 class BackupError(Exception):
@@ -45,7 +46,7 @@ def sqlite_file(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite":
         return None
     if not parsed.database or parsed.database == ":memory:":
-        raise BackupError(f"{url}: an in-memory database cannot be backed up")
+        raise BackupError(_("{url}: an in-memory database cannot be backed up", url=url))
     return Path(parsed.database)
 
 
@@ -55,7 +56,8 @@ def backup(url: str, target: Path) -> Done:
     if source is None:
         return _pg_dump(make_url(url), target)
     if not source.is_file():
-        raise BackupError(f"no database at {source}: nothing to back up (is store_url right?)")
+        raise BackupError(_("no database at {source}: nothing to back up (is store_url right?)",
+                            source=source))
     part = target.with_name(target.name + ".part")
     part.unlink(missing_ok=True)
     try:
@@ -64,40 +66,45 @@ def backup(url: str, target: Path) -> Done:
         revision = _check(part)
     except sqlite3.Error as exc:
         part.unlink(missing_ok=True)
-        raise BackupError(f"backing up {source} failed: {exc}") from None
+        raise BackupError(_("backing up {source} failed: {exc}", source=source, exc=exc)) from None
     os.replace(part, target)
-    return Done(
-        f"backed up {source} to {target} ({target.stat().st_size} bytes, schema revision "
-        f"{revision}); restore with: loa-controller db restore {target}"
-    )
+    return Done(_(
+        "backed up {source} to {target} ({size} bytes, schema revision "
+        "{revision}); restore with: loa-controller db restore {target}", source=source,
+        target=target, size=target.stat().st_size, revision=revision,
+    ))
 
 
 def restore(url: str, backup_file: Path) -> Done:
     """Replace the store at url with backup_file's content (the controller stopped)."""
     if not backup_file.is_file():
-        raise BackupError(f"{backup_file} does not exist")
+        raise BackupError(_("{file} does not exist", file=backup_file))
     target = sqlite_file(url)
     if target is None:
         return _pg_restore(make_url(url), backup_file)
     try:
         revision = _check(backup_file)
     except sqlite3.Error as exc:
-        raise BackupError(f"{backup_file} is not a SQLite database: {exc}") from None
+        raise BackupError(
+            _("{file} is not a SQLite database: {exc}", file=backup_file, exc=exc)
+        ) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with closing(_connect(backup_file, readonly=True)) as src, \
                 closing(_connect(target)) as dst:
             src.backup(dst)
     except sqlite3.Error as exc:
-        raise BackupError(
-            f"restoring {backup_file} into {target} failed: {exc} (is the controller still "
-            "running? stop it first)"
-        ) from None
-    behind = "" if revision == head() else (
-        f"; it is at revision {revision}, this release at {head()}: run "
-        "`loa-controller db upgrade` before starting the controller"
+        raise BackupError(_(
+            "restoring {file} into {target} failed: {exc} (is the controller still "
+            "running? stop it first)", file=backup_file, target=target, exc=exc,
+        )) from None
+    behind = "" if revision == head() else _(
+        "; it is at revision {revision}, this release at {head}: run "
+        "`loa-controller db upgrade` before starting the controller", revision=revision,
+        head=head(),
     )
-    return Done(f"restored {target} from {backup_file} (schema revision {revision}){behind}")
+    return Done(_("restored {target} from {file} (schema revision {revision}){behind}",
+                  target=target, file=backup_file, revision=revision, behind=behind))
 
 
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -112,13 +119,15 @@ def _check(path: Path) -> str:
     with closing(_connect(path, readonly=True)) as conn:
         verdict = conn.execute("PRAGMA integrity_check").fetchone()[0]
         if verdict != "ok":
-            raise BackupError(f"{path} fails SQLite's integrity check: {verdict}")
+            raise BackupError(
+                _("{path} fails SQLite's integrity check: {verdict}", path=path, verdict=verdict)
+            )
         try:
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
         except sqlite3.OperationalError:
             row = None
     if row is None:
-        raise BackupError(f"{path} is not a Loa store (it has no schema revision)")
+        raise BackupError(_("{path} is not a Loa store (it has no schema revision)", path=path))
     return str(row[0])
 
 
@@ -133,13 +142,15 @@ def _pg_env(url: URL) -> tuple[str, dict[str, str]]:
 
 def _run(tool: str, args: list[str], env: dict[str, str]) -> None:
     if shutil.which(tool) is None:
-        raise BackupError(
-            f"{tool} is not installed: apt-get install postgresql-client (the same major "
-            "version as the server, or newer)"
-        )
+        raise BackupError(_(
+            "{tool} is not installed: apt-get install postgresql-client (the same major "
+            "version as the server, or newer)", tool=tool,
+        ))
     done = subprocess.run([tool, *args], env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise BackupError(f"{tool} failed: {done.stderr.strip() or done.returncode}")
+        raise BackupError(
+            _("{tool} failed: {said}", tool=tool, said=done.stderr.strip() or done.returncode)
+        )
 
 
 def _pg_dump(url: URL, target: Path) -> Done:
@@ -153,17 +164,20 @@ def _pg_dump(url: URL, target: Path) -> Done:
         part.unlink(missing_ok=True)
         raise
     os.replace(part, target)
-    return Done(
-        f"backed up {url.render_as_string(hide_password=True)} to {target} with pg_dump "
-        f"({target.stat().st_size} bytes); restore with: loa-controller db restore {target}"
-    )
+    return Done(_(
+        "backed up {url} to {target} with pg_dump "
+        "({size} bytes); restore with: loa-controller db restore {target}",
+        url=url.render_as_string(hide_password=True), target=target,
+        size=target.stat().st_size,
+    ))
 
 
 def _pg_restore(url: URL, backup_file: Path) -> Done:
     dsn, env = _pg_env(url)
     _run("pg_restore", ["--clean", "--if-exists", "--no-owner", "--single-transaction",
                         f"--dbname={dsn}", str(backup_file)], env)
-    return Done(
-        f"restored {url.render_as_string(hide_password=True)} from {backup_file} with "
-        "pg_restore; `loa-controller db current` tells its schema revision"
-    )
+    return Done(_(
+        "restored {url} from {file} with "
+        "pg_restore; `loa-controller db current` tells its schema revision",
+        url=url.render_as_string(hide_password=True), file=backup_file,
+    ))

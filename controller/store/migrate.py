@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, make_url
 
 from controller.store.engine import Database, make_parent_dir
 from controller.store.schema import metadata
+from protocol.l10n import _
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 UPGRADE_COMMAND = "loa-controller db upgrade"
@@ -82,19 +83,22 @@ class SchemaState:
     def describe(self) -> str:
         """What `loa-controller db current` prints: the revision, and what to do."""
         if self.empty:
-            return (f"{self.where}: empty (no store tables); this release's schema is "
-                    f"revision {self.head}. `{UPGRADE_COMMAND}` or `loa-controller run` "
-                    "creates it.")
+            return _("{where}: empty (no store tables); this release's schema is "
+                     "revision {head}. `{command}` or `loa-controller run` "
+                     "creates it.", where=self.where, head=self.head, command=UPGRADE_COMMAND)
         if self.current:
-            return f"{self.where}: revision {self.revision} (head): up to date."
+            return _("{where}: revision {revision} (head): up to date.", where=self.where,
+                     revision=self.revision)
         if self.ahead:
-            return (f"{self.where}: revision {self.revision}, which this release does not "
-                    f"know (its latest is {self.head}): written by a newer release of Loa. "
-                    "Run that release, or restore a backup taken before it.")
-        was = (f"revision {self.revision}" if self.revision
-               else "no schema version (written by a release before migrations)")
-        return (f"{self.where}: {was}; behind this release's revision {self.head}. "
-                f"Back it up, then run `{UPGRADE_COMMAND}`.")
+            return _("{where}: revision {revision}, which this release does not "
+                     "know (its latest is {head}): written by a newer release of Loa. "
+                     "Run that release, or restore a backup taken before it.",
+                     where=self.where, revision=self.revision, head=self.head)
+        was = (_("revision {revision}", revision=self.revision) if self.revision
+               else _("no schema version (written by a release before migrations)"))
+        return _("{where}: {was}; behind this release's revision {head}. "
+                 "Back it up, then run `{command}`.", where=self.where, was=was,
+                 head=self.head, command=UPGRADE_COMMAND)
 
 
 @cache

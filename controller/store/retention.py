@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, select
 
 from controller.store.engine import Database, aware, utc
 from controller.store.schema import event_conflicts, events
+from protocol.l10n import _
 
 #: Rows read, written and deleted at a time.
 BATCH = 5000
@@ -40,10 +41,15 @@ class Pruned:
 
     def describe(self, tz: tzinfo, dry_run: bool = False) -> str:
         when = self.before.astimezone(tz).strftime("%Y-%m-%d")
-        verb = "would delete" if dry_run else "deleted"
-        kept = f"; archived first to {self.archive}" if self.archive and not dry_run else ""
-        return (f"{verb} {self.events} events and {self.conflicts} conflicting events from "
-                f"before {when}{kept}; everything since is kept")
+        kept = (_("; archived first to {archive}", archive=self.archive)
+                if self.archive and not dry_run else "")
+        if dry_run:
+            return _("would delete {events} events and {conflicts} conflicting events from "
+                     "before {when}{kept}; everything since is kept", events=self.events,
+                     conflicts=self.conflicts, when=when, kept=kept)
+        return _("deleted {events} events and {conflicts} conflicting events from "
+                 "before {when}{kept}; everything since is kept", events=self.events,
+                 conflicts=self.conflicts, when=when, kept=kept)
 
 
 def cutoff(now: datetime, retention: timedelta, tz: tzinfo) -> datetime:

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from protocol.durations import Duration
+from protocol.l10n import N_, _
 
 RelayDriver = Literal["lcus", "ascii", "modbus", "none"]
 
@@ -47,24 +48,24 @@ _OWNER = {name: driver for driver, names in DRIVER_OPTIONS.items() for name in n
 
 
 def _port_url(value: str) -> str:
-    scheme, sep, _ = value.partition("://")
+    scheme, sep, _rest = value.partition("://")
     if sep and scheme not in URL_SCHEMES:
-        raise ValueError(
-            f"{scheme}:// is not a serial port: write a device such as /dev/ttyUSB0, or "
-            "socket://host:port or rfc2217://host:port for a serial server"
-        )
+        raise ValueError(_(
+            "{scheme}:// is not a serial port: write a device such as /dev/ttyUSB0, or "
+            "socket://host:port or rfc2217://host:port for a serial server", scheme=scheme,
+        ))
     return value
 
 
 def _ascii_text(value: str) -> str:
     if not value.isascii():
-        raise ValueError("only ASCII characters can be sent to the board")
+        raise ValueError(_("only ASCII characters can be sent to the board"))
     return value
 
 
 def _line_ending(value: str) -> str:
     if not 1 <= len(value) <= 2:
-        raise ValueError('write the line ending the board uses: "\\r\\n", "\\n" or "\\r"')
+        raise ValueError(_('write the line ending the board uses: "\\r\\n", "\\n" or "\\r"'))
     return value
 
 
@@ -79,9 +80,10 @@ def _show(value: timedelta) -> str:
 def _between(low: timedelta, high: timedelta, why: str) -> AfterValidator:
     def check(value: timedelta) -> timedelta:
         if not low <= value <= high:
-            raise ValueError(
-                f"{_show(value)} is out of range: write {_show(low)} to {_show(high)} ({why})"
-            )
+            raise ValueError(_(
+                "{value} is out of range: write {low} to {high} ({why})", value=_show(value),
+                low=_show(low), high=_show(high), why=_(why),
+            ))
         return value
 
     return AfterValidator(check)
@@ -136,10 +138,12 @@ class RelayConfig(BaseModel):
     """modbus: the coil address as sent on the wire; relay 1 is coil 0 on most boards."""
 
     warm_up: Annotated[
-        Duration, _between(timedelta(0), timedelta(minutes=1), "amplifiers warm up in seconds")
+        Duration, _between(timedelta(0), timedelta(minutes=1), N_("amplifiers warm up in seconds"))
     ] = timedelta(seconds=3)
     """How long the amplifier is on before the first sample of a play."""
-    idle_off: Annotated[Duration, _between(timedelta(0), timedelta(hours=24), "a day at most")] = (
+    idle_off: Annotated[
+        Duration, _between(timedelta(0), timedelta(hours=24), N_("a day at most"))
+    ] = (
         timedelta(minutes=2)
     )
     """How long after the last play the amplifier is switched off."""
@@ -147,7 +151,7 @@ class RelayConfig(BaseModel):
     """When the relay board fails: true plays anyway (the fault is reported), false
     reports the play as failed."""
     retry_max: Annotated[
-        Duration, _between(timedelta(seconds=1), timedelta(hours=1), "retries start at 1s")
+        Duration, _between(timedelta(seconds=1), timedelta(hours=1), N_("retries start at 1s"))
     ] = timedelta(minutes=1)
     """Longest wait between attempts to reach a failed relay board (1 s, doubling)."""
 
@@ -158,10 +162,10 @@ class RelayConfig(BaseModel):
         driver = info.data.get("driver")
         owner = _OWNER[info.field_name or ""]
         if driver not in (None, "none", owner):
-            raise ValueError(
-                f"{info.field_name} is for the {owner} driver, not {driver}: remove it or "
-                f"set driver: {owner}"
-            )
+            raise ValueError(_(
+                "{field} is for the {owner} driver, not {driver}: remove it or "
+                "set driver: {owner}", field=info.field_name, owner=owner, driver=driver,
+            ))
         return value
 
     @model_validator(mode="after")
@@ -169,8 +173,8 @@ class RelayConfig(BaseModel):
         if self.driver == "none":
             return self
         if self.url is None:
-            raise ValueError(
-                f"the {self.driver} relay needs its port: add `url: /dev/ttyUSB0` (or "
-                "socket://host:port for a serial server)"
-            )
+            raise ValueError(_(
+                "the {driver} relay needs its port: add `url: /dev/ttyUSB0` (or "
+                "socket://host:port for a serial server)", driver=self.driver,
+            ))
         return self
