@@ -21,8 +21,12 @@ An interrupted play replayed to its end (`replay_if_interrupted`) is aired in fu
 clock (so a replay counts both the cut part and the whole). Occurrences the controller
 recorded as missed without sending them (it was not running, the programme was not
 approved in time, its audio was refused) reach no cluster: they are counted per
-programme as **not sent**, with the reason. A cluster's **offline time** is the time in
-the range, up to now, during which its last stored change of state was `offline`.
+programme as **not sent**, with the reason. **Live seconds** add up, for every live
+session (a microphone, or a rebroadcast of a station) that ended in the range on a
+cluster, the seconds of audio the cluster says it aired (its `finished`, `interrupted`
+or `missed` event's `seconds`); by programme, a session's row is `live:<its title>`.
+A cluster's **offline time** is the time in the range, up to now, during which its last
+stored change of state was `offline`.
 
 Plays belong to the range their start falls in, in the fleet's time zone: `--from
 2026-11-01 --to 2026-11-30` is every play starting on those local days.
@@ -52,6 +56,8 @@ _FINAL: dict[str, Outcome] = {
 }
 _ENDS_AIRING = frozenset({"finished", "interrupted", "failed"})
 URGENT_PREFIX = "urgent:"
+#: A programme row of live sessions (report by programme): live:<the session's title>.
+LIVE_PREFIX = "live:"
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,9 @@ class Tally:
     aired_by_level: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     offline_s: float | None = None
+    #: Seconds of live audio aired (microphone sessions and rebroadcasts together), from
+    #: the seconds each cluster reported at a session's end.
+    live_s: float = 0.0
     not_sent: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
 
@@ -239,10 +248,21 @@ def build(history: History, tz: ZoneInfo, by: GroupBy, now: datetime) -> Report:
             rows.setdefault(p.level, Tally(p.level, p.level)).add(p)
         for row in rows.values():
             row.clusters = len({p.cluster for p in played if p.level == row.key})
+    for aired in history.live:
+        c = known.setdefault(
+            aired.cluster, StoredCluster(aired.cluster, aired.cluster, "", "", False)
+        )
+        key, name = {
+            "cluster": (c.id, c.name), "commune": (c.commune, c.commune_name or "?"),
+            "programme": (f"{LIVE_PREFIX}{aired.bulletin}", aired.bulletin),
+            "level": (aired.level, aired.level),
+        }[by]
+        rows.setdefault(key, Tally(key, name)).live_s += aired.seconds
     total = Tally("total", "total", clusters=len(listed),
                   offline_s=sum(offline.values()) if by in ("cluster", "commune") else None)
     for p in played:
         total.add(p)
+    total.live_s = sum(aired.seconds for aired in history.live)
     total.not_sent = len(history.not_sent)
     for miss in history.not_sent:
         total.reasons[f"not sent: {reason_kind(miss.reason)}"] += 1

@@ -34,6 +34,7 @@ _FIGURES_VI = [
     "Lượt phát theo lịch", "Đã phát xong", "Bị ngắt", "Bị lỡ", "Lỗi", "Chưa có kết quả",
     "Số giây đã phát",
     *(f"Đã phát xong mức {LEVEL_VI[level]}" for level in LEVELS),
+    "Số giây phát trực tiếp và tiếp sóng",
 ]
 _FIGURES_EN = [
     "scheduled", "aired", "interrupted", "missed", "failed", "no result", "aired",
@@ -69,7 +70,7 @@ def cells(by: GroupBy, row: Tally, *, total: bool = False) -> list[Any]:
     figures: list[Any] = [
         row.scheduled, row.count("aired"), row.count("interrupted"), row.count("missed"),
         row.count("failed"), row.count("unknown"), round(row.seconds, 1),
-        *(row.aired_by_level.get(level, 0) for level in LEVELS),
+        *(row.aired_by_level.get(level, 0) for level in LEVELS), round(row.live_s, 1),
     ]
     extra: list[Any] = []
     if _offline(by):
@@ -148,6 +149,7 @@ def _tally_json(row: Tally) -> dict[str, Any]:
         "no_result": row.count("unknown"),
         "seconds_aired": round(row.seconds, 3),
         "aired_by_level": {level: row.aired_by_level.get(level, 0) for level in LEVELS},
+        "live_s": round(row.live_s, 3),
         "offline_s": None if row.offline_s is None else round(row.offline_s, 3),
         "not_sent": row.not_sent,
         "reasons": dict(sorted(row.reasons.items())),
@@ -182,14 +184,15 @@ def to_table(report: Report) -> str:
             "aired", "interrupted", "missed", "failed", "unknown"
         ))]
         aired = span(row.seconds) if row.seconds else "0s"
+        live = span(row.live_s) if row.live_s else "-"
         extra = []
         if _offline(report.by):
             extra = [span(row.offline_s) if row.offline_s else "-"]
         elif report.by == "programme":
             extra = [str(row.not_sent)]
-        return [*key, *figures, aired, *extra, row.reasons_text()]
+        return [*key, *figures, aired, live, *extra, row.reasons_text()]
 
-    headers = [*_KEY_EN[report.by], *_FIGURES_EN[:-1], "aired for",
+    headers = [*_KEY_EN[report.by], *_FIGURES_EN[:-1], "aired for", "live",
                *(["offline"] if _offline(report.by) else []),
                *(["not sent"] if report.by == "programme" else []), "why missed or failed"]
     rows = [show(r) for r in report.rows] + [show(report.total, total=True)]

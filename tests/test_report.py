@@ -193,3 +193,38 @@ def test_a_store_that_is_not_there_is_not_created(
 def test_reasons_are_counted_by_what_they_say() -> None:
     assert reason_kind("not received: no confirmation by 06:10") == "not received"
     assert reason_kind("the amplifier did not answer " * 5).endswith("…")
+
+
+def test_live_and_rebroadcast_seconds_are_what_the_clusters_reported(store: Store) -> None:
+    """A live session's end carries the seconds of audio the cluster aired; its gaps (the
+    silence) and sessions that ended outside the range are not counted."""
+    from protocol.messages import Event
+
+    def ev(cluster: str, seq: int, kind: str, hour: int, seconds: float | None,
+           session: str = "ab" * 16, title: str = "Tiếp sóng VOV1",
+           ) -> tuple[Event, str]:  # fmt: skip
+        why = "1.00 s of silence: late" if kind == "gap" else None
+        return (Event(cluster=cluster, outbox="live-ob", seq=seq, at=at(hour, 5), kind=kind,
+                      play_id=session, bulletin=title, level="priority", seconds=seconds,
+                      reason=why), "k1")  # fmt: skip
+
+    store.events.store([
+        ev("a-01", 1, "playing", 11, None), ev("a-01", 2, "gap", 11, 1.0),
+        ev("a-01", 3, "finished", 11, 1790.0), ev("b-01", 1, "interrupted", 11, 600.0),
+        ev("a-02", 1, "finished", 12, 45.0, session="cd" * 16, title="Phát trực tiếp"),
+    ], NOW)
+    store.events.store([(Event(cluster="a-01", outbox="live-ob", seq=9, kind="finished",
+                               at=datetime(2026, 11, 30, 4, 0, tzinfo=UTC), play_id="ef" * 16,
+                               bulletin="Hôm sau", level="normal", seconds=999.0), "k1")],
+                       NOW)  # fmt: skip  # another day: not in this report
+    live = {by: {row.key: row.live_s for row in [*report(store, by).rows, report(store, by).total]}
+            for by in ("cluster", "commune", "programme", "level")}  # fmt: skip
+    assert live["cluster"] == {"a-01": 1790.0, "a-02": 45.0, "b-01": 600.0, "total": 2435.0}
+    assert live["commune"] == {"xa-a": 1835.0, "xa-b": 600.0, "total": 2435.0}
+    assert live["programme"]["live:Tiếp sóng VOV1"] == 2390.0
+    assert live["programme"]["live:Phát trực tiếp"] == 45.0
+    assert live["level"]["priority"] == 2435.0
+    # The figures of the plays are unchanged.
+    assert figures(report(store, "cluster"))["total"] == (8, 3, 1, 2, 1, 1, 195.0, 16200.0, 1)
+    header = headers_vi("cluster")
+    assert "Số giây phát trực tiếp và tiếp sóng" in header

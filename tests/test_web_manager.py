@@ -99,7 +99,7 @@ def test_the_report_page_shows_what_the_events_say_and_hands_out_the_same(
         assert rows[cluster] == {
             "scheduled": str(scheduled), "aired": str(aired), "interrupted": str(cut),
             "missed": str(missed), "failed": str(failed), "no_result": str(none),
-            "seconds": f"{seconds:.1f}", "offline": f"{offline:.0f}",
+            "seconds": f"{seconds:.1f}", "live": "0.0", "offline": f"{offline:.0f}",
             "reasons": rows[cluster]["reasons"],
         }, cluster
     assert rows["a-03"]["scheduled"] == "0"

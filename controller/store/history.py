@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import and_, func, select
@@ -86,6 +86,23 @@ class StateChange:
     at: datetime
 
 
+@dataclass(frozen=True)
+class LiveAired:
+    """The end of a live session (a microphone or a rebroadcast) on one cluster: the
+    seconds of audio it aired there, as the cluster reported them."""
+
+    session: str
+    cluster: str
+    bulletin: str
+    level: str
+    at: datetime  # the cluster's clock, when it ended
+    seconds: float
+
+
+#: The events that end a live session on a cluster, with the seconds it aired.
+LIVE_ENDS = ("finished", "interrupted", "missed")
+
+
 @dataclass
 class History:
     """The rows of one range [start, end)."""
@@ -98,6 +115,7 @@ class History:
     not_sent: list[NotSent]
     clusters: list[StoredCluster]
     state_changes: list[StateChange]  # in the range, and the last before it per cluster
+    live: list[LiveAired] = field(default_factory=list)  # sessions that ended in the range
 
 
 @dataclass(frozen=True)
@@ -218,9 +236,20 @@ class HistoryRepository:
                     .order_by(state_changes.c.at, state_changes.c.id)
                 )
             )
+            live = [
+                LiveAired(r.play_id or "", r.cluster, r.bulletin or "", r.level or "normal",
+                          aware(r.at), float(r.seconds))
+                for r in conn.execute(
+                    select(events.c.play_id, events.c.cluster, events.c.bulletin,
+                           events.c.level, events.c.at, events.c.seconds)
+                    .where(events.c.seconds.is_not(None), events.c.kind.in_(LIVE_ENDS),
+                           events.c.at >= utc(start), events.c.at < utc(end))
+                    .order_by(events.c.at, events.c.id)
+                )
+            ]  # fmt: skip
         stored_events.sort(key=lambda e: (e.at, e.id))
         return History(start, end, found, stored_events, stored_confirmations, not_sent, known,
-                       changes)
+                       changes, live)
 
 
 def _batches(items: Sequence[str]) -> list[Sequence[str]]:

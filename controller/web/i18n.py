@@ -300,6 +300,9 @@ TEXT: dict[str, dict[Lang, str]] = {
     "col_failed": {"vi": "Lỗi", "en": "Failed"},
     "col_no_result": {"vi": "Chưa có kết quả", "en": "No result yet"},
     "col_seconds": {"vi": "Số giây đã phát", "en": "Seconds aired"},
+    "col_live": {
+        "vi": "Số giây phát trực tiếp và tiếp sóng", "en": "Seconds aired live and relayed",
+    },
     "col_offline": {"vi": "Mất kết nối (giây)", "en": "Offline (seconds)"},
     "col_not_sent": {"vi": "Không gửi được", "en": "Not sent"},
     "col_reasons": {"vi": "Lý do bị lỡ, lỗi", "en": "Why missed or failed"},
