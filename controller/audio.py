@@ -162,7 +162,8 @@ class AudioSettings:
         if not -9 <= self.true_peak_dbtp <= 0:
             problems.append(f"true_peak_dbtp={self.true_peak_dbtp}: write -9 to 0 (-1 is usual)")
         if problems:
-            raise ValueError("invalid audio settings: " + "; ".join(problems))
+            raise ValueError(Text("invalid audio settings: {problems}",
+                                  problems="; ".join(problems)))
 
     @classmethod
     def from_config(cls, config: AudioConfig) -> AudioSettings:
@@ -509,10 +510,10 @@ class AudioLibrary:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise KeyError(
-                f"{path}: no prepared audio with SHA-256 {sha256} in the audio library; "
-                "prepare the bulletin again"
-            ) from None
+            raise KeyError(Text(
+                "{path}: no prepared audio with SHA-256 {sha256} in the audio library; "
+                "prepare the bulletin again", path=path, sha256=sha256,
+            )) from None
         if hashlib.sha256(data).hexdigest() != sha256:
             raise AudioError(
                 path,

@@ -32,6 +32,7 @@ from controller.credentials import Account
 from controller.fleet import Fleet
 from protocol import topics
 from protocol.files import PRIVATE, PUBLIC, write_atomic
+from protocol.l10n import Text
 
 MOSQUITTO_CONF = "mosquitto.conf"
 MOSQUITTO_PASSWD = "mosquitto.passwd"  # noqa: S105  # a file name, not a password
@@ -82,10 +83,11 @@ def controller_access(username: str) -> Access:
 
 def check_names(fleet: Fleet, controller_username: str) -> None:
     if controller_username in fleet.clusters:
-        raise ValueError(
-            f"cluster {controller_username!r} has the controller's broker user name: rename "
-            "the cluster, or set provisioning.controller_username to another name"
-        )
+        raise ValueError(Text(
+            "cluster {name!r} has the controller's broker user name: rename "
+            "the cluster, or set provisioning.controller_username to another name",
+            name=controller_username,
+        ))
 
 
 def _header(tool: str, fleet: Fleet, now: datetime, reload: str) -> list[str]:

@@ -58,7 +58,7 @@ from controller.fleet import Fleet
 from controller.store import aware
 from controller.store.schema import cap_alerts
 from controller.urgent import AnnouncementRequest, Principal, SystemPrincipal, UrgentService
-from protocol.l10n import Text
+from protocol.l10n import Lang, Text
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class CapResult:
     # already-taken
     action: str
     announcements: list[str]
-    detail: str
+    detail: Text  # for the one who sent it in, in their language (the log: .in_("en"))
 
 
 def _inside(lat: float, lon: float, polygon: list[tuple[float, float]]) -> bool:
@@ -210,7 +210,7 @@ class CapIntake:
         now = self._service.now()
         if alert.msg_type not in ("Alert", "Update", "Cancel"):
             return CapResult(alert.identifier, alert.msg_type, "ignored", [],
-                             f"msgType {alert.msg_type} is not aired")
+                             Text("msgType {type} is not aired", type=alert.msg_type))
         if alert.msg_type in ("Cancel", "Update") and alert.status != ACTING_STATUS:
             return self._not_actual(alert, who, now)
         clusters: list[str] = []
@@ -231,20 +231,23 @@ class CapIntake:
                 )
                 self._remember(alert, who, now, "applied")
                 return CapResult(alert.identifier, alert.msg_type, "cancelled", stopped,
-                                 f"cancelled {len(alert.references)} referenced alert(s)")
+                                 Text("cancelled {n} referenced alert(s)",
+                                      n=len(alert.references)))
         if alert.status != ACTING_STATUS:  # an Alert: Cancels and Updates returned above
             return CapResult(alert.identifier, alert.msg_type, "ignored", [],
-                             f"status {alert.status}: only Actual alerts are aired")
+                             Text("status {status}: only Actual alerts are aired",
+                                  status=alert.status))
         if not clusters or decision is None:
             if alert.msg_type == "Update":
                 self._remember(alert, who, now, "ignored")
             return CapResult(alert.identifier, alert.msg_type, "no-clusters", [],
-                             "no cluster of ours lies in the alert's area")
+                             Text("no cluster of ours lies in the alert's area"))
         return self._act(alert, who, now, clusters, decision)
 
     def _act(self, alert: CapAlert, who: Principal, now: datetime, clusters: list[str],
              decision: Decision) -> CapResult:  # fmt: skip
-        why = decision.why
+        why = decision.why  # English: the audit log, the stored outcome, the log
+        reasons = _Reasons(decision)
         self._service.audit.record(
             at=now, user=who.name, action="cap-alert", subject=alert.identifier,
             level=decision.level, title=alert.headline[:200], text=alert.text,
@@ -257,21 +260,21 @@ class CapIntake:
             log.warning("CAP alert %s from %s not aired: %s", alert.identifier, alert.sender,
                         why)  # fmt: skip
             return CapResult(alert.identifier, alert.msg_type, "refused"
-                             if state == "refused" else "expired", [], why)  # fmt: skip
+                             if state == "refused" else "expired", [], reasons)  # fmt: skip
         if decision.action == "hold":
             self._remember(alert, who, now, "scheduled", clusters, decision=decision,
                            due=decision.air_at)  # fmt: skip
             return CapResult(alert.identifier, alert.msg_type, "held", [],
-                             f"{why}; {len(clusters)} clusters")
+                             Text("{why}; {n} clusters", why=reasons, n=len(clusters)))
         self._remember(alert, who, now, "pending", clusters, decision=decision,
                        outcome=f"waiting: {why}" if decision.action == "approve" else None)
         if decision.action == "approve":
             return CapResult(alert.identifier, alert.msg_type, "pending", [],
-                             f"waiting for a manager's approval: {why}; {len(clusters)} "
-                             "clusters")  # fmt: skip
+                             Text("waiting for a manager's approval: {why}; {n} clusters",
+                                  why=reasons, n=len(clusters)))  # fmt: skip
         sent = self.send(alert.ref, who)
         return CapResult(alert.identifier, alert.msg_type, "sent", [sent],
-                         f"sent to {len(clusters)} clusters ({why})")
+                         Text("sent to {n} clusters ({why})", n=len(clusters), why=reasons))
 
     def _not_actual(self, alert: CapAlert, who: Principal, now: datetime) -> CapResult:
         """A Cancel or Update that is an exercise, a test, a system message or a draft:
@@ -288,9 +291,14 @@ class CapIntake:
             alert.msg_type, alert.identifier, alert.sender, alert.status, who.name, rule,
             verb, ", ".join(alert.references) or "none named", more,
         )
-        return CapResult(alert.identifier, alert.msg_type, "ignored", [],
-                         f"status {alert.status}: {rule}; the alert(s) it {verb} are left as "
-                         f"they are{more}")
+        detail = (
+            Text("status {status}: only Actual messages act on announcements; the alert(s) it "
+                 "cancels are left as they are", status=alert.status)
+            if alert.msg_type == "Cancel" else
+            Text("status {status}: only Actual messages act on announcements; the alert(s) it "
+                 "updates are left as they are and nothing new is sent", status=alert.status)
+        )
+        return CapResult(alert.identifier, alert.msg_type, "ignored", [], detail)
 
     def _remember(
         self, alert: CapAlert, who: Principal, now: datetime, state: str,
@@ -451,6 +459,17 @@ class CapIntake:
         return stopped
 
 
+class _Reasons(Text):
+    """A decision's reasons as a Text: in the reader's language when shown."""
+
+    def __init__(self, decision: Decision) -> None:  # no msgid of its own: the reasons have theirs
+        self.msgid, self.values = "", {}
+        self.decision = decision
+
+    def in_(self, lang: Lang) -> str:
+        return self.decision.why_in(lang)
+
+
 def _already_taken(alert: CapAlert, row: dict[str, Any]) -> CapResult:
     at = aware(row["received_at"])
     outcome = row.get("outcome") or (
@@ -458,8 +477,9 @@ def _already_taken(alert: CapAlert, row: dict[str, Any]) -> CapResult:
     )
     return CapResult(
         alert.identifier, alert.msg_type, "already-taken", [],
-        f"{alert.ref} was already taken at {at.isoformat(timespec='seconds')} by "
-        f"{row['received_by']} ({outcome}); nothing was done again",
+        Text("{ref} was already taken at {at} by {who} ({outcome}); nothing was done again",
+             ref=alert.ref, at=at.isoformat(timespec="seconds"), who=row["received_by"],
+             outcome=outcome),
     )
 
 
@@ -493,7 +513,7 @@ def take_and_log(
         else:
             warn(message)
         raise
-    log.info("CAP alert from %s: %s (%s)", where, result.action, result.detail)
+    log.info("CAP alert from %s: %s (%s)", where, result.action, result.detail.in_("en"))
     return result
 
 

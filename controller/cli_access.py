@@ -129,34 +129,38 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.broker == "mosquitto":
         written = write_mosquitto(out, fleet, accounts, me, port, now, listen=args.listen, tls=tls)
-        reload = ("reload mosquitto to apply them: systemctl reload mosquitto (or kill -HUP its "
-                  "pid); connected clients stay connected. First time: include the file from "
-                  f"/etc/mosquitto/conf.d/ (include_dir) or run mosquitto -c {written[-1]}.")
-        owner = ("mosquitto reads the password file and the ACL as its own user: the first "
-                 f"time, chown mosquitto: {written[0]} {written[1]} (written again, they keep "
-                 "their owner)")
+        reload = _("reload mosquitto to apply them: systemctl reload mosquitto (or kill -HUP its "
+                   "pid); connected clients stay connected. First time: include the file from "
+                   "/etc/mosquitto/conf.d/ (include_dir) or run mosquitto -c {conf}.",
+                   conf=written[-1])
+        owner = _("mosquitto reads the password file and the ACL as its own user: the first "
+                  "time, chown mosquitto: {passwords} {acl} (written again, they keep "
+                  "their owner)", passwords=written[0], acl=written[1])
     else:
         written = write_nats(
             out, fleet, accounts, me, port, now, listen=args.listen, client_port=args.nats_port,
             tls=tls,
         )
-        reload = ("reload nats-server to apply it: nats-server --signal reload (or kill -HUP "
-                  f"its pid). First time: nats-server -c {written[0]}.")
-        owner = "the file holds the passwords (mode 0600): keep it readable by nats-server only"
+        reload = _("reload nats-server to apply it: nats-server --signal reload (or kill -HUP "
+                   "its pid). First time: nats-server -c {conf}.", conf=written[0])
+        owner = _("the file holds the passwords (mode 0600): keep it readable by nats-server "
+                  "only")
         dotted = dotted_names(fleet)
         if dotted:
-            print(f"note: {', '.join(dotted[:5])}{' ...' if len(dotted) > 5 else ''} contain "
-                  "'.': their topics need nats-server 2.10 or later")
+            print(_("note: {names} contain '.': their topics need nats-server 2.10 or later",
+                    names=f"{', '.join(dotted[:5])}{' ...' if len(dotted) > 5 else ''}"))
     for path in written:
-        print(f"wrote {path}")
-    print(f"{len(fleet.clusters)} clusters and the controller ({me}) may log in; each cluster "
-          "publishes only its own agent topics and reads only its own and its groups'.")
+        print(_("wrote {path}", path=path))
+    print(_("{n} clusters and the controller ({me}) may log in; each cluster publishes only "
+            "its own agent topics and reads only its own and its groups'.",
+            n=len(fleet.clusters), me=me))
     if made:
-        print(f"new logins made: {', '.join(made[:10])}{' ...' if len(made) > 10 else ''} "
-              f"(kept in {config.credentials_file}).")
+        print(_("new logins made: {names} (kept in {file}).",
+                names=f"{', '.join(made[:10])}{' ...' if len(made) > 10 else ''}",
+                file=config.credentials_file))
     if me in made:
-        print(f"The controller logs in as {me} with the password kept there (broker_url names "
-              "no user): restart it after reloading the broker.")
+        print(_("The controller logs in as {me} with the password kept there (broker_url names "
+                "no user): restart it after reloading the broker.", me=me))
     print(reload)
     print(owner)
     return 0

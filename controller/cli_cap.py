@@ -84,7 +84,8 @@ def cmd_cap_check(args: argparse.Namespace) -> int:
         "every_s": decision.every.total_seconds() if decision and decision.every else None,
         "air_at": decision.air_at.isoformat() if decision and decision.air_at else None,
         "rule": decision.rule if decision else None,
-        "why": decision.reasons if decision else [outcome.in_("en")],  # JSON: English
+        "why": ([r.in_("en") for r in decision.reasons] if decision  # JSON: English
+                else [outcome.in_("en")]),
         "text": alert.text, "signed": alert.signed,
     }
     if args.json:

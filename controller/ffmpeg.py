@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.l10n import Text
+
 log = logging.getLogger(__name__)
 
 #: The PCM the controller works in: signed 16-bit little-endian, mono.
@@ -44,7 +46,7 @@ _NOISE = re.compile(
 class FfmpegError(RuntimeError):
     """ffmpeg is missing, or one run of it failed; the text says which, why and what to do."""
 
-    def __init__(self, message: str, stderr_tail: str = "") -> None:
+    def __init__(self, message: Text | str, stderr_tail: str = "") -> None:
         super().__init__(message)
         self.stderr_tail = stderr_tail
 
@@ -58,18 +60,18 @@ def ffmpeg_exe() -> str:
     try:
         import imageio_ffmpeg  # optional fallback, imported only when needed
     except ImportError:
-        raise FfmpegError(
+        raise FfmpegError(Text(
             "ffmpeg not found: it is not on PATH and the imageio-ffmpeg package is not "
             "installed. Install one of them: apt-get install ffmpeg, or "
             "pip install 'loa[controller]'"
-        ) from None
+        )) from None
     try:
         return str(imageio_ffmpeg.get_ffmpeg_exe())
     except RuntimeError as exc:
-        raise FfmpegError(
-            f"ffmpeg not found: not on PATH, and imageio-ffmpeg has no binary for this "
-            f"machine ({exc}). Install ffmpeg: apt-get install ffmpeg"
-        ) from None
+        raise FfmpegError(Text(
+            "ffmpeg not found: not on PATH, and imageio-ffmpeg has no binary for this "
+            "machine ({why}). Install ffmpeg: apt-get install ffmpeg", why=exc,
+        )) from None
 
 
 @functools.cache
@@ -115,19 +117,20 @@ def run_ffmpeg(
         )
     except subprocess.TimeoutExpired as exc:
         tail = stderr_tail(exc.stderr or b"")
-        raise FfmpegError(
-            f"{what}: ffmpeg did not finish within {timeout:g} s ({tail}); "
+        raise FfmpegError(Text(
+            "{what}: ffmpeg did not finish within {timeout:g} s ({tail}); "
             "check that the file is a local, complete audio file",
-            tail,
-        ) from None
+            what=what, timeout=timeout, tail=tail,
+        ), tail) from None
     except OSError as exc:
-        raise FfmpegError(
-            f"{what}: cannot start ffmpeg at {argv[0]} ({exc.strerror}); "
-            "reinstall ffmpeg (apt-get install ffmpeg)"
-        ) from None
+        raise FfmpegError(Text(
+            "{what}: cannot start ffmpeg at {exe} ({why}); "
+            "reinstall ffmpeg (apt-get install ffmpeg)", what=what, exe=argv[0], why=exc.strerror,
+        )) from None
     if proc.returncode != 0:
         tail = stderr_tail(proc.stderr)
-        raise FfmpegError(f"{what}: ffmpeg exited with status {proc.returncode}: {tail}", tail)
+        raise FfmpegError(Text("{what}: ffmpeg exited with status {status}: {tail}",
+                               what=what, status=proc.returncode, tail=tail), tail)
     return proc
 
 
@@ -258,7 +261,8 @@ def _summary(stderr: bytes, what: str, *, repeated: bool = False) -> Loudness:
         pattern.findall(summary) for pattern in (_EBUR128_I, _EBUR128_PEAK, _EBUR128_LRA)
     ]
     if not all(found):
-        raise FfmpegError(f"measuring loudness of {what}: ffmpeg printed no summary")
+        raise FfmpegError(Text("measuring loudness of {what}: ffmpeg printed no summary",
+                               what=what))
     integrated, peak, lra = (float(values[-1]) for values in found)
     return Loudness(integrated, peak, 0.0 if repeated else lra)
 
@@ -370,7 +374,8 @@ class LiveEncoding:
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )  # fmt: skip
         except OSError as exc:
-            raise FfmpegError(f"{what}: cannot start ffmpeg ({exc.strerror})") from None
+            raise FfmpegError(Text("{what}: cannot start ffmpeg ({why})",
+                                   what=what, why=exc.strerror)) from None
         self._out: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._err: list[bytes] = []
         threading.Thread(target=self._pump, name="live-encoder", daemon=True).start()

@@ -2,8 +2,9 @@
 
 CSV and XLSX are what managers pass on, so their headers are Vietnamese (the glossary's
 words); CSV is UTF-8 with a byte-order mark, which spreadsheet programs need to show
-Vietnamese. The table and JSON keep the code's English. Every format has the same rows
-and the same figures, and a total row.
+Vietnamese. The terminal table speaks the command line's language (protocol.l10n); JSON
+keeps the code's English keys. Every format has the same rows and the same figures, and a
+total row.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 from typing import Any
 
 from controller.report import LEVELS, GroupBy, Report, Tally
+from protocol.l10n import N_, _
 
 LEVEL_VI = {"normal": "thông thường", "priority": "ưu tiên", "emergency": "khẩn cấp"}
 TOTAL_VI = "Tổng cộng"
@@ -25,10 +27,10 @@ _KEY_VI: dict[GroupBy, list[str]] = {
     "level": ["Mức", "Số cụm loa"],
 }
 _KEY_EN: dict[GroupBy, list[str]] = {
-    "cluster": ["cluster", "name", "commune"],
-    "commune": ["commune", "name", "clusters"],
-    "programme": ["programme", "name", "clusters"],
-    "level": ["level", "clusters"],
+    "cluster": [N_("cluster"), N_("name"), N_("commune")],
+    "commune": [N_("commune"), N_("name"), N_("clusters")],
+    "programme": [N_("programme"), N_("name"), N_("clusters")],
+    "level": [N_("level"), N_("clusters")],
 }
 _FIGURES_VI = [
     "Lượt phát theo lịch", "Đã phát xong", "Bị ngắt", "Bị lỡ", "Lỗi", "Chưa có kết quả",
@@ -37,7 +39,8 @@ _FIGURES_VI = [
     "Số giây phát trực tiếp và tiếp sóng",
 ]
 _FIGURES_EN = [
-    "scheduled", "aired", "interrupted", "missed", "failed", "no result", "aired",
+    N_("scheduled"), N_("aired"), N_("interrupted"), N_("missed"), N_("failed"),
+    N_("no result"), N_("aired"),
 ]
 
 
@@ -173,11 +176,11 @@ def to_table(report: Report) -> str:
 
     def show(row: Tally, total: bool = False) -> list[str]:
         if total:
-            key = ["total", *([""] * (len(_KEY_EN[report.by]) - 1))]
+            key = [_("total"), *([""] * (len(_KEY_EN[report.by]) - 1))]
         elif report.by == "cluster":
             key = [row.key, row.name, row.commune_name]
         elif report.by == "level":
-            key = [row.key, str(row.clusters)]
+            key = [_(row.key), str(row.clusters)]  # a level: normal, priority, emergency
         else:
             key = [row.key, row.name, str(row.clusters)]
         figures = [str(row.scheduled), *(str(row.count(o)) for o in (
@@ -192,13 +195,16 @@ def to_table(report: Report) -> str:
             extra = [str(row.not_sent)]
         return [*key, *figures, aired, live, *extra, row.reasons_text()]
 
-    headers = [*_KEY_EN[report.by], *_FIGURES_EN[:-1], "aired for", "live",
-               *(["offline"] if _offline(report.by) else []),
-               *(["not sent"] if report.by == "programme" else []), "why missed or failed"]
+    headers = [_(h) for h in [
+        *_KEY_EN[report.by], *_FIGURES_EN[:-1], N_("aired for"), N_("live"),
+        *([N_("offline")] if _offline(report.by) else []),
+        *([N_("not sent")] if report.by == "programme" else []), N_("why missed or failed"),
+    ]]
     rows = [show(r) for r in report.rows] + [show(report.total, total=True)]
-    title = (f"Proof of play from {report.first_day} to {report.last_day} "
-             f"({report.tz.key}), by {report.by}: {report.total.scheduled} plays on "
-             f"{report.total.clusters} clusters.")
+    title = _("Proof of play from {first} to {last} ({tz}), by {by}: {plays} plays on "
+              "{clusters} clusters.", first=report.first_day, last=report.last_day,
+              tz=report.tz.key, by=_(report.by), plays=report.total.scheduled,
+              clusters=report.total.clusters)
     return title + "\n" + format_table(headers, rows)
 
 

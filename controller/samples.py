@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.ffmpeg import pydub_audio_segment, stderr_tail
+from protocol.l10n import Text
 
 #: The rate demo audio is made at (espeak-ng speaks at 22,050 Hz).
 DEMO_RATE = 22050
@@ -94,12 +95,13 @@ def speech(
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise SpeechError(f"{path}: espeak-ng did not finish within 60 s") from None
+        raise SpeechError(Text("{path}: espeak-ng did not finish within 60 s", path=path)) from None
     if proc.returncode != 0 or not path.exists() or path.stat().st_size <= 44:
-        raise SpeechError(
-            f"{path}: espeak-ng (voice {voice!r}) failed with status {proc.returncode}: "
-            f"{stderr_tail(proc.stderr)}; list the voices with `espeak-ng --voices`"
-        )
+        raise SpeechError(Text(
+            "{path}: espeak-ng (voice {voice!r}) failed with status {status}: "
+            "{tail}; list the voices with `espeak-ng --voices`",
+            path=path, voice=voice, status=proc.returncode, tail=stderr_tail(proc.stderr),
+        ))
     return True
 
 

@@ -32,7 +32,7 @@ from controller.samples import SpeechError, speech
 from controller.speech_text import SpeechText
 from controller.vi_numbers import NumberWords
 from controller.voices import DEFAULT_VOICE, Voice, catalogue
-from protocol.l10n import Text
+from protocol.l10n import Text, say
 from protocol.validation import suggest
 
 #: Longest text spoken in one announcement (about five minutes of speech).
@@ -60,7 +60,7 @@ class Engine(Protocol):
 
     name: str
 
-    def missing(self, voice: Voice) -> str | None:
+    def missing(self, voice: Voice) -> Text | None:
         """None when this engine can speak with voice, else what is missing."""
         ...
 
@@ -74,9 +74,9 @@ class EspeakNg:
 
     name = "espeak-ng"
 
-    def missing(self, voice: Voice) -> str | None:
+    def missing(self, voice: Voice) -> Text | None:
         if shutil.which("espeak-ng") is None:
-            return (
+            return Text(
                 "no text-to-speech engine is installed on the controller "
                 "(apt-get install espeak-ng); upload or record the announcement instead"
             )
@@ -85,9 +85,9 @@ class EspeakNg:
     def synthesise(self, words: str, voice: Voice, out: Path) -> None:
         try:
             if not speech(out, words, voice=voice.voice, speed=voice.speed, pitch=voice.pitch):
-                raise TtsUnavailableError(self.missing(voice) or "espeak-ng vanished")
+                raise TtsUnavailableError(self.missing(voice) or Text("espeak-ng vanished"))
         except SpeechError as exc:
-            raise TtsUnavailableError(str(exc)) from None
+            raise TtsUnavailableError(exc.args[0] if exc.args else str(exc)) from None
 
 
 class CommandEngine:
@@ -102,20 +102,23 @@ class CommandEngine:
 
     name = "command"
 
-    def missing(self, voice: Voice) -> str | None:
+    def missing(self, voice: Voice) -> Text | None:
         if not voice.command:
-            return f"voice {voice.name}: no command to run (speech.voices.{voice.name}.command)"
+            return Text("voice {voice}: no command to run (speech.voices.{voice}.command)",
+                        voice=voice.name)
         program = voice.command[0]
         if os.sep in program:
             if not (os.path.isfile(program) and os.access(program, os.X_OK)):
-                return (
-                    f"voice {voice.name}: {program} is not an executable file; check "
-                    f"speech.voices.{voice.name}.command in the controller config"
+                return Text(
+                    "voice {voice}: {program} is not an executable file; check "
+                    "speech.voices.{voice}.command in the controller config",
+                    voice=voice.name, program=program,
                 )
         elif shutil.which(program) is None:
-            return (
-                f"voice {voice.name}: the program {program!r} is not on the PATH; install it "
-                f"or write its full path in speech.voices.{voice.name}.command"
+            return Text(
+                "voice {voice}: the program {program!r} is not on the PATH; install it "
+                "or write its full path in speech.voices.{voice}.command",
+                voice=voice.name, program=program,
             )
         return None
 
@@ -140,40 +143,47 @@ class CommandEngine:
                 timeout=voice.timeout_s, check=False,
             )
         except subprocess.TimeoutExpired:
-            raise TtsUnavailableError(
-                f"voice {voice.name}: {argv[0]} did not finish within {voice.timeout_s:g} s"
-            ) from None
+            raise TtsUnavailableError(Text(
+                "voice {voice}: {program} did not finish within {timeout:g} s",
+                voice=voice.name, program=argv[0], timeout=voice.timeout_s,
+            )) from None
         except OSError as exc:
-            raise TtsUnavailableError(
-                f"voice {voice.name}: {argv[0]} could not start ({exc.strerror})"
-            ) from None
+            raise TtsUnavailableError(Text(
+                "voice {voice}: {program} could not start ({why})",
+                voice=voice.name, program=argv[0], why=exc.strerror,
+            )) from None
         if proc.returncode != 0:
-            raise TtsUnavailableError(
-                f"voice {voice.name}: {argv[0]} failed with status {proc.returncode}: "
-                f"{stderr_tail(proc.stderr)}"
-            )
+            raise TtsUnavailableError(Text(
+                "voice {voice}: {program} failed with status {status}: {tail}",
+                voice=voice.name, program=argv[0], status=proc.returncode,
+                tail=stderr_tail(proc.stderr),
+            ))
+        who = Text("voice {voice}: {program}", voice=voice.name, program=argv[0])
         if not to_file:
             if len(proc.stdout) > MAX_WAV_BYTES:
                 raise TtsUnavailableError(
-                    f"voice {voice.name}: {argv[0]} wrote more than {MAX_WAV_BYTES >> 20} MB"
+                    Text("{who} wrote more than {mb} MB", who=who, mb=MAX_WAV_BYTES >> 20)
                 )
             out.write_bytes(proc.stdout)
-        _check_wav(out, f"voice {voice.name}: {argv[0]}")
+        _check_wav(out, who)
 
 
-def _check_wav(path: Path, who: str) -> None:
+def _check_wav(path: Path, who: Text) -> None:
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
             head = f.read(12)
     except OSError:
-        raise TtsUnavailableError(f"{who} wrote no WAV file") from None
+        raise TtsUnavailableError(Text("{who} wrote no WAV file", who=who)) from None
     if size > MAX_WAV_BYTES:
-        raise TtsUnavailableError(f"{who} wrote more than {MAX_WAV_BYTES >> 20} MB")
-    if size <= 44 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         raise TtsUnavailableError(
-            f"{who} wrote no speech in WAV form ({size} bytes); it must write a RIFF/WAVE file"
+            Text("{who} wrote more than {mb} MB", who=who, mb=MAX_WAV_BYTES >> 20)
         )
+    if size <= 44 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise TtsUnavailableError(Text(
+            "{who} wrote no speech in WAV form ({size} bytes); it must write a RIFF/WAVE file",
+            who=who, size=size,
+        ))
 
 
 ENGINES: dict[str, Engine] = {"espeak-ng": EspeakNg(), "command": CommandEngine()}
@@ -205,9 +215,14 @@ class Speech:
         found = self.voices.get(name)
         if found is None:
             close = suggest(name, self.voices)
-            hint = f"did you mean {close!r}? " if close else ""
+            voices = ", ".join(sorted(self.voices))
+            if close:
+                raise UnknownVoiceError(Text(
+                    "no voice {name!r}: did you mean {close!r}? the voices are {voices}",
+                    name=name, close=close, voices=voices,
+                ))
             raise UnknownVoiceError(
-                f"no voice {name!r}: {hint}the voices are {', '.join(sorted(self.voices))}"
+                Text("no voice {name!r}: the voices are {voices}", name=name, voices=voices)
             )
         return found
 
@@ -215,8 +230,9 @@ class Speech:
         try:
             chosen = self.voice(voice)
         except UnknownVoiceError as exc:
-            return str(exc)
-        return self.engines[chosen.engine].missing(chosen)
+            return say(exc)
+        missing = self.engines[chosen.engine].missing(chosen)
+        return None if missing is None else str(missing)
 
     def words(self, text: str) -> str:
         """What the voice will say for text."""

@@ -293,6 +293,9 @@ def test_a_cluster_named_like_the_controller_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cluster 'loa-controller' has the controller's broker user name" in result.stderr
     assert not (tmp_path / "out").exists()
+    vi = loa_controller("broker-config", "mosquitto", "--config", str(config),
+                        "--out", str(tmp_path / "out"), "--lang", "vi")
+    assert "cụm loa 'loa-controller' trùng tên đăng nhập broker" in vi.stderr
 
 
 # --- NATS ----------------------------------------------------------------------------------

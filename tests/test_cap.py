@@ -378,11 +378,18 @@ def test_a_cancel_that_is_not_actual_stops_nothing(
         assert FIRST_REF in said
         assert "left as they are" in said
         # Every other status that is not Actual changes nothing either.
-        for status in ("Exercise", "System", "Draft"):
+        for status in ("Exercise", "System"):
             other = _post(c, auth, cap_xml(identifier=f"{status}-cancel", msg_type="Cancel",
                                            status=status, references=FIRST_REF, sent=sent))
             assert other["action"] == "ignored"
             assert f"status {status}" in other["detail"]
+        draft = _post(c, {**auth, "Accept-Language": "vi"}, cap_xml(  # the client's language
+            identifier="Draft-cancel", msg_type="Cancel", status="Draft", references=FIRST_REF,
+            sent=sent))  # fmt: skip
+        assert draft["action"] == "ignored"
+        assert "trạng thái Draft: chỉ bản tin Actual mới tác động" in draft["detail"]
+        assert _stored(cap_rig, _ref("Draft-cancel", sent))[2] == (  # stored in English
+            "ignored: status Draft; only Actual messages act on announcements")
         found = cap_rig.service.get(manager, aid)
         assert found.stopped_at is None
         assert found.stopped_by is None

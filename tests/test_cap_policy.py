@@ -111,6 +111,7 @@ def test_anything_less_waits_for_a_manager_at_priority(
     d = judged(fleet, alert(severity=severity, urgency=urgency, certainty=certainty))
     assert (d.action, d.level, d.rule) == ("approve", "priority", 2)
     assert f"severity {severity}, urgency {urgency}, certainty {certainty}" in d.why
+    assert f"mức nghiêm trọng {severity}, độ cấp bách {urgency}" in d.why_in("vi")
 
 
 def test_a_province_s_own_table_sets_level_repeats_and_interval(fleet: Fleet) -> None:
@@ -345,6 +346,8 @@ def test_cap_check_says_an_expired_alert_will_not_air_and_why(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert "would not air: it has expired" in done.stdout
     assert "why: it expired at 2026-10-20T13:00:00+07:00 (its <expires>)" in done.stdout
+    vi = _check(config, expired, "--at", "2026-10-20T14:00:00+07:00", "--lang", "vi")
+    assert "cảnh báo đã hết hạn lúc 2026-10-20T13:00:00+07:00 (theo <expires>)" in vi.stdout
     assert "Xã Bình: b-01" in done.stdout
     assert "words: Cảnh báo lũ đợt 1. Bà con di chuyển lên chỗ cao." in done.stdout
     ok = json.loads(_check(config, expired, "--at", "2026-10-20T12:30:00+07:00",

@@ -146,6 +146,11 @@ def test_the_cli_gives_the_same_figures_in_every_format(
     assert "Proof of play from 2026-11-27 to 2026-11-27 (Asia/Ho_Chi_Minh), by programme: " \
         "8 plays on 3 clusters." in table
     assert "not sent: not approved in time ×1" in table
+    bang = run(capsys, *args, "--by", "programme", "--lang", "vi")  # the table's words
+    assert "Báo cáo kết quả phát từ 2026-11-27 đến 2026-11-27 (Asia/Ho_Chi_Minh), theo " \
+        "chương trình: 8 lượt phát trên 3 cụm loa." in bang
+    assert "lý do bị lỡ, lỗi" in bang
+    assert "tổng cộng" in bang
 
     # the whole history without a range: the day before too
     everything = json.loads(run(capsys, "report", "--store", url, "--format", "json"))

@@ -25,6 +25,7 @@ from controller.tts import (
 )
 from controller.voices import Voice
 from protocol.config_errors import ConfigError
+from protocol.l10n import say
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "Lúc 14h30, mực nước 1,5 m."
@@ -95,8 +96,9 @@ def test_speed_and_pitch_of_a_configured_voice(tmp_path: Path, espeak: str) -> N
 
 def test_an_unknown_voice_says_which_there_are() -> None:
     speech = Speech()
-    with pytest.raises(UnknownVoiceError, match="did you mean 'mien-nam'"):
+    with pytest.raises(UnknownVoiceError, match="did you mean 'mien-nam'") as raised:
         speech.voice("mien-nan")
+    assert "có phải ý bạn là 'mien-nam'" in say(raised.value, "vi")  # the reader's language
     assert "mien-bac, mien-nam, mien-trung" in (speech.available("giong-la") or "")
 
 
@@ -158,9 +160,12 @@ def test_a_command_that_fails_says_how(
 def test_a_command_that_is_not_there_is_reported_before_speaking(tmp_path: Path) -> None:
     engine = CommandEngine()
     gone = Voice("gone", engine="command", command=(str(tmp_path / "khong-co"), "{out}"))
-    assert "is not an executable file" in (engine.missing(gone) or "")
+    assert "is not an executable file" in str(engine.missing(gone) or "")
     unknown = Voice("unknown", engine="command", command=("khong-co-chuong-trinh-nay",))
-    assert "is not on the PATH" in (engine.missing(unknown) or "")
+    assert "is not on the PATH" in str(engine.missing(unknown) or "")
+    said = engine.missing(unknown)
+    assert said is not None
+    assert "không có trong PATH" in said.in_("vi")
 
 
 def test_a_command_voice_in_the_config_is_checked_where_it_is_written(tmp_path: Path) -> None:

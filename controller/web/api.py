@@ -31,7 +31,7 @@ from controller.web.approvals import ApprovalRow, approval_rows
 from controller.web.approvals import approve as approve_programme
 from controller.web.auth import by_bearer, client_address, session_of
 from controller.web.context import WebContext, context
-from controller.web.errors import SERVICE_ERRORS, ApiError, service_error
+from controller.web.errors import SERVICE_ERRORS, ApiError, api_lang, service_error
 from controller.web.security import Session, csrf_ok
 from controller.web.signin import Refused, sign_in
 from controller.web.uploads import save_upload
@@ -389,4 +389,5 @@ async def cap(request: Request, user: Managing, ctx: Ctx) -> CapOut:
         raise ApiError(400, exc.args[0]) from None
     except SERVICE_ERRORS as exc:
         raise service_error(exc) from None
-    return CapOut(**result.__dict__)
+    lang = api_lang(request.headers.get("accept-language"))
+    return CapOut(**{**result.__dict__, "detail": result.detail.in_(lang)})
