@@ -42,11 +42,25 @@ class Wire:
     def __init__(self, broker: MosquittoBroker, *patterns: str) -> None:
         self._lock = threading.Lock()
         self._seen: list[tuple[str, bytes]] = []
+        self._probed = threading.Event()
         self.link = MqttLink(broker.address, f"wire-{secrets.token_hex(4)}")
         for pattern in patterns:
             self.link.subscribe(pattern, self._got)
+        # Connected is not subscribed: the broker acts on the SUBSCRIBE after the CONNACK,
+        # so a message published at once could pass the wire by. The link subscribes to
+        # every filter in one SUBSCRIBE: once a probe on a topic of its own comes back,
+        # all of them are in place.
+        probe = f"loa-test/wire-probe/{secrets.token_hex(4)}"
+        self.link.subscribe(probe, lambda _t, _p: self._probed.set())
         self.link.start()
         assert self.link.wait_connected(10)
+
+        def probe_back() -> bool:
+            if not self._probed.is_set():
+                self.link.publish(probe, b"probe")
+            return self._probed.wait(0.2)
+
+        wait_until(probe_back, 10, "the wire's subscriptions to be in place")
 
     def _got(self, topic: str, payload: bytes) -> None:
         with self._lock:
@@ -118,7 +132,7 @@ def test_broker_killed_during_a_transfer_and_during_playback(
     transfer = rig.send(minute, start_in=12, name="transfer")
     wait_until(
         lambda: wire.count("command") == 1 and wire.count("content") == minute.content_ref().chunks,
-        10, "the broker to hold the command and every chunk",
+        30, "the broker to hold the command and every chunk",
     )
     wire.link.stop()
     broker.kill()
