@@ -69,6 +69,9 @@ URGENT_COMMUNES = 4
 
 #: How long the cleanup waits for the broker (to connect, to hand over what it retains).
 CLEANUP_TIMEOUT_S = 15.0
+# How long a broker that cannot be connected to (nothing listening, TLS failing) is tried
+# again before the demo says so.
+CONNECT_RETRY_S = 3.0
 
 
 @dataclass
@@ -194,8 +197,8 @@ class Demo:
             tls = (_(", TLS with the CA of {file}", file=self.address.ca_file)
                    if self.address.ca_file else "")
             _say(_("using broker {url}{tls} (from the config)", url=self.address.url(), tls=tls))
-            self.external = self.address
-            return self.reachable(self.address)
+            self.external = self.reachable(self.address)
+            return self.external
         if self.broker_url:
             broker = BrokerAddress.from_url(self.broker_url, ca_file=self.ca_file)
             if self.ca_file and not broker.tls:
@@ -207,8 +210,9 @@ class Demo:
                 tls_context(self.ca_file)  # an unreadable CA file: said now, not at connect
             tls = _(", TLS with the CA of {file}", file=self.ca_file) if self.ca_file else ""
             _say(_("using broker {url}{tls}", url=broker.url(), tls=tls))
-            self.external = broker
-            return self.reachable(broker)
+            # Only a broker the demo reached has retained messages of its to remove.
+            self.external = self.reachable(broker)
+            return self.external
         if self.ca_file:
             raise ValueError(_("--ca-file needs --broker mqtts://host:port (the embedded "
                                "broker speaks plain MQTT)"))
@@ -223,7 +227,20 @@ class Demo:
         link = MqttLink(broker, f"{self.client_prefix}-check", clean_session=True)
         try:
             link.start()
-            if not link.wait_connected(CLEANUP_TIMEOUT_S):
+            # A refusal is final; a failure to connect (nothing listening, a TLS error)
+            # is given CONNECT_RETRY_S to clear (a broker starting up), not the whole wait.
+            deadline = time.monotonic() + CLEANUP_TIMEOUT_S
+            failing_since: float | None = None
+            while not link.wait_connected(0.2) and time.monotonic() < deadline:
+                if link.last_refusal is not None:
+                    break
+                if link.last_failure is None:
+                    failing_since = None
+                elif failing_since is None:
+                    failing_since = time.monotonic()
+                elif time.monotonic() - failing_since > CONNECT_RETRY_S:
+                    break
+            if not link.connected:
                 refusal, failure = link.last_refusal, link.last_failure
                 if refusal is not None:
                     why = _("it refused the login ({reason})", reason=refusal.reason)
