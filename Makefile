@@ -62,8 +62,11 @@ $(STAMP): $(BASE_STAMP)
 demo: $(BASE_STAMP)
 	$(BIN)/loa-controller demo
 
+# Two workers: most tests wait on real processes (brokers, agents, ffmpeg, Chromium), so
+# two at a time halve the run on a 2-core machine. PYTEST_WORKERS=0 runs them in one.
+PYTEST_WORKERS ?= 2
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
 
 # mypy reads the files to check from setup.cfg's [mypy] section.
 lint: venv
