@@ -60,6 +60,9 @@ class WebContext:
     audio_dir: Path | None = None
     library: Any = None  # controller.audio.AudioLibrary
     target_lufs: float | None = -16.0
+    #: Which controller leads (controller.leadership.Leadership); None: this one alone.
+    #: On a standby, what would publish is forwarded to the leader (web/standby.py).
+    leadership: Any = None
     uploads: Uploads = field(init=False)
 
     def __post_init__(self) -> None:
