@@ -1,7 +1,7 @@
 """On a standby controller (controller/leadership.py), what would change the speakers goes
 to the leader: every POST, PUT, PATCH and DELETE but signing in and out is forwarded to
 the leader's web app (its advertised URL in the lease) and the leader's answer handed
-back as it is. Reading pages are served here, from the shared store; so are sign-in and
+back as it is, with `X-Loa-Forwarded-To: <leader>`. Reading pages are served here, from the shared store; so are sign-in and
 sign-out (sessions live in the store: the leader knows the same cookie or token).
 
 When no leader is known, or its web app does not answer, the answer is 503 with what to
@@ -83,7 +83,10 @@ class StandbyForward:
             return
         await send({"type": "http.response.start", "status": status, "headers": [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer
-            if k.lower() not in HOP_BY_HOP] + [(b"content-length", str(len(content)).encode())]})
+            if k.lower() not in HOP_BY_HOP] + [
+                (b"content-length", str(len(content)).encode()),
+                (b"x-loa-forwarded-to", view.leader.encode("latin-1")),
+            ]})
         await send({"type": "http.response.body", "body": content})
 
 
