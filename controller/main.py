@@ -267,6 +267,7 @@ class Controller:
     def start(self, connect_timeout: float = 10.0) -> None:
         """Start the leader's work: the broker link, intake, scheduler and the rest."""
         self._active = True
+        self._load_edits()
         if not self.settings.require_signed_events:
             log.warning(
                 "require_signed_events is false: unsigned messages from clusters with no "
@@ -300,6 +301,25 @@ class Controller:
             len(self.playlists.programmes),
             self.settings.broker.url(),
         )
+
+    def _load_edits(self) -> None:
+        """A standby that comes to lead loads the playlists and fleet edited since it
+        started (it watched nothing meanwhile); refused edits keep what it had."""
+        now = signature(watched_files(self.settings.fleet_path, self.settings.watched_paths()))
+        if now == self._loaded_files:
+            return
+        try:
+            fleet, playlists = self._load()
+        except (ConfigError, OSError) as exc:
+            log.warning("the playlists or the fleet were edited while this controller stood "
+                        "by, and cannot be loaded (%s); it leads with those it had",
+                        exc)
+            return
+        with self._state_lock:
+            self.fleet, self.playlists = fleet, playlists
+        self._loaded_files = now
+        self._sync_fleet()
+        log.info("loaded the playlists and the fleet edited while this controller stood by")
 
     def fence(self) -> None:
         """Stop the leader's work at once (stepping down, or stopping): nothing is

@@ -154,7 +154,7 @@ def build_context(
         trusted_proxies=trusted_proxies,
         sessions=StoredSessions(controller.store, clock=session_clock),
         enrolment=getattr(controller, "enrolment", None),
-        broker_down=getattr(controller, "broker_state", _Connected()).down_since,
+        broker_down=_broker_down(controller),
         microphones=_microphones(controller, service),
         audio_dir=audio_folder(controller.settings.playlist_paths),
         library=getattr(controller, "library", None),
@@ -168,6 +168,16 @@ def build_context(
         ))
         ctx.ready = lambda: readiness(controller)
     return ctx
+
+
+def _broker_down(controller: Any) -> Callable[[], datetime | None]:
+    """Since when the controller's broker is unreachable, for the pages' banner; a
+    standby does not connect (the leader does), so it has nothing to say."""
+    state = getattr(controller, "broker_state", _Connected())
+    leadership = getattr(controller, "leadership", None)
+    if leadership is None:
+        return state.down_since
+    return lambda: state.down_since() if leadership.is_leader else None
 
 
 class _Connected:

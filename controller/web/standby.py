@@ -1,8 +1,9 @@
 """On a standby controller (controller/leadership.py), what would change the speakers goes
 to the leader: every POST, PUT, PATCH and DELETE but signing in and out is forwarded to
 the leader's web app (its advertised URL in the lease) and the leader's answer handed
-back as it is, with `X-Loa-Forwarded-To: <leader>`. Reading pages are served here, from the shared store; so are sign-in and
-sign-out (sessions live in the store: the leader knows the same cookie or token).
+back as it is, with `X-Loa-Forwarded-To: <leader>`. Reading pages are served here,
+from the shared store; so are sign-in and sign-out (sessions live in the store: the
+leader knows the same cookie or token).
 
 When no leader is known, or its web app does not answer, the answer is 503 with what to
 do: which controller led, since when, and that a standby takes over within the lease's
