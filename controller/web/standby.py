@@ -80,7 +80,8 @@ class StandbyForward:
         except OSError as exc:  # refused, timed out, unreachable
             log.warning("could not forward %s %s to the leader %s at %s: %s",
                         scope["method"], scope["path"], view.leader, view.url, exc)
-            await _refuse(send, scope, headers, view, str(exc), self.ctx.tz)
+            await _refuse(send, scope, headers, view, str(getattr(exc, "reason", exc)),
+                          self.ctx.tz)
             return
         await send({"type": "http.response.start", "status": status, "headers": [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer
