@@ -13,6 +13,12 @@ cluster list follows the fleet, clusters whose commune or groups changed get the
 new membership (retained) so they answer to the new tree, and plays already sent for
 occurrences the edit removed or moved (still to start) are withdrawn with a stop.
 
+Several controllers on one store (controller/leadership.py): `run()` serves the web app
+at once and claims the leadership; `Controller.start()` (the broker link, intake,
+scheduler, ...) runs only once this one leads, and `Controller.fence()` stops all of it
+at once when it steps down; the dispatcher asks `may_act()` before it sends. A
+controller built without `run()` (the demo, tests) has no leadership and acts alone.
+
 Memberships (controller/membership.py) are published when the controller starts, for
 the clusters a reload changed, and again after every reconnection to the broker and
 every `membership_republish`, so that a retained membership overwritten or lost on the
