@@ -251,6 +251,22 @@ def test_the_leader_killed_before_a_scheduled_play_another_sends_it_once_on_time
     assert lease.holder.startswith(pair.holder("b"))
     assert lease.acquired_at >= killed_at
     assert "now leads (term 2)" in (pair.tmp / "b.log").read_text(encoding="utf-8")
+    # Who leads, as `fleet`, /readyz and /metrics say it.
+    fleet = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "--lang", "en", "fleet", "--config",
+         str(pair.tmp / "b.yaml")],
+        capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    first = fleet.stdout.splitlines()[0]
+    assert first.startswith(f"leader: {pair.holder('b')}"), fleet.stdout
+    assert f"(web {webs['b'].url}), leading since " in first, first
+    assert first.endswith(", term 2"), first
+    ready = webs["b"].ready()
+    assert ready is not None
+    assert ready["leadership"]["leader"] == lease.holder
+    assert ready["leadership"]["term"] == 2
+    with urllib.request.urlopen(webs["b"].url + "/metrics", timeout=10) as answer:
+        assert "loa_controller_leader 1.0" in answer.read().decode()
     print(f"failover: kill -9 at {killed_at:%H:%M:%S.%f}; the new leader ready after "
           f"{ready_s:.2f} s, the play sent after {sent_s:.2f} s (TTL {TTL_S} s); it "
           f"started {late:.3f} s after its time")
