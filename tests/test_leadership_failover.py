@@ -71,6 +71,10 @@ class Web:
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
 
+    def page(self, path: str) -> str:
+        with urllib.request.urlopen(self.url + path, timeout=30) as answer:
+            return answer.read().decode()  # type: ignore[no-any-return] # bytes.decode
+
     def ready(self) -> dict[str, Any] | None:
         try:
             return self.call("GET", "/readyz")[2]  # type: ignore[no-any-return] # JSON
@@ -219,6 +223,11 @@ def test_the_leader_killed_before_a_scheduled_play_another_sends_it_once_on_time
     forwarded = {k.lower(): v for k, v in headers.items()}["x-loa-forwarded-to"]
     assert forwarded.startswith(pair.holder("a"))
     assert pair.sent() == {}
+    # The standby's pages say so, and who leads.
+    note = webs["b"].page("/login")
+    assert 'id="standby"' in note
+    assert pair.holder("a") in note
+    assert 'id="standby"' not in webs["a"].page("/login")
 
     # kill -9 the leader one second before the play is due to be sent.
     wait_until(lambda: datetime.now(UTC) >= pair.due - timedelta(seconds=1), 60,
@@ -243,6 +252,7 @@ def test_the_leader_killed_before_a_scheduled_play_another_sends_it_once_on_time
     # The session made before the failover still works on the new leader.
     status, _, me = webs["b"].call("GET", "/api/v1/me", token=token)
     assert (status, me["name"]) == (200, "quan-ly")
+    assert 'id="standby"' not in webs["b"].page("/login")
 
     late = pair.aired_once_on_time()
     lease = rig.store.leases.current()

@@ -83,6 +83,17 @@ class WebContext:
         local = since.astimezone(self.tz)
         return local.strftime("%H:%M" if local.date() == now.date() else "%d/%m/%Y %H:%M")
 
+    def standby_banner(self) -> tuple[str, dict[str, str]] | None:
+        """On a standby controller, the pages' note (an i18n key and its values): who
+        leads, since when (HH:MM); None on the leader or a controller alone."""
+        if self.leadership is None or self.leadership.is_leader:
+            return None
+        view = self.leadership.view()
+        if view.leader is None:
+            return "no_leader", {}
+        return "standby", {"leader": view.leader,
+                           "since": view.since.astimezone(self.tz).strftime("%H:%M")}
+
     def outcome_of(self, play_id: str | None, lang: Lang | None = None) -> str:
         """An announcement's per-cluster states as counts, for the audit log: in a
         language (`đã phát xong: 3, mất kết nối: 1`), or as codes for programs
