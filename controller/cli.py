@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from controller.audio import AudioSettings
     from controller.confirmations import NotReceived
     from controller.playlist import Playlists, Programme
-    from controller.store import ConfigStatus, Store
+    from controller.store import ConfigStatus, Lease, Store
 
 DEFAULT_CONFIG = Path("config/controller.yaml")
 DEFAULT_LEAD_TIME = timedelta(minutes=30)
@@ -266,6 +266,19 @@ def _status_banner(status: ConfigStatus | None, when: Callable[[datetime], str])
     ]
 
 
+def _leader_lines(lease: Lease | None, when: Callable[[datetime], str]) -> list[str]:
+    """Which controller leads, since when, for `fleet` (controller/leadership.py)."""
+    if lease is None:
+        return []
+    if lease.expired:
+        return [_("no controller leads: the lease of {holder} (term {term}) ran out at {at}; "
+                 "a running controller takes it within a second, else start one",
+                 holder=lease.holder, term=lease.term, at=when(lease.expires_at)), ""]
+    return [_("leader: {holder} (web {url}), leading since {since}, term {term}",
+              holder=lease.holder, url=lease.url or "-", since=when(lease.acquired_at),
+              term=lease.term), ""]
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -323,7 +336,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     not_received = records.latest_not_received()  # per cluster, the latest
     not_received_today = records.count_not_received(now - NOT_RECEIVED_WINDOW)
     keys = _key_status(store)
-    listening = _listening(store, tz, now)
+    listening, lease = _listening(store, tz, now), store.leases.current()
     store.close()
     content = {
         r.id: content_view(
@@ -336,9 +349,11 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         return l10n.when(value, l10n.current(), tz, seconds=True) if value else _("never")
 
     # the controller's own fault first, not the clusters'
-    banner = ([f"NOTE: {listening}."] if listening else []) + _status_banner(status, when)
-    if args.json:
-        for line in banner if listening or (status and status.status == "error") else []:
+    banner = _leader_lines(lease, when) + ([f"NOTE: {listening}."] if listening else [])
+    banner += _status_banner(status, when)
+    if args.json:  # the notes on stderr, the list of clusters alone on stdout
+        for line in banner if lease or listening or (status and status.status == "error") \
+                else []:
             print(line, file=sys.stderr)
         print(json.dumps([
             {

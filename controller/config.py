@@ -436,6 +436,32 @@ class ProvisioningConfig(_Strict):
     """The controller's own broker login; it logs in with it when broker_url names none."""
 
 
+def _web_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError(_(
+            "advertised_url must be the address other controllers reach this one's web app "
+            "at, such as http://10.0.0.5:8080 (http:// or https://)"
+        ))
+    return value.rstrip("/") if value else value
+
+
+class LeadershipConfig(_Strict):
+    """Several controllers on one store: one leads (docs/operations.md, Two controllers)."""
+
+    ttl: Annotated[
+        Duration,
+        Field(ge=timedelta(seconds=1), le=timedelta(minutes=5),
+              json_schema_extra={"default": "10s"}),
+    ] = timedelta(seconds=10)
+    """How long the leader's lease lasts without renewal: a standby takes over at most
+    this long (plus about a second) after the leader dies; the leader renews it every
+    third of it and steps down by itself when it could not for four fifths of it."""
+    advertised_url: Annotated[str | None, AfterValidator(_web_url)] = None
+    """Where the other controllers reach this one's web app, to forward the sends made on
+    them while this one leads (http://10.0.0.5:8080). Left out: http://<host name>:<web
+    port>."""
+
+
 class ControllerConfig(_Strict):
     """config/controller.yaml."""
 
@@ -502,6 +528,9 @@ class ControllerConfig(_Strict):
     """Cluster bundles and broker accounts (loa-controller provision, broker-config)."""
     speech: SpeechConfig = SpeechConfig()
     """Voices, number words and abbreviations for typed announcements (docs/speech.md)."""
+    leadership: LeadershipConfig = LeadershipConfig()
+    """Two or more controllers on one PostgreSQL store: the lease that decides which one
+    leads (docs/operations.md, Two controllers)."""
     require_signed_events: bool = True
     """Store only what a cluster's registered key signed. false only while upgrading from
     agents that did not sign: unsigned messages of clusters with no registered key are

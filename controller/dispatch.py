@@ -13,7 +13,11 @@ closer), and by its sweep for occurrences whose latest start has passed. In orde
    of their clusters, the play is sent (one per profile, when they differ:
    controller.distribution.per_profile), and the occurrence is recorded as sent.
    Sending before recording means a crash in between sends the same play id again
-   after a restart, which agents drop as a duplicate.
+   after a restart, which agents drop as a duplicate. The same holds across controllers
+   (controller/leadership.py): the play id is the occurrence's (programme@start), so a
+   new leader sending again what the old one sent but had not recorded is a duplicate
+   for the agents; nothing is sent by a controller that no longer leads (`may_act`,
+   asked before anything goes out).
    A rebroadcast programme is handed to the live desk (controller/live_desk.py), which
    carries the stream live from its start; it is recorded as sent.
 """
@@ -77,6 +81,7 @@ class Dispatcher:
         is_approved: Callable[[Programme], bool],
         tz: tzinfo = UTC,
         live: LiveStarter | None = None,
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._distributor = distributor
@@ -86,6 +91,7 @@ class Dispatcher:
         self._is_approved = is_approved
         self._tz = tz
         self._live = live
+        self._may_act = may_act
         self._busy_lock = threading.Lock()
         self._busy: set[str] = set()
 
@@ -143,6 +149,10 @@ class Dispatcher:
         )
 
     def _dispatch(self, occ: Occurrence, down_since: datetime | None) -> Outcome:
+        if not self._may_act():
+            log.info("%s not dispatched: this controller no longer leads; the leader "
+                     "dispatches it", occ.play_id)
+            return "skipped"
         if self._store.dispatches.outcome(occ.programme, occ.start) is not None:
             return "skipped"
         now = self._clock.now()
@@ -187,6 +197,8 @@ class Dispatcher:
             replay_if_interrupted=programme.replay_if_interrupted,
         )
         for spec in per_profile(play, by_profile, items):
+            if not self._may_act():  # stepped down while preparing: the next leader sends
+                return "skipped"
             self._distributor.send_play(spec)
         self._store.dispatches.claim(occ.programme, occ.start, "sent", None, now)
         return "sent"

@@ -13,6 +13,12 @@ cluster list follows the fleet, clusters whose commune or groups changed get the
 new membership (retained) so they answer to the new tree, and plays already sent for
 occurrences the edit removed or moved (still to start) are withdrawn with a stop.
 
+Several controllers on one store (controller/leadership.py): `run()` serves the web app
+at once and claims the leadership; `Controller.start()` (the broker link, intake,
+scheduler, ...) runs only once this one leads, and `Controller.fence()` stops all of it
+at once when it steps down; the dispatcher asks `may_act()` before it sends. A
+controller built without `run()` (the demo, tests) has no leadership and acts alone.
+
 Memberships (controller/membership.py) are published when the controller starts, for
 the clusters a reload changed, and again after every reconnection to the broker and
 every `membership_republish`, so that a retained membership overwritten or lost on the
@@ -23,12 +29,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
+import socket
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from controller.approval import Approvals
@@ -45,6 +55,7 @@ from controller.holdings import Holdings
 from controller.identities import Identities
 from controller.intake import Intake
 from controller.keys import publish_rotation
+from controller.leadership import Leadership
 from controller.live import LiveSettings
 from controller.live_desk import LiveDesk
 from controller.membership import DEFAULT_REPUBLISH_S, MembershipPublisher
@@ -61,6 +72,9 @@ from protocol.config_errors import ConfigError, Problem
 from protocol.messages import Level
 from protocol.mqtt import BrokerAddress, Link, MqttLink
 from protocol.signing import Signer, load_private_key
+
+if TYPE_CHECKING:
+    from controller.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +243,7 @@ class Controller:
             is_approved=self.approvals.is_approved,
             tz=settings.timezone,
             live=self.live,
+            may_act=self.may_act,
         )
         self.scheduler = Scheduler(
             clock=self.clock,
@@ -238,6 +253,10 @@ class Controller:
             already_dealt_with=self.dispatcher.already_dealt_with,
             marks=self.store.marks,
         )
+        # Which controller leads, when several run on one store (controller/leadership.py,
+        # set by run()); None: this one acts alone.
+        self.leadership: Leadership | None = None
+        self._active = False
         self.watcher = FileWatcher(
             lambda: watched_files(settings.fleet_path, settings.watched_paths()),
             self.reload,
@@ -246,7 +265,15 @@ class Controller:
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    def may_act(self) -> bool:
+        """Whether this controller may schedule, dispatch and publish now: it leads (or
+        acts alone)."""
+        return self.leadership is None or self.leadership.is_leader
+
     def start(self, connect_timeout: float = 10.0) -> None:
+        """Start the leader's work: the broker link, intake, scheduler and the rest."""
+        self._active = True
+        self._load_edits()
         if not self.settings.require_signed_events:
             log.warning(
                 "require_signed_events is false: unsigned messages from clusters with no "
@@ -281,9 +308,34 @@ class Controller:
             self.settings.broker.url(),
         )
 
-    def stop(self) -> None:
-        self.watcher.stop()
+    def _load_edits(self) -> None:
+        """A standby that comes to lead loads the playlists and fleet edited since it
+        started (it watched nothing meanwhile); refused edits keep what it had."""
+        now = signature(watched_files(self.settings.fleet_path, self.settings.watched_paths()))
+        if now == self._loaded_files:
+            return
+        try:
+            fleet, playlists = self._load()
+        except (ConfigError, OSError) as exc:
+            log.warning("the playlists or the fleet were edited while this controller stood "
+                        "by, and cannot be loaded (%s); it leads with those it had",
+                        exc)
+            return
+        with self._state_lock:
+            self.fleet, self.playlists = fleet, playlists
+        self._loaded_files = now
+        self._sync_fleet()
+        log.info("loaded the playlists and the fleet edited while this controller stood by")
+
+    def fence(self) -> None:
+        """Stop the leader's work at once (stepping down, or stopping): nothing is
+        scheduled, dispatched, taken in or published after this returns. The store stays
+        open (the web app still reads it)."""
+        if not self._active:
+            return
+        self._active = False
         self.scheduler.shutdown()
+        self.watcher.stop()
         self.live.close()
         self.broker_watch.stop()
         self.memberships_publisher.stop()
@@ -291,6 +343,9 @@ class Controller:
         self.intake.stop()
         self.link.stop()
         self.broker_state.stop()
+
+    def stop(self) -> None:
+        self.fence()
         self.store.close()
 
     def on_reconnect(self, action: ReconnectAction) -> None:
@@ -488,37 +543,113 @@ class Controller:
         return sent
 
 
+def advertised_url(config: ControllerConfig) -> str:
+    """Where the other controllers reach this one's web app ("" without one)."""
+    if config.leadership.advertised_url:
+        return config.leadership.advertised_url
+    if config.web is None:
+        return ""
+    scheme = "https" if config.web.tls is not None else "http"
+    host = config.web.listen
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - reading the setting, not binding
+        host = socket.getfqdn()
+    return f"{scheme}://{host}:{config.web.port}"
+
+
+def _lead(controller: Controller, config: ControllerConfig, web: WebServer | None) -> Any:
+    """Start the leader's work; the CAP feed it started, if any."""
+    controller.start()
+    if web is None:
+        return None
+    web.lead()
+    intake = web.app.state.ctx.cap  # controller.cap.CapIntake when web.cap is set
+    if config.web is None or config.web.cap is None or not config.web.cap.feeds \
+            or intake is None:
+        return None
+    from controller.cap_feed import CapFeed  # CAP alerts pulled from feeds
+
+    feed = CapFeed(intake, config.web.cap.feeds, controller.fleet.province.id)
+    feed.start()
+    return feed
+
+
 def run(config: ControllerConfig) -> None:
-    """Run the controller daemon until SIGTERM or SIGINT."""
+    """Run the controller daemon until SIGTERM or SIGINT.
+
+    It serves the web app at once and claims the leadership (controller/leadership.py):
+    while another controller leads, it stands by; when it leads, it starts the leader's
+    work (broker, intake, scheduler with its catch-up, CAP). Stepping down (the lease
+    could not be renewed in time, or passed to another) stops that work at once, and the
+    process starts again as a standby (re-executes itself).
+    """
     from controller.tts import speech_for
 
     speech = speech_for(config.speech)  # the abbreviation files: refused before anything starts
     controller = Controller(Settings.from_config(config))
+    wake = threading.Event()
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    elected = threading.Event()
+    deposed: list[str] = []
+
+    def step_down(why: str) -> None:  # on the leadership's thread: fence first, then tell
+        controller.fence()
+        deposed.append(why)
+        wake.set()
+
+    def elect(_term: int) -> None:
+        elected.set()
+        wake.set()
+
+    leadership = Leadership(
+        controller.store.leases, ttl=config.leadership.ttl, url=advertised_url(config),
+        on_elected=elect, on_deposed=step_down,
+    )
+    controller.leadership = leadership
+
+    def quit_(*_: object) -> None:
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, quit_)
+    signal.signal(signal.SIGINT, quit_)
     signal.signal(signal.SIGHUP, lambda *_: controller.request_reload())
-    controller.start()
     web = None
     feed = None
     if config.web is not None:  # the web app and API (controller/web), same process
         from controller.web.server import start_web
 
         try:
-            web = start_web(controller, config.web, tts=speech)
+            web = start_web(controller, config.web, tts=speech, lead=False)
         except BaseException:  # a certificate it cannot use, a port taken: stop, then say so
             controller.stop()
             raise
-        intake = web.app.state.ctx.cap  # controller.cap.CapIntake when web.cap is set
-        if config.web.cap is not None and config.web.cap.feeds and intake is not None:
-            from controller.cap_feed import CapFeed  # CAP alerts pulled from feeds
+    log.info("controller %s serving its web app; claiming the leadership (lease of %.0f s)",
+             leadership.me, config.leadership.ttl.total_seconds())
+    leadership.start()
+    leading = False
+    while not stop.is_set() and not deposed:
+        wake.wait()
+        wake.clear()
+        if elected.is_set() and not leading and not stop.is_set() and not deposed:
+            leading = True
+            feed = _lead(controller, config, web)
+    _end(controller, leadership, web, feed, deposed[0] if deposed else None)
 
-            feed = CapFeed(intake, config.web.cap.feeds, controller.fleet.province.id)
-            feed.start()
-    stop.wait()
-    log.info("stopping the controller")
+
+def _end(controller: Controller, leadership: Leadership, web: WebServer | None, feed: Any,
+         deposed: str | None) -> None:
+    """Stop everything; a controller that stepped down starts again as a standby."""
+    if deposed:
+        log.warning("stepped down (%s); starting again as a standby", deposed)
+    else:
+        log.info("stopping the controller")
     if feed is not None:
         feed.stop()
+    controller.fence()
+    leadership.stop(release=deposed is None)
     if web is not None:
         web.stop()
     controller.stop()
+    if deposed:
+        logging.shutdown()
+        os.execv(sys.executable, sys.orig_argv)  # noqa: S606 - this very program again

@@ -11,6 +11,9 @@ expects (`rate()` handles the restarts).
 
 Readiness: the broker connected, the store writable (a mark written), the schedule
 loaded (the scheduler runs with playlists). Each check says what is wrong when it fails.
+A standby controller (controller/leadership.py) is ready when its store is: it serves
+the web app and forwards sends; the broker and the schedule are the leader's.
+`loa_controller_leader` says which one leads.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class ControllerCollector(Collector):
                        "included (acknowledgements are not counted)", dist.commands)
         yield from self._broker()
         yield from self._scheduler()
+        yield from self._leadership()
         yield from self._web()
 
     def _clusters(self) -> Iterator[Metric]:
@@ -119,6 +123,22 @@ class ControllerCollector(Collector):
         yield _gauge("loa_scheduler_next_fire_seconds", "Unix time of the next dispatch; 0 "
                      "when none is planned", due.timestamp() if due is not None else 0)
 
+    def _leadership(self) -> Iterator[Metric]:
+        leadership = getattr(self._ctl, "leadership", None)
+        if leadership is None:  # acting alone: it leads
+            yield _gauge("loa_controller_leader", "1 while this controller leads (schedules, "
+                         "dispatches, takes in events), 0 while it stands by", 1)
+            return
+        view = leadership.view()
+        yield _gauge("loa_controller_leader", "1 while this controller leads (schedules, "
+                     "dispatches, takes in events), 0 while it stands by",
+                     1 if leadership.is_leader else 0)
+        yield _gauge("loa_leadership_term", "The leadership's term: one more at every change "
+                     "of leader", view.term)
+        yield _gauge("loa_leader_since_seconds", "Unix time since when the current leader "
+                     "leads; 0 while none does",
+                     view.since.timestamp() if view.since is not None else 0)
+
     def _web(self) -> Iterator[Metric]:
         if self._sign_ins is None:
             return
@@ -156,14 +176,19 @@ def exposition(registry: CollectorRegistry) -> bytes:
 def readiness(controller: Any) -> dict[str, str | None]:
     """Each readiness check and what is wrong with it (None: fine)."""
     checks: dict[str, str | None] = {}
-    checks["broker"] = controller.broker_state.unreachable()
+    leadership = getattr(controller, "leadership", None)
+    standby = leadership is not None and not leadership.is_leader
+    if not standby:  # a standby neither connects to the broker nor schedules
+        checks["broker"] = controller.broker_state.unreachable()
     try:
         controller.store.marks.set(READY_MARK, controller.clock.now())
         checks["store"] = None
     except Exception as exc:  # any failure to write is the answer
         checks["store"] = f"the store refused a write: {type(exc).__name__}: {exc}"
     scheduler = controller.scheduler
-    if scheduler.playlists is None:
+    if standby:
+        pass
+    elif scheduler.playlists is None:
         checks["schedule"] = "no playlists loaded"
     elif not scheduler.running:
         checks["schedule"] = "the scheduler is not running"

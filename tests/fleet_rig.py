@@ -29,7 +29,7 @@ from controller.confirmations import ResendPolicy
 from controller.distribution import PlaySpec, new_play_id
 from controller.main import Controller, Settings
 from controller.samples import tone
-from controller.store import FINAL_KINDS
+from controller.store import FINAL_KINDS, Store
 from controller.store.schema import events
 from protocol.messages import Level
 from protocol.signing import generate_keypair
@@ -61,10 +61,12 @@ class FleetRig:
         controller_extra: str = "",
         broker_urls: dict[str, str] | None = None,
         resend: ResendPolicy | None = None,
+        store_url: str | None = None,
     ) -> None:
         """controller_extra: more lines of the controller's config; broker_urls: where an
         agent connects instead of the broker (a relay); resend: the controller's
-        ResendPolicy instead of the default."""
+        ResendPolicy instead of the default; store_url: the controller's store (a SQLite
+        file in tmp by default)."""
         self.tmp = tmp
         self.broker = broker
         self.clusters = clusters
@@ -75,7 +77,7 @@ class FleetRig:
         self.controller_config = tmp / "controller.yaml"
         self.controller_config.write_text(
             f"broker_url: {broker.url}\nfleet: fleet.yaml\nplaylists: [playlists]\n"
-            "store_url: sqlite:///controller.db\nprivate_key: controller.key\n"
+            f"store_url: {store_url or 'sqlite:///controller.db'}\nprivate_key: controller.key\n"
             "content_dir: content\n" + controller_extra,
             encoding="utf-8",
         )
@@ -91,8 +93,12 @@ class FleetRig:
                 encoding="utf-8",
             )
             # Each box enrols with a token that approves itself.
-            token_file(f"sqlite:///{tmp / 'controller.db'}", cluster, tmp / f"{cluster}.token")
+            token_file(store_url or f"sqlite:///{tmp / 'controller.db'}", cluster,
+                       tmp / f"{cluster}.token")
         self.controller: Controller | None = None
+        #: Where what the controllers stored is read when none runs in this process
+        #: (controllers in processes of their own: tests/test_leadership.py).
+        self.reader: Store | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.sent: dict[str, PlaySpec] = {}
 
@@ -110,6 +116,13 @@ class FleetRig:
         if self.controller is not None:
             self.controller.stop()
             self.controller = None
+
+    @property
+    def store(self) -> Store:
+        """The store of the controller in this process, else `reader`."""
+        if self.controller is None and self.reader is not None:
+            return self.reader
+        return self.ctl.store
 
     @property
     def ctl(self) -> Controller:
@@ -182,13 +195,13 @@ class FleetRig:
 
     def wait_online(self, cluster: str, timeout: float = 20) -> None:
         wait_until(
-            lambda: self.ctl.store.clusters.health().get(cluster) is not None
-            and self.ctl.store.clusters.health()[cluster].state == "online",
+            lambda: self.store.clusters.health().get(cluster) is not None
+            and self.store.clusters.health()[cluster].state == "online",
             timeout, f"{cluster} to come online",
         )
 
     def events(self, play_id: str, cluster: str) -> list[dict[str, Any]]:
-        return [e for e in self.ctl.store.events.of_play(play_id) if e["cluster"] == cluster]
+        return [e for e in self.store.events.of_play(play_id) if e["cluster"] == cluster]
 
     def kinds(self, play_id: str, cluster: str) -> list[str]:
         return [e["kind"] for e in sorted(self.events(play_id, cluster), key=lambda e: e["seq"])]
@@ -225,7 +238,7 @@ class FleetRig:
 
     def outbox_seqs(self, cluster: str) -> dict[str, list[int]]:
         """Every stored (outbox -> seqs) of a cluster, duplicates kept if there were any."""
-        with self.ctl.store.engine.connect() as conn:
+        with self.store.engine.connect() as conn:
             rows = conn.execute(
                 select(events.c.outbox, events.c.seq).where(events.c.cluster == cluster)
             ).all()

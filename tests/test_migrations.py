@@ -56,6 +56,7 @@ NEW_TABLES = {
     "event_conflicts": "0003", "cluster_keys": "0003", "enrolment_tokens": "0003",
     "enrolments": "0003",
     "state_changes": "0006",
+    "leadership": "0008",
 }
 NEW_COLUMNS: dict[str, dict[str, Any]] = {
     "events": {"key_id": "", "digest": None, "seconds": None},  # 0003, 0005

@@ -4,8 +4,8 @@
 - schema.py: the metadata and every table.
 - clusters.py, events.py, plays.py, dispatches.py, approvals.py, status.py (the last
   reload's outcome, the scheduler's marks), sessions.py (web sessions), history.py (what
-  a range of time holds, for reports): the repositories, each a small class over the
-  one `Database`.
+  a range of time holds, for reports), leases.py (which controller leads): the
+  repositories, each a small class over the one `Database`.
 - migrate.py and migrations/: the schema's numbered revisions (Alembic).
 
 `Store` opens the database and hands out the repositories (`store.plays.record(...)`);
@@ -23,6 +23,7 @@ from controller.store.dispatches import DispatchRepository
 from controller.store.engine import Database, aware, utc
 from controller.store.events import EventRepository
 from controller.store.history import History, HistoryRepository
+from controller.store.leases import Lease, LeaseRepository
 from controller.store.migrate import SchemaAheadError, SchemaBehindError, SchemaError, open_schema
 from controller.store.plays import PlayRepository
 from controller.store.schema import metadata
@@ -36,6 +37,7 @@ __all__ = [
     "ClusterRow",
     "ConfigStatus",
     "History",
+    "Lease",
     "SchemaAheadError",
     "SchemaBehindError",
     "SchemaError",
@@ -68,6 +70,7 @@ class Store:
         self.marks = MarkRepository(self.db)
         self.web_sessions = WebSessionRepository(self.db)
         self.history = HistoryRepository(self.db)
+        self.leases = LeaseRepository(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -148,6 +148,22 @@ marks = Table(
     Column("at", DateTime(timezone=True), nullable=False),
 )
 
+# Which controller leads (controller/leadership.py): one row, the lease. Only its holder
+# schedules, dispatches and takes in events; the others serve the web app and stand by.
+# `term` goes up by one at every change of holder; `expires_at` is on the database's
+# clock (PostgreSQL's now(); on SQLite, one machine, the machine's).
+leadership = Table(
+    "leadership",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("holder", String(200), nullable=False),  # host:pid:random
+    Column("url", String(500), nullable=False),  # its web app, for forwarded sends ("")
+    Column("term", Integer, nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
+    Column("renewed_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
 # The latest heartbeat of each cluster (protocol.messages.Heartbeat as JSON: uptime, disk,
 # temperature, relay, clock offset, what plays), replaced by every new one.
 heartbeats = Table(

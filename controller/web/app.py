@@ -8,7 +8,8 @@ users in, check CSRF tokens, and turn the service's answers into pages or JSON.
 Around the routes, outermost first: TrustedProxies (the client's address and scheme,
 from X-Forwarded-* only when a configured proxy sends them), SecurityHeaders (CSP and
 the like, HSTS when served over TLS, the language cookie), BodyLimits (every body has a
-size limit, refused with 413 before it is read whole). All three are plain ASGI
+size limit, refused with 413 before it is read whole), StandbyForward (on a standby
+controller, sends forwarded to the leader: controller/web/standby.py). All are plain ASGI
 middleware: nothing between the server and the routes reads a body or wraps an error.
 
 The package reads top-down: context (what routes work with) and the pieces under it
@@ -50,6 +51,7 @@ from controller.web.headers import SecurityHeaders
 from controller.web.i18n import t
 from controller.web.limits import BodyLimits, BodyTooLarge, too_large
 from controller.web.proxies import TrustedProxies
+from controller.web.standby import StandbyForward
 
 HERE = Path(__file__).resolve().parent
 
@@ -73,6 +75,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.state.templates = templates
 
     # Added innermost first: TrustedProxies ends up outermost.
+    app.add_middleware(StandbyForward, ctx=ctx)
     app.add_middleware(BodyLimits)
     tiles = urlsplit(ctx.map_tiles.replace("{", "").replace("}", "")) if ctx.map_tiles else None
     app.add_middleware(

@@ -60,6 +60,9 @@ class WebContext:
     audio_dir: Path | None = None
     library: Any = None  # controller.audio.AudioLibrary
     target_lufs: float | None = -16.0
+    #: Which controller leads (controller.leadership.Leadership); None: this one alone.
+    #: On a standby, what would publish is forwarded to the leader (web/standby.py).
+    leadership: Any = None
     uploads: Uploads = field(init=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +82,17 @@ class WebContext:
         now = datetime.now(self.tz)
         local = since.astimezone(self.tz)
         return local.strftime("%H:%M" if local.date() == now.date() else "%d/%m/%Y %H:%M")
+
+    def standby_banner(self) -> tuple[str, dict[str, str]] | None:
+        """On a standby controller, the pages' note (an i18n key and its values): who
+        leads, since when (HH:MM); None on the leader or a controller alone."""
+        if self.leadership is None or self.leadership.is_leader:
+            return None
+        view = self.leadership.view()
+        if view.leader is None:
+            return "no_leader", {}
+        return "standby", {"leader": view.leader,
+                           "since": view.since.astimezone(self.tz).strftime("%H:%M")}
 
     def outcome_of(self, play_id: str | None, lang: Lang | None = None) -> str:
         """An announcement's per-cluster states as counts, for the audit log: in a

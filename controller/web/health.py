@@ -33,10 +33,20 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(ctx: Ctx) -> JSONResponse:
-    """Ready: the broker connected, the store writable, the schedule loaded. 503 with what
-    is wrong otherwise."""
+    """Ready: the broker connected, the store writable, the schedule loaded (a standby:
+    the store writable). 503 with what is wrong otherwise. `role` and `leadership` say
+    whether this controller leads, and which one does since when."""
     checks = ctx.ready() if ctx.ready is not None else {}
     failing = {name: why for name, why in checks.items() if why is not None}
-    body = {"status": "ready" if not failing else "not ready",
-            "checks": {name: why or "ok" for name, why in checks.items()}}
+    body: dict[str, object] = {
+        "status": "ready" if not failing else "not ready",
+        "checks": {name: why or "ok" for name, why in checks.items()},
+    }
+    if ctx.leadership is not None:  # which controller leads, and whether this one does
+        view = ctx.leadership.view()
+        body["role"] = "leader" if ctx.leadership.is_leader else "standby"
+        body["leadership"] = {
+            "this": view.me, "leader": view.leader, "leader_url": view.url or None,
+            "since": view.since.isoformat() if view.since else None, "term": view.term,
+        }
     return JSONResponse(body, status_code=503 if failing else 200)

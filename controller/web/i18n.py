@@ -131,6 +131,18 @@ TEXT: dict[str, dict[Lang, str]] = {
     "st_missed": {"vi": "bị lỡ", "en": "missed"},
     "st_failed": {"vi": "lỗi", "en": "failed"},
     "st_expired": {"vi": "quá hạn, không phát", "en": "expired, not played"},
+    "standby": {
+        "vi": "Bộ điều khiển này đang dự phòng; bộ điều khiển chính là {leader} (từ {since}). "
+              "Các trang vẫn xem được; thông báo gửi từ đây được chuyển tới bộ chính.",
+        "en": "This controller stands by; {leader} leads (since {since}). Pages work as "
+              "usual; what you send here is passed on to the leader.",
+    },
+    "no_leader": {
+        "vi": "Bộ điều khiển này đang dự phòng và hiện không có bộ điều khiển chính: chưa gửi "
+              "được gì cho tới khi một bộ nhận quyền (trong vài giây).",
+        "en": "This controller stands by and no controller leads right now: nothing can be "
+              "sent until one takes over (within seconds).",
+    },
     "broker_down": {
         "vi": "Hệ thống quản lý mất kết nối tới máy chủ MQTT (broker) từ {since}: chưa gửi được "
               "thông báo khẩn cho tới khi kết nối lại. Các lượt phát đã gửi vẫn phát đúng giờ.",

@@ -106,6 +106,7 @@ def _render(
             "places": lambda targets: _places(ctx, targets),
             "say": lambda x: say_in(lang, x),
             "other_lang": "en" if lang == "vi" else "vi", "broker_down": ctx.broker_down_text(),
+            "standby": ctx.standby_banner(),
             **values,
         },
         status_code=status_code,

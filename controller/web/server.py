@@ -82,6 +82,7 @@ class WebServer:
                            ssl_certfile=cert, ssl_keyfile=key)
         )
         self._thread: threading.Thread | None = None
+        self._leading = False
         self.host, self.port = host, port
         self.scheme = "https" if tls is not None else "http"
 
@@ -89,7 +90,8 @@ class WebServer:
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 10.0, *, lead: bool = True) -> None:
+        """Serve; lead: also start the leader's part (lead() later, on a standby)."""
         self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
@@ -100,15 +102,24 @@ class WebServer:
                 raise OSError(f"the web app did not start on {self.host}:{self.port}")
             time.sleep(0.02)
         log.info("web app and API on %s", self.url)
+        if lead:
+            self.lead()
+
+    def lead(self) -> None:
+        """Start what only the leading controller does here: CAP alerts held or repeated
+        aired when due, the CAP folder watched (controller/leadership.py)."""
+        if self._leading:
+            return
+        self._leading = True
         if self._cap is not None:
             self._cap.start()
         if self._cap_folder is not None:
             self._cap_folder.start()
 
     def stop(self) -> None:
-        if self._cap_folder is not None:
+        if self._leading and self._cap_folder is not None:
             self._cap_folder.stop()
-        if self._cap is not None:
+        if self._leading and self._cap is not None:
             self._cap.stop()
         self._server.should_exit = True
         if self._thread is not None:
@@ -143,11 +154,12 @@ def build_context(
         trusted_proxies=trusted_proxies,
         sessions=StoredSessions(controller.store, clock=session_clock),
         enrolment=getattr(controller, "enrolment", None),
-        broker_down=getattr(controller, "broker_state", _Connected()).down_since,
+        broker_down=_broker_down(controller),
         microphones=_microphones(controller, service),
         audio_dir=audio_folder(controller.settings.playlist_paths),
         library=getattr(controller, "library", None),
         target_lufs=controller.settings.audio.target_lufs,
+        leadership=getattr(controller, "leadership", None),
     )
     if hasattr(controller, "broker_state"):  # a running controller.main.Controller
         refusals = ctx.refusals
@@ -156,6 +168,16 @@ def build_context(
         ))
         ctx.ready = lambda: readiness(controller)
     return ctx
+
+
+def _broker_down(controller: Any) -> Callable[[], datetime | None]:
+    """Since when the controller's broker is unreachable, for the pages' banner; a
+    standby does not connect (the leader does), so it has nothing to say."""
+    state = getattr(controller, "broker_state", _Connected())
+    leadership = getattr(controller, "leadership", None)
+    if leadership is None:
+        return state.down_since
+    return lambda: state.down_since() if leadership.is_leader else None
 
 
 class _Connected:
@@ -175,8 +197,11 @@ def _microphones(controller: Any, service: UrgentService) -> Any:
     return MicrophoneDesk(service, desk)
 
 
-def start_web(controller: Any, config: Any, *, tts: TextToSpeech | None = None) -> WebServer:
-    """Serve the web app for a running controller, as configured (controller.config.WebConfig)."""
+def start_web(
+    controller: Any, config: Any, *, tts: TextToSpeech | None = None, lead: bool = True
+) -> WebServer:
+    """Serve the web app for a controller, as configured (controller.config.WebConfig);
+    lead False on a standby (WebServer.lead() when it takes the leadership)."""
     if config.tls is not None:
         check_tls(*config.tls)
     ctx = build_context(
@@ -192,5 +217,5 @@ def start_web(controller: Any, config: Any, *, tts: TextToSpeech | None = None) 
             folder = CapFolder(ctx.cap, config.cap.watch_dir, controller.fleet.province.id)
     server = WebServer(create_app(ctx), config.listen, config.port, cap_folder=folder,
                        cap=ctx.cap, tls=config.tls)
-    server.start()
+    server.start(lead=lead)
     return server
