@@ -1,0 +1,245 @@
+"""A node of a real three-node NATS cluster killed -9 under an agent and the controller.
+
+Real processes: three nats-server nodes with JetStream and their MQTT listeners
+(tests/nats_cluster.py, configured as docs/operations.md says), the controller as
+`loa-controller run` builds it, an agent process (`loa-agent run`, the `file` output: a
+WAV per airing). Both are given the three nodes (broker_url and broker_fallback_urls)
+and are on the same node, the first, when it dies:
+
+(a) during a transfer: the agent is frozen, so the bulletin's command and chunks are in
+    flight (taken by the cluster, handed to the agent's connection, not acknowledged)
+    when the node is killed;
+(b) during an urgent announcement: it is sent, and the node they are on now (the second)
+    is killed at once, the command and its audio on their way.
+
+Each time both move to the next node, with their sessions. The killed node is started
+again and rejoins (its replicas of the MQTT streams caught up) before the next fault,
+so the cluster keeps its quorum. At the end, after a last play through all three nodes:
+every play aired once (one `received`, one `playing` and one WAV each), and every status
+event is at the controller once (the agent's outbox sequence 1..n, unbroken, none stored
+twice). The urgent announcement's latency, sent to playing, is printed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import require, wait_until
+from fleet_rig import COMMUNE, FleetRig
+from nats_cluster import NatsCluster, NatsNode, nats_server
+
+from controller.confirmations import ResendPolicy
+from controller.samples import tone
+from controller.tts import speech_for
+from controller.urgent import AnnouncementRequest, SystemPrincipal, service_for
+from protocol.mqtt import MqttLink
+
+pytestmark = pytest.mark.slow
+
+ME = "nat-01"
+AGENT_ID = f"loa-agent-{ME}"
+CONTROLLER_ID = "loa-controller"
+# Resends quicker than the field's (10 s first), so that the test takes seconds.
+POLICY = ResendPolicy(
+    confirm_within=timedelta(seconds=2), max_wait=timedelta(seconds=4),
+    miss_grace=timedelta(seconds=3), start_grace=timedelta(seconds=10),
+)
+# A node's loss, from the kill to both clients working on another (raft elections of
+# the streams it led: seconds), with room for a loaded machine.
+FAILOVER_S = 45
+# The urgent announcement plays within this of being sent, through the loss of a node.
+URGENT_WITHIN_S = 30.0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    binary = nats_server()
+    require("nats-server", binary is not None, "apt-get install nats-server")
+    require("ffmpeg", shutil.which("ffmpeg") is not None, "apt-get install ffmpeg")
+    assert binary is not None
+    nodes = NatsCluster(binary, tmp_path / "nats")
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, cluster: NatsCluster) -> Iterator[FleetRig]:
+    n1, n2, n3 = cluster.nodes
+    r = FleetRig(
+        tmp_path, n1, [ME], resend=POLICY, fallback_urls=[n2.url, n3.url],
+        # Small chunks: a transfer of a few seconds of audio is many messages in flight.
+        controller_extra="audio: {chunk_size_kb: 1}\n",
+    )
+    try:
+        r.start_controller()
+        r.start_agent(ME)
+        r.wait_online(ME)
+        # The first MQTT client made the streams: replicated on all three nodes.
+        wait_until(cluster.mqtt_streams_whole, 30, "the MQTT streams on all three nodes")
+        yield r
+    finally:
+        r.close()
+
+
+class Seen:
+    """Counts what a subscriber on another node gets on some channels (command, content)."""
+
+    def __init__(self, node: NatsNode, *channels: str) -> None:
+        self._lock = threading.Lock()
+        self._topics: list[str] = []
+        self.link = MqttLink(node.address, "seen-on-n3")
+        for channel in channels:
+            self.link.subscribe(f"loa/v1/+/+/{channel}", self._got)
+        self.link.start()
+        assert self.link.wait_connected(20)
+        # NATS answers the subscriptions once it has made their consumers, replicated on
+        # three nodes: a second or more after the connection. Until a probe comes back
+        # on each channel, what is published may pass them by.
+        sent = 0.0
+
+        def probes_back() -> bool:
+            nonlocal sent
+            if all(self._count(f"loa/v1/seen/probe/{c}") for c in channels):
+                return True
+            if time.monotonic() - sent > 0.5:
+                for channel in channels:
+                    self.link.publish(f"loa/v1/seen/probe/{channel}", b"probe")
+                sent = time.monotonic()
+            return False
+
+        wait_until(probes_back, 20, f"the subscriptions of a subscriber on {node.name}")
+
+    def _got(self, topic: str, _payload: bytes) -> None:
+        with self._lock:
+            self._topics.append(topic)
+
+    def _count(self, topic: str) -> int:
+        with self._lock:
+            return self._topics.count(topic)
+
+    def count(self, channel: str) -> int:
+        """Messages on the channel's topics, probes left out."""
+        with self._lock:
+            return sum(1 for t in self._topics
+                       if t.endswith("/" + channel) and "/seen/probe/" not in t)  # fmt: skip
+
+
+def on_node(rig: FleetRig, cluster: NatsCluster, node: NatsNode, *, moved: bool = True) -> None:
+    """Wait until the agent and the controller are both connected to node, and only there;
+    moved: having found their sessions there (CONNACK's session present), as the agent's
+    log and the controller's link say."""
+    link = rig.ctl.link
+    assert isinstance(link, MqttLink)
+    kept = f"connected to broker {node.url} as {AGENT_ID} (session kept)"
+
+    def there() -> bool:
+        if not (link.connected and link.broker == node.address):
+            return False
+        if moved and not (link.session_present and kept in rig.log(ME)):
+            return False
+        return cluster.node_of(AGENT_ID) is node and cluster.node_of(CONTROLLER_ID) is node
+
+    wait_until(there, FAILOVER_S, f"the agent and the controller to work on {node.name}")
+
+
+def rejoined(cluster: NatsCluster, node: NatsNode) -> None:
+    node.start()
+    wait_until(cluster.mqtt_streams_whole, FAILOVER_S,
+               f"{node.name} to rejoin, its MQTT stream replicas current")  # fmt: skip
+
+
+def test_a_node_killed_under_the_agent_and_the_controller_loses_and_doubles_nothing(
+    cluster: NatsCluster, rig: FleetRig, tmp_path: Path
+) -> None:
+    n1, n2, n3 = cluster.nodes
+    on_node(rig, cluster, n1, moved=False)
+    began = time.monotonic()
+
+    # (a) A transfer in flight when n1 dies. The agent is frozen: the command and the
+    #     chunks are taken by the cluster (a subscriber on n3 has them all) and sit in the
+    #     agent's session, sent to its connection on n1 and not acknowledged.
+    bulletin = rig.audio(6, freq=330)
+    chunks = bulletin.content_ref().chunks
+    assert chunks >= 10, chunks
+    seen = Seen(n3, "command", "content")
+    rig.freeze_agent(ME)
+    transfer = rig.send(bulletin, start_in=3, name="transfer")
+    wait_until(lambda: seen.count("command") >= 1 and seen.count("content") >= chunks, 20,
+               "the cluster to hold the command and every chunk")  # fmt: skip
+    seen.link.stop()
+    n1.kill()
+    killed = time.monotonic()
+    rig.freeze_agent(ME, frozen=False)
+    on_node(rig, cluster, n2)
+    print(f"(a) the agent and the controller work on n2 with their sessions "
+          f"{time.monotonic() - killed:.1f} s after n1 died")  # fmt: skip
+    rig.wait_kind(transfer.play_id, ME, "playing", timeout=FAILOVER_S)
+    wait_until(lambda: rig.wavs(transfer.play_id, ME), 10, "its WAV: the bulletin is on air")
+    rejoined(cluster, n1)
+    rig.wait_final(transfer.play_id, ME, timeout=20)
+
+    # (b) An urgent announcement in flight when n2, the node they are on now, dies: the
+    #     agent frozen again, the announcement sent, its command and audio taken by the
+    #     cluster and handed to the agent's connection, unacknowledged.
+    service = service_for(rig.ctl, speech_for(), tmp_path / "urgent")
+    manager = SystemPrincipal(name="quan-ly", role="manager", scope=["tinh-rig"])
+    request = AnnouncementRequest(
+        targets=[COMMUNE], audio=tone(tmp_path / "khan.wav", 3.0, freq=880),
+        title="Khẩn: nước lên",
+    )
+    seen = Seen(n3, "command", "content")
+    before = rig.ctl.distributor.stats.chunks
+    rig.freeze_agent(ME)
+    sent = service.send(manager, request, source="cli")
+    urgent_chunks = rig.ctl.distributor.stats.chunks - before
+    wait_until(lambda: seen.count("command") >= 1 and seen.count("content") >= urgent_chunks,
+               20, "the cluster to hold the announcement's command and audio")  # fmt: skip
+    seen.link.stop()
+    n2.kill()
+    killed = time.monotonic()
+    rig.freeze_agent(ME, frozen=False)
+    on_node(rig, cluster, n3)
+    print(f"(b) the agent and the controller work on n3 with their sessions "
+          f"{time.monotonic() - killed:.1f} s after n2 died")  # fmt: skip
+    rig.wait_kind(sent.id, ME, "playing", timeout=FAILOVER_S)
+    latency = (rig.at(sent.id, ME, "playing") - sent.created_at).total_seconds()
+    print(f"(b) the urgent announcement played {latency:.2f} s after it was sent, its node "
+          "lost meanwhile")  # fmt: skip
+    assert 0 <= latency < URGENT_WITHIN_S, latency
+
+    # n2 rejoins: nothing it held comes again. A last play through all three nodes: once
+    # its end is in, everything before it is.
+    rejoined(cluster, n2)
+    after = rig.send(rig.audio(0.5, freq=550), name="after")
+    endings = {transfer.play_id: "finished", sent.id: "finished", after.play_id: "finished"}
+    for play_id, expected in endings.items():
+        assert rig.wait_final(play_id, ME, timeout=FAILOVER_S) == expected, rig.kinds(play_id, ME)
+
+    def unbroken() -> bool:
+        seqs = rig.outbox_seqs(ME)
+        return len(seqs) == 1 and all(s == list(range(1, len(s) + 1)) for s in seqs.values())
+
+    try:
+        wait_until(unbroken, 20, "an unbroken sequence of events")
+    except AssertionError:
+        raise AssertionError(f"outbox sequences at the controller: {rig.outbox_seqs(ME)}") \
+            from None
+    for play_id in endings:
+        kinds = rig.kinds(play_id, ME)
+        for kind in ("received", "playing", "finished"):
+            assert kinds.count(kind) == 1, (play_id, kinds)
+        assert len(rig.wavs(play_id, ME)) == 1, (play_id, rig.wavs(play_id, ME))
+    on_node(rig, cluster, n3)
+    [seqs] = rig.outbox_seqs(ME).values()
+    print(f"{len(seqs)} events, each stored once; duplicates dropped by the controller: "
+          f"{rig.ctl.intake.stats.duplicates}; {time.monotonic() - began:.1f} s from the "
+          "first kill")  # fmt: skip
