@@ -92,11 +92,11 @@ class NatsNode:
         self.stop()
         self.start()
 
-    def streams(self) -> dict[str, dict[str, Any]]:
-        """The JetStream streams this node knows (their config, cluster and state), by
-        name, from its monitoring port's /jsz."""
+    def streams(self, consumers: bool = False) -> dict[str, dict[str, Any]]:
+        """The JetStream streams this node knows (their config, cluster and state, and
+        their consumers' if asked), by name, from its monitoring port's /jsz."""
         url = (f"http://127.0.0.1:{self.monitor_port}/jsz?accounts=true&streams=true"
-               "&config=true")  # fmt: skip
+               f"&config=true&consumers={'true' if consumers else 'false'}")  # fmt: skip
         with urllib.request.urlopen(url, timeout=5) as answer:
             jsz = json.load(answer)
         return {
@@ -156,6 +156,16 @@ class NatsCluster:
         """The running node the MQTT client is connected to (None: none, or several)."""
         on = [n for n in self.nodes if n.running and n.clients(client_id)]
         return on[0] if len(on) == 1 else None
+
+    def consumer_replicas(self) -> dict[str, int]:
+        """The replicas of every consumer of the MQTT messages stream (one per QoS 1
+        subscription of a session), as a running node sees them."""
+        node = next(n for n in self.nodes if n.running)
+        stream = node.streams(consumers=True).get("$MQTT_msgs") or {}
+        return {
+            c["name"]: 1 + len((c.get("cluster") or {}).get("replicas") or [])
+            for c in stream.get("consumer_detail") or []
+        }
 
     def mqtt_streams_whole(self) -> bool:
         """Whether every MQTT stream (sessions, messages, retained) has a leader on a

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from conftest import require, wait_until
 from fleet_rig import COMMUNE, FleetRig
-from nats_cluster import NatsCluster, NatsNode, nats_server
+from nats_cluster import STREAM_REPLICAS, NatsCluster, NatsNode, nats_server
 
 from controller.confirmations import ResendPolicy
 from controller.samples import tone
@@ -83,8 +83,12 @@ def rig(tmp_path: Path, cluster: NatsCluster) -> Iterator[FleetRig]:
         r.start_controller()
         r.start_agent(ME)
         r.wait_online(ME)
-        # The first MQTT client made the streams: replicated on all three nodes.
+        # The first MQTT client made the streams: replicated on all three nodes, and so are
+        # the consumers of the sessions' subscriptions (they take the stream's replicas).
         wait_until(cluster.mqtt_streams_whole, 30, "the MQTT streams on all three nodes")
+        replicas = cluster.consumer_replicas()
+        assert replicas, "no consumers: the sessions' subscriptions are not in JetStream"
+        assert set(replicas.values()) == {STREAM_REPLICAS}, replicas
         yield r
     finally:
         r.close()
@@ -167,7 +171,7 @@ def test_a_node_killed_under_the_agent_and_the_controller_loses_and_doubles_noth
     # (a) A transfer in flight when n1 dies. The agent is frozen: the command and the
     #     chunks are taken by the cluster (a subscriber on n3 has them all) and sit in the
     #     agent's session, sent to its connection on n1 and not acknowledged.
-    bulletin = rig.audio(6, freq=330)
+    bulletin = rig.audio(4, freq=330)
     chunks = bulletin.content_ref().chunks
     assert chunks >= 10, chunks
     seen = Seen(n3, "command", "content")
@@ -193,7 +197,7 @@ def test_a_node_killed_under_the_agent_and_the_controller_loses_and_doubles_noth
     service = service_for(rig.ctl, speech_for(), tmp_path / "urgent")
     manager = SystemPrincipal(name="quan-ly", role="manager", scope=["tinh-rig"])
     request = AnnouncementRequest(
-        targets=[COMMUNE], audio=tone(tmp_path / "khan.wav", 3.0, freq=880),
+        targets=[COMMUNE], audio=tone(tmp_path / "khan.wav", 2.0, freq=880),
         title="Khẩn: nước lên",
     )
     seen = Seen(n3, "command", "content")
