@@ -256,6 +256,10 @@ class MqttLink:
     SHORT_LIVED_S = 30.0
     TAKEOVER_DROPS = 3
     TAKEOVER_WINDOW_S = 120.0
+    # paho's wait before connecting again: this, doubling after every failure, up to the
+    # most. With other nodes, the wait doubles only after every node failed once more.
+    RECONNECT_MIN_S = 1
+    RECONNECT_MAX_S = 30
 
     def __init__(
         self,
@@ -278,6 +282,7 @@ class MqttLink:
         self.broker = broker
         self._brokers = [broker, *fallbacks]
         self._at = 0  # the index in _brokers of the node tried last
+        self._failed = 0  # attempts that failed since the last connection
         self.client_id = client_id
         self._ca_setting = ca_setting
         self._subs: dict[str, tuple[Handler, int]] = {}
@@ -308,7 +313,7 @@ class MqttLink:
             client.tls_set_context(self._watched_tls_context())
         if will:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.reconnect_delay_set(min_delay=self.RECONNECT_MIN_S, max_delay=self.RECONNECT_MAX_S)
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)
         client.on_pre_connect = self._on_pre_connect
@@ -455,6 +460,13 @@ class MqttLink:
         if len(self._brokers) > 1 and not self._stopping:  # the next node, next time
             self._at = (self._at + 1) % len(self._brokers)
             self.broker = self._brokers[self._at]
+            # A dead node says nothing of the next one: it is tried after the round's
+            # wait (1 s, doubling each time the whole list has failed), not after
+            # paho's wait, doubled by the failures of the nodes before it.
+            self._failed += 1
+            rounds = self._failed // len(self._brokers)
+            wait = min(self.RECONNECT_MIN_S * 2**rounds, self.RECONNECT_MAX_S)
+            self._client.reconnect_delay_set(min_delay=wait, max_delay=self.RECONNECT_MAX_S)
             self._client.connect_async(self.broker.host, self.broker.port,
                                        keepalive=self._keepalive)  # fmt: skip
         held = self._failures.allow(f"{failed.url()}: {failure.reason}")
@@ -490,6 +502,10 @@ class MqttLink:
             return
         self._refusal = None
         self._session_present = bool(flags.session_present)
+        if self._failed:  # paho's own wait starts again from its least
+            self._failed = 0
+            client.reconnect_delay_set(min_delay=self.RECONNECT_MIN_S,
+                                       max_delay=self.RECONNECT_MAX_S)  # fmt: skip
         self._failures.reset()
         with self._lock:
             subs = list(self._subs.items())

@@ -25,7 +25,14 @@ from typing import Protocol
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import BrokerUnderTest, MosquittoBroker, have_mosquitto, require, wait_until
+from conftest import (
+    BrokerUnderTest,
+    MosquittoBroker,
+    free_port,
+    have_mosquitto,
+    require,
+    wait_until,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 from sim_network import FleetLink, NetworkLoop
 
@@ -542,6 +549,24 @@ def test_a_link_moves_to_the_next_node_when_its_broker_dies(tmp_path: Path) -> N
         other.stop()
         first.stop()
         second.stop()
+
+
+def test_a_dead_node_does_not_make_the_link_wait_longer_for_the_next(
+    mosquitto_broker: MosquittoBroker,
+) -> None:
+    """Three dead nodes before the live one: each next node is tried a second after the
+    last failed (about 3 s in all), not after a wait doubled by the failures before it
+    (1 + 2 + 4 = 7 s): a node that died says nothing of the others."""
+    dead = [BrokerAddress("127.0.0.1", free_port()) for _ in range(3)]  # nothing listens
+    link = MqttLink(dead[0], "moving", fallbacks=[*dead[1:], mosquitto_broker.address])
+    try:
+        started = time.monotonic()
+        link.start()
+        assert link.wait_connected(6), f"not connected after {time.monotonic() - started:.1f} s"
+        assert link.broker == mosquitto_broker.address
+        print(f"connected to the fourth node {time.monotonic() - started:.1f} s after starting")
+    finally:
+        link.stop()
 
 
 def test_two_clients_with_one_client_id_are_named_as_such(
