@@ -9,8 +9,9 @@ and are on the same node, the first, when it dies:
 (a) during a transfer: the agent is frozen, so the bulletin's command and chunks are in
     flight (taken by the cluster, handed to the agent's connection, not acknowledged)
     when the node is killed;
-(b) during an urgent announcement: it is sent, and the node they are on now (the second)
-    is killed at once, the command and its audio on their way.
+(b) during an urgent announcement: the agent frozen again, the announcement sent, its
+    command and audio in flight the same way when the node they are on now (the
+    second) is killed.
 
 Each time both move to the next node, with their sessions. The killed node is started
 again and rejoins (its replicas of the MQTT streams caught up) before the next fault,
@@ -25,7 +26,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def rig(tmp_path: Path, cluster: NatsCluster) -> Iterator[FleetRig]:
         r.wait_online(ME)
         # The first MQTT client made the streams: replicated on all three nodes, and so are
         # the consumers of the sessions' subscriptions (they take the stream's replicas).
-        wait_until(cluster.mqtt_streams_whole, 30, "the MQTT streams on all three nodes")
+        wait_until(every(0.2, cluster.mqtt_streams_whole), 30,
+                   "the MQTT streams on all three nodes")  # fmt: skip
         replicas = cluster.consumer_replicas()
         assert replicas, "no consumers: the sessions' subscriptions are not in JetStream"
         assert set(replicas.values()) == {STREAM_REPLICAS}, replicas
@@ -137,6 +139,21 @@ class Seen:
                        if t.endswith("/" + channel) and "/seen/probe/" not in t)  # fmt: skip
 
 
+def every(seconds: float, condition: Callable[[], bool]) -> Callable[[], bool]:
+    """condition, asked at most every `seconds` (False in between): for conditions that
+    ask each node's monitoring port, which wait_until would ask a hundred times a second."""
+    asked = 0.0
+
+    def throttled() -> bool:
+        nonlocal asked
+        if time.monotonic() - asked < seconds:
+            return False
+        asked = time.monotonic()
+        return condition()
+
+    return throttled
+
+
 def on_node(rig: FleetRig, cluster: NatsCluster, node: NatsNode, *, moved: bool = True) -> None:
     """Wait until the agent and the controller are both connected to node, and only there;
     moved: having found their sessions there (CONNACK's session present), as the agent's
@@ -152,12 +169,13 @@ def on_node(rig: FleetRig, cluster: NatsCluster, node: NatsNode, *, moved: bool 
             return False
         return cluster.node_of(AGENT_ID) is node and cluster.node_of(CONTROLLER_ID) is node
 
-    wait_until(there, FAILOVER_S, f"the agent and the controller to work on {node.name}")
+    wait_until(every(0.05, there), FAILOVER_S,
+               f"the agent and the controller to work on {node.name}")  # fmt: skip
 
 
 def rejoined(cluster: NatsCluster, node: NatsNode) -> None:
     node.start()
-    wait_until(cluster.mqtt_streams_whole, FAILOVER_S,
+    wait_until(every(0.2, cluster.mqtt_streams_whole), FAILOVER_S,
                f"{node.name} to rejoin, its MQTT stream replicas current")  # fmt: skip
 
 
