@@ -11,7 +11,8 @@ others gets 2. `ack_wait` is how long a QoS 1 message sent to a client and not
 acknowledged waits before it is sent again (30 s by default): a message on its way
 through a node that dies is sent again after that long, so it is shortened here (and
 documented) to bring that wait within a test's budget. Each node's monitoring port
-answers /jsz, where the test reads the streams' replicas."""
+answers /jsz (the streams, their replicas and consumers) and /connz (which node an MQTT
+client is connected to)."""
 
 from __future__ import annotations
 
