@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-from conftest import free_port
 
 from protocol.mqtt import BrokerAddress
 
@@ -37,22 +36,36 @@ STREAM_REPLICAS = 3
 ACK_WAIT = "5s"
 
 
+def free_ports(count: int) -> list[int]:
+    """count loopback ports free now and distinct: each held open until all are found (one
+    at a time, the kernel may hand a port just released out again: two nodes' listeners
+    on one port, and a node that cannot start)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def nats_server() -> str | None:
     return shutil.which("nats-server") or (NATS if Path(NATS).exists() else None)
 
 
 class NatsNode:
     def __init__(self, binary: str, workdir: Path, name: str, routes: list[int],
-                 route_port: int) -> None:  # fmt: skip
+                 route_port: int, ports: list[int] | None = None) -> None:  # fmt: skip
+        """ports: its client, MQTT and monitoring ports (else free ones)."""
         self.name = name
-        self.mqtt_port = free_port()
-        self.monitor_port = free_port()
+        client_port, self.mqtt_port, self.monitor_port = ports or free_ports(3)
         self.log = workdir / f"{name}.log"
         (workdir / name).mkdir(parents=True)
         self.conf = workdir / f"{name}.conf"
         route_urls = ", ".join(f"nats-route://127.0.0.1:{p}" for p in routes)
         self.conf.write_text(
-            f"server_name: {name}\nlisten: 127.0.0.1:{free_port()}\n"
+            f"server_name: {name}\nlisten: 127.0.0.1:{client_port}\n"
             f"http: 127.0.0.1:{self.monitor_port}\n"
             f'jetstream {{ store_dir: "{workdir / name}", max_mem: 64M, max_file: 256M }}\n'
             f"cluster {{ name: loa, listen: 127.0.0.1:{route_port}, routes: [{route_urls}] }}\n"
@@ -132,9 +145,10 @@ class NatsCluster:
     """Three clustered nodes; ready() once JetStream has a leader and MQTT listens."""
 
     def __init__(self, binary: str, workdir: Path) -> None:
-        routes = [free_port() for _ in range(3)]
-        self.nodes = [NatsNode(binary, workdir, f"n{i + 1}", routes, routes[i])
-                      for i in range(3)]  # fmt: skip
+        ports = free_ports(12)  # a route, client, MQTT and monitoring port for each
+        routes = ports[:3]
+        self.nodes = [NatsNode(binary, workdir, f"n{i + 1}", routes, routes[i],
+                               ports[3 + 3 * i : 6 + 3 * i]) for i in range(3)]  # fmt: skip
 
     def start(self, timeout: float = 60.0) -> None:
         for node in self.nodes:
