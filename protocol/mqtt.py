@@ -256,6 +256,10 @@ class MqttLink:
     SHORT_LIVED_S = 30.0
     TAKEOVER_DROPS = 3
     TAKEOVER_WINDOW_S = 120.0
+    # paho's wait before connecting again: this, doubling after every failure, up to the
+    # most. With other nodes, the wait doubles only after every node failed once more.
+    RECONNECT_MIN_S = 1
+    RECONNECT_MAX_S = 30
 
     def __init__(
         self,
@@ -271,13 +275,15 @@ class MqttLink:
     ) -> None:
         """ca_setting: where the CA is given, for what a TLS failure says to do;
         fallbacks: other nodes of the same broker cluster, tried in turn (after broker)
-        whenever an attempt to connect fails, so that the link moves to a node that
+        whenever an attempt to connect fails (no connection, or one closed or refused
+        before the session was accepted), so that the link moves to a node that
         answers when its own dies (the nodes share the sessions: NATS, EMQX, HiveMQ and
         VerneMQ clusters do). They share broker's login and CA. Raises UnreadableCa (a
         ValueError) when broker.ca_file cannot be read."""
         self.broker = broker
         self._brokers = [broker, *fallbacks]
         self._at = 0  # the index in _brokers of the node tried last
+        self._failed = 0  # attempts that failed since the last connection
         self.client_id = client_id
         self._ca_setting = ca_setting
         self._subs: dict[str, tuple[Handler, int]] = {}
@@ -290,6 +296,7 @@ class MqttLink:
         self._refusal: Refusal | None = None
         self._failure: ConnectFailure | None = None
         self._handshake_failure: ConnectFailure | None = None  # of the attempt under way
+        self._answered = False  # whether the broker answered the attempt under way
         self._failures = _Throttle(self.REPEAT_WARNING_S)
         self._bad_topics = _Throttle(self.REPEAT_WARNING_S)
         self._takeover_warnings = _Throttle(self.REPEAT_WARNING_S)
@@ -308,7 +315,7 @@ class MqttLink:
             client.tls_set_context(self._watched_tls_context())
         if will:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.reconnect_delay_set(min_delay=self.RECONNECT_MIN_S, max_delay=self.RECONNECT_MAX_S)
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)
         client.on_pre_connect = self._on_pre_connect
@@ -442,6 +449,7 @@ class MqttLink:
 
     def _on_pre_connect(self, _client: paho.Client, _userdata: Any) -> None:
         self._handshake_failure = None
+        self._answered = False
 
     def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
         failure = self._handshake_failure or ConnectFailure(
@@ -453,10 +461,7 @@ class MqttLink:
         self._failure = failure
         failed = self.broker
         if len(self._brokers) > 1 and not self._stopping:  # the next node, next time
-            self._at = (self._at + 1) % len(self._brokers)
-            self.broker = self._brokers[self._at]
-            self._client.connect_async(self.broker.host, self.broker.port,
-                                       keepalive=self._keepalive)  # fmt: skip
+            self._next_node()
         held = self._failures.allow(f"{failed.url()}: {failure.reason}")
         if held is None or self._stopping:
             return
@@ -471,6 +476,19 @@ class MqttLink:
             _sentence(failure.hint), following,
         )
 
+    def _next_node(self) -> None:
+        """Connect to the next node of the list from now on. A node that failed says
+        nothing of the next one: it is tried after the round's wait (1 s, doubling each
+        time the whole list has failed), not after paho's wait, doubled by the failures
+        of the nodes before it."""
+        self._at = (self._at + 1) % len(self._brokers)
+        self.broker = self._brokers[self._at]
+        self._failed += 1
+        rounds = self._failed // len(self._brokers)
+        wait = min(self.RECONNECT_MIN_S * 2**rounds, self.RECONNECT_MAX_S)
+        self._client.reconnect_delay_set(min_delay=wait, max_delay=self.RECONNECT_MAX_S)
+        self._client.connect_async(self.broker.host, self.broker.port, keepalive=self._keepalive)
+
     def _on_connect(
         self,
         client: paho.Client,
@@ -480,6 +498,7 @@ class MqttLink:
         _props: Any,
     ) -> None:
         self._failure = None
+        self._answered = True
         if reason.is_failure:
             self._refusal = Refusal(int(reason.value), reason.getName())
             if self._failures.allow(f"refused: {reason}") is not None:
@@ -490,6 +509,10 @@ class MqttLink:
             return
         self._refusal = None
         self._session_present = bool(flags.session_present)
+        if self._failed:  # paho's own wait starts again from its least
+            self._failed = 0
+            client.reconnect_delay_set(min_delay=self.RECONNECT_MIN_S,
+                                       max_delay=self.RECONNECT_MAX_S)  # fmt: skip
         self._failures.reset()
         with self._lock:
             subs = list(self._subs.items())
@@ -513,6 +536,20 @@ class MqttLink:
             log.warning(
                 "lost connection to broker %s (%s); reconnecting", self.broker.url(), reason
             )
+        elif not self._stopping and not was and len(self._brokers) > 1:
+            # Connected, then closed before the session was accepted (or refused): this
+            # node does not serve now (a NATS node that cannot reach the cluster's
+            # JetStream, or while it elects new leaders after a node died); the next may.
+            failed = self.broker
+            self._next_node()
+            held = self._failures.allow(f"{failed.url()}: closed before accepting")
+            if not self._answered and held is not None:  # a refusal was said already
+                log.warning(
+                    "broker %s closed the connection of %s before accepting its session "
+                    "(%s)%s; trying %s next", failed.url(), self.client_id, reason,
+                    f"; {held} more times since the last warning" if held else "",
+                    self.broker.url(),
+                )
         if was:
             self._notify(False)
 

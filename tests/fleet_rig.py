@@ -1,5 +1,5 @@
-"""A real controller and real agent processes on a real mosquitto, for the fault and
-preemption tests.
+"""A real controller and real agent processes on a real broker (a mosquitto, or a node of
+a NATS cluster with the others as fallbacks), for the fault and preemption tests.
 
 The controller is `controller.main.Controller`, as `loa-controller run` builds it, in the
 test's process (so a test can stop it and start a new one on the same store); each
@@ -15,11 +15,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from conftest import MosquittoBroker, wait_until
+from conftest import BrokerUnderTest, wait_until
 from identity_support import token_file
 from sqlalchemy import select
 
@@ -54,7 +55,7 @@ class FleetRig:
     def __init__(
         self,
         tmp: Path,
-        broker: MosquittoBroker,
+        broker: BrokerUnderTest,
         clusters: list[str],
         *,
         keepalive: int = 5,
@@ -62,11 +63,13 @@ class FleetRig:
         broker_urls: dict[str, str] | None = None,
         resend: ResendPolicy | None = None,
         store_url: str | None = None,
+        fallback_urls: Sequence[str] = (),
     ) -> None:
         """controller_extra: more lines of the controller's config; broker_urls: where an
         agent connects instead of the broker (a relay); resend: the controller's
         ResendPolicy instead of the default; store_url: the controller's store (a SQLite
-        file in tmp by default)."""
+        file in tmp by default); fallback_urls: the other nodes of the broker's cluster,
+        the broker_fallback_urls of the controller and of every agent."""
         self.tmp = tmp
         self.broker = broker
         self.clusters = clusters
@@ -74,9 +77,12 @@ class FleetRig:
         generate_keypair(tmp / "controller.key", tmp / "controller.pub")
         (tmp / "fleet.yaml").write_text(fleet_yaml(clusters), encoding="utf-8")
         (tmp / "playlists").mkdir()
+        fallbacks = (
+            f"broker_fallback_urls: [{', '.join(fallback_urls)}]\n" if fallback_urls else ""
+        )
         self.controller_config = tmp / "controller.yaml"
         self.controller_config.write_text(
-            f"broker_url: {broker.url}\nfleet: fleet.yaml\nplaylists: [playlists]\n"
+            f"broker_url: {broker.url}\n{fallbacks}fleet: fleet.yaml\nplaylists: [playlists]\n"
             f"store_url: {store_url or 'sqlite:///controller.db'}\nprivate_key: controller.key\n"
             "content_dir: content\n" + controller_extra,
             encoding="utf-8",
@@ -84,7 +90,7 @@ class FleetRig:
         for cluster in clusters:
             url = (broker_urls or {}).get(cluster, broker.url)
             (tmp / f"{cluster}.yaml").write_text(
-                f"cluster_id: {cluster}\nbroker_url: {url}\n"
+                f"cluster_id: {cluster}\nbroker_url: {url}\n{fallbacks}"
                 "controller_public_key: controller.pub\n"
                 f"data_dir: data-{cluster}\ngroups: [{COMMUNE}]\n"
                 f"enrolment_token_file: {cluster}.token\n"

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import MosquittoBroker, require, wait_until
+from conftest import BrokerUnderTest, MosquittoBroker, require, wait_until
 from fleet_rig import FleetRig
 from identity_support import body_of
 
@@ -39,7 +39,7 @@ ON_TIME_S = 1.0
 class Wire:
     """What the broker hands a subscriber on some topics, as any agent or controller gets it."""
 
-    def __init__(self, broker: MosquittoBroker, *patterns: str) -> None:
+    def __init__(self, broker: BrokerUnderTest, *patterns: str) -> None:
         self._lock = threading.Lock()
         self._seen: list[tuple[str, bytes]] = []
         self._probed = threading.Event()

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +26,14 @@ from typing import Protocol
 
 import paho.mqtt.client as paho
 import pytest
-from conftest import BrokerUnderTest, MosquittoBroker, have_mosquitto, require, wait_until
+from conftest import (
+    BrokerUnderTest,
+    MosquittoBroker,
+    free_port,
+    have_mosquitto,
+    require,
+    wait_until,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 from sim_network import FleetLink, NetworkLoop
 
@@ -542,6 +550,69 @@ def test_a_link_moves_to_the_next_node_when_its_broker_dies(tmp_path: Path) -> N
         other.stop()
         first.stop()
         second.stop()
+
+
+def test_a_dead_node_does_not_make_the_link_wait_longer_for_the_next(
+    mosquitto_broker: MosquittoBroker,
+) -> None:
+    """Three dead nodes before the live one: each next node is tried a second after the
+    last failed (about 3 s in all), not after a wait doubled by the failures before it
+    (1 + 2 + 4 = 7 s): a node that died says nothing of the others."""
+    dead = [BrokerAddress("127.0.0.1", free_port()) for _ in range(3)]  # nothing listens
+    link = MqttLink(dead[0], "moving", fallbacks=[*dead[1:], mosquitto_broker.address])
+    try:
+        started = time.monotonic()
+        link.start()
+        assert link.wait_connected(6), f"not connected after {time.monotonic() - started:.1f} s"
+        assert link.broker == mosquitto_broker.address
+        print(f"connected to the fourth node {time.monotonic() - started:.1f} s after starting")
+    finally:
+        link.stop()
+
+
+class Unserving:
+    """A node that takes connections and closes each when its CONNECT comes, as a NATS
+    node does that cannot reach the cluster's JetStream ("unable to connect: ... timeout"
+    in its log)."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.address = BrokerAddress("127.0.0.1", self._server.getsockname()[1])
+        self.closed = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)  # the CONNECT
+            self.closed += 1
+
+    def stop(self) -> None:
+        self._server.close()
+
+
+def test_a_node_that_drops_the_connection_before_accepting_is_left_for_the_next(
+    mosquitto_broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node that is up but does not serve (it closes every connection before its
+    CONNACK): the link moves on to the next node instead of trying it for ever."""
+    unserving = Unserving()
+    link = MqttLink(unserving.address, "moving", fallbacks=[mosquitto_broker.address])
+    try:
+        with caplog.at_level(logging.WARNING, logger="protocol.mqtt"):
+            link.start()
+            assert link.wait_connected(10)
+        assert link.broker == mosquitto_broker.address
+        assert unserving.closed == 1
+        [said] = [r.message for r in caplog.records if "before accepting" in r.message]
+        assert f"trying {mosquitto_broker.address.url()} next" in said
+    finally:
+        link.stop()
+        unserving.stop()
 
 
 def test_two_clients_with_one_client_id_are_named_as_such(
