@@ -30,6 +30,7 @@ SECTIONS = {
     "intake-postgresql": "intake --store URL",
     "live": "live",
     "live-4g": "live --link 4g",
+    "spread": "spread",
     "fuzz-agent": "agent",
     "fuzz-flood": "flood",
     "fuzz-intake": "intake",
