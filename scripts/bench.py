@@ -132,7 +132,8 @@ def run_spread(args: argparse.Namespace) -> dict[str, Any]:
     import bench_spread
 
     return bench_spread.run(
-        args.agents, args.trials, args.per_process, args.lead_s, args.verbose, args.keep
+        args.agents, args.trials, args.per_process, args.lead_s, args.verbose, args.keep,
+        args.alone,
     )
 
 
@@ -237,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     spread.add_argument("--lead-s", type=float, default=None, metavar="S",
                         help="send the play S seconds before its start (default 3 + "
                         "0.004 per agent)")
+    spread.add_argument("--alone", type=int, default=40, metavar="K",
+                        help="then start K agents one at a time, each alone (default 40; "
+                        "0: not)")
     _common(spread)
     delivery = sub.add_parser("delivery", help="a bulletin to every agent, then a repeat")
     _fleet(delivery, trials=3)

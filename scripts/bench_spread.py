@@ -31,6 +31,14 @@ Also measured: the CPU the agents' processes used from just before the start unt
 last agent started, per agent (the work of one start), and from it the least time the
 machine needs to do that work for every agent, one start after another on its cores:
 `serial_ms` = agents × CPU per start / cores.
+
+And, after the trials, agents one at a time (`--alone K` of them, default 40): a play
+for each of K agents spread over the processes, each addressed to that cluster alone,
+their start times ALONE_GAP_S apart, so that each agent starts with no other start
+queued beside it, as each agent on a pole does with a core of its own. `alone_late_*_ms`
+is how late those starts were and `alone_spread_*_ms` how far each lay from their median
+lateness: the spread poles would show from the agent's own start path if their clocks
+agreed exactly.
 """
 
 from __future__ import annotations
@@ -57,6 +65,9 @@ BULLETIN_S = 2.0
 LATENESS = timedelta(minutes=5)
 # The CPU reading before a start is taken this long before it (the agents are idle then).
 CPU_AHEAD_S = 0.3
+# Agents started one at a time: this far apart (one start takes a few ms of CPU here).
+ALONE_GAP_S = 0.15
+ALONE_LEAD_S = 3.0
 
 STAT_KEYS = (
     "spread_p50_ms", "spread_p95_ms", "spread_p99_ms", "spread_max_ms", "range_ms",
@@ -150,8 +161,33 @@ def _trial(rig: Rig, audio: PreparedAudio, lead_s: float, timeout: float) -> dic
     return trial
 
 
+def _alone(rig: Rig, audio: PreparedAudio, count: int, timeout: float) -> list[float]:
+    """Plays to `count` agents (every process's in turn), each addressed to that cluster
+    alone and due ALONE_GAP_S after the one before: how late each agent started (s)."""
+    clusters = sorted(rig.province.clusters)  # the workers' members are runs of these
+    n = min(count, len(clusters))
+    chosen = [clusters[i * len(clusters) // n] for i in range(n)]
+    first = datetime.now(UTC) + timedelta(seconds=ALONE_LEAD_S)
+    sent: list[tuple[str, float]] = []
+    for i, cid in enumerate(chosen):
+        start = first + timedelta(seconds=i * ALONE_GAP_S)
+        spec = PlaySpec(
+            play_id=new_play_id("alone"), bulletin=TITLE, level="normal", start_at=start,
+            latest_start=start + LATENESS, items=[audio], clusters=[cid],
+        )  # fmt: skip
+        rig.controller.distributor.send_play(spec)
+        sent.append((spec.play_id, start.timestamp()))
+    late: list[float] = []
+    for play_id, scheduled in sent:
+        seen = rig.sightings.wait(play_id, "output", 1, ALONE_LEAD_S + timeout)
+        late.extend(at - scheduled for at in seen.values())
+    for play_id, _scheduled in sent:
+        rig.sightings.wait(play_id, ("finished", "failed", "missed"), 1, BULLETIN_S + timeout)
+    return late
+
+
 def run(agents: int, trials: int, per_process: int | None, lead_s: float | None,
-        verbose: bool, keep: bool) -> dict[str, Any]:  # fmt: skip
+        verbose: bool, keep: bool, alone: int = 40) -> dict[str, Any]:  # fmt: skip
     check_per_process(per_process)
     lead = lead_s if lead_s is not None else default_lead_s(agents)
     timeout = 30.0 + 0.02 * agents
@@ -160,6 +196,8 @@ def run(agents: int, trials: int, per_process: int | None, lead_s: float | None,
         audio = _bulletin(rig)
         say(f"{trials} scheduled plays to {agents} agents, each sent {lead:g} s ahead")
         runs = [_trial(rig, audio, lead, timeout) for _ in range(trials)]
+        say(f"{min(alone, agents)} agents started one at a time, {ALONE_GAP_S:g} s apart")
+        alone_late = _alone(rig, audio, alone, timeout) if alone > 0 else []
         processes = rig.agents.processes
     nproc = os.cpu_count() or 1
     result: dict[str, Any] = {
@@ -175,6 +213,8 @@ def run(agents: int, trials: int, per_process: int | None, lead_s: float | None,
         **{f"raw_{k}": median_of(runs, f"raw_{k}") for k in STAT_KEYS},
         "raw_woke": min(t["raw_woke"] for t in runs),
         "cpu_per_start_ms": median_of(runs, "cpu_per_start_ms"),
+        "alone": len(alone_late),
+        **{f"alone_{k}": v for k, v in spread_stats(alone_late, 0.0).items()},
         "cpu": median_cpu([t["cpu"] for t in runs]),
         "per_trial": [{k: v for k, v in t.items() if k != "cpu"} for t in runs],
         "measured": "time.time() in each agent's process as its output is handed the play "
@@ -182,7 +222,7 @@ def run(agents: int, trials: int, per_process: int | None, lead_s: float | None,
         "clock: the same machine)",
     }
     per_start = result["cpu_per_start_ms"]
-    result["serial_ms"] = round(agents * per_start / nproc, 1) if per_start else None
+    result["serial_ms"] = round(agents * per_start / nproc, 1) if per_start is not None else None
     spread, raw = result["spread_p95_ms"], result["raw_spread_p95_ms"]
     result["ratio_to_raw"] = round(spread / raw, 2) if spread is not None and raw else None
     result["targets"] = [
@@ -220,14 +260,18 @@ def _why(r: dict[str, Any]) -> str:
             f"Plain timers in the same threads and processes, with no work to do, wake "
             f"{_ms(raw)} apart (p95 from their median): the machine's wake-up order alone."
         )
-    lines.append(
-        f"The earliest agent started {_ms(r['late_min_ms'])} after the scheduled time: "
-        "that is the start path with nothing queued ahead of it, which is what a pole, "
-        "with a core of its own for its one agent, runs. On poles the spread is then what "
-        "their clocks disagree by (NTP), plus that lateness's variation from one box to "
-        "the next; on this machine it is the queue for the cores."
-    )
-    return "\n".join(lines)
+    if r.get("alone"):
+        lines.append(
+            f"Started one at a time ({r['alone']} agents, {ALONE_GAP_S:g} s apart, nothing "
+            f"else starting), the same agents were {_ms(r['alone_late_p50_ms'])} late at "
+            f"the median and {_ms(r['alone_late_max_ms'])} at worst, and lay "
+            f"{_ms(r['alone_spread_p95_ms'])} (p95) from their median lateness: that is "
+            "the start path as a pole runs it, with a core of its own for its one agent. "
+            "On poles the spread is then what their clocks disagree by (NTP) plus that "
+            "variation; on this machine, with every agent starting at once, it is the "
+            "queue for the cores."
+        )
+    return "\n\n".join(lines)
 
 
 def markdown(r: dict[str, Any], run_line: str, broker_line: str) -> str:
@@ -255,6 +299,15 @@ def markdown(r: dict[str, Any], run_line: str, broker_line: str) -> str:
             ("late: latest", "late_max_ms"),
         )
     ]
+    alone = [
+        [label, _ms(r[f"alone_{key}"])]
+        for label, key in (
+            ("late: earliest", "late_min_ms"), ("late p50", "late_p50_ms"),
+            ("late p99", "late_p99_ms"), ("late: latest", "late_max_ms"),
+            ("spread p95 (from the median lateness)", "spread_p95_ms"),
+            ("spread max", "spread_max_ms"),
+        )
+    ]  # fmt: skip
     trials = [
         [str(i + 1), f"{t['started']}", _ms(t["spread_p95_ms"]), _ms(t["range_ms"]),
          _ms(t["late_p50_ms"]), _ms(t["late_max_ms"]), _ms(t["raw_spread_p95_ms"]),
@@ -262,6 +315,7 @@ def markdown(r: dict[str, Any], run_line: str, broker_line: str) -> str:
         for i, t in enumerate(r["per_trial"])
     ]  # fmt: skip
     why = _why(r)
+    why = f"{why}\n\n" if why else ""
     return f"""\
 ## One scheduled play: how far apart the agents start
 
@@ -290,7 +344,11 @@ gives. Median of {r['trials']} trial(s). Overall: **{'PASS' if r['pass'] else 'F
 
 {table(["figure", "Loa", "plain timers", "ratio"], figures)}
 
-{why}
+{why}Agents started one at a time: {r['alone']} of them across the processes, each sent a
+play of its own, their start times {ALONE_GAP_S:g} s apart, so that no other start
+queues beside theirs (what an agent on a pole, with its own core, sees):
+
+{table(["figure", "Loa, one agent at a time"], alone)}
 
 CPU seconds (user + system) each part used from {CPU_AHEAD_S:g} s before the start until the
 last agent started (medians over trials): {r['cpu_per_start_ms']} ms per agent started.

@@ -78,7 +78,7 @@ def test_spread_every_agent_starts_the_scheduled_play_beside_plain_timers(
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n", encoding="utf-8")
     r = bench("spread", "--agents", "20", "--trials", "1", "--per-process", "10",
-              "--lead-s", "4", "--doc", str(doc))  # fmt: skip
+              "--lead-s", "4", "--alone", "10", "--doc", str(doc))  # fmt: skip
     check_common(r, "spread")
     assert (r["agents"], r["processes"], r["trials"]) == (20, 2, 1)
     assert r["started"] == 20
@@ -89,7 +89,9 @@ def test_spread_every_agent_starts_the_scheduled_play_beside_plain_timers(
     assert 0 <= r["late_min_ms"] <= r["late_p50_ms"] <= r["late_max_ms"] < 2000
     assert 0 <= r["spread_p50_ms"] <= r["spread_p95_ms"] <= r["spread_max_ms"] <= r["range_ms"]
     assert 0 <= r["raw_late_min_ms"] <= r["raw_late_max_ms"] < 2000
-    assert r["cpu_per_start_ms"] > 0
+    assert r["cpu_per_start_ms"] >= 0  # CPU time is read in ticks of 10 ms
+    assert r["alone"] == 10
+    assert 0 <= r["alone_late_min_ms"] <= r["alone_late_max_ms"] < 2000
     assert [t["what"] for t in r["targets"]] == [
         "agents started", "start spread p95 across agents"
     ]
