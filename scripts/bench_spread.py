@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import textwrap
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -242,26 +243,36 @@ def _why(r: dict[str, Any]) -> str:
     """What the figures say about a missed target (or nothing when it is met)."""
     if r["pass"] or r["spread_p95_ms"] is None:
         return ""
-    serial, spread_range = r.get("serial_ms"), r.get("range_ms")
     nproc = r["machine"]["nproc"]
-    lines = [
-        f"Why the target is missed here: one start cost the agents' processes "
-        f"{r['cpu_per_start_ms']} ms of CPU (median over trials: the agent's step, the "
-        f"player saving the play as started, the `playing` event signed and stored, the "
-        f"hand-over to the output thread). {r['agents']} agents starting at one instant on "
-        f"{nproc} cores need at least {_ms(serial)} for that work, one start after another "
-        f"(agents × CPU per start / cores), and the starts spanned {_ms(spread_range)}: "
-        f"the agents queue for the machine's cores (and, in each process, for its "
-        f"interpreter), so the last agent starts that much after the first."
+    agents_cpu = r["cpu"]["agents"]
+    spent = agents_cpu["user_s"] + agents_cpu["system_s"]
+    kernel = f"{100 * agents_cpu['system_s'] / spent:.0f} %" if spent else "–"
+    per_process = math.ceil(r["agents"] / max(1, r["processes"]))
+    paragraphs = [
+        f"Why the target is missed here: at one instant, one start cost the agents' "
+        f"processes {r['cpu_per_start_ms']} ms of CPU (median over trials; {kernel} of it "
+        f"in the kernel): the agent's step, the player saving the play as started with its "
+        f"`playing` event, the output thread woken and the event sent, with "
+        f"{per_process} agents of a process, each with its own threads, waking at once and "
+        f"taking turns at the process's interpreter. {r['agents']} agents on {nproc} cores "
+        f"need at least {_ms(r['serial_ms'])} for that work, one start after another "
+        f"(agents × CPU per start / cores), and the starts spanned {_ms(r['range_ms'])}: "
+        f"the agents queue for the machine's cores, so the last starts that much after "
+        f"the first.",
     ]
     raw = r.get("raw_spread_p95_ms")
     if raw is not None:
-        lines.append(
-            f"Plain timers in the same threads and processes, with no work to do, wake "
-            f"{_ms(raw)} apart (p95 from their median): the machine's wake-up order alone."
-        )
+        paragraphs.append(
+            f"Plain timers, as many threads in the same processes with no work to do, woke "
+            f"{_ms(raw)} from their median (p95) and {_ms(r['raw_late_max_ms'])} late at "
+            + (f"worst: waking {per_process} threads of one process at one instant already "
+               "takes the machine more than the target."
+               if raw > TARGET_SPREAD_MS else
+               "worst: the machine wakes that many threads within the target; the rest is "
+               "the agents' work, queued.")
+        )  # fmt: skip
     if r.get("alone"):
-        lines.append(
+        paragraphs.append(
             f"Started one at a time ({r['alone']} agents, {ALONE_GAP_S:g} s apart, nothing "
             f"else starting), the same agents were {_ms(r['alone_late_p50_ms'])} late at "
             f"the median and {_ms(r['alone_late_max_ms'])} at worst, and lay "
@@ -271,7 +282,7 @@ def _why(r: dict[str, Any]) -> str:
             "variation; on this machine, with every agent starting at once, it is the "
             "queue for the cores."
         )
-    return "\n\n".join(lines)
+    return "\n\n".join(textwrap.fill(text, 88) for text in paragraphs)
 
 
 def markdown(r: dict[str, Any], run_line: str, broker_line: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from bench_spread import spread_stats
@@ -39,3 +40,39 @@ def test_a_timer_that_never_woke_is_left_out() -> None:
     s = spread_stats([1.0, 1.002, math.nan], 1.0)
     assert s["range_ms"] == 2.0
     assert s["late_max_ms"] == 2.0
+
+
+def _result(spread_p95: float, raw_p95: float) -> dict[str, Any]:
+    """A result of bench_spread.run() as bench.py completes it, with made-up figures."""
+    from bench_spread import STAT_KEYS
+
+    figures = {k: spread_p95 for k in STAT_KEYS}
+    per_trial = {"started": 1000, **figures, "raw_spread_p95_ms": raw_p95,
+                 "cpu_per_start_ms": 2.0}  # fmt: skip
+    return {
+        "bench": "spread", "agents": 1000, "processes": 2, "trials": 1, "lead_s": 7.0,
+        "bulletin_s": 2.0, "started": 1000, "delivered_before_start": 1000, **figures,
+        **{f"raw_{k}": raw_p95 for k in STAT_KEYS}, "raw_woke": 1000,
+        "cpu_per_start_ms": 2.0, "serial_ms": 1000.0, "alone": 40,
+        **{f"alone_{k}": 1.5 for k in STAT_KEYS},
+        "cpu": {"agents": {"user_s": 1.0, "system_s": 3.0}},
+        "per_trial": [per_trial], "measured": "when the output is handed the play",
+        "targets": [{"what": "start spread p95 across agents", "target": "≤ 20 ms",
+                     "value": spread_p95, "pass": spread_p95 <= 20}],
+        "pass": spread_p95 <= 20, "machine": {"nproc": 2},
+    }  # fmt: skip
+
+
+def test_a_missed_target_is_explained_from_the_figures() -> None:
+    from bench_spread import markdown
+
+    text = " ".join(markdown(_result(700.0, 90.0), "Run ...", "Broker ...").split())
+    assert "**FAIL**" in text
+    assert "Why the target is missed here" in text
+    assert "75 % of it in the kernel" in text
+    assert "at least 1000.0 ms for that work" in text
+    assert "already takes the machine more than the target" in text
+    assert "1.5 ms late at the median" in text
+    met = markdown(_result(12.0, 0.5), "Run ...", "Broker ...")
+    assert "**PASS**" in met
+    assert "Why the target is missed" not in met
