@@ -7,6 +7,7 @@
     python scripts/bench.py agent    [--minutes M] [--idle-s S] [--play-s S] [--json]
     python scripts/bench.py intake   [--clusters N] [--events E] [--store URL] [--json]
     python scripts/bench.py live     [--agents N] [--seconds S] [--link loopback|4g] [--json]
+    python scripts/bench.py spread   [--agents N] [--trials K] [--lead-s S] [--json]
     python scripts/bench.py          # every section at its defaults (make bench)
 
 Every mode starts its own mosquitto on a free port of 127.0.0.1 (mosquitto and ffmpeg
@@ -22,8 +23,10 @@ each connection's bandwidth (by default 2 Mbit/s down, 0.5 Mbit/s up:
 --link-down-kbit, --link-up-kbit); `urgent --link 4g` does not unless asked. `intake`
 runs one real controller process and plays a fleet of signed event messages at it
 (scripts/bench_intake.py); with --store URL, on a PostgreSQL server, in its own section
-(`intake-postgresql`). `make bench` writes every section: each mode at its defaults,
-and urgent and delivery over 4G too.
+(`intake-postgresql`). `spread` sends one play a few seconds ahead to every agent (each
+on a worker thread of its own, as on a pole) and measures how far apart they start,
+beside plain timers in the same processes (scripts/bench_spread.py). `make bench`
+writes every section: each mode at its defaults, and urgent and delivery over 4G too.
 
 With --json a mode prints one JSON object on stdout; without, it rewrites its own
 section of docs/benchmarks.md (or of --doc FILE; --doc with --json does both).
@@ -125,12 +128,22 @@ def run_intake(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def run_spread(args: argparse.Namespace) -> dict[str, Any]:
+    import bench_spread
+
+    return bench_spread.run(
+        args.agents, args.trials, args.per_process, args.lead_s, args.verbose, args.keep,
+        args.alone,
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     import bench_agent
     import bench_delivery
     import bench_intake
     import bench_live
     import bench_report
+    import bench_spread
     import bench_urgent
 
     writers: dict[str, Callable[[dict[str, Any], str, str], str]] = {
@@ -139,6 +152,7 @@ def markdown(result: dict[str, Any]) -> str:
         "agent": bench_agent.markdown,
         "intake": bench_intake.markdown,
         "live": bench_live.markdown,
+        "spread": bench_spread.markdown,
     }
     return writers[result["bench"]](
         result, bench_report.run_line(result), bench_report.broker_line(result)
@@ -151,13 +165,14 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "agent": run_agent,
     "intake": run_intake,
     "live": run_live,
+    "spread": run_spread,
 }
 
 #: What `make bench` runs: each mode at its defaults, and urgent, delivery and live over
 #: the emulated 4G link.
 EVERY_SECTION = (
     ["urgent"], ["urgent", "--link", "4g"], ["delivery"], ["delivery", "--link", "4g"],
-    ["agent"], ["intake"], ["live"], ["live", "--link", "4g"],
+    ["agent"], ["intake"], ["live"], ["live", "--link", "4g"], ["spread"],
 )  # fmt: skip
 
 
@@ -216,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how long the session lasts (default 60)")
     _link(live, down_kbit=0.0, up_kbit=0.0)
     _common(live)
+    spread = sub.add_parser(
+        "spread", help="one scheduled play: how far apart the agents start it"
+    )
+    _fleet(spread, trials=3)
+    spread.add_argument("--lead-s", type=float, default=None, metavar="S",
+                        help="send the play S seconds before its start (default 3 + "
+                        "0.004 per agent)")
+    spread.add_argument("--alone", type=int, default=40, metavar="K",
+                        help="then start K agents one at a time, each alone (default 40; "
+                        "0: not)")
+    _common(spread)
     delivery = sub.add_parser("delivery", help="a bulletin to every agent, then a repeat")
     _fleet(delivery, trials=3)
     delivery.add_argument("--minutes", type=float, default=5.0, metavar="M",

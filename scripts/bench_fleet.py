@@ -34,6 +34,7 @@ import logging
 import math
 import multiprocessing
 import os
+import queue
 import re
 import resource
 import struct
@@ -195,6 +196,9 @@ class WorkerSpec:
     shared_cache: bool = False
     verbose: bool = False
     ready_timeout_s: float = 60.0
+    # agents: each on a worker thread of its own (`OwnThread`, the pole's timer path)
+    # instead of the process's shared pool
+    own_threads: bool = False
 
 
 class _Outgoing:
@@ -293,9 +297,11 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
         )
         link = links[cid] = MeteredLink(inner, cid, out.note)
         agents.append(Agent(
-            cid, link, verifier, metered_output(live, cid), clock, data / cid, groups=groups,
+            cid, link, verifier, metered_output(live, cid, out.note), clock, data / cid,
+            groups=groups,
             durable=False,  # a simulated fleet on one disk: no fsync per event
-            cache=shared, pool=pool, identity=identity, live_runner=runner,
+            cache=shared, pool=None if spec.own_threads else pool, identity=identity,
+            live_runner=runner,
         ))  # fmt: skip
     for agent in agents:
         agent.start()
@@ -316,7 +322,8 @@ def agent_worker(spec: WorkerSpec, conn: Connection) -> None:
 
     try:
         _serve(conn, out, spec.index,
-               {"counters": counters, "store": store, "live": live.report})  # fmt: skip
+               {"counters": counters, "store": store, "live": live.report,
+                "timers": lambda at: plain_timers(at, len(spec.members))})  # fmt: skip
     finally:
         with ThreadPoolExecutor(16) as stopping:
             list(stopping.map(stop, agents))
@@ -387,15 +394,43 @@ class _MeteredSink:
         return None
 
 
-def metered_output(meter: LiveMeter, cid: str) -> Any:
-    """The null output, its live sink metered (the agent's output in the fleet benches)."""
-    from device_agent.output import NullBackend
+def metered_output(meter: LiveMeter, cid: str, note: EventNote | None = None) -> Any:
+    """The null output, its live sink metered (the agent's output in the fleet benches);
+    with note, each play it is handed noted as (play id, "output", cluster, time.time())
+    before it starts (the player's label ends with the play id)."""
+    from device_agent.output import NullBackend, PlayOutcome
 
     class MeteredNull(NullBackend):
+        def play(self, items: list[Path], duration_s: float, label: str,
+                 stop: threading.Event, volume: int = 100) -> PlayOutcome:  # fmt: skip
+            if note is not None:
+                note(label.rsplit(" ", 1)[-1], "output", cid, time.time())
+            return super().play(items, duration_s, label, stop, volume)
+
         def open_live(self, label: str, pre_skip: int, volume: int = 100) -> _MeteredSink:
             return _MeteredSink(meter, cid)
 
     return MeteredNull()
+
+
+def plain_timers(at: float, count: int) -> list[float]:
+    """The raw yardstick of `bench.py spread`: count threads, each waiting until `at`
+    (time.time()) the way an agent's own worker thread waits for its next step (a
+    SimpleQueue's get with a timeout: device_agent.workers.OwnThread), then noting
+    time.time(). Returns when they have all woken: their wake-up times."""
+    woke = [math.nan] * count
+
+    def wait(i: int) -> None:
+        with contextlib.suppress(queue.Empty):
+            queue.SimpleQueue[None]().get(timeout=max(0.0, at - time.time()))
+        woke[i] = time.time()
+
+    threads = [threading.Thread(target=wait, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, at - time.time()) + 60.0)
+    return woke
 
 
 def store_copies(content: Path, chunk_size: int, folder: Path, names: list[str]
@@ -789,6 +824,7 @@ def fleet_specs(
     public_key: Path,
     shared_cache: bool,
     verbose: bool,
+    own_threads: bool = False,
 ) -> tuple[list[WorkerSpec], list[WorkerSpec]]:
     """Agent workers for every cluster, and raw workers laid out the same way."""
     members = [(cid, groups[cid]) for cid in sorted(groups)]
@@ -800,6 +836,7 @@ def fleet_specs(
             kind="agents", index=i, broker=broker, members=part,
             data_dir=str(data_dir / f"worker-{i}"), public_key=str(public_key),
             shared_cache=shared_cache, verbose=verbose, ready_timeout_s=ready_s,
+            own_threads=own_threads,
         )
         for i, part in enumerate(parts)
     ]  # fmt: skip

@@ -30,6 +30,7 @@ SECTIONS = {
     "intake-postgresql": "intake --store URL",
     "live": "live",
     "live-4g": "live --link 4g",
+    "spread": "spread",
     "fuzz-agent": "agent",
     "fuzz-flood": "flood",
     "fuzz-intake": "intake",
@@ -61,7 +62,11 @@ loopback, where its time is a figure, not a target; `delivery --link 4g`, the sa
 behind the emulated 4G link with a bandwidth per connection (2 Mbit/s down, 0.5 Mbit/s
 up), where delivery is judged against the raw broker over the same links; `agent`, one
 real agent process, idle and playing; `live` and `live --link 4g`, a live session
-streamed to every agent for a minute; `fuzz.py agent`, `fuzz.py flood` and `fuzz.py
+streamed to every agent for a minute; `intake`, status events one controller process
+stores, on SQLite, and `intake --store URL` (section `intake-postgresql`), the same on a
+PostgreSQL server (not run by `make bench`: it needs the server); `spread`, one play
+scheduled a few seconds ahead and how far apart every agent starts it, beside plain
+timers in the same processes; `fuzz.py agent`, `fuzz.py flood` and `fuzz.py
 intake`, hostile payloads at a real agent or controller process (not run by `make
 bench`).
 

@@ -193,6 +193,9 @@ def fleet_rig(
     audio: AudioSettings | None = None,
     keep: bool = False,
     link: LinkParams | None = None,
+    # each agent on a worker thread of its own, as on a pole, rather than on its
+    # process's shared pool (bench_fleet.WorkerSpec)
+    own_threads: bool = False,
 ) -> Iterator[Rig]:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -232,6 +235,7 @@ def fleet_rig(
         agent_specs, raw_specs = fleet_specs(
             fleet_broker, province.groups, per_process, data_dir=work / "agents",
             public_key=province.public_key, shared_cache=shared_cache, verbose=verbose,
+            own_threads=own_threads,
         )  # fmt: skip
         say(
             f"starting {agents} agents in {len(agent_specs)} processes and {agents} bare "

@@ -72,6 +72,36 @@ def test_live_every_agent_listens_on_one_timeline_beside_the_raw_broker() -> Non
 
 
 @pytest.mark.usefixtures("_components")
+def test_spread_every_agent_starts_the_scheduled_play_beside_plain_timers(
+    tmp_path: Path,
+) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n", encoding="utf-8")
+    r = bench("spread", "--agents", "20", "--trials", "1", "--per-process", "10",
+              "--lead-s", "4", "--alone", "10", "--doc", str(doc))  # fmt: skip
+    check_common(r, "spread")
+    assert (r["agents"], r["processes"], r["trials"]) == (20, 2, 1)
+    assert r["started"] == 20
+    assert r["delivered_before_start"] == 20
+    assert r["raw_woke"] == 20
+    # Every agent started at or after its start time, never seconds late, and the
+    # spread's ranks are in order; the plain timers woke at their instant too.
+    assert 0 <= r["late_min_ms"] <= r["late_p50_ms"] <= r["late_max_ms"] < 2000
+    assert 0 <= r["spread_p50_ms"] <= r["spread_p95_ms"] <= r["spread_max_ms"] <= r["range_ms"]
+    assert 0 <= r["raw_late_min_ms"] <= r["raw_late_max_ms"] < 2000
+    assert r["cpu_per_start_ms"] >= 0  # CPU time is read in ticks of 10 ms
+    assert r["alone"] == 10
+    assert 0 <= r["alone_late_min_ms"] <= r["alone_late_max_ms"] < 2000
+    assert [t["what"] for t in r["targets"]] == [
+        "agents started", "start spread p95 across agents"
+    ]
+    text = doc.read_text(encoding="utf-8")
+    begin = text.index("<!-- bench:spread:begin -->")
+    assert "plain timers" in text[begin:]
+    assert ("**PASS**" in text[begin:]) or ("**FAIL**" in text[begin:])
+
+
+@pytest.mark.usefixtures("_components")
 def test_urgent_every_agent_plays_and_the_raw_baseline_is_measured() -> None:
     r = bench("urgent", "--agents", "20", "--trials", "1", "--per-process", "10")
     check_common(r, "urgent")
@@ -263,17 +293,19 @@ def test_make_bench_writes_every_section_4g_included(
     assert ran == [
         ("urgent", "loopback"), ("urgent", "4g"), ("delivery", "loopback"), ("delivery", "4g"),
         ("agent", None), ("intake", None), ("live", "loopback"), ("live", "4g"),
+        ("spread", None),
     ]  # fmt: skip
     assert commands == [  # what each section says made it
         "python scripts/bench.py urgent", "python scripts/bench.py urgent --link 4g",
         "python scripts/bench.py delivery", "python scripts/bench.py delivery --link 4g",
         "python scripts/bench.py agent", "python scripts/bench.py intake",
         "python scripts/bench.py live", "python scripts/bench.py live --link 4g",
+        "python scripts/bench.py spread",
     ]  # fmt: skip
     parser = bench.build_parser()
     sections = {bench.section(parser.parse_args(argv)) for argv in bench.EVERY_SECTION}
     assert sections == {"urgent", "urgent-4g", "delivery", "delivery-4g", "agent", "intake",
-                        "live", "live-4g"}
+                        "live", "live-4g", "spread"}
     # Delivery over 4G limits each connection's bandwidth by default; urgent does not.
     delivery = bench.link_params(parser.parse_args(["delivery", "--link", "4g"]))
     assert delivery is not None

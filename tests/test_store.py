@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import postgres_database
 
 from controller.store import Store
 from protocol.messages import Event
@@ -34,6 +36,51 @@ def test_duplicates_are_dropped_and_new_events_returned(store: Store) -> None:
     again = store.events.add([ev(2, "playing"), ev(3, "finished"), ev(3, "finished")], T0)
     assert [e.seq for e in again] == [3]
     assert store.events.count() == 3
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A store on each engine (the events' lookup of what is stored differs by engine)."""
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'c.db'}")
+        yield s
+        s.close()
+        return
+    for url in postgres_database("loa_test_store"):
+        s = Store(url)
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+def test_a_large_batch_keeps_its_new_events_and_drops_or_sets_apart_the_rest(
+    any_store: Store,
+) -> None:
+    """Batches larger than one lookup of stored keys: what is stored is found whichever
+    part of the batch it is in, on both engines."""
+    clusters = [f"c{n:03d}" for n in range(150)]
+
+    def signed(seq: int, cluster: str, key: str = "k1", kind: str = "received"
+               ) -> tuple[Event, str]:  # fmt: skip
+        return ev(seq, kind, cluster=cluster), key
+
+    first = [signed(seq, c) for c in clusters for seq in (1, 2, 3, 4)]  # 600 events
+    stored = any_store.events.store(first, T0)
+    assert (len(stored.fresh), stored.conflicts) == (600, [])
+    again = (
+        first[::2]  # 300 resends: dropped
+        + [signed(2, c, kind="playing") for c in clusters[:5]]  # 5 conflicts
+        + [signed(5, c) for c in clusters]  # 150 new
+        + [signed(1, c, key="k2") for c in clusters[:10]]  # under another key: new
+    )
+    stored = any_store.events.store(again, T0)
+    assert sorted((e.cluster, e.seq) for e in stored.fresh) == sorted(
+        [(c, 5) for c in clusters] + [(c, 1) for c in clusters[:10]]
+    )
+    assert sorted(e.cluster for e, _key in stored.conflicts) == clusters[:5]
+    assert any_store.events.count() == 600 + 150 + 10
+    assert any_store.events.count_conflicts() == 5
 
 
 def test_same_seq_from_another_outbox_is_not_a_duplicate(store: Store) -> None:
