@@ -32,9 +32,12 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import os
+import pwd
 import shutil
 import statistics
 import tempfile
+import textwrap
 import threading
 import time
 import uuid
@@ -65,6 +68,14 @@ from protocol.signing import generate_keypair
 #: Events published but not yet stored, at most: about 2.6 MB of one-event messages
 #: waiting in the controller, under its queue's bound (controller.intake.MAX_QUEUED_BYTES).
 WINDOW = 4000
+#: Where a PostgreSQL store's server runs on this machine, its CPU is read from /proc.
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def wrap(text: str) -> str:
+    return textwrap.fill(text, width=88)
+
+
 #: The intake's target: events stored per CPU-second of the controller.
 TARGET_EVENTS_PER_CPU_S = 5000.0
 COMMUNE_SIZE = 100
@@ -278,6 +289,7 @@ class IntakeRig:
     """Broker, fleet, keys, the controller process, the bench's publisher and ack reader."""
 
     def __init__(self, work: Path, clusters: int, store_url: str, verbose: bool) -> None:
+        self.store_url = store_url
         self.stack = contextlib.ExitStack()
         try:
             self._start(work, clusters, store_url, verbose)
@@ -341,11 +353,36 @@ class IntakeRig:
         self.stack.close()
 
 
+def database_server_cpu_s(store_url: str) -> float | None:
+    """CPU seconds (user + system, with its exited children's) of every process of the
+    PostgreSQL server's user on this machine, when the store is a PostgreSQL server on
+    this machine; None otherwise (SQLite works in the controller's own process, and a
+    server elsewhere cannot be read from here)."""
+    url = make_url(store_url)
+    if url.get_backend_name() != "postgresql" or (url.host or "localhost") not in LOCAL_HOSTS:
+        return None
+    try:
+        uid = pwd.getpwnam("postgres").pw_uid
+    except KeyError:
+        return None
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.parent.stat().st_uid != uid:
+                continue
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        ticks += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def one_trial(rig: IntakeRig, messages: list[Message], outbox: str) -> dict[str, Any]:
     """Publish the messages within WINDOW; the figures of the trial."""
     total = sum(m.events for m in messages)
     rig.watch.rebase()
     cpu_before = rig.controller.cpu_s()
+    db_before = database_server_cpu_s(rig.store_url)
     sent_at: list[float] = []
     stored = 0
     started = time.monotonic()
@@ -366,6 +403,8 @@ def one_trial(rig: IntakeRig, messages: list[Message], outbox: str) -> dict[str,
         stored = rig.watch.stored()
     finished = time.monotonic()
     cpu = rig.controller.cpu_s() - cpu_before
+    db_after = database_server_cpu_s(rig.store_url)
+    db_cpu = db_after - db_before if db_after is not None and db_before is not None else None
     # Every message's ack (they come within ACK_DELAY_S of the batch that stored it).
     ack_deadline = time.monotonic() + ACK_DELAY_S + 30
     latencies: list[float] = []
@@ -384,6 +423,8 @@ def one_trial(rig: IntakeRig, messages: list[Message], outbox: str) -> dict[str,
         "events_per_s": rounded(total / wall, 0),
         "controller_cpu_s": rounded(cpu),
         "events_per_cpu_s": rounded(total / cpu, 0) if cpu > 0 else None,
+        "db_cpu_s": rounded(db_cpu) if db_cpu is not None else None,
+        "events_per_db_cpu_s": rounded(total / db_cpu, 0) if db_cpu else None,
         "acked": len(latencies),
         "p50_ack_s": rounded(percentile(latencies, 50)) if latencies else None,
         "p99_ack_s": rounded(percentile(latencies, 99)) if latencies else None,
@@ -437,6 +478,8 @@ def _measure(rig: IntakeRig, clusters: int, events: int, shapes: tuple[int, ...]
             "events_per_s": med("events_per_s"),
             "events_per_cpu_s": med("events_per_cpu_s"),
             "controller_cpu_s": med("controller_cpu_s"),
+            "db_cpu_s": med("db_cpu_s"),
+            "events_per_db_cpu_s": med("events_per_db_cpu_s"),
             "p50_ack_s": med("p50_ack_s"),
             "p99_ack_s": med("p99_ack_s"),
             "raw_messages_per_s": rounded(statistics.median(raws), 0),
@@ -455,6 +498,7 @@ def _measure(rig: IntakeRig, clusters: int, events: int, shapes: tuple[int, ...]
         "events_per_s": headline["events_per_s"],
         "events_per_cpu_s": headline["events_per_cpu_s"],
         "p99_ack_s": headline["p99_ack_s"],
+        "events_per_db_cpu_s": headline["events_per_db_cpu_s"],
         "shapes": by_shape,
         "targets": [target(
             f"events stored per controller CPU-second, {shapes[0]} event(s) per message",
@@ -495,6 +539,18 @@ def markdown(result: dict[str, Any], run_line: str, broker_line: str) -> str:
             ])  # fmt: skip
     checks = [[t["what"], t["target"], f"{t['value']:,.0f}", pass_fail(t["pass"])]
               for t in r["targets"]]  # fmt: skip
+    server = ""
+    if any(shape.get("events_per_db_cpu_s") for shape in r["shapes"].values()):
+        server = "\n" + wrap(
+            "The database server's own CPU (every process of its `postgres` user on this "
+            "machine, user + system, from /proc), over the same time, medians: " + "; ".join(
+                f"{shape['events_per_message']} event(s) per message, "
+                f"{shape['db_cpu_s']:.2f} s, {shape['events_per_db_cpu_s']:,.0f} events per "
+                "server CPU-second"
+                for shape in r["shapes"].values() if shape.get("events_per_db_cpu_s")
+            ) + ": what one core of the server takes in for one controller (an upper bound: "
+            "it includes the bench's own reads of the newest event id, one primary-key "
+            "lookup every 2 ms at most).") + "\n"
     store = {"sqlite": "SQLite (a file on the bench's disk)",
              "postgresql": "PostgreSQL (a database made for the run on the server given)"}
     return f"""## Status intake: events one controller process stores and acknowledges
@@ -519,7 +575,7 @@ Loa's messages stored per second over the raw broker's messages carried per seco
 {broker_line}
 
 {table(SHAPE_HEADER, rows)}
-
+{server}
 {table(["target", "limit", "measured", "result"], checks)}
 
 Overall: {pass_fail(r["pass"])}.
