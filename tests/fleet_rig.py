@@ -242,6 +242,21 @@ class FleetRig:
             ) from None
         return next(k for k in reversed(self.kinds(play_id, cluster)) if k in FINAL_KINDS)
 
+    def wait_unbroken_outbox(self, cluster: str, timeout: float = 20) -> None:
+        """Wait until the controller holds every event of the cluster's one outbox once:
+        sequence numbers 1..n, no gap, no duplicate (the last may still be on their way)."""
+        def unbroken() -> bool:
+            seqs = self.outbox_seqs(cluster)
+            return len(seqs) == 1 and all(s == list(range(1, len(s) + 1))
+                                          for s in seqs.values())
+
+        try:
+            wait_until(unbroken, timeout, f"an unbroken sequence of {cluster}'s events")
+        except AssertionError:
+            raise AssertionError(
+                f"outbox sequences of {cluster} at the controller: {self.outbox_seqs(cluster)}"
+            ) from None
+
     def outbox_seqs(self, cluster: str) -> dict[str, list[int]]:
         """Every stored (outbox -> seqs) of a cluster, duplicates kept if there were any."""
         with self.store.engine.connect() as conn:

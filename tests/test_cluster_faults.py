@@ -271,16 +271,7 @@ def test_a_node_killed_under_the_agent_and_the_controller_loses_and_doubles_noth
     endings = {transfer.play_id: "finished", sent.id: "finished", after.play_id: "finished"}
     for play_id, expected in endings.items():
         assert rig.wait_final(play_id, ME, timeout=FAILOVER_S) == expected, rig.kinds(play_id, ME)
-
-    def unbroken() -> bool:
-        seqs = rig.outbox_seqs(ME)
-        return len(seqs) == 1 and all(s == list(range(1, len(s) + 1)) for s in seqs.values())
-
-    try:
-        wait_until(unbroken, 20, "an unbroken sequence of events")
-    except AssertionError:
-        raise AssertionError(f"outbox sequences at the controller: {rig.outbox_seqs(ME)}") \
-            from None
+    rig.wait_unbroken_outbox(ME)
     for play_id in endings:
         kinds = rig.kinds(play_id, ME)
         for kind in ("received", "playing", "finished"):

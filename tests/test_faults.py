@@ -100,16 +100,7 @@ def assert_proof_of_play_is_whole(rig: FleetRig, final: dict[str, str]) -> None:
     """Every event once, in an unbroken sequence; each play aired at most once."""
     for play_id, expected in final.items():
         assert rig.wait_final(play_id, ME) == expected, (play_id, rig.kinds(play_id, ME))
-    # The last events may still be on their way: wait until the sequence has no gap.
-    def unbroken() -> bool:
-        seqs = rig.outbox_seqs(ME)
-        return len(seqs) == 1 and all(s == list(range(1, len(s) + 1)) for s in seqs.values())
-
-    try:
-        wait_until(unbroken, 20, "an unbroken sequence of events")
-    except AssertionError:
-        raise AssertionError(f"outbox sequences at the controller: {rig.outbox_seqs(ME)}") \
-            from None
+    rig.wait_unbroken_outbox(ME)
     for play_id in final:
         kinds = rig.kinds(play_id, ME)
         for kind in ("received", "playing"):

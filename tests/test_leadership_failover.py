@@ -166,16 +166,7 @@ class Pair:
         aired = sorted((self.tmp / f"played-{ME}").glob(
             f"*{self.play_id.replace('@', '_')}.wav"))
         assert len(aired) == 1, aired
-
-        def unbroken() -> bool:
-            seqs = rig.outbox_seqs(ME)
-            return len(seqs) == 1 and all(s == list(range(1, len(s) + 1))
-                                          for s in seqs.values())
-
-        try:
-            wait_until(unbroken, 20, "an unbroken sequence of events")
-        except AssertionError:
-            raise AssertionError(f"outbox sequences: {rig.outbox_seqs(ME)}") from None
+        rig.wait_unbroken_outbox(ME)
         return late
 
     def close(self) -> None:

@@ -115,9 +115,23 @@ def test_a_standby_forwards_sends_and_serves_reads_and_sign_in(leader: Leader) -
     [(method, path, headers, body)] = leader.got
     assert (method, path, body) == ("POST", "/api/v1/approvals/tin?lang=vi", b'{"note": "ok"}')
     assert headers["Authorization"] == "Bearer T0K3N"
+    # Like a reverse proxy: the client the standby saw, for the leader's audit log.
+    named = {k.lower(): v for k, v in headers.items()}
+    assert named["x-forwarded-for"] == "testclient"
+    assert named["x-forwarded-proto"] == "http"
     assert client.get("/api/v1/approvals").json() == {"served": "here"}
     assert client.post("/api/v1/login").json() == {"served": "here"}
     assert len(leader.got) == 1
+
+
+def test_a_standby_adds_its_client_to_the_forwarded_for_chain(leader: Leader) -> None:
+    client = app_with(FakeLeadership(leading=False, leader="ubnd-1:41:a", url=leader.url))
+    client.post("/api/v1/approvals/tin", headers={"x-forwarded-for": "10.0.0.9",
+                                                  "x-forwarded-proto": "https"})
+    [(_m, _p, headers, _b)] = leader.got
+    named = {k.lower(): v for k, v in headers.items()}
+    assert named["x-forwarded-for"] == "10.0.0.9, testclient"
+    assert named["x-forwarded-proto"] == "http"  # the scheme this standby was asked in
 
 
 def test_a_standby_whose_leader_does_not_answer_says_who_leads_and_what_to_do() -> None:

@@ -1,7 +1,9 @@
 """On a standby controller (controller/leadership.py), what would change the speakers goes
 to the leader: every POST, PUT, PATCH and DELETE but signing in and out is forwarded to
 the leader's web app (its advertised URL in the lease) and the leader's answer handed
-back as it is, with `X-Loa-Forwarded-To: <leader>`. Reading pages are served here,
+back as it is, with `X-Loa-Forwarded-To: <leader>`. Like a reverse proxy, the standby
+names the client in X-Forwarded-For and X-Forwarded-Proto (believed by a leader that
+lists the standbys in `web.trusted_proxies`). Reading pages are served here,
 from the shared store; so are sign-in and sign-out (sessions live in the store: the
 leader knows the same cookie or token).
 
@@ -68,6 +70,7 @@ class StandbyForward:
                 break
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
                    if k.decode("latin-1").lower() not in HOP_BY_HOP}
+        _as_a_proxy(headers, scope)
         view = leadership.view()
         if view.leader is None or not view.url:
             await _refuse(send, scope, headers, view, None, self.ctx.tz)
@@ -90,6 +93,19 @@ class StandbyForward:
                 (b"x-loa-forwarded-to", view.leader.encode("latin-1")),
             ]})
         await send({"type": "http.response.body", "body": content})
+
+
+def _as_a_proxy(headers: dict[str, str], scope: Any) -> None:
+    """Say whom the request came from, as a reverse proxy does: the client this controller
+    saw (after its own trusted proxies) as the right-most X-Forwarded-For, its scheme as
+    X-Forwarded-Proto. The leader believes them when this controller is among its
+    `web.trusted_proxies`; then its audit log and sign-in limits see the real client."""
+    client = scope.get("client")
+    if client:
+        before = headers.pop("x-forwarded-for", "")
+        headers["x-forwarded-for"] = f"{before}, {client[0]}" if before else str(client[0])
+    headers.pop("x-forwarded-proto", None)
+    headers["x-forwarded-proto"] = str(scope.get("scheme", "http"))
 
 
 def _forward(url: str, method: str, headers: dict[str, str], body: bytes
