@@ -113,9 +113,13 @@ def test_the_controller_publishes_memberships_again_when_it_reconnects(
     """With republishing at an interval turned off, a reconnection alone brings the
     controller's membership back over a forged one."""
     for rig in hostile_rig(tmp_path, mosquitto_broker, republish_s=0):
+        # The controller's own first publication must be in before the forgery: on a
+        # loaded machine it could otherwise land after it and overwrite it.
+        wait_until(lambda: signed_by_the_controller(rig, retained_membership(rig, "h-01")),  # noqa: B023 - waited on at once
+                   20, "the controller's first membership")  # fmt: skip
         forge_membership(rig, "h-01")
         wait_until(lambda: not signed_by_the_controller(rig, retained_membership(rig, "h-01")),  # noqa: B023 - waited on at once
-                   10, "the forged membership to be retained")  # fmt: skip
+                   20, "the forged membership to be retained")  # fmt: skip
         mosquitto_broker.restart()  # it keeps its retained messages, the forged one too
         assert rig.wire.link.wait_connected(15)
         wait_until(lambda: signed_by_the_controller(rig, retained_membership(rig, "h-01")),  # noqa: B023 - waited on at once
